@@ -1,0 +1,48 @@
+# Two commands set up everything: `make run` and `make test`. Each creates the
+# virtual environment and installs the project when that is missing.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PROTO_FILES := $(wildcard protos/flownexus/billing/v1/*.proto)
+
+.PHONY: run test test-sqlite test-postgres generate check-generated lint bench soak demo clean
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+run: $(STAMP)
+	@echo "Mint a token in another shell:  $(PY) -m server token --user alice --role user"
+	$(PY) -m server serve
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+generate: $(STAMP)
+	rm -rf generated/flownexus
+	$(PY) -m grpc_tools.protoc -Iprotos --python_out=generated --pyi_out=generated \
+		--grpc_python_out=generated \
+		--plugin=protoc-gen-mypy_grpc=$(VENV)/bin/protoc-gen-mypy_grpc --mypy_grpc_out=generated $(PROTO_FILES)
+	@for d in generated/flownexus generated/flownexus/billing generated/flownexus/billing/v1; do touch $$d/__init__.py; done
+	@touch generated/flownexus/billing/v1/py.typed
+
+check-generated: generate
+	@git diff --exit-code --stat -- generated || (echo "generated/ is stale: run make generate and commit" && exit 1)
+	@test -z "$$(git status --porcelain -- generated)" || (git status --porcelain -- generated; echo "generated/ has untracked files: run make generate and commit"; exit 1)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check server tests bench
+	$(VENV)/bin/mypy
+	cd protos && ../$(VENV)/bin/buf lint
+
+bench: $(STAMP)
+	$(PY) -m bench
+
+soak: $(STAMP)
+	BILLING_SOAK=1 $(PY) -m pytest -q -m slow tests
+
+clean:
+	rm -rf $(VENV) var .pytest_cache

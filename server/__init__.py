@@ -1,0 +1,8 @@
+"""Credits billing service."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("flownexus-billing")
+except PackageNotFoundError:  # running from a bare checkout
+    __version__ = "0.0.0"

@@ -1,0 +1,72 @@
+"""CLI: `python -m server serve | migrate | token | verify`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from server import logs
+from server.auth import Role, mint_token
+from server.config import Settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m server", description="Credits billing service")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("serve", help="run the gRPC server, HTTP listener and workers")
+    sub.add_parser("migrate", help="apply database migrations")
+    tok = sub.add_parser("token", help="mint a development bearer token")
+    tok.add_argument("--user", required=True, help="the token's subject (user id)")
+    tok.add_argument("--role", choices=[r.value for r in Role], default="user")
+    tok.add_argument("--ttl", type=int, default=86400, help="lifetime in seconds")
+    sub.add_parser("verify", help="audit the ledger; exits 1 on any discrepancy")
+    args = parser.parse_args(argv)
+    settings = Settings()
+
+    if args.command == "token":
+        print(mint_token(settings.effective_jwt_secret, args.user, Role(args.role), ttl_seconds=args.ttl, issuer=settings.jwt_issuer))
+        return 0
+    logs.setup(settings.log_level, settings.log_json)
+    if args.command == "serve":
+        from server.app import App
+        from server.wiring import build
+
+        try:
+            import uvloop  # type: ignore[import-not-found]
+
+            uvloop.install()
+        except ImportError:
+            pass
+        asyncio.run(build(App(settings)).serve_forever())
+        return 0
+    if args.command == "migrate":
+        from server.db.engine import Database
+
+        async def migrate() -> None:
+            db = Database(settings.database_url)
+            await db.migrate()
+            await db.dispose()
+
+        asyncio.run(migrate())
+        print("migrations applied")
+        return 0
+    if args.command == "verify":
+        from server.db.engine import Database
+        from server.ledger.verify import verify
+
+        async def audit() -> bool:
+            db = Database(settings.database_url)
+            try:
+                report = await verify(db.reader)
+            finally:
+                await db.dispose()
+            print(report.render())
+            return report.ok
+
+        return 0 if asyncio.run(audit()) else 1
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

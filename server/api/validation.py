@@ -1,0 +1,148 @@
+"""Request validation: bad input gets INVALID_ARGUMENT with a precise reason
+before it reaches the ledger (protovalidate is not available offline)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+from typing import Any
+
+from google.protobuf.message import Message
+
+from server import errors
+from server.ledger.model import MAX_AMOUNT
+
+REQUEST_ID = re.compile(r"^[\x21-\x7e]{1,128}$")
+USER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+\-]{0,127}$")
+CATEGORY = re.compile(r"^[a-z0-9][a-z0-9_\-]{0,63}$")
+OPAQUE_ID = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
+DEFAULT_PAGE_SIZE = 20
+MAX_PAGE_SIZE = 100
+
+
+def request_id(value: str) -> str:
+    if not value:
+        raise errors.InvalidArgument("request_id is required (AIP-155)", reason="MISSING_REQUEST_ID")
+    if not REQUEST_ID.match(value):
+        raise errors.InvalidArgument(
+            "request_id must be 1 to 128 printable ASCII characters", reason="INVALID_REQUEST_ID"
+        )
+    return value
+
+
+def user_id(value: str, *, required: bool = False, field: str = "user_id") -> str:
+    if not value:
+        if required:
+            raise errors.InvalidArgument(f"{field} is required", reason="INVALID_USER_ID", metadata={"field": field})
+        return ""
+    if not USER_ID.match(value):
+        raise errors.InvalidArgument(
+            f"{field} must be 1 to 128 characters of letters, digits and ._@+-",
+            reason="INVALID_USER_ID",
+            metadata={"field": field},
+        )
+    return value
+
+
+def amount(value: int, *, field: str = "amount_millicredits", maximum: int = MAX_AMOUNT) -> int:
+    if value <= 0 or value > maximum:
+        raise errors.InvalidAmount(
+            f"{field} must be between 1 and {maximum}",
+            metadata={"field": field, "min": "1", "max": str(maximum), "got": str(value)},
+        )
+    return value
+
+
+def text(value: str, *, field: str, max_len: int = 500) -> str:
+    if len(value) > max_len:
+        raise errors.InvalidArgument(f"{field} is longer than {max_len} characters", reason="FIELD_TOO_LONG", metadata={"field": field})
+    if any(ord(ch) < 0x20 and ch not in "\t\n" for ch in value):
+        raise errors.InvalidArgument(f"{field} contains control characters", reason="INVALID_TEXT", metadata={"field": field})
+    return value
+
+
+def category(value: str) -> str:
+    if value and not CATEGORY.match(value):
+        raise errors.InvalidArgument(
+            "category must be lowercase letters, digits, _ or -, at most 64", reason="INVALID_CATEGORY"
+        )
+    return value
+
+
+def opaque_id(value: str, *, field: str, reason: str) -> str:
+    if not OPAQUE_ID.match(value or ""):
+        raise errors.InvalidArgument(f"{field} is missing or malformed", reason=reason, metadata={"field": field})
+    return value
+
+
+def metadata(values: Any) -> dict[str, str]:
+    if len(values) > 16:
+        raise errors.InvalidArgument("at most 16 metadata entries", reason="INVALID_METADATA")
+    out = {}
+    for k, v in values.items():
+        if not k or len(k) > 64 or len(v) > 256:
+            raise errors.InvalidArgument("metadata keys are 1-64 and values at most 256 characters", reason="INVALID_METADATA")
+        out[str(k)] = str(v)
+    return out
+
+
+def enum(value: int, enum_type: Any, *, field: str, allow_unspecified: bool = False) -> int:
+    valid = set(enum_type.values())
+    if value not in valid or (value == 0 and not allow_unspecified):
+        raise errors.InvalidArgument(
+            f"{field} has an unknown or unspecified value {value}",
+            reason="INVALID_ENUM",
+            metadata={"field": field, "allowed": ",".join(n for n in enum_type.keys() if not n.endswith("UNSPECIFIED"))},
+        )
+    return value
+
+
+def page_size(value: int) -> int:
+    if value < 0 or value > MAX_PAGE_SIZE:
+        raise errors.InvalidArgument(
+            f"page_size must be between 0 and {MAX_PAGE_SIZE}",
+            reason="INVALID_PAGE_SIZE",
+            metadata={"max": str(MAX_PAGE_SIZE), "got": str(value)},
+        )
+    return value or DEFAULT_PAGE_SIZE
+
+
+def fingerprint(method: str, request: Message, **extra: str) -> str:
+    """Hash of everything a request asks for except its request_id."""
+    copy = type(request)()
+    copy.CopyFrom(request)
+    if "request_id" in copy.DESCRIPTOR.fields_by_name:
+        copy.ClearField("request_id")
+    h = hashlib.sha256(method.encode())
+    h.update(copy.SerializeToString(deterministic=True))
+    for k in sorted(extra):
+        h.update(f"\0{k}={extra[k]}".encode())
+    return h.hexdigest()
+
+
+def encode_page_token(position: Any, filters: str) -> str:
+    raw = json.dumps({"p": position, "f": filters}, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_page_token(token: str, filters: str) -> Any:
+    """The position inside an opaque token; garbage or changed filters are refused."""
+    if not token:
+        return None
+    try:
+        if len(token) > 512:
+            raise ValueError("too long")
+        data = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+        if not isinstance(data, dict) or data.get("f") != filters:
+            raise ValueError("filters changed")
+        return data["p"]
+    except (ValueError, KeyError, TypeError, json.JSONDecodeError, UnicodeDecodeError):
+        raise errors.InvalidArgument(
+            "page_token is invalid or does not match the request's filters", reason="INVALID_PAGE_TOKEN"
+        ) from None
+
+
+def filters_signature(*parts: Any) -> str:
+    return hashlib.sha256(repr(parts).encode()).hexdigest()[:16]

@@ -1,0 +1,217 @@
+"""The process: grpc.aio server (health, reflection, interceptors), the HTTP
+listener (webhooks, metrics, health), the ledger writer and background workers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from aiohttp import web
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+
+from flownexus.billing.v1 import (
+    balance_pb2,
+    balance_pb2_grpc,
+    earnings_pb2,
+    earnings_pb2_grpc,
+    history_pb2,
+    history_pb2_grpc,
+    payments_pb2,
+    payments_pb2_grpc,
+    refill_pb2,
+    refill_pb2_grpc,
+    tier_pb2,
+    tier_pb2_grpc,
+    usage_pb2,
+    usage_pb2_grpc,
+)
+from server.api import servicers
+from server.api.interceptors import AuthInterceptor, ErrorInterceptor
+from server.api.placeholders import PaymentsPlaceholder, RefillPlaceholder
+from server.clock import Clock
+from server.config import Settings
+from server.db.engine import Database
+from server.domain.ledger import LedgerService
+from server.domain.tiers import catalogue, tier_policy
+from server.ledger.model import BalanceEvent
+from server.ledger.repository import LedgerReader
+from server.ledger.writer import LedgerWriter
+from server.metrics import METRICS
+from server.watch import WatchHub
+from server.workers import Workers, ledger_jobs
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAMES = tuple(
+    m.DESCRIPTOR.services_by_name[n].full_name
+    for m, n in (
+        (balance_pb2, "BalanceService"),
+        (payments_pb2, "PaymentsService"),
+        (refill_pb2, "RefillService"),
+        (history_pb2, "HistoryService"),
+        (tier_pb2, "TierService"),
+        (earnings_pb2, "EarningsService"),
+        (usage_pb2, "UsageService"),
+    )
+)
+
+
+@dataclass
+class Extensions:
+    """Where later domains plug in: their servicers, HTTP routes and jobs."""
+
+    payments: Any = None
+    refill: Any = None
+    tier: Any = None
+    routes: list[web.RouteDef] = field(default_factory=list)
+    on_start: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+
+class App:
+    def __init__(self, settings: Settings, clock: Clock | None = None) -> None:
+        self.settings = settings
+        self.clock = clock or Clock()
+        self.db = Database(settings.database_url)
+        self.hub = WatchHub(settings.watch_queue_size)
+        self.tiers = catalogue(settings)
+        self.writer = LedgerWriter(
+            self.db,
+            self.clock,
+            tier_policy(settings),
+            max_batch=settings.batch_max_ops,
+            publish=self._publish,
+            after_batch=METRICS.observe_batch,
+        )
+        self.reader = LedgerReader(self.db.reader)
+        self.ledger = LedgerService(self.writer, self.reader, self.clock, settings)
+        self.workers = Workers(settings.worker_interval_seconds)
+        ledger_jobs(self.workers, self.writer, self.reader, self.clock)
+        self.ext = Extensions()
+        self.grpc_server: grpc.aio.Server | None = None
+        self.grpc_port = 0
+        self.http_port = 0
+        self._http_runner: web.AppRunner | None = None
+        self._stopped = asyncio.Event()
+
+    def _publish(self, events: list[BalanceEvent]) -> None:
+        METRICS.observe_events(events)
+        self.hub.deliver(events)
+
+    def publish(self, events: list[BalanceEvent]) -> None:
+        """Non-ledger notices (refill outcomes, tier changes) for WatchBalance."""
+        self.hub.deliver(events)
+
+    # ---- lifecycle -------------------------------------------------------------------
+
+    async def start(self, *, migrate: bool = True) -> None:
+        if migrate:
+            await self.db.migrate()
+        self.writer.start()
+        await self._start_grpc()
+        await self._start_http()
+        for hook in self.ext.on_start:
+            await hook()
+        self.workers.start()
+        log.info("billing service started", extra={"grpc_port": self.grpc_port, "http_port": self.http_port})
+
+    def _server_options(self) -> list[tuple[str, Any]]:
+        s = self.settings
+        return [
+            ("grpc.max_receive_message_length", s.max_message_bytes),
+            ("grpc.max_send_message_length", s.max_message_bytes),
+            # Without these, grpc.aio silently stops accepting streams at ~3,000.
+            ("grpc.server.max_pending_requests", s.max_concurrent_rpcs),
+            ("grpc.server.max_pending_requests_hard_limit", s.max_concurrent_rpcs),
+            ("grpc.max_concurrent_streams", s.max_concurrent_rpcs),
+            ("grpc.keepalive_time_ms", 60_000),
+            ("grpc.keepalive_timeout_ms", 20_000),
+            ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.so_reuseport", 0),
+        ]
+
+    async def _start_grpc(self) -> None:
+        s = self.settings
+        server = grpc.aio.server(
+            interceptors=[ErrorInterceptor(), AuthInterceptor(s.effective_jwt_secret, s.jwt_issuer)],
+            options=self._server_options(),
+            maximum_concurrent_rpcs=s.max_concurrent_rpcs,
+        )
+        balance_pb2_grpc.add_BalanceServiceServicer_to_server(servicers.BalanceServicer(self.ledger, self.hub), server)
+        usage_pb2_grpc.add_UsageServiceServicer_to_server(servicers.UsageServicer(self.ledger), server)
+        history_pb2_grpc.add_HistoryServiceServicer_to_server(servicers.HistoryServicer(self.ledger), server)
+        earnings_pb2_grpc.add_EarningsServiceServicer_to_server(servicers.EarningsServicer(self.ledger), server)
+        tier_pb2_grpc.add_TierServiceServicer_to_server(
+            self.ext.tier or servicers.TierServicer(self.ledger, self.tiers), server
+        )
+        payments_pb2_grpc.add_PaymentsServiceServicer_to_server(self.ext.payments or PaymentsPlaceholder(), server)
+        refill_pb2_grpc.add_RefillServiceServicer_to_server(self.ext.refill or RefillPlaceholder(), server)
+
+        self.health = health_aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        for name in ("", *SERVICE_NAMES):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        reflection.enable_server_reflection(
+            (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            server,
+        )
+        self.grpc_port = self._bind(server, f"{s.grpc_host}:{s.grpc_port}")
+        await server.start()
+        self.grpc_server = server
+
+    def _bind(self, server: grpc.aio.Server, address: str) -> int:
+        return server.add_insecure_port(address)
+
+    async def _start_http(self) -> None:
+        app = web.Application(client_max_size=1024 * 1024)
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/metrics", self._metrics)
+        app.add_routes(self.ext.routes)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, self.settings.http_host, self.settings.http_port)
+        await site.start()
+        self._http_runner = runner
+        sockets = site._server.sockets if site._server else []  # type: ignore[union-attr]
+        self.http_port = sockets[0].getsockname()[1] if sockets else self.settings.http_port
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "serving"})
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        return web.Response(body=METRICS.render(), content_type="text/plain", charset="utf-8")
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Graceful drain: refuse new calls, let running ones finish, flush the writer."""
+        if hasattr(self, "health"):
+            await self.health.enter_graceful_shutdown()
+        await self.workers.stop()
+        for hook in self.ext.on_stop:
+            await hook()
+        if self.grpc_server:
+            await self.grpc_server.stop(grace)
+        if self._http_runner:
+            await self._http_runner.cleanup()
+        await self.writer.stop()
+        await self.db.dispose()
+        self._stopped.set()
+
+    async def serve_forever(self) -> None:
+        await self.start()
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await stop.wait()
+            log.info("draining")
+        finally:
+            await self.stop()

@@ -1,0 +1,84 @@
+"""Bearer tokens (JWT, HS256). `sub` is the user; `role` is user, service or admin."""
+
+from __future__ import annotations
+
+import contextvars
+import time
+from dataclasses import dataclass
+from enum import StrEnum
+
+import jwt
+
+from server import errors
+
+
+class Role(StrEnum):
+    USER = "user"
+    SERVICE = "service"
+    ADMIN = "admin"
+
+
+@dataclass(frozen=True)
+class Principal:
+    subject: str
+    role: Role
+
+    @property
+    def privileged(self) -> bool:
+        return self.role in (Role.SERVICE, Role.ADMIN)
+
+    def resolve_user(self, user_id: str) -> str:
+        """The account a request may touch: its own, or any for service/admin."""
+        if not user_id or user_id == self.subject:
+            return self.subject
+        if self.privileged:
+            return user_id
+        raise errors.PermissionDenied("a user token reaches only its own account", reason="NOT_YOUR_ACCOUNT")
+
+    def require(self, *roles: Role, what: str) -> None:
+        if self.role not in roles:
+            raise errors.PermissionDenied(
+                f"{what} needs the {' or '.join(r.value for r in roles)} role",
+                reason="ROLE_REQUIRED",
+                metadata={"required": ",".join(r.value for r in roles), "role": self.role.value},
+            )
+
+    @property
+    def scope(self) -> str:
+        """Idempotency scope: request_ids of different callers never collide."""
+        return f"{self.role.value}/{self.subject}"
+
+
+current_principal: contextvars.ContextVar[Principal] = contextvars.ContextVar("current_principal")
+
+
+def principal() -> Principal:
+    try:
+        return current_principal.get()
+    except LookupError:
+        raise errors.Unauthenticated("missing bearer token", reason="MISSING_TOKEN") from None
+
+
+def mint_token(secret: str, subject: str, role: Role, *, ttl_seconds: int = 86400, issuer: str = "flownexus-billing") -> str:
+    now = int(time.time())
+    claims = {"sub": subject, "role": role.value, "iat": now, "exp": now + ttl_seconds, "iss": issuer}
+    return jwt.encode(claims, secret, algorithm="HS256")
+
+
+def decode_token(secret: str, token: str, *, issuer: str = "flownexus-billing") -> Principal:
+    try:
+        claims = jwt.decode(
+            token,
+            secret,
+            algorithms=["HS256"],
+            issuer=issuer,
+            options={"require": ["sub", "exp", "role"]},
+        )
+    except jwt.ExpiredSignatureError:
+        raise errors.Unauthenticated("token expired", reason="TOKEN_EXPIRED") from None
+    except jwt.PyJWTError:
+        raise errors.Unauthenticated("invalid token", reason="INVALID_TOKEN") from None
+    sub, role = claims.get("sub"), claims.get("role")
+    if not isinstance(sub, str) or not sub or len(sub) > 128 or role not in {r.value for r in Role}:
+        raise errors.Unauthenticated("invalid token claims", reason="INVALID_TOKEN")
+    return Principal(sub, Role(role))

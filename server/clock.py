@@ -1,0 +1,41 @@
+"""Time source. Tests inject a ManualClock to cross month boundaries and expiries."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+
+
+class Clock:
+    def now_us(self) -> int:
+        return time.time_ns() // 1000
+
+
+class ManualClock(Clock):
+    def __init__(self, start_us: int | None = None) -> None:
+        self._now = start_us if start_us is not None else time.time_ns() // 1000
+
+    def now_us(self) -> int:
+        return self._now
+
+    def set(self, when: datetime) -> None:
+        self._now = to_us(when)
+
+    def advance(self, seconds: float) -> None:
+        self._now += int(seconds * 1_000_000)
+
+
+def to_us(when: datetime) -> int:
+    return int(when.timestamp() * 1_000_000)
+
+
+def from_us(us: int) -> datetime:
+    return datetime.fromtimestamp(us / 1_000_000, tz=UTC)
+
+
+def month_bounds(now_us: int) -> tuple[int, int]:
+    """[start, end) of the calendar month (UTC) that holds now_us."""
+    d = from_us(now_us)
+    start = datetime(d.year, d.month, 1, tzinfo=UTC)
+    end = datetime(d.year + (d.month == 12), d.month % 12 + 1, 1, tzinfo=UTC)
+    return to_us(start), to_us(end)

@@ -1,0 +1,110 @@
+"""One place for database connections: engines, SQLite pragmas, migrations."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.pool import NullPool
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent.parent / "migrations"
+
+
+class Database:
+    """The writer engine takes the write lock up front (SQLite BEGIN IMMEDIATE);
+    the reader engine serves concurrent reads (SQLite WAL readers)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.is_sqlite = url.startswith("sqlite")
+        if self.is_sqlite:
+            _ensure_sqlite_dir(url)
+            self.writer = create_async_engine(url, poolclass=NullPool if ":memory:" in url else None)
+            self.reader = create_async_engine(url, pool_size=4, max_overflow=4)
+            _sqlite_pragmas(self.writer, immediate=True)
+            _sqlite_pragmas(self.reader, immediate=False)
+        else:
+            self.writer = create_async_engine(url, pool_size=4, max_overflow=4, pool_pre_ping=True)
+            self.reader = create_async_engine(url, pool_size=8, max_overflow=8, pool_pre_ping=True)
+
+    async def dispose(self) -> None:
+        await self.writer.dispose()
+        await self.reader.dispose()
+
+    async def migrate(self) -> None:
+        async with self.writer.begin() as conn:
+            await conn.run_sync(_alembic_upgrade)
+
+
+def _ensure_sqlite_dir(url: str) -> None:
+    path = url.split(":///", 1)[-1].split("?", 1)[0]
+    if path and path != ":memory:":
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+
+
+def _sqlite_pragmas(engine: AsyncEngine, *, immediate: bool) -> None:
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # We issue BEGIN ourselves so the writer can take the lock up front.
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        # FULL: a commit is durable before we acknowledge it.
+        cur.execute("PRAGMA synchronous=FULL")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def _alembic_upgrade(sync_conn: Connection) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.attributes["connection"] = sync_conn
+    command.upgrade(cfg, "head")
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """Lock conflicts and unique races that a fresh attempt resolves."""
+    text = f"{type(exc).__name__} {exc}".lower()
+    return any(
+        s in text
+        for s in (
+            "deadlock",
+            "could not serialize",
+            "database is locked",
+            "unique constraint",
+            "uniqueviolation",
+            "duplicate key",
+            "integrityerror",
+        )
+    )
+
+
+async def run_in_transaction(engine: AsyncEngine, fn: Any, *args: Any, attempts: int = 3) -> Any:
+    """Run `fn(conn, *args)` in a transaction, retrying lock conflicts."""
+    for attempt in range(attempts):
+        try:
+            async with engine.begin() as conn:
+                return await fn(conn, *args)
+        except Exception as exc:
+            if attempt + 1 < attempts and is_retryable(exc):
+                await asyncio.sleep(0.01 * (attempt + 1))
+                continue
+            raise
+    raise AssertionError("unreachable")
+
+
+__all__ = ["AsyncConnection", "Database", "is_retryable", "run_in_transaction"]

@@ -1,0 +1,1 @@
+"""Domain services: the rules. Servicers call them; they call the ledger."""

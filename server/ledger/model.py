@@ -1,0 +1,154 @@
+"""Ledger vocabulary: account ids, transfer kinds, lot kinds, and views."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, TypeVar
+
+INT64_MAX = 2**63 - 1
+# Larger than any real purchase or spend; keeps every sum far from int64 overflow.
+MAX_AMOUNT = 10**15
+
+SYSTEM_STRIPE = "system:stripe_purchases"
+SYSTEM_ALLOWANCES = "system:tier_allowances"
+SYSTEM_EARNINGS = "system:earnings"
+SYSTEM_REVENUE = "system:platform_revenue"
+SYSTEM_REFUNDS = "system:refunds"
+SYSTEM_HOLDS = "system:holds"
+SYSTEM_ACCOUNTS = (
+    SYSTEM_STRIPE,
+    SYSTEM_ALLOWANCES,
+    SYSTEM_EARNINGS,
+    SYSTEM_REVENUE,
+    SYSTEM_REFUNDS,
+    SYSTEM_HOLDS,
+)
+
+
+def wallet_id(user_id: str) -> str:
+    return f"wallet:{user_id}"
+
+
+class Kind(StrEnum):
+    PURCHASE = "purchase"
+    SPEND = "spend"
+    HOLD = "hold"
+    HOLD_CAPTURE = "hold_capture"
+    HOLD_RELEASE = "hold_release"
+    AWARD = "award"
+    ALLOWANCE_GRANT = "allowance_grant"
+    ALLOWANCE_EXPIRY = "allowance_expiry"
+    REFUND_CLAWBACK = "refund_clawback"
+    DISPUTE_CLAWBACK = "dispute_clawback"
+    DISPUTE_RESTORE = "dispute_restore"
+    AUTO_REFILL = "auto_refill"
+    REVENUE_SHARE = "revenue_share"
+    ADJUSTMENT = "adjustment"
+
+
+# Cached wallet totals are derived from these kinds (and `verify` recomputes them).
+SPENT_KINDS = frozenset({Kind.SPEND, Kind.HOLD_CAPTURE})
+EARNED_KINDS = frozenset({Kind.AWARD, Kind.REVENUE_SHARE})
+
+
+class LotKind(StrEnum):
+    ALLOWANCE = "allowance"
+    EARNED = "earned"
+    PURCHASED = "purchased"
+
+
+# Spending draws from lots in this order; clawbacks of purchases in the reverse.
+SPEND_ORDER = (LotKind.ALLOWANCE, LotKind.EARNED, LotKind.PURCHASED)
+CLAWBACK_ORDER = (LotKind.PURCHASED, LotKind.EARNED, LotKind.ALLOWANCE)
+
+
+class HoldStatus(StrEnum):
+    ACTIVE = "active"
+    CAPTURED = "captured"
+    RELEASED = "released"
+    EXPIRED = "expired"
+
+
+@dataclass
+class TransferView:
+    """A transfer as one wallet sees it: signed amount and its balance after."""
+
+    id: int
+    kind: str
+    amount: int
+    balance_after: int
+    description: str
+    category: str
+    ref: str
+    created_at_us: int
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, row: dict[str, Any], account_id: str) -> TransferView:
+        outgoing = row["debit_account"] == account_id
+        meta = row["metadata"]
+        return cls(
+            id=row["id"],
+            kind=row["kind"],
+            amount=-row["amount"] if outgoing else row["amount"],
+            balance_after=row["debit_balance_after"] if outgoing else row["credit_balance_after"],
+            description=row["description"],
+            category=row["category"],
+            ref=row["ref"],
+            created_at_us=row["created_at_us"],
+            metadata=json.loads(meta) if isinstance(meta, str) else dict(meta or {}),
+        )
+
+
+@dataclass
+class HoldView:
+    id: str
+    user_id: str
+    amount: int
+    status: str
+    expires_at_us: int
+    captured: int
+    category: str
+
+
+@dataclass
+class BalanceEvent:
+    """Published to WatchBalance subscribers after the commit."""
+
+    user_id: str
+    kind: str  # transfer | refill_succeeded | refill_failed | refill_paused | action_required | tier_changed | payment_failed
+    credits: int | None = None
+    pending: int | None = None
+    transfer: TransferView | None = None
+    message: str = ""
+    payment_url: str = ""
+
+
+T = TypeVar("T")
+
+
+def to_json(obj: Any) -> bytes:
+    return json.dumps(dataclasses.asdict(obj), separators=(",", ":")).encode()
+
+
+def from_json(cls: type[T], data: bytes) -> T:
+    return _build(cls, json.loads(data))
+
+
+def _build(cls: Any, value: Any) -> Any:
+    """Rebuild nested dataclasses from plain JSON (enough for our result types)."""
+    if value is None:
+        return None
+    origin = typing.get_origin(cls)
+    if origin in (typing.Union, types.UnionType):
+        inner = [a for a in typing.get_args(cls) if a is not type(None)][0]
+        return _build(inner, value)
+    if dataclasses.is_dataclass(cls):
+        hints = typing.get_type_hints(cls)
+        return cls(**{f.name: _build(hints[f.name], value[f.name]) for f in dataclasses.fields(cls)})
+    return value

@@ -1,0 +1,422 @@
+"""Ledger operations. Each is applied inside a group-commit batch by the
+LedgerWriter; a refused one is rolled back alone (LedgerTx undo log)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Generic, TypeVar
+
+from server import errors
+from server.ledger.model import (
+    SYSTEM_EARNINGS,
+    SYSTEM_HOLDS,
+    SYSTEM_REVENUE,
+    HoldStatus,
+    HoldView,
+    Kind,
+    LotKind,
+    TransferView,
+    from_json,
+    to_json,
+    wallet_id,
+)
+from server.ledger.tx import LedgerTx, Row
+
+R = TypeVar("R")
+
+
+@dataclass
+class Idempotency:
+    """request_id scoped to the caller, with a fingerprint of the parameters."""
+
+    key: str
+    fingerprint: str
+
+
+class Op(Generic[R]):
+    result_type: ClassVar[type]
+    # Exclusive operations run in a batch of their own (they read other domains' rows).
+    exclusive: ClassVar[bool] = False
+    idempotency: Idempotency | None = None
+
+    def account_ids(self) -> set[str]:
+        return set()
+
+    def hold_ids(self) -> set[str]:
+        return set()
+
+    def transfer_keys(self) -> set[str]:
+        return set()
+
+    async def apply(self, tx: LedgerTx) -> R:
+        raise NotImplementedError
+
+    def encode(self, result: R) -> bytes:
+        return to_json(result)
+
+    def decode(self, data: bytes) -> R:
+        return from_json(self.result_type, data)  # type: ignore[no-any-return]
+
+
+@dataclass
+class SpendResult:
+    transaction: TransferView
+    credits: int
+
+
+@dataclass
+class HoldResult:
+    hold: HoldView
+    credits: int
+    transaction: TransferView | None = None
+
+
+@dataclass
+class WalletResult:
+    user_id: str
+    credits: int
+
+
+def hold_view(row: Row) -> HoldView:
+    return HoldView(
+        id=row["id"],
+        user_id=row["user_id"],
+        amount=row["amount"],
+        status=row["status"],
+        expires_at_us=row["expires_at_us"],
+        captured=row["captured"],
+        category=row["category"],
+    )
+
+
+def _transfer_key(idem: Idempotency | None, fallback: str) -> str:
+    return f"req:{idem.key}" if idem else fallback
+
+
+@dataclass
+class RevenueShare:
+    app_id: str
+    publisher_user_id: str
+    percent: int
+
+    def share_of(self, amount: int) -> int:
+        # Rounded down: the platform keeps the fraction of a millicredit.
+        return amount * self.percent // 100
+
+
+async def _pay_publisher(tx: LedgerTx, share: RevenueShare | None, amount: int, key: str, category: str) -> None:
+    if share is None:
+        return
+    part = share.share_of(amount)
+    if part <= 0:
+        return
+    await tx.wallet(share.publisher_user_id)
+    await tx.transfer(
+        SYSTEM_REVENUE,
+        wallet_id(share.publisher_user_id),
+        part,
+        kind=Kind.REVENUE_SHARE,
+        key=f"{key}:share",
+        description=f"Revenue share from {share.app_id}",
+        category=category,
+        ref=share.app_id,
+        lot_kind=LotKind.EARNED,
+    )
+
+
+@dataclass
+class Spend(Op[SpendResult]):
+    result_type = SpendResult
+    user_id: str
+    amount: int
+    category: str = ""
+    description: str = ""
+    metadata: dict[str, str] = field(default_factory=dict)
+    share: RevenueShare | None = None
+    idempotency: Idempotency | None = None
+
+    def account_ids(self) -> set[str]:
+        ids = {wallet_id(self.user_id), SYSTEM_REVENUE}
+        if self.share:
+            ids.add(wallet_id(self.share.publisher_user_id))
+        return ids
+
+    async def apply(self, tx: LedgerTx) -> SpendResult:
+        wallet = await tx.wallet(self.user_id)
+        key = _transfer_key(self.idempotency, f"spend:{uuid.uuid4().hex}")
+        meta = dict(self.metadata)
+        if self.share:
+            meta.update(app_id=self.share.app_id, publisher_user_id=self.share.publisher_user_id)
+        row = await tx.transfer(
+            wallet["id"],
+            SYSTEM_REVENUE,
+            self.amount,
+            kind=Kind.SPEND,
+            key=key,
+            description=self.description or f"Usage: {self.category or 'other'}",
+            category=self.category,
+            ref=self.share.app_id if self.share else "",
+            metadata=meta,
+        )
+        await _pay_publisher(tx, self.share, self.amount, key, self.category)
+        return SpendResult(TransferView.of(row, wallet["id"]), wallet["balance"])
+
+
+@dataclass
+class Reserve(Op[HoldResult]):
+    result_type = HoldResult
+    user_id: str
+    amount: int
+    ttl_us: int
+    category: str = ""
+    description: str = ""
+    idempotency: Idempotency | None = None
+
+    def account_ids(self) -> set[str]:
+        return {wallet_id(self.user_id), SYSTEM_HOLDS}
+
+    async def apply(self, tx: LedgerTx) -> HoldResult:
+        wallet = await tx.wallet(self.user_id)
+        hold_id = f"hold_{uuid.uuid4().hex}"
+        before = {(lot["kind"], lot["expires_at_us"]): lot["remaining"] for lot in tx.lots[wallet["id"]]}
+        row = await tx.transfer(
+            wallet["id"],
+            SYSTEM_HOLDS,
+            self.amount,
+            kind=Kind.HOLD,
+            key=_transfer_key(self.idempotency, f"hold:{hold_id}"),
+            description=self.description or f"Reserved: {self.category or 'other'}",
+            category=self.category,
+            ref=hold_id,
+        )
+        taken = [
+            [lot["kind"], lot["expires_at_us"], before.get((lot["kind"], lot["expires_at_us"]), 0) - lot["remaining"]]
+            for lot in tx.lots[wallet["id"]]
+            if before.get((lot["kind"], lot["expires_at_us"]), 0) > lot["remaining"]
+        ]
+        hold = {
+            "id": hold_id,
+            "account_id": wallet["id"],
+            "user_id": self.user_id,
+            "amount": self.amount,
+            "captured": 0,
+            "status": str(HoldStatus.ACTIVE),
+            "lots": json.dumps(taken),
+            "category": self.category,
+            "description": self.description,
+            "expires_at_us": tx.now_us + self.ttl_us,
+            "created_at_us": tx.now_us,
+            "resolved_at_us": None,
+        }
+        tx.new_hold(hold)
+        tx.add_pending(wallet["id"], self.amount)
+        return HoldResult(hold_view(hold), wallet["balance"], TransferView.of(row, wallet["id"]))
+
+
+async def _release(tx: LedgerTx, hold: Row, amount: int, key: str, status: HoldStatus, why: str) -> Row | None:
+    """Return `amount` of an active hold to the wallet, into the lots it came from."""
+    tx.add_pending(hold["account_id"], -hold["amount"])
+    tx.update_hold(hold["id"], status=str(status), resolved_at_us=tx.now_us)
+    if amount <= 0:
+        return None
+    return await tx.transfer(
+        SYSTEM_HOLDS,
+        hold["account_id"],
+        amount,
+        kind=Kind.HOLD_RELEASE,
+        key=key,
+        description=why,
+        category=hold["category"],
+        ref=hold["id"],
+        restore_lots=json.loads(hold["lots"]),
+    )
+
+
+def _active_hold(tx: LedgerTx, hold_id: str, caller_may_use: str | None) -> Row:
+    hold = tx.holds.get(hold_id)
+    if hold is None or (caller_may_use is not None and hold["user_id"] != caller_may_use):
+        raise errors.NotFound("hold not found", reason="HOLD_NOT_FOUND")
+    if hold["status"] != HoldStatus.ACTIVE:
+        raise errors.FailedPrecondition(
+            f"hold is {hold['status']}", reason="HOLD_NOT_ACTIVE", metadata={"status": hold["status"]}
+        )
+    return hold
+
+
+@dataclass
+class Capture(Op[HoldResult]):
+    result_type = HoldResult
+    hold_id: str
+    amount: int
+    description: str = ""
+    share: RevenueShare | None = None
+    # A user token may only capture its own holds.
+    owner: str | None = None
+    idempotency: Idempotency | None = None
+
+    def hold_ids(self) -> set[str]:
+        return {self.hold_id}
+
+    def account_ids(self) -> set[str]:
+        ids = {SYSTEM_HOLDS, SYSTEM_REVENUE}
+        if self.share:
+            ids.add(wallet_id(self.share.publisher_user_id))
+        return ids
+
+    async def apply(self, tx: LedgerTx) -> HoldResult:
+        hold = _active_hold(tx, self.hold_id, self.owner)
+        if self.amount > hold["amount"]:
+            raise errors.InvalidAmount(
+                "capture exceeds the held amount",
+                metadata={"held_millicredits": hold["amount"], "requested_millicredits": self.amount},
+            )
+        key = _transfer_key(self.idempotency, f"capture:{hold['id']}")
+        # Give the whole hold back, then spend the captured part: the wallet's
+        # history shows the spend, and lots are drawn in the usual order.
+        await _release(tx, hold, hold["amount"], f"{key}:release", HoldStatus.CAPTURED, "Hold settled")
+        tx.update_hold(hold["id"], captured=self.amount)
+        wallet = tx.accounts[hold["account_id"]]
+        row = None
+        if self.amount > 0:
+            row = await tx.transfer(
+                wallet["id"],
+                SYSTEM_REVENUE,
+                self.amount,
+                kind=Kind.HOLD_CAPTURE,
+                key=key,
+                description=self.description or hold["description"] or f"Usage: {hold['category'] or 'other'}",
+                category=hold["category"],
+                ref=hold["id"],
+                allow_negative=True,
+            )
+            await _pay_publisher(tx, self.share, self.amount, key, hold["category"])
+        return HoldResult(hold_view(hold), wallet["balance"], TransferView.of(row, wallet["id"]) if row else None)
+
+
+@dataclass
+class Release(Op[HoldResult]):
+    result_type = HoldResult
+    hold_id: str
+    owner: str | None = None
+    idempotency: Idempotency | None = None
+
+    def hold_ids(self) -> set[str]:
+        return {self.hold_id}
+
+    def account_ids(self) -> set[str]:
+        return {SYSTEM_HOLDS}
+
+    async def apply(self, tx: LedgerTx) -> HoldResult:
+        hold = _active_hold(tx, self.hold_id, self.owner)
+        key = _transfer_key(self.idempotency, f"release:{hold['id']}")
+        row = await _release(tx, hold, hold["amount"], key, HoldStatus.RELEASED, "Hold released")
+        wallet = tx.accounts[hold["account_id"]]
+        return HoldResult(hold_view(hold), wallet["balance"], TransferView.of(row, wallet["id"]) if row else None)
+
+
+@dataclass
+class ExpireHolds(Op[int]):
+    """Release holds whose time ran out (the hold-expiry worker)."""
+
+    result_type = int
+    hold_id_list: list[str]
+
+    def hold_ids(self) -> set[str]:
+        return set(self.hold_id_list)
+
+    def account_ids(self) -> set[str]:
+        return {SYSTEM_HOLDS}
+
+    async def apply(self, tx: LedgerTx) -> int:
+        done = 0
+        for hid in self.hold_id_list:
+            hold = tx.holds.get(hid)
+            if hold is None or hold["status"] != HoldStatus.ACTIVE or hold["expires_at_us"] > tx.now_us:
+                continue
+            await _release(tx, hold, hold["amount"], f"expire:{hid}", HoldStatus.EXPIRED, "Hold expired")
+            done += 1
+        return done
+
+    def encode(self, result: int) -> bytes:
+        return str(result).encode()
+
+    def decode(self, data: bytes) -> int:
+        return int(data)
+
+
+@dataclass
+class Award(Op[SpendResult]):
+    result_type = SpendResult
+    user_id: str
+    amount: int
+    source: str
+    source_ref: str
+    reason: str
+    idempotency: Idempotency | None = None
+
+    @property
+    def dedupe_key(self) -> str:
+        return f"award:{self.user_id}:{self.source}:{self.source_ref}"
+
+    def account_ids(self) -> set[str]:
+        return {wallet_id(self.user_id), SYSTEM_EARNINGS}
+
+    def transfer_keys(self) -> set[str]:
+        return {self.dedupe_key} if self.source_ref else set()
+
+    async def apply(self, tx: LedgerTx) -> SpendResult:
+        wallet = await tx.wallet(self.user_id)
+        key = self.dedupe_key if self.source_ref else _transfer_key(self.idempotency, f"award:{uuid.uuid4().hex}")
+        if self.source_ref and not await tx.key_unused(key):
+            raise errors.DomainError(
+                "credits for this source_ref were already awarded",
+                code=errors.Code.ALREADY_EXISTS,
+                reason="ALREADY_AWARDED",
+                metadata={"source": self.source, "source_ref": self.source_ref},
+            )
+        row = await tx.transfer(
+            SYSTEM_EARNINGS,
+            wallet["id"],
+            self.amount,
+            kind=Kind.AWARD,
+            key=key,
+            description=self.reason or f"Earned: {self.source}",
+            category=self.source,
+            ref=self.source_ref,
+            lot_kind=LotKind.EARNED,
+        )
+        return SpendResult(TransferView.of(row, wallet["id"]), wallet["balance"])
+
+
+@dataclass
+class EnsureWallet(Op[WalletResult]):
+    """Create a user's wallet (with the free allowance) or roll it into the new period."""
+
+    result_type = WalletResult
+    user_id: str
+
+    def account_ids(self) -> set[str]:
+        return {wallet_id(self.user_id)}
+
+    async def apply(self, tx: LedgerTx) -> WalletResult:
+        wallet = await tx.wallet(self.user_id)
+        return WalletResult(self.user_id, wallet["balance"])
+
+
+@dataclass
+class Call(Op[Any]):
+    """An exclusive operation of another domain: `fn(tx)` runs in its own
+    transaction with full ledger access (webhooks, tier changes, refills)."""
+
+    result_type = object
+    exclusive = True
+    fn: Any = None
+    accounts: set[str] = field(default_factory=set)
+
+    def account_ids(self) -> set[str]:
+        return self.accounts
+
+    async def apply(self, tx: LedgerTx) -> Any:
+        return await self.fn(tx)

@@ -1,0 +1,178 @@
+"""Read side of the ledger: single-row balance reads and keyset history."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import and_, func, literal, select, union_all
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from server.db.schema import accounts, holds, lots, transfers, users
+from server.ledger.model import EARNED_KINDS, Kind, LotKind, TransferView, wallet_id
+
+LOT_ORDER = {LotKind.ALLOWANCE: 0, LotKind.EARNED: 1, LotKind.PURCHASED: 2}
+
+
+@dataclass
+class WalletState:
+    user_id: str
+    credits: int
+    pending: int
+    earned_total: int
+    spent_total: int
+    unlimited_overdraft: bool
+    tier: str
+    monthly_credits: int | None
+    period_start_us: int
+    period_end_us: int
+    flagged_reason: str | None
+    lots: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class UserStats:
+    credits_earned: int
+    credits_spent: int
+    apps_published: int
+    challenges_completed: int
+    app_revenue: int
+
+
+class LedgerReader:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    async def wallet(self, user_id: str, *, with_lots: bool = False) -> WalletState | None:
+        q = (
+            select(accounts, users.c.tier, users.c.monthly_credits, users.c.period_start_us,
+                   users.c.period_end_us, users.c.flagged_reason)
+            .join(users, users.c.user_id == accounts.c.user_id)
+            .where(accounts.c.id == wallet_id(user_id))
+        )
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(q)).mappings().first()
+            if row is None:
+                return None
+            state = WalletState(
+                user_id=user_id,
+                credits=row["balance"],
+                pending=row["pending"],
+                earned_total=row["earned_total"],
+                spent_total=row["spent_total"],
+                unlimited_overdraft=row["unlimited_overdraft"],
+                tier=row["tier"],
+                monthly_credits=row["monthly_credits"],
+                period_start_us=row["period_start_us"],
+                period_end_us=row["period_end_us"],
+                flagged_reason=row["flagged_reason"],
+            )
+            if with_lots:
+                rows = (await conn.execute(select(lots).where(lots.c.account_id == wallet_id(user_id)))).mappings()
+                state.lots = sorted(
+                    (dict(r) for r in rows if r["remaining"] > 0),
+                    key=lambda r: (LOT_ORDER[LotKind(r["kind"])], r["expires_at_us"] == 0, r["expires_at_us"]),
+                )
+        return state
+
+    async def history(
+        self,
+        user_id: str,
+        *,
+        limit: int,
+        before_id: int | None,
+        kinds: list[str],
+        start_us: int | None,
+        end_us: int | None,
+    ) -> list[TransferView]:
+        account = wallet_id(user_id)
+
+        def side(column: Any) -> Any:
+            cond = [column == account]
+            if before_id is not None:
+                cond.append(transfers.c.id < before_id)
+            if kinds:
+                cond.append(transfers.c.kind.in_(kinds))
+            if start_us is not None:
+                cond.append(transfers.c.created_at_us >= start_us)
+            if end_us is not None:
+                cond.append(transfers.c.created_at_us < end_us)
+            # Each side walks its own (account, id) index newest first.
+            return select(transfers).where(and_(*cond)).order_by(transfers.c.id.desc()).limit(limit)
+
+        both = union_all(side(transfers.c.debit_account).subquery().select(),
+                         side(transfers.c.credit_account).subquery().select()).subquery()
+        q = select(both).order_by(both.c.id.desc()).limit(limit)
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(q)).mappings().all()
+        return [TransferView.of(dict(r), account) for r in rows]
+
+    async def hold(self, hold_id: str) -> dict[str, Any] | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(holds).where(holds.c.id == hold_id))).mappings().first()
+        return dict(row) if row else None
+
+    async def expired_holds(self, now_us: int, limit: int = 500) -> list[str]:
+        q = (
+            select(holds.c.id)
+            .where(holds.c.status == "active", holds.c.expires_at_us <= now_us)
+            .order_by(holds.c.expires_at_us)
+            .limit(limit)
+        )
+        async with self.engine.connect() as conn:
+            return [r.id for r in (await conn.execute(q)).all()]
+
+    async def users_due_rollover(self, now_us: int, limit: int = 500) -> list[str]:
+        q = select(users.c.user_id).where(users.c.period_end_us <= now_us).limit(limit)
+        async with self.engine.connect() as conn:
+            return [r.user_id for r in (await conn.execute(q)).all()]
+
+    async def stats(self, user_id: str) -> UserStats:
+        account = wallet_id(user_id)
+        earned = [str(k) for k in EARNED_KINDS]
+        q = select(
+            func.coalesce(func.sum(transfers.c.amount), 0),
+            func.count(func.distinct(transfers.c.ref)).filter(
+                and_(transfers.c.kind == Kind.REVENUE_SHARE, transfers.c.ref != "")
+            ),
+            func.count(func.distinct(transfers.c.ref)).filter(
+                and_(transfers.c.kind == Kind.AWARD, transfers.c.category == "challenge")
+            ),
+            func.coalesce(
+                func.sum(transfers.c.amount).filter(
+                    (transfers.c.kind == Kind.REVENUE_SHARE)
+                    | and_(transfers.c.kind == Kind.AWARD, transfers.c.category == "app_usage")
+                ),
+                0,
+            ),
+        ).where(transfers.c.credit_account == account, transfers.c.kind.in_(earned))
+        async with self.engine.connect() as conn:
+            earned_total, apps, challenges, app_revenue = (await conn.execute(q)).one()
+            spent = (await conn.execute(select(accounts.c.spent_total).where(accounts.c.id == account))).scalar()
+        return UserStats(
+            credits_earned=int(earned_total),
+            credits_spent=int(spent or 0),
+            apps_published=int(apps),
+            challenges_completed=int(challenges),
+            app_revenue=int(app_revenue),
+        )
+
+    async def spending_by_category(self, user_id: str, start_us: int, end_us: int) -> list[tuple[str, int, int]]:
+        account = wallet_id(user_id)
+        q = (
+            select(
+                func.coalesce(func.nullif(transfers.c.category, ""), literal("other")).label("category"),
+                func.sum(transfers.c.amount),
+                func.count(),
+            )
+            .where(
+                transfers.c.debit_account == account,
+                transfers.c.kind.in_([str(Kind.SPEND), str(Kind.HOLD_CAPTURE)]),
+                transfers.c.created_at_us >= start_us,
+                transfers.c.created_at_us < end_us,
+            )
+            .group_by("category")
+            .order_by(func.sum(transfers.c.amount).desc())
+        )
+        async with self.engine.connect() as conn:
+            return [(r[0], int(r[1]), int(r[2])) for r in (await conn.execute(q)).all()]

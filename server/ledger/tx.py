@@ -1,0 +1,535 @@
+"""LedgerTx: one group-commit transaction's view of the ledger.
+
+Rows the batch touches are loaded once (accounts locked in sorted order on
+PostgreSQL), every operation is applied in memory with an undo log so that a
+refused operation leaves no trace, and the whole batch is written back with a
+handful of set-based statements before a single commit.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from server import errors
+from server.clock import month_bounds
+from server.db.schema import accounts, holds, idempotency, lots, transfers, users
+from server.ledger.model import (
+    EARNED_KINDS,
+    INT64_MAX,
+    SPEND_ORDER,
+    SPENT_KINDS,
+    SYSTEM_ACCOUNTS,
+    SYSTEM_ALLOWANCES,
+    BalanceEvent,
+    Kind,
+    LotKind,
+    TransferView,
+    wallet_id,
+)
+
+Row = dict[str, Any]
+
+
+class TierPolicy:
+    """What the ledger needs to know about tiers: the monthly allowance a new
+    period grants. The tier domain supplies the real catalogue."""
+
+    def __init__(self, monthly: dict[str, int | None]) -> None:
+        self.monthly = monthly  # millicredits; None: granted by invoices, not the calendar
+
+    def calendar_allowance(self, user: Row) -> int | None:
+        if user["tier"] == "enterprise" and user["monthly_credits"] is not None:
+            return int(user["monthly_credits"])
+        return self.monthly.get(user["tier"])
+
+    def unlimited(self, tier: str) -> bool:
+        return tier == "enterprise"
+
+
+class LedgerTx:
+    def __init__(
+        self, conn: AsyncConnection, *, now_us: int, is_sqlite: bool, tiers: TierPolicy
+    ) -> None:
+        self.conn = conn
+        self.now_us = now_us
+        self.is_sqlite = is_sqlite
+        self.tiers = tiers
+        self.accounts: dict[str, Row] = {}
+        self.users: dict[str, Row] = {}
+        self.lots: dict[str, list[Row]] = {}
+        self.holds: dict[str, Row] = {}
+        self.stored: dict[str, tuple[str, bytes]] = {}  # idempotency key -> (fingerprint, response)
+        self.existing_keys: set[str] = set()  # transfer keys known to be committed
+        self.new_transfers: list[Row] = []
+        self.new_idempotency: list[Row] = []
+        self.events: list[BalanceEvent] = []
+        self.deferred: list[tuple[Any, list[Row] | Row | None]] = []
+        self.after_commit: list[Callable[[], None]] = []
+        self._new_accounts: list[str] = []
+        self._new_users: list[str] = []
+        self._new_lots: list[Row] = []
+        self._new_holds: list[Row] = []
+        self._dirty_accounts: set[str] = set()
+        self._dirty_lots: set[int] = set()
+        self._dirty_holds: set[str] = set()
+        self._dirty_users: set[str] = set()
+        self._batch_keys: set[str] = set()
+        self._undo: list[Callable[[], None]] = []
+        self._ids: list[int] = []
+        self._next_id = 0
+
+    # ---- loading -------------------------------------------------------------
+
+    async def load(
+        self,
+        account_ids: Iterable[str],
+        hold_ids: Iterable[str] = (),
+        request_keys: Iterable[str] = (),
+        transfer_keys: Iterable[str] = (),
+    ) -> None:
+        hold_ids = sorted(set(hold_ids) - self.holds.keys())
+        wanted = set(account_ids)
+        if hold_ids:
+            # First a plain read to learn the accounts; re-read under the locks below.
+            rows = (await self.conn.execute(select(holds.c.account_id).where(holds.c.id.in_(hold_ids)))).all()
+            wanted.update(r.account_id for r in rows)
+        await self._load_accounts(wanted)
+        if hold_ids:
+            for r in (await self.conn.execute(select(holds).where(holds.c.id.in_(hold_ids)))).mappings():
+                self.holds[r["id"]] = dict(r)
+        keys = sorted(set(request_keys) - self.stored.keys())
+        if keys:
+            q = select(idempotency.c.key, idempotency.c.fingerprint, idempotency.c.response)
+            for r in (await self.conn.execute(q.where(idempotency.c.key.in_(keys)))).all():
+                self.stored[r.key] = (r.fingerprint, bytes(r.response))
+        tkeys = sorted(set(transfer_keys) - self.existing_keys)
+        if tkeys:
+            q = select(transfers.c.key).where(transfers.c.key.in_(tkeys))
+            self.existing_keys.update(r.key for r in (await self.conn.execute(q)).all())
+
+    async def _load_accounts(self, ids: Iterable[str]) -> None:
+        missing = sorted(set(ids) - self.accounts.keys())
+        if not missing:
+            return
+        q = select(accounts).where(accounts.c.id.in_(missing)).order_by(accounts.c.id)
+        if not self.is_sqlite:
+            # Row locks in sorted order: concurrent replicas never deadlock on wallets.
+            q = q.with_for_update()
+        for r in (await self.conn.execute(q)).mappings():
+            self.accounts[r["id"]] = dict(r)
+        user_ids = [self.accounts[a]["user_id"] for a in missing if a in self.accounts and self.accounts[a]["user_id"]]
+        if user_ids:
+            for r in (await self.conn.execute(select(users).where(users.c.user_id.in_(user_ids)))).mappings():
+                self.users[r["user_id"]] = dict(r)
+            wallet_ids = [wallet_id(u) for u in user_ids]
+            q2 = select(lots).where(lots.c.account_id.in_(wallet_ids))
+            for r in (await self.conn.execute(q2)).mappings():
+                self.lots.setdefault(r["account_id"], []).append(dict(r))
+        for a in missing:
+            if a.startswith("wallet:"):
+                self.lots.setdefault(a, [])
+
+    # ---- undo log: a refused operation leaves no trace -----------------------
+
+    def mark(self) -> int:
+        return len(self._undo)
+
+    def rollback_to(self, mark: int) -> None:
+        while len(self._undo) > mark:
+            self._undo.pop()()
+
+    def _set(self, row: Row, field: str, value: Any) -> None:
+        old = row[field]
+        row[field] = value
+        self._undo.append(lambda: row.__setitem__(field, old))
+
+    def _append(self, target: list[Any], item: Any) -> None:
+        target.append(item)
+        self._undo.append(target.pop)
+
+    def _add(self, target: set[Any], item: Any) -> None:
+        if item not in target:
+            target.add(item)
+            self._undo.append(lambda: target.discard(item))
+
+    def _put(self, target: dict[Any, Any], key: Any, value: Any) -> None:
+        target[key] = value
+        self._undo.append(lambda: target.pop(key, None))
+
+    # ---- ids -------------------------------------------------------------------
+
+    async def _transfer_id(self) -> int:
+        if self.is_sqlite:
+            # BEGIN IMMEDIATE holds the write lock, so max(id) cannot move under us.
+            if self._next_id == 0:
+                top = (await self.conn.execute(select(func.coalesce(func.max(transfers.c.id), 0)))).scalar_one()
+                self._next_id = int(top)
+            self._next_id += 1
+            return self._next_id
+        if not self._ids:
+            q = "SELECT nextval('transfers_id_seq') FROM generate_series(1, 64)"
+            self._ids = [r[0] for r in (await self.conn.exec_driver_sql(q)).all()]
+            self._ids.reverse()
+        return self._ids.pop()
+
+    # ---- accounts and wallets --------------------------------------------------
+
+    async def account(self, account_id: str) -> Row:
+        if account_id not in self.accounts:
+            await self._load_accounts([account_id])
+        if account_id not in self.accounts:
+            if account_id in SYSTEM_ACCOUNTS:
+                self._create_account(account_id, kind="system", user_id=None)
+            else:
+                raise errors.NotFound("account not found", reason="ACCOUNT_NOT_FOUND")
+        return self.accounts[account_id]
+
+    def _create_account(self, account_id: str, *, kind: str, user_id: str | None) -> Row:
+        row = {
+            "id": account_id,
+            "kind": kind,
+            "user_id": user_id,
+            "balance": 0,
+            "pending": 0,
+            "earned_total": 0,
+            "spent_total": 0,
+            "unlimited_overdraft": False,
+            "version": 0,
+            "created_at_us": self.now_us,
+        }
+        self._put(self.accounts, account_id, row)
+        self._append(self._new_accounts, account_id)
+        if kind == "wallet":
+            self._put(self.lots, account_id, [])
+        return row
+
+    async def wallet(self, user_id: str) -> Row:
+        """The user's wallet, created on first use with the free tier's allowance,
+        and rolled over to the current period when the last one has ended."""
+        wid = wallet_id(user_id)
+        if wid not in self.accounts:
+            await self._load_accounts([wid])
+        if wid not in self.accounts:
+            self._create_account(wid, kind="wallet", user_id=user_id)
+            start, end = month_bounds(self.now_us)
+            user = {
+                "user_id": user_id,
+                "tier": "free",
+                "monthly_credits": None,
+                "period_start_us": start,
+                "period_end_us": end,
+                "flagged_reason": None,
+                "stripe_customer_id": None,
+                "created_at_us": self.now_us,
+            }
+            self._put(self.users, user_id, user)
+            self._append(self._new_users, user_id)
+            await self._grant_allowance(user)
+        else:
+            await self.roll_over(user_id)
+        return self.accounts[wid]
+
+    def user(self, user_id: str) -> Row:
+        return self.users[user_id]
+
+    def set_user(self, user_id: str, **values: Any) -> None:
+        row = self.users[user_id]
+        for k, v in values.items():
+            if row[k] != v:
+                self._set(row, k, v)
+        self._add(self._dirty_users, user_id)
+
+    def set_overdraft(self, user_id: str, unlimited: bool) -> None:
+        acct = self.accounts[wallet_id(user_id)]
+        if acct["unlimited_overdraft"] != unlimited:
+            self._set(acct, "unlimited_overdraft", unlimited)
+            self._add(self._dirty_accounts, acct["id"])
+
+    async def roll_over(self, user_id: str) -> None:
+        """Expire allowance lots whose period ended; open the next calendar period."""
+        wid = wallet_id(user_id)
+        for lot in list(self.lots.get(wid, ())):
+            if lot["kind"] == LotKind.ALLOWANCE and 0 < lot["expires_at_us"] <= self.now_us and lot["remaining"] > 0:
+                await self.transfer(
+                    wid,
+                    SYSTEM_ALLOWANCES,
+                    lot["remaining"],
+                    kind=Kind.ALLOWANCE_EXPIRY,
+                    key=f"allowance-expiry:{user_id}:{lot['expires_at_us']}",
+                    description="Unused monthly allowance expired",
+                    lot_order=(LotKind.ALLOWANCE,),
+                    lot_expiry=lot["expires_at_us"],
+                    allow_negative=True,
+                )
+        user = self.users.get(user_id)
+        if user is None or user["period_end_us"] > self.now_us:
+            return
+        if self.tiers.calendar_allowance(user) is None:
+            return  # paid tiers renew through their subscription invoices
+        start, end = month_bounds(self.now_us)
+        self.set_user(user_id, period_start_us=start, period_end_us=end)
+        await self._grant_allowance(user)
+
+    async def _grant_allowance(self, user: Row) -> None:
+        amount = self.tiers.calendar_allowance(user)
+        if not amount:
+            return
+        await self.grant_allowance(user["user_id"], amount, user["period_start_us"], user["period_end_us"])
+
+    async def grant_allowance(
+        self, user_id: str, amount: int, period_start_us: int, period_end_us: int, *, key: str | None = None
+    ) -> Row | None:
+        key = key or f"allowance:{user_id}:{period_start_us}"
+        if not await self.key_unused(key):
+            return None
+        return await self.transfer(
+            SYSTEM_ALLOWANCES,
+            wallet_id(user_id),
+            amount,
+            kind=Kind.ALLOWANCE_GRANT,
+            key=key,
+            description=f"Monthly allowance ({user_id_tier(self.users.get(user_id))})",
+            lot_kind=LotKind.ALLOWANCE,
+            lot_expiry=period_end_us,
+        )
+
+    async def key_unused(self, key: str) -> bool:
+        """True when no transfer with this key is committed or in this batch."""
+        if key in self._batch_keys or key in self.existing_keys:
+            return False
+        found = (await self.conn.execute(select(transfers.c.id).where(transfers.c.key == key))).first()
+        if found is not None:
+            self.existing_keys.add(key)
+            return False
+        return True
+
+    # ---- transfers ------------------------------------------------------------------
+
+    async def transfer(
+        self,
+        debit_id: str,
+        credit_id: str,
+        amount: int,
+        *,
+        kind: Kind,
+        key: str,
+        description: str = "",
+        category: str = "",
+        ref: str = "",
+        metadata: dict[str, str] | None = None,
+        allow_negative: bool = False,
+        lot_order: tuple[LotKind, ...] = SPEND_ORDER,
+        lot_expiry: int | None = None,
+        lot_kind: LotKind | None = None,
+        restore_lots: list[list[Any]] | None = None,
+    ) -> Row:
+        if amount <= 0:
+            raise errors.InvalidAmount("amount must be positive")
+        if key in self._batch_keys:
+            raise errors.DomainError("duplicate transfer key in one batch", reason="DUPLICATE_TRANSFER")
+        debit = await self.account(debit_id)
+        credit = await self.account(credit_id)
+        if debit["kind"] == "wallet":
+            available = debit["balance"]
+            if not allow_negative and not debit["unlimited_overdraft"] and available < amount:
+                raise errors.InsufficientCredits(
+                    "insufficient credits",
+                    metadata={
+                        "balance_millicredits": available,
+                        "required_millicredits": amount,
+                        "shortfall_millicredits": amount - max(available, 0),
+                    },
+                )
+            self._consume_lots(debit, amount, lot_order, lot_expiry)
+        if credit["balance"] > INT64_MAX - amount:
+            raise errors.InvalidAmount("amount would overflow the balance")
+        if credit["kind"] == "wallet":
+            self._fill_lots(credit, amount, lot_kind or LotKind.PURCHASED, lot_expiry or 0, restore_lots)
+        self._set(debit, "balance", debit["balance"] - amount)
+        self._set(credit, "balance", credit["balance"] + amount)
+        for acct in (debit, credit):
+            self._set(acct, "version", acct["version"] + 1)
+            self._add(self._dirty_accounts, acct["id"])
+        if debit["kind"] == "wallet" and kind in SPENT_KINDS:
+            self._set(debit, "spent_total", debit["spent_total"] + amount)
+        if credit["kind"] == "wallet" and kind in EARNED_KINDS:
+            self._set(credit, "earned_total", credit["earned_total"] + amount)
+        row = {
+            "id": await self._transfer_id(),
+            "key": key,
+            "debit_account": debit_id,
+            "credit_account": credit_id,
+            "amount": amount,
+            "kind": str(kind),
+            "description": description[:500],
+            "category": category,
+            "ref": ref,
+            "metadata": json.dumps(metadata or {}, sort_keys=True),
+            "debit_balance_after": debit["balance"],
+            "credit_balance_after": credit["balance"],
+            "created_at_us": self.now_us,
+        }
+        self._append(self.new_transfers, row)
+        self._add(self._batch_keys, key)
+        for acct in (debit, credit):
+            if acct["kind"] == "wallet":
+                self._append(
+                    self.events,
+                    BalanceEvent(
+                        user_id=acct["user_id"],
+                        kind="transfer",
+                        credits=acct["balance"],
+                        pending=acct["pending"],
+                        transfer=TransferView.of(row, acct["id"]),
+                    ),
+                )
+        return row
+
+    def _lot(self, account_id: str, kind: LotKind, expires_at_us: int) -> Row:
+        for lot in self.lots.setdefault(account_id, []):
+            if lot["kind"] == kind and lot["expires_at_us"] == expires_at_us:
+                return lot
+        lot = {
+            "id": None,
+            "account_id": account_id,
+            "kind": str(kind),
+            "expires_at_us": expires_at_us,
+            "remaining": 0,
+            "granted": 0,
+            "created_at_us": self.now_us,
+        }
+        self._append(self.lots[account_id], lot)
+        self._append(self._new_lots, lot)
+        return lot
+
+    def _consume_lots(
+        self, wallet: Row, amount: int, order: tuple[LotKind, ...], only_expiry: int | None
+    ) -> list[list[Any]]:
+        """Take `amount` from the wallet's lots; lots cover only the positive
+        part of a balance, so an overdraft consumes what is left and no more."""
+        take = max(wallet["balance"], 0) - max(wallet["balance"] - amount, 0)
+        used: list[list[Any]] = []
+        for kind in order:
+            candidates = sorted(
+                (lot for lot in self.lots[wallet["id"]] if lot["kind"] == kind and lot["remaining"] > 0),
+                key=lambda lot: (lot["expires_at_us"] == 0, lot["expires_at_us"]),
+            )
+            for lot in candidates:
+                if take == 0:
+                    return used
+                if only_expiry is not None and lot["expires_at_us"] != only_expiry:
+                    continue
+                part = min(take, lot["remaining"])
+                self._set(lot, "remaining", lot["remaining"] - part)
+                self._touch_lot(lot)
+                used.append([lot["kind"], lot["expires_at_us"], part])
+                take -= part
+        if take:
+            raise errors.DomainError("ledger lots out of step with balance", reason="LEDGER_INCONSISTENT")
+        return used
+
+    def _fill_lots(
+        self, wallet: Row, amount: int, kind: LotKind, expiry: int, restore: list[list[Any]] | None
+    ) -> None:
+        # A debt (negative balance) is repaid first; only the rest becomes spendable lots.
+        give = max(wallet["balance"] + amount, 0) - max(wallet["balance"], 0)
+        for lot_kind, lot_expiry, part in restore or [[kind, expiry, give]]:
+            part = min(part, give)
+            if part <= 0:
+                continue
+            lot = self._lot(wallet["id"], LotKind(lot_kind), lot_expiry)
+            self._set(lot, "remaining", lot["remaining"] + part)
+            self._set(lot, "granted", lot["granted"] + part)
+            self._touch_lot(lot)
+            give -= part
+        if give > 0:  # restored lots were smaller than the amount: the rest is purchased-like
+            lot = self._lot(wallet["id"], kind, expiry)
+            self._set(lot, "remaining", lot["remaining"] + give)
+            self._set(lot, "granted", lot["granted"] + give)
+            self._touch_lot(lot)
+
+    def _touch_lot(self, lot: Row) -> None:
+        if lot["id"] is not None:
+            self._add(self._dirty_lots, lot["id"])
+
+    # ---- holds ---------------------------------------------------------------------
+
+    def new_hold(self, row: Row) -> None:
+        self._put(self.holds, row["id"], row)
+        self._append(self._new_holds, row)
+
+    def update_hold(self, hold_id: str, **values: Any) -> None:
+        row = self.holds[hold_id]
+        for k, v in values.items():
+            self._set(row, k, v)
+        if row not in self._new_holds:
+            self._add(self._dirty_holds, hold_id)
+
+    def add_pending(self, account_id: str, delta: int) -> None:
+        acct = self.accounts[account_id]
+        self._set(acct, "pending", acct["pending"] + delta)
+        self._add(self._dirty_accounts, account_id)
+
+    # ---- idempotency ------------------------------------------------------------------
+
+    def remember(self, key: str, fingerprint: str, response: bytes) -> None:
+        self._put(self.stored, key, (fingerprint, response))
+        self._append(self.new_idempotency, {"key": key, "fingerprint": fingerprint, "response": response, "created_at_us": self.now_us})
+
+    def defer(self, statement: Any, params: list[Row] | Row | None = None) -> None:
+        """A write of another domain (payments, refill jobs) that commits with the batch."""
+        self._append(self.deferred, (statement, params))
+
+    def notify(self, event: BalanceEvent) -> None:
+        self._append(self.events, event)
+
+    # ---- write-back -------------------------------------------------------------------
+
+    async def flush(self) -> None:
+        c = self.conn
+        if self._new_accounts:
+            await c.execute(insert(accounts), [self.accounts[a] for a in self._new_accounts])
+        if self._new_users:
+            await c.execute(insert(users), [self.users[u] for u in self._new_users])
+        dirty_users = [u for u in sorted(self._dirty_users) if u not in self._new_users]
+        if dirty_users:
+            cols = ("tier", "monthly_credits", "period_start_us", "period_end_us", "flagged_reason", "stripe_customer_id")
+            stmt = update(users).where(users.c.user_id == bindparam("b_user_id")).values({k: bindparam(f"b_{k}") for k in cols})
+            await c.execute(stmt, [{f"b_{k}": self.users[u][k] for k in (*cols, "user_id")} for u in dirty_users])
+        if self.new_transfers:
+            await c.execute(insert(transfers), self.new_transfers)
+        dirty = [a for a in self._dirty_accounts if a not in self._new_accounts]
+        if dirty:
+            cols = ("balance", "pending", "earned_total", "spent_total", "unlimited_overdraft", "version")
+            stmt = update(accounts).where(accounts.c.id == bindparam("b_id")).values({k: bindparam(f"b_{k}") for k in cols})
+            await c.execute(stmt, [{f"b_{k}": self.accounts[a][k] for k in (*cols, "id")} for a in sorted(dirty)])
+        if self._new_lots:
+            await c.execute(insert(lots), [{k: v for k, v in lot.items() if k != "id"} for lot in self._new_lots])
+        if self._dirty_lots:
+            by_id = {lot["id"]: lot for rows in self.lots.values() for lot in rows if lot["id"] is not None}
+            stmt = update(lots).where(lots.c.id == bindparam("b_id")).values(
+                remaining=bindparam("b_remaining"), granted=bindparam("b_granted")
+            )
+            await c.execute(
+                stmt,
+                [{"b_id": i, "b_remaining": by_id[i]["remaining"], "b_granted": by_id[i]["granted"]} for i in sorted(self._dirty_lots)],
+            )
+        if self._new_holds:
+            await c.execute(insert(holds), self._new_holds)
+        if self._dirty_holds:
+            cols = ("captured", "status", "resolved_at_us")
+            stmt = update(holds).where(holds.c.id == bindparam("b_id")).values({k: bindparam(f"b_{k}") for k in cols})
+            await c.execute(stmt, [{f"b_{k}": self.holds[h][k] for k in (*cols, "id")} for h in sorted(self._dirty_holds)])
+        if self.new_idempotency:
+            await c.execute(insert(idempotency), self.new_idempotency)
+        for statement, params in self.deferred:
+            await c.execute(statement, params) if params is not None else await c.execute(statement)
+
+
+def user_id_tier(user: Row | None) -> str:
+    return user["tier"] if user else "free"

@@ -1,0 +1,145 @@
+"""Ledger audit (`python -m server verify`): recompute everything cached from
+the immutable transfers and report each discrepancy. Read-only, one snapshot."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from sqlalchemy import func, inspect, select, text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from server.db.schema import accounts, holds, lots, transfers
+from server.ledger.model import EARNED_KINDS, SPENT_KINDS, SYSTEM_HOLDS, Kind
+
+CLAWBACK_KINDS = (str(Kind.REFUND_CLAWBACK), str(Kind.DISPUTE_CLAWBACK))
+
+
+@dataclass
+class Report:
+    checked: dict[str, int] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def render(self) -> str:
+        lines = [f"checked {k}: {v}" for k, v in self.checked.items()]
+        lines += [f"PROBLEM: {p}" for p in self.problems] or ["ledger OK: no discrepancies"]
+        return "\n".join(lines)
+
+
+async def verify(engine: AsyncEngine) -> Report:
+    async with engine.connect() as conn:
+        if engine.dialect.name == "postgresql":
+            await conn.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY"))
+        return await _verify(conn)
+
+
+async def _verify(conn: AsyncConnection) -> Report:
+    r = Report()
+    sums: dict[str, int] = defaultdict(int)
+    spent: dict[str, int] = defaultdict(int)
+    earned: dict[str, int] = defaultdict(int)
+    q = select(
+        transfers.c.debit_account, transfers.c.credit_account, transfers.c.kind, func.sum(transfers.c.amount), func.count()
+    ).group_by(transfers.c.debit_account, transfers.c.credit_account, transfers.c.kind)
+    n_transfers = 0
+    clawed: set[str] = set()
+    for debit, credit, kind, amount, count in (await conn.execute(q)).all():
+        amount = int(amount)
+        n_transfers += int(count)
+        sums[debit] -= amount
+        sums[credit] += amount
+        if kind in SPENT_KINDS:
+            spent[debit] += amount
+        if kind in EARNED_KINDS:
+            earned[credit] += amount
+        if kind in CLAWBACK_KINDS:
+            clawed.add(debit)
+    r.checked["transfers"] = n_transfers
+
+    rows = (await conn.execute(select(accounts))).mappings().all()
+    r.checked["accounts"] = len(rows)
+    total = 0
+    for a in rows:
+        aid = a["id"]
+        total += a["balance"]
+        if a["balance"] != sums.get(aid, 0):
+            r.problems.append(f"{aid}: cached balance {a['balance']} != sum of transfers {sums.get(aid, 0)}")
+        if a["kind"] == "wallet":
+            if a["spent_total"] != spent.get(aid, 0):
+                r.problems.append(f"{aid}: spent_total {a['spent_total']} != {spent.get(aid, 0)}")
+            if a["earned_total"] != earned.get(aid, 0):
+                r.problems.append(f"{aid}: earned_total {a['earned_total']} != {earned.get(aid, 0)}")
+            if a["balance"] < 0 and not a["unlimited_overdraft"] and aid not in clawed:
+                r.problems.append(f"{aid}: negative balance {a['balance']} without overdraft or clawback")
+    missing = set(sums) - {a["id"] for a in rows}
+    for aid in sorted(missing):
+        r.problems.append(f"{aid}: transfers reference a missing account")
+    if total != 0:
+        r.problems.append(f"accounts sum to {total}, not 0")
+
+    lot_sums: dict[str, int] = defaultdict(int)
+    for aid, remaining in (await conn.execute(select(lots.c.account_id, lots.c.remaining))).all():
+        if remaining < 0:
+            r.problems.append(f"{aid}: negative lot {remaining}")
+        lot_sums[aid] += remaining
+    r.checked["lots"] = len(lot_sums)
+    for a in rows:
+        if a["kind"] == "wallet" and lot_sums.get(a["id"], 0) != max(a["balance"], 0):
+            r.problems.append(f"{a['id']}: lots sum {lot_sums.get(a['id'], 0)} != positive balance {max(a['balance'], 0)}")
+
+    pending: dict[str, int] = defaultdict(int)
+    hold_rows = (await conn.execute(select(holds))).mappings().all()
+    r.checked["holds"] = len(hold_rows)
+    hold_transfers = {
+        ref: (kind, amount)
+        for ref, kind, amount in (
+            await conn.execute(select(transfers.c.ref, transfers.c.kind, transfers.c.amount).where(transfers.c.kind == Kind.HOLD))
+        ).all()
+    }
+    active_total = 0
+    for h in hold_rows:
+        if h["status"] == "active":
+            pending[h["account_id"]] += h["amount"]
+            active_total += h["amount"]
+        t = hold_transfers.get(h["id"])
+        if t is None or t[1] != h["amount"]:
+            r.problems.append(f"hold {h['id']}: no matching hold transfer")
+        if h["captured"] > h["amount"]:
+            r.problems.append(f"hold {h['id']}: captured {h['captured']} > held {h['amount']}")
+        json.loads(h["lots"])
+    orphans = set(hold_transfers) - {h["id"] for h in hold_rows}
+    for ref in sorted(orphans):
+        r.problems.append(f"hold transfer {ref} has no hold record")
+    for a in rows:
+        if a["kind"] == "wallet" and a["pending"] != pending.get(a["id"], 0):
+            r.problems.append(f"{a['id']}: pending {a['pending']} != active holds {pending.get(a['id'], 0)}")
+    if sums.get(SYSTEM_HOLDS, 0) != active_total:
+        r.problems.append(f"{SYSTEM_HOLDS}: balance {sums.get(SYSTEM_HOLDS, 0)} != active holds {active_total}")
+
+    await _verify_payments(conn, r)
+    return r
+
+
+async def _verify_payments(conn: AsyncConnection, r: Report) -> None:
+    """Every paid payment has exactly one grant transfer (once payments exist)."""
+    has_table = await conn.run_sync(lambda c: inspect(c).has_table("payments"))
+    if not has_table:
+        return
+    q = text(
+        "SELECT p.id, p.status, (SELECT count(*) FROM transfers t WHERE t.key = 'grant:' || p.id) AS grants "
+        "FROM payments p"
+    )
+    n = 0
+    for pid, status, grants in (await conn.execute(q)).all():
+        n += 1
+        credited = status in ("paid", "refunded", "partially_refunded", "disputed")
+        if credited and grants != 1:
+            r.problems.append(f"payment {pid} ({status}) has {grants} grant transfers, expected 1")
+        if not credited and grants != 0:
+            r.problems.append(f"payment {pid} ({status}) has {grants} grant transfers, expected 0")
+    r.checked["payments"] = n

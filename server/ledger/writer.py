@@ -1,0 +1,215 @@
+"""Group commit: one writer task applies queued operations in batches.
+
+Concurrent requests share one transaction and one durable commit; each
+operation succeeds or fails on its own, and no caller hears back before the
+commit that holds its effect is durable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from server import errors
+from server.clock import Clock
+from server.db.engine import Database, is_retryable
+from server.ledger.model import BalanceEvent
+from server.ledger.ops import Op
+from server.ledger.tx import LedgerTx, TierPolicy
+
+log = logging.getLogger(__name__)
+
+BatchHook = Callable[[LedgerTx, list[Op[Any]]], Awaitable[None]]
+
+
+class _Refused(Exception):
+    def __init__(self, error: errors.DomainError) -> None:
+        self.error = error
+
+
+@dataclass
+class _Item:
+    op: Op[Any]
+    future: asyncio.Future[Any]
+    outcome: Any = None
+    error: BaseException | None = None
+    replayed: bool = False
+
+
+@dataclass
+class WriterStats:
+    batches: int = 0
+    operations: int = 0
+    batch_sizes: collections.Counter[int] = field(default_factory=collections.Counter)
+
+
+class LedgerWriter:
+    def __init__(
+        self,
+        db: Database,
+        clock: Clock,
+        tiers: TierPolicy,
+        *,
+        max_batch: int = 256,
+        publish: Callable[[list[BalanceEvent]], None] | None = None,
+        after_batch: Callable[[int, float], None] | None = None,
+    ) -> None:
+        self.db = db
+        self.clock = clock
+        self.tiers = tiers
+        self.max_batch = max_batch
+        self.publish = publish or (lambda events: None)
+        self.after_batch = after_batch
+        # Domains add work to every batch (e.g. refill jobs in the same transaction).
+        self.before_flush: list[BatchHook] = []
+        self.stats = WriterStats()
+        self._queue: collections.deque[_Item] = collections.deque()
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="ledger-writer")
+
+    async def stop(self) -> None:
+        """Finish what is queued, then stop."""
+        self._closing = True
+        self._wakeup.set()
+        if self._task:
+            await self._task
+
+    async def submit(self, op: Op[Any]) -> Any:
+        if self._closing:
+            raise errors.Unavailable("server is shutting down", reason="SHUTTING_DOWN")
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Item(op, fut))
+        self._wakeup.set()
+        # A cancelled caller does not cancel the write: it lands whole or not at all.
+        return await asyncio.shield(fut)
+
+    async def _run(self) -> None:
+        while True:
+            if not self._queue:
+                if self._closing:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            batch = self._take_batch()
+            try:
+                await self._run_batch(batch)
+            except Exception:  # never let the writer die; fail the batch instead
+                log.exception("ledger batch failed")
+                for item in batch:
+                    if not item.future.done():
+                        item.future.set_exception(errors.Unavailable("ledger unavailable, retry with the same request_id"))
+
+    def _take_batch(self) -> list[_Item]:
+        first = self._queue.popleft()
+        if first.op.exclusive:
+            return [first]
+        batch = [first]
+        while self._queue and len(batch) < self.max_batch and not self._queue[0].op.exclusive:
+            batch.append(self._queue.popleft())
+        return batch
+
+    async def _run_batch(self, batch: list[_Item]) -> None:
+        started = time.perf_counter()
+        events: list[BalanceEvent] = []
+        for attempt in range(4):
+            try:
+                events = await self._apply(batch)
+                break
+            except Exception as exc:
+                if attempt < 3 and is_retryable(exc):
+                    log.info("batch retry after conflict: %s", type(exc).__name__)
+                    await asyncio.sleep(0.005 * (attempt + 1))
+                    continue
+                if len(batch) == 1:
+                    raise
+                # Isolate the culprit: apply each operation in its own transaction.
+                log.warning("batch of %d failed (%s); applying one by one", len(batch), type(exc).__name__)
+                events = []
+                for item in batch:
+                    try:
+                        await self._run_batch([item])
+                    except Exception as one:
+                        log.exception("operation failed")
+                        item.error = errors.Unavailable("ledger unavailable, retry with the same request_id")
+                        if not item.future.done():
+                            item.future.set_exception(item.error)
+                        del one
+                return
+        self.stats.batches += 1
+        self.stats.operations += len(batch)
+        self.stats.batch_sizes[len(batch)] += 1
+        for item in batch:
+            if item.future.done():
+                continue
+            if item.error is not None:
+                item.future.set_exception(item.error)
+            else:
+                item.future.set_result(item.outcome)
+        if events:
+            self.publish(events)
+        if self.after_batch:
+            self.after_batch(len(batch), time.perf_counter() - started)
+
+    async def _apply(self, batch: list[_Item]) -> list[BalanceEvent]:
+        try:
+            return await self._apply_once(batch)
+        except _Refused as refused:
+            # An exclusive operation may have written rows directly: the whole
+            # transaction was rolled back, and the caller hears why.
+            batch[0].outcome, batch[0].error = None, refused.error
+            return []
+
+    async def _apply_once(self, batch: list[_Item]) -> list[BalanceEvent]:
+        now = self.clock.now_us()
+        async with self.db.writer.connect() as conn, conn.begin():
+            tx = LedgerTx(conn, now_us=now, is_sqlite=self.db.is_sqlite, tiers=self.tiers)
+            accounts: set[str] = set()
+            holds: set[str] = set()
+            tkeys: set[str] = set()
+            rkeys: list[str] = []
+            for item in batch:
+                op = item.op
+                accounts |= op.account_ids()
+                holds |= op.hold_ids()
+                tkeys |= op.transfer_keys()
+                if op.idempotency:
+                    rkeys.append(op.idempotency.key)
+            await tx.load(accounts, holds, rkeys, tkeys)
+            for item in batch:
+                item.outcome, item.error, item.replayed = None, None, False
+                op = item.op
+                idem = op.idempotency
+                if idem and idem.key in tx.stored:
+                    fingerprint, response = tx.stored[idem.key]
+                    if fingerprint != idem.fingerprint:
+                        item.error = errors.RequestIdReused(
+                            "request_id was already used with different parameters",
+                            metadata={"request_id": idem.key.rsplit(":", 1)[-1]},
+                        )
+                    else:
+                        item.outcome, item.replayed = op.decode(response), True
+                    continue
+                mark = tx.mark()
+                try:
+                    item.outcome = await op.apply(tx)
+                    if idem:
+                        tx.remember(idem.key, idem.fingerprint, op.encode(item.outcome))
+                except errors.DomainError as exc:
+                    if op.exclusive:
+                        raise _Refused(exc) from None
+                    tx.rollback_to(mark)
+                    item.error = exc
+            for hook in self.before_flush:
+                await hook(tx, [item.op for item in batch if item.error is None and not item.replayed])
+            await tx.flush()
+        return tx.events

@@ -1,0 +1,68 @@
+"""Background jobs: hold expiry and monthly allowance rollover. Each job is an
+idempotent ledger operation re-checked under the row locks, so replicas that
+pick the same rows never apply them twice."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+from server.clock import Clock
+from server.ledger.ops import EnsureWallet, ExpireHolds
+from server.ledger.repository import LedgerReader
+from server.ledger.writer import LedgerWriter
+
+log = logging.getLogger(__name__)
+
+Job = Callable[[], Awaitable[int]]
+
+
+class Workers:
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self.jobs: dict[str, Job] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def add(self, name: str, job: Job) -> None:
+        self.jobs[name] = job
+
+    async def run_once(self) -> dict[str, int]:
+        done = {}
+        for name, job in self.jobs.items():
+            try:
+                done[name] = await job()
+            except Exception:
+                log.exception("background job failed", extra={"job": name})
+                done[name] = -1
+        return done
+
+    def start(self) -> None:
+        async def loop() -> None:
+            while True:
+                await asyncio.sleep(self.interval)
+                await self.run_once()
+
+        self._task = asyncio.create_task(loop(), name="workers")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+
+
+def ledger_jobs(workers: Workers, writer: LedgerWriter, reader: LedgerReader, clock: Clock) -> None:
+    async def expire_holds() -> int:
+        ids = await reader.expired_holds(clock.now_us())
+        return await writer.submit(ExpireHolds(ids)) if ids else 0
+
+    async def roll_over_allowances() -> int:
+        users = await reader.users_due_rollover(clock.now_us())
+        await asyncio.gather(*(writer.submit(EnsureWallet(u)) for u in users))
+        return len(users)
+
+    workers.add("expire_holds", expire_holds)
+    workers.add("roll_over_allowances", roll_over_allowances)
