@@ -12,10 +12,6 @@ from typing import Any
 
 import grpc
 from aiohttp import web
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1.health import aio as health_aio
-from grpc_reflection.v1alpha import reflection
-
 from flownexus.billing.v1 import (
     balance_pb2,
     balance_pb2_grpc,
@@ -32,6 +28,10 @@ from flownexus.billing.v1 import (
     usage_pb2,
     usage_pb2_grpc,
 )
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+
 from server.api import servicers
 from server.api.interceptors import AuthInterceptor, ErrorInterceptor
 from server.api.placeholders import PaymentsPlaceholder, RefillPlaceholder
@@ -180,7 +180,7 @@ class App:
         site = web.TCPSite(runner, self.settings.http_host, self.settings.http_port)
         await site.start()
         self._http_runner = runner
-        sockets = site._server.sockets if site._server else []  # type: ignore[union-attr]
+        sockets = site._server.sockets if site._server else []  # type: ignore[union-attr,attr-defined]
         self.http_port = sockets[0].getsockname()[1] if sockets else self.settings.http_port
 
     async def _healthz(self, request: web.Request) -> web.Response:

@@ -30,7 +30,7 @@ class DomainError(Exception):
         *,
         reason: str | None = None,
         code: Code | None = None,
-        metadata: dict[str, str] | None = None,
+        metadata: dict[str, object] | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message

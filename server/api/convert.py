@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from flownexus.billing.v1 import balance_pb2, common_pb2, usage_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from flownexus.billing.v1 import balance_pb2, common_pb2, usage_pb2
 from server.ledger.model import HoldView, Kind, LotKind, TransferView
 from server.ledger.repository import WalletState
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from flownexus.billing.v1 import payments_pb2_grpc, refill_pb2_grpc
+
 from server.api.servicers import not_implemented
 from server.auth import principal
 

@@ -7,9 +7,9 @@ server/api/interceptors.py.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import TypeAlias
 
 import grpc
-
 from flownexus.billing.v1 import (
     balance_pb2,
     balance_pb2_grpc,
@@ -23,6 +23,7 @@ from flownexus.billing.v1 import (
     usage_pb2,
     usage_pb2_grpc,
 )
+
 from server import errors
 from server.api import convert, validation
 from server.auth import principal
@@ -31,7 +32,7 @@ from server.domain.tiers import TierSpec
 from server.ledger.model import BalanceEvent
 from server.watch import RESYNC, WatchHub
 
-Ctx = grpc.aio.ServicerContext
+Ctx: TypeAlias = grpc.aio.ServicerContext
 
 
 def not_implemented(what: str) -> errors.DomainError:

@@ -146,9 +146,9 @@ def _build(cls: Any, value: Any) -> Any:
         return None
     origin = typing.get_origin(cls)
     if origin in (typing.Union, types.UnionType):
-        inner = [a for a in typing.get_args(cls) if a is not type(None)][0]
+        inner = next(a for a in typing.get_args(cls) if a is not type(None))
         return _build(inner, value)
-    if dataclasses.is_dataclass(cls):
+    if isinstance(cls, type) and dataclasses.is_dataclass(cls):
         hints = typing.get_type_hints(cls)
         return cls(**{f.name: _build(hints[f.name], value[f.name]) for f in dataclasses.fields(cls)})
     return value

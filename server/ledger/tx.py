@@ -105,8 +105,8 @@ class LedgerTx:
         keys = sorted(set(request_keys) - self.stored.keys())
         if keys:
             q = select(idempotency.c.key, idempotency.c.fingerprint, idempotency.c.response)
-            for r in (await self.conn.execute(q.where(idempotency.c.key.in_(keys)))).all():
-                self.stored[r.key] = (r.fingerprint, bytes(r.response))
+            for key, fp, resp in (await self.conn.execute(q.where(idempotency.c.key.in_(keys)))).all():
+                self.stored[key] = (fp, bytes(resp))
         tkeys = sorted(set(transfer_keys) - self.existing_keys)
         if tkeys:
             q = select(transfers.c.key).where(transfers.c.key.in_(tkeys))
@@ -522,9 +522,9 @@ class LedgerTx:
         if self._new_holds:
             await c.execute(insert(holds), self._new_holds)
         if self._dirty_holds:
-            cols = ("captured", "status", "resolved_at_us")
-            stmt = update(holds).where(holds.c.id == bindparam("b_id")).values({k: bindparam(f"b_{k}") for k in cols})
-            await c.execute(stmt, [{f"b_{k}": self.holds[h][k] for k in (*cols, "id")} for h in sorted(self._dirty_holds)])
+            hold_cols = ("captured", "status", "resolved_at_us")
+            stmt = update(holds).where(holds.c.id == bindparam("b_id")).values({k: bindparam(f"b_{k}") for k in hold_cols})
+            await c.execute(stmt, [{f"b_{k}": self.holds[h][k] for k in (*hold_cols, "id")} for h in sorted(self._dirty_holds)])
         if self.new_idempotency:
             await c.execute(insert(idempotency), self.new_idempotency)
         for statement, params in self.deferred:

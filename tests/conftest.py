@@ -1,0 +1,66 @@
+"""Fixtures. `server` runs against SQLite and PostgreSQL; every test ends with
+the ledger audit (cached balances = transfers, accounts sum to zero, ...)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+
+import pytest
+
+from server.clock import ManualClock
+from tests.harness import Running, database, postgres_available
+
+_pg_reason: str | bool | None = False
+
+
+async def _require_postgres() -> None:
+    global _pg_reason
+    if _pg_reason is False:
+        _pg_reason = await postgres_available()
+    if _pg_reason:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"PostgreSQL is required in CI but unreachable: {_pg_reason}")
+        pytest.skip(f"PostgreSQL unreachable: {_pg_reason}")
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture
+async def db_url(db_kind: str, tmp_path) -> AsyncIterator[str]:  # type: ignore[no-untyped-def]
+    if db_kind == "postgres":
+        await _require_postgres()
+    async with database(db_kind, tmp_path) as url:
+        yield url
+
+
+@pytest.fixture
+async def server(db_url: str, clock: ManualClock) -> AsyncIterator[Running]:
+    running = Running(db_url, clock)
+    await running.start()
+    try:
+        yield running
+        await running.verify()
+    finally:
+        await running.stop()
+
+
+@pytest.fixture
+async def sqlite_server(tmp_path, clock: ManualClock) -> AsyncIterator[Running]:  # type: ignore[no-untyped-def]
+    """For tests whose subject does not depend on the database."""
+    async with database("sqlite", tmp_path) as url:
+        running = Running(url, clock)
+        await running.start()
+        try:
+            yield running
+            await running.verify()
+        finally:
+            await running.stop()
