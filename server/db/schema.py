@@ -132,3 +132,11 @@ users = Table(
     Column("created_at_us", BigInteger, nullable=False),
     Index("ix_users_period_end", "period_end_us"),
 )
+
+# ---- payments (issue 3) ------------------------------------------------------
+
+# ---- tiers and earnings (issue 5) -----------------------------------------------
+
+# ---- auto-refill (issue 4) ----------------------------------------------------------
+
+# ---- reliability (issue 7) ------------------------------------------------------------
