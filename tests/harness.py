@@ -201,3 +201,12 @@ async def gather_limited(coros: list[Any], limit: int = 64) -> list[Any]:
             return await c
 
     return await asyncio.gather(*(one(c) for c in coros), return_exceptions=True)
+
+
+async def run_cmd(*cmd: str, env: dict[str, str] | None = None, cwd: str | Path | None = None, timeout: float = 60) -> tuple[int, str, str]:
+    """Run a command without blocking the event loop (the server under test lives on it)."""
+    proc = await asyncio.create_subprocess_exec(
+        *cmd, env=env, cwd=cwd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    return proc.returncode or 0, out.decode(), err.decode()

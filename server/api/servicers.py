@@ -63,6 +63,7 @@ class BalanceServicer(balance_pb2_grpc.BalanceServiceServicer):
         self, request: balance_pb2.WatchBalanceRequest, context: Ctx
     ) -> AsyncIterator[balance_pb2.WatchBalanceResponse]:
         user = principal().resolve_user(validation.user_id(request.user_id))
+        await self.ledger.wallet(user)  # a new wallet's first grant belongs to the snapshot
         # Subscribe before the snapshot so that no change falls in between.
         sub = self.hub.subscribe(user)
         try:

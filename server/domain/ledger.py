@@ -200,6 +200,8 @@ class LedgerService:
             source_ref=source_ref,
             reason=reason,
             idempotency=self.idem(principal, "AwardCredits", request_id, fingerprint),
+            # Per-user, per-source daily cap (BILLING_AWARD_DAILY_LIMIT_*), checked in the ledger batch.
+            daily_limit=int(getattr(self.settings, f"award_daily_limit_{source}", 0)) * 1000,
         )
         if self.award_guard is not None:
             await self.award_guard(principal, op)
@@ -231,7 +233,7 @@ class LedgerService:
     async def spending_report(self, principal: Principal, user_id: str, start_us: int | None, end_us: int | None):  # type: ignore[no-untyped-def]
         user = principal.resolve_user(user_id)
         now = self.clock.now_us()
-        end = end_us or now
+        end = end_us or now + 1  # the window includes this instant
         start = start_us or end - 30 * 86400 * 1_000_000
         if start >= end:
             raise errors.InvalidArgument("start_time must be before end_time", reason="INVALID_TIME_RANGE")

@@ -8,7 +8,10 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, TypeVar
 
+from sqlalchemy import func, select
+
 from server import errors
+from server.db.schema import transfers
 from server.ledger.model import (
     SYSTEM_EARNINGS,
     SYSTEM_HOLDS,
@@ -181,6 +184,8 @@ class Reserve(Op[HoldResult]):
         wallet = await tx.wallet(self.user_id)
         hold_id = f"hold_{uuid.uuid4().hex}"
         before = {(lot["kind"], lot["expires_at_us"]): lot["remaining"] for lot in tx.lots[wallet["id"]]}
+        # Pending first, so the transfer's watch event carries it (undone if refused).
+        tx.add_pending(wallet["id"], self.amount)
         row = await tx.transfer(
             wallet["id"],
             SYSTEM_HOLDS,
@@ -211,7 +216,6 @@ class Reserve(Op[HoldResult]):
             "resolved_at_us": None,
         }
         tx.new_hold(hold)
-        tx.add_pending(wallet["id"], self.amount)
         return HoldResult(hold_view(hold), wallet["balance"], TransferView.of(row, wallet["id"]))
 
 
@@ -346,6 +350,33 @@ class ExpireHolds(Op[int]):
         return int(data)
 
 
+async def _check_daily_limit(tx: LedgerTx, account: str, source: str, amount: int, limit: int) -> None:
+    """Checked under the wallet's lock, counting this batch too: no check-then-act race."""
+    day = tx.now_us - tx.now_us % 86_400_000_000
+    q = select(func.coalesce(func.sum(transfers.c.amount), 0)).where(
+        transfers.c.credit_account == account,
+        transfers.c.kind == str(Kind.AWARD),
+        transfers.c.created_at_us >= day,
+        transfers.c.category == source,
+    )
+    used = int((await tx.conn.execute(q)).scalar_one())
+    used += sum(
+        t["amount"] for t in tx.new_transfers
+        if t["credit_account"] == account and t["kind"] == Kind.AWARD and t["category"] == source
+    )
+    if used + amount > limit:
+        raise errors.ResourceExhausted(
+            f"daily limit for {source} awards reached",
+            reason="DAILY_AWARD_LIMIT",
+            metadata={
+                "source": source,
+                "limit_millicredits": limit,
+                "awarded_today_millicredits": used,
+                "remaining_millicredits": max(limit - used, 0),
+            },
+        )
+
+
 @dataclass
 class Award(Op[SpendResult]):
     result_type = SpendResult
@@ -355,6 +386,8 @@ class Award(Op[SpendResult]):
     source_ref: str
     reason: str
     idempotency: Idempotency | None = None
+    # Millicredits this user may earn from this source per UTC day (0: no limit).
+    daily_limit: int = 0
 
     @property
     def dedupe_key(self) -> str:
@@ -376,6 +409,8 @@ class Award(Op[SpendResult]):
                 reason="ALREADY_AWARDED",
                 metadata={"source": self.source, "source_ref": self.source_ref},
             )
+        if self.daily_limit:
+            await _check_daily_limit(tx, wallet["id"], self.source, self.amount, self.daily_limit)
         row = await tx.transfer(
             SYSTEM_EARNINGS,
             wallet["id"],

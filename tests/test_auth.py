@@ -1,0 +1,89 @@
+"""Authentication and authorization: a user token reaches only its own account;
+only service/admin tokens award credits or act for others."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import jwt
+import pytest
+
+from flownexus.billing.v1 import balance_pb2, common_pb2, earnings_pb2, history_pb2, usage_pb2
+from tests.harness import JWT_SECRET, auth, expect_error, token
+
+
+async def test_user_cannot_read_another_users_balance(server) -> None:
+    await expect_error(
+        server.s.balance.GetBalance(balance_pb2.GetBalanceRequest(user_id="bob"), metadata=auth("alice")),
+        grpc.StatusCode.PERMISSION_DENIED,
+        "NOT_YOUR_ACCOUNT",
+    )
+    await expect_error(
+        server.s.history.ListTransactions(history_pb2.ListTransactionsRequest(user_id="bob"), metadata=auth("alice")),
+        grpc.StatusCode.PERMISSION_DENIED,
+        "NOT_YOUR_ACCOUNT",
+    )
+
+
+async def test_user_cannot_spend_for_another_user(server) -> None:
+    await expect_error(
+        server.s.usage.Spend(
+            usage_pb2.SpendRequest(user_id="bob", amount_millicredits=1, request_id="r"), metadata=auth("alice")
+        ),
+        grpc.StatusCode.PERMISSION_DENIED,
+        "NOT_YOUR_ACCOUNT",
+    )
+
+
+async def test_service_may_spend_for_any_user(server) -> None:
+    r = await server.s.usage.Spend(
+        usage_pb2.SpendRequest(user_id="bob", amount_millicredits=1_000, request_id="r"),
+        metadata=auth("sandbox-runner", "service"),
+    )
+    assert r.credits_millicredits == 99_000
+
+
+async def test_user_token_cannot_award(server) -> None:
+    req = earnings_pb2.AwardCreditsRequest(
+        user_id="bob", amount_millicredits=1_000, source=common_pb2.EARNING_SOURCE_CHALLENGE, source_ref="c", request_id="r"
+    )
+    await expect_error(server.s.earnings.AwardCredits(req, metadata=auth("alice")), grpc.StatusCode.PERMISSION_DENIED, "ROLE_REQUIRED")
+    # Not even for themselves, and not even with a service token naming itself.
+    req.user_id = "alice"
+    await expect_error(server.s.earnings.AwardCredits(req, metadata=auth("alice")), grpc.StatusCode.PERMISSION_DENIED)
+    req.user_id = "engine"
+    await expect_error(
+        server.s.earnings.AwardCredits(req, metadata=auth("engine", "service")), grpc.StatusCode.PERMISSION_DENIED, "SELF_AWARD"
+    )
+    b = await server.s.balance.GetBalance(balance_pb2.GetBalanceRequest(), metadata=auth("bob"))
+    assert b.earned_total_millicredits == 0
+
+
+async def test_missing_or_bad_tokens_are_unauthenticated(server) -> None:
+    req = balance_pb2.CheckBalanceRequest()
+    await expect_error(server.s.balance.CheckBalance(req), grpc.StatusCode.UNAUTHENTICATED, "MISSING_TOKEN")
+    for header, reason in [
+        ("Bearer not-a-jwt", "INVALID_TOKEN"),
+        ("Basic dXNlcjpwYXNz", "INVALID_TOKEN"),
+        (f"Bearer {token('alice', ttl=-10)}", "TOKEN_EXPIRED"),
+        (f"Bearer {jwt.encode({'sub': 'alice', 'role': 'admin', 'exp': 2**31}, 'other-secret-0123456789-0123456789-abc')}", "INVALID_TOKEN"),
+        (f"Bearer {jwt.encode({'sub': 'alice', 'role': 'root', 'exp': 2**31, 'iss': 'flownexus-billing'}, JWT_SECRET)}", "INVALID_TOKEN"),
+    ]:
+        await expect_error(
+            server.s.balance.CheckBalance(req, metadata=(("authorization", header),)), grpc.StatusCode.UNAUTHENTICATED, reason
+        )
+
+
+async def test_watch_without_token_is_refused(server) -> None:
+    call = server.s.balance.WatchBalance(balance_pb2.WatchBalanceRequest())
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await asyncio.wait_for(call.read(), 5)
+    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_user_cannot_watch_another_user(server) -> None:
+    call = server.s.balance.WatchBalance(balance_pb2.WatchBalanceRequest(user_id="bob"), metadata=auth("alice"))
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await asyncio.wait_for(call.read(), 5)
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED

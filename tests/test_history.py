@@ -1,0 +1,72 @@
+"""HistoryService.ListTransactions: keyset pages, filters, balance after."""
+
+from __future__ import annotations
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from flownexus.billing.v1 import common_pb2, earnings_pb2, history_pb2, usage_pb2
+from tests.harness import auth
+
+
+async def _list(server, **kw):  # type: ignore[no-untyped-def]
+    return await server.s.history.ListTransactions(history_pb2.ListTransactionsRequest(**kw), metadata=auth("alice"))
+
+
+async def test_pages_walk_the_whole_history_newest_first(server) -> None:
+    for i in range(25):
+        await server.s.usage.Spend(
+            usage_pb2.SpendRequest(amount_millicredits=100 + i, request_id=f"s{i}", category="api"), metadata=auth("alice")
+        )
+    seen, token = [], ""
+    while True:
+        page = await _list(server, page_size=7, page_token=token)
+        seen += list(page.transactions)
+        token = page.next_page_token
+        if not token:
+            break
+    assert len(seen) == 26  # 25 spends + the allowance grant
+    ids = [int(t.id) for t in seen]
+    assert ids == sorted(ids, reverse=True) and len(set(ids)) == 26
+    assert seen[-1].type == common_pb2.TRANSACTION_TYPE_ALLOWANCE_GRANT
+    # balance_after chains: each entry's balance is the previous one plus its amount
+    for newer, older in zip(seen, seen[1:], strict=False):
+        assert newer.balance_after_millicredits == older.balance_after_millicredits + newer.amount_millicredits
+    first = await _list(server)
+    assert len(first.transactions) == 20  # the default page size
+
+
+async def test_filter_by_type_and_time(server) -> None:
+    await server.s.usage.Spend(usage_pb2.SpendRequest(amount_millicredits=500, request_id="a"), metadata=auth("alice"))
+    t0 = server.clock.now_us()
+    server.clock.advance(60)
+    await server.s.earnings.AwardCredits(
+        earnings_pb2.AwardCreditsRequest(
+            user_id="alice", amount_millicredits=2_000, source=common_pb2.EARNING_SOURCE_REFERRAL,
+            source_ref="ref-1", request_id="aw",
+        ),
+        metadata=auth("growth", "service"),
+    )
+    server.clock.advance(60)
+    await server.s.usage.Spend(usage_pb2.SpendRequest(amount_millicredits=700, request_id="b"), metadata=auth("alice"))
+
+    spends = await _list(server, types=[common_pb2.TRANSACTION_TYPE_SPEND])
+    assert [t.amount_millicredits for t in spends.transactions] == [-700, -500]
+    start, end = Timestamp(), Timestamp()
+    start.FromMicroseconds(t0 + 1)
+    end.FromMicroseconds(t0 + 90_000_000)
+    window = await _list(server, start_time=start, end_time=end)
+    assert [t.type for t in window.transactions] == [common_pb2.TRANSACTION_TYPE_AWARD]
+    assert window.transactions[0].amount_millicredits == 2_000
+
+
+async def test_spending_report_groups_by_category(server) -> None:
+    for i, (cat, amount) in enumerate([("sandbox", 3_000), ("training", 5_000), ("sandbox", 1_000)]):
+        await server.s.usage.Spend(
+            usage_pb2.SpendRequest(amount_millicredits=amount, request_id=f"r{i}", category=cat), metadata=auth("alice")
+        )
+    report = await server.s.history.GetSpendingReport(history_pb2.GetSpendingReportRequest(), metadata=auth("alice"))
+    assert {c.category: c.spent_millicredits for c in report.categories} == {"sandbox": 4_000, "training": 5_000}
+    assert report.total_spent_millicredits == 9_000
+    assert report.credits_millicredits == 91_000
+    assert report.burn_rate_millicredits_per_day == 300  # 9,000 over the default 30 days
+    assert report.days_left == round(91_000 / 300, 1)
