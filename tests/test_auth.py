@@ -8,8 +8,8 @@ import asyncio
 import grpc
 import jwt
 import pytest
-
 from flownexus.billing.v1 import balance_pb2, common_pb2, earnings_pb2, history_pb2, usage_pb2
+
 from tests.harness import JWT_SECRET, auth, expect_error, token
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from google.protobuf.timestamp_pb2 import Timestamp
+import itertools
 
 from flownexus.billing.v1 import common_pb2, earnings_pb2, history_pb2, usage_pb2
+from google.protobuf.timestamp_pb2 import Timestamp
+
 from tests.harness import auth
 
 
@@ -29,7 +31,7 @@ async def test_pages_walk_the_whole_history_newest_first(server) -> None:
     assert ids == sorted(ids, reverse=True) and len(set(ids)) == 26
     assert seen[-1].type == common_pb2.TRANSACTION_TYPE_ALLOWANCE_GRANT
     # balance_after chains: each entry's balance is the previous one plus its amount
-    for newer, older in zip(seen, seen[1:], strict=False):
+    for newer, older in itertools.pairwise(seen):
         assert newer.balance_after_millicredits == older.balance_after_millicredits + newer.amount_millicredits
     first = await _list(server)
     assert len(first.transactions) == 20  # the default page size

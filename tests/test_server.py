@@ -12,9 +12,9 @@ import sys
 from pathlib import Path
 
 import grpc
+from flownexus.billing.v1 import balance_pb2, usage_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from flownexus.billing.v1 import balance_pb2, usage_pb2
 from server.app import SERVICE_NAMES
 from tests.harness import JWT_SECRET, Stubs, auth, free_port, run_cmd
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import grpc
 import pytest
-from sqlalchemy import func, select
-
 from flownexus.billing.v1 import (
     balance_pb2,
     common_pb2,
@@ -14,6 +12,8 @@ from flownexus.billing.v1 import (
     history_pb2,
     usage_pb2,
 )
+from sqlalchemy import func, select
+
 from server.db.schema import transfers
 from tests.harness import auth, expect_error
 

@@ -7,6 +7,7 @@ import asyncio
 import time
 
 from flownexus.billing.v1 import balance_pb2, common_pb2, earnings_pb2, usage_pb2
+
 from tests.harness import auth
 
 
