@@ -6,7 +6,10 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PROTO_FILES := $(wildcard protos/flownexus/billing/v1/*.proto)
 
-.PHONY: run test test-sqlite test-postgres generate check-generated lint bench soak demo clean
+.PHONY: run test test-sqlite test-postgres generate check-generated lint proto-breaking proto-image client bench soak demo clean
+
+# The last released proto contract; `buf breaking` compares the protos against it.
+PROTO_IMAGE := images/v0.1.0.binpb
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -37,6 +40,20 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check server tests bench
 	$(VENV)/bin/mypy
 	cd protos && ../$(VENV)/bin/buf lint
+	$(MAKE) proto-breaking
+
+proto-breaking: $(STAMP)
+	cd protos && ../$(VENV)/bin/buf breaking --against $(PROTO_IMAGE)
+
+# At a release: tag it, then snapshot the tagged contract as the next baseline
+# (make proto-image TAG=v0.2.0), commit it and point PROTO_IMAGE at it.
+proto-image: $(STAMP)
+	@test -n "$(TAG)" || (echo "usage: make proto-image TAG=vX.Y.Z" && exit 1)
+	cd protos && ../$(VENV)/bin/buf build "../.git#ref=$(TAG),subdir=protos" -o images/$(TAG).binpb
+
+# The client distribution (generated stubs + helper), built offline.
+client: $(STAMP)
+	$(PY) -m pip wheel --no-deps --no-build-isolation --no-index -w dist clients/python
 
 bench: $(STAMP)
 	$(PY) -m bench

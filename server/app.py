@@ -40,10 +40,12 @@ from server.config import Settings
 from server.db.engine import Database
 from server.domain.ledger import LedgerService
 from server.domain.tiers import catalogue, tier_policy
+from server.fanout import PgFanout, asyncpg_dsn
 from server.ledger.model import BalanceEvent
 from server.ledger.repository import LedgerReader
 from server.ledger.writer import LedgerWriter
 from server.metrics import METRICS
+from server.ratelimit import RateLimitInterceptor, limiters
 from server.watch import WatchHub
 from server.workers import Workers, ledger_jobs
 
@@ -81,6 +83,10 @@ class App:
         self.clock = clock or Clock()
         self.db = Database(settings.database_url)
         self.hub = WatchHub(settings.watch_queue_size)
+        # Several replicas on one PostgreSQL: WatchBalance events cross via LISTEN/NOTIFY.
+        self.fanout: PgFanout | None = (
+            None if self.db.is_sqlite else PgFanout(asyncpg_dsn(settings.database_url), self.hub)
+        )
         self.tiers = catalogue(settings)
         self.writer = LedgerWriter(
             self.db,
@@ -108,12 +114,18 @@ class App:
     def publish(self, events: list[BalanceEvent]) -> None:
         """Non-ledger notices (refill outcomes, tier changes) for WatchBalance."""
         self.hub.deliver(events)
+        if self.fanout is not None:
+            self.fanout.forward(events)
 
     # ---- lifecycle -------------------------------------------------------------------
 
     async def start(self, *, migrate: bool = True) -> None:
         if migrate:
             await self.db.migrate()
+        if self.fanout is not None:
+            # Registered last, after the domains' hooks: one NOTIFY per committed batch.
+            self.writer.before_flush.append(self.fanout.before_flush)
+            await self.fanout.start()
         self.writer.start()
         await self._start_grpc()
         await self._start_http()
@@ -131,19 +143,33 @@ class App:
             ("grpc.server.max_pending_requests", s.max_concurrent_rpcs),
             ("grpc.server.max_pending_requests_hard_limit", s.max_concurrent_rpcs),
             ("grpc.max_concurrent_streams", s.max_concurrent_rpcs),
-            ("grpc.keepalive_time_ms", 60_000),
-            ("grpc.keepalive_timeout_ms", 20_000),
-            ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+            ("grpc.keepalive_time_ms", s.keepalive_time_ms),
+            ("grpc.keepalive_timeout_ms", s.keepalive_timeout_ms),
+            ("grpc.http2.min_ping_interval_without_data_ms", s.min_ping_interval_ms),
+            ("grpc.http2.min_recv_ping_interval_without_data_ms", s.min_ping_interval_ms),
+            ("grpc.http2.max_ping_strikes", 2),
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.so_reuseport", 0),
         ]
 
     async def _start_grpc(self) -> None:
         s = self.settings
+        interceptors: list[grpc.aio.ServerInterceptor] = [
+            ErrorInterceptor(),
+            AuthInterceptor(s.effective_jwt_secret, s.jwt_issuer),
+            # Innermost: runs once the caller is known (server/ratelimit.py).
+            RateLimitInterceptor(limiters(s), s.max_concurrent_rpcs),
+        ]
+        if s.otel_enabled:
+            from server.tracing import server_interceptor  # optional extra, imported lazily
+
+            interceptors.insert(0, server_interceptor())
         server = grpc.aio.server(
-            interceptors=[ErrorInterceptor(), AuthInterceptor(s.effective_jwt_secret, s.jwt_issuer)],
+            interceptors=interceptors,
             options=self._server_options(),
-            maximum_concurrent_rpcs=s.max_concurrent_rpcs,
+            # A backstop only: grpc.aio makes calls past it wait silently, so
+            # billing RPCs are refused earlier, at once (server/ratelimit.py).
+            maximum_concurrent_rpcs=2 * s.max_concurrent_rpcs,
         )
         balance_pb2_grpc.add_BalanceServiceServicer_to_server(servicers.BalanceServicer(self.ledger, self.hub), server)
         usage_pb2_grpc.add_UsageServiceServicer_to_server(servicers.UsageServicer(self.ledger), server)
@@ -168,7 +194,12 @@ class App:
         self.grpc_server = server
 
     def _bind(self, server: grpc.aio.Server, address: str) -> int:
-        return server.add_insecure_port(address)
+        from server.tls import server_credentials
+
+        creds = server_credentials(self.settings)
+        if creds is None:
+            return server.add_insecure_port(address)
+        return server.add_secure_port(address, creds)
 
     async def _start_http(self) -> None:
         app = web.Application(client_max_size=1024 * 1024)
@@ -201,6 +232,9 @@ class App:
         if self._http_runner:
             await self._http_runner.cleanup()
         await self.writer.stop()
+        if self.fanout is not None:
+            await self.fanout.stop()
+            self.writer.before_flush.remove(self.fanout.before_flush)
         await self.db.dispose()
         self._stopped.set()
 

@@ -28,6 +28,8 @@ class Settings(BaseSettings):
     stripe_webhook_secret: str = ""
     stripe_api_base: str = ""
     public_base_url: str = "http://localhost:8080"
+    # Pending payments older than this are settled from Stripe by the reconciliation job.
+    payment_reconcile_after_seconds: float = Field(default=300.0, ge=0)
     credits_per_usd: int = Field(default=10, gt=0)
     min_purchase_cents: int = 1000
     max_purchase_cents: int = 1_000_000
@@ -37,14 +39,59 @@ class Settings(BaseSettings):
     pro_monthly_credits: int = 1000
     pro_price_cents: int = 2900
     revenue_share_percent: int = Field(default=70, ge=0, le=100)
+    # ---- tiers and earnings (issue 5) ----
+    # JSON object overriding catalogue entries, e.g. {"pro": {"features": ["..."]}}.
+    tiers_json: str = ""
+    enterprise_monthly_credits: int = Field(default=10_000, ge=0)
+    # A Pro renewal that stays unpaid this long after the period end drops the user to free.
+    tier_grace_seconds: int = Field(default=3 * 86400, ge=0)
+    # Optional Stripe Price for Pro; empty: a monthly plan is created from pro_price_cents.
+    stripe_pro_price_id: str = ""
+    # Earned credits per user, per source, per UTC day (credits; 0 = no limit).
+    award_daily_limit_challenge: int = Field(default=1_000, ge=0)
+    award_daily_limit_app_usage: int = Field(default=10_000, ge=0)
+    award_daily_limit_referral: int = Field(default=500, ge=0)
+    # ---- auto-refill (issue 4); defaults explained in README "Auto-refill" ----
+    # The highest threshold a user may set, in credits.
+    refill_max_threshold_credits: int = Field(default=1_000_000, gt=0)
+    # Auto-refill charges per account per calendar month (UTC), US cents.
+    refill_monthly_cap_cents: int = Field(default=100_000, ge=0)
+    # Charges tried for one refill (the first plus retries) before pausing.
+    refill_max_attempts: int = Field(default=4, ge=1, le=15)
+    # Declined charges per account in any 30 days (Visa allows 15 per card).
+    refill_max_declines_30d: int = Field(default=10, ge=1, le=15)
+    # Backoff after a decline: base * 2^(n-1), capped, with +-jitter.
+    refill_retry_base_seconds: float = Field(default=3600.0, gt=0)
+    refill_retry_max_seconds: float = Field(default=24 * 3600.0, gt=0)
+    refill_retry_jitter: float = Field(default=0.2, ge=0, le=0.5)
+    # A Stripe outage or timeout: retry the same attempt (same idempotency key) after this.
+    refill_network_retry_seconds: float = Field(default=60.0, gt=0)
+    # A claimed job whose worker died is claimed again after this.
+    refill_lease_seconds: float = Field(default=300.0, gt=0)
     # Group commit: at most this many operations share one transaction.
     batch_max_ops: int = Field(default=256, gt=0, le=2000)
     max_message_bytes: int = 1024 * 1024
     max_concurrent_rpcs: int = 20000
+    # ---- reliability (issue 7): transport limits and per-caller rate limits ----
+    keepalive_time_ms: int = Field(default=60_000, gt=0)
+    keepalive_timeout_ms: int = Field(default=20_000, gt=0)
+    # Clients pinging more often than this are sent GOAWAY (too_many_pings).
+    min_ping_interval_ms: int = Field(default=10_000, ge=0)
+    # Token bucket per caller (role/subject); a rate of 0 turns the limit off.
+    award_rate_per_second: float = Field(default=50.0, ge=0)
+    award_burst: int = Field(default=200, ge=1)
+    payment_link_rate_per_second: float = Field(default=1.0, ge=0)
+    payment_link_burst: int = Field(default=10, ge=1)
     watch_queue_size: int = Field(default=64, gt=1)
     worker_interval_seconds: float = 5.0
     log_level: str = "INFO"
     log_json: bool = True
+    # Issue 8 (operations): TLS for the gRPC listener. A client CA turns on mTLS.
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""
+    # OpenTelemetry tracing of RPCs; needs the `[otel]` extra.
+    otel_enabled: bool = False
 
     @property
     def is_sqlite(self) -> bool:

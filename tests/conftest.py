@@ -11,6 +11,8 @@ import pytest
 from server.clock import ManualClock
 from tests.harness import Running, database, postgres_available
 
+pytest_plugins = ["tests.stripe_fixtures"]
+
 _pg_reason: str | bool | None = False
 
 

@@ -14,6 +14,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from server import errors
 from server.auth import current_principal, decode_token
+from server.logs import new_request_id, request_id_var
 from server.metrics import METRICS
 
 log = logging.getLogger("server.api")
@@ -73,8 +74,16 @@ class _ErrorScope:
         self.method = method
         self.context = context
         self.started = time.perf_counter()
+        self.request_id_token: Any = None
 
     async def __aenter__(self) -> None:
+        # Every log record of this call carries its request id (server/logs.py).
+        rid = ""
+        for key, val in self.context.invocation_metadata() or ():
+            if key == "x-request-id" and isinstance(val, str):
+                rid = val[:128]
+                break
+        self.request_id_token = request_id_var.set(rid or new_request_id())
         return None
 
     async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
@@ -98,6 +107,11 @@ class _ErrorScope:
             return False
         finally:
             METRICS.observe_rpc(self.method, code, time.perf_counter() - self.started)
+            if self.request_id_token is not None:
+                try:
+                    request_id_var.reset(self.request_id_token)
+                except ValueError:  # a stream finalised in another context
+                    pass
 
 
 class ErrorInterceptor(grpc.aio.ServerInterceptor):

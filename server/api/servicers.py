@@ -217,8 +217,10 @@ class HistoryServicer(history_pb2_grpc.HistoryServiceServicer):
             convert.us_of(request.end_time, request.HasField("end_time")),
         )
         total = sum(r[1] for r in rows)
-        days = max((end - start) / 86_400_000_000, 1 / 24)
-        burn = int(total / days)
+        # The burn rate is per elapsed day: a window reaching into the future
+        # must not dilute it (and a wholly future window has none).
+        elapsed = min(end, self.ledger.clock.now_us()) - start
+        burn = int(total / max(elapsed / 86_400_000_000, 1 / 24)) if elapsed > 0 else 0
         return history_pb2.GetSpendingReportResponse(
             categories=[history_pb2.CategorySpend(category=c, spent_millicredits=s, operations=n) for c, s, n in rows],
             total_spent_millicredits=total,

@@ -12,6 +12,8 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
+from server.db.sqlite_inline import inline_creator
+
 log = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent.parent / "migrations"
@@ -26,13 +28,23 @@ class Database:
         self.is_sqlite = url.startswith("sqlite")
         if self.is_sqlite:
             _ensure_sqlite_dir(url)
-            self.writer = create_async_engine(url, poolclass=NullPool if ":memory:" in url else None)
-            self.reader = create_async_engine(url, pool_size=4, max_overflow=4)
+            if ":memory:" in url:
+                self.writer = create_async_engine(url, poolclass=NullPool)
+            else:
+                # Statements run inline, only BEGIN/COMMIT hop threads (server/db/sqlite_inline.py).
+                self.writer = create_async_engine(url, async_creator=inline_creator(_sqlite_path(url)))
+            self.reader = create_async_engine(
+                url, pool_size=4, max_overflow=4,
+                **({} if ":memory:" in url else {"async_creator": inline_creator(_sqlite_path(url))}),
+            )
             _sqlite_pragmas(self.writer, immediate=True)
             _sqlite_pragmas(self.reader, immediate=False)
         else:
             self.writer = create_async_engine(url, pool_size=4, max_overflow=4, pool_pre_ping=True)
-            self.reader = create_async_engine(url, pool_size=8, max_overflow=8, pool_pre_ping=True)
+            # Read-only snapshots: a balance and its lots always come from one moment.
+            self.reader = create_async_engine(
+                url, pool_size=8, max_overflow=8, pool_pre_ping=True, isolation_level="REPEATABLE READ"
+            )
 
     async def dispose(self) -> None:
         await self.writer.dispose()
@@ -41,6 +53,10 @@ class Database:
     async def migrate(self) -> None:
         async with self.writer.begin() as conn:
             await conn.run_sync(_alembic_upgrade)
+
+
+def _sqlite_path(url: str) -> str:
+    return url.split(":///", 1)[-1].split("?", 1)[0]
 
 
 def _ensure_sqlite_dir(url: str) -> None:

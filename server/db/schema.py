@@ -19,6 +19,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 
 metadata = MetaData(
@@ -135,8 +136,141 @@ users = Table(
 
 # ---- payments (issue 3) ------------------------------------------------------
 
+# One row per money movement with Stripe (checkout purchases; refills and
+# invoices may add their own kinds). Status is lowercase: pending, paid,
+# failed, expired, refunded, partially_refunded, disputed (server/ledger/verify.py).
+payments = Table(
+    "payments",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("user_id", String(128), nullable=False),
+    Column("kind", String(24), nullable=False, default="checkout"),
+    Column("status", String(24), nullable=False),
+    Column("amount_cents", BigInteger, nullable=False),
+    Column("currency", String(8), nullable=False, default="usd"),
+    Column("credits", BigInteger, nullable=False),  # millicredits granted when paid
+    # {scope}:CreatePaymentLink:{request_id}; the same request returns the same link.
+    Column("request_key", String(320), nullable=True, unique=True),
+    Column("fingerprint", String(64), nullable=False, default=""),
+    Column("checkout_session_id", String(255), nullable=True, unique=True),
+    Column("payment_url", Text, nullable=False, default=""),
+    Column("expires_at_us", BigInteger, nullable=True),
+    Column("payment_intent_id", String(255), nullable=True),
+    Column("charge_id", String(255), nullable=True),
+    Column("receipt_url", Text, nullable=False, default=""),
+    Column("failure_reason", String(200), nullable=False, default=""),
+    Column("refunded_cents", BigInteger, nullable=False, default=0),
+    Column("refund_clawed", BigInteger, nullable=False, default=0),  # millicredits
+    Column("dispute_id", String(255), nullable=True),
+    Column("dispute_clawed", BigInteger, nullable=False, default=0),  # millicredits
+    Column("created_at_us", BigInteger, nullable=False),
+    Column("updated_at_us", BigInteger, nullable=False),
+    Column("paid_at_us", BigInteger, nullable=True),
+    Index("ix_payments_user_created", "user_id", "created_at_us", "id"),
+    Index("ix_payments_status_created", "status", "created_at_us"),
+    Index("ix_payments_payment_intent", "payment_intent_id"),
+    Index("ix_payments_charge", "charge_id"),
+)
+
+# Every verified Stripe event, stored once by id (duplicate deliveries are no-ops).
+webhook_events = Table(
+    "webhook_events",
+    metadata,
+    Column("id", String(255), primary_key=True),
+    Column("type", String(100), nullable=False),
+    Column("created", BigInteger, nullable=False),  # Stripe's timestamp (seconds)
+    Column("payment_id", String(64), nullable=True),
+    Column("outcome", String(64), nullable=False, default=""),
+    Column("payload", Text, nullable=False),
+    Column("received_at_us", BigInteger, nullable=False),
+)
+
 # ---- tiers and earnings (issue 5) -----------------------------------------------
 
+# A user's paid plan and scheduled changes (one row per user who ever asked).
+# status: none | incomplete | active | past_due | canceled.
+tier_subscriptions = Table(
+    "tier_subscriptions",
+    metadata,
+    Column("user_id", String(128), primary_key=True),
+    Column("status", String(16), nullable=False, default="none"),
+    Column("stripe_customer_id", String(255), nullable=True),
+    Column("stripe_subscription_id", String(255), nullable=True, unique=True),
+    # Set while a Pro upgrade waits for its first payment (Checkout link).
+    Column("payment_url", Text, nullable=False, default=""),
+    Column("checkout_session_id", String(255), nullable=True),
+    # A scheduled change (downgrade at period end).
+    Column("pending_tier", String(16), nullable=True),
+    Column("pending_change_at_us", BigInteger, nullable=True),
+    # A late or failed renewal keeps Pro until then; afterwards the user is on free.
+    Column("grace_until_us", BigInteger, nullable=True),
+    # The Stripe subscription must be cancelled (lapsed or replaced); a worker does it.
+    Column("cancel_in_stripe", Boolean, nullable=False, default=False),
+    Column("created_at_us", BigInteger, nullable=False),
+    Column("updated_at_us", BigInteger, nullable=False),
+    Index("ix_tier_subscriptions_customer", "stripe_customer_id"),
+)
+
+# Daily award limits sum a user's awards of one source since midnight (UTC).
+Index("ix_transfers_credit_kind_created", transfers.c.credit_account, transfers.c.kind, transfers.c.created_at_us)
+
 # ---- auto-refill (issue 4) ----------------------------------------------------------
+
+# One row per user who ever configured auto-refill. `state` is active, paused
+# or action_required; queued/retrying is read from refill_jobs.
+refill_configs = Table(
+    "refill_configs",
+    metadata,
+    Column("user_id", String(128), primary_key=True),
+    Column("enabled", Boolean, nullable=False, default=False),
+    Column("threshold", BigInteger, nullable=False, default=0),  # millicredits
+    Column("amount_cents", BigInteger, nullable=False, default=0),
+    Column("payment_method_id", String(255), nullable=True),
+    Column("pm_brand", String(32), nullable=False, default=""),
+    Column("pm_last4", String(8), nullable=False, default=""),
+    Column("pm_exp_month", Integer, nullable=False, default=0),
+    Column("pm_exp_year", Integer, nullable=False, default=0),
+    # A card saved through a setup link, not yet resolved into payment_method_id.
+    Column("setup_intent_id", String(255), nullable=True),
+    Column("state", String(16), nullable=False, default="active"),
+    Column("paused_reason", String(64), nullable=False, default=""),
+    Column("recovery_url", Text, nullable=False, default=""),
+    Column("last_failure_reason", String(200), nullable=False, default=""),
+    # The monthly cap blocked a refill: no new job before this instant (month end).
+    Column("cap_blocked_until_us", BigInteger, nullable=False, default=0),
+    Column("created_at_us", BigInteger, nullable=False),
+    Column("updated_at_us", BigInteger, nullable=False),
+)
+
+# Durable refill work, inserted in the same transaction as the balance change
+# that crossed the threshold. status: queued | running | retry_scheduled (in
+# flight) | succeeded | failed | skipped | action_required | paused.
+refill_jobs = Table(
+    "refill_jobs",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("user_id", String(128), nullable=False),
+    Column("status", String(20), nullable=False),
+    Column("amount_cents", BigInteger, nullable=False),
+    Column("credits", BigInteger, nullable=False),  # millicredits
+    Column("attempts", Integer, nullable=False, default=0),  # charges tried (declines count)
+    # The attempt being charged: also the payment id and the Stripe idempotency key.
+    Column("payment_id", String(64), nullable=True),
+    Column("next_run_at_us", BigInteger, nullable=False),
+    Column("lease_until_us", BigInteger, nullable=False, default=0),
+    Column("last_error", String(200), nullable=False, default=""),
+    Column("created_at_us", BigInteger, nullable=False),
+    Column("updated_at_us", BigInteger, nullable=False),
+    Index("ix_refill_jobs_status_next", "status", "next_run_at_us"),
+    # At most one refill in flight per account, enforced by the database.
+    Index(
+        "uq_refill_jobs_in_flight",
+        "user_id",
+        unique=True,
+        sqlite_where=text("status IN ('queued', 'running', 'retry_scheduled')"),
+        postgresql_where=text("status IN ('queued', 'running', 'retry_scheduled')"),
+    ),
+)
+
 
 # ---- reliability (issue 7) ------------------------------------------------------------

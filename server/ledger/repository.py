@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import and_, func, literal, select, union_all
+from sqlalchemy import and_, func, literal, select, text, union_all
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from server.db.schema import accounts, holds, lots, transfers, users
@@ -51,6 +51,9 @@ class LedgerReader:
             .where(accounts.c.id == wallet_id(user_id))
         )
         async with self.engine.connect() as conn:
+            if with_lots and self.engine.dialect.name == "postgresql":
+                # One snapshot for the balance and its lots (they must add up).
+                await conn.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY"))
             row = (await conn.execute(q)).mappings().first()
             if row is None:
                 return None

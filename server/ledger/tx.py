@@ -50,6 +50,10 @@ class TierPolicy:
     def unlimited(self, tier: str) -> bool:
         return tier == "enterprise"
 
+    async def period_ended(self, tx: LedgerTx, user: Row) -> bool:
+        """Called when a user's period is over; True: open the next calendar period."""
+        return True
+
 
 class LedgerTx:
     def __init__(
@@ -268,6 +272,10 @@ class LedgerTx:
                 )
         user = self.users.get(user_id)
         if user is None or user["period_end_us"] > self.now_us:
+            return
+        # The tier domain applies scheduled changes and late renewals here;
+        # False: it moved the period itself (paid tiers renew through invoices).
+        if not await self.tiers.period_ended(self, user):
             return
         if self.tiers.calendar_allowance(user) is None:
             return  # paid tiers renew through their subscription invoices

@@ -1,0 +1,177 @@
+"""Load generator process: `python -m bench.client CONFIG_JSON`; prints one
+JSON result line on stdout.
+
+The result is written as JSON to the file named by `out`.
+
+Modes:
+- unary: `concurrency` workers spread over `channels` connections call one
+  method (spend | check) in a closed loop; after `warmup` seconds, every
+  completed call within `duration` seconds is counted and timed.
+- watch: opens `streams` WatchBalance streams (users round-robin), prints
+  "READY" once every stream has its snapshot, then records for each TRANSFER
+  event the delay from the transfer's commit time to its delivery, until each
+  stream saw `expect` events or `timeout` passes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import sys
+import time
+from collections import Counter
+from typing import Any
+
+import grpc
+from flownexus.billing.v1 import balance_pb2, balance_pb2_grpc, usage_pb2, usage_pb2_grpc
+
+from bench.common import channel, install_loop
+
+
+async def unary(cfg: dict[str, Any]) -> dict[str, Any]:
+    chans = [channel(cfg["target"]) for _ in range(cfg["channels"])]
+    for ch in chans:
+        await ch.channel_ready()
+    md = (("authorization", f"Bearer {cfg['token']}"),)
+    users: list[str] = cfg.get("users") or [""]
+    mode = cfg["method"]
+    tag = cfg.get("tag", "c")
+    warmup, duration = cfg["warmup"], cfg["duration"]
+    lat: list[float] = []
+    codes: Counter[str] = Counter()
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    start, stop = t0 + warmup, t0 + warmup + duration
+
+    async def worker(w: int) -> None:
+        ch = chans[w % len(chans)]
+        if mode == "tiers":  # no database: the cost of the server's gRPC stack and interceptors
+            from flownexus.billing.v1 import tier_pb2, tier_pb2_grpc
+
+            stub_t = tier_pb2_grpc.TierServiceStub(ch)
+            call: Any = lambda i: stub_t.ListTiers(tier_pb2.ListTiersRequest(), metadata=md)  # noqa: E731
+        elif mode == "check":
+            stub_b = balance_pb2_grpc.BalanceServiceStub(ch)
+            call = lambda i: stub_b.CheckBalance(balance_pb2.CheckBalanceRequest(), metadata=md)  # noqa: E731
+        else:
+            stub = usage_pb2_grpc.UsageServiceStub(ch)
+            rng = random.Random(w)
+
+            def call(i: int) -> Any:
+                req = usage_pb2.SpendRequest(
+                    user_id=users[rng.randrange(len(users))],
+                    amount_millicredits=cfg.get("amount", 1),
+                    request_id=f"{tag}-{w}-{i}",
+                    category="bench",
+                )
+                return stub.Spend(req, metadata=md)
+
+        i = 0
+        while True:
+            now = loop.time()
+            if now >= stop:
+                return
+            i += 1
+            began = time.perf_counter()
+            try:
+                await call(i)
+                code = "OK"
+            except grpc.aio.AioRpcError as exc:
+                code = exc.code().name
+            took = time.perf_counter() - began
+            if start <= now and loop.time() <= stop:
+                lat.append(took)
+                codes[code] += 1
+
+    await asyncio.gather(*(worker(w) for w in range(cfg["concurrency"])))
+    for ch in chans:
+        await ch.close()
+    return {"completed": len(lat), "seconds": duration, "codes": dict(codes), "latencies": lat}
+
+
+async def watch(cfg: dict[str, Any]) -> dict[str, Any]:
+    n, users = cfg["streams"], cfg["users"]
+    chans = [channel(cfg["target"]) for _ in range(cfg["channels"])]
+    md = (("authorization", f"Bearer {cfg['token']}"),)
+    got = [0] * n
+    delays: list[float] = []
+    ready = 0
+    all_ready = asyncio.Event()
+    errors: Counter[str] = Counter()
+    done = asyncio.Event()
+    finished = 0
+    gate = asyncio.Semaphore(cfg.get("open_concurrency", 100))
+
+    async def one(i: int) -> None:
+        nonlocal ready, finished
+        stub = balance_pb2_grpc.BalanceServiceStub(chans[i % len(chans)])
+        await gate.acquire()
+        released = False
+        try:
+            call = stub.WatchBalance(balance_pb2.WatchBalanceRequest(user_id=users[i % len(users)]), metadata=md)
+            async for msg in call:
+                if msg.type == balance_pb2.BALANCE_EVENT_TYPE_SNAPSHOT and not released:
+                    released = True
+                    gate.release()
+                    ready += 1
+                    if ready == n:
+                        all_ready.set()
+                    continue
+                if msg.type == balance_pb2.BALANCE_EVENT_TYPE_TRANSFER:
+                    sent = msg.transaction.date.seconds + msg.transaction.date.nanos / 1e9
+                    delays.append(time.time() - sent)
+                    got[i] += 1
+                    if got[i] == cfg["expect"]:
+                        finished += 1
+                        if finished == n:
+                            done.set()
+                        call.cancel()
+                        return
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.CANCELLED:
+                errors[exc.code().name] += 1
+        except asyncio.CancelledError:
+            pass
+        finally:
+            if not released:
+                gate.release()
+
+    tasks = [asyncio.create_task(one(i)) for i in range(n)]
+    try:
+        await asyncio.wait_for(all_ready.wait(), cfg["open_timeout"])
+    except TimeoutError:
+        pass
+    print(json.dumps({"ready": ready}), flush=True)
+    # The orchestrator now runs the spends; it tells us when to stop waiting.
+    try:
+        await asyncio.wait_for(done.wait(), cfg["timeout"])
+    except TimeoutError:
+        pass
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    for ch in chans:
+        await ch.close()
+    return {
+        "streams": n,
+        "ready": ready,
+        "complete": sum(1 for g in got if g >= cfg["expect"]),
+        "silent": sum(1 for g in got if g == 0),
+        "events": sum(got),
+        "errors": dict(errors),
+        "delays": delays,
+    }
+
+
+def main() -> None:
+    install_loop()
+    cfg = json.loads(sys.argv[1])
+    result = asyncio.run(watch(cfg) if cfg["method"] == "watch" else unary(cfg))
+    # To a file: a large line on a pipe that the event loop made non-blocking gets cut.
+    with open(cfg["out"], "w") as fh:
+        json.dump(result, fh)
+
+
+if __name__ == "__main__":
+    main()

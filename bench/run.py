@@ -1,0 +1,516 @@
+"""Orchestrator of `make bench`: starts each server as its own process on free
+loopback ports with a fresh database, drives it from separate client
+processes, prints a table and writes bench/results/<timestamp>.json and
+latest.json.
+
+Knobs (environment):
+  BENCH_QUICK=1            short run (3 s windows, 100k history rows, 2,000 watchers)
+  BENCH_DURATION=10        seconds measured per load row (after BENCH_WARMUP=2)
+  BENCH_CONCURRENCY=32     concurrent calls per load row
+  BENCH_CHANNELS=4         client connections per client process
+  BENCH_CLIENT_PROCS=1     client processes per load row
+  BENCH_DBS=sqlite,postgres
+  BENCH_PG_DSN=postgresql://postgres@127.0.0.1:5432/postgres
+  BENCH_HISTORY_ROWS=1000000
+  BENCH_WATCHERS=10000     WatchBalance streams (BENCH_WATCH_PROCS=4 client processes)
+  BENCH_SKIP=watch,history,before   skip parts
+  BENCH_PROFILE=1          py-spy (raw, collapsed stacks) the server during each load row,
+                           into BENCH_PROFILE_DIR (default /tmp)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import grpc
+from flownexus.billing.v1 import (
+    common_pb2,
+    earnings_pb2,
+    earnings_pb2_grpc,
+    history_pb2,
+    history_pb2_grpc,
+    usage_pb2,
+    usage_pb2_grpc,
+)
+
+from bench import seed
+from bench.common import (
+    channel,
+    env_float,
+    free_port,
+    install_loop,
+    percentile,
+    rss_mb,
+    wait_serving,
+)
+from server.api import validation
+from server.auth import Role, mint_token
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = Path(__file__).resolve().parent / "results"
+SECRET = "bench-secret-" + uuid.uuid4().hex
+QUICK = os.environ.get("BENCH_QUICK", "") not in ("", "0")
+DURATION = env_float("BENCH_DURATION", 3 if QUICK else 10)
+WARMUP = env_float("BENCH_WARMUP", 1 if QUICK else 2)
+CONCURRENCY = int(os.environ.get("BENCH_CONCURRENCY", 32))
+CHANNELS = int(os.environ.get("BENCH_CHANNELS", 4))
+CLIENT_PROCS = int(os.environ.get("BENCH_CLIENT_PROCS", 1))
+DBS = [d for d in os.environ.get("BENCH_DBS", "sqlite,postgres").split(",") if d]
+PG_DSN = os.environ.get("BENCH_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+HISTORY_ROWS = int(os.environ.get("BENCH_HISTORY_ROWS", 100_000 if QUICK else 1_000_000))
+WATCHERS = int(os.environ.get("BENCH_WATCHERS", 2_000 if QUICK else 10_000))
+WATCH_PROCS = int(os.environ.get("BENCH_WATCH_PROCS", 4))
+WATCH_USERS = 1000
+ACCOUNTS = 1000
+PROFILE = os.environ.get("BENCH_PROFILE", "") not in ("", "0")  # py-spy the server during each row
+PROFILE_DIR = Path(os.environ.get("BENCH_PROFILE_DIR", "/tmp"))
+SKIP = set(os.environ.get("BENCH_SKIP", "").split(","))
+PY = sys.executable
+SERVICE = "bench-svc"
+
+
+_OUT_DIR = Path(tempfile.mkdtemp(prefix="billing-bench-out-"))
+
+
+def out_file() -> str:
+    return str(_OUT_DIR / f"{uuid.uuid4().hex}.json")
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def service_token() -> str:
+    return mint_token(SECRET, SERVICE, Role.SERVICE, ttl_seconds=7200)
+
+
+def stats(lat: list[float]) -> dict[str, float]:
+    return {"p50_ms": percentile(lat, 50) * 1000, "p99_ms": percentile(lat, 99) * 1000}
+
+
+# ---- processes --------------------------------------------------------------------------
+
+
+@dataclass
+class Server:
+    proc: subprocess.Popen[bytes]
+    target: str
+    url: str
+    rss_samples: list[float] = field(default_factory=list)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def rss(self) -> float:
+        return rss_mb(self.pid)
+
+
+@contextlib.asynccontextmanager
+async def billing_server(url: str, workdir: Path, **env: str) -> AsyncIterator[Server]:
+    port, http = free_port(), free_port()
+    environ = {
+        **os.environ,
+        "BILLING_DATABASE_URL": url,
+        "BILLING_GRPC_PORT": str(port),
+        "BILLING_HTTP_PORT": str(http),
+        "BILLING_JWT_SECRET": SECRET,
+        "BILLING_LOG_LEVEL": "WARNING",
+        "BILLING_WORKER_INTERVAL_SECONDS": "3600",
+        "BILLING_VAR_DIR": str(workdir),
+        # Funding the benchmark accounts is not what is measured: no award caps.
+        "BILLING_AWARD_DAILY_LIMIT_REFERRAL": "0",
+        "BILLING_AWARD_RATE_PER_SECOND": "0",
+        **env,
+    }
+    errlog = open(workdir / f"server-{port}.log", "wb")
+    proc = subprocess.Popen([PY, "-m", "server", "serve"], cwd=ROOT, env=environ, stdout=errlog, stderr=errlog)
+    target = f"127.0.0.1:{port}"
+    try:
+        try:
+            await wait_serving(target)
+        except RuntimeError:
+            errlog.flush()
+            log((workdir / f"server-{port}.log").read_text()[-3000:])
+            raise
+        yield Server(proc, target, url)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        errlog.close()
+
+
+@contextlib.asynccontextmanager
+async def echo_server(response: bytes) -> AsyncIterator[Server]:
+    port = free_port()
+    proc = subprocess.Popen([PY, "-m", "bench.echo", str(port), response.hex()], cwd=ROOT)
+    target = f"127.0.0.1:{port}"
+    try:
+        await wait_serving(target)
+        yield Server(proc, target, "")
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@contextlib.asynccontextmanager
+async def fresh_db(kind: str, workdir: Path) -> AsyncIterator[str]:
+    if kind == "sqlite":
+        yield f"sqlite+aiosqlite:///{workdir / f'bench-{uuid.uuid4().hex[:8]}.db'}"
+        return
+    name = f"billing_bench_{uuid.uuid4().hex[:10]}"
+    admin = await asyncpg.connect(PG_DSN)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    await admin.close()
+    base = PG_DSN.rsplit("/", 1)[0]
+    try:
+        yield f"{base.replace('postgresql://', 'postgresql+asyncpg://')}/{name}"
+    finally:
+        admin = await asyncpg.connect(PG_DSN)
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+async def run_client(cfg: dict[str, Any], server: Server | None = None) -> dict[str, Any]:
+    """Run CLIENT_PROCS load processes at once; merge their results."""
+    procs = []
+    outs = []
+    per = max(1, cfg["concurrency"] // CLIENT_PROCS)
+    for p in range(CLIENT_PROCS):
+        c = {**cfg, "concurrency": per, "tag": f"{cfg.get('tag', 'c')}{p}", "out": out_file()}
+        outs.append(c["out"])
+        procs.append(await asyncio.create_subprocess_exec(PY, "-m", "bench.client", json.dumps(c), cwd=ROOT))
+    peak = 0.0
+    waiting = [asyncio.create_task(p.wait()) for p in procs]
+    spy = None
+    if PROFILE and server is not None and shutil.which("py-spy", path=str(Path(PY).parent)):
+        await asyncio.sleep(cfg["warmup"])
+        out = PROFILE_DIR / f"profile-{cfg.get('tag', 'c')}-{server.pid}.txt"
+        spy = await asyncio.create_subprocess_exec(
+            str(Path(PY).parent / "py-spy"), "record", "-p", str(server.pid), "-d", str(int(cfg["duration"])),
+            "-f", "raw", "-o", str(out), *(["--native"] if os.environ.get("BENCH_PROFILE") == "native" else ["--nonblocking"]), stdout=asyncio.subprocess.DEVNULL)
+    while not all(t.done() for t in waiting):
+        await asyncio.wait(waiting, timeout=0.5)
+        if server is not None:
+            peak = max(peak, server.rss())
+    if spy is not None:
+        await spy.wait()
+    merged: dict[str, Any] = {"completed": 0, "codes": {}, "latencies": []}
+    for c in outs:
+        out = json.loads(Path(c).read_text())
+        merged["completed"] += out["completed"]
+        merged["latencies"] += out["latencies"]
+        for k, v in out["codes"].items():
+            merged["codes"][k] = merged["codes"].get(k, 0) + v
+    lat = merged.pop("latencies")
+    merged["rps"] = merged["completed"] / cfg["duration"]
+    merged.update(stats(lat))
+    merged["server_rss_mb"] = round(peak, 1) if server else None
+    return merged
+
+
+def load_cfg(target: str, method: str, tag: str, users: list[str] | None = None) -> dict[str, Any]:
+    return {
+        "target": target, "method": method, "tag": tag, "users": users or [],
+        "token": service_token() if method != "check" else mint_token(SECRET, "checker", Role.USER, ttl_seconds=7200),
+        "concurrency": CONCURRENCY, "channels": CHANNELS, "warmup": WARMUP, "duration": DURATION,
+    }
+
+
+# ---- phases -----------------------------------------------------------------------------
+
+
+async def prefund(target: str, users: list[str]) -> None:
+    """Each benchmark account gets 1,000,000 credits (AwardCredits, service role)."""
+    md = (("authorization", f"Bearer {service_token()}"),)
+    async with channel(target) as ch:
+        stub = earnings_pb2_grpc.EarningsServiceStub(ch)
+        sem = asyncio.Semaphore(32)
+
+        async def one(u: str) -> None:
+            async with sem:
+                await stub.AwardCredits(earnings_pb2.AwardCreditsRequest(
+                    user_id=u, amount_millicredits=1_000_000_000, reason="benchmark funds",
+                    source=common_pb2.EARNING_SOURCE_REFERRAL, source_ref=f"bench-{u}", request_id=f"fund-{u}"),
+                    metadata=md)
+
+        await asyncio.gather(*(one(u) for u in users))
+
+
+async def sample_spend(target: str) -> bytes:
+    md = (("authorization", f"Bearer {service_token()}"),)
+    async with channel(target) as ch:
+        r = await usage_pb2_grpc.UsageServiceStub(ch).Spend(
+            usage_pb2.SpendRequest(user_id="u0000", amount_millicredits=1, request_id="sample", category="bench"),
+            metadata=md)
+    return bytes(r.SerializeToString())
+
+
+async def spend_rows(kind: str, server: Server, users: list[str], label: str) -> list[dict[str, Any]]:
+    rows = []
+    for name, who in ((f"Spend, {ACCOUNTS} accounts", users), ("Spend, 1 hot account", users[:1])):
+        log(f"{kind}: {label}{name}")
+        r = await run_client(load_cfg(server.target, "spend", f"{label[:1] or 'a'}{len(who)}", who), server)
+        rows.append({"name": f"{label}{name}", "db": kind, **r})
+    return rows
+
+
+async def history_rows(kind: str, server: Server, workdir: Path) -> list[dict[str, Any]]:
+    user = "deep"
+    md = (("authorization", f"Bearer {mint_token(SECRET, user, Role.USER, ttl_seconds=7200)}"),)
+    async with channel(server.target) as ch:
+        stub = history_pb2_grpc.HistoryServiceStub(ch)
+        await stub.ListTransactions(history_pb2.ListTransactionsRequest(), metadata=md)  # creates the wallet
+        log(f"{kind}: seeding {HISTORY_ROWS:,} transfers for one wallet")
+        began = time.perf_counter()
+        if kind == "sqlite":
+            path = server.url.split(":///", 1)[1]
+            await asyncio.to_thread(seed.seed_sqlite, path, "wallet:deep", HISTORY_ROWS)
+        else:
+            await seed.seed_postgres(server.url.replace("+asyncpg", ""), "wallet:deep", HISTORY_ROWS)
+        log(f"{kind}: seeded in {time.perf_counter() - began:.1f}s")
+        size = 50
+        sig = validation.filters_signature(user, [], None, None)
+        first = await stub.ListTransactions(history_pb2.ListTransactionsRequest(page_size=size), metadata=md)
+        top = int(first.transactions[0].id)
+        # Walk real tokens to page 500 (proves the token path), forge the deepest page.
+        token = first.next_page_token
+        for _ in range(2, 500):
+            token = (await stub.ListTransactions(
+                history_pb2.ListTransactionsRequest(page_size=size, page_token=token), metadata=md)).next_page_token
+        pages = {
+            "page 1": "",
+            "page 500": token,
+            f"page {HISTORY_ROWS // size:,} (last)": validation.encode_page_token(top - (HISTORY_ROWS // size - 1) * size + 1, sig),
+        }
+        rows = []
+        n = 100 if QUICK else 300
+        for label, tok in pages.items():
+            lat = []
+            for _ in range(n):
+                began = time.perf_counter()
+                r = await stub.ListTransactions(
+                    history_pb2.ListTransactionsRequest(page_size=size, page_token=tok), metadata=md)
+                lat.append(time.perf_counter() - began)
+                assert len(r.transactions) > 0
+            rows.append({"name": f"ListTransactions {label}", "db": kind, "calls": n, "page_size": size,
+                         "rows": HISTORY_ROWS, **stats(lat)})
+    return rows
+
+
+async def watch_phase(workdir: Path) -> dict[str, Any]:
+    async with fresh_db("sqlite", workdir) as url, billing_server(url, workdir) as server:
+        users = [f"w{i:04d}" for i in range(WATCH_USERS)]
+        per = WATCHERS // WATCH_PROCS
+        spend_seconds = 5.0
+        cfg = {"target": server.target, "method": "watch", "users": users, "token": service_token(),
+               "channels": 8, "expect": 1, "open_timeout": 120, "timeout": 60 + spend_seconds}
+        log(f"watch: opening {WATCHERS:,} WatchBalance streams from {WATCH_PROCS} processes")
+        began = time.perf_counter()
+        procs = []
+        cfgs = []
+        for p in range(WATCH_PROCS):
+            # Each process watches every user, so each user has WATCHERS/1000 watchers.
+            c = {**cfg, "streams": per, "users": users[p % len(users):] + users[: p % len(users)], "out": out_file()}
+            cfgs.append(c)
+            procs.append(await asyncio.create_subprocess_exec(
+                PY, "-m", "bench.client", json.dumps(c), cwd=ROOT, stdout=asyncio.subprocess.PIPE))
+        ready = 0
+        for p in procs:
+            assert p.stdout
+            ready += json.loads((await p.stdout.readline()).decode())["ready"]
+        open_s = time.perf_counter() - began
+        idle_rss = server.rss()
+        log(f"watch: {ready:,} streams ready in {open_s:.1f}s, server RSS {idle_rss:.0f} MB; spending")
+        peak = idle_rss
+        md = (("authorization", f"Bearer {service_token()}"),)
+        async with channel(server.target) as ch:
+            stub = usage_pb2_grpc.UsageServiceStub(ch)
+            interval = spend_seconds / len(users)
+            t0 = time.perf_counter()
+            pending = []
+            for i, u in enumerate(users):
+                pending.append(asyncio.create_task(stub.Spend(usage_pb2.SpendRequest(
+                    user_id=u, amount_millicredits=1, request_id=f"watch-{u}"), metadata=md)))
+                delay = t0 + (i + 1) * interval - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                if i % 50 == 0:
+                    peak = max(peak, server.rss())
+            await asyncio.gather(*pending)
+        results = []
+        waiting = [asyncio.create_task(p.communicate()) for p in procs]
+        while not all(t.done() for t in waiting):
+            await asyncio.wait(waiting, timeout=0.5)
+            peak = max(peak, server.rss())
+        for c in cfgs:
+            results.append(json.loads(Path(c["out"]).read_text()))
+        delays = [d for r in results for d in r["delays"]]
+        out = {
+            "subscribers": WATCHERS, "ready": sum(r["ready"] for r in results),
+            "received_all": sum(r["complete"] for r in results), "silent": sum(r["silent"] for r in results),
+            "events": sum(r["events"] for r in results), "errors": [r["errors"] for r in results],
+            "open_seconds": round(open_s, 1), "spends": len(users), "spend_seconds": spend_seconds,
+            "rss_idle_mb": round(idle_rss, 1), "rss_peak_mb": round(peak, 1),
+            "delay_p50_ms": percentile(delays, 50) * 1000, "delay_p99_ms": percentile(delays, 99) * 1000,
+            "delay_max_ms": max(delays) * 1000 if delays else float("nan"),
+        }
+        log(f"watch: {out}")
+        return out
+
+
+async def pg_available() -> str | None:
+    try:
+        c = await asyncpg.connect(PG_DSN, timeout=5)
+        await c.close()
+        return None
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+
+
+async def bench(workdir: Path) -> dict[str, Any]:
+    rows: list[dict[str, Any]] = []
+    history: list[dict[str, Any]] = []
+    notes: list[str] = []
+    users = [f"u{i:04d}" for i in range(ACCOUNTS)]
+    dbs = list(DBS)
+    if "postgres" in dbs and (why := await pg_available()):
+        notes.append(f"PostgreSQL skipped: {why}")
+        dbs.remove("postgres")
+    echo: dict[str, Any] | None = None
+    for kind in dbs:
+        async with fresh_db(kind, workdir) as url:
+            async with billing_server(url, workdir) as server:
+                log(f"{kind}: prefunding {ACCOUNTS} accounts")
+                await prefund(server.target, users)
+                if echo is None:
+                    sample = await sample_spend(server.target)
+                    async with echo_server(sample) as es:
+                        log(f"echo baseline ({len(sample)}-byte responses)")
+                        echo = {"name": "Echo baseline (bare grpc.aio)", "db": "-",
+                                "response_bytes": len(sample), **await run_client(load_cfg(es.target, "spend", "e"))}
+                    rows.append(echo)
+                rows += await spend_rows(kind, server, users, "")
+                log(f"{kind}: CheckBalance")
+                r = await run_client(load_cfg(server.target, "check", "k"), server)
+                rows.append({"name": "CheckBalance", "db": kind, **r})
+                if "history" not in SKIP:
+                    history += await history_rows(kind, server, workdir)
+        if "before" not in SKIP:
+            async with fresh_db(kind, workdir) as url, billing_server(url, workdir, BILLING_BATCH_MAX_OPS="1") as server:
+                await prefund(server.target, users)
+                rows += await spend_rows(kind, server, users, "Before group commit: ")
+    watch = await watch_phase(workdir) if "watch" not in SKIP else None
+    assert echo is not None
+    for r in rows:
+        r["ratio_vs_echo"] = r["rps"] / echo["rps"] if echo["rps"] else None
+        r["p99_vs_echo"] = r["p99_ms"] / echo["p99_ms"] if echo["p99_ms"] else None
+    return {"rows": rows, "history": history, "watch": watch, "notes": notes}
+
+
+def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
+    out = []
+    for r in res["rows"]:
+        if not r["name"].startswith("Spend"):
+            continue
+        need = 0.8 if "hot" in r["name"] else 0.85
+        out.append({"target": f"{r['name']} ({r['db']}) >= {need}x echo", "value": round(r["ratio_vs_echo"], 2),
+                    "ok": r["ratio_vs_echo"] >= need})
+        out.append({"target": f"{r['name']} ({r['db']}) p99 <= 2x echo p99", "value": round(r["p99_vs_echo"], 2),
+                    "ok": r["p99_vs_echo"] <= 2})
+    for h in res["history"]:
+        out.append({"target": f"{h['name']} ({h['db']}) p99 < 20 ms", "value": round(h["p99_ms"], 2),
+                    "ok": h["p99_ms"] < 20})
+    w = res["watch"]
+    if w:
+        out.append({"target": f"{w['subscribers']:,} watchers delivery p99 < 250 ms", "value": round(w["delay_p99_ms"], 1),
+                    "ok": w["delay_p99_ms"] < 250})
+        out.append({"target": "watchers: server RSS < 512 MB", "value": w["rss_peak_mb"], "ok": w["rss_peak_mb"] < 512})
+        out.append({"target": "watchers: every subscriber got its event", "value": f"{w['received_all']}/{w['subscribers']}",
+                    "ok": w["received_all"] == w["subscribers"]})
+    return out
+
+
+def machine() -> dict[str, Any]:
+    cpu = ""
+    with contextlib.suppress(OSError):
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    mem = 0
+    with contextlib.suppress(OSError):
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemTotal"):
+                mem = int(line.split()[1]) // 1024
+    return {"nproc": os.cpu_count(), "cpu": cpu, "ram_mb": mem, "python": platform.python_version(),
+            "grpcio": grpc.__version__, "loop": install_loop(), "kernel": platform.release()}
+
+
+def render(res: dict[str, Any]) -> str:
+    lines = [
+        f"{'measurement':<44} {'db':<9} {'calls/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'x echo':>7} {'p99 x':>6} {'RSS MB':>7}  errors",
+    ]
+    for r in res["rows"]:
+        errs = {k: v for k, v in r["codes"].items() if k != "OK"}
+        lines.append(
+            f"{r['name']:<44} {r['db']:<9} {r['rps']:>8.0f} {r['p50_ms']:>7.1f} {r['p99_ms']:>7.1f} "
+            f"{r['ratio_vs_echo']:>7.2f} {r['p99_vs_echo']:>6.2f} {r['server_rss_mb'] or '-':>7}  {errs or ''}")
+    for h in res["history"]:
+        lines.append(f"{h['name']:<44} {h['db']:<9} {'':>8} {h['p50_ms']:>7.2f} {h['p99_ms']:>7.2f}  ({h['rows']:,} rows, page_size {h['page_size']})")
+    w = res["watch"]
+    if w:
+        lines.append(
+            f"WatchBalance, {w['subscribers']:,} subscribers         sqlite    delivery p50 {w['delay_p50_ms']:.1f} ms, "
+            f"p99 {w['delay_p99_ms']:.1f} ms, max {w['delay_max_ms']:.0f} ms; RSS idle {w['rss_idle_mb']:.0f} MB, "
+            f"peak {w['rss_peak_mb']:.0f} MB; got event {w['received_all']:,}/{w['subscribers']:,}, silent {w['silent']}")
+    lines.append("")
+    for t in res["targets"]:
+        lines.append(f"  [{'ok' if t['ok'] else 'MISS'}] {t['target']}: {t['value']}")
+    for n in res["notes"]:
+        lines.append(f"  note: {n}")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    started = time.time()
+    workdir = Path(tempfile.mkdtemp(prefix="billing-bench-"))
+    try:
+        res = asyncio.run(bench(workdir))
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+        shutil.rmtree(_OUT_DIR, ignore_errors=True)
+    res["machine"] = machine()
+    res["config"] = {"duration_s": DURATION, "warmup_s": WARMUP, "concurrency": CONCURRENCY, "channels": CHANNELS,
+                     "client_procs": CLIENT_PROCS, "accounts": ACCOUNTS, "history_rows": HISTORY_ROWS,
+                     "watchers": WATCHERS, "quick": QUICK}
+    res["targets"] = targets(res)
+    res["timestamp"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    res["wall_seconds"] = round(time.time() - started, 1)
+    text = render(res)
+    print(text)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    blob = json.dumps(res, indent=2, default=str)
+    (RESULTS / f"{time.strftime('%Y%m%d-%H%M%S')}.json").write_text(blob)
+    (RESULTS / "latest.json").write_text(blob)
+    print(f"\nwrote {RESULTS / 'latest.json'} ({res['wall_seconds']}s)")
+    return 0

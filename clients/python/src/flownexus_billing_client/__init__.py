@@ -1,0 +1,46 @@
+"""Client of the flownexus credits billing service: the generated stubs live in
+`flownexus.billing.v1`; this package adds a thin async helper."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from flownexus_billing_client.client import BillingClient
+from flownexus_billing_client.errors import (
+    AutoRefillFailed,
+    BillingError,
+    InsufficientCredits,
+    InvalidAmount,
+    InvalidArgument,
+    NotFound,
+    NotImplementedYet,
+    PaymentFailed,
+    PermissionDenied,
+    RequestIdReused,
+    TierUpgradeFailed,
+    Unauthenticated,
+    Unavailable,
+    from_rpc_error,
+)
+
+try:
+    __version__ = version("flownexus-billing-client")
+except PackageNotFoundError:  # used from a checkout
+    __version__ = "0.0.0"
+
+__all__ = [
+    "AutoRefillFailed",
+    "BillingClient",
+    "BillingError",
+    "InsufficientCredits",
+    "InvalidAmount",
+    "InvalidArgument",
+    "NotFound",
+    "NotImplementedYet",
+    "PaymentFailed",
+    "PermissionDenied",
+    "RequestIdReused",
+    "TierUpgradeFailed",
+    "Unauthenticated",
+    "Unavailable",
+    "__version__",
+    "from_rpc_error",
+]

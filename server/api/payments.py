@@ -1,0 +1,110 @@
+"""PaymentsService (thin: validate, call the domain, build the proto) and the
+Stripe webhook HTTP route."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from aiohttp import web
+from flownexus.billing.v1 import payments_pb2, payments_pb2_grpc
+
+from server import errors
+from server.api import convert, validation
+from server.auth import principal
+from server.payments.service import PaymentsService, WebhookRejected
+
+log = logging.getLogger(__name__)
+
+STATUS = {
+    "pending": payments_pb2.PAYMENT_STATUS_PENDING,
+    "paid": payments_pb2.PAYMENT_STATUS_PAID,
+    "failed": payments_pb2.PAYMENT_STATUS_FAILED,
+    "expired": payments_pb2.PAYMENT_STATUS_EXPIRED,
+    "refunded": payments_pb2.PAYMENT_STATUS_REFUNDED,
+    "partially_refunded": payments_pb2.PAYMENT_STATUS_PARTIALLY_REFUNDED,
+    "disputed": payments_pb2.PAYMENT_STATUS_DISPUTED,
+}
+KIND = {
+    "checkout": payments_pb2.PAYMENT_KIND_CHECKOUT,
+    "auto_refill": payments_pb2.PAYMENT_KIND_AUTO_REFILL,
+    "subscription": payments_pb2.PAYMENT_KIND_SUBSCRIPTION,
+}
+
+
+def payment_pb(row: dict[str, Any]) -> payments_pb2.Payment:
+    return payments_pb2.Payment(
+        id=row["id"],
+        user_id=row["user_id"],
+        date=convert.ts(row["created_at_us"]),
+        amount_cents=row["amount_cents"],
+        currency=row["currency"],
+        status=STATUS.get(row["status"], payments_pb2.PAYMENT_STATUS_UNSPECIFIED),
+        credits_millicredits=row["credits"],
+        invoice_url=row["receipt_url"] or "",
+        kind=KIND.get(row["kind"], payments_pb2.PAYMENT_KIND_UNSPECIFIED),
+        failure_reason=row["failure_reason"] or "",
+        refunded_cents=row["refunded_cents"],
+        payment_url=row["payment_url"] if row["status"] == "pending" else "",
+    )
+
+
+class PaymentsServicer(payments_pb2_grpc.PaymentsServiceServicer):
+    def __init__(self, service: PaymentsService) -> None:
+        self.service = service
+
+    async def CreatePaymentLink(
+        self, request: payments_pb2.CreatePaymentLinkRequest, context: Any
+    ) -> payments_pb2.CreatePaymentLinkResponse:
+        link = await self.service.create_link(
+            principal(),
+            amount_cents=request.amount_cents,
+            request_id=validation.request_id(request.request_id),
+            fingerprint=validation.fingerprint("CreatePaymentLink", request),
+        )
+        return payments_pb2.CreatePaymentLinkResponse(
+            payment_url=link.payment_url,
+            expires_at=convert.ts(link.expires_at_us),
+            credits_amount_millicredits=link.credits,
+            payment_id=link.payment_id,
+        )
+
+    async def GetPayment(self, request: payments_pb2.GetPaymentRequest, context: Any) -> payments_pb2.GetPaymentResponse:
+        pid = validation.opaque_id(request.payment_id, field="payment_id", reason="INVALID_PAYMENT_ID")
+        return payments_pb2.GetPaymentResponse(payment=payment_pb(await self.service.get(principal(), pid)))
+
+    async def ListPayments(
+        self, request: payments_pb2.ListPaymentsRequest, context: Any
+    ) -> payments_pb2.ListPaymentsResponse:
+        p = principal()
+        size = validation.page_size(request.page_size)
+        user = validation.user_id(request.user_id)
+        sig = validation.filters_signature("payments", p.resolve_user(user))
+        pos = validation.decode_page_token(request.page_token, sig)
+        before = None
+        if pos is not None:
+            if not (isinstance(pos, list) and len(pos) == 2 and isinstance(pos[0], int) and isinstance(pos[1], str)):
+                raise errors.InvalidArgument("page_token is invalid", reason="INVALID_PAGE_TOKEN")
+            before = (pos[0], pos[1])
+        rows = await self.service.list(p, user, limit=size + 1, before=before)
+        resp = payments_pb2.ListPaymentsResponse(payments=[payment_pb(r) for r in rows[:size]])
+        if len(rows) > size:
+            last = rows[size - 1]
+            resp.next_page_token = validation.encode_page_token([last["created_at_us"], last["id"]], sig)
+        return resp
+
+
+def webhook_routes(service: PaymentsService) -> list[web.RouteDef]:
+    async def stripe_webhook(request: web.Request) -> web.Response:
+        payload = await request.read()  # the raw body: the signature covers these bytes
+        try:
+            outcome = await service.receive_webhook(payload, request.headers.get("Stripe-Signature"))
+        except WebhookRejected as exc:
+            return web.json_response({"error": exc.message}, status=exc.status)
+        except Exception:
+            # Nothing was applied (one transaction); Stripe retries on 5xx.
+            log.exception("stripe webhook handling failed")
+            return web.json_response({"error": "handler failed, retry later"}, status=500)
+        return web.json_response({"received": True, "outcome": outcome})
+
+    return [web.post("/webhooks/stripe", stripe_webhook)]

@@ -1,0 +1,52 @@
+"""An aiosqlite connection for the ledger writer that skips the thread hops.
+
+aiosqlite runs every call (cursor, execute, fetch, close) on its own thread:
+about four thread hops per statement, a dozen statements per batch, and each
+hop waits for the event loop and the GIL. The writer's statements hit the
+page cache and take microseconds, so they run inline on the event loop
+thread. Only the calls that can wait (BEGIN IMMEDIATE may wait for the write
+lock of another process; COMMIT waits for the fsync) still go to the
+connection's thread, so the loop keeps serving gRPC meanwhile.
+
+One writer task uses a connection at a time (SQLAlchemy's pool), so the
+sqlite3 connection is never used by two threads at once.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiosqlite
+
+
+def _may_wait(fn: Any, args: tuple[Any, ...]) -> bool:
+    name = getattr(fn, "__name__", "")
+    if name == "commit":
+        return True
+    if name in ("execute", "executescript") and args and isinstance(args[0], str):
+        return args[0].lstrip()[:15].upper() == "BEGIN IMMEDIATE"
+    return False
+
+
+class InlineConnection(aiosqlite.Connection):
+    async def _execute(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        if not self._running or not self._connection:
+            raise ValueError("Connection closed")
+        if _may_wait(fn, args):
+            return await super()._execute(fn, *args, **kwargs)
+        return fn(*args, **kwargs)
+
+
+def inline_creator(path: str) -> Callable[[], Awaitable[Any]]:
+    """For the writer (BEGIN IMMEDIATE and COMMIT hop) and for readers: a WAL
+    reader's BEGIN and single-row or keyset reads never wait for a lock."""
+
+    async def create() -> InlineConnection:
+        conn = InlineConnection(lambda: sqlite3.connect(path, check_same_thread=False), 64)
+        conn._thread.daemon = True
+        await conn
+        return conn
+
+    return create

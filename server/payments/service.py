@@ -1,0 +1,284 @@
+"""Buying credits: payment links, webhook intake, reconciliation, history.
+
+Stripe is reached only through StripeGateway, and never inside a ledger
+transaction: network calls happen first, their results are then recorded
+in an exclusive ledger operation (`ops.Call`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import stripe
+
+from server import errors
+from server.auth import Principal
+from server.clock import Clock
+from server.config import Settings
+from server.db.engine import Database
+from server.ledger.model import SYSTEM_REFUNDS, SYSTEM_STRIPE
+from server.ledger.ops import Call
+from server.ledger.tx import LedgerTx
+from server.ledger.writer import LedgerWriter
+from server.metrics import METRICS
+from server.payments import repository as repo
+from server.payments import webhooks
+from server.stripe_gateway import StripeGateway, not_configured
+
+log = logging.getLogger(__name__)
+
+Row = dict[str, Any]
+
+
+@dataclass
+class PaymentLink:
+    payment_id: str
+    payment_url: str
+    expires_at_us: int
+    credits: int
+
+
+class WebhookRejected(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class PaymentsService:
+    def __init__(
+        self, settings: Settings, db: Database, writer: LedgerWriter, clock: Clock, gateway: StripeGateway
+    ) -> None:
+        self.settings = settings
+        self.db = db
+        self.writer = writer
+        self.clock = clock
+        self.gateway = gateway
+
+    def _require_configured(self) -> None:
+        if not self.gateway.configured:
+            raise not_configured()
+
+    async def _exclusive(self, fn: Any) -> Any:
+        return await self.writer.submit(Call(fn=fn, accounts={SYSTEM_STRIPE, SYSTEM_REFUNDS}))
+
+    # ---- CreatePaymentLink ------------------------------------------------------------
+
+    def _check_amount(self, amount_cents: int) -> None:
+        lo, hi = self.settings.min_purchase_cents, self.settings.max_purchase_cents
+        if amount_cents < lo or amount_cents > hi:
+            raise errors.InvalidAmount(
+                f"amount_cents must be between {lo} and {hi} (US cents)",
+                metadata={"field": "amount_cents", "min_cents": lo, "max_cents": hi, "got": amount_cents},
+            )
+
+    async def create_link(
+        self, principal: Principal, *, amount_cents: int, request_id: str, fingerprint: str
+    ) -> PaymentLink:
+        self._require_configured()
+        self._check_amount(amount_cents)
+        user = principal.subject
+        request_key = f"{principal.scope}:CreatePaymentLink:{request_id}"
+        # Deterministic: concurrent duplicates of one request name the same payment.
+        payment_id = "pay_" + hashlib.sha256(request_key.encode()).hexdigest()[:24]
+        credits = self.settings.credits_for_cents(amount_cents)
+
+        async def record(tx: LedgerTx) -> Row:
+            row = await repo.by_request_key(tx.conn, request_key)
+            if row is not None:
+                if row["fingerprint"] != fingerprint:
+                    raise errors.RequestIdReused(
+                        "request_id was already used with different parameters", metadata={"request_id": request_id}
+                    )
+                return row
+            await tx.wallet(user)  # the user row holds the Stripe customer id
+            row = {
+                "id": payment_id,
+                "user_id": user,
+                "kind": "checkout",
+                "status": webhooks.PENDING,
+                "amount_cents": amount_cents,
+                "currency": "usd",
+                "credits": credits,
+                "request_key": request_key,
+                "fingerprint": fingerprint,
+                "checkout_session_id": None,
+                "payment_url": "",
+                "expires_at_us": None,
+                "payment_intent_id": None,
+                "charge_id": None,
+                "receipt_url": "",
+                "failure_reason": "",
+                "refunded_cents": 0,
+                "refund_clawed": 0,
+                "dispute_id": None,
+                "dispute_clawed": 0,
+                "created_at_us": tx.now_us,
+                "updated_at_us": tx.now_us,
+                "paid_at_us": None,
+            }
+            await repo.insert_payment(tx.conn, row)
+            return row
+
+        row = await self._exclusive(record)
+        if row["payment_url"]:
+            return _link(row)
+        if row["status"] != webhooks.PENDING:
+            raise errors.FailedPrecondition(
+                "this payment link was abandoned; use a new request_id", reason="PAYMENT_LINK_ABANDONED"
+            )
+        customer = await self._customer(user, payment_id)
+        base = self.settings.public_base_url.rstrip("/")
+        session = await self.gateway.create_checkout_session(
+            customer_id=customer,
+            user_id=user,
+            payment_id=payment_id,
+            amount_cents=amount_cents,
+            credits_millicredits=credits,
+            product_name=f"{credits // 1000:,} FlowNexus credits",
+            success_url=f"{base}/billing/success?payment_id={payment_id}",
+            cancel_url=f"{base}/billing/cancel?payment_id={payment_id}",
+            idempotency_key=f"{payment_id}:checkout",
+        )
+        session_id, url = str(session["id"]), str(session.get("url") or "")
+        expires_us = int(session.get("expires_at") or 0) * 1_000_000 or None
+
+        async def save(tx: LedgerTx) -> Row:
+            current = await repo.get(tx.conn, payment_id, lock=True)
+            assert current is not None
+            if not current["payment_url"]:  # a concurrent duplicate may have saved first
+                await repo.update_payment(
+                    tx.conn,
+                    payment_id,
+                    checkout_session_id=session_id,
+                    payment_url=url,
+                    expires_at_us=expires_us,
+                    updated_at_us=tx.now_us,
+                )
+                current.update(checkout_session_id=session_id, payment_url=url, expires_at_us=expires_us)
+            return current
+
+        return _link(await self._exclusive(save))
+
+    async def _customer(self, user: str, payment_id: str) -> str:
+        async with self.db.reader.connect() as conn:
+            existing = await repo.customer_id(conn, user)
+        if existing:
+            return existing
+        created = await self.gateway.create_customer(user, idempotency_key=f"{payment_id}:customer")
+        cid = str(created["id"])
+
+        async def save(tx: LedgerTx) -> str:
+            await tx.wallet(user)
+            current = tx.user(user)["stripe_customer_id"]
+            if current:
+                return str(current)  # another request won the race: keep one customer
+            tx.set_user(user, stripe_customer_id=cid)
+            return cid
+
+        result: str = await self._exclusive(save)
+        return result
+
+    # ---- history ------------------------------------------------------------------------
+
+    async def get(self, principal: Principal, payment_id: str) -> Row:
+        self._require_configured()
+        row = await repo.read(self.db.reader, payment_id)
+        if row is None or (not principal.privileged and row["user_id"] != principal.subject):
+            # Someone else's payment looks exactly like a missing one.
+            raise errors.NotFound("payment not found", reason="PAYMENT_NOT_FOUND", metadata={"payment_id": payment_id})
+        return row
+
+    async def list(
+        self, principal: Principal, user_id: str, *, limit: int, before: tuple[int, str] | None
+    ) -> list[Row]:
+        self._require_configured()
+        user = principal.resolve_user(user_id)
+        return await repo.list_for_user(self.db.reader, user, limit=limit, before=before)
+
+    # ---- webhooks -----------------------------------------------------------------------
+
+    async def receive_webhook(self, payload: bytes, signature: str | None) -> str:
+        secret = self.settings.stripe_webhook_secret
+        if not secret:
+            METRICS.webhook_events.labels(type="unverified", result="not_configured").inc()
+            raise WebhookRejected(503, "webhooks are not configured: set BILLING_STRIPE_WEBHOOK_SECRET")
+        try:
+            if not signature:
+                raise WebhookRejected(400, "missing Stripe-Signature header")
+            try:
+                event = StripeGateway.verify_event(payload, signature, secret, tolerance=300)
+            except (ValueError, stripe.SignatureVerificationError):
+                raise WebhookRejected(400, "invalid signature or payload") from None
+            if not event.get("id") or not event.get("type"):
+                raise WebhookRejected(400, "not a Stripe event")
+        except WebhookRejected:
+            METRICS.webhook_events.labels(type="unverified", result="rejected").inc()
+            raise
+        etype = str(event["type"])[:100]
+
+        async def apply(tx: LedgerTx) -> str:
+            return await webhooks.handle_event(tx, event, payload)
+
+        try:
+            outcome: str = await self._exclusive(apply)
+        except Exception:
+            METRICS.webhook_events.labels(type=etype, result="error").inc()
+            raise
+        METRICS.webhook_events.labels(type=etype, result=outcome).inc()
+        log.info("stripe event", extra={"event_id": event["id"], "type": event["type"], "outcome": outcome})
+        return outcome
+
+    # ---- reconciliation ------------------------------------------------------------------
+
+    async def reconcile(self, *, limit: int = 100) -> int:
+        """Settle pending payments whose webhook is late or lost, from Stripe's own state."""
+        if not self.gateway.configured:
+            return 0
+        older = self.clock.now_us() - int(self.settings.payment_reconcile_after_seconds * 1_000_000)
+        settled = 0
+        for row in await repo.stale_pending(self.db.reader, older_than_us=older, limit=limit):
+            try:
+                settled += await self._reconcile_one(row)
+            except errors.DomainError as exc:
+                log.warning("reconciliation failed", extra={"payment_id": row["id"], "reason": exc.reason})
+        return settled
+
+    async def _reconcile_one(self, row: Row) -> int:
+        pid = row["id"]
+        if not row["checkout_session_id"]:
+            # The link was never created (crash between our record and Stripe).
+            async def abandon(tx: LedgerTx) -> int:
+                p = await repo.get(tx.conn, pid, lock=True)
+                if p and not p["checkout_session_id"]:
+                    await webhooks.mark_expired(tx, p)
+                    return 1
+                return 0
+
+            result: int = await self._exclusive(abandon)
+            return result
+        session = await self.gateway.retrieve_checkout_session(row["checkout_session_id"])
+        pi = webhooks._id(session.get("payment_intent"))
+        paid = session.get("payment_status") in ("paid", "no_payment_required")
+        expired = session.get("status") == "expired"
+        if not paid and not expired:
+            return 0
+
+        async def settle(tx: LedgerTx) -> int:
+            p = await repo.get(tx.conn, pid, lock=True)
+            if p is None:
+                return 0
+            if paid:
+                return 1 if await webhooks.mark_paid(tx, p, payment_intent_id=pi) else 0
+            await webhooks.mark_expired(tx, p)
+            return 1
+
+        done: int = await self._exclusive(settle)
+        return done
+
+
+def _link(row: Row) -> PaymentLink:
+    return PaymentLink(row["id"], row["payment_url"], row["expires_at_us"] or 0, row["credits"])

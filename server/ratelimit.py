@@ -1,0 +1,145 @@
+"""Per-caller rate limits: a token bucket per (method, principal).
+
+Applied by `RateLimitInterceptor`, which sits inside the auth interceptor so
+that the principal is known. Past the limit a call is refused with
+RESOURCE_EXHAUSTED / RATE_LIMITED and `retry_after_ms` in its ErrorInfo, before
+the servicer runs: a refused call never reaches the ledger or Stripe. Each
+caller has its own bucket, so one noisy caller never starves the others.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from server import errors
+from server.api.interceptors import BILLING_PREFIX, _wrap
+from server.auth import principal
+
+
+@dataclass
+class _Bucket:
+    tokens: float
+    updated: float
+
+
+class RateLimiter:
+    """Token bucket per key: `rate` tokens per second, at most `burst` saved up."""
+
+    def __init__(
+        self, rate: float, burst: int, *, max_keys: int = 100_000, now: Callable[[], float] = time.monotonic
+    ) -> None:
+        if rate <= 0 or burst < 1:
+            raise ValueError("rate must be positive and burst at least 1")
+        self.rate = rate
+        self.burst = burst
+        self.max_keys = max_keys
+        self.now = now
+        self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
+
+    def acquire(self, key: str) -> float:
+        """Take one token; returns 0, or the seconds to wait when there is none."""
+        now = self.now()
+        b = self._buckets.get(key)
+        if b is None:
+            b = _Bucket(float(self.burst), now)
+            self._buckets[key] = b
+            if len(self._buckets) > self.max_keys:
+                self._buckets.popitem(last=False)  # forget the least recently seen caller (its bucket was full)
+        else:
+            self._buckets.move_to_end(key)
+            b.tokens = min(float(self.burst), b.tokens + (now - b.updated) * self.rate)
+            b.updated = now
+        if b.tokens >= 1.0:
+            b.tokens -= 1.0
+            return 0.0
+        return (1.0 - b.tokens) / self.rate
+
+    def check(self, key: str, what: str) -> None:
+        wait = self.acquire(key)
+        if wait > 0:
+            raise errors.ResourceExhausted(
+                f"too many {what} calls; retry later",
+                reason="RATE_LIMITED",
+                metadata={"retry_after_ms": math.ceil(wait * 1000), "limit_per_second": self.rate, "burst": self.burst},
+            )
+
+
+class InFlight:
+    """Counts billing RPCs in progress (streams for their whole life). grpc.aio's
+    own `maximum_concurrent_rpcs` makes extra calls wait silently; this refuses
+    them at once so that clients can back off or go to another replica."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.current = 0
+
+    def enter(self) -> None:
+        if self.current >= self.limit:
+            raise errors.ResourceExhausted(
+                "too many concurrent calls; retry later",
+                reason="TOO_MANY_CONCURRENT_RPCS",
+                metadata={"limit": self.limit, "retry_after_ms": 100},
+            )
+        self.current += 1
+
+    def exit(self) -> None:
+        self.current -= 1
+
+
+class _Scope:
+    def __init__(self, inflight: InFlight, limiter: RateLimiter | None, what: str) -> None:
+        self.inflight = inflight
+        self.limiter = limiter
+        self.what = what
+        self.entered = False
+
+    def __call__(self, method: str, context: grpc.aio.ServicerContext) -> _Scope:
+        return _Scope(self.inflight, self.limiter, self.what)
+
+    async def __aenter__(self) -> None:
+        self.inflight.enter()
+        self.entered = True
+        if self.limiter is not None:
+            self.limiter.check(principal().scope, self.what)
+
+    async def __aexit__(self, *exc: Any) -> bool:
+        if self.entered:
+            self.inflight.exit()
+        return False
+
+
+class RateLimitInterceptor(grpc.aio.ServerInterceptor):
+    """Refuses billing calls beyond `max_in_flight`, and applies the per-caller
+    limiter of a method (`limits` maps /pkg.Service/Method to it)."""
+
+    def __init__(self, limits: dict[str, RateLimiter], max_in_flight: int) -> None:
+        self.limits = limits
+        self.inflight = InFlight(max_in_flight)
+
+    async def intercept_service(self, continuation: Any, details: grpc.HandlerCallDetails) -> Any:
+        handler = await continuation(details)
+        if handler is None or not details.method.startswith(BILLING_PREFIX):
+            return handler
+        limiter = self.limits.get(details.method)
+        return _wrap(handler, details.method, _Scope(self.inflight, limiter, details.method.rsplit("/", 1)[-1]))
+
+
+AWARD_METHOD = "/flownexus.billing.v1.EarningsService/AwardCredits"
+PAYMENT_LINK_METHOD = "/flownexus.billing.v1.PaymentsService/CreatePaymentLink"
+
+
+def limiters(settings: Any) -> dict[str, RateLimiter]:
+    """The configured limits (a rate of 0 turns one off)."""
+    out: dict[str, RateLimiter] = {}
+    if settings.award_rate_per_second > 0:
+        out[AWARD_METHOD] = RateLimiter(settings.award_rate_per_second, settings.award_burst)
+    if settings.payment_link_rate_per_second > 0:
+        out[PAYMENT_LINK_METHOD] = RateLimiter(settings.payment_link_rate_per_second, settings.payment_link_burst)
+    return out

@@ -1,0 +1,1 @@
+"""Auto-refill (issue 4): configuration, durable jobs, the charging worker."""

@@ -1,0 +1,326 @@
+"""The one place that talks to Stripe.
+
+Everything goes through `StripeGateway`: the API base comes from settings
+(BILLING_STRIPE_API_BASE points it at an emulator), the API version is pinned,
+calls are async over httpx, and every mutating call carries an idempotency key
+derived from the caller's request so that a retry never charges or creates twice.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import stripe
+
+from server import errors
+
+log = logging.getLogger(__name__)
+
+# Pinned: webhook payloads and responses are parsed against this version.
+STRIPE_API_VERSION = "2025-03-31.basil"
+NOT_CONFIGURED_SETTING = "BILLING_STRIPE_API_KEY"
+
+
+def not_configured() -> errors.DomainError:
+    return errors.FailedPrecondition(
+        f"payments are not configured: set {NOT_CONFIGURED_SETTING}",
+        reason="STRIPE_NOT_CONFIGURED",
+        metadata={"setting": NOT_CONFIGURED_SETTING},
+    )
+
+
+def _plain(obj: Any) -> dict[str, Any]:
+    """StripeObject -> plain dicts (the domain never sees SDK types)."""
+    if hasattr(obj, "to_dict"):
+        return dict(obj.to_dict())
+    return dict(obj)
+
+
+class StripeGateway:
+    def __init__(self, api_key: str, api_base: str = "", *, timeout: float = 20.0, max_retries: int = 2) -> None:
+        self.api_key = api_key
+        self.api_base = api_base.rstrip("/")
+        self._http: stripe.HTTPXClient | None = None
+        self._client: stripe.StripeClient | None = None
+        if api_key:
+            self._http = stripe.HTTPXClient(timeout=timeout)
+            bases: dict[str, str] = {"api": self.api_base} if self.api_base else {}
+            self._client = stripe.StripeClient(
+                api_key,
+                stripe_version=STRIPE_API_VERSION,
+                base_addresses=bases,  # type: ignore[arg-type]
+                http_client=self._http,
+                # The SDK retries with the same idempotency key.
+                max_network_retries=max_retries,
+            )
+
+    @property
+    def configured(self) -> bool:
+        return self._client is not None
+
+    @property
+    def client(self) -> stripe.StripeClient:
+        if self._client is None:
+            raise not_configured()
+        return self._client
+
+    async def close(self) -> None:
+        if self._http is not None:
+            await self._http.close_async()
+
+    @staticmethod
+    def _options(idempotency_key: str | None) -> dict[str, Any]:
+        return {"idempotency_key": idempotency_key} if idempotency_key else {}
+
+    async def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        try:
+            return _plain(await fn(*args, **kwargs))
+        except stripe.CardError as exc:
+            raise errors.DomainError(
+                "the card was declined",
+                code=errors.Code.FAILED_PRECONDITION,
+                reason="PAYMENT_FAILED",
+                metadata={"decline_code": exc.code or "card_declined"},
+            ) from None
+        except stripe.StripeError as exc:
+            log.warning("stripe call failed", extra={"call": what, "error": type(exc).__name__, "status": exc.http_status})
+            raise errors.Unavailable(
+                "the payment provider is unavailable, retry with the same request_id",
+                reason="STRIPE_UNAVAILABLE",
+                metadata={"call": what},
+            ) from None
+
+    # ---- customers -----------------------------------------------------------------
+
+    async def create_customer(self, user_id: str, *, idempotency_key: str) -> dict[str, Any]:
+        params = {"metadata": {"user_id": user_id}, "description": f"FlowNexus user {user_id}"}
+        return await self._call(
+            "customers.create", self.client.v1.customers.create_async, params, self._options(idempotency_key)
+        )
+
+    # ---- checkout --------------------------------------------------------------------
+
+    async def create_checkout_session(
+        self,
+        *,
+        customer_id: str,
+        user_id: str,
+        payment_id: str,
+        amount_cents: int,
+        credits_millicredits: int,
+        product_name: str,
+        success_url: str,
+        cancel_url: str,
+        idempotency_key: str,
+    ) -> dict[str, Any]:
+        meta = {"user_id": user_id, "credits": str(credits_millicredits), "payment_id": payment_id}
+        params: dict[str, Any] = {
+            "mode": "payment",
+            "customer": customer_id,
+            "client_reference_id": user_id,
+            "line_items": [
+                {
+                    "quantity": 1,
+                    "price_data": {
+                        "currency": "usd",
+                        "unit_amount": amount_cents,
+                        "product_data": {"name": product_name},
+                    },
+                }
+            ],
+            "metadata": meta,
+            # The card is saved for off-session auto-refill later; the
+            # PaymentIntent carries the same metadata so its events map back.
+            "payment_intent_data": {"setup_future_usage": "off_session", "metadata": meta},
+            "success_url": success_url,
+            "cancel_url": cancel_url,
+        }
+        return await self._call(
+            "checkout.sessions.create",
+            self.client.v1.checkout.sessions.create_async,
+            params,
+            self._options(idempotency_key),
+        )
+
+    async def retrieve_checkout_session(self, session_id: str) -> dict[str, Any]:
+        return await self._call(
+            "checkout.sessions.retrieve", self.client.v1.checkout.sessions.retrieve_async, session_id
+        )
+
+    async def retrieve_payment_intent(self, payment_intent_id: str) -> dict[str, Any]:
+        return await self._call(
+            "payment_intents.retrieve", self.client.v1.payment_intents.retrieve_async, payment_intent_id
+        )
+
+    async def retrieve_charge(self, charge_id: str) -> dict[str, Any]:
+        return await self._call("charges.retrieve", self.client.v1.charges.retrieve_async, charge_id)
+
+    # ---- webhooks ----------------------------------------------------------------------
+
+    @staticmethod
+    def verify_event(payload: bytes, signature: str | None, secret: str, tolerance: int = 300) -> dict[str, Any]:
+        """Raises ValueError / stripe.SignatureVerificationError when not authentic."""
+        event = stripe.Webhook.construct_event(payload, signature, secret, tolerance=tolerance)
+        return _plain(event)
+
+    # ---- subscriptions (tiers, issue 5) ---------------------------------------------------
+
+    async def saved_payment_method(self, customer_id: str) -> str | None:
+        """The customer's default card for invoices, else the first saved card."""
+        cus = await self._call("customers.retrieve", self.client.v1.customers.retrieve_async, customer_id)
+        default = (cus.get("invoice_settings") or {}).get("default_payment_method")
+        if default:
+            return str(default if isinstance(default, str) else default.get("id"))
+        listed = await self._call(
+            "payment_methods.list", self.client.v1.payment_methods.list_async,
+            {"customer": customer_id, "type": "card", "limit": 1},
+        )
+        data = listed.get("data") or []
+        return str(data[0]["id"]) if data else None
+
+    async def _pro_plan(self, amount_cents: int) -> str:
+        """A monthly USD plan for Pro, created once under a deterministic id."""
+        plan_id = f"flownexus-pro-{amount_cents}-usd-month"
+        try:
+            await self.client.v1.plans.retrieve_async(plan_id)
+        except stripe.InvalidRequestError:
+            await self._call(
+                "plans.create", self.client.v1.plans.create_async,
+                {"id": plan_id, "amount": amount_cents, "currency": "usd", "interval": "month",
+                 "product": {"name": "FlowNexus Pro"}},
+                self._options(f"plan:{plan_id}"),
+            )
+        return plan_id
+
+    async def create_pro_subscription(
+        self, *, customer_id: str, user_id: str, payment_method: str, price_id: str, amount_cents: int,
+        idempotency_key: str,
+    ) -> dict[str, Any]:
+        """Charges the saved card now; a decline raises PAYMENT_FAILED (nothing is left open)."""
+        await self._call(
+            "customers.update", self.client.v1.customers.update_async, customer_id,
+            {"invoice_settings": {"default_payment_method": payment_method}},
+            self._options(f"{idempotency_key}:default-pm"),
+        )
+        item = {"price": price_id} if price_id else {"plan": await self._pro_plan(amount_cents)}
+        params: dict[str, Any] = {
+            "customer": customer_id,
+            "items": [item],
+            "metadata": {"user_id": user_id, "tier": "pro"},
+            "payment_behavior": "error_if_incomplete",
+        }
+        return await self._call(
+            "subscriptions.create", self.client.v1.subscriptions.create_async, params, self._options(idempotency_key)
+        )
+
+    async def create_subscription_checkout(
+        self, *, customer_id: str, user_id: str, price_id: str, amount_cents: int, success_url: str,
+        cancel_url: str, idempotency_key: str,
+    ) -> dict[str, Any]:
+        item: dict[str, Any] = {"quantity": 1}
+        if price_id:
+            item["price"] = price_id
+        else:
+            item["price_data"] = {
+                "currency": "usd",
+                "unit_amount": amount_cents,
+                "recurring": {"interval": "month"},
+                "product_data": {"name": "FlowNexus Pro"},
+            }
+        meta = {"user_id": user_id, "tier": "pro"}
+        params: dict[str, Any] = {
+            "mode": "subscription",
+            "customer": customer_id,
+            "client_reference_id": user_id,
+            "line_items": [item],
+            "metadata": meta,
+            "subscription_data": {"metadata": meta},
+            "success_url": success_url,
+            "cancel_url": cancel_url,
+        }
+        return await self._call(
+            "checkout.sessions.create", self.client.v1.checkout.sessions.create_async, params,
+            self._options(idempotency_key),
+        )
+
+    async def cancel_subscription_at_period_end(self, subscription_id: str, *, idempotency_key: str) -> dict[str, Any]:
+        return await self._call(
+            "subscriptions.update", self.client.v1.subscriptions.update_async, subscription_id,
+            {"cancel_at_period_end": True}, self._options(idempotency_key),
+        )
+
+    async def cancel_subscription(self, subscription_id: str) -> dict[str, Any]:
+        return await self._call(
+            "subscriptions.cancel", self.client.v1.subscriptions.cancel_async, subscription_id
+        )
+
+    # ---- auto-refill (issue 4) ------------------------------------------------------------
+
+    async def charge_off_session(
+        self, *, customer_id: str, payment_method: str, amount_cents: int, metadata: dict[str, str],
+        idempotency_key: str,
+    ) -> dict[str, Any]:
+        """An off-session PaymentIntent, confirmed at once. A decline is an outcome,
+        not an exception: {"status": "failed", "code", "decline_code", "id"}.
+        Network errors and timeouts raise STRIPE_UNAVAILABLE; the caller retries
+        with the same idempotency key, so Stripe never charges twice."""
+        params: dict[str, Any] = {
+            "amount": amount_cents,
+            "currency": "usd",
+            "customer": customer_id,
+            "payment_method": payment_method,
+            "confirm": True,
+            "off_session": True,
+            "metadata": metadata,
+        }
+        try:
+            pi = _plain(
+                await self.client.v1.payment_intents.create_async(params, self._options(idempotency_key))  # type: ignore[arg-type]
+            )
+        except stripe.CardError as exc:
+            err = exc.error
+            pi_obj = getattr(err, "payment_intent", None) if err is not None else None
+            return {
+                "status": "failed",
+                "code": exc.code or "card_declined",
+                "decline_code": (getattr(err, "decline_code", None) if err is not None else None) or "",
+                "id": str((pi_obj or {}).get("id") or "") if isinstance(pi_obj, dict) else str(getattr(pi_obj, "id", "") or ""),
+            }
+        except stripe.InvalidRequestError as exc:
+            # The saved card is gone (detached, deleted) or unusable: not retryable.
+            return {"status": "failed", "code": exc.code or "invalid_request", "decline_code": "", "id": ""}
+        except stripe.StripeError as exc:
+            log.warning("stripe call failed", extra={"call": "payment_intents.create", "error": type(exc).__name__, "status": exc.http_status})
+            raise errors.Unavailable(
+                "the payment provider is unavailable", reason="STRIPE_UNAVAILABLE", metadata={"call": "payment_intents.create"}
+            ) from None
+        return pi
+
+    async def retrieve_payment_method(self, payment_method_id: str) -> dict[str, Any]:
+        return await self._call(
+            "payment_methods.retrieve", self.client.v1.payment_methods.retrieve_async, payment_method_id
+        )
+
+    async def retrieve_setup_intent(self, setup_intent_id: str) -> dict[str, Any]:
+        return await self._call("setup_intents.retrieve", self.client.v1.setup_intents.retrieve_async, setup_intent_id)
+
+    async def create_setup_session(
+        self, *, customer_id: str, user_id: str, success_url: str, cancel_url: str, idempotency_key: str
+    ) -> dict[str, Any]:
+        """A setup-mode Checkout Session: saves a card for off-session refills."""
+        meta = {"user_id": user_id, "purpose": "auto_refill_setup"}
+        params: dict[str, Any] = {
+            "mode": "setup",
+            "customer": customer_id,
+            "client_reference_id": user_id,
+            "currency": "usd",
+            "metadata": meta,
+            "setup_intent_data": {"metadata": meta},
+            "success_url": success_url,
+            "cancel_url": cancel_url,
+        }
+        return await self._call(
+            "checkout.sessions.create", self.client.v1.checkout.sessions.create_async, params,
+            self._options(idempotency_key),
+        )

@@ -1,0 +1,1 @@
+"""Tiers: Pro through Stripe subscriptions, Enterprise by admins, monthly allowances."""

@@ -1,0 +1,187 @@
+"""Stripe subscription events -> tier state and allowance grants.
+
+Each handler runs inside the payments domain's exclusive webhook transaction
+(server/payments/webhooks.py), so the stored event, the tier change and the
+allowance grant commit together. The allowance of a paid invoice is keyed
+`allowance:invoice:{invoice_id}`: replays and duplicate event types
+(`invoice.paid` and `invoice.payment_succeeded`) grant it once.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from sqlalchemy import select
+
+from server import errors
+from server.clock import month_bounds
+from server.db.schema import tier_subscriptions, users
+from server.domain.tiers import TierRules, add_month, change_tier, load_sub, save_sub
+from server.ledger.model import BalanceEvent, wallet_id
+from server.ledger.tx import LedgerTx
+
+log = logging.getLogger(__name__)
+
+Row = dict[str, Any]
+
+
+def _id(value: Any) -> str:
+    if isinstance(value, dict):
+        return str(value.get("id") or "")
+    return str(value or "")
+
+
+def _subscription_of(invoice: Row) -> str:
+    # API 2025-03-31.basil moved it under parent.subscription_details.
+    parent = invoice.get("parent") or {}
+    details = parent.get("subscription_details") or {} if isinstance(parent, dict) else {}
+    return _id(invoice.get("subscription")) or _id(details.get("subscription"))
+
+
+def _period_of(invoice: Row) -> tuple[int, int]:
+    lines = (invoice.get("lines") or {}).get("data") or []
+    for line in lines:
+        period = line.get("period") or {}
+        if period.get("start") and period.get("end"):
+            return int(period["start"]), int(period["end"])
+    return int(invoice.get("period_start") or 0), int(invoice.get("period_end") or 0)
+
+
+async def _user_for(tx: LedgerTx, subscription_id: str, customer_id: str, meta: Row) -> str | None:
+    if subscription_id:
+        q = select(tier_subscriptions.c.user_id).where(tier_subscriptions.c.stripe_subscription_id == subscription_id)
+        found = (await tx.conn.execute(q)).scalar()
+        if found:
+            return str(found)
+    if meta.get("user_id"):
+        return str(meta["user_id"])
+    if customer_id:
+        q = select(tier_subscriptions.c.user_id).where(tier_subscriptions.c.stripe_customer_id == customer_id)
+        found = (await tx.conn.execute(q)).scalar()
+        if found:
+            return str(found)
+        q2 = select(users.c.user_id).where(users.c.stripe_customer_id == customer_id)
+        found = (await tx.conn.execute(q2)).scalar()
+        if found:
+            return str(found)
+    return None
+
+
+class TierEvents:
+    def __init__(self, rules: TierRules, pro_monthly: int) -> None:
+        self.rules = rules
+        self.pro_monthly = pro_monthly
+
+    def handlers(self) -> dict[str, Any]:
+        return {
+            "invoice.paid": self.invoice_paid,
+            "invoice.payment_succeeded": self.invoice_paid,
+            "invoice.payment_failed": self.invoice_failed,
+            "customer.subscription.updated": self.subscription_updated,
+            "customer.subscription.deleted": self.subscription_deleted,
+        }
+
+    async def _user(self, tx: LedgerTx, sub_id: str, obj: Row) -> str | None:
+        meta = obj.get("metadata") or {} if obj.get("object") == "subscription" else {}
+        parent = obj.get("parent") or {}
+        if isinstance(parent, dict):
+            meta = meta or (parent.get("subscription_details") or {}).get("metadata") or {}
+        return await _user_for(tx, sub_id, _id(obj.get("customer")), meta)
+
+    async def invoice_paid(self, tx: LedgerTx, invoice: Row) -> str:
+        sub_id = _subscription_of(invoice)
+        if not sub_id:
+            return "ignored"  # not a subscription invoice
+        uid = await self._user(tx, sub_id, invoice)
+        if uid is None:
+            # Our record of the upgrade may not be committed yet: fail so Stripe retries.
+            raise errors.Unavailable("subscription not known yet", reason="SUBSCRIPTION_UNKNOWN")
+        key = f"allowance:invoice:{_id(invoice.get('id'))}"
+        if not await tx.key_unused(key):
+            return "duplicate_invoice"
+        await tx.wallet(uid)
+        user = tx.user(uid)
+        start, end = (s * 1_000_000 for s in _period_of(invoice))
+        if end <= tx.now_us:
+            # Paid after its period was over: a fresh month starts at the payment.
+            start, end = tx.now_us, add_month(tx.now_us)
+        start = min(start, tx.now_us)
+        change_tier(tx, user, "pro", why="subscription invoice paid")
+        tx.set_user(uid, period_start_us=start, period_end_us=end)
+        await save_sub(tx, uid, status="active", stripe_subscription_id=sub_id,
+                       stripe_customer_id=_id(invoice.get("customer")) or None,
+                       payment_url="", grace_until_us=None)
+        await tx.grant_allowance(uid, self.pro_monthly, start, end, key=key)
+        return "allowance_granted"
+
+    async def invoice_failed(self, tx: LedgerTx, invoice: Row) -> str:
+        sub_id = _subscription_of(invoice)
+        if not sub_id:
+            return "ignored"
+        uid = await self._user(tx, sub_id, invoice)
+        if uid is None:
+            return "unmatched"
+        await tx.wallet(uid)
+        user = tx.user(uid)
+        sub = await load_sub(tx, uid)
+        wallet = tx.accounts[wallet_id(uid)]
+        if user["tier"] != "pro":
+            # The first payment failed: the upgrade stays pending (pay through the link).
+            await save_sub(tx, uid, status="incomplete", stripe_subscription_id=sub_id)
+            message = "payment for the Pro upgrade failed"
+        else:
+            until = (sub or {}).get("grace_until_us") or user["period_end_us"] + self.rules.grace_us
+            await save_sub(tx, uid, status="past_due", grace_until_us=until)
+            message = f"Pro renewal payment failed; Pro stays until the grace period ends at {until // 1_000_000}"
+        tx.notify(BalanceEvent(user_id=uid, kind="payment_failed", credits=wallet["balance"],
+                               pending=wallet["pending"], message=message,
+                               payment_url=str(invoice.get("hosted_invoice_url") or "")))
+        return "payment_failed"
+
+    async def subscription_updated(self, tx: LedgerTx, sub: Row) -> str:
+        sub_id = _id(sub.get("id"))
+        uid = await self._user(tx, sub_id, sub)
+        if uid is None:
+            return "unmatched"
+        status = str(sub.get("status") or "")
+        if status in ("canceled", "incomplete_expired", "unpaid"):
+            return await self.subscription_deleted(tx, sub)
+        await tx.wallet(uid)
+        user = tx.user(uid)
+        values: Row = {}
+        if status == "past_due":
+            values["status"] = "past_due"
+        if user["tier"] == "pro":
+            if sub.get("cancel_at_period_end"):
+                values.update(pending_tier="free", pending_change_at_us=user["period_end_us"])
+            else:
+                row = await load_sub(tx, uid)
+                if row and row["pending_tier"] == "free":
+                    values.update(pending_tier=None, pending_change_at_us=None)
+        if values:
+            await save_sub(tx, uid, **values)
+        return "subscription_updated"
+
+    async def subscription_deleted(self, tx: LedgerTx, sub: Row) -> str:
+        sub_id = _id(sub.get("id"))
+        uid = await self._user(tx, sub_id, sub)
+        if uid is None:
+            return "unmatched"
+        row = await load_sub(tx, uid)
+        if row is None or (row["stripe_subscription_id"] and row["stripe_subscription_id"] != sub_id):
+            return "ignored"  # an older subscription
+        await tx.wallet(uid)
+        user = tx.user(uid)
+        await save_sub(tx, uid, status="canceled", pending_tier=None, pending_change_at_us=None,
+                       grace_until_us=None, payment_url="", cancel_in_stripe=False)
+        if user["tier"] != "pro":
+            return "subscription_ended"
+        change_tier(tx, user, "free", why="the subscription ended")
+        # The free tier renews by the calendar; its allowance comes once per month.
+        start, end = month_bounds(tx.now_us)
+        tx.set_user(uid, period_start_us=start, period_end_us=end)
+        amount = self.rules.calendar_allowance(user)
+        if amount:
+            await tx.grant_allowance(uid, amount, start, end)
+        return "downgraded"

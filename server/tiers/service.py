@@ -1,0 +1,357 @@
+"""Tier rules seen from the API: GetTier, UpgradeTier, DowngradeTier.
+
+Pro goes through Stripe (a subscription on the saved card, else a Checkout
+link in subscription mode); the tier changes only when the first invoice is
+paid (server/tiers/events.py). Enterprise is set by an admin, at once, with a
+prorated allowance for the rest of the period. Downgrades wait for the period end.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+
+from server import errors
+from server.auth import Principal, Role
+from server.clock import Clock, month_bounds
+from server.config import Settings
+from server.db.engine import Database
+from server.db.schema import idempotency, tier_subscriptions
+from server.domain.ledger import LedgerService
+from server.domain.tiers import (
+    TierRules,
+    TierSpec,
+    change_tier,
+    load_sub,
+    prorate,
+    save_sub,
+    tier_rank,
+)
+from server.ledger.model import MAX_AMOUNT, LotKind, from_json, to_json, wallet_id
+from server.ledger.ops import Call, Idempotency
+from server.ledger.tx import LedgerTx
+from server.stripe_gateway import StripeGateway
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TierChange:
+    new_tier: str
+    monthly: int
+    effective_us: int
+    status: str  # completed | payment_required | pending
+    payment_url: str = ""
+
+
+@dataclass
+class TierView:
+    tier: str
+    period_start_us: int
+    period_end_us: int
+    monthly: int
+    allowance_left: int
+    pending_tier: str
+    pending_change_at_us: int
+    subscription_status: str
+    payment_url: str
+
+
+@dataclass
+class TierCall(Call):
+    """An exclusive tier change whose response is stored for its request_id."""
+
+    result_type = TierChange  # type: ignore[assignment]
+    idempotency: Idempotency | None = None
+
+    def encode(self, result: Any) -> bytes:
+        return to_json(result)
+
+    def decode(self, data: bytes) -> Any:
+        return from_json(TierChange, data)
+
+
+def upgrade_failed(message: str, **metadata: object) -> errors.DomainError:
+    return errors.FailedPrecondition(message, reason="TIER_UPGRADE_FAILED", metadata=metadata)
+
+
+class TierService:
+    def __init__(
+        self,
+        ledger: LedgerService,
+        db: Database,
+        clock: Clock,
+        settings: Settings,
+        tiers: dict[str, TierSpec],
+        rules: TierRules,
+        gateway: StripeGateway | None,
+    ) -> None:
+        self.ledger = ledger
+        self.db = db
+        self.clock = clock
+        self.settings = settings
+        self.tiers = tiers
+        self.rules = rules
+        self.gateway = gateway
+
+    # ---- reads ----------------------------------------------------------------------
+
+    async def _sub(self, user_id: str) -> dict[str, Any] | None:
+        async with self.db.reader.connect() as conn:
+            q = select(tier_subscriptions).where(tier_subscriptions.c.user_id == user_id)
+            row = (await conn.execute(q)).mappings().first()
+        return dict(row) if row else None
+
+    def monthly_of(self, tier: str, custom: int | None) -> int:
+        if tier == "enterprise" and custom is not None:
+            return custom
+        return self.tiers[tier].monthly_millicredits
+
+    async def get(self, principal: Principal, user_id: str) -> TierView:
+        uid = principal.resolve_user(user_id)
+        state = await self.ledger.wallet(uid, with_lots=True)
+        sub = await self._sub(uid) or {}
+        status = str(sub.get("status") or "none")
+        return TierView(
+            tier=state.tier,
+            period_start_us=state.period_start_us,
+            period_end_us=state.period_end_us,
+            monthly=self.monthly_of(state.tier, state.monthly_credits),
+            allowance_left=sum(r["remaining"] for r in state.lots if r["kind"] == LotKind.ALLOWANCE),
+            pending_tier=str(sub.get("pending_tier") or ""),
+            pending_change_at_us=int(sub.get("pending_change_at_us") or 0),
+            subscription_status=status,
+            payment_url=str(sub.get("payment_url") or "") if status == "incomplete" else "",
+        )
+
+    # ---- idempotency ----------------------------------------------------------------------
+
+    async def _stored(self, idem: Idempotency) -> TierChange | None:
+        """A repeated request is answered from its stored response before any Stripe call."""
+        async with self.db.reader.connect() as conn:
+            q = select(idempotency.c.fingerprint, idempotency.c.response).where(idempotency.c.key == idem.key)
+            row = (await conn.execute(q)).first()
+        if row is None:
+            return None
+        if row.fingerprint != idem.fingerprint:
+            raise errors.RequestIdReused(
+                "request_id was already used with different parameters",
+                metadata={"request_id": idem.key.rsplit(":", 1)[-1]},
+            )
+        return from_json(TierChange, bytes(row.response))
+
+    async def _run(self, fn: Any, user_id: str, idem: Idempotency) -> TierChange:
+        result: TierChange = await self.ledger.writer.submit(
+            TierCall(fn=fn, accounts={wallet_id(user_id)}, idempotency=idem)
+        )
+        return result
+
+    # ---- upgrade --------------------------------------------------------------------------
+
+    def _target_user(self, principal: Principal, user_id: str) -> str:
+        if user_id and user_id != principal.subject:
+            principal.require(Role.ADMIN, what="changing another user's tier")
+        return user_id or principal.subject
+
+    async def upgrade(
+        self, principal: Principal, *, user_id: str, tier: str, request_id: str, fingerprint: str, monthly: int
+    ) -> TierChange:
+        uid = self._target_user(principal, user_id)
+        idem = self.ledger.idem(principal, "UpgradeTier", request_id, fingerprint)
+        if tier == "enterprise":
+            principal.require(Role.ADMIN, what="an Enterprise upgrade")
+            if monthly < 0 or monthly > MAX_AMOUNT:
+                raise errors.InvalidAmount("monthly_credits_millicredits is out of range")
+            return await self._enterprise(uid, monthly or self.tiers["enterprise"].monthly_millicredits, idem)
+        if tier == "pro":
+            if monthly:
+                raise errors.InvalidArgument(
+                    "monthly_credits_millicredits is for Enterprise only", reason="INVALID_MONTHLY_CREDITS"
+                )
+            return await self._pro(uid, idem)
+        raise errors.InvalidArgument("upgrade to pro or enterprise", reason="INVALID_TIER")
+
+    async def _enterprise(self, uid: str, monthly: int, idem: Idempotency) -> TierChange:
+        async def apply(tx: LedgerTx) -> TierChange:
+            await tx.wallet(uid)
+            user = tx.user(uid)
+            start, end = month_bounds(tx.now_us)
+            change_tier(tx, user, "enterprise", monthly=monthly, why="set by an admin")
+            tx.set_user(uid, period_start_us=start, period_end_us=end)
+            # The rest of this month, prorated and rounded down; once per user and month.
+            grant = prorate(monthly, start, end, tx.now_us)
+            if grant > 0:
+                await tx.grant_allowance(uid, grant, start, end, key=f"allowance:upgrade:{uid}:{start}")
+            sub = await load_sub(tx, uid)
+            if sub is not None:
+                live = bool(sub["stripe_subscription_id"]) and sub["status"] not in ("canceled", "none")
+                await save_sub(tx, uid, status="canceled" if live else sub["status"], pending_tier=None,
+                               pending_change_at_us=None, grace_until_us=None, payment_url="",
+                               cancel_in_stripe=live or bool(sub["cancel_in_stripe"]))
+            return TierChange("enterprise", monthly, tx.now_us, "completed")
+
+        return await self._run(apply, uid, idem)
+
+    async def _pro(self, uid: str, idem: Idempotency) -> TierChange:
+        stored = await self._stored(idem)
+        if stored is not None:
+            return stored
+        state = await self.ledger.wallet(uid)
+        if state.tier == "pro":
+            raise errors.FailedPrecondition("already on Pro", reason="ALREADY_ON_TIER", metadata={"tier": "pro"})
+        if state.tier == "enterprise":
+            raise upgrade_failed("Enterprise already includes Pro; an admin can downgrade the account")
+        sub = await self._sub(uid) or {}
+        if sub.get("status") == "incomplete":
+            # "Using Pro before paying": the link to pay comes with the refusal.
+            raise upgrade_failed(
+                "payment required: the Pro upgrade waits for its first payment",
+                payment_url=sub.get("payment_url") or "",
+                subscription_status="incomplete",
+            )
+        gw = self.gateway
+        if gw is None or not gw.configured:
+            raise upgrade_failed(
+                "payments are not configured: set BILLING_STRIPE_API_KEY", setting="BILLING_STRIPE_API_KEY"
+            )
+        customer = await self._customer(uid, idem)
+        price = self.tiers["pro"].price_cents
+        pm = await gw.saved_payment_method(customer)
+        if pm:
+            try:
+                created = await gw.create_pro_subscription(
+                    customer_id=customer, user_id=uid, payment_method=pm,
+                    price_id=self.settings.stripe_pro_price_id, amount_cents=price,
+                    idempotency_key=f"{idem.key}:subscription",
+                )
+            except errors.DomainError as exc:
+                if exc.reason != "PAYMENT_FAILED":
+                    raise
+                log.info("saved card declined for Pro; falling back to Checkout", extra={"user_id": uid})
+            else:
+                return await self._record(uid, idem, customer=customer, subscription_id=str(created["id"]))
+        session = await gw.create_subscription_checkout(
+            customer_id=customer, user_id=uid, price_id=self.settings.stripe_pro_price_id, amount_cents=price,
+            success_url=f"{self.settings.public_base_url}/billing/tier/success",
+            cancel_url=f"{self.settings.public_base_url}/billing/tier/cancel",
+            idempotency_key=f"{idem.key}:checkout",
+        )
+        return await self._record(uid, idem, customer=customer, session_id=str(session["id"]),
+                                  payment_url=str(session.get("url") or ""))
+
+    async def _record(
+        self, uid: str, idem: Idempotency, *, customer: str, subscription_id: str = "", session_id: str = "",
+        payment_url: str = "",
+    ) -> TierChange:
+        monthly = self.tiers["pro"].monthly_millicredits
+
+        async def apply(tx: LedgerTx) -> TierChange:
+            await tx.wallet(uid)
+            user = tx.user(uid)
+            values: dict[str, Any] = {"stripe_customer_id": customer, "payment_url": payment_url,
+                                      "checkout_session_id": session_id or None, "pending_tier": None,
+                                      "pending_change_at_us": None, "grace_until_us": None}
+            if subscription_id:
+                values["stripe_subscription_id"] = subscription_id
+            if user["tier"] != "pro":  # the invoice.paid webhook may already have won the race
+                values["status"] = "incomplete"
+            await save_sub(tx, uid, **values)
+            if subscription_id:
+                return TierChange("pro", monthly, tx.now_us, "completed" if user["tier"] == "pro" else "pending")
+            return TierChange("pro", monthly, tx.now_us, "payment_required", payment_url)
+
+        return await self._run(apply, uid, idem)
+
+    async def _customer(self, uid: str, idem: Idempotency) -> str:
+        """The user's Stripe customer, shared with purchases (users.stripe_customer_id)."""
+        await self.ledger.wallet(uid)
+        async with self.db.reader.connect() as conn:
+            from server.db.schema import users
+
+            existing = (await conn.execute(select(users.c.stripe_customer_id).where(users.c.user_id == uid))).scalar()
+        if existing:
+            return str(existing)
+        assert self.gateway is not None
+        created = await self.gateway.create_customer(uid, idempotency_key=f"customer:{uid}")
+        cid = str(created["id"])
+
+        async def save(tx: LedgerTx) -> str:
+            await tx.wallet(uid)
+            current = tx.user(uid)["stripe_customer_id"]
+            if current:
+                return str(current)
+            tx.set_user(uid, stripe_customer_id=cid)
+            return cid
+
+        result: str = await self.ledger.writer.submit(Call(fn=save, accounts={wallet_id(uid)}))
+        return result
+
+    # ---- downgrade ------------------------------------------------------------------------
+
+    async def downgrade(
+        self, principal: Principal, *, user_id: str, tier: str, request_id: str, fingerprint: str
+    ) -> TierChange:
+        uid = self._target_user(principal, user_id)
+        idem = self.ledger.idem(principal, "DowngradeTier", request_id, fingerprint)
+        stored = await self._stored(idem)
+        if stored is not None:
+            return stored
+        target = tier or "free"
+        state = await self.ledger.wallet(uid)
+        if target != "free":
+            raise errors.InvalidArgument("tiers are downgraded to free", reason="INVALID_TIER",
+                                         metadata={"tier": target})
+        if tier_rank(state.tier) <= tier_rank(target):
+            raise errors.FailedPrecondition("nothing to downgrade", reason="NOT_A_DOWNGRADE",
+                                            metadata={"tier": state.tier})
+        if state.tier == "enterprise":
+            principal.require(Role.ADMIN, what="an Enterprise downgrade")
+        sub = await self._sub(uid) or {}
+        sub_id = str(sub.get("stripe_subscription_id") or "")
+        if state.tier == "pro" and sub_id and sub.get("status") != "canceled":
+            assert self.gateway is not None
+            # Stripe stops renewing; the tier changes at period end (not now).
+            await self.gateway.cancel_subscription_at_period_end(sub_id, idempotency_key=f"{idem.key}:cancel")
+        monthly = self.tiers[target].monthly_millicredits
+
+        async def apply(tx: LedgerTx) -> TierChange:
+            await tx.wallet(uid)
+            user = tx.user(uid)
+            if user["tier"] == target:
+                return TierChange(target, monthly, tx.now_us, "completed")
+            at = user["period_end_us"]
+            await save_sub(tx, uid, pending_tier=target, pending_change_at_us=at)
+            return TierChange(target, monthly, at, "pending")
+
+        return await self._run(apply, uid, idem)
+
+    # ---- background ----------------------------------------------------------------------
+
+    async def cancel_lapsed(self) -> int:
+        """Cancel in Stripe the subscriptions of users who lapsed or moved to Enterprise."""
+        if self.gateway is None or not self.gateway.configured:
+            return 0
+        async with self.db.reader.connect() as conn:
+            q = select(tier_subscriptions.c.user_id, tier_subscriptions.c.stripe_subscription_id).where(
+                tier_subscriptions.c.cancel_in_stripe.is_(True)
+            ).limit(100)
+            rows = (await conn.execute(q)).all()
+        done = 0
+        for uid, sub_id in rows:
+            try:
+                await self.gateway.cancel_subscription(sub_id)
+            except errors.DomainError:
+                log.warning("could not cancel a lapsed subscription", extra={"user_id": uid})
+                continue
+
+            async def clear(tx: LedgerTx, uid: str = uid, sub_id: str = sub_id) -> None:
+                row = await load_sub(tx, uid)
+                if row and row["stripe_subscription_id"] == sub_id:
+                    await save_sub(tx, uid, cancel_in_stripe=False)
+
+            await self.ledger.writer.submit(Call(fn=clear, accounts={wallet_id(uid)}))
+            done += 1
+        return done

@@ -1,0 +1,214 @@
+"""Limits: per-caller rate limits, maximum message size, maximum concurrent
+RPCs, keepalive policy. Past a limit the answer is RESOURCE_EXHAUSTED (or the
+connection is closed, for abusive pings), the ledger is unchanged, and other
+callers go on being served."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import grpc
+import pytest
+from flownexus.billing.v1 import balance_pb2, balance_pb2_grpc, common_pb2, earnings_pb2, payments_pb2, usage_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from sqlalchemy import func, select
+
+from server.db.schema import transfers
+from server.ratelimit import RateLimiter
+from tests.harness import Running, auth, database, expect_error
+
+
+async def transfer_count(server: Running) -> int:
+    assert server.app is not None
+    async with server.app.db.reader.connect() as conn:
+        return int((await conn.execute(select(func.count()).select_from(transfers))).scalar_one())
+
+
+async def started(tmp_path: Any, clock: Any, **overrides: Any) -> tuple[Running, Any]:
+    cm = database("sqlite", tmp_path)
+    url = await cm.__aenter__()
+    running = Running(url, clock, **overrides)
+    await running.start()
+    return running, cm
+
+
+def award(user: str, ref: str, amount: int = 1_000) -> earnings_pb2.AwardCreditsRequest:
+    return earnings_pb2.AwardCreditsRequest(
+        user_id=user, amount_millicredits=amount, source=common_pb2.EARNING_SOURCE_CHALLENGE,
+        source_ref=ref, request_id=ref,
+    )
+
+
+def test_token_bucket_refills_at_its_rate() -> None:
+    now = [0.0]
+    rl = RateLimiter(rate=2.0, burst=3, now=lambda: now[0])
+    assert [rl.acquire("a") for _ in range(3)] == [0.0, 0.0, 0.0]
+    assert rl.acquire("a") == pytest.approx(0.5)
+    assert rl.acquire("b") == 0.0  # another caller has its own bucket
+    now[0] += 0.5
+    assert rl.acquire("a") == 0.0
+    assert rl.acquire("a") > 0
+    now[0] += 100
+    assert [rl.acquire("a") for _ in range(4)][-1] > 0  # saved-up tokens are capped at the burst
+
+
+def test_bucket_table_is_bounded() -> None:
+    rl = RateLimiter(rate=1.0, burst=1, max_keys=10)
+    for i in range(1000):
+        rl.acquire(f"k{i}")
+    assert len(rl._buckets) == 10
+
+
+async def test_award_rate_limit_per_caller(tmp_path, clock) -> None:  # type: ignore[no-untyped-def]
+    server, cm = await started(tmp_path, clock, award_rate_per_second=1.0, award_burst=3)
+    try:
+        noisy, quiet = auth("engine-a", "service"), auth("engine-b", "service")
+        for i in range(3):
+            await server.s.earnings.AwardCredits(award("u1", f"a{i}"), metadata=noisy)
+        before = await transfer_count(server)
+        info = await expect_error(
+            server.s.earnings.AwardCredits(award("u1", "a3"), metadata=noisy),
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "RATE_LIMITED",
+        )
+        assert 0 < int(info.metadata["retry_after_ms"]) <= 1000
+        assert await transfer_count(server) == before  # refused: no trace
+        # the other caller is not starved by the noisy one
+        for i in range(3):
+            await server.s.earnings.AwardCredits(award("u1", f"b{i}"), metadata=quiet)
+        await asyncio.sleep(int(info.metadata["retry_after_ms"]) / 1000 + 0.05)
+        await server.s.earnings.AwardCredits(award("u1", "a3"), metadata=noisy)  # honoured retry succeeds
+        b = await server.s.balance.GetBalance(balance_pb2.GetBalanceRequest(), metadata=auth("u1"))
+        assert b.earned_total_millicredits == 7 * 1_000
+        # other RPCs of the noisy caller are not limited
+        await server.s.usage.Spend(usage_pb2.SpendRequest(user_id="u1", amount_millicredits=1, request_id="s"), metadata=noisy)
+        await server.verify()
+    finally:
+        await server.stop()
+        await cm.__aexit__(None, None, None)
+
+
+async def test_payment_link_rate_limit(tmp_path, clock) -> None:  # type: ignore[no-untyped-def]
+    server, cm = await started(tmp_path, clock, payment_link_rate_per_second=0.5, payment_link_burst=2)
+    try:
+        # An invalid amount is refused by the servicer (or the payments placeholder):
+        # either way each call spends a token before reaching it.
+        req = payments_pb2.CreatePaymentLinkRequest(request_id="p")
+        codes = []
+        for _ in range(2):
+            try:
+                await server.s.payments.CreatePaymentLink(req, metadata=auth("buyer"))
+                codes.append(grpc.StatusCode.OK)
+            except grpc.aio.AioRpcError as exc:
+                codes.append(exc.code())
+        assert grpc.StatusCode.RESOURCE_EXHAUSTED not in codes
+        await expect_error(
+            server.s.payments.CreatePaymentLink(req, metadata=auth("buyer")),
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "RATE_LIMITED",
+        )
+        try:  # another buyer still reaches the service
+            await server.s.payments.CreatePaymentLink(req, metadata=auth("buyer2"))
+        except grpc.aio.AioRpcError as exc:
+            assert exc.code() != grpc.StatusCode.RESOURCE_EXHAUSTED
+    finally:
+        await server.stop()
+        await cm.__aexit__(None, None, None)
+
+
+async def test_message_size_limit(tmp_path, clock) -> None:  # type: ignore[no-untyped-def]
+    server, cm = await started(tmp_path, clock, max_message_bytes=64 * 1024)
+    try:
+        before = await transfer_count(server)
+        big = usage_pb2.SpendRequest(amount_millicredits=1, request_id="big", metadata={"k": "x" * (100 * 1024)})
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await server.s.usage.Spend(big, metadata=auth("sizer"))
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "Traceback" not in (err.value.details() or "")
+        assert await transfer_count(server) == before
+        # the same connection still serves normal calls
+        ok = await server.s.usage.Spend(usage_pb2.SpendRequest(amount_millicredits=1, request_id="small"), metadata=auth("sizer"))
+        assert ok.credits_millicredits == 100_000 - 1
+        await server.verify()
+    finally:
+        await server.stop()
+        await cm.__aexit__(None, None, None)
+
+
+async def test_max_concurrent_rpcs(tmp_path, clock) -> None:  # type: ignore[no-untyped-def]
+    """Beyond BILLING_MAX_CONCURRENT_RPCS new calls get RESOURCE_EXHAUSTED at
+    once (they do not hang); when streams close, calls are served again."""
+    server, cm = await started(tmp_path, clock, max_concurrent_rpcs=4)
+    assert server.app is not None
+    target = f"127.0.0.1:{server.app.grpc_port}"
+    # a connection of its own per channel (grpc shares them by default)
+    channels = [grpc.aio.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)]) for _ in range(8)]
+    calls = []
+    try:
+        for i, ch in enumerate(channels[:4]):
+            call = balance_pb2_grpc.BalanceServiceStub(ch).WatchBalance(
+                balance_pb2.WatchBalanceRequest(), metadata=auth(f"w{i}")
+            )
+            await asyncio.wait_for(call.read(), 5)  # the snapshot: the stream is open
+            calls.append(call)
+        stub = balance_pb2_grpc.BalanceServiceStub(channels[5])
+        info = await expect_error(
+            stub.CheckBalance(balance_pb2.CheckBalanceRequest(), metadata=auth("late"), timeout=5),
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "TOO_MANY_CONCURRENT_RPCS",
+        )
+        assert info.metadata["limit"] == "4"
+        # health checks are not billing RPCs: a load balancer still sees the server
+        health = health_pb2_grpc.HealthStub(channels[6])
+        assert (await health.Check(health_pb2.HealthCheckRequest(), timeout=5)).status == health_pb2.HealthCheckResponse.SERVING
+        for call in calls:
+            call.cancel()
+        calls.clear()
+        for _ in range(50):
+            try:
+                await stub.CheckBalance(balance_pb2.CheckBalanceRequest(), metadata=auth("late"), timeout=5)
+                break
+            except grpc.aio.AioRpcError as exc:
+                assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("server did not recover after the streams closed")
+    finally:
+        for call in calls:
+            call.cancel()
+        for ch in channels:
+            await ch.close()
+        await server.stop()
+        await cm.__aexit__(None, None, None)
+
+
+async def test_keepalive_policy_drops_abusive_pingers(tmp_path, clock) -> None:  # type: ignore[no-untyped-def]
+    """A client pinging far more often than BILLING_MIN_PING_INTERVAL_MS is sent
+    GOAWAY (too_many_pings); a polite client on the same server is unaffected."""
+    server, cm = await started(tmp_path, clock, min_ping_interval_ms=5_000)
+    assert server.app is not None
+    target = f"127.0.0.1:{server.app.grpc_port}"
+    rude = grpc.aio.insecure_channel(
+        target,
+        options=[
+            ("grpc.keepalive_time_ms", 100),
+            ("grpc.keepalive_timeout_ms", 1_000),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.max_pings_without_data", 0),
+        ],
+    )
+    polite = grpc.aio.insecure_channel(target)
+    try:
+        call = balance_pb2_grpc.BalanceServiceStub(rude).WatchBalance(balance_pb2.WatchBalanceRequest(), metadata=auth("pinger"))
+        await asyncio.wait_for(call.read(), 5)
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await asyncio.wait_for(call.read(), 15)
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        ok = await balance_pb2_grpc.BalanceServiceStub(polite).CheckBalance(balance_pb2.CheckBalanceRequest(), metadata=auth("calm"))
+        assert ok.credits_millicredits == 100_000
+    finally:
+        await rude.close()
+        await polite.close()
+        await server.stop()
+        await cm.__aexit__(None, None, None)

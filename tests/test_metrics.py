@@ -1,0 +1,174 @@
+"""GET /metrics over HTTP: every metric the operators rely on exists and moves;
+JSON logs carry the RPC's request id; OpenTelemetry spans when enabled."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+
+import grpc
+import httpx
+from flownexus.billing.v1 import balance_pb2, earnings_pb2, usage_pb2
+from prometheus_client.parser import text_string_to_metric_families
+
+from server import logs
+from tests.harness import Running, auth
+from tests.stripe_fake import StripeFake, event
+from tests.test_payments import buy, deliver, post
+
+FAMILIES = {
+    "billing_rpc": "counter",
+    "billing_rpc_seconds": "histogram",
+    "billing_ledger_transfers": "counter",
+    "billing_credits_spent_millicredits": "counter",
+    "billing_credits_granted_millicredits": "counter",
+    "billing_credits_clawed_back_millicredits": "counter",
+    "billing_refill_attempts": "counter",
+    "billing_webhook_events": "counter",
+    "billing_watch_streams": "gauge",
+    "billing_group_commit_batch_size": "histogram",
+    "billing_group_commit_seconds": "histogram",
+}
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+async def scrape(server: Running) -> tuple[dict[str, str], Samples]:
+    assert server.app is not None
+    async with httpx.AsyncClient() as http:
+        r = await http.get(f"http://127.0.0.1:{server.app.http_port}/metrics")
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith("text/plain")
+    types: dict[str, str] = {}
+    samples: Samples = {}
+    for fam in text_string_to_metric_families(r.text):
+        types[fam.name] = fam.type
+        for s in fam.samples:
+            samples[(s.name, frozenset(s.labels.items()))] = s.value
+    return types, samples
+
+
+def delta(before: Samples, after: Samples, name: str, **labels: str) -> float:
+    key = (name, frozenset(labels.items()))
+    return after.get(key, 0.0) - before.get(key, 0.0)
+
+
+async def test_metrics_exist_and_move(stripe_server: Running, stripe_fake: StripeFake) -> None:
+    server = stripe_server
+    types, before = await scrape(server)
+    for name, kind in FAMILIES.items():
+        assert types.get(name) == kind, f"{name}: {types.get(name)}"
+
+    user = "metrics-bob"
+    await server.s.balance.GetBalance(balance_pb2.GetBalanceRequest(), metadata=auth(user))  # free allowance
+    await server.s.usage.Spend(
+        usage_pb2.SpendRequest(amount_millicredits=1_000, request_id="m1", category="sandbox"), metadata=auth(user)
+    )
+    try:
+        await server.s.usage.Spend(usage_pb2.SpendRequest(amount_millicredits=10**9, request_id="m2"), metadata=auth(user))
+        raise AssertionError("expected INSUFFICIENT_CREDITS")
+    except grpc.aio.AioRpcError as exc:
+        assert exc.code() == grpc.StatusCode.FAILED_PRECONDITION
+    await server.s.earnings.AwardCredits(
+        earnings_pb2.AwardCreditsRequest(
+            user_id=user, amount_millicredits=2_000, reason="challenge", source=1, source_ref="c1", request_id="m3"
+        ),
+        metadata=auth("engine", "service"),
+    )
+    # A purchase (webhook -> grant), a refund (webhook -> clawback), a forged webhook.
+    _, _, pi = await buy(server, stripe_fake, user, 1_000)
+    charge = await stripe_fake.refund(pi, 500)
+    assert await deliver(server, event("charge.refunded", charge)) == 200
+    assert await post(server, b"{}", {"Stripe-Signature": "t=1,v1=forged"}) == 400
+
+    # A watch stream is counted while it is open.
+    watch = server.s.balance.WatchBalance(balance_pb2.WatchBalanceRequest(), metadata=auth(user))
+    await watch.read()
+    _, during = await scrape(server)
+    assert delta(before, during, "billing_watch_streams") == 1
+    watch.cancel()
+    for _ in range(100):
+        _, after = await scrape(server)
+        if delta(before, after, "billing_watch_streams") == 0:
+            break
+        await asyncio.sleep(0.02)
+    assert delta(before, after, "billing_watch_streams") == 0
+
+    d = lambda name, **labels: delta(before, after, name, **labels)  # noqa: E731
+    assert d("billing_rpc_total", method="UsageService/Spend", code="OK") == 1
+    assert d("billing_rpc_total", method="UsageService/Spend", code="FAILED_PRECONDITION") == 1
+    assert d("billing_rpc_total", method="EarningsService/AwardCredits", code="OK") == 1
+    assert d("billing_rpc_seconds_count", method="UsageService/Spend", code="OK") == 1
+    assert d("billing_rpc_seconds_count", method="UsageService/Spend", code="FAILED_PRECONDITION") == 1
+    assert d("billing_rpc_seconds_sum", method="UsageService/Spend", code="OK") > 0
+    assert d("billing_rpc_total", method="BalanceService/WatchBalance", code="CANCELLED") == 1
+    assert d("billing_ledger_transfers_total", kind="spend") == 1
+    assert d("billing_ledger_transfers_total", kind="award") == 1
+    assert d("billing_ledger_transfers_total", kind="allowance_grant") == 1
+    assert d("billing_ledger_transfers_total", kind="purchase") == 1
+    assert d("billing_ledger_transfers_total", kind="refund_clawback") == 1
+    assert d("billing_credits_spent_millicredits_total") == 1_000
+    assert d("billing_credits_granted_millicredits_total") == 100_000 + 2_000 + 100_000  # allowance, award, $10
+    assert d("billing_credits_clawed_back_millicredits_total") == 50_000  # half of the $10 refunded
+    assert d("billing_webhook_events_total", type="checkout.session.completed", result="paid") == 1
+    refunds = {dict(k[1])["result"]: v for k, v in after.items() if k[0] == "billing_webhook_events_total"
+               and dict(k[1])["type"] == "charge.refunded" and v > before.get(k, 0)}
+    assert len(refunds) == 1, refunds  # one result label, whatever the payments domain calls it
+    assert d("billing_webhook_events_total", type="unverified", result="rejected") == 1
+    assert d("billing_group_commit_batch_size_count") >= 4
+    assert d("billing_group_commit_seconds_count") == d("billing_group_commit_batch_size_count")
+
+
+async def test_json_logs_carry_the_request_id(sqlite_server: Running) -> None:
+    buf = io.StringIO()
+    handler = logging.StreamHandler(buf)
+    handler.setFormatter(logs.JsonFormatter())
+    handler.addFilter(logs.RequestIdFilter())
+    logger = logging.getLogger("server.api")
+    logger.addHandler(handler)
+    old_level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        bad = usage_pb2.SpendRequest(amount_millicredits=10**9, request_id="r1")
+        for rid in ("req-abc-123", None):
+            md = auth("carol") + ((("x-request-id", rid),) if rid else ())
+            try:
+                await sqlite_server.s.usage.Spend(bad, metadata=md)
+            except grpc.aio.AioRpcError as exc:
+                assert exc.code() == grpc.StatusCode.FAILED_PRECONDITION
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+    records = [json.loads(line) for line in buf.getvalue().splitlines()]
+    refused = [r for r in records if r["msg"] == "rpc refused"]
+    assert len(refused) == 2, records
+    assert refused[0]["request_id"] == "req-abc-123"
+    assert refused[0]["reason"] == "INSUFFICIENT_CREDITS"
+    generated = refused[1]["request_id"]
+    assert isinstance(generated, str) and len(generated) == 32 and generated != "req-abc-123"
+    assert logs.request_id_var.get() is None  # reset after the call
+
+
+async def test_otel_spans_when_enabled(tmp_path, clock) -> None:  # type: ignore[no-untyped-def]
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = trace.get_tracer_provider()
+    if not isinstance(provider, TracerProvider):
+        provider = TracerProvider()
+        trace.set_tracer_provider(provider)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    running = Running(f"sqlite+aiosqlite:///{tmp_path / 'otel.db'}", clock, otel_enabled=True)
+    await running.start()
+    try:
+        await running.s.balance.CheckBalance(balance_pb2.CheckBalanceRequest(), metadata=auth("dora"))
+        await running.verify()
+    finally:
+        await running.stop()
+    names = [s.name for s in exporter.get_finished_spans()]
+    assert "/flownexus.billing.v1.BalanceService/CheckBalance" in names, names
