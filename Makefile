@@ -55,6 +55,9 @@ proto-image: $(STAMP)
 client: $(STAMP)
 	$(PY) -m pip wheel --no-deps --no-build-isolation --no-index -w dist clients/python
 
+demo: $(STAMP)
+	$(PY) scripts/demo.py
+
 bench: $(STAMP)
 	$(PY) -m bench
 

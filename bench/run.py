@@ -21,6 +21,7 @@ Knobs (environment):
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import os
@@ -216,7 +217,7 @@ async def run_client(cfg: dict[str, Any], server: Server | None = None) -> dict[
         await spy.wait()
     merged: dict[str, Any] = {"completed": 0, "codes": {}, "latencies": []}
     for c in outs:
-        out = json.loads(Path(c).read_text())
+        out = json.loads(await asyncio.to_thread(Path(c).read_text))
         merged["completed"] += out["completed"]
         merged["latencies"] += out["latencies"]
         for k, v in out["codes"].items():
@@ -289,9 +290,11 @@ async def history_rows(kind: str, server: Server, workdir: Path) -> list[dict[st
             await seed.seed_postgres(server.url.replace("+asyncpg", ""), "wallet:deep", HISTORY_ROWS)
         log(f"{kind}: seeded in {time.perf_counter() - began:.1f}s")
         size = 50
-        sig = validation.filters_signature(user, [], None, None)
         first = await stub.ListTransactions(history_pb2.ListTransactionsRequest(page_size=size), metadata=md)
         top = int(first.transactions[0].id)
+        # The deepest page's token is forged from a real one (same filters, other position).
+        raw = first.next_page_token
+        sig = json.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))["f"]
         # Walk real tokens to page 500 (proves the token path), forge the deepest page.
         token = first.next_page_token
         for _ in range(2, 500):
@@ -363,7 +366,7 @@ async def watch_phase(workdir: Path) -> dict[str, Any]:
             await asyncio.wait(waiting, timeout=0.5)
             peak = max(peak, server.rss())
         for c in cfgs:
-            results.append(json.loads(Path(c["out"]).read_text()))
+            results.append(json.loads(await asyncio.to_thread(Path(c["out"]).read_text)))
         delays = [d for r in results for d in r["delays"]]
         out = {
             "subscribers": WATCHERS, "ready": sum(r["ready"] for r in results),

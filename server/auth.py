@@ -79,6 +79,7 @@ def decode_token(secret: str, token: str, *, issuer: str = "flownexus-billing") 
     except jwt.PyJWTError:
         raise errors.Unauthenticated("invalid token", reason="INVALID_TOKEN") from None
     sub, role = claims.get("sub"), claims.get("role")
-    if not isinstance(sub, str) or not sub or len(sub) > 128 or role not in {r.value for r in Role}:
+    # isinstance first: a forged list or object role must not reach the set lookup
+    if not isinstance(sub, str) or not sub or len(sub) > 128 or not isinstance(role, str) or role not in {r.value for r in Role}:
         raise errors.Unauthenticated("invalid token claims", reason="INVALID_TOKEN")
     return Principal(sub, Role(role))

@@ -88,7 +88,9 @@ class BillingClient:
     def _metadata(self, extra: Sequence[tuple[str, str]] = ()) -> tuple[tuple[str, str], ...]:
         return (("authorization", f"Bearer {self.token}"), *extra)
 
-    async def _unary(self, method: Any, request: Any, *, metadata: Sequence[tuple[str, str]] = (), timeout: float | None = None) -> Any:
+    async def _unary(
+        self, method: Any, request: Any, *, metadata: Sequence[tuple[str, str]] = (), timeout: float | None = None  # noqa: ASYNC109 - the gRPC deadline
+    ) -> Any:
         # A mutation without a request_id gets one here, once, so that every
         # retry below carries the same id.
         if "request_id" in request.DESCRIPTOR.fields_by_name and not request.request_id:
@@ -103,7 +105,9 @@ class BillingClient:
                 raise from_rpc_error(exc) from exc
         raise AssertionError("unreachable")
 
-    async def _stream(self, method: Any, request: Any, *, metadata: Sequence[tuple[str, str]] = (), timeout: float | None = None) -> AsyncIterator[Any]:
+    async def _stream(
+        self, method: Any, request: Any, *, metadata: Sequence[tuple[str, str]] = (), timeout: float | None = None  # noqa: ASYNC109 - the gRPC deadline
+    ) -> AsyncIterator[Any]:
         call = method(request, metadata=self._metadata(metadata), timeout=timeout)
         try:
             async for item in call:
