@@ -352,7 +352,7 @@ async def watch_phase(workdir: Path) -> dict[str, Any]:
             t0 = time.perf_counter()
             pending = []
             for i, u in enumerate(users):
-                pending.append(asyncio.create_task(stub.Spend(usage_pb2.SpendRequest(
+                pending.append(asyncio.ensure_future(stub.Spend(usage_pb2.SpendRequest(
                     user_id=u, amount_millicredits=1, request_id=f"watch-{u}"), metadata=md)))
                 delay = t0 + (i + 1) * interval - time.perf_counter()
                 if delay > 0:

@@ -65,7 +65,7 @@ class Server:
 
     async def start(self) -> None:
         self.starts += 1
-        log = open(self.workdir / f"server-{self.starts}.log", "wb")  # noqa: SIM115 - owned by the process
+        log = open(self.workdir / f"server-{self.starts}.log", "wb")
         self.proc = subprocess.Popen([sys.executable, "-m", "server", "serve"], cwd=ROOT, env=self.env, stdout=log, stderr=log)
         async with grpc.aio.insecure_channel(f"127.0.0.1:{self.grpc_port}") as ch:
             health = health_pb2_grpc.HealthStub(ch)

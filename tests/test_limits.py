@@ -10,7 +10,14 @@ from typing import Any
 
 import grpc
 import pytest
-from flownexus.billing.v1 import balance_pb2, balance_pb2_grpc, common_pb2, earnings_pb2, payments_pb2, usage_pb2
+from flownexus.billing.v1 import (
+    balance_pb2,
+    balance_pb2_grpc,
+    common_pb2,
+    earnings_pb2,
+    payments_pb2,
+    usage_pb2,
+)
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sqlalchemy import func, select
 

@@ -259,12 +259,19 @@ class LedgerTx:
         wid = wallet_id(user_id)
         for lot in list(self.lots.get(wid, ())):
             if lot["kind"] == LotKind.ALLOWANCE and 0 < lot["expires_at_us"] <= self.now_us and lot["remaining"] > 0:
+                # A hold released after the period's end puts allowance back into
+                # the ended lot, which then expires a second time: number the keys.
+                key = f"allowance-expiry:{user_id}:{lot['expires_at_us']}"
+                n = 1
+                while not await self.key_unused(key):
+                    n += 1
+                    key = f"allowance-expiry:{user_id}:{lot['expires_at_us']}:{n}"
                 await self.transfer(
                     wid,
                     SYSTEM_ALLOWANCES,
                     lot["remaining"],
                     kind=Kind.ALLOWANCE_EXPIRY,
-                    key=f"allowance-expiry:{user_id}:{lot['expires_at_us']}",
+                    key=key,
                     description="Unused monthly allowance expired",
                     lot_order=(LotKind.ALLOWANCE,),
                     lot_expiry=lot["expires_at_us"],
