@@ -27,7 +27,9 @@ def _tiers(app: App) -> None:
     service = TierService(app.ledger, app.db, app.clock, app.settings, app.tiers, rules, gateway)
     app.tier_service = service  # type: ignore[attr-defined]
     app.ext.tier = TierServicer(service)
-    webhooks.EXTRA_HANDLERS.update(TierEvents(rules, app.tiers["pro"].monthly_millicredits).handlers())
+    events = TierEvents(rules, app.tiers["pro"].monthly_millicredits)
+    webhooks.EXTRA_HANDLERS.update(events.handlers())
+    webhooks.CHECKOUT_MODE_HANDLERS["subscription"] = events.checkout_session  # the Pro upgrade's Checkout
     app.workers.add("cancel_lapsed_subscriptions", service.cancel_lapsed)
 
 

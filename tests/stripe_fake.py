@@ -8,6 +8,14 @@ drive the customer's side through `StripeFake.pay(...)` (creates a real
 PaymentIntent and charge in localstripe) and deliver signed webhooks with the
 same scheme Stripe uses (`t=<unix>,v1=<HMAC-SHA256 of "t.payload">`).
 
+With `webhook_url` set, the fake also plays Stripe's webhook sender:
+`complete(session_id)` finishes a Checkout Session of any mode the way Stripe
+does (payment: charge + card saved for off-session use; subscription: a real
+localstripe subscription whose first invoice is paid with the card; setup: a
+confirmed SetupIntent) and delivers the signed events Stripe would send.
+Subscriptions the server creates itself through the proxy (Pro on a saved
+card) get their invoice events delivered too; `await settled()` waits for them.
+
 `python -m tests.stripe_fake --port N --state FILE` is the localstripe
 launcher: localstripe's own CLI binds every interface and keeps its state in
 /tmp/localstripe.pickle, so we bind 127.0.0.1 and give it its own file.
@@ -97,6 +105,11 @@ class StripeFake:
         self.by_idempotency: dict[str, str] = {}
         self.requests: list[dict[str, str]] = []
         self.fail_next: int = 0  # answer the next N API calls with 500 (outage drills)
+        # Where Stripe would send webhooks (the server's /webhooks/stripe); "" = tests deliver by hand.
+        self.webhook_url = ""
+        self.webhook_secret = WEBHOOK_SECRET
+        self.delivered: list[tuple[str, int]] = []  # (event type, HTTP status) of every delivery
+        self._deliveries: set[asyncio.Task[None]] = set()
         self._runner: web.AppRunner | None = None
         self._client: aiohttp.ClientSession | None = None
 
@@ -123,6 +136,9 @@ class StripeFake:
         self.by_idempotency.clear()
         self.requests.clear()
         self.fail_next = 0
+        await self.settled()
+        self.webhook_url = ""
+        self.delivered.clear()
         assert self._client is not None
         async with self._client.delete(f"{self.upstream}/_config/data") as r:
             assert r.status == 200
@@ -152,6 +168,9 @@ class StripeFake:
         if form.get("mode") == "setup":  # auto-refill (issue 4): save a card, charge nothing
             form["line_items"] = [{"quantity": "1", "price_data": {"unit_amount": "0", "currency": form.get("currency", "usd")}}]
         line = form["line_items"][0]
+        if "price_data" not in line:  # a configured Price id: localstripe knows it as a Plan
+            plan = await self.api("GET", f"/v1/plans/{line['price']}")
+            line["price_data"] = {"unit_amount": str(plan["amount"]), "currency": plan["currency"]}
         amount = int(line["price_data"]["unit_amount"]) * int(line.get("quantity", 1))
         sid = f"cs_test_{uuid.uuid4().hex[:24]}"
         session = {
@@ -168,6 +187,10 @@ class StripeFake:
             "metadata": form.get("metadata", {}),
             "payment_intent": None,
             "payment_intent_data": form.get("payment_intent_data", {}),
+            "subscription": None,
+            "subscription_data": form.get("subscription_data", {}),
+            "invoice": None,
+            "setup_intent": None,
             "line_items_requested": form["line_items"],
             "success_url": form.get("success_url"),
             "cancel_url": form.get("cancel_url"),
@@ -197,7 +220,11 @@ class StripeFake:
             request.method, f"{self.upstream}{request.path_qs}", data=await request.read(), headers=headers
         ) as r:
             body = await r.read()
-            return web.Response(body=body, status=r.status, content_type="application/json")
+            status = r.status
+        if request.method == "POST" and request.path == "/v1/subscriptions" and status == 200 and self.webhook_url:
+            # Stripe announces the new subscription's first invoice by webhook, after answering.
+            self._spawn(self._announce_subscription(json.loads(body)))
+        return web.Response(body=body, status=status, content_type="application/json")
 
     # ---- driving localstripe as "the customer" and "the Stripe dashboard" ----------------
 
@@ -223,6 +250,7 @@ class StripeFake:
         payment intent (its latest_charge expanded)."""
         s = self.sessions[session_id]
         meta = s["payment_intent_data"].get("metadata") or s["metadata"]
+        pm = await self.payment_method(card)
         pi = await self.api(
             "POST",
             "/v1/payment_intents",
@@ -230,7 +258,7 @@ class StripeFake:
                 "amount": s["amount_total"],
                 "currency": s["currency"],
                 "customer": s["customer"],
-                "payment_method": card,
+                "payment_method": pm,
                 "confirm": "true",
                 "metadata": meta,
             },
@@ -238,7 +266,15 @@ class StripeFake:
         s["payment_intent"] = pi["id"]
         if pi["status"] == "succeeded":
             s["status"], s["payment_status"] = "complete", "paid"
+            if s["payment_intent_data"].get("setup_future_usage") and s["customer"]:
+                # setup_future_usage: Stripe attaches the card to the customer once the payment succeeds.
+                await self.api("POST", f"/v1/payment_methods/{pm}/attach", {"customer": s["customer"]})
         return pi
+
+    async def payment_method(self, card: str) -> str:
+        """A concrete PaymentMethod id for a test card token (pm_card_visa -> pm_...),
+        as Stripe.js would create it on the checkout page."""
+        return str((await self.api("GET", f"/v1/payment_methods/{card}"))["id"])
 
     async def complete_setup(self, session_id: str, card: str = "pm_card_visa") -> dict[str, Any]:
         """The customer completes a setup-mode checkout page: a real SetupIntent
@@ -249,6 +285,122 @@ class StripeFake:
         si = await self.api("POST", f"/v1/setup_intents/{si['id']}/confirm", {"payment_method": card})
         s.update(setup_intent=si["id"], status="complete", payment_status="no_payment_required")
         return s
+
+    async def complete_subscription(self, session_id: str, card: str = "pm_card_visa") -> dict[str, Any]:
+        """The customer completes a subscription-mode checkout page: the card is
+        attached to the customer, a real localstripe subscription is created
+        with the session's subscription_data.metadata and its first invoice is
+        paid with that card. Returns {"session", "subscription", "invoice"}.
+
+        localstripe takes no default_payment_method on subscriptions, so the card
+        becomes the customer's invoice default (Stripe sets it on the subscription;
+        both are "a card attached to the customer")."""
+        s = self.sessions[session_id]
+        assert s["mode"] == "subscription", s["mode"]
+        pm = await self.payment_method(card)
+        await self.api("POST", f"/v1/payment_methods/{pm}/attach", {"customer": s["customer"]})
+        await self.api("POST", f"/v1/customers/{s['customer']}",
+                       {"invoice_settings": {"default_payment_method": pm}})
+        line = s["line_items_requested"][0]
+        plan_id = line.get("price") or await self._plan(line["price_data"])
+        meta = s["subscription_data"].get("metadata") or {}
+        sub = await self.api(
+            "POST", "/v1/subscriptions", {"customer": s["customer"], "items[0][plan]": plan_id, "metadata": meta}
+        )
+        invoice = await self.invoice_of(sub)
+        if sub["status"] == "active" and invoice["status"] == "paid":
+            s.update(status="complete", payment_status="paid", subscription=sub["id"], invoice=invoice["id"])
+        return {"session": s, "subscription": sub, "invoice": invoice}
+
+    async def _plan(self, price_data: dict[str, Any]) -> str:
+        interval = (price_data.get("recurring") or {}).get("interval", "month")
+        plan_id = f"fake-plan-{price_data['unit_amount']}-{price_data['currency']}-{interval}"
+        assert self._client is not None
+        async with self._client.get(
+            f"{self.upstream}/v1/plans/{plan_id}", headers={"Authorization": f"Bearer {API_KEY}"}
+        ) as r:
+            if r.status == 200:
+                return plan_id
+        name = (price_data.get("product_data") or {}).get("name", "Subscription")
+        await self.api("POST", "/v1/plans", {"id": plan_id, "amount": price_data["unit_amount"],
+                                             "currency": price_data["currency"], "interval": interval,
+                                             "product": {"name": name}})
+        return plan_id
+
+    async def invoice_of(self, sub: dict[str, Any]) -> dict[str, Any]:
+        """The subscription's latest invoice as API 2025-03-31.basil sends it: the
+        subscription's metadata under parent.subscription_details (localstripe omits it)."""
+        invoice = await self.api("GET", f"/v1/invoices/{sub['latest_invoice']}")
+        invoice["parent"] = {
+            "type": "subscription_details",
+            "subscription_details": {"subscription": sub["id"], "metadata": dict(sub.get("metadata") or {})},
+        }
+        return invoice
+
+    # ---- Stripe's webhook sender ------------------------------------------------------------
+
+    async def deliver(self, ev: dict[str, Any]) -> int:
+        """POST one signed event to webhook_url; returns the HTTP status."""
+        assert self._client is not None and self.webhook_url, "set StripeFake.webhook_url first"
+        body = encode(ev)
+        headers = {"Content-Type": "application/json", "Stripe-Signature": sign(body, self.webhook_secret)}
+        async with self._client.post(self.webhook_url, data=body, headers=headers) as r:
+            self.delivered.append((ev["type"], r.status))
+            return r.status
+
+    async def deliver_all(self, events: list[dict[str, Any]]) -> dict[str, int]:
+        return {ev["type"]: await self.deliver(ev) for ev in events}
+
+    async def complete(self, session_id: str, card: str = "pm_card_visa", *, invoice_first: bool = False) -> dict[str, Any]:
+        """Finish a Checkout Session like Stripe (see the module doc) and deliver
+        its events. Returns {"events": [...], "statuses": {type: http status}, ...}:
+        the objects created, and the events (redeliver them to test replays)."""
+        s = self.sessions[session_id]
+        out: dict[str, Any] = {}
+        events: list[dict[str, Any]] = []
+        if s["mode"] == "payment":
+            pi = await self.pay(session_id, card)
+            out["payment_intent"] = pi
+            if pi["status"] == "succeeded":
+                charge = await self.charge_of(pi)
+                events = [event("charge.succeeded", charge), event("payment_intent.succeeded", pi),
+                          event("checkout.session.completed", json.loads(json.dumps(s)))]
+            else:
+                events = [event("payment_intent.payment_failed", pi)]
+        elif s["mode"] == "setup":
+            await self.complete_setup(session_id, card)
+            events = [event("checkout.session.completed", json.loads(json.dumps(s)))]
+        else:
+            made = await self.complete_subscription(session_id, card)
+            out.update(subscription=made["subscription"], invoice=made["invoice"])
+            if s["status"] == "complete":
+                completed = event("checkout.session.completed", json.loads(json.dumps(s)))
+                invoices = [event("invoice.paid", made["invoice"]), event("invoice.payment_succeeded", made["invoice"])]
+                events = [*invoices, completed] if invoice_first else [completed, *invoices]
+            else:
+                events = [event("invoice.payment_failed", made["invoice"])]
+        out["events"] = events
+        out["statuses"] = await self.deliver_all(events) if self.webhook_url else {}
+        out["session"] = s
+        return out
+
+    async def _announce_subscription(self, sub: dict[str, Any]) -> None:
+        if not sub.get("latest_invoice"):
+            return
+        invoice = await self.invoice_of(sub)
+        kinds = ("invoice.paid", "invoice.payment_succeeded") if invoice["status"] == "paid" else ("invoice.payment_failed",)
+        for kind in kinds:
+            await self.deliver(event(kind, invoice))
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._deliveries.add(task)
+        task.add_done_callback(self._deliveries.discard)
+
+    async def settled(self) -> None:
+        """Wait for the webhooks the fake is still sending on its own."""
+        while self._deliveries:
+            await asyncio.gather(*list(self._deliveries), return_exceptions=True)
 
     def expire(self, session_id: str) -> dict[str, Any]:
         s = self.sessions[session_id]

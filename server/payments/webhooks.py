@@ -269,12 +269,18 @@ async def _payment_for(tx: LedgerTx, etype: str, obj: Row) -> Row | None:
 # Other domains (tiers: invoices and subscriptions) handle their own event types
 # here, inside the same transaction as the stored event. See server/wiring.py.
 EXTRA_HANDLERS: dict[str, Callable[[LedgerTx, Row], Awaitable[str]]] = {}
+# Checkout Sessions of another mode than payment/setup belong to another domain
+# (tiers: mode=subscription, the Pro upgrade): fn(tx, event_type, session).
+CHECKOUT_MODE_HANDLERS: dict[str, Callable[[LedgerTx, str, Row], Awaitable[str]]] = {}
 
 
 async def _dispatch(tx: LedgerTx, etype: str, obj: Row) -> tuple[Row | None, str]:
     extra = EXTRA_HANDLERS.get(etype)
     if extra is not None:
         return None, await extra(tx, obj)
+    by_mode = CHECKOUT_MODE_HANDLERS.get(str(obj.get("mode") or "")) if etype.startswith("checkout.session.") else None
+    if by_mode is not None:
+        return None, await by_mode(tx, etype, obj)
     if etype not in HANDLED_EVENTS:
         return None, "ignored"
     p = await _payment_for(tx, etype, obj)

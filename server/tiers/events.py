@@ -89,6 +89,45 @@ class TierEvents:
             meta = meta or (parent.get("subscription_details") or {}).get("metadata") or {}
         return await _user_for(tx, sub_id, _id(obj.get("customer")), meta)
 
+    async def checkout_session(self, tx: LedgerTx, etype: str, session: Row) -> str:
+        """The Pro upgrade's subscription-mode Checkout. Completed: the new
+        subscription (and the customer, whose card Checkout saved) is recorded
+        for the user, so that its invoices find the user by subscription id.
+        The tier still changes only with the paid invoice (either may come first).
+        Expired: the upgrade is abandoned, so that UpgradeTier can make a new link."""
+        raw = session.get("metadata")
+        meta: Row = raw if isinstance(raw, dict) else {}
+        sub_id = _id(session.get("subscription"))
+        customer = _id(session.get("customer"))
+        uid = str(meta.get("user_id") or session.get("client_reference_id") or "") or await _user_for(
+            tx, sub_id, customer, {}
+        )
+        if not uid:
+            return "unmatched"
+        await tx.wallet(uid)
+        user = tx.user(uid)
+        row = await load_sub(tx, uid)
+        session_id = _id(session.get("id"))
+        if etype == "checkout.session.completed":
+            if not sub_id:
+                return "awaiting_payment"
+            if row and row["stripe_subscription_id"] and row["stripe_subscription_id"] != sub_id and user["tier"] == "pro":
+                # Already Pro on another subscription: keep the live one; the extra one is for an operator.
+                log.warning("second Pro subscription for a Pro user", extra={"user_id": uid, "subscription": sub_id})
+                return "duplicate_subscription"
+            values: Row = {"stripe_subscription_id": sub_id, "checkout_session_id": session_id, "payment_url": ""}
+            if customer:
+                values["stripe_customer_id"] = customer
+            if user["tier"] != "pro":
+                values["status"] = "incomplete"  # until invoice.paid
+            await save_sub(tx, uid, **values)
+            return "subscription_recorded"
+        if etype == "checkout.session.expired":
+            if row and row["checkout_session_id"] == session_id and row["status"] == "incomplete" and user["tier"] != "pro":
+                await save_sub(tx, uid, status="none", payment_url="", checkout_session_id=None)
+                return "upgrade_abandoned"
+        return "ignored"
+
     async def invoice_paid(self, tx: LedgerTx, invoice: Row) -> str:
         sub_id = _subscription_of(invoice)
         if not sub_id:
