@@ -1,24 +1,26 @@
 """`make demo`: the whole story on loopback, with printed output.
 
 It starts localstripe plus the Checkout Sessions fake (tests/stripe_fake.py),
-then the billing service against them (temporary SQLite, free ports), and
-walks a new user through: free credits, spending, buying credits through a
-link the emulator pays, auto-refill, the Pro upgrade, a challenge award, and
-a history and stats report. A step whose RPC this build does not serve yet
-prints "not available yet (UNIMPLEMENTED)".
+then the billing service against them (temporary SQLite, free ports, a short
+worker interval), and walks a new user through: free credits, spending,
+buying credits through a link the emulator pays, auto-refill firing on the
+card that purchase saved, the Pro upgrade, a challenge award, and a history
+and stats report. The emulator plays Stripe's side: it pays Checkout pages
+and sends the signed webhooks Stripe would send to the service.
+
+Every step checks its outcome; a step that did not happen prints FAILED and
+the script exits 1.
 """
 
 from __future__ import annotations
 
 import asyncio
-import copy
 import secrets
 import socket
 import sys
 import tempfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 for p in (ROOT / "clients/python/src", ROOT / "generated", ROOT):
@@ -45,14 +47,17 @@ from tests.stripe_fake import (  # noqa: E402
     API_KEY,
     WEBHOOK_SECRET,
     StripeFake,
-    encode,
-    event,
     launch_localstripe,
-    sign,
     wait_http,
 )
 
 USER = "dana"
+TEAMMATE = "sam"
+WORKER_INTERVAL_SECONDS = 0.3  # BILLING_WORKER_INTERVAL_SECONDS: the refill worker runs this often
+
+
+class StepFailed(Exception):
+    """The step ran but its outcome is not what the story says."""
 
 
 def free_port() -> int:
@@ -72,32 +77,37 @@ class Demo:
         target = f"127.0.0.1:{app.grpc_port}"
         self.user = BillingClient(target, mint_token(secret, USER, Role.USER))
         self.service = BillingClient(target, mint_token(secret, "challenge-engine", Role.SERVICE))
+        self.teammate = BillingClient(target, mint_token(secret, TEAMMATE, Role.USER))
         self.step_no = 0
+        self.failed: list[str] = []
 
     async def close(self) -> None:
         await self.user.close()
         await self.service.close()
+        await self.teammate.close()
 
     async def step(self, title: str, fn: Callable[[], Awaitable[None]]) -> None:
         self.step_no += 1
         print(f"\n== {self.step_no}. {title} ==")
         try:
             await fn()
+            return
+        except StepFailed as exc:
+            print(f"   FAILED: {exc}")
         except NotImplementedYet as exc:
-            print(f"   not available yet (UNIMPLEMENTED): {exc.message}")
+            print(f"   FAILED: not available (UNIMPLEMENTED): {exc.message}")
         except BillingError as exc:
-            print(f"   refused: {exc.reason or exc.code.name}: {exc.message}")
+            print(f"   FAILED: refused: {exc.reason or exc.code.name}: {exc.message}")
+        self.failed.append(title)
+
+    def print_events(self, mark: int) -> None:
+        """The webhooks the emulator delivered since `mark`, as Stripe would have sent them."""
+        for etype, status in self.fake.delivered[mark:]:
+            print(f"   Stripe -> webhook {etype}: HTTP {status}")
 
     async def balance(self) -> int:
         b = await self.user.balance.CheckBalance(balance_pb2.CheckBalanceRequest())
         return int(b.credits_millicredits)
-
-    async def webhook(self, ev: dict[str, Any]) -> int:
-        body = encode(ev)
-        url = f"http://127.0.0.1:{self.app.http_port}/webhooks/stripe"
-        headers = {"Content-Type": "application/json", "Stripe-Signature": sign(body, WEBHOOK_SECRET)}
-        async with aiohttp.ClientSession() as s, s.post(url, data=body, headers=headers) as r:
-            return r.status
 
     # ---- the story ---------------------------------------------------------------------
 
@@ -124,13 +134,16 @@ class Demo:
             payments_pb2.CreatePaymentLinkRequest(amount_cents=2000, request_id="demo-buy")
         )
         print(f"   payment link for $20.00 ({cr(link.credits_amount_millicredits)} credits): {link.payment_url}")
-        session = self.fake.sessions[link.payment_url.rsplit("/", 1)[-1]]
-        pi = await self.fake.pay(session["id"])
-        print(f"   the emulator pays it with a test card: PaymentIntent {pi['id']} {pi['status']}")
-        status = await self.webhook(event("checkout.session.completed", copy.deepcopy(session)))
-        print(f"   Stripe's checkout.session.completed webhook -> HTTP {status}")
+        mark = len(self.fake.delivered)
+        done = await self.fake.complete(link.payment_url.rsplit("/", 1)[-1])
+        pi = done["payment_intent"]
+        print(f"   the emulator pays it with a test card: PaymentIntent {pi['id']} {pi['status']}, "
+              f"card {pi['payment_method']} saved for later (setup_future_usage=off_session)")
+        self.print_events(mark)
         p = await self.user.payments.GetPayment(payments_pb2.GetPaymentRequest(payment_id=link.payment_id))
         print(f"   payment {p.payment.id}: {payments_pb2.PaymentStatus.Name(p.payment.status)}; balance {cr(await self.balance())} credits")
+        if p.payment.status != payments_pb2.PAYMENT_STATUS_PAID:
+            raise StepFailed("the payment was not credited")
 
     async def auto_refill(self) -> None:
         r = await self.user.refill.ConfigureAutoRefill(
@@ -138,39 +151,74 @@ class Demo:
                                                   request_id="demo-refill")
         )
         a = r.auto_refill
-        print(f"   auto-refill: $10.00 when below {cr(a.threshold_millicredits)} credits; state {refill_pb2.AutoRefillState.Name(a.state)} {a.paused_reason}")
+        print(f"   auto-refill on, with the card the purchase saved ({a.payment_method.brand} ending "
+              f"{a.payment_method.last4}): {a.next_charge}")
         watch = self.user.balance.WatchBalance(balance_pb2.WatchBalanceRequest())
-        await anext(watch)  # the snapshot
+        await anext(watch)  # the snapshot: subscribed from here on
         spent = await self.service.usage.Spend(
             usage_pb2.SpendRequest(user_id=USER, amount_millicredits=80_000, category="sandbox", request_id="demo-cross")
         )
-        print(f"   a big sandbox run: balance {cr(spent.credits_millicredits)} credits, below the threshold")
+        print(f"   a big sandbox run: -80 credits -> balance {cr(spent.credits_millicredits)}, below the threshold; "
+              "Spend returns at once, the refill worker charges the card in the background")
+        fired = None
         try:
-            async with asyncio.timeout(10):
+            async with asyncio.timeout(15):
                 async for ev in watch:
-                    kind = balance_pb2.BalanceEventType.Name(ev.type)
-                    if ev.type != balance_pb2.BALANCE_EVENT_TYPE_TRANSFER or ev.transaction.type == common_pb2.TRANSACTION_TYPE_AUTO_REFILL:
-                        print(f"   watch: {kind} {ev.message} balance {cr(ev.credits_millicredits)}".rstrip())
-                        if ev.type != balance_pb2.BALANCE_EVENT_TYPE_TRANSFER:
-                            break
+                    if ev.type == balance_pb2.BALANCE_EVENT_TYPE_TRANSFER:
+                        if ev.transaction.type == common_pb2.TRANSACTION_TYPE_AUTO_REFILL:
+                            print(f"   watch: +{cr(ev.transaction.amount_millicredits)} credits "
+                                  f"({ev.transaction.description}) -> balance {cr(ev.credits_millicredits)}")
+                        continue
+                    print(f"   watch: {balance_pb2.BalanceEventType.Name(ev.type)}: {ev.message}")
+                    fired = ev
+                    break
         except TimeoutError:
-            print("   no auto-refill event within 10 s")
+            pass
         finally:
             await watch.aclose()
+        if fired is None or fired.type != balance_pb2.BALANCE_EVENT_TYPE_AUTO_REFILL_SUCCEEDED:
+            raise StepFailed("no auto-refill within 15 s")
+        g = (await self.user.refill.GetAutoRefill(refill_pb2.GetAutoRefillRequest())).auto_refill
+        print(f"   auto-refill {refill_pb2.AutoRefillState.Name(g.state)}; this month ${g.monthly_used_cents / 100:.2f} "
+              f"of the ${g.monthly_cap_cents / 100:,.2f} cap; balance {cr(await self.balance())} credits")
 
     async def upgrade(self) -> None:
+        mark = len(self.fake.delivered)
         up = await self.user.tier.UpgradeTier(tier_pb2.UpgradeTierRequest(tier=common_pb2.TIER_PRO, request_id="demo-pro"))
         print(f"   upgrade to {common_pb2.Tier.Name(up.new_tier)}: {tier_pb2.UpgradeStatus.Name(up.status)}, "
               f"{cr(up.monthly_credits_millicredits)} credits/month")
         if up.payment_url:
-            print(f"   subscription payment: {up.payment_url}")
-            session = self.fake.sessions.get(up.payment_url.rsplit("/", 1)[-1])
-            if session is not None:
-                pi = await self.fake.pay(session["id"])
-                status = await self.webhook(event("checkout.session.completed", copy.deepcopy(session)))
-                print(f"   the emulator pays it: PaymentIntent {pi['status']}; webhook -> HTTP {status}")
+            await self.pay_subscription_checkout(up.payment_url)
+        else:
+            print(f"   {USER} has a saved card: the subscription charges it now, the first invoice is paid")
+            await self.fake.settled()
+            self.print_events(mark)
         t = await self.user.tier.GetTier(tier_pb2.GetTierRequest())
-        print(f"   tier now {common_pb2.Tier.Name(t.tier)}, subscription {tier_pb2.SubscriptionStatus.Name(t.subscription_status)}")
+        print(f"   tier now {common_pb2.Tier.Name(t.tier)}, subscription {tier_pb2.SubscriptionStatus.Name(t.subscription_status)}, "
+              f"allowance left {cr(t.allowance_remaining_millicredits)} credits; balance {cr(await self.balance())} credits")
+        if t.tier != common_pb2.TIER_PRO:
+            raise StepFailed(f"{USER} is not on Pro")
+
+        # Without a saved card the upgrade goes through a subscription-mode Checkout.
+        up = await self.teammate.tier.UpgradeTier(tier_pb2.UpgradeTierRequest(tier=common_pb2.TIER_PRO, request_id="demo-pro"))
+        print(f"   {TEAMMATE}, a teammate without a saved card, upgrades too: {tier_pb2.UpgradeStatus.Name(up.status)}")
+        if not up.payment_url:
+            raise StepFailed("no Checkout link for a user without a card")
+        await self.pay_subscription_checkout(up.payment_url)
+        t = await self.teammate.tier.GetTier(tier_pb2.GetTierRequest())
+        b = await self.teammate.balance.CheckBalance(balance_pb2.CheckBalanceRequest())
+        print(f"   {TEAMMATE}: tier {common_pb2.Tier.Name(t.tier)}, subscription "
+              f"{tier_pb2.SubscriptionStatus.Name(t.subscription_status)}, balance {cr(b.credits_millicredits)} credits")
+        if t.tier != common_pb2.TIER_PRO:
+            raise StepFailed(f"{TEAMMATE} is not on Pro")
+
+    async def pay_subscription_checkout(self, url: str) -> None:
+        print(f"   subscription checkout: {url}")
+        mark = len(self.fake.delivered)
+        done = await self.fake.complete(url.rsplit("/", 1)[-1])
+        print(f"   the emulator pays it: subscription {done['subscription']['id']} {done['subscription']['status']}, "
+              f"invoice {done['invoice']['id']} {done['invoice']['status']} (${done['invoice']['amount_paid'] / 100:.2f})")
+        self.print_events(mark)
 
     async def earn(self) -> None:
         r = await self.service.earnings.AwardCredits(
@@ -228,10 +276,11 @@ async def main() -> int:
             settings = Settings(
                 database_url=f"sqlite+aiosqlite:///{tmp}/demo.db", grpc_port=0, http_port=0, jwt_secret=secret,
                 stripe_api_key=API_KEY, stripe_api_base=fake.url, stripe_webhook_secret=WEBHOOK_SECRET,
-                worker_interval_seconds=1.0, log_level="WARNING",
+                worker_interval_seconds=WORKER_INTERVAL_SECONDS, log_level="WARNING",
             )
             app = build(App(settings))
             await app.start()
+            fake.webhook_url = f"http://127.0.0.1:{app.http_port}/webhooks/stripe"  # Stripe's webhook sender
             print(f"Billing service: gRPC 127.0.0.1:{app.grpc_port}, HTTP 127.0.0.1:{app.http_port}")
             demo = Demo(app, fake, secret)
             await demo.step("A new user gets free credits", demo.free_credits)
@@ -241,6 +290,9 @@ async def main() -> int:
             await demo.step("They upgrade to Pro", demo.upgrade)
             await demo.step("They earn credits from a challenge", demo.earn)
             await demo.step("History and stats", demo.report)
+            if demo.failed:
+                print(f"\nFailed steps: {', '.join(demo.failed)}")
+                return 1
             print("\nDone.")
             return 0
         finally:

@@ -96,7 +96,7 @@ class App:
             publish=self._publish,
             after_batch=METRICS.observe_batch,
         )
-        self.reader = LedgerReader(self.db.reader)
+        self.reader = LedgerReader(self.db.reader, self.db.fast)
         self.ledger = LedgerService(self.writer, self.reader, self.clock, settings)
         self.workers = Workers(settings.worker_interval_seconds)
         ledger_jobs(self.workers, self.writer, self.reader, self.clock)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextvars
+import itertools
 import json
 import logging
 import sys
@@ -16,8 +17,14 @@ _STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"mess
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 
 
+_PREFIX = uuid.uuid4().hex[:12]
+_counter = itertools.count(1)
+
+
 def new_request_id() -> str:
-    return uuid.uuid4().hex
+    # A per-process random prefix plus a counter: unique, and far cheaper
+    # than a uuid4 on every call of the hot path.
+    return f"{_PREFIX}-{next(_counter):x}"
 
 
 class RequestIdFilter(logging.Filter):

@@ -171,19 +171,39 @@ async def test_payment_commands(stripe_server: Running, stripe_fake, runbook_env
     assert [p["id"] for p in listed] == [link["payment_id"]]
 
 
-async def test_auto_refill_commands(ops, server) -> None:  # type: ignore[no-untyped-def]
-    paused, resumed, state = await ops("pause-auto-refill"), await ops("resume-auto-refill"), await ops("get-auto-refill")
-    if server.app.ext.refill is None:  # issue 4 not wired in this build
-        _unimplemented(paused, "ConfigureAutoRefill")
-        _unimplemented(resumed, "ConfigureAutoRefill")
-        _unimplemented(state, "GetAutoRefill")
-        return
-    assert ok(paused)["auto_refill"].get("enabled", False) is False
-    # Without a saved card, enabling is refused or pauses itself; either way it says so.
-    if resumed.rc == 0:
-        assert ok(state)["auto_refill"]["threshold_millicredits"] == "100000"
-    else:
-        assert "ErrorInfo" in resumed.err
+async def test_auto_refill_commands(stripe_server: Running, stripe_fake, runbook_env) -> None:  # type: ignore[no-untyped-def]
+    ops = make_ops(stripe_server, runbook_env)
+    assert stripe_server.app.ext.refill is not None  # type: ignore[union-attr]
+    stripe_fake.webhook_url = f"http://127.0.0.1:{stripe_server.app.http_port}/webhooks/stripe"  # type: ignore[union-attr]
+    # No saved card yet: resuming is refused, and says how to add one.
+    info = refused(await ops("resume-auto-refill"), "FailedPrecondition", "PAYMENT_METHOD_REQUIRED")
+    assert info["metadata"]["how"] == "CreateSetupLink or CreatePaymentLink"
+    paused = ok(await ops("pause-auto-refill"))["auto_refill"]
+    assert paused["state"] == "AUTO_REFILL_STATE_DISABLED" and "enabled" not in paused  # false is omitted
+    assert paused["next_charge"] == "Auto-refill is off."
+
+    # alice saves a card through the runbook's setup link (paid in the Checkout fake, signed webhook).
+    link = ok(await ops("create-setup-link"))
+    assert link["setup_url"].startswith(stripe_fake.url)
+    done = await stripe_fake.complete(link["setup_url"].rsplit("/", 1)[-1])
+    assert done["statuses"] == {"checkout.session.completed": 200}
+
+    on = ok(await ops("resume-auto-refill"))["auto_refill"]
+    assert on["enabled"] is True and on["state"] == "AUTO_REFILL_STATE_IDLE"
+    assert (on["threshold_millicredits"], on["amount_cents"], on["credits_amount_millicredits"]) == ("100000", "5000", "500000")
+    assert (on["payment_method"]["brand"], on["payment_method"]["last4"]) == ("visa", "4242")
+    assert on["next_charge"] == "When the balance falls below 100 credits, $50.00 is charged to visa ending 4242 for 500 credits."
+    state = ok(await ops("get-auto-refill"))["auto_refill"]  # the admin's view of alice
+    assert state == on
+
+    # Pause again (a new request_id each run): disabled, threshold, amount and card kept for the next resume.
+    off = ok(await ops("pause-auto-refill"))["auto_refill"]
+    assert off["state"] == "AUTO_REFILL_STATE_DISABLED" and "enabled" not in off
+    assert (off["threshold_millicredits"], off["amount_cents"], off["payment_method"]["last4"]) == ("100000", "5000", "4242")
+    assert ok(await ops("get-auto-refill"))["auto_refill"] == off
+    assert "auto_refill" not in ok(await ops("check-balance"))
+    assert ok(await ops("resume-auto-refill"))["auto_refill"]["state"] == "AUTO_REFILL_STATE_IDLE"
+    assert ok(await ops("check-balance"))["auto_refill"] is True
 
 
 async def test_enterprise_tier_command(ops, server) -> None:  # type: ignore[no-untyped-def]

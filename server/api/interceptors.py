@@ -13,7 +13,7 @@ from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from server import errors
-from server.auth import current_principal, decode_token
+from server.auth import TokenCache, current_principal
 from server.logs import new_request_id, request_id_var
 from server.metrics import METRICS
 
@@ -145,8 +145,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
     """Every billing RPC needs a bearer token; health and reflection do not."""
 
     def __init__(self, secret: str, issuer: str) -> None:
-        self.secret = secret
-        self.issuer = issuer
+        self.tokens = TokenCache(secret, issuer)
 
     async def intercept_service(self, continuation: Any, details: grpc.HandlerCallDetails) -> Any:
         handler = await continuation(details)
@@ -166,6 +165,6 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         if scheme.lower() != "bearer" or not token.strip():
             return errors.Unauthenticated("authorization must be 'Bearer <token>'", reason="INVALID_TOKEN")
         try:
-            return decode_token(self.secret, token.strip(), issuer=self.issuer)
+            return self.tokens.principal(token.strip())
         except errors.DomainError as exc:
             return exc

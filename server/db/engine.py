@@ -12,6 +12,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
+from server.db.fastread import FastReader
 from server.db.sqlite_inline import inline_creator
 
 log = logging.getLogger(__name__)
@@ -26,6 +27,7 @@ class Database:
     def __init__(self, url: str) -> None:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
+        self.fast = FastReader(url)
         if self.is_sqlite:
             _ensure_sqlite_dir(url)
             if ":memory:" in url:
@@ -47,6 +49,7 @@ class Database:
             )
 
     async def dispose(self) -> None:
+        await self.fast.close()
         await self.writer.dispose()
         await self.reader.dispose()
 

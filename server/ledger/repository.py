@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import and_, func, literal, select, text, union_all
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from server.db.fastread import FastReader
 from server.db.schema import accounts, holds, lots, transfers, users
 from server.ledger.model import EARNED_KINDS, Kind, LotKind, TransferView, wallet_id
 
@@ -39,11 +40,25 @@ class UserStats:
     app_revenue: int
 
 
+WALLET_SQL = (
+    "SELECT a.balance, a.pending, a.earned_total, a.spent_total, a.unlimited_overdraft, u.tier,"
+    " u.monthly_credits, u.period_start_us, u.period_end_us, u.flagged_reason"
+    " FROM accounts a JOIN users u ON u.user_id = a.user_id WHERE a.id = ?"
+)
+
+
 class LedgerReader:
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, fast: FastReader | None = None) -> None:
         self.engine = engine
+        self.fast = fast
 
     async def wallet(self, user_id: str, *, with_lots: bool = False) -> WalletState | None:
+        if not with_lots and self.fast is not None:
+            # The hot path (CheckBalance, stream snapshots): one row, raw driver.
+            r = await self.fast.fetchrow(WALLET_SQL, wallet_id(user_id))
+            if r is None:
+                return None
+            return WalletState(user_id, r[0], r[1], r[2], r[3], bool(r[4]), r[5], r[6], r[7], r[8], r[9])
         q = (
             select(accounts, users.c.tier, users.c.monthly_credits, users.c.period_start_us,
                    users.c.period_end_us, users.c.flagged_reason)

@@ -105,13 +105,14 @@ async def mark_paid(tx: LedgerTx, p: Row, **refs: str) -> bool:
     granted = False
     if await tx.key_unused(key):
         dollars = f"${p['amount_cents'] // 100:,}.{p['amount_cents'] % 100:02d}"
+        refill = p["kind"] == "auto_refill"
         await tx.transfer(
             SYSTEM_STRIPE,
             wallet_id(user),
             p["credits"],
-            kind=Kind.AUTO_REFILL if p["kind"] == "auto_refill" else Kind.PURCHASE,
+            kind=Kind.AUTO_REFILL if refill else Kind.PURCHASE,
             key=key,
-            description=f"Purchased {p['credits'] // 1000:,} credits ({dollars})",
+            description=f"{'Auto-refill' if refill else 'Purchased'} {p['credits'] // 1000:,} credits ({dollars})",
             category="purchase",
             ref=p["id"],
             metadata={"payment_id": p["id"]},

@@ -20,6 +20,9 @@ CHARGED = ("pending", "paid", "refunded", "partially_refunded", "disputed")
 DAY_US = 86400 * 1_000_000
 
 
+LOOKUP_SQL = "SELECT enabled, threshold, paused_reason FROM refill_configs WHERE user_id = ?"
+
+
 async def config(conn: AsyncConnection, user_id: str) -> Row | None:
     r = (await conn.execute(select(refill_configs).where(refill_configs.c.user_id == user_id))).mappings().first()
     return dict(r) if r else None

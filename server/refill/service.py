@@ -291,10 +291,12 @@ class RefillService:
     # ---- GetAutoRefill / CheckBalance ---------------------------------------------------------
 
     async def lookup(self, user_id: str) -> RefillStatus:
-        cfg = await repo.read_config(self.db.reader, user_id)
-        if cfg is None:
+        # On every CheckBalance: one row through the raw driver.
+        row = await self.db.fast.fetchrow(repo.LOOKUP_SQL, user_id)
+        if row is None:
             return RefillStatus()
-        return RefillStatus(enabled=bool(cfg["enabled"]), threshold=int(cfg["threshold"]), paused_reason=cfg["paused_reason"] if cfg["enabled"] else "")
+        enabled, threshold, paused_reason = bool(row[0]), int(row[1]), row[2]
+        return RefillStatus(enabled=enabled, threshold=threshold, paused_reason=paused_reason if enabled else "")
 
     async def get(self, principal: Principal, user_id: str) -> AutoRefillView:
         return await self.view(principal.resolve_user(user_id))
