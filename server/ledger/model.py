@@ -132,8 +132,18 @@ class BalanceEvent:
 T = TypeVar("T")
 
 
+def _plain(obj: Any) -> Any:
+    # dataclasses.asdict deep-copies every leaf; results hold only plain values.
+    fields = getattr(obj, "__dataclass_fields__", None)
+    if fields is not None:
+        return {name: _plain(getattr(obj, name)) for name in fields}
+    if isinstance(obj, list):
+        return [_plain(v) for v in obj]
+    return obj
+
+
 def to_json(obj: Any) -> bytes:
-    return json.dumps(dataclasses.asdict(obj), separators=(",", ":")).encode()
+    return json.dumps(_plain(obj), separators=(",", ":")).encode()
 
 
 def from_json(cls: type[T], data: bytes) -> T:
