@@ -225,7 +225,7 @@ async def _release(tx: LedgerTx, hold: Row, amount: int, key: str, status: HoldS
     tx.update_hold(hold["id"], status=str(status), resolved_at_us=tx.now_us)
     if amount <= 0:
         return None
-    return await tx.transfer(
+    row = await tx.transfer(
         SYSTEM_HOLDS,
         hold["account_id"],
         amount,
@@ -236,6 +236,10 @@ async def _release(tx: LedgerTx, hold: Row, amount: int, key: str, status: HoldS
         ref=hold["id"],
         restore_lots=json.loads(hold["lots"]),
     )
+    # Allowance that went back into a lot whose period has ended expires now,
+    # not at the user's next write: balances never show stale allowance.
+    await tx.roll_over(hold["user_id"])
+    return row
 
 
 def _active_hold(tx: LedgerTx, hold_id: str, caller_may_use: str | None) -> Row:
