@@ -17,7 +17,6 @@ def _tiers(app: App) -> None:
     """Issue 5: TierService (Pro through Stripe subscriptions, Enterprise by admins)."""
     from server.api.tiers import TierServicer
     from server.domain.tiers import TierRules
-    from server.payments import webhooks
     from server.tiers.events import TierEvents
     from server.tiers.service import TierService
 
@@ -28,8 +27,9 @@ def _tiers(app: App) -> None:
     app.tier_service = service  # type: ignore[attr-defined]
     app.ext.tier = TierServicer(service)
     events = TierEvents(rules, app.tiers["pro"].monthly_millicredits)
-    webhooks.EXTRA_HANDLERS.update(events.handlers())
-    webhooks.CHECKOUT_MODE_HANDLERS["subscription"] = events.checkout_session  # the Pro upgrade's Checkout
+    router = app.payments.events  # type: ignore[attr-defined]
+    router.by_type.update(events.handlers())
+    router.checkout_modes["subscription"] = events.checkout_session  # the Pro upgrade's Checkout
     app.workers.add("cancel_lapsed_subscriptions", service.cancel_lapsed)
 
 
@@ -53,7 +53,6 @@ def _payments(app: App) -> None:
 def _refill(app: App) -> None:
     """Issue 4: RefillService, the trigger in every ledger batch, the refill worker."""
     from server.api.refill import RefillServicer
-    from server.payments import webhooks
     from server.refill.service import RefillService, on_stripe_event
     from server.refill.worker import RefillWorker
 
@@ -62,6 +61,5 @@ def _refill(app: App) -> None:
     app.ext.refill = RefillServicer(service)
     app.ledger.refill_lookup = service.lookup  # CheckBalance reads the same data
     app.writer.before_flush.append(service.trigger)
-    if on_stripe_event not in webhooks.payment_hooks:  # module-level: once per process
-        webhooks.payment_hooks.append(on_stripe_event)
+    app.payments.events.hooks.append(on_stripe_event)  # type: ignore[attr-defined]
     app.workers.add("auto_refill", RefillWorker(service).run)

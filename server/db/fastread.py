@@ -37,6 +37,14 @@ class FastReader:
         record = await pool.fetchrow(pg, *args)
         return tuple(record) if record is not None else None
 
+    async def fetchall(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+        if self.is_sqlite:
+            conn = self._sqlite or self._open_sqlite()
+            return conn.execute(sql, args).fetchall()
+        pool = self._pool or await self._open_pool()
+        pg = self._pg_sql.get(sql) or self._pg_sql.setdefault(sql, _pg_params(sql))
+        return [tuple(r) for r in await pool.fetch(pg, *args)]
+
     def _open_sqlite(self) -> sqlite3.Connection:
         path = self.url.split(":///", 1)[-1].split("?", 1)[0]
         conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import and_, func, literal, select, text, union_all
+from sqlalchemy import and_, func, literal, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from server.db.fastread import FastReader
@@ -47,13 +47,20 @@ WALLET_SQL = (
 )
 
 
+HISTORY_FIELDS = (
+    "id", "kind", "amount", "debit_account", "credit_account", "debit_balance_after", "credit_balance_after",
+    "description", "category", "ref", "created_at_us", "metadata",
+)
+HISTORY_COLUMNS = ", ".join(HISTORY_FIELDS)
+
+
 class LedgerReader:
-    def __init__(self, engine: AsyncEngine, fast: FastReader | None = None) -> None:
+    def __init__(self, engine: AsyncEngine, fast: FastReader) -> None:
         self.engine = engine
         self.fast = fast
 
     async def wallet(self, user_id: str, *, with_lots: bool = False) -> WalletState | None:
-        if not with_lots and self.fast is not None:
+        if not with_lots:
             # The hot path (CheckBalance, stream snapshots): one row, raw driver.
             r = await self.fast.fetchrow(WALLET_SQL, wallet_id(user_id))
             if r is None:
@@ -104,26 +111,30 @@ class LedgerReader:
         end_us: int | None,
     ) -> list[TransferView]:
         account = wallet_id(user_id)
+        # Each side walks its own (account, id) index newest first; raw SQL on
+        # the driver keeps a page at any depth to one index range scan.
+        params: list[Any] = []
+        extra = ""
+        if before_id is not None:
+            extra += " AND id < ?"
+            params.append(before_id)
+        if kinds:
+            extra += f" AND kind IN ({','.join('?' * len(kinds))})"
+            params.extend(kinds)
+        if start_us is not None:
+            extra += " AND created_at_us >= ?"
+            params.append(start_us)
+        if end_us is not None:
+            extra += " AND created_at_us < ?"
+            params.append(end_us)
 
-        def side(column: Any) -> Any:
-            cond = [column == account]
-            if before_id is not None:
-                cond.append(transfers.c.id < before_id)
-            if kinds:
-                cond.append(transfers.c.kind.in_(kinds))
-            if start_us is not None:
-                cond.append(transfers.c.created_at_us >= start_us)
-            if end_us is not None:
-                cond.append(transfers.c.created_at_us < end_us)
-            # Each side walks its own (account, id) index newest first.
-            return select(transfers).where(and_(*cond)).order_by(transfers.c.id.desc()).limit(limit)
+        def side(column: str) -> str:
+            return f"SELECT * FROM (SELECT {HISTORY_COLUMNS} FROM transfers WHERE {column} = ?{extra} ORDER BY id DESC LIMIT ?) AS {column[0]}"
 
-        both = union_all(side(transfers.c.debit_account).subquery().select(),
-                         side(transfers.c.credit_account).subquery().select()).subquery()
-        q = select(both).order_by(both.c.id.desc()).limit(limit)
-        async with self.engine.connect() as conn:
-            rows = (await conn.execute(q)).mappings().all()
-        return [TransferView.of(dict(r), account) for r in rows]
+        sql = f"{side('debit_account')} UNION ALL {side('credit_account')} ORDER BY id DESC LIMIT ?"
+        args = [account, *params, limit, account, *params, limit, limit]
+        rows = await self.fast.fetchall(sql, *args)
+        return [TransferView.of(dict(zip(HISTORY_FIELDS, r, strict=True)), account) for r in rows]
 
     async def hold(self, hold_id: str) -> dict[str, Any] | None:
         async with self.engine.connect() as conn:

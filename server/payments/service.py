@@ -57,6 +57,7 @@ class PaymentsService:
         self.writer = writer
         self.clock = clock
         self.gateway = gateway
+        self.events = webhooks.EventRouter()
 
     def _require_configured(self) -> None:
         if not self.gateway.configured:
@@ -221,7 +222,7 @@ class PaymentsService:
         etype = str(event["type"])[:100]
 
         async def apply(tx: LedgerTx) -> str:
-            return await webhooks.handle_event(tx, event, payload)
+            return await webhooks.handle_event(self.events, tx, event, payload)
 
         try:
             outcome: str = await self._exclusive(apply)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from server.ledger.model import (
@@ -49,10 +50,23 @@ HANDLED_EVENTS = (
 )
 
 
-# Other domains react to Stripe events in the same transaction (auto-refill,
-# issue 4: saved cards, refill outcomes): fn(tx, event_type, payment or None, object).
 PaymentHook = Callable[[LedgerTx, str, "Row | None", Row], Awaitable[None]]
-payment_hooks: list[PaymentHook] = []
+TypeHandler = Callable[[LedgerTx, Row], Awaitable[str]]
+CheckoutModeHandler = Callable[[LedgerTx, str, Row], Awaitable[str]]
+
+
+@dataclass
+class EventRouter:
+    """Where other domains plug into webhook handling, inside the same
+    transaction as the stored event (registered in server/wiring.py):
+    - `by_type`: event types another domain owns (tiers: invoices, subscriptions);
+    - `checkout_modes`: Checkout Sessions of another mode (tiers: subscription);
+    - `hooks`: fn(tx, event_type, payment or None, object) after every event
+      (auto-refill: saved cards, refill outcomes)."""
+
+    by_type: dict[str, TypeHandler] = field(default_factory=dict)
+    checkout_modes: dict[str, CheckoutModeHandler] = field(default_factory=dict)
+    hooks: list[PaymentHook] = field(default_factory=list)
 
 
 def grant_key(payment_id: str) -> str:
@@ -267,19 +281,11 @@ async def _payment_for(tx: LedgerTx, etype: str, obj: Row) -> Row | None:
     return await repo.get(tx.conn, pid, lock=True)
 
 
-# Other domains (tiers: invoices and subscriptions) handle their own event types
-# here, inside the same transaction as the stored event. See server/wiring.py.
-EXTRA_HANDLERS: dict[str, Callable[[LedgerTx, Row], Awaitable[str]]] = {}
-# Checkout Sessions of another mode than payment/setup belong to another domain
-# (tiers: mode=subscription, the Pro upgrade): fn(tx, event_type, session).
-CHECKOUT_MODE_HANDLERS: dict[str, Callable[[LedgerTx, str, Row], Awaitable[str]]] = {}
-
-
-async def _dispatch(tx: LedgerTx, etype: str, obj: Row) -> tuple[Row | None, str]:
-    extra = EXTRA_HANDLERS.get(etype)
+async def _dispatch(router: EventRouter, tx: LedgerTx, etype: str, obj: Row) -> tuple[Row | None, str]:
+    extra = router.by_type.get(etype)
     if extra is not None:
         return None, await extra(tx, obj)
-    by_mode = CHECKOUT_MODE_HANDLERS.get(str(obj.get("mode") or "")) if etype.startswith("checkout.session.") else None
+    by_mode = router.checkout_modes.get(str(obj.get("mode") or "")) if etype.startswith("checkout.session.") else None
     if by_mode is not None:
         return None, await by_mode(tx, etype, obj)
     if etype not in HANDLED_EVENTS:
@@ -329,15 +335,15 @@ async def _dispatch(tx: LedgerTx, etype: str, obj: Row) -> tuple[Row | None, str
     return p, f"dispute_{obj.get('status') or 'closed'}"
 
 
-async def handle_event(tx: LedgerTx, event: Row, raw: bytes) -> str:
+async def handle_event(router: EventRouter, tx: LedgerTx, event: Row, raw: bytes) -> str:
     """Store the event once and apply it; a duplicate has no effect."""
     event_id = str(event.get("id") or "")
     if await repo.event_seen(tx.conn, event_id):
         return "duplicate"
     etype = str(event.get("type") or "")
     obj = (event.get("data") or {}).get("object") or {}
-    payment, outcome = await _dispatch(tx, etype, obj if isinstance(obj, dict) else {})
-    for hook in payment_hooks:
+    payment, outcome = await _dispatch(router, tx, etype, obj if isinstance(obj, dict) else {})
+    for hook in router.hooks:
         await hook(tx, etype, payment, obj if isinstance(obj, dict) else {})
     await repo.store_event(
         tx.conn,

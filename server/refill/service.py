@@ -67,8 +67,8 @@ def skip_set(tx: LedgerTx) -> set[str]:
     return found
 
 
-# ---- Stripe events (inside the webhook's transaction; registered once in
-# server/payments/webhooks.payment_hooks, hence module-level and stateless) ----
+# ---- Stripe events (inside the webhook's transaction; registered on the
+# payments service's EventRouter in server/wiring.py) ----
 
 async def on_stripe_event(tx: LedgerTx, etype: str, payment: Row | None, obj: Row) -> None:
     if payment is not None and payment["kind"] == "auto_refill":

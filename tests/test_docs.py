@@ -1,0 +1,16 @@
+"""The README documents every BILLING_* setting the service reads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from server.config import Settings
+
+README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+
+
+def test_every_setting_is_documented() -> None:
+    missing = [
+        f"BILLING_{name.upper()}" for name in Settings.model_fields if f"`BILLING_{name.upper()}`" not in README
+    ]
+    assert not missing, f"undocumented settings: {missing}"
