@@ -35,7 +35,6 @@ from grpc_reflection.v1alpha import reflection
 
 from server.api import servicers
 from server.api.interceptors import AuthInterceptor, ErrorInterceptor
-from server.api.placeholders import PaymentsPlaceholder, RefillPlaceholder
 from server.clock import Clock
 from server.config import Settings
 from server.db.engine import Database
@@ -176,11 +175,14 @@ class App:
         usage_pb2_grpc.add_UsageServiceServicer_to_server(servicers.UsageServicer(self.ledger), server)
         history_pb2_grpc.add_HistoryServiceServicer_to_server(servicers.HistoryServicer(self.ledger), server)
         earnings_pb2_grpc.add_EarningsServiceServicer_to_server(servicers.EarningsServicer(self.ledger), server)
-        tier_pb2_grpc.add_TierServiceServicer_to_server(
-            self.ext.tier or servicers.TierServicer(self.ledger, self.tiers), server
-        )
-        payments_pb2_grpc.add_PaymentsServiceServicer_to_server(self.ext.payments or PaymentsPlaceholder(), server)
-        refill_pb2_grpc.add_RefillServiceServicer_to_server(self.ext.refill or RefillPlaceholder(), server)
+        # Tiers, payments and refill are plugged in by server/wiring.py.
+        for servicer, add in (
+            (self.ext.tier, tier_pb2_grpc.add_TierServiceServicer_to_server),
+            (self.ext.payments, payments_pb2_grpc.add_PaymentsServiceServicer_to_server),
+            (self.ext.refill, refill_pb2_grpc.add_RefillServiceServicer_to_server),
+        ):
+            if servicer is not None:
+                add(servicer, server)
 
         self.health = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)

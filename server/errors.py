@@ -84,10 +84,6 @@ class ResourceExhausted(DomainError):
     reason = "RESOURCE_EXHAUSTED"
 
 
-class NotImplementedYet(DomainError):
-    code = Code.UNIMPLEMENTED
-    reason = "NOT_IMPLEMENTED"
-
 
 class Unavailable(DomainError):
     code = Code.UNAVAILABLE

@@ -152,11 +152,6 @@ async def test_missing_or_wrong_token_is_refused(ops) -> None:  # type: ignore[n
     refused(r, "PermissionDenied", "ROLE_REQUIRED")
 
 
-def _unimplemented(r: Result, rpc: str) -> None:
-    info = refused(r, "Unimplemented", "NOT_IMPLEMENTED")
-    assert info["metadata"] == {"rpc": rpc}
-
-
 async def test_payment_commands(stripe_server: Running, stripe_fake, runbook_env) -> None:  # type: ignore[no-untyped-def]
     ops = make_ops(stripe_server, runbook_env)
     assert stripe_server.app.ext.payments is not None  # type: ignore[union-attr]
@@ -210,10 +205,6 @@ async def test_enterprise_tier_command(ops, server) -> None:  # type: ignore[no-
     tiers = ok(await ops("list-tiers"))["tiers"]
     assert [t["tier"] for t in tiers] == ["TIER_FREE", "TIER_PRO", "TIER_ENTERPRISE"]
     upgraded = await ops("set-enterprise-tier")
-    if server.app.ext.tier is None:  # issue 5 not wired in this build
-        _unimplemented(upgraded, "UpgradeTier")
-        assert ok(await ops("get-tier"))["tier"] == "TIER_FREE"
-        return
     assert ok(upgraded)["new_tier"] == "TIER_ENTERPRISE"
     tier = ok(await ops("get-tier"))
     assert tier["tier"] == "TIER_ENTERPRISE"

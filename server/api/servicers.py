@@ -18,8 +18,6 @@ from flownexus.billing.v1 import (
     earnings_pb2_grpc,
     history_pb2,
     history_pb2_grpc,
-    tier_pb2,
-    tier_pb2_grpc,
     usage_pb2,
     usage_pb2_grpc,
 )
@@ -28,15 +26,10 @@ from server import errors
 from server.api import convert, validation
 from server.auth import principal
 from server.domain.ledger import LedgerService
-from server.domain.tiers import TierSpec
 from server.ledger.model import BalanceEvent
 from server.watch import RESYNC, WatchHub
 
 Ctx: TypeAlias = grpc.aio.ServicerContext
-
-
-def not_implemented(what: str) -> errors.DomainError:
-    return errors.NotImplementedYet(f"{what} is not implemented yet", metadata={"rpc": what})
 
 
 class BalanceServicer(balance_pb2_grpc.BalanceServiceServicer):
@@ -267,53 +260,3 @@ class EarningsServicer(earnings_pb2_grpc.EarningsServiceServicer):
             challenges_completed=s.challenges_completed,
             app_revenue_millicredits=s.app_revenue,
         )
-
-
-class TierServicer(tier_pb2_grpc.TierServiceServicer):
-    """ListTiers and GetTier; upgrades arrive with the tiers issue."""
-
-    def __init__(self, ledger: LedgerService, tiers: dict[str, TierSpec]) -> None:
-        self.ledger = ledger
-        self.tiers = tiers
-
-    async def ListTiers(self, request: tier_pb2.ListTiersRequest, context: Ctx) -> tier_pb2.ListTiersResponse:
-        principal()
-        return tier_pb2.ListTiersResponse(
-            tiers=[
-                tier_pb2.TierInfo(
-                    tier=convert.tier_pb(t.name),  # type: ignore[arg-type]
-                    display_name=t.display_name,
-                    monthly_credits_millicredits=t.monthly_millicredits,
-                    price_cents=t.price_cents,
-                    custom_price=t.custom_price,
-                    unlimited=t.unlimited,
-                    features=list(t.features),
-                )
-                for t in self.tiers.values()
-            ]
-        )
-
-    async def GetTier(self, request: tier_pb2.GetTierRequest, context: Ctx) -> tier_pb2.GetTierResponse:
-        p = principal()
-        state = await self.ledger.wallet(p.resolve_user(validation.user_id(request.user_id)), with_lots=True)
-        spec = self.tiers[state.tier]
-        monthly = state.monthly_credits if state.monthly_credits is not None else spec.monthly_millicredits
-        allowance = sum(r["remaining"] for r in state.lots if r["kind"] == "allowance")
-        return tier_pb2.GetTierResponse(
-            tier=convert.tier_pb(state.tier),  # type: ignore[arg-type]
-            period_start=convert.ts(state.period_start_us),
-            period_end=convert.ts(state.period_end_us),
-            monthly_credits_millicredits=monthly,
-            allowance_remaining_millicredits=allowance,
-            subscription_status=tier_pb2.SUBSCRIPTION_STATUS_NONE,
-        )
-
-    async def UpgradeTier(self, request: tier_pb2.UpgradeTierRequest, context: Ctx) -> tier_pb2.UpgradeTierResponse:
-        principal()
-        raise not_implemented("UpgradeTier")
-
-    async def DowngradeTier(
-        self, request: tier_pb2.DowngradeTierRequest, context: Ctx
-    ) -> tier_pb2.DowngradeTierResponse:
-        principal()
-        raise not_implemented("DowngradeTier")
