@@ -41,6 +41,39 @@ async def by_request_key(conn: AsyncConnection, request_key: str) -> Row | None:
     return dict(r) if r else None
 
 
+def new_payment(
+    payment_id: str, user_id: str, kind: str, amount_cents: int, credits: int, now_us: int, **values: Any
+) -> Row:
+    """A pending payment row with every column; `values` sets the few that differ."""
+    row: Row = {
+        "id": payment_id,
+        "user_id": user_id,
+        "kind": kind,
+        "status": "pending",
+        "amount_cents": amount_cents,
+        "currency": "usd",
+        "credits": credits,
+        "request_key": None,
+        "fingerprint": "",
+        "checkout_session_id": None,
+        "payment_url": "",
+        "expires_at_us": None,
+        "payment_intent_id": None,
+        "charge_id": None,
+        "receipt_url": "",
+        "failure_reason": "",
+        "refunded_cents": 0,
+        "refund_clawed": 0,
+        "dispute_id": None,
+        "dispute_clawed": 0,
+        "created_at_us": now_us,
+        "updated_at_us": now_us,
+        "paid_at_us": None,
+    }
+    row.update(values)
+    return row
+
+
 async def insert_payment(conn: AsyncConnection, row: Row) -> None:
     await conn.execute(insert(payments).values(**row))
 

@@ -96,31 +96,10 @@ class PaymentsService:
                     )
                 return row
             await tx.wallet(user)  # the user row holds the Stripe customer id
-            row = {
-                "id": payment_id,
-                "user_id": user,
-                "kind": "checkout",
-                "status": webhooks.PENDING,
-                "amount_cents": amount_cents,
-                "currency": "usd",
-                "credits": credits,
-                "request_key": request_key,
-                "fingerprint": fingerprint,
-                "checkout_session_id": None,
-                "payment_url": "",
-                "expires_at_us": None,
-                "payment_intent_id": None,
-                "charge_id": None,
-                "receipt_url": "",
-                "failure_reason": "",
-                "refunded_cents": 0,
-                "refund_clawed": 0,
-                "dispute_id": None,
-                "dispute_clawed": 0,
-                "created_at_us": tx.now_us,
-                "updated_at_us": tx.now_us,
-                "paid_at_us": None,
-            }
+            row = repo.new_payment(
+                payment_id, user, "checkout", amount_cents, credits, tx.now_us,
+                request_key=request_key, fingerprint=fingerprint,
+            )
             await repo.insert_payment(tx.conn, row)
             return row
 

@@ -134,31 +134,7 @@ class RefillWorker:
             return None
         attempt = job["attempts"] + 1
         pid = f"rfa_{job['id'][4:]}_{attempt}"
-        p = {
-            "id": pid,
-            "user_id": user,
-            "kind": "auto_refill",
-            "status": webhooks.PENDING,
-            "amount_cents": job["amount_cents"],
-            "currency": "usd",
-            "credits": job["credits"],
-            "request_key": None,
-            "fingerprint": "",
-            "checkout_session_id": None,
-            "payment_url": "",
-            "expires_at_us": None,
-            "payment_intent_id": None,
-            "charge_id": None,
-            "receipt_url": "",
-            "failure_reason": "",
-            "refunded_cents": 0,
-            "refund_clawed": 0,
-            "dispute_id": None,
-            "dispute_clawed": 0,
-            "created_at_us": tx.now_us,
-            "updated_at_us": tx.now_us,
-            "paid_at_us": None,
-        }
+        p = payrepo.new_payment(pid, user, "auto_refill", job["amount_cents"], job["credits"], tx.now_us)
         await payrepo.insert_payment(tx.conn, p)
         job.update(payment_id=pid, attempts=attempt)
         await repo.update_job(tx.conn, job["id"], payment_id=pid, attempts=attempt)
