@@ -62,7 +62,7 @@ bench: $(STAMP)
 	$(PY) -m bench
 
 soak: $(STAMP)
-	BILLING_SOAK=1 $(PY) -m pytest -q -m slow tests
+	BILLING_SOAK=1 $(PY) -m pytest -q -rP -m slow tests
 
 clean:
 	rm -rf $(VENV) var .pytest_cache
