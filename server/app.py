@@ -111,12 +111,6 @@ class App:
         METRICS.observe_events(events)
         self.hub.deliver(events)
 
-    def publish(self, events: list[BalanceEvent]) -> None:
-        """Non-ledger notices (refill outcomes, tier changes) for WatchBalance."""
-        self.hub.deliver(events)
-        if self.fanout is not None:
-            self.fanout.forward(events)
-
     # ---- lifecycle -------------------------------------------------------------------
 
     async def start(self, *, migrate: bool = True) -> None:

@@ -102,25 +102,6 @@ class PgFanout:
             await conn.execute(_NOTIFY, {"channel": CHANNEL, "payload": p})
             self.notifications_sent += 1
 
-    def forward(self, events: list[BalanceEvent]) -> None:
-        """Notices published outside the ledger writer (refill, tiers): sent on
-        the listener connection, outside any transaction."""
-        conn = self._conn
-        if conn is None or conn.is_closed() or not events:
-            return
-        self.batches_sent += 1
-        batch = self.batches_sent
-
-        async def send() -> None:
-            try:
-                for p in payloads(self.replica_id, batch, events):
-                    await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, p)
-                    self.notifications_sent += 1
-            except Exception:
-                log.warning("fan-out notify failed", exc_info=True)
-
-        asyncio.get_running_loop().create_task(send())
-
     # ---- receiving ------------------------------------------------------------------------
 
     def _on_notify(self, conn: Any, pid: int, channel: str, payload: str) -> None:

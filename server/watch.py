@@ -37,8 +37,6 @@ class WatchHub:
     def __init__(self, queue_size: int = 64) -> None:
         self.queue_size = queue_size
         self._subs: dict[str, set[Subscription]] = defaultdict(set)
-        # Set by the PostgreSQL fan-out: local events also go to the other replicas.
-        self.forward: list[object] = []
 
     def subscribe(self, user_id: str) -> Subscription:
         sub = Subscription(user_id, self.queue_size)
@@ -53,10 +51,6 @@ class WatchHub:
             METRICS.watch_streams.dec()
             if not subs:
                 del self._subs[sub.user_id]
-
-    @property
-    def subscriber_count(self) -> int:
-        return sum(len(s) for s in self._subs.values())
 
     def deliver(self, events: list[BalanceEvent]) -> None:
         """Hand events to the local subscribers (never blocks)."""

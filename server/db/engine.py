@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from pathlib import Path
 from typing import Any
@@ -112,18 +111,4 @@ def is_retryable(exc: BaseException) -> bool:
     )
 
 
-async def run_in_transaction(engine: AsyncEngine, fn: Any, *args: Any, attempts: int = 3) -> Any:
-    """Run `fn(conn, *args)` in a transaction, retrying lock conflicts."""
-    for attempt in range(attempts):
-        try:
-            async with engine.begin() as conn:
-                return await fn(conn, *args)
-        except Exception as exc:
-            if attempt + 1 < attempts and is_retryable(exc):
-                await asyncio.sleep(0.01 * (attempt + 1))
-                continue
-            raise
-    raise AssertionError("unreachable")
-
-
-__all__ = ["AsyncConnection", "Database", "is_retryable", "run_in_transaction"]
+__all__ = ["AsyncConnection", "Database", "is_retryable"]

@@ -47,9 +47,6 @@ class TierPolicy:
             return int(user["monthly_credits"])
         return self.monthly.get(user["tier"])
 
-    def unlimited(self, tier: str) -> bool:
-        return tier == "enterprise"
-
     async def period_ended(self, tx: LedgerTx, user: Row) -> bool:
         """Called when a user's period is over; True: open the next calendar period."""
         return True
