@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from server.clock import ManualClock
-from tests.harness import Running, database, postgres_available
+from tests.harness import Running, database, postgres_available, serving
 
 pytest_plugins = ["tests.stripe_fixtures"]
 
@@ -46,23 +46,12 @@ async def db_url(db_kind: str, tmp_path) -> AsyncIterator[str]:  # type: ignore[
 
 @pytest.fixture
 async def server(db_url: str, clock: ManualClock) -> AsyncIterator[Running]:
-    running = Running(db_url, clock)
-    await running.start()
-    try:
+    async with serving(db_url, clock) as running:
         yield running
-        await running.verify()
-    finally:
-        await running.stop()
 
 
 @pytest.fixture
 async def sqlite_server(tmp_path, clock: ManualClock) -> AsyncIterator[Running]:  # type: ignore[no-untyped-def]
     """For tests whose subject does not depend on the database."""
-    async with database("sqlite", tmp_path) as url:
-        running = Running(url, clock)
-        await running.start()
-        try:
-            yield running
-            await running.verify()
-        finally:
-            await running.stop()
+    async with database("sqlite", tmp_path) as url, serving(url, clock) as running:
+        yield running

@@ -169,6 +169,18 @@ class Running:
         return self.stubs
 
 
+@asynccontextmanager
+async def serving(url: str, clock: ManualClock, **overrides: Any) -> AsyncIterator[Running]:
+    """A started server, audited (`verify`) when the block ends without error, then stopped."""
+    running = Running(url, clock, **overrides)
+    await running.start()
+    try:
+        yield running
+        await running.verify()
+    finally:
+        await running.stop()
+
+
 def error_info(exc: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo:
     status = rpc_status.from_call(exc)  # type: ignore[arg-type]
     assert status is not None, f"no rich status on {exc.code()}: {exc.details()}"

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from server.clock import ManualClock
-from tests.harness import Running, free_port
+from tests.harness import Running, free_port, serving
 from tests.stripe_fake import API_KEY, WEBHOOK_SECRET, StripeFake, launch_localstripe, wait_http
 
 
@@ -39,6 +39,11 @@ async def stripe_fake_session(localstripe_url: str) -> AsyncIterator[StripeFake]
         await fake.stop()
 
 
+def stripe_settings(fake: StripeFake) -> dict[str, str]:
+    """Settings that point a server at the Stripe test double."""
+    return {"stripe_api_key": API_KEY, "stripe_api_base": fake.url, "stripe_webhook_secret": WEBHOOK_SECRET}
+
+
 @pytest.fixture
 async def stripe_fake(stripe_fake_session: StripeFake) -> StripeFake:
     await stripe_fake_session.reset()
@@ -48,19 +53,8 @@ async def stripe_fake(stripe_fake_session: StripeFake) -> StripeFake:
 @pytest.fixture
 async def stripe_server(db_url: str, clock: ManualClock, stripe_fake: StripeFake) -> AsyncIterator[Running]:
     """The billing server with Stripe configured (API base = the fake), on SQLite and PostgreSQL."""
-    running = Running(
-        db_url,
-        clock,
-        stripe_api_key=API_KEY,
-        stripe_api_base=stripe_fake.url,
-        stripe_webhook_secret=WEBHOOK_SECRET,
-    )
-    await running.start()
-    try:
+    async with serving(db_url, clock, **stripe_settings(stripe_fake)) as running:
         yield running
-        await running.verify()
-    finally:
-        await running.stop()
 
 
 @pytest.fixture
@@ -68,13 +62,5 @@ async def sqlite_stripe_server(tmp_path: Path, clock: ManualClock, stripe_fake: 
     """For Stripe tests whose subject does not depend on the database."""
     from tests.harness import database
 
-    async with database("sqlite", tmp_path) as url:
-        running = Running(
-            url, clock, stripe_api_key=API_KEY, stripe_api_base=stripe_fake.url, stripe_webhook_secret=WEBHOOK_SECRET
-        )
-        await running.start()
-        try:
-            yield running
-            await running.verify()
-        finally:
-            await running.stop()
+    async with database("sqlite", tmp_path) as url, serving(url, clock, **stripe_settings(stripe_fake)) as running:
+        yield running

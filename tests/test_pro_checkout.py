@@ -16,8 +16,9 @@ from flownexus.billing.v1 import balance_pb2, common_pb2, history_pb2, refill_pb
 from sqlalchemy import text
 
 from server.clock import ManualClock
-from tests.harness import Running, auth, expect_error
-from tests.stripe_fake import API_KEY, WEBHOOK_SECRET, StripeFake, event
+from tests.harness import Running, auth, expect_error, serving
+from tests.stripe_fake import StripeFake, event
+from tests.stripe_fixtures import stripe_settings
 
 FREE = 100_000
 PRO = 1_000_000
@@ -25,19 +26,12 @@ PRO = 1_000_000
 
 @pytest.fixture
 async def pro_server(db_url: str, clock: ManualClock, stripe_fake: StripeFake) -> AsyncIterator[Running]:
-    running = Running(
-        db_url, clock, stripe_api_key=API_KEY, stripe_api_base=stripe_fake.url, stripe_webhook_secret=WEBHOOK_SECRET
-    )
-    await running.start()
-    assert running.app is not None
-    # The fake sends Stripe's webhooks to this server itself.
-    stripe_fake.webhook_url = f"http://127.0.0.1:{running.app.http_port}/webhooks/stripe"
-    try:
+    async with serving(db_url, clock, **stripe_settings(stripe_fake)) as running:
+        assert running.app is not None
+        # The fake sends Stripe's webhooks to this server itself.
+        stripe_fake.webhook_url = f"http://127.0.0.1:{running.app.http_port}/webhooks/stripe"
         yield running
         await stripe_fake.settled()
-        await running.verify()
-    finally:
-        await running.stop()
 
 
 async def upgrade(server: Running, user: str, rid: str) -> tier_pb2.UpgradeTierResponse:

@@ -22,8 +22,9 @@ from sqlalchemy import text
 
 from server.clock import ManualClock
 from server.ledger.model import Kind
-from tests.harness import Running, auth, expect_error
-from tests.stripe_fake import API_KEY, WEBHOOK_SECRET, StripeFake, event
+from tests.harness import Running, auth, expect_error, serving
+from tests.stripe_fake import StripeFake, event
+from tests.stripe_fixtures import stripe_settings
 from tests.test_payments import deliver
 
 FREE = 100_000  # the free allowance, millicredits
@@ -35,20 +36,8 @@ S = refill_pb2
 
 @pytest.fixture
 async def rserver(db_url: str, clock: ManualClock, stripe_fake: StripeFake) -> AsyncIterator[Running]:
-    running = Running(
-        db_url,
-        clock,
-        stripe_api_key=API_KEY,
-        stripe_api_base=stripe_fake.url,
-        stripe_webhook_secret=WEBHOOK_SECRET,
-        refill_monthly_cap_cents=CAP_CENTS,
-    )
-    await running.start()
-    try:
+    async with serving(db_url, clock, **stripe_settings(stripe_fake), refill_monthly_cap_cents=CAP_CENTS) as running:
         yield running
-        await running.verify()
-    finally:
-        await running.stop()
 
 
 # ---- helpers ---------------------------------------------------------------------------------

@@ -17,8 +17,9 @@ import pytest
 from flownexus.billing.v1 import payments_pb2, refill_pb2, usage_pb2
 
 from server.clock import ManualClock, to_us
-from tests.harness import Running, auth
-from tests.stripe_fake import API_KEY, WEBHOOK_SECRET, StripeFake, event
+from tests.harness import Running, auth, serving
+from tests.stripe_fake import StripeFake, event
+from tests.stripe_fixtures import stripe_settings
 from tests.test_refill import (
     _pi_of,
     balance,
@@ -41,23 +42,12 @@ S = refill_pb2
 
 @pytest.fixture
 async def tserver(db_url: str, clock: ManualClock, stripe_fake: StripeFake) -> AsyncIterator[Running]:
-    running = Running(
-        db_url,
-        clock,
-        stripe_api_key=API_KEY,
-        stripe_api_base=stripe_fake.url,
-        stripe_webhook_secret=WEBHOOK_SECRET,
-        refill_max_attempts=1,  # one decline pauses (the Capture test needs a paused refill)
-    )
-    await running.start()
-    assert running.app is not None
-    stripe_fake.webhook_url = f"http://127.0.0.1:{running.app.http_port}/webhooks/stripe"
-    try:
+    # refill_max_attempts=1: one decline pauses (the Capture test needs a paused refill)
+    async with serving(db_url, clock, **stripe_settings(stripe_fake), refill_max_attempts=1) as running:
+        assert running.app is not None
+        stripe_fake.webhook_url = f"http://127.0.0.1:{running.app.http_port}/webhooks/stripe"
         yield running
         await stripe_fake.settled()
-        await running.verify()
-    finally:
-        await running.stop()
 
 
 async def charges_after(server: Running, fake: StripeFake, before: int, runs: int = 3) -> int:

@@ -12,7 +12,7 @@ from flownexus.billing.v1 import balance_pb2, balance_pb2_grpc
 
 from server.tls import TlsConfigError
 from tests.certs import Pki, make_pki
-from tests.harness import Running, auth, token
+from tests.harness import Running, auth, serving, token
 from tests.runbook_tools import GRPCURL, run_exec
 
 CHECK = "flownexus.billing.v1.BalanceService/CheckBalance"
@@ -26,16 +26,9 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 @pytest.fixture
 async def tls_server(tmp_path: Path, clock, pki: Pki, request: pytest.FixtureRequest) -> AsyncIterator[Running]:  # type: ignore[no-untyped-def]
     extra = {"tls_client_ca": str(pki.ca)} if request.param == "mtls" else {}
-    running = Running(
-        f"sqlite+aiosqlite:///{tmp_path / 'tls.db'}", clock,
-        tls_cert=str(pki.server_cert), tls_key=str(pki.server_key), **extra,
-    )
-    await running.start()
-    try:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'tls.db'}"
+    async with serving(url, clock, tls_cert=str(pki.server_cert), tls_key=str(pki.server_key), **extra) as running:
         yield running
-        await running.verify()
-    finally:
-        await running.stop()
 
 
 async def check_balance(port: int, creds: grpc.ChannelCredentials | None) -> balance_pb2.CheckBalanceResponse:
