@@ -52,6 +52,7 @@ from flownexus.billing.v1 import (
 from bench import seed
 from bench.common import (
     channel,
+    cpu_seconds,
     env_float,
     free_port,
     install_loop,
@@ -203,16 +204,22 @@ async def run_client(cfg: dict[str, Any], server: Server | None = None) -> dict[
     peak = 0.0
     waiting = [asyncio.create_task(p.wait()) for p in procs]
     spy = None
+    # CPU per call, server and client, over the measured window: where the time goes.
+    await asyncio.sleep(cfg["warmup"])
+    pids = {"server": [server.pid] if server else [], "client": [p.pid for p in procs]}
+    cpu0 = {k: sum(cpu_seconds(p) for p in v) for k, v in pids.items()}
+    cpu1 = dict(cpu0)
     if PROFILE and server is not None and shutil.which("py-spy", path=str(Path(PY).parent)):
-        await asyncio.sleep(cfg["warmup"])
         out = PROFILE_DIR / f"profile-{cfg.get('tag', 'c')}-{server.pid}.txt"
         spy = await asyncio.create_subprocess_exec(
             str(Path(PY).parent / "py-spy"), "record", "-p", str(server.pid), "-d", str(int(cfg["duration"])),
-            "-f", "raw", "-o", str(out), *(["--native"] if os.environ.get("BENCH_PROFILE") == "native" else ["--nonblocking"]), stdout=asyncio.subprocess.DEVNULL)
+            "-f", "raw", "-r", os.environ.get("BENCH_PROFILE_RATE", "100"), "-o", str(out), *(["--native"] if os.environ.get("BENCH_PROFILE") == "native" else ["--nonblocking"]), stdout=asyncio.subprocess.DEVNULL)
     while not all(t.done() for t in waiting):
         await asyncio.wait(waiting, timeout=0.5)
         if server is not None:
             peak = max(peak, server.rss())
+        now = {k: sum(cpu_seconds(p) for p in v) for k, v in pids.items()}
+        cpu1 = {k: now[k] if now[k] == now[k] else cpu1[k] for k in now}  # a finished process reads NaN
     if spy is not None:
         await spy.wait()
     merged: dict[str, Any] = {"completed": 0, "codes": {}, "latencies": []}
@@ -226,6 +233,9 @@ async def run_client(cfg: dict[str, Any], server: Server | None = None) -> dict[
     merged["rps"] = merged["completed"] / cfg["duration"]
     merged.update(stats(lat))
     merged["server_rss_mb"] = round(peak, 1) if server else None
+    calls = max(merged["completed"], 1)
+    merged["server_cpu_us_per_call"] = round((cpu1["server"] - cpu0["server"]) / calls * 1e6) if server else None
+    merged["client_cpu_us_per_call"] = round((cpu1["client"] - cpu0["client"]) / calls * 1e6)
     return merged
 
 
@@ -410,7 +420,8 @@ async def bench(workdir: Path) -> dict[str, Any]:
                     async with echo_server(sample) as es:
                         log(f"echo baseline ({len(sample)}-byte responses)")
                         echo = {"name": "Echo baseline (bare grpc.aio)", "db": "-",
-                                "response_bytes": len(sample), **await run_client(load_cfg(es.target, "spend", "e"))}
+                                "response_bytes": len(sample), **await run_client(load_cfg(es.target, "spend", "e"), es)}
+                        echo["server_rss_mb"] = None
                     rows.append(echo)
                 rows += await spend_rows(kind, server, users, "")
                 log(f"{kind}: CheckBalance")
@@ -471,13 +482,15 @@ def machine() -> dict[str, Any]:
 
 def render(res: dict[str, Any]) -> str:
     lines = [
-        f"{'measurement':<44} {'db':<9} {'calls/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'x echo':>7} {'p99 x':>6} {'RSS MB':>7}  errors",
+        f"{'measurement':<44} {'db':<9} {'calls/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'x echo':>7} {'p99 x':>6} {'RSS MB':>7} "
+        f"{'srv us':>6} {'cli us':>6}  errors",
     ]
     for r in res["rows"]:
         errs = {k: v for k, v in r["codes"].items() if k != "OK"}
         lines.append(
             f"{r['name']:<44} {r['db']:<9} {r['rps']:>8.0f} {r['p50_ms']:>7.1f} {r['p99_ms']:>7.1f} "
-            f"{r['ratio_vs_echo']:>7.2f} {r['p99_vs_echo']:>6.2f} {r['server_rss_mb'] or '-':>7}  {errs or ''}")
+            f"{r['ratio_vs_echo']:>7.2f} {r['p99_vs_echo']:>6.2f} {r['server_rss_mb'] or '-':>7} "
+            f"{r.get('server_cpu_us_per_call') or '-':>6} {r.get('client_cpu_us_per_call') or '-':>6}  {errs or ''}")
     for h in res["history"]:
         lines.append(f"{h['name']:<44} {h['db']:<9} {'':>8} {h['p50_ms']:>7.2f} {h['p99_ms']:>7.2f}  ({h['rows']:,} rows, page_size {h['page_size']})")
     w = res["watch"]

@@ -34,7 +34,7 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from server.api import servicers
-from server.api.interceptors import AuthInterceptor, ErrorInterceptor
+from server.api.interceptors import CallInterceptor
 from server.clock import Clock
 from server.config import Settings
 from server.db.engine import Database
@@ -45,7 +45,7 @@ from server.ledger.model import BalanceEvent
 from server.ledger.repository import LedgerReader
 from server.ledger.writer import LedgerWriter
 from server.metrics import METRICS
-from server.ratelimit import RateLimitInterceptor, limiters
+from server.ratelimit import limiters
 from server.watch import WatchHub
 from server.workers import Workers, ledger_jobs
 
@@ -149,10 +149,7 @@ class App:
     async def _start_grpc(self) -> None:
         s = self.settings
         interceptors: list[grpc.aio.ServerInterceptor] = [
-            ErrorInterceptor(),
-            AuthInterceptor(s.effective_jwt_secret, s.jwt_issuer),
-            # Innermost: runs once the caller is known (server/ratelimit.py).
-            RateLimitInterceptor(limiters(s), s.max_concurrent_rpcs),
+            CallInterceptor(s.effective_jwt_secret, s.jwt_issuer, limiters(s), s.max_concurrent_rpcs),
         ]
         if s.otel_enabled:
             from server.tracing import server_interceptor  # optional extra, imported lazily

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from server.ledger.model import EARNED_KINDS, BalanceEvent, Kind
 
 GRANT_KINDS = {Kind.PURCHASE, Kind.AUTO_REFILL, Kind.ALLOWANCE_GRANT, *EARNED_KINDS, Kind.DISPUTE_RESTORE}
 CLAWBACK_KINDS = {Kind.REFUND_CLAWBACK, Kind.DISPUTE_CLAWBACK}
+_SPENT = {Kind.SPEND, Kind.HOLD_CAPTURE}
 
 
 class Metrics:
@@ -22,6 +25,8 @@ class Metrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
             registry=r,
         )
+        self._rpc_children: dict[tuple[str, str], tuple[Any, Any]] = {}
+        self._kind_children: dict[str, Any] = {}
         self.transfers_total = Counter("billing_ledger_transfers_total", "Ledger transfers by kind", ["kind"], registry=r)
         self.credits_spent = Counter("billing_credits_spent_millicredits_total", "Credits spent", registry=r)
         self.credits_granted = Counter("billing_credits_granted_millicredits_total", "Credits granted", registry=r)
@@ -43,9 +48,15 @@ class Metrics:
         )
 
     def observe_rpc(self, method: str, code: str, seconds: float) -> None:
-        short = method.rsplit(".", 1)[-1]
-        self.rpc_total.labels(short, code).inc()
-        self.rpc_seconds.labels(short, code).observe(seconds)
+        # labels() hashes and locks on every call; the hot path keeps the children.
+        children = self._rpc_children.get((method, code))
+        if children is None:
+            short = method.rsplit(".", 1)[-1]
+            children = self._rpc_children[(method, code)] = (
+                self.rpc_total.labels(short, code), self.rpc_seconds.labels(short, code)
+            )
+        children[0].inc()
+        children[1].observe(seconds)
 
     def observe_batch(self, size: int, seconds: float) -> None:
         self.batch_size.observe(size)
@@ -53,21 +64,35 @@ class Metrics:
 
     def observe_events(self, events: list[BalanceEvent]) -> None:
         # Each transfer is seen from at most two wallets; count it once, by its id.
+        # Summed per batch first: one counter update per kind, not per transfer.
         seen: set[int] = set()
+        counts: dict[str, int] = {}
+        spent = granted = clawed = 0
         for e in events:
             t = e.transfer
             if t is None or t.id in seen:
                 continue
             seen.add(t.id)
-            kind = Kind(t.kind)
-            self.transfers_total.labels(kind.value).inc()
+            kind = t.kind
+            counts[kind] = counts.get(kind, 0) + 1
             amount = abs(t.amount)
-            if kind in (Kind.SPEND, Kind.HOLD_CAPTURE):
-                self.credits_spent.inc(amount)
+            if kind in _SPENT:
+                spent += amount
             elif kind in GRANT_KINDS:
-                self.credits_granted.inc(amount)
+                granted += amount
             elif kind in CLAWBACK_KINDS:
-                self.credits_clawed_back.inc(amount)
+                clawed += amount
+        for kind, n in counts.items():
+            child = self._kind_children.get(kind)
+            if child is None:
+                child = self._kind_children[kind] = self.transfers_total.labels(Kind(kind).value)
+            child.inc(n)
+        if spent:
+            self.credits_spent.inc(spent)
+        if granted:
+            self.credits_granted.inc(granted)
+        if clawed:
+            self.credits_clawed_back.inc(clawed)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -1,7 +1,7 @@
 """Per-caller rate limits: a token bucket per (method, principal).
 
-Applied by `RateLimitInterceptor`, which sits inside the auth interceptor so
-that the principal is known. Past the limit a call is refused with
+Applied by `CallInterceptor` (server/api/interceptors.py) once the caller is
+authenticated. Past the limit a call is refused with
 RESOURCE_EXHAUSTED / RATE_LIMITED and `retry_after_ms` in its ErrorInfo, before
 the servicer runs: a refused call never reaches the ledger or Stripe. Each
 caller has its own bucket, so one noisy caller never starves the others.
@@ -16,11 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import grpc
-
 from server import errors
-from server.api.interceptors import BILLING_PREFIX, _wrap
-from server.auth import principal
 
 
 @dataclass
@@ -91,44 +87,6 @@ class InFlight:
 
     def exit(self) -> None:
         self.current -= 1
-
-
-class _Scope:
-    def __init__(self, inflight: InFlight, limiter: RateLimiter | None, what: str) -> None:
-        self.inflight = inflight
-        self.limiter = limiter
-        self.what = what
-        self.entered = False
-
-    def __call__(self, method: str, context: grpc.aio.ServicerContext) -> _Scope:
-        return _Scope(self.inflight, self.limiter, self.what)
-
-    async def __aenter__(self) -> None:
-        self.inflight.enter()
-        self.entered = True
-        if self.limiter is not None:
-            self.limiter.check(principal().scope, self.what)
-
-    async def __aexit__(self, *exc: Any) -> bool:
-        if self.entered:
-            self.inflight.exit()
-        return False
-
-
-class RateLimitInterceptor(grpc.aio.ServerInterceptor):
-    """Refuses billing calls beyond `max_in_flight`, and applies the per-caller
-    limiter of a method (`limits` maps /pkg.Service/Method to it)."""
-
-    def __init__(self, limits: dict[str, RateLimiter], max_in_flight: int) -> None:
-        self.limits = limits
-        self.inflight = InFlight(max_in_flight)
-
-    async def intercept_service(self, continuation: Any, details: grpc.HandlerCallDetails) -> Any:
-        handler = await continuation(details)
-        if handler is None or not details.method.startswith(BILLING_PREFIX):
-            return handler
-        limiter = self.limits.get(details.method)
-        return _wrap(handler, details.method, _Scope(self.inflight, limiter, details.method.rsplit("/", 1)[-1]))
 
 
 AWARD_METHOD = "/flownexus.billing.v1.EarningsService/AwardCredits"

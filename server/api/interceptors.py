@@ -1,11 +1,11 @@
-"""Server interceptors: error mapping (domain error -> status + ErrorInfo, in
-this one place), metrics, and bearer-token authentication."""
+"""The server interceptor: error mapping (domain error -> status + ErrorInfo, in
+this one place), metrics, bearer-token authentication and rate limits."""
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -39,132 +39,133 @@ async def abort(context: grpc.aio.ServicerContext, exc: errors.DomainError) -> N
     await context.abort(code, exc.message, trailing_metadata=trailer)
 
 
-Behaviour = Callable[..., Any]
-Around = Callable[[str, grpc.aio.ServicerContext, Callable[[], Any]], Awaitable[Any]]
+class CallInterceptor(grpc.aio.ServerInterceptor):
+    """Everything a billing RPC goes through, in one interceptor: request id,
+    bearer-token authentication, the concurrency and per-caller rate limits,
+    the mapping of domain errors to status + ErrorInfo, and metrics.
 
+    One interceptor rather than a chain: each layer of a grpc.aio chain costs
+    a coroutine and a handler rebuilt per call, measurable on Spend. The
+    wrapped handler is built once per method; everything per call reads the
+    call's own context.
+    """
 
-def _wrap(handler: grpc.RpcMethodHandler, method: str, around: Any) -> grpc.RpcMethodHandler:
-    """Rebuild a handler whose behaviour runs inside `around` (unary or streaming)."""
-    if handler.unary_unary:
-        inner = handler.unary_unary
+    def __init__(self, secret: str, issuer: str, limits: dict[str, Any], max_in_flight: int) -> None:
+        from server.ratelimit import InFlight
 
-        async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            async with around(method, context):
-                return await inner(request, context)
-
-        return grpc.unary_unary_rpc_method_handler(
-            unary_unary, handler.request_deserializer, handler.response_serializer
-        )
-    if handler.unary_stream:
-        inner_stream = handler.unary_stream
-
-        async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            async with around(method, context):
-                async for item in inner_stream(request, context):
-                    yield item
-
-        return grpc.unary_stream_rpc_method_handler(
-            unary_stream, handler.request_deserializer, handler.response_serializer
-        )
-    return handler  # client streaming is not used by this API
-
-
-class _ErrorScope:
-    def __init__(self, method: str, context: grpc.aio.ServicerContext) -> None:
-        self.method = method
-        self.context = context
-        self.started = time.perf_counter()
-        self.request_id_token: Any = None
-
-    async def __aenter__(self) -> None:
-        # Every log record of this call carries its request id (server/logs.py).
-        rid = ""
-        for key, val in self.context.invocation_metadata() or ():
-            if key == "x-request-id" and isinstance(val, str):
-                rid = val[:128]
-                break
-        self.request_id_token = request_id_var.set(rid or new_request_id())
-        return None
-
-    async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
-        code = "OK"
-        try:
-            if exc is None:
-                return False
-            if isinstance(exc, errors.DomainError):
-                code = exc.code.value
-                log.info("rpc refused", extra={"method": self.method, "reason": exc.reason})
-                await abort(self.context, exc)
-            if isinstance(exc, grpc.aio.AbortError | GeneratorExit):
-                code = "ABORTED"
-                return False
-            if isinstance(exc, BaseException) and not isinstance(exc, Exception):
-                code = "CANCELLED"
-                return False
-            code = "INTERNAL"
-            log.exception("unexpected error in %s", self.method, exc_info=exc)
-            await abort(self.context, errors.DomainError("internal error", reason="INTERNAL"))
-            return False
-        finally:
-            METRICS.observe_rpc(self.method, code, time.perf_counter() - self.started)
-            if self.request_id_token is not None:
-                try:
-                    request_id_var.reset(self.request_id_token)
-                except ValueError:  # a stream finalised in another context
-                    pass
-
-
-class ErrorInterceptor(grpc.aio.ServerInterceptor):
-    async def intercept_service(self, continuation: Any, details: grpc.HandlerCallDetails) -> Any:
-        handler = await continuation(details)
-        if handler is None or not details.method.startswith(BILLING_PREFIX):
-            return handler
-        return _wrap(handler, details.method, _ErrorScope)
-
-
-class _AuthScope:
-    def __init__(self, principal_or_error: Any) -> None:
-        self.value = principal_or_error
-        self.token: Any = None
-
-    def __call__(self, method: str, context: grpc.aio.ServicerContext) -> _AuthScope:
-        return self
-
-    async def __aenter__(self) -> None:
-        if isinstance(self.value, errors.DomainError):
-            raise self.value
-        self.token = current_principal.set(self.value)
-
-    async def __aexit__(self, *exc: Any) -> bool:
-        if self.token is not None:
-            current_principal.reset(self.token)
-        return False
-
-
-class AuthInterceptor(grpc.aio.ServerInterceptor):
-    """Every billing RPC needs a bearer token; health and reflection do not."""
-
-    def __init__(self, secret: str, issuer: str) -> None:
         self.tokens = TokenCache(secret, issuer)
+        self.limits = limits
+        self.inflight = InFlight(max_in_flight)
+        self._handlers: dict[str, grpc.RpcMethodHandler] = {}
 
     async def intercept_service(self, continuation: Any, details: grpc.HandlerCallDetails) -> Any:
+        wrapped = self._handlers.get(details.method)
+        if wrapped is not None:
+            return wrapped
         handler = await continuation(details)
         if handler is None or not details.method.startswith(BILLING_PREFIX):
             return handler
-        return _wrap(handler, details.method, _AuthScope(self._authenticate(details)))
+        wrapped = self._wrap(handler, details.method)
+        self._handlers[details.method] = wrapped
+        return wrapped
 
-    def _authenticate(self, details: grpc.HandlerCallDetails) -> Any:
-        value = ""
-        for key, val in details.invocation_metadata or ():
+    def _wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        limiter = self.limits.get(method)
+        what = method.rsplit("/", 1)[-1]
+        enter, leave = self._enter, self._leave
+        if handler.unary_unary:
+            inner = handler.unary_unary
+
+            async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                started = time.perf_counter()
+                tokens: list[Any] = []
+                try:
+                    enter(context, limiter, what, tokens)
+                    response = await inner(request, context)
+                except BaseException as exc:
+                    await leave(method, context, tokens, started, exc)
+                    raise
+                leave_ok(method, tokens, started, self.inflight)
+                return response
+
+            return grpc.unary_unary_rpc_method_handler(
+                unary_unary, handler.request_deserializer, handler.response_serializer
+            )
+        if handler.unary_stream:
+            inner_stream = handler.unary_stream
+
+            async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                started = time.perf_counter()
+                tokens: list[Any] = []
+                try:
+                    enter(context, limiter, what, tokens)
+                    async for item in inner_stream(request, context):
+                        yield item
+                except BaseException as exc:
+                    await leave(method, context, tokens, started, exc)
+                    raise
+                leave_ok(method, tokens, started, self.inflight)
+
+            return grpc.unary_stream_rpc_method_handler(
+                unary_stream, handler.request_deserializer, handler.response_serializer
+            )
+        return handler  # client streaming is not used by this API
+
+    def _enter(self, context: grpc.aio.ServicerContext, limiter: Any, what: str, tokens: list[Any]) -> None:
+        rid = value = ""
+        for key, val in context.invocation_metadata() or ():
             if key == "authorization":
                 value = val if isinstance(val, str) else ""
-                break
+            elif key == "x-request-id" and isinstance(val, str):
+                rid = val[:128]
+        # Every log record of this call carries its request id (server/logs.py).
+        tokens.append(request_id_var.set(rid or new_request_id()))
+        who = self._authenticate(value)
+        tokens.append(current_principal.set(who))
+        self.inflight.enter()
+        tokens.append(self.inflight)
+        if limiter is not None:
+            limiter.check(who.scope, what)
+
+    def _authenticate(self, value: str) -> Any:
         if not value:
-            return errors.Unauthenticated("missing bearer token in 'authorization' metadata", reason="MISSING_TOKEN")
+            raise errors.Unauthenticated("missing bearer token in 'authorization' metadata", reason="MISSING_TOKEN")
         scheme, _, token = value.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
-            return errors.Unauthenticated("authorization must be 'Bearer <token>'", reason="INVALID_TOKEN")
+            raise errors.Unauthenticated("authorization must be 'Bearer <token>'", reason="INVALID_TOKEN")
+        return self.tokens.principal(token.strip())
+
+    async def _leave(
+        self, method: str, context: grpc.aio.ServicerContext, tokens: list[Any], started: float, exc: BaseException
+    ) -> None:
+        code = "INTERNAL"
         try:
-            return self.tokens.principal(token.strip())
-        except errors.DomainError as exc:
-            return exc
+            if isinstance(exc, errors.DomainError):
+                code = exc.code.value
+                log.info("rpc refused", extra={"method": method, "reason": exc.reason})
+                await abort(context, exc)
+            elif isinstance(exc, grpc.aio.AbortError | GeneratorExit):
+                code = "ABORTED"
+            elif not isinstance(exc, Exception):
+                code = "CANCELLED"
+            else:
+                log.exception("unexpected error in %s", method, exc_info=exc)
+                await abort(context, errors.DomainError("internal error", reason="INTERNAL"))
+        finally:
+            _release(tokens, self.inflight)
+            METRICS.observe_rpc(method, code, time.perf_counter() - started)
+
+
+def leave_ok(method: str, tokens: list[Any], started: float, inflight: Any) -> None:
+    _release(tokens, inflight)
+    METRICS.observe_rpc(method, "OK", time.perf_counter() - started)
+
+
+def _release(tokens: list[Any], inflight: Any) -> None:
+    if len(tokens) > 2:
+        inflight.exit()
+    for token in reversed(tokens[:2]):
+        try:
+            token.var.reset(token)
+        except ValueError:  # a stream finalised in another context
+            pass

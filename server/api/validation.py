@@ -111,12 +111,16 @@ def page_size(value: int) -> int:
 
 def fingerprint(method: str, request: Message, **extra: str) -> str:
     """Hash of everything a request asks for except its request_id."""
-    copy = type(request)()
-    copy.CopyFrom(request)
-    if "request_id" in copy.DESCRIPTOR.fields_by_name:
-        copy.ClearField("request_id")
-    h = hashlib.sha256(method.encode())
-    h.update(copy.SerializeToString(deterministic=True))
+    # The request_id is taken out for the hash and put back: cheaper than a copy.
+    rid = request.request_id if "request_id" in request.DESCRIPTOR.fields_by_name else ""  # type: ignore[attr-defined]
+    if rid:
+        request.ClearField("request_id")
+    try:
+        h = hashlib.sha256(method.encode())
+        h.update(request.SerializeToString(deterministic=True))
+    finally:
+        if rid:
+            request.request_id = rid  # type: ignore[attr-defined]
     for k in sorted(extra):
         h.update(f"\0{k}={extra[k]}".encode())
     return h.hexdigest()

@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.pool import NullPool
 
 from server.db.fastread import FastReader
-from server.db.sqlite_inline import inline_creator
+from server.db.sqlite_inline import BUSY_TIMEOUT_MS, inline_creator
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ def _sqlite_pragmas(engine: AsyncEngine, *, immediate: bool) -> None:
         cur.execute("PRAGMA journal_mode=WAL")
         # FULL: a commit is durable before we acknowledge it.
         cur.execute("PRAGMA synchronous=FULL")
-        cur.execute("PRAGMA busy_timeout=30000")
+        cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         cur.close()
 
     @event.listens_for(engine.sync_engine, "begin")

@@ -91,7 +91,8 @@ class TransferView:
     @classmethod
     def of(cls, row: dict[str, Any], account_id: str) -> TransferView:
         outgoing = row["debit_account"] == account_id
-        meta = row["metadata"]
+        # A transfer made in this batch carries its metadata parsed already.
+        meta = row.get("_metadata", row["metadata"])
         return cls(
             id=row["id"],
             kind=row["kind"],

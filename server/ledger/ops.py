@@ -98,6 +98,11 @@ def _transfer_key(idem: Idempotency | None, fallback: str) -> str:
     return f"req:{idem.key}" if idem else fallback
 
 
+def _request_key(idem: Idempotency | None, prefix: str) -> str:
+    # The random fallback is made only when needed: uuid4 reads os.urandom.
+    return f"req:{idem.key}" if idem else f"{prefix}:{uuid.uuid4().hex}"
+
+
 @dataclass
 class RevenueShare:
     app_id: str
@@ -148,7 +153,7 @@ class Spend(Op[SpendResult]):
 
     async def apply(self, tx: LedgerTx) -> SpendResult:
         wallet = await tx.wallet(self.user_id)
-        key = _transfer_key(self.idempotency, f"spend:{uuid.uuid4().hex}")
+        key = _request_key(self.idempotency, "spend")
         meta = dict(self.metadata)
         if self.share:
             meta.update(app_id=self.share.app_id, publisher_user_id=self.share.publisher_user_id)
@@ -405,7 +410,7 @@ class Award(Op[SpendResult]):
 
     async def apply(self, tx: LedgerTx) -> SpendResult:
         wallet = await tx.wallet(self.user_id)
-        key = self.dedupe_key if self.source_ref else _transfer_key(self.idempotency, f"award:{uuid.uuid4().hex}")
+        key = self.dedupe_key if self.source_ref else _request_key(self.idempotency, "award")
         if self.source_ref and not await tx.key_unused(key):
             raise errors.DomainError(
                 "credits for this source_ref were already awarded",

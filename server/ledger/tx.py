@@ -12,11 +12,11 @@ import json
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from server import errors
 from server.clock import month_bounds
+from server.db.batchsql import BatchSql
 from server.db.schema import accounts, holds, idempotency, lots, transfers, users
 from server.ledger.model import (
     EARNED_KINDS,
@@ -54,9 +54,10 @@ class TierPolicy:
 
 class LedgerTx:
     def __init__(
-        self, conn: AsyncConnection, *, now_us: int, is_sqlite: bool, tiers: TierPolicy
+        self, conn: AsyncConnection, sql: BatchSql, *, now_us: int, is_sqlite: bool, tiers: TierPolicy
     ) -> None:
-        self.conn = conn
+        self.conn = conn  # for other domains' statements in the same transaction
+        self.sql = sql
         self.now_us = now_us
         self.is_sqlite = is_sqlite
         self.tiers = tiers
@@ -80,7 +81,9 @@ class LedgerTx:
         self._dirty_holds: set[str] = set()
         self._dirty_users: set[str] = set()
         self._batch_keys: set[str] = set()
-        self._undo: list[Callable[[], None]] = []
+        # Undo entries are (setitem|pop|discard|remove, target, key, value) tuples:
+        # cheaper than a closure each, and an operation makes a few dozen.
+        self._undo: list[tuple[Any, ...]] = []
         self._ids: list[int] = []
         self._next_id = 0
 
@@ -95,42 +98,37 @@ class LedgerTx:
     ) -> None:
         hold_ids = sorted(set(hold_ids) - self.holds.keys())
         wanted = set(account_ids)
+        found_holds: list[Row] = []
         if hold_ids:
             # First a plain read to learn the accounts; re-read under the locks below.
-            rows = (await self.conn.execute(select(holds.c.account_id).where(holds.c.id.in_(hold_ids)))).all()
-            wanted.update(r.account_id for r in rows)
+            found_holds = await self.sql.select_in(holds, "id", hold_ids)
+            wanted.update(r["account_id"] for r in found_holds)
         await self._load_accounts(wanted)
         if hold_ids:
-            for r in (await self.conn.execute(select(holds).where(holds.c.id.in_(hold_ids)))).mappings():
-                self.holds[r["id"]] = dict(r)
+            if not self.is_sqlite:
+                found_holds = await self.sql.select_in(holds, "id", hold_ids)
+            for r in found_holds:
+                self.holds[r["id"]] = r
         keys = sorted(set(request_keys) - self.stored.keys())
-        if keys:
-            q = select(idempotency.c.key, idempotency.c.fingerprint, idempotency.c.response)
-            for key, fp, resp in (await self.conn.execute(q.where(idempotency.c.key.in_(keys)))).all():
-                self.stored[key] = (fp, bytes(resp))
+        for r in await self.sql.select_in(idempotency, "key", keys):
+            self.stored[r["key"]] = (r["fingerprint"], bytes(r["response"]))
         tkeys = sorted(set(transfer_keys) - self.existing_keys)
         if tkeys:
-            q = select(transfers.c.key).where(transfers.c.key.in_(tkeys))
-            self.existing_keys.update(r.key for r in (await self.conn.execute(q)).all())
+            self.existing_keys.update(r["key"] for r in await self.sql.select_in(transfers, "key", tkeys))
 
     async def _load_accounts(self, ids: Iterable[str]) -> None:
         missing = sorted(set(ids) - self.accounts.keys())
         if not missing:
             return
-        q = select(accounts).where(accounts.c.id.in_(missing)).order_by(accounts.c.id)
-        if not self.is_sqlite:
-            # Row locks in sorted order: concurrent replicas never deadlock on wallets.
-            q = q.with_for_update()
-        for r in (await self.conn.execute(q)).mappings():
-            self.accounts[r["id"]] = dict(r)
+        # PostgreSQL: row locks in sorted order, so concurrent replicas never deadlock on wallets.
+        for r in await self.sql.select_in(accounts, "id", missing, order_by="id", lock=not self.is_sqlite):
+            self.accounts[r["id"]] = r
         user_ids = [self.accounts[a]["user_id"] for a in missing if a in self.accounts and self.accounts[a]["user_id"]]
         if user_ids:
-            for r in (await self.conn.execute(select(users).where(users.c.user_id.in_(user_ids)))).mappings():
-                self.users[r["user_id"]] = dict(r)
-            wallet_ids = [wallet_id(u) for u in user_ids]
-            q2 = select(lots).where(lots.c.account_id.in_(wallet_ids))
-            for r in (await self.conn.execute(q2)).mappings():
-                self.lots.setdefault(r["account_id"], []).append(dict(r))
+            for r in await self.sql.select_in(users, "user_id", user_ids):
+                self.users[r["user_id"]] = r
+            for r in await self.sql.select_in(lots, "account_id", [wallet_id(u) for u in user_ids]):
+                self.lots.setdefault(r["account_id"], []).append(r)
         for a in missing:
             if a.startswith("wallet:"):
                 self.lots.setdefault(a, [])
@@ -141,26 +139,35 @@ class LedgerTx:
         return len(self._undo)
 
     def rollback_to(self, mark: int) -> None:
-        while len(self._undo) > mark:
-            self._undo.pop()()
+        undo = self._undo
+        while len(undo) > mark:
+            what, target, key, value = undo.pop()
+            if what == "setitem":
+                target[key] = value
+            elif what == "pop":
+                target.pop()
+            elif what == "discard":
+                target.discard(key)
+            else:
+                target.pop(key, None)
 
     def _set(self, row: Row, field: str, value: Any) -> None:
         old = row[field]
         row[field] = value
-        self._undo.append(lambda: row.__setitem__(field, old))
+        self._undo.append(("setitem", row, field, old))
 
     def _append(self, target: list[Any], item: Any) -> None:
         target.append(item)
-        self._undo.append(target.pop)
+        self._undo.append(("pop", target, None, None))
 
     def _add(self, target: set[Any], item: Any) -> None:
         if item not in target:
             target.add(item)
-            self._undo.append(lambda: target.discard(item))
+            self._undo.append(("discard", target, item, None))
 
     def _put(self, target: dict[Any, Any], key: Any, value: Any) -> None:
         target[key] = value
-        self._undo.append(lambda: target.pop(key, None))
+        self._undo.append(("remove", target, key, None))
 
     # ---- ids -------------------------------------------------------------------
 
@@ -168,13 +175,13 @@ class LedgerTx:
         if self.is_sqlite:
             # BEGIN IMMEDIATE holds the write lock, so max(id) cannot move under us.
             if self._next_id == 0:
-                top = (await self.conn.execute(select(func.coalesce(func.max(transfers.c.id), 0)))).scalar_one()
+                top = await self.sql.scalar("SELECT coalesce(max(id), 0) FROM transfers", "")
                 self._next_id = int(top)
             self._next_id += 1
             return self._next_id
         if not self._ids:
             q = "SELECT nextval('transfers_id_seq') FROM generate_series(1, 64)"
-            self._ids = [r[0] for r in (await self.conn.exec_driver_sql(q)).all()]
+            self._ids = [r[0] for r in await self.sql._pg_fetch(q)]
             self._ids.reverse()
         return self._ids.pop()
 
@@ -314,7 +321,7 @@ class LedgerTx:
         """True when no transfer with this key is committed or in this batch."""
         if key in self._batch_keys or key in self.existing_keys:
             return False
-        found = (await self.conn.execute(select(transfers.c.id).where(transfers.c.key == key))).first()
+        found = await self.sql.scalar("SELECT id FROM transfers WHERE key = ?", "SELECT id FROM transfers WHERE key = $1", key)
         if found is not None:
             self.existing_keys.add(key)
             return False
@@ -381,7 +388,8 @@ class LedgerTx:
             "description": description[:500],
             "category": category,
             "ref": ref,
-            "metadata": json.dumps(metadata or {}, sort_keys=True),
+            "metadata": json.dumps(metadata, sort_keys=True) if metadata else "{}",
+            "_metadata": dict(sorted(metadata.items())) if metadata else None,  # not a column
             "debit_balance_after": debit["balance"],
             "credit_balance_after": credit["balance"],
             "created_at_us": self.now_us,
@@ -503,44 +511,34 @@ class LedgerTx:
     # ---- write-back -------------------------------------------------------------------
 
     async def flush(self) -> None:
-        c = self.conn
-        if self._new_accounts:
-            await c.execute(insert(accounts), [self.accounts[a] for a in self._new_accounts])
-        if self._new_users:
-            await c.execute(insert(users), [self.users[u] for u in self._new_users])
-        dirty_users = [u for u in sorted(self._dirty_users) if u not in self._new_users]
-        if dirty_users:
-            cols = ("tier", "monthly_credits", "period_start_us", "period_end_us", "flagged_reason", "stripe_customer_id")
-            stmt = update(users).where(users.c.user_id == bindparam("b_user_id")).values({k: bindparam(f"b_{k}") for k in cols})
-            await c.execute(stmt, [{f"b_{k}": self.users[u][k] for k in (*cols, "user_id")} for u in dirty_users])
-        if self.new_transfers:
-            await c.execute(insert(transfers), self.new_transfers)
-        dirty = [a for a in self._dirty_accounts if a not in self._new_accounts]
-        if dirty:
-            cols = ("balance", "pending", "earned_total", "spent_total", "unlimited_overdraft", "version")
-            stmt = update(accounts).where(accounts.c.id == bindparam("b_id")).values({k: bindparam(f"b_{k}") for k in cols})
-            await c.execute(stmt, [{f"b_{k}": self.accounts[a][k] for k in (*cols, "id")} for a in sorted(dirty)])
-        if self._new_lots:
-            await c.execute(insert(lots), [{k: v for k, v in lot.items() if k != "id"} for lot in self._new_lots])
+        sql = self.sql
+        await sql.insert(accounts, [self.accounts[a] for a in self._new_accounts])
+        await sql.insert(users, [self.users[u] for u in self._new_users])
+        new_users = set(self._new_users)
+        await sql.update(
+            users, "user_id",
+            ("tier", "monthly_credits", "period_start_us", "period_end_us", "flagged_reason", "stripe_customer_id"),
+            [self.users[u] for u in sorted(self._dirty_users) if u not in new_users],
+        )
+        await sql.insert(transfers, self.new_transfers)
+        new_accounts = set(self._new_accounts)
+        await sql.update(
+            accounts, "id",
+            ("balance", "pending", "earned_total", "spent_total", "unlimited_overdraft", "version"),
+            [self.accounts[a] for a in sorted(self._dirty_accounts) if a not in new_accounts],
+        )
+        await sql.insert(lots, self._new_lots, skip=("id",))
         if self._dirty_lots:
             by_id = {lot["id"]: lot for rows in self.lots.values() for lot in rows if lot["id"] is not None}
-            stmt = update(lots).where(lots.c.id == bindparam("b_id")).values(
-                remaining=bindparam("b_remaining"), granted=bindparam("b_granted")
-            )
-            await c.execute(
-                stmt,
-                [{"b_id": i, "b_remaining": by_id[i]["remaining"], "b_granted": by_id[i]["granted"]} for i in sorted(self._dirty_lots)],
-            )
-        if self._new_holds:
-            await c.execute(insert(holds), self._new_holds)
-        if self._dirty_holds:
-            hold_cols = ("captured", "status", "resolved_at_us")
-            stmt = update(holds).where(holds.c.id == bindparam("b_id")).values({k: bindparam(f"b_{k}") for k in hold_cols})
-            await c.execute(stmt, [{f"b_{k}": self.holds[h][k] for k in (*hold_cols, "id")} for h in sorted(self._dirty_holds)])
-        if self.new_idempotency:
-            await c.execute(insert(idempotency), self.new_idempotency)
+            await sql.update(lots, "id", ("remaining", "granted"), [by_id[i] for i in sorted(self._dirty_lots)])
+        await sql.insert(holds, self._new_holds)
+        await sql.update(
+            holds, "id", ("captured", "status", "resolved_at_us"),
+            [self.holds[h] for h in sorted(self._dirty_holds)],
+        )
+        await sql.insert(idempotency, self.new_idempotency)
         for statement, params in self.deferred:
-            await c.execute(statement, params) if params is not None else await c.execute(statement)
+            await self.conn.execute(statement, params) if params is not None else await self.conn.execute(statement)
 
 
 def user_id_tier(user: Row | None) -> str:

@@ -17,6 +17,7 @@ from typing import Any
 
 from server import errors
 from server.clock import Clock
+from server.db.batchsql import BatchSql
 from server.db.engine import Database, is_retryable
 from server.ledger.model import BalanceEvent
 from server.ledger.ops import Op
@@ -89,8 +90,10 @@ class LedgerWriter:
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._queue.append(_Item(op, fut))
         self._wakeup.set()
-        # A cancelled caller does not cancel the write: it lands whole or not at all.
-        return await asyncio.shield(fut)
+        # A cancelled caller cancels only its wait (the future): the queued write
+        # is applied all the same, whole or not at all, and a retry with the
+        # same request_id finds it. (No shield: one future per call is enough.)
+        return await fut
 
     async def _run(self) -> None:
         while True:
@@ -172,7 +175,8 @@ class LedgerWriter:
     async def _apply_once(self, batch: list[_Item]) -> list[BalanceEvent]:
         now = self.clock.now_us()
         async with self.db.writer.connect() as conn, conn.begin():
-            tx = LedgerTx(conn, now_us=now, is_sqlite=self.db.is_sqlite, tiers=self.tiers)
+            sql = await BatchSql.open(conn, is_sqlite=self.db.is_sqlite)
+            tx = LedgerTx(conn, sql, now_us=now, is_sqlite=self.db.is_sqlite, tiers=self.tiers)
             accounts: set[str] = set()
             holds: set[str] = set()
             tkeys: set[str] = set()

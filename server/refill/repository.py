@@ -9,6 +9,7 @@ from sqlalchemy import and_, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from server.db.batchsql import BatchSql
 from server.db.schema import payments, refill_configs, refill_jobs
 
 Row = dict[str, Any]
@@ -67,15 +68,13 @@ async def update_config(conn: AsyncConnection, user_id: str, **values: Any) -> N
     await conn.execute(update(refill_configs).where(refill_configs.c.user_id == user_id).values(**values))
 
 
-async def due_configs(conn: AsyncConnection, user_ids: list[str], now_us: int) -> list[Row]:
-    """The one query of the trigger hook: enabled, active configs of these users."""
-    q = select(refill_configs.c.user_id, refill_configs.c.threshold, refill_configs.c.amount_cents).where(
-        refill_configs.c.user_id.in_(user_ids),
-        refill_configs.c.enabled.is_(True),
-        refill_configs.c.state == ACTIVE,
-        refill_configs.c.cap_blocked_until_us <= now_us,
-    )
-    return [dict(r) for r in (await conn.execute(q)).mappings()]
+async def due_configs(sql: BatchSql, user_ids: list[str], now_us: int) -> list[Row]:
+    """The one query of the trigger hook (it runs in every ledger batch, so on
+    the driver): enabled, active configs of these users."""
+    return [
+        r for r in await sql.select_in(refill_configs, "user_id", user_ids)
+        if r["enabled"] and r["state"] == ACTIVE and r["cap_blocked_until_us"] <= now_us
+    ]
 
 
 def insert_jobs_ignoring_in_flight(dialect: str) -> Any:

@@ -146,7 +146,7 @@ class RefillService:
         balances = {a["user_id"]: a["balance"] for a in tx.accounts.values() if a["kind"] == "wallet" and a["user_id"]}
         if not balances:
             return
-        rows = await repo.due_configs(tx.conn, sorted(balances), tx.now_us)
+        rows = await repo.due_configs(tx.sql, sorted(balances), tx.now_us)
         if not rows:
             return
         skip = skip_set(tx)
