@@ -427,6 +427,11 @@ async def bench(workdir: Path) -> dict[str, Any]:
                 log(f"{kind}: CheckBalance")
                 r = await run_client(load_cfg(server.target, "check", "k"), server)
                 rows.append({"name": "CheckBalance", "db": kind, **r})
+                if kind == dbs[0]:
+                    # No database: what the gRPC stack, the interceptor and a servicer cost.
+                    log("ListTiers (no database)")
+                    r = await run_client(load_cfg(server.target, "tiers", "t"), server)
+                    rows.append({"name": "ListTiers (no database)", "db": "-", **r})
                 if "history" not in SKIP:
                     history += await history_rows(kind, server, workdir)
         if "before" not in SKIP:

@@ -133,12 +133,21 @@ class BalanceEvent:
 T = TypeVar("T")
 
 
+_FIELDS: dict[type, tuple[str, ...] | None] = {}
+
+
 def _plain(obj: Any) -> Any:
     # dataclasses.asdict deep-copies every leaf; results hold only plain values.
-    fields = getattr(obj, "__dataclass_fields__", None)
-    if fields is not None:
-        return {name: _plain(getattr(obj, name)) for name in fields}
-    if isinstance(obj, list):
+    # Field names are looked up once per class: this runs for every stored response.
+    cls = type(obj)
+    try:
+        names = _FIELDS[cls]
+    except KeyError:
+        fields = getattr(cls, "__dataclass_fields__", None)
+        names = _FIELDS[cls] = tuple(fields) if fields is not None else None
+    if names is not None:
+        return {name: _plain(getattr(obj, name)) for name in names}
+    if cls is list:
         return [_plain(v) for v in obj]
     return obj
 
