@@ -24,7 +24,6 @@ import uuid
 from typing import Any
 
 import asyncpg
-from sqlalchemy import text
 
 from server.ledger.model import BalanceEvent, TransferView
 from server.ledger.ops import Op
@@ -35,7 +34,6 @@ log = logging.getLogger(__name__)
 
 CHANNEL = "billing_events"
 MAX_PAYLOAD = 7_900  # PostgreSQL refuses payloads of 8,000 bytes and more
-_NOTIFY = text("SELECT pg_notify(:channel, :payload)")
 
 
 def encode_event(e: BalanceEvent) -> list[Any]:
@@ -92,15 +90,13 @@ class PgFanout:
     # ---- sending (inside the batch transaction) ------------------------------------------
 
     async def before_flush(self, tx: LedgerTx, ops: list[Op[Any]]) -> None:
-        """A LedgerWriter.before_flush hook: runs last, inside the transaction."""
+        """A LedgerWriter.before_flush hook: runs last, inside the transaction.
+        The NOTIFY travels with the batch's write-back statement (one round trip)."""
         if tx.events:
-            await self.notify(tx.conn, tx.events)
-
-    async def notify(self, conn: Any, events: list[BalanceEvent]) -> None:
-        self.batches_sent += 1
-        for p in payloads(self.replica_id, self.batches_sent, events):
-            await conn.execute(_NOTIFY, {"channel": CHANNEL, "payload": p})
-            self.notifications_sent += 1
+            self.batches_sent += 1
+            for p in payloads(self.replica_id, self.batches_sent, tx.events):
+                tx.sql.notify(CHANNEL, p)
+                self.notifications_sent += 1
 
     # ---- receiving ------------------------------------------------------------------------
 

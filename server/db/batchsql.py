@@ -1,23 +1,31 @@
 """The ledger writer's hot statements, run on the driver connection.
 
-A group-commit batch issues a handful of statements (load the rows it
-touches, write them back). Through SQLAlchemy Core each one costs 0.3-1 ms of
-statement compilation and result processing on the event loop, more than
-the ledger work of the whole batch. Here the SQL text is built once per
-table and shape, and runs straight on the driver: `sqlite3` inline (the
-writer's connection is `server/db/sqlite_inline.py`'s), or asyncpg with its
-own prepared-statement cache. The transaction is still the SQLAlchemy
-connection's (BEGIN IMMEDIATE on SQLite, the adapter's on PostgreSQL), so
-statements of other domains in the same batch commit with these.
+A group-commit batch loads the rows it touches and writes them back.
+Through SQLAlchemy Core each statement cost 0.3-1 ms of compilation and
+result processing on the event loop, more than the ledger work of the whole
+batch. Here the SQL text is built once per table and shape and runs straight
+on the driver: `sqlite3` inline (the writer's connection is
+`server/db/sqlite_inline.py`'s), or asyncpg with its prepared-statement cache.
+
+On PostgreSQL the batch is bound by round trips, not CPU: each one waits for
+a turn of the busy event loop. So the reads that follow the account locks go
+out as one statement (`select_groups`), and the whole write-back plus the
+fan-out NOTIFY as another (`send`).
+
+The transaction is still the SQLAlchemy connection's (BEGIN IMMEDIATE on
+SQLite, the adapter's on PostgreSQL), so statements that other domains add to
+the batch commit with these.
 """
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import Boolean, Table
+from sqlalchemy import Boolean, LargeBinary, String, Table
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 Row = dict[str, Any]
@@ -35,6 +43,9 @@ class BatchSql:
         # PostgreSQL: SQLAlchemy's adapter opens the transaction lazily, on its
         # first statement; ours must not run before it (they would autocommit).
         self._in_tx = is_sqlite
+        # PostgreSQL write-back, sent as one statement by send().
+        self._queued: list[tuple[str, Table, list[str], str, list[list[Any]]]] = []
+        self._notices: list[tuple[str, str]] = []
 
     @classmethod
     async def open(cls, conn: AsyncConnection, *, is_sqlite: bool) -> BatchSql:
@@ -73,12 +84,42 @@ class BatchSql:
                 r[col] = bool(r[col])
         return out
 
+    async def select_groups(self, groups: Sequence[tuple[Table, str, Sequence[Any]]]) -> list[list[Row]]:
+        """Several `select_in`s; on PostgreSQL in one round trip (rows as jsonb,
+        tagged by group), since each round trip waits for a turn of the loop."""
+        if self.is_sqlite or sum(1 for g in groups if g[2]) < 2:
+            return [await self.select_in(t, c, k) for t, c, k in groups]
+        parts: list[str] = []
+        args: list[Any] = []
+        for i, (table, column, keys) in enumerate(groups):
+            if not keys:
+                continue
+            args.append(list(keys))
+            kind = "bigint" if isinstance(keys[0], int) else "text"
+            parts.append(
+                f'SELECT {i} AS g, to_jsonb(t) AS r FROM "{table.name}" t WHERE t."{column}" = ANY(${len(args)}::{kind}[])'
+            )
+        out: list[list[Row]] = [[] for _ in groups]
+        for g, raw in await self._pg_fetch(" UNION ALL ".join(parts), *args):
+            # SQLAlchemy's asyncpg setup decodes jsonb already; a bare connection would not.
+            row = raw if isinstance(raw, dict) else json.loads(raw)
+            for col in _binaries(groups[g][0]):
+                if row[col] is not None:  # jsonb shows bytea as "\\x<hex>"
+                    row[col] = bytes.fromhex(row[col][2:])
+            out[g].append(row)
+        return out
+
     async def scalar(self, sqlite_sql: str, pg_sql: str, *args: Any) -> Any:
         rows = await (self._sqlite_fetch(sqlite_sql, args) if self.is_sqlite else self._pg_fetch(pg_sql, *args))
         return rows[0][0] if rows else None
 
     async def insert(self, table: Table, rows: list[Row], *, skip: Iterable[str] = ()) -> None:
+        """INSERT rows (SQLite: now; PostgreSQL: with the others at `send()`)."""
         if not rows:
+            return
+        if not self.is_sqlite:
+            names = [c for c in _columns(table) if c not in set(skip)]
+            self._queued.append(("insert", table, names, "", [[r[c] for r in rows] for c in names]))
             return
         key = ("insert", self.is_sqlite, table.name, tuple(skip))
         cached = _SQL.get(key)
@@ -86,26 +127,63 @@ class BatchSql:
             names = [c for c in _columns(table) if c not in set(skip)]
             cols = ", ".join(f'"{c}"' for c in names)
             n = len(names)
-            marks = ", ".join("?" * n) if self.is_sqlite else ", ".join(f"${i}" for i in range(1, n + 1))
+            marks = ", ".join("?" * n)
             cached = _SQL[key] = (f'INSERT INTO "{table.name}" ({cols}) VALUES ({marks})', names)
         sql, names = cached
         await self._many(sql, [tuple(r[c] for c in names) for r in rows])
 
     async def update(self, table: Table, key: str, columns: Sequence[str], rows: list[Row]) -> None:
-        """UPDATE each row's `columns`, matched on `key`."""
+        """UPDATE each row's `columns`, matched on `key` (PostgreSQL: at `send()`)."""
         if not rows:
+            return
+        if not self.is_sqlite:
+            names = [*columns, key]
+            self._queued.append(("update", table, names, key, [[r[c] for r in rows] for c in names]))
             return
         cache_key = ("update", self.is_sqlite, table.name, key, tuple(columns))
         sql = _SQL.get(cache_key)
         if sql is None:
-            if self.is_sqlite:
-                sets = ", ".join(f'"{c}" = ?' for c in columns)
-                sql = f'UPDATE "{table.name}" SET {sets} WHERE "{key}" = ?'
-            else:
-                sets = ", ".join(f'"{c}" = ${i}' for i, c in enumerate(columns, 1))
-                sql = f'UPDATE "{table.name}" SET {sets} WHERE "{key}" = ${len(columns) + 1}'
+            sets = ", ".join(f'"{c}" = ?' for c in columns)
+            sql = f'UPDATE "{table.name}" SET {sets} WHERE "{key}" = ?'
             _SQL[cache_key] = sql
         await self._many(sql, [tuple(r[c] for c in (*columns, key)) for r in rows])
+
+    async def send(self) -> None:
+        """PostgreSQL: every queued INSERT and UPDATE as ONE statement, one round
+        trip (data-modifying CTEs over unnest()ed column arrays). Each round trip
+        of the writer waits for a turn of the busy event loop, so a batch that
+        took four for its write-back now takes one."""
+        if self.is_sqlite or not (self._queued or self._notices):
+            return
+        parts: list[str] = []
+        args: list[Any] = []
+        for i, (verb, table, names, key, arrays) in enumerate(self._queued):
+            types = _pg_types(table)
+            params = ", ".join(f"${len(args) + j + 1}::{types[c]}[]" for j, c in enumerate(names))
+            args.extend(arrays)
+            cols = ", ".join(f'"{c}"' for c in names)
+            if verb == "insert":
+                parts.append(f'q{i} AS (INSERT INTO "{table.name}" ({cols}) SELECT * FROM unnest({params}))')
+            else:
+                sets = ", ".join(f'"{c}" = v."{c}"' for c in names if c != key)
+                parts.append(
+                    f'q{i} AS (UPDATE "{table.name}" SET {sets} FROM unnest({params}) AS v({cols}) '
+                    f'WHERE "{table.name}"."{key}" = v."{key}")'
+                )
+        notices = []
+        for channel, payload in self._notices:
+            args += [channel, payload]
+            notices.append(f"pg_notify(${len(args) - 1}, ${len(args)})")
+        self._queued.clear()
+        self._notices.clear()
+        sql = ("WITH " + ", ".join(parts) + " " if parts else "") + "SELECT " + (", ".join(notices) or "1")
+        if not self._in_tx:
+            await self._begin()
+        await self.driver.execute(sql, *args)
+
+    def notify(self, channel: str, payload: str) -> None:
+        """PostgreSQL NOTIFY, sent with the write-back (delivered only if the batch commits)."""
+        self._notices.append((channel, payload))
 
     # ---- drivers -------------------------------------------------------------------------
 
@@ -116,23 +194,25 @@ class BatchSql:
 
     async def _pg_fetch(self, sql: str, *args: Any) -> list[Any]:
         if not self._in_tx:
-            await self._begin()
+            # The first statement goes through SQLAlchemy, which opens the
+            # transaction with it (no extra round trip).
+            rows = list((await self.conn.exec_driver_sql(sql, args)).all())
+            self._check_in_tx()
+            return rows
         return list(await self.driver.fetch(sql, *args))
 
     async def _many(self, sql: str, params: list[tuple[Any, ...]]) -> None:
-        if self.is_sqlite:
-            if self.sqlite is not None:
-                self.sqlite.executemany(sql, params)
-            else:
-                await self.driver.executemany(sql, params)
-            return
-        if not self._in_tx:
-            await self._begin()
-        await self.driver.executemany(sql, params)
+        if self.sqlite is not None:
+            self.sqlite.executemany(sql, params)
+        else:
+            await self.driver.executemany(sql, params)
 
     async def _begin(self) -> None:
         if not self.driver.is_in_transaction():
             await self.conn.exec_driver_sql("SELECT 1")  # lets the adapter open its transaction
+        self._check_in_tx()
+
+    def _check_in_tx(self) -> None:
         if not self.driver.is_in_transaction():
             raise RuntimeError("ledger batch is not inside a transaction")
         self._in_tx = True
@@ -142,12 +222,33 @@ class BatchSql:
 _SQL: dict[tuple[Any, ...], Any] = {}
 _COLUMNS: dict[str, list[str]] = {}
 _BOOLEANS: dict[str, list[str]] = {}
+_PG_TYPES: dict[str, dict[str, str]] = {}
+_BINARIES: dict[str, list[str]] = {}
 
 
 def _columns(table: Table) -> list[str]:
     names = _COLUMNS.get(table.name)
     if names is None:
         names = _COLUMNS[table.name] = [c.name for c in table.columns]
+    return names
+
+
+def _pg_types(table: Table) -> dict[str, str]:
+    types = _PG_TYPES.get(table.name)
+    if types is None:
+        dialect = postgresql.dialect()
+        # Strings as text[]: a cast to varchar(n) would silently truncate, while
+        # assigning text to the varchar(n) column refuses an over-long value.
+        types = _PG_TYPES[table.name] = {
+            c.name: "text" if isinstance(c.type, String) else c.type.compile(dialect=dialect) for c in table.columns
+        }
+    return types
+
+
+def _binaries(table: Table) -> list[str]:
+    names = _BINARIES.get(table.name)
+    if names is None:
+        names = _BINARIES[table.name] = [c.name for c in table.columns if isinstance(c.type, LargeBinary)]
     return names
 
 

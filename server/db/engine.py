@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
@@ -41,7 +42,10 @@ class Database:
             _sqlite_pragmas(self.writer, immediate=True)
             _sqlite_pragmas(self.reader, immediate=False)
         else:
-            self.writer = create_async_engine(url, pool_size=4, max_overflow=4, pool_pre_ping=True)
+            # No pre-ping: it is a round trip per batch. A connection found dead
+            # is invalidated by SQLAlchemy and the writer retries the batch on a
+            # fresh one (is_retryable), which request ids make safe.
+            self.writer = create_async_engine(url, pool_size=4, max_overflow=4)
             # Read-only snapshots: a balance and its lots always come from one moment.
             self.reader = create_async_engine(
                 url, pool_size=8, max_overflow=8, pool_pre_ping=True, isolation_level="REPEATABLE READ"
@@ -95,7 +99,9 @@ def _alembic_upgrade(sync_conn: Connection) -> None:
 
 
 def is_retryable(exc: BaseException) -> bool:
-    """Lock conflicts and unique races that a fresh attempt resolves."""
+    """Lock conflicts, unique races and lost connections that a fresh attempt resolves."""
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
     text = f"{type(exc).__name__} {exc}".lower()
     return any(
         s in text

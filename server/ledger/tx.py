@@ -103,35 +103,41 @@ class LedgerTx:
             # First a plain read to learn the accounts; re-read under the locks below.
             found_holds = await self.sql.select_in(holds, "id", hold_ids)
             wanted.update(r["account_id"] for r in found_holds)
-        await self._load_accounts(wanted)
-        if hold_ids:
-            if not self.is_sqlite:
-                found_holds = await self.sql.select_in(holds, "id", hold_ids)
-            for r in found_holds:
-                self.holds[r["id"]] = r
         keys = sorted(set(request_keys) - self.stored.keys())
-        for r in await self.sql.select_in(idempotency, "key", keys):
-            self.stored[r["key"]] = (r["fingerprint"], bytes(r["response"]))
         tkeys = sorted(set(transfer_keys) - self.existing_keys)
-        if tkeys:
-            self.existing_keys.update(r["key"] for r in await self.sql.select_in(transfers, "key", tkeys))
+        relock = hold_ids if not self.is_sqlite else []
+        stored, existing, locked_holds = await self._load_accounts(
+            wanted, [(idempotency, "key", keys), (transfers, "key", tkeys), (holds, "id", relock)]
+        )
+        for r in locked_holds if relock else found_holds:
+            self.holds[r["id"]] = r
+        for r in stored:
+            self.stored[r["key"]] = (r["fingerprint"], bytes(r["response"]))
+        self.existing_keys.update(r["key"] for r in existing)
 
-    async def _load_accounts(self, ids: Iterable[str]) -> None:
+    async def _load_accounts(
+        self, ids: Iterable[str], also: list[tuple[Any, str, list[Any]]] | None = None
+    ) -> list[list[Row]]:
+        """Lock and load accounts, then their users and lots, plus `also`
+        (rows read under the locks, in the same round trip on PostgreSQL)."""
+        also = also or []
         missing = sorted(set(ids) - self.accounts.keys())
-        if not missing:
-            return
-        # PostgreSQL: row locks in sorted order, so concurrent replicas never deadlock on wallets.
-        for r in await self.sql.select_in(accounts, "id", missing, order_by="id", lock=not self.is_sqlite):
-            self.accounts[r["id"]] = r
+        if missing:
+            # PostgreSQL: row locks in sorted order, so concurrent replicas never deadlock on wallets.
+            for r in await self.sql.select_in(accounts, "id", missing, order_by="id", lock=not self.is_sqlite):
+                self.accounts[r["id"]] = r
         user_ids = [self.accounts[a]["user_id"] for a in missing if a in self.accounts and self.accounts[a]["user_id"]]
-        if user_ids:
-            for r in await self.sql.select_in(users, "user_id", user_ids):
-                self.users[r["user_id"]] = r
-            for r in await self.sql.select_in(lots, "account_id", [wallet_id(u) for u in user_ids]):
-                self.lots.setdefault(r["account_id"], []).append(r)
+        found_users, found_lots, *rest = await self.sql.select_groups(
+            [(users, "user_id", user_ids), (lots, "account_id", [wallet_id(u) for u in user_ids]), *also]
+        )
+        for r in found_users:
+            self.users[r["user_id"]] = r
+        for r in found_lots:
+            self.lots.setdefault(r["account_id"], []).append(r)
         for a in missing:
             if a.startswith("wallet:"):
                 self.lots.setdefault(a, [])
+        return rest
 
     # ---- undo log: a refused operation leaves no trace -----------------------
 
@@ -537,6 +543,7 @@ class LedgerTx:
             [self.holds[h] for h in sorted(self._dirty_holds)],
         )
         await sql.insert(idempotency, self.new_idempotency)
+        await sql.send()
         for statement, params in self.deferred:
             await self.conn.execute(statement, params) if params is not None else await self.conn.execute(statement)
 
