@@ -4,13 +4,19 @@ on their own, and everything acknowledged survives a restart."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
+import asyncpg
 import grpc
+import pytest
 from flownexus.billing.v1 import balance_pb2, usage_pb2
 
 from server import errors
+from server.db.batchsql import BatchSql
+from server.db.schema import idempotency
 from server.ledger.ops import Idempotency, Spend
-from tests.harness import auth
+from tests.conftest import _require_postgres
+from tests.harness import ManualClock, Running, auth, database, serving
 
 FREE = 100_000
 
@@ -93,3 +99,54 @@ async def test_concurrent_grpc_spends_batch_and_never_overdraft(server) -> None:
             except grpc.aio.AioRpcError as exc:
                 assert exc.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert await credits(server, user) == FREE - ok * 3_000
+
+
+@pytest.fixture
+async def pg_server(tmp_path, clock: ManualClock) -> AsyncIterator[Running]:  # type: ignore[no-untyped-def]
+    await _require_postgres()
+    async with database("postgres", tmp_path) as url, serving(url, clock) as running:
+        yield running
+
+
+async def test_postgres_writer_survives_lost_connections(pg_server: Running) -> None:
+    """The writer pings no connection before a batch: one found dead is
+    dropped and the batch runs again on a fresh one, invisibly to callers."""
+    server = pg_server
+    user = "lost-conn"
+    await credits(server, user)
+    md = auth(user)
+    await server.s.usage.Spend(usage_pb2.SpendRequest(amount_millicredits=1_000, request_id="a", category="t"), metadata=md)
+    # Kill every other backend of this database: the writer's pooled connections too.
+    conn = await asyncpg.connect(server.url.replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+        killed = await conn.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+    finally:
+        await conn.close()
+    assert killed >= 1
+    assert server.app is not None
+    retries = server.app.writer.stats.retries
+    results = await asyncio.gather(*(
+        server.s.usage.Spend(usage_pb2.SpendRequest(amount_millicredits=1_000, request_id=f"b{i}", category="t"), metadata=md)
+        for i in range(5)
+    ))
+    assert len(results) == 5
+    assert await credits(server, user) == FREE - 6 * 1_000
+    assert server.app.writer.stats.retries > retries  # the dead connection was met, and retried
+
+
+async def test_postgres_write_back_refuses_over_long_values(pg_server: Running) -> None:
+    """The one-statement write-back passes strings as text[]: an over-long value
+    is refused by its varchar column, never cut to fit (a varchar(n) cast would)."""
+    assert pg_server.app is not None
+    db = pg_server.app.db
+    async with db.writer.connect() as conn:
+        tx = await conn.begin()
+        sql = await BatchSql.open(conn, is_sqlite=False)
+        await sql.select_in(idempotency, "key", ["probe"])  # opens the transaction
+        await sql.insert(idempotency, [{"key": "k" * 400, "fingerprint": "f", "response": b"{}", "created_at_us": 1}])
+        with pytest.raises(asyncpg.StringDataRightTruncationError):
+            await sql.send()
+        await tx.rollback()

@@ -46,6 +46,7 @@ class _Item:
 class WriterStats:
     batches: int = 0
     operations: int = 0
+    retries: int = 0  # batches run again after a lock conflict or a lost connection
     batch_sizes: collections.Counter[int] = field(default_factory=collections.Counter)
 
 
@@ -134,6 +135,7 @@ class LedgerWriter:
                 break
             except Exception as exc:
                 if attempt < 3 and is_retryable(exc):
+                    self.stats.retries += 1
                     log.info("batch retry after conflict: %s", type(exc).__name__)
                     await asyncio.sleep(0.005 * (attempt + 1))
                     continue
