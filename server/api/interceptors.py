@@ -77,15 +77,14 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
             inner = handler.unary_unary
 
             async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                started = time.perf_counter()
-                tokens: list[Any] = []
+                call = _Call()
                 try:
-                    enter(context, limiter, what, tokens)
+                    enter(call, context, limiter, what)
                     response = await inner(request, context)
                 except BaseException as exc:
-                    await leave(method, context, tokens, started, exc)
+                    await leave(call, method, context, exc)
                     raise
-                leave_ok(method, tokens, started, self.inflight)
+                call.done(method, "OK")
                 return response
 
             return grpc.unary_unary_rpc_method_handler(
@@ -95,23 +94,22 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
             inner_stream = handler.unary_stream
 
             async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-                started = time.perf_counter()
-                tokens: list[Any] = []
+                call = _Call()
                 try:
-                    enter(context, limiter, what, tokens)
+                    enter(call, context, limiter, what)
                     async for item in inner_stream(request, context):
                         yield item
                 except BaseException as exc:
-                    await leave(method, context, tokens, started, exc)
+                    await leave(call, method, context, exc)
                     raise
-                leave_ok(method, tokens, started, self.inflight)
+                call.done(method, "OK")
 
             return grpc.unary_stream_rpc_method_handler(
                 unary_stream, handler.request_deserializer, handler.response_serializer
             )
         return handler  # client streaming is not used by this API
 
-    def _enter(self, context: grpc.aio.ServicerContext, limiter: Any, what: str, tokens: list[Any]) -> None:
+    def _enter(self, call: _Call, context: grpc.aio.ServicerContext, limiter: Any, what: str) -> None:
         rid = value = ""
         for key, val in context.invocation_metadata() or ():
             if key == "authorization":
@@ -119,11 +117,11 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
             elif key == "x-request-id" and isinstance(val, str):
                 rid = val[:128]
         # Every log record of this call carries its request id (server/logs.py).
-        tokens.append(request_id_var.set(rid or new_request_id()))
+        call.tokens.append(request_id_var.set(rid or new_request_id()))
         who = self._authenticate(value)
-        tokens.append(current_principal.set(who))
+        call.tokens.append(current_principal.set(who))
         self.inflight.enter()
-        tokens.append(self.inflight)
+        call.inflight = self.inflight
         if limiter is not None:
             limiter.check(who.scope, what)
 
@@ -135,9 +133,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
             raise errors.Unauthenticated("authorization must be 'Bearer <token>'", reason="INVALID_TOKEN")
         return self.tokens.principal(token.strip())
 
-    async def _leave(
-        self, method: str, context: grpc.aio.ServicerContext, tokens: list[Any], started: float, exc: BaseException
-    ) -> None:
+    async def _leave(self, call: _Call, method: str, context: grpc.aio.ServicerContext, exc: BaseException) -> None:
         code = "INTERNAL"
         try:
             if isinstance(exc, errors.DomainError):
@@ -152,20 +148,26 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
                 log.exception("unexpected error in %s", method, exc_info=exc)
                 await abort(context, errors.DomainError("internal error", reason="INTERNAL"))
         finally:
-            _release(tokens, self.inflight)
-            METRICS.observe_rpc(method, code, time.perf_counter() - started)
+            call.done(method, code)
 
 
-def leave_ok(method: str, tokens: list[Any], started: float, inflight: Any) -> None:
-    _release(tokens, inflight)
-    METRICS.observe_rpc(method, "OK", time.perf_counter() - started)
+class _Call:
+    """What one call has taken and must give back: context variables set, and
+    its place among the calls in flight."""
 
+    __slots__ = ("inflight", "started", "tokens")
 
-def _release(tokens: list[Any], inflight: Any) -> None:
-    if len(tokens) > 2:
-        inflight.exit()
-    for token in reversed(tokens[:2]):
-        try:
-            token.var.reset(token)
-        except ValueError:  # a stream finalised in another context
-            pass
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+        self.tokens: list[Any] = []
+        self.inflight: Any = None
+
+    def done(self, method: str, code: str) -> None:
+        if self.inflight is not None:
+            self.inflight.exit()
+        for token in reversed(self.tokens):
+            try:
+                token.var.reset(token)
+            except ValueError:  # a stream finalised in another context
+                pass
+        METRICS.observe_rpc(method, code, time.perf_counter() - self.started)
