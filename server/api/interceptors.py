@@ -16,6 +16,7 @@ from server import errors
 from server.auth import TokenCache, current_principal
 from server.logs import new_request_id, request_id_var
 from server.metrics import METRICS
+from server.ratelimit import InFlight, RateLimiter
 
 log = logging.getLogger("server.api")
 
@@ -50,9 +51,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
     call's own context.
     """
 
-    def __init__(self, secret: str, issuer: str, limits: dict[str, Any], max_in_flight: int) -> None:
-        from server.ratelimit import InFlight
-
+    def __init__(self, secret: str, issuer: str, limits: dict[str, RateLimiter], max_in_flight: int) -> None:
         self.tokens = TokenCache(secret, issuer)
         self.limits = limits
         self.inflight = InFlight(max_in_flight)
@@ -109,7 +108,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
             )
         return handler  # client streaming is not used by this API
 
-    def _enter(self, call: _Call, context: grpc.aio.ServicerContext, limiter: Any, what: str) -> None:
+    def _enter(self, call: _Call, context: grpc.aio.ServicerContext, limiter: RateLimiter | None, what: str) -> None:
         rid = value = ""
         for key, val in context.invocation_metadata() or ():
             if key == "authorization":
@@ -160,7 +159,7 @@ class _Call:
     def __init__(self) -> None:
         self.started = time.perf_counter()
         self.tokens: list[Any] = []
-        self.inflight: Any = None
+        self.inflight: InFlight | None = None
 
     def done(self, method: str, code: str) -> None:
         if self.inflight is not None:

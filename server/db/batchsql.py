@@ -109,9 +109,17 @@ class BatchSql:
             out[g].append(row)
         return out
 
-    async def scalar(self, sqlite_sql: str, pg_sql: str, *args: Any) -> Any:
-        rows = await (self._sqlite_fetch(sqlite_sql, args) if self.is_sqlite else self._pg_fetch(pg_sql, *args))
-        return rows[0][0] if rows else None
+    async def column(self, sqlite_sql: str | None, pg_sql: str | None, *args: Any) -> list[Any]:
+        """The first column of the rows of a query, in this database's text."""
+        sql = sqlite_sql if self.is_sqlite else pg_sql
+        if sql is None:
+            raise ValueError("no query for this database")
+        rows = await (self._sqlite_fetch(sql, args) if self.is_sqlite else self._pg_fetch(sql, *args))
+        return [r[0] for r in rows]
+
+    async def scalar(self, sqlite_sql: str | None, pg_sql: str | None, *args: Any) -> Any:
+        values = await self.column(sqlite_sql, pg_sql, *args)
+        return values[0] if values else None
 
     async def insert(self, table: Table, rows: list[Row], *, skip: Iterable[str] = ()) -> None:
         """INSERT rows (SQLite: now; PostgreSQL: with the others at `send()`)."""

@@ -181,13 +181,13 @@ class LedgerTx:
         if self.is_sqlite:
             # BEGIN IMMEDIATE holds the write lock, so max(id) cannot move under us.
             if self._next_id == 0:
-                top = await self.sql.scalar("SELECT coalesce(max(id), 0) FROM transfers", "")
+                top = await self.sql.scalar("SELECT coalesce(max(id), 0) FROM transfers", None)
                 self._next_id = int(top)
             self._next_id += 1
             return self._next_id
         if not self._ids:
             q = "SELECT nextval('transfers_id_seq') FROM generate_series(1, 64)"
-            self._ids = [r[0] for r in await self.sql._pg_fetch(q)]
+            self._ids = await self.sql.column(None, q)
             self._ids.reverse()
         return self._ids.pop()
 
