@@ -13,11 +13,12 @@ import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
+import grpc
 import pytest
 from flownexus.billing.v1 import payments_pb2, refill_pb2, usage_pb2
 
 from server.clock import ManualClock, to_us
-from tests.harness import Running, auth, serving
+from tests.harness import Running, auth, expect_error, serving
 from tests.stripe_fake import StripeFake, event
 from tests.stripe_fixtures import stripe_settings
 from tests.test_refill import (
@@ -31,6 +32,7 @@ from tests.test_refill import (
     refill_payments,
     run_worker,
     save_card,
+    spend,
 )
 from tests.test_tiers import invoice
 
@@ -122,6 +124,55 @@ async def test_refund_clawback_below_threshold_enqueues_one_refill(tserver: Runn
     assert await charges_after(server, stripe_fake, before) == 1
     assert await refill_grants(server, user) == 1
     assert await in_flight_jobs(server, user) == 0
+
+
+async def test_disputed_account_never_auto_refills_until_the_dispute_is_won(
+    tserver: Running, stripe_fake: StripeFake
+) -> None:
+    """A dispute flags the account: the clawback that takes the balance below
+    the threshold queues nothing, re-enabling is refused, a card saved since
+    does not get charged either; the won dispute lifts the pause."""
+    server, user = tserver, "dee"
+    link = await server.s.payments.CreatePaymentLink(
+        payments_pb2.CreatePaymentLinkRequest(amount_cents=TEN, request_id="buy-1"), metadata=auth(user)
+    )
+    done = await stripe_fake.complete(link.payment_url.rsplit("/", 1)[-1])
+    pi = done["payment_intent"]
+    assert (await configure(server, user, threshold=150_000)).state == S.AUTO_REFILL_STATE_IDLE
+    before = len(charges(stripe_fake))
+
+    charge = await stripe_fake.charge_of(pi)
+    dispute = {"id": "dp_refill", "object": "dispute", "charge": charge["id"], "payment_intent": pi["id"],
+               "amount": TEN, "currency": "usd", "status": "needs_response"}
+    assert await stripe_fake.deliver(event("charge.dispute.created", dispute)) == 200
+    assert (await balance(server, user)).credits_millicredits == FREE  # 100 < 150 credits, yet:
+    assert await in_flight_jobs(server, user) == 0
+    cfg = await get(server, user)
+    assert cfg.state == S.AUTO_REFILL_STATE_PAUSED and cfg.paused_reason == "ACCOUNT_FLAGGED"
+    assert "dispute" in cfg.next_charge
+    assert (await balance(server, user)).auto_refill_paused_reason == "ACCOUNT_FLAGGED"
+    await spend(server, user, 10_000)
+    assert await charges_after(server, stripe_fake, before) == 0
+    await expect_error(configure(server, user, threshold=150_000), grpc.StatusCode.FAILED_PRECONDITION, "ACCOUNT_FLAGGED")
+
+    # A new card makes the config active again, but the worker's own gate still refuses to charge.
+    await save_card(server, stripe_fake, user, "pm_card_visa")
+    assert (await get(server, user)).state == S.AUTO_REFILL_STATE_IDLE
+    await spend(server, user, 10_000)
+    assert await in_flight_jobs(server, user) == 1
+    assert await charges_after(server, stripe_fake, before) == 0
+    cfg = await get(server, user)
+    assert cfg.state == S.AUTO_REFILL_STATE_PAUSED and cfg.paused_reason == "ACCOUNT_FLAGGED"
+    assert await in_flight_jobs(server, user) == 0
+
+    # Won: the credits come back, the pause lifts, and the next drop below the threshold refills once.
+    assert await stripe_fake.deliver(event("charge.dispute.closed", {**dispute, "status": "won"})) == 200
+    assert (await balance(server, user)).credits_millicredits == FREE - 20_000 + 100_000
+    assert (await get(server, user)).state == S.AUTO_REFILL_STATE_IDLE
+    await spend(server, user, 50_000)
+    assert await charges_after(server, stripe_fake, before) == 1
+    assert await refill_grants(server, user) == 1
+    assert (await balance(server, user)).credits_millicredits == FREE - 70_000 + 100_000 + 100_000
 
 
 async def test_purchase_card_recorded_from_the_session_alone(tserver: Running, stripe_fake: StripeFake) -> None:

@@ -32,6 +32,10 @@ Row = dict[str, Any]
 
 PAYMENT_METHOD_REQUIRED = "PAYMENT_METHOD_REQUIRED"
 AUTO_REFILL_FAILED = "AUTO_REFILL_FAILED"
+# A disputed payment flagged the account: charging the same cardholder again
+# while they dispute a charge invites more disputes, so refills wait for the
+# dispute to be won.
+ACCOUNT_FLAGGED = "ACCOUNT_FLAGGED"
 
 
 @dataclass
@@ -71,6 +75,8 @@ def skip_set(tx: LedgerTx) -> set[str]:
 # payments service's EventRouter in server/wiring.py) ----
 
 async def on_stripe_event(tx: LedgerTx, etype: str, payment: Row | None, obj: Row) -> None:
+    if payment is not None and etype.startswith("charge.dispute."):
+        await _follow_account_flag(tx, payment["user_id"])
     if payment is not None and payment["kind"] == "auto_refill":
         if etype == "payment_intent.succeeded":
             job = await repo.job_by_payment(tx.conn, payment["id"])
@@ -89,6 +95,25 @@ async def on_stripe_event(tx: LedgerTx, etype: str, payment: Row | None, obj: Ro
         si_id = str(si.get("id") if isinstance(si, dict) else si or "")
         if user and si_id:
             await _saved_card(tx, user, setup_intent_id=si_id)
+
+async def _follow_account_flag(tx: LedgerTx, user: str) -> None:
+    """Pause an active refill while a dispute flags the account; resume one
+    paused for that reason once the flag is lifted (dispute won). Refills
+    paused for other reasons keep their own reason."""
+    await tx.wallet(user)
+    flagged = tx.user(user)["flagged_reason"]
+    cfg = await repo.config(tx.conn, user)
+    if cfg is None:
+        return
+    if flagged and cfg["state"] == repo.ACTIVE:
+        await repo.update_config(tx.conn, user, state=repo.PAUSED, paused_reason=ACCOUNT_FLAGGED, updated_at_us=tx.now_us)
+        if cfg["enabled"]:
+            tx.notify(BalanceEvent(user_id=user, kind="refill_paused",
+                                   message=f"Auto-refill paused ({ACCOUNT_FLAGGED}): a payment on this account is disputed"))
+    elif not flagged and cfg["state"] == repo.PAUSED and cfg["paused_reason"] == ACCOUNT_FLAGGED:
+        await repo.update_config(tx.conn, user, state=repo.ACTIVE, paused_reason="", updated_at_us=tx.now_us)
+        log.info("auto-refill resumed after a won dispute", extra={"user_id": user})
+
 
 async def _saved_card(tx: LedgerTx, user: str, *, payment_method_id: str = "", setup_intent_id: str = "") -> None:
     """A card the user just saved or paid with: remember it, and resume a
@@ -220,6 +245,11 @@ class RefillService:
                 self._same_request(tx.stored[key][0], fingerprint, request_id)
                 return
             await tx.wallet(user)  # the trigger hook sees this wallet: enabling below the threshold refills
+            if enabled and tx.user(user)["flagged_reason"]:
+                raise errors.FailedPrecondition(
+                    "auto-refill cannot be enabled while a payment dispute on this account is open",
+                    reason=ACCOUNT_FLAGGED,
+                )
             cfg = await repo.config(tx.conn, user)
             exists = cfg is not None
             row = cfg or repo.new_config(user, tx.now_us)
@@ -344,6 +374,8 @@ class RefillService:
     def _next_charge(self, cfg: Row, state: str, credits: int, used: int, next_retry: int) -> str:
         if state == "disabled":
             return "Auto-refill is off."
+        if state == "paused" and cfg["paused_reason"] == ACCOUNT_FLAGGED:
+            return f"Paused ({ACCOUNT_FLAGGED}): resumes by itself when the payment dispute is won."
         if state == "paused":
             return f"Paused ({cfg['paused_reason']}): update the card or re-enable auto-refill to resume."
         if state == "action_required":

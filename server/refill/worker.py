@@ -21,6 +21,7 @@ from server.payments import repository as payrepo
 from server.payments import webhooks
 from server.refill import repository as repo
 from server.refill.service import (
+    ACCOUNT_FLAGGED,
     AUTO_REFILL_FAILED,
     PAYMENT_METHOD_REQUIRED,
     RefillService,
@@ -108,6 +109,9 @@ class RefillWorker:
             return None
         if wallet["balance"] >= cfg["threshold"]:
             await self._end(tx, job, "skipped", "balance is above the threshold again")
+            return None
+        if tx.user(user)["flagged_reason"]:  # queued before the dispute, or a card saved since
+            await self._pause(tx, job, ACCOUNT_FLAGGED, "a payment on this account is disputed")
             return None
         if not cfg["payment_method_id"] and not cfg["setup_intent_id"]:
             await self._pause(tx, job, PAYMENT_METHOD_REQUIRED, "no saved card")
