@@ -209,11 +209,15 @@ async def run_client(cfg: dict[str, Any], server: Server | None = None) -> dict[
     pids = {"server": [server.pid] if server else [], "client": [p.pid for p in procs]}
     cpu0 = {k: sum(cpu_seconds(p) for p in v) for k, v in pids.items()}
     cpu1 = dict(cpu0)
-    if PROFILE and server is not None and shutil.which("py-spy", path=str(Path(PY).parent)):
+    if PROFILE and server is not None and not shutil.which("py-spy", path=str(Path(PY).parent)):
+        log("BENCH_PROFILE is set but py-spy is not in the virtual environment: no profile")
+    elif PROFILE and server is not None:
         out = PROFILE_DIR / f"profile-{cfg.get('tag', 'c')}-{server.pid}.txt"
         spy = await asyncio.create_subprocess_exec(
             str(Path(PY).parent / "py-spy"), "record", "-p", str(server.pid), "-d", str(int(cfg["duration"])),
-            "-f", "raw", "-r", os.environ.get("BENCH_PROFILE_RATE", "100"), "-o", str(out), *(["--native"] if os.environ.get("BENCH_PROFILE") == "native" else ["--nonblocking"]), stdout=asyncio.subprocess.DEVNULL)
+            "-f", "raw", "--threads", "-r", os.environ.get("BENCH_PROFILE_RATE", "100"), "-o", str(out),
+            *(["--native"] if os.environ.get("BENCH_PROFILE") == "native" else ["--nonblocking"]),
+            stdout=asyncio.subprocess.DEVNULL)
     while not all(t.done() for t in waiting):
         await asyncio.wait(waiting, timeout=0.5)
         if server is not None:
@@ -348,9 +352,9 @@ async def watch_phase(workdir: Path) -> dict[str, Any]:
             procs.append(await asyncio.create_subprocess_exec(
                 PY, "-m", "bench.client", json.dumps(c), cwd=ROOT, stdout=asyncio.subprocess.PIPE))
         ready = 0
-        for p in procs:
-            assert p.stdout
-            ready += json.loads((await p.stdout.readline()).decode())["ready"]
+        for proc in procs:
+            assert proc.stdout
+            ready += json.loads((await proc.stdout.readline()).decode())["ready"]
         open_s = time.perf_counter() - began
         idle_rss = server.rss()
         log(f"watch: {ready:,} streams ready in {open_s:.1f}s, server RSS {idle_rss:.0f} MB; spending")
@@ -376,7 +380,7 @@ async def watch_phase(workdir: Path) -> dict[str, Any]:
             await asyncio.wait(waiting, timeout=0.5)
             peak = max(peak, server.rss())
         for c in cfgs:
-            results.append(json.loads(await asyncio.to_thread(Path(c["out"]).read_text)))
+            results.append(json.loads(await asyncio.to_thread(Path(str(c["out"])).read_text)))
         delays = [d for r in results for d in r["delays"]]
         out = {
             "subscribers": WATCHERS, "ready": sum(r["ready"] for r in results),
