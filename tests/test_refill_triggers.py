@@ -18,6 +18,8 @@ import pytest
 from flownexus.billing.v1 import payments_pb2, refill_pb2, usage_pb2
 
 from server.clock import ManualClock, to_us
+from server.ledger.ops import Call
+from server.refill import repository as refill_repo
 from tests.harness import Running, auth, expect_error, serving
 from tests.stripe_fake import StripeFake, event
 from tests.stripe_fixtures import stripe_settings
@@ -155,9 +157,16 @@ async def test_disputed_account_never_auto_refills_until_the_dispute_is_won(
     assert await charges_after(server, stripe_fake, before) == 0
     await expect_error(configure(server, user, threshold=150_000), grpc.StatusCode.FAILED_PRECONDITION, "ACCOUNT_FLAGGED")
 
-    # A new card makes the config active again, but the worker's own gate still refuses to charge.
+    # A new card is remembered but does not lift the pause.
     await save_card(server, stripe_fake, user, "pm_card_visa")
-    assert (await get(server, user)).state == S.AUTO_REFILL_STATE_IDLE
+    cfg = await get(server, user)
+    assert cfg.state == S.AUTO_REFILL_STATE_PAUSED and cfg.paused_reason == "ACCOUNT_FLAGGED"
+
+    # An account flagged before this rule existed kept an active config: the worker's own gate
+    # refuses to charge it and pauses it.
+    assert server.app is not None
+    await server.app.writer.submit(Call(fn=lambda tx: refill_repo.update_config(
+        tx.conn, user, state=refill_repo.ACTIVE, paused_reason="", updated_at_us=tx.now_us)))
     await spend(server, user, 10_000)
     assert await in_flight_jobs(server, user) == 1
     assert await charges_after(server, stripe_fake, before) == 0

@@ -96,12 +96,20 @@ async def on_stripe_event(tx: LedgerTx, etype: str, payment: Row | None, obj: Ro
         if user and si_id:
             await _saved_card(tx, user, setup_intent_id=si_id)
 
+async def _flagged(tx: LedgerTx, user: str) -> bool:
+    # Read without loading the wallet: a loaded wallet would run the refill
+    # trigger on this transaction, and a webhook is not a balance change.
+    if user in tx.users:
+        return bool(tx.user(user)["flagged_reason"])
+    found = await tx.conn.execute(select(users.c.flagged_reason).where(users.c.user_id == user))
+    return bool(found.scalar())
+
+
 async def _follow_account_flag(tx: LedgerTx, user: str) -> None:
     """Pause an active refill while a dispute flags the account; resume one
     paused for that reason once the flag is lifted (dispute won). Refills
     paused for other reasons keep their own reason."""
-    await tx.wallet(user)
-    flagged = tx.user(user)["flagged_reason"]
+    flagged = await _flagged(tx, user)
     cfg = await repo.config(tx.conn, user)
     if cfg is None:
         return
@@ -117,7 +125,8 @@ async def _follow_account_flag(tx: LedgerTx, user: str) -> None:
 
 async def _saved_card(tx: LedgerTx, user: str, *, payment_method_id: str = "", setup_intent_id: str = "") -> None:
     """A card the user just saved or paid with: remember it, and resume a
-    refill paused for card trouble (the user fixed the method)."""
+    refill paused for card trouble (the user fixed the method), unless a
+    dispute flags the account."""
     cfg = await repo.config(tx.conn, user)
     exists = cfg is not None
     row = cfg or repo.new_config(user, tx.now_us)
@@ -127,6 +136,11 @@ async def _saved_card(tx: LedgerTx, user: str, *, payment_method_id: str = "", s
         row.update(payment_method_id=payment_method_id, setup_intent_id=None)
     if setup_intent_id:
         row.update(setup_intent_id=setup_intent_id)
+    if await _flagged(tx, user):
+        # A new card does not lift a dispute's pause; the won dispute does.
+        row.update(state=repo.PAUSED, paused_reason=ACCOUNT_FLAGGED, recovery_url="", updated_at_us=tx.now_us)
+        await repo.upsert_config(tx.conn, row, exists=exists)
+        return
     resumed = row["state"] != repo.ACTIVE
     row.update(state=repo.ACTIVE, paused_reason="", recovery_url="", updated_at_us=tx.now_us)
     await repo.upsert_config(tx.conn, row, exists=exists)

@@ -110,7 +110,7 @@ class RefillWorker:
         if wallet["balance"] >= cfg["threshold"]:
             await self._end(tx, job, "skipped", "balance is above the threshold again")
             return None
-        if tx.user(user)["flagged_reason"]:  # queued before the dispute, or a card saved since
+        if tx.user(user)["flagged_reason"]:  # e.g. a config an older release left active on a flagged account
             await self._pause(tx, job, ACCOUNT_FLAGGED, "a payment on this account is disputed")
             return None
         if not cfg["payment_method_id"] and not cfg["setup_intent_id"]:
