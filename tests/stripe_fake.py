@@ -410,7 +410,10 @@ class StripeFake:
     async def charge_of(self, pi: dict[str, Any]) -> dict[str, Any]:
         charge = pi["latest_charge"]
         cid = charge["id"] if isinstance(charge, dict) else charge
-        return await self.api("GET", f"/v1/charges/{cid}")
+        found = await self.api("GET", f"/v1/charges/{cid}")
+        # localstripe has no receipts; Stripe gives every card charge one.
+        found.setdefault("receipt_url", f"https://pay.stripe.test/receipts/{cid}")
+        return found
 
     async def refund(self, pi: dict[str, Any], amount_cents: int | None = None) -> dict[str, Any]:
         """Refund in localstripe; returns the charge as charge.refunded carries it."""

@@ -292,6 +292,29 @@ async def test_lost_webhook_is_credited_by_reconciliation(stripe_server: Running
     assert (await payment(server, user, unpaid.payment_id)).status == payments_pb2.PAYMENT_STATUS_EXPIRED
 
 
+@pytest.mark.parametrize("linked_by", ["payment_intent.succeeded", "checkout.session.completed"])
+async def test_receipt_of_a_charge_event_that_came_first(
+    stripe_server: Running, stripe_fake: StripeFake, linked_by: str
+) -> None:
+    """Stripe often sends charge.succeeded before anything tells us which
+    payment its PaymentIntent belongs to: the event is stored unmatched, and
+    its receipt is picked up once the payment is linked."""
+    server, user = stripe_server, "rita"
+    link = await create_link(server, user, 1_500)
+    session = session_of(stripe_fake, link)
+    pi = await stripe_fake.pay(session["id"])
+    charge = await stripe_fake.charge_of(pi)
+    assert await deliver(server, event("charge.succeeded", charge)) == 200
+    p = await payment(server, user, link.payment_id)
+    assert p.status == payments_pb2.PAYMENT_STATUS_PENDING and p.invoice_url == ""
+    linking = pi if linked_by == "payment_intent.succeeded" else copy.deepcopy(session)
+    assert await deliver(server, event(linked_by, linking)) == 200
+    p = await payment(server, user, link.payment_id)
+    assert p.status == payments_pb2.PAYMENT_STATUS_PAID
+    assert p.invoice_url == charge["receipt_url"] and charge["receipt_url"].endswith(charge["id"])
+    assert await credits(server, user) == FREE + 150_000
+
+
 # ---- refunds and disputes ------------------------------------------------------------------
 
 

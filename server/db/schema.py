@@ -183,6 +183,10 @@ webhook_events = Table(
     Column("outcome", String(64), nullable=False, default=""),
     Column("payload", Text, nullable=False),
     Column("received_at_us", BigInteger, nullable=False),
+    # charge.* events: the charge's PaymentIntent. A charge.succeeded that comes
+    # before its payment is linked to the PaymentIntent is found again by it.
+    Column("stripe_ref", String(255), nullable=True),
+    Index("ix_webhook_events_stripe_ref", "stripe_ref"),
 )
 
 # ---- tiers and earnings (issue 5) -----------------------------------------------

@@ -4,6 +4,7 @@ reader engine."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from sqlalchemy import and_, insert, or_, select, update
@@ -95,6 +96,24 @@ async def event_seen(conn: AsyncConnection, event_id: str) -> bool:
 
 async def store_event(conn: AsyncConnection, row: Row) -> None:
     await conn.execute(insert(webhook_events).values(**row))
+
+
+async def early_receipt(conn: AsyncConnection, payment_intent_id: str) -> tuple[str, str] | None:
+    """(charge id, receipt URL) of a charge event of this PaymentIntent that
+    arrived before the payment knew the PaymentIntent, newest first."""
+    q = (
+        select(webhook_events.c.payload)
+        .where(webhook_events.c.stripe_ref == payment_intent_id, webhook_events.c.outcome == "unmatched")
+        .order_by(webhook_events.c.created.desc(), webhook_events.c.received_at_us.desc())
+    )
+    for (payload,) in (await conn.execute(q)).all():
+        try:
+            charge = json.loads(payload)["data"]["object"]
+        except (ValueError, KeyError, TypeError):
+            continue
+        if isinstance(charge, dict) and charge.get("receipt_url"):
+            return str(charge.get("id") or ""), str(charge["receipt_url"])
+    return None
 
 
 async def list_for_user(

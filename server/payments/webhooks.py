@@ -113,6 +113,11 @@ async def mark_paid(tx: LedgerTx, p: Row, **refs: str) -> bool:
     user = p["user_id"]
     await tx.wallet(user)  # loads (and locks) the wallet and user row for what follows
     await _set(tx, p, **_refs(p, **refs))
+    if not p["receipt_url"] and p["payment_intent_id"]:
+        # Stripe often sends charge.succeeded first, before anything links the payment to its PaymentIntent.
+        early = await repo.early_receipt(tx.conn, p["payment_intent_id"])
+        if early is not None:
+            await _set(tx, p, **_refs(p, charge_id=early[0], receipt_url=early[1]))
     if p["status"] in CREDITED:
         return False
     key = grant_key(p["id"])
@@ -341,10 +346,12 @@ async def handle_event(router: EventRouter, tx: LedgerTx, event: Row, raw: bytes
     if await repo.event_seen(tx.conn, event_id):
         return "duplicate"
     etype = str(event.get("type") or "")
-    obj = (event.get("data") or {}).get("object") or {}
-    payment, outcome = await _dispatch(router, tx, etype, obj if isinstance(obj, dict) else {})
+    raw_obj = (event.get("data") or {}).get("object") or {}
+    obj: Row = raw_obj if isinstance(raw_obj, dict) else {}
+    payment, outcome = await _dispatch(router, tx, etype, obj)
     for hook in router.hooks:
-        await hook(tx, etype, payment, obj if isinstance(obj, dict) else {})
+        await hook(tx, etype, payment, obj)
+    charge_pi = _id(obj.get("payment_intent"))[:255] if etype.startswith("charge.") else ""
     await repo.store_event(
         tx.conn,
         {
@@ -355,6 +362,7 @@ async def handle_event(router: EventRouter, tx: LedgerTx, event: Row, raw: bytes
             "outcome": outcome[:64],
             "payload": raw.decode("utf-8", "replace") if raw else json.dumps(event),
             "received_at_us": tx.now_us,
+            "stripe_ref": charge_pi or None,
         },
     )
     return outcome
