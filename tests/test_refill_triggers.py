@@ -2,7 +2,8 @@
 charge.refunded webhook) and the end of a monthly allowance (ManualClock across
 the month boundary) each enqueue exactly one refill when they leave the balance
 below the threshold, and the worker charges it exactly once. Also: the card a
-payment-mode Checkout saved (setup_future_usage=off_session) is the one refills charge.
+payment-mode Checkout saved (setup_future_usage=off_session) is the one refills charge,
+and an account flagged by a dispute is never refilled until the dispute is won.
 
 Real server on loopback, localstripe behind the Checkout fake, SQLite and
 PostgreSQL; the ledger audit runs after each test."""
