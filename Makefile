@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PROTO_FILES := $(wildcard protos/flownexus/billing/v1/*.proto)
 
-.PHONY: run test test-sqlite test-postgres generate check-generated lint proto-breaking proto-image client bench soak demo clean
+.PHONY: run test test-calendar test-sqlite test-postgres generate check-generated lint proto-breaking proto-image client bench soak demo clean
 
 # The last released proto contract; `buf breaking` compares the protos against it.
 PROTO_IMAGE := images/v0.1.0.binpb
@@ -23,6 +23,19 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# The period-sensitive tests again under a shifted wall clock (Debian's faketime),
+# at two boundary dates: their results must not depend on the day they run.
+CALENDAR_TESTS := tests/test_calendar.py tests/test_tier_calendar.py tests/test_refill_calendar.py \
+	tests/test_tiers.py tests/test_refill.py tests/test_earnings.py tests/test_usage.py tests/test_model.py
+CALENDAR_DATES := '2027-01-31 23:59:50' '2028-02-29 23:59:50'
+
+test-calendar: $(STAMP)
+	@command -v faketime >/dev/null || (echo "faketime is missing: apt-get install faketime" && exit 1)
+	@for when in $(CALENDAR_DATES); do \
+		echo "== faketime '$$when'"; \
+		faketime "$$when" $(PY) -m pytest -q -p no:cacheprovider $(CALENDAR_TESTS) || exit 1; \
+	done
 
 generate: $(STAMP)
 	rm -rf generated/flownexus

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_US = timedelta(microseconds=1)
 
 
 class Clock:
@@ -21,16 +24,22 @@ class ManualClock(Clock):
     def set(self, when: datetime) -> None:
         self._now = to_us(when)
 
+    def set_us(self, now_us: int) -> None:
+        self._now = now_us
+
     def advance(self, seconds: float) -> None:
         self._now += int(seconds * 1_000_000)
 
 
 def to_us(when: datetime) -> int:
-    return int(when.timestamp() * 1_000_000)
+    # Exact integer math: float timestamps can be a microsecond off. Naive means UTC.
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return (when - _EPOCH) // _US
 
 
 def from_us(us: int) -> datetime:
-    return datetime.fromtimestamp(us / 1_000_000, tz=UTC)
+    return _EPOCH + timedelta(microseconds=us)
 
 
 def month_bounds(now_us: int) -> tuple[int, int]:

@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from server.clock import ManualClock
-from tests.harness import Running, database, postgres_available, serving
+from server.clock import ManualClock, to_us
+from tests.harness import PINNED_START, Running, database, postgres_available, serving
 
 pytest_plugins = ["tests.stripe_fixtures"]
 
@@ -33,7 +33,9 @@ def db_kind(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def clock() -> ManualClock:
-    return ManualClock()
+    """The service's clock, pinned: no test takes an expectation from today's date.
+    Tests about a period boundary set their own instant (`clock.set`)."""
+    return ManualClock(to_us(PINNED_START))
 
 
 @pytest.fixture

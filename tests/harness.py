@@ -10,6 +10,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,10 @@ from server.clock import ManualClock
 from server.config import Settings
 from server.ledger.verify import verify
 from server.wiring import build
+
+# Where every test's service clock starts unless the test sets its own: a fixed
+# instant in the middle of a 31-day month, far from every period boundary.
+PINNED_START = datetime(2031, 3, 14, 9, 26, 53, tzinfo=UTC)
 
 JWT_SECRET = "test-secret-0123456789-0123456789-abcdef"
 PG_DSN = os.environ.get("BILLING_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")

@@ -3,8 +3,10 @@
 An in-memory model of balances, lots (allowance per period, earned), holds
 and tiers is checked against the real service after every step: credits,
 pending, every lot, tier. Rules: Spend (with and without revenue share),
-Reserve, Capture, Release, Award, advance the clock past the month, expire
-holds. Failures shrink to a minimal sequence of calls.
+Reserve, Capture, Release, Award, advance the clock by days, move it to just
+before, exactly onto or just after the end of the month, expire holds. Holds
+live long enough to be captured, released or expired in the next period.
+Failures shrink to a minimal sequence of calls.
 
 The service runs in a background thread with its own event loop (one server
 for the whole run); the state machine calls it through a synchronous channel.
@@ -53,6 +55,8 @@ from tests.harness import Running, auth, database
 FREE = 100_000
 SHARE = 70
 HOLD_TTL_S = 60
+# A hold of this TTL outlives a move onto the next month's first instant.
+LONG_TTL_S = 3 * 86_400
 START = datetime(2030, 1, 20, 12, 0, tzinfo=UTC)
 LOT_RANK = {"allowance": 0, "earned": 1, "purchased": 2}
 KIND_PB = {"allowance": common_pb2.LOT_KIND_ALLOWANCE, "earned": common_pb2.LOT_KIND_EARNED, "purchased": common_pb2.LOT_KIND_PURCHASED}
@@ -103,10 +107,17 @@ class Wallet:
     period_end: int = 0
     tier: str = "free"
 
-    def take(self, amount: int) -> list[tuple[str, int, int]]:
-        """Draw from lots in spend order: allowance (soonest expiry first), earned, purchased."""
+    def take(self, amount: int, first: list[tuple[str, int, int]] | None = None) -> list[tuple[str, int, int]]:
+        """Draw from lots in spend order: allowance (soonest expiry first), earned,
+        purchased; `first` (a hold's own lots, whatever their period) before them."""
         take = max(self.balance, 0) - max(self.balance - amount, 0)
         used = []
+        for kind, exp, part in sorted(first or (), key=lambda p: (LOT_RANK[p[0]], p[1] == 0, p[1])):
+            part = min(part, take, self.lots.get((kind, exp), 0))
+            if part > 0:
+                self.lots[(kind, exp)] -= part
+                used.append((kind, exp, part))
+                take -= part
         for (kind, exp), rem in sorted(self.lots.items(), key=lambda kv: (LOT_RANK[kv[0][0]], kv[0][1] == 0, kv[0][1])):
             if take == 0:
                 break
@@ -207,10 +218,10 @@ class LedgerMachine(RuleBasedStateMachine):
             self.touch(other).give(amount * SHARE // 100, "earned")
         assert resp.credits_millicredits == w.balance
 
-    @rule(who=st.integers(0, 1), amount=st.integers(1, 60_000))
-    def reserve(self, who: int, amount: int) -> None:
+    @rule(who=st.integers(0, 1), amount=st.integers(1, 60_000), ttl=st.sampled_from([HOLD_TTL_S, LONG_TTL_S]))
+    def reserve(self, who: int, amount: int, ttl: int) -> None:
         user = self.users[who]
-        req = usage_pb2.ReserveRequest(amount_millicredits=amount, request_id=self.rid(), ttl=Duration(seconds=HOLD_TTL_S))
+        req = usage_pb2.ReserveRequest(amount_millicredits=amount, request_id=self.rid(), ttl=Duration(seconds=ttl))
         resp, err = self.call(self.svc.usage.Reserve, req, auth(user))
         w = self.touch(user)
         if w.balance < amount:
@@ -219,15 +230,17 @@ class LedgerMachine(RuleBasedStateMachine):
         assert resp is not None, err
         parts = w.take(amount)
         w.pending += amount
-        self.holds[resp.hold.id] = (user, amount, parts, self.now() + HOLD_TTL_S * 1_000_000)
+        self.holds[resp.hold.id] = (user, amount, parts, self.now() + ttl * 1_000_000)
 
-    def _settle(self, hold_id: str) -> tuple[str, int, Wallet]:
+    def _settle(self, hold_id: str, captured: int = 0) -> tuple[str, int, Wallet]:
+        """The hold goes back into the lots it came from; a capture is then paid
+        from exactly those lots, and what is left of an ended period expires."""
         user, amount, parts, _ = self.holds.pop(hold_id)
         w = self.wallets[user]
         w.pending -= amount
         w.give(amount, "purchased", 0, parts)
-        # Allowance returned into an ended period expires at once.
-        self.touch(user)
+        if captured:
+            w.take(captured, parts)
         return user, amount, w
 
     @precondition(lambda self: self.holds)
@@ -243,11 +256,10 @@ class LedgerMachine(RuleBasedStateMachine):
         )
         resp, err = self.call(self.svc.usage.Capture, req, auth(user))
         assert resp is not None, err
-        _, _, w = self._settle(hold_id)
-        if cap:
-            w.take(cap)
-            if share and cap * SHARE // 100 > 0:
-                self.touch(other).give(cap * SHARE // 100, "earned")
+        _, _, w = self._settle(hold_id, cap)
+        if share and cap * SHARE // 100 > 0:
+            self.touch(other).give(cap * SHARE // 100, "earned")
+        self.touch(user)  # allowance returned into an ended period expires at once
         assert resp.credits_millicredits == w.balance
 
     @precondition(lambda self: self.holds)
@@ -258,6 +270,7 @@ class LedgerMachine(RuleBasedStateMachine):
         resp, err = self.call(self.svc.usage.Release, usage_pb2.ReleaseRequest(hold_id=hold_id, request_id=self.rid()), auth(user))
         assert resp is not None, err
         _, _, w = self._settle(hold_id)
+        self.touch(user)
         assert resp.credits_millicredits == w.balance
 
     @rule(who=st.integers(0, 1), amount=st.integers(1, 50_000))
@@ -277,13 +290,19 @@ class LedgerMachine(RuleBasedStateMachine):
     def advance_clock(self, days: int) -> None:
         self.svc.clock.advance(days * 86_400)
 
+    @rule(edge=st.sampled_from([-1, 0, 1]))
+    def to_month_end(self, edge: int) -> None:
+        """Onto the next month's first instant, or a microsecond before or after it."""
+        self.svc.clock.set_us(month_bounds(self.now())[1] + edge)
+
     @rule()
     def expire_holds(self) -> None:
         self.svc.clock.advance(HOLD_TTL_S + 1)
         self.svc.expire_holds()
         for hold_id, (_, _, _, expires) in list(self.holds.items()):
             if expires <= self.now():
-                self._settle(hold_id)
+                user = self._settle(hold_id)[0]
+                self.touch(user)
 
     # ---- the comparison after every step -----------------------------------------------
 

@@ -13,6 +13,7 @@ from sqlalchemy import func, select
 from server import errors
 from server.db.schema import transfers
 from server.ledger.model import (
+    SPEND_ORDER,
     SYSTEM_EARNINGS,
     SYSTEM_HOLDS,
     SYSTEM_REVENUE,
@@ -224,7 +225,9 @@ class Reserve(Op[HoldResult]):
         return HoldResult(hold_view(hold), wallet["balance"], TransferView.of(row, wallet["id"]))
 
 
-async def _release(tx: LedgerTx, hold: Row, amount: int, key: str, status: HoldStatus, why: str) -> Row | None:
+async def _release(
+    tx: LedgerTx, hold: Row, amount: int, key: str, status: HoldStatus, why: str, *, roll_over: bool = True
+) -> Row | None:
     """Return `amount` of an active hold to the wallet, into the lots it came from."""
     tx.add_pending(hold["account_id"], -hold["amount"])
     tx.update_hold(hold["id"], status=str(status), resolved_at_us=tx.now_us)
@@ -243,7 +246,8 @@ async def _release(tx: LedgerTx, hold: Row, amount: int, key: str, status: HoldS
     )
     # Allowance that went back into a lot whose period has ended expires now,
     # not at the user's next write: balances never show stale allowance.
-    await tx.roll_over(hold["user_id"])
+    if roll_over:
+        await tx.roll_over(hold["user_id"])
     return row
 
 
@@ -286,9 +290,15 @@ class Capture(Op[HoldResult]):
                 metadata={"held_millicredits": hold["amount"], "requested_millicredits": self.amount},
             )
         key = _transfer_key(self.idempotency, f"capture:{hold['id']}")
-        # Give the whole hold back, then spend the captured part: the wallet's
-        # history shows the spend, and lots are drawn in the usual order.
-        await _release(tx, hold, hold["amount"], f"{key}:release", HoldStatus.CAPTURED, "Hold settled")
+        # Give the whole hold back, then spend the captured part from exactly the
+        # lots the hold set aside, whatever their period: the wallet's history
+        # shows the spend, and only the uncaptured rest can expire with its lot.
+        # In spend order, so that a partial capture returns the longest-lived credits.
+        held_lots = sorted(
+            json.loads(hold["lots"]),
+            key=lambda lot: (SPEND_ORDER.index(LotKind(lot[0])), lot[1] == 0, lot[1]),
+        )
+        await _release(tx, hold, hold["amount"], f"{key}:release", HoldStatus.CAPTURED, "Hold settled", roll_over=False)
         tx.update_hold(hold["id"], captured=self.amount)
         wallet = tx.accounts[hold["account_id"]]
         row = None
@@ -303,8 +313,10 @@ class Capture(Op[HoldResult]):
                 category=hold["category"],
                 ref=hold["id"],
                 allow_negative=True,
+                from_lots=held_lots,
             )
             await _pay_publisher(tx, self.share, self.amount, key, hold["category"])
+        await tx.roll_over(hold["user_id"])
         return HoldResult(hold_view(hold), wallet["balance"], TransferView.of(row, wallet["id"]) if row else None)
 
 

@@ -352,6 +352,7 @@ class LedgerTx:
         lot_expiry: int | None = None,
         lot_kind: LotKind | None = None,
         restore_lots: list[list[Any]] | None = None,
+        from_lots: list[list[Any]] | None = None,
     ) -> Row:
         if amount <= 0:
             raise errors.InvalidAmount("amount must be positive")
@@ -370,7 +371,7 @@ class LedgerTx:
                         "shortfall_millicredits": amount - max(available, 0),
                     },
                 )
-            self._consume_lots(debit, amount, lot_order, lot_expiry)
+            self._consume_lots(debit, amount, lot_order, lot_expiry, from_lots)
         if credit["balance"] > INT64_MAX - amount:
             raise errors.InvalidAmount("amount would overflow the balance")
         if credit["kind"] == "wallet":
@@ -434,12 +435,30 @@ class LedgerTx:
         return lot
 
     def _consume_lots(
-        self, wallet: Row, amount: int, order: tuple[LotKind, ...], only_expiry: int | None
+        self,
+        wallet: Row,
+        amount: int,
+        order: tuple[LotKind, ...],
+        only_expiry: int | None,
+        first: list[list[Any]] | None = None,
     ) -> list[list[Any]]:
         """Take `amount` from the wallet's lots; lots cover only the positive
-        part of a balance, so an overdraft consumes what is left and no more."""
+        part of a balance, so an overdraft consumes what is left and no more.
+        `first` names [kind, expiry, part] lots to draw from before the usual
+        order, whatever their period (a capture pays from its hold's own lots)."""
         take = max(wallet["balance"], 0) - max(wallet["balance"] - amount, 0)
         used: list[list[Any]] = []
+        for lot_kind, lot_expiry, part in first or ():
+            lot = next(
+                (x for x in self.lots[wallet["id"]] if x["kind"] == lot_kind and x["expires_at_us"] == lot_expiry), None
+            )
+            part = min(part, take, lot["remaining"] if lot else 0)
+            if lot is None or part <= 0:
+                continue
+            self._set(lot, "remaining", lot["remaining"] - part)
+            self._touch_lot(lot)
+            used.append([lot["kind"], lot["expires_at_us"], part])
+            take -= part
         for kind in order:
             candidates = sorted(
                 (lot for lot in self.lots[wallet["id"]] if lot["kind"] == kind and lot["remaining"] > 0),

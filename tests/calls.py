@@ -1,0 +1,64 @@
+"""Small client calls that many tests make, through the generated stubs."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from flownexus.billing.v1 import balance_pb2, common_pb2, history_pb2, usage_pb2
+from google.protobuf.duration_pb2 import Duration
+
+from tests.harness import Running, auth
+
+# The free tier's 100 credits, in millicredits.
+FREE = 100_000
+DAY_S = 86_400
+
+
+def utc(*args: int) -> datetime:
+    return datetime(*args, tzinfo=UTC)  # type: ignore[misc]
+
+
+async def balance(server: Running, user: str) -> balance_pb2.GetBalanceResponse:
+    return await server.s.balance.GetBalance(balance_pb2.GetBalanceRequest(user_id=user), metadata=auth(user))
+
+
+async def credits(server: Running, user: str) -> int:
+    return int((await balance(server, user)).credits_millicredits)
+
+
+async def spend(server: Running, user: str, amount: int, request_id: str, **fields: Any) -> usage_pb2.SpendResponse:
+    req = usage_pb2.SpendRequest(amount_millicredits=amount, request_id=request_id, **fields)
+    return await server.s.usage.Spend(req, metadata=auth(user))
+
+
+async def reserve(server: Running, user: str, amount: int, request_id: str, *, ttl_s: int = 900) -> usage_pb2.Hold:
+    req = usage_pb2.ReserveRequest(amount_millicredits=amount, request_id=request_id, ttl=Duration(seconds=ttl_s))
+    return (await server.s.usage.Reserve(req, metadata=auth(user))).hold
+
+
+async def capture(server: Running, user: str, hold_id: str, amount: int, request_id: str) -> usage_pb2.CaptureResponse:
+    req = usage_pb2.CaptureRequest(hold_id=hold_id, amount_millicredits=amount, request_id=request_id)
+    return await server.s.usage.Capture(req, metadata=auth(user))
+
+
+async def release(server: Running, user: str, hold_id: str, request_id: str) -> usage_pb2.ReleaseResponse:
+    req = usage_pb2.ReleaseRequest(hold_id=hold_id, request_id=request_id)
+    return await server.s.usage.Release(req, metadata=auth(user))
+
+
+async def transactions(
+    server: Running, user: str, *types: common_pb2.TransactionType.ValueType
+) -> list[common_pb2.Transaction]:
+    """Every transaction of the user, oldest first."""
+    out: list[common_pb2.Transaction] = []
+    token = ""
+    while True:
+        page = await server.s.history.ListTransactions(
+            history_pb2.ListTransactionsRequest(user_id=user, page_size=100, page_token=token, types=list(types)),
+            metadata=auth(user),
+        )
+        out.extend(page.transactions)
+        token = page.next_page_token
+        if not token:
+            return out[::-1]
