@@ -13,6 +13,7 @@ import asyncio
 import copy
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
 
 import grpc
@@ -229,6 +230,7 @@ async def test_declining_card_retries_with_backoff_then_pauses(
     rserver: Running, stripe_fake: StripeFake, clock: ManualClock
 ) -> None:
     server, user = rserver, "dave"
+    clock.set(datetime(2031, 3, 2, 9, tzinfo=UTC))  # its clock moves (~3.3 days) stay inside March: no new allowance
     assert server.app is not None
     attempts = server.app.settings.refill_max_attempts
     await save_card(server, stripe_fake, user, "pm_card_chargeCustomerFail")
@@ -290,6 +292,7 @@ async def test_authentication_required_asks_the_user_and_never_retries(
     so this one test uses a thin test double at the StripeGateway boundary
     (AuthenticationRequiredDouble below); everything else is real."""
     server, user = rserver, "erin"
+    clock.set(datetime(2031, 3, 2, 9, tzinfo=UTC))  # its clock moves (3 days) stay inside March: no new allowance
     assert server.app is not None
     await save_card(server, stripe_fake, user)
     await configure(server, user)
@@ -353,6 +356,28 @@ async def test_monthly_cap_blocks_the_refill_that_would_exceed_it(rserver: Runni
     assert await refill_grants(server, user) == 2
     assert await in_flight_jobs(server, user) == 0
     assert (await balance(server, user)).credits_millicredits == FREE - 170_000 + 200_000
+
+
+async def test_lowering_the_amount_under_the_cap_lifts_the_months_block(rserver: Running, stripe_fake: StripeFake) -> None:
+    """The cap skipped a $15 refill ($15 + $15 > $25); the user lowers the amount to $10,
+    which fits ($15 + $10 = $25): the block computed for $15 no longer holds."""
+    server, user = rserver, "kim"
+    await save_card(server, stripe_fake, user)
+    await configure(server, user, cents=1_500)
+    before = len(charges(stripe_fake))
+    await spend(server, user, 60_000)  # 40 credits -> refill of 150: 190
+    await run_worker(server)
+    await spend(server, user, 150_000)  # 40 again: the cap skips the second $15
+    await run_worker(server)
+    assert len(charges(stripe_fake)) == before + 1
+    assert (await get(server, user)).last_failure_reason == "MONTHLY_CAP_REACHED"
+    cfg = await configure(server, user, cents=TEN)  # still below the threshold: refills at once
+    assert "cap" not in cfg.next_charge and cfg.state == S.AUTO_REFILL_STATE_IN_FLIGHT
+    await run_worker(server)
+    assert len(charges(stripe_fake)) == before + 2
+    cfg = await get(server, user)
+    assert cfg.monthly_used_cents == CAP_CENTS and "cap" in cfg.next_charge
+    assert (await balance(server, user)).credits_millicredits == FREE - 210_000 + 150_000 + 100_000
 
 
 async def test_configure_errors(rserver: Running, stripe_fake: StripeFake) -> None:

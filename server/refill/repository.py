@@ -19,6 +19,10 @@ ACTIVE, PAUSED, ACTION_REQUIRED = "active", "paused", "action_required"
 # Attempts that took money (or hold it): they count against the monthly cap.
 CHARGED = ("pending", "paid", "refunded", "partially_refunded", "disputed")
 DAY_US = 86400 * 1_000_000
+# The rolling decline window is (now - 30 days, now]: a decline counts for
+# exactly 30 days after its attempt was made and no longer at that instant,
+# like a calendar period [start, end) that excludes its end.
+DECLINE_WINDOW_US = 30 * DAY_US
 
 
 LOOKUP_SQL = "SELECT enabled, threshold, paused_reason FROM refill_configs WHERE user_id = ?"
@@ -127,23 +131,33 @@ async def update_job(conn: AsyncConnection, job_id: str, **values: Any) -> None:
     await conn.execute(update(refill_jobs).where(refill_jobs.c.id == job_id).values(**values))
 
 
-async def month_used_cents(conn: AsyncConnection, user_id: str, start_us: int, *, exclude: str = "") -> int:
+async def month_used_cents(
+    conn: AsyncConnection, user_id: str, month: tuple[int, int], *, exclude: str = ""
+) -> int:
+    """Auto-refill charges of one calendar month, `month` = [start, end) from
+    server.clock.month_bounds: a charge made at or after `end` (by a replica
+    whose clock is ahead) belongs to the next month, not this one."""
+    start_us, end_us = month
     q = select(func.coalesce(func.sum(payments.c.amount_cents), 0)).where(
         payments.c.user_id == user_id,
         payments.c.kind == "auto_refill",
         payments.c.status.in_(CHARGED),
         payments.c.created_at_us >= start_us,
+        payments.c.created_at_us < end_us,
     )
     if exclude:
         q = q.where(payments.c.id != exclude)
     return int((await conn.execute(q)).scalar_one())
 
 
-async def declines_since(conn: AsyncConnection, user_id: str, since_us: int) -> int:
+async def declines_in_window(conn: AsyncConnection, user_id: str, now_us: int) -> int:
+    """Declined auto-refill attempts in (now - 30 days, now] (DECLINE_WINDOW_US):
+    one made exactly 30 days ago no longer counts. No upper bound: a decline
+    another replica (clock ahead) just recorded counts too."""
     q = select(func.count()).where(
         payments.c.user_id == user_id,
         payments.c.kind == "auto_refill",
         payments.c.status == "failed",
-        payments.c.created_at_us >= since_us,
+        payments.c.created_at_us > now_us - DECLINE_WINDOW_US,
     )
     return int((await conn.execute(q)).scalar_one())

@@ -270,8 +270,12 @@ class RefillService:
             row.update(enabled=enabled, updated_at_us=tx.now_us)
             if enabled:
                 assert card is not None
-                # Re-enabling resumes a paused refill.
-                row.update(threshold=threshold, amount_cents=amount_cents, state=repo.ACTIVE, paused_reason="", recovery_url="", **card)
+                # Re-enabling resumes a paused refill. The monthly-cap block was
+                # computed for the old amount: the worker checks the cap again.
+                row.update(
+                    threshold=threshold, amount_cents=amount_cents, state=repo.ACTIVE, paused_reason="", recovery_url="",
+                    cap_blocked_until_us=0, **card,
+                )
             else:
                 # Disabling always works; valid new values are kept for the next enable.
                 if threshold > 0:
@@ -347,11 +351,11 @@ class RefillService:
 
     async def view(self, user: str) -> AutoRefillView:
         now = self.clock.now_us()
-        start, _end = month_bounds(now)
+        month = month_bounds(now)  # [start, end) in UTC
         async with self.db.reader.connect() as conn:
             cfg = await repo.config(conn, user) or repo.new_config(user, now)
             job = await repo.in_flight_job(conn, user)
-            used = await repo.month_used_cents(conn, user, start)
+            used = await repo.month_used_cents(conn, user, month)
         cap = self.settings.refill_monthly_cap_cents
         enabled = bool(cfg["enabled"])
         state = "disabled"
@@ -371,7 +375,7 @@ class RefillService:
             threshold=int(cfg["threshold"]),
             amount_cents=int(cfg["amount_cents"]),
             credits=credits,
-            next_charge=self._next_charge(cfg, state, credits, used, next_retry),
+            next_charge=self._next_charge(cfg, state, credits, used, next_retry, month[1]),
             pm_brand=cfg["pm_brand"],
             pm_last4=cfg["pm_last4"],
             pm_exp_month=int(cfg["pm_exp_month"]),
@@ -385,7 +389,7 @@ class RefillService:
             last_failure_reason=cfg["last_failure_reason"],
         )
 
-    def _next_charge(self, cfg: Row, state: str, credits: int, used: int, next_retry: int) -> str:
+    def _next_charge(self, cfg: Row, state: str, credits: int, used: int, next_retry: int, month_end: int) -> str:
         if state == "disabled":
             return "Auto-refill is off."
         if state == "paused" and cfg["paused_reason"] == ACCOUNT_FLAGGED:
@@ -405,7 +409,11 @@ class RefillService:
             + f" credits, {amount} is charged to {card} for {credits // 1000:,} credits."
         )
         if used + int(cfg["amount_cents"]) > self.settings.refill_monthly_cap_cents:
-            text += f" The monthly cap of {dollars(self.settings.refill_monthly_cap_cents)} is reached until next month."
+            # Blocked until the first instant of the next UTC month, when it is allowed again.
+            text += (
+                f" The monthly cap of {dollars(self.settings.refill_monthly_cap_cents)} is reached: "
+                f"no refill before {from_us(month_end).isoformat()}."
+            )
         return text
 
     # ---- CreateSetupLink ------------------------------------------------------------------------

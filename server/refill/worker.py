@@ -44,7 +44,6 @@ NO_RETRY = frozenset(
     {"lost_card", "stolen_card", "pickup_card", "fraudulent", "do_not_try_again", "revocation_of_authorization",
      "revocation_of_all_authorizations", "security_violation"}
 )
-DAY_US = 86400 * 1_000_000
 
 
 @dataclass
@@ -116,8 +115,9 @@ class RefillWorker:
         if not cfg["payment_method_id"] and not cfg["setup_intent_id"]:
             await self._pause(tx, job, PAYMENT_METHOD_REQUIRED, "no saved card")
             return None
+        # The month is [start, end): blocked until `end`, the first instant of the next UTC month.
         start, end = month_bounds(tx.now_us)
-        used = await repo.month_used_cents(tx.conn, user, start)
+        used = await repo.month_used_cents(tx.conn, user, (start, end))
         if used + job["amount_cents"] > self.s.refill_monthly_cap_cents:
             METRICS.refill_attempts.labels("cap_reached").inc()
             await self._end(tx, job, "skipped", "monthly cap reached")
@@ -133,7 +133,8 @@ class RefillWorker:
                 )
             )
             return None
-        if await repo.declines_since(tx.conn, user, tx.now_us - 30 * DAY_US) >= self.s.refill_max_declines_30d:
+        # Declines in (now - 30 days, now]: one exactly 30 days old no longer counts.
+        if await repo.declines_in_window(tx.conn, user, tx.now_us) >= self.s.refill_max_declines_30d:
             await self._pause(tx, job, AUTO_REFILL_FAILED, "too many declined charges in 30 days")
             return None
         attempt = job["attempts"] + 1
@@ -303,7 +304,7 @@ class RefillWorker:
             reason = "PAYMENT_METHOD_EXPIRED" if code == "expired_card" else PAYMENT_METHOD_REQUIRED
             await self._pause(tx, job, reason, f"the saved card cannot be charged ({code})")
             return
-        declines = await repo.declines_since(tx.conn, user, tx.now_us - 30 * DAY_US)
+        declines = await repo.declines_in_window(tx.conn, user, tx.now_us)  # this decline included
         exhausted = (
             code in NO_RETRY
             or job["attempts"] >= self.s.refill_max_attempts
