@@ -14,6 +14,7 @@ from typing import Any
 import stripe
 
 from server import errors
+from server.ledger import keys
 
 log = logging.getLogger(__name__)
 
@@ -93,10 +94,12 @@ class StripeGateway:
 
     # ---- customers -----------------------------------------------------------------
 
-    async def create_customer(self, user_id: str, *, idempotency_key: str) -> dict[str, Any]:
+    async def create_customer(self, user_id: str) -> dict[str, Any]:
+        """One customer per user: the idempotency key is the user's (server/ledger/keys.py)."""
         params = {"metadata": {"user_id": user_id}, "description": f"FlowNexus user {user_id}"}
         return await self._call(
-            "customers.create", self.client.v1.customers.create_async, params, self._options(idempotency_key)
+            "customers.create", self.client.v1.customers.create_async, params,
+            self._options(keys.stripe_customer(user_id)),
         )
 
     # ---- checkout --------------------------------------------------------------------

@@ -20,7 +20,8 @@ def utc(*args: int) -> datetime:
 
 
 async def balance(server: Running, user: str) -> balance_pb2.GetBalanceResponse:
-    return await server.s.balance.GetBalance(balance_pb2.GetBalanceRequest(user_id=user), metadata=auth(user))
+    """The user's own balance, asked with the user's own token."""
+    return await server.s.balance.GetBalance(balance_pb2.GetBalanceRequest(), metadata=auth(user))
 
 
 async def credits(server: Running, user: str) -> int:

@@ -25,3 +25,63 @@ async def test_migrations_match_the_declared_schema(db_url: str) -> None:
     finally:
         await engine.dispose()
     assert diff == [], diff
+
+
+def _alembic(sync_conn, target: str) -> None:  # type: ignore[no-untyped-def]
+    from alembic import command
+    from alembic.config import Config
+
+    from server.db.engine import MIGRATIONS_DIR
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.attributes["connection"] = sync_conn
+    command.upgrade(cfg, target)
+
+
+async def test_user_keyed_transfers_are_re_keyed_exactly(db_url: str) -> None:
+    """Keys an earlier release built by joining a user id with `:` get the
+    unambiguous encoding; the parts come from each row's own accounts and
+    columns, so the user `upgrade:x` and the user `x` stay apart."""
+    from sqlalchemy import insert, select
+
+    from server.db.schema import transfers
+    from server.ledger import keys
+
+    rows = [
+        # (old key, kind, debit, credit, category, ref, expected new key)
+        ("allowance:upgrade:x:1700", "allowance_grant", "system:tier_allowances", "wallet:upgrade:x", "", "",
+         keys.allowance("upgrade:x", 1700)),
+        ("allowance:upgrade:x:1700", "allowance_grant", "system:tier_allowances", "wallet:x", "", "",
+         keys.allowance_upgrade("x", 1700)),
+        ("allowance-expiry:a:b:99", "allowance_expiry", "wallet:a:b", "system:tier_allowances", "", "",
+         keys.allowance_expiry("a:b", 99, 1)),
+        ("allowance-expiry:a:b:99:2", "allowance_expiry", "wallet:a:b", "system:tier_allowances", "", "",
+         keys.allowance_expiry("a:b", 99, 2)),
+        ("award:u:challenge:r1:challenge:x", "award", "system:earnings", "wallet:u:challenge:r1", "challenge", "x",
+         keys.award("u:challenge:r1", "challenge", "x")),
+        ("allowance:invoice:in_1", "allowance_grant", "system:tier_allowances", "wallet:p", "", "in_1",
+         "allowance:invoice:in_1"),
+        ("grant:pay_1", "purchase", "system:stripe_purchases", "wallet:p", "", "", "grant:pay_1"),
+    ]
+    engine = create_async_engine(db_url)
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(_alembic, "0006")
+            for n, (old, kind, debit, credit, category, ref, _) in enumerate(rows, 1):
+                # Two rows may not share a key: the second user's grant was refused then.
+                key = old if n != 2 else old + ":legacy-clash"
+                await conn.execute(insert(transfers).values(
+                    id=n, key=key, debit_account=debit, credit_account=credit, amount=1, kind=kind,
+                    description="", category=category, ref=ref, metadata="{}",
+                    debit_balance_after=0, credit_balance_after=0, created_at_us=0,
+                ))
+            await conn.run_sync(_alembic, "head")
+            found = dict((await conn.execute(select(transfers.c.id, transfers.c.key))).all())
+    finally:
+        await engine.dispose()
+    for n, (*_, expected) in enumerate(rows, 1):
+        if n == 2:
+            assert found[n] == "allowance:upgrade:x:1700:legacy-clash"  # not what its row would make: kept
+        else:
+            assert found[n] == expected, (n, found[n])

@@ -99,22 +99,16 @@ def _alembic_upgrade(sync_conn: Connection) -> None:
 
 
 def is_retryable(exc: BaseException) -> bool:
-    """Lock conflicts, unique races and lost connections that a fresh attempt resolves."""
+    """Lock conflicts and lost connections that a fresh attempt resolves."""
     if isinstance(exc, DBAPIError) and exc.connection_invalidated:
         return True
     text = f"{type(exc).__name__} {exc}".lower()
-    return any(
-        s in text
-        for s in (
-            "deadlock",
-            "could not serialize",
-            "database is locked",
-            "unique constraint",
-            "uniqueviolation",
-            "duplicate key",
-            "integrityerror",
-        )
-    )
+    return any(s in text for s in ("deadlock", "could not serialize", "database is locked"))
 
 
-__all__ = ["AsyncConnection", "Database", "is_retryable"]
+def is_unique_violation(exc: BaseException) -> bool:
+    text = f"{type(exc).__name__} {exc}".lower()
+    return any(s in text for s in ("unique constraint", "uniqueviolation", "duplicate key"))
+
+
+__all__ = ["AsyncConnection", "Database", "is_retryable", "is_unique_violation"]

@@ -53,7 +53,7 @@ class LedgerService:
 
     @staticmethod
     def idem(principal: Principal, method: str, request_id: str, fingerprint: str) -> Idempotency:
-        return Idempotency(f"{principal.scope}:{method}:{request_id}", fingerprint)
+        return Idempotency.of(principal.role.value, principal.subject, method, request_id, fingerprint)
 
     # ---- balances --------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ from sqlalchemy import func, select
 
 from server import errors
 from server.db.schema import transfers
+from server.ledger import keys
 from server.ledger.model import (
     SPEND_ORDER,
     SYSTEM_EARNINGS,
@@ -33,10 +34,33 @@ R = TypeVar("R")
 
 @dataclass
 class Idempotency:
-    """request_id scoped to the caller, with a fingerprint of the parameters."""
+    """request_id scoped to the caller and the method, with a fingerprint of the parameters."""
 
     key: str
     fingerprint: str
+    request_id: str = ""
+    legacy_key: str = ""  # the same request under the key encoding of earlier releases
+
+    @classmethod
+    def of(cls, role: str, subject: str, method: str, request_id: str, fingerprint: str) -> Idempotency:
+        return cls(
+            keys.idempotency(role, subject, method, request_id), fingerprint, request_id,
+            keys.legacy_idempotency(role, subject, method, request_id),
+        )
+
+    def lookup_keys(self) -> tuple[str, ...]:
+        return (self.key, self.legacy_key) if self.legacy_key else (self.key,)
+
+    def stored(self, found: dict[str, tuple[str, bytes]]) -> tuple[str, bytes] | None:
+        """The stored (fingerprint, response) of this request, if it was applied."""
+        hit = found.get(self.key)
+        if hit is None and self.legacy_key:
+            hit = found.get(self.legacy_key)
+        return hit
+
+    @property
+    def transfer_key(self) -> str:
+        return keys.request_transfer(self.key)
 
 
 class Op(Generic[R]):
@@ -52,6 +76,9 @@ class Op(Generic[R]):
         return set()
 
     def transfer_keys(self) -> set[str]:
+        """Derived keys this operation checks (loaded with the batch's reads).
+        A request's own keys need no check: its idempotency record is loaded,
+        and no other key can equal them (server/ledger/keys.py)."""
         return set()
 
     async def apply(self, tx: LedgerTx) -> R:
@@ -96,12 +123,12 @@ def hold_view(row: Row) -> HoldView:
 
 
 def _transfer_key(idem: Idempotency | None, fallback: str) -> str:
-    return f"req:{idem.key}" if idem else fallback
+    return idem.transfer_key if idem else fallback
 
 
-def _request_key(idem: Idempotency | None, prefix: str) -> str:
+def _request_key(idem: Idempotency | None, kind: str) -> str:
     # The random fallback is made only when needed: uuid4 reads os.urandom.
-    return f"req:{idem.key}" if idem else f"{prefix}:{uuid.uuid4().hex}"
+    return idem.transfer_key if idem else keys.unrequested(kind)
 
 
 @dataclass
@@ -127,7 +154,7 @@ async def _pay_publisher(tx: LedgerTx, share: RevenueShare | None, amount: int, 
         wallet_id(share.publisher_user_id),
         part,
         kind=Kind.REVENUE_SHARE,
-        key=f"{key}:share",
+        key=keys.revenue_share(key),
         description=f"Revenue share from {share.app_id}",
         category=category,
         ref=share.app_id,
@@ -197,7 +224,7 @@ class Reserve(Op[HoldResult]):
             SYSTEM_HOLDS,
             self.amount,
             kind=Kind.HOLD,
-            key=_transfer_key(self.idempotency, f"hold:{hold_id}"),
+            key=_transfer_key(self.idempotency, keys.hold(hold_id)),
             description=self.description or f"Reserved: {self.category or 'other'}",
             category=self.category,
             ref=hold_id,
@@ -289,7 +316,7 @@ class Capture(Op[HoldResult]):
                 "capture exceeds the held amount",
                 metadata={"held_millicredits": hold["amount"], "requested_millicredits": self.amount},
             )
-        key = _transfer_key(self.idempotency, f"capture:{hold['id']}")
+        key = _transfer_key(self.idempotency, keys.hold_capture(hold["id"]))
         # Give the whole hold back, then spend the captured part from exactly the
         # lots the hold set aside, whatever their period: the wallet's history
         # shows the spend, and only the uncaptured rest can expire with its lot.
@@ -298,7 +325,9 @@ class Capture(Op[HoldResult]):
             json.loads(hold["lots"]),
             key=lambda lot: (SPEND_ORDER.index(LotKind(lot[0])), lot[1] == 0, lot[1]),
         )
-        await _release(tx, hold, hold["amount"], f"{key}:release", HoldStatus.CAPTURED, "Hold settled", roll_over=False)
+        await _release(
+            tx, hold, hold["amount"], keys.hold_settlement(key), HoldStatus.CAPTURED, "Hold settled", roll_over=False
+        )
         tx.update_hold(hold["id"], captured=self.amount)
         wallet = tx.accounts[hold["account_id"]]
         row = None
@@ -335,7 +364,7 @@ class Release(Op[HoldResult]):
 
     async def apply(self, tx: LedgerTx) -> HoldResult:
         hold = _active_hold(tx, self.hold_id, self.owner)
-        key = _transfer_key(self.idempotency, f"release:{hold['id']}")
+        key = _transfer_key(self.idempotency, keys.hold_release(hold["id"]))
         row = await _release(tx, hold, hold["amount"], key, HoldStatus.RELEASED, "Hold released")
         wallet = tx.accounts[hold["account_id"]]
         return HoldResult(hold_view(hold), wallet["balance"], TransferView.of(row, wallet["id"]) if row else None)
@@ -360,7 +389,7 @@ class ExpireHolds(Op[int]):
             hold = tx.holds.get(hid)
             if hold is None or hold["status"] != HoldStatus.ACTIVE or hold["expires_at_us"] > tx.now_us:
                 continue
-            await _release(tx, hold, hold["amount"], f"expire:{hid}", HoldStatus.EXPIRED, "Hold expired")
+            await _release(tx, hold, hold["amount"], keys.hold_expiry(hid), HoldStatus.EXPIRED, "Hold expired")
             done += 1
         return done
 
@@ -412,7 +441,7 @@ class Award(Op[SpendResult]):
 
     @property
     def dedupe_key(self) -> str:
-        return f"award:{self.user_id}:{self.source}:{self.source_ref}"
+        return keys.award(self.user_id, self.source, self.source_ref)
 
     def account_ids(self) -> set[str]:
         return {wallet_id(self.user_id), SYSTEM_EARNINGS}

@@ -18,6 +18,7 @@ from server import errors
 from server.clock import month_bounds
 from server.db.batchsql import BatchSql
 from server.db.schema import accounts, holds, idempotency, lots, transfers, users
+from server.ledger import keys
 from server.ledger.model import (
     EARNED_KINDS,
     INT64_MAX,
@@ -271,11 +272,9 @@ class LedgerTx:
             if lot["kind"] == LotKind.ALLOWANCE and 0 < lot["expires_at_us"] <= self.now_us and lot["remaining"] > 0:
                 # A hold released after the period's end puts allowance back into
                 # the ended lot, which then expires a second time: number the keys.
-                key = f"allowance-expiry:{user_id}:{lot['expires_at_us']}"
                 n = 1
-                while not await self.key_unused(key):
+                while not await self.key_unused(key := keys.allowance_expiry(user_id, lot["expires_at_us"], n)):
                     n += 1
-                    key = f"allowance-expiry:{user_id}:{lot['expires_at_us']}:{n}"
                 await self.transfer(
                     wid,
                     SYSTEM_ALLOWANCES,
@@ -309,7 +308,7 @@ class LedgerTx:
     async def grant_allowance(
         self, user_id: str, amount: int, period_start_us: int, period_end_us: int, *, key: str | None = None
     ) -> Row | None:
-        key = key or f"allowance:{user_id}:{period_start_us}"
+        key = key or keys.allowance(user_id, period_start_us)
         if not await self.key_unused(key):
             return None
         return await self.transfer(
@@ -356,8 +355,11 @@ class LedgerTx:
     ) -> Row:
         if amount <= 0:
             raise errors.InvalidAmount("amount must be positive")
-        if key in self._batch_keys:
-            raise errors.DomainError("duplicate transfer key in one batch", reason="DUPLICATE_TRANSFER")
+        if key in self._batch_keys or key in self.existing_keys:
+            # Refused alone, before anything is applied: never a unique violation at flush.
+            raise errors.DomainError(
+                "this transfer was already made", code=errors.Code.ALREADY_EXISTS, reason="DUPLICATE_TRANSFER"
+            )
         debit = await self.account(debit_id)
         credit = await self.account(credit_id)
         if debit["kind"] == "wallet":

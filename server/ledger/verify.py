@@ -130,6 +130,7 @@ async def _verify_payments(conn: AsyncConnection, r: Report) -> None:
     has_table = await conn.run_sync(lambda c: inspect(c).has_table("payments"))
     if not has_table:
         return
+    # The grant's key is keys.purchase_grant(payment_id).
     q = text(
         "SELECT p.id, p.status, (SELECT count(*) FROM transfers t WHERE t.key = 'grant:' || p.id) AS grants "
         "FROM payments p"

@@ -18,7 +18,7 @@ from typing import Any
 from server import errors
 from server.clock import Clock
 from server.db.batchsql import BatchSql
-from server.db.engine import Database, is_retryable
+from server.db.engine import Database, is_retryable, is_unique_violation
 from server.ledger.model import BalanceEvent
 from server.ledger.ops import Op
 from server.ledger.tx import LedgerTx, TierPolicy
@@ -47,6 +47,7 @@ class WriterStats:
     batches: int = 0
     operations: int = 0
     retries: int = 0  # batches run again after a lock conflict or a lost connection
+    rereads: int = 0  # batches read again after another replica took a unique key
     batch_sizes: collections.Counter[int] = field(default_factory=collections.Counter)
 
 
@@ -129,6 +130,7 @@ class LedgerWriter:
     async def _run_batch(self, batch: list[_Item]) -> None:
         started = time.perf_counter()
         events: list[BalanceEvent] = []
+        reread = False
         for attempt in range(4):
             try:
                 events = await self._apply(batch)
@@ -138,6 +140,15 @@ class LedgerWriter:
                     self.stats.retries += 1
                     log.info("batch retry after conflict: %s", type(exc).__name__)
                     await asyncio.sleep(0.005 * (attempt + 1))
+                    continue
+                if not reread and is_unique_violation(exc):
+                    # Keys cannot collide (server/ledger/keys.py) and every derived
+                    # key is checked before use, so this is another replica that
+                    # committed the same grant first. Read again, once: the
+                    # operation that needs it is then refused on its own.
+                    reread = True
+                    self.stats.rereads += 1
+                    log.warning("batch read again after a unique key was taken concurrently")
                     continue
                 if len(batch) == 1:
                     raise
@@ -193,18 +204,19 @@ class LedgerWriter:
                 holds |= op.hold_ids()
                 tkeys |= op.transfer_keys()
                 if op.idempotency:
-                    rkeys.append(op.idempotency.key)
+                    rkeys.extend(op.idempotency.lookup_keys())
             await tx.load(accounts, holds, rkeys, tkeys)
             for item in batch:
                 item.outcome, item.error, item.replayed = None, None, False
                 op = item.op
                 idem = op.idempotency
-                if idem and idem.key in tx.stored:
-                    fingerprint, response = tx.stored[idem.key]
+                hit = idem.stored(tx.stored) if idem else None
+                if idem and hit is not None:
+                    fingerprint, response = hit
                     if fingerprint != idem.fingerprint:
                         item.error = errors.RequestIdReused(
                             "request_id was already used with different parameters",
-                            metadata={"request_id": idem.key.rsplit(":", 1)[-1]},
+                            metadata={"request_id": idem.request_id},
                         )
                     else:
                         item.outcome, item.replayed = op.decode(response), True

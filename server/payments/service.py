@@ -19,6 +19,7 @@ from server.auth import Principal
 from server.clock import Clock
 from server.config import Settings
 from server.db.engine import Database
+from server.ledger import keys
 from server.ledger.model import SYSTEM_REFUNDS, SYSTEM_STRIPE
 from server.ledger.ops import Call
 from server.ledger.tx import LedgerTx
@@ -26,6 +27,7 @@ from server.ledger.writer import LedgerWriter
 from server.metrics import METRICS
 from server.payments import repository as repo
 from server.payments import webhooks
+from server.stripe_customers import StripeCustomers
 from server.stripe_gateway import StripeGateway, not_configured
 
 log = logging.getLogger(__name__)
@@ -57,6 +59,7 @@ class PaymentsService:
         self.writer = writer
         self.clock = clock
         self.gateway = gateway
+        self.customers = StripeCustomers(gateway, db, writer)
         self.events = webhooks.EventRouter()
 
     def _require_configured(self) -> None:
@@ -82,7 +85,7 @@ class PaymentsService:
         self._require_configured()
         self._check_amount(amount_cents)
         user = principal.subject
-        request_key = f"{principal.scope}:CreatePaymentLink:{request_id}"
+        request_key = keys.idempotency(principal.role.value, user, "CreatePaymentLink", request_id)
         # Deterministic: concurrent duplicates of one request name the same payment.
         payment_id = "pay_" + hashlib.sha256(request_key.encode()).hexdigest()[:24]
         credits = self.settings.credits_for_cents(amount_cents)
@@ -110,7 +113,7 @@ class PaymentsService:
             raise errors.FailedPrecondition(
                 "this payment link was abandoned; use a new request_id", reason="PAYMENT_LINK_ABANDONED"
             )
-        customer = await self._customer(user, payment_id)
+        customer = await self.customers.get_or_create(user)
         base = self.settings.public_base_url.rstrip("/")
         session = await self.gateway.create_checkout_session(
             customer_id=customer,
@@ -121,7 +124,7 @@ class PaymentsService:
             product_name=f"{credits // 1000:,} FlowNexus credits",
             success_url=f"{base}/billing/success?payment_id={payment_id}",
             cancel_url=f"{base}/billing/cancel?payment_id={payment_id}",
-            idempotency_key=f"{payment_id}:checkout",
+            idempotency_key=keys.stripe("checkout", payment_id),
         )
         session_id, url = str(session["id"]), str(session.get("url") or "")
         expires_us = int(session.get("expires_at") or 0) * 1_000_000 or None
@@ -142,25 +145,6 @@ class PaymentsService:
             return current
 
         return _link(await self._exclusive(save))
-
-    async def _customer(self, user: str, payment_id: str) -> str:
-        async with self.db.reader.connect() as conn:
-            existing = await repo.customer_id(conn, user)
-        if existing:
-            return existing
-        created = await self.gateway.create_customer(user, idempotency_key=f"{payment_id}:customer")
-        cid = str(created["id"])
-
-        async def save(tx: LedgerTx) -> str:
-            await tx.wallet(user)
-            current = tx.user(user)["stripe_customer_id"]
-            if current:
-                return str(current)  # another request won the race: keep one customer
-            tx.set_user(user, stripe_customer_id=cid)
-            return cid
-
-        result: str = await self._exclusive(save)
-        return result
 
     # ---- history ------------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from server.ledger import keys
 from server.ledger.model import (
     CLAWBACK_ORDER,
     SYSTEM_REFUNDS,
@@ -70,7 +71,7 @@ class EventRouter:
 
 
 def grant_key(payment_id: str) -> str:
-    return f"grant:{payment_id}"
+    return keys.purchase_grant(payment_id)
 
 
 def _id(value: Any) -> str:
@@ -182,22 +183,33 @@ async def apply_refund(tx: LedgerTx, p: Row, refunded_cents: int, **refs: str) -
     amount = min(target - p["refund_clawed"], _still_credited(p))
     await _set(tx, p, refunded_cents=refunded_cents)
     if amount > 0:
-        await tx.transfer(
-            wallet_id(p["user_id"]),
-            SYSTEM_REFUNDS,
-            amount,
-            kind=Kind.REFUND_CLAWBACK,
-            key=f"refund:{p['id']}:{refunded_cents}",
-            description=f"Refund of payment {p['id']}",
-            category="refund",
-            ref=p["id"],
-            metadata={"payment_id": p["id"], "refunded_cents": str(refunded_cents)},
-            allow_negative=True,
-            lot_order=CLAWBACK_ORDER,
+        await _claw_back(
+            tx, p, amount, Kind.REFUND_CLAWBACK, keys.refund_clawback(p["id"], refunded_cents),
+            f"Refund of payment {p['id']}", "refund", refunded_cents=str(refunded_cents),
         )
         await _set(tx, p, refund_clawed=p["refund_clawed"] + amount)
     await _set(tx, p, status=_after_clawback_status(p))
     return amount
+
+
+async def _claw_back(
+    tx: LedgerTx, p: Row, amount: int, kind: Kind, key: str, description: str, category: str, **meta: str
+) -> None:
+    """Take a payment's credits back; the balance may go below zero (the
+    purchased lot first, then earned, then allowance)."""
+    await tx.transfer(
+        wallet_id(p["user_id"]),
+        SYSTEM_REFUNDS,
+        amount,
+        kind=kind,
+        key=key,
+        description=description,
+        category=category,
+        ref=p["id"],
+        metadata={"payment_id": p["id"], **meta},
+        allow_negative=True,
+        lot_order=CLAWBACK_ORDER,
+    )
 
 
 async def _dispute_clawback(tx: LedgerTx, p: Row, dispute: Row) -> None:
@@ -206,18 +218,9 @@ async def _dispute_clawback(tx: LedgerTx, p: Row, dispute: Row) -> None:
     amount = min(p["credits"] * disputed_cents // p["amount_cents"], _still_credited(p))
     await _set(tx, p, dispute_id=dispute_id)
     if amount > 0:
-        await tx.transfer(
-            wallet_id(p["user_id"]),
-            SYSTEM_REFUNDS,
-            amount,
-            kind=Kind.DISPUTE_CLAWBACK,
-            key=f"dispute:{dispute_id}",
-            description=f"Disputed payment {p['id']}",
-            category="dispute",
-            ref=p["id"],
-            metadata={"payment_id": p["id"], "dispute_id": dispute_id},
-            allow_negative=True,
-            lot_order=CLAWBACK_ORDER,
+        await _claw_back(
+            tx, p, amount, Kind.DISPUTE_CLAWBACK, keys.dispute_clawback(dispute_id),
+            f"Disputed payment {p['id']}", "dispute", dispute_id=dispute_id,
         )
         await _set(tx, p, dispute_clawed=p["dispute_clawed"] + amount)
     tx.set_user(p["user_id"], flagged_reason=f"dispute {dispute_id} on payment {p['id']}"[:200])
@@ -244,7 +247,7 @@ async def dispute_closed(tx: LedgerTx, p: Row, dispute: Row, **refs: str) -> Non
         return
     if not won or p["dispute_clawed"] <= 0:
         return
-    key = f"dispute-restore:{dispute_id}"
+    key = keys.dispute_restore(dispute_id)
     if await tx.key_unused(key):
         await tx.wallet(p["user_id"])
         await tx.transfer(

@@ -4,7 +4,6 @@ transaction and never on the Spend path (the worker charges in the background)."
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import uuid
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from server.config import Settings
 from server.db.engine import Database
 from server.db.schema import idempotency, users
 from server.domain.ledger import RefillStatus
+from server.ledger import keys
 from server.ledger.model import BalanceEvent, wallet_id
 from server.ledger.ops import Call
 from server.ledger.tx import LedgerTx
@@ -235,7 +235,7 @@ class RefillService:
         self, principal: Principal, *, enabled: bool, threshold: int, amount_cents: int, request_id: str, fingerprint: str
     ) -> AutoRefillView:
         user = principal.subject
-        key = f"{principal.scope}:ConfigureAutoRefill:{request_id}"
+        key = keys.idempotency(principal.role.value, user, "ConfigureAutoRefill", request_id)
         async with self.db.reader.connect() as conn:
             stored = (await conn.execute(select(idempotency.c.fingerprint).where(idempotency.c.key == key))).scalar()
         if stored is not None:
@@ -295,11 +295,6 @@ class RefillService:
                 "request_id was already used with different parameters", metadata={"request_id": request_id}
             )
 
-    async def _customer_id(self, user: str) -> str | None:
-        async with self.db.reader.connect() as conn:
-            value = (await conn.execute(select(users.c.stripe_customer_id).where(users.c.user_id == user))).scalar()
-        return str(value) if value else None
-
     async def _resolve_card(self, user: str) -> Row | None:
         """The card refills will charge, with brand/last4: a card from a setup
         link, else the one recorded from a purchase, else the customer's saved card."""
@@ -317,7 +312,7 @@ class RefillService:
                 return {k: cfg[k] for k in ("payment_method_id", "pm_brand", "pm_last4", "pm_exp_month", "pm_exp_year")} | {"setup_intent_id": None}
             pm_id = str(cfg["payment_method_id"])
         if pm_id is None:
-            customer = await self._customer_id(user)
+            customer = await self.payments.customers.known(user)
             if customer:
                 pm_id = await self.gateway.saved_payment_method(customer)
         if not pm_id:
@@ -422,14 +417,13 @@ class RefillService:
         if not self.gateway.configured:
             raise not_configured()
         user = principal.subject
-        ref = "setup_" + hashlib.sha256(f"{principal.scope}:CreateSetupLink:{request_id}".encode()).hexdigest()[:24]
-        customer = await self.payments._customer(user, ref)  # one Stripe customer per user (payments domain)
+        customer = await self.payments.customers.get_or_create(user)
         base = self.settings.public_base_url.rstrip("/")
         session = await self.gateway.create_setup_session(
             customer_id=customer,
             user_id=user,
             success_url=f"{base}/billing/card-saved",
             cancel_url=f"{base}/billing/cancel",
-            idempotency_key=f"{ref}:checkout",
+            idempotency_key=keys.stripe("setup", principal.role.value, user, request_id),
         )
         return str(session.get("url") or ""), int(session.get("expires_at") or 0) * 1_000_000

@@ -13,6 +13,7 @@ from typing import Any
 from server import errors
 from server.auth import Principal, Role
 from server.clock import month_bounds
+from server.ledger import keys
 from server.ledger.model import BalanceEvent, wallet_id
 from server.ledger.ops import Call
 from server.ledger.tx import LedgerTx
@@ -138,7 +139,7 @@ class RefillWorker:
             await self._pause(tx, job, AUTO_REFILL_FAILED, "too many declined charges in 30 days")
             return None
         attempt = job["attempts"] + 1
-        pid = f"rfa_{job['id'][4:]}_{attempt}"
+        pid = keys.refill_attempt(job["id"][4:], attempt)
         p = payrepo.new_payment(pid, user, "auto_refill", job["amount_cents"], job["credits"], tx.now_us)
         await payrepo.insert_payment(tx.conn, p)
         job.update(payment_id=pid, attempts=attempt)
@@ -188,7 +189,7 @@ class RefillWorker:
                     payment_method=pm,
                     amount_cents=item.job["amount_cents"],
                     metadata={"payment_id": item.payment_id, "user_id": item.job["user_id"], "kind": "auto_refill"},
-                    idempotency_key=item.payment_id,  # the attempt id: a retried call never charges twice
+                    idempotency_key=keys.stripe_refill_charge(item.payment_id),  # a retried call never charges twice
                 )
         except errors.Unavailable:
             METRICS.refill_attempts.labels("network_error").inc()

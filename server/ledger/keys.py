@@ -1,0 +1,164 @@
+"""Every key the service builds, in one place: idempotency keys, transfer keys,
+grant keys and Stripe idempotency keys.
+
+A key is a tag followed by its parts, each length-prefixed (`tag|3:abc|1:7`),
+so no two different tuples give the same key and keys of different tags never
+meet: a key derived from a request (its revenue share, its settlement) can
+never equal another request's key, whatever characters the caller put in a
+subject or a request_id. Keys written before this encoding all start with
+`word:`; these all start with `word|`, so the two never collide either.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+
+# The column is String(320); longer keys are shortened to a hash of the whole.
+MAX_KEY = 300
+# Stripe accepts idempotency keys of up to 255 characters.
+MAX_STRIPE_KEY = 255
+
+
+def encode(tag: str, *parts: object, limit: int = MAX_KEY) -> str:
+    key = tag + "".join(f"|{len(s)}:{s}" for s in map(str, parts))
+    if len(key) <= limit:
+        return key
+    return f"{tag}#{hashlib.sha256(key.encode()).hexdigest()}"
+
+
+# ---- requests -------------------------------------------------------------------------
+
+
+def idempotency(role: str, subject: str, method: str, request_id: str) -> str:
+    """A request_id is scoped to its caller (role and subject) and its method."""
+    return encode("idem", role, subject, method, request_id)
+
+
+def legacy_idempotency(role: str, subject: str, method: str, request_id: str) -> str:
+    """The key of a request stored before this encoding. Looked up as well, so
+    that a retry across the upgrade (a rolling restart is when clients retry)
+    replays instead of applying twice. Such rows age out with the others."""
+    return f"{role}/{subject}:{method}:{request_id}"
+
+
+def request_transfer(idempotency_key: str) -> str:
+    """The transfer a request makes (Spend, Reserve, Capture, Release, Award)."""
+    return encode("request", idempotency_key)
+
+
+def revenue_share(transfer_key: str) -> str:
+    """The publisher's share paid with the transfer of this key."""
+    return encode("share", transfer_key)
+
+
+def hold_settlement(transfer_key: str) -> str:
+    """A Capture's return of the whole hold before the captured part is spent."""
+    return encode("settle", transfer_key)
+
+
+def unrequested(kind: str) -> str:
+    """A transfer no request_id names (in-process callers): unique by construction."""
+    return encode(kind, uuid.uuid4().hex)
+
+
+# ---- holds -------------------------------------------------------------------------------
+
+
+def hold(hold_id: str) -> str:
+    return encode("hold", hold_id)
+
+
+def hold_capture(hold_id: str) -> str:
+    return encode("capture", hold_id)
+
+
+def hold_release(hold_id: str) -> str:
+    return encode("release", hold_id)
+
+
+def hold_expiry(hold_id: str) -> str:
+    return encode("expire", hold_id)
+
+
+# ---- grants and their corrections --------------------------------------------------------
+
+
+def award(user_id: str, source: str, source_ref: str) -> str:
+    """One award per user, source and source_ref, whoever sends it."""
+    return encode("award", user_id, source, source_ref)
+
+
+def allowance(user_id: str, period_start_us: int) -> str:
+    """The calendar allowance of one period (free, Enterprise)."""
+    return encode("allowance", user_id, period_start_us)
+
+
+def allowance_upgrade(user_id: str, period_start_us: int) -> str:
+    """The prorated Enterprise allowance of the month of the upgrade."""
+    return encode("allowance-upgrade", user_id, period_start_us)
+
+
+def allowance_expiry(user_id: str, expires_at_us: int, n: int) -> str:
+    """The n-th expiry of one allowance lot (a hold returned after its end expires again)."""
+    return encode("allowance-expiry", user_id, expires_at_us, n)
+
+
+# The keys below are made of ids that this service or Stripe made (`pay_…`,
+# `rfa_…`, `in_…`, `dp_…`: letters, digits and `_`), so `word:id` is already
+# unambiguous, and it never equals a `word|…` key. They keep the form that
+# committed rows have: a webhook redelivered across an upgrade still finds
+# its grant and is not credited twice.
+
+
+def purchase_grant(payment_id: str) -> str:
+    """The credits of one payment (purchase or auto-refill), granted once."""
+    return f"grant:{_server_id(payment_id)}"
+
+
+def refund_clawback(payment_id: str, refunded_cents: int) -> str:
+    """Keyed by the cumulative refunded amount: each new refund claws back once."""
+    return f"refund:{_server_id(payment_id)}:{int(refunded_cents)}"
+
+
+def dispute_clawback(dispute_id: str) -> str:
+    return f"dispute:{_server_id(dispute_id)}"
+
+
+def dispute_restore(dispute_id: str) -> str:
+    return f"dispute-restore:{_server_id(dispute_id)}"
+
+
+def allowance_invoice(invoice_id: str) -> str:
+    """The Pro allowance of one paid subscription invoice."""
+    return f"allowance:invoice:{_server_id(invoice_id)}"
+
+
+def _server_id(value: str) -> str:
+    if not value or not value.replace("_", "").isalnum():
+        raise ValueError(f"not an id made by this service or Stripe: {value!r}")
+    return value
+
+
+# ---- Stripe idempotency keys ------------------------------------------------------------
+
+
+def stripe(tag: str, *parts: object) -> str:
+    """A Stripe idempotency key: the same call for the same parts is one Stripe object."""
+    return encode(f"fn-{tag}", *parts, limit=MAX_STRIPE_KEY)
+
+
+def stripe_customer(user_id: str) -> str:
+    """One Stripe customer per user, whoever creates it first."""
+    return stripe("customer", user_id)
+
+
+def stripe_refill_charge(payment_id: str) -> str:
+    """An auto-refill charge is keyed by its attempt's payment id, unchanged: an
+    attempt retried after a restart or an upgrade must send the same key."""
+    return payment_id
+
+
+def refill_attempt(job_id: str, attempt: int) -> str:
+    """The payment id of one auto-refill attempt (`rfa_` + job + attempt number)."""
+    return f"rfa_{job_id}_{attempt}"
