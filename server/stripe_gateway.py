@@ -156,9 +156,6 @@ class StripeGateway:
             "payment_intents.retrieve", self.client.v1.payment_intents.retrieve_async, payment_intent_id
         )
 
-    async def retrieve_charge(self, charge_id: str) -> dict[str, Any]:
-        return await self._call("charges.retrieve", self.client.v1.charges.retrieve_async, charge_id)
-
     # ---- webhooks ----------------------------------------------------------------------
 
     @staticmethod

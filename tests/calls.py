@@ -5,10 +5,12 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+import aiohttp
 from flownexus.billing.v1 import balance_pb2, common_pb2, history_pb2, usage_pb2
 from google.protobuf.duration_pb2 import Duration
 
 from tests.harness import Running, auth
+from tests.stripe_fake import WEBHOOK_SECRET, encode, sign
 
 # The free tier's 100 credits, in millicredits.
 FREE = 100_000
@@ -63,3 +65,20 @@ async def transactions(
         token = page.next_page_token
         if not token:
             return out[::-1]
+
+
+# ---- Stripe webhooks -------------------------------------------------------------------------
+
+
+async def post_webhook(server: Running, body: bytes, headers: dict[str, str]) -> int:
+    """POST a raw body to the webhook endpoint; the HTTP status."""
+    assert server.app is not None
+    url = f"http://127.0.0.1:{server.app.http_port}/webhooks/stripe"
+    async with aiohttp.ClientSession() as s, s.post(url, data=body, headers={"Content-Type": "application/json", **headers}) as r:
+        return r.status
+
+
+async def deliver(server: Running, ev: dict[str, Any], *, secret: str = WEBHOOK_SECRET, t: int | None = None) -> int:
+    """Deliver a Stripe event, signed as Stripe would sign it; the HTTP status."""
+    body = encode(ev)
+    return await post_webhook(server, body, {"Stripe-Signature": sign(body, secret, t)})

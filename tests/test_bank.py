@@ -24,6 +24,7 @@ from flownexus.billing.v1 import balance_pb2, common_pb2, earnings_pb2, usage_pb
 from sqlalchemy import func, select, text
 
 from server.db.schema import accounts, idempotency, transfers
+from server.ledger import keys
 from server.ledger.model import SYSTEM_EARNINGS, SYSTEM_HOLDS, SYSTEM_REVENUE
 from server.ledger.verify import verify
 from tests.harness import Running, auth, error_info
@@ -31,7 +32,6 @@ from tests.harness import Running, auth, error_info
 FREE = 100_000
 SHARE_PERCENT = 70
 SERVICE = "bank"
-SCOPE = f"service/{SERVICE}"
 NO_LIMITS = {
     "award_rate_per_second": 0,
     "award_daily_limit_challenge": 0,
@@ -56,7 +56,7 @@ class Log:
 
 
 def key(method: str, rid: str) -> str:
-    return f"req:{SCOPE}:{method}:{rid}"
+    return keys.request_transfer(keys.idempotency("service", SERVICE, method, rid))
 
 
 async def client(server: Running, log: Log, users: list[str], n: int, seed: int, stop_at: float) -> None:
@@ -136,7 +136,7 @@ async def client(server: Running, log: Log, users: list[str], n: int, seed: int,
                     ),
                     metadata=md,
                 )
-                log.acked[f"award:{user}:challenge:{rid}"] = ("award", r4.transaction.id, amount)
+                log.acked[keys.award(user, "challenge", rid)] = ("award", r4.transaction.id, amount)
                 log.balance[user] += amount
                 log.awarded += amount
             log.counts[f"{method}:ok"] += 1
@@ -203,10 +203,10 @@ async def final_checks(server: Running, log: Log, users: list[str]) -> None:
         assert (got_kind, got_amount) == (kind, amount), k
         assert tid in ("", str(got_id)), k
     # no refused operation left a trace
-    keys = set(by_key)
+    written = set(by_key)
     for method, rid in log.refused:
-        assert key(method, rid) not in keys and f"{key(method, rid)}:share" not in keys, rid
-        assert f"{SCOPE}:{method}:{rid}" not in idem_keys, rid
+        assert key(method, rid) not in written and keys.revenue_share(key(method, rid)) not in written, rid
+        assert keys.idempotency("service", SERVICE, method, rid) not in idem_keys, rid
 
 
 async def run_bank(url: str, clock, seconds: float, *, clients: int = 16, n_users: int = 6, seed: int = 1) -> Log:  # type: ignore[no-untyped-def]

@@ -9,10 +9,12 @@ import random
 from typing import Any
 
 import grpc
-from flownexus.billing.v1 import balance_pb2, usage_pb2
+from flownexus.billing.v1 import usage_pb2
 from sqlalchemy import select
 
 from server.db.schema import idempotency, transfers
+from server.ledger import keys
+from tests.calls import credits
 from tests.harness import Running, auth
 
 FREE = 100_000
@@ -30,16 +32,12 @@ def slow_commits(server: Running, seconds: float) -> None:
 
 async def ledger_rows(server: Running, user: str, rid: str) -> tuple[list[int], int]:
     assert server.app is not None
-    key = f"user/{user}:Spend:{rid}"
+    key = keys.idempotency("user", user, "Spend", rid)
     async with server.app.db.reader.connect() as conn:
-        ids = [r[0] for r in (await conn.execute(select(transfers.c.id).where(transfers.c.key == f"req:{key}"))).all()]
+        q = select(transfers.c.id).where(transfers.c.key == keys.request_transfer(key))
+        ids = [r[0] for r in (await conn.execute(q)).all()]
         stored = len((await conn.execute(select(idempotency.c.key).where(idempotency.c.key == key))).all())
     return ids, stored
-
-
-async def credits(server: Running, user: str) -> int:
-    b = await server.s.balance.GetBalance(balance_pb2.GetBalanceRequest(), metadata=auth(user))
-    return b.credits_millicredits
 
 
 async def test_cancel_mid_spend_lands_whole_and_retry_resolves(server: Running) -> None:

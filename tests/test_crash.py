@@ -30,6 +30,7 @@ import pytest
 from flownexus.billing.v1 import common_pb2, earnings_pb2, usage_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from server.ledger import keys
 from tests.conftest import _require_postgres
 from tests.harness import JWT_SECRET, PG_DSN, Stubs, auth, database, free_port
 
@@ -126,8 +127,8 @@ class Log:
 
 def transfer_key(method: str, rid: str, req: Any) -> str:
     if method == "AwardCredits":
-        return f"award:{req.user_id}:challenge:{req.source_ref}"
-    return f"req:service/{SERVICE}:{method}:{rid}"
+        return keys.award(req.user_id, "challenge", req.source_ref)
+    return keys.request_transfer(keys.idempotency("service", SERVICE, method, rid))
 
 
 async def call(stubs: Stubs, method: str, req: Any) -> str:

@@ -6,10 +6,11 @@ import asyncio
 from datetime import UTC, datetime
 
 import grpc
-from flownexus.billing.v1 import balance_pb2, common_pb2, earnings_pb2, usage_pb2
+from flownexus.billing.v1 import common_pb2, earnings_pb2, usage_pb2
 
 from server.ledger.model import SYSTEM_STRIPE, Kind, LotKind, wallet_id
 from server.ledger.ops import Call
+from tests.calls import balance
 from tests.harness import auth, expect_error
 
 FREE = 100_000
@@ -31,10 +32,6 @@ async def buy(server, user: str, amount: int, key: str) -> None:  # type: ignore
                           lot_kind=LotKind.PURCHASED)
 
     await server.app.writer.submit(Call(fn=fn, accounts={wallet_id(user), SYSTEM_STRIPE}))
-
-
-async def balance(server, user: str) -> balance_pb2.GetBalanceResponse:  # type: ignore[no-untyped-def]
-    return await server.s.balance.GetBalance(balance_pb2.GetBalanceRequest(user_id=user), metadata=auth(user))
 
 
 async def test_award_roles_dedupe_and_self_award(server) -> None:

@@ -9,25 +9,21 @@ from collections.abc import AsyncIterator
 import asyncpg
 import grpc
 import pytest
-from flownexus.billing.v1 import balance_pb2, usage_pb2
+from flownexus.billing.v1 import usage_pb2
 
 from server import errors
 from server.db.batchsql import BatchSql
 from server.db.schema import idempotency
 from server.ledger.ops import Idempotency, Spend
+from tests.calls import credits
 from tests.conftest import _require_postgres
 from tests.harness import ManualClock, Running, auth, database, serving
 
 FREE = 100_000
 
 
-async def credits(server, user: str) -> int:
-    r = await server.s.balance.GetBalance(balance_pb2.GetBalanceRequest(user_id=user), metadata=auth(user))
-    return r.credits_millicredits
-
-
 def spend(user: str, amount: int, rid: str) -> Spend:
-    return Spend(user_id=user, amount=amount, category="test", idempotency=Idempotency(f"user/{user}:Spend:{rid}", f"fp-{amount}"))
+    return Spend(user_id=user, amount=amount, category="test", idempotency=Idempotency.of("user", user, "Spend", rid, f"fp-{amount}"))
 
 
 async def test_one_batch_refusals_do_not_fail_neighbours(server) -> None:

@@ -14,11 +14,12 @@ import time
 import uuid
 from typing import Any
 
-import aiohttp
 import grpc
 import pytest
 from flownexus.billing.v1 import balance_pb2, common_pb2, history_pb2, payments_pb2
 
+from tests.calls import credits, deliver
+from tests.calls import post_webhook as post
 from tests.harness import Running, auth, expect_error
 from tests.stripe_fake import WEBHOOK_SECRET, StripeFake, encode, event, sign
 
@@ -30,23 +31,6 @@ CREDITS_10 = 100_000  # $10 at 10 credits/USD, in millicredits
 async def create_link(server: Running, user: str, cents: int, rid: str | None = None) -> payments_pb2.CreatePaymentLinkResponse:
     req = payments_pb2.CreatePaymentLinkRequest(amount_cents=cents, request_id=rid or uuid.uuid4().hex)
     return await server.s.payments.CreatePaymentLink(req, metadata=auth(user))
-
-
-async def post(server: Running, body: bytes, headers: dict[str, str]) -> int:
-    assert server.app is not None
-    url = f"http://127.0.0.1:{server.app.http_port}/webhooks/stripe"
-    async with aiohttp.ClientSession() as s, s.post(url, data=body, headers={"Content-Type": "application/json", **headers}) as r:
-        return r.status
-
-
-async def deliver(server: Running, ev: dict[str, Any], *, secret: str = WEBHOOK_SECRET, t: int | None = None) -> int:
-    body = encode(ev)
-    return await post(server, body, {"Stripe-Signature": sign(body, secret, t)})
-
-
-async def credits(server: Running, user: str) -> int:
-    r = await server.s.balance.CheckBalance(balance_pb2.CheckBalanceRequest(), metadata=auth(user))
-    return r.credits_millicredits
 
 
 async def payment(server: Running, user: str, pid: str) -> payments_pb2.Payment:

@@ -15,6 +15,7 @@ from flownexus.billing.v1 import balance_pb2, usage_pb2
 from server.clock import ManualClock
 from server.fanout import CHANNEL, MAX_PAYLOAD, asyncpg_dsn, payloads
 from server.ledger.model import BalanceEvent, TransferView
+from tests.calls import credits
 from tests.conftest import _require_postgres
 from tests.harness import Running, auth, database
 
@@ -33,11 +34,6 @@ async def replicas(tmp_path, clock: ManualClock) -> AsyncIterator[tuple[Running,
         finally:
             await b.stop()
             await a.stop()
-
-
-async def credits(r: Running, user: str) -> int:
-    resp = await r.s.balance.GetBalance(balance_pb2.GetBalanceRequest(user_id=user), metadata=auth(user))
-    return resp.credits_millicredits
 
 
 async def test_spend_on_a_reaches_watcher_on_b(replicas) -> None:

@@ -24,8 +24,9 @@ from aiohttp import web
 from flownexus.billing.v1 import payments_pb2
 
 from server.ledger.verify import verify
+from tests.calls import credits, deliver
 from tests.harness import Running, auth, expect_error, free_port
-from tests.stripe_fake import API_KEY, WEBHOOK_SECRET, StripeFake, encode, event, sign
+from tests.stripe_fake import API_KEY, WEBHOOK_SECRET, StripeFake, event
 
 FREE = 100_000
 
@@ -105,21 +106,6 @@ async def link(server: Running, user: str, rid: str, cents: int = 1_000) -> paym
     return await server.s.payments.CreatePaymentLink(
         payments_pb2.CreatePaymentLinkRequest(amount_cents=cents, request_id=rid), metadata=auth(user)
     )
-
-
-async def deliver(server: Running, ev: dict[str, Any]) -> int:
-    assert server.app is not None
-    body = encode(ev)
-    url = f"http://127.0.0.1:{server.app.http_port}/webhooks/stripe"
-    headers = {"Content-Type": "application/json", "Stripe-Signature": sign(body, WEBHOOK_SECRET)}
-    async with aiohttp.ClientSession() as s, s.post(url, data=body, headers=headers) as r:
-        return r.status
-
-
-async def credits(server: Running, user: str) -> int:
-    from flownexus.billing.v1 import balance_pb2
-
-    return (await server.s.balance.GetBalance(balance_pb2.GetBalanceRequest(), metadata=auth(user))).credits_millicredits
 
 
 async def payments_of(server: Running, user: str) -> list[payments_pb2.Payment]:

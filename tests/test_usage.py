@@ -5,16 +5,13 @@ from __future__ import annotations
 import asyncio
 
 import grpc
-from flownexus.billing.v1 import balance_pb2, common_pb2, earnings_pb2, usage_pb2
+from flownexus.billing.v1 import common_pb2, earnings_pb2, usage_pb2
 from google.protobuf.duration_pb2 import Duration
 
+from tests.calls import balance
 from tests.harness import auth, expect_error
 
 FREE = 100_000  # the free tier's 100 credits, in millicredits
-
-
-async def balance(server, user: str) -> balance_pb2.GetBalanceResponse:
-    return await server.s.balance.GetBalance(balance_pb2.GetBalanceRequest(user_id=user), metadata=auth(user))
 
 
 async def test_new_user_gets_free_allowance_once(server) -> None:

@@ -99,7 +99,8 @@ holds = Table(
     Column("amount", BigInteger, nullable=False),
     Column("captured", BigInteger, nullable=False, default=0),
     Column("status", String(16), nullable=False),  # active|captured|released|expired
-    Column("lots", Text, nullable=False, default="[]"),  # [[lot_id, amount], ...]
+    # The lots the hold's credits came from: [[lot kind, lot expiry (us, 0: none), amount], ...]
+    Column("lots", Text, nullable=False, default="[]"),
     Column("category", String(64), nullable=False, default=""),
     Column("description", String(500), nullable=False, default=""),
     Column("expires_at_us", BigInteger, nullable=False),

@@ -48,8 +48,6 @@ class LedgerService:
         self.settings = settings
         # The refill domain replaces this so CheckBalance reports its data.
         self.refill_lookup: RefillLookup = _no_refill
-        # The earnings domain may add per-source limits (see EarningsLimits).
-        self.award_guard: Callable[[Principal, Award], Awaitable[None]] | None = None
 
     @staticmethod
     def idem(principal: Principal, method: str, request_id: str, fingerprint: str) -> Idempotency:
@@ -203,8 +201,6 @@ class LedgerService:
             # Per-user, per-source daily cap (BILLING_AWARD_DAILY_LIMIT_*), checked in the ledger batch.
             daily_limit=int(getattr(self.settings, f"award_daily_limit_{source}", 0)) * 1000,
         )
-        if self.award_guard is not None:
-            await self.award_guard(principal, op)
         result: SpendResult = await self.writer.submit(op)
         return result
 
