@@ -23,7 +23,8 @@ def _tiers(app: App) -> None:
     rules = app.writer.tiers
     assert isinstance(rules, TierRules)
     gateway = getattr(app, "stripe", None)
-    service = TierService(app.ledger, app.db, app.clock, app.settings, app.tiers, rules, gateway)
+    customers = app.payments.customers  # type: ignore[attr-defined]
+    service = TierService(app.ledger, app.db, app.clock, app.settings, app.tiers, rules, gateway, customers)
     app.tier_service = service  # type: ignore[attr-defined]
     app.ext.tier = TierServicer(service)
     events = TierEvents(rules, app.tiers["pro"].monthly_millicredits)

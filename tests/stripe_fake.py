@@ -103,6 +103,8 @@ class StripeFake:
         self.url = ""
         self.sessions: dict[str, dict[str, Any]] = {}
         self.by_idempotency: dict[str, str] = {}
+        self.customers_by_key: dict[str, bytes] = {}
+        self._customer_lock = asyncio.Lock()
         self.requests: list[dict[str, str]] = []
         self.fail_next: int = 0  # answer the next N API calls with 500 (outage drills)
         # Where Stripe would send webhooks (the server's /webhooks/stripe); "" = tests deliver by hand.
@@ -134,6 +136,7 @@ class StripeFake:
     async def reset(self) -> None:
         self.sessions.clear()
         self.by_idempotency.clear()
+        self.customers_by_key.clear()
         self.requests.clear()
         self.fail_next = 0
         await self.settled()
@@ -214,17 +217,31 @@ class StripeFake:
     async def _forward(self, request: web.Request) -> web.Response:
         if (failed := self._record(request)) is not None:
             return failed
+        key = request.headers.get("Idempotency-Key", "")
+        if request.method == "POST" and request.path == "/v1/customers" and key:
+            # Stripe answers a repeated idempotency key with the first response,
+            # concurrent repeats included; localstripe ignores keys, so the fake
+            # does it for customers.
+            async with self._customer_lock:
+                if key not in self.customers_by_key:
+                    status, body = await self._upstream(request)
+                    if status != 200:
+                        return web.Response(body=body, status=status, content_type="application/json")
+                    self.customers_by_key[key] = body
+            return web.Response(body=self.customers_by_key[key], status=200, content_type="application/json")
+        status, body = await self._upstream(request)
+        if request.method == "POST" and request.path == "/v1/subscriptions" and status == 200 and self.webhook_url:
+            # Stripe announces the new subscription's first invoice by webhook, after answering.
+            self._spawn(self._announce_subscription(json.loads(body)))
+        return web.Response(body=body, status=status, content_type="application/json")
+
+    async def _upstream(self, request: web.Request) -> tuple[int, bytes]:
         assert self._client is not None
         headers = {k: v for k, v in request.headers.items() if k.lower() in ("authorization", "content-type")}
         async with self._client.request(
             request.method, f"{self.upstream}{request.path_qs}", data=await request.read(), headers=headers
         ) as r:
-            body = await r.read()
-            status = r.status
-        if request.method == "POST" and request.path == "/v1/subscriptions" and status == 200 and self.webhook_url:
-            # Stripe announces the new subscription's first invoice by webhook, after answering.
-            self._spawn(self._announce_subscription(json.loads(body)))
-        return web.Response(body=body, status=status, content_type="application/json")
+            return r.status, await r.read()
 
     # ---- driving localstripe as "the customer" and "the Stripe dashboard" ----------------
 

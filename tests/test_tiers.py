@@ -3,12 +3,12 @@ subscriptions (localstripe + signed webhooks), grace and downgrade."""
 
 from __future__ import annotations
 
-import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
 import grpc
+import pytest
 from flownexus.billing.v1 import balance_pb2, common_pb2, history_pb2, tier_pb2, usage_pb2
 
 from server.clock import to_us
@@ -142,10 +142,24 @@ async def test_downgrade_waits_for_period_end_and_keeps_purchases(server) -> Non
     )
 
 
-async def test_pro_invoices_grant_once_then_grace_then_free(stripe_server) -> None:
+# The free allowance already granted for a calendar month stays until that month's
+# end, even after an upgrade to Pro. Whether it is still there when the first Pro
+# renewal fails depends on where the month ends: each case states it.
+PRO_RUNS = [
+    pytest.param(datetime(2031, 11, 20, 12, tzinfo=UTC), datetime(2031, 12, 1, tzinfo=UTC), 0,
+                 id="free-month-ends-before-the-renewal-fails"),
+    pytest.param(datetime(2027, 1, 1, 0, 30, tzinfo=UTC), datetime(2027, 2, 1, tzinfo=UTC), FREE,
+                 id="starts-on-the-1st-of-a-31-day-month"),
+]
+
+
+@pytest.mark.parametrize(("start", "free_month_end", "free_at_failure"), PRO_RUNS)
+async def test_pro_invoices_grant_once_then_grace_then_free(
+    stripe_server, start: datetime, free_month_end: datetime, free_at_failure: int
+) -> None:
     server = stripe_server
-    now = int(time.time())
-    server.clock.set(datetime.fromtimestamp(now, tz=UTC))
+    now = int(start.timestamp())
+    server.clock.set(start)
     await get_tier(server, "pam")
     paid = invoice("in_1", "pam", "sub_pam", now, now + 30 * DAY)
     assert await deliver(server, event("invoice.paid", paid, event_id="evt_1")) == 200
@@ -156,19 +170,38 @@ async def test_pro_invoices_grant_once_then_grace_then_free(stripe_server) -> No
     assert await deliver(server, event("invoice.paid", paid, event_id="evt_1")) == 200
     assert await deliver(server, event("invoice.payment_succeeded", paid, event_id="evt_2")) == 200
     assert (await balance(server, "pam")).credits_millicredits == FREE + PRO
-    # The renewal fails: Pro stays through the grace period, without allowance.
-    server.clock.advance(30 * DAY + 60)
+
+    async def free_month_ends(pro_left: int) -> None:
+        """Just before the calendar month's end the free allowance is there; at it, it is gone."""
+        server.clock.set(free_month_end - timedelta(microseconds=1))
+        assert (await get_tier(server, "pam")).allowance_remaining_millicredits == FREE + pro_left
+        server.clock.set(free_month_end)
+        assert (await get_tier(server, "pam")).allowance_remaining_millicredits == pro_left
+
+    renewal_fails = start + timedelta(seconds=30 * DAY + 60)
+    if free_month_end < renewal_fails:
+        await free_month_ends(PRO)
+    # The renewal fails: Pro stays through the grace period, without Pro allowance.
+    server.clock.set(renewal_fails)
     failed = {**invoice("in_2", "pam", "sub_pam", now + 30 * DAY, now + 60 * DAY), "status": "open"}
     assert await deliver(server, event("invoice.payment_failed", failed)) == 200
     t = await get_tier(server, "pam")
     assert t.tier == common_pb2.TIER_PRO and t.subscription_status == tier_pb2.SUBSCRIPTION_STATUS_PAST_DUE
-    assert t.allowance_remaining_millicredits == 0
+    assert t.allowance_remaining_millicredits == free_at_failure
     grace = server.settings.tier_grace_seconds
-    server.clock.advance(grace)
+    grace_end = to_us(start) + (30 * DAY + grace) * 1_000_000
+    assert t.period_end.ToMicroseconds() == grace_end
+    if free_month_end >= renewal_fails:
+        await free_month_ends(0)
+        assert (await get_tier(server, "pam")).tier == common_pb2.TIER_PRO
+    server.clock.set(start + timedelta(seconds=30 * DAY + grace))
     await server.app.workers.run_once()
     t = await get_tier(server, "pam")
     assert t.tier == common_pb2.TIER_FREE
     assert t.subscription_status == tier_pb2.SUBSCRIPTION_STATUS_CANCELED
+    # The free tier's allowance for the month the grace ends in (a new month in both cases).
+    assert t.allowance_remaining_millicredits == FREE
+    assert t.period_start.ToMicroseconds() == to_us(free_month_end)
     b = await balance(server, "pam")
     assert lots(b)[0] == (common_pb2.LOT_KIND_ALLOWANCE, FREE)
 

@@ -1,4 +1,5 @@
-"""unambiguous keys: re-key the transfers whose keys were built from a user id
+"""unambiguous keys: re-key the transfers whose keys were built from a user id;
+an index on lot expiry for the roll-over job
 
 Monthly and Enterprise allowance grants, allowance expiries and awards were
 keyed by joining a user id and other parts with `:`, which a user id may
@@ -57,6 +58,7 @@ def _new_key(row: sa.Row) -> str | None:
 
 
 def upgrade() -> None:
+    op.create_index("ix_lots_expiry", "lots", ["expires_at_us"])
     conn = op.get_bind()
     rows = conn.execute(
         sa.select(_transfers).where(_transfers.c.kind.in_(("allowance_grant", "allowance_expiry", "award")))
@@ -68,6 +70,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.drop_index("ix_lots_expiry", table_name="lots")
     # The old keys cannot be told apart again; an older release reading these
     # rows only misses its exactly-once checks for periods already granted.
     pass

@@ -88,6 +88,8 @@ lots = Table(
     Column("created_at_us", BigInteger, nullable=False),
     UniqueConstraint("account_id", "kind", "expires_at_us"),
     CheckConstraint("remaining >= 0", name="remaining_nonneg"),
+    # The roll-over job finds allowance lots that ended before their tier's period did.
+    Index("ix_lots_expiry", "expires_at_us"),
 )
 
 holds = Table(

@@ -57,9 +57,11 @@ class LedgerService:
 
     async def wallet(self, user_id: str, *, with_lots: bool = False) -> WalletState:
         state = await self.reader.wallet(user_id, with_lots=with_lots)
-        if state is None or state.period_end_us <= self.clock.now_us():
-            # New user (free allowance) or a period that ended: let the writer
-            # create or roll the wallet over, exactly once.
+        now = self.clock.now_us()
+        if state is None or state.period_end_us <= now or 0 < state.next_expiry_us <= now:
+            # New user (free allowance), a period that ended, or an allowance lot
+            # that ended before its period did (the free month of a user now on
+            # Pro): let the writer create or roll the wallet over, exactly once.
             await self.writer.submit(EnsureWallet(user_id))
             state = await self.reader.wallet(user_id, with_lots=with_lots)
         assert state is not None

@@ -51,12 +51,21 @@ class Idempotency:
     def lookup_keys(self) -> tuple[str, ...]:
         return (self.key, self.legacy_key) if self.legacy_key else (self.key,)
 
-    def stored(self, found: dict[str, tuple[str, bytes]]) -> tuple[str, bytes] | None:
-        """The stored (fingerprint, response) of this request, if it was applied."""
+    def replay(self, found: dict[str, tuple[str, bytes]]) -> bytes | None:
+        """The stored response of this request, or None when it was never applied.
+        `found` maps keys to stored (fingerprint, response). The same request_id
+        with other parameters is refused (REQUEST_ID_REUSED)."""
         hit = found.get(self.key)
         if hit is None and self.legacy_key:
             hit = found.get(self.legacy_key)
-        return hit
+        if hit is None:
+            return None
+        fingerprint, response = hit
+        if fingerprint != self.fingerprint:
+            raise errors.RequestIdReused(
+                "request_id was already used with different parameters", metadata={"request_id": self.request_id}
+            )
+        return response
 
     @property
     def transfer_key(self) -> str:
@@ -499,6 +508,8 @@ class Call(Op[Any]):
     exclusive = True
     fn: Any = None
     accounts: set[str] = field(default_factory=set)
+    # With a request's idempotency, the writer replays a repeat and stores the result.
+    idempotency: Idempotency | None = None
 
     def account_ids(self) -> set[str]:
         return self.accounts

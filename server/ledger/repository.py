@@ -9,7 +9,7 @@ from sqlalchemy import and_, func, literal, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from server.db.fastread import FastReader
-from server.db.schema import accounts, holds, lots, transfers, users
+from server.db.schema import accounts, holds, idempotency, lots, transfers, users
 from server.ledger.model import EARNED_KINDS, Kind, LotKind, TransferView, wallet_id
 
 LOT_ORDER = {LotKind.ALLOWANCE: 0, LotKind.EARNED: 1, LotKind.PURCHASED: 2}
@@ -28,6 +28,8 @@ class WalletState:
     period_start_us: int
     period_end_us: int
     flagged_reason: str | None
+    # The soonest end of an allowance lot that still holds credits (0: none).
+    next_expiry_us: int = 0
     lots: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -42,7 +44,9 @@ class UserStats:
 
 WALLET_SQL = (
     "SELECT a.balance, a.pending, a.earned_total, a.spent_total, a.unlimited_overdraft, u.tier,"
-    " u.monthly_credits, u.period_start_us, u.period_end_us, u.flagged_reason"
+    " u.monthly_credits, u.period_start_us, u.period_end_us, u.flagged_reason,"
+    " (SELECT min(l.expires_at_us) FROM lots l WHERE l.account_id = a.id AND l.kind = 'allowance'"
+    "  AND l.remaining > 0 AND l.expires_at_us > 0)"
     " FROM accounts a JOIN users u ON u.user_id = a.user_id WHERE a.id = ?"
 )
 
@@ -54,10 +58,23 @@ HISTORY_FIELDS = (
 HISTORY_COLUMNS = ", ".join(HISTORY_FIELDS)
 
 
+async def stored_responses(engine: AsyncEngine, lookup_keys: tuple[str, ...]) -> dict[str, tuple[str, bytes]]:
+    """Stored (fingerprint, response) of requests by idempotency key, for callers
+    that answer a repeat before they call Stripe (Idempotency.replay)."""
+    q = select(idempotency.c.key, idempotency.c.fingerprint, idempotency.c.response).where(
+        idempotency.c.key.in_(lookup_keys)
+    )
+    async with engine.connect() as conn:
+        return {r.key: (r.fingerprint, bytes(r.response)) for r in (await conn.execute(q)).all()}
+
+
 class LedgerReader:
     def __init__(self, engine: AsyncEngine, fast: FastReader) -> None:
         self.engine = engine
         self.fast = fast
+
+    async def stored_responses(self, lookup_keys: tuple[str, ...]) -> dict[str, tuple[str, bytes]]:
+        return await stored_responses(self.engine, lookup_keys)
 
     async def wallet(self, user_id: str, *, with_lots: bool = False) -> WalletState | None:
         if not with_lots:
@@ -65,7 +82,7 @@ class LedgerReader:
             r = await self.fast.fetchrow(WALLET_SQL, wallet_id(user_id))
             if r is None:
                 return None
-            return WalletState(user_id, r[0], r[1], r[2], r[3], bool(r[4]), r[5], r[6], r[7], r[8], r[9])
+            return WalletState(user_id, r[0], r[1], r[2], r[3], bool(r[4]), r[5], r[6], r[7], r[8], r[9], r[10] or 0)
         q = (
             select(accounts, users.c.tier, users.c.monthly_credits, users.c.period_start_us,
                    users.c.period_end_us, users.c.flagged_reason)
@@ -97,6 +114,10 @@ class LedgerReader:
                 state.lots = sorted(
                     (dict(r) for r in rows if r["remaining"] > 0),
                     key=lambda r: (LOT_ORDER[LotKind(r["kind"])], r["expires_at_us"] == 0, r["expires_at_us"]),
+                )
+                state.next_expiry_us = min(
+                    (r["expires_at_us"] for r in state.lots if r["kind"] == LotKind.ALLOWANCE and r["expires_at_us"] > 0),
+                    default=0,
                 )
         return state
 
@@ -152,9 +173,20 @@ class LedgerReader:
             return [r.id for r in (await conn.execute(q)).all()]
 
     async def users_due_rollover(self, now_us: int, limit: int = 500) -> list[str]:
-        q = select(users.c.user_id).where(users.c.period_end_us <= now_us).limit(limit)
+        """Users whose period ended, or who hold allowance whose lot ended first
+        (a month's free credits of a user whose Pro period runs on)."""
+        ended = select(users.c.user_id).where(users.c.period_end_us <= now_us).limit(limit)
+        stale = (
+            select(accounts.c.user_id)
+            .join(lots, lots.c.account_id == accounts.c.id)
+            .where(lots.c.kind == str(LotKind.ALLOWANCE), lots.c.remaining > 0,
+                   lots.c.expires_at_us > 0, lots.c.expires_at_us <= now_us)
+            .limit(limit)
+        )
         async with self.engine.connect() as conn:
-            return [r.user_id for r in (await conn.execute(q)).all()]
+            found = [r[0] for r in (await conn.execute(ended)).all()]
+            found += [r[0] for r in (await conn.execute(stale)).all()]
+        return list(dict.fromkeys(found))[:limit]
 
     async def stats(self, user_id: str) -> UserStats:
         account = wallet_id(user_id)

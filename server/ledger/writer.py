@@ -210,17 +210,15 @@ class LedgerWriter:
                 item.outcome, item.error, item.replayed = None, None, False
                 op = item.op
                 idem = op.idempotency
-                hit = idem.stored(tx.stored) if idem else None
-                if idem and hit is not None:
-                    fingerprint, response = hit
-                    if fingerprint != idem.fingerprint:
-                        item.error = errors.RequestIdReused(
-                            "request_id was already used with different parameters",
-                            metadata={"request_id": idem.request_id},
-                        )
-                    else:
+                if idem is not None:
+                    try:
+                        response = idem.replay(tx.stored)
+                    except errors.DomainError as exc:
+                        item.error = exc
+                        continue
+                    if response is not None:
                         item.outcome, item.replayed = op.decode(response), True
-                    continue
+                        continue
                 mark = tx.mark()
                 try:
                     item.outcome = await op.apply(tx)

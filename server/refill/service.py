@@ -16,11 +16,12 @@ from server.auth import Principal
 from server.clock import Clock, from_us, month_bounds
 from server.config import Settings
 from server.db.engine import Database
-from server.db.schema import idempotency, users
+from server.db.schema import users
 from server.domain.ledger import RefillStatus
 from server.ledger import keys
 from server.ledger.model import BalanceEvent, wallet_id
-from server.ledger.ops import Call
+from server.ledger.ops import Call, Idempotency
+from server.ledger.repository import stored_responses
 from server.ledger.tx import LedgerTx
 from server.ledger.writer import LedgerWriter
 from server.refill import repository as repo
@@ -235,11 +236,9 @@ class RefillService:
         self, principal: Principal, *, enabled: bool, threshold: int, amount_cents: int, request_id: str, fingerprint: str
     ) -> AutoRefillView:
         user = principal.subject
-        key = keys.idempotency(principal.role.value, user, "ConfigureAutoRefill", request_id)
-        async with self.db.reader.connect() as conn:
-            stored = (await conn.execute(select(idempotency.c.fingerprint).where(idempotency.c.key == key))).scalar()
-        if stored is not None:
-            self._same_request(stored, fingerprint, request_id)
+        idem = Idempotency.of(principal.role.value, user, "ConfigureAutoRefill", request_id, fingerprint)
+        # A repeat is answered before the card is looked up in Stripe.
+        if idem.replay(await stored_responses(self.db.reader, idem.lookup_keys())) is not None:
             return await self.view(user)
         card: Row | None = None
         if enabled:
@@ -254,10 +253,6 @@ class RefillService:
                 )
 
         async def apply(tx: LedgerTx) -> None:
-            await tx.load((), request_keys=[key])
-            if key in tx.stored:
-                self._same_request(tx.stored[key][0], fingerprint, request_id)
-                return
             await tx.wallet(user)  # the trigger hook sees this wallet: enabling below the threshold refills
             if enabled and tx.user(user)["flagged_reason"]:
                 raise errors.FailedPrecondition(
@@ -283,17 +278,9 @@ class RefillService:
                 if self.settings.min_purchase_cents <= amount_cents <= self.settings.max_purchase_cents:
                     row["amount_cents"] = amount_cents
             await repo.upsert_config(tx.conn, row, exists=exists)
-            tx.remember(key, fingerprint, b"{}")
 
-        await self.writer.submit(Call(fn=apply, accounts={wallet_id(user)}))
+        await self.writer.submit(Call(fn=apply, accounts={wallet_id(user)}, idempotency=idem))
         return await self.view(user)
-
-    @staticmethod
-    def _same_request(stored: str, fingerprint: str, request_id: str) -> None:
-        if stored != fingerprint:
-            raise errors.RequestIdReused(
-                "request_id was already used with different parameters", metadata={"request_id": request_id}
-            )
 
     async def _resolve_card(self, user: str) -> Row | None:
         """The card refills will charge, with brand/last4: a card from a setup

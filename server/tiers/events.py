@@ -146,11 +146,14 @@ class TierEvents:
             # Paid after its period was over: a fresh month starts at the payment.
             start, end = tx.now_us, add_month(tx.now_us)
         start = min(start, tx.now_us)
+        # Paid at or after the grace end (the user lapsed to free, and the lapsed
+        # subscription was queued for cancelling): the customer has just paid for it.
+        resume = {"cancel_in_stripe": False} if user["tier"] != "enterprise" else {}
         change_tier(tx, user, "pro", why="subscription invoice paid")
         tx.set_user(uid, period_start_us=start, period_end_us=end)
         await save_sub(tx, uid, status="active", stripe_subscription_id=sub_id,
                        stripe_customer_id=_id(invoice.get("customer")) or None,
-                       payment_url="", grace_until_us=None)
+                       payment_url="", grace_until_us=None, **resume)
         await tx.grant_allowance(uid, self.pro_monthly, start, end, key=key)
         return "allowance_granted"
 
@@ -165,6 +168,10 @@ class TierEvents:
         user = tx.user(uid)
         sub = await load_sub(tx, uid)
         wallet = tx.accounts[wallet_id(uid)]
+        if user["tier"] != "pro" and sub and sub["stripe_subscription_id"] == sub_id and sub["status"] == "canceled":
+            # A retry of a renewal that failed past the grace end: the subscription
+            # lapsed (the user is on free); it is not a pending first upgrade.
+            return "subscription_lapsed"
         if user["tier"] != "pro":
             # The first payment failed: the upgrade stays pending (pay through the link).
             await save_sub(tx, uid, status="incomplete", stripe_subscription_id=sub_id)

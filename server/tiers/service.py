@@ -19,7 +19,7 @@ from server.auth import Principal, Role
 from server.clock import Clock, month_bounds
 from server.config import Settings
 from server.db.engine import Database
-from server.db.schema import idempotency, tier_subscriptions
+from server.db.schema import tier_subscriptions
 from server.domain.ledger import LedgerService
 from server.domain.tiers import (
     TierRules,
@@ -30,9 +30,11 @@ from server.domain.tiers import (
     save_sub,
     tier_rank,
 )
+from server.ledger import keys
 from server.ledger.model import MAX_AMOUNT, LotKind, from_json, to_json, wallet_id
 from server.ledger.ops import Call, Idempotency
 from server.ledger.tx import LedgerTx
+from server.stripe_customers import StripeCustomers
 from server.stripe_gateway import StripeGateway
 
 log = logging.getLogger(__name__)
@@ -65,7 +67,6 @@ class TierCall(Call):
     """An exclusive tier change whose response is stored for its request_id."""
 
     result_type = TierChange  # type: ignore[assignment]
-    idempotency: Idempotency | None = None
 
     def encode(self, result: Any) -> bytes:
         return to_json(result)
@@ -88,6 +89,7 @@ class TierService:
         tiers: dict[str, TierSpec],
         rules: TierRules,
         gateway: StripeGateway | None,
+        customers: StripeCustomers | None,
     ) -> None:
         self.ledger = ledger
         self.db = db
@@ -96,6 +98,7 @@ class TierService:
         self.tiers = tiers
         self.rules = rules
         self.gateway = gateway
+        self.customers = customers
 
     # ---- reads ----------------------------------------------------------------------
 
@@ -131,17 +134,8 @@ class TierService:
 
     async def _stored(self, idem: Idempotency) -> TierChange | None:
         """A repeated request is answered from its stored response before any Stripe call."""
-        async with self.db.reader.connect() as conn:
-            q = select(idempotency.c.fingerprint, idempotency.c.response).where(idempotency.c.key == idem.key)
-            row = (await conn.execute(q)).first()
-        if row is None:
-            return None
-        if row.fingerprint != idem.fingerprint:
-            raise errors.RequestIdReused(
-                "request_id was already used with different parameters",
-                metadata={"request_id": idem.key.rsplit(":", 1)[-1]},
-            )
-        return from_json(TierChange, bytes(row.response))
+        response = idem.replay(await self.ledger.reader.stored_responses(idem.lookup_keys()))
+        return from_json(TierChange, response) if response is not None else None
 
     async def _run(self, fn: Any, user_id: str, idem: Idempotency) -> TierChange:
         result: TierChange = await self.ledger.writer.submit(
@@ -217,7 +211,8 @@ class TierService:
             raise upgrade_failed(
                 "payments are not configured: set BILLING_STRIPE_API_KEY", setting="BILLING_STRIPE_API_KEY"
             )
-        customer = await self._customer(uid, idem)
+        assert self.customers is not None
+        customer = await self.customers.get_or_create(uid)
         price = self.tiers["pro"].price_cents
         pm = await gw.saved_payment_method(customer)
         if pm:
@@ -225,7 +220,7 @@ class TierService:
                 created = await gw.create_pro_subscription(
                     customer_id=customer, user_id=uid, payment_method=pm,
                     price_id=self.settings.stripe_pro_price_id, amount_cents=price,
-                    idempotency_key=f"{idem.key}:subscription",
+                    idempotency_key=keys.stripe("subscription", idem.key),
                 )
             except errors.DomainError as exc:
                 if exc.reason != "PAYMENT_FAILED":
@@ -237,7 +232,7 @@ class TierService:
             customer_id=customer, user_id=uid, price_id=self.settings.stripe_pro_price_id, amount_cents=price,
             success_url=f"{self.settings.public_base_url}/billing/tier/success",
             cancel_url=f"{self.settings.public_base_url}/billing/tier/cancel",
-            idempotency_key=f"{idem.key}:checkout",
+            idempotency_key=keys.stripe("pro-checkout", idem.key),
         )
         return await self._record(uid, idem, customer=customer, session_id=str(session["id"]),
                                   payment_url=str(session.get("url") or ""))
@@ -265,30 +260,6 @@ class TierService:
 
         return await self._run(apply, uid, idem)
 
-    async def _customer(self, uid: str, idem: Idempotency) -> str:
-        """The user's Stripe customer, shared with purchases (users.stripe_customer_id)."""
-        await self.ledger.wallet(uid)
-        async with self.db.reader.connect() as conn:
-            from server.db.schema import users
-
-            existing = (await conn.execute(select(users.c.stripe_customer_id).where(users.c.user_id == uid))).scalar()
-        if existing:
-            return str(existing)
-        assert self.gateway is not None
-        created = await self.gateway.create_customer(uid, idempotency_key=f"customer:{uid}")
-        cid = str(created["id"])
-
-        async def save(tx: LedgerTx) -> str:
-            await tx.wallet(uid)
-            current = tx.user(uid)["stripe_customer_id"]
-            if current:
-                return str(current)
-            tx.set_user(uid, stripe_customer_id=cid)
-            return cid
-
-        result: str = await self.ledger.writer.submit(Call(fn=save, accounts={wallet_id(uid)}))
-        return result
-
     # ---- downgrade ------------------------------------------------------------------------
 
     async def downgrade(
@@ -314,7 +285,7 @@ class TierService:
         if state.tier == "pro" and sub_id and sub.get("status") != "canceled":
             assert self.gateway is not None
             # Stripe stops renewing; the tier changes at period end (not now).
-            await self.gateway.cancel_subscription_at_period_end(sub_id, idempotency_key=f"{idem.key}:cancel")
+            await self.gateway.cancel_subscription_at_period_end(sub_id, idempotency_key=keys.stripe("cancel", idem.key))
         monthly = self.tiers[target].monthly_millicredits
 
         async def apply(tx: LedgerTx) -> TierChange:
