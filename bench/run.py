@@ -60,8 +60,8 @@ from bench.common import (
     rss_mb,
     wait_serving,
 )
-from server.api import validation
-from server.auth import Role, mint_token
+from server.grpc import validation
+from server.platform.auth import Role, mint_token
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"

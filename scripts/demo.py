@@ -40,9 +40,8 @@ from flownexus.billing.v1 import (  # noqa: E402
 from flownexus_billing_client import BillingClient, BillingError, NotImplementedYet  # noqa: E402
 
 from server.app import App  # noqa: E402
-from server.auth import Role, mint_token  # noqa: E402
-from server.config import Settings  # noqa: E402
-from server.wiring import build  # noqa: E402
+from server.platform.auth import Role, mint_token  # noqa: E402
+from server.platform.config import Settings  # noqa: E402
 from tests.stripe_fake import (  # noqa: E402
     API_KEY,
     WEBHOOK_SECRET,
@@ -278,7 +277,7 @@ async def main() -> int:
                 stripe_api_key=API_KEY, stripe_api_base=fake.url, stripe_webhook_secret=WEBHOOK_SECRET,
                 worker_interval_seconds=WORKER_INTERVAL_SECONDS, log_level="WARNING",
             )
-            app = build(App(settings))
+            app = App(settings)
             await app.start()
             fake.webhook_url = f"http://127.0.0.1:{app.http_port}/webhooks/stripe"  # Stripe's webhook sender
             print(f"Billing service: gRPC 127.0.0.1:{app.grpc_port}, HTTP 127.0.0.1:{app.http_port}")

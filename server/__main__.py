@@ -6,9 +6,9 @@ import argparse
 import asyncio
 import sys
 
-from server import logs
-from server.auth import Role, mint_token
-from server.config import Settings
+from server.platform import logs
+from server.platform.auth import Role, mint_token
+from server.platform.config import Settings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,7 +30,6 @@ def main(argv: list[str] | None = None) -> int:
     logs.setup(settings.log_level, settings.log_json)
     if args.command == "serve":
         from server.app import App
-        from server.wiring import build
 
         try:
             import uvloop  # type: ignore[import-not-found]
@@ -38,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
             uvloop.install()
         except ImportError:
             pass
-        asyncio.run(build(App(settings)).serve_forever())
+        asyncio.run(App(settings).serve_forever())
         return 0
     if args.command == "migrate":
         from server.db.engine import Database

@@ -7,46 +7,54 @@ import asyncio
 import gc
 import logging
 import signal
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 from aiohttp import web
 from flownexus.billing.v1 import (
     balance_pb2,
-    balance_pb2_grpc,
     earnings_pb2,
-    earnings_pb2_grpc,
     history_pb2,
-    history_pb2_grpc,
     payments_pb2,
-    payments_pb2_grpc,
     refill_pb2,
-    refill_pb2_grpc,
     tier_pb2,
-    tier_pb2_grpc,
     usage_pb2,
-    usage_pb2_grpc,
 )
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
-from server.api import servicers
-from server.api.interceptors import CallInterceptor
-from server.clock import Clock
-from server.config import Settings
+from server.balance import grpc as balance_grpc
+from server.balance.fanout import PgFanout, asyncpg_dsn
+from server.balance.service import BalanceService
+from server.balance.watch import WatchHub
 from server.db.engine import Database
-from server.domain.ledger import LedgerService
-from server.domain.tiers import catalogue, tier_policy
-from server.fanout import PgFanout, asyncpg_dsn
+from server.earnings import grpc as earnings_grpc
+from server.earnings.repository import EarningsRepository
+from server.earnings.service import EarningsService
+from server.grpc.interceptors import CallInterceptor
+from server.history import grpc as history_grpc
+from server.history.repository import HistoryRepository
+from server.history.service import HistoryService
 from server.ledger.model import BalanceEvent
 from server.ledger.repository import LedgerReader
 from server.ledger.writer import LedgerWriter
-from server.metrics import METRICS
-from server.ratelimit import limiters
-from server.watch import WatchHub
+from server.payments import grpc as payments_grpc
+from server.payments.gateway import StripeGateway
+from server.payments.service import PaymentsService
+from server.platform.clock import Clock
+from server.platform.config import Settings
+from server.platform.metrics import METRICS
+from server.platform.ratelimit import limiters
+from server.refill import grpc as refill_grpc
+from server.refill.service import RefillService
+from server.registry import Registry
+from server.tiers import grpc as tiers_grpc
+from server.tiers.events import TierEvents
+from server.tiers.rules import TierRules, catalogue
+from server.tiers.service import TierService
+from server.usage import grpc as usage_grpc
+from server.usage.service import UsageService
 from server.workers import Workers, ledger_jobs
 
 log = logging.getLogger(__name__)
@@ -65,19 +73,11 @@ SERVICE_NAMES = tuple(
 )
 
 
-@dataclass
-class Extensions:
-    """Where later domains plug in: their servicers, HTTP routes and jobs."""
-
-    payments: Any = None
-    refill: Any = None
-    tier: Any = None
-    routes: list[web.RouteDef] = field(default_factory=list)
-    on_start: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
-    on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
-
-
 class App:
+    """The composition root: the ledger core, then every domain in dependency
+    order (payments, refill, balance, usage, history, earnings, tiers). Each
+    domain registers what it serves in `self.registry`."""
+
     def __init__(self, settings: Settings, clock: Clock | None = None) -> None:
         self.settings = settings
         self.clock = clock or Clock()
@@ -88,19 +88,45 @@ class App:
             None if self.db.is_sqlite else PgFanout(asyncpg_dsn(settings.database_url), self.hub)
         )
         self.tiers = catalogue(settings)
+        self.tier_rules = TierRules(settings)
         self.writer = LedgerWriter(
             self.db,
             self.clock,
-            tier_policy(settings),
+            self.tier_rules,
             max_batch=settings.batch_max_ops,
             publish=self._publish,
             after_batch=METRICS.observe_batch,
         )
         self.reader = LedgerReader(self.db.reader, self.db.fast)
-        self.ledger = LedgerService(self.writer, self.reader, self.clock, settings)
         self.workers = Workers(settings.worker_interval_seconds)
         ledger_jobs(self.workers, self.writer, self.reader, self.clock)
-        self.ext = Extensions()
+        reg = self.registry = Registry(self.writer, self.workers)
+
+        self.stripe = StripeGateway(settings.stripe_api_key, settings.stripe_api_base)
+        self.payments = PaymentsService(settings, self.db, self.writer, self.clock, self.stripe, reg.webhooks)
+        payments_grpc.register(reg, self.payments)
+
+        self.refill = RefillService(settings, self.db, self.writer, self.clock, self.stripe, self.payments)
+        refill_grpc.register(reg, self.refill)
+
+        self.balance = BalanceService(self.writer, self.reader, self.clock, self.refill.lookup)
+        balance_grpc.register(reg, self.balance, self.hub, self.clock)
+
+        self.usage = UsageService(self.writer, self.reader, settings)
+        usage_grpc.register(reg, self.usage)
+
+        self.history = HistoryService(self.balance, HistoryRepository(self.db.reader, self.db.fast), self.clock)
+        history_grpc.register(reg, self.history)
+
+        self.earnings = EarningsService(self.writer, EarningsRepository(self.db.reader), settings)
+        earnings_grpc.register(reg, self.earnings)
+
+        self.tier_service = TierService(
+            self.balance, self.writer, self.reader, self.db, self.clock, settings, self.tiers, self.tier_rules,
+            self.stripe, self.payments.customers,
+        )
+        tiers_grpc.register(reg, self.tier_service, TierEvents(self.tier_rules, self.tiers["pro"].monthly_millicredits))
+
         self.grpc_server: grpc.aio.Server | None = None
         self.grpc_port = 0
         self.http_port = 0
@@ -123,7 +149,7 @@ class App:
         self.writer.start()
         await self._start_grpc()
         await self._start_http()
-        for hook in self.ext.on_start:
+        for hook in self.registry.on_start:
             await hook()
         self.workers.start()
         log.info("billing service started", extra={"grpc_port": self.grpc_port, "http_port": self.http_port})
@@ -152,7 +178,9 @@ class App:
             CallInterceptor(s.effective_jwt_secret, s.jwt_issuer, limiters(s), s.max_concurrent_rpcs),
         ]
         if s.otel_enabled:
-            from server.tracing import server_interceptor  # optional extra, imported lazily
+            from server.platform.tracing import (
+                server_interceptor,  # optional extra, imported lazily
+            )
 
             interceptors.insert(0, server_interceptor())
         server = grpc.aio.server(
@@ -162,18 +190,8 @@ class App:
             # billing RPCs are refused earlier, at once (server/ratelimit.py).
             maximum_concurrent_rpcs=2 * s.max_concurrent_rpcs,
         )
-        balance_pb2_grpc.add_BalanceServiceServicer_to_server(servicers.BalanceServicer(self.ledger, self.hub), server)
-        usage_pb2_grpc.add_UsageServiceServicer_to_server(servicers.UsageServicer(self.ledger), server)
-        history_pb2_grpc.add_HistoryServiceServicer_to_server(servicers.HistoryServicer(self.ledger), server)
-        earnings_pb2_grpc.add_EarningsServiceServicer_to_server(servicers.EarningsServicer(self.ledger), server)
-        # Tiers, payments and refill are plugged in by server/wiring.py.
-        for servicer, add in (
-            (self.ext.tier, tier_pb2_grpc.add_TierServiceServicer_to_server),
-            (self.ext.payments, payments_pb2_grpc.add_PaymentsServiceServicer_to_server),
-            (self.ext.refill, refill_pb2_grpc.add_RefillServiceServicer_to_server),
-        ):
-            if servicer is not None:
-                add(servicer, server)
+        for add, servicer in self.registry.servicers:
+            add(servicer, server)
 
         self.health = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
@@ -188,7 +206,7 @@ class App:
         self.grpc_server = server
 
     def _bind(self, server: grpc.aio.Server, address: str) -> int:
-        from server.tls import server_credentials
+        from server.platform.tls import server_credentials
 
         creds = server_credentials(self.settings)
         if creds is None:
@@ -199,7 +217,7 @@ class App:
         app = web.Application(client_max_size=1024 * 1024)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/metrics", self._metrics)
-        app.add_routes(self.ext.routes)
+        app.add_routes(self.registry.routes)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, self.settings.http_host, self.settings.http_port)
@@ -219,7 +237,7 @@ class App:
         if hasattr(self, "health"):
             await self.health.enter_graceful_shutdown()
         await self.workers.stop()
-        for hook in self.ext.on_stop:
+        for hook in self.registry.on_stop:
             await hook()
         if self.grpc_server:
             await self.grpc_server.stop(grace)

@@ -8,10 +8,10 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
-from server.clock import Clock
 from server.ledger.ops import EnsureWallet, ExpireHolds
 from server.ledger.repository import LedgerReader
 from server.ledger.writer import LedgerWriter
+from server.platform.clock import Clock
 
 log = logging.getLogger(__name__)
 

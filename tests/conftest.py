@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from server.clock import ManualClock, to_us
+from server.platform.clock import ManualClock, to_us
 from tests.harness import PINNED_START, Running, database, postgres_available, serving
 
 pytest_plugins = ["tests.stripe_fixtures"]

@@ -29,11 +29,10 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from server.app import App
-from server.auth import Role, mint_token
-from server.clock import ManualClock
-from server.config import Settings
 from server.ledger.verify import verify
-from server.wiring import build
+from server.platform.auth import Role, mint_token
+from server.platform.clock import ManualClock
+from server.platform.config import Settings
 
 # Where every test's service clock starts unless the test sets its own: a fixed
 # instant in the middle of a 31-day month, far from every period boundary.
@@ -146,7 +145,7 @@ class Running:
         return test_settings(self.url, **self.overrides)
 
     async def start(self) -> Running:
-        self.app = build(App(self.settings, clock=self.clock))
+        self.app = App(self.settings, clock=self.clock)
         await self.app.start()
         self.stubs = Stubs.connect(f"127.0.0.1:{self.app.grpc_port}")
         return self

@@ -168,7 +168,7 @@ class StripeFake:
         if key and key in self.by_idempotency:
             return web.json_response(self.sessions[self.by_idempotency[key]])
         form = unflatten(list((await request.post()).items()))  # type: ignore[arg-type]
-        if form.get("mode") == "setup":  # auto-refill (issue 4): save a card, charge nothing
+        if form.get("mode") == "setup":  # auto-refill: save a card, charge nothing
             form["line_items"] = [{"quantity": "1", "price_data": {"unit_amount": "0", "currency": form.get("currency", "usd")}}]
         line = form["line_items"][0]
         if "price_data" not in line:  # a configured Price id: localstripe knows it as a Plan

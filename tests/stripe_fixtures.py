@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from server.clock import ManualClock
+from server.platform.clock import ManualClock
 from tests.harness import Running, free_port, serving
 from tests.stripe_fake import API_KEY, WEBHOOK_SECRET, StripeFake, launch_localstripe, wait_http
 

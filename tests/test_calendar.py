@@ -14,7 +14,7 @@ import grpc
 import pytest
 from flownexus.billing.v1 import common_pb2, earnings_pb2
 
-from server.clock import from_us, month_bounds, to_us
+from server.platform.clock import from_us, month_bounds, to_us
 from tests.calls import (
     DAY_S,
     FREE,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from server.config import Settings
+from server.platform.config import Settings
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 

@@ -11,10 +11,10 @@ import grpc
 import pytest
 from flownexus.billing.v1 import usage_pb2
 
-from server import errors
 from server.db.batchsql import BatchSql
 from server.db.schema import idempotency
 from server.ledger.ops import Idempotency, Spend
+from server.platform import errors
 from tests.calls import credits
 from tests.conftest import _require_postgres
 from tests.harness import ManualClock, Running, auth, database, serving

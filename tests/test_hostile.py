@@ -301,7 +301,7 @@ async def test_webhook_fuzz(hostile: Running) -> None:
     """Random bodies and headers at POST /webhooks/stripe: never a 5xx, never a
     credit granted, and nothing unsigned is accepted."""
     assert hostile.app is not None
-    routes = {getattr(r, "path", "") for r in hostile.app.ext.routes}
+    routes = {getattr(r, "path", "") for r in hostile.app.registry.routes}
     assert "/webhooks/stripe" in routes, "the webhook route is not wired"
     rng = random.Random(99)
     before = await snapshot(hostile)

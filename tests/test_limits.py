@@ -22,7 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sqlalchemy import func, select
 
 from server.db.schema import transfers
-from server.ratelimit import RateLimiter
+from server.platform.ratelimit import RateLimiter
 from tests.harness import Running, auth, database, expect_error
 
 

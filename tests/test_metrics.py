@@ -13,7 +13,7 @@ import httpx
 from flownexus.billing.v1 import balance_pb2, earnings_pb2, usage_pb2
 from prometheus_client.parser import text_string_to_metric_families
 
-from server import logs
+from server.platform import logs
 from tests.harness import Running, auth
 from tests.stripe_fake import StripeFake, event
 from tests.test_payments import buy, deliver, post
@@ -126,7 +126,7 @@ async def test_json_logs_carry_the_request_id(sqlite_server: Running) -> None:
     handler = logging.StreamHandler(buf)
     handler.setFormatter(logs.JsonFormatter())
     handler.addFilter(logs.RequestIdFilter())
-    logger = logging.getLogger("server.api")
+    logger = logging.getLogger("server.grpc")
     logger.addHandler(handler)
     old_level = logger.level
     logger.setLevel(logging.INFO)

@@ -48,8 +48,8 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from server.clock import ManualClock, month_bounds
 from server.ledger.verify import verify
+from server.platform.clock import ManualClock, month_bounds
 from tests.harness import Running, auth, database
 
 FREE = 100_000

@@ -15,7 +15,7 @@ import pytest
 from flownexus.billing.v1 import balance_pb2, common_pb2, history_pb2, refill_pb2, tier_pb2
 from sqlalchemy import text
 
-from server.clock import ManualClock
+from server.platform.clock import ManualClock
 from tests.harness import Running, auth, expect_error, serving
 from tests.stripe_fake import StripeFake, event
 from tests.stripe_fixtures import stripe_settings

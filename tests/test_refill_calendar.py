@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from flownexus.billing.v1 import refill_pb2
 
-from server.clock import ManualClock
+from server.platform.clock import ManualClock
 from tests.harness import Running, serving
 from tests.stripe_fake import StripeFake
 from tests.stripe_fixtures import stripe_settings

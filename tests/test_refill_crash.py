@@ -1,4 +1,4 @@
-"""Auto-refill survives a real crash (issue 4): the server is killed with
+"""Auto-refill survives a real crash: the server is killed with
 SIGKILL right after the triggering Spend commits; on restart the refill
 still happens, exactly once.
 

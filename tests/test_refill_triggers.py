@@ -18,8 +18,8 @@ import grpc
 import pytest
 from flownexus.billing.v1 import payments_pb2, refill_pb2, usage_pb2
 
-from server.clock import ManualClock, to_us
 from server.ledger.ops import Call
+from server.platform.clock import ManualClock, to_us
 from server.refill import repository as refill_repo
 from tests.harness import Running, auth, expect_error, serving
 from tests.stripe_fake import StripeFake, event

@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 from flownexus.billing.v1 import usage_pb2
 
-from server.metrics import METRICS
+from server.platform.metrics import METRICS
 from tests.harness import JWT_SECRET, Running, auth
 from tests.runbook_tools import Result, base_env, error_info_of, run_shell, runbook_blocks
 
@@ -154,7 +154,7 @@ async def test_missing_or_wrong_token_is_refused(ops) -> None:  # type: ignore[n
 
 async def test_payment_commands(stripe_server: Running, stripe_fake, runbook_env) -> None:  # type: ignore[no-untyped-def]
     ops = make_ops(stripe_server, runbook_env)
-    assert stripe_server.app.ext.payments is not None  # type: ignore[union-attr]
+    assert stripe_server.app.payments is not None  # type: ignore[union-attr]
     refused(await ops("get-payment"), "NotFound", "PAYMENT_NOT_FOUND")
     link = ok(await ops("create-payment-link"))
     assert link["credits_amount_millicredits"] == "500000"  # $50 at 10 credits per USD
@@ -168,7 +168,7 @@ async def test_payment_commands(stripe_server: Running, stripe_fake, runbook_env
 
 async def test_auto_refill_commands(stripe_server: Running, stripe_fake, runbook_env) -> None:  # type: ignore[no-untyped-def]
     ops = make_ops(stripe_server, runbook_env)
-    assert stripe_server.app.ext.refill is not None  # type: ignore[union-attr]
+    assert stripe_server.app.refill is not None  # type: ignore[union-attr]
     stripe_fake.webhook_url = f"http://127.0.0.1:{stripe_server.app.http_port}/webhooks/stripe"  # type: ignore[union-attr]
     # No saved card yet: resuming is refused, and says how to add one.
     info = refused(await ops("resume-auto-refill"), "FailedPrecondition", "PAYMENT_METHOD_REQUIRED")

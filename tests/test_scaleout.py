@@ -12,9 +12,9 @@ import grpc
 import pytest
 from flownexus.billing.v1 import balance_pb2, usage_pb2
 
-from server.clock import ManualClock
-from server.fanout import CHANNEL, MAX_PAYLOAD, asyncpg_dsn, payloads
+from server.balance.fanout import CHANNEL, MAX_PAYLOAD, asyncpg_dsn, payloads
 from server.ledger.model import BalanceEvent, TransferView
+from server.platform.clock import ManualClock
 from tests.calls import credits
 from tests.conftest import _require_postgres
 from tests.harness import Running, auth, database

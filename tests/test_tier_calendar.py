@@ -16,8 +16,8 @@ import pytest
 from flownexus.billing.v1 import common_pb2, history_pb2, tier_pb2, usage_pb2
 from sqlalchemy import text
 
-from server.clock import to_us
-from server.domain.tiers import add_month, prorate
+from server.platform.clock import to_us
+from server.tiers.rules import add_month, prorate
 from tests.harness import Running, auth, expect_error
 from tests.test_tiers import DAY, FREE, PRO, balance, deliver, event, get_tier, invoice, lots
 

@@ -11,9 +11,9 @@ import grpc
 import pytest
 from flownexus.billing.v1 import balance_pb2, common_pb2, history_pb2, tier_pb2, usage_pb2
 
-from server.clock import to_us
 from server.ledger.model import wallet_id
 from server.ledger.ops import Call
+from server.platform.clock import to_us
 from tests.harness import auth, expect_error
 from tests.stripe_fake import API_KEY, WEBHOOK_SECRET, encode, event, sign
 from tests.test_earnings import buy

@@ -10,7 +10,7 @@ import grpc
 import pytest
 from flownexus.billing.v1 import balance_pb2, balance_pb2_grpc
 
-from server.tls import TlsConfigError
+from server.platform.tls import TlsConfigError
 from tests.certs import Pki, make_pki
 from tests.harness import Running, auth, serving, token
 from tests.runbook_tools import GRPCURL, run_exec

@@ -85,8 +85,8 @@ async def test_a_subscriber_that_never_reads_does_not_slow_spend(server) -> None
 
 
 def test_a_full_queue_coalesces_into_one_resync() -> None:
+    from server.balance.watch import RESYNC, Subscription
     from server.ledger.model import BalanceEvent
-    from server.watch import RESYNC, Subscription
 
     sub = Subscription("u", maxsize=4)
     for i in range(10):

@@ -137,7 +137,7 @@ users = Table(
     Index("ix_users_period_end", "period_end_us"),
 )
 
-# ---- payments (issue 3) ------------------------------------------------------
+# ---- payments ------------------------------------------------------
 
 # One row per money movement with Stripe (checkout purchases; refills and
 # invoices may add their own kinds). Status is lowercase: pending, paid,
@@ -192,7 +192,7 @@ webhook_events = Table(
     Index("ix_webhook_events_stripe_ref", "stripe_ref"),
 )
 
-# ---- tiers and earnings (issue 5) -----------------------------------------------
+# ---- tiers and earnings -----------------------------------------------
 
 # A user's paid plan and scheduled changes (one row per user who ever asked).
 # status: none | incomplete | active | past_due | canceled.
@@ -221,7 +221,7 @@ tier_subscriptions = Table(
 # Daily award limits sum a user's awards of one source since midnight (UTC).
 Index("ix_transfers_credit_kind_created", transfers.c.credit_account, transfers.c.kind, transfers.c.created_at_us)
 
-# ---- auto-refill (issue 4) ----------------------------------------------------------
+# ---- auto-refill ----------------------------------------------------------
 
 # One row per user who ever configured auto-refill. `state` is active, paused
 # or action_required; queued/retrying is read from refill_jobs.
@@ -280,4 +280,4 @@ refill_jobs = Table(
 )
 
 
-# ---- reliability (issue 7) ------------------------------------------------------------
+# ---- reliability ------------------------------------------------------------

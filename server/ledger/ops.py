@@ -10,7 +10,6 @@ from typing import Any, ClassVar, Generic, TypeVar
 
 from sqlalchemy import func, select
 
-from server import errors
 from server.db.schema import transfers
 from server.ledger import keys
 from server.ledger.model import (
@@ -28,6 +27,8 @@ from server.ledger.model import (
     wallet_id,
 )
 from server.ledger.tx import LedgerTx, Row
+from server.platform import errors
+from server.platform.auth import Principal
 
 R = TypeVar("R")
 
@@ -47,6 +48,11 @@ class Idempotency:
             keys.idempotency(role, subject, method, request_id), fingerprint, request_id,
             keys.legacy_idempotency(role, subject, method, request_id),
         )
+
+    @classmethod
+    def of_request(cls, principal: Principal, method: str, request_id: str, fingerprint: str) -> Idempotency:
+        """The request_id of an RPC, in the scope of its caller."""
+        return cls.of(principal.role.value, principal.subject, method, request_id, fingerprint)
 
     def lookup_keys(self) -> tuple[str, ...]:
         return (self.key, self.legacy_key) if self.legacy_key else (self.key,)

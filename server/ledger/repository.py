@@ -1,16 +1,17 @@
-"""Read side of the ledger: single-row balance reads and keyset history."""
+"""Read side of the ledger: balances (one row, on the raw driver), holds, due
+jobs and stored responses."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import and_, func, literal, select, text
+from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from server.db.fastread import FastReader
-from server.db.schema import accounts, holds, idempotency, lots, transfers, users
-from server.ledger.model import EARNED_KINDS, Kind, LotKind, TransferView, wallet_id
+from server.db.schema import accounts, holds, idempotency, lots, users
+from server.ledger.model import LotKind, wallet_id
 
 LOT_ORDER = {LotKind.ALLOWANCE: 0, LotKind.EARNED: 1, LotKind.PURCHASED: 2}
 
@@ -33,15 +34,6 @@ class WalletState:
     lots: list[dict[str, Any]] = field(default_factory=list)
 
 
-@dataclass
-class UserStats:
-    credits_earned: int
-    credits_spent: int
-    apps_published: int
-    challenges_completed: int
-    app_revenue: int
-
-
 WALLET_SQL = (
     "SELECT a.balance, a.pending, a.earned_total, a.spent_total, a.unlimited_overdraft, u.tier,"
     " u.monthly_credits, u.period_start_us, u.period_end_us, u.flagged_reason,"
@@ -49,13 +41,6 @@ WALLET_SQL = (
     "  AND l.remaining > 0 AND l.expires_at_us > 0)"
     " FROM accounts a JOIN users u ON u.user_id = a.user_id WHERE a.id = ?"
 )
-
-
-HISTORY_FIELDS = (
-    "id", "kind", "amount", "debit_account", "credit_account", "debit_balance_after", "credit_balance_after",
-    "description", "category", "ref", "created_at_us", "metadata",
-)
-HISTORY_COLUMNS = ", ".join(HISTORY_FIELDS)
 
 
 async def stored_responses(engine: AsyncEngine, lookup_keys: tuple[str, ...]) -> dict[str, tuple[str, bytes]]:
@@ -121,42 +106,6 @@ class LedgerReader:
                 )
         return state
 
-    async def history(
-        self,
-        user_id: str,
-        *,
-        limit: int,
-        before_id: int | None,
-        kinds: list[str],
-        start_us: int | None,
-        end_us: int | None,
-    ) -> list[TransferView]:
-        account = wallet_id(user_id)
-        # Each side walks its own (account, id) index newest first; raw SQL on
-        # the driver keeps a page at any depth to one index range scan.
-        params: list[Any] = []
-        extra = ""
-        if before_id is not None:
-            extra += " AND id < ?"
-            params.append(before_id)
-        if kinds:
-            extra += f" AND kind IN ({','.join('?' * len(kinds))})"
-            params.extend(kinds)
-        if start_us is not None:
-            extra += " AND created_at_us >= ?"
-            params.append(start_us)
-        if end_us is not None:
-            extra += " AND created_at_us < ?"
-            params.append(end_us)
-
-        def side(column: str) -> str:
-            return f"SELECT * FROM (SELECT {HISTORY_COLUMNS} FROM transfers WHERE {column} = ?{extra} ORDER BY id DESC LIMIT ?) AS {column[0]}"
-
-        sql = f"{side('debit_account')} UNION ALL {side('credit_account')} ORDER BY id DESC LIMIT ?"
-        args = [account, *params, limit, account, *params, limit, limit]
-        rows = await self.fast.fetchall(sql, *args)
-        return [TransferView.of(dict(zip(HISTORY_FIELDS, r, strict=True)), account) for r in rows]
-
     async def hold(self, hold_id: str) -> dict[str, Any] | None:
         async with self.engine.connect() as conn:
             row = (await conn.execute(select(holds).where(holds.c.id == hold_id))).mappings().first()
@@ -187,53 +136,3 @@ class LedgerReader:
             found = [r[0] for r in (await conn.execute(ended)).all()]
             found += [r[0] for r in (await conn.execute(stale)).all()]
         return list(dict.fromkeys(found))[:limit]
-
-    async def stats(self, user_id: str) -> UserStats:
-        account = wallet_id(user_id)
-        earned = [str(k) for k in EARNED_KINDS]
-        q = select(
-            func.coalesce(func.sum(transfers.c.amount), 0),
-            func.count(func.distinct(transfers.c.ref)).filter(
-                and_(transfers.c.kind == Kind.REVENUE_SHARE, transfers.c.ref != "")
-            ),
-            func.count(func.distinct(transfers.c.ref)).filter(
-                and_(transfers.c.kind == Kind.AWARD, transfers.c.category == "challenge")
-            ),
-            func.coalesce(
-                func.sum(transfers.c.amount).filter(
-                    (transfers.c.kind == Kind.REVENUE_SHARE)
-                    | and_(transfers.c.kind == Kind.AWARD, transfers.c.category == "app_usage")
-                ),
-                0,
-            ),
-        ).where(transfers.c.credit_account == account, transfers.c.kind.in_(earned))
-        async with self.engine.connect() as conn:
-            earned_total, apps, challenges, app_revenue = (await conn.execute(q)).one()
-            spent = (await conn.execute(select(accounts.c.spent_total).where(accounts.c.id == account))).scalar()
-        return UserStats(
-            credits_earned=int(earned_total),
-            credits_spent=int(spent or 0),
-            apps_published=int(apps),
-            challenges_completed=int(challenges),
-            app_revenue=int(app_revenue),
-        )
-
-    async def spending_by_category(self, user_id: str, start_us: int, end_us: int) -> list[tuple[str, int, int]]:
-        account = wallet_id(user_id)
-        q = (
-            select(
-                func.coalesce(func.nullif(transfers.c.category, ""), literal("other")).label("category"),
-                func.sum(transfers.c.amount),
-                func.count(),
-            )
-            .where(
-                transfers.c.debit_account == account,
-                transfers.c.kind.in_([str(Kind.SPEND), str(Kind.HOLD_CAPTURE)]),
-                transfers.c.created_at_us >= start_us,
-                transfers.c.created_at_us < end_us,
-            )
-            .group_by("category")
-            .order_by(func.sum(transfers.c.amount).desc())
-        )
-        async with self.engine.connect() as conn:
-            return [(r[0], int(r[1]), int(r[2])) for r in (await conn.execute(q)).all()]

@@ -14,8 +14,6 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from server import errors
-from server.clock import month_bounds
 from server.db.batchsql import BatchSql
 from server.db.schema import accounts, holds, idempotency, lots, transfers, users
 from server.ledger import keys
@@ -32,6 +30,8 @@ from server.ledger.model import (
     TransferView,
     wallet_id,
 )
+from server.platform import errors
+from server.platform.clock import month_bounds
 
 Row = dict[str, Any]
 

@@ -15,13 +15,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from server import errors
-from server.clock import Clock
 from server.db.batchsql import BatchSql
 from server.db.engine import Database, is_retryable, is_unique_violation
 from server.ledger.model import BalanceEvent
 from server.ledger.ops import Op
 from server.ledger.tx import LedgerTx, TierPolicy
+from server.platform import errors
+from server.platform.clock import Clock
 
 log = logging.getLogger(__name__)
 

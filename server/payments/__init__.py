@@ -1,0 +1,1 @@
+"""Payments: Checkout purchases, the Stripe gateway and customers, verified webhooks."""

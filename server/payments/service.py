@@ -14,21 +14,21 @@ from typing import Any
 
 import stripe
 
-from server import errors
-from server.auth import Principal
-from server.clock import Clock
-from server.config import Settings
 from server.db.engine import Database
 from server.ledger import keys
 from server.ledger.model import SYSTEM_REFUNDS, SYSTEM_STRIPE
 from server.ledger.ops import Call
 from server.ledger.tx import LedgerTx
 from server.ledger.writer import LedgerWriter
-from server.metrics import METRICS
 from server.payments import repository as repo
 from server.payments import webhooks
-from server.stripe_customers import StripeCustomers
-from server.stripe_gateway import StripeGateway, not_configured
+from server.payments.customers import StripeCustomers
+from server.payments.gateway import StripeGateway, not_configured
+from server.platform import errors
+from server.platform.auth import Principal
+from server.platform.clock import Clock
+from server.platform.config import Settings
+from server.platform.metrics import METRICS
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,13 @@ class WebhookRejected(Exception):
 
 class PaymentsService:
     def __init__(
-        self, settings: Settings, db: Database, writer: LedgerWriter, clock: Clock, gateway: StripeGateway
+        self,
+        settings: Settings,
+        db: Database,
+        writer: LedgerWriter,
+        clock: Clock,
+        gateway: StripeGateway,
+        events: webhooks.EventRouter,
     ) -> None:
         self.settings = settings
         self.db = db
@@ -60,7 +66,7 @@ class PaymentsService:
         self.clock = clock
         self.gateway = gateway
         self.customers = StripeCustomers(gateway, db, writer)
-        self.events = webhooks.EventRouter()
+        self.events = events
 
     def _require_configured(self) -> None:
         if not self.gateway.configured:

@@ -58,8 +58,8 @@ CheckoutModeHandler = Callable[[LedgerTx, str, Row], Awaitable[str]]
 
 @dataclass
 class EventRouter:
-    """Where other domains plug into webhook handling, inside the same
-    transaction as the stored event (registered in server/wiring.py):
+    """Where domains plug into webhook handling, inside the same transaction as
+    the stored event (each domain's `register`, through server/registry.py):
     - `by_type`: event types another domain owns (tiers: invoices, subscriptions);
     - `checkout_modes`: Checkout Sessions of another mode (tiers: subscription);
     - `hooks`: fn(tx, event_type, payment or None, object) after every event

@@ -1,1 +1,1 @@
-"""Auto-refill (issue 4): configuration, durable jobs, the charging worker."""
+"""Auto-refill: configuration, durable jobs, the charging worker."""

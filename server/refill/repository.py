@@ -135,7 +135,7 @@ async def month_used_cents(
     conn: AsyncConnection, user_id: str, month: tuple[int, int], *, exclude: str = ""
 ) -> int:
     """Auto-refill charges of one calendar month, `month` = [start, end) from
-    server.clock.month_bounds: a charge made at or after `end` (by a replica
+    server.platform.clock.month_bounds: a charge made at or after `end` (by a replica
     whose clock is ahead) belongs to the next month, not this one."""
     start_us, end_us = month
     q = select(func.coalesce(func.sum(payments.c.amount_cents), 0)).where(

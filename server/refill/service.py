@@ -11,21 +11,21 @@ from typing import Any
 
 from sqlalchemy import select
 
-from server import errors
-from server.auth import Principal
-from server.clock import Clock, from_us, month_bounds
-from server.config import Settings
 from server.db.engine import Database
 from server.db.schema import users
-from server.domain.ledger import RefillStatus
 from server.ledger import keys
 from server.ledger.model import BalanceEvent, wallet_id
 from server.ledger.ops import Call, Idempotency
 from server.ledger.repository import stored_responses
 from server.ledger.tx import LedgerTx
 from server.ledger.writer import LedgerWriter
+from server.payments.gateway import StripeGateway, not_configured
+from server.platform import errors
+from server.platform.auth import Principal
+from server.platform.clock import Clock, from_us, month_bounds
+from server.platform.config import Settings
 from server.refill import repository as repo
-from server.stripe_gateway import StripeGateway, not_configured
+from server.refill.models import RefillStatus
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ def skip_set(tx: LedgerTx) -> set[str]:
 
 
 # ---- Stripe events (inside the webhook's transaction; registered on the
-# payments service's EventRouter in server/wiring.py) ----
+# webhook router by server/refill/grpc.py) ----
 
 async def on_stripe_event(tx: LedgerTx, etype: str, payment: Row | None, obj: Row) -> None:
     if payment is not None and etype.startswith("charge.dispute."):

@@ -10,16 +10,16 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-from server import errors
-from server.auth import Principal, Role
-from server.clock import month_bounds
 from server.ledger import keys
 from server.ledger.model import BalanceEvent, wallet_id
 from server.ledger.ops import Call
 from server.ledger.tx import LedgerTx
-from server.metrics import METRICS
 from server.payments import repository as payrepo
 from server.payments import webhooks
+from server.platform import errors
+from server.platform.auth import Principal, Role
+from server.platform.clock import month_bounds
+from server.platform.metrics import METRICS
 from server.refill import repository as repo
 from server.refill.service import (
     ACCOUNT_FLAGGED,

@@ -14,12 +14,12 @@ from typing import Any
 
 from sqlalchemy import select
 
-from server import errors
-from server.clock import month_bounds
 from server.db.schema import tier_subscriptions, users
-from server.domain.tiers import TierRules, add_month, change_tier, load_sub, save_sub
 from server.ledger.model import BalanceEvent, wallet_id
 from server.ledger.tx import LedgerTx
+from server.platform import errors
+from server.platform.clock import month_bounds
+from server.tiers.rules import TierRules, add_month, change_tier, load_sub, save_sub
 
 log = logging.getLogger(__name__)
 

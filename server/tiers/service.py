@@ -14,14 +14,22 @@ from typing import Any
 
 from sqlalchemy import select
 
-from server import errors
-from server.auth import Principal, Role
-from server.clock import Clock, month_bounds
-from server.config import Settings
+from server.balance.service import BalanceService
 from server.db.engine import Database
 from server.db.schema import tier_subscriptions
-from server.domain.ledger import LedgerService
-from server.domain.tiers import (
+from server.ledger import keys
+from server.ledger.model import MAX_AMOUNT, LotKind, from_json, to_json, wallet_id
+from server.ledger.ops import Call, Idempotency
+from server.ledger.repository import LedgerReader
+from server.ledger.tx import LedgerTx
+from server.ledger.writer import LedgerWriter
+from server.payments.customers import StripeCustomers
+from server.payments.gateway import StripeGateway
+from server.platform import errors
+from server.platform.auth import Principal, Role
+from server.platform.clock import Clock, month_bounds
+from server.platform.config import Settings
+from server.tiers.rules import (
     TierRules,
     TierSpec,
     change_tier,
@@ -30,12 +38,6 @@ from server.domain.tiers import (
     save_sub,
     tier_rank,
 )
-from server.ledger import keys
-from server.ledger.model import MAX_AMOUNT, LotKind, from_json, to_json, wallet_id
-from server.ledger.ops import Call, Idempotency
-from server.ledger.tx import LedgerTx
-from server.stripe_customers import StripeCustomers
-from server.stripe_gateway import StripeGateway
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +84,9 @@ def upgrade_failed(message: str, **metadata: object) -> errors.DomainError:
 class TierService:
     def __init__(
         self,
-        ledger: LedgerService,
+        balance: BalanceService,
+        writer: LedgerWriter,
+        reader: LedgerReader,
         db: Database,
         clock: Clock,
         settings: Settings,
@@ -91,7 +95,9 @@ class TierService:
         gateway: StripeGateway | None,
         customers: StripeCustomers | None,
     ) -> None:
-        self.ledger = ledger
+        self.balance = balance
+        self.writer = writer
+        self.reader = reader
         self.db = db
         self.clock = clock
         self.settings = settings
@@ -115,7 +121,7 @@ class TierService:
 
     async def get(self, principal: Principal, user_id: str) -> TierView:
         uid = principal.resolve_user(user_id)
-        state = await self.ledger.wallet(uid, with_lots=True)
+        state = await self.balance.wallet(uid, with_lots=True)
         sub = await self._sub(uid) or {}
         status = str(sub.get("status") or "none")
         return TierView(
@@ -134,11 +140,11 @@ class TierService:
 
     async def _stored(self, idem: Idempotency) -> TierChange | None:
         """A repeated request is answered from its stored response before any Stripe call."""
-        response = idem.replay(await self.ledger.reader.stored_responses(idem.lookup_keys()))
+        response = idem.replay(await self.reader.stored_responses(idem.lookup_keys()))
         return from_json(TierChange, response) if response is not None else None
 
     async def _run(self, fn: Any, user_id: str, idem: Idempotency) -> TierChange:
-        result: TierChange = await self.ledger.writer.submit(
+        result: TierChange = await self.writer.submit(
             TierCall(fn=fn, accounts={wallet_id(user_id)}, idempotency=idem)
         )
         return result
@@ -154,7 +160,7 @@ class TierService:
         self, principal: Principal, *, user_id: str, tier: str, request_id: str, fingerprint: str, monthly: int
     ) -> TierChange:
         uid = self._target_user(principal, user_id)
-        idem = self.ledger.idem(principal, "UpgradeTier", request_id, fingerprint)
+        idem = Idempotency.of_request(principal, "UpgradeTier", request_id, fingerprint)
         if tier == "enterprise":
             principal.require(Role.ADMIN, what="an Enterprise upgrade")
             if monthly < 0 or monthly > MAX_AMOUNT:
@@ -193,7 +199,7 @@ class TierService:
         stored = await self._stored(idem)
         if stored is not None:
             return stored
-        state = await self.ledger.wallet(uid)
+        state = await self.balance.wallet(uid)
         if state.tier == "pro":
             raise errors.FailedPrecondition("already on Pro", reason="ALREADY_ON_TIER", metadata={"tier": "pro"})
         if state.tier == "enterprise":
@@ -266,12 +272,12 @@ class TierService:
         self, principal: Principal, *, user_id: str, tier: str, request_id: str, fingerprint: str
     ) -> TierChange:
         uid = self._target_user(principal, user_id)
-        idem = self.ledger.idem(principal, "DowngradeTier", request_id, fingerprint)
+        idem = Idempotency.of_request(principal, "DowngradeTier", request_id, fingerprint)
         stored = await self._stored(idem)
         if stored is not None:
             return stored
         target = tier or "free"
-        state = await self.ledger.wallet(uid)
+        state = await self.balance.wallet(uid)
         if target != "free":
             raise errors.InvalidArgument("tiers are downgraded to free", reason="INVALID_TIER",
                                          metadata={"tier": target})
@@ -323,6 +329,6 @@ class TierService:
                 if row and row["stripe_subscription_id"] == sub_id:
                     await save_sub(tx, uid, cancel_in_stripe=False)
 
-            await self.ledger.writer.submit(Call(fn=clear, accounts={wallet_id(uid)}))
+            await self.writer.submit(Call(fn=clear, accounts={wallet_id(uid)}))
             done += 1
         return done

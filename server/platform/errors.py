@@ -1,5 +1,5 @@
 """Domain errors. Each carries a stable reason; the API layer maps them to gRPC
-status plus google.rpc.ErrorInfo in one place (server/api/interceptors.py)."""
+status plus google.rpc.ErrorInfo in one place (server/grpc/interceptors.py)."""
 
 from __future__ import annotations
 

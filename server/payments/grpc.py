@@ -9,10 +9,11 @@ from typing import Any
 from aiohttp import web
 from flownexus.billing.v1 import payments_pb2, payments_pb2_grpc
 
-from server import errors
-from server.api import convert, validation
-from server.auth import principal
+from server.grpc import convert, validation
 from server.payments.service import PaymentsService, WebhookRejected
+from server.platform import errors
+from server.platform.auth import principal
+from server.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -108,3 +109,10 @@ def webhook_routes(service: PaymentsService) -> list[web.RouteDef]:
         return web.json_response({"received": True, "outcome": outcome})
 
     return [web.post("/webhooks/stripe", stripe_webhook)]
+
+
+def register(reg: Registry, service: PaymentsService) -> None:
+    reg.servicer(payments_pb2_grpc.add_PaymentsServiceServicer_to_server, PaymentsServicer(service))
+    reg.routes.extend(webhook_routes(service))
+    reg.job("reconcile_payments", service.reconcile)
+    reg.on_stop.append(service.gateway.close)

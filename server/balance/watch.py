@@ -9,7 +9,7 @@ import logging
 from collections import defaultdict
 
 from server.ledger.model import BalanceEvent
-from server.metrics import METRICS
+from server.platform.metrics import METRICS
 
 log = logging.getLogger(__name__)
 

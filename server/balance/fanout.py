@@ -25,10 +25,10 @@ from typing import Any
 
 import asyncpg
 
+from server.balance.watch import RESYNC, WatchHub
 from server.ledger.model import BalanceEvent, TransferView
 from server.ledger.ops import Op
 from server.ledger.tx import LedgerTx
-from server.watch import RESYNC, WatchHub
 
 log = logging.getLogger(__name__)
 

@@ -16,12 +16,12 @@ from typing import Any
 
 from sqlalchemy import insert, select, update
 
-from server import errors
-from server.clock import from_us, month_bounds, to_us
-from server.config import Settings
 from server.db.schema import tier_subscriptions
 from server.ledger.model import BalanceEvent, wallet_id
 from server.ledger.tx import LedgerTx, Row, TierPolicy
+from server.platform import errors
+from server.platform.clock import from_us, month_bounds, to_us
+from server.platform.config import Settings
 
 TIER_ORDER = ("free", "pro", "enterprise")
 

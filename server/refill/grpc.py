@@ -6,9 +6,11 @@ from typing import Any
 
 from flownexus.billing.v1 import refill_pb2, refill_pb2_grpc
 
-from server.api import convert, validation
-from server.auth import principal
-from server.refill.service import AutoRefillView, RefillService
+from server.grpc import convert, validation
+from server.platform.auth import principal
+from server.refill.service import AutoRefillView, RefillService, on_stripe_event
+from server.refill.worker import RefillWorker
+from server.registry import Registry
 
 STATE = {
     "disabled": refill_pb2.AUTO_REFILL_STATE_DISABLED,
@@ -76,3 +78,12 @@ class RefillServicer(refill_pb2_grpc.RefillServiceServicer):
         p = principal()
         url, expires_us = await self.service.setup_link(p, validation.request_id(request.request_id))
         return refill_pb2.CreateSetupLinkResponse(setup_url=url, expires_at=convert.ts(expires_us))
+
+
+def register(reg: Registry, service: RefillService) -> None:
+    reg.servicer(refill_pb2_grpc.add_RefillServiceServicer_to_server, RefillServicer(service))
+    # The trigger runs in every ledger batch: a spend that crosses the
+    # threshold queues its refill in the same transaction.
+    reg.ledger_extension(service.trigger)
+    reg.webhooks.hooks.append(on_stripe_event)
+    reg.job("auto_refill", RefillWorker(service).run)

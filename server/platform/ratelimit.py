@@ -1,6 +1,6 @@
 """Per-caller rate limits: a token bucket per (method, principal).
 
-Applied by `CallInterceptor` (server/api/interceptors.py) once the caller is
+Applied by `CallInterceptor` (server/grpc/interceptors.py) once the caller is
 authenticated. Past the limit a call is refused with
 RESOURCE_EXHAUSTED / RATE_LIMITED and `retry_after_ms` in its ErrorInfo, before
 the servicer runs: a refused call never reaches the ledger or Stripe. Each
@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from server import errors
+from server.platform import errors
 
 
 @dataclass

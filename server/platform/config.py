@@ -39,7 +39,7 @@ class Settings(BaseSettings):
     pro_monthly_credits: int = 1000
     pro_price_cents: int = 2900
     revenue_share_percent: int = Field(default=70, ge=0, le=100)
-    # ---- tiers and earnings (issue 5) ----
+    # ---- tiers and earnings ----
     # JSON object overriding catalogue entries, e.g. {"pro": {"features": ["..."]}}.
     tiers_json: str = ""
     enterprise_monthly_credits: int = Field(default=10_000, ge=0)
@@ -51,7 +51,7 @@ class Settings(BaseSettings):
     award_daily_limit_challenge: int = Field(default=1_000, ge=0)
     award_daily_limit_app_usage: int = Field(default=10_000, ge=0)
     award_daily_limit_referral: int = Field(default=500, ge=0)
-    # ---- auto-refill (issue 4); defaults explained in README "Auto-refill" ----
+    # ---- auto-refill; defaults explained in README "Auto-refill" ----
     # The highest threshold a user may set, in credits.
     refill_max_threshold_credits: int = Field(default=1_000_000, gt=0)
     # Auto-refill charges per account per calendar month (UTC), US cents.
@@ -72,7 +72,7 @@ class Settings(BaseSettings):
     batch_max_ops: int = Field(default=256, gt=0, le=2000)
     max_message_bytes: int = 1024 * 1024
     max_concurrent_rpcs: int = 20000
-    # ---- reliability (issue 7): transport limits and per-caller rate limits ----
+    # ---- reliability: transport limits and per-caller rate limits ----
     keepalive_time_ms: int = Field(default=60_000, gt=0)
     keepalive_timeout_ms: int = Field(default=20_000, gt=0)
     # Clients pinging more often than this are sent GOAWAY (too_many_pings).
@@ -86,7 +86,7 @@ class Settings(BaseSettings):
     worker_interval_seconds: float = 5.0
     log_level: str = "INFO"
     log_json: bool = True
-    # Issue 8 (operations): TLS for the gRPC listener. A client CA turns on mTLS.
+    # TLS for the gRPC listener. A client CA turns on mTLS.
     tls_cert: str = ""
     tls_key: str = ""
     tls_client_ca: str = ""

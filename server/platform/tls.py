@@ -7,7 +7,7 @@ from pathlib import Path
 
 import grpc
 
-from server.config import Settings
+from server.platform.config import Settings
 
 
 class TlsConfigError(ValueError):

@@ -8,7 +8,7 @@ from server.ledger.ops import Call
 from server.ledger.tx import LedgerTx
 from server.ledger.writer import LedgerWriter
 from server.payments import repository as repo
-from server.stripe_gateway import StripeGateway
+from server.payments.gateway import StripeGateway
 
 
 class StripeCustomers:

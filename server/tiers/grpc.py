@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-from typing import TypeAlias
-
-import grpc
 from flownexus.billing.v1 import common_pb2, tier_pb2, tier_pb2_grpc
 
-from server.api import convert, validation
-from server.auth import principal
-from server.domain.tiers import TierSpec
+from server.grpc import Ctx, convert, validation
+from server.platform.auth import principal
+from server.registry import Registry
+from server.tiers.events import TierEvents
+from server.tiers.rules import TierSpec
 from server.tiers.service import TierChange, TierService
-
-Ctx: TypeAlias = grpc.aio.ServicerContext
 
 SUBSCRIPTION_STATUS = {
     "none": tier_pb2.SUBSCRIPTION_STATUS_NONE,
@@ -102,3 +99,10 @@ class TierServicer(tier_pb2_grpc.TierServiceServicer):
             fingerprint=validation.fingerprint("DowngradeTier", request),
         )
         return tier_pb2.DowngradeTierResponse(**self._change(c))  # type: ignore[arg-type]
+
+
+def register(reg: Registry, service: TierService, events: TierEvents) -> None:
+    reg.servicer(tier_pb2_grpc.add_TierServiceServicer_to_server, TierServicer(service))
+    reg.webhooks.by_type.update(events.handlers())
+    reg.webhooks.checkout_modes["subscription"] = events.checkout_session  # the Pro upgrade's Checkout
+    reg.job("cancel_lapsed_subscriptions", service.cancel_lapsed)

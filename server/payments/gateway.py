@@ -13,8 +13,8 @@ from typing import Any
 
 import stripe
 
-from server import errors
 from server.ledger import keys
+from server.platform import errors
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +164,7 @@ class StripeGateway:
         event = stripe.Webhook.construct_event(payload, signature, secret, tolerance=tolerance)
         return _plain(event)
 
-    # ---- subscriptions (tiers, issue 5) ---------------------------------------------------
+    # ---- subscriptions (tiers) ---------------------------------------------------
 
     async def saved_payment_method(self, customer_id: str) -> str | None:
         """The customer's default card for invoices, else the first saved card."""
@@ -255,7 +255,7 @@ class StripeGateway:
             "subscriptions.cancel", self.client.v1.subscriptions.cancel_async, subscription_id
         )
 
-    # ---- auto-refill (issue 4) ------------------------------------------------------------
+    # ---- auto-refill ------------------------------------------------------------
 
     async def charge_off_session(
         self, *, customer_id: str, payment_method: str, amount_cents: int, metadata: dict[str, str],

@@ -12,13 +12,13 @@ import grpc
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
-from server import errors
-from server.auth import TokenCache, current_principal
-from server.logs import new_request_id, request_id_var
-from server.metrics import METRICS
-from server.ratelimit import InFlight, RateLimiter
+from server.platform import errors
+from server.platform.auth import TokenCache, current_principal
+from server.platform.logs import new_request_id, request_id_var
+from server.platform.metrics import METRICS
+from server.platform.ratelimit import InFlight, RateLimiter
 
-log = logging.getLogger("server.api")
+log = logging.getLogger("server.grpc")
 
 ERROR_DOMAIN = "billing.flownexus.dev"
 BILLING_PREFIX = "/flownexus.billing.v1."

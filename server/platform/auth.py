@@ -10,7 +10,7 @@ from enum import StrEnum
 
 import jwt
 
-from server import errors
+from server.platform import errors
 
 
 class Role(StrEnum):

@@ -11,8 +11,8 @@ from typing import Any
 
 from google.protobuf.message import Message
 
-from server import errors
 from server.ledger.model import MAX_AMOUNT
+from server.platform import errors
 
 REQUEST_ID = re.compile(r"^[\x21-\x7e]{1,128}$")
 USER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+\-]{0,127}$")

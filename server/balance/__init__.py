@@ -1,0 +1,2 @@
+"""Balances: CheckBalance, GetBalance and the live WatchBalance stream (with its
+fan-out across replicas)."""

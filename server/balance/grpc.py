@@ -1,0 +1,98 @@
+"""BalanceService: proto in, balance rules, proto out; the watch stream."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from flownexus.billing.v1 import balance_pb2, balance_pb2_grpc
+
+from server.balance.service import BalanceService
+from server.balance.watch import RESYNC, WatchHub
+from server.grpc import Ctx, convert, validation
+from server.ledger.model import BalanceEvent
+from server.platform.auth import principal
+from server.platform.clock import Clock
+from server.registry import Registry
+
+
+class BalanceServicer(balance_pb2_grpc.BalanceServiceServicer):
+    def __init__(self, balance: BalanceService, hub: WatchHub, clock: Clock) -> None:
+        self.balance = balance
+        self.hub = hub
+        self.clock = clock
+
+    async def CheckBalance(self, request: balance_pb2.CheckBalanceRequest, context: Ctx) -> balance_pb2.CheckBalanceResponse:
+        state, refill = await self.balance.check_balance(principal())
+        return balance_pb2.CheckBalanceResponse(
+            credits_millicredits=state.credits,
+            auto_refill=refill.enabled,
+            threshold_millicredits=refill.threshold,
+            tier=convert.tier_pb(state.tier),  # type: ignore[arg-type]
+            pending_millicredits=state.pending,
+            auto_refill_paused_reason=refill.paused_reason,
+        )
+
+    async def GetBalance(self, request: balance_pb2.GetBalanceRequest, context: Ctx) -> balance_pb2.GetBalanceResponse:
+        user = validation.user_id(request.user_id)
+        return convert.balance(await self.balance.get_balance(principal(), user))
+
+    async def WatchBalance(
+        self, request: balance_pb2.WatchBalanceRequest, context: Ctx
+    ) -> AsyncIterator[balance_pb2.WatchBalanceResponse]:
+        user = principal().resolve_user(validation.user_id(request.user_id))
+        await self.balance.wallet(user)  # a new wallet's first grant belongs to the snapshot
+        # Subscribe before the snapshot so that no change falls in between.
+        sub = self.hub.subscribe(user)
+        try:
+            yield await self._snapshot(user, coalesced=False)
+            while True:
+                event = await sub.queue.get()
+                if event is RESYNC:
+                    yield await self._snapshot(user, coalesced=True)
+                else:
+                    yield self._event(event)
+        finally:
+            self.hub.unsubscribe(sub)
+
+    async def _snapshot(self, user: str, *, coalesced: bool) -> balance_pb2.WatchBalanceResponse:
+        state = await self.balance.wallet(user)
+        return balance_pb2.WatchBalanceResponse(
+            type=balance_pb2.BALANCE_EVENT_TYPE_SNAPSHOT,
+            user_id=user,
+            credits_millicredits=state.credits,
+            pending_millicredits=state.pending,
+            time=convert.ts(self.clock.now_us()),
+            coalesced=coalesced,
+            tier=convert.tier_pb(state.tier),  # type: ignore[arg-type]
+        )
+
+    def _event(self, event: BalanceEvent) -> balance_pb2.WatchBalanceResponse:
+        msg = balance_pb2.WatchBalanceResponse(
+            type=EVENT_TYPES.get(event.kind, balance_pb2.BALANCE_EVENT_TYPE_UNSPECIFIED),
+            user_id=event.user_id,
+            message=event.message,
+            payment_url=event.payment_url,
+            time=convert.ts(event.transfer.created_at_us if event.transfer else self.clock.now_us()),
+        )
+        if event.credits is not None:
+            msg.credits_millicredits = event.credits
+        if event.pending is not None:
+            msg.pending_millicredits = event.pending
+        if event.transfer is not None:
+            msg.transaction.CopyFrom(convert.transaction(event.transfer))
+        return msg
+
+
+EVENT_TYPES = {
+    "transfer": balance_pb2.BALANCE_EVENT_TYPE_TRANSFER,
+    "refill_succeeded": balance_pb2.BALANCE_EVENT_TYPE_AUTO_REFILL_SUCCEEDED,
+    "refill_failed": balance_pb2.BALANCE_EVENT_TYPE_AUTO_REFILL_FAILED,
+    "refill_paused": balance_pb2.BALANCE_EVENT_TYPE_AUTO_REFILL_PAUSED,
+    "action_required": balance_pb2.BALANCE_EVENT_TYPE_ACTION_REQUIRED,
+    "tier_changed": balance_pb2.BALANCE_EVENT_TYPE_TIER_CHANGED,
+    "payment_failed": balance_pb2.BALANCE_EVENT_TYPE_PAYMENT_FAILED,
+}
+
+
+def register(reg: Registry, service: BalanceService, hub: WatchHub, clock: Clock) -> None:
+    reg.servicer(balance_pb2_grpc.add_BalanceServiceServicer_to_server, BalanceServicer(service, hub, clock))

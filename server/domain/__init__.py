@@ -1,1 +1,0 @@
-"""Domain services: the rules. Servicers call them; they call the ledger."""

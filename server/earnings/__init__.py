@@ -1,0 +1,1 @@
+"""Earnings: awards (challenges, app usage, referrals) and user statistics."""

@@ -1,0 +1,1 @@
+"""History: the transaction list and the spending report."""

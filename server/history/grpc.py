@@ -1,0 +1,67 @@
+"""HistoryService: proto in, history rules, proto out."""
+
+from __future__ import annotations
+
+from flownexus.billing.v1 import common_pb2, history_pb2, history_pb2_grpc
+
+from server.grpc import Ctx, convert, validation
+from server.history.service import HistoryService
+from server.platform import errors
+from server.platform.auth import principal
+from server.registry import Registry
+
+
+class HistoryServicer(history_pb2_grpc.HistoryServiceServicer):
+    def __init__(self, history: HistoryService) -> None:
+        self.history = history
+
+    async def ListTransactions(
+        self, request: history_pb2.ListTransactionsRequest, context: Ctx
+    ) -> history_pb2.ListTransactionsResponse:
+        user = validation.user_id(request.user_id)
+        size = validation.page_size(request.page_size)
+        kinds = [
+            convert.kind_of(validation.enum(t, common_pb2.TransactionType, field="types"))
+            for t in request.types
+        ]
+        start = convert.us_of(request.start_time, request.HasField("start_time"))
+        end = convert.us_of(request.end_time, request.HasField("end_time"))
+        sig = validation.filters_signature(user, sorted(kinds), start, end)
+        before = validation.decode_page_token(request.page_token, sig)
+        if before is not None and not isinstance(before, int):
+            raise errors.InvalidArgument("page_token is invalid", reason="INVALID_PAGE_TOKEN")
+        rows = await self.history.history(
+            principal(), user_id=user, limit=size + 1, before_id=before, kinds=kinds, start_us=start, end_us=end
+        )
+        resp = history_pb2.ListTransactionsResponse(transactions=[convert.transaction(t) for t in rows[:size]])
+        if len(rows) > size:
+            resp.next_page_token = validation.encode_page_token(rows[size - 1].id, sig)
+        return resp
+
+    async def GetSpendingReport(
+        self, request: history_pb2.GetSpendingReportRequest, context: Ctx
+    ) -> history_pb2.GetSpendingReportResponse:
+        state, rows, start, end = await self.history.spending_report(
+            principal(),
+            validation.user_id(request.user_id),
+            convert.us_of(request.start_time, request.HasField("start_time")),
+            convert.us_of(request.end_time, request.HasField("end_time")),
+        )
+        total = sum(r[1] for r in rows)
+        # The burn rate is per elapsed day: a window reaching into the future
+        # must not dilute it (and a wholly future window has none).
+        elapsed = min(end, self.history.clock.now_us()) - start
+        burn = int(total / max(elapsed / 86_400_000_000, 1 / 24)) if elapsed > 0 else 0
+        return history_pb2.GetSpendingReportResponse(
+            categories=[history_pb2.CategorySpend(category=c, spent_millicredits=s, operations=n) for c, s, n in rows],
+            total_spent_millicredits=total,
+            burn_rate_millicredits_per_day=burn,
+            credits_millicredits=state.credits,
+            days_left=round(max(state.credits, 0) / burn, 1) if burn > 0 else -1.0,
+            start_time=convert.ts(start),
+            end_time=convert.ts(end),
+        )
+
+
+def register(reg: Registry, service: HistoryService) -> None:
+    reg.servicer(history_pb2_grpc.add_HistoryServiceServicer_to_server, HistoryServicer(service))

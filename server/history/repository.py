@@ -1,0 +1,80 @@
+"""History's SQL: keyset pages of a wallet's transfers and spending by category."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import func, literal, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from server.db.fastread import FastReader
+from server.db.schema import transfers
+from server.ledger.model import Kind, TransferView, wallet_id
+
+HISTORY_FIELDS = (
+    "id", "kind", "amount", "debit_account", "credit_account", "debit_balance_after", "credit_balance_after",
+    "description", "category", "ref", "created_at_us", "metadata",
+)
+HISTORY_COLUMNS = ", ".join(HISTORY_FIELDS)
+
+
+class HistoryRepository:
+    def __init__(self, engine: AsyncEngine, fast: FastReader) -> None:
+        self.engine = engine
+        self.fast = fast
+
+    async def page(
+        self,
+        user_id: str,
+        *,
+        limit: int,
+        before_id: int | None,
+        kinds: list[str],
+        start_us: int | None,
+        end_us: int | None,
+    ) -> list[TransferView]:
+        account = wallet_id(user_id)
+        # Each side walks its own (account, id) index newest first; raw SQL on
+        # the driver keeps a page at any depth to one index range scan.
+        params: list[Any] = []
+        extra = ""
+        if before_id is not None:
+            extra += " AND id < ?"
+            params.append(before_id)
+        if kinds:
+            extra += f" AND kind IN ({','.join('?' * len(kinds))})"
+            params.extend(kinds)
+        if start_us is not None:
+            extra += " AND created_at_us >= ?"
+            params.append(start_us)
+        if end_us is not None:
+            extra += " AND created_at_us < ?"
+            params.append(end_us)
+
+        def side(column: str) -> str:
+            return f"SELECT * FROM (SELECT {HISTORY_COLUMNS} FROM transfers WHERE {column} = ?{extra} ORDER BY id DESC LIMIT ?) AS {column[0]}"
+
+        sql = f"{side('debit_account')} UNION ALL {side('credit_account')} ORDER BY id DESC LIMIT ?"
+        args = [account, *params, limit, account, *params, limit, limit]
+        rows = await self.fast.fetchall(sql, *args)
+        return [TransferView.of(dict(zip(HISTORY_FIELDS, r, strict=True)), account) for r in rows]
+
+    async def spending_by_category(self, user_id: str, start_us: int, end_us: int) -> list[tuple[str, int, int]]:
+        account = wallet_id(user_id)
+        q = (
+            select(
+                func.coalesce(func.nullif(transfers.c.category, ""), literal("other")).label("category"),
+                func.sum(transfers.c.amount),
+                func.count(),
+            )
+            .where(
+                transfers.c.debit_account == account,
+                transfers.c.kind.in_([str(Kind.SPEND), str(Kind.HOLD_CAPTURE)]),
+                transfers.c.created_at_us >= start_us,
+                transfers.c.created_at_us < end_us,
+            )
+            .group_by("category")
+            .order_by(func.sum(transfers.c.amount).desc())
+        )
+        async with self.engine.connect() as conn:
+            return [(r[0], int(r[1]), int(r[2])) for r in (await conn.execute(q)).all()]

@@ -1,0 +1,51 @@
+"""History rules: a user reads only their own history; a report's window
+defaults to the last 30 days and ends now."""
+
+from __future__ import annotations
+
+from server.balance.service import BalanceService
+from server.history.repository import HistoryRepository
+from server.ledger.model import Kind, TransferView
+from server.ledger.repository import WalletState
+from server.platform import errors
+from server.platform.auth import Principal
+from server.platform.clock import Clock
+
+DAY_US = 86_400_000_000
+
+
+class HistoryService:
+    def __init__(self, balance: BalanceService, repo: HistoryRepository, clock: Clock) -> None:
+        self.balance = balance
+        self.repo = repo
+        self.clock = clock
+
+    async def history(
+        self,
+        principal: Principal,
+        *,
+        user_id: str,
+        limit: int,
+        before_id: int | None,
+        kinds: list[Kind],
+        start_us: int | None,
+        end_us: int | None,
+    ) -> list[TransferView]:
+        user = principal.resolve_user(user_id)
+        await self.balance.wallet(user)  # a roll-over due now belongs to the page
+        return await self.repo.page(
+            user, limit=limit, before_id=before_id, kinds=[str(k) for k in kinds], start_us=start_us, end_us=end_us
+        )
+
+    async def spending_report(
+        self, principal: Principal, user_id: str, start_us: int | None, end_us: int | None
+    ) -> tuple[WalletState, list[tuple[str, int, int]], int, int]:
+        user = principal.resolve_user(user_id)
+        now = self.clock.now_us()
+        end = end_us or now + 1  # the window includes this instant
+        start = start_us or end - 30 * DAY_US
+        if start >= end:
+            raise errors.InvalidArgument("start_time must be before end_time", reason="INVALID_TIME_RANGE")
+        state = await self.balance.wallet(user)
+        rows = await self.repo.spending_by_category(user, start, end)
+        return state, rows, start, end

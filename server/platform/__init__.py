@@ -1,0 +1,2 @@
+"""Cross-cutting code every domain uses: settings, auth, domain errors, the
+clock, logs, metrics, rate limits, TLS and tracing."""

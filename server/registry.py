@@ -1,0 +1,41 @@
+"""What a domain plugs into the process: its gRPC servicer, HTTP routes,
+background jobs, ledger extensions (hooks that run inside every group-commit
+batch) and Stripe webhook handlers. Each domain's `register` (in its grpc.py)
+fills it in; the App reads it once at start."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from aiohttp import web
+
+from server.ledger.writer import BatchHook, LedgerWriter
+from server.payments.webhooks import EventRouter
+from server.workers import Job, Workers
+
+AddServicer = Callable[[Any, grpc.aio.Server], None]
+
+
+@dataclass
+class Registry:
+    writer: LedgerWriter
+    workers: Workers
+    servicers: list[tuple[AddServicer, Any]] = field(default_factory=list)
+    routes: list[web.RouteDef] = field(default_factory=list)
+    # Stripe webhook events by type, by Checkout mode, and hooks after every event.
+    webhooks: EventRouter = field(default_factory=EventRouter)
+    on_start: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+    def servicer(self, add: AddServicer, servicer: Any) -> None:
+        self.servicers.append((add, servicer))
+
+    def job(self, name: str, job: Job) -> None:
+        self.workers.add(name, job)
+
+    def ledger_extension(self, hook: BatchHook) -> None:
+        """Runs inside every batch, before its write-back, under the batch's locks."""
+        self.writer.before_flush.append(hook)

@@ -1,0 +1,77 @@
+"""UsageService: proto in, usage rules, proto out."""
+
+from __future__ import annotations
+
+from flownexus.billing.v1 import usage_pb2, usage_pb2_grpc
+
+from server.grpc import Ctx, convert, validation
+from server.platform.auth import principal
+from server.registry import Registry
+from server.usage.service import UsageService
+
+
+class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
+    def __init__(self, usage: UsageService) -> None:
+        self.usage = usage
+
+    async def Spend(self, request: usage_pb2.SpendRequest, context: Ctx) -> usage_pb2.SpendResponse:
+        result = await self.usage.spend(
+            principal(),
+            user_id=validation.user_id(request.user_id),
+            amount=validation.amount(request.amount_millicredits),
+            request_id=validation.request_id(request.request_id),
+            fingerprint=validation.fingerprint("Spend", request),
+            category=validation.category(request.category),
+            description=validation.text(request.description, field="description"),
+            metadata=validation.metadata(request.metadata),
+            app_id=validation.text(request.app_id, field="app_id", max_len=128),
+            publisher_user_id=validation.user_id(request.publisher_user_id, field="publisher_user_id"),
+        )
+        return usage_pb2.SpendResponse(
+            transaction=convert.transaction(result.transaction), credits_millicredits=result.credits
+        )
+
+    async def Reserve(self, request: usage_pb2.ReserveRequest, context: Ctx) -> usage_pb2.ReserveResponse:
+        ttl = request.ttl.seconds + request.ttl.nanos / 1e9 if request.HasField("ttl") else 0.0
+        result = await self.usage.reserve(
+            principal(),
+            user_id=validation.user_id(request.user_id),
+            amount=validation.amount(request.amount_millicredits),
+            ttl_seconds=ttl,
+            request_id=validation.request_id(request.request_id),
+            fingerprint=validation.fingerprint("Reserve", request),
+            category=validation.category(request.category),
+            description=validation.text(request.description, field="description"),
+        )
+        return usage_pb2.ReserveResponse(hold=convert.hold(result.hold), credits_millicredits=result.credits)
+
+    async def Capture(self, request: usage_pb2.CaptureRequest, context: Ctx) -> usage_pb2.CaptureResponse:
+        if request.amount_millicredits < 0:
+            validation.amount(request.amount_millicredits)
+        result = await self.usage.capture(
+            principal(),
+            hold_id=validation.opaque_id(request.hold_id, field="hold_id", reason="INVALID_HOLD_ID"),
+            amount=request.amount_millicredits,
+            request_id=validation.request_id(request.request_id),
+            fingerprint=validation.fingerprint("Capture", request),
+            description=validation.text(request.description, field="description"),
+            app_id=validation.text(request.app_id, field="app_id", max_len=128),
+            publisher_user_id=validation.user_id(request.publisher_user_id, field="publisher_user_id"),
+        )
+        resp = usage_pb2.CaptureResponse(hold=convert.hold(result.hold), credits_millicredits=result.credits)
+        if result.transaction:
+            resp.transaction.CopyFrom(convert.transaction(result.transaction))
+        return resp
+
+    async def Release(self, request: usage_pb2.ReleaseRequest, context: Ctx) -> usage_pb2.ReleaseResponse:
+        result = await self.usage.release(
+            principal(),
+            hold_id=validation.opaque_id(request.hold_id, field="hold_id", reason="INVALID_HOLD_ID"),
+            request_id=validation.request_id(request.request_id),
+            fingerprint=validation.fingerprint("Release", request),
+        )
+        return usage_pb2.ReleaseResponse(hold=convert.hold(result.hold), credits_millicredits=result.credits)
+
+
+def register(reg: Registry, service: UsageService) -> None:
+    reg.servicer(usage_pb2_grpc.add_UsageServiceServicer_to_server, UsageServicer(service))

@@ -1,0 +1,127 @@
+"""Usage rules: who may spend for whom, revenue share, hold lifetimes. Every
+operation is applied by the ledger writer in a group-commit batch."""
+
+from __future__ import annotations
+
+from server.ledger.ops import (
+    Capture,
+    HoldResult,
+    Idempotency,
+    Release,
+    Reserve,
+    RevenueShare,
+    Spend,
+    SpendResult,
+)
+from server.ledger.repository import LedgerReader
+from server.ledger.writer import LedgerWriter
+from server.platform import errors
+from server.platform.auth import Principal
+from server.platform.config import Settings
+
+
+class UsageService:
+    def __init__(self, writer: LedgerWriter, reader: LedgerReader, settings: Settings) -> None:
+        self.writer = writer
+        self.reader = reader
+        self.settings = settings
+
+    def _share(self, user_id: str, app_id: str, publisher: str) -> RevenueShare | None:
+        if not app_id and not publisher:
+            return None
+        if not app_id or not publisher:
+            raise errors.InvalidArgument(
+                "app_id and publisher_user_id go together", reason="INVALID_REVENUE_SHARE"
+            )
+        if publisher == user_id:
+            raise errors.InvalidArgument("a publisher cannot earn from their own spend", reason="SELF_REVENUE_SHARE")
+        return RevenueShare(app_id, publisher, self.settings.revenue_share_percent)
+
+    async def spend(
+        self,
+        principal: Principal,
+        *,
+        user_id: str,
+        amount: int,
+        request_id: str,
+        fingerprint: str,
+        category: str,
+        description: str,
+        metadata: dict[str, str],
+        app_id: str,
+        publisher_user_id: str,
+    ) -> SpendResult:
+        user = principal.resolve_user(user_id)
+        op = Spend(
+            user_id=user,
+            amount=amount,
+            category=category,
+            description=description,
+            metadata=metadata,
+            share=self._share(user, app_id, publisher_user_id),
+            idempotency=Idempotency.of_request(principal, "Spend", request_id, fingerprint),
+        )
+        result: SpendResult = await self.writer.submit(op)
+        return result
+
+    async def reserve(
+        self,
+        principal: Principal,
+        *,
+        user_id: str,
+        amount: int,
+        ttl_seconds: float,
+        request_id: str,
+        fingerprint: str,
+        category: str,
+        description: str,
+    ) -> HoldResult:
+        user = principal.resolve_user(user_id)
+        if ttl_seconds < 0 or ttl_seconds > self.settings.max_hold_ttl_seconds:
+            raise errors.InvalidArgument(
+                f"ttl must be between 1s and {self.settings.max_hold_ttl_seconds}s", reason="INVALID_TTL"
+            )
+        ttl = ttl_seconds or self.settings.default_hold_ttl_seconds
+        op = Reserve(
+            user_id=user,
+            amount=amount,
+            ttl_us=int(ttl * 1_000_000),
+            category=category,
+            description=description,
+            idempotency=Idempotency.of_request(principal, "Reserve", request_id, fingerprint),
+        )
+        result: HoldResult = await self.writer.submit(op)
+        return result
+
+    async def capture(
+        self,
+        principal: Principal,
+        *,
+        hold_id: str,
+        amount: int,
+        request_id: str,
+        fingerprint: str,
+        description: str,
+        app_id: str,
+        publisher_user_id: str,
+    ) -> HoldResult:
+        owner = None if principal.privileged else principal.subject
+        hold = await self.reader.hold(hold_id)
+        if hold is None or (owner and hold["user_id"] != owner):
+            raise errors.NotFound("hold not found", reason="HOLD_NOT_FOUND")
+        op = Capture(
+            hold_id=hold_id,
+            amount=amount,
+            description=description,
+            share=self._share(hold["user_id"], app_id, publisher_user_id),
+            owner=owner,
+            idempotency=Idempotency.of_request(principal, "Capture", request_id, fingerprint),
+        )
+        result: HoldResult = await self.writer.submit(op)
+        return result
+
+    async def release(self, principal: Principal, *, hold_id: str, request_id: str, fingerprint: str) -> HoldResult:
+        owner = None if principal.privileged else principal.subject
+        op = Release(hold_id=hold_id, owner=owner, idempotency=Idempotency.of_request(principal, "Release", request_id, fingerprint))
+        result: HoldResult = await self.writer.submit(op)
+        return result
