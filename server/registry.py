@@ -12,11 +12,30 @@ from typing import Any
 import grpc
 from aiohttp import web
 
+from server.ledger.tx import LedgerTx
 from server.ledger.writer import BatchHook, LedgerWriter
-from server.payments.webhooks import EventRouter
 from server.workers import Job, Workers
 
 AddServicer = Callable[[Any, grpc.aio.Server], None]
+StripeObject = dict[str, Any]  # a Stripe API object as plain JSON
+
+PaymentHook = Callable[[LedgerTx, str, "dict[str, Any] | None", StripeObject], Awaitable[None]]
+TypeHandler = Callable[[LedgerTx, StripeObject], Awaitable[str]]
+CheckoutModeHandler = Callable[[LedgerTx, str, StripeObject], Awaitable[str]]
+
+
+@dataclass
+class EventRouter:
+    """Where domains plug into Stripe webhook handling (payments runs it), inside
+    the same transaction as the stored event:
+    - `by_type`: event types another domain owns (tiers: invoices, subscriptions);
+    - `checkout_modes`: Checkout Sessions of another mode (tiers: subscription);
+    - `hooks`: fn(tx, event_type, payment or None, object) after every event
+      (auto-refill: saved cards, refill outcomes)."""
+
+    by_type: dict[str, TypeHandler] = field(default_factory=dict)
+    checkout_modes: dict[str, CheckoutModeHandler] = field(default_factory=dict)
+    hooks: list[PaymentHook] = field(default_factory=list)
 
 
 @dataclass

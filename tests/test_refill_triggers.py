@@ -21,6 +21,7 @@ from flownexus.billing.v1 import payments_pb2, refill_pb2, usage_pb2
 from server.ledger.ops import Call
 from server.platform.clock import ManualClock, to_us
 from server.refill import repository as refill_repo
+from server.refill.models import ConfigState
 from tests.harness import Running, auth, expect_error, serving
 from tests.stripe_fake import StripeFake, event
 from tests.stripe_fixtures import stripe_settings
@@ -166,8 +167,8 @@ async def test_disputed_account_never_auto_refills_until_the_dispute_is_won(
     # An account flagged before this rule existed kept an active config: the worker's own gate
     # refuses to charge it and pauses it.
     assert server.app is not None
-    await server.app.writer.submit(Call(fn=lambda tx: refill_repo.update_config(
-        tx.conn, user, state=refill_repo.ACTIVE, paused_reason="", updated_at_us=tx.now_us)))
+    await server.app.writer.submit(Call(fn=lambda tx: refill_repo.set_config(
+        tx, user, state=ConfigState.ACTIVE, paused_reason="")))
     await spend(server, user, 10_000)
     assert await in_flight_jobs(server, user) == 1
     assert await charges_after(server, stripe_fake, before) == 0

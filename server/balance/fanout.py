@@ -95,7 +95,7 @@ class PgFanout:
         if tx.events:
             self.batches_sent += 1
             for p in payloads(self.replica_id, self.batches_sent, tx.events):
-                tx.sql.notify(CHANNEL, p)
+                tx.notify_replicas(CHANNEL, p)
                 self.notifications_sent += 1
 
     # ---- receiving ------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from sqlalchemy import Boolean, LargeBinary, String, Table
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+# A row as the hot path handles it: a plain dict, column name -> value.
 Row = dict[str, Any]
 
 

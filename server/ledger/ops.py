@@ -424,7 +424,7 @@ async def _check_daily_limit(tx: LedgerTx, account: str, source: str, amount: in
         transfers.c.created_at_us >= day,
         transfers.c.category == source,
     )
-    used = int((await tx.conn.execute(q)).scalar_one())
+    used = int(await tx.fetch_scalar(q))
     used += sum(
         t["amount"] for t in tx.new_transfers
         if t["credit_account"] == account and t["kind"] == Kind.AWARD and t["category"] == source

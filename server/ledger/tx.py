@@ -12,9 +12,11 @@ import json
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from sqlalchemy import Table
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql import Executable
 
-from server.db.batchsql import BatchSql
+from server.db.batchsql import BatchSql, Row
 from server.db.schema import accounts, holds, idempotency, lots, transfers, users
 from server.ledger import keys
 from server.ledger.model import (
@@ -30,10 +32,9 @@ from server.ledger.model import (
     TransferView,
     wallet_id,
 )
+from server.ledger.staging import StagedRows
 from server.platform import errors
 from server.platform.clock import month_bounds
-
-Row = dict[str, Any]
 
 
 class TierPolicy:
@@ -57,7 +58,7 @@ class LedgerTx:
     def __init__(
         self, conn: AsyncConnection, sql: BatchSql, *, now_us: int, is_sqlite: bool, tiers: TierPolicy
     ) -> None:
-        self.conn = conn  # for other domains' statements in the same transaction
+        self._conn = conn  # the ledger's own: other domains read with fetch() and write through rows()
         self.sql = sql
         self.now_us = now_us
         self.is_sqlite = is_sqlite
@@ -71,7 +72,8 @@ class LedgerTx:
         self.new_transfers: list[Row] = []
         self.new_idempotency: list[Row] = []
         self.events: list[BalanceEvent] = []
-        self.deferred: list[tuple[Any, list[Row] | Row | None]] = []
+        self._staged: dict[str, StagedRows] = {}
+        self._sets: dict[str, set[Any]] = {}
         self.after_commit: list[Callable[[], None]] = []
         self._new_accounts: list[str] = []
         self._new_users: list[str] = []
@@ -251,6 +253,10 @@ class LedgerTx:
 
     def user(self, user_id: str) -> Row:
         return self.users[user_id]
+
+    def loaded_wallet(self, user_id: str) -> Row:
+        """The wallet row of a user this batch has loaded (`await wallet()` first); read it, never change it."""
+        return self.accounts[wallet_id(user_id)]
 
     def set_user(self, user_id: str, **values: Any) -> None:
         row = self.users[user_id]
@@ -528,9 +534,50 @@ class LedgerTx:
         self._put(self.stored, key, (fingerprint, response))
         self._append(self.new_idempotency, {"key": key, "fingerprint": fingerprint, "response": response, "created_at_us": self.now_us})
 
-    def defer(self, statement: Any, params: list[Row] | Row | None = None) -> None:
-        """A write of another domain (payments, refill jobs) that commits with the batch."""
-        self._append(self.deferred, (statement, params))
+    # ---- other domains' rows --------------------------------------------------------------
+
+    def rows(self, table: Table) -> StagedRows:
+        """Another domain's table in this batch: cached reads, staged writes."""
+        staged = self._staged.get(table.name)
+        if staged is None:
+            staged = self._staged[table.name] = StagedRows(self, table)
+        return staged
+
+    async def fetch(self, query: Executable) -> list[Row]:
+        """Rows of a read under the batch's transaction (and its locks)."""
+        return [dict(r) for r in (await self._conn.execute(query)).mappings().all()]
+
+    async def fetch_one(self, query: Executable) -> Row | None:
+        found = (await self._conn.execute(query)).mappings().first()
+        return dict(found) if found is not None else None
+
+    async def fetch_scalar(self, query: Executable) -> Any:
+        return (await self._conn.execute(query)).scalar()
+
+    async def read_in(self, table: Table, column: str, keys: list[Any]) -> list[Row]:
+        """Rows whose `column` is one of `keys`, on the driver: for extensions that
+        read in every batch (the hot path)."""
+        return await self.sql.select_in(table, column, keys)
+
+    def wallet_balances(self) -> dict[str, int]:
+        """user_id -> balance of every wallet this batch touched (as applied so far)."""
+        return {a["user_id"]: a["balance"] for a in self.accounts.values() if a["kind"] == "wallet" and a["user_id"]}
+
+    def batch_set(self, name: str) -> set[Any]:
+        """A named set an extension keeps for this batch; change it with batch_add
+        so that a refused operation's additions are undone."""
+        return self._sets.setdefault(name, set())
+
+    def batch_add(self, name: str, item: Any) -> None:
+        self._add(self.batch_set(name), item)
+
+    def notify_replicas(self, channel: str, payload: str) -> None:
+        """A PostgreSQL NOTIFY that travels with the write-back: sent only if the batch commits."""
+        self.sql.notify(channel, payload)
+
+    async def execute_staged(self, statement: Executable, params: list[Row]) -> None:
+        """For StagedRows' write-back only."""
+        await self._conn.execute(statement, params)
 
     def notify(self, event: BalanceEvent) -> None:
         self._append(self.events, event)
@@ -564,9 +611,11 @@ class LedgerTx:
             [self.holds[h] for h in sorted(self._dirty_holds)],
         )
         await sql.insert(idempotency, self.new_idempotency)
+        for staged in self._staged.values():
+            await staged.flush()
         await sql.send()
-        for statement, params in self.deferred:
-            await self.conn.execute(statement, params) if params is not None else await self.conn.execute(statement)
+        for staged in self._staged.values():
+            await staged.flush_unless_conflict()
 
 
 def user_id_tier(user: Row | None) -> str:

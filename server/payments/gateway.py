@@ -21,6 +21,8 @@ log = logging.getLogger(__name__)
 # Pinned: webhook payloads and responses are parsed against this version.
 STRIPE_API_VERSION = "2025-03-31.basil"
 NOT_CONFIGURED_SETTING = "BILLING_STRIPE_API_KEY"
+# The object a Checkout Session of each mode creates, by its parameter.
+_CHECKOUT_CHILD = {"payment": "payment_intent_data", "subscription": "subscription_data", "setup": "setup_intent_data"}
 
 
 def not_configured() -> errors.DomainError:
@@ -104,6 +106,40 @@ class StripeGateway:
 
     # ---- checkout --------------------------------------------------------------------
 
+    async def _checkout_session(
+        self,
+        mode: str,
+        *,
+        customer_id: str,
+        user_id: str,
+        metadata: dict[str, str],
+        content: dict[str, Any],
+        success_url: str,
+        cancel_url: str,
+        idempotency_key: str,
+        child: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """A Checkout Session of `mode` for the user's customer: `content` is what
+        it sells (line items, or a currency), and the object it creates (the
+        PaymentIntent, Subscription or SetupIntent) carries `child` and the same
+        metadata, so that its events map back."""
+        params: dict[str, Any] = {
+            "mode": mode,
+            "customer": customer_id,
+            "client_reference_id": user_id,
+            **content,
+            "metadata": metadata,
+            _CHECKOUT_CHILD[mode]: {**(child or {}), "metadata": metadata},
+            "success_url": success_url,
+            "cancel_url": cancel_url,
+        }
+        return await self._call(
+            "checkout.sessions.create",
+            self.client.v1.checkout.sessions.create_async,
+            params,
+            self._options(idempotency_key),
+        )
+
     async def create_checkout_session(
         self,
         *,
@@ -117,33 +153,21 @@ class StripeGateway:
         cancel_url: str,
         idempotency_key: str,
     ) -> dict[str, Any]:
-        meta = {"user_id": user_id, "credits": str(credits_millicredits), "payment_id": payment_id}
-        params: dict[str, Any] = {
-            "mode": "payment",
-            "customer": customer_id,
-            "client_reference_id": user_id,
-            "line_items": [
-                {
-                    "quantity": 1,
-                    "price_data": {
-                        "currency": "usd",
-                        "unit_amount": amount_cents,
-                        "product_data": {"name": product_name},
-                    },
-                }
-            ],
-            "metadata": meta,
-            # The card is saved for off-session auto-refill later; the
-            # PaymentIntent carries the same metadata so its events map back.
-            "payment_intent_data": {"setup_future_usage": "off_session", "metadata": meta},
-            "success_url": success_url,
-            "cancel_url": cancel_url,
+        item = {
+            "quantity": 1,
+            "price_data": {"currency": "usd", "unit_amount": amount_cents, "product_data": {"name": product_name}},
         }
-        return await self._call(
-            "checkout.sessions.create",
-            self.client.v1.checkout.sessions.create_async,
-            params,
-            self._options(idempotency_key),
+        return await self._checkout_session(
+            "payment",
+            customer_id=customer_id,
+            user_id=user_id,
+            metadata={"user_id": user_id, "credits": str(credits_millicredits), "payment_id": payment_id},
+            content={"line_items": [item]},
+            # The card is saved for off-session auto-refill later.
+            child={"setup_future_usage": "off_session"},
+            success_url=success_url,
+            cancel_url=cancel_url,
+            idempotency_key=idempotency_key,
         )
 
     async def retrieve_checkout_session(self, session_id: str) -> dict[str, Any]:
@@ -228,20 +252,15 @@ class StripeGateway:
                 "recurring": {"interval": "month"},
                 "product_data": {"name": "FlowNexus Pro"},
             }
-        meta = {"user_id": user_id, "tier": "pro"}
-        params: dict[str, Any] = {
-            "mode": "subscription",
-            "customer": customer_id,
-            "client_reference_id": user_id,
-            "line_items": [item],
-            "metadata": meta,
-            "subscription_data": {"metadata": meta},
-            "success_url": success_url,
-            "cancel_url": cancel_url,
-        }
-        return await self._call(
-            "checkout.sessions.create", self.client.v1.checkout.sessions.create_async, params,
-            self._options(idempotency_key),
+        return await self._checkout_session(
+            "subscription",
+            customer_id=customer_id,
+            user_id=user_id,
+            metadata={"user_id": user_id, "tier": "pro"},
+            content={"line_items": [item]},
+            success_url=success_url,
+            cancel_url=cancel_url,
+            idempotency_key=idempotency_key,
         )
 
     async def cancel_subscription_at_period_end(self, subscription_id: str, *, idempotency_key: str) -> dict[str, Any]:
@@ -309,18 +328,13 @@ class StripeGateway:
         self, *, customer_id: str, user_id: str, success_url: str, cancel_url: str, idempotency_key: str
     ) -> dict[str, Any]:
         """A setup-mode Checkout Session: saves a card for off-session refills."""
-        meta = {"user_id": user_id, "purpose": "auto_refill_setup"}
-        params: dict[str, Any] = {
-            "mode": "setup",
-            "customer": customer_id,
-            "client_reference_id": user_id,
-            "currency": "usd",
-            "metadata": meta,
-            "setup_intent_data": {"metadata": meta},
-            "success_url": success_url,
-            "cancel_url": cancel_url,
-        }
-        return await self._call(
-            "checkout.sessions.create", self.client.v1.checkout.sessions.create_async, params,
-            self._options(idempotency_key),
+        return await self._checkout_session(
+            "setup",
+            customer_id=customer_id,
+            user_id=user_id,
+            metadata={"user_id": user_id, "purpose": "auto_refill_setup"},
+            content={"currency": "usd"},
+            success_url=success_url,
+            cancel_url=cancel_url,
+            idempotency_key=idempotency_key,
         )

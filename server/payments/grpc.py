@@ -10,6 +10,7 @@ from aiohttp import web
 from flownexus.billing.v1 import payments_pb2, payments_pb2_grpc
 
 from server.grpc import convert, validation
+from server.payments.models import PaymentKind, PaymentRow, PaymentStatus
 from server.payments.service import PaymentsService, WebhookRejected
 from server.platform import errors
 from server.platform.auth import principal
@@ -17,23 +18,23 @@ from server.registry import Registry
 
 log = logging.getLogger(__name__)
 
-STATUS = {
-    "pending": payments_pb2.PAYMENT_STATUS_PENDING,
-    "paid": payments_pb2.PAYMENT_STATUS_PAID,
-    "failed": payments_pb2.PAYMENT_STATUS_FAILED,
-    "expired": payments_pb2.PAYMENT_STATUS_EXPIRED,
-    "refunded": payments_pb2.PAYMENT_STATUS_REFUNDED,
-    "partially_refunded": payments_pb2.PAYMENT_STATUS_PARTIALLY_REFUNDED,
-    "disputed": payments_pb2.PAYMENT_STATUS_DISPUTED,
+STATUS: dict[str, payments_pb2.PaymentStatus] = {
+    PaymentStatus.PENDING: payments_pb2.PAYMENT_STATUS_PENDING,
+    PaymentStatus.PAID: payments_pb2.PAYMENT_STATUS_PAID,
+    PaymentStatus.FAILED: payments_pb2.PAYMENT_STATUS_FAILED,
+    PaymentStatus.EXPIRED: payments_pb2.PAYMENT_STATUS_EXPIRED,
+    PaymentStatus.REFUNDED: payments_pb2.PAYMENT_STATUS_REFUNDED,
+    PaymentStatus.PARTIALLY_REFUNDED: payments_pb2.PAYMENT_STATUS_PARTIALLY_REFUNDED,
+    PaymentStatus.DISPUTED: payments_pb2.PAYMENT_STATUS_DISPUTED,
 }
-KIND = {
-    "checkout": payments_pb2.PAYMENT_KIND_CHECKOUT,
-    "auto_refill": payments_pb2.PAYMENT_KIND_AUTO_REFILL,
-    "subscription": payments_pb2.PAYMENT_KIND_SUBSCRIPTION,
+KIND: dict[str, payments_pb2.PaymentKind] = {
+    PaymentKind.CHECKOUT: payments_pb2.PAYMENT_KIND_CHECKOUT,
+    PaymentKind.AUTO_REFILL: payments_pb2.PAYMENT_KIND_AUTO_REFILL,
+    PaymentKind.SUBSCRIPTION: payments_pb2.PAYMENT_KIND_SUBSCRIPTION,
 }
 
 
-def payment_pb(row: dict[str, Any]) -> payments_pb2.Payment:
+def payment_pb(row: PaymentRow) -> payments_pb2.Payment:
     return payments_pb2.Payment(
         id=row["id"],
         user_id=row["user_id"],
@@ -46,7 +47,7 @@ def payment_pb(row: dict[str, Any]) -> payments_pb2.Payment:
         kind=KIND.get(row["kind"], payments_pb2.PAYMENT_KIND_UNSPECIFIED),
         failure_reason=row["failure_reason"] or "",
         refunded_cents=row["refunded_cents"],
-        payment_url=row["payment_url"] if row["status"] == "pending" else "",
+        payment_url=row["payment_url"] if row["status"] == PaymentStatus.PENDING else "",
     )
 
 

@@ -24,15 +24,15 @@ from server.payments import repository as repo
 from server.payments import webhooks
 from server.payments.customers import StripeCustomers
 from server.payments.gateway import StripeGateway, not_configured
+from server.payments.models import PaymentKind, PaymentRow, PaymentStatus
 from server.platform import errors
 from server.platform.auth import Principal
 from server.platform.clock import Clock
 from server.platform.config import Settings
 from server.platform.metrics import METRICS
+from server.registry import EventRouter
 
 log = logging.getLogger(__name__)
-
-Row = dict[str, Any]
 
 
 @dataclass
@@ -58,7 +58,7 @@ class PaymentsService:
         writer: LedgerWriter,
         clock: Clock,
         gateway: StripeGateway,
-        events: webhooks.EventRouter,
+        events: EventRouter,
     ) -> None:
         self.settings = settings
         self.db = db
@@ -96,8 +96,8 @@ class PaymentsService:
         payment_id = "pay_" + hashlib.sha256(request_key.encode()).hexdigest()[:24]
         credits = self.settings.credits_for_cents(amount_cents)
 
-        async def record(tx: LedgerTx) -> Row:
-            row = await repo.by_request_key(tx.conn, request_key)
+        async def record(tx: LedgerTx) -> PaymentRow:
+            row = await repo.by_request_key(tx, request_key)
             if row is not None:
                 if row["fingerprint"] != fingerprint:
                     raise errors.RequestIdReused(
@@ -105,17 +105,16 @@ class PaymentsService:
                     )
                 return row
             await tx.wallet(user)  # the user row holds the Stripe customer id
-            row = repo.new_payment(
-                payment_id, user, "checkout", amount_cents, credits, tx.now_us,
+            new = repo.new_payment(
+                payment_id, user, PaymentKind.CHECKOUT, amount_cents, credits, tx.now_us,
                 request_key=request_key, fingerprint=fingerprint,
             )
-            await repo.insert_payment(tx.conn, row)
-            return row
+            return await repo.insert_payment(tx, new)
 
-        row = await self._exclusive(record)
+        row: PaymentRow = await self._exclusive(record)
         if row["payment_url"]:
             return _link(row)
-        if row["status"] != webhooks.PENDING:
+        if row["status"] != PaymentStatus.PENDING:
             raise errors.FailedPrecondition(
                 "this payment link was abandoned; use a new request_id", reason="PAYMENT_LINK_ABANDONED"
             )
@@ -135,26 +134,25 @@ class PaymentsService:
         session_id, url = str(session["id"]), str(session.get("url") or "")
         expires_us = int(session.get("expires_at") or 0) * 1_000_000 or None
 
-        async def save(tx: LedgerTx) -> Row:
-            current = await repo.get(tx.conn, payment_id, lock=True)
+        async def save(tx: LedgerTx) -> PaymentRow:
+            current = await repo.get(tx, payment_id, lock=True)
             assert current is not None
             if not current["payment_url"]:  # a concurrent duplicate may have saved first
-                await repo.update_payment(
-                    tx.conn,
-                    payment_id,
+                repo.update_payment(
+                    tx,
+                    current,
                     checkout_session_id=session_id,
                     payment_url=url,
                     expires_at_us=expires_us,
                     updated_at_us=tx.now_us,
                 )
-                current.update(checkout_session_id=session_id, payment_url=url, expires_at_us=expires_us)
             return current
 
         return _link(await self._exclusive(save))
 
     # ---- history ------------------------------------------------------------------------
 
-    async def get(self, principal: Principal, payment_id: str) -> Row:
+    async def get(self, principal: Principal, payment_id: str) -> PaymentRow:
         self._require_configured()
         row = await repo.read(self.db.reader, payment_id)
         if row is None or (not principal.privileged and row["user_id"] != principal.subject):
@@ -164,7 +162,7 @@ class PaymentsService:
 
     async def list(
         self, principal: Principal, user_id: str, *, limit: int, before: tuple[int, str] | None
-    ) -> list[Row]:
+    ) -> list[PaymentRow]:
         self._require_configured()
         user = principal.resolve_user(user_id)
         return await repo.list_for_user(self.db.reader, user, limit=limit, before=before)
@@ -217,12 +215,12 @@ class PaymentsService:
                 log.warning("reconciliation failed", extra={"payment_id": row["id"], "reason": exc.reason})
         return settled
 
-    async def _reconcile_one(self, row: Row) -> int:
+    async def _reconcile_one(self, row: PaymentRow) -> int:
         pid = row["id"]
         if not row["checkout_session_id"]:
             # The link was never created (crash between our record and Stripe).
             async def abandon(tx: LedgerTx) -> int:
-                p = await repo.get(tx.conn, pid, lock=True)
+                p = await repo.get(tx, pid, lock=True)
                 if p and not p["checkout_session_id"]:
                     await webhooks.mark_expired(tx, p)
                     return 1
@@ -238,7 +236,7 @@ class PaymentsService:
             return 0
 
         async def settle(tx: LedgerTx) -> int:
-            p = await repo.get(tx.conn, pid, lock=True)
+            p = await repo.get(tx, pid, lock=True)
             if p is None:
                 return 0
             if paid:
@@ -250,5 +248,5 @@ class PaymentsService:
         return done
 
 
-def _link(row: Row) -> PaymentLink:
+def _link(row: PaymentRow) -> PaymentLink:
     return PaymentLink(row["id"], row["payment_url"], row["expires_at_us"] or 0, row["credits"])

@@ -8,17 +8,18 @@ from flownexus.billing.v1 import refill_pb2, refill_pb2_grpc
 
 from server.grpc import convert, validation
 from server.platform.auth import principal
+from server.refill.models import ViewState
 from server.refill.service import AutoRefillView, RefillService, on_stripe_event
 from server.refill.worker import RefillWorker
 from server.registry import Registry
 
 STATE = {
-    "disabled": refill_pb2.AUTO_REFILL_STATE_DISABLED,
-    "idle": refill_pb2.AUTO_REFILL_STATE_IDLE,
-    "in_flight": refill_pb2.AUTO_REFILL_STATE_IN_FLIGHT,
-    "retry_scheduled": refill_pb2.AUTO_REFILL_STATE_RETRY_SCHEDULED,
-    "action_required": refill_pb2.AUTO_REFILL_STATE_ACTION_REQUIRED,
-    "paused": refill_pb2.AUTO_REFILL_STATE_PAUSED,
+    ViewState.DISABLED: refill_pb2.AUTO_REFILL_STATE_DISABLED,
+    ViewState.IDLE: refill_pb2.AUTO_REFILL_STATE_IDLE,
+    ViewState.IN_FLIGHT: refill_pb2.AUTO_REFILL_STATE_IN_FLIGHT,
+    ViewState.RETRY_SCHEDULED: refill_pb2.AUTO_REFILL_STATE_RETRY_SCHEDULED,
+    ViewState.ACTION_REQUIRED: refill_pb2.AUTO_REFILL_STATE_ACTION_REQUIRED,
+    ViewState.PAUSED: refill_pb2.AUTO_REFILL_STATE_PAUSED,
 }
 
 

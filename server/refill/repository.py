@@ -1,44 +1,44 @@
-"""SQL for auto-refill configs and jobs. Writes take the connection of the
-ledger transaction they belong to; reads use the reader engine."""
+"""Auto-refill configs and jobs. Inside a ledger batch they are read and
+written through the batch (`tx.rows`: cached, staged, written back before its
+single commit); outside, reads use the reader engine."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, cast
 
-from sqlalchemy import and_, func, insert, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.sql import Select
 
-from server.db.batchsql import BatchSql
 from server.db.schema import payments, refill_configs, refill_jobs
+from server.ledger.tx import LedgerTx
+from server.payments.models import CREDITED, PaymentKind, PaymentStatus
+from server.refill.models import (
+    DUE,
+    IN_FLIGHT,
+    ConfigState,
+    JobStatus,
+    RefillConfigRow,
+    RefillJobRow,
+)
 
-Row = dict[str, Any]
-
-IN_FLIGHT = ("queued", "running", "retry_scheduled")
-ACTIVE, PAUSED, ACTION_REQUIRED = "active", "paused", "action_required"
 # Attempts that took money (or hold it): they count against the monthly cap.
-CHARGED = ("pending", "paid", "refunded", "partially_refunded", "disputed")
+CHARGED = (PaymentStatus.PENDING, *CREDITED)
 DAY_US = 86400 * 1_000_000
 # The rolling decline window is (now - 30 days, now]: a decline counts for
 # exactly 30 days after its attempt was made and no longer at that instant,
 # like a calendar period [start, end) that excludes its end.
 DECLINE_WINDOW_US = 30 * DAY_US
+# Users whose config this batch read through its rows (and may have changed):
+# the trigger takes their staged row, not the committed one.
+CONFIGS = "refill-configs"
 
 
 LOOKUP_SQL = "SELECT enabled, threshold, paused_reason FROM refill_configs WHERE user_id = ?"
 
 
-async def config(conn: AsyncConnection, user_id: str) -> Row | None:
-    r = (await conn.execute(select(refill_configs).where(refill_configs.c.user_id == user_id))).mappings().first()
-    return dict(r) if r else None
-
-
-async def read_config(engine: AsyncEngine, user_id: str) -> Row | None:
-    async with engine.connect() as conn:
-        return await config(conn, user_id)
-
-
-def new_config(user_id: str, now_us: int) -> Row:
+def new_config(user_id: str, now_us: int) -> RefillConfigRow:
     return {
         "user_id": user_id,
         "enabled": False,
@@ -50,7 +50,7 @@ def new_config(user_id: str, now_us: int) -> Row:
         "pm_exp_month": 0,
         "pm_exp_year": 0,
         "setup_intent_id": None,
-        "state": ACTIVE,
+        "state": ConfigState.ACTIVE,
         "paused_reason": "",
         "recovery_url": "",
         "last_failure_reason": "",
@@ -60,104 +60,153 @@ def new_config(user_id: str, now_us: int) -> Row:
     }
 
 
-async def upsert_config(conn: AsyncConnection, row: Row, *, exists: bool) -> None:
-    if exists:
-        values = {k: v for k, v in row.items() if k not in ("user_id", "created_at_us")}
-        await conn.execute(update(refill_configs).where(refill_configs.c.user_id == row["user_id"]).values(**values))
-    else:
-        await conn.execute(insert(refill_configs).values(**row))
+# ---- inside a ledger batch ---------------------------------------------------------------
+
+async def config(tx: LedgerTx, user_id: str) -> RefillConfigRow | None:
+    """The user's config, locked for this batch (on PostgreSQL) and cached."""
+    row = await tx.rows(refill_configs).get(user_id, lock=True)
+    tx.batch_add(CONFIGS, user_id)
+    return cast(RefillConfigRow | None, row)
 
 
-async def update_config(conn: AsyncConnection, user_id: str, **values: Any) -> None:
-    await conn.execute(update(refill_configs).where(refill_configs.c.user_id == user_id).values(**values))
+def save_config(tx: LedgerTx, cfg: RefillConfigRow | None, user_id: str, **values: Any) -> RefillConfigRow:
+    """Change `cfg` (read with `config` in this batch), or insert a new config with `values`."""
+    rows = tx.rows(refill_configs)
+    values.setdefault("updated_at_us", tx.now_us)
+    if cfg is None:
+        tx.batch_add(CONFIGS, user_id)
+        return cast(RefillConfigRow, rows.insert({**new_config(user_id, tx.now_us), **values}))
+    return cast(RefillConfigRow, rows.update(cast(dict[str, Any], cfg), **values))
 
 
-async def due_configs(sql: BatchSql, user_ids: list[str], now_us: int) -> list[Row]:
+async def set_config(tx: LedgerTx, user_id: str, **values: Any) -> RefillConfigRow | None:
+    """Change the user's config if there is one."""
+    cfg = await config(tx, user_id)
+    return save_config(tx, cfg, user_id, **values) if cfg is not None else None
+
+
+async def due_configs(tx: LedgerTx, user_ids: list[str], now_us: int) -> list[RefillConfigRow]:
     """The one query of the trigger hook (it runs in every ledger batch, so on
-    the driver): enabled, active configs of these users."""
-    return [
-        r for r in await sql.select_in(refill_configs, "user_id", user_ids)
-        if r["enabled"] and r["state"] == ACTIVE and r["cap_blocked_until_us"] <= now_us
-    ]
+    the driver): enabled, active configs of these users. A config this batch
+    read or changed is taken from the batch instead."""
+    touched = tx.batch_set(CONFIGS)
+    found = {
+        r["user_id"]: r
+        for r in await tx.read_in(refill_configs, "user_id", [u for u in user_ids if u not in touched])
+    }
+    out: list[RefillConfigRow] = []
+    for user in user_ids:
+        row = await tx.rows(refill_configs).get(user) if user in touched else found.get(user)
+        if row is not None and row["enabled"] and row["state"] == ConfigState.ACTIVE and row["cap_blocked_until_us"] <= now_us:
+            out.append(cast(RefillConfigRow, row))
+    return out
 
 
-def insert_jobs_ignoring_in_flight(dialect: str) -> Any:
-    """INSERT that skips users who already have a refill in flight (the partial
-    unique index decides, so concurrent batches and replicas cannot add a second)."""
-    if dialect == "postgresql":
-        return postgresql.insert(refill_jobs).on_conflict_do_nothing()
-    return sqlite.insert(refill_jobs).on_conflict_do_nothing()
+def add_job_unless_in_flight(tx: LedgerTx, job: RefillJobRow) -> None:
+    """A new job, unless the user already has one in flight (the partial unique
+    index decides, so concurrent batches and replicas cannot add a second)."""
+    tx.rows(refill_jobs).insert_unless_conflict(cast(dict[str, Any], job))
 
 
-async def in_flight_job(conn: AsyncConnection, user_id: str) -> Row | None:
-    q = select(refill_jobs).where(refill_jobs.c.user_id == user_id, refill_jobs.c.status.in_(IN_FLIGHT))
-    r = (await conn.execute(q)).mappings().first()
-    return dict(r) if r else None
+async def job(tx: LedgerTx, job_id: str, *, lock: bool = False) -> RefillJobRow | None:
+    return cast(RefillJobRow | None, await tx.rows(refill_jobs).get(job_id, lock=lock))
 
 
-async def job(conn: AsyncConnection, job_id: str, *, lock: bool = False) -> Row | None:
-    q = select(refill_jobs).where(refill_jobs.c.id == job_id)
-    if lock and conn.dialect.name == "postgresql":
-        q = q.with_for_update()
-    r = (await conn.execute(q)).mappings().first()
-    return dict(r) if r else None
+async def job_by_payment(tx: LedgerTx, payment_id: str) -> RefillJobRow | None:
+    return cast(RefillJobRow | None, await tx.rows(refill_jobs).find(payment_id=payment_id))
 
 
-async def job_by_payment(conn: AsyncConnection, payment_id: str) -> Row | None:
-    r = (await conn.execute(select(refill_jobs).where(refill_jobs.c.payment_id == payment_id))).mappings().first()
-    return dict(r) if r else None
-
-
-async def claimable(conn: AsyncConnection, now_us: int, limit: int) -> list[Row]:
+async def claimable(tx: LedgerTx, limit: int) -> list[RefillJobRow]:
     """Due jobs, plus running ones whose worker died (lease expired). On
     PostgreSQL the rows are locked with SKIP LOCKED: replicas never share a job."""
     q = (
         select(refill_jobs)
         .where(
             or_(
-                and_(refill_jobs.c.status.in_(("queued", "retry_scheduled")), refill_jobs.c.next_run_at_us <= now_us),
-                and_(refill_jobs.c.status == "running", refill_jobs.c.lease_until_us < now_us),
+                and_(refill_jobs.c.status.in_(DUE), refill_jobs.c.next_run_at_us <= tx.now_us),
+                and_(refill_jobs.c.status == JobStatus.RUNNING, refill_jobs.c.lease_until_us < tx.now_us),
             )
         )
         .order_by(refill_jobs.c.next_run_at_us, refill_jobs.c.id)
         .limit(limit)
     )
-    if conn.dialect.name == "postgresql":
+    if not tx.is_sqlite:
         q = q.with_for_update(skip_locked=True)
-    return [dict(r) for r in (await conn.execute(q)).mappings()]
+    return cast(list[RefillJobRow], await tx.rows(refill_jobs).select(q))
 
 
-async def update_job(conn: AsyncConnection, job_id: str, **values: Any) -> None:
-    await conn.execute(update(refill_jobs).where(refill_jobs.c.id == job_id).values(**values))
+def update_job(tx: LedgerTx, job: RefillJobRow, **values: Any) -> RefillJobRow:
+    """Change `job` (read through this batch) in place."""
+    values.setdefault("updated_at_us", tx.now_us)
+    return cast(RefillJobRow, tx.rows(refill_jobs).update(cast(dict[str, Any], job), **values))
 
 
-async def month_used_cents(
-    conn: AsyncConnection, user_id: str, month: tuple[int, int], *, exclude: str = ""
-) -> int:
+async def month_used_cents(tx: LedgerTx, user_id: str, month: tuple[int, int]) -> int:
     """Auto-refill charges of one calendar month, `month` = [start, end) from
     server.platform.clock.month_bounds: a charge made at or after `end` (by a replica
     whose clock is ahead) belongs to the next month, not this one."""
+    return int(await tx.fetch_scalar(_month_used(user_id, month)))
+
+
+async def declines_in_window(
+    tx: LedgerTx, user_id: str, now_us: int, current: Mapping[str, Any] | None = None
+) -> int:
+    """Declined auto-refill attempts in (now - 30 days, now] (DECLINE_WINDOW_US):
+    one made exactly 30 days ago no longer counts. No upper bound: a decline
+    another replica (clock ahead) just recorded counts too. `current`: the
+    payment this batch changes (its staged status counts, not the stored one)."""
+    q = select(func.count()).where(*_declined(user_id, now_us))
+    if current is None:
+        return int(await tx.fetch_scalar(q))
+    n = int(await tx.fetch_scalar(q.where(payments.c.id != current["id"])))
+    mine = (
+        current["user_id"] == user_id
+        and current["kind"] == PaymentKind.AUTO_REFILL
+        and current["status"] == PaymentStatus.FAILED
+        and current["created_at_us"] > now_us - DECLINE_WINDOW_US
+    )
+    return n + int(mine)
+
+
+def _month_used(user_id: str, month: tuple[int, int]) -> Select[Any]:
     start_us, end_us = month
-    q = select(func.coalesce(func.sum(payments.c.amount_cents), 0)).where(
+    return select(func.coalesce(func.sum(payments.c.amount_cents), 0)).where(
         payments.c.user_id == user_id,
-        payments.c.kind == "auto_refill",
+        payments.c.kind == PaymentKind.AUTO_REFILL,
         payments.c.status.in_(CHARGED),
         payments.c.created_at_us >= start_us,
         payments.c.created_at_us < end_us,
     )
-    if exclude:
-        q = q.where(payments.c.id != exclude)
-    return int((await conn.execute(q)).scalar_one())
 
 
-async def declines_in_window(conn: AsyncConnection, user_id: str, now_us: int) -> int:
-    """Declined auto-refill attempts in (now - 30 days, now] (DECLINE_WINDOW_US):
-    one made exactly 30 days ago no longer counts. No upper bound: a decline
-    another replica (clock ahead) just recorded counts too."""
-    q = select(func.count()).where(
+def _declined(user_id: str, now_us: int) -> tuple[Any, ...]:
+    return (
         payments.c.user_id == user_id,
-        payments.c.kind == "auto_refill",
-        payments.c.status == "failed",
+        payments.c.kind == PaymentKind.AUTO_REFILL,
+        payments.c.status == PaymentStatus.FAILED,
         payments.c.created_at_us > now_us - DECLINE_WINDOW_US,
     )
-    return int((await conn.execute(q)).scalar_one())
+
+
+# ---- outside batches (the reader engine) -------------------------------------------------
+
+async def _config_on(conn: AsyncConnection, user_id: str) -> RefillConfigRow | None:
+    r = (await conn.execute(select(refill_configs).where(refill_configs.c.user_id == user_id))).mappings().first()
+    return cast(RefillConfigRow, dict(r)) if r else None
+
+
+async def read_config(engine: AsyncEngine, user_id: str) -> RefillConfigRow | None:
+    async with engine.connect() as conn:
+        return await _config_on(conn, user_id)
+
+
+async def read_overview(
+    engine: AsyncEngine, user_id: str, month: tuple[int, int]
+) -> tuple[RefillConfigRow | None, RefillJobRow | None, int]:
+    """The config, the job in flight and the month's charges, on one connection."""
+    async with engine.connect() as conn:
+        cfg = await _config_on(conn, user_id)
+        q = select(refill_jobs).where(refill_jobs.c.user_id == user_id, refill_jobs.c.status.in_(IN_FLIGHT))
+        found = (await conn.execute(q)).mappings().first()
+        used = int((await conn.execute(_month_used(user_id, month))).scalar_one())
+    return cfg, cast(RefillJobRow, dict(found)) if found else None, used

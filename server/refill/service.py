@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,23 +21,24 @@ from server.ledger.repository import stored_responses
 from server.ledger.tx import LedgerTx
 from server.ledger.writer import LedgerWriter
 from server.payments.gateway import StripeGateway, not_configured
+from server.payments.models import PaymentKind
 from server.platform import errors
 from server.platform.auth import Principal
 from server.platform.clock import Clock, from_us, month_bounds
 from server.platform.config import Settings
 from server.refill import repository as repo
-from server.refill.models import RefillStatus
+from server.refill.models import (
+    IN_FLIGHT,
+    ConfigState,
+    JobStatus,
+    PausedReason,
+    RefillConfigRow,
+    RefillJobRow,
+    RefillStatus,
+    ViewState,
+)
 
 log = logging.getLogger(__name__)
-
-Row = dict[str, Any]
-
-PAYMENT_METHOD_REQUIRED = "PAYMENT_METHOD_REQUIRED"
-AUTO_REFILL_FAILED = "AUTO_REFILL_FAILED"
-# A disputed payment flagged the account: charging the same cardholder again
-# while they dispute a charge invites more disputes, so refills wait for the
-# dispute to be won.
-ACCOUNT_FLAGGED = "ACCOUNT_FLAGGED"
 
 
 @dataclass
@@ -52,7 +54,7 @@ class AutoRefillView:
     pm_exp_year: int
     monthly_cap_cents: int
     monthly_used_cents: int
-    state: str  # disabled | idle | in_flight | retry_scheduled | action_required | paused
+    state: ViewState
     paused_reason: str
     recovery_url: str
     next_retry_at_us: int
@@ -63,29 +65,23 @@ def dollars(cents: int) -> str:
     return f"${cents // 100:,}.{cents % 100:02d}"
 
 
-def skip_set(tx: LedgerTx) -> set[str]:
-    """Users whose refill was settled in this transaction: no new job for them here."""
-    found: set[str] | None = getattr(tx, "_refill_skip", None)
-    if found is None:
-        found = set()
-        tx._refill_skip = found  # type: ignore[attr-defined]
-    return found
+SETTLED = "refill-settled"  # users whose refill was settled in this batch: no new job for them here
 
 
 # ---- Stripe events (inside the webhook's transaction; registered on the
 # webhook router by server/refill/grpc.py) ----
 
-async def on_stripe_event(tx: LedgerTx, etype: str, payment: Row | None, obj: Row) -> None:
+async def on_stripe_event(tx: LedgerTx, etype: str, payment: dict[str, Any] | None, obj: dict[str, Any]) -> None:
     if payment is not None and etype.startswith("charge.dispute."):
         await _follow_account_flag(tx, payment["user_id"])
-    if payment is not None and payment["kind"] == "auto_refill":
+    if payment is not None and payment["kind"] == PaymentKind.AUTO_REFILL:
         if etype == "payment_intent.succeeded":
-            job = await repo.job_by_payment(tx.conn, payment["id"])
+            job = await repo.job_by_payment(tx, payment["id"])
             if job is not None:
                 await finish_success(tx, job, payment)
         return
     raw_meta = obj.get("metadata")
-    meta: Row = raw_meta if isinstance(raw_meta, dict) else {}
+    meta: dict[str, Any] = raw_meta if isinstance(raw_meta, dict) else {}
     if etype == "payment_intent.succeeded" and payment is not None and obj.get("payment_method"):
         pm = obj["payment_method"]
         pm_id = str(pm.get("id") if isinstance(pm, dict) else pm)
@@ -100,10 +96,10 @@ async def on_stripe_event(tx: LedgerTx, etype: str, payment: Row | None, obj: Ro
 async def _flagged(tx: LedgerTx, user: str) -> bool:
     # Read without loading the wallet: a loaded wallet would run the refill
     # trigger on this transaction, and a webhook is not a balance change.
-    if user in tx.users:
-        return bool(tx.user(user)["flagged_reason"])
-    found = await tx.conn.execute(select(users.c.flagged_reason).where(users.c.user_id == user))
-    return bool(found.scalar())
+    try:
+        return bool(tx.user(user)["flagged_reason"])  # loaded by this batch: as changed here
+    except KeyError:
+        return bool(await tx.fetch_scalar(select(users.c.flagged_reason).where(users.c.user_id == user)))
 
 
 async def _follow_account_flag(tx: LedgerTx, user: str) -> None:
@@ -111,16 +107,16 @@ async def _follow_account_flag(tx: LedgerTx, user: str) -> None:
     paused for that reason once the flag is lifted (dispute won). Refills
     paused for other reasons keep their own reason."""
     flagged = await _flagged(tx, user)
-    cfg = await repo.config(tx.conn, user)
+    cfg = await repo.config(tx, user)
     if cfg is None:
         return
-    if flagged and cfg["state"] == repo.ACTIVE:
-        await repo.update_config(tx.conn, user, state=repo.PAUSED, paused_reason=ACCOUNT_FLAGGED, updated_at_us=tx.now_us)
+    if flagged and cfg["state"] == ConfigState.ACTIVE:
+        repo.save_config(tx, cfg, user, state=ConfigState.PAUSED, paused_reason=PausedReason.ACCOUNT_FLAGGED)
         if cfg["enabled"]:
             tx.notify(BalanceEvent(user_id=user, kind="refill_paused",
-                                   message=f"Auto-refill paused ({ACCOUNT_FLAGGED}): a payment on this account is disputed"))
-    elif not flagged and cfg["state"] == repo.PAUSED and cfg["paused_reason"] == ACCOUNT_FLAGGED:
-        await repo.update_config(tx.conn, user, state=repo.ACTIVE, paused_reason="", updated_at_us=tx.now_us)
+                                   message=f"Auto-refill paused ({PausedReason.ACCOUNT_FLAGGED}): a payment on this account is disputed"))
+    elif not flagged and cfg["state"] == ConfigState.PAUSED and cfg["paused_reason"] == PausedReason.ACCOUNT_FLAGGED:
+        repo.save_config(tx, cfg, user, state=ConfigState.ACTIVE, paused_reason="")
         log.info("auto-refill resumed after a won dispute", extra={"user_id": user})
 
 
@@ -128,36 +124,34 @@ async def _saved_card(tx: LedgerTx, user: str, *, payment_method_id: str = "", s
     """A card the user just saved or paid with: remember it, and resume a
     refill paused for card trouble (the user fixed the method), unless a
     dispute flags the account."""
-    cfg = await repo.config(tx.conn, user)
-    exists = cfg is not None
-    row = cfg or repo.new_config(user, tx.now_us)
+    cfg = await repo.config(tx, user)
+    values: dict[str, Any] = {}
     if payment_method_id:
-        if row["payment_method_id"] != payment_method_id:
-            row.update(pm_brand="", pm_last4="", pm_exp_month=0, pm_exp_year=0)
-        row.update(payment_method_id=payment_method_id, setup_intent_id=None)
+        if cfg is not None and cfg["payment_method_id"] != payment_method_id:
+            values.update(pm_brand="", pm_last4="", pm_exp_month=0, pm_exp_year=0)
+        values.update(payment_method_id=payment_method_id, setup_intent_id=None)
     if setup_intent_id:
-        row.update(setup_intent_id=setup_intent_id)
+        values.update(setup_intent_id=setup_intent_id)
     if await _flagged(tx, user):
         # A new card does not lift a dispute's pause; the won dispute does.
-        row.update(state=repo.PAUSED, paused_reason=ACCOUNT_FLAGGED, recovery_url="", updated_at_us=tx.now_us)
-        await repo.upsert_config(tx.conn, row, exists=exists)
+        repo.save_config(tx, cfg, user, state=ConfigState.PAUSED, paused_reason=PausedReason.ACCOUNT_FLAGGED,
+                         recovery_url="", **values)
         return
-    resumed = row["state"] != repo.ACTIVE
-    row.update(state=repo.ACTIVE, paused_reason="", recovery_url="", updated_at_us=tx.now_us)
-    await repo.upsert_config(tx.conn, row, exists=exists)
+    resumed = cfg is not None and cfg["state"] != ConfigState.ACTIVE
+    row = repo.save_config(tx, cfg, user, state=ConfigState.ACTIVE, paused_reason="", recovery_url="", **values)
     if resumed and row["enabled"]:
         log.info("auto-refill resumed after a new card", extra={"user_id": user})
 
 # ---- outcomes shared with the worker ---------------------------------------------------
 
-async def finish_success(tx: LedgerTx, job: Row, payment: Row) -> bool:
-    """Close the job once, whichever of the worker and the webhook gets here first."""
-    skip_set(tx).add(job["user_id"])
-    if job["status"] not in repo.IN_FLIGHT:
+async def finish_success(tx: LedgerTx, job: RefillJobRow, payment: Mapping[str, Any]) -> bool:
+    """Close the job once, whichever of the worker and the webhook gets here first.
+    `job` was read through this batch (it is changed in place)."""
+    tx.batch_add(SETTLED, job["user_id"])
+    if job["status"] not in IN_FLIGHT:
         return False
-    await repo.update_job(tx.conn, job["id"], status="succeeded", last_error="", lease_until_us=0, updated_at_us=tx.now_us)
-    job["status"] = "succeeded"
-    await repo.update_config(tx.conn, job["user_id"], last_failure_reason="", recovery_url="", updated_at_us=tx.now_us)
+    repo.update_job(tx, job, status=JobStatus.SUCCEEDED, last_error="", lease_until_us=0)
+    await repo.set_config(tx, job["user_id"], last_failure_reason="", recovery_url="")
     tx.notify(
         BalanceEvent(
             user_id=job["user_id"],
@@ -183,27 +177,23 @@ class RefillService:
     # ---- the trigger: runs inside every ledger batch (hot path: one SELECT) ---------------
 
     async def trigger(self, tx: LedgerTx, ops: list[Any]) -> None:
-        balances = {a["user_id"]: a["balance"] for a in tx.accounts.values() if a["kind"] == "wallet" and a["user_id"]}
+        balances = tx.wallet_balances()
         if not balances:
             return
-        rows = await repo.due_configs(tx.sql, sorted(balances), tx.now_us)
+        rows = await repo.due_configs(tx, sorted(balances), tx.now_us)
         if not rows:
             return
-        skip = skip_set(tx)
-        jobs = [
-            self._new_job(r["user_id"], r["amount_cents"], tx.now_us)
-            for r in rows
-            if r["user_id"] not in skip and balances[r["user_id"]] < r["threshold"]
-        ]
-        if jobs:
-            # Same transaction as the balance change: durable once the Spend is acknowledged.
-            tx.defer(repo.insert_jobs_ignoring_in_flight(tx.conn.dialect.name), jobs)
+        settled = tx.batch_set(SETTLED)
+        for r in rows:
+            if r["user_id"] not in settled and balances[r["user_id"]] < r["threshold"]:
+                # Same transaction as the balance change: durable once the Spend is acknowledged.
+                repo.add_job_unless_in_flight(tx, self._new_job(r["user_id"], r["amount_cents"], tx.now_us))
 
-    def _new_job(self, user_id: str, amount_cents: int, now_us: int) -> Row:
+    def _new_job(self, user_id: str, amount_cents: int, now_us: int) -> RefillJobRow:
         return {
             "id": "rfj_" + uuid.uuid4().hex[:24],
             "user_id": user_id,
-            "status": "queued",
+            "status": JobStatus.QUEUED,
             "amount_cents": amount_cents,
             "credits": self.settings.credits_for_cents(amount_cents),
             "attempts": 0,
@@ -240,7 +230,7 @@ class RefillService:
         # A repeat is answered before the card is looked up in Stripe.
         if idem.replay(await stored_responses(self.db.reader, idem.lookup_keys())) is not None:
             return await self.view(user)
-        card: Row | None = None
+        card: dict[str, Any] | None = None
         if enabled:
             self._validate(threshold, amount_cents)
             card = await self._resolve_card(user)
@@ -248,7 +238,7 @@ class RefillService:
                 raise errors.FailedPrecondition(
                     "auto-refill needs a saved card: open the link from RefillService.CreateSetupLink, "
                     "or buy credits once with PaymentsService.CreatePaymentLink (the card is saved), then retry",
-                    reason=PAYMENT_METHOD_REQUIRED,
+                    reason=PausedReason.PAYMENT_METHOD_REQUIRED,
                     metadata={"how": "CreateSetupLink or CreatePaymentLink"},
                 )
 
@@ -257,46 +247,48 @@ class RefillService:
             if enabled and tx.user(user)["flagged_reason"]:
                 raise errors.FailedPrecondition(
                     "auto-refill cannot be enabled while a payment dispute on this account is open",
-                    reason=ACCOUNT_FLAGGED,
+                    reason=PausedReason.ACCOUNT_FLAGGED,
                 )
-            cfg = await repo.config(tx.conn, user)
-            exists = cfg is not None
-            row = cfg or repo.new_config(user, tx.now_us)
-            row.update(enabled=enabled, updated_at_us=tx.now_us)
+            cfg = await repo.config(tx, user)
+            values: dict[str, Any] = {"enabled": enabled}
             if enabled:
                 assert card is not None
                 # Re-enabling resumes a paused refill. The monthly-cap block was
                 # computed for the old amount: the worker checks the cap again.
-                row.update(
-                    threshold=threshold, amount_cents=amount_cents, state=repo.ACTIVE, paused_reason="", recovery_url="",
-                    cap_blocked_until_us=0, **card,
+                values.update(
+                    threshold=threshold, amount_cents=amount_cents, state=ConfigState.ACTIVE, paused_reason="",
+                    recovery_url="", cap_blocked_until_us=0, **card,
                 )
             else:
                 # Disabling always works; valid new values are kept for the next enable.
                 if threshold > 0:
-                    row["threshold"] = min(threshold, self.settings.refill_max_threshold_credits * 1000)
+                    values["threshold"] = min(threshold, self.settings.refill_max_threshold_credits * 1000)
                 if self.settings.min_purchase_cents <= amount_cents <= self.settings.max_purchase_cents:
-                    row["amount_cents"] = amount_cents
-            await repo.upsert_config(tx.conn, row, exists=exists)
+                    values["amount_cents"] = amount_cents
+            repo.save_config(tx, cfg, user, **values)
 
         await self.writer.submit(Call(fn=apply, accounts={wallet_id(user)}, idempotency=idem))
         return await self.view(user)
 
-    async def _resolve_card(self, user: str) -> Row | None:
+    async def _resolve_card(self, user: str) -> dict[str, Any] | None:
         """The card refills will charge, with brand/last4: a card from a setup
         link, else the one recorded from a purchase, else the customer's saved card."""
         if not self.gateway.configured:
             raise not_configured()
-        cfg = await repo.read_config(self.db.reader, user) or {}
+        cfg = await repo.read_config(self.db.reader, user)
         pm_id: str | None = None
-        if cfg.get("setup_intent_id"):
+        if cfg is not None and cfg["setup_intent_id"]:
             si = await self.gateway.retrieve_setup_intent(str(cfg["setup_intent_id"]))
             if si.get("status") == "succeeded" and si.get("payment_method"):
                 pm = si["payment_method"]
                 pm_id = str(pm.get("id") if isinstance(pm, dict) else pm)
-        if pm_id is None and cfg.get("payment_method_id"):
-            if cfg.get("pm_last4"):
-                return {k: cfg[k] for k in ("payment_method_id", "pm_brand", "pm_last4", "pm_exp_month", "pm_exp_year")} | {"setup_intent_id": None}
+        if pm_id is None and cfg is not None and cfg["payment_method_id"]:
+            if cfg["pm_last4"]:
+                return {
+                    "payment_method_id": cfg["payment_method_id"], "pm_brand": cfg["pm_brand"],
+                    "pm_last4": cfg["pm_last4"], "pm_exp_month": cfg["pm_exp_month"],
+                    "pm_exp_year": cfg["pm_exp_year"], "setup_intent_id": None,
+                }
             pm_id = str(cfg["payment_method_id"])
         if pm_id is None:
             customer = await self.payments.customers.known(user)
@@ -306,7 +298,7 @@ class RefillService:
             return None
         return await self.card_details(pm_id)
 
-    async def card_details(self, pm_id: str) -> Row:
+    async def card_details(self, pm_id: str) -> dict[str, Any]:
         pm = await self.gateway.retrieve_payment_method(pm_id)
         card = pm.get("card") or {}
         return {
@@ -334,23 +326,23 @@ class RefillService:
     async def view(self, user: str) -> AutoRefillView:
         now = self.clock.now_us()
         month = month_bounds(now)  # [start, end) in UTC
-        async with self.db.reader.connect() as conn:
-            cfg = await repo.config(conn, user) or repo.new_config(user, now)
-            job = await repo.in_flight_job(conn, user)
-            used = await repo.month_used_cents(conn, user, month)
+        found, job, used = await repo.read_overview(self.db.reader, user, month)
+        cfg = found or repo.new_config(user, now)
         cap = self.settings.refill_monthly_cap_cents
         enabled = bool(cfg["enabled"])
-        state = "disabled"
+        state = ViewState.DISABLED
         next_retry = 0
         if enabled:
-            if cfg["state"] in (repo.PAUSED, repo.ACTION_REQUIRED):
-                state = cfg["state"]
-            elif job is not None and job["status"] == "retry_scheduled":
-                state, next_retry = "retry_scheduled", int(job["next_run_at_us"])
+            if cfg["state"] == ConfigState.PAUSED:
+                state = ViewState.PAUSED
+            elif cfg["state"] == ConfigState.ACTION_REQUIRED:
+                state = ViewState.ACTION_REQUIRED
+            elif job is not None and job["status"] == JobStatus.RETRY_SCHEDULED:
+                state, next_retry = ViewState.RETRY_SCHEDULED, int(job["next_run_at_us"])
             elif job is not None:
-                state = "in_flight"
+                state = ViewState.IN_FLIGHT
             else:
-                state = "idle"
+                state = ViewState.IDLE
         credits = self.settings.credits_for_cents(cfg["amount_cents"]) if cfg["amount_cents"] else 0
         return AutoRefillView(
             enabled=enabled,
@@ -366,25 +358,27 @@ class RefillService:
             monthly_used_cents=used,
             state=state,
             paused_reason=cfg["paused_reason"] if enabled else "",
-            recovery_url=cfg["recovery_url"] if state == "action_required" else "",
+            recovery_url=cfg["recovery_url"] if state == ViewState.ACTION_REQUIRED else "",
             next_retry_at_us=next_retry,
             last_failure_reason=cfg["last_failure_reason"],
         )
 
-    def _next_charge(self, cfg: Row, state: str, credits: int, used: int, next_retry: int, month_end: int) -> str:
-        if state == "disabled":
+    def _next_charge(
+        self, cfg: RefillConfigRow, state: ViewState, credits: int, used: int, next_retry: int, month_end: int
+    ) -> str:
+        if state == ViewState.DISABLED:
             return "Auto-refill is off."
-        if state == "paused" and cfg["paused_reason"] == ACCOUNT_FLAGGED:
-            return f"Paused ({ACCOUNT_FLAGGED}): resumes by itself when the payment dispute is won."
-        if state == "paused":
+        if state == ViewState.PAUSED and cfg["paused_reason"] == PausedReason.ACCOUNT_FLAGGED:
+            return f"Paused ({PausedReason.ACCOUNT_FLAGGED}): resumes by itself when the payment dispute is won."
+        if state == ViewState.PAUSED:
             return f"Paused ({cfg['paused_reason']}): update the card or re-enable auto-refill to resume."
-        if state == "action_required":
+        if state == ViewState.ACTION_REQUIRED:
             return "Your bank needs you to confirm the card: open recovery_url."
         card = f"{cfg['pm_brand'] or 'card'} ending {cfg['pm_last4'] or '????'}"
         amount = dollars(int(cfg["amount_cents"]))
-        if state == "retry_scheduled":
+        if state == ViewState.RETRY_SCHEDULED:
             return f"A declined charge of {amount} to {card} is retried at {from_us(next_retry).isoformat()}."
-        if state == "in_flight":
+        if state == ViewState.IN_FLIGHT:
             return f"Charging {amount} to {card} now."
         text = (
             f"When the balance falls below {cfg['threshold'] / 1000:,.3f}".rstrip("0").rstrip(".")

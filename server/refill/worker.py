@@ -16,24 +16,24 @@ from server.ledger.ops import Call
 from server.ledger.tx import LedgerTx
 from server.payments import repository as payrepo
 from server.payments import webhooks
+from server.payments.models import CREDITED, PaymentKind, PaymentRow, PaymentStatus
 from server.platform import errors
 from server.platform.auth import Principal, Role
 from server.platform.clock import month_bounds
 from server.platform.metrics import METRICS
 from server.refill import repository as repo
-from server.refill.service import (
-    ACCOUNT_FLAGGED,
-    AUTO_REFILL_FAILED,
-    PAYMENT_METHOD_REQUIRED,
-    RefillService,
-    dollars,
-    finish_success,
-    skip_set,
+from server.refill.models import (
+    IN_FLIGHT,
+    ConfigState,
+    Decline,
+    JobStatus,
+    PausedReason,
+    RefillConfigRow,
+    RefillJobRow,
 )
+from server.refill.service import SETTLED, RefillService, dollars, finish_success
 
 log = logging.getLogger(__name__)
-
-Row = dict[str, Any]
 
 AUTH_CODES = frozenset({"authentication_required", "payment_intent_authentication_failure"})
 # The card itself is unusable: pause at once, retrying cannot help.
@@ -47,9 +47,23 @@ NO_RETRY = frozenset(
 )
 
 
+def classify_decline(status: str, code: str = "", decline_code: str = "") -> tuple[Decline, str]:
+    """What a PaymentIntent that did not succeed (nor is processing) means, and
+    the code to record: the decline code when Stripe gives one, else its code."""
+    reason = decline_code or code
+    if status == "requires_action" or reason in AUTH_CODES or code in AUTH_CODES:
+        return Decline.AUTHENTICATION, "authentication_required"
+    reason = reason or "card_declined"
+    if reason in CARD_GONE or code in CARD_GONE:
+        return Decline.CARD_GONE, reason
+    if reason in NO_RETRY:
+        return Decline.HARD, reason
+    return Decline.SOFT, reason
+
+
 @dataclass
 class Claimed:
-    job: Row
+    job: RefillJobRow
     payment_id: str
     customer_id: str
     payment_method_id: str
@@ -81,50 +95,46 @@ class RefillWorker:
 
     async def _claim(self, tx: LedgerTx) -> list[Claimed]:
         out: list[Claimed] = []
-        for job in await repo.claimable(tx.conn, tx.now_us, self.batch):
+        for job in await repo.claimable(tx, self.batch):
             item = await self._prepare(tx, job)
             if item is not None:
                 out.append(item)
         return out
 
-    async def _end(self, tx: LedgerTx, job: Row, status: str, error: str) -> None:
-        await repo.update_job(tx.conn, job["id"], status=status, last_error=error[:200], lease_until_us=0, updated_at_us=tx.now_us)
-        job["status"] = status
+    def _end(self, tx: LedgerTx, job: RefillJobRow, status: JobStatus, error: str) -> None:
+        repo.update_job(tx, job, status=status, last_error=error[:200], lease_until_us=0)
 
-    async def _prepare(self, tx: LedgerTx, job: Row) -> Claimed | None:
+    async def _prepare(self, tx: LedgerTx, job: RefillJobRow) -> Claimed | None:
         user = job["user_id"]
-        cfg = await repo.config(tx.conn, user)
-        wallet = await tx.wallet(user)
+        wallet = await tx.wallet(user)  # the wallet's lock first, like every other refill operation
+        cfg = await repo.config(tx, user)
         if job["payment_id"]:
-            p = await payrepo.get(tx.conn, job["payment_id"], lock=True)
-            if p is not None and p["status"] in webhooks.CREDITED:
+            p = await payrepo.get(tx, job["payment_id"], lock=True)
+            if p is not None and p["status"] in CREDITED:
                 await finish_success(tx, job, p)  # the webhook settled it while we were away
                 return None
-            if p is not None and p["status"] == webhooks.PENDING:
-                return await self._lease(tx, job, cfg, p)  # same attempt, same idempotency key
-            job["payment_id"] = None
+            if p is not None and p["status"] == PaymentStatus.PENDING:
+                return self._lease(tx, job, cfg, p)  # same attempt, same idempotency key
         # A new attempt: every gate is checked under the transaction.
-        if cfg is None or not cfg["enabled"] or cfg["state"] != repo.ACTIVE:
-            await self._end(tx, job, "skipped", "auto-refill disabled or paused")
+        if cfg is None or not cfg["enabled"] or cfg["state"] != ConfigState.ACTIVE:
+            self._end(tx, job, JobStatus.SKIPPED, "auto-refill disabled or paused")
             return None
         if wallet["balance"] >= cfg["threshold"]:
-            await self._end(tx, job, "skipped", "balance is above the threshold again")
+            self._end(tx, job, JobStatus.SKIPPED, "balance is above the threshold again")
             return None
         if tx.user(user)["flagged_reason"]:  # e.g. a config an older release left active on a flagged account
-            await self._pause(tx, job, ACCOUNT_FLAGGED, "a payment on this account is disputed")
+            self._pause(tx, job, cfg, PausedReason.ACCOUNT_FLAGGED, "a payment on this account is disputed")
             return None
         if not cfg["payment_method_id"] and not cfg["setup_intent_id"]:
-            await self._pause(tx, job, PAYMENT_METHOD_REQUIRED, "no saved card")
+            self._pause(tx, job, cfg, PausedReason.PAYMENT_METHOD_REQUIRED, "no saved card")
             return None
         # The month is [start, end): blocked until `end`, the first instant of the next UTC month.
         start, end = month_bounds(tx.now_us)
-        used = await repo.month_used_cents(tx.conn, user, (start, end))
+        used = await repo.month_used_cents(tx, user, (start, end))
         if used + job["amount_cents"] > self.s.refill_monthly_cap_cents:
             METRICS.refill_attempts.labels("cap_reached").inc()
-            await self._end(tx, job, "skipped", "monthly cap reached")
-            await repo.update_config(
-                tx.conn, user, cap_blocked_until_us=end, last_failure_reason="MONTHLY_CAP_REACHED", updated_at_us=tx.now_us
-            )
+            self._end(tx, job, JobStatus.SKIPPED, "monthly cap reached")
+            repo.save_config(tx, cfg, user, cap_blocked_until_us=end, last_failure_reason="MONTHLY_CAP_REACHED")
             tx.notify(
                 BalanceEvent(
                     user_id=user,
@@ -135,34 +145,36 @@ class RefillWorker:
             )
             return None
         # Declines in (now - 30 days, now]: one exactly 30 days old no longer counts.
-        if await repo.declines_in_window(tx.conn, user, tx.now_us) >= self.s.refill_max_declines_30d:
-            await self._pause(tx, job, AUTO_REFILL_FAILED, "too many declined charges in 30 days")
+        if await repo.declines_in_window(tx, user, tx.now_us) >= self.s.refill_max_declines_30d:
+            self._pause(tx, job, cfg, PausedReason.AUTO_REFILL_FAILED, "too many declined charges in 30 days")
             return None
         attempt = job["attempts"] + 1
         pid = keys.refill_attempt(job["id"][4:], attempt)
-        p = payrepo.new_payment(pid, user, "auto_refill", job["amount_cents"], job["credits"], tx.now_us)
-        await payrepo.insert_payment(tx.conn, p)
-        job.update(payment_id=pid, attempts=attempt)
-        await repo.update_job(tx.conn, job["id"], payment_id=pid, attempts=attempt)
-        return await self._lease(tx, job, cfg, p)
+        p = await payrepo.insert_payment(
+            tx, payrepo.new_payment(pid, user, PaymentKind.AUTO_REFILL, job["amount_cents"], job["credits"], tx.now_us)
+        )
+        repo.update_job(tx, job, payment_id=pid, attempts=attempt)
+        return self._lease(tx, job, cfg, p)
 
-    async def _lease(self, tx: LedgerTx, job: Row, cfg: Row | None, p: Row) -> Claimed:
+    def _lease(self, tx: LedgerTx, job: RefillJobRow, cfg: RefillConfigRow | None, p: PaymentRow) -> Claimed:
         lease = tx.now_us + int(self.s.refill_lease_seconds * 1_000_000)
-        await repo.update_job(tx.conn, job["id"], status="running", lease_until_us=lease, updated_at_us=tx.now_us)
-        job["status"] = "running"
-        cfg = cfg or {}
+        repo.update_job(tx, job, status=JobStatus.RUNNING, lease_until_us=lease)
         return Claimed(
             job=job,
             payment_id=p["id"],
             customer_id=str(tx.user(job["user_id"])["stripe_customer_id"] or ""),
-            payment_method_id=str(cfg.get("payment_method_id") or ""),
-            setup_intent_id=str(cfg.get("setup_intent_id") or ""),
+            payment_method_id=str(cfg["payment_method_id"] or "") if cfg else "",
+            setup_intent_id=str(cfg["setup_intent_id"] or "") if cfg else "",
             payment_intent_id=str(p.get("payment_intent_id") or ""),
         )
 
-    async def _pause(self, tx: LedgerTx, job: Row, reason: str, detail: str) -> None:
-        await self._end(tx, job, "paused" if reason != AUTO_REFILL_FAILED else "failed", detail)
-        await repo.update_config(tx.conn, job["user_id"], state=repo.PAUSED, paused_reason=reason, updated_at_us=tx.now_us)
+    def _pause(
+        self, tx: LedgerTx, job: RefillJobRow, cfg: RefillConfigRow | None, reason: PausedReason, detail: str
+    ) -> None:
+        failed = reason == PausedReason.AUTO_REFILL_FAILED
+        self._end(tx, job, JobStatus.FAILED if failed else JobStatus.PAUSED, detail)
+        if cfg is not None:
+            repo.save_config(tx, cfg, job["user_id"], state=ConfigState.PAUSED, paused_reason=reason)
         METRICS.refill_attempts.labels("paused").inc()
         tx.notify(BalanceEvent(user_id=job["user_id"], kind="refill_paused", message=f"Auto-refill paused ({reason}): {detail}"))
 
@@ -174,11 +186,11 @@ class RefillWorker:
             try:
                 card = await self.service.card_details(await self._setup_pm(item.setup_intent_id) or pm)
                 pm = card["payment_method_id"]
-                await self._record(item, lambda tx: repo.update_config(tx.conn, item.job["user_id"], **card))
+                await self._record(item, lambda tx: repo.set_config(tx, item.job["user_id"], **card))
             except errors.DomainError:
                 pass  # fall back to the card we had
         if not pm or not item.customer_id:
-            await self._record(item, lambda tx: self._fail(tx, item, "payment_method_missing", gone=True))
+            await self._record(item, lambda tx: self._fail(tx, item, "payment_method_missing", Decline.CARD_GONE))
             return
         try:
             if item.payment_intent_id:
@@ -188,7 +200,7 @@ class RefillWorker:
                     customer_id=item.customer_id,
                     payment_method=pm,
                     amount_cents=item.job["amount_cents"],
-                    metadata={"payment_id": item.payment_id, "user_id": item.job["user_id"], "kind": "auto_refill"},
+                    metadata={"payment_id": item.payment_id, "user_id": item.job["user_id"], "kind": PaymentKind.AUTO_REFILL},
                     idempotency_key=keys.stripe_refill_charge(item.payment_id),  # a retried call never charges twice
                 )
         except errors.Unavailable:
@@ -206,16 +218,14 @@ class RefillWorker:
         if status == "processing":
             await self._record(item, lambda tx: self._retry_same_attempt(tx, item))  # settle later from Stripe's state
             return
-        code = str(result.get("decline_code") or result.get("code") or "")
-        if status == "requires_action" or code in AUTH_CODES or result.get("code") in AUTH_CODES:
+        kind, code = classify_decline(status, str(result.get("code") or ""), str(result.get("decline_code") or ""))
+        if kind == Decline.AUTHENTICATION:
             METRICS.refill_attempts.labels("action_required").inc()
             url = await self._recovery_link(item)
             await self._record(item, lambda tx: self._action_required(tx, item, pi_id, url))
             return
-        code = code or "card_declined"
-        gone = code in CARD_GONE or str(result.get("code") or "") in CARD_GONE
-        METRICS.refill_attempts.labels("paused" if gone else "declined").inc()
-        await self._record(item, lambda tx: self._fail(tx, item, code, gone=gone, pi_id=pi_id))
+        METRICS.refill_attempts.labels("paused" if kind == Decline.CARD_GONE else "declined").inc()
+        await self._record(item, lambda tx: self._fail(tx, item, code, kind, pi_id=pi_id))
 
     async def _setup_pm(self, setup_intent_id: str) -> str:
         si = await self.gateway.retrieve_setup_intent(setup_intent_id)
@@ -240,9 +250,10 @@ class RefillWorker:
     async def _record(self, item: Claimed, fn: Any) -> None:
         await self.writer.submit(Call(fn=fn, accounts={wallet_id(item.job["user_id"])}))
 
-    async def _current(self, tx: LedgerTx, item: Claimed) -> tuple[Row, Row] | None:
-        job = await repo.job(tx.conn, item.job["id"], lock=True)
-        p = await payrepo.get(tx.conn, item.payment_id, lock=True)
+    async def _current(self, tx: LedgerTx, item: Claimed) -> tuple[RefillJobRow, PaymentRow] | None:
+        """The job and its payment as this batch sees them (locked): the rows to change."""
+        job = await repo.job(tx, item.job["id"], lock=True)
+        p = await payrepo.get(tx, item.payment_id, lock=True)
         if job is None or p is None or job["payment_id"] != item.payment_id:
             return None
         return job, p
@@ -259,12 +270,12 @@ class RefillWorker:
     async def _retry_same_attempt(self, tx: LedgerTx, item: Claimed) -> None:
         """Stripe did not answer: the same attempt (same idempotency key) runs again later."""
         cur = await self._current(tx, item)
-        if cur is None or cur[0]["status"] not in repo.IN_FLIGHT:
+        if cur is None or cur[0]["status"] not in IN_FLIGHT:
             return
         next_at = tx.now_us + int(self.s.refill_network_retry_seconds * 1_000_000)
-        await repo.update_job(
-            tx.conn, item.job["id"], status="retry_scheduled", next_run_at_us=next_at, lease_until_us=0,
-            last_error="stripe_unavailable", updated_at_us=tx.now_us,
+        repo.update_job(
+            tx, cur[0], status=JobStatus.RETRY_SCHEDULED, next_run_at_us=next_at, lease_until_us=0,
+            last_error="stripe_unavailable",
         )
 
     async def _action_required(self, tx: LedgerTx, item: Claimed, pi_id: str, url: str) -> None:
@@ -272,14 +283,14 @@ class RefillWorker:
         if cur is None:
             return
         job, p = cur
-        skip_set(tx).add(job["user_id"])
+        tx.batch_add(SETTLED, job["user_id"])
         await webhooks.mark_failed(tx, p, "authentication_required", payment_intent_id=pi_id)
-        if job["status"] not in repo.IN_FLIGHT:
+        if job["status"] not in IN_FLIGHT:
             return
-        await self._end(tx, job, "action_required", "authentication_required")
-        await repo.update_config(
-            tx.conn, job["user_id"], state=repo.ACTION_REQUIRED, paused_reason="AUTHENTICATION_REQUIRED",
-            recovery_url=url, last_failure_reason="authentication_required", updated_at_us=tx.now_us,
+        self._end(tx, job, JobStatus.ACTION_REQUIRED, "authentication_required")
+        await repo.set_config(
+            tx, job["user_id"], state=ConfigState.ACTION_REQUIRED, paused_reason=PausedReason.AUTHENTICATION_REQUIRED,
+            recovery_url=url, last_failure_reason="authentication_required",
         )
         tx.notify(
             BalanceEvent(
@@ -290,36 +301,36 @@ class RefillWorker:
             )
         )
 
-    async def _fail(self, tx: LedgerTx, item: Claimed, code: str, *, gone: bool, pi_id: str = "") -> None:
+    async def _fail(self, tx: LedgerTx, item: Claimed, code: str, kind: Decline, *, pi_id: str = "") -> None:
         cur = await self._current(tx, item)
         if cur is None:
             return
         job, p = cur
-        skip_set(tx).add(job["user_id"])
+        tx.batch_add(SETTLED, job["user_id"])
         await webhooks.mark_failed(tx, p, code, payment_intent_id=pi_id)
-        if job["status"] not in repo.IN_FLIGHT:
+        if job["status"] not in IN_FLIGHT:
             return
         user = job["user_id"]
-        await repo.update_config(tx.conn, user, last_failure_reason=code[:200], updated_at_us=tx.now_us)
-        if gone:
-            reason = "PAYMENT_METHOD_EXPIRED" if code == "expired_card" else PAYMENT_METHOD_REQUIRED
-            await self._pause(tx, job, reason, f"the saved card cannot be charged ({code})")
+        cfg = await repo.set_config(tx, user, last_failure_reason=code[:200])
+        if kind == Decline.CARD_GONE:
+            reason = PausedReason.PAYMENT_METHOD_EXPIRED if code == "expired_card" else PausedReason.PAYMENT_METHOD_REQUIRED
+            self._pause(tx, job, cfg, reason, f"the saved card cannot be charged ({code})")
             return
-        declines = await repo.declines_in_window(tx.conn, user, tx.now_us)  # this decline included
+        declines = await repo.declines_in_window(tx, user, tx.now_us, current=p)  # this decline included
         exhausted = (
-            code in NO_RETRY
+            kind == Decline.HARD
             or job["attempts"] >= self.s.refill_max_attempts
             or declines >= self.s.refill_max_declines_30d
         )
         if exhausted:
             tx.notify(BalanceEvent(user_id=user, kind="refill_failed", message=f"Auto-refill charge declined ({code})"))
-            await self._pause(tx, job, AUTO_REFILL_FAILED, f"declined {job['attempts']} time(s), last: {code}")
+            self._pause(tx, job, cfg, PausedReason.AUTO_REFILL_FAILED, f"declined {job['attempts']} time(s), last: {code}")
             return
         delay = self.backoff_seconds(job["attempts"])
         next_at = tx.now_us + int(delay * 1_000_000)
-        await repo.update_job(
-            tx.conn, job["id"], status="retry_scheduled", payment_id=None, next_run_at_us=next_at, lease_until_us=0,
-            last_error=code[:200], updated_at_us=tx.now_us,
+        repo.update_job(
+            tx, job, status=JobStatus.RETRY_SCHEDULED, payment_id=None, next_run_at_us=next_at, lease_until_us=0,
+            last_error=code[:200],
         )
         tx.notify(
             BalanceEvent(

@@ -12,19 +12,17 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from sqlalchemy import select
-
-from server.db.schema import tier_subscriptions, users
-from server.ledger.model import BalanceEvent, wallet_id
+from server.ledger.model import BalanceEvent
 from server.ledger.tx import LedgerTx
+from server.payments.models import StripeObject
 from server.platform import errors
 from server.platform.clock import month_bounds
-from server.tiers.rules import TierRules, add_month, change_tier, load_sub, save_sub
+from server.tiers import repository as repo
+from server.tiers.models import SubscriptionStatus
+from server.tiers.repository import load_sub, save_sub
+from server.tiers.rules import TierRules, add_month, change_tier
 
 log = logging.getLogger(__name__)
-
-Row = dict[str, Any]
-
 
 def _id(value: Any) -> str:
     if isinstance(value, dict):
@@ -32,14 +30,14 @@ def _id(value: Any) -> str:
     return str(value or "")
 
 
-def _subscription_of(invoice: Row) -> str:
+def _subscription_of(invoice: StripeObject) -> str:
     # API 2025-03-31.basil moved it under parent.subscription_details.
     parent = invoice.get("parent") or {}
     details = parent.get("subscription_details") or {} if isinstance(parent, dict) else {}
     return _id(invoice.get("subscription")) or _id(details.get("subscription"))
 
 
-def _period_of(invoice: Row) -> tuple[int, int]:
+def _period_of(invoice: StripeObject) -> tuple[int, int]:
     lines = (invoice.get("lines") or {}).get("data") or []
     for line in lines:
         period = line.get("period") or {}
@@ -48,23 +46,13 @@ def _period_of(invoice: Row) -> tuple[int, int]:
     return int(invoice.get("period_start") or 0), int(invoice.get("period_end") or 0)
 
 
-async def _user_for(tx: LedgerTx, subscription_id: str, customer_id: str, meta: Row) -> str | None:
-    if subscription_id:
-        q = select(tier_subscriptions.c.user_id).where(tier_subscriptions.c.stripe_subscription_id == subscription_id)
-        found = (await tx.conn.execute(q)).scalar()
-        if found:
-            return str(found)
+async def _user_for(tx: LedgerTx, subscription_id: str, customer_id: str, meta: StripeObject) -> str | None:
+    if subscription_id and (found := await repo.user_of_subscription(tx, subscription_id)):
+        return found
     if meta.get("user_id"):
         return str(meta["user_id"])
     if customer_id:
-        q = select(tier_subscriptions.c.user_id).where(tier_subscriptions.c.stripe_customer_id == customer_id)
-        found = (await tx.conn.execute(q)).scalar()
-        if found:
-            return str(found)
-        q2 = select(users.c.user_id).where(users.c.stripe_customer_id == customer_id)
-        found = (await tx.conn.execute(q2)).scalar()
-        if found:
-            return str(found)
+        return await repo.user_of_customer(tx, customer_id)
     return None
 
 
@@ -82,21 +70,21 @@ class TierEvents:
             "customer.subscription.deleted": self.subscription_deleted,
         }
 
-    async def _user(self, tx: LedgerTx, sub_id: str, obj: Row) -> str | None:
+    async def _user(self, tx: LedgerTx, sub_id: str, obj: StripeObject) -> str | None:
         meta = obj.get("metadata") or {} if obj.get("object") == "subscription" else {}
         parent = obj.get("parent") or {}
         if isinstance(parent, dict):
             meta = meta or (parent.get("subscription_details") or {}).get("metadata") or {}
         return await _user_for(tx, sub_id, _id(obj.get("customer")), meta)
 
-    async def checkout_session(self, tx: LedgerTx, etype: str, session: Row) -> str:
+    async def checkout_session(self, tx: LedgerTx, etype: str, session: StripeObject) -> str:
         """The Pro upgrade's subscription-mode Checkout. Completed: the new
         subscription (and the customer, whose card Checkout saved) is recorded
         for the user, so that its invoices find the user by subscription id.
         The tier still changes only with the paid invoice (either may come first).
         Expired: the upgrade is abandoned, so that UpgradeTier can make a new link."""
         raw = session.get("metadata")
-        meta: Row = raw if isinstance(raw, dict) else {}
+        meta: StripeObject = raw if isinstance(raw, dict) else {}
         sub_id = _id(session.get("subscription"))
         customer = _id(session.get("customer"))
         uid = str(meta.get("user_id") or session.get("client_reference_id") or "") or await _user_for(
@@ -115,20 +103,20 @@ class TierEvents:
                 # Already Pro on another subscription: keep the live one; the extra one is for an operator.
                 log.warning("second Pro subscription for a Pro user", extra={"user_id": uid, "subscription": sub_id})
                 return "duplicate_subscription"
-            values: Row = {"stripe_subscription_id": sub_id, "checkout_session_id": session_id, "payment_url": ""}
+            values: dict[str, Any] = {"stripe_subscription_id": sub_id, "checkout_session_id": session_id, "payment_url": ""}
             if customer:
                 values["stripe_customer_id"] = customer
             if user["tier"] != "pro":
-                values["status"] = "incomplete"  # until invoice.paid
+                values["status"] = SubscriptionStatus.INCOMPLETE  # until invoice.paid
             await save_sub(tx, uid, **values)
             return "subscription_recorded"
         if etype == "checkout.session.expired":
-            if row and row["checkout_session_id"] == session_id and row["status"] == "incomplete" and user["tier"] != "pro":
-                await save_sub(tx, uid, status="none", payment_url="", checkout_session_id=None)
+            if row and row["checkout_session_id"] == session_id and row["status"] == SubscriptionStatus.INCOMPLETE and user["tier"] != "pro":
+                await save_sub(tx, uid, status=SubscriptionStatus.NONE, payment_url="", checkout_session_id=None)
                 return "upgrade_abandoned"
         return "ignored"
 
-    async def invoice_paid(self, tx: LedgerTx, invoice: Row) -> str:
+    async def invoice_paid(self, tx: LedgerTx, invoice: StripeObject) -> str:
         sub_id = _subscription_of(invoice)
         if not sub_id:
             return "ignored"  # not a subscription invoice
@@ -151,13 +139,13 @@ class TierEvents:
         resume = {"cancel_in_stripe": False} if user["tier"] != "enterprise" else {}
         change_tier(tx, user, "pro", why="subscription invoice paid")
         tx.set_user(uid, period_start_us=start, period_end_us=end)
-        await save_sub(tx, uid, status="active", stripe_subscription_id=sub_id,
+        await save_sub(tx, uid, status=SubscriptionStatus.ACTIVE, stripe_subscription_id=sub_id,
                        stripe_customer_id=_id(invoice.get("customer")) or None,
                        payment_url="", grace_until_us=None, **resume)
         await tx.grant_allowance(uid, self.pro_monthly, start, end, key=key)
         return "allowance_granted"
 
-    async def invoice_failed(self, tx: LedgerTx, invoice: Row) -> str:
+    async def invoice_failed(self, tx: LedgerTx, invoice: StripeObject) -> str:
         sub_id = _subscription_of(invoice)
         if not sub_id:
             return "ignored"
@@ -167,25 +155,25 @@ class TierEvents:
         await tx.wallet(uid)
         user = tx.user(uid)
         sub = await load_sub(tx, uid)
-        wallet = tx.accounts[wallet_id(uid)]
-        if user["tier"] != "pro" and sub and sub["stripe_subscription_id"] == sub_id and sub["status"] == "canceled":
+        wallet = tx.loaded_wallet(uid)
+        if user["tier"] != "pro" and sub and sub["stripe_subscription_id"] == sub_id and sub["status"] == SubscriptionStatus.CANCELED:
             # A retry of a renewal that failed past the grace end: the subscription
             # lapsed (the user is on free); it is not a pending first upgrade.
             return "subscription_lapsed"
         if user["tier"] != "pro":
             # The first payment failed: the upgrade stays pending (pay through the link).
-            await save_sub(tx, uid, status="incomplete", stripe_subscription_id=sub_id)
+            await save_sub(tx, uid, status=SubscriptionStatus.INCOMPLETE, stripe_subscription_id=sub_id)
             message = "payment for the Pro upgrade failed"
         else:
-            until = (sub or {}).get("grace_until_us") or user["period_end_us"] + self.rules.grace_us
-            await save_sub(tx, uid, status="past_due", grace_until_us=until)
+            until = (sub["grace_until_us"] if sub else None) or user["period_end_us"] + self.rules.grace_us
+            await save_sub(tx, uid, status=SubscriptionStatus.PAST_DUE, grace_until_us=until)
             message = f"Pro renewal payment failed; Pro stays until the grace period ends at {until // 1_000_000}"
         tx.notify(BalanceEvent(user_id=uid, kind="payment_failed", credits=wallet["balance"],
                                pending=wallet["pending"], message=message,
                                payment_url=str(invoice.get("hosted_invoice_url") or "")))
         return "payment_failed"
 
-    async def subscription_updated(self, tx: LedgerTx, sub: Row) -> str:
+    async def subscription_updated(self, tx: LedgerTx, sub: StripeObject) -> str:
         sub_id = _id(sub.get("id"))
         uid = await self._user(tx, sub_id, sub)
         if uid is None:
@@ -195,9 +183,9 @@ class TierEvents:
             return await self.subscription_deleted(tx, sub)
         await tx.wallet(uid)
         user = tx.user(uid)
-        values: Row = {}
-        if status == "past_due":
-            values["status"] = "past_due"
+        values: dict[str, Any] = {}
+        if status == "past_due":  # Stripe's word and ours
+            values["status"] = SubscriptionStatus.PAST_DUE
         if user["tier"] == "pro":
             if sub.get("cancel_at_period_end"):
                 values.update(pending_tier="free", pending_change_at_us=user["period_end_us"])
@@ -209,7 +197,7 @@ class TierEvents:
             await save_sub(tx, uid, **values)
         return "subscription_updated"
 
-    async def subscription_deleted(self, tx: LedgerTx, sub: Row) -> str:
+    async def subscription_deleted(self, tx: LedgerTx, sub: StripeObject) -> str:
         sub_id = _id(sub.get("id"))
         uid = await self._user(tx, sub_id, sub)
         if uid is None:
@@ -219,7 +207,7 @@ class TierEvents:
             return "ignored"  # an older subscription
         await tx.wallet(uid)
         user = tx.user(uid)
-        await save_sub(tx, uid, status="canceled", pending_tier=None, pending_change_at_us=None,
+        await save_sub(tx, uid, status=SubscriptionStatus.CANCELED, pending_tier=None, pending_change_at_us=None,
                        grace_until_us=None, payment_url="", cancel_in_stripe=False)
         if user["tier"] != "pro":
             return "subscription_ended"

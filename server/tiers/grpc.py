@@ -8,8 +8,8 @@ from server.grpc import Ctx, convert, validation
 from server.platform.auth import principal
 from server.registry import Registry
 from server.tiers.events import TierEvents
-from server.tiers.rules import TierSpec
-from server.tiers.service import TierChange, TierService
+from server.tiers.models import TierChange, TierSpec
+from server.tiers.service import TierService
 
 SUBSCRIPTION_STATUS = {
     "none": tier_pb2.SUBSCRIPTION_STATUS_NONE,

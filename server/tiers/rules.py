@@ -9,32 +9,19 @@ period, then drops to free. Scheduled downgrades take effect at period end.
 from __future__ import annotations
 
 import json
-import weakref
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import insert, select, update
-
-from server.db.schema import tier_subscriptions
-from server.ledger.model import BalanceEvent, wallet_id
+from server.ledger.model import BalanceEvent
 from server.ledger.tx import LedgerTx, Row, TierPolicy
 from server.platform import errors
 from server.platform.clock import from_us, month_bounds, to_us
 from server.platform.config import Settings
+from server.tiers.models import SubscriptionStatus, TierSpec
+from server.tiers.repository import load_sub, save_sub
 
 TIER_ORDER = ("free", "pro", "enterprise")
-
-
-@dataclass(frozen=True)
-class TierSpec:
-    name: str
-    display_name: str
-    monthly_millicredits: int
-    price_cents: int
-    custom_price: bool = False
-    unlimited: bool = False
-    features: tuple[str, ...] = field(default_factory=tuple)
 
 
 def catalogue(settings: Settings) -> dict[str, TierSpec]:
@@ -101,42 +88,6 @@ def prorate(monthly: int, period_start_us: int, period_end_us: int, now_us: int)
     return monthly * left // total
 
 
-# ---- subscription rows inside a ledger transaction ---------------------------------------
-# Rows are cached per transaction; changes are undone with a refused operation
-# (LedgerTx undo log) and written with the batch (tx.defer).
-
-_rows: weakref.WeakKeyDictionary[LedgerTx, dict[str, Row | None]] = weakref.WeakKeyDictionary()
-
-
-async def load_sub(tx: LedgerTx, user_id: str) -> Row | None:
-    cache = _rows.setdefault(tx, {})
-    if user_id not in cache:
-        q = select(tier_subscriptions).where(tier_subscriptions.c.user_id == user_id)
-        if not tx.is_sqlite:
-            q = q.with_for_update()
-        row = (await tx.conn.execute(q)).mappings().first()
-        cache[user_id] = dict(row) if row else None
-    return cache[user_id]
-
-
-async def save_sub(tx: LedgerTx, user_id: str, **values: Any) -> Row:
-    cache = _rows.setdefault(tx, {})
-    row = await load_sub(tx, user_id)
-    values["updated_at_us"] = tx.now_us
-    if row is None:
-        row = {c.name: None for c in tier_subscriptions.columns}
-        row.update(user_id=user_id, status="none", payment_url="", cancel_in_stripe=False,
-                   created_at_us=tx.now_us)
-        row.update(values)
-        tx._put(cache, user_id, row)
-        tx.defer(insert(tier_subscriptions).values(**row))
-        return row
-    for k, v in values.items():
-        tx._set(row, k, v)
-    tx.defer(update(tier_subscriptions).where(tier_subscriptions.c.user_id == user_id).values(**values))
-    return row
-
-
 def change_tier(tx: LedgerTx, user: Row, tier: str, *, monthly: int | None = None, why: str = "") -> None:
     """Switch the user's tier (overdraft follows Enterprise) and tell WatchBalance."""
     uid = user["user_id"]
@@ -144,20 +95,11 @@ def change_tier(tx: LedgerTx, user: Row, tier: str, *, monthly: int | None = Non
     tx.set_user(uid, tier=tier, monthly_credits=monthly if tier == "enterprise" else None)
     tx.set_overdraft(uid, tier == "enterprise")
     if old != tier:
-        wallet = tx.accounts[wallet_id(uid)]
+        wallet = tx.loaded_wallet(uid)
         tx.notify(BalanceEvent(
             user_id=uid, kind="tier_changed", credits=wallet["balance"], pending=wallet["pending"],
             message=f"tier changed from {old} to {tier}" + (f": {why}" if why else ""),
         ))
-
-
-async def grant_calendar_period(tx: LedgerTx, policy: TierPolicy, user: Row) -> None:
-    """Open the calendar month holding now and grant its allowance (once per period)."""
-    start, end = month_bounds(tx.now_us)
-    tx.set_user(user["user_id"], period_start_us=start, period_end_us=end)
-    amount = policy.calendar_allowance(user)
-    if amount:
-        await tx.grant_allowance(user["user_id"], amount, start, end)
 
 
 class TierRules(TierPolicy):
@@ -177,17 +119,18 @@ class TierRules(TierPolicy):
             target = sub["pending_tier"]
             change_tier(tx, user, target, why="scheduled change at period end")
             await save_sub(tx, uid, pending_tier=None, pending_change_at_us=None, grace_until_us=None,
-                           status="canceled" if sub["stripe_subscription_id"] else sub["status"])
+                           status=SubscriptionStatus.CANCELED if sub["stripe_subscription_id"] else sub["status"])
             return True
         if self.calendar_allowance(user) is not None:
             return True
         # A paid period is over and no renewal invoice has been paid (yet).
-        until = (sub or {}).get("grace_until_us") or user["period_end_us"] + self.grace_us
-        if sub is None or sub["status"] == "canceled" or until <= tx.now_us:
+        until = (sub["grace_until_us"] if sub else None) or user["period_end_us"] + self.grace_us
+        if sub is None or sub["status"] == SubscriptionStatus.CANCELED or until <= tx.now_us:
             change_tier(tx, user, "free", why="the subscription was not renewed")
             if sub is not None:
-                await save_sub(tx, uid, status="canceled", grace_until_us=None, payment_url="",
-                               cancel_in_stripe=bool(sub["stripe_subscription_id"]) and sub["status"] != "canceled")
+                await save_sub(tx, uid, status=SubscriptionStatus.CANCELED, grace_until_us=None, payment_url="",
+                               cancel_in_stripe=bool(sub["stripe_subscription_id"])
+                               and sub["status"] != SubscriptionStatus.CANCELED)
             return True
         # Grace: Pro stays (without allowance) until the renewal is paid or the grace ends.
         tx.set_user(uid, period_end_us=until)

@@ -29,39 +29,11 @@ from server.platform import errors
 from server.platform.auth import Principal, Role
 from server.platform.clock import Clock, month_bounds
 from server.platform.config import Settings
-from server.tiers.rules import (
-    TierRules,
-    TierSpec,
-    change_tier,
-    load_sub,
-    prorate,
-    save_sub,
-    tier_rank,
-)
+from server.tiers.models import SubscriptionStatus, TierChange, TierSpec, TierView, UpgradeStatus
+from server.tiers.repository import load_sub, read_sub, save_sub
+from server.tiers.rules import TierRules, change_tier, prorate, tier_rank
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class TierChange:
-    new_tier: str
-    monthly: int
-    effective_us: int
-    status: str  # completed | payment_required | pending
-    payment_url: str = ""
-
-
-@dataclass
-class TierView:
-    tier: str
-    period_start_us: int
-    period_end_us: int
-    monthly: int
-    allowance_left: int
-    pending_tier: str
-    pending_change_at_us: int
-    subscription_status: str
-    payment_url: str
 
 
 @dataclass
@@ -109,10 +81,7 @@ class TierService:
     # ---- reads ----------------------------------------------------------------------
 
     async def _sub(self, user_id: str) -> dict[str, Any] | None:
-        async with self.db.reader.connect() as conn:
-            q = select(tier_subscriptions).where(tier_subscriptions.c.user_id == user_id)
-            row = (await conn.execute(q)).mappings().first()
-        return dict(row) if row else None
+        return dict(found) if (found := await read_sub(self.db.reader, user_id)) else None
 
     def monthly_of(self, tier: str, custom: int | None) -> int:
         if tier == "enterprise" and custom is not None:
@@ -123,7 +92,7 @@ class TierService:
         uid = principal.resolve_user(user_id)
         state = await self.balance.wallet(uid, with_lots=True)
         sub = await self._sub(uid) or {}
-        status = str(sub.get("status") or "none")
+        status = str(sub.get("status") or SubscriptionStatus.NONE)
         return TierView(
             tier=state.tier,
             period_start_us=state.period_start_us,
@@ -133,7 +102,7 @@ class TierService:
             pending_tier=str(sub.get("pending_tier") or ""),
             pending_change_at_us=int(sub.get("pending_change_at_us") or 0),
             subscription_status=status,
-            payment_url=str(sub.get("payment_url") or "") if status == "incomplete" else "",
+            payment_url=str(sub.get("payment_url") or "") if status == SubscriptionStatus.INCOMPLETE else "",
         )
 
     # ---- idempotency ----------------------------------------------------------------------
@@ -187,11 +156,11 @@ class TierService:
                 await tx.grant_allowance(uid, grant, start, end, key=f"allowance:upgrade:{uid}:{start}")
             sub = await load_sub(tx, uid)
             if sub is not None:
-                live = bool(sub["stripe_subscription_id"]) and sub["status"] not in ("canceled", "none")
-                await save_sub(tx, uid, status="canceled" if live else sub["status"], pending_tier=None,
+                live = bool(sub["stripe_subscription_id"]) and sub["status"] not in (SubscriptionStatus.CANCELED, SubscriptionStatus.NONE)
+                await save_sub(tx, uid, status=SubscriptionStatus.CANCELED if live else sub["status"], pending_tier=None,
                                pending_change_at_us=None, grace_until_us=None, payment_url="",
                                cancel_in_stripe=live or bool(sub["cancel_in_stripe"]))
-            return TierChange("enterprise", monthly, tx.now_us, "completed")
+            return TierChange("enterprise", monthly, tx.now_us, UpgradeStatus.COMPLETED)
 
         return await self._run(apply, uid, idem)
 
@@ -205,12 +174,12 @@ class TierService:
         if state.tier == "enterprise":
             raise upgrade_failed("Enterprise already includes Pro; an admin can downgrade the account")
         sub = await self._sub(uid) or {}
-        if sub.get("status") == "incomplete":
+        if sub.get("status") == SubscriptionStatus.INCOMPLETE:
             # "Using Pro before paying": the link to pay comes with the refusal.
             raise upgrade_failed(
                 "payment required: the Pro upgrade waits for its first payment",
                 payment_url=sub.get("payment_url") or "",
-                subscription_status="incomplete",
+                subscription_status=SubscriptionStatus.INCOMPLETE,
             )
         gw = self.gateway
         if gw is None or not gw.configured:
@@ -258,11 +227,11 @@ class TierService:
             if subscription_id:
                 values["stripe_subscription_id"] = subscription_id
             if user["tier"] != "pro":  # the invoice.paid webhook may already have won the race
-                values["status"] = "incomplete"
+                values["status"] = SubscriptionStatus.INCOMPLETE
             await save_sub(tx, uid, **values)
             if subscription_id:
-                return TierChange("pro", monthly, tx.now_us, "completed" if user["tier"] == "pro" else "pending")
-            return TierChange("pro", monthly, tx.now_us, "payment_required", payment_url)
+                return TierChange("pro", monthly, tx.now_us, UpgradeStatus.COMPLETED if user["tier"] == "pro" else UpgradeStatus.PENDING)
+            return TierChange("pro", monthly, tx.now_us, UpgradeStatus.PAYMENT_REQUIRED, payment_url)
 
         return await self._run(apply, uid, idem)
 
@@ -288,7 +257,7 @@ class TierService:
             principal.require(Role.ADMIN, what="an Enterprise downgrade")
         sub = await self._sub(uid) or {}
         sub_id = str(sub.get("stripe_subscription_id") or "")
-        if state.tier == "pro" and sub_id and sub.get("status") != "canceled":
+        if state.tier == "pro" and sub_id and sub.get("status") != SubscriptionStatus.CANCELED:
             assert self.gateway is not None
             # Stripe stops renewing; the tier changes at period end (not now).
             await self.gateway.cancel_subscription_at_period_end(sub_id, idempotency_key=keys.stripe("cancel", idem.key))
@@ -298,10 +267,10 @@ class TierService:
             await tx.wallet(uid)
             user = tx.user(uid)
             if user["tier"] == target:
-                return TierChange(target, monthly, tx.now_us, "completed")
+                return TierChange(target, monthly, tx.now_us, UpgradeStatus.COMPLETED)
             at = user["period_end_us"]
             await save_sub(tx, uid, pending_tier=target, pending_change_at_us=at)
-            return TierChange(target, monthly, at, "pending")
+            return TierChange(target, monthly, at, UpgradeStatus.PENDING)
 
         return await self._run(apply, uid, idem)
 

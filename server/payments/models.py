@@ -1,0 +1,67 @@
+"""The payments domain's types: payment statuses and kinds, and the payments row.
+
+The enums are `StrEnum`s whose values are the strings stored in the
+`payments` table, so a member compares equal to the value read back.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import TypedDict
+
+from server import registry
+
+
+class PaymentStatus(StrEnum):
+    PENDING = "pending"
+    PAID = "paid"
+    FAILED = "failed"
+    EXPIRED = "expired"
+    REFUNDED = "refunded"
+    PARTIALLY_REFUNDED = "partially_refunded"
+    DISPUTED = "disputed"
+
+
+class PaymentKind(StrEnum):
+    CHECKOUT = "checkout"
+    AUTO_REFILL = "auto_refill"
+    SUBSCRIPTION = "subscription"
+
+
+# Statuses whose credits were granted (server/ledger/verify.py expects one grant each).
+CREDITED: frozenset[PaymentStatus] = frozenset(
+    {PaymentStatus.PAID, PaymentStatus.REFUNDED, PaymentStatus.PARTIALLY_REFUNDED, PaymentStatus.DISPUTED}
+)
+
+
+class PaymentRow(TypedDict):
+    """A row of `payments` (server/db/schema.py). `status` and `kind` hold the
+    values of PaymentStatus and PaymentKind (plain strings when read back)."""
+
+    id: str
+    user_id: str
+    kind: str
+    status: str
+    amount_cents: int
+    currency: str
+    credits: int  # millicredits granted when paid
+    request_key: str | None
+    fingerprint: str
+    checkout_session_id: str | None
+    payment_url: str
+    expires_at_us: int | None
+    payment_intent_id: str | None
+    charge_id: str | None
+    receipt_url: str
+    failure_reason: str
+    refunded_cents: int
+    refund_clawed: int  # millicredits
+    dispute_id: str | None
+    dispute_clawed: int  # millicredits
+    created_at_us: int
+    updated_at_us: int
+    paid_at_us: int | None
+
+
+# A Stripe API object or event, as plain JSON (server/payments/gateway.py's `_plain`).
+StripeObject = registry.StripeObject
