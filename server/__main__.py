@@ -20,12 +20,14 @@ def main(argv: list[str] | None = None) -> int:
     tok.add_argument("--user", required=True, help="the token's subject (user id)")
     tok.add_argument("--role", choices=[r.value for r in Role], default="user")
     tok.add_argument("--ttl", type=int, default=86400, help="lifetime in seconds")
+    tok.add_argument("--audience", help="mint for the MCP endpoint (its URL); the gRPC API refuses such tokens")
     sub.add_parser("verify", help="audit the ledger; exits 1 on any discrepancy")
     args = parser.parse_args(argv)
     settings = Settings()
 
     if args.command == "token":
-        print(mint_token(settings.effective_jwt_secret, args.user, Role(args.role), ttl_seconds=args.ttl, issuer=settings.jwt_issuer))
+        print(mint_token(settings.effective_jwt_secret, args.user, Role(args.role), ttl_seconds=args.ttl,
+                         issuer=settings.jwt_issuer, audience=args.audience))
         return 0
     logs.setup(settings.log_level, settings.log_json)
     if args.command == "serve":
