@@ -592,7 +592,7 @@ def test_units_are_exact() -> None:
     assert usd(1999) == 19.99 and usd(5000) == 50
     assert cents_of(50) == 5000 and cents_of(10.1) == 1010 and cents_of("19.99") == 1999 and cents_of(0.29) == 29
     assert millicredits_of(12.345, "amount") == 12_345 and millicredits_of(100, "threshold") == 100_000
-    for bad, error in ((10.005, "invalid_amount"), (float("nan"), "invalid_amount"), (True, "invalid_argument"), ("1e3", "invalid_argument")):
+    for bad, error in ((10.005, "invalid_amount"), (1e30, "invalid_amount"), (10**20, "invalid_amount"), (float("nan"), "invalid_amount"), (True, "invalid_argument"), ("1e3", "invalid_argument")):
         with pytest.raises(Exception) as info:
             cents_of(bad)
         assert getattr(info.value, "error", None) == error, bad

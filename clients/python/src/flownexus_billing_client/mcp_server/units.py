@@ -17,6 +17,7 @@ from typing import Any
 from google.protobuf.timestamp_pb2 import Timestamp
 
 MILLI = 1000
+INT64_MAX = 2**63 - 1
 CENTS = 100
 # A decimal written as a string: "50", "12.5", "-3.25" (agents sometimes quote numbers).
 _DECIMAL = re.compile(r"^-?(\d+(\.\d*)?|\.\d+)$")
@@ -55,6 +56,8 @@ def _scaled(value: Any, field: str, scale: int, unit: str, what: str) -> int:
             f"{field} must be a whole number of {what}: {value} {unit} is not (nothing is rounded)",
             {"field": field, "got": str(value)},
         )
+    if abs(exact) > INT64_MAX:
+        raise Refusal("invalid_amount", f"{field} is far too large", {"field": field, "got": str(value)})
     return int(exact)
 
 
