@@ -50,7 +50,7 @@ check-generated: generate
 	@test -z "$$(git status --porcelain -- generated)" || (git status --porcelain -- generated; echo "generated/ has untracked files: run make generate and commit"; exit 1)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check server tests bench
+	$(VENV)/bin/ruff check server tests bench clients
 	$(VENV)/bin/mypy
 	cd protos && ../$(VENV)/bin/buf lint
 	$(MAKE) proto-breaking

@@ -1,17 +1,36 @@
-"""CLI: `python -m server serve | migrate | token | verify`."""
+"""CLI: `python -m server serve | migrate | token | verify | mcp`."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import sys
+from pathlib import Path
 
 from server.platform import logs
 from server.platform.auth import Role, mint_token
 from server.platform.config import Settings
 
 
+def mcp(argv: list[str]) -> int:
+    """The `flow-nexus` MCP server: a client of the gRPC API that lives in the
+    client package (flownexus_billing_client.mcp_server); from a checkout,
+    clients/python/src is a source root like generated/."""
+    try:
+        from flownexus_billing_client.mcp_server.cli import main as mcp_main
+    except ModuleNotFoundError as exc:
+        if exc.name != "flownexus_billing_client":
+            raise
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "clients" / "python" / "src"))
+        from flownexus_billing_client.mcp_server.cli import main as mcp_main
+    # Over HTTP it verifies and mints tokens with the secret `serve` and `token` use.
+    return mcp_main(argv, default_jwt_secret=lambda: Settings().effective_jwt_secret)
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["mcp"]:  # its own options: `python -m server mcp --help`
+        return mcp(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m server", description="Credits billing service")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("serve", help="run the gRPC server, HTTP listener and workers")
@@ -20,12 +39,15 @@ def main(argv: list[str] | None = None) -> int:
     tok.add_argument("--user", required=True, help="the token's subject (user id)")
     tok.add_argument("--role", choices=[r.value for r in Role], default="user")
     tok.add_argument("--ttl", type=int, default=86400, help="lifetime in seconds")
+    tok.add_argument("--audience", help="mint for the MCP endpoint (its URL); the gRPC API refuses such tokens")
     sub.add_parser("verify", help="audit the ledger; exits 1 on any discrepancy")
+    sub.add_parser("mcp", help="run the flow-nexus MCP server (stdio or HTTP); see `mcp --help`")
     args = parser.parse_args(argv)
     settings = Settings()
 
     if args.command == "token":
-        print(mint_token(settings.effective_jwt_secret, args.user, Role(args.role), ttl_seconds=args.ttl, issuer=settings.jwt_issuer))
+        print(mint_token(settings.effective_jwt_secret, args.user, Role(args.role), ttl_seconds=args.ttl,
+                         issuer=settings.jwt_issuer, audience=args.audience))
         return 0
     logs.setup(settings.log_level, settings.log_json)
     if args.command == "serve":

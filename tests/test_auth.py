@@ -10,6 +10,7 @@ import jwt
 import pytest
 from flownexus.billing.v1 import balance_pb2, common_pb2, earnings_pb2, history_pb2, usage_pb2
 
+from server.auth import Role, mint_token
 from tests.harness import JWT_SECRET, auth, expect_error, token
 
 
@@ -87,3 +88,30 @@ async def test_user_cannot_watch_another_user(server) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await asyncio.wait_for(call.read(), 5)
     assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_a_token_for_another_audience_is_refused(sqlite_server) -> None:
+    """Tokens minted for the MCP endpoint (`python -m server token --audience URL`) carry
+    `aud`; the API takes only tokens without one, so such a token is useless against it."""
+    for bearer in (
+        mint_token(JWT_SECRET, "alice", Role.USER, audience="https://mcp.example.com/mcp"),
+        jwt.encode({"sub": "alice", "role": "admin", "exp": 2**40, "iss": "flownexus-billing", "aud": ["x", "y"]}, JWT_SECRET),
+    ):
+        await expect_error(
+            sqlite_server.s.balance.CheckBalance(balance_pb2.CheckBalanceRequest(), metadata=(("authorization", f"Bearer {bearer}"),)),
+            grpc.StatusCode.UNAUTHENTICATED,
+            "WRONG_AUDIENCE",
+        )
+    plain = await sqlite_server.s.balance.CheckBalance(balance_pb2.CheckBalanceRequest(), metadata=auth("alice"))
+    assert plain.credits_millicredits == 100_000
+
+
+def test_the_token_command_mints_for_an_audience(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from server.__main__ import main
+
+    monkeypatch.setenv("BILLING_JWT_SECRET", JWT_SECRET)
+    assert main(["token", "--user", "dana", "--role", "service", "--audience", "https://mcp.example.com/mcp"]) == 0
+    claims = jwt.decode(capsys.readouterr().out.strip(), JWT_SECRET, algorithms=["HS256"], audience="https://mcp.example.com/mcp")
+    assert (claims["sub"], claims["role"], claims["aud"]) == ("dana", "service", "https://mcp.example.com/mcp")
+    assert main(["token", "--user", "dana"]) == 0
+    assert "aud" not in jwt.decode(capsys.readouterr().out.strip(), JWT_SECRET, algorithms=["HS256"])

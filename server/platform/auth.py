@@ -60,9 +60,16 @@ def principal() -> Principal:
         raise errors.Unauthenticated("missing bearer token", reason="MISSING_TOKEN") from None
 
 
-def mint_token(secret: str, subject: str, role: Role, *, ttl_seconds: int = 86400, issuer: str = "flownexus-billing") -> str:
+def mint_token(
+    secret: str, subject: str, role: Role, *, ttl_seconds: int = 86400, issuer: str = "flownexus-billing",
+    audience: str | None = None,
+) -> str:
+    """A token for this API, or with `audience` one for another resource (the
+    MCP endpoint): this API refuses any token that carries an audience."""
     now = int(time.time())
-    claims = {"sub": subject, "role": role.value, "iat": now, "exp": now + ttl_seconds, "iss": issuer}
+    claims: dict[str, object] = {"sub": subject, "role": role.value, "iat": now, "exp": now + ttl_seconds, "iss": issuer}
+    if audience:
+        claims["aud"] = audience
     return jwt.encode(claims, secret, algorithm="HS256")
 
 
@@ -101,6 +108,10 @@ def decode_token(
         )
     except jwt.ExpiredSignatureError:
         raise errors.Unauthenticated("token expired", reason="TOKEN_EXPIRED") from None
+    except jwt.InvalidAudienceError:
+        # No audience is passed, so PyJWT refuses every token that has one: a
+        # token minted for the MCP endpoint (`token --audience`) is not for us.
+        raise errors.Unauthenticated("the token was issued for another audience", reason="WRONG_AUDIENCE") from None
     except jwt.PyJWTError:
         raise errors.Unauthenticated("invalid token", reason="INVALID_TOKEN") from None
     sub, role = claims.get("sub"), claims.get("role")

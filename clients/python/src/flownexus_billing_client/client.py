@@ -67,6 +67,9 @@ class BillingClient:
             if credentials is not None
             else grpc.aio.insecure_channel(target, options=options)
         )
+        self._bind_services()
+
+    def _bind_services(self) -> None:
         ch = self.channel
         self.balance = _Service(self, balance_pb2_grpc.BalanceServiceStub(ch))
         self.usage = _Service(self, usage_pb2_grpc.UsageServiceStub(ch))
@@ -75,6 +78,15 @@ class BillingClient:
         self.tier = _Service(self, tier_pb2_grpc.TierServiceStub(ch))
         self.payments = _Service(self, payments_pb2_grpc.PaymentsServiceStub(ch))
         self.refill = _Service(self, refill_pb2_grpc.RefillServiceStub(ch))
+
+    def with_token(self, token: str) -> BillingClient:
+        """The same channel, calling with another bearer token (a service that
+        acts for many principals keeps one connection). Close only the original."""
+        view = object.__new__(BillingClient)
+        view.__dict__.update(self.__dict__)
+        view.token = token
+        view._bind_services()
+        return view
 
     async def __aenter__(self) -> BillingClient:
         return self
