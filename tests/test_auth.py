@@ -10,7 +10,7 @@ import jwt
 import pytest
 from flownexus.billing.v1 import balance_pb2, common_pb2, earnings_pb2, history_pb2, usage_pb2
 
-from server.auth import Role, mint_token
+from server.platform.auth import Role, mint_token
 from tests.harness import JWT_SECRET, auth, expect_error, token
 
 

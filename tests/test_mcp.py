@@ -45,7 +45,7 @@ from mcp.client.stdio import StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 
 from server.__main__ import main as server_main
-from server.auth import Role, mint_token
+from server.platform.auth import Role, mint_token
 from tests.calls import deliver
 from tests.client_fixtures import client_site, client_wheel  # noqa: F401
 from tests.harness import JWT_SECRET, Running, auth, expect_error, free_port, run_cmd, token
