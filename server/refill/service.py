@@ -22,6 +22,7 @@ from server.ledger.tx import LedgerTx
 from server.ledger.writer import LedgerWriter
 from server.payments.gateway import StripeGateway, not_configured
 from server.payments.models import PaymentKind
+from server.payments.service import PaymentsService
 from server.platform import errors
 from server.platform.auth import Principal
 from server.platform.clock import Clock, from_us, month_bounds
@@ -165,14 +166,14 @@ async def finish_success(tx: LedgerTx, job: RefillJobRow, payment: Mapping[str, 
 class RefillService:
     def __init__(
         self, settings: Settings, db: Database, writer: LedgerWriter, clock: Clock, gateway: StripeGateway,
-        payments: Any,
+        payments: PaymentsService,
     ) -> None:
         self.settings = settings
         self.db = db
         self.writer = writer
         self.clock = clock
         self.gateway = gateway
-        self.payments = payments  # server.payments.service.PaymentsService (customers, recovery links)
+        self.payments = payments  # customers and recovery links
 
     # ---- the trigger: runs inside every ledger batch (hot path: one SELECT) ---------------
 
