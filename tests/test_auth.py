@@ -115,3 +115,20 @@ def test_the_token_command_mints_for_an_audience(monkeypatch: pytest.MonkeyPatch
     assert (claims["sub"], claims["role"], claims["aud"]) == ("dana", "service", "https://mcp.example.com/mcp")
     assert main(["token", "--user", "dana"]) == 0
     assert "aud" not in jwt.decode(capsys.readouterr().out.strip(), JWT_SECRET, algorithms=["HS256"])
+
+
+async def test_a_token_from_an_issuer_whose_clock_runs_ahead_is_accepted(sqlite_server) -> None:
+    """`iat` ahead of the server's clock (skew between issuer and server, or a
+    child process started under a shifted test clock) does not refuse a token
+    that has not expired."""
+    import time
+
+    now = int(time.time())
+    ahead = jwt.encode(
+        {"sub": "skewed", "role": "user", "iat": now + 600, "exp": now + 3600, "iss": "flownexus-billing"},
+        JWT_SECRET, algorithm="HS256",
+    )
+    b = await sqlite_server.s.balance.GetBalance(
+        balance_pb2.GetBalanceRequest(), metadata=(("authorization", f"Bearer {ahead}"),)
+    )
+    assert b.credits_millicredits == 100_000

@@ -49,7 +49,8 @@ class McpTokenVerifier:
                 algorithms=["HS256"],
                 issuer=self.issuer,
                 audience=self.audience,
-                options={"require": ["sub", "exp", "role", "aud"]},
+                # `iat` ahead of our clock is the issuer's skew; `exp` bounds the token.
+                options={"require": ["sub", "exp", "role", "aud"], "verify_iat": False},
             )
         except jwt.PyJWTError:
             return None
