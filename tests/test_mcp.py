@@ -131,6 +131,9 @@ def stdio_env(billing: Running, bearer: str) -> dict[str, str]:
         "PYTHONPATH": os.pathsep.join(str(ROOT / p) for p in (".", "generated", "clients/python/src")),
         "BILLING_GRPC_TARGET": grpc_target(billing),
         "BILLING_TOKEN": bearer,
+        # The same clock as the test process, also under a shifted one (faketime):
+        # the adapter mints API tokens that this process's server checks.
+        **{k: v for k, v in os.environ.items() if k == "LD_PRELOAD" or k.startswith("FAKETIME")},
     }
 
 
