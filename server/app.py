@@ -22,7 +22,6 @@ from flownexus.billing.v1 import (
 )
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
-from grpc_reflection.v1alpha import reflection
 
 from server.balance import grpc as balance_grpc
 from server.balance.fanout import PgFanout, asyncpg_dsn
@@ -32,6 +31,7 @@ from server.db.engine import Database
 from server.earnings import grpc as earnings_grpc
 from server.earnings.repository import EarningsRepository
 from server.earnings.service import EarningsService
+from server.grpc import reflection
 from server.grpc.interceptors import CallInterceptor
 from server.history import grpc as history_grpc
 from server.history.repository import HistoryRepository
@@ -197,10 +197,7 @@ class App:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        reflection.enable_server_reflection(
-            (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
-            server,
-        )
+        reflection.enable((*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name), server)
         self.grpc_port = self._bind(server, f"{s.grpc_host}:{s.grpc_port}")
         await server.start()
         self.grpc_server = server
