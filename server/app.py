@@ -21,7 +21,6 @@ from flownexus.billing.v1 import (
     usage_pb2,
 )
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1.health import aio as health_aio
 
 from server.balance import grpc as balance_grpc
 from server.balance.fanout import PgFanout, asyncpg_dsn
@@ -31,7 +30,7 @@ from server.db.engine import Database
 from server.earnings import grpc as earnings_grpc
 from server.earnings.repository import EarningsRepository
 from server.earnings.service import EarningsService
-from server.grpc import reflection
+from server.grpc import health, reflection
 from server.grpc.interceptors import CallInterceptor
 from server.history import grpc as history_grpc
 from server.history.repository import HistoryRepository
@@ -70,6 +69,12 @@ SERVICE_NAMES = tuple(
         (earnings_pb2, "EarningsService"),
         (usage_pb2, "UsageService"),
     )
+)
+
+# The services that cannot work without Stripe (BILLING_STRIPE_API_KEY).
+STRIPE_SERVICE_NAMES = frozenset(
+    m.DESCRIPTOR.services_by_name[n].full_name
+    for m, n in ((payments_pb2, "PaymentsService"), (refill_pb2, "RefillService"), (tier_pb2, "TierService"))
 )
 
 
@@ -193,10 +198,12 @@ class App:
         for add, servicer in self.registry.servicers:
             add(servicer, server)
 
-        self.health = health_aio.HealthServicer()
+        self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         for name in ("", *SERVICE_NAMES):
-            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+            # Without a Stripe key the payment services refuse every call: say so.
+            serving = self.stripe.configured or name not in STRIPE_SERVICE_NAMES
+            await self.health.set(name, health.SERVING if serving else health.NOT_SERVING)
         reflection.enable((*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name), server)
         self.grpc_port = self._bind(server, f"{s.grpc_host}:{s.grpc_port}")
         await server.start()

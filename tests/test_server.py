@@ -17,8 +17,8 @@ from google.protobuf import descriptor_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2
 
-from server.app import SERVICE_NAMES
-from tests.harness import JWT_SECRET, Stubs, auth, free_port, run_cmd
+from server.app import SERVICE_NAMES, STRIPE_SERVICE_NAMES
+from tests.harness import JWT_SECRET, Stubs, auth, free_port, run_cmd, serving
 
 ROOT = Path(__file__).resolve().parent.parent
 REFLECTION = ("grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection")
@@ -30,6 +30,31 @@ async def test_health_serves_without_token(sqlite_server) -> None:
     for name in ("", "flownexus.billing.v1.UsageService"):
         r = await stub.Check(health_pb2.HealthCheckRequest(service=name))
         assert r.status == health_pb2.HealthCheckResponse.SERVING
+
+
+async def _health_list(running) -> dict[str, int]:
+    stub = health_pb2_grpc.HealthStub(running.s.channel)
+    answer = await stub.List(health_pb2.HealthListRequest())
+    return {name: r.status for name, r in answer.statuses.items()}
+
+
+async def test_health_list_says_the_payment_services_need_stripe(sqlite_server) -> None:
+    # No BILLING_STRIPE_API_KEY: payments, refill and tiers refuse every call.
+    statuses = await _health_list(sqlite_server)
+    assert set(statuses) == {"", *SERVICE_NAMES}
+    assert {n for n, st in statuses.items() if st != health_pb2.HealthCheckResponse.SERVING} == STRIPE_SERVICE_NAMES
+    assert all(statuses[n] == health_pb2.HealthCheckResponse.NOT_SERVING for n in STRIPE_SERVICE_NAMES)
+    stub = health_pb2_grpc.HealthStub(sqlite_server.s.channel)
+    r = await stub.Check(health_pb2.HealthCheckRequest(service="flownexus.billing.v1.PaymentsService"))
+    assert r.status == health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+async def test_health_list_with_stripe_configured_serves_everything(db_url, clock) -> None:
+    async with serving(db_url, clock, stripe_api_key="sk_test_health") as running:
+        statuses = await _health_list(running)
+    assert statuses == {name: health_pb2.HealthCheckResponse.SERVING for name in ("", *SERVICE_NAMES)}
+    assert {"flownexus.billing.v1.PaymentsService", "flownexus.billing.v1.RefillService",
+            "flownexus.billing.v1.TierService"} == STRIPE_SERVICE_NAMES
 
 
 async def test_grpcurl_lists_every_service(sqlite_server) -> None:
