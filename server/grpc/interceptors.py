@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from server.platform import errors
@@ -26,17 +26,38 @@ BILLING_PREFIX = "/flownexus.billing.v1."
 _GRPC_CODES = {c.name: c for c in grpc.StatusCode}
 
 
-def _status_details(code: grpc.StatusCode, message: str, reason: str, metadata: dict[str, str]) -> bytes:
-    info = error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN, metadata=metadata)
-    detail = any_pb2.Any()
-    detail.Pack(info)
-    status = status_pb2.Status(code=getattr(code_pb2, code.name), message=message, details=[detail])
+# google.rpc.RetryInfo on UNAVAILABLE when the error names no delay of its own.
+UNAVAILABLE_RETRY_DELAY_MS = 1000
+
+
+def retry_delay_ms(exc: errors.DomainError) -> int | None:
+    """How long a client should wait before retrying, or None when retrying
+    the same call cannot help: the error's own `retry_after_ms` (RATE_LIMITED,
+    TOO_MANY_CONCURRENT_RPCS), else a default for UNAVAILABLE."""
+    after = exc.metadata.get("retry_after_ms")
+    if after is not None and after.isdigit():
+        return int(after)
+    if exc.code is errors.Code.UNAVAILABLE:
+        return UNAVAILABLE_RETRY_DELAY_MS
+    return None
+
+
+def _status_details(code: grpc.StatusCode, exc: errors.DomainError) -> bytes:
+    info = error_details_pb2.ErrorInfo(reason=exc.reason, domain=ERROR_DOMAIN, metadata=exc.metadata)
+    details = [any_pb2.Any()]
+    details[0].Pack(info)
+    delay = retry_delay_ms(exc)
+    if delay is not None:
+        retry = error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=delay // 1000, nanos=delay % 1000 * 1_000_000))
+        details.append(any_pb2.Any())
+        details[1].Pack(retry)
+    status = status_pb2.Status(code=getattr(code_pb2, code.name), message=exc.message, details=details)
     return status.SerializeToString()
 
 
 async def abort(context: grpc.aio.ServicerContext, exc: errors.DomainError) -> None:
     code = _GRPC_CODES[exc.code.value]
-    trailer = (("grpc-status-details-bin", _status_details(code, exc.message, exc.reason, exc.metadata)),)
+    trailer = (("grpc-status-details-bin", _status_details(code, exc)),)
     await context.abort(code, exc.message, trailing_metadata=trailer)
 
 
