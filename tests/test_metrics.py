@@ -19,8 +19,9 @@ from tests.stripe_fake import StripeFake, event
 from tests.test_payments import buy, deliver, post
 
 FAMILIES = {
-    "billing_rpc": "counter",
-    "billing_rpc_seconds": "histogram",
+    "grpc_server_started": "counter",
+    "grpc_server_handled": "counter",
+    "grpc_server_handling_seconds": "histogram",
     "billing_ledger_transfers": "counter",
     "billing_credits_spent_millicredits": "counter",
     "billing_credits_granted_millicredits": "counter",
@@ -31,6 +32,11 @@ FAMILIES = {
     "billing_group_commit_batch_size": "histogram",
     "billing_group_commit_seconds": "histogram",
 }
+
+def rpc(service: str, method: str, grpc_type: str = "unary") -> dict[str, str]:
+    """The labels of one method's grpc_server_* series (go-grpc-prometheus)."""
+    return {"grpc_type": grpc_type, "grpc_service": f"flownexus.billing.v1.{service}", "grpc_method": method}
+
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -97,13 +103,16 @@ async def test_metrics_exist_and_move(stripe_server: Running, stripe_fake: Strip
     assert delta(before, after, "billing_watch_streams") == 0
 
     d = lambda name, **labels: delta(before, after, name, **labels)  # noqa: E731
-    assert d("billing_rpc_total", method="UsageService/Spend", code="OK") == 1
-    assert d("billing_rpc_total", method="UsageService/Spend", code="FAILED_PRECONDITION") == 1
-    assert d("billing_rpc_total", method="EarningsService/AwardCredits", code="OK") == 1
-    assert d("billing_rpc_seconds_count", method="UsageService/Spend", code="OK") == 1
-    assert d("billing_rpc_seconds_count", method="UsageService/Spend", code="FAILED_PRECONDITION") == 1
-    assert d("billing_rpc_seconds_sum", method="UsageService/Spend", code="OK") > 0
-    assert d("billing_rpc_total", method="BalanceService/WatchBalance", code="CANCELLED") == 1
+    spend = rpc("UsageService", "Spend")
+    assert d("grpc_server_started_total", **spend) == 2
+    assert d("grpc_server_handled_total", **spend, grpc_code="OK") == 1
+    assert d("grpc_server_handled_total", **spend, grpc_code="FailedPrecondition") == 1
+    assert d("grpc_server_handled_total", **rpc("EarningsService", "AwardCredits"), grpc_code="OK") == 1
+    assert d("grpc_server_handling_seconds_count", **spend) == 2
+    assert d("grpc_server_handling_seconds_sum", **spend) > 0
+    watch_labels = rpc("BalanceService", "WatchBalance", "server_stream")
+    assert d("grpc_server_started_total", **watch_labels) == 1
+    assert d("grpc_server_handled_total", **watch_labels, grpc_code="Canceled") == 1
     assert d("billing_ledger_transfers_total", kind="spend") == 1
     assert d("billing_ledger_transfers_total", kind="award") == 1
     assert d("billing_ledger_transfers_total", kind="allowance_grant") == 1
@@ -119,6 +128,20 @@ async def test_metrics_exist_and_move(stripe_server: Running, stripe_fake: Strip
     assert d("billing_webhook_events_total", type="unverified", result="rejected") == 1
     assert d("billing_group_commit_batch_size_count") >= 4
     assert d("billing_group_commit_seconds_count") == d("billing_group_commit_batch_size_count")
+
+
+async def test_process_and_python_series_and_ecosystem_names(sqlite_server: Running) -> None:
+    types, samples = await scrape(sqlite_server)
+    names = {name for name, _ in samples}
+    for name in ("process_cpu_seconds_total", "process_resident_memory_bytes", "process_open_fds",
+                 "process_start_time_seconds", "python_info", "python_gc_collections_total"):
+        assert name in names, name
+    assert types["grpc_server_handling_seconds"] == "histogram"
+    # The old house names are gone: one convention, not two.
+    assert not [n for n in names if n.startswith("billing_rpc")]
+    await sqlite_server.s.balance.CheckBalance(balance_pb2.CheckBalanceRequest(), metadata=auth("x"))
+    _, after = await scrape(sqlite_server)
+    assert after[("grpc_server_handled_total", frozenset({**rpc("BalanceService", "CheckBalance"), "grpc_code": "OK"}.items()))] >= 1
 
 
 async def test_json_logs_carry_the_request_id(sqlite_server: Running) -> None:

@@ -15,7 +15,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from server.platform import errors
 from server.platform.auth import TokenCache, current_principal
 from server.platform.logs import new_request_id, request_id_var
-from server.platform.metrics import METRICS
+from server.platform.metrics import METRICS, RpcMetrics
 from server.platform.ratelimit import InFlight, RateLimiter
 
 log = logging.getLogger("server.grpc")
@@ -95,16 +95,17 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         enter, leave = self._enter, self._leave
         if handler.unary_unary:
             inner = handler.unary_unary
+            unary_metrics = METRICS.rpc(method, "unary")
 
             async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                call = _Call()
+                call = _Call(unary_metrics)
                 try:
                     enter(call, context, limiter, what)
                     response = await inner(request, context)
                 except BaseException as exc:
                     await leave(call, method, context, exc)
                     raise
-                call.done(method, "OK")
+                call.done("OK")
                 return response
 
             return grpc.unary_unary_rpc_method_handler(
@@ -112,9 +113,10 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
             )
         if handler.unary_stream:
             inner_stream = handler.unary_stream
+            stream_metrics = METRICS.rpc(method, "server_stream")
 
             async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-                call = _Call()
+                call = _Call(stream_metrics)
                 try:
                     enter(call, context, limiter, what)
                     async for item in inner_stream(request, context):
@@ -122,7 +124,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
                 except BaseException as exc:
                     await leave(call, method, context, exc)
                     raise
-                call.done(method, "OK")
+                call.done("OK")
 
             return grpc.unary_stream_rpc_method_handler(
                 unary_stream, handler.request_deserializer, handler.response_serializer
@@ -168,21 +170,23 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
                 log.exception("unexpected error in %s", method, exc_info=exc)
                 await abort(context, errors.DomainError("internal error", reason="INTERNAL"))
         finally:
-            call.done(method, code)
+            call.done(code)
 
 
 class _Call:
     """What one call has taken and must give back: context variables set, and
     its place among the calls in flight."""
 
-    __slots__ = ("inflight", "started", "tokens")
+    __slots__ = ("inflight", "metrics", "started", "tokens")
 
-    def __init__(self) -> None:
+    def __init__(self, metrics: RpcMetrics) -> None:
         self.started = time.perf_counter()
         self.tokens: list[Any] = []
         self.inflight: InFlight | None = None
+        self.metrics = metrics
+        metrics.started.inc()
 
-    def done(self, method: str, code: str) -> None:
+    def done(self, code: str) -> None:
         if self.inflight is not None:
             self.inflight.exit()
         for token in reversed(self.tokens):
@@ -190,4 +194,4 @@ class _Call:
                 token.var.reset(token)
             except ValueError:  # a stream finalised in another context
                 pass
-        METRICS.observe_rpc(method, code, time.perf_counter() - self.started)
+        self.metrics.done(code, time.perf_counter() - self.started)
