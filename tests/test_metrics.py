@@ -165,7 +165,7 @@ async def test_json_logs_carry_the_request_id(sqlite_server: Running) -> None:
         logger.removeHandler(handler)
         logger.setLevel(old_level)
     records = [json.loads(line) for line in buf.getvalue().splitlines()]
-    refused = [r for r in records if r["msg"] == "rpc refused"]
+    refused = [r for r in records if r["msg"] == "rpc" and r["code"] != "OK"]
     assert len(refused) == 2, records
     assert refused[0]["request_id"] == "req-abc-123"
     assert refused[0]["reason"] == "INSUFFICIENT_CREDITS"
@@ -195,3 +195,56 @@ async def test_otel_spans_when_enabled(tmp_path, clock) -> None:  # type: ignore
         await running.stop()
     names = [s.name for s in exporter.get_finished_spans()]
     assert "/flownexus.billing.v1.BalanceService/CheckBalance" in names, names
+
+
+async def test_one_access_line_per_call_and_the_request_id_comes_back(sqlite_server: Running) -> None:
+    buf = io.StringIO()
+    handler = logging.StreamHandler(buf)
+    handler.setFormatter(logs.JsonFormatter())
+    logger = logging.getLogger("server.grpc.access")
+    logger.addHandler(handler)
+    old_level = logger.level
+    s = sqlite_server.s
+    try:
+        # At INFO (the default) an OK call writes nothing; an error writes its line.
+        logger.setLevel(logging.INFO)
+        ok = s.balance.CheckBalance(balance_pb2.CheckBalanceRequest(), metadata=(*auth("dana"), ("x-request-id", "ok-1")))
+        await ok
+        assert ("x-request-id", "ok-1") in tuple(await ok.trailing_metadata())
+        bad = s.usage.Spend(usage_pb2.SpendRequest(amount_millicredits=10**9, request_id="big"),
+                            metadata=(*auth("dana"), ("x-request-id", "err-1")))
+        try:
+            await bad
+            raise AssertionError("expected INSUFFICIENT_CREDITS")
+        except grpc.aio.AioRpcError as exc:
+            assert ("x-request-id", "err-1") in tuple(exc.trailing_metadata())
+        # At DEBUG the OK calls are logged too; without x-request-id the generated one comes back.
+        logger.setLevel(logging.DEBUG)
+        gen = s.balance.CheckBalance(balance_pb2.CheckBalanceRequest(), metadata=auth("dana"))
+        await gen
+        generated = dict(await gen.trailing_metadata())["x-request-id"]
+        assert generated.startswith(logs.new_request_id().split("-")[0] + "-")
+        try:
+            await s.balance.CheckBalance(balance_pb2.CheckBalanceRequest())  # no token
+        except grpc.aio.AioRpcError as exc:
+            assert exc.code() == grpc.StatusCode.UNAUTHENTICATED
+        # A refused call's line is written as the server finishes it, which may
+        # be just after the client has its status.
+        for _ in range(200):
+            if len(buf.getvalue().splitlines()) >= 3:
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+    lines = [json.loads(line) for line in buf.getvalue().splitlines()]
+    assert [(r["msg"], r["level"], r["code"], r["request_id"]) for r in lines[:2]] == [
+        ("rpc", "INFO", "FAILED_PRECONDITION", "err-1"),
+        ("rpc", "DEBUG", "OK", generated),
+    ]
+    err, ok_line, unauth = lines
+    assert err["method"] == "/flownexus.billing.v1.UsageService/Spend"
+    assert err["reason"] == "INSUFFICIENT_CREDITS" and err["caller"] == "user:dana"
+    assert isinstance(err["duration_ms"], float) and err["duration_ms"] >= 0
+    assert ok_line["method"] == "/flownexus.billing.v1.BalanceService/CheckBalance" and ok_line["caller"] == "user:dana"
+    assert unauth["code"] == "UNAUTHENTICATED" and unauth["caller"] == "" and unauth["reason"] == "MISSING_TOKEN"

@@ -19,6 +19,8 @@ from server.platform.metrics import METRICS, RpcMetrics
 from server.platform.ratelimit import InFlight, RateLimiter
 
 log = logging.getLogger("server.grpc")
+# One line per billing RPC: INFO for every status but OK, DEBUG for OK (the hot path).
+access_log = logging.getLogger("server.grpc.access")
 
 ERROR_DOMAIN = "billing.flownexus.dev"
 BILLING_PREFIX = "/flownexus.billing.v1."
@@ -57,7 +59,10 @@ def _status_details(code: grpc.StatusCode, exc: errors.DomainError) -> bytes:
 
 async def abort(context: grpc.aio.ServicerContext, exc: errors.DomainError) -> None:
     code = _GRPC_CODES[exc.code.value]
-    trailer = (("grpc-status-details-bin", _status_details(code, exc)),)
+    trailer: tuple[tuple[str, str | bytes], ...] = (("grpc-status-details-bin", _status_details(code, exc)),)
+    rid = request_id_var.get()
+    if rid:  # abort's trailer replaces the one set at the start of the call
+        trailer = (*trailer, ("x-request-id", rid))
     await context.abort(code, exc.message, trailing_metadata=trailer)
 
 
@@ -138,8 +143,11 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
                 value = val if isinstance(val, str) else ""
             elif key == "x-request-id" and isinstance(val, str):
                 rid = val[:128]
-        # Every log record of this call carries its request id (server/logs.py).
-        call.tokens.append(request_id_var.set(rid or new_request_id()))
+        # Every log record of this call carries its request id (server/logs.py),
+        # and the caller gets it back in the trailing metadata.
+        rid = call.request_id = rid or new_request_id()
+        call.tokens.append(request_id_var.set(rid))
+        context.set_trailing_metadata((("x-request-id", rid),))
         who = self._authenticate(value)
         call.tokens.append(current_principal.set(who))
         self.inflight.enter()
@@ -160,7 +168,8 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         try:
             if isinstance(exc, errors.DomainError):
                 code = exc.code.value
-                log.info("rpc refused", extra={"method": method, "reason": exc.reason})
+                call.reason = exc.reason
+                call.access(code)  # before the status leaves: the line is there when the caller has it
                 await abort(context, exc)
             elif isinstance(exc, grpc.aio.AbortError | GeneratorExit):
                 code = "ABORTED"
@@ -168,6 +177,8 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
                 code = "CANCELLED"
             else:
                 log.exception("unexpected error in %s", method, exc_info=exc)
+                call.reason = "INTERNAL"
+                call.access(code)
                 await abort(context, errors.DomainError("internal error", reason="INTERNAL"))
         finally:
             call.done(code)
@@ -177,16 +188,38 @@ class _Call:
     """What one call has taken and must give back: context variables set, and
     its place among the calls in flight."""
 
-    __slots__ = ("inflight", "metrics", "started", "tokens")
+    __slots__ = ("inflight", "logged", "metrics", "reason", "request_id", "started", "tokens")
 
     def __init__(self, metrics: RpcMetrics) -> None:
         self.started = time.perf_counter()
         self.tokens: list[Any] = []
         self.inflight: InFlight | None = None
         self.metrics = metrics
+        self.reason = ""
+        self.request_id = ""
+        self.logged = False
         metrics.started.inc()
 
+    def access(self, code: str) -> None:
+        """The call's access-log line, once."""
+        if self.logged:
+            return
+        self.logged = True
+        level = logging.DEBUG if code == "OK" else logging.INFO
+        if access_log.isEnabledFor(level):
+            who = current_principal.get(None)
+            access_log.log(level, "rpc", extra={
+                "method": self.metrics.method,
+                "code": code,
+                "reason": self.reason,
+                "duration_ms": round((time.perf_counter() - self.started) * 1000, 3),
+                "caller": f"{who.role.value}:{who.subject}" if who is not None else "",
+                "request_id": self.request_id or None,
+            })
+
     def done(self, code: str) -> None:
+        seconds = time.perf_counter() - self.started
+        self.access(code)
         if self.inflight is not None:
             self.inflight.exit()
         for token in reversed(self.tokens):
@@ -194,4 +227,4 @@ class _Call:
                 token.var.reset(token)
             except ValueError:  # a stream finalised in another context
                 pass
-        self.metrics.done(code, time.perf_counter() - self.started)
+        self.metrics.done(code, seconds)

@@ -43,9 +43,10 @@ class RpcMetrics:
     """One method's series, resolved once: labels() hashes and locks on every
     call, so the hot path keeps the children."""
 
-    __slots__ = ("_handled", "_labels", "_parent", "handling", "started")
+    __slots__ = ("_handled", "_labels", "_parent", "handling", "method", "started")
 
     def __init__(self, metrics: Metrics, method: str, grpc_type: str) -> None:
+        self.method = method
         service, _, name = method.lstrip("/").partition("/")
         self._labels = (grpc_type, service, name)
         self._parent = metrics.handled_total
