@@ -187,7 +187,9 @@ class App:
                 server_interceptor,  # optional extra, imported lazily
             )
 
-            interceptors.insert(0, server_interceptor())
+            tracing = server_interceptor()
+            if tracing is not None:
+                interceptors.insert(0, tracing)
         server = grpc.aio.server(
             interceptors=interceptors,
             options=self._server_options(),

@@ -7,16 +7,22 @@ import asyncio
 import io
 import json
 import logging
+import os
+import sys
+from pathlib import Path
 
 import grpc
 import httpx
-from flownexus.billing.v1 import balance_pb2, earnings_pb2, usage_pb2
+import pytest
+from flownexus.billing.v1 import balance_pb2, balance_pb2_grpc, earnings_pb2, usage_pb2
 from prometheus_client.parser import text_string_to_metric_families
 
 from server.platform import logs
-from tests.harness import Running, auth
+from tests.harness import JWT_SECRET, Running, auth, free_port
 from tests.stripe_fake import StripeFake, event
 from tests.test_payments import buy, deliver, post
+
+ROOT = Path(__file__).resolve().parents[1]
 
 FAMILIES = {
     "grpc_server_started": "counter",
@@ -195,6 +201,111 @@ async def test_otel_spans_when_enabled(tmp_path, clock) -> None:  # type: ignore
         await running.stop()
     names = [s.name for s in exporter.get_finished_spans()]
     assert "/flownexus.billing.v1.BalanceService/CheckBalance" in names, names
+
+
+async def test_json_log_lines_carry_the_trace_id_of_the_active_span(tmp_path, clock) -> None:  # type: ignore[no-untyped-def]
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = trace.get_tracer_provider()
+    if not isinstance(provider, TracerProvider):
+        provider = TracerProvider()
+        trace.set_tracer_provider(provider)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    buf = io.StringIO()
+    handler = logging.StreamHandler(buf)
+    handler.setFormatter(logs.JsonFormatter())
+    handler.addFilter(logs.RequestIdFilter())
+    logger = logging.getLogger("server.grpc.access")
+    logger.addHandler(handler)
+    old_level = logger.level
+    logger.setLevel(logging.DEBUG)
+    running = Running(f"sqlite+aiosqlite:///{tmp_path / 'otel-logs.db'}", clock, otel_enabled=True)
+    await running.start()
+    try:
+        await running.s.balance.CheckBalance(balance_pb2.CheckBalanceRequest(), metadata=auth("dora"))
+    finally:
+        await running.stop()
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+    [span] = [s for s in exporter.get_finished_spans() if s.name.endswith("/CheckBalance")]
+    [line] = [json.loads(x) for x in buf.getvalue().splitlines()]
+    assert line["method"].endswith("/CheckBalance")
+    assert line["trace_id"] == format(span.context.trace_id, "032x")
+    assert line["span_id"] == format(span.context.span_id, "016x")
+    # No span outside an RPC: no trace_id key.
+    record = logging.LogRecord("x", logging.INFO, "", 0, "outside", (), None)
+    logs.RequestIdFilter().filter(record)
+    assert not hasattr(record, "trace_id")
+
+
+def _concatenated_json(text: str) -> list[dict[str, object]]:
+    """The console exporter's output: pretty-printed JSON objects, one after another."""
+    decoder, out, i = json.JSONDecoder(), [], 0
+    while (i := text.find("{", i)) != -1:
+        obj, i = decoder.raw_decode(text, i)
+        out.append(obj)
+    return out
+
+
+@pytest.mark.parametrize("billing_otel", ["false", "true"])
+async def test_readme_opentelemetry_instrument_recipe_prints_spans(tmp_path: Path, billing_otel: str) -> None:
+    """The README recipe, verbatim: `opentelemetry-instrument --traces_exporter
+    console --metrics_exporter none --logs_exporter none python -m server serve`
+    prints one span per RPC (opentelemetry-distro configures the SDK; the
+    grpc.aio server instrumentation wraps our server), and the JSON access line
+    carries that span's trace id. BILLING_OTEL_ENABLED on top adds no second span."""
+    grpc_port = free_port()
+    env = {
+        **os.environ,
+        "BILLING_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'recipe.db'}",
+        "BILLING_GRPC_PORT": str(grpc_port),
+        "BILLING_HTTP_PORT": str(free_port()),
+        "BILLING_JWT_SECRET": JWT_SECRET,
+        "BILLING_LOG_JSON": "true",
+        "BILLING_LOG_LEVEL": "DEBUG",
+        "BILLING_WORKER_INTERVAL_SECONDS": "3600",
+        "BILLING_VAR_DIR": str(tmp_path),
+        "BILLING_OTEL_ENABLED": billing_otel,
+    }
+    migrate = await asyncio.create_subprocess_exec(sys.executable, "-m", "server", "migrate", cwd=ROOT, env=env)
+    assert await migrate.wait() == 0
+    instrument = str(Path(sys.executable).parent / "opentelemetry-instrument")
+    proc = await asyncio.create_subprocess_exec(
+        instrument, "--traces_exporter", "console", "--metrics_exporter", "none", "--logs_exporter", "none",
+        sys.executable, "-m", "server", "serve",
+        cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{grpc_port}") as ch:
+            stub = balance_pb2_grpc.BalanceServiceStub(ch)
+            for _ in range(300):
+                assert proc.returncode is None, "server exited"
+                try:
+                    await stub.CheckBalance(balance_pb2.CheckBalanceRequest(), metadata=auth("dora"), timeout=1)
+                    break
+                except grpc.aio.AioRpcError as exc:
+                    assert exc.code() == grpc.StatusCode.UNAVAILABLE, exc
+                    await asyncio.sleep(0.1)
+            else:
+                raise AssertionError("server did not answer")
+    finally:
+        proc.terminate()  # a clean exit flushes the batch span processor
+        out, err = await asyncio.wait_for(proc.communicate(), 30)
+    spans = [s for s in _concatenated_json(out.decode()) if "CheckBalance" in str(s.get("name"))]
+    assert len(spans) == 1, (out.decode()[-2000:], err.decode()[-2000:])  # one span, not one per interceptor
+    [span] = spans
+    assert span["name"] == "/flownexus.billing.v1.BalanceService/CheckBalance"
+    assert span["kind"] == "SpanKind.SERVER"
+    context = span["context"]
+    assert isinstance(context, dict)
+    access = [json.loads(x) for x in err.decode().splitlines()
+              if x.startswith("{") and '"server.grpc.access"' in x]
+    assert [a["trace_id"] for a in access] == [str(context["trace_id"]).removeprefix("0x")], access
+    assert access[0]["span_id"] == str(context["span_id"]).removeprefix("0x")
 
 
 async def test_one_access_line_per_call_and_the_request_id_comes_back(sqlite_server: Running) -> None:
