@@ -21,8 +21,6 @@ from flownexus.billing.v1 import (
     usage_pb2,
 )
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1.health import aio as health_aio
-from grpc_reflection.v1alpha import reflection
 
 from server.balance import grpc as balance_grpc
 from server.balance.fanout import PgFanout, asyncpg_dsn
@@ -32,6 +30,7 @@ from server.db.engine import Database
 from server.earnings import grpc as earnings_grpc
 from server.earnings.repository import EarningsRepository
 from server.earnings.service import EarningsService
+from server.grpc import health, reflection
 from server.grpc.interceptors import CallInterceptor
 from server.history import grpc as history_grpc
 from server.history.repository import HistoryRepository
@@ -70,6 +69,12 @@ SERVICE_NAMES = tuple(
         (earnings_pb2, "EarningsService"),
         (usage_pb2, "UsageService"),
     )
+)
+
+# The services that cannot work without Stripe (BILLING_STRIPE_API_KEY).
+STRIPE_SERVICE_NAMES = frozenset(
+    m.DESCRIPTOR.services_by_name[n].full_name
+    for m, n in ((payments_pb2, "PaymentsService"), (refill_pb2, "RefillService"), (tier_pb2, "TierService"))
 )
 
 
@@ -182,7 +187,9 @@ class App:
                 server_interceptor,  # optional extra, imported lazily
             )
 
-            interceptors.insert(0, server_interceptor())
+            tracing = server_interceptor()
+            if tracing is not None:
+                interceptors.insert(0, tracing)
         server = grpc.aio.server(
             interceptors=interceptors,
             options=self._server_options(),
@@ -193,14 +200,13 @@ class App:
         for add, servicer in self.registry.servicers:
             add(servicer, server)
 
-        self.health = health_aio.HealthServicer()
+        self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         for name in ("", *SERVICE_NAMES):
-            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        reflection.enable_server_reflection(
-            (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
-            server,
-        )
+            # Without a Stripe key the payment services refuse every call: say so.
+            serving = self.stripe.configured or name not in STRIPE_SERVICE_NAMES
+            await self.health.set(name, health.SERVING if serving else health.NOT_SERVING)
+        reflection.enable((*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name), server)
         self.grpc_port = self._bind(server, f"{s.grpc_host}:{s.grpc_port}")
         await server.start()
         self.grpc_server = server

@@ -4,6 +4,7 @@ retries with the same request_id, typed errors)."""
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import zipfile
@@ -11,7 +12,16 @@ from pathlib import Path
 
 import grpc
 import pytest
-from flownexus.billing.v1 import balance_pb2, earnings_pb2, usage_pb2, usage_pb2_grpc
+from flownexus.billing.v1 import (
+    balance_pb2,
+    earnings_pb2,
+    history_pb2,
+    payments_pb2,
+    refill_pb2,
+    tier_pb2,
+    usage_pb2,
+    usage_pb2_grpc,
+)
 from flownexus_billing_client import (
     BillingClient,
     BillingError,
@@ -21,11 +31,15 @@ from flownexus_billing_client import (
     RequestIdReused,
     Unauthenticated,
     Unavailable,
+    channel_options,
+    service_config,
 )
 
 from tests.client_fixtures import VERSION, client_site, client_wheel  # noqa: F401
 from tests.harness import Running, free_port, token
 from tests.runbook_tools import run_exec
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_wheel_holds_the_stubs_and_the_helper_only(client_wheel: Path) -> None:  # noqa: F811
@@ -36,6 +50,7 @@ def test_wheel_holds_the_stubs_and_the_helper_only(client_wheel: Path) -> None: 
         assert f"flownexus/billing/v1/{mod}_pb2.pyi" in names
     assert "flownexus/billing/v1/balance_pb2_grpc.py" in names
     assert "flownexus_billing_client/client.py" in names
+    assert "flownexus_billing_client/service_config.json" in names
     assert not [n for n in names if n.startswith(("server/", "tests/"))]
     meta = zipfile.ZipFile(client_wheel).read(f"flownexus_billing_client-{VERSION}.dist-info/METADATA").decode()
     assert "Requires-Dist: grpcio" in meta and "sqlalchemy" not in meta.lower()
@@ -95,10 +110,12 @@ class FlakyUsage(usage_pb2_grpc.UsageServiceServicer):
     def __init__(self, failures: int) -> None:
         self.failures = failures
         self.seen: list[tuple[str, str]] = []
+        self.attempts: list[str] = []  # grpc-previous-rpc-attempts: set by the channel's own retries
 
     async def Spend(self, request, context):  # type: ignore[no-untyped-def]
         md = dict(context.invocation_metadata())
         self.seen.append((request.request_id, md.get("authorization", "")))
+        self.attempts.append(md.get("grpc-previous-rpc-attempts", "0"))
         if len(self.seen) <= self.failures:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "try again")
         return usage_pb2.SpendResponse(credits_millicredits=42)
@@ -121,6 +138,8 @@ async def test_unavailable_is_retried_with_the_same_request_id() -> None:
         assert len(svc.seen) == 3
         assert len({rid for rid, _ in svc.seen}) == 1 and svc.seen[0][0]  # one generated id, resent
         assert {auth for _, auth in svc.seen} == {"Bearer tok"}
+        # Retried by the channel through the service config, not by a loop of new calls.
+        assert svc.attempts == ["0", "1", "2"]
     finally:
         await server.stop(0)
 
@@ -132,3 +151,39 @@ async def test_unavailable_is_retried_with_the_same_request_id() -> None:
         assert [rid for rid, _ in svc.seen] == ["mine"] * 3  # capped, and the caller's id kept
     finally:
         await server.stop(0)
+
+
+async def test_the_published_service_config_retries_unavailable_on_a_plain_channel() -> None:
+    # What a client in any language gets from service_config.json alone.
+    server, svc, target = await flaky_server(failures=1)
+    try:
+        async with grpc.aio.insecure_channel(target, options=channel_options(initial_backoff_seconds=0.01)) as ch:
+            r = await usage_pb2_grpc.UsageServiceStub(ch).Spend(usage_pb2.SpendRequest(amount_millicredits=5, request_id="x"))
+        assert r.credits_millicredits == 42
+        assert svc.attempts == ["0", "1"]
+    finally:
+        await server.stop(0)
+
+
+def test_service_config_covers_every_method_and_retries_only_safe_ones() -> None:
+    config = json.loads(
+        (ROOT / "clients/python/src/flownexus_billing_client/service_config.json").read_text()
+    )
+    assert config == service_config()
+    methods = {
+        f"{s.full_name}/{m.name}": m
+        for mod in (balance_pb2, earnings_pb2, history_pb2, payments_pb2, refill_pb2, tier_pb2, usage_pb2)
+        for s in mod.DESCRIPTOR.services_by_name.values()
+        for m in s.methods
+    }
+    listed: list[str] = []
+    for mc in config["methodConfig"]:
+        assert mc["retryPolicy"]["retryableStatusCodes"] == ["UNAVAILABLE"]
+        assert 2 <= mc["retryPolicy"]["maxAttempts"] <= 5
+        listed += [f"{n['service']}/{n['method']}" for n in mc["name"]]
+    assert sorted(listed) == sorted(methods)  # each method once, none unknown
+    for name, m in methods.items():
+        read = m.name.startswith(("Get", "List", "Check", "Watch"))
+        # A mutation is retried only because it carries a request_id.
+        assert read or "request_id" in m.input_type.fields_by_name, name
+    assert "retryPolicy" not in service_config(max_attempts=1)["methodConfig"][0]

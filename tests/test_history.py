@@ -7,6 +7,7 @@ import itertools
 from flownexus.billing.v1 import common_pb2, earnings_pb2, history_pb2, usage_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from server.grpc.validation import MAX_PAGE_SIZE
 from tests.harness import auth
 
 
@@ -35,6 +36,18 @@ async def test_pages_walk_the_whole_history_newest_first(server) -> None:
         assert newer.balance_after_millicredits == older.balance_after_millicredits + newer.amount_millicredits
     first = await _list(server)
     assert len(first.transactions) == 20  # the default page size
+
+
+async def test_page_size_above_the_maximum_is_coerced_to_it(server) -> None:
+    # AIP-158: 2**31-1 asks for "as many as you allow", i.e. MAX_PAGE_SIZE, not a refusal.
+    for i in range(MAX_PAGE_SIZE + 4):
+        await server.s.usage.Spend(usage_pb2.SpendRequest(amount_millicredits=1, request_id=f"m{i}"), metadata=auth("alice"))
+    for asked in (MAX_PAGE_SIZE + 1, 2**31 - 1):
+        page = await _list(server, page_size=asked)
+        assert len(page.transactions) == MAX_PAGE_SIZE
+        assert page.next_page_token
+    rest = await _list(server, page_size=2**31 - 1, page_token=page.next_page_token)
+    assert len(rest.transactions) == 5 and not rest.next_page_token  # 104 spends + the allowance grant
 
 
 async def test_filter_by_type_and_time(server) -> None:

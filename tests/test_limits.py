@@ -18,12 +18,16 @@ from flownexus.billing.v1 import (
     payments_pb2,
     usage_pb2,
 )
+from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_status import rpc_status
 from sqlalchemy import func, select
 
 from server.db.schema import transfers
+from server.grpc.interceptors import _status_details
+from server.platform import errors
 from server.platform.ratelimit import RateLimiter
-from tests.harness import Running, auth, database, expect_error
+from tests.harness import Running, auth, database, error_info, expect_error
 
 
 async def transfer_count(server: Running) -> int:
@@ -94,6 +98,48 @@ async def test_award_rate_limit_per_caller(tmp_path, clock) -> None:  # type: ig
     finally:
         await server.stop()
         await cm.__aexit__(None, None, None)
+
+
+def retry_info(exc: grpc.aio.AioRpcError) -> error_details_pb2.RetryInfo | None:
+    status = rpc_status.from_call(exc)  # type: ignore[arg-type]
+    assert status is not None
+    for detail in status.details:
+        if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            info = error_details_pb2.RetryInfo()
+            detail.Unpack(info)
+            return info
+    return None
+
+
+async def test_rate_limited_answer_carries_retry_info(tmp_path, clock) -> None:  # type: ignore[no-untyped-def]
+    server, cm = await started(tmp_path, clock, award_rate_per_second=2.0, award_burst=1)
+    try:
+        noisy = auth("engine-a", "service")
+        await server.s.earnings.AwardCredits(award("u1", "r0"), metadata=noisy)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await server.s.earnings.AwardCredits(award("u1", "r1"), metadata=noisy)
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        retry = retry_info(refused.value)
+        assert retry is not None, "RATE_LIMITED without google.rpc.RetryInfo"
+        delay = retry.retry_delay.ToMilliseconds()
+        # The bucket refills one call per 0.5 s: the delay says when, as retry_after_ms does.
+        assert 0 < delay <= 500
+        assert str(delay) == error_info(refused.value).metadata["retry_after_ms"]
+    finally:
+        await server.stop()
+        await cm.__aexit__(None, None, None)
+
+
+def test_retry_info_only_where_a_retry_can_help() -> None:
+    unavailable = status_pb2.Status.FromString(_status_details(grpc.StatusCode.UNAVAILABLE, errors.Unavailable("ledger down")))
+    kinds = [d.type_url.rsplit("/", 1)[-1] for d in unavailable.details]
+    assert kinds == ["google.rpc.ErrorInfo", "google.rpc.RetryInfo"]
+    retry = error_details_pb2.RetryInfo()
+    unavailable.details[1].Unpack(retry)
+    assert retry.retry_delay.ToMilliseconds() == 1000
+    daily = errors.ResourceExhausted("daily limit", reason="DAILY_AWARD_LIMIT", metadata={"limit_millicredits": 5})
+    assert len(status_pb2.Status.FromString(_status_details(grpc.StatusCode.RESOURCE_EXHAUSTED, daily)).details) == 1
+    assert len(status_pb2.Status.FromString(_status_details(grpc.StatusCode.NOT_FOUND, errors.NotFound("x"))).details) == 1
 
 
 async def test_payment_link_rate_limit(tmp_path, clock) -> None:  # type: ignore[no-untyped-def]

@@ -453,12 +453,14 @@ async def test_list_payments_pages_newest_first(stripe_server: Running, stripe_f
         if not token:
             break
     assert seen == list(reversed(ids))
-    for bad in (-1, 101):
-        await expect_error(
-            server.s.payments.ListPayments(payments_pb2.ListPaymentsRequest(page_size=bad), metadata=auth(user)),
-            grpc.StatusCode.INVALID_ARGUMENT,
-            "INVALID_PAGE_SIZE",
-        )
+    await expect_error(
+        server.s.payments.ListPayments(payments_pb2.ListPaymentsRequest(page_size=-1), metadata=auth(user)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_PAGE_SIZE",
+    )
+    # AIP-158: above the maximum is the maximum, not a refusal.
+    r = await server.s.payments.ListPayments(payments_pb2.ListPaymentsRequest(page_size=101), metadata=auth(user))
+    assert [p.id for p in r.payments] == list(reversed(ids))
     await expect_error(
         server.s.payments.ListPayments(payments_pb2.ListPaymentsRequest(page_token="xyz"), metadata=auth(user)),
         grpc.StatusCode.INVALID_ARGUMENT,

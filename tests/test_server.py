@@ -13,12 +13,15 @@ from pathlib import Path
 
 import grpc
 from flownexus.billing.v1 import balance_pb2, usage_pb2
+from google.protobuf import descriptor_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2
 
-from server.app import SERVICE_NAMES
-from tests.harness import JWT_SECRET, Stubs, auth, free_port, run_cmd
+from server.app import SERVICE_NAMES, STRIPE_SERVICE_NAMES
+from tests.harness import JWT_SECRET, Stubs, auth, free_port, run_cmd, serving
 
 ROOT = Path(__file__).resolve().parent.parent
+REFLECTION = ("grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection")
 GRPCURL = shutil.which("grpcurl", path=str(Path(sys.executable).parent)) or "grpcurl"
 
 
@@ -29,12 +32,60 @@ async def test_health_serves_without_token(sqlite_server) -> None:
         assert r.status == health_pb2.HealthCheckResponse.SERVING
 
 
+async def _health_list(running) -> dict[str, int]:
+    stub = health_pb2_grpc.HealthStub(running.s.channel)
+    answer = await stub.List(health_pb2.HealthListRequest())
+    return {name: r.status for name, r in answer.statuses.items()}
+
+
+async def test_health_list_says_the_payment_services_need_stripe(sqlite_server) -> None:
+    # No BILLING_STRIPE_API_KEY: payments, refill and tiers refuse every call.
+    statuses = await _health_list(sqlite_server)
+    assert set(statuses) == {"", *SERVICE_NAMES}
+    assert {n for n, st in statuses.items() if st != health_pb2.HealthCheckResponse.SERVING} == STRIPE_SERVICE_NAMES
+    assert all(statuses[n] == health_pb2.HealthCheckResponse.NOT_SERVING for n in STRIPE_SERVICE_NAMES)
+    stub = health_pb2_grpc.HealthStub(sqlite_server.s.channel)
+    r = await stub.Check(health_pb2.HealthCheckRequest(service="flownexus.billing.v1.PaymentsService"))
+    assert r.status == health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+async def test_health_list_with_stripe_configured_serves_everything(db_url, clock) -> None:
+    async with serving(db_url, clock, stripe_api_key="sk_test_health") as running:
+        statuses = await _health_list(running)
+    assert statuses == {name: health_pb2.HealthCheckResponse.SERVING for name in ("", *SERVICE_NAMES)}
+    assert {"flownexus.billing.v1.PaymentsService", "flownexus.billing.v1.RefillService",
+            "flownexus.billing.v1.TierService"} == STRIPE_SERVICE_NAMES
+
+
 async def test_grpcurl_lists_every_service(sqlite_server) -> None:
     rc, out_text, err = await run_cmd(GRPCURL, "-plaintext", f"127.0.0.1:{sqlite_server.app.grpc_port}", "list")
     assert rc == 0, err
     out = out_text.split()
-    assert set(out) == {*SERVICE_NAMES, "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"}
+    assert set(out) == {*SERVICE_NAMES, "grpc.health.v1.Health", *REFLECTION}
     assert len(SERVICE_NAMES) == 7
+
+
+async def test_reflection_v1_lists_and_describes_the_services(sqlite_server) -> None:
+    # buf curl and grpc-js reflection clients ask for grpc.reflection.v1; its
+    # messages are wire-identical to v1alpha's, so those classes build the call.
+    info = sqlite_server.s.channel.stream_stream(
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+        response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+    )
+    requests = [
+        reflection_pb2.ServerReflectionRequest(list_services=""),
+        reflection_pb2.ServerReflectionRequest(file_containing_symbol="grpc.reflection.v1.ServerReflection"),
+        reflection_pb2.ServerReflectionRequest(file_containing_symbol="flownexus.billing.v1.UsageService"),
+    ]
+    answers = [r async for r in info(iter(requests))]
+    assert len(answers) == 3
+    listed = {s.name for s in answers[0].list_services_response.service}
+    assert listed == {*SERVICE_NAMES, "grpc.health.v1.Health", *REFLECTION}
+    for answer, package in ((answers[1], "grpc.reflection.v1"), (answers[2], "flownexus.billing.v1")):
+        assert not answer.HasField("error_response"), answer.error_response
+        files = [descriptor_pb2.FileDescriptorProto.FromString(b) for b in answer.file_descriptor_response.file_descriptor_proto]
+        assert package in {f.package for f in files}
 
 
 def _env(tmp: Path, grpc_port: int, http_port: int) -> dict[str, str]:

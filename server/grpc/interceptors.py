@@ -9,16 +9,18 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from server.platform import errors
 from server.platform.auth import TokenCache, current_principal
 from server.platform.logs import new_request_id, request_id_var
-from server.platform.metrics import METRICS
+from server.platform.metrics import METRICS, RpcMetrics
 from server.platform.ratelimit import InFlight, RateLimiter
 
 log = logging.getLogger("server.grpc")
+# One line per billing RPC: INFO for every status but OK, DEBUG for OK (the hot path).
+access_log = logging.getLogger("server.grpc.access")
 
 ERROR_DOMAIN = "billing.flownexus.dev"
 BILLING_PREFIX = "/flownexus.billing.v1."
@@ -26,17 +28,41 @@ BILLING_PREFIX = "/flownexus.billing.v1."
 _GRPC_CODES = {c.name: c for c in grpc.StatusCode}
 
 
-def _status_details(code: grpc.StatusCode, message: str, reason: str, metadata: dict[str, str]) -> bytes:
-    info = error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN, metadata=metadata)
-    detail = any_pb2.Any()
-    detail.Pack(info)
-    status = status_pb2.Status(code=getattr(code_pb2, code.name), message=message, details=[detail])
+# google.rpc.RetryInfo on UNAVAILABLE when the error names no delay of its own.
+UNAVAILABLE_RETRY_DELAY_MS = 1000
+
+
+def retry_delay_ms(exc: errors.DomainError) -> int | None:
+    """How long a client should wait before retrying, or None when retrying
+    the same call cannot help: the error's own `retry_after_ms` (RATE_LIMITED,
+    TOO_MANY_CONCURRENT_RPCS), else a default for UNAVAILABLE."""
+    after = exc.metadata.get("retry_after_ms")
+    if after is not None and after.isdigit():
+        return int(after)
+    if exc.code is errors.Code.UNAVAILABLE:
+        return UNAVAILABLE_RETRY_DELAY_MS
+    return None
+
+
+def _status_details(code: grpc.StatusCode, exc: errors.DomainError) -> bytes:
+    info = error_details_pb2.ErrorInfo(reason=exc.reason, domain=ERROR_DOMAIN, metadata=exc.metadata)
+    details = [any_pb2.Any()]
+    details[0].Pack(info)
+    delay = retry_delay_ms(exc)
+    if delay is not None:
+        retry = error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=delay // 1000, nanos=delay % 1000 * 1_000_000))
+        details.append(any_pb2.Any())
+        details[1].Pack(retry)
+    status = status_pb2.Status(code=getattr(code_pb2, code.name), message=exc.message, details=details)
     return status.SerializeToString()
 
 
 async def abort(context: grpc.aio.ServicerContext, exc: errors.DomainError) -> None:
     code = _GRPC_CODES[exc.code.value]
-    trailer = (("grpc-status-details-bin", _status_details(code, exc.message, exc.reason, exc.metadata)),)
+    trailer: tuple[tuple[str, str | bytes], ...] = (("grpc-status-details-bin", _status_details(code, exc)),)
+    rid = request_id_var.get()
+    if rid:  # abort's trailer replaces the one set at the start of the call
+        trailer = (*trailer, ("x-request-id", rid))
     await context.abort(code, exc.message, trailing_metadata=trailer)
 
 
@@ -74,16 +100,17 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         enter, leave = self._enter, self._leave
         if handler.unary_unary:
             inner = handler.unary_unary
+            unary_metrics = METRICS.rpc(method, "unary")
 
             async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                call = _Call()
+                call = _Call(unary_metrics)
                 try:
                     enter(call, context, limiter, what)
                     response = await inner(request, context)
                 except BaseException as exc:
                     await leave(call, method, context, exc)
                     raise
-                call.done(method, "OK")
+                call.done("OK")
                 return response
 
             return grpc.unary_unary_rpc_method_handler(
@@ -91,9 +118,10 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
             )
         if handler.unary_stream:
             inner_stream = handler.unary_stream
+            stream_metrics = METRICS.rpc(method, "server_stream")
 
             async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-                call = _Call()
+                call = _Call(stream_metrics)
                 try:
                     enter(call, context, limiter, what)
                     async for item in inner_stream(request, context):
@@ -101,7 +129,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
                 except BaseException as exc:
                     await leave(call, method, context, exc)
                     raise
-                call.done(method, "OK")
+                call.done("OK")
 
             return grpc.unary_stream_rpc_method_handler(
                 unary_stream, handler.request_deserializer, handler.response_serializer
@@ -115,8 +143,11 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
                 value = val if isinstance(val, str) else ""
             elif key == "x-request-id" and isinstance(val, str):
                 rid = val[:128]
-        # Every log record of this call carries its request id (server/logs.py).
-        call.tokens.append(request_id_var.set(rid or new_request_id()))
+        # Every log record of this call carries its request id (server/logs.py),
+        # and the caller gets it back in the trailing metadata.
+        rid = call.request_id = rid or new_request_id()
+        call.tokens.append(request_id_var.set(rid))
+        context.set_trailing_metadata((("x-request-id", rid),))
         who = self._authenticate(value)
         call.tokens.append(current_principal.set(who))
         self.inflight.enter()
@@ -137,7 +168,8 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         try:
             if isinstance(exc, errors.DomainError):
                 code = exc.code.value
-                log.info("rpc refused", extra={"method": method, "reason": exc.reason})
+                call.reason = exc.reason
+                call.access(code)  # before the status leaves: the line is there when the caller has it
                 await abort(context, exc)
             elif isinstance(exc, grpc.aio.AbortError | GeneratorExit):
                 code = "ABORTED"
@@ -145,23 +177,49 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
                 code = "CANCELLED"
             else:
                 log.exception("unexpected error in %s", method, exc_info=exc)
+                call.reason = "INTERNAL"
+                call.access(code)
                 await abort(context, errors.DomainError("internal error", reason="INTERNAL"))
         finally:
-            call.done(method, code)
+            call.done(code)
 
 
 class _Call:
     """What one call has taken and must give back: context variables set, and
     its place among the calls in flight."""
 
-    __slots__ = ("inflight", "started", "tokens")
+    __slots__ = ("inflight", "logged", "metrics", "reason", "request_id", "started", "tokens")
 
-    def __init__(self) -> None:
+    def __init__(self, metrics: RpcMetrics) -> None:
         self.started = time.perf_counter()
         self.tokens: list[Any] = []
         self.inflight: InFlight | None = None
+        self.metrics = metrics
+        self.reason = ""
+        self.request_id = ""
+        self.logged = False
+        metrics.started.inc()
 
-    def done(self, method: str, code: str) -> None:
+    def access(self, code: str) -> None:
+        """The call's access-log line, once."""
+        if self.logged:
+            return
+        self.logged = True
+        level = logging.DEBUG if code == "OK" else logging.INFO
+        if access_log.isEnabledFor(level):
+            who = current_principal.get(None)
+            access_log.log(level, "rpc", extra={
+                "method": self.metrics.method,
+                "code": code,
+                "reason": self.reason,
+                "duration_ms": round((time.perf_counter() - self.started) * 1000, 3),
+                "caller": f"{who.role.value}:{who.subject}" if who is not None else "",
+                "request_id": self.request_id or None,
+            })
+
+    def done(self, code: str) -> None:
+        seconds = time.perf_counter() - self.started
+        self.access(code)
         if self.inflight is not None:
             self.inflight.exit()
         for token in reversed(self.tokens):
@@ -169,4 +227,4 @@ class _Call:
                 token.var.reset(token)
             except ValueError:  # a stream finalised in another context
                 pass
-        METRICS.observe_rpc(method, code, time.perf_counter() - self.started)
+        self.metrics.done(code, seconds)

@@ -100,13 +100,15 @@ def enum(value: int, enum_type: Any, *, field: str, allow_unspecified: bool = Fa
 
 
 def page_size(value: int) -> int:
-    if value < 0 or value > MAX_PAGE_SIZE:
+    """AIP-158: 0 means the default, above the maximum means the maximum;
+    only a negative size is refused."""
+    if value < 0:
         raise errors.InvalidArgument(
-            f"page_size must be between 0 and {MAX_PAGE_SIZE}",
+            "page_size must not be negative",
             reason="INVALID_PAGE_SIZE",
             metadata={"max": str(MAX_PAGE_SIZE), "got": str(value)},
         )
-    return value or DEFAULT_PAGE_SIZE
+    return min(value, MAX_PAGE_SIZE) or DEFAULT_PAGE_SIZE
 
 
 def fingerprint(method: str, request: Message, **extra: str) -> str:

@@ -28,11 +28,21 @@ def new_request_id() -> str:
 
 
 class RequestIdFilter(logging.Filter):
-    """Stamps every record with the current RPC's request id (None outside RPCs)."""
+    """Stamps every record with the current RPC's request id (None outside
+    RPCs) and, when an OpenTelemetry span is active, its `trace_id` and
+    `span_id` (W3C hex, as exporters print them without the 0x)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if getattr(record, "request_id", None) is None:
             record.request_id = request_id_var.get()
+        # Only if something already imported OpenTelemetry (BILLING_OTEL_ENABLED
+        # or opentelemetry-instrument): the default install does not have it.
+        trace = sys.modules.get("opentelemetry.trace")
+        if trace is not None and not hasattr(record, "trace_id"):
+            ctx = trace.get_current_span().get_span_context()
+            if ctx.is_valid:
+                record.trace_id = format(ctx.trace_id, "032x")
+                record.span_id = format(ctx.span_id, "016x")
         return True
 
 

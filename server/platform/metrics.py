@@ -1,10 +1,26 @@
-"""Prometheus metrics, served at GET /metrics on the HTTP listener."""
+"""Prometheus metrics, served at GET /metrics on the HTTP listener.
+
+RPC metrics follow the gRPC ecosystem's convention (go-grpc-prometheus /
+go-grpc-middleware): `grpc_server_started_total`, `grpc_server_handled_total`
+and the `grpc_server_handling_seconds` histogram, labelled `grpc_type`,
+`grpc_service`, `grpc_method` (and `grpc_code`, spelt as Go spells codes:
+`OK`, `FailedPrecondition`, ...), so stock gRPC dashboards and alerts work.
+The process and Python runtime collectors add `process_*` and `python_*`."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 
 from server.ledger.model import EARNED_KINDS, BalanceEvent, Kind
 
@@ -12,20 +28,62 @@ GRANT_KINDS = {Kind.PURCHASE, Kind.AUTO_REFILL, Kind.ALLOWANCE_GRANT, *EARNED_KI
 CLAWBACK_KINDS = {Kind.REFUND_CLAWBACK, Kind.DISPUTE_CLAWBACK}
 _SPENT = {Kind.SPEND, Kind.HOLD_CAPTURE}
 
+# grpc_code values as go-grpc-prometheus writes them (Go's codes.Code.String()).
+GO_CODE_NAMES = {
+    "OK": "OK", "CANCELLED": "Canceled", "UNKNOWN": "Unknown", "INVALID_ARGUMENT": "InvalidArgument",
+    "DEADLINE_EXCEEDED": "DeadlineExceeded", "NOT_FOUND": "NotFound", "ALREADY_EXISTS": "AlreadyExists",
+    "PERMISSION_DENIED": "PermissionDenied", "RESOURCE_EXHAUSTED": "ResourceExhausted",
+    "FAILED_PRECONDITION": "FailedPrecondition", "ABORTED": "Aborted", "OUT_OF_RANGE": "OutOfRange",
+    "UNIMPLEMENTED": "Unimplemented", "INTERNAL": "Internal", "UNAVAILABLE": "Unavailable",
+    "DATA_LOSS": "DataLoss", "UNAUTHENTICATED": "Unauthenticated",
+}
+
+
+class RpcMetrics:
+    """One method's series, resolved once: labels() hashes and locks on every
+    call, so the hot path keeps the children."""
+
+    __slots__ = ("_handled", "_labels", "_parent", "handling", "method", "started")
+
+    def __init__(self, metrics: Metrics, method: str, grpc_type: str) -> None:
+        self.method = method
+        service, _, name = method.lstrip("/").partition("/")
+        self._labels = (grpc_type, service, name)
+        self._parent = metrics.handled_total
+        self.started = metrics.started_total.labels(*self._labels)
+        self.handling = metrics.handling_seconds.labels(*self._labels)
+        self._handled: dict[str, Any] = {}
+
+    def done(self, code: str, seconds: float) -> None:
+        child = self._handled.get(code)
+        if child is None:
+            child = self._handled[code] = self._parent.labels(*self._labels, GO_CODE_NAMES.get(code, code))
+        child.inc()
+        self.handling.observe(seconds)
+
 
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.rpc_total = Counter("billing_rpc_total", "RPCs by method and status code", ["method", "code"], registry=r)
-        self.rpc_seconds = Histogram(
-            "billing_rpc_seconds",
-            "RPC latency by method and status code",
-            ["method", "code"],
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
+        rpc_labels = ["grpc_type", "grpc_service", "grpc_method"]
+        self.started_total = Counter(
+            "grpc_server_started_total", "RPCs started on the server", rpc_labels, registry=r
+        )
+        self.handled_total = Counter(
+            "grpc_server_handled_total", "RPCs completed on the server, by status code",
+            [*rpc_labels, "grpc_code"], registry=r,
+        )
+        self.handling_seconds = Histogram(
+            "grpc_server_handling_seconds",
+            "Time from the start of an RPC to its status, in seconds",
+            rpc_labels,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
             registry=r,
         )
-        self._rpc_children: dict[tuple[str, str], tuple[Any, Any]] = {}
         self._kind_children: dict[str, Any] = {}
         self.transfers_total = Counter("billing_ledger_transfers_total", "Ledger transfers by kind", ["kind"], registry=r)
         self.credits_spent = Counter("billing_credits_spent_millicredits_total", "Credits spent", registry=r)
@@ -47,16 +105,10 @@ class Metrics:
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
         )
 
-    def observe_rpc(self, method: str, code: str, seconds: float) -> None:
-        # labels() hashes and locks on every call; the hot path keeps the children.
-        children = self._rpc_children.get((method, code))
-        if children is None:
-            short = method.rsplit(".", 1)[-1]
-            children = self._rpc_children[(method, code)] = (
-                self.rpc_total.labels(short, code), self.rpc_seconds.labels(short, code)
-            )
-        children[0].inc()
-        children[1].observe(seconds)
+    def rpc(self, method: str, grpc_type: str) -> RpcMetrics:
+        """The series of one method (`/pkg.Service/Method`); `grpc_type` is
+        `unary` or `server_stream`."""
+        return RpcMetrics(self, method, grpc_type)
 
     def observe_batch(self, size: int, seconds: float) -> None:
         self.batch_size.observe(size)

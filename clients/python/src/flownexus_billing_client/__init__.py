@@ -20,6 +20,7 @@ from flownexus_billing_client.errors import (
     Unavailable,
     from_rpc_error,
 )
+from flownexus_billing_client.service_config import channel_options, service_config
 
 try:
     __version__ = version("flownexus-billing-client")
@@ -42,5 +43,7 @@ __all__ = [
     "Unauthenticated",
     "Unavailable",
     "__version__",
+    "channel_options",
     "from_rpc_error",
+    "service_config",
 ]

@@ -1,7 +1,9 @@
 """A thin async helper over the generated stubs. It does only three things:
 - attaches the bearer token to every call;
-- retries UNAVAILABLE, resending the same request (so the same request_id:
-  the server applies a mutation once however often it arrives);
+- gives a mutation without a request_id one, once, and installs the packaged
+  gRPC service config (service_config.json), so the channel itself retries
+  UNAVAILABLE resending the same request (the same request_id: the server
+  applies a mutation once however often it arrives);
 - turns ErrorInfo reasons into typed exceptions (flownexus_billing_client.errors).
 
     async with BillingClient("localhost:50051", token) as billing:
@@ -12,7 +14,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -29,6 +30,7 @@ from flownexus.billing.v1 import (
 )
 
 from flownexus_billing_client.errors import from_rpc_error
+from flownexus_billing_client.service_config import channel_options
 
 
 class _Service:
@@ -62,6 +64,11 @@ class BillingClient:
         self.max_attempts = max(1, max_attempts)
         self.backoff_seconds = backoff_seconds
         self.timeout_seconds = timeout_seconds
+        # The caller's options come last: their own grpc.service_config wins.
+        options = [
+            *channel_options(max_attempts=self.max_attempts, initial_backoff_seconds=backoff_seconds),
+            *options,
+        ]
         self.channel = (
             grpc.aio.secure_channel(target, credentials, options=options)
             if credentials is not None
@@ -104,18 +111,13 @@ class BillingClient:
         self, method: Any, request: Any, *, metadata: Sequence[tuple[str, str]] = (), timeout: float | None = None  # noqa: ASYNC109 - the gRPC deadline
     ) -> Any:
         # A mutation without a request_id gets one here, once, so that every
-        # retry below carries the same id.
+        # retry of the channel (the service config's retryPolicy) carries the same id.
         if "request_id" in request.DESCRIPTOR.fields_by_name and not request.request_id:
             request.request_id = uuid.uuid4().hex
-        for attempt in range(1, self.max_attempts + 1):
-            try:
-                return await method(request, metadata=self._metadata(metadata), timeout=timeout or self.timeout_seconds)
-            except grpc.aio.AioRpcError as exc:
-                if exc.code() == grpc.StatusCode.UNAVAILABLE and attempt < self.max_attempts:
-                    await asyncio.sleep(self.backoff_seconds * 2 ** (attempt - 1))
-                    continue
-                raise from_rpc_error(exc) from exc
-        raise AssertionError("unreachable")
+        try:
+            return await method(request, metadata=self._metadata(metadata), timeout=timeout or self.timeout_seconds)
+        except grpc.aio.AioRpcError as exc:
+            raise from_rpc_error(exc) from exc
 
     async def _stream(
         self, method: Any, request: Any, *, metadata: Sequence[tuple[str, str]] = (), timeout: float | None = None  # noqa: ASYNC109 - the gRPC deadline
