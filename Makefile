@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PROTO_FILES := $(wildcard protos/flownexus/billing/v1/*.proto)
 
-.PHONY: run test test-calendar test-sqlite test-postgres generate check-generated lint proto-breaking proto-image client bench soak demo clean
+.PHONY: run test test-calendar test-sqlite test-postgres generate check-generated lint proto-breaking proto-image client client-min-versions bench soak demo clean
 
 # The last released proto contract; `buf breaking` compares the protos against it.
 PROTO_IMAGE := images/v0.1.0.binpb
@@ -67,6 +67,11 @@ proto-image: $(STAMP)
 # The client distribution (generated stubs + helper), built offline.
 client: $(STAMP)
 	$(PY) -m pip wheel --no-deps --no-build-isolation --no-index -w dist clients/python
+
+# The client wheel in a fresh venv with every dependency at its declared floor,
+# calling a real server: the floors must be ones the generated stubs accept.
+client-min-versions: $(STAMP)
+	$(PY) scripts/client_min_versions.py
 
 demo: $(STAMP)
 	$(PY) scripts/demo.py
