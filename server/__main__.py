@@ -9,7 +9,7 @@ from pathlib import Path
 
 from server.platform import logs
 from server.platform.auth import Role, mint_token
-from server.platform.config import Settings
+from server.platform.config import ConfigError, Settings, load_settings, unknown_variables
 
 
 def mcp(argv: list[str]) -> int:
@@ -24,7 +24,22 @@ def mcp(argv: list[str]) -> int:
         sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "clients" / "python" / "src"))
         from flownexus_billing_client.mcp_server.cli import main as mcp_main
     # Over HTTP it verifies and mints tokens with the secret `serve` and `token` use.
-    return mcp_main(argv, default_jwt_secret=lambda: Settings().effective_jwt_secret)
+    return mcp_main(argv, default_jwt_secret=lambda: load_settings().effective_jwt_secret)
+
+
+def settings_or_exit() -> Settings:
+    """The settings, or one line per bad variable and exit status 2 (a usage
+    error, like argparse's), never a traceback. Unread BILLING_* variables
+    (typos) are warned about on stderr."""
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        for line in exc.lines:
+            print(f"python -m server: {line}", file=sys.stderr)
+        raise SystemExit(2) from None
+    for name in unknown_variables():
+        print(f"python -m server: warning: {name} is set but no setting reads it (a typo?)", file=sys.stderr)
+    return settings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("verify", help="audit the ledger; exits 1 on any discrepancy")
     sub.add_parser("mcp", help="run the flow-nexus MCP server (stdio or HTTP); see `mcp --help`")
     args = parser.parse_args(argv)
-    settings = Settings()
+    settings = settings_or_exit()
 
     if args.command == "token":
         print(mint_token(settings.effective_jwt_secret, args.user, Role(args.role), ttl_seconds=args.ttl,

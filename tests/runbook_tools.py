@@ -28,6 +28,21 @@ def runbook_blocks(path: Path = RUNBOOK) -> dict[str, str]:
     return blocks
 
 
+def section_shell_blocks(path: Path, heading: str) -> list[str]:
+    """The ```sh blocks of one section of a Markdown file: from the heading
+    (e.g. "### A first call") to the next heading of the same or a higher level."""
+    level = len(heading) - len(heading.lstrip("#"))
+    lines = path.read_text().splitlines()
+    assert heading in lines, f"{path.name} lacks {heading!r}"
+    body: list[str] = []
+    for line in lines[lines.index(heading) + 1:]:
+        m = re.match(r"(#+) ", line)
+        if m and len(m.group(1)) <= level:
+            break
+        body.append(line)
+    return [b.strip() for b in re.findall(r"```sh\n(.*?)```", "\n".join(body), re.S)]
+
+
 @dataclass
 class Result:
     rc: int

@@ -11,7 +11,7 @@ import pytest
 from flownexus.billing.v1 import balance_pb2, common_pb2, earnings_pb2, history_pb2, usage_pb2
 
 from server.platform.auth import Role, mint_token
-from tests.harness import JWT_SECRET, auth, expect_error, token
+from tests.harness import JWT_SECRET, auth, error_info, expect_error, token
 
 
 async def test_user_cannot_read_another_users_balance(server) -> None:
@@ -68,12 +68,33 @@ async def test_missing_or_bad_tokens_are_unauthenticated(server) -> None:
         ("Bearer not-a-jwt", "INVALID_TOKEN"),
         ("Basic dXNlcjpwYXNz", "INVALID_TOKEN"),
         (f"Bearer {token('alice', ttl=-10)}", "TOKEN_EXPIRED"),
-        (f"Bearer {jwt.encode({'sub': 'alice', 'role': 'admin', 'exp': 2**31}, 'other-secret-0123456789-0123456789-abc')}", "INVALID_TOKEN"),
+        (f"Bearer {jwt.encode({'sub': 'alice', 'role': 'admin', 'exp': 2**31}, 'other-secret-0123456789-0123456789-abc')}", "INVALID_SIGNATURE"),
         (f"Bearer {jwt.encode({'sub': 'alice', 'role': 'root', 'exp': 2**31, 'iss': 'flownexus-billing'}, JWT_SECRET)}", "INVALID_TOKEN"),
     ]:
         await expect_error(
             server.s.balance.CheckBalance(req, metadata=(("authorization", header),)), grpc.StatusCode.UNAUTHENTICATED, reason
         )
+
+
+async def test_a_token_signed_with_another_secret_says_so(server) -> None:
+    """The likeliest mistake (a token minted with another BILLING_JWT_SECRET)
+    gets its own reason and message; the message reveals nothing of either secret."""
+    other = "another-secret-0123456789-0123456789-xyz"
+    bearer = mint_token(other, "alice", Role.USER)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await server.s.balance.CheckBalance(balance_pb2.CheckBalanceRequest(), metadata=(("authorization", f"Bearer {bearer}"),))
+    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert error_info(err.value).reason == "INVALID_SIGNATURE"
+    details = err.value.details() or ""
+    assert details == "the token's signature does not match this server's secret", details
+    assert other not in details and JWT_SECRET not in details
+    # A tampered payload under the right secret's signature is a signature mismatch too.
+    head, _, sig = token("alice").split(".")
+    forged = ".".join([head, jwt.utils.base64url_encode(b'{"sub":"bob","role":"admin","exp":9999999999}').decode(), sig])
+    await expect_error(
+        server.s.balance.CheckBalance(balance_pb2.CheckBalanceRequest(), metadata=(("authorization", f"Bearer {forged}"),)),
+        grpc.StatusCode.UNAUTHENTICATED, "INVALID_SIGNATURE",
+    )
 
 
 async def test_watch_without_token_is_refused(server) -> None:

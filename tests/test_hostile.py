@@ -94,8 +94,8 @@ BAD_TOKENS: list[tuple[str, tuple[tuple[str, Any], ...], str]] = [
     ("garbled segments", bearer("eyJhbGciOiJIUzI1NiJ9.@@@.###"), "INVALID_TOKEN"),
     ("oversized", bearer("a" * 6000), "INVALID_TOKEN"),
     ("expired", bearer(jwt.encode(_claims(exp=int(time.time()) - 10), JWT_SECRET, algorithm="HS256")), "TOKEN_EXPIRED"),
-    ("wrong secret", bearer(jwt.encode(_claims(), "another-secret-0123456789-0123456789", algorithm="HS256")), "INVALID_TOKEN"),
-    ("forged admin, other secret", bearer(jwt.encode(_claims("admin"), "attacker-secret-0123456789-01234567", algorithm="HS256")), "INVALID_TOKEN"),
+    ("wrong secret", bearer(jwt.encode(_claims(), "another-secret-0123456789-0123456789", algorithm="HS256")), "INVALID_SIGNATURE"),
+    ("forged admin, other secret", bearer(jwt.encode(_claims("admin"), "attacker-secret-0123456789-01234567", algorithm="HS256")), "INVALID_SIGNATURE"),
     ("alg none admin", bearer(f"{_b64({'alg': 'none', 'typ': 'JWT'})}.{_b64(_claims('admin'))}."), "INVALID_TOKEN"),
     ("role superadmin", bearer(jwt.encode(_claims("superadmin"), JWT_SECRET, algorithm="HS256")), "INVALID_TOKEN"),
     ("role list", bearer(jwt.encode(_claims(["admin", "user"]), JWT_SECRET, algorithm="HS256")), "INVALID_TOKEN"),  # type: ignore[arg-type]

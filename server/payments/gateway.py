@@ -12,6 +12,7 @@ import logging
 from typing import Any
 
 import stripe
+from pydantic import SecretStr
 
 from server.ledger import keys
 from server.platform import errors
@@ -41,7 +42,11 @@ def _plain(obj: Any) -> dict[str, Any]:
 
 
 class StripeGateway:
-    def __init__(self, api_key: str, api_base: str = "", *, timeout: float = 20.0, max_retries: int = 2) -> None:
+    def __init__(
+        self, api_key: str | SecretStr, api_base: str = "", *, timeout: float = 20.0, max_retries: int = 2
+    ) -> None:
+        # Settings hold the key as a SecretStr (hidden from repr); Stripe needs the string.
+        api_key = api_key.get_secret_value() if isinstance(api_key, SecretStr) else api_key
         self.api_key = api_key
         self.api_base = api_base.rstrip("/")
         self._http: stripe.HTTPXClient | None = None

@@ -170,7 +170,7 @@ class PaymentsService:
     # ---- webhooks -----------------------------------------------------------------------
 
     async def receive_webhook(self, payload: bytes, signature: str | None) -> str:
-        secret = self.settings.stripe_webhook_secret
+        secret = self.settings.stripe_webhook_secret.get_secret_value()
         if not secret:
             METRICS.webhook_events.labels(type="unverified", result="not_configured").inc()
             raise WebhookRejected(503, "webhooks are not configured: set BILLING_STRIPE_WEBHOOK_SECRET")

@@ -114,6 +114,13 @@ def decode_token(
         # No audience is passed, so PyJWT refuses every token that has one: a
         # token minted for the MCP endpoint (`token --audience`) is not for us.
         raise errors.Unauthenticated("the token was issued for another audience", reason="WRONG_AUDIENCE") from None
+    except jwt.InvalidSignatureError:
+        # Well-formed, but signed with another key: most often a token minted
+        # with another BILLING_JWT_SECRET (or another checkout's dev secret).
+        # Say so, and nothing about the secret itself.
+        raise errors.Unauthenticated(
+            "the token's signature does not match this server's secret", reason="INVALID_SIGNATURE"
+        ) from None
     except jwt.PyJWTError:
         raise errors.Unauthenticated("invalid token", reason="INVALID_TOKEN") from None
     sub, role = claims.get("sub"), claims.get("role")

@@ -4,17 +4,28 @@ from __future__ import annotations
 
 import os
 import secrets
+from collections.abc import Mapping
 from functools import cached_property
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEV_SECRET_FILE = "dev-jwt-secret"
+PREFIX = "BILLING_"
+
+# BILLING_* variables read outside Settings, so not typos: the server's var
+# directory, the client/MCP side sharing the same shell, the test suite's knobs.
+OTHER_VARIABLES = frozenset({
+    "BILLING_VAR_DIR",
+    "BILLING_GRPC_TARGET", "BILLING_TOKEN", "BILLING_MCP_RESOURCE_URL", "BILLING_MCP_AUTHORIZATION_SERVER",
+    "BILLING_TEST_PG_DSN", "BILLING_SOAK", "BILLING_CRASH_KILLS", "BILLING_BANK_SECONDS",
+    "BILLING_MODEL_EXAMPLES",
+})
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="BILLING_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix=PREFIX, extra="ignore")
 
     database_url: str = "sqlite+aiosqlite:///./var/billing.db"
     grpc_host: str = "127.0.0.1"
@@ -22,10 +33,10 @@ class Settings(BaseSettings):
     http_host: str = "127.0.0.1"
     http_port: int = 8080
     # Empty: a random secret is kept in var/dev-jwt-secret (development only).
-    jwt_secret: str = ""
+    jwt_secret: SecretStr = SecretStr("")
     jwt_issuer: str = "flownexus-billing"
-    stripe_api_key: str = ""
-    stripe_webhook_secret: str = ""
+    stripe_api_key: SecretStr = SecretStr("")
+    stripe_webhook_secret: SecretStr = SecretStr("")
     stripe_api_base: str = ""
     public_base_url: str = "http://localhost:8080"
     # Pending payments older than this are settled from Stripe by the reconciliation job.
@@ -103,8 +114,8 @@ class Settings(BaseSettings):
 
     @cached_property
     def effective_jwt_secret(self) -> str:
-        if self.jwt_secret:
-            return self.jwt_secret
+        if secret := self.jwt_secret.get_secret_value():
+            return secret
         # Development fallback: one random secret per checkout, shared by
         # `serve` and `token`, never a constant baked into the code.
         path = self.var_dir / DEV_SECRET_FILE
@@ -118,3 +129,41 @@ class Settings(BaseSettings):
     def credits_for_cents(self, cents: int) -> int:
         """Millicredits bought by `cents` US cents (integer arithmetic)."""
         return cents * self.credits_per_usd * 1000 // 100
+
+
+class ConfigError(Exception):
+    """Bad BILLING_* values: one line per variable, naming it and the rule."""
+
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__("\n".join(lines))
+        self.lines = lines
+
+
+def _variable(loc: tuple[int | str, ...]) -> str:
+    return PREFIX + str(loc[0]).upper() if loc else PREFIX + "*"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Settings() with its errors as ConfigError: `BILLING_GRPC_PORT: must be a
+    valid integer, unable to parse string as an integer (got 'abc')`. A secret's
+    value is never echoed."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            name = str(err["loc"][0]) if err["loc"] else ""
+            rule = err["msg"].replace("Input should be", "must be", 1)
+            field = Settings.model_fields.get(name)
+            secret = field is not None and field.annotation is SecretStr
+            got = "" if secret or "input" not in err else f" (got {err['input']!r})"
+            lines.append(f"{_variable(err['loc'])}: {rule}{got}")
+        raise ConfigError(lines) from None
+
+
+def unknown_variables(environ: Mapping[str, str] | None = None) -> list[str]:
+    """BILLING_* variables that no setting reads (a typo, or a setting that
+    was removed), sorted."""
+    env = os.environ if environ is None else environ
+    known = {PREFIX + name.upper() for name in Settings.model_fields} | OTHER_VARIABLES
+    return sorted(k for k in env if k.upper().startswith(PREFIX) and k.upper() not in known)

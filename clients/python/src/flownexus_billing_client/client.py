@@ -16,36 +16,119 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import grpc
 from flownexus.billing.v1 import (
+    balance_pb2,
     balance_pb2_grpc,
+    earnings_pb2,
     earnings_pb2_grpc,
+    history_pb2,
     history_pb2_grpc,
+    payments_pb2,
     payments_pb2_grpc,
+    refill_pb2,
     refill_pb2_grpc,
+    tier_pb2,
     tier_pb2_grpc,
+    usage_pb2,
     usage_pb2_grpc,
 )
+from google.protobuf.message import Message
 
 from flownexus_billing_client.errors import from_rpc_error
 from flownexus_billing_client.service_config import channel_options
 
+Req = TypeVar("Req", bound=Message)
+Resp = TypeVar("Resp", bound=Message)
+
+
+class Unary(Generic[Req, Resp]):
+    """One unary method of a service, with the three behaviours added:
+    `response = await billing.usage.Spend(request)`."""
+
+    __slots__ = ("_client", "_method")
+
+    def __init__(self, client: BillingClient, method: Any) -> None:
+        self._client = client
+        self._method = method
+
+    async def __call__(
+        self, request: Req, *, metadata: Sequence[tuple[str, str]] = (), timeout: float | None = None  # noqa: ASYNC109 - the gRPC deadline
+    ) -> Resp:
+        response: Resp = await self._client._unary(self._method, request, metadata=metadata, timeout=timeout)
+        return response
+
+
+class Stream(Generic[Req, Resp]):
+    """One server-streaming method: `async for item in billing.balance.WatchBalance(request)`."""
+
+    __slots__ = ("_client", "_method")
+
+    def __init__(self, client: BillingClient, method: Any) -> None:
+        self._client = client
+        self._method = method
+
+    def __call__(
+        self, request: Req, *, metadata: Sequence[tuple[str, str]] = (), timeout: float | None = None
+    ) -> AsyncIterator[Resp]:
+        return self._client._stream(self._method, request, metadata=metadata, timeout=timeout)
+
 
 class _Service:
-    """Wraps one generated stub; each attribute is the stub's method with the
-    three behaviours added."""
+    """Wraps one generated stub. Each subclass declares the stub's methods with
+    their request and response types (tests/test_client_typing.py checks the
+    declarations against the generated stubs); each becomes a Unary or Stream
+    over the stub's method."""
 
     def __init__(self, client: BillingClient, stub: Any) -> None:
-        self._client = client
-        self._stub = stub
+        for name in type(self).__annotations__:
+            method = getattr(stub, name)
+            wrapper = Stream if isinstance(method, grpc.aio.UnaryStreamMultiCallable) else Unary
+            setattr(self, name, wrapper(client, method))
 
-    def __getattr__(self, name: str) -> Any:
-        method = getattr(self._stub, name)
-        if isinstance(method, grpc.aio.UnaryStreamMultiCallable):
-            return lambda request, **kw: self._client._stream(method, request, **kw)
-        return lambda request, **kw: self._client._unary(method, request, **kw)
+
+class BalanceService(_Service):
+    CheckBalance: Unary[balance_pb2.CheckBalanceRequest, balance_pb2.CheckBalanceResponse]
+    GetBalance: Unary[balance_pb2.GetBalanceRequest, balance_pb2.GetBalanceResponse]
+    WatchBalance: Stream[balance_pb2.WatchBalanceRequest, balance_pb2.WatchBalanceResponse]
+
+
+class UsageService(_Service):
+    Spend: Unary[usage_pb2.SpendRequest, usage_pb2.SpendResponse]
+    Reserve: Unary[usage_pb2.ReserveRequest, usage_pb2.ReserveResponse]
+    Capture: Unary[usage_pb2.CaptureRequest, usage_pb2.CaptureResponse]
+    Release: Unary[usage_pb2.ReleaseRequest, usage_pb2.ReleaseResponse]
+
+
+class HistoryService(_Service):
+    ListTransactions: Unary[history_pb2.ListTransactionsRequest, history_pb2.ListTransactionsResponse]
+    GetSpendingReport: Unary[history_pb2.GetSpendingReportRequest, history_pb2.GetSpendingReportResponse]
+
+
+class EarningsService(_Service):
+    AwardCredits: Unary[earnings_pb2.AwardCreditsRequest, earnings_pb2.AwardCreditsResponse]
+    GetUserStats: Unary[earnings_pb2.GetUserStatsRequest, earnings_pb2.GetUserStatsResponse]
+
+
+class TierService(_Service):
+    ListTiers: Unary[tier_pb2.ListTiersRequest, tier_pb2.ListTiersResponse]
+    GetTier: Unary[tier_pb2.GetTierRequest, tier_pb2.GetTierResponse]
+    UpgradeTier: Unary[tier_pb2.UpgradeTierRequest, tier_pb2.UpgradeTierResponse]
+    DowngradeTier: Unary[tier_pb2.DowngradeTierRequest, tier_pb2.DowngradeTierResponse]
+
+
+class PaymentsService(_Service):
+    CreatePaymentLink: Unary[payments_pb2.CreatePaymentLinkRequest, payments_pb2.CreatePaymentLinkResponse]
+    GetPayment: Unary[payments_pb2.GetPaymentRequest, payments_pb2.GetPaymentResponse]
+    ListPayments: Unary[payments_pb2.ListPaymentsRequest, payments_pb2.ListPaymentsResponse]
+
+
+class RefillService(_Service):
+    ConfigureAutoRefill: Unary[refill_pb2.ConfigureAutoRefillRequest, refill_pb2.ConfigureAutoRefillResponse]
+    GetAutoRefill: Unary[refill_pb2.GetAutoRefillRequest, refill_pb2.GetAutoRefillResponse]
+    CreateSetupLink: Unary[refill_pb2.CreateSetupLinkRequest, refill_pb2.CreateSetupLinkResponse]
 
 
 class BillingClient:
@@ -78,13 +161,13 @@ class BillingClient:
 
     def _bind_services(self) -> None:
         ch = self.channel
-        self.balance = _Service(self, balance_pb2_grpc.BalanceServiceStub(ch))
-        self.usage = _Service(self, usage_pb2_grpc.UsageServiceStub(ch))
-        self.history = _Service(self, history_pb2_grpc.HistoryServiceStub(ch))
-        self.earnings = _Service(self, earnings_pb2_grpc.EarningsServiceStub(ch))
-        self.tier = _Service(self, tier_pb2_grpc.TierServiceStub(ch))
-        self.payments = _Service(self, payments_pb2_grpc.PaymentsServiceStub(ch))
-        self.refill = _Service(self, refill_pb2_grpc.RefillServiceStub(ch))
+        self.balance = BalanceService(self, balance_pb2_grpc.BalanceServiceStub(ch))
+        self.usage = UsageService(self, usage_pb2_grpc.UsageServiceStub(ch))
+        self.history = HistoryService(self, history_pb2_grpc.HistoryServiceStub(ch))
+        self.earnings = EarningsService(self, earnings_pb2_grpc.EarningsServiceStub(ch))
+        self.tier = TierService(self, tier_pb2_grpc.TierServiceStub(ch))
+        self.payments = PaymentsService(self, payments_pb2_grpc.PaymentsServiceStub(ch))
+        self.refill = RefillService(self, refill_pb2_grpc.RefillServiceStub(ch))
 
     def with_token(self, token: str) -> BillingClient:
         """The same channel, calling with another bearer token (a service that
