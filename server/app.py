@@ -133,7 +133,7 @@ class App:
         tiers_grpc.register(reg, self.tier_service, TierEvents(self.tier_rules, self.tiers["pro"].monthly_millicredits))
 
         # Last: admin flags follow refill's rule (a flag pauses, clearing resumes).
-        self.admin = AdminService(self.writer, AdminRepository(self.db.reader), follow_account_flag)
+        self.admin = AdminService(self.writer, AdminRepository(self.db.reader), follow_account_flag, self.refill.view)
         admin_grpc.register(reg, self.admin)
 
         self.grpc_server: grpc.aio.Server | None = None

@@ -222,3 +222,75 @@ async def test_audit_row_and_change_commit_together(server: Running) -> None:
     assert await audit_rows(server) == []
     async with server.app.db.reader.connect() as conn:
         assert (await conn.execute(select(transfers.c.id).where(transfers.c.key == "test-adjust"))).first() is None
+
+
+async def _seed_refill_and_payments(tx, user: str) -> None:  # type: ignore[no-untyped-def]
+    from server.payments import repository as pay_repo
+    from server.payments.webhooks import mark_paid
+
+    now = tx.now_us
+    await _config(tx, user)
+    paid = await pay_repo.insert_payment(tx, pay_repo.new_payment(
+        f"pay_{user}_0", user, "checkout", 1000, 1_000_000, now, checkout_session_id="cs_0", payment_intent_id="pi_0",
+        charge_id="ch_0"))
+    await mark_paid(tx, paid)  # granted, as a completed checkout is
+    await pay_repo.insert_payment(tx, pay_repo.new_payment(
+        f"pay_{user}_1", user, "auto_refill", 1000, 1_000_000, now + 1, status="failed", payment_intent_id="pi_1",
+        charge_id="ch_1", failure_reason="card_declined"))
+    refill_repo.add_job_unless_in_flight(tx, {
+        "id": f"rj_{user}", "user_id": user, "status": "retry_scheduled", "amount_cents": 1000, "credits": 1_000_000,
+        "attempts": 1, "payment_id": f"pay_{user}_1", "next_run_at_us": now + 3_600_000_000, "lease_until_us": 0,
+        "last_error": "card_declined", "created_at_us": now, "updated_at_us": now,
+    })
+
+
+async def test_get_account_shows_one_screen_to_admins_only(server: Running) -> None:
+    from flownexus.billing.v1 import payments_pb2, refill_pb2, tier_pb2
+    from google.protobuf.duration_pb2 import Duration
+
+    s, user = server.s, "joy"
+    assert server.app is not None
+    # Unknown users are NOT_FOUND, and asking does not create a wallet.
+    await expect_error(s.admin.GetAccount(admin_pb2.GetAccountRequest(user_id=user), metadata=ADMIN),
+                       grpc.StatusCode.NOT_FOUND, "ACCOUNT_NOT_FOUND")
+    await spend(server, user, 10_000, "c1")
+    await s.admin.AdjustBalance(admin_pb2.AdjustBalanceRequest(
+        user_id=user, amount_millicredits=7_000, reason="promo", lot=common_pb2.LOT_KIND_EARNED, request_id="a1"),
+        metadata=ADMIN)
+    hold = (await s.usage.Reserve(usage_pb2.ReserveRequest(
+        user_id=user, amount_millicredits=3_000, request_id="h1", category="sandbox", ttl=Duration(seconds=600)),
+        metadata=SVC)).hold
+    await server.app.writer.submit(Call(fn=lambda tx: _seed_refill_and_payments(tx, user), accounts=set()))
+    await s.admin.SetAccountFlag(
+        admin_pb2.SetAccountFlagRequest(user_id=user, flag=1, reason="chargeback", request_id="f1"), metadata=ADMIN)
+
+    for md in (auth(user), SVC):
+        await expect_error(s.admin.GetAccount(admin_pb2.GetAccountRequest(user_id=user), metadata=md),
+                           grpc.StatusCode.PERMISSION_DENIED, "ROLE_REQUIRED")
+    a = await s.admin.GetAccount(admin_pb2.GetAccountRequest(user_id=user), metadata=ADMIN)
+    assert a.user_id == user
+    assert a.credits_millicredits == FREE - 10_000 + 7_000 - 3_000 + 1_000_000 and a.pending_millicredits == 3_000
+    assert a.spent_total_millicredits == 10_000 and not a.unlimited_overdraft
+    assert [(lot.kind, lot.remaining_millicredits) for lot in a.lots] == [
+        (common_pb2.LOT_KIND_ALLOWANCE, FREE - 13_000), (common_pb2.LOT_KIND_EARNED, 7_000),
+        (common_pb2.LOT_KIND_PURCHASED, 1_000_000)]
+    assert [(h.id, h.amount_millicredits, h.status) for h in a.active_holds] == [
+        (hold.id, 3_000, usage_pb2.HOLD_STATUS_ACTIVE)]
+    assert "chargeback" in a.flagged_reason
+    assert a.tier == common_pb2.TIER_FREE and a.subscription_status == tier_pb2.SUBSCRIPTION_STATUS_NONE
+    assert a.period_end.ToMicroseconds() > a.period_start.ToMicroseconds()
+    assert a.auto_refill.enabled and a.auto_refill.threshold_millicredits == 10_000
+    assert a.auto_refill.state == refill_pb2.AUTO_REFILL_STATE_PAUSED and a.auto_refill.paused_reason == "ACCOUNT_FLAGGED"
+    assert [(r.id, r.status, r.attempts, r.payment_id, r.last_error) for r in a.refill_attempts] == [
+        (f"rj_{user}", "retry_scheduled", 1, f"pay_{user}_1", "card_declined")]
+    assert [(p.payment.id, p.payment.kind, p.payment.status) for p in a.payments] == [
+        (f"pay_{user}_1", payments_pb2.PAYMENT_KIND_AUTO_REFILL, payments_pb2.PAYMENT_STATUS_FAILED),
+        (f"pay_{user}_0", payments_pb2.PAYMENT_KIND_CHECKOUT, payments_pb2.PAYMENT_STATUS_PAID)]
+    newest, oldest = a.payments
+    assert (newest.checkout_session_id, newest.payment_intent_id, newest.charge_id) == ("", "pi_1", "ch_1")
+    assert not newest.HasField("paid_time") and newest.payment.failure_reason == "card_declined"
+    assert (oldest.checkout_session_id, oldest.payment_intent_id, oldest.charge_id) == ("cs_0", "pi_0", "ch_0")
+    assert oldest.HasField("paid_time")
+    # Bad input is refused before any read.
+    await expect_error(s.admin.GetAccount(admin_pb2.GetAccountRequest(), metadata=ADMIN),
+                       grpc.StatusCode.INVALID_ARGUMENT, "INVALID_USER_ID")

@@ -2,18 +2,39 @@
 
 from __future__ import annotations
 
-from flownexus.billing.v1 import admin_pb2, admin_pb2_grpc, common_pb2
+from typing import Any
+
+from flownexus.billing.v1 import admin_pb2, admin_pb2_grpc, common_pb2, tier_pb2
 
 from server.admin.service import AdminService
 from server.grpc import Ctx, convert, validation
-from server.ledger.model import LotKind
+from server.ledger.model import HoldView, LotKind
+from server.payments.grpc import payment_pb
 from server.platform import errors
 from server.platform.auth import Role, principal
+from server.refill.grpc import auto_refill_pb
 from server.registry import Registry
+from server.tiers.grpc import SUBSCRIPTION_STATUS
 
 _LOTS = {common_pb2.LOT_KIND_EARNED: LotKind.EARNED, common_pb2.LOT_KIND_PURCHASED: LotKind.PURCHASED,
          common_pb2.LOT_KIND_ALLOWANCE: LotKind.ALLOWANCE}
 
+
+def _refill_attempt(job: dict[str, Any]) -> admin_pb2.RefillAttempt:
+    return admin_pb2.RefillAttempt(
+        id=job["id"], status=job["status"], amount_cents=job["amount_cents"], credits_millicredits=job["credits"],
+        attempts=job["attempts"], payment_id=job["payment_id"] or "", last_error=job["last_error"] or "",
+        create_time=convert.ts(job["created_at_us"]), update_time=convert.ts(job["updated_at_us"]),
+        next_run_time=convert.ts(job["next_run_at_us"]),
+    )
+
+
+def _account_payment(row: dict[str, Any]) -> admin_pb2.AccountPayment:
+    return admin_pb2.AccountPayment(
+        payment=payment_pb(row),  # type: ignore[arg-type]
+        checkout_session_id=row["checkout_session_id"] or "", payment_intent_id=row["payment_intent_id"] or "",
+        charge_id=row["charge_id"] or "", dispute_id=row["dispute_id"] or "", paid_time=convert.ts(row["paid_at_us"]),
+    )
 
 
 def _reason(value: str) -> str:
@@ -133,6 +154,35 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             last = rows[size - 1]
             resp.next_page_token = validation.encode_page_token([last.created_at_us, last.id], sig)
         return resp
+
+    async def GetAccount(self, request: admin_pb2.GetAccountRequest, context: Ctx) -> admin_pb2.GetAccountResponse:
+        p = principal()
+        p.require(Role.ADMIN, what="GetAccount")
+        view, refill = await self.admin.account(p, validation.user_id(request.user_id, required=True))
+        w, sub = view.wallet, view.subscription or {}
+        return admin_pb2.GetAccountResponse(
+            user_id=view.user_id,
+            credits_millicredits=w["balance"],
+            pending_millicredits=w["pending"],
+            earned_total_millicredits=w["earned_total"],
+            spent_total_millicredits=w["spent_total"],
+            unlimited_overdraft=bool(w["unlimited_overdraft"]),
+            lots=[convert.lot(r) for r in view.lots],
+            active_holds=[convert.hold(HoldView(
+                id=h["id"], user_id=h["user_id"], amount=h["amount"], status=h["status"],
+                expires_at_us=h["expires_at_us"], captured=h["captured"], category=h["category"],
+            )) for h in view.holds],
+            flagged_reason=w["flagged_reason"] or "",
+            tier=convert.tier_pb(w["tier"]),  # type: ignore[arg-type]
+            period_start=convert.ts(w["period_start_us"]),
+            period_end=convert.ts(w["period_end_us"]),
+            subscription_status=SUBSCRIPTION_STATUS.get(sub.get("status") or "none", tier_pb2.SUBSCRIPTION_STATUS_NONE),
+            stripe_subscription_id=sub.get("stripe_subscription_id") or "",
+            stripe_customer_id=w["stripe_customer_id"] or sub.get("stripe_customer_id") or "",
+            auto_refill=auto_refill_pb(refill),
+            refill_attempts=[_refill_attempt(j) for j in view.refill_jobs],
+            payments=[_account_payment(r) for r in view.payments],
+        )
 
 
 def register(reg: Registry, service: AdminService) -> None:

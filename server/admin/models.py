@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 from server.ledger.model import TransferView
 
@@ -37,3 +38,17 @@ class AdminActionView:
     transfer_ids: list[int]
     created_at_us: int
     details: str
+
+
+@dataclass
+class AccountView:
+    """GetAccount: one account's rows as the read engine saw them (one
+    connection; on PostgreSQL one snapshot)."""
+
+    user_id: str
+    wallet: dict[str, Any]  # accounts row joined with users (tier, period, flagged_reason, stripe_customer_id)
+    lots: list[dict[str, Any]]
+    holds: list[dict[str, Any]]  # active only
+    subscription: dict[str, Any] | None
+    refill_jobs: list[dict[str, Any]]  # newest first
+    payments: list[dict[str, Any]]  # newest first

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from server.admin.models import Action, AdminActionView, AdminResult
+from server.admin.models import AccountView, Action, AdminActionView, AdminResult
 from server.admin.repository import AdminRepository
 from server.db.schema import admin_actions
 from server.ledger import corrections
@@ -22,6 +22,8 @@ from server.platform.auth import Principal, Role
 
 # What another domain does when an account's flag changes (refill: pause or resume).
 FlagHook = Callable[[LedgerTx, str], Awaitable[None]]
+# The refill domain's own view of a user's auto-refill (RefillService.view), read outside batches.
+RefillView = Callable[[str], Awaitable[Any]]
 
 
 @dataclass
@@ -72,10 +74,12 @@ class AdminChange(Op[AdminResult]):
 
 
 class AdminService:
-    def __init__(self, writer: LedgerWriter, repo: AdminRepository, on_flag_changed: FlagHook) -> None:
+    def __init__(self, writer: LedgerWriter, repo: AdminRepository, on_flag_changed: FlagHook,
+                 refill_view: RefillView) -> None:
         self.writer = writer
         self.repo = repo
         self.on_flag_changed = on_flag_changed
+        self.refill_view = refill_view
 
     async def _submit(self, p: Principal, action: Action, request_id: str, fingerprint: str, reason: str,
                       details: dict[str, Any], change: Any, accounts: set[str] | None = None) -> AdminResult:
@@ -163,3 +167,13 @@ class AdminService:
     ) -> list[AdminActionView]:
         p.require(Role.ADMIN, what="ListAdminActions")
         return await self.repo.actions(user_id=user_id, action=action, actor=actor, before=before, limit=limit)
+
+    async def account(self, p: Principal, user_id: str) -> tuple[AccountView, Any]:
+        """GetAccount: the account's rows and its auto-refill view, read on the
+        read engine (never through the writer: an unknown user is NOT_FOUND,
+        not a new wallet)."""
+        p.require(Role.ADMIN, what="GetAccount")
+        view = await self.repo.account(user_id)
+        if view is None:
+            raise errors.NotFound(f"no account for user {user_id}", reason="ACCOUNT_NOT_FOUND")
+        return view, await self.refill_view(user_id)

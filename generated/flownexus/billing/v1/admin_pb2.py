@@ -23,40 +23,52 @@ _sym_db = _symbol_database.Default()
 
 
 from flownexus.billing.v1 import common_pb2 as flownexus_dot_billing_dot_v1_dot_common__pb2
+from flownexus.billing.v1 import payments_pb2 as flownexus_dot_billing_dot_v1_dot_payments__pb2
+from flownexus.billing.v1 import refill_pb2 as flownexus_dot_billing_dot_v1_dot_refill__pb2
+from flownexus.billing.v1 import tier_pb2 as flownexus_dot_billing_dot_v1_dot_tier__pb2
+from flownexus.billing.v1 import usage_pb2 as flownexus_dot_billing_dot_v1_dot_usage__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n flownexus/billing/v1/admin.proto\x12\x14\x66lownexus.billing.v1\x1a!flownexus/billing/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xdc\x01\n\x14\x41\x64justBalanceRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x1b\n\x13\x61mount_millicredits\x18\x02 \x01(\x03\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12*\n\x03lot\x18\x04 \x01(\x0e\x32\x1d.flownexus.billing.v1.LotKind\x12.\n\nexpires_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0e\x61llow_negative\x18\x06 \x01(\x08\x12\x12\n\nrequest_id\x18\x07 \x01(\t\"\x80\x01\n\x15\x41\x64justBalanceResponse\x12\x36\n\x0btransaction\x18\x01 \x01(\x0b\x32!.flownexus.billing.v1.Transaction\x12\x1c\n\x14\x63redits_millicredits\x18\x02 \x01(\x03\x12\x11\n\taction_id\x18\x03 \x01(\t\"W\n\x19ReverseTransactionRequest\x12\x16\n\x0etransaction_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"h\n\x1aReverseTransactionResponse\x12\x37\n\x0ctransactions\x18\x01 \x03(\x0b\x32!.flownexus.billing.v1.Transaction\x12\x11\n\taction_id\x18\x02 \x01(\t\"}\n\x15SetAccountFlagRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12/\n\x04\x66lag\x18\x02 \x01(\x0e\x32!.flownexus.billing.v1.AccountFlag\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"T\n\x16SetAccountFlagResponse\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x16\n\x0e\x66lagged_reason\x18\x02 \x01(\t\x12\x11\n\taction_id\x18\x03 \x01(\t\"\x7f\n\x17\x43learAccountFlagRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12/\n\x04\x66lag\x18\x02 \x01(\x0e\x32!.flownexus.billing.v1.AccountFlag\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\">\n\x18\x43learAccountFlagResponse\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\taction_id\x18\x02 \x01(\t\"\xcd\x01\n\x0b\x41\x64minAction\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x02 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x03 \x01(\t\x12\x0f\n\x07user_id\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x12\n\nrequest_id\x18\x06 \x01(\t\x12\x17\n\x0ftransaction_ids\x18\x07 \x03(\t\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0c\x64\x65tails_json\x18\t \x01(\t\"p\n\x17ListAdminActionsRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x02 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x03 \x01(\t\x12\x11\n\tpage_size\x18\x04 \x01(\x05\x12\x12\n\npage_token\x18\x05 \x01(\t\"g\n\x18ListAdminActionsResponse\x12\x32\n\x07\x61\x63tions\x18\x01 \x03(\x0b\x32!.flownexus.billing.v1.AdminAction\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*F\n\x0b\x41\x63\x63ountFlag\x12\x1c\n\x18\x41\x43\x43OUNT_FLAG_UNSPECIFIED\x10\x00\x12\x19\n\x15\x41\x43\x43OUNT_FLAG_DISPUTED\x10\x01\x32\xc4\x04\n\x0c\x41\x64minService\x12h\n\rAdjustBalance\x12*.flownexus.billing.v1.AdjustBalanceRequest\x1a+.flownexus.billing.v1.AdjustBalanceResponse\x12w\n\x12ReverseTransaction\x12/.flownexus.billing.v1.ReverseTransactionRequest\x1a\x30.flownexus.billing.v1.ReverseTransactionResponse\x12k\n\x0eSetAccountFlag\x12+.flownexus.billing.v1.SetAccountFlagRequest\x1a,.flownexus.billing.v1.SetAccountFlagResponse\x12q\n\x10\x43learAccountFlag\x12-.flownexus.billing.v1.ClearAccountFlagRequest\x1a..flownexus.billing.v1.ClearAccountFlagResponse\x12q\n\x10ListAdminActions\x12-.flownexus.billing.v1.ListAdminActionsRequest\x1a..flownexus.billing.v1.ListAdminActionsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n flownexus/billing/v1/admin.proto\x12\x14\x66lownexus.billing.v1\x1a!flownexus/billing/v1/common.proto\x1a#flownexus/billing/v1/payments.proto\x1a!flownexus/billing/v1/refill.proto\x1a\x1f\x66lownexus/billing/v1/tier.proto\x1a flownexus/billing/v1/usage.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xdc\x01\n\x14\x41\x64justBalanceRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x1b\n\x13\x61mount_millicredits\x18\x02 \x01(\x03\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12*\n\x03lot\x18\x04 \x01(\x0e\x32\x1d.flownexus.billing.v1.LotKind\x12.\n\nexpires_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0e\x61llow_negative\x18\x06 \x01(\x08\x12\x12\n\nrequest_id\x18\x07 \x01(\t\"\x80\x01\n\x15\x41\x64justBalanceResponse\x12\x36\n\x0btransaction\x18\x01 \x01(\x0b\x32!.flownexus.billing.v1.Transaction\x12\x1c\n\x14\x63redits_millicredits\x18\x02 \x01(\x03\x12\x11\n\taction_id\x18\x03 \x01(\t\"W\n\x19ReverseTransactionRequest\x12\x16\n\x0etransaction_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"h\n\x1aReverseTransactionResponse\x12\x37\n\x0ctransactions\x18\x01 \x03(\x0b\x32!.flownexus.billing.v1.Transaction\x12\x11\n\taction_id\x18\x02 \x01(\t\"}\n\x15SetAccountFlagRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12/\n\x04\x66lag\x18\x02 \x01(\x0e\x32!.flownexus.billing.v1.AccountFlag\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"T\n\x16SetAccountFlagResponse\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x16\n\x0e\x66lagged_reason\x18\x02 \x01(\t\x12\x11\n\taction_id\x18\x03 \x01(\t\"\x7f\n\x17\x43learAccountFlagRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12/\n\x04\x66lag\x18\x02 \x01(\x0e\x32!.flownexus.billing.v1.AccountFlag\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\">\n\x18\x43learAccountFlagResponse\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\taction_id\x18\x02 \x01(\t\"\xcd\x01\n\x0b\x41\x64minAction\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x02 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x03 \x01(\t\x12\x0f\n\x07user_id\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x12\n\nrequest_id\x18\x06 \x01(\t\x12\x17\n\x0ftransaction_ids\x18\x07 \x03(\t\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0c\x64\x65tails_json\x18\t \x01(\t\"p\n\x17ListAdminActionsRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x02 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x03 \x01(\t\x12\x11\n\tpage_size\x18\x04 \x01(\x05\x12\x12\n\npage_token\x18\x05 \x01(\t\"g\n\x18ListAdminActionsResponse\x12\x32\n\x07\x61\x63tions\x18\x01 \x03(\x0b\x32!.flownexus.billing.v1.AdminAction\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"$\n\x11GetAccountRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"\xae\x02\n\rRefillAttempt\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\x14\n\x0c\x61mount_cents\x18\x03 \x01(\x03\x12\x1c\n\x14\x63redits_millicredits\x18\x04 \x01(\x03\x12\x10\n\x08\x61ttempts\x18\x05 \x01(\x05\x12\x12\n\npayment_id\x18\x06 \x01(\t\x12\x12\n\nlast_error\x18\x07 \x01(\t\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\rnext_run_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xce\x01\n\x0e\x41\x63\x63ountPayment\x12.\n\x07payment\x18\x01 \x01(\x0b\x32\x1d.flownexus.billing.v1.Payment\x12\x1b\n\x13\x63heckout_session_id\x18\x02 \x01(\t\x12\x19\n\x11payment_intent_id\x18\x03 \x01(\t\x12\x11\n\tcharge_id\x18\x04 \x01(\t\x12\x12\n\ndispute_id\x18\x05 \x01(\t\x12-\n\tpaid_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xf8\x05\n\x12GetAccountResponse\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x1c\n\x14\x63redits_millicredits\x18\x02 \x01(\x03\x12\x1c\n\x14pending_millicredits\x18\x03 \x01(\x03\x12!\n\x19\x65\x61rned_total_millicredits\x18\x04 \x01(\x03\x12 \n\x18spent_total_millicredits\x18\x05 \x01(\x03\x12\x1b\n\x13unlimited_overdraft\x18\x06 \x01(\x08\x12-\n\x04lots\x18\x07 \x03(\x0b\x32\x1f.flownexus.billing.v1.CreditLot\x12\x30\n\x0c\x61\x63tive_holds\x18\x08 \x03(\x0b\x32\x1a.flownexus.billing.v1.Hold\x12\x16\n\x0e\x66lagged_reason\x18\t \x01(\t\x12(\n\x04tier\x18\n \x01(\x0e\x32\x1a.flownexus.billing.v1.Tier\x12\x30\n\x0cperiod_start\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nperiod_end\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x45\n\x13subscription_status\x18\r \x01(\x0e\x32(.flownexus.billing.v1.SubscriptionStatus\x12\x1e\n\x16stripe_subscription_id\x18\x0e \x01(\t\x12\x1a\n\x12stripe_customer_id\x18\x0f \x01(\t\x12\x35\n\x0b\x61uto_refill\x18\x10 \x01(\x0b\x32 .flownexus.billing.v1.AutoRefill\x12<\n\x0frefill_attempts\x18\x11 \x03(\x0b\x32#.flownexus.billing.v1.RefillAttempt\x12\x36\n\x08payments\x18\x12 \x03(\x0b\x32$.flownexus.billing.v1.AccountPayment*F\n\x0b\x41\x63\x63ountFlag\x12\x1c\n\x18\x41\x43\x43OUNT_FLAG_UNSPECIFIED\x10\x00\x12\x19\n\x15\x41\x43\x43OUNT_FLAG_DISPUTED\x10\x01\x32\xa5\x05\n\x0c\x41\x64minService\x12h\n\rAdjustBalance\x12*.flownexus.billing.v1.AdjustBalanceRequest\x1a+.flownexus.billing.v1.AdjustBalanceResponse\x12w\n\x12ReverseTransaction\x12/.flownexus.billing.v1.ReverseTransactionRequest\x1a\x30.flownexus.billing.v1.ReverseTransactionResponse\x12k\n\x0eSetAccountFlag\x12+.flownexus.billing.v1.SetAccountFlagRequest\x1a,.flownexus.billing.v1.SetAccountFlagResponse\x12q\n\x10\x43learAccountFlag\x12-.flownexus.billing.v1.ClearAccountFlagRequest\x1a..flownexus.billing.v1.ClearAccountFlagResponse\x12q\n\x10ListAdminActions\x12-.flownexus.billing.v1.ListAdminActionsRequest\x1a..flownexus.billing.v1.ListAdminActionsResponse\x12_\n\nGetAccount\x12\'.flownexus.billing.v1.GetAccountRequest\x1a(.flownexus.billing.v1.GetAccountResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'flownexus.billing.v1.admin_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ACCOUNTFLAG']._serialized_start=1508
-  _globals['_ACCOUNTFLAG']._serialized_end=1578
-  _globals['_ADJUSTBALANCEREQUEST']._serialized_start=127
-  _globals['_ADJUSTBALANCEREQUEST']._serialized_end=347
-  _globals['_ADJUSTBALANCERESPONSE']._serialized_start=350
-  _globals['_ADJUSTBALANCERESPONSE']._serialized_end=478
-  _globals['_REVERSETRANSACTIONREQUEST']._serialized_start=480
-  _globals['_REVERSETRANSACTIONREQUEST']._serialized_end=567
-  _globals['_REVERSETRANSACTIONRESPONSE']._serialized_start=569
-  _globals['_REVERSETRANSACTIONRESPONSE']._serialized_end=673
-  _globals['_SETACCOUNTFLAGREQUEST']._serialized_start=675
-  _globals['_SETACCOUNTFLAGREQUEST']._serialized_end=800
-  _globals['_SETACCOUNTFLAGRESPONSE']._serialized_start=802
-  _globals['_SETACCOUNTFLAGRESPONSE']._serialized_end=886
-  _globals['_CLEARACCOUNTFLAGREQUEST']._serialized_start=888
-  _globals['_CLEARACCOUNTFLAGREQUEST']._serialized_end=1015
-  _globals['_CLEARACCOUNTFLAGRESPONSE']._serialized_start=1017
-  _globals['_CLEARACCOUNTFLAGRESPONSE']._serialized_end=1079
-  _globals['_ADMINACTION']._serialized_start=1082
-  _globals['_ADMINACTION']._serialized_end=1287
-  _globals['_LISTADMINACTIONSREQUEST']._serialized_start=1289
-  _globals['_LISTADMINACTIONSREQUEST']._serialized_end=1401
-  _globals['_LISTADMINACTIONSRESPONSE']._serialized_start=1403
-  _globals['_LISTADMINACTIONSRESPONSE']._serialized_end=1506
-  _globals['_ADMINSERVICE']._serialized_start=1581
-  _globals['_ADMINSERVICE']._serialized_end=2161
+  _globals['_ACCOUNTFLAG']._serialized_start=2962
+  _globals['_ACCOUNTFLAG']._serialized_end=3032
+  _globals['_ADJUSTBALANCEREQUEST']._serialized_start=266
+  _globals['_ADJUSTBALANCEREQUEST']._serialized_end=486
+  _globals['_ADJUSTBALANCERESPONSE']._serialized_start=489
+  _globals['_ADJUSTBALANCERESPONSE']._serialized_end=617
+  _globals['_REVERSETRANSACTIONREQUEST']._serialized_start=619
+  _globals['_REVERSETRANSACTIONREQUEST']._serialized_end=706
+  _globals['_REVERSETRANSACTIONRESPONSE']._serialized_start=708
+  _globals['_REVERSETRANSACTIONRESPONSE']._serialized_end=812
+  _globals['_SETACCOUNTFLAGREQUEST']._serialized_start=814
+  _globals['_SETACCOUNTFLAGREQUEST']._serialized_end=939
+  _globals['_SETACCOUNTFLAGRESPONSE']._serialized_start=941
+  _globals['_SETACCOUNTFLAGRESPONSE']._serialized_end=1025
+  _globals['_CLEARACCOUNTFLAGREQUEST']._serialized_start=1027
+  _globals['_CLEARACCOUNTFLAGREQUEST']._serialized_end=1154
+  _globals['_CLEARACCOUNTFLAGRESPONSE']._serialized_start=1156
+  _globals['_CLEARACCOUNTFLAGRESPONSE']._serialized_end=1218
+  _globals['_ADMINACTION']._serialized_start=1221
+  _globals['_ADMINACTION']._serialized_end=1426
+  _globals['_LISTADMINACTIONSREQUEST']._serialized_start=1428
+  _globals['_LISTADMINACTIONSREQUEST']._serialized_end=1540
+  _globals['_LISTADMINACTIONSRESPONSE']._serialized_start=1542
+  _globals['_LISTADMINACTIONSRESPONSE']._serialized_end=1645
+  _globals['_GETACCOUNTREQUEST']._serialized_start=1647
+  _globals['_GETACCOUNTREQUEST']._serialized_end=1683
+  _globals['_REFILLATTEMPT']._serialized_start=1686
+  _globals['_REFILLATTEMPT']._serialized_end=1988
+  _globals['_ACCOUNTPAYMENT']._serialized_start=1991
+  _globals['_ACCOUNTPAYMENT']._serialized_end=2197
+  _globals['_GETACCOUNTRESPONSE']._serialized_start=2200
+  _globals['_GETACCOUNTRESPONSE']._serialized_end=2960
+  _globals['_ADMINSERVICE']._serialized_start=3035
+  _globals['_ADMINSERVICE']._serialized_end=3712
 # @@protoc_insertion_point(module_scope)

@@ -61,6 +61,11 @@ class AdminServiceStub:
                 request_serializer=flownexus_dot_billing_dot_v1_dot_admin__pb2.ListAdminActionsRequest.SerializeToString,
                 response_deserializer=flownexus_dot_billing_dot_v1_dot_admin__pb2.ListAdminActionsResponse.FromString,
                 _registered_method=True)
+        self.GetAccount = channel.unary_unary(
+                '/flownexus.billing.v1.AdminService/GetAccount',
+                request_serializer=flownexus_dot_billing_dot_v1_dot_admin__pb2.GetAccountRequest.SerializeToString,
+                response_deserializer=flownexus_dot_billing_dot_v1_dot_admin__pb2.GetAccountResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -105,6 +110,15 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetAccount(self, request, context):
+        """One account on one screen: wallet, lots, active holds, flag, tier and
+        subscription, auto-refill with its latest attempts, latest payments with
+        their Stripe ids. Read only: never creates the wallet.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -132,6 +146,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.ListAdminActions,
                     request_deserializer=flownexus_dot_billing_dot_v1_dot_admin__pb2.ListAdminActionsRequest.FromString,
                     response_serializer=flownexus_dot_billing_dot_v1_dot_admin__pb2.ListAdminActionsResponse.SerializeToString,
+            ),
+            'GetAccount': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAccount,
+                    request_deserializer=flownexus_dot_billing_dot_v1_dot_admin__pb2.GetAccountRequest.FromString,
+                    response_serializer=flownexus_dot_billing_dot_v1_dot_admin__pb2.GetAccountResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -271,6 +290,33 @@ class AdminService:
             '/flownexus.billing.v1.AdminService/ListAdminActions',
             flownexus_dot_billing_dot_v1_dot_admin__pb2.ListAdminActionsRequest.SerializeToString,
             flownexus_dot_billing_dot_v1_dot_admin__pb2.ListAdminActionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAccount(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flownexus.billing.v1.AdminService/GetAccount',
+            flownexus_dot_billing_dot_v1_dot_admin__pb2.GetAccountRequest.SerializeToString,
+            flownexus_dot_billing_dot_v1_dot_admin__pb2.GetAccountResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -49,6 +49,11 @@ class AdminServiceStub:
     """Clear a flag: a refill paused for it resumes."""
     ListAdminActions: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListAdminActionsRequest, _admin_pb2.ListAdminActionsResponse]
     """The audit trail of admin changes, newest first."""
+    GetAccount: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetAccountRequest, _admin_pb2.GetAccountResponse]
+    """One account on one screen: wallet, lots, active holds, flag, tier and
+    subscription, auto-refill with its latest attempts, latest payments with
+    their Stripe ids. Read only: never creates the wallet.
+    """
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -71,6 +76,11 @@ class AdminServiceAsyncStub(AdminServiceStub):
     """Clear a flag: a refill paused for it resumes."""
     ListAdminActions: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListAdminActionsRequest, _admin_pb2.ListAdminActionsResponse]  # type: ignore[assignment]
     """The audit trail of admin changes, newest first."""
+    GetAccount: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetAccountRequest, _admin_pb2.GetAccountResponse]  # type: ignore[assignment]
+    """One account on one screen: wallet, lots, active holds, flag, tier and
+    subscription, auto-refill with its latest attempts, latest payments with
+    their Stripe ids. Read only: never creates the wallet.
+    """
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     """Operator tools, for admin tokens only. Every change is recorded in the
@@ -120,5 +130,16 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.ListAdminActionsResponse, _abc.Awaitable[_admin_pb2.ListAdminActionsResponse]]:
         """The audit trail of admin changes, newest first."""
+
+    @_abc_1.abstractmethod
+    def GetAccount(
+        self,
+        request: _admin_pb2.GetAccountRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.GetAccountResponse, _abc.Awaitable[_admin_pb2.GetAccountResponse]]:
+        """One account on one screen: wallet, lots, active holds, flag, tier and
+        subscription, auto-refill with its latest attempts, latest payments with
+        their Stripe ids. Read only: never creates the wallet.
+        """
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
