@@ -12,6 +12,7 @@ from typing import Any
 import grpc
 from aiohttp import web
 from flownexus.billing.v1 import (
+    admin_pb2,
     balance_pb2,
     earnings_pb2,
     history_pb2,
@@ -22,6 +23,9 @@ from flownexus.billing.v1 import (
 )
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from server.admin import grpc as admin_grpc
+from server.admin.repository import AdminRepository
+from server.admin.service import AdminService
 from server.balance import grpc as balance_grpc
 from server.balance.fanout import PgFanout, asyncpg_dsn
 from server.balance.service import BalanceService
@@ -46,7 +50,7 @@ from server.platform.config import Settings
 from server.platform.metrics import METRICS
 from server.platform.ratelimit import limiters
 from server.refill import grpc as refill_grpc
-from server.refill.service import RefillService
+from server.refill.service import RefillService, follow_account_flag
 from server.registry import Registry
 from server.tiers import grpc as tiers_grpc
 from server.tiers.events import TierEvents
@@ -68,6 +72,7 @@ SERVICE_NAMES = tuple(
         (tier_pb2, "TierService"),
         (earnings_pb2, "EarningsService"),
         (usage_pb2, "UsageService"),
+        (admin_pb2, "AdminService"),
     )
 )
 
@@ -131,6 +136,10 @@ class App:
             self.stripe, self.payments.customers,
         )
         tiers_grpc.register(reg, self.tier_service, TierEvents(self.tier_rules, self.tiers["pro"].monthly_millicredits))
+
+        # Last: admin flags follow refill's rule (a flag pauses, clearing resumes).
+        self.admin = AdminService(self.writer, AdminRepository(self.db.reader), follow_account_flag, self.refill.view)
+        admin_grpc.register(reg, self.admin)
 
         self.grpc_server: grpc.aio.Server | None = None
         self.grpc_port = 0

@@ -17,6 +17,7 @@ from typing import Any
 import asyncpg
 import grpc
 from flownexus.billing.v1 import (
+    admin_pb2_grpc,
     balance_pb2_grpc,
     earnings_pb2_grpc,
     history_pb2_grpc,
@@ -114,6 +115,7 @@ class Stubs:
     tier: tier_pb2_grpc.TierServiceStub
     payments: payments_pb2_grpc.PaymentsServiceStub
     refill: refill_pb2_grpc.RefillServiceStub
+    admin: admin_pb2_grpc.AdminServiceStub
 
     @classmethod
     def connect(cls, target: str) -> Stubs:
@@ -127,6 +129,7 @@ class Stubs:
             tier_pb2_grpc.TierServiceStub(ch),
             payments_pb2_grpc.PaymentsServiceStub(ch),
             refill_pb2_grpc.RefillServiceStub(ch),
+            admin_pb2_grpc.AdminServiceStub(ch),
         )
 
 

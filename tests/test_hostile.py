@@ -22,6 +22,7 @@ import httpx
 import jwt
 import pytest
 from flownexus.billing.v1 import (
+    admin_pb2,
     balance_pb2,
     common_pb2,
     earnings_pb2,
@@ -69,6 +70,13 @@ EVERY_RPC: list[tuple[str, str, Any]] = [
     ("refill", "ConfigureAutoRefill", refill_pb2.ConfigureAutoRefillRequest(request_id="t")),
     ("refill", "GetAutoRefill", refill_pb2.GetAutoRefillRequest()),
     ("refill", "CreateSetupLink", refill_pb2.CreateSetupLinkRequest(request_id="t")),
+    ("usage", "RefundUsage", usage_pb2.RefundUsageRequest(transaction_id="1", amount_millicredits=1, request_id="t")),
+    ("admin", "AdjustBalance", admin_pb2.AdjustBalanceRequest(user_id="x", amount_millicredits=1, reason="r", lot=2, request_id="t")),
+    ("admin", "ReverseTransaction", admin_pb2.ReverseTransactionRequest(transaction_id="1", reason="r", request_id="t")),
+    ("admin", "SetAccountFlag", admin_pb2.SetAccountFlagRequest(user_id="x", flag=1, reason="r", request_id="t")),
+    ("admin", "ClearAccountFlag", admin_pb2.ClearAccountFlagRequest(user_id="x", flag=1, reason="r", request_id="t")),
+    ("admin", "ListAdminActions", admin_pb2.ListAdminActionsRequest()),
+    ("admin", "GetAccount", admin_pb2.GetAccountRequest(user_id="x")),
 ]
 
 
@@ -163,10 +171,23 @@ def ts(seconds: int) -> Timestamp:
     return Timestamp(seconds=seconds)
 
 
-def field_cases() -> list[tuple[str, str, str, Any, tuple[str, str], grpc.StatusCode, str | None]]:
-    """(case, stub, method, request, (caller, role), code, reason)."""
+def field_cases(
+    charge: str = "1", grant: str = "1"
+) -> list[tuple[str, str, str, Any, tuple[str, str], grpc.StatusCode, str | None]]:
+    """(case, stub, method, request, (caller, role), code, reason). `charge` is
+    a Spend of victim's made by another service; `grant` an allowance grant."""
     u = (USER, "user")
     s = (SVC, "service")
+    a = ("ops", "admin")
+    pd = grpc.StatusCode.PERMISSION_DENIED
+    fp = grpc.StatusCode.FAILED_PRECONDITION
+    rf = usage_pb2.RefundUsageRequest
+    ad = admin_pb2.AdjustBalanceRequest
+    rt = admin_pb2.ReverseTransactionRequest
+    sf = admin_pb2.SetAccountFlagRequest
+    cf = admin_pb2.ClearAccountFlagRequest
+    la = admin_pb2.ListAdminActionsRequest
+    ga = admin_pb2.GetAccountRequest
     sp = usage_pb2.SpendRequest
     rv = usage_pb2.ReserveRequest
     cp = usage_pb2.CaptureRequest
@@ -176,6 +197,15 @@ def field_cases() -> list[tuple[str, str, str, Any, tuple[str, str], grpc.Status
         c.append((f"spend amount {amount}", "usage", "Spend", sp(amount_millicredits=amount, request_id="r"), u, IA, "INVALID_AMOUNT"))
         c.append((f"reserve amount {amount}", "usage", "Reserve", rv(amount_millicredits=amount, request_id="r"), u, IA, "INVALID_AMOUNT"))
         c.append((f"award amount {amount}", "earnings", "AwardCredits", aw(user_id=USER, amount_millicredits=amount, source=1, request_id="r"), s, IA, "INVALID_AMOUNT"))
+        c.append((f"refund amount {amount}", "usage", "RefundUsage", rf(transaction_id=charge, amount_millicredits=amount, request_id="r"), a, IA, "INVALID_AMOUNT"))
+    for amount in (0, I64_MAX, I64_MIN, 10**15 + 1, -(10**15 + 1)):
+        c.append((f"adjust amount {amount}", "admin", "AdjustBalance", ad(user_id=USER, amount_millicredits=amount, reason="r", lot=2, request_id="r"), a, IA, "INVALID_AMOUNT"))
+    for tid in ("", "abc", "-1", "0", "9" * 20, "\uff11\uff12", "1 OR 1=1", HUGE):  # \uff11: fullwidth digits
+        c.append((f"refund transaction_id {tid[:20]!r}", "usage", "RefundUsage", rf(transaction_id=tid, amount_millicredits=1, request_id="r"), a, IA, "INVALID_TRANSACTION_ID"))
+        c.append((f"reverse transaction_id {tid[:20]!r}", "admin", "ReverseTransaction", rt(transaction_id=tid, reason="r", request_id="r"), a, IA, "INVALID_TRANSACTION_ID"))
+    for flag in (0, 99, -1):
+        c.append((f"set flag {flag}", "admin", "SetAccountFlag", sf(user_id=USER, flag=flag, reason="r", request_id="r"), a, IA, "INVALID_ENUM"))
+        c.append((f"clear flag {flag}", "admin", "ClearAccountFlag", cf(user_id=USER, flag=flag, reason="r", request_id="r"), a, IA, "INVALID_ENUM"))
     c += [
         ("spend no request_id", "usage", "Spend", sp(amount_millicredits=1), u, IA, "MISSING_REQUEST_ID"),
         ("spend request_id 129", "usage", "Spend", sp(amount_millicredits=1, request_id="r" * 129), u, IA, "INVALID_REQUEST_ID"),
@@ -253,15 +283,72 @@ def field_cases() -> list[tuple[str, str, str, Any, tuple[str, str], grpc.Status
         ("refill no request_id", "refill", "ConfigureAutoRefill", refill_pb2.ConfigureAutoRefillRequest(), u, IA, "MISSING_REQUEST_ID"),
         ("refill get unicode", "refill", "GetAutoRefill", refill_pb2.GetAutoRefillRequest(user_id="ü"), u, IA, "INVALID_USER_ID"),
         ("setup link bad request_id", "refill", "CreateSetupLink", refill_pb2.CreateSetupLinkRequest(request_id="é"), u, IA, "INVALID_REQUEST_ID"),
+        # RefundUsage: never a user; a service only for its own charges.
+        ("refund by a user", "usage", "RefundUsage", rf(transaction_id=charge, amount_millicredits=1, request_id="r"), u, pd, "ROLE_REQUIRED"),
+        ("refund another's charge", "usage", "RefundUsage", rf(transaction_id=charge, amount_millicredits=1, request_id="r"), s, pd, "NOT_CHARGED_BY_CALLER"),
+        ("refund no request_id", "usage", "RefundUsage", rf(transaction_id=charge, amount_millicredits=1), a, IA, "MISSING_REQUEST_ID"),
+        ("refund bad request_id", "usage", "RefundUsage", rf(transaction_id=charge, amount_millicredits=1, request_id="é"), a, IA, "INVALID_REQUEST_ID"),
+        ("refund reason huge", "usage", "RefundUsage", rf(transaction_id=charge, amount_millicredits=1, reason=HUGE, request_id="r"), a, IA, "FIELD_TOO_LONG"),
+        ("refund unknown transaction", "usage", "RefundUsage", rf(transaction_id=str(I64_MAX), amount_millicredits=1, request_id="r"), a, grpc.StatusCode.NOT_FOUND, "TRANSACTION_NOT_FOUND"),
+        ("refund a grant", "usage", "RefundUsage", rf(transaction_id=grant, amount_millicredits=1, request_id="r"), a, fp, "NOT_REFUNDABLE"),
+        ("refund beyond the charge", "usage", "RefundUsage", rf(transaction_id=charge, amount_millicredits=10**15, request_id="r"), a, fp, "REFUND_EXCEEDS_CHARGE"),
+        # AdminService: admin tokens only, every field checked before any change.
+        ("adjust by a user", "admin", "AdjustBalance", ad(user_id=USER, amount_millicredits=1, reason="r", lot=2, request_id="r"), u, pd, "ROLE_REQUIRED"),
+        ("adjust by a service", "admin", "AdjustBalance", ad(user_id=USER, amount_millicredits=1, reason="r", lot=2, request_id="r"), s, pd, "ROLE_REQUIRED"),
+        ("adjust no request_id", "admin", "AdjustBalance", ad(user_id=USER, amount_millicredits=1, reason="r", lot=2), a, IA, "MISSING_REQUEST_ID"),
+        ("adjust request_id unicode", "admin", "AdjustBalance", ad(user_id=USER, amount_millicredits=1, reason="r", lot=2, request_id="réq"), a, IA, "INVALID_REQUEST_ID"),
+        ("adjust no reason", "admin", "AdjustBalance", ad(user_id=USER, amount_millicredits=1, lot=2, request_id="r"), a, IA, "REASON_REQUIRED"),
+        ("adjust blank reason", "admin", "AdjustBalance", ad(user_id=USER, amount_millicredits=1, reason="  ", lot=2, request_id="r"), a, IA, "REASON_REQUIRED"),
+        ("adjust reason huge", "admin", "AdjustBalance", ad(user_id=USER, amount_millicredits=1, reason=HUGE, lot=2, request_id="r"), a, IA, "FIELD_TOO_LONG"),
+        ("adjust no user", "admin", "AdjustBalance", ad(amount_millicredits=1, reason="r", lot=2, request_id="r"), a, IA, "INVALID_USER_ID"),
+        ("adjust user unicode", "admin", "AdjustBalance", ad(user_id="mällory", amount_millicredits=1, reason="r", lot=2, request_id="r"), a, IA, "INVALID_USER_ID"),
+        ("adjust lot unknown", "admin", "AdjustBalance", ad(user_id=USER, amount_millicredits=1, reason="r", lot=99, request_id="r"), a, IA, "INVALID_ENUM"),
+        ("adjust grant without lot", "admin", "AdjustBalance", ad(user_id=USER, amount_millicredits=1, reason="r", request_id="r"), a, IA, "INVALID_LOT"),
+        ("adjust grant into allowance", "admin", "AdjustBalance", ad(user_id=USER, amount_millicredits=1, reason="r", lot=1, request_id="r"), a, IA, "INVALID_LOT"),
+        ("adjust debit with lot", "admin", "AdjustBalance", ad(user_id=USER, amount_millicredits=-1, reason="r", lot=2, request_id="r"), a, IA, "INVALID_LOT"),
+        ("adjust purchased expiring", "admin", "AdjustBalance", ad(user_id=USER, amount_millicredits=1, reason="r", lot=3, expires_at=ts(4_000_000_000), request_id="r"), a, IA, "INVALID_EXPIRY"),
+        ("adjust expiry in the past", "admin", "AdjustBalance", ad(user_id=USER, amount_millicredits=1, reason="r", lot=2, expires_at=ts(1), request_id="r"), a, IA, "INVALID_EXPIRY"),
+        ("adjust grant allow_negative", "admin", "AdjustBalance", ad(user_id=USER, amount_millicredits=1, reason="r", lot=2, allow_negative=True, request_id="r"), a, IA, "INVALID_ARGUMENT"),
+        ("adjust debit beyond balance", "admin", "AdjustBalance", ad(user_id=USER, amount_millicredits=-(10**15), reason="r", request_id="r"), a, fp, "INSUFFICIENT_CREDITS"),
+        ("reverse by a service", "admin", "ReverseTransaction", rt(transaction_id=charge, reason="r", request_id="r"), s, pd, "ROLE_REQUIRED"),
+        ("reverse by a user", "admin", "ReverseTransaction", rt(transaction_id=charge, reason="r", request_id="r"), u, pd, "ROLE_REQUIRED"),
+        ("reverse no request_id", "admin", "ReverseTransaction", rt(transaction_id=charge, reason="r"), a, IA, "MISSING_REQUEST_ID"),
+        ("reverse no reason", "admin", "ReverseTransaction", rt(transaction_id=charge, request_id="r"), a, IA, "REASON_REQUIRED"),
+        ("reverse unknown transaction", "admin", "ReverseTransaction", rt(transaction_id=str(I64_MAX), reason="r", request_id="r"), a, grpc.StatusCode.NOT_FOUND, "TRANSACTION_NOT_FOUND"),
+        ("reverse a grant", "admin", "ReverseTransaction", rt(transaction_id=grant, reason="r", request_id="r"), a, fp, "NOT_REVERSIBLE"),
+        ("set flag by a service", "admin", "SetAccountFlag", sf(user_id=USER, flag=1, reason="r", request_id="r"), s, pd, "ROLE_REQUIRED"),
+        ("set flag no request_id", "admin", "SetAccountFlag", sf(user_id=USER, flag=1, reason="r"), a, IA, "MISSING_REQUEST_ID"),
+        ("set flag no reason", "admin", "SetAccountFlag", sf(user_id=USER, flag=1, request_id="r"), a, IA, "REASON_REQUIRED"),
+        ("set flag user huge", "admin", "SetAccountFlag", sf(user_id=HUGE, flag=1, reason="r", request_id="r"), a, IA, "INVALID_USER_ID"),
+        ("clear flag by a user", "admin", "ClearAccountFlag", cf(user_id=USER, flag=1, reason="r", request_id="r"), u, pd, "ROLE_REQUIRED"),
+        ("clear flag no request_id", "admin", "ClearAccountFlag", cf(user_id=USER, flag=1, reason="r"), a, IA, "MISSING_REQUEST_ID"),
+        ("clear flag not flagged", "admin", "ClearAccountFlag", cf(user_id=USER, flag=1, reason="r", request_id="r"), a, fp, "ACCOUNT_NOT_FLAGGED"),
+        ("list actions by a service", "admin", "ListAdminActions", la(), s, pd, "ROLE_REQUIRED"),
+        ("list actions page_size", "admin", "ListAdminActions", la(page_size=I32_MAX), a, IA, "INVALID_PAGE_SIZE"),
+        ("list actions page_token", "admin", "ListAdminActions", la(page_token="%%%garbage"), a, IA, "INVALID_PAGE_TOKEN"),
+        ("list actions user unicode", "admin", "ListAdminActions", la(user_id="ü"), a, IA, "INVALID_USER_ID"),
+        ("list actions actor huge", "admin", "ListAdminActions", la(actor=HUGE), a, IA, "FIELD_TOO_LONG"),
+        ("get account by a user", "admin", "GetAccount", ga(user_id=USER), u, pd, "ROLE_REQUIRED"),
+        ("get account by a service", "admin", "GetAccount", ga(user_id=USER), s, pd, "ROLE_REQUIRED"),
+        ("get account no user", "admin", "GetAccount", ga(), a, IA, "INVALID_USER_ID"),
+        ("get account user unicode", "admin", "GetAccount", ga(user_id="用户"), a, IA, "INVALID_USER_ID"),
+        ("get account unknown user", "admin", "GetAccount", ga(user_id="nobody"), a, grpc.StatusCode.NOT_FOUND, "ACCOUNT_NOT_FOUND"),
     ]
     return c
 
 
 async def test_bad_fields_every_rpc(hostile: Running) -> None:
-    cases = field_cases()
+    # victim's charge, made by another service; and an allowance grant (not reversible, not refundable).
+    charge = await hostile.s.usage.Spend(
+        usage_pb2.SpendRequest(user_id="victim", amount_millicredits=1_000, request_id="c"), metadata=auth("svc-other", "service"))
+    assert hostile.app is not None
+    async with hostile.app.db.reader.connect() as conn:
+        grant = (await conn.execute(select(transfers.c.id).where(transfers.c.kind == "allowance_grant").limit(1))).scalar_one()
+    cases = field_cases(charge.transaction.id, str(grant))
     covered = {m for _, _, m, *_ in cases} | {"CheckBalance", "ListTiers"}  # these take no fields
     assert covered == {m for _, m, _ in EVERY_RPC}, "an RPC has no hostile field cases"
     before = await snapshot(hostile)
+    audit_before = await _audit_count(hostile)
     for name, stub, method, req, (who, role), code, reason in cases:
         try:
             info = await expect_error(invoke(hostile, stub, method, req, auth(who, role)), code, reason)
@@ -269,6 +356,15 @@ async def test_bad_fields_every_rpc(hostile: Running) -> None:
             raise AssertionError(f"{name}: {exc}") from None
         assert info.reason and info.reason == info.reason.upper(), name
     assert await snapshot(hostile) == before
+    assert await _audit_count(hostile) == audit_before  # no admin change was recorded either
+
+
+async def _audit_count(server: Running) -> int:
+    from server.db.schema import admin_actions
+
+    assert server.app is not None
+    async with server.app.db.reader.connect() as conn:
+        return int((await conn.execute(select(func.count()).select_from(admin_actions))).scalar_one())
 
 
 async def test_metadata_oddities(hostile: Running) -> None:

@@ -18,6 +18,8 @@ BLOCKS = runbook_blocks()
 TASKS = [
     "tokens", "check-balance", "get-balance", "watch-balance", "spend", "spend-too-much", "award-credits",
     "list-transactions", "get-payment", "pause-auto-refill", "resume-auto-refill", "set-enterprise-tier",
+    "adjust-balance", "reverse-transaction", "refund-usage", "set-account-flag", "clear-account-flag", "get-account",
+    "list-admin-actions",
 ]
 
 
@@ -81,7 +83,7 @@ async def test_discovery_and_health(ops) -> None:  # type: ignore[no-untyped-def
     listed = await ops("list-services")
     assert listed.rc == 0, listed.err
     for svc in ("BalanceService", "UsageService", "HistoryService", "EarningsService", "TierService",
-                "PaymentsService", "RefillService"):
+                "PaymentsService", "RefillService", "AdminService"):
         assert f"flownexus.billing.v1.{svc}" in listed.out.split()
     described = await ops("describe")
     assert described.rc == 0 and "rpc Spend" in described.out
@@ -210,3 +212,41 @@ async def test_enterprise_tier_command(ops, server) -> None:  # type: ignore[no-
     assert tier["tier"] == "TIER_ENTERPRISE"
     assert tier["monthly_credits_millicredits"] == "50000000"
     refused(await ops("set-enterprise-tier", edit=("$ADMIN_TOKEN", "$TOKEN")), "PermissionDenied", "ROLE_REQUIRED")
+
+
+async def test_admin_commands(ops) -> None:  # type: ignore[no-untyped-def]
+    refused(await ops("get-account"), "NotFound", "ACCOUNT_NOT_FOUND")
+    charge = ok(await ops("spend"))["transaction"]
+    on_charge = ("\"123\"", f"\"{charge['id']}\"")
+    refund = ok(await ops("refund-usage", edit=on_charge))
+    assert refund["refunded_millicredits"] == "500" and refund["credits_millicredits"] == "99000"
+    assert refund["transaction"]["type"] == "TRANSACTION_TYPE_USAGE_REFUND"
+    assert ok(await ops("refund-usage", edit=on_charge)) == refund  # same request_id: refunded once
+    refused(await ops("refund-usage", edit=("$SERVICE_TOKEN", "$TOKEN")), "PermissionDenied", "ROLE_REQUIRED")
+
+    adjusted = ok(await ops("adjust-balance"))
+    assert adjusted["transaction"]["type"] == "TRANSACTION_TYPE_ADJUSTMENT"
+    assert adjusted["credits_millicredits"] == "109000" and adjusted["action_id"].startswith("adm_")
+    reversed_ = ok(await ops("reverse-transaction", edit=("\"123\"", f"\"{adjusted['transaction']['id']}\"")))
+    assert [t["type"] for t in reversed_["transactions"]] == ["TRANSACTION_TYPE_REVERSAL"]
+    assert reversed_["transactions"][0]["amount_millicredits"] == "-10000"
+    assert ok(await ops("reverse-transaction", edit=("\"123\"", f"\"{adjusted['transaction']['id']}\""))) == reversed_
+    rev = '"transaction_id": "123", "reason": "charged twice", "request_id": "runbook-reverse-1"'
+    refused(await ops("reverse-transaction", edit=(rev, rev.replace("123", refund["transaction"]["id"]).replace("-1", "-2"))),
+            "FailedPrecondition", "NOT_REVERSIBLE")  # a refund is never reversed
+
+    flagged = ok(await ops("set-account-flag"))
+    assert "suspected card fraud" in flagged["flagged_reason"]
+    account = ok(await ops("get-account"))
+    assert account["user_id"] == "alice" and account["credits_millicredits"] == "99000"
+    assert "suspected card fraud" in account["flagged_reason"] and account["tier"] == "TIER_FREE"
+    assert [lot["kind"] for lot in account["lots"]] == ["LOT_KIND_ALLOWANCE"]
+    assert account["auto_refill"]["state"] == "AUTO_REFILL_STATE_DISABLED"
+    refused(await ops("get-account", edit=("$ADMIN_TOKEN", "$TOKEN")), "PermissionDenied", "ROLE_REQUIRED")
+    assert ok(await ops("clear-account-flag"))["user_id"] == "alice"
+    assert "flagged_reason" not in ok(await ops("get-account"))  # empty is omitted
+
+    actions = ok(await ops("list-admin-actions"))["actions"]
+    # The test clock stands still: the four share one instant, so only the set is fixed.
+    assert sorted(a["action"] for a in actions) == ["AdjustBalance", "ClearAccountFlag", "ReverseTransaction", "SetAccountFlag"]
+    assert {a["actor"] for a in actions} == {"ops"}

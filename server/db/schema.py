@@ -68,11 +68,18 @@ transfers = Table(
     Column("debit_balance_after", BigInteger, nullable=False),
     Column("credit_balance_after", BigInteger, nullable=False),
     Column("created_at_us", BigInteger, nullable=False),
+    # The ledger's own record of the transfer (not shown to callers): the lots a
+    # wallet debit drew or a wallet credit filled ([kind, expiry, part] each),
+    # the principal that charged a Spend or Capture, the charge a revenue share was paid by.
+    Column("ledger", Text, nullable=False, server_default="{}"),
+    # A reversal or a usage refund: the id of the transfer it corrects.
+    Column("corrects", BigInteger, nullable=True),
     CheckConstraint("amount > 0", name="amount_positive"),
     CheckConstraint("debit_account <> credit_account", name="distinct_accounts"),
     # History reads one side at a time, newest first (keyset on id).
     Index("ix_transfers_debit_id", "debit_account", "id"),
     Index("ix_transfers_credit_id", "credit_account", "id"),
+    Index("ix_transfers_corrects", "corrects"),
 )
 
 # Balance buckets of a wallet, spent in order: allowance, earned, purchased.
@@ -281,3 +288,24 @@ refill_jobs = Table(
 
 
 # ---- reliability ------------------------------------------------------------
+
+
+# ---- admin ------------------------------------------------------------------
+
+# The audit trail of admin changes: written in the same ledger transaction as
+# the change itself (tx.rows(admin_actions)), so one never exists without the other.
+admin_actions = Table(
+    "admin_actions",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("actor", String(128), nullable=False),  # the admin token's subject
+    Column("action", String(64), nullable=False),  # the RPC: AdjustBalance, ReverseTransaction, ...
+    Column("user_id", String(128), nullable=False),
+    Column("reason", String(500), nullable=False, default=""),
+    Column("request_id", String(128), nullable=False, default=""),
+    Column("details", Text, nullable=False, default="{}"),  # JSON: the parameters
+    Column("transfer_ids", Text, nullable=False, default="[]"),  # JSON list of the resulting transfers
+    Column("created_at_us", BigInteger, nullable=False),
+    Index("ix_admin_actions_created", "created_at_us", "id"),
+    Index("ix_admin_actions_user", "user_id", "created_at_us"),
+)

@@ -77,6 +77,15 @@ def opaque_id(value: str, *, field: str, reason: str) -> str:
     return value
 
 
+def transaction_id(value: str, *, field: str = "transaction_id") -> int:
+    """A ledger transfer id (Transaction.id): a positive decimal int64."""
+    if not value or len(value) > 19 or not value.isascii() or not value.isdigit() or int(value) <= 0:
+        raise errors.InvalidArgument(
+            f"{field} is missing or malformed", reason="INVALID_TRANSACTION_ID", metadata={"field": field}
+        )
+    return int(value)
+
+
 def metadata(values: Any) -> dict[str, str]:
     if len(values) > 16:
         raise errors.InvalidArgument("at most 16 metadata entries", reason="INVALID_METADATA")

@@ -104,6 +104,16 @@ def allowance_expiry(user_id: str, expires_at_us: int, n: int) -> str:
     return encode("allowance-expiry", user_id, expires_at_us, n)
 
 
+def reversal(transfer_id: int) -> str:
+    """The one reversal of a transfer, whoever asks and with whatever request_id."""
+    return encode("reversal", transfer_id)
+
+
+def lot_expiry(user_id: str, kind: str, expires_at_us: int, n: int) -> str:
+    """The n-th expiry of a promotional (earned) lot with an expiry."""
+    return encode("lot-expiry", user_id, kind, expires_at_us, n)
+
+
 # The keys below are made of ids that this service or Stripe made (`pay_…`,
 # `rfa_…`, `in_…`, `dp_…`: letters, digits and `_`), so `word:id` is already
 # unambiguous, and it never equals a `word|…` key. They keep the form that

@@ -20,6 +20,8 @@ SYSTEM_EARNINGS = "system:earnings"
 SYSTEM_REVENUE = "system:platform_revenue"
 SYSTEM_REFUNDS = "system:refunds"
 SYSTEM_HOLDS = "system:holds"
+# The other side of admin adjustments (grants, debits) and of expired promotional lots.
+SYSTEM_ADJUSTMENTS = "system:adjustments"
 SYSTEM_ACCOUNTS = (
     SYSTEM_STRIPE,
     SYSTEM_ALLOWANCES,
@@ -27,6 +29,7 @@ SYSTEM_ACCOUNTS = (
     SYSTEM_REVENUE,
     SYSTEM_REFUNDS,
     SYSTEM_HOLDS,
+    SYSTEM_ADJUSTMENTS,
 )
 
 
@@ -49,6 +52,17 @@ class Kind(StrEnum):
     AUTO_REFILL = "auto_refill"
     REVENUE_SHARE = "revenue_share"
     ADJUSTMENT = "adjustment"
+    # The exact mirror of one earlier transfer (AdminService/ReverseTransaction).
+    REVERSAL = "reversal"
+    # All or part of a Spend or Capture given back (UsageService/RefundUsage).
+    USAGE_REFUND = "usage_refund"
+
+
+# What ReverseTransaction may reverse; anything else is refused (purchases are
+# refunded through Stripe; clawbacks and allowances follow their own events).
+REVERSIBLE_KINDS = frozenset({Kind.SPEND, Kind.HOLD_CAPTURE, Kind.AWARD, Kind.ADJUSTMENT, Kind.REVENUE_SHARE})
+# What RefundUsage may refund.
+REFUNDABLE_KINDS = frozenset({Kind.SPEND, Kind.HOLD_CAPTURE})
 
 
 # Cached wallet totals are derived from these kinds (and `verify` recomputes them).

@@ -11,7 +11,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 from sqlalchemy import func, select
 
 from server.db.schema import transfers
-from server.ledger import keys
+from server.ledger import corrections, keys
 from server.ledger.model import (
     SPEND_ORDER,
     SYSTEM_EARNINGS,
@@ -157,7 +157,9 @@ class RevenueShare:
         return amount * self.percent // 100
 
 
-async def _pay_publisher(tx: LedgerTx, share: RevenueShare | None, amount: int, key: str, category: str) -> None:
+async def _pay_publisher(
+    tx: LedgerTx, share: RevenueShare | None, amount: int, key: str, category: str, charge_id: int
+) -> None:
     if share is None:
         return
     part = share.share_of(amount)
@@ -174,6 +176,7 @@ async def _pay_publisher(tx: LedgerTx, share: RevenueShare | None, amount: int, 
         category=category,
         ref=share.app_id,
         lot_kind=LotKind.EARNED,
+        ledger={"paid_by": charge_id},
     )
 
 
@@ -187,6 +190,8 @@ class Spend(Op[SpendResult]):
     metadata: dict[str, str] = field(default_factory=dict)
     share: RevenueShare | None = None
     idempotency: Idempotency | None = None
+    # The principal's scope (role/subject): who may refund this charge (RefundUsage).
+    charged_by: str = ""
 
     def account_ids(self) -> set[str]:
         ids = {wallet_id(self.user_id), SYSTEM_REVENUE}
@@ -210,8 +215,9 @@ class Spend(Op[SpendResult]):
             category=self.category,
             ref=self.share.app_id if self.share else "",
             metadata=meta,
+            ledger={"by": self.charged_by} if self.charged_by else None,
         )
-        await _pay_publisher(tx, self.share, self.amount, key, self.category)
+        await _pay_publisher(tx, self.share, self.amount, key, self.category, row["id"])
         return SpendResult(TransferView.of(row, wallet["id"]), wallet["balance"])
 
 
@@ -314,6 +320,7 @@ class Capture(Op[HoldResult]):
     # A user token may only capture its own holds.
     owner: str | None = None
     idempotency: Idempotency | None = None
+    charged_by: str = ""
 
     def hold_ids(self) -> set[str]:
         return {self.hold_id}
@@ -358,8 +365,9 @@ class Capture(Op[HoldResult]):
                 ref=hold["id"],
                 allow_negative=True,
                 from_lots=held_lots,
+                ledger={"by": self.charged_by} if self.charged_by else None,
             )
-            await _pay_publisher(tx, self.share, self.amount, key, hold["category"])
+            await _pay_publisher(tx, self.share, self.amount, key, hold["category"], row["id"])
         await tx.roll_over(hold["user_id"])
         return HoldResult(hold_view(hold), wallet["balance"], TransferView.of(row, wallet["id"]) if row else None)
 
@@ -522,3 +530,34 @@ class Call(Op[Any]):
 
     async def apply(self, tx: LedgerTx) -> Any:
         return await self.fn(tx)
+
+
+@dataclass
+class RefundResult:
+    transaction: TransferView
+    credits: int
+    refunded: int
+
+
+@dataclass
+class RefundUsage(Op[RefundResult]):
+    """All or part of a Spend or Capture given back (server/ledger/corrections.py).
+    Alone in its batch: it reads the charge and its earlier refunds under the wallet's lock."""
+
+    result_type = RefundResult
+    exclusive = True
+    transfer_id: int
+    amount: int
+    reason: str
+    window_us: int
+    # role/subject of the caller, who must have made the charge; None: an admin.
+    caller: str | None
+    idempotency: Idempotency | None = None
+
+    async def apply(self, tx: LedgerTx) -> RefundResult:
+        row, total = await corrections.refund(
+            tx, self.transfer_id, self.amount, key=_request_key(self.idempotency, "refund"), reason=self.reason,
+            caller=self.caller, window_us=self.window_us,
+        )
+        wallet = tx.accounts[row["credit_account"]]
+        return RefundResult(TransferView.of(row, wallet["id"]), wallet["balance"], total)

@@ -25,6 +25,7 @@ from server.ledger.model import (
     SPEND_ORDER,
     SPENT_KINDS,
     SYSTEM_ACCOUNTS,
+    SYSTEM_ADJUSTMENTS,
     SYSTEM_ALLOWANCES,
     BalanceEvent,
     Kind,
@@ -292,6 +293,22 @@ class LedgerTx:
                     lot_expiry=lot["expires_at_us"],
                     allow_negative=True,
                 )
+            elif lot["kind"] == LotKind.EARNED and 0 < lot["expires_at_us"] <= self.now_us and lot["remaining"] > 0:
+                # Promotional credits an admin granted with an expiry (AdjustBalance).
+                n = 1
+                while not await self.key_unused(key := keys.lot_expiry(user_id, lot["kind"], lot["expires_at_us"], n)):
+                    n += 1
+                await self.transfer(
+                    wid,
+                    SYSTEM_ADJUSTMENTS,
+                    lot["remaining"],
+                    kind=Kind.ALLOWANCE_EXPIRY,
+                    key=key,
+                    description="Promotional credits expired",
+                    lot_order=(LotKind.EARNED,),
+                    lot_expiry=lot["expires_at_us"],
+                    allow_negative=True,
+                )
         user = self.users.get(user_id)
         if user is None or user["period_end_us"] > self.now_us:
             return
@@ -358,6 +375,8 @@ class LedgerTx:
         lot_kind: LotKind | None = None,
         restore_lots: list[list[Any]] | None = None,
         from_lots: list[list[Any]] | None = None,
+        ledger: dict[str, Any] | None = None,
+        corrects: int | None = None,
     ) -> Row:
         if amount <= 0:
             raise errors.InvalidAmount("amount must be positive")
@@ -379,11 +398,15 @@ class LedgerTx:
                         "shortfall_millicredits": amount - max(available, 0),
                     },
                 )
-            self._consume_lots(debit, amount, lot_order, lot_expiry, from_lots)
         if credit["balance"] > INT64_MAX - amount:
             raise errors.InvalidAmount("amount would overflow the balance")
+        # The ledger's record: which lots this transfer drew and filled, so that
+        # a reversal or a refund puts credits back exactly where they came from.
+        record: dict[str, Any] = dict(ledger) if ledger else {}
+        if debit["kind"] == "wallet":
+            record["drawn"] = self._consume_lots(debit, amount, lot_order, lot_expiry, from_lots)
         if credit["kind"] == "wallet":
-            self._fill_lots(credit, amount, lot_kind or LotKind.PURCHASED, lot_expiry or 0, restore_lots)
+            record["filled"] = self._fill_lots(credit, amount, lot_kind or LotKind.PURCHASED, lot_expiry or 0, restore_lots)
         self._set(debit, "balance", debit["balance"] - amount)
         self._set(credit, "balance", credit["balance"] + amount)
         for acct in (debit, credit):
@@ -408,6 +431,8 @@ class LedgerTx:
             "debit_balance_after": debit["balance"],
             "credit_balance_after": credit["balance"],
             "created_at_us": self.now_us,
+            "ledger": json.dumps(record, sort_keys=True, separators=(",", ":")),
+            "corrects": corrects,
         }
         self._append(self.new_transfers, row)
         self._add(self._batch_keys, key)
@@ -488,9 +513,10 @@ class LedgerTx:
 
     def _fill_lots(
         self, wallet: Row, amount: int, kind: LotKind, expiry: int, restore: list[list[Any]] | None
-    ) -> None:
+    ) -> list[list[Any]]:
         # A debt (negative balance) is repaid first; only the rest becomes spendable lots.
         give = max(wallet["balance"] + amount, 0) - max(wallet["balance"], 0)
+        filled: list[list[Any]] = []
         for lot_kind, lot_expiry, part in restore or [[kind, expiry, give]]:
             part = min(part, give)
             if part <= 0:
@@ -499,12 +525,15 @@ class LedgerTx:
             self._set(lot, "remaining", lot["remaining"] + part)
             self._set(lot, "granted", lot["granted"] + part)
             self._touch_lot(lot)
+            filled.append([lot["kind"], lot["expires_at_us"], part])
             give -= part
         if give > 0:  # restored lots were smaller than the amount: the rest is purchased-like
             lot = self._lot(wallet["id"], kind, expiry)
             self._set(lot, "remaining", lot["remaining"] + give)
             self._set(lot, "granted", lot["granted"] + give)
             self._touch_lot(lot)
+            filled.append([lot["kind"], lot["expires_at_us"], give])
+        return filled
 
     def _touch_lot(self, lot: Row) -> None:
         if lot["id"] is not None:

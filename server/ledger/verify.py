@@ -10,10 +10,20 @@ from dataclasses import dataclass, field
 from sqlalchemy import func, inspect, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from server.db.schema import accounts, holds, lots, transfers
-from server.ledger.model import EARNED_KINDS, SPENT_KINDS, SYSTEM_HOLDS, Kind
+from server.db.schema import accounts, admin_actions, holds, lots, transfers
+from server.ledger import keys
+from server.ledger.model import (
+    EARNED_KINDS,
+    REFUNDABLE_KINDS,
+    REVERSIBLE_KINDS,
+    SPENT_KINDS,
+    SYSTEM_HOLDS,
+    Kind,
+)
 
-CLAWBACK_KINDS = (str(Kind.REFUND_CLAWBACK), str(Kind.DISPUTE_CLAWBACK))
+# Debits that may leave a wallet below zero (a reversal of credits already
+# spent, an adjustment made with allow_negative).
+CLAWBACK_KINDS = (str(Kind.REFUND_CLAWBACK), str(Kind.DISPUTE_CLAWBACK), str(Kind.REVERSAL), str(Kind.ADJUSTMENT))
 
 
 @dataclass
@@ -122,7 +132,58 @@ async def _verify(conn: AsyncConnection) -> Report:
         r.problems.append(f"{SYSTEM_HOLDS}: balance {sums.get(SYSTEM_HOLDS, 0)} != active holds {active_total}")
 
     await _verify_payments(conn, r)
+    await _verify_corrections(conn, r)
     return r
+
+
+async def _verify_corrections(conn: AsyncConnection, r: Report) -> None:
+    """Every reversal mirrors exactly one reversible transfer (at most once);
+    refunds never exceed their charge; every admin change has its audit row."""
+    t = transfers
+    cols = (t.c.id, t.c.key, t.c.kind, t.c.debit_account, t.c.credit_account, t.c.amount, t.c.corrects)
+    kinds = (str(Kind.REVERSAL), str(Kind.USAGE_REFUND))
+    fixes = (await conn.execute(select(*cols).where(t.c.kind.in_(kinds)))).mappings().all()
+    targets = {x["corrects"] for x in fixes if x["corrects"] is not None}
+    originals = {
+        x["id"]: x for x in (await conn.execute(select(*cols).where(t.c.id.in_(targets)))).mappings().all()
+    } if targets else {}
+    refunded: dict[int, int] = defaultdict(int)
+    reversed_ids: set[int] = set()
+    for x in fixes:
+        orig = originals.get(x["corrects"]) if x["corrects"] is not None else None
+        if orig is None:
+            r.problems.append(f"{x['kind']} #{x['id']} corrects no transfer")
+            continue
+        mirrored = x["debit_account"] == orig["credit_account"] and x["credit_account"] == orig["debit_account"]
+        if x["kind"] == Kind.REVERSAL:
+            reversed_ids.add(orig["id"])
+            if orig["kind"] not in REVERSIBLE_KINDS:
+                r.problems.append(f"reversal #{x['id']} reverses a {orig['kind']} transfer #{orig['id']}")
+            if not mirrored or x["amount"] != orig["amount"] or x["key"] != keys.reversal(orig["id"]):
+                r.problems.append(f"reversal #{x['id']} does not mirror #{orig['id']} exactly")
+        else:
+            refunded[orig["id"]] += x["amount"]
+            if orig["kind"] not in REFUNDABLE_KINDS or not mirrored:
+                r.problems.append(f"refund #{x['id']} does not refund a charge (#{orig['id']}, {orig['kind']})")
+    for cid, total in refunded.items():
+        if total > originals[cid]["amount"]:
+            r.problems.append(f"charge #{cid}: refunds {total} exceed the charge {originals[cid]['amount']}")
+        if cid in reversed_ids:
+            r.problems.append(f"charge #{cid} is both refunded and reversed")
+    r.checked["corrections"] = len(fixes)
+
+    if not await conn.run_sync(lambda c: inspect(c).has_table("admin_actions")):
+        return
+    audited: set[int] = set()
+    for (ids,) in (await conn.execute(select(admin_actions.c.transfer_ids))).all():
+        audited.update(int(i) for i in json.loads(ids))
+    admin_made = (await conn.execute(
+        select(t.c.id).where(t.c.kind.in_((str(Kind.ADJUSTMENT), str(Kind.REVERSAL))))
+    )).scalars().all()
+    for tid in admin_made:
+        if tid not in audited:
+            r.problems.append(f"admin transfer #{tid} has no audit row")
+    r.checked["admin_actions"] = len(audited)
 
 
 async def _verify_payments(conn: AsyncConnection, r: Report) -> None:

@@ -121,6 +121,12 @@ async def _follow_account_flag(tx: LedgerTx, user: str) -> None:
         log.info("auto-refill resumed after a won dispute", extra={"user_id": user})
 
 
+async def follow_account_flag(tx: LedgerTx, user: str) -> None:
+    """The refill side of an account flag set or cleared by an admin
+    (server/admin/service.py): the same rule as a dispute opened or won."""
+    await _follow_account_flag(tx, user)
+
+
 async def _saved_card(tx: LedgerTx, user: str, *, payment_method_id: str = "", setup_intent_id: str = "") -> None:
     """A card the user just saved or paid with: remember it, and resume a
     refill paused for card trouble (the user fixed the method), unless a

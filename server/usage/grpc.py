@@ -72,6 +72,21 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
         )
         return usage_pb2.ReleaseResponse(hold=convert.hold(result.hold), credits_millicredits=result.credits)
 
+    async def RefundUsage(self, request: usage_pb2.RefundUsageRequest, context: Ctx) -> usage_pb2.RefundUsageResponse:
+        result = await self.usage.refund(
+            principal(),
+            transaction_id=validation.transaction_id(request.transaction_id),
+            amount=validation.amount(request.amount_millicredits),
+            reason=validation.text(request.reason, field="reason"),
+            request_id=validation.request_id(request.request_id),
+            fingerprint=validation.fingerprint("RefundUsage", request),
+        )
+        return usage_pb2.RefundUsageResponse(
+            transaction=convert.transaction(result.transaction),
+            credits_millicredits=result.credits,
+            refunded_millicredits=result.refunded,
+        )
+
 
 def register(reg: Registry, service: UsageService) -> None:
     reg.servicer(usage_pb2_grpc.add_UsageServiceServicer_to_server, UsageServicer(service))

@@ -7,6 +7,8 @@ from server.ledger.ops import (
     Capture,
     HoldResult,
     Idempotency,
+    RefundResult,
+    RefundUsage,
     Release,
     Reserve,
     RevenueShare,
@@ -16,7 +18,7 @@ from server.ledger.ops import (
 from server.ledger.repository import LedgerReader
 from server.ledger.writer import LedgerWriter
 from server.platform import errors
-from server.platform.auth import Principal
+from server.platform.auth import Principal, Role
 from server.platform.config import Settings
 
 
@@ -60,6 +62,7 @@ class UsageService:
             metadata=metadata,
             share=self._share(user, app_id, publisher_user_id),
             idempotency=Idempotency.of_request(principal, "Spend", request_id, fingerprint),
+            charged_by=principal.scope,
         )
         result: SpendResult = await self.writer.submit(op)
         return result
@@ -116,6 +119,7 @@ class UsageService:
             share=self._share(hold["user_id"], app_id, publisher_user_id),
             owner=owner,
             idempotency=Idempotency.of_request(principal, "Capture", request_id, fingerprint),
+            charged_by=principal.scope,
         )
         result: HoldResult = await self.writer.submit(op)
         return result
@@ -124,4 +128,20 @@ class UsageService:
         owner = None if principal.privileged else principal.subject
         op = Release(hold_id=hold_id, owner=owner, idempotency=Idempotency.of_request(principal, "Release", request_id, fingerprint))
         result: HoldResult = await self.writer.submit(op)
+        return result
+
+    async def refund(
+        self, principal: Principal, *, transaction_id: int, amount: int, reason: str, request_id: str, fingerprint: str
+    ) -> RefundResult:
+        """Service principals refund their own charges; admins any charge."""
+        principal.require(Role.SERVICE, Role.ADMIN, what="RefundUsage")
+        op = RefundUsage(
+            transfer_id=transaction_id,
+            amount=amount,
+            reason=reason,
+            window_us=self.settings.refund_window_days * 86_400_000_000,
+            caller=None if principal.role == Role.ADMIN else principal.scope,
+            idempotency=Idempotency.of_request(principal, "RefundUsage", request_id, fingerprint),
+        )
+        result: RefundResult = await self.writer.submit(op)
         return result

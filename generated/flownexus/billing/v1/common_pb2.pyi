@@ -34,6 +34,8 @@ class TransactionType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     TRANSACTION_TYPE_AUTO_REFILL: _ClassVar[TransactionType]
     TRANSACTION_TYPE_REVENUE_SHARE: _ClassVar[TransactionType]
     TRANSACTION_TYPE_ADJUSTMENT: _ClassVar[TransactionType]
+    TRANSACTION_TYPE_REVERSAL: _ClassVar[TransactionType]
+    TRANSACTION_TYPE_USAGE_REFUND: _ClassVar[TransactionType]
 
 class EarningSource(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -67,6 +69,8 @@ TRANSACTION_TYPE_DISPUTE_RESTORE: TransactionType
 TRANSACTION_TYPE_AUTO_REFILL: TransactionType
 TRANSACTION_TYPE_REVENUE_SHARE: TransactionType
 TRANSACTION_TYPE_ADJUSTMENT: TransactionType
+TRANSACTION_TYPE_REVERSAL: TransactionType
+TRANSACTION_TYPE_USAGE_REFUND: TransactionType
 EARNING_SOURCE_UNSPECIFIED: EarningSource
 EARNING_SOURCE_CHALLENGE: EarningSource
 EARNING_SOURCE_APP_USAGE: EarningSource

@@ -143,3 +143,25 @@ class ReleaseResponse(_message.Message):
     hold: Hold
     credits_millicredits: int
     def __init__(self, hold: _Optional[_Union[Hold, _Mapping]] = ..., credits_millicredits: _Optional[int] = ...) -> None: ...
+
+class RefundUsageRequest(_message.Message):
+    __slots__ = ("transaction_id", "amount_millicredits", "reason", "request_id")
+    TRANSACTION_ID_FIELD_NUMBER: _ClassVar[int]
+    AMOUNT_MILLICREDITS_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    transaction_id: str
+    amount_millicredits: int
+    reason: str
+    request_id: str
+    def __init__(self, transaction_id: _Optional[str] = ..., amount_millicredits: _Optional[int] = ..., reason: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class RefundUsageResponse(_message.Message):
+    __slots__ = ("transaction", "credits_millicredits", "refunded_millicredits")
+    TRANSACTION_FIELD_NUMBER: _ClassVar[int]
+    CREDITS_MILLICREDITS_FIELD_NUMBER: _ClassVar[int]
+    REFUNDED_MILLICREDITS_FIELD_NUMBER: _ClassVar[int]
+    transaction: _common_pb2.Transaction
+    credits_millicredits: int
+    refunded_millicredits: int
+    def __init__(self, transaction: _Optional[_Union[_common_pb2.Transaction, _Mapping]] = ..., credits_millicredits: _Optional[int] = ..., refunded_millicredits: _Optional[int] = ...) -> None: ...

@@ -56,6 +56,11 @@ class UsageServiceStub:
                 request_serializer=flownexus_dot_billing_dot_v1_dot_usage__pb2.ReleaseRequest.SerializeToString,
                 response_deserializer=flownexus_dot_billing_dot_v1_dot_usage__pb2.ReleaseResponse.FromString,
                 _registered_method=True)
+        self.RefundUsage = channel.unary_unary(
+                '/flownexus.billing.v1.UsageService/RefundUsage',
+                request_serializer=flownexus_dot_billing_dot_v1_dot_usage__pb2.RefundUsageRequest.SerializeToString,
+                response_deserializer=flownexus_dot_billing_dot_v1_dot_usage__pb2.RefundUsageResponse.FromString,
+                _registered_method=True)
 
 
 class UsageServiceServicer:
@@ -91,6 +96,15 @@ class UsageServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RefundUsage(self, request, context):
+        """Give back all or part of a Spend or Capture, into the lots it came from:
+        the principal that made the charge (or an admin), within
+        BILLING_REFUND_WINDOW_DAYS; the refunds of a charge never exceed it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_UsageServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -113,6 +127,11 @@ def add_UsageServiceServicer_to_server(servicer, server):
                     servicer.Release,
                     request_deserializer=flownexus_dot_billing_dot_v1_dot_usage__pb2.ReleaseRequest.FromString,
                     response_serializer=flownexus_dot_billing_dot_v1_dot_usage__pb2.ReleaseResponse.SerializeToString,
+            ),
+            'RefundUsage': grpc.unary_unary_rpc_method_handler(
+                    servicer.RefundUsage,
+                    request_deserializer=flownexus_dot_billing_dot_v1_dot_usage__pb2.RefundUsageRequest.FromString,
+                    response_serializer=flownexus_dot_billing_dot_v1_dot_usage__pb2.RefundUsageResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -225,6 +244,33 @@ class UsageService:
             '/flownexus.billing.v1.UsageService/Release',
             flownexus_dot_billing_dot_v1_dot_usage__pb2.ReleaseRequest.SerializeToString,
             flownexus_dot_billing_dot_v1_dot_usage__pb2.ReleaseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RefundUsage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flownexus.billing.v1.UsageService/RefundUsage',
+            flownexus_dot_billing_dot_v1_dot_usage__pb2.RefundUsageRequest.SerializeToString,
+            flownexus_dot_billing_dot_v1_dot_usage__pb2.RefundUsageResponse.FromString,
             options,
             channel_credentials,
             insecure,

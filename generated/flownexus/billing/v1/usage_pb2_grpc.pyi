@@ -43,6 +43,11 @@ class UsageServiceStub:
     """Charge at most the reserved amount; the rest is released."""
     Release: _grpc.UnaryUnaryMultiCallable[_usage_pb2.ReleaseRequest, _usage_pb2.ReleaseResponse]
     """Give a hold back in full."""
+    RefundUsage: _grpc.UnaryUnaryMultiCallable[_usage_pb2.RefundUsageRequest, _usage_pb2.RefundUsageResponse]
+    """Give back all or part of a Spend or Capture, into the lots it came from:
+    the principal that made the charge (or an admin), within
+    BILLING_REFUND_WINDOW_DAYS; the refunds of a charge never exceed it.
+    """
 
 @_typing.type_check_only
 class UsageServiceAsyncStub(UsageServiceStub):
@@ -59,6 +64,11 @@ class UsageServiceAsyncStub(UsageServiceStub):
     """Charge at most the reserved amount; the rest is released."""
     Release: _aio.UnaryUnaryMultiCallable[_usage_pb2.ReleaseRequest, _usage_pb2.ReleaseResponse]  # type: ignore[assignment]
     """Give a hold back in full."""
+    RefundUsage: _aio.UnaryUnaryMultiCallable[_usage_pb2.RefundUsageRequest, _usage_pb2.RefundUsageResponse]  # type: ignore[assignment]
+    """Give back all or part of a Spend or Capture, into the lots it came from:
+    the principal that made the charge (or an admin), within
+    BILLING_REFUND_WINDOW_DAYS; the refunds of a charge never exceed it.
+    """
 
 class UsageServiceServicer(metaclass=_abc_1.ABCMeta):
     """Recording usage: what makes INSUFFICIENT_CREDITS real. A user token may
@@ -96,5 +106,16 @@ class UsageServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_usage_pb2.ReleaseResponse, _abc.Awaitable[_usage_pb2.ReleaseResponse]]:
         """Give a hold back in full."""
+
+    @_abc_1.abstractmethod
+    def RefundUsage(
+        self,
+        request: _usage_pb2.RefundUsageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_usage_pb2.RefundUsageResponse, _abc.Awaitable[_usage_pb2.RefundUsageResponse]]:
+        """Give back all or part of a Spend or Capture, into the lots it came from:
+        the principal that made the charge (or an admin), within
+        BILLING_REFUND_WINDOW_DAYS; the refunds of a charge never exceed it.
+        """
 
 def add_UsageServiceServicer_to_server(servicer: UsageServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

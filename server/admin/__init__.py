@@ -1,0 +1,1 @@
+"""Admin: operator tools (adjustments, reversals, account flags) and their audit trail."""

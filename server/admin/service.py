@@ -1,0 +1,179 @@
+"""Admin rules: admin tokens only; every change and its audit row are one
+ledger operation, so they commit together or not at all."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from server.admin.models import AccountView, Action, AdminActionView, AdminResult
+from server.admin.repository import AdminRepository
+from server.db.schema import admin_actions
+from server.ledger import corrections
+from server.ledger.model import LotKind, TransferView, from_json, to_json, wallet_id
+from server.ledger.ops import Idempotency, Op
+from server.ledger.tx import LedgerTx, Row
+from server.ledger.writer import LedgerWriter
+from server.platform import errors
+from server.platform.auth import Principal, Role
+
+# What another domain does when an account's flag changes (refill: pause or resume).
+FlagHook = Callable[[LedgerTx, str], Awaitable[None]]
+# The refill domain's own view of a user's auto-refill (RefillService.view), read outside batches.
+RefillView = Callable[[str], Awaitable[Any]]
+
+
+@dataclass
+class AdminChange(Op[AdminResult]):
+    """One admin change, alone in its batch: `change(tx)` makes it and returns
+    (user_id, transfers, flagged_reason); the audit row is staged in the same
+    transaction (tx.rows(admin_actions))."""
+
+    result_type = AdminResult
+    exclusive = True
+    actor: str
+    action: Action
+    reason: str
+    request_id: str
+    details: dict[str, Any]
+    change: Callable[[LedgerTx], Awaitable[tuple[str, list[Row], str]]]
+    idempotency: Idempotency | None = None
+    accounts: set[str] = field(default_factory=set)
+
+    def account_ids(self) -> set[str]:
+        return self.accounts
+
+    def decode(self, data: bytes) -> AdminResult:
+        result = from_json(AdminResult, data)
+        result.transactions = [from_json(TransferView, to_json(t)) for t in result.transactions]
+        return result
+
+    async def apply(self, tx: LedgerTx) -> AdminResult:
+        user_id, rows, flagged = await self.change(tx)
+        action_id = f"adm_{uuid.uuid4().hex}"
+        tx.rows(admin_actions).insert({
+            "id": action_id,
+            "actor": self.actor,
+            "action": str(self.action),
+            "user_id": user_id,
+            "reason": self.reason,
+            "request_id": self.request_id,
+            "details": json.dumps(self.details, sort_keys=True),
+            "transfer_ids": json.dumps([r["id"] for r in rows]),
+            "created_at_us": tx.now_us,
+        })
+        views = []
+        for r in rows:
+            side = r["credit_account"] if r["credit_account"].startswith("wallet:") else r["debit_account"]
+            views.append(TransferView.of(r, side))
+        credits = tx.accounts[wallet_id(user_id)]["balance"] if wallet_id(user_id) in tx.accounts else 0
+        return AdminResult(action_id, user_id, views, credits, flagged)
+
+
+class AdminService:
+    def __init__(self, writer: LedgerWriter, repo: AdminRepository, on_flag_changed: FlagHook,
+                 refill_view: RefillView) -> None:
+        self.writer = writer
+        self.repo = repo
+        self.on_flag_changed = on_flag_changed
+        self.refill_view = refill_view
+
+    async def _submit(self, p: Principal, action: Action, request_id: str, fingerprint: str, reason: str,
+                      details: dict[str, Any], change: Any, accounts: set[str] | None = None) -> AdminResult:
+        op = AdminChange(
+            actor=p.subject, action=action, reason=reason, request_id=request_id, details=details, change=change,
+            idempotency=Idempotency.of_request(p, str(action), request_id, fingerprint), accounts=accounts or set(),
+        )
+        result: AdminResult = await self.writer.submit(op)
+        return result
+
+    async def adjust(
+        self, p: Principal, *, user_id: str, amount: int, reason: str, lot: LotKind | None, expires_at_us: int,
+        allow_negative: bool, request_id: str, fingerprint: str,
+    ) -> AdminResult:
+        p.require(Role.ADMIN, what="AdjustBalance")
+        if amount == 0:
+            raise errors.InvalidAmount("amount must not be zero")
+        if amount > 0:
+            if lot not in (LotKind.EARNED, LotKind.PURCHASED):
+                raise errors.InvalidArgument("a grant goes into LOT_KIND_EARNED or LOT_KIND_PURCHASED", reason="INVALID_LOT")
+            if expires_at_us and lot != LotKind.EARNED:
+                raise errors.InvalidArgument("only promotional (earned) credits expire", reason="INVALID_EXPIRY")
+            if allow_negative:
+                raise errors.InvalidArgument("allow_negative is for debits", reason="INVALID_ARGUMENT")
+        elif lot is not None or expires_at_us:
+            raise errors.InvalidArgument("a debit follows the spend order: no lot or expiry", reason="INVALID_LOT")
+
+        async def change(tx: LedgerTx) -> tuple[str, list[Row], str]:
+            if expires_at_us and expires_at_us <= tx.now_us:
+                raise errors.InvalidArgument("expires_at must be in the future", reason="INVALID_EXPIRY")
+            key = Idempotency.of_request(p, str(Action.ADJUST_BALANCE), request_id, fingerprint).transfer_key
+            row = await corrections.adjust(
+                tx, user_id, amount, key=key, reason=reason, lot=lot or LotKind.PURCHASED,
+                expires_at_us=expires_at_us, allow_negative=allow_negative,
+            )
+            return user_id, [row], ""
+
+        details = {"amount_millicredits": amount, "lot": str(lot or ""), "expires_at_us": expires_at_us,
+                   "allow_negative": allow_negative}
+        return await self._submit(p, Action.ADJUST_BALANCE, request_id, fingerprint, reason, details, change,
+                                  {wallet_id(user_id)})
+
+    async def reverse(self, p: Principal, *, transaction_id: int, reason: str, request_id: str, fingerprint: str) -> AdminResult:
+        p.require(Role.ADMIN, what="ReverseTransaction")
+
+        async def change(tx: LedgerTx) -> tuple[str, list[Row], str]:
+            rows = await corrections.reverse(tx, transaction_id, reason)
+            first = rows[0]
+            user = corrections.wallet_user(first["credit_account"]) or corrections.wallet_user(first["debit_account"])
+            return user or "", rows, ""
+
+        return await self._submit(p, Action.REVERSE_TRANSACTION, request_id, fingerprint, reason,
+                                  {"transaction_id": str(transaction_id)}, change)
+
+    async def set_flag(self, p: Principal, *, user_id: str, reason: str, request_id: str, fingerprint: str) -> AdminResult:
+        p.require(Role.ADMIN, what="SetAccountFlag")
+
+        async def change(tx: LedgerTx) -> tuple[str, list[Row], str]:
+            await tx.wallet(user_id)
+            flagged = f"admin {p.subject}: {reason}"[:200]
+            tx.set_user(user_id, flagged_reason=flagged)
+            await self.on_flag_changed(tx, user_id)
+            return user_id, [], flagged
+
+        return await self._submit(p, Action.SET_ACCOUNT_FLAG, request_id, fingerprint, reason,
+                                  {"flag": "disputed"}, change, {wallet_id(user_id)})
+
+    async def clear_flag(self, p: Principal, *, user_id: str, reason: str, request_id: str, fingerprint: str) -> AdminResult:
+        p.require(Role.ADMIN, what="ClearAccountFlag")
+
+        async def change(tx: LedgerTx) -> tuple[str, list[Row], str]:
+            await tx.wallet(user_id)
+            if not tx.user(user_id)["flagged_reason"]:
+                raise errors.FailedPrecondition("the account is not flagged", reason="ACCOUNT_NOT_FLAGGED")
+            tx.set_user(user_id, flagged_reason=None)
+            # Exactly as a won dispute: a refill paused for the flag resumes.
+            await self.on_flag_changed(tx, user_id)
+            return user_id, [], ""
+
+        return await self._submit(p, Action.CLEAR_ACCOUNT_FLAG, request_id, fingerprint, reason,
+                                  {"flag": "disputed"}, change, {wallet_id(user_id)})
+
+    async def actions(
+        self, p: Principal, *, user_id: str, action: str, actor: str, before: tuple[int, str] | None, limit: int
+    ) -> list[AdminActionView]:
+        p.require(Role.ADMIN, what="ListAdminActions")
+        return await self.repo.actions(user_id=user_id, action=action, actor=actor, before=before, limit=limit)
+
+    async def account(self, p: Principal, user_id: str) -> tuple[AccountView, Any]:
+        """GetAccount: the account's rows and its auto-refill view, read on the
+        read engine (never through the writer: an unknown user is NOT_FOUND,
+        not a new wallet)."""
+        p.require(Role.ADMIN, what="GetAccount")
+        view = await self.repo.account(user_id)
+        if view is None:
+            raise errors.NotFound(f"no account for user {user_id}", reason="ACCOUNT_NOT_FOUND")
+        return view, await self.refill_view(user_id)
