@@ -13,6 +13,7 @@ from pathlib import Path
 import grpc
 import pytest
 from flownexus.billing.v1 import (
+    admin_pb2,
     balance_pb2,
     earnings_pb2,
     history_pb2,
@@ -172,7 +173,7 @@ def test_service_config_covers_every_method_and_retries_only_safe_ones() -> None
     assert config == service_config()
     methods = {
         f"{s.full_name}/{m.name}": m
-        for mod in (balance_pb2, earnings_pb2, history_pb2, payments_pb2, refill_pb2, tier_pb2, usage_pb2)
+        for mod in (admin_pb2, balance_pb2, earnings_pb2, history_pb2, payments_pb2, refill_pb2, tier_pb2, usage_pb2)
         for s in mod.DESCRIPTOR.services_by_name.values()
         for m in s.methods
     }

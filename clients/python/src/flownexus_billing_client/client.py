@@ -20,6 +20,8 @@ from typing import Any, Generic, TypeVar
 
 import grpc
 from flownexus.billing.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
     balance_pb2,
     balance_pb2_grpc,
     earnings_pb2,
@@ -100,6 +102,7 @@ class UsageService(_Service):
     Reserve: Unary[usage_pb2.ReserveRequest, usage_pb2.ReserveResponse]
     Capture: Unary[usage_pb2.CaptureRequest, usage_pb2.CaptureResponse]
     Release: Unary[usage_pb2.ReleaseRequest, usage_pb2.ReleaseResponse]
+    RefundUsage: Unary[usage_pb2.RefundUsageRequest, usage_pb2.RefundUsageResponse]
 
 
 class HistoryService(_Service):
@@ -129,6 +132,15 @@ class RefillService(_Service):
     ConfigureAutoRefill: Unary[refill_pb2.ConfigureAutoRefillRequest, refill_pb2.ConfigureAutoRefillResponse]
     GetAutoRefill: Unary[refill_pb2.GetAutoRefillRequest, refill_pb2.GetAutoRefillResponse]
     CreateSetupLink: Unary[refill_pb2.CreateSetupLinkRequest, refill_pb2.CreateSetupLinkResponse]
+
+
+class AdminService(_Service):
+    AdjustBalance: Unary[admin_pb2.AdjustBalanceRequest, admin_pb2.AdjustBalanceResponse]
+    ReverseTransaction: Unary[admin_pb2.ReverseTransactionRequest, admin_pb2.ReverseTransactionResponse]
+    SetAccountFlag: Unary[admin_pb2.SetAccountFlagRequest, admin_pb2.SetAccountFlagResponse]
+    ClearAccountFlag: Unary[admin_pb2.ClearAccountFlagRequest, admin_pb2.ClearAccountFlagResponse]
+    ListAdminActions: Unary[admin_pb2.ListAdminActionsRequest, admin_pb2.ListAdminActionsResponse]
+    GetAccount: Unary[admin_pb2.GetAccountRequest, admin_pb2.GetAccountResponse]
 
 
 class BillingClient:
@@ -168,6 +180,7 @@ class BillingClient:
         self.tier = TierService(self, tier_pb2_grpc.TierServiceStub(ch))
         self.payments = PaymentsService(self, payments_pb2_grpc.PaymentsServiceStub(ch))
         self.refill = RefillService(self, refill_pb2_grpc.RefillServiceStub(ch))
+        self.admin = AdminService(self, admin_pb2_grpc.AdminServiceStub(ch))
 
     def with_token(self, token: str) -> BillingClient:
         """The same channel, calling with another bearer token (a service that
