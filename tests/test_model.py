@@ -177,6 +177,7 @@ class Charge:
     reversed: bool = False
     refunded: int = 0
     refund_fills: list[tuple[str, int, int]] = field(default_factory=list)
+    share_returned: int = 0
 
 
 _ids = itertools.count()
@@ -403,6 +404,12 @@ class LedgerMachine(RuleBasedStateMachine):
         c.refund_fills += w.give(amount, "purchased", 0, lots)
         c.refunded += amount
         self.touch(c.user)  # what went back into an ended period expires at once
+        if c.share is not None:  # the publisher returns the share in proportion, rounded down
+            publisher, part, filled = c.share
+            due = c.refunded * part // c.amount - c.share_returned
+            if due > 0:
+                self.touch(publisher).take(due, filled)
+                c.share_returned += due
         assert (resp.credits_millicredits, resp.refunded_millicredits) == (w.balance, c.refunded)
 
     @rule(days=st.integers(1, 40))
