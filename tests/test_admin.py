@@ -13,6 +13,7 @@ from sqlalchemy import select
 
 from server.db.schema import admin_actions, transfers
 from server.ledger.ops import Call
+from server.ledger.verify import verify
 from server.platform.clock import ManualClock
 from server.refill import repository as refill_repo
 from server.refill.models import ConfigState, PausedReason
@@ -145,6 +146,29 @@ async def test_partial_refund_then_full_never_beyond_the_charge(server: Running)
     await expect_error(s.admin.ReverseTransaction(
         admin_pb2.ReverseTransactionRequest(transaction_id=tid, reason="x", request_id="r"), metadata=ADMIN),
         FP, "ALREADY_REFUNDED")
+
+
+async def test_refund_takes_back_the_revenue_share_and_lowers_the_totals(server: Running) -> None:
+    s = server.s
+    charge = await spend(server, "fay", 10_001, "c1", app_id="app-1", publisher_user_id="pub2")
+    tid = charge.transaction.id
+    assert await credits(server, "pub2") == FREE + 7_000  # floor(10_001 * 70%)
+    await s.usage.RefundUsage(refund_req(tid, 5_000, "r1"), metadata=SVC)
+    assert await credits(server, "pub2") == FREE + 7_000 - 5_000 * 7_000 // 10_001
+    await s.usage.RefundUsage(refund_req(tid, 5_001, "r2"), metadata=SVC)
+    assert await credits(server, "pub2") == FREE  # the whole charge refunded: the whole share back
+    admin = admin_pb2.GetAccountRequest(user_id="fay")
+    fay = await s.admin.GetAccount(admin, metadata=ADMIN)
+    pub = await s.admin.GetAccount(admin_pb2.GetAccountRequest(user_id="pub2"), metadata=ADMIN)
+    assert fay.spent_total_millicredits == 0 and pub.earned_total_millicredits == 0
+    # A reversal lowers them too; and `verify` recomputes the same totals.
+    other = await spend(server, "fay", 2_000, "c2", app_id="app-1", publisher_user_id="pub2")
+    await s.admin.ReverseTransaction(
+        admin_pb2.ReverseTransactionRequest(transaction_id=other.transaction.id, reason="x", request_id="rv"), metadata=ADMIN)
+    fay = await s.admin.GetAccount(admin, metadata=ADMIN)
+    assert fay.spent_total_millicredits == 0
+    assert server.app is not None
+    assert (await verify(server.app.db.reader)).problems == []
 
 
 async def test_refund_window(server: Running, clock: ManualClock) -> None:

@@ -2,8 +2,13 @@
 
 An in-memory model of balances, lots (allowance per period, earned), holds
 and tiers is checked against the real service after every step: credits,
-pending, every lot, tier. Rules: Spend (with and without revenue share),
-Reserve, Capture, Release, Award, advance the clock by days, move it to just
+pending, every lot, tier. Rules: Spend (with and without revenue share, by
+the user or by a service for the user), Reserve, Capture, Release, Award,
+ReverseTransaction (an admin, once; the revenue share with its charge; refused
+after a refund), RefundUsage (the service that charged, all or part, within
+the window, never beyond the charge, not after a reversal); corrections put
+credits back into the lots they came from, and a lot whose period has ended
+expires them at once. Advance the clock by days, move it to just
 before, exactly onto or just after the end of the month, expire holds. Holds
 live long enough to be captured, released or expired in the next period.
 Failures shrink to a minimal sequence of calls.
@@ -19,6 +24,7 @@ import asyncio
 import itertools
 import os
 import threading
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -28,6 +34,8 @@ from typing import Any
 import grpc
 import pytest
 from flownexus.billing.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
     balance_pb2,
     balance_pb2_grpc,
     common_pb2,
@@ -59,6 +67,9 @@ HOLD_TTL_S = 60
 LONG_TTL_S = 3 * 86_400
 START = datetime(2030, 1, 20, 12, 0, tzinfo=UTC)
 LOT_RANK = {"allowance": 0, "earned": 1, "purchased": 2}
+REFUND_WINDOW_US = 30 * 86_400_000_000
+SVC = auth("model-svc", "service")
+ADMIN = auth("model-ops", "admin")
 KIND_PB = {"allowance": common_pb2.LOT_KIND_ALLOWANCE, "earned": common_pb2.LOT_KIND_EARNED, "purchased": common_pb2.LOT_KIND_PURCHASED}
 
 
@@ -79,6 +90,7 @@ class Service:
         self.balance = balance_pb2_grpc.BalanceServiceStub(self.channel)
         self.usage = usage_pb2_grpc.UsageServiceStub(self.channel)
         self.earnings = earnings_pb2_grpc.EarningsServiceStub(self.channel)
+        self.admin = admin_pb2_grpc.AdminServiceStub(self.channel)
 
     def run(self, coro: Any) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(60)
@@ -129,16 +141,43 @@ class Wallet:
         self.balance -= amount
         return used
 
-    def give(self, amount: int, kind: str, expiry: int = 0, parts: list[tuple[str, int, int]] | None = None) -> None:
+    def give(
+        self, amount: int, kind: str, expiry: int = 0, parts: list[tuple[str, int, int]] | None = None
+    ) -> list[tuple[str, int, int]]:
+        """Credit the wallet: a debt is repaid first, the rest fills `parts` in
+        order (where a transfer's credits came from), then (kind, expiry).
+        Returns the lots filled, as the ledger records them."""
         give = max(self.balance + amount, 0) - max(self.balance, 0)
+        filled = []
         for k, e, part in parts or [(kind, expiry, give)]:
             part = min(part, give)
             if part > 0:
                 self.lots[(k, e)] = self.lots.get((k, e), 0) + part
+                filled.append((k, e, part))
                 give -= part
         if give > 0:
             self.lots[(kind, expiry)] = self.lots.get((kind, expiry), 0) + give
+            filled.append((kind, expiry, give))
         self.balance += amount
+        return filled
+
+
+@dataclass
+class Charge:
+    """A reversible transfer the model made: Spend, Capture or Award."""
+
+    user: str
+    kind: str  # "spend", "capture" or "award"
+    amount: int
+    at_us: int
+    drawn: list[tuple[str, int, int]] = field(default_factory=list)  # lots a charge drew
+    filled: list[tuple[str, int, int]] = field(default_factory=list)  # lots an award filled
+    share: tuple[str, int, list[tuple[str, int, int]]] | None = None  # publisher, amount, lots filled
+    by_service: bool = False
+    reversed: bool = False
+    refunded: int = 0
+    refund_fills: list[tuple[str, int, int]] = field(default_factory=list)
+    share_returned: int = 0
 
 
 _ids = itertools.count()
@@ -155,6 +194,7 @@ class LedgerMachine(RuleBasedStateMachine):
         self.wallets: dict[str, Wallet] = {}
         self.holds: dict[str, tuple[str, int, list[tuple[str, int, int]], int]] = {}  # id -> (user, amount, parts, expires)
         self.n = 0
+        self.charges: dict[str, Charge] = {}  # transaction id -> what it did (creation order)
 
     # ---- the model's calendar -------------------------------------------------------
 
@@ -200,23 +240,34 @@ class LedgerMachine(RuleBasedStateMachine):
 
     # ---- rules --------------------------------------------------------------------------
 
-    @rule(who=st.integers(0, 1), amount=st.integers(1, 60_000), share=st.booleans())
-    def spend(self, who: int, amount: int, share: bool) -> None:
+    def _spend(self, who: int, amount: int, share: bool, by_service: bool) -> None:
         user, other = self.users[who], self.users[1 - who]
         req = usage_pb2.SpendRequest(
             amount_millicredits=amount, request_id=self.rid(), category="model",
             app_id="app-m" if share else "", publisher_user_id=other if share else "",
+            user_id=user if by_service else "",
         )
-        resp, err = self.call(self.svc.usage.Spend, req, auth(user))
+        resp, err = self.call(self.svc.usage.Spend, req, SVC if by_service else auth(user))
         w = self.touch(user)
         if w.balance < amount:
             assert err.startswith("FAILED_PRECONDITION"), f"spend {amount} of {w.balance} should be refused: {err}"
             return
         assert resp is not None, err
-        w.take(amount)
+        charge = Charge(user, "spend", amount, self.now(), drawn=w.take(amount), by_service=by_service)
         if share and amount * SHARE // 100 > 0:
-            self.touch(other).give(amount * SHARE // 100, "earned")
+            part = amount * SHARE // 100
+            charge.share = (other, part, self.touch(other).give(part, "earned"))
+        self.charges[resp.transaction.id] = charge
         assert resp.credits_millicredits == w.balance
+
+    @rule(who=st.integers(0, 1), amount=st.integers(1, 60_000), share=st.booleans())
+    def spend(self, who: int, amount: int, share: bool) -> None:
+        self._spend(who, amount, share, by_service=False)
+
+    @rule(who=st.integers(0, 1), amount=st.integers(1, 60_000), share=st.booleans())
+    def service_spend(self, who: int, amount: int, share: bool) -> None:
+        """A service charges a user (the principal that may refund it)."""
+        self._spend(who, amount, share, by_service=True)
 
     @rule(who=st.integers(0, 1), amount=st.integers(1, 60_000), ttl=st.sampled_from([HOLD_TTL_S, LONG_TTL_S]))
     def reserve(self, who: int, amount: int, ttl: int) -> None:
@@ -232,16 +283,16 @@ class LedgerMachine(RuleBasedStateMachine):
         w.pending += amount
         self.holds[resp.hold.id] = (user, amount, parts, self.now() + ttl * 1_000_000)
 
-    def _settle(self, hold_id: str, captured: int = 0) -> tuple[str, int, Wallet]:
+    def _settle(self, hold_id: str, captured: int = 0) -> tuple[str, list[tuple[str, int, int]], Wallet]:
         """The hold goes back into the lots it came from; a capture is then paid
-        from exactly those lots, and what is left of an ended period expires."""
+        from exactly those lots, and what is left of an ended period expires.
+        Returns the lots the capture drew."""
         user, amount, parts, _ = self.holds.pop(hold_id)
         w = self.wallets[user]
         w.pending -= amount
         w.give(amount, "purchased", 0, parts)
-        if captured:
-            w.take(captured, parts)
-        return user, amount, w
+        drawn = w.take(captured, parts) if captured else []
+        return user, drawn, w
 
     @precondition(lambda self: self.holds)
     @rule(data=st.data(), share=st.booleans())
@@ -256,9 +307,13 @@ class LedgerMachine(RuleBasedStateMachine):
         )
         resp, err = self.call(self.svc.usage.Capture, req, auth(user))
         assert resp is not None, err
-        _, _, w = self._settle(hold_id, cap)
+        _, drawn, w = self._settle(hold_id, cap)
+        charge = Charge(user, "capture", cap, self.now(), drawn=drawn)
         if share and cap * SHARE // 100 > 0:
-            self.touch(other).give(cap * SHARE // 100, "earned")
+            part = cap * SHARE // 100
+            charge.share = (other, part, self.touch(other).give(part, "earned"))
+        if cap:
+            self.charges[resp.transaction.id] = charge
         self.touch(user)  # allowance returned into an ended period expires at once
         assert resp.credits_millicredits == w.balance
 
@@ -280,11 +335,82 @@ class LedgerMachine(RuleBasedStateMachine):
         req = earnings_pb2.AwardCreditsRequest(
             user_id=user, amount_millicredits=amount, source=common_pb2.EARNING_SOURCE_CHALLENGE, source_ref=rid, request_id=rid,
         )
-        resp, err = self.call(self.svc.earnings.AwardCredits, req, auth("model-svc", "service"))
+        resp, err = self.call(self.svc.earnings.AwardCredits, req, SVC)
         assert resp is not None, err
         w = self.touch(user)
-        w.give(amount, "earned")
+        self.charges[resp.transaction.id] = Charge(user, "award", amount, self.now(), filled=w.give(amount, "earned"))
         assert resp.credits_millicredits == w.balance
+
+    @precondition(lambda self: self.charges)
+    @rule(data=st.data())
+    def reverse(self, data: st.DataObject) -> None:
+        """An admin reverses a Spend, Capture or Award, at most once; a charge's
+        revenue share is reversed with it; a partly refunded charge is refused.
+        The credits leave the lots the transfer filled and return to the lots it
+        drew (a lot whose period has ended expires them at once)."""
+        tid = data.draw(st.sampled_from(list(self.charges)))  # creation order: replays draw the same
+        c = self.charges[tid]
+        req = admin_pb2.ReverseTransactionRequest(transaction_id=tid, reason="model", request_id=self.rid())
+        resp, err = self.call(self.svc.admin.ReverseTransaction, req, ADMIN)
+        if c.reversed:
+            assert err.startswith("ALREADY_EXISTS"), f"second reversal of #{tid} should be refused: {err}"
+            return
+        if c.refunded:
+            assert err.startswith("FAILED_PRECONDITION"), f"reversal of refunded #{tid} should be refused: {err}"
+            return
+        assert resp is not None, err
+        c.reversed = True
+        w = self.touch(c.user)
+        if c.kind == "award":
+            w.take(c.amount, c.filled)  # may leave a debt
+        else:
+            w.give(c.amount, "purchased", 0, c.drawn)
+            self.touch(c.user)
+        if c.share is not None:
+            publisher, part, filled = c.share
+            self.touch(publisher).take(part, filled)
+        assert len(resp.transactions) == (2 if c.share else 1)
+
+    @precondition(lambda self: any(c.kind != "award" for c in self.charges.values()))
+    @rule(data=st.data())
+    def refund(self, data: st.DataObject) -> None:
+        """The service refunds all or part of a charge it made: the credits go
+        back into the lots the charge drew, less what earlier refunds returned
+        there, longest-lived first (purchased, earned, then allowance)."""
+        charges = [t for t, c in self.charges.items() if c.kind != "award"]
+        own = [t for t in charges if self.charges[t].by_service]
+        # Mostly its own charges; sometimes one a user made (refused).
+        tid = data.draw(st.sampled_from(own if own and data.draw(st.integers(0, 3)) else charges))
+        c = self.charges[tid]
+        amount = data.draw(st.integers(1, c.amount + 1_000))
+        req = usage_pb2.RefundUsageRequest(transaction_id=tid, amount_millicredits=amount, reason="model", request_id=self.rid())
+        resp, err = self.call(self.svc.usage.RefundUsage, req, SVC)
+        if not c.by_service:
+            assert err.startswith("PERMISSION_DENIED"), f"refund of another principal's #{tid}: {err}"
+            return
+        if self.now() - c.at_us > REFUND_WINDOW_US or c.reversed or c.refunded + amount > c.amount:
+            assert err.startswith("FAILED_PRECONDITION"), f"refund {amount} of #{tid} {c} should be refused: {err}"
+            return
+        assert resp is not None, err
+        left: Counter[tuple[str, int]] = Counter()
+        for k, e, p in c.drawn:
+            left[(k, e)] += p
+        for k, e, p in c.refund_fills:
+            left[(k, e)] -= p
+        lots = sorted(
+            ((k, e, p) for (k, e), p in left.items() if p > 0), key=lambda lot: (-LOT_RANK[lot[0]], lot[1] != 0, -lot[1])
+        )
+        w = self.touch(c.user)
+        c.refund_fills += w.give(amount, "purchased", 0, lots)
+        c.refunded += amount
+        self.touch(c.user)  # what went back into an ended period expires at once
+        if c.share is not None:  # the publisher returns the share in proportion, rounded down
+            publisher, part, filled = c.share
+            due = c.refunded * part // c.amount - c.share_returned
+            if due > 0:
+                self.touch(publisher).take(due, filled)
+                c.share_returned += due
+        assert (resp.credits_millicredits, resp.refunded_millicredits) == (w.balance, c.refunded)
 
     @rule(days=st.integers(1, 40))
     def advance_clock(self, days: int) -> None:

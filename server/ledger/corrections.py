@@ -154,6 +154,7 @@ async def _mirror(tx: LedgerTx, row: Row, reason: str) -> Row:
         restore_lots=rec.get("drawn"),
         lot_kind=LotKind.PURCHASED,
         corrects=row["id"],
+        undoes=row["kind"],
     )
     if back:
         await tx.roll_over(back)  # a lot that has ended expires what it got back, at once
@@ -186,7 +187,10 @@ async def refund(
             "the refund window of this charge has closed", reason="REFUND_WINDOW_CLOSED",
             metadata={"window_days": str(window_us // 86_400_000_000)},
         )
+    share = await tx.fetch_one(select(transfers).where(transfers.c.key == keys.revenue_share(row["key"])))
     await _load_wallets(tx, row)
+    if share is not None:
+        await _load_wallets(tx, share)
     if not await tx.key_unused(keys.reversal(row["id"])):
         raise errors.FailedPrecondition("this charge was reversed", reason="TRANSACTION_REVERSED")
     done = await _refunded(tx, row["id"])
@@ -221,7 +225,27 @@ async def refund(
         restore_lots=lots,
         lot_kind=LotKind.PURCHASED,
         corrects=row["id"],
+        undoes=row["kind"],
     )
     if user:
         await tx.roll_over(user)
+    if share is not None:
+        # The publisher's share comes back in proportion, rounded down like the
+        # share itself: cumulative, so refunding the whole charge takes all of it.
+        due = (done + amount) * share["amount"] // row["amount"] - await _refunded(tx, share["id"])
+        if due > 0:
+            await tx.transfer(
+                share["credit_account"],
+                share["debit_account"],
+                due,
+                kind=Kind.USAGE_REFUND,
+                key=keys.revenue_share(key),
+                description=f"Revenue share returned with the refund of #{row['id']}"[:500],
+                category=share["category"],
+                ref=share["ref"],
+                allow_negative=True,
+                from_lots=record(share).get("filled"),
+                corrects=share["id"],
+                undoes=share["kind"],
+            )
     return made, done + amount

@@ -377,6 +377,7 @@ class LedgerTx:
         from_lots: list[list[Any]] | None = None,
         ledger: dict[str, Any] | None = None,
         corrects: int | None = None,
+        undoes: str | None = None,
     ) -> Row:
         if amount <= 0:
             raise errors.InvalidAmount("amount must be positive")
@@ -416,6 +417,11 @@ class LedgerTx:
             self._set(debit, "spent_total", debit["spent_total"] + amount)
         if credit["kind"] == "wallet" and kind in EARNED_KINDS:
             self._set(credit, "earned_total", credit["earned_total"] + amount)
+        # A correction (reversal, refund) of a charge or an earning lowers its total.
+        if credit["kind"] == "wallet" and undoes in SPENT_KINDS:
+            self._set(credit, "spent_total", credit["spent_total"] - amount)
+        if debit["kind"] == "wallet" and undoes in EARNED_KINDS:
+            self._set(debit, "earned_total", debit["earned_total"] - amount)
         row = {
             "id": await self._transfer_id(),
             "key": key,

@@ -23,7 +23,8 @@ from server.ledger.model import (
 
 # Debits that may leave a wallet below zero (a reversal of credits already
 # spent, an adjustment made with allow_negative).
-CLAWBACK_KINDS = (str(Kind.REFUND_CLAWBACK), str(Kind.DISPUTE_CLAWBACK), str(Kind.REVERSAL), str(Kind.ADJUSTMENT))
+CLAWBACK_KINDS = (str(Kind.REFUND_CLAWBACK), str(Kind.DISPUTE_CLAWBACK), str(Kind.REVERSAL), str(Kind.ADJUSTMENT),
+                  str(Kind.USAGE_REFUND))
 
 
 @dataclass
@@ -70,6 +71,16 @@ async def _verify(conn: AsyncConnection) -> Report:
         if kind in CLAWBACK_KINDS:
             clawed.add(debit)
     r.checked["transfers"] = n_transfers
+    # Reversals and refunds of a charge lower spent_total; of an earning, earned_total.
+    orig = transfers.alias("orig")
+    fixed = select(transfers.c.debit_account, transfers.c.credit_account, orig.c.kind, func.sum(transfers.c.amount)).join(
+        orig, transfers.c.corrects == orig.c.id
+    ).group_by(transfers.c.debit_account, transfers.c.credit_account, orig.c.kind)
+    for debit, credit, undone, amount in (await conn.execute(fixed)).all():
+        if undone in SPENT_KINDS:
+            spent[credit] -= int(amount)
+        if undone in EARNED_KINDS:
+            earned[debit] -= int(amount)
 
     rows = (await conn.execute(select(accounts))).mappings().all()
     r.checked["accounts"] = len(rows)
@@ -163,7 +174,7 @@ async def _verify_corrections(conn: AsyncConnection, r: Report) -> None:
                 r.problems.append(f"reversal #{x['id']} does not mirror #{orig['id']} exactly")
         else:
             refunded[orig["id"]] += x["amount"]
-            if orig["kind"] not in REFUNDABLE_KINDS or not mirrored:
+            if orig["kind"] not in (*REFUNDABLE_KINDS, Kind.REVENUE_SHARE) or not mirrored:
                 r.problems.append(f"refund #{x['id']} does not refund a charge (#{orig['id']}, {orig['kind']})")
     for cid, total in refunded.items():
         if total > originals[cid]["amount"]:
