@@ -324,7 +324,7 @@ def field_cases(
         ("clear flag no request_id", "admin", "ClearAccountFlag", cf(user_id=USER, flag=1, reason="r"), a, IA, "MISSING_REQUEST_ID"),
         ("clear flag not flagged", "admin", "ClearAccountFlag", cf(user_id=USER, flag=1, reason="r", request_id="r"), a, fp, "ACCOUNT_NOT_FLAGGED"),
         ("list actions by a service", "admin", "ListAdminActions", la(), s, pd, "ROLE_REQUIRED"),
-        ("list actions page_size", "admin", "ListAdminActions", la(page_size=I32_MAX), a, IA, "INVALID_PAGE_SIZE"),
+        ("list actions page_size", "admin", "ListAdminActions", la(page_size=-1), a, IA, "INVALID_PAGE_SIZE"),
         ("list actions page_token", "admin", "ListAdminActions", la(page_token="%%%garbage"), a, IA, "INVALID_PAGE_TOKEN"),
         ("list actions user unicode", "admin", "ListAdminActions", la(user_id="ü"), a, IA, "INVALID_USER_ID"),
         ("list actions actor huge", "admin", "ListAdminActions", la(actor=HUGE), a, IA, "FIELD_TOO_LONG"),
