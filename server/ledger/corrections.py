@@ -204,7 +204,10 @@ async def refund(
             },
         )
     # Back into the lots the charge drew, less what earlier refunds returned there.
-    left = Counter({(k, e): p for k, e, p in rec.get("drawn", [])})
+    # A capture may draw one lot twice (through its hold, then in spend order): add the parts up.
+    left: Counter[tuple[str, int]] = Counter()
+    for k, e, p in rec.get("drawn", []):
+        left[(k, e)] += p
     prior = await tx.fetch(
         select(transfers.c.ledger).where(transfers.c.corrects == row["id"], transfers.c.kind == str(Kind.USAGE_REFUND))
     )

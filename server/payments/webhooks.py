@@ -138,7 +138,8 @@ async def mark_expired(tx: LedgerTx, p: PaymentRow) -> None:
         _set(tx, p, status=PaymentStatus.EXPIRED)
 
 
-def _after_clawback_status(p: PaymentRow) -> PaymentStatus:
+def after_clawback_status(p: PaymentRow) -> PaymentStatus:
+    """A credited payment's status once refunds and disputes are counted."""
     if p["dispute_id"] and p["dispute_clawed"] > 0:
         return PaymentStatus.DISPUTED
     if p["refunded_cents"] >= p["amount_cents"]:
@@ -148,7 +149,8 @@ def _after_clawback_status(p: PaymentRow) -> PaymentStatus:
     return PaymentStatus.PAID
 
 
-def _still_credited(p: PaymentRow) -> int:
+def still_credited(p: PaymentRow) -> int:
+    """Credits of the payment not yet clawed back."""
     return max(p["credits"] - p["refund_clawed"] - p["dispute_clawed"], 0)
 
 
@@ -160,7 +162,7 @@ async def apply_refund(tx: LedgerTx, p: PaymentRow, refunded_cents: int, **refs:
     if refunded_cents <= p["refunded_cents"]:
         return 0  # an older (smaller) refund event arriving late
     target = p["credits"] * refunded_cents // p["amount_cents"]
-    amount = min(target - p["refund_clawed"], _still_credited(p))
+    amount = min(target - p["refund_clawed"], still_credited(p))
     _set(tx, p, refunded_cents=refunded_cents)
     if amount > 0:
         await _claw_back(
@@ -168,7 +170,7 @@ async def apply_refund(tx: LedgerTx, p: PaymentRow, refunded_cents: int, **refs:
             f"Refund of payment {p['id']}", "refund", refunded_cents=str(refunded_cents),
         )
         _set(tx, p, refund_clawed=p["refund_clawed"] + amount)
-    _set(tx, p, status=_after_clawback_status(p))
+    _set(tx, p, status=after_clawback_status(p))
     return amount
 
 
@@ -195,7 +197,7 @@ async def _claw_back(
 async def _dispute_clawback(tx: LedgerTx, p: PaymentRow, dispute: StripeObject) -> None:
     dispute_id = dispute["id"]
     disputed_cents = min(int(dispute.get("amount") or p["amount_cents"]), p["amount_cents"])
-    amount = min(p["credits"] * disputed_cents // p["amount_cents"], _still_credited(p))
+    amount = min(p["credits"] * disputed_cents // p["amount_cents"], still_credited(p))
     _set(tx, p, dispute_id=dispute_id)
     if amount > 0:
         await _claw_back(
@@ -246,7 +248,7 @@ async def dispute_closed(tx: LedgerTx, p: PaymentRow, dispute: StripeObject, **r
     user = tx.user(p["user_id"])
     if user["flagged_reason"] and dispute_id in user["flagged_reason"]:
         tx.set_user(p["user_id"], flagged_reason=None)
-    _set(tx, p, status=_after_clawback_status(p))
+    _set(tx, p, status=after_clawback_status(p))
 
 
 # ---- event dispatch ------------------------------------------------------------------
