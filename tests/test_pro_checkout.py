@@ -12,10 +12,11 @@ from collections.abc import AsyncIterator
 
 import grpc
 import pytest
-from flownexus.billing.v1 import balance_pb2, common_pb2, history_pb2, refill_pb2, tier_pb2
+from flownexus.billing.v1 import common_pb2, history_pb2, refill_pb2, tier_pb2
 from sqlalchemy import text
 
 from server.platform.clock import ManualClock
+from tests.calls import credits
 from tests.harness import Running, auth, expect_error, serving
 from tests.stripe_fake import StripeFake, event
 from tests.stripe_fixtures import stripe_settings
@@ -41,11 +42,6 @@ async def upgrade(server: Running, user: str, rid: str) -> tier_pb2.UpgradeTierR
 
 async def get_tier(server: Running, user: str) -> tier_pb2.GetTierResponse:
     return await server.s.tier.GetTier(tier_pb2.GetTierRequest(), metadata=auth(user))
-
-
-async def credits(server: Running, user: str) -> int:
-    b = await server.s.balance.CheckBalance(balance_pb2.CheckBalanceRequest(), metadata=auth(user))
-    return int(b.credits_millicredits)
 
 
 async def pro_grants(server: Running, user: str) -> list[int]:

@@ -14,8 +14,9 @@ from flownexus.billing.v1 import balance_pb2, common_pb2, history_pb2, tier_pb2,
 from server.ledger.model import wallet_id
 from server.ledger.ops import Call
 from server.platform.clock import to_us
+from tests.calls import balance, deliver
 from tests.harness import auth, expect_error
-from tests.stripe_fake import API_KEY, WEBHOOK_SECRET, encode, event, sign
+from tests.stripe_fake import API_KEY, event
 from tests.test_earnings import buy
 
 FREE = 100_000
@@ -27,20 +28,8 @@ async def get_tier(server, user: str) -> tier_pb2.GetTierResponse:  # type: igno
     return await server.s.tier.GetTier(tier_pb2.GetTierRequest(), metadata=auth(user))
 
 
-async def balance(server, user: str) -> balance_pb2.GetBalanceResponse:  # type: ignore[no-untyped-def]
-    return await server.s.balance.GetBalance(balance_pb2.GetBalanceRequest(), metadata=auth(user))
-
-
 def lots(b: balance_pb2.GetBalanceResponse) -> list[tuple[int, int]]:
     return [(lot.kind, lot.remaining_millicredits) for lot in b.lots]
-
-
-async def deliver(server, ev: dict[str, Any]) -> int:  # type: ignore[no-untyped-def]
-    body = encode(ev)
-    url = f"http://127.0.0.1:{server.app.http_port}/webhooks/stripe"
-    headers = {"Content-Type": "application/json", "Stripe-Signature": sign(body, WEBHOOK_SECRET)}
-    async with aiohttp.ClientSession() as s, s.post(url, data=body, headers=headers) as r:
-        return r.status
 
 
 def invoice(inv_id: str, user: str, sub: str, start_s: int, end_s: int) -> dict[str, Any]:
