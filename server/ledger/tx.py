@@ -273,42 +273,29 @@ class LedgerTx:
             self._add(self._dirty_accounts, acct["id"])
 
     async def roll_over(self, user_id: str) -> None:
-        """Expire allowance lots whose period ended; open the next calendar period."""
+        """Expire lots whose period ended (allowance, promotional); open the next calendar period."""
         wid = wallet_id(user_id)
         for lot in list(self.lots.get(wid, ())):
-            if lot["kind"] == LotKind.ALLOWANCE and 0 < lot["expires_at_us"] <= self.now_us and lot["remaining"] > 0:
-                # A hold released after the period's end puts allowance back into
-                # the ended lot, which then expires a second time: number the keys.
-                n = 1
-                while not await self.key_unused(key := keys.allowance_expiry(user_id, lot["expires_at_us"], n)):
-                    n += 1
-                await self.transfer(
-                    wid,
-                    SYSTEM_ALLOWANCES,
-                    lot["remaining"],
-                    kind=Kind.ALLOWANCE_EXPIRY,
-                    key=key,
-                    description="Unused monthly allowance expired",
-                    lot_order=(LotKind.ALLOWANCE,),
-                    lot_expiry=lot["expires_at_us"],
-                    allow_negative=True,
-                )
-            elif lot["kind"] == LotKind.EARNED and 0 < lot["expires_at_us"] <= self.now_us and lot["remaining"] > 0:
-                # Promotional credits an admin granted with an expiry (AdjustBalance).
-                n = 1
-                while not await self.key_unused(key := keys.lot_expiry(user_id, lot["kind"], lot["expires_at_us"], n)):
-                    n += 1
-                await self.transfer(
-                    wid,
-                    SYSTEM_ADJUSTMENTS,
-                    lot["remaining"],
-                    kind=Kind.ALLOWANCE_EXPIRY,
-                    key=key,
-                    description="Promotional credits expired",
-                    lot_order=(LotKind.EARNED,),
-                    lot_expiry=lot["expires_at_us"],
-                    allow_negative=True,
-                )
+            kind, ends = LotKind(lot["kind"]), lot["expires_at_us"]
+            if kind not in _EXPIRING or not 0 < ends <= self.now_us or lot["remaining"] <= 0:
+                continue
+            system, why = _EXPIRING[kind]
+            # A hold released after the period's end puts allowance back into
+            # the ended lot, which then expires a second time: number the keys.
+            n = 1
+            while not await self.key_unused(key := _expiry_key(user_id, kind, ends, n)):
+                n += 1
+            await self.transfer(
+                wid,
+                system,
+                lot["remaining"],
+                kind=Kind.ALLOWANCE_EXPIRY,
+                key=key,
+                description=why,
+                lot_order=(kind,),
+                lot_expiry=ends,
+                allow_negative=True,
+            )
         user = self.users.get(user_id)
         if user is None or user["period_end_us"] > self.now_us:
             return
@@ -651,6 +638,20 @@ class LedgerTx:
         await sql.send()
         for staged in self._staged.values():
             await staged.flush_unless_conflict()
+
+
+# Lots that expire, and where their credits go: the monthly allowance, and
+# promotional credits an admin granted with an expiry (AdjustBalance).
+_EXPIRING = {
+    LotKind.ALLOWANCE: (SYSTEM_ALLOWANCES, "Unused monthly allowance expired"),
+    LotKind.EARNED: (SYSTEM_ADJUSTMENTS, "Promotional credits expired"),
+}
+
+
+def _expiry_key(user_id: str, kind: LotKind, ends_us: int, n: int) -> str:
+    if kind == LotKind.ALLOWANCE:
+        return keys.allowance_expiry(user_id, ends_us, n)
+    return keys.lot_expiry(user_id, kind, ends_us, n)
 
 
 def user_id_tier(user: Row | None) -> str:
