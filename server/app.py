@@ -160,7 +160,7 @@ class App:
             # Registered last, after the domains' hooks: one NOTIFY per committed batch.
             self.writer.before_flush.append(self.fanout.before_flush)
             await self.fanout.start()
-        self.writer.start()
+        await self.writer.start()
         await self._start_grpc()
         await self._start_http()
         for hook in self.registry.on_start:

@@ -21,7 +21,11 @@ MAX_STRIPE_KEY = 255
 
 
 def encode(tag: str, *parts: object, limit: int = MAX_KEY) -> str:
-    key = tag + "".join(f"|{len(s)}:{s}" for s in map(str, parts))
+    out = [tag]
+    for part in parts:
+        s = part if type(part) is str else str(part)
+        out.append(f"|{len(s)}:{s}")
+    key = "".join(out)
     if len(key) <= limit:
         return key
     return f"{tag}#{hashlib.sha256(key.encode()).hexdigest()}"

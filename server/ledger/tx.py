@@ -276,9 +276,10 @@ class LedgerTx:
         """Expire lots whose period ended (allowance, promotional); open the next calendar period."""
         wid = wallet_id(user_id)
         for lot in list(self.lots.get(wid, ())):
-            kind, ends = LotKind(lot["kind"]), lot["expires_at_us"]
-            if kind not in _EXPIRING or not 0 < ends <= self.now_us or lot["remaining"] <= 0:
+            ends = lot["expires_at_us"]
+            if not 0 < ends <= self.now_us or lot["remaining"] <= 0 or lot["kind"] not in _EXPIRING:
                 continue
+            kind = LotKind(lot["kind"])
             system, why = _EXPIRING[kind]
             # A hold released after the period's end puts allowance back into
             # the ended lot, which then expires a second time: number the keys.
@@ -424,7 +425,7 @@ class LedgerTx:
             "debit_balance_after": debit["balance"],
             "credit_balance_after": credit["balance"],
             "created_at_us": self.now_us,
-            "ledger": json.dumps(record, sort_keys=True, separators=(",", ":")),
+            "ledger": _ledger_json(record),
             "corrects": corrects,
         }
         self._append(self.new_transfers, row)
@@ -656,3 +657,7 @@ def _expiry_key(user_id: str, kind: LotKind, ends_us: int, n: int) -> str:
 
 def user_id_tier(user: Row | None) -> str:
     return user["tier"] if user else "free"
+
+
+# One encoder for every transfer's ledger record: json.dumps with options builds a new one per call.
+_ledger_json = json.JSONEncoder(sort_keys=True, separators=(",", ":")).encode
