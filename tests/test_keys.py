@@ -9,7 +9,6 @@ import grpc
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-
 from sqlalchemy import update
 
 from server.db.schema import idempotency, transfers
