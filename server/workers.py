@@ -1,4 +1,4 @@
-"""Background jobs: hold expiry and monthly allowance rollover. Each job is an
+"""Background jobs: hold expiry, and the rollover of allowance and promotional lots. Each job is an
 idempotent ledger operation re-checked under the row locks, so replicas that
 pick the same rows never apply them twice."""
 

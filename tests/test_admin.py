@@ -9,6 +9,7 @@ import json
 
 import grpc
 from flownexus.billing.v1 import admin_pb2, common_pb2, usage_pb2
+from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy import select
 
 from server.db.schema import admin_actions, transfers
@@ -225,27 +226,38 @@ async def _state(server: Running, user: str) -> tuple[str, str]:
     return row[0], row[1]
 
 
-async def test_audit_row_and_change_commit_together(server: Running) -> None:
-    """The audit row is staged in the change's own ledger transaction: a change
-    refused after staging leaves neither, and a committed one has both."""
+async def test_audit_row_and_change_commit_together(server: Running, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The audit row is written in the change's own database transaction. When
+    the audit row cannot be written (here: its id already taken, a unique
+    violation at commit), the adjustment it records is not committed either;
+    written normally, both are there."""
     assert server.app is not None
-    from server.admin.models import Action
-    from server.admin.service import AdminChange
-    from server.ledger import corrections
+    import server.admin.service as admin_service
 
-    async def change(tx):  # type: ignore[no-untyped-def]
-        row = await corrections.adjust(tx, "ivy", 1_000, key="test-adjust", reason="r", lot=__import__(
-            "server.ledger.model", fromlist=["x"]).LotKind.EARNED, expires_at_us=0, allow_negative=False)
-        raise RuntimeError(f"fails after transfer #{row['id']}")
-
-    op = AdminChange(actor="ops", action=Action.ADJUST_BALANCE, reason="r", request_id="x", details={}, change=change)
+    taken = "0" * 32
+    async with server.app.db.writer.begin() as conn:
+        await conn.execute(admin_actions.insert().values(
+            id=f"adm_{taken}", actor="x", action="SetAccountFlag", user_id="other", reason="r", request_id="r",
+            details="{}", transfer_ids="[]", created_at_us=0))
+    monkeypatch.setattr(admin_service.uuid, "uuid4", lambda: type("U", (), {"hex": taken})())
+    req = admin_pb2.AdjustBalanceRequest(
+        user_id="ivy", amount_millicredits=1_000, reason="goodwill", request_id="a1",
+        lot=common_pb2.LOT_KIND_EARNED)
     try:
-        await server.app.writer.submit(op)
-    except Exception:
-        pass
-    assert await audit_rows(server) == []
+        await server.s.admin.AdjustBalance(req, metadata=ADMIN)
+    except grpc.aio.AioRpcError as exc:
+        assert exc.code() == grpc.StatusCode.UNAVAILABLE  # retryable: nothing was applied
+    else:
+        raise AssertionError("the adjustment committed without its audit row")
+    assert [a["user_id"] for a in await audit_rows(server)] == ["other"]
     async with server.app.db.reader.connect() as conn:
-        assert (await conn.execute(select(transfers.c.id).where(transfers.c.key == "test-adjust"))).first() is None
+        assert (await conn.execute(select(transfers.c.id).where(transfers.c.kind == "adjustment"))).first() is None
+    assert await credits(server, "ivy") == FREE
+
+    monkeypatch.undo()
+    await server.s.admin.AdjustBalance(req, metadata=ADMIN)
+    assert sorted(a["user_id"] for a in await audit_rows(server)) == ["ivy", "other"]
+    assert await credits(server, "ivy") == FREE + 1_000
 
 
 async def _seed_refill_and_payments(tx, user: str) -> None:  # type: ignore[no-untyped-def]
@@ -318,3 +330,28 @@ async def test_get_account_shows_one_screen_to_admins_only(server: Running) -> N
     # Bad input is refused before any read.
     await expect_error(s.admin.GetAccount(admin_pb2.GetAccountRequest(), metadata=ADMIN),
                        grpc.StatusCode.INVALID_ARGUMENT, "INVALID_USER_ID")
+
+
+async def test_promotional_credits_expire_at_their_instant_on_reads_and_by_the_job(
+    server: Running, clock: ManualClock
+) -> None:
+    """Credits granted with an expiry are gone at that instant: a balance read
+    rolls them over, and so does the job for a wallet nobody reads or writes."""
+    ends = clock.now_us() + 86_400_000_000
+    for user in ("pia", "quin"):
+        await server.s.admin.AdjustBalance(admin_pb2.AdjustBalanceRequest(
+            user_id=user, amount_millicredits=7_000, reason="launch promo", lot=common_pb2.LOT_KIND_EARNED,
+            expires_at=Timestamp(seconds=ends // 1_000_000), request_id=f"promo-{user}"), metadata=ADMIN)
+    clock.set_us(ends - 1)
+    assert await credits(server, "pia") == FREE + 7_000
+    clock.set_us(ends)
+    assert await credits(server, "pia") == FREE  # a read, no write in between
+
+    assert server.app is not None
+    await server.app.workers.run_once()
+    async with server.app.db.reader.connect() as conn:
+        kinds = (await conn.execute(
+            select(transfers.c.kind, transfers.c.amount).where(transfers.c.debit_account == "wallet:quin")
+        )).all()
+    assert ("allowance_expiry", 7_000) in [tuple(k) for k in kinds]
+    assert await credits(server, "quin") == FREE

@@ -11,7 +11,7 @@ from server.grpc import Ctx, convert, validation
 from server.ledger.model import HoldView, LotKind
 from server.payments.grpc import payment_pb
 from server.platform import errors
-from server.platform.auth import Role, principal
+from server.platform.auth import principal
 from server.refill.grpc import auto_refill_pb
 from server.registry import Registry
 from server.tiers.grpc import SUBSCRIPTION_STATUS
@@ -53,8 +53,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         self.admin = admin
 
     async def AdjustBalance(self, request: admin_pb2.AdjustBalanceRequest, context: Ctx) -> admin_pb2.AdjustBalanceResponse:
-        p = principal()
-        p.require(Role.ADMIN, what="AdjustBalance")
+        p = self.admin.operator(principal(), "AdjustBalance")
         amount = request.amount_millicredits
         validation.amount(abs(amount) if amount != -(2**63) else 2**63)
         lot = None
@@ -81,8 +80,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def ReverseTransaction(
         self, request: admin_pb2.ReverseTransactionRequest, context: Ctx
     ) -> admin_pb2.ReverseTransactionResponse:
-        p = principal()
-        p.require(Role.ADMIN, what="ReverseTransaction")
+        p = self.admin.operator(principal(), "ReverseTransaction")
         result = await self.admin.reverse(
             p,
             transaction_id=validation.transaction_id(request.transaction_id),
@@ -95,8 +93,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         )
 
     async def SetAccountFlag(self, request: admin_pb2.SetAccountFlagRequest, context: Ctx) -> admin_pb2.SetAccountFlagResponse:
-        p = principal()
-        p.require(Role.ADMIN, what="SetAccountFlag")
+        p = self.admin.operator(principal(), "SetAccountFlag")
         _flag(request.flag)
         result = await self.admin.set_flag(
             p,
@@ -112,8 +109,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def ClearAccountFlag(
         self, request: admin_pb2.ClearAccountFlagRequest, context: Ctx
     ) -> admin_pb2.ClearAccountFlagResponse:
-        p = principal()
-        p.require(Role.ADMIN, what="ClearAccountFlag")
+        p = self.admin.operator(principal(), "ClearAccountFlag")
         _flag(request.flag)
         result = await self.admin.clear_flag(
             p,
@@ -127,8 +123,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def ListAdminActions(
         self, request: admin_pb2.ListAdminActionsRequest, context: Ctx
     ) -> admin_pb2.ListAdminActionsResponse:
-        p = principal()
-        p.require(Role.ADMIN, what="ListAdminActions")
+        p = self.admin.operator(principal(), "ListAdminActions")
         size = validation.page_size(request.page_size)
         user_id = validation.user_id(request.user_id)
         action = validation.text(request.action, field="action", max_len=64)
@@ -156,8 +151,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         return resp
 
     async def GetAccount(self, request: admin_pb2.GetAccountRequest, context: Ctx) -> admin_pb2.GetAccountResponse:
-        p = principal()
-        p.require(Role.ADMIN, what="GetAccount")
+        p = self.admin.operator(principal(), "GetAccount")
         view, refill = await self.admin.account(p, validation.user_id(request.user_id, required=True))
         w, sub = view.wallet, view.subscription or {}
         return admin_pb2.GetAccountResponse(

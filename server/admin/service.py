@@ -26,6 +26,19 @@ FlagHook = Callable[[LedgerTx, str], Awaitable[None]]
 RefillView = Callable[[str], Awaitable[Any]]
 
 
+@dataclass(frozen=True)
+class Operator:
+    """A caller checked to be an admin. Every AdminService method takes one and
+    only `AdminService.operator` makes one: the role is checked once, before
+    the servicer reads any input, so a non-admin learns nothing from validation."""
+
+    principal: Principal
+
+    @property
+    def subject(self) -> str:
+        return self.principal.subject
+
+
 @dataclass
 class AdminChange(Op[AdminResult]):
     """One admin change, alone in its batch: `change(tx)` makes it and returns
@@ -81,20 +94,23 @@ class AdminService:
         self.on_flag_changed = on_flag_changed
         self.refill_view = refill_view
 
-    async def _submit(self, p: Principal, action: Action, request_id: str, fingerprint: str, reason: str,
+    def operator(self, p: Principal, method: str) -> Operator:
+        p.require(Role.ADMIN, what=method)
+        return Operator(p)
+
+    async def _submit(self, admin: Operator, action: Action, request_id: str, fingerprint: str, reason: str,
                       details: dict[str, Any], change: Any, accounts: set[str] | None = None) -> AdminResult:
         op = AdminChange(
-            actor=p.subject, action=action, reason=reason, request_id=request_id, details=details, change=change,
-            idempotency=Idempotency.of_request(p, str(action), request_id, fingerprint), accounts=accounts or set(),
+            actor=admin.subject, action=action, reason=reason, request_id=request_id, details=details, change=change,
+            idempotency=Idempotency.of_request(admin.principal, str(action), request_id, fingerprint), accounts=accounts or set(),
         )
         result: AdminResult = await self.writer.submit(op)
         return result
 
     async def adjust(
-        self, p: Principal, *, user_id: str, amount: int, reason: str, lot: LotKind | None, expires_at_us: int,
+        self, admin: Operator, *, user_id: str, amount: int, reason: str, lot: LotKind | None, expires_at_us: int,
         allow_negative: bool, request_id: str, fingerprint: str,
     ) -> AdminResult:
-        p.require(Role.ADMIN, what="AdjustBalance")
         if amount == 0:
             raise errors.InvalidAmount("amount must not be zero")
         if amount > 0:
@@ -110,7 +126,7 @@ class AdminService:
         async def change(tx: LedgerTx) -> tuple[str, list[Row], str]:
             if expires_at_us and expires_at_us <= tx.now_us:
                 raise errors.InvalidArgument("expires_at must be in the future", reason="INVALID_EXPIRY")
-            key = Idempotency.of_request(p, str(Action.ADJUST_BALANCE), request_id, fingerprint).transfer_key
+            key = Idempotency.of_request(admin.principal, str(Action.ADJUST_BALANCE), request_id, fingerprint).transfer_key
             row = await corrections.adjust(
                 tx, user_id, amount, key=key, reason=reason, lot=lot or LotKind.PURCHASED,
                 expires_at_us=expires_at_us, allow_negative=allow_negative,
@@ -119,11 +135,10 @@ class AdminService:
 
         details = {"amount_millicredits": amount, "lot": str(lot or ""), "expires_at_us": expires_at_us,
                    "allow_negative": allow_negative}
-        return await self._submit(p, Action.ADJUST_BALANCE, request_id, fingerprint, reason, details, change,
+        return await self._submit(admin, Action.ADJUST_BALANCE, request_id, fingerprint, reason, details, change,
                                   {wallet_id(user_id)})
 
-    async def reverse(self, p: Principal, *, transaction_id: int, reason: str, request_id: str, fingerprint: str) -> AdminResult:
-        p.require(Role.ADMIN, what="ReverseTransaction")
+    async def reverse(self, admin: Operator, *, transaction_id: int, reason: str, request_id: str, fingerprint: str) -> AdminResult:
 
         async def change(tx: LedgerTx) -> tuple[str, list[Row], str]:
             rows = await corrections.reverse(tx, transaction_id, reason)
@@ -131,24 +146,22 @@ class AdminService:
             user = corrections.wallet_user(first["credit_account"]) or corrections.wallet_user(first["debit_account"])
             return user or "", rows, ""
 
-        return await self._submit(p, Action.REVERSE_TRANSACTION, request_id, fingerprint, reason,
+        return await self._submit(admin, Action.REVERSE_TRANSACTION, request_id, fingerprint, reason,
                                   {"transaction_id": str(transaction_id)}, change)
 
-    async def set_flag(self, p: Principal, *, user_id: str, reason: str, request_id: str, fingerprint: str) -> AdminResult:
-        p.require(Role.ADMIN, what="SetAccountFlag")
+    async def set_flag(self, admin: Operator, *, user_id: str, reason: str, request_id: str, fingerprint: str) -> AdminResult:
 
         async def change(tx: LedgerTx) -> tuple[str, list[Row], str]:
             await tx.wallet(user_id)
-            flagged = f"admin {p.subject}: {reason}"[:200]
+            flagged = f"admin {admin.subject}: {reason}"[:200]
             tx.set_user(user_id, flagged_reason=flagged)
             await self.on_flag_changed(tx, user_id)
             return user_id, [], flagged
 
-        return await self._submit(p, Action.SET_ACCOUNT_FLAG, request_id, fingerprint, reason,
+        return await self._submit(admin, Action.SET_ACCOUNT_FLAG, request_id, fingerprint, reason,
                                   {"flag": "disputed"}, change, {wallet_id(user_id)})
 
-    async def clear_flag(self, p: Principal, *, user_id: str, reason: str, request_id: str, fingerprint: str) -> AdminResult:
-        p.require(Role.ADMIN, what="ClearAccountFlag")
+    async def clear_flag(self, admin: Operator, *, user_id: str, reason: str, request_id: str, fingerprint: str) -> AdminResult:
 
         async def change(tx: LedgerTx) -> tuple[str, list[Row], str]:
             await tx.wallet(user_id)
@@ -159,20 +172,18 @@ class AdminService:
             await self.on_flag_changed(tx, user_id)
             return user_id, [], ""
 
-        return await self._submit(p, Action.CLEAR_ACCOUNT_FLAG, request_id, fingerprint, reason,
+        return await self._submit(admin, Action.CLEAR_ACCOUNT_FLAG, request_id, fingerprint, reason,
                                   {"flag": "disputed"}, change, {wallet_id(user_id)})
 
     async def actions(
-        self, p: Principal, *, user_id: str, action: str, actor: str, before: tuple[int, str] | None, limit: int
+        self, admin: Operator, *, user_id: str, action: str, actor: str, before: tuple[int, str] | None, limit: int
     ) -> list[AdminActionView]:
-        p.require(Role.ADMIN, what="ListAdminActions")
         return await self.repo.actions(user_id=user_id, action=action, actor=actor, before=before, limit=limit)
 
-    async def account(self, p: Principal, user_id: str) -> tuple[AccountView, Any]:
+    async def account(self, admin: Operator, user_id: str) -> tuple[AccountView, Any]:
         """GetAccount: the account's rows and its auto-refill view, read on the
         read engine (never through the writer: an unknown user is NOT_FOUND,
         not a new wallet)."""
-        p.require(Role.ADMIN, what="GetAccount")
         view = await self.repo.account(user_id)
         if view is None:
             raise errors.NotFound(f"no account for user {user_id}", reason="ACCOUNT_NOT_FOUND")

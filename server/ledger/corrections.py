@@ -204,7 +204,7 @@ async def refund(
             },
         )
     # Back into the lots the charge drew, less what earlier refunds returned there.
-    # A capture may draw one lot twice (through its hold, then in spend order): add the parts up.
+    # A record may name one lot in several parts (a capture's hold lots, then spend order): add them up.
     left: Counter[tuple[str, int]] = Counter()
     for k, e, p in rec.get("drawn", []):
         left[(k, e)] += p

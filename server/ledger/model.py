@@ -79,6 +79,9 @@ class LotKind(StrEnum):
 # Spending draws from lots in this order; clawbacks of purchases in the reverse.
 SPEND_ORDER = (LotKind.ALLOWANCE, LotKind.EARNED, LotKind.PURCHASED)
 CLAWBACK_ORDER = (LotKind.PURCHASED, LotKind.EARNED, LotKind.ALLOWANCE)
+# Lots that can carry an end (expires_at_us > 0): the monthly allowance, and
+# promotional credits granted with an expiry. Purchased credits never end.
+EXPIRING_KINDS = (LotKind.ALLOWANCE, LotKind.EARNED)
 
 
 class HoldStatus(StrEnum):

@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from server.db.fastread import FastReader
 from server.db.schema import accounts, holds, idempotency, lots, users
-from server.ledger.model import LotKind, wallet_id
+from server.ledger.model import EXPIRING_KINDS, LotKind, wallet_id
 from server.platform.auth import Role
 
 LOT_ORDER = {LotKind.ALLOWANCE: 0, LotKind.EARNED: 1, LotKind.PURCHASED: 2}
@@ -38,7 +38,8 @@ class WalletState:
 WALLET_SQL = (
     "SELECT a.balance, a.pending, a.earned_total, a.spent_total, a.unlimited_overdraft, u.tier,"
     " u.monthly_credits, u.period_start_us, u.period_end_us, u.flagged_reason,"
-    " (SELECT min(l.expires_at_us) FROM lots l WHERE l.account_id = a.id AND l.kind = 'allowance'"
+    " (SELECT min(l.expires_at_us) FROM lots l WHERE l.account_id = a.id"
+    f" AND l.kind IN ({', '.join(repr(str(k)) for k in EXPIRING_KINDS)})"
     "  AND l.remaining > 0 AND l.expires_at_us > 0)"
     " FROM accounts a JOIN users u ON u.user_id = a.user_id WHERE a.id = ?"
 )
@@ -113,7 +114,7 @@ class LedgerReader:
                     key=lambda r: (LOT_ORDER[LotKind(r["kind"])], r["expires_at_us"] == 0, r["expires_at_us"]),
                 )
                 state.next_expiry_us = min(
-                    (r["expires_at_us"] for r in state.lots if r["kind"] == LotKind.ALLOWANCE and r["expires_at_us"] > 0),
+                    (r["expires_at_us"] for r in state.lots if r["kind"] in EXPIRING_KINDS and r["expires_at_us"] > 0),
                     default=0,
                 )
         return state
@@ -134,13 +135,14 @@ class LedgerReader:
             return [r.id for r in (await conn.execute(q)).all()]
 
     async def users_due_rollover(self, now_us: int, limit: int = 500) -> list[str]:
-        """Users whose period ended, or who hold allowance whose lot ended first
-        (a month's free credits of a user whose Pro period runs on)."""
+        """Users whose period ended, or who hold credits whose lot ended first
+        (a month's free credits of a user whose Pro period runs on, or
+        promotional credits granted with an expiry)."""
         ended = select(users.c.user_id).where(users.c.period_end_us <= now_us).limit(limit)
         stale = (
             select(accounts.c.user_id)
             .join(lots, lots.c.account_id == accounts.c.id)
-            .where(lots.c.kind == str(LotKind.ALLOWANCE), lots.c.remaining > 0,
+            .where(lots.c.kind.in_([str(k) for k in EXPIRING_KINDS]), lots.c.remaining > 0,
                    lots.c.expires_at_us > 0, lots.c.expires_at_us <= now_us)
             .limit(limit)
         )
