@@ -9,7 +9,6 @@ derived from the caller's request so that a retry never charges or creates twice
 from __future__ import annotations
 
 import json
-
 import logging
 from typing import Any
 
