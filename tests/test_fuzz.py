@@ -11,6 +11,8 @@ server-streaming call is read for a few messages under a short deadline.
 
 Whatever the input: never INTERNAL or UNKNOWN, and the server logs no
 traceback (nor any ERROR). The ledger audit (`verify`) passes afterwards.
+The same for correctly signed webhook bodies: 200 or 400, never 5xx, and a
+400 stores nothing.
 The server runs on its own event-loop thread (as in tests/test_model.py) and
 the examples are bounded so that each database takes well under a minute.
 """
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import json
 import logging
 import os
 import pkgutil
@@ -40,6 +43,7 @@ from server.ledger.verify import verify
 from server.platform.clock import ManualClock
 from tests.conftest import _require_postgres
 from tests.harness import PINNED_START, Running, auth, database
+from tests.stripe_fake import WEBHOOK_SECRET, sign
 
 I64 = (-(2**63), 2**63 - 1)
 I32 = (-(2**31), 2**31 - 1)
@@ -48,6 +52,7 @@ U32 = (0, 2**32 - 1)
 USER = "fuzz-user"
 # Examples per RPC (about 30 RPCs): BILLING_FUZZ_EXAMPLES raises it for a longer run.
 EXAMPLES = int(os.environ.get("BILLING_FUZZ_EXAMPLES", "25"))
+WEBHOOK_EXAMPLES = 3 * EXAMPLES
 STREAM_DEADLINE_S = 0.3
 BAD_CODES = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN}
 
@@ -177,7 +182,7 @@ class ServerLog(logging.Handler):
 class Service:
     """A real server on its own event-loop thread, called through a synchronous channel."""
 
-    def __init__(self, kind: str, tmp: Path) -> None:
+    def __init__(self, kind: str, tmp: Path, **overrides: Any) -> None:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
@@ -185,7 +190,7 @@ class Service:
             self.run(_require_postgres())
         self._db = database(kind, tmp)
         url = self.run(self._db.__aenter__())
-        self.server = Running(url, ManualClock(int(PINNED_START.timestamp()) * 1_000_000))
+        self.server = Running(url, ManualClock(int(PINNED_START.timestamp()) * 1_000_000), **overrides)
         self.run(self.server.start())
         assert self.server.app is not None
         self.channel = grpc.insecure_channel(f"127.0.0.1:{self.server.app.grpc_port}")
@@ -273,3 +278,94 @@ def test_fuzz_every_rpc(service: Service) -> None:
     # The fuzzer got past authentication and validation somewhere: not all refusals.
     assert any("OK" in codes for codes in seen.values()), seen
     assert service.audit() == []
+
+
+# ---- signed webhooks -------------------------------------------------------------------
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=False) | _TEXT,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_TEXT, inner, max_size=4),
+    max_leaves=12,
+)
+# Fields the handlers of every domain read from an event's object.
+OBJECT_FIELDS = (
+    "id", "object", "mode", "payment_status", "status", "currency", "amount", "amount_total", "amount_refunded",
+    "amount_paid", "metadata", "payment_intent", "latest_charge", "charge", "customer", "subscription",
+    "setup_intent", "payment_method", "last_payment_error", "receipt_url", "client_reference_id", "lines",
+    "period_start", "period_end", "current_period_start", "current_period_end", "cancel_at_period_end", "items",
+    "parent", "subscription_details", "hosted_invoice_url", "billing_reason", "created", "expires_at", "url",
+    "card", "invoice_settings", "default_payment_method",
+)
+
+
+def event_strategy(types: list[str]) -> st.SearchStrategy[Any]:
+    """Stripe-shaped events (a known type, an object with the fields handlers
+    read, each of any JSON type), and arbitrary JSON now and then."""
+    plausible = st.fixed_dictionaries(
+        {"id": st.from_regex(r"\Aevt_[a-z0-9]{8}\Z"), "type": st.sampled_from(types), "object": st.just("event"),
+         "created": st.integers(0, 4_000_000_000),
+         "data": st.fixed_dictionaries({"object": st.fixed_dictionaries({}, optional=dict.fromkeys(OBJECT_FIELDS, _JSON))})},
+        optional={"livemode": st.booleans()},
+    )
+    return st.one_of(plausible, plausible, plausible, _JSON)
+
+
+@pytest.fixture
+def webhook_service(db_kind: str, tmp_path: Path) -> Iterator[Service]:
+    # Stripe "configured" at a closed port: no handler may need to call it.
+    svc = Service(db_kind, tmp_path, stripe_api_key="sk_test_fuzz", stripe_webhook_secret=WEBHOOK_SECRET,
+                  stripe_api_base="http://127.0.0.1:9")
+    try:
+        yield svc
+    finally:
+        svc.close()
+
+
+def test_fuzz_signed_webhooks(webhook_service: Service) -> None:
+    """Correctly signed bodies of every shape: 200 or 400, never a 5xx or a
+    traceback; a 400 stores nothing."""
+    import httpx
+
+    from server.payments.webhooks import HANDLED_EVENTS
+
+    svc = webhook_service
+    assert svc.server.app is not None
+    router = svc.server.app.registry.webhooks
+    types = sorted({*HANDLED_EVENTS, *router.by_type, "customer.updated"})
+    url = f"http://127.0.0.1:{svc.server.app.http_port}/webhooks/stripe"
+    log = ServerLog()
+    logging.getLogger().addHandler(log)
+    statuses: set[int] = set()
+
+    def stored() -> int:
+        async def count() -> int:
+            from sqlalchemy import text
+
+            assert svc.server.app is not None
+            async with svc.server.app.db.reader.connect() as conn:
+                return int((await conn.execute(text("SELECT count(*) FROM webhook_events"))).scalar_one())
+
+        return int(svc.run(count()))
+
+    try:
+        with httpx.Client(timeout=10) as http:
+
+            @settings(max_examples=WEBHOOK_EXAMPLES, deadline=None, database=None, derandomize=True,
+                      suppress_health_check=list(HealthCheck))
+            @given(ev=event_strategy(types))
+            def one(ev: Any) -> None:
+                body = json.dumps(ev).encode()
+                before, logged = stored(), len(log.bad)
+                r = http.post(url, content=body, headers={"Content-Type": "application/json", "Stripe-Signature": sign(body, WEBHOOK_SECRET)})
+                statuses.add(r.status_code)
+                assert r.status_code in (200, 400), f"{r.status_code} {r.text[:200]} for {body[:1500]!r}"
+                if r.status_code == 400:
+                    assert stored() == before, f"a refused event was stored: {body[:1500]!r}"
+                new = [b for b in log.bad[logged:] if "amount mismatch" not in b]
+                assert not new, f"logged {new[:3]} for {body[:1500]!r}"
+
+            one()
+    finally:
+        logging.getLogger().removeHandler(log)
+    assert statuses == {200, 400}, statuses
+    assert svc.audit() == []
