@@ -132,6 +132,7 @@ async def billing_server(url: str, workdir: Path, **env: str) -> AsyncIterator[S
         "BILLING_GRPC_PORT": str(port),
         "BILLING_HTTP_PORT": str(http),
         "BILLING_JWT_SECRET": SECRET,
+        "BILLING_SHUTDOWN_GRACE_SECONDS": "0",  # no balancer in a benchmark: drain at once
         "BILLING_LOG_LEVEL": "WARNING",
         "BILLING_WORKER_INTERVAL_SECONDS": "3600",
         "BILLING_VAR_DIR": str(workdir),

@@ -4,6 +4,7 @@ listener (webhooks, metrics, health), the ledger writer and background workers."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import signal
@@ -146,6 +147,8 @@ class App:
         self.http_port = 0
         self._http_runner: web.AppRunner | None = None
         self._stopped = asyncio.Event()
+        # Set when a shutdown begins: /healthz answers 503 from then on.
+        self.draining = False
 
     def _publish(self, events: list[BalanceEvent]) -> None:
         METRICS.observe_events(events)
@@ -242,15 +245,23 @@ class App:
         self.http_port = sockets[0].getsockname()[1] if sockets else self.settings.http_port
 
     async def _healthz(self, request: web.Request) -> web.Response:
+        if self.draining:
+            return web.json_response({"status": "draining"}, status=503)
         return web.json_response({"status": "serving"})
 
     async def _metrics(self, request: web.Request) -> web.Response:
         return web.Response(body=METRICS.render(), content_type="text/plain", charset="utf-8")
 
-    async def stop(self, grace: float = 5.0) -> None:
-        """Graceful drain: refuse new calls, let running ones finish, flush the writer."""
+    async def begin_drain(self) -> None:
+        """Tell load balancers to go elsewhere: /healthz 503 and every gRPC
+        health status NOT_SERVING, while calls are still served."""
+        self.draining = True
         if hasattr(self, "health"):
             await self.health.enter_graceful_shutdown()
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Graceful drain: refuse new calls, let running ones finish, flush the writer."""
+        await self.begin_drain()
         await self.workers.stop()
         for hook in self.registry.on_stop:
             await hook()
@@ -279,6 +290,13 @@ class App:
             loop.add_signal_handler(sig, stop.set)
         try:
             await stop.wait()
-            log.info("draining")
+            await self.begin_drain()
+            grace = self.settings.shutdown_grace_seconds
+            log.info("shutting down: health is NOT_SERVING, still serving calls", extra={"grace_seconds": grace})
+            stop.clear()
+            # A second signal ends the grace period at once.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), grace)
+            log.info("draining", extra={"drain_seconds": self.settings.shutdown_drain_seconds})
         finally:
-            await self.stop()
+            await self.stop(self.settings.shutdown_drain_seconds)

@@ -57,6 +57,7 @@ class Server:
             "BILLING_GRPC_PORT": str(self.grpc_port),
             "BILLING_HTTP_PORT": str(self.http_port),
             "BILLING_JWT_SECRET": JWT_SECRET,
+            "BILLING_SHUTDOWN_GRACE_SECONDS": "0",  # no balancer here: drain at once
             "BILLING_LOG_LEVEL": "WARNING",
             "BILLING_WORKER_INTERVAL_SECONDS": "3600",
             "BILLING_AWARD_RATE_PER_SECOND": "0",

@@ -265,6 +265,7 @@ async def test_readme_opentelemetry_instrument_recipe_prints_spans(tmp_path: Pat
         "BILLING_GRPC_PORT": str(grpc_port),
         "BILLING_HTTP_PORT": str(free_port()),
         "BILLING_JWT_SECRET": JWT_SECRET,
+        "BILLING_SHUTDOWN_GRACE_SECONDS": "0",  # no balancer here: drain at once
         "BILLING_LOG_JSON": "true",
         "BILLING_LOG_LEVEL": "DEBUG",
         "BILLING_WORKER_INTERVAL_SECONDS": "3600",

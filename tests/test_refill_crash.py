@@ -74,6 +74,7 @@ class ServerProcess:
             "BILLING_HTTP_HOST": "127.0.0.1",
             "BILLING_HTTP_PORT": str(self.http_port),
             "BILLING_JWT_SECRET": JWT_SECRET,
+            "BILLING_SHUTDOWN_GRACE_SECONDS": "0",  # no balancer here: drain at once
             "BILLING_VAR_DIR": str(self.workdir),
             "BILLING_LOG_LEVEL": "WARNING",
             "BILLING_WORKER_INTERVAL_SECONDS": str(worker_interval),

@@ -60,7 +60,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         if request.lot:
             validation.enum(request.lot, common_pb2.LotKind, field="lot")
             lot = _LOTS[request.lot]
-        expires = convert.us_of(request.expires_at, request.HasField("expires_at")) or 0
+        expires = validation.timestamp(request.expires_at, request.HasField("expires_at"), field="expires_at") or 0
         result = await self.admin.adjust(
             p,
             user_id=validation.user_id(request.user_id, required=True),
@@ -129,14 +129,9 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         action = validation.text(request.action, field="action", max_len=64)
         actor = validation.text(request.actor, field="actor", max_len=128)
         sig = validation.filters_signature(user_id, action, actor)
-        before = validation.decode_page_token(request.page_token, sig)
-        if before is not None and not (
-            isinstance(before, list) and len(before) == 2 and isinstance(before[0], int) and isinstance(before[1], str)
-        ):
-            raise errors.InvalidArgument("page_token is invalid", reason="INVALID_PAGE_TOKEN")
+        before = validation.decode_page_token(request.page_token, sig, int, str)
         rows = await self.admin.actions(
-            p, user_id=user_id, action=action, actor=actor,
-            before=(before[0], before[1]) if before else None, limit=size + 1,
+            p, user_id=user_id, action=action, actor=actor, before=before, limit=size + 1,
         )
         resp = admin_pb2.ListAdminActionsResponse()
         for a in rows[:size]:

@@ -17,10 +17,6 @@ def ts(us: int | None) -> Timestamp | None:
     return t
 
 
-def us_of(t: Timestamp, present: bool) -> int | None:
-    return t.ToMicroseconds() if present else None
-
-
 def tier_pb(name: str) -> int:
     return common_pb2.Tier.Value(f"TIER_{name.upper()}")
 

@@ -10,14 +10,22 @@ import re
 from typing import Any
 
 from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from server.ledger.model import MAX_AMOUNT
 from server.platform import errors
+from server.platform.clock import MAX_US, MIN_US
 
 REQUEST_ID = re.compile(r"^[\x21-\x7e]{1,128}$")
 USER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+\-]{0,127}$")
 CATEGORY = re.compile(r"^[a-z0-9][a-z0-9_\-]{0,63}$")
 OPAQUE_ID = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
+# Stored free text may hold tabs and newlines, never NUL or another C0/C1
+# control (PostgreSQL refuses NUL in text, SQLite keeps it: both must refuse alike).
+CONTROL_IN_TEXT = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+I64_MAX = 2**63 - 1
+I64_MIN = -(2**63)
 DEFAULT_PAGE_SIZE = 20
 MAX_PAGE_SIZE = 100
 
@@ -58,7 +66,7 @@ def amount(value: int, *, field: str = "amount_millicredits", maximum: int = MAX
 def text(value: str, *, field: str, max_len: int = 500) -> str:
     if len(value) > max_len:
         raise errors.InvalidArgument(f"{field} is longer than {max_len} characters", reason="FIELD_TOO_LONG", metadata={"field": field})
-    if any(ord(ch) < 0x20 and ch not in "\t\n" for ch in value):
+    if CONTROL_IN_TEXT.search(value):
         raise errors.InvalidArgument(f"{field} contains control characters", reason="INVALID_TEXT", metadata={"field": field})
     return value
 
@@ -93,6 +101,12 @@ def metadata(values: Any) -> dict[str, str]:
     for k, v in values.items():
         if not k or len(k) > 64 or len(v) > 256:
             raise errors.InvalidArgument("metadata keys are 1-64 and values at most 256 characters", reason="INVALID_METADATA")
+        if CONTROL.search(k) or CONTROL_IN_TEXT.search(v):
+            raise errors.InvalidArgument(
+                "metadata keys hold no control characters, values none but tab and newline",
+                reason="INVALID_METADATA",
+                metadata={"field": "metadata", "key": k if not CONTROL.search(k) else ""},
+            )
         out[str(k)] = str(v)
     return out
 
@@ -106,6 +120,22 @@ def enum(value: int, enum_type: Any, *, field: str, allow_unspecified: bool = Fa
             metadata={"field": field, "allowed": ",".join(n for n in enum_type.keys() if not n.endswith("UNSPECIFIED"))},
         )
     return value
+
+
+def timestamp(t: Timestamp, present: bool, *, field: str) -> int | None:
+    """A Timestamp field as microseconds since the epoch, or None when unset.
+    Outside the type's documented range (years 1 to 9999) it is refused: such
+    values overflow the microsecond arithmetic and the database's int64."""
+    if not present:
+        return None
+    # google.protobuf.Timestamp's own range: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59.999999999Z.
+    if not (MIN_US // 1_000_000 <= t.seconds <= MAX_US // 1_000_000 and 0 <= t.nanos <= 999_999_999):
+        raise errors.InvalidArgument(
+            f"{field} must be between 0001-01-01T00:00:00Z and 9999-12-31T23:59:59Z",
+            reason="INVALID_TIMESTAMP",
+            metadata={"field": field, "seconds": str(t.seconds), "nanos": str(t.nanos)},
+        )
+    return int(t.ToMicroseconds())
 
 
 def page_size(value: int) -> int:
@@ -142,8 +172,24 @@ def encode_page_token(position: Any, filters: str) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def decode_page_token(token: str, filters: str) -> Any:
-    """The position inside an opaque token; garbage or changed filters are refused."""
+def _bad_page_token() -> errors.InvalidArgument:
+    return errors.InvalidArgument(
+        "page_token is invalid or does not match the request's filters", reason="INVALID_PAGE_TOKEN"
+    )
+
+
+def _fits(value: Any, kind: type) -> bool:
+    # bool is an int to Python; a forged position beyond int64 would reach the
+    # database driver and fail there.
+    if kind is int:
+        return type(value) is int and I64_MIN <= value <= I64_MAX
+    return isinstance(value, str) and len(value) <= 255
+
+
+def decode_page_token(token: str, filters: str, *shape: type) -> Any:
+    """The position inside an opaque token: one value of `shape[0]`, or a
+    list of values of `shape`'s types. Garbage, changed filters, a position
+    of another shape and an integer outside int64 are refused."""
     if not token:
         return None
     try:
@@ -152,11 +198,16 @@ def decode_page_token(token: str, filters: str) -> Any:
         data = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
         if not isinstance(data, dict) or data.get("f") != filters:
             raise ValueError("filters changed")
-        return data["p"]
+        pos = data["p"]
     except (ValueError, KeyError, TypeError, json.JSONDecodeError, UnicodeDecodeError):
-        raise errors.InvalidArgument(
-            "page_token is invalid or does not match the request's filters", reason="INVALID_PAGE_TOKEN"
-        ) from None
+        raise _bad_page_token() from None
+    if len(shape) == 1:
+        if not _fits(pos, shape[0]):
+            raise _bad_page_token()
+        return pos
+    if not (isinstance(pos, list) and len(pos) == len(shape) and all(map(_fits, pos, shape))):
+        raise _bad_page_token()
+    return tuple(pos)
 
 
 def filters_signature(*parts: Any) -> str:

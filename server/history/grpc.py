@@ -6,7 +6,6 @@ from flownexus.billing.v1 import common_pb2, history_pb2, history_pb2_grpc
 
 from server.grpc import Ctx, convert, validation
 from server.history.service import HistoryService
-from server.platform import errors
 from server.platform.auth import principal
 from server.registry import Registry
 
@@ -24,12 +23,10 @@ class HistoryServicer(history_pb2_grpc.HistoryServiceServicer):
             convert.kind_of(validation.enum(t, common_pb2.TransactionType, field="types"))
             for t in request.types
         ]
-        start = convert.us_of(request.start_time, request.HasField("start_time"))
-        end = convert.us_of(request.end_time, request.HasField("end_time"))
+        start = validation.timestamp(request.start_time, request.HasField("start_time"), field="start_time")
+        end = validation.timestamp(request.end_time, request.HasField("end_time"), field="end_time")
         sig = validation.filters_signature(user, sorted(kinds), start, end)
-        before = validation.decode_page_token(request.page_token, sig)
-        if before is not None and not isinstance(before, int):
-            raise errors.InvalidArgument("page_token is invalid", reason="INVALID_PAGE_TOKEN")
+        before = validation.decode_page_token(request.page_token, sig, int)
         rows = await self.history.history(
             principal(), user_id=user, limit=size + 1, before_id=before, kinds=kinds, start_us=start, end_us=end
         )
@@ -44,8 +41,8 @@ class HistoryServicer(history_pb2_grpc.HistoryServiceServicer):
         state, rows, start, end = await self.history.spending_report(
             principal(),
             validation.user_id(request.user_id),
-            convert.us_of(request.start_time, request.HasField("start_time")),
-            convert.us_of(request.end_time, request.HasField("end_time")),
+            validation.timestamp(request.start_time, request.HasField("start_time"), field="start_time"),
+            validation.timestamp(request.end_time, request.HasField("end_time"), field="end_time"),
         )
         total = sum(r[1] for r in rows)
         # The burn rate is per elapsed day: a window reaching into the future

@@ -9,7 +9,7 @@ from server.ledger.model import Kind, TransferView
 from server.ledger.repository import WalletState
 from server.platform import errors
 from server.platform.auth import Principal
-from server.platform.clock import Clock
+from server.platform.clock import MIN_US, Clock
 
 DAY_US = 86_400_000_000
 
@@ -43,7 +43,8 @@ class HistoryService:
         user = principal.resolve_user(user_id)
         now = self.clock.now_us()
         end = end_us or now + 1  # the window includes this instant
-        start = start_us or end - 30 * DAY_US
+        # A window ending in the first days of year 1 starts at the first instant.
+        start = start_us or max(end - 30 * DAY_US, MIN_US)
         if start >= end:
             raise errors.InvalidArgument("start_time must be before end_time", reason="INVALID_TIME_RANGE")
         state = await self.balance.wallet(user)

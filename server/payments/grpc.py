@@ -12,7 +12,6 @@ from flownexus.billing.v1 import payments_pb2, payments_pb2_grpc
 from server.grpc import convert, validation
 from server.payments.models import PaymentKind, PaymentRow, PaymentStatus
 from server.payments.service import PaymentsService, WebhookRejected
-from server.platform import errors
 from server.platform.auth import principal
 from server.registry import Registry
 
@@ -26,6 +25,7 @@ STATUS: dict[str, payments_pb2.PaymentStatus] = {
     PaymentStatus.REFUNDED: payments_pb2.PAYMENT_STATUS_REFUNDED,
     PaymentStatus.PARTIALLY_REFUNDED: payments_pb2.PAYMENT_STATUS_PARTIALLY_REFUNDED,
     PaymentStatus.DISPUTED: payments_pb2.PAYMENT_STATUS_DISPUTED,
+    PaymentStatus.AMOUNT_MISMATCH: payments_pb2.PAYMENT_STATUS_AMOUNT_MISMATCH,
 }
 KIND: dict[str, payments_pb2.PaymentKind] = {
     PaymentKind.CHECKOUT: payments_pb2.PAYMENT_KIND_CHECKOUT,
@@ -82,12 +82,7 @@ class PaymentsServicer(payments_pb2_grpc.PaymentsServiceServicer):
         size = validation.page_size(request.page_size)
         user = validation.user_id(request.user_id)
         sig = validation.filters_signature("payments", p.resolve_user(user))
-        pos = validation.decode_page_token(request.page_token, sig)
-        before = None
-        if pos is not None:
-            if not (isinstance(pos, list) and len(pos) == 2 and isinstance(pos[0], int) and isinstance(pos[1], str)):
-                raise errors.InvalidArgument("page_token is invalid", reason="INVALID_PAGE_TOKEN")
-            before = (pos[0], pos[1])
+        before = validation.decode_page_token(request.page_token, sig, int, str)
         rows = await self.service.list(p, user, limit=size + 1, before=before)
         resp = payments_pb2.ListPaymentsResponse(payments=[payment_pb(r) for r in rows[:size]])
         if len(rows) > size:

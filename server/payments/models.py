@@ -20,6 +20,8 @@ class PaymentStatus(StrEnum):
     REFUNDED = "refunded"
     PARTIALLY_REFUNDED = "partially_refunded"
     DISPUTED = "disputed"
+    # Stripe reported another amount or currency: not credited, for an operator to review.
+    AMOUNT_MISMATCH = "amount_mismatch"
 
 
 class PaymentKind(StrEnum):

@@ -178,11 +178,14 @@ class PaymentsService:
             if not signature:
                 raise WebhookRejected(400, "missing Stripe-Signature header")
             try:
-                event = StripeGateway.verify_event(payload, signature, secret, tolerance=300)
-            except (ValueError, stripe.SignatureVerificationError):
+                body = StripeGateway.verify_event(payload, signature, secret, tolerance=300)
+            except (ValueError, RecursionError, stripe.SignatureVerificationError):
                 raise WebhookRejected(400, "invalid signature or payload") from None
-            if not event.get("id") or not event.get("type"):
-                raise WebhookRejected(400, "not a Stripe event")
+            try:
+                event = webhooks.check_event(body)
+            except webhooks.MalformedEvent as exc:
+                log.warning("malformed stripe event refused", extra={"problem": str(exc)})
+                raise WebhookRejected(400, f"not a well-formed Stripe event: {exc}") from None
         except WebhookRejected:
             METRICS.webhook_events.labels(type="unverified", result="rejected").inc()
             raise
@@ -240,6 +243,9 @@ class PaymentsService:
             if p is None:
                 return 0
             if paid:
+                if mismatch := webhooks.amount_mismatch(p, session, "amount_total"):
+                    await webhooks.hold_for_review(tx, p, mismatch, "reconciliation", payment_intent_id=pi)
+                    return 0
                 return 1 if await webhooks.mark_paid(tx, p, payment_intent_id=pi) else 0
             await webhooks.mark_expired(tx, p)
             return 1

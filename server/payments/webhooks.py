@@ -49,6 +49,88 @@ HANDLED_EVENTS = (
 )
 
 
+# ---- the shape of an authentic event ----------------------------------------------
+# A signed body is Stripe's, but its shape is still checked before anything is
+# stored: a body that cannot be a Stripe event gets 400 (Stripe stops
+# retrying), not 500 (retried for days), and is not stored.
+
+_MAX_EPOCH_SECONDS = 253_402_300_799  # 9999-12-31T23:59:59Z
+_I64_MAX = 2**63 - 1
+# Fields of `data.object` the handlers read, by the JSON type they must have when present.
+_OBJ_STRINGS = (
+    "id", "object", "mode", "payment_status", "status", "currency", "receipt_url", "client_reference_id",
+    "hosted_invoice_url", "url",
+)
+_OBJ_INTS = ("amount", "amount_total", "amount_refunded", "amount_paid", "created", "expires_at")
+_OBJ_REFS = ("payment_intent", "latest_charge", "charge", "customer", "subscription", "setup_intent", "payment_method")
+_OBJ_OBJECTS = ("metadata", "last_payment_error")
+
+
+class MalformedEvent(ValueError):
+    """An authentic body that is not a well-formed Stripe event."""
+
+
+def _int_ok(value: Any, maximum: int = _I64_MAX) -> bool:
+    return type(value) is int and 0 <= value <= maximum
+
+
+def check_event(event: Any) -> StripeObject:
+    """The event when its envelope and the fields the handlers read have
+    Stripe's types; else MalformedEvent naming the first bad field."""
+    if not isinstance(event, dict):
+        raise MalformedEvent("the event is not a JSON object")
+    for name, limit in (("id", 255), ("type", 100)):
+        value = event.get(name)
+        if not isinstance(value, str) or not 0 < len(value) <= limit:
+            raise MalformedEvent(f"event.{name} must be a string of 1 to {limit} characters")
+    if not _int_ok(event.get("created"), _MAX_EPOCH_SECONDS):
+        raise MalformedEvent("event.created must be an integer Unix time")
+    data = event.get("data")
+    if not isinstance(data, dict) or not isinstance(data.get("object"), dict):
+        raise MalformedEvent("event.data.object must be a JSON object")
+    obj = data["object"]
+    for name in _OBJ_STRINGS:
+        if obj.get(name) is not None and not isinstance(obj[name], str):
+            raise MalformedEvent(f"data.object.{name} must be a string")
+    for name in _OBJ_INTS:
+        if obj.get(name) is not None and not _int_ok(obj[name]):
+            raise MalformedEvent(f"data.object.{name} must be a non-negative integer")
+    for name in _OBJ_REFS:
+        if obj.get(name) is not None and not isinstance(obj[name], str | dict):
+            raise MalformedEvent(f"data.object.{name} must be an id or an object")
+    for name in _OBJ_OBJECTS:
+        if obj.get(name) is not None and not isinstance(obj[name], dict):
+            raise MalformedEvent(f"data.object.{name} must be an object")
+    return event
+
+
+def amount_mismatch(p: PaymentRow, obj: StripeObject, field: str) -> str:
+    """How Stripe's amount or currency differs from the recorded payment
+    ("" when they agree, or when the event does not say)."""
+    amount, currency = obj.get(field), obj.get("currency")
+    wrong = []
+    if amount is not None and amount != p["amount_cents"]:
+        wrong.append(f"amount {amount} (recorded {p['amount_cents']})")
+    if currency is not None and str(currency).lower() != str(p["currency"]).lower():
+        wrong.append(f"currency {currency} (recorded {p['currency']})")
+    return ", ".join(wrong)
+
+
+async def hold_for_review(tx: LedgerTx, p: PaymentRow, mismatch: str, event_type: str, **refs: str) -> str:
+    """A checkout Stripe reports with another amount or currency than we
+    recorded: no credits; the payment shows AMOUNT_MISMATCH to its user and
+    to operators, and the event is stored with that outcome."""
+    _set(tx, p, **_refs(p, **refs))
+    log.error(
+        "stripe amount mismatch: payment not credited",
+        extra={"payment_id": p["id"], "user_id": p["user_id"], "event_type": event_type, "mismatch": mismatch},
+    )
+    if p["status"] in CREDITED:
+        return "amount_mismatch"  # credited before (another event agreed): logged for operators
+    _set(tx, p, status=PaymentStatus.AMOUNT_MISMATCH, failure_reason=f"amount_mismatch: Stripe reported {mismatch}"[:200])
+    return "amount_mismatch"
+
+
 # Hooks see the payment as a plain row: other domains read it, and change it
 # only through this module's transitions.
 def grant_key(payment_id: str) -> str:
@@ -99,8 +181,8 @@ async def mark_paid(tx: LedgerTx, p: PaymentRow, **refs: str) -> bool:
         early = await repo.early_receipt(tx, p["payment_intent_id"])
         if early is not None:
             _set(tx, p, **_refs(p, charge_id=early[0], receipt_url=early[1]))
-    if p["status"] in CREDITED:
-        return False
+    if p["status"] in CREDITED or p["status"] == PaymentStatus.AMOUNT_MISMATCH:
+        return False  # credited already, or held for an operator's review
     key = grant_key(p["id"])
     granted = False
     if await tx.key_unused(key):
@@ -158,6 +240,8 @@ async def apply_refund(tx: LedgerTx, p: PaymentRow, refunded_cents: int, **refs:
     """Claw back credits in proportion to the cumulative refunded amount."""
     # A refund proves the charge succeeded: credit first if that event is late.
     await mark_paid(tx, p, **refs)
+    if p["status"] not in CREDITED:
+        return 0  # held for review: nothing was granted, nothing to take back
     refunded_cents = min(max(refunded_cents, 0), p["amount_cents"])
     if refunded_cents <= p["refunded_cents"]:
         return 0  # an older (smaller) refund event arriving late
@@ -211,6 +295,8 @@ async def _dispute_clawback(tx: LedgerTx, p: PaymentRow, dispute: StripeObject) 
 
 async def dispute_created(tx: LedgerTx, p: PaymentRow, dispute: StripeObject, **refs: str) -> None:
     await mark_paid(tx, p, **refs)
+    if p["status"] not in CREDITED:
+        return
     if p["dispute_id"] == dispute["id"]:
         return  # already handled (or closed as won before this event arrived)
     await _dispute_clawback(tx, p, dispute)
@@ -218,6 +304,8 @@ async def dispute_created(tx: LedgerTx, p: PaymentRow, dispute: StripeObject, **
 
 async def dispute_closed(tx: LedgerTx, p: PaymentRow, dispute: StripeObject, **refs: str) -> None:
     await mark_paid(tx, p, **refs)
+    if p["status"] not in CREDITED:
+        return
     dispute_id = dispute["id"]
     won = dispute.get("status") in ("won", "warning_closed")
     if p["dispute_id"] != dispute_id:
@@ -289,15 +377,18 @@ async def _dispatch(
     p = await _payment_for(tx, etype, obj)
     if p is None:
         return None, "unmatched"
-    if etype == "checkout.session.completed":
+    if etype in ("checkout.session.completed", "checkout.session.async_payment_succeeded"):
         pi = _id(obj.get("payment_intent"))
+        if mismatch := amount_mismatch(p, obj, "amount_total"):
+            return p, await hold_for_review(tx, p, mismatch, etype, payment_intent_id=pi)
+    if etype == "checkout.session.completed":
         if obj.get("payment_status") in ("paid", "no_payment_required"):
             await mark_paid(tx, p, payment_intent_id=pi)
             return p, "paid"
         _set(tx, p, **_refs(p, payment_intent_id=pi))
         return p, "awaiting_payment"
     if etype == "checkout.session.async_payment_succeeded":
-        await mark_paid(tx, p, payment_intent_id=_id(obj.get("payment_intent")))
+        await mark_paid(tx, p, payment_intent_id=pi)
         return p, "paid"
     if etype == "checkout.session.async_payment_failed":
         await mark_failed(tx, p, "async_payment_failed", payment_intent_id=_id(obj.get("payment_intent")))
@@ -306,6 +397,8 @@ async def _dispatch(
         await mark_expired(tx, p)
         return p, "expired"
     if etype == "payment_intent.succeeded":
+        if mismatch := amount_mismatch(p, obj, "amount"):
+            return p, await hold_for_review(tx, p, mismatch, etype, payment_intent_id=_id(obj.get("id")))
         await mark_paid(tx, p, payment_intent_id=_id(obj.get("id")), charge_id=_id(obj.get("latest_charge")))
         return p, "paid"
     if etype == "payment_intent.payment_failed":

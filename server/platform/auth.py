@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextvars
 import time
+import unicodedata
 from collections import OrderedDict
 from dataclasses import dataclass
 from enum import StrEnum
@@ -95,6 +96,13 @@ class TokenCache:
         return found
 
 
+def _printable_subject(sub: str) -> bool:
+    """No control character (NUL included) and no lone surrogate: such a
+    subject breaks PostgreSQL text and log lines, and SQLite would keep it,
+    so both databases refuse it here, before any storage."""
+    return not any(unicodedata.category(ch) in ("Cc", "Cs") for ch in sub)
+
+
 def decode_token(
     secret: str, token: str, *, issuer: str = "flownexus-billing", exp_out: list[float] | None = None
 ) -> Principal:
@@ -125,7 +133,10 @@ def decode_token(
         raise errors.Unauthenticated("invalid token", reason="INVALID_TOKEN") from None
     sub, role = claims.get("sub"), claims.get("role")
     # isinstance first: a forged list or object role must not reach the set lookup
-    if not isinstance(sub, str) or not sub or len(sub) > 128 or not isinstance(role, str) or role not in {r.value for r in Role}:
+    if (
+        not isinstance(sub, str) or not sub or len(sub) > 128 or not _printable_subject(sub)
+        or not isinstance(role, str) or role not in {r.value for r in Role}
+    ):
         raise errors.Unauthenticated("invalid token claims", reason="INVALID_TOKEN")
     if exp_out is not None:
         exp_out.append(float(claims["exp"]))

@@ -7,6 +7,9 @@ from datetime import UTC, datetime, timedelta
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _US = timedelta(microseconds=1)
+# The instants a datetime (and a protobuf Timestamp) can hold: years 1 to 9999.
+MIN_US = -62_135_596_800_000_000
+MAX_US = 253_402_300_799_999_999
 
 
 class Clock:

@@ -20,7 +20,7 @@ OTHER_VARIABLES = frozenset({
     "BILLING_VAR_DIR",
     "BILLING_GRPC_TARGET", "BILLING_TOKEN", "BILLING_MCP_RESOURCE_URL", "BILLING_MCP_AUTHORIZATION_SERVER",
     "BILLING_TEST_PG_DSN", "BILLING_SOAK", "BILLING_CRASH_KILLS", "BILLING_BANK_SECONDS",
-    "BILLING_MODEL_EXAMPLES",
+    "BILLING_MODEL_EXAMPLES", "BILLING_FUZZ_EXAMPLES",
 })
 
 
@@ -95,6 +95,11 @@ class Settings(BaseSettings):
     award_burst: int = Field(default=200, ge=1)
     payment_link_rate_per_second: float = Field(default=1.0, ge=0)
     payment_link_burst: int = Field(default=10, ge=1)
+    # ---- shutdown (SIGTERM): first health says NOT_SERVING while calls are
+    # still served, so load balancers move traffic away; then the drain.
+    shutdown_grace_seconds: float = Field(default=5.0, ge=0, le=3600)
+    # The drain: running calls get this long to finish, new ones are refused.
+    shutdown_drain_seconds: float = Field(default=5.0, ge=0, le=3600)
     watch_queue_size: int = Field(default=64, gt=1)
     worker_interval_seconds: float = 5.0
     log_level: str = "INFO"

@@ -20,6 +20,7 @@ class PaymentStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PAYMENT_STATUS_REFUNDED: _ClassVar[PaymentStatus]
     PAYMENT_STATUS_PARTIALLY_REFUNDED: _ClassVar[PaymentStatus]
     PAYMENT_STATUS_DISPUTED: _ClassVar[PaymentStatus]
+    PAYMENT_STATUS_AMOUNT_MISMATCH: _ClassVar[PaymentStatus]
 
 class PaymentKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -35,6 +36,7 @@ PAYMENT_STATUS_EXPIRED: PaymentStatus
 PAYMENT_STATUS_REFUNDED: PaymentStatus
 PAYMENT_STATUS_PARTIALLY_REFUNDED: PaymentStatus
 PAYMENT_STATUS_DISPUTED: PaymentStatus
+PAYMENT_STATUS_AMOUNT_MISMATCH: PaymentStatus
 PAYMENT_KIND_UNSPECIFIED: PaymentKind
 PAYMENT_KIND_CHECKOUT: PaymentKind
 PAYMENT_KIND_AUTO_REFILL: PaymentKind
