@@ -11,6 +11,7 @@ from flownexus.billing.v1 import payments_pb2, payments_pb2_grpc
 
 from server.grpc import convert, validation
 from server.payments.models import PaymentKind, PaymentRow, PaymentStatus
+from server.payments.pages import page_routes
 from server.payments.service import PaymentsService, WebhookRejected
 from server.platform import errors
 from server.platform.auth import principal
@@ -115,5 +116,6 @@ def webhook_routes(service: PaymentsService) -> list[web.RouteDef]:
 def register(reg: Registry, service: PaymentsService) -> None:
     reg.servicer(payments_pb2_grpc.add_PaymentsServiceServicer_to_server, PaymentsServicer(service))
     reg.routes.extend(webhook_routes(service))
+    reg.routes.extend(page_routes(service))
     reg.job("reconcile_payments", service.reconcile)
     reg.on_stop.append(service.gateway.close)

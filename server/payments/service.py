@@ -8,6 +8,7 @@ in an exclusive ledger operation (`ops.Call`).
 from __future__ import annotations
 
 import hashlib
+import hmac
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -26,7 +27,7 @@ from server.payments.customers import StripeCustomers
 from server.payments.gateway import StripeGateway, not_configured
 from server.payments.models import PaymentKind, PaymentRow, PaymentStatus
 from server.platform import errors
-from server.platform.auth import Principal
+from server.platform.auth import Principal, Role
 from server.platform.clock import Clock
 from server.platform.config import Settings
 from server.platform.metrics import METRICS
@@ -41,6 +42,12 @@ class PaymentLink:
     payment_url: str
     expires_at_us: int
     credits: int
+
+
+@dataclass
+class ReturnState:
+    payment: PaymentRow
+    balance_after: int | None  # millicredits right after the grant, once credited
 
 
 class WebhookRejected(Exception):
@@ -127,8 +134,10 @@ class PaymentsService:
             amount_cents=amount_cents,
             credits_millicredits=credits,
             product_name=f"{credits // 1000:,} FlowNexus credits",
-            success_url=f"{base}/billing/success?payment_id={payment_id}",
-            cancel_url=f"{base}/billing/cancel?payment_id={payment_id}",
+            # Stripe puts the session id in place of the placeholder: the return
+            # page finds the payment by it, never by a guessable id.
+            success_url=f"{base}/billing/success?session_id={{CHECKOUT_SESSION_ID}}",
+            cancel_url=f"{base}/billing/cancel?ref={self.return_ref(payment_id)}",
             idempotency_key=keys.stripe("checkout", payment_id),
         )
         session_id, url = str(session["id"]), str(session.get("url") or "")
@@ -149,6 +158,41 @@ class PaymentsService:
             return current
 
         return _link(await self._exclusive(save))
+
+    # ---- return pages (server/payments/pages.py) ---------------------------------------
+
+    def return_ref(self, payment_id: str) -> str:
+        """The cancel page's reference to a payment: its id signed with the
+        server's secret, so that nobody can name another user's payment."""
+        return f"{payment_id}.{self._ref_mac(payment_id)}"
+
+    def _ref_mac(self, payment_id: str) -> str:
+        secret = self.settings.effective_jwt_secret.encode()
+        return hmac.new(secret, f"return-page|{payment_id}".encode(), hashlib.sha256).hexdigest()[:32]
+
+    async def by_return_ref(self, ref: str) -> PaymentRow | None:
+        pid, _, mac = ref.partition(".")
+        if not pid or not hmac.compare_digest(mac.encode(), self._ref_mac(pid).encode()):
+            return None
+        return await repo.read(self.db.reader, pid)
+
+    async def by_session(self, session_id: str) -> ReturnState | None:
+        """The payment of a Checkout Session, and the balance its credits made."""
+        row = await repo.by_session(self.db.reader, session_id)
+        if row is None:
+            return None
+        after = await repo.balance_after_grant(self.db.reader, keys.purchase_grant(row["id"]))
+        return ReturnState(row, after)
+
+    async def new_link_after_cancel(self, cancelled: PaymentRow) -> PaymentLink:
+        """A fresh link for the same amount. Keyed by the cancelled payment, so
+        that pressing the button twice gives the same new link."""
+        return await self.create_link(
+            Principal(cancelled["user_id"], Role.USER),
+            amount_cents=cancelled["amount_cents"],
+            request_id=f"after-cancel-{cancelled['id']}",
+            fingerprint=f"after-cancel:{cancelled['id']}",
+        )
 
     # ---- history ------------------------------------------------------------------------
 
