@@ -348,6 +348,8 @@ class StripeFake:
         """The subscription's latest invoice as API 2025-03-31.basil sends it: the
         subscription's metadata under parent.subscription_details (localstripe omits it)."""
         invoice = await self.api("GET", f"/v1/invoices/{sub['latest_invoice']}")
+        # localstripe has no hosted invoice pages; Stripe gives every finalized invoice one.
+        invoice.setdefault("hosted_invoice_url", f"https://invoice.stripe.test/{invoice['id']}")
         invoice["parent"] = {
             "type": "subscription_details",
             "subscription_details": {"subscription": sub["id"], "metadata": dict(sub.get("metadata") or {})},
