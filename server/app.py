@@ -118,6 +118,7 @@ class App:
 
         self.refill = RefillService(settings, self.db, self.writer, self.clock, self.stripe, self.payments)
         refill_grpc.register(reg, self.refill)
+        self.payments.card_of = self.refill.charge_card  # TopUp charges auto-refill's card
 
         self.balance = BalanceService(self.writer, self.reader, self.clock, self.refill.lookup)
         balance_grpc.register(reg, self.balance, self.hub, self.clock)

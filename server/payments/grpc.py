@@ -32,6 +32,7 @@ KIND: dict[str, payments_pb2.PaymentKind] = {
     PaymentKind.CHECKOUT: payments_pb2.PAYMENT_KIND_CHECKOUT,
     PaymentKind.AUTO_REFILL: payments_pb2.PAYMENT_KIND_AUTO_REFILL,
     PaymentKind.SUBSCRIPTION: payments_pb2.PAYMENT_KIND_SUBSCRIPTION,
+    PaymentKind.TOP_UP: payments_pb2.PAYMENT_KIND_TOP_UP,
 }
 
 
@@ -70,6 +71,17 @@ class PaymentsServicer(payments_pb2_grpc.PaymentsServiceServicer):
             expires_at=convert.ts(link.expires_at_us),
             credits_amount_millicredits=link.credits,
             payment_id=link.payment_id,
+        )
+
+    async def TopUp(self, request: payments_pb2.TopUpRequest, context: Any) -> payments_pb2.TopUpResponse:
+        done = await self.service.top_up(
+            principal(),
+            amount_cents=request.amount_cents,
+            request_id=validation.request_id(request.request_id),
+            fingerprint=validation.fingerprint("TopUp", request),
+        )
+        return payments_pb2.TopUpResponse(
+            payment=payment_pb(done.payment), payment_url=done.payment_url, balance_millicredits=done.balance
         )
 
     async def GetPayment(self, request: payments_pb2.GetPaymentRequest, context: Any) -> payments_pb2.GetPaymentResponse:

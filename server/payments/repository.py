@@ -11,7 +11,7 @@ from typing import Any, cast
 from sqlalchemy import and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from server.db.schema import payments, transfers, users, webhook_events
+from server.db.schema import accounts, payments, transfers, users, webhook_events
 from server.ledger.tx import LedgerTx
 from server.payments.models import PaymentKind, PaymentRow, PaymentStatus
 
@@ -150,6 +150,12 @@ async def by_session(engine: AsyncEngine, session_id: str) -> PaymentRow | None:
     async with engine.connect() as conn:
         r = (await conn.execute(q)).mappings().first()
     return cast(PaymentRow, dict(r)) if r else None
+
+
+async def balance(engine: AsyncEngine, account_id: str) -> int:
+    async with engine.connect() as conn:
+        value = (await conn.execute(select(accounts.c.balance).where(accounts.c.id == account_id))).scalar()
+    return int(value or 0)
 
 
 async def balance_after_grant(engine: AsyncEngine, grant_key: str) -> int | None:

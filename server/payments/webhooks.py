@@ -111,13 +111,14 @@ async def mark_paid(tx: LedgerTx, p: PaymentRow, **refs: str) -> bool:
     if await tx.key_unused(key):
         dollars = f"${p['amount_cents'] // 100:,}.{p['amount_cents'] % 100:02d}"
         refill = p["kind"] == PaymentKind.AUTO_REFILL
+        what = "Auto-refill" if refill else "Top-up" if p["kind"] == PaymentKind.TOP_UP else "Purchased"
         await tx.transfer(
             SYSTEM_STRIPE,
             wallet_id(user),
             p["credits"],
             kind=Kind.AUTO_REFILL if refill else Kind.PURCHASE,
             key=key,
-            description=f"{'Auto-refill' if refill else 'Purchased'} {p['credits'] // 1000:,} credits ({dollars})",
+            description=f"{what} {p['credits'] // 1000:,} credits ({dollars})",
             category="purchase",
             ref=p["id"],
             metadata={"payment_id": p["id"]},

@@ -305,6 +305,12 @@ class RefillService:
             return None
         return await self.card_details(pm_id)
 
+    async def charge_card(self, user: str) -> str | None:
+        """The card an off-session charge of the user uses (TopUp): the one
+        auto-refill charges."""
+        card = await self._resolve_card(user)
+        return str(card["payment_method_id"]) if card else None
+
     async def card_details(self, pm_id: str) -> dict[str, Any]:
         pm = await self.gateway.retrieve_payment_method(pm_id)
         card = pm.get("card") or {}
