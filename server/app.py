@@ -136,6 +136,7 @@ class App:
             self.balance, self.writer, self.reader, self.db, self.clock, settings, self.tiers, self.tier_rules,
             self.stripe, self.payments.customers,
         )
+        self.tier_service.card_of = self.refill.charge_card  # Pro on the card auto-refill charges
         tiers_grpc.register(reg, self.tier_service, TierEvents(self.tier_rules, self.tiers["pro"].monthly_millicredits))
 
         # Last: admin flags follow refill's rule (a flag pauses, clearing resumes).
