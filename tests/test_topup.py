@@ -102,6 +102,25 @@ async def test_lost_response_then_webhook_first_credits_once(stripe_server: Runn
     assert stripe_fake.intents_created == 1
 
 
+async def test_a_retry_after_a_lost_response_reaches_the_same_charge(
+    stripe_server: Running, stripe_fake: StripeFake
+) -> None:
+    server, user = stripe_server, "retry-topper"
+    await buy(server, stripe_fake, user)
+    stripe_fake.lose_next = 3  # charged, but no answer reaches the server
+    await expect_error(top_up(server, user, 1_000, "t-r"), grpc.StatusCode.UNAVAILABLE, "STRIPE_UNAVAILABLE")
+    assert await credits(server, user) == FREE + TEN
+    # No webhook yet: the retry sends the same idempotency key and gets the first charge back.
+    r = await top_up(server, user, 1_000, "t-r")
+    assert r.payment.status == payments_pb2.PAYMENT_STATUS_PAID
+    assert stripe_fake.intents_created == 1
+    keys = {q["idempotency_key"] for q in stripe_fake.requests if q["path"] == "/v1/payment_intents"}
+    assert len(keys) == 1
+    [pi] = created_intents(stripe_fake)
+    assert await deliver(server, event("payment_intent.succeeded", pi)) == 200
+    assert r.balance_millicredits == FREE + 2 * TEN == await credits(server, user)
+
+
 async def test_a_declined_top_up_is_payment_failed_with_a_recovery_link(
     stripe_server: Running, stripe_fake: StripeFake
 ) -> None:
