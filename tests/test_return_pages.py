@@ -139,3 +139,17 @@ async def test_bad_session_id_finds_nothing(stripe_server: Running, stripe_fake:
         assert code == 404 and "Payment not found" in body and "<script>" not in body.split("<body>")[1]
         code, body, _ = await get(candidate.replace("/billing/success", "/billing/success/status"))
         assert code == 404 and json.loads(body) == {"error": "payment not found"}
+
+
+async def test_setup_and_pro_checkouts_return_to_pages_too(stripe_server: Running, page: Page) -> None:
+    """Every return URL the service gives Stripe is a page, not a 404."""
+    server = stripe_server
+    assert server.app is not None
+    base = f"http://127.0.0.1:{server.app.http_port}"
+    for path, title in (("/billing/card-saved", "Card saved"), ("/billing/tier/success", "Pro upgrade received"),
+                        ("/billing/tier/cancel", "Nothing was charged"), ("/billing/cancel", "Nothing was charged")):
+        code, body, headers = await get(base + path)
+        assert code == 200 and f"<h1>{title}</h1>" in body, path
+        assert "Content-Security-Policy" in headers
+    await page.open(base + "/billing/tier/success")
+    assert await page.text("h1") == "Pro upgrade received"

@@ -7,6 +7,9 @@
   JSON holds this one payment's state and nothing else.
 - `GET /billing/cancel?ref=...`: nothing was charged; a button (`POST`) makes a
   new link for the same amount. `ref` is the payment id signed by the server.
+- `/billing/card-saved`, `/billing/tier/success`, `/billing/tier/cancel`: where
+  the setup and Pro Checkouts return; they name no payment, so they only say
+  what happens next.
 
 The session id is Stripe's unguessable reference, known only to the buyer's
 browser; payment ids are never accepted alone. The HTML is small and
@@ -227,6 +230,15 @@ def _missing(title: str, message: str, status: int = 404) -> web.Response:
     return _page(title, body, status=status)
 
 
+def _notice(title: str, badge: str, message: str, *, state: str = "expired") -> web.Response:
+    """A page with nothing to look up (setup and Pro Checkouts name no payment of ours)."""
+    body = (
+        f'<section class="state {_e(state)}" role="status"><span class="badge">{_e(badge)}</span>'
+        f"<h1>{_e(title)}</h1><p>{_e(message)}</p></section>"
+    )
+    return _page(title, body)
+
+
 def _cancel_body(p: PaymentRow, ref: str) -> str:
     what = f"{money(p['amount_cents'])} for {credits_text(p['credits'])} credits"
     if p["status"] in (PaymentStatus.PENDING, PaymentStatus.FAILED, PaymentStatus.EXPIRED):
@@ -277,6 +289,9 @@ def page_routes(service: PaymentsService) -> list[web.RouteDef]:
 
     async def cancel(request: web.Request) -> web.Response:
         ref = request.query.get("ref", "")
+        if not ref:  # a card setup or a Pro upgrade left unfinished: nothing to name
+            return _notice("Nothing was charged", "cancelled", "You left the checkout before finishing. "
+                           "Nothing was charged; you can start again from the app.")
         p = await service.by_return_ref(ref) if _REF.match(ref) else None
         if p is None:
             return _missing("Link not recognised", "This cancel link does not name a payment of ours. "
@@ -296,7 +311,19 @@ def page_routes(service: PaymentsService) -> list[web.RouteDef]:
                             "again later from the app. Nothing was charged.", status=503)
         raise web.HTTPSeeOther(link.payment_url)
 
+    async def card_saved(request: web.Request) -> web.Response:
+        return _notice("Card saved", "saved", "Your card is saved for auto-refill. Turn auto-refill on, or "
+                       "check its settings, in the app. You can close this page.", state="credited")
+
+    async def tier_success(request: web.Request) -> web.Response:
+        return _notice("Pro upgrade received", "confirming", "Thank you. Pro starts, with its monthly "
+                       "credits, as soon as Stripe confirms the first invoice; the app shows it then. "
+                       "You can close this page.", state="waiting")
+
     return [
+        web.get("/billing/card-saved", card_saved),
+        web.get("/billing/tier/success", tier_success),
+        web.get("/billing/tier/cancel", cancel),
         web.get("/billing/success", success),
         web.get("/billing/success/status", status),
         web.get("/billing/cancel", cancel),
