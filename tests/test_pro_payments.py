@@ -37,12 +37,14 @@ async def payments(server: Running, user: str) -> list[payments_pb2.Payment]:
     return list(r.payments)
 
 
-async def subscribe(server: Running, fake: StripeFake, user: str, *, invoice_first: bool = False) -> dict[str, Any]:
+async def subscribe(
+    server: Running, fake: StripeFake, user: str, *, invoice_first: bool = False, card: str = "pm_card_visa"
+) -> dict[str, Any]:
     r = await server.s.tier.UpgradeTier(
         tier_pb2.UpgradeTierRequest(tier=common_pb2.TIER_PRO, request_id=f"up-{user}"), metadata=auth(user)
     )
     assert r.status == tier_pb2.UPGRADE_STATUS_PAYMENT_REQUIRED
-    return await fake.complete(r.payment_url.rsplit("/", 1)[-1], invoice_first=invoice_first)
+    return await fake.complete(r.payment_url.rsplit("/", 1)[-1], card, invoice_first=invoice_first)
 
 
 @pytest.mark.parametrize("invoice_first", [False, True], ids=["session-first", "invoice-first"])
@@ -67,6 +69,19 @@ async def test_a_paid_pro_invoice_is_one_subscription_payment(
         assert await stripe_fake.deliver(event(kind, invoice)) == 200
     assert await payments(server, user) == [p]
     assert await credits(server, user) == FREE + PRO
+
+
+async def test_a_declined_pro_invoice_is_a_failed_subscription_payment(
+    pro_server: Running, stripe_fake: StripeFake
+) -> None:
+    server, user = pro_server, "pro-declined"
+    done = await subscribe(server, stripe_fake, user, card="pm_card_chargeCustomerFail")
+    assert done["statuses"] == {"invoice.payment_failed": 200}
+    [p] = await payments(server, user)
+    assert p.kind == payments_pb2.PAYMENT_KIND_SUBSCRIPTION and p.status == payments_pb2.PAYMENT_STATUS_FAILED
+    assert p.failure_reason == "card_declined" and p.amount_cents == 2_900
+    assert p.invoice_url == done["invoice"]["hosted_invoice_url"]
+    assert await credits(server, user) == FREE
 
 
 async def test_failed_then_paid_invoice_in_any_order_is_one_payment(stripe_server: Running) -> None:

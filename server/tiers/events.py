@@ -159,9 +159,11 @@ class TierEvents:
         user = tx.user(uid)
         sub = await load_sub(tx, uid)
         wallet = tx.loaded_wallet(uid)
+        raw_charge = invoice.get("charge")
+        charge: StripeObject = raw_charge if isinstance(raw_charge, dict) else {}
         err = invoice.get("last_finalization_error") or {}
-        await record_invoice(tx, uid, invoice, paid=False, credits=self.pro_monthly,
-                             reason=str(err.get("decline_code") or err.get("code") or "payment_failed"))
+        reason = charge.get("failure_code") or err.get("decline_code") or err.get("code") or "payment_failed"
+        await record_invoice(tx, uid, invoice, paid=False, credits=self.pro_monthly, reason=str(reason))
         if user["tier"] != "pro" and sub and sub["stripe_subscription_id"] == sub_id and sub["status"] == SubscriptionStatus.CANCELED:
             # A retry of a renewal that failed past the grace end: the subscription
             # lapsed (the user is on free); it is not a pending first upgrade.
