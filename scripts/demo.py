@@ -247,7 +247,8 @@ class Demo:
         try:
             pays = await self.user.payments.ListPayments(payments_pb2.ListPaymentsRequest(page_size=10))
             for p in pays.payments:
-                print(f"   payment {p.id}: ${p.amount_cents / 100:.2f} {payments_pb2.PaymentStatus.Name(p.status)}")
+                print(f"   payment {p.id}: ${p.amount_cents / 100:.2f} {payments_pb2.PaymentStatus.Name(p.status)} "
+                      f"({payments_pb2.PaymentKind.Name(p.kind)})")
         except BillingError as exc:
             print(f"   payments: {exc.reason}")
         async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{self.app.http_port}/metrics") as m:

@@ -119,6 +119,7 @@ class App:
 
         self.refill = RefillService(settings, self.db, self.writer, self.clock, self.stripe, self.payments)
         refill_grpc.register(reg, self.refill)
+        self.payments.card_of = self.refill.charge_card  # TopUp charges auto-refill's card
 
         self.balance = BalanceService(self.writer, self.reader, self.clock, self.refill.lookup)
         balance_grpc.register(reg, self.balance, self.hub, self.clock)
@@ -136,6 +137,7 @@ class App:
             self.balance, self.writer, self.reader, self.db, self.clock, settings, self.tiers, self.tier_rules,
             self.stripe, self.payments.customers,
         )
+        self.tier_service.card_of = self.refill.charge_card  # Pro on the card auto-refill charges
         tiers_grpc.register(reg, self.tier_service, TierEvents(self.tier_rules, self.tiers["pro"].monthly_millicredits))
 
         # Last: admin flags follow refill's rule (a flag pauses, clearing resumes).

@@ -11,7 +11,7 @@ import pytest
 from server.platform.clock import ManualClock, to_us
 from tests.harness import PINNED_START, Running, database, postgres_available, serving
 
-pytest_plugins = ["tests.stripe_fixtures"]
+pytest_plugins = ["tests.stripe_fixtures", "tests.browser"]
 
 _pg_reason: str | bool | None = False
 

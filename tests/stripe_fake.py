@@ -107,6 +107,11 @@ class StripeFake:
         self._customer_lock = asyncio.Lock()
         self.requests: list[dict[str, str]] = []
         self.fail_next: int = 0  # answer the next N API calls with 500 (outage drills)
+        # PaymentIntents: Stripe's idempotency (localstripe ignores keys), and what localstripe cannot do.
+        self.intents_by_key: dict[str, tuple[int, bytes]] = {}
+        self.intents_created = 0  # PaymentIntents really created upstream
+        self.decline_next: list[tuple[str, str]] = []  # (code, decline_code) for the next creations, e.g. authentication_required
+        self.lose_next = 0  # create the next N PaymentIntents, then answer 500 as if the response was lost
         # Where Stripe would send webhooks (the server's /webhooks/stripe); "" = tests deliver by hand.
         self.webhook_url = ""
         self.webhook_secret = WEBHOOK_SECRET
@@ -139,6 +144,10 @@ class StripeFake:
         self.customers_by_key.clear()
         self.requests.clear()
         self.fail_next = 0
+        self.intents_by_key.clear()
+        self.intents_created = 0
+        self.decline_next.clear()
+        self.lose_next = 0
         await self.settled()
         self.webhook_url = ""
         self.delivered.clear()
@@ -229,11 +238,38 @@ class StripeFake:
                         return web.Response(body=body, status=status, content_type="application/json")
                     self.customers_by_key[key] = body
             return web.Response(body=self.customers_by_key[key], status=200, content_type="application/json")
+        if request.method == "POST" and request.path == "/v1/payment_intents":
+            status, body = await self._payment_intent(request, key)
+            return web.Response(body=body, status=status, content_type="application/json")
         status, body = await self._upstream(request)
         if request.method == "POST" and request.path == "/v1/subscriptions" and status == 200 and self.webhook_url:
             # Stripe announces the new subscription's first invoice by webhook, after answering.
             self._spawn(self._announce_subscription(json.loads(body)))
         return web.Response(body=body, status=status, content_type="application/json")
+
+    async def _payment_intent(self, request: web.Request, key: str) -> tuple[int, bytes]:
+        """POST /v1/payment_intents as Stripe answers it: a repeated idempotency
+        key gets the first answer (a decline too) and creates nothing; declines
+        localstripe cannot make come from `decline_next`."""
+        if key and key in self.intents_by_key:
+            status, body = self.intents_by_key[key]
+        elif self.decline_next:
+            code, decline = self.decline_next.pop(0)
+            pi = {"id": f"pi_fake_{uuid.uuid4().hex[:20]}", "object": "payment_intent",
+                  "status": "requires_payment_method", "last_payment_error": {"code": code, "decline_code": decline}}
+            err = {"type": "card_error", "code": code, "decline_code": decline,
+                   "message": "Your card was declined.", "payment_intent": pi}
+            status, body = 402, json.dumps({"error": err}).encode()
+        else:
+            status, body = await self._upstream(request)
+            if status == 200:
+                self.intents_created += 1
+        if key:
+            self.intents_by_key[key] = (status, body)
+        if self.lose_next > 0:
+            self.lose_next -= 1
+            return 500, json.dumps({"error": {"type": "api_error", "message": "response lost"}}).encode()
+        return status, body
 
     async def _upstream(self, request: web.Request) -> tuple[int, bytes]:
         assert self._client is not None
@@ -348,6 +384,8 @@ class StripeFake:
         """The subscription's latest invoice as API 2025-03-31.basil sends it: the
         subscription's metadata under parent.subscription_details (localstripe omits it)."""
         invoice = await self.api("GET", f"/v1/invoices/{sub['latest_invoice']}")
+        # localstripe has no hosted invoice pages; Stripe gives every finalized invoice one.
+        invoice.setdefault("hosted_invoice_url", f"https://invoice.stripe.test/{invoice['id']}")
         invoice["parent"] = {
             "type": "subscription_details",
             "subscription_details": {"subscription": sub["id"], "metadata": dict(sub.get("metadata") or {})},

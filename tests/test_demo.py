@@ -60,3 +60,5 @@ async def test_demo_tells_the_whole_story() -> None:
         "purchase         Purchased 200 credits ($20.00)  (balance 200)",
         "$20.00 PAYMENT_STATUS_PAID", 'billing_refill_attempts_total{outcome="succeeded"} 1.0')
     assert re.search(r"payment rfa_\w+: \$10\.00 PAYMENT_STATUS_PAID", s[7]), s[7]
+    # The Pro invoice is in the payment history too, once.
+    assert len(re.findall(r"payment pro_in_\w+: \$29\.00 PAYMENT_STATUS_PAID \(PAYMENT_KIND_SUBSCRIPTION\)", s[7])) == 1, s[7]

@@ -161,3 +161,45 @@ async def test_spending_order_allowance_then_earned_then_purchased(server) -> No
     await server.s.usage.Spend(usage_pb2.SpendRequest(amount_millicredits=25_000, request_id="x2"), metadata=auth("dora"))
     b = await balance(server, "dora")
     assert [(lot.kind, lot.remaining_millicredits) for lot in b.lots] == [(kinds[1], 5_000), (kinds[2], 50_000)]
+
+
+async def test_apps_published_counts_each_app_once_however_it_earned(server) -> None:
+    """Published = distinct app ids with a revenue share or an APP_USAGE award."""
+    svc = auth("app-store", "service")
+
+    async def share(app: str, rid: str) -> None:
+        await server.s.usage.Spend(
+            usage_pb2.SpendRequest(user_id="fan", amount_millicredits=100, request_id=rid, app_id=app,
+                                   publisher_user_id="maker"),
+            metadata=svc,
+        )
+
+    async def app_usage(app: str, rid: str) -> None:
+        await server.s.earnings.AwardCredits(
+            earnings_pb2.AwardCreditsRequest(user_id="maker", amount_millicredits=1_000, reason="usage",
+                                             source=common_pb2.EARNING_SOURCE_APP_USAGE, source_ref=app,
+                                             request_id=rid),
+            metadata=svc,
+        )
+
+    async def published() -> int:
+        r = await server.s.earnings.GetUserStats(earnings_pb2.GetUserStatsRequest(user_id="maker"), metadata=svc)
+        return int(r.apps_published)
+
+    assert await published() == 0
+    await app_usage("app-usage-only", "u1")  # earned only through APP_USAGE awards
+    assert await published() == 1
+    await share("app-share-only", "s1")
+    await share("app-share-only", "s2")
+    assert await published() == 2
+    await share("app-both", "s3")
+    await app_usage("app-both", "u2")
+    assert await published() == 3
+    # A challenge award or a referral is no app.
+    await server.s.earnings.AwardCredits(
+        earnings_pb2.AwardCreditsRequest(user_id="maker", amount_millicredits=1_000, reason="won",
+                                         source=common_pb2.EARNING_SOURCE_CHALLENGE, source_ref="ch-1",
+                                         request_id="c1"),
+        metadata=svc,
+    )
+    assert await published() == 3

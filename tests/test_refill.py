@@ -338,13 +338,14 @@ async def test_authentication_required_asks_the_user_and_never_retries(
 async def test_monthly_cap_blocks_the_refill_that_would_exceed_it(rserver: Running, stripe_fake: StripeFake) -> None:
     server, user = rserver, "frank"
     await save_card(server, stripe_fake, user)
-    await configure(server, user, threshold=150_000)  # every refill of 100 credits leaves it below again
     before = len(charges(stripe_fake))
-    # 100 -> 90 (refill: 190) -> 140 (refill: 240) -> 140: a third $10 would make $30 > $25.
-    for n, amount in ((1, 10_000), (2, 50_000)):
-        await spend(server, user, amount)
-        await run_worker(server)
-        assert len(charges(stripe_fake)) == before + n
+    # Already below: the first refill is charged during the call (100 -> 200).
+    await configure(server, user, threshold=150_000)
+    assert len(charges(stripe_fake)) == before + 1
+    # -> 140 (refill: 240) -> 140: a third $10 would make $30 > $25.
+    await spend(server, user, 60_000)
+    await run_worker(server)
+    assert len(charges(stripe_fake)) == before + 2
     await spend(server, user, 100_000)
     await run_worker(server)
     await spend(server, user, 10_000)
@@ -371,9 +372,8 @@ async def test_lowering_the_amount_under_the_cap_lifts_the_months_block(rserver:
     await run_worker(server)
     assert len(charges(stripe_fake)) == before + 1
     assert (await get(server, user)).last_failure_reason == "MONTHLY_CAP_REACHED"
-    cfg = await configure(server, user, cents=TEN)  # still below the threshold: refills at once
-    assert "cap" not in cfg.next_charge and cfg.state == S.AUTO_REFILL_STATE_IN_FLIGHT
-    await run_worker(server)
+    # Still below the threshold: refills at once, during the call (the block for $15 is gone).
+    await configure(server, user, cents=TEN)
     assert len(charges(stripe_fake)) == before + 2
     cfg = await get(server, user)
     assert cfg.monthly_used_cents == CAP_CENTS and "cap" in cfg.next_charge
@@ -427,9 +427,10 @@ async def test_card_from_a_purchase_enables_auto_refill(rserver: Running, stripe
     assert await deliver(server, event("payment_intent.succeeded", pi)) == 200
     cfg = await configure(server, user)
     assert cfg.enabled and cfg.payment_method.last4 == "4242"
-    # Enabling while already below the threshold refills at once.
+    # Enabling while already below the threshold refills at once, during the call.
     cfg = await configure(server, user, threshold=250_000)
-    assert cfg.state == S.AUTO_REFILL_STATE_IN_FLIGHT
-    await run_worker(server)
+    assert cfg.state == S.AUTO_REFILL_STATE_IDLE
+    assert (await balance(server, user)).credits_millicredits == FREE + 100_000 + 100_000
+    await run_worker(server)  # nothing left to charge
     assert (await balance(server, user)).credits_millicredits == FREE + 100_000 + 100_000
     assert Kind.AUTO_REFILL == "auto_refill"

@@ -19,8 +19,14 @@ class EarningsRepository:
         earned = [str(k) for k in EARNED_KINDS]
         q = select(
             func.coalesce(func.sum(transfers.c.amount), 0),
+            # Published apps: the distinct apps (by id) that paid the user a
+            # revenue share or an APP_USAGE award; both name the app in `ref`.
             func.count(func.distinct(transfers.c.ref)).filter(
-                and_(transfers.c.kind == Kind.REVENUE_SHARE, transfers.c.ref != "")
+                and_(
+                    (transfers.c.kind == Kind.REVENUE_SHARE)
+                    | and_(transfers.c.kind == Kind.AWARD, transfers.c.category == "app_usage"),
+                    transfers.c.ref != "",
+                )
             ),
             func.count(func.distinct(transfers.c.ref)).filter(
                 and_(transfers.c.kind == Kind.AWARD, transfers.c.category == "challenge")

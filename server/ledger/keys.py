@@ -148,6 +148,14 @@ def allowance_invoice(invoice_id: str) -> str:
     return f"allowance:invoice:{_server_id(invoice_id)}"
 
 
+def invoice_payment(invoice_id: str) -> str:
+    """The payment row of one subscription invoice (`pro_` + the invoice id):
+    every event of the invoice names the same row. Its grant is the invoice's
+    allowance, `allowance_invoice(invoice_id)` (server/ledger/verify.py)."""
+    return f"pro_{_server_id(invoice_id)}"
+
+
+
 def _server_id(value: str) -> str:
     if not value or not value.replace("_", "").isalnum():
         raise ValueError(f"not an id made by this service or Stripe: {value!r}")

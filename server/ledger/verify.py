@@ -202,10 +202,12 @@ async def _verify_payments(conn: AsyncConnection, r: Report) -> None:
     has_table = await conn.run_sync(lambda c: inspect(c).has_table("payments"))
     if not has_table:
         return
-    # The grant's key is keys.purchase_grant(payment_id).
+    # The grant's key is keys.purchase_grant(payment_id); a subscription
+    # invoice's is its allowance, keys.allowance_invoice (its id is `pro_` + the invoice id).
     q = text(
-        "SELECT p.id, p.status, (SELECT count(*) FROM transfers t WHERE t.key = 'grant:' || p.id) AS grants "
-        "FROM payments p"
+        "SELECT p.id, p.status, (SELECT count(*) FROM transfers t WHERE t.key = "
+        "CASE WHEN p.kind = 'subscription' THEN 'allowance:invoice:' || substr(p.id, 5) ELSE 'grant:' || p.id END"
+        ") AS grants FROM payments p"
     )
     n = 0
     for pid, status, grants in (await conn.execute(q)).all():

@@ -245,9 +245,35 @@ class StripeGateway:
             "metadata": {"user_id": user_id, "tier": "pro"},
             "payment_behavior": "error_if_incomplete",
         }
-        return await self._call(
+        sub = await self._call(
             "subscriptions.create", self.client.v1.subscriptions.create_async, params, self._options(idempotency_key)
         )
+        if sub.get("status") == "incomplete":
+            # The first invoice was declined but Stripe kept the subscription
+            # (an emulator, or an account that allows incomplete ones): the same
+            # answer as a 402, and nothing left open.
+            code = await self._invoice_decline(sub.get("latest_invoice"))
+            try:
+                await self.cancel_subscription(str(sub["id"]))
+            except errors.DomainError:
+                log.warning("could not cancel an incomplete subscription", extra={"subscription": sub["id"]})
+            raise errors.DomainError(
+                "the card was declined", code=errors.Code.FAILED_PRECONDITION, reason="PAYMENT_FAILED",
+                metadata={"decline_code": code},
+            )
+        return sub
+
+    async def _invoice_decline(self, invoice: Any) -> str:
+        invoice_id = invoice.get("id") if isinstance(invoice, dict) else invoice
+        if not invoice_id:
+            return "card_declined"
+        try:
+            found = await self._call("invoices.retrieve", self.client.v1.invoices.retrieve_async, str(invoice_id))
+        except errors.DomainError:
+            return "card_declined"
+        charge = found.get("charge")
+        code = charge.get("failure_code") if isinstance(charge, dict) else None
+        return str(code or "card_declined")
 
     async def create_subscription_checkout(
         self, *, customer_id: str, user_id: str, price_id: str, amount_cents: int, success_url: str,

@@ -11,6 +11,7 @@ from flownexus.billing.v1 import payments_pb2, payments_pb2_grpc
 
 from server.grpc import convert, validation
 from server.payments.models import PaymentKind, PaymentRow, PaymentStatus
+from server.payments.pages import page_routes
 from server.payments.service import PaymentsService, WebhookRejected
 from server.platform.auth import principal
 from server.registry import Registry
@@ -31,6 +32,7 @@ KIND: dict[str, payments_pb2.PaymentKind] = {
     PaymentKind.CHECKOUT: payments_pb2.PAYMENT_KIND_CHECKOUT,
     PaymentKind.AUTO_REFILL: payments_pb2.PAYMENT_KIND_AUTO_REFILL,
     PaymentKind.SUBSCRIPTION: payments_pb2.PAYMENT_KIND_SUBSCRIPTION,
+    PaymentKind.TOP_UP: payments_pb2.PAYMENT_KIND_TOP_UP,
 }
 
 
@@ -69,6 +71,17 @@ class PaymentsServicer(payments_pb2_grpc.PaymentsServiceServicer):
             expires_at=convert.ts(link.expires_at_us),
             credits_amount_millicredits=link.credits,
             payment_id=link.payment_id,
+        )
+
+    async def TopUp(self, request: payments_pb2.TopUpRequest, context: Any) -> payments_pb2.TopUpResponse:
+        done = await self.service.top_up(
+            principal(),
+            amount_cents=request.amount_cents,
+            request_id=validation.request_id(request.request_id),
+            fingerprint=validation.fingerprint("TopUp", request),
+        )
+        return payments_pb2.TopUpResponse(
+            payment=payment_pb(done.payment), payment_url=done.payment_url, balance_millicredits=done.balance
         )
 
     async def GetPayment(self, request: payments_pb2.GetPaymentRequest, context: Any) -> payments_pb2.GetPaymentResponse:
@@ -110,5 +123,6 @@ def webhook_routes(service: PaymentsService) -> list[web.RouteDef]:
 def register(reg: Registry, service: PaymentsService) -> None:
     reg.servicer(payments_pb2_grpc.add_PaymentsServiceServicer_to_server, PaymentsServicer(service))
     reg.routes.extend(webhook_routes(service))
+    reg.routes.extend(page_routes(service))
     reg.job("reconcile_payments", service.reconcile)
     reg.on_stop.append(service.gateway.close)

@@ -28,6 +28,7 @@ class PaymentKind(StrEnum):
     CHECKOUT = "checkout"
     AUTO_REFILL = "auto_refill"
     SUBSCRIPTION = "subscription"
+    TOP_UP = "top_up"
 
 
 # Statuses whose credits were granted (server/ledger/verify.py expects one grant each).

@@ -11,7 +11,7 @@ from typing import Any, cast
 from sqlalchemy import and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from server.db.schema import payments, users, webhook_events
+from server.db.schema import accounts, payments, transfers, users, webhook_events
 from server.ledger.tx import LedgerTx
 from server.payments.models import PaymentKind, PaymentRow, PaymentStatus
 
@@ -143,6 +143,27 @@ async def read(engine: AsyncEngine, payment_id: str) -> PaymentRow | None:
     async with engine.connect() as conn:
         r = (await conn.execute(select(payments).where(payments.c.id == payment_id))).mappings().first()
     return cast(PaymentRow, dict(r)) if r else None
+
+
+async def by_session(engine: AsyncEngine, session_id: str) -> PaymentRow | None:
+    q = select(payments).where(payments.c.checkout_session_id == session_id)
+    async with engine.connect() as conn:
+        r = (await conn.execute(q)).mappings().first()
+    return cast(PaymentRow, dict(r)) if r else None
+
+
+async def balance(engine: AsyncEngine, account_id: str) -> int:
+    async with engine.connect() as conn:
+        value = (await conn.execute(select(accounts.c.balance).where(accounts.c.id == account_id))).scalar()
+    return int(value or 0)
+
+
+async def balance_after_grant(engine: AsyncEngine, grant_key: str) -> int | None:
+    """The wallet's balance right after a payment's credits were granted."""
+    q = select(transfers.c.credit_balance_after).where(transfers.c.key == grant_key)
+    async with engine.connect() as conn:
+        value = (await conn.execute(q)).scalar()
+    return int(value) if value is not None else None
 
 
 async def stale_pending(

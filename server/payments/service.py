@@ -8,7 +8,9 @@ in an exclusive ledger operation (`ops.Call`).
 from __future__ import annotations
 
 import hashlib
+import hmac
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,7 +18,7 @@ import stripe
 
 from server.db.engine import Database
 from server.ledger import keys
-from server.ledger.model import SYSTEM_REFUNDS, SYSTEM_STRIPE
+from server.ledger.model import SYSTEM_REFUNDS, SYSTEM_STRIPE, wallet_id
 from server.ledger.ops import Call
 from server.ledger.tx import LedgerTx
 from server.ledger.writer import LedgerWriter
@@ -24,9 +26,9 @@ from server.payments import repository as repo
 from server.payments import webhooks
 from server.payments.customers import StripeCustomers
 from server.payments.gateway import StripeGateway, not_configured
-from server.payments.models import PaymentKind, PaymentRow, PaymentStatus
+from server.payments.models import CREDITED, PaymentKind, PaymentRow, PaymentStatus
 from server.platform import errors
-from server.platform.auth import Principal
+from server.platform.auth import Principal, Role
 from server.platform.clock import Clock
 from server.platform.config import Settings
 from server.platform.metrics import METRICS
@@ -41,6 +43,23 @@ class PaymentLink:
     payment_url: str
     expires_at_us: int
     credits: int
+
+
+@dataclass
+class TopUpResult:
+    payment: PaymentRow
+    payment_url: str = ""  # the bank asks for confirmation: a Checkout link that completes this payment
+    balance: int = 0  # millicredits, once credited
+
+
+# The user's card that off-session charges use (server/refill: the card auto-refill charges).
+CardLookup = Callable[[str], Awaitable["str | None"]]
+
+
+@dataclass
+class ReturnState:
+    payment: PaymentRow
+    balance_after: int | None  # millicredits right after the grant, once credited
 
 
 class WebhookRejected(Exception):
@@ -67,6 +86,7 @@ class PaymentsService:
         self.gateway = gateway
         self.customers = StripeCustomers(gateway, db, writer)
         self.events = events
+        self.card_of: CardLookup | None = None  # wired by server/app.py (auto-refill's card)
 
     def _require_configured(self) -> None:
         if not self.gateway.configured:
@@ -127,8 +147,10 @@ class PaymentsService:
             amount_cents=amount_cents,
             credits_millicredits=credits,
             product_name=f"{credits // 1000:,} FlowNexus credits",
-            success_url=f"{base}/billing/success?payment_id={payment_id}",
-            cancel_url=f"{base}/billing/cancel?payment_id={payment_id}",
+            # Stripe puts the session id in place of the placeholder: the return
+            # page finds the payment by it, never by a guessable id.
+            success_url=f"{base}/billing/success?session_id={{CHECKOUT_SESSION_ID}}",
+            cancel_url=f"{base}/billing/cancel?ref={self.return_ref(payment_id)}",
             idempotency_key=keys.stripe("checkout", payment_id),
         )
         session_id, url = str(session["id"]), str(session.get("url") or "")
@@ -149,6 +171,182 @@ class PaymentsService:
             return current
 
         return _link(await self._exclusive(save))
+
+    # ---- TopUp: the saved card, off-session --------------------------------------------
+
+    async def top_up(
+        self, principal: Principal, *, amount_cents: int, request_id: str, fingerprint: str
+    ) -> TopUpResult:
+        """Charge the saved card now. The payment row is recorded before Stripe is
+        called and names the charge's idempotency key, so a retry (a timeout, a
+        lost response, a restart) reaches the same PaymentIntent; the credits
+        come once through the grant key, from this call or the webhook."""
+        self._require_configured()
+        self._check_amount(amount_cents)
+        user = principal.subject
+        request_key = keys.idempotency(principal.role.value, user, "TopUp", request_id)
+        payment_id = "top_" + hashlib.sha256(request_key.encode()).hexdigest()[:24]
+        row = await repo.read(self.db.reader, payment_id)
+        if row is not None and row["fingerprint"] != fingerprint:
+            raise errors.RequestIdReused(
+                "request_id was already used with different parameters", metadata={"request_id": request_id}
+            )
+        if (row is not None and row["status"] != PaymentStatus.PENDING) or (row is not None and row["payment_url"]):
+            return await self._top_up_answer(row)
+        customer = await self.customers.known(user)
+        card = await self.card_of(user) if customer and self.card_of is not None else None
+        if not customer or not card:
+            raise errors.FailedPrecondition(
+                "no saved card: buy once with CreatePaymentLink or save one with RefillService.CreateSetupLink",
+                reason="PAYMENT_METHOD_REQUIRED", metadata={"how": "CreatePaymentLink or CreateSetupLink"},
+            )
+        credits = self.settings.credits_for_cents(amount_cents)
+
+        async def record(tx: LedgerTx) -> PaymentRow:
+            found = await repo.get(tx, payment_id, lock=True)
+            if found is not None:
+                return found
+            await tx.wallet(user)
+            new = repo.new_payment(payment_id, user, PaymentKind.TOP_UP, amount_cents, credits, tx.now_us,
+                                   request_key=request_key, fingerprint=fingerprint)
+            return await repo.insert_payment(tx, new)
+
+        row = await self._exclusive(record)
+        if row["fingerprint"] != fingerprint:  # a concurrent first use with other parameters
+            raise errors.RequestIdReused(
+                "request_id was already used with different parameters", metadata={"request_id": request_id}
+            )
+        if row["status"] != PaymentStatus.PENDING or row["payment_url"]:
+            return await self._top_up_answer(row)
+        if row["payment_intent_id"]:
+            result = await self.gateway.retrieve_payment_intent(row["payment_intent_id"])
+        else:
+            result = await self.gateway.charge_off_session(
+                customer_id=customer, payment_method=card, amount_cents=amount_cents,
+                metadata={"payment_id": payment_id, "user_id": user, "kind": PaymentKind.TOP_UP},
+                idempotency_key=keys.stripe("top-up", payment_id),
+            )
+        return await self._top_up_outcome(row, result)
+
+    async def _top_up_outcome(self, row: PaymentRow, result: dict[str, Any]) -> TopUpResult:
+        pid, status = row["id"], str(result.get("status") or "")
+        pi_id = str(result.get("id") or "")
+        code = str(result.get("decline_code") or result.get("code") or "")
+        if status == "succeeded":
+            charge = webhooks._id(result.get("latest_charge"))
+
+            async def paid(tx: LedgerTx) -> TopUpResult:
+                p = await repo.get(tx, pid, lock=True)
+                assert p is not None
+                await webhooks.mark_paid(tx, p, payment_intent_id=pi_id, charge_id=charge)
+                return TopUpResult(p, balance=tx.loaded_wallet(p["user_id"])["balance"])
+
+            done: TopUpResult = await self._exclusive(paid)
+            return done
+        if status in ("processing", "requires_capture"):
+            await self._exclusive(lambda tx: self._set_refs(tx, pid, payment_intent_id=pi_id))
+            return TopUpResult(row)
+        if "authentication_required" in (code, str(result.get("code") or "")) or status == "requires_action":
+            return await self._top_up_confirm_link(row, pi_id)
+
+        async def failed(tx: LedgerTx) -> PaymentRow:
+            p = await repo.get(tx, pid, lock=True)
+            assert p is not None
+            await webhooks.mark_failed(tx, p, code or "card_declined", payment_intent_id=pi_id)
+            return p
+
+        return await self._top_up_answer(await self._exclusive(failed))
+
+    async def _set_refs(self, tx: LedgerTx, pid: str, **refs: str) -> None:
+        p = await repo.get(tx, pid, lock=True)
+        if p is not None and refs.get("payment_intent_id") and not p["payment_intent_id"]:
+            repo.update_payment(tx, p, payment_intent_id=refs["payment_intent_id"], updated_at_us=tx.now_us)
+
+    async def _top_up_confirm_link(self, row: PaymentRow, pi_id: str) -> TopUpResult:
+        """The bank wants the cardholder: a Checkout Session for this same payment
+        (its metadata names it), so that paying it credits this top-up once."""
+        base = self.settings.public_base_url.rstrip("/")
+        session = await self.gateway.create_checkout_session(
+            customer_id=await self.customers.get_or_create(row["user_id"]), user_id=row["user_id"],
+            payment_id=row["id"], amount_cents=row["amount_cents"], credits_millicredits=row["credits"],
+            product_name=f"{row['credits'] // 1000:,} FlowNexus credits",
+            success_url=f"{base}/billing/success?session_id={{CHECKOUT_SESSION_ID}}",
+            cancel_url=f"{base}/billing/cancel?ref={self.return_ref(row['id'])}",
+            idempotency_key=keys.stripe("top-up-confirm", row["id"]),
+        )
+
+        async def save(tx: LedgerTx) -> PaymentRow:
+            p = await repo.get(tx, row["id"], lock=True)
+            assert p is not None
+            if not p["payment_url"]:
+                repo.update_payment(
+                    tx, p, checkout_session_id=str(session["id"]), payment_url=str(session.get("url") or ""),
+                    expires_at_us=int(session.get("expires_at") or 0) * 1_000_000 or None,
+                    failure_reason="authentication_required", updated_at_us=tx.now_us,
+                    **({"payment_intent_id": pi_id} if pi_id and not p["payment_intent_id"] else {}),
+                )
+            return p
+
+        return await self._top_up_answer(await self._exclusive(save))
+
+    async def _top_up_answer(self, row: PaymentRow) -> TopUpResult:
+        """What a settled top-up answers, to its first call and to every retry."""
+        if row["status"] in CREDITED:
+            return TopUpResult(row, balance=await repo.balance(self.db.reader, wallet_id(row["user_id"])))
+        if row["payment_url"] and row["status"] in (PaymentStatus.PENDING, PaymentStatus.FAILED):
+            return TopUpResult(row, payment_url=row["payment_url"])
+        if row["status"] == PaymentStatus.PENDING:
+            return TopUpResult(row)
+        code = row["failure_reason"] or "card_declined"
+        recovery = ""
+        try:
+            link = await self.create_link(
+                Principal(row["user_id"], Role.USER), amount_cents=row["amount_cents"],
+                request_id=f"top-up-recovery-{row['id']}", fingerprint=f"top-up-recovery:{row['id']}",
+            )
+            recovery = link.payment_url
+        except errors.DomainError as exc:
+            log.warning("top-up recovery link failed", extra={"payment_id": row["id"], "reason": exc.reason})
+        raise errors.FailedPrecondition(
+            f"the card was declined ({code}): pay with another card through payment_url",
+            reason="PAYMENT_FAILED",
+            metadata={"decline_code": code, "payment_id": row["id"], "payment_url": recovery},
+        )
+
+    # ---- return pages (server/payments/pages.py) ---------------------------------------
+
+    def return_ref(self, payment_id: str) -> str:
+        """The cancel page's reference to a payment: its id signed with the
+        server's secret, so that nobody can name another user's payment."""
+        return f"{payment_id}.{self._ref_mac(payment_id)}"
+
+    def _ref_mac(self, payment_id: str) -> str:
+        secret = self.settings.effective_jwt_secret.encode()
+        return hmac.new(secret, f"return-page|{payment_id}".encode(), hashlib.sha256).hexdigest()[:32]
+
+    async def by_return_ref(self, ref: str) -> PaymentRow | None:
+        pid, _, mac = ref.partition(".")
+        if not pid or not hmac.compare_digest(mac.encode(), self._ref_mac(pid).encode()):
+            return None
+        return await repo.read(self.db.reader, pid)
+
+    async def by_session(self, session_id: str) -> ReturnState | None:
+        """The payment of a Checkout Session, and the balance its credits made."""
+        row = await repo.by_session(self.db.reader, session_id)
+        if row is None:
+            return None
+        after = await repo.balance_after_grant(self.db.reader, keys.purchase_grant(row["id"]))
+        return ReturnState(row, after)
+
+    async def new_link_after_cancel(self, cancelled: PaymentRow) -> PaymentLink:
+        """A fresh link for the same amount. Keyed by the cancelled payment, so
+        that pressing the button twice gives the same new link."""
+        return await self.create_link(
+            Principal(cancelled["user_id"], Role.USER),
+            amount_cents=cancelled["amount_cents"],
+            request_id=f"after-cancel-{cancelled['id']}",
+            fingerprint=f"after-cancel:{cancelled['id']}",
+        )
 
     # ---- history ------------------------------------------------------------------------
 

@@ -26,6 +26,7 @@ from server.ledger.model import (
 from server.ledger.tx import LedgerTx
 from server.payments import repository as repo
 from server.payments.models import CREDITED, PaymentKind, PaymentRow, PaymentStatus, StripeObject
+from server.platform import errors
 from server.registry import EventRouter
 
 log = logging.getLogger(__name__)
@@ -183,18 +184,23 @@ async def mark_paid(tx: LedgerTx, p: PaymentRow, **refs: str) -> bool:
             _set(tx, p, **_refs(p, charge_id=early[0], receipt_url=early[1]))
     if p["status"] in CREDITED or p["status"] == PaymentStatus.AMOUNT_MISMATCH:
         return False  # credited already, or held for an operator's review
+    if p["kind"] == PaymentKind.SUBSCRIPTION:
+        # Its credits are the allowance the paid invoice grants (server/tiers/events.py):
+        # a charge event arriving before that invoice event waits for it (Stripe retries).
+        raise errors.Unavailable("the invoice of this charge is not recorded yet", reason="INVOICE_UNKNOWN")
     key = grant_key(p["id"])
     granted = False
     if await tx.key_unused(key):
         dollars = f"${p['amount_cents'] // 100:,}.{p['amount_cents'] % 100:02d}"
         refill = p["kind"] == PaymentKind.AUTO_REFILL
+        what = "Auto-refill" if refill else "Top-up" if p["kind"] == PaymentKind.TOP_UP else "Purchased"
         await tx.transfer(
             SYSTEM_STRIPE,
             wallet_id(user),
             p["credits"],
             kind=Kind.AUTO_REFILL if refill else Kind.PURCHASE,
             key=key,
-            description=f"{'Auto-refill' if refill else 'Purchased'} {p['credits'] // 1000:,} credits ({dollars})",
+            description=f"{what} {p['credits'] // 1000:,} credits ({dollars})",
             category="purchase",
             ref=p["id"],
             metadata={"payment_id": p["id"]},
@@ -220,6 +226,49 @@ async def mark_expired(tx: LedgerTx, p: PaymentRow) -> None:
         _set(tx, p, status=PaymentStatus.EXPIRED)
 
 
+# ---- subscription invoices (called by server/tiers/events.py) ---------------------
+
+
+def _invoice_refs(invoice: StripeObject) -> dict[str, str]:
+    """The PaymentIntent and charge of an invoice: top-level before API
+    2025-03-31.basil (and in localstripe), under `payments` since."""
+    pi, charge = _id(invoice.get("payment_intent")), _id(invoice.get("charge"))
+    listed = (invoice.get("payments") or {}).get("data") or [] if isinstance(invoice.get("payments"), dict) else []
+    for item in listed:
+        pay = item.get("payment") or {} if isinstance(item, dict) else {}
+        pi = pi or _id(pay.get("payment_intent"))
+        charge = charge or _id(pay.get("charge"))
+    url = str(invoice.get("hosted_invoice_url") or invoice.get("invoice_pdf") or "")
+    return {"payment_intent_id": pi, "charge_id": charge, "receipt_url": url}
+
+
+async def record_invoice(
+    tx: LedgerTx, user_id: str, invoice: StripeObject, *, paid: bool, credits: int, reason: str = ""
+) -> PaymentRow | None:
+    """The invoice's payment row (kind SUBSCRIPTION), one per invoice whatever
+    the number and order of its events: paid wins over a stale failure, as for
+    purchases. Its credits are the allowance the caller grants with a paid invoice."""
+    invoice_id = _id(invoice.get("id"))
+    if not invoice_id:
+        return None
+    pid = keys.invoice_payment(invoice_id)
+    p = await repo.get(tx, pid, lock=True)
+    amount = int((invoice.get("amount_paid") if paid else None) or invoice.get("amount_due") or invoice.get("total") or 0)
+    if p is None:
+        p = await repo.insert_payment(tx, repo.new_payment(
+            pid, user_id, PaymentKind.SUBSCRIPTION, amount, credits, tx.now_us,
+            currency=str(invoice.get("currency") or "usd")[:8],
+        ))
+    refs = _invoice_refs(invoice)
+    if paid:
+        _set(tx, p, **_refs(p, **refs))
+        if p["status"] in (PaymentStatus.PENDING, PaymentStatus.FAILED):
+            _set(tx, p, status=PaymentStatus.PAID, paid_at_us=tx.now_us, failure_reason="", amount_cents=amount or p["amount_cents"])
+    else:
+        await mark_failed(tx, p, reason or "payment_failed", **refs)
+    return p
+
+
 def after_clawback_status(p: PaymentRow) -> PaymentStatus:
     """A credited payment's status once refunds and disputes are counted."""
     if p["dispute_id"] and p["dispute_clawed"] > 0:
@@ -240,7 +289,7 @@ async def apply_refund(tx: LedgerTx, p: PaymentRow, refunded_cents: int, **refs:
     """Claw back credits in proportion to the cumulative refunded amount."""
     # A refund proves the charge succeeded: credit first if that event is late.
     await mark_paid(tx, p, **refs)
-    if p["status"] not in CREDITED:
+    if p["status"] not in CREDITED or p["amount_cents"] <= 0:
         return 0  # held for review: nothing was granted, nothing to take back
     refunded_cents = min(max(refunded_cents, 0), p["amount_cents"])
     if refunded_cents <= p["refunded_cents"]:

@@ -91,6 +91,7 @@ class InFlight:
 
 AWARD_METHOD = "/flownexus.billing.v1.EarningsService/AwardCredits"
 PAYMENT_LINK_METHOD = "/flownexus.billing.v1.PaymentsService/CreatePaymentLink"
+TOP_UP_METHOD = "/flownexus.billing.v1.PaymentsService/TopUp"
 
 
 def limiters(settings: Any) -> dict[str, RateLimiter]:
@@ -100,4 +101,6 @@ def limiters(settings: Any) -> dict[str, RateLimiter]:
         out[AWARD_METHOD] = RateLimiter(settings.award_rate_per_second, settings.award_burst)
     if settings.payment_link_rate_per_second > 0:
         out[PAYMENT_LINK_METHOD] = RateLimiter(settings.payment_link_rate_per_second, settings.payment_link_burst)
+        # A top-up charges a card: the same limit as payment links, counted on its own.
+        out[TOP_UP_METHOD] = RateLimiter(settings.payment_link_rate_per_second, settings.payment_link_burst)
     return out

@@ -87,4 +87,6 @@ def register(reg: Registry, service: RefillService) -> None:
     # threshold queues its refill in the same transaction.
     reg.ledger_extension(service.trigger)
     reg.webhooks.hooks.append(on_stripe_event)
-    reg.job("auto_refill", RefillWorker(service).run)
+    worker = RefillWorker(service)
+    service.first_refill = worker  # enabling below the threshold charges at once
+    reg.job("auto_refill", worker.run)

@@ -116,9 +116,10 @@ async def job_by_payment(tx: LedgerTx, payment_id: str) -> RefillJobRow | None:
     return cast(RefillJobRow | None, await tx.rows(refill_jobs).find(payment_id=payment_id))
 
 
-async def claimable(tx: LedgerTx, limit: int) -> list[RefillJobRow]:
-    """Due jobs, plus running ones whose worker died (lease expired). On
-    PostgreSQL the rows are locked with SKIP LOCKED: replicas never share a job."""
+async def claimable(tx: LedgerTx, limit: int, user_id: str = "") -> list[RefillJobRow]:
+    """Due jobs, plus running ones whose worker died (lease expired), of every
+    user or of one. On PostgreSQL the rows are locked with SKIP LOCKED:
+    replicas never share a job."""
     q = (
         select(refill_jobs)
         .where(
@@ -130,6 +131,8 @@ async def claimable(tx: LedgerTx, limit: int) -> list[RefillJobRow]:
         .order_by(refill_jobs.c.next_run_at_us, refill_jobs.c.id)
         .limit(limit)
     )
+    if user_id:
+        q = q.where(refill_jobs.c.user_id == user_id)
     if not tx.is_sqlite:
         q = q.with_for_update(skip_locked=True)
     return cast(list[RefillJobRow], await tx.rows(refill_jobs).select(q))

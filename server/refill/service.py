@@ -20,11 +20,12 @@ from server.ledger.ops import Call, Idempotency
 from server.ledger.repository import stored_responses
 from server.ledger.tx import LedgerTx
 from server.ledger.writer import LedgerWriter
+from server.payments import repository as payrepo
 from server.payments.gateway import StripeGateway, not_configured
-from server.payments.models import PaymentKind
+from server.payments.models import PaymentKind, PaymentStatus
 from server.payments.service import PaymentsService
 from server.platform import errors
-from server.platform.auth import Principal
+from server.platform.auth import Principal, Role
 from server.platform.clock import Clock, from_us, month_bounds
 from server.platform.config import Settings
 from server.refill import repository as repo
@@ -180,6 +181,7 @@ class RefillService:
         self.clock = clock
         self.gateway = gateway
         self.payments = payments  # customers and recovery links
+        self.first_refill: Any = None  # the RefillWorker (server/refill/grpc.py wires it)
 
     # ---- the trigger: runs inside every ledger batch (hot path: one SELECT) ---------------
 
@@ -275,7 +277,43 @@ class RefillService:
             repo.save_config(tx, cfg, user, **values)
 
         await self.writer.submit(Call(fn=apply, accounts={wallet_id(user)}, idempotency=idem))
+        if enabled and self.first_refill is not None:
+            await self._charge_first(user)
         return await self.view(user)
+
+    async def _charge_first(self, user: str) -> None:
+        """Enabling auto-refill while the balance is already below the threshold
+        queued a refill in that same transaction: it is charged now, and a
+        failure is this call's answer (AUTO_REFILL_FAILED), not a surprise
+        later. The settings stay saved; after a decline auto-refill is paused
+        (no retries on a card the user has just been told about) until it is
+        enabled again or a new card is saved."""
+        item = await self.first_refill.run_for(user)
+        if item is None:
+            return
+        p = await payrepo.read(self.db.reader, item.payment_id)
+        if p is None or p["status"] != PaymentStatus.FAILED:
+            return  # paid (or still processing: it settles like any refill)
+        code = p["failure_reason"] or "card_declined"
+        cfg = await repo.read_config(self.db.reader, user)
+        url = str(cfg["recovery_url"] or "") if cfg is not None else ""
+        if code != "authentication_required":
+            await self.first_refill.pause_first(item, f"the first charge was declined ({code})")
+            try:
+                link = await self.payments.create_link(
+                    Principal(user, Role.USER), amount_cents=p["amount_cents"],
+                    request_id=f"refill-first-{p['id']}", fingerprint=f"refill-first:{p['id']}",
+                )
+                url = link.payment_url
+            except errors.DomainError as exc:
+                log.warning("recovery link failed", extra={"payment_id": p["id"], "reason": exc.reason})
+        raise errors.FailedPrecondition(
+            f"auto-refill is saved, but its first charge failed ({code}): the balance is below the threshold. "
+            "Pay through payment_url, or save another card with CreateSetupLink and enable again",
+            reason=PausedReason.AUTO_REFILL_FAILED,
+            metadata={"decline_code": code, "payment_id": p["id"], "payment_url": url,
+                      "state": "action_required" if code == "authentication_required" else "paused"},
+        )
 
     async def _resolve_card(self, user: str) -> dict[str, Any] | None:
         """The card refills will charge, with brand/last4: a card from a setup
@@ -304,6 +342,12 @@ class RefillService:
         if not pm_id:
             return None
         return await self.card_details(pm_id)
+
+    async def charge_card(self, user: str) -> str | None:
+        """The card an off-session charge of the user uses (TopUp): the one
+        auto-refill charges."""
+        card = await self._resolve_card(user)
+        return str(card["payment_method_id"]) if card else None
 
     async def card_details(self, pm_id: str) -> dict[str, Any]:
         pm = await self.gateway.retrieve_payment_method(pm_id)

@@ -91,11 +91,35 @@ class RefillWorker:
                 log.exception("refill attempt failed unexpectedly", extra={"job": item.job["id"]})
         return len(claimed)
 
+    async def run_for(self, user: str) -> Claimed | None:
+        """The user's due refill, now (ConfigureAutoRefill below the threshold):
+        the same claim, charge and outcomes as the background run."""
+        if not self.gateway.configured:
+            return None
+        claimed: list[Claimed] = await self.writer.submit(
+            Call(fn=lambda tx: self._claim(tx, user), accounts={wallet_id(user)})
+        )
+        for item in claimed:
+            await self._charge(item)
+        return claimed[0] if claimed else None
+
+    async def pause_first(self, item: Claimed, detail: str) -> None:
+        """The first refill, charged while the user enabled auto-refill, was
+        declined: pause instead of retrying behind the user's back (the
+        answer tells them). A card gone or a hard decline paused it already."""
+
+        async def apply(tx: LedgerTx) -> None:
+            job = await repo.job(tx, item.job["id"], lock=True)
+            if job is not None and job["status"] == JobStatus.RETRY_SCHEDULED:
+                self._pause(tx, job, await repo.config(tx, job["user_id"]), PausedReason.AUTO_REFILL_FAILED, detail)
+
+        await self._record(item, apply)
+
     # ---- claim (one transaction) ---------------------------------------------------------
 
-    async def _claim(self, tx: LedgerTx) -> list[Claimed]:
+    async def _claim(self, tx: LedgerTx, user: str = "") -> list[Claimed]:
         out: list[Claimed] = []
-        for job in await repo.claimable(tx, self.batch):
+        for job in await repo.claimable(tx, self.batch, user):
             item = await self._prepare(tx, job)
             if item is not None:
                 out.append(item)

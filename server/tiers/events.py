@@ -15,6 +15,7 @@ from typing import Any
 from server.ledger.model import BalanceEvent
 from server.ledger.tx import LedgerTx
 from server.payments.models import StripeObject
+from server.payments.webhooks import record_invoice
 from server.platform import errors
 from server.platform.clock import month_bounds
 from server.tiers import repository as repo
@@ -125,6 +126,8 @@ class TierEvents:
             # Our record of the upgrade may not be committed yet: fail so Stripe retries.
             raise errors.Unavailable("subscription not known yet", reason="SUBSCRIPTION_UNKNOWN")
         key = f"allowance:invoice:{_id(invoice.get('id'))}"
+        # The invoice is a payment in the user's history, once per invoice.
+        await record_invoice(tx, uid, invoice, paid=True, credits=self.pro_monthly)
         if not await tx.key_unused(key):
             return "duplicate_invoice"
         await tx.wallet(uid)
@@ -156,6 +159,11 @@ class TierEvents:
         user = tx.user(uid)
         sub = await load_sub(tx, uid)
         wallet = tx.loaded_wallet(uid)
+        raw_charge = invoice.get("charge")
+        charge: StripeObject = raw_charge if isinstance(raw_charge, dict) else {}
+        err = invoice.get("last_finalization_error") or {}
+        reason = charge.get("failure_code") or err.get("decline_code") or err.get("code") or "payment_failed"
+        await record_invoice(tx, uid, invoice, paid=False, credits=self.pro_monthly, reason=str(reason))
         if user["tier"] != "pro" and sub and sub["stripe_subscription_id"] == sub_id and sub["status"] == SubscriptionStatus.CANCELED:
             # A retry of a renewal that failed past the grace end: the subscription
             # lapsed (the user is on free); it is not a pending first upgrade.

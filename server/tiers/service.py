@@ -77,6 +77,8 @@ class TierService:
         self.rules = rules
         self.gateway = gateway
         self.customers = customers
+        # The card off-session charges use (auto-refill's, server/app.py wires it).
+        self.card_of: Any = None
 
     # ---- reads ----------------------------------------------------------------------
 
@@ -189,7 +191,8 @@ class TierService:
         assert self.customers is not None
         customer = await self.customers.get_or_create(uid)
         price = self.tiers["pro"].price_cents
-        pm = await gw.saved_payment_method(customer)
+        pm = await self.card_of(uid) if self.card_of is not None else await gw.saved_payment_method(customer)
+        declined: errors.DomainError | None = None
         if pm:
             try:
                 created = await gw.create_pro_subscription(
@@ -200,7 +203,7 @@ class TierService:
             except errors.DomainError as exc:
                 if exc.reason != "PAYMENT_FAILED":
                     raise
-                log.info("saved card declined for Pro; falling back to Checkout", extra={"user_id": uid})
+                declined = exc
             else:
                 return await self._record(uid, idem, customer=customer, subscription_id=str(created["id"]))
         session = await gw.create_subscription_checkout(
@@ -209,8 +212,19 @@ class TierService:
             cancel_url=f"{self.settings.public_base_url}/billing/tier/cancel",
             idempotency_key=keys.stripe("pro-checkout", idem.key),
         )
-        return await self._record(uid, idem, customer=customer, session_id=str(session["id"]),
-                                  payment_url=str(session.get("url") or ""))
+        change = await self._record(uid, idem, customer=customer, session_id=str(session["id"]),
+                                    payment_url=str(session.get("url") or ""))
+        if declined is not None:
+            # The saved card declined: say so (PAYMENT_FAILED), with the Checkout
+            # link to pay with another card (GetTier shows it too). A retry of
+            # this request_id answers that link (PAYMENT_REQUIRED).
+            log.info("saved card declined for Pro", extra={"user_id": uid})
+            raise errors.FailedPrecondition(
+                "the saved card was declined for the Pro subscription: pay through payment_url with another card",
+                reason="PAYMENT_FAILED",
+                metadata={**declined.metadata, "payment_url": change.payment_url},
+            )
+        return change
 
     async def _record(
         self, uid: str, idem: Idempotency, *, customer: str, subscription_id: str = "", session_id: str = "",

@@ -126,6 +126,7 @@ class PaymentsService(_Service):
     CreatePaymentLink: Unary[payments_pb2.CreatePaymentLinkRequest, payments_pb2.CreatePaymentLinkResponse]
     GetPayment: Unary[payments_pb2.GetPaymentRequest, payments_pb2.GetPaymentResponse]
     ListPayments: Unary[payments_pb2.ListPaymentsRequest, payments_pb2.ListPaymentsResponse]
+    TopUp: Unary[payments_pb2.TopUpRequest, payments_pb2.TopUpResponse]
 
 
 class RefillService(_Service):

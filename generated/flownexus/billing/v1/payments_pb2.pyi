@@ -28,6 +28,7 @@ class PaymentKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PAYMENT_KIND_CHECKOUT: _ClassVar[PaymentKind]
     PAYMENT_KIND_AUTO_REFILL: _ClassVar[PaymentKind]
     PAYMENT_KIND_SUBSCRIPTION: _ClassVar[PaymentKind]
+    PAYMENT_KIND_TOP_UP: _ClassVar[PaymentKind]
 PAYMENT_STATUS_UNSPECIFIED: PaymentStatus
 PAYMENT_STATUS_PENDING: PaymentStatus
 PAYMENT_STATUS_PAID: PaymentStatus
@@ -41,6 +42,7 @@ PAYMENT_KIND_UNSPECIFIED: PaymentKind
 PAYMENT_KIND_CHECKOUT: PaymentKind
 PAYMENT_KIND_AUTO_REFILL: PaymentKind
 PAYMENT_KIND_SUBSCRIPTION: PaymentKind
+PAYMENT_KIND_TOP_UP: PaymentKind
 
 class Payment(_message.Message):
     __slots__ = ("id", "user_id", "date", "amount_cents", "currency", "status", "credits_millicredits", "invoice_url", "kind", "failure_reason", "refunded_cents", "payment_url")
@@ -119,3 +121,21 @@ class ListPaymentsResponse(_message.Message):
     payments: _containers.RepeatedCompositeFieldContainer[Payment]
     next_page_token: str
     def __init__(self, payments: _Optional[_Iterable[_Union[Payment, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class TopUpRequest(_message.Message):
+    __slots__ = ("amount_cents", "request_id")
+    AMOUNT_CENTS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    amount_cents: int
+    request_id: str
+    def __init__(self, amount_cents: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class TopUpResponse(_message.Message):
+    __slots__ = ("payment", "payment_url", "balance_millicredits")
+    PAYMENT_FIELD_NUMBER: _ClassVar[int]
+    PAYMENT_URL_FIELD_NUMBER: _ClassVar[int]
+    BALANCE_MILLICREDITS_FIELD_NUMBER: _ClassVar[int]
+    payment: Payment
+    payment_url: str
+    balance_millicredits: int
+    def __init__(self, payment: _Optional[_Union[Payment, _Mapping]] = ..., payment_url: _Optional[str] = ..., balance_millicredits: _Optional[int] = ...) -> None: ...

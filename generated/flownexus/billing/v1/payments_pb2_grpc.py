@@ -50,6 +50,11 @@ class PaymentsServiceStub:
                 request_serializer=flownexus_dot_billing_dot_v1_dot_payments__pb2.ListPaymentsRequest.SerializeToString,
                 response_deserializer=flownexus_dot_billing_dot_v1_dot_payments__pb2.ListPaymentsResponse.FromString,
                 _registered_method=True)
+        self.TopUp = channel.unary_unary(
+                '/flownexus.billing.v1.PaymentsService/TopUp',
+                request_serializer=flownexus_dot_billing_dot_v1_dot_payments__pb2.TopUpRequest.SerializeToString,
+                response_deserializer=flownexus_dot_billing_dot_v1_dot_payments__pb2.TopUpResponse.FromString,
+                _registered_method=True)
 
 
 class PaymentsServiceServicer:
@@ -77,6 +82,16 @@ class PaymentsServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def TopUp(self, request, context):
+        """Buy credits now with the caller's saved card, charged off-session
+        (one-click top-up). A decline is FAILED_PRECONDITION PAYMENT_FAILED with
+        `decline_code` and a recovery `payment_url` in the ErrorInfo metadata; no
+        saved card is FAILED_PRECONDITION PAYMENT_METHOD_REQUIRED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PaymentsServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -94,6 +109,11 @@ def add_PaymentsServiceServicer_to_server(servicer, server):
                     servicer.ListPayments,
                     request_deserializer=flownexus_dot_billing_dot_v1_dot_payments__pb2.ListPaymentsRequest.FromString,
                     response_serializer=flownexus_dot_billing_dot_v1_dot_payments__pb2.ListPaymentsResponse.SerializeToString,
+            ),
+            'TopUp': grpc.unary_unary_rpc_method_handler(
+                    servicer.TopUp,
+                    request_deserializer=flownexus_dot_billing_dot_v1_dot_payments__pb2.TopUpRequest.FromString,
+                    response_serializer=flownexus_dot_billing_dot_v1_dot_payments__pb2.TopUpResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -178,6 +198,33 @@ class PaymentsService:
             '/flownexus.billing.v1.PaymentsService/ListPayments',
             flownexus_dot_billing_dot_v1_dot_payments__pb2.ListPaymentsRequest.SerializeToString,
             flownexus_dot_billing_dot_v1_dot_payments__pb2.ListPaymentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TopUp(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flownexus.billing.v1.PaymentsService/TopUp',
+            flownexus_dot_billing_dot_v1_dot_payments__pb2.TopUpRequest.SerializeToString,
+            flownexus_dot_billing_dot_v1_dot_payments__pb2.TopUpResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -39,6 +39,12 @@ class PaymentsServiceStub:
     """One payment of the caller (or any, for service/admin)."""
     ListPayments: _grpc.UnaryUnaryMultiCallable[_payments_pb2.ListPaymentsRequest, _payments_pb2.ListPaymentsResponse]
     """Payment history, newest first (seed: get_payment_history)."""
+    TopUp: _grpc.UnaryUnaryMultiCallable[_payments_pb2.TopUpRequest, _payments_pb2.TopUpResponse]
+    """Buy credits now with the caller's saved card, charged off-session
+    (one-click top-up). A decline is FAILED_PRECONDITION PAYMENT_FAILED with
+    `decline_code` and a recovery `payment_url` in the ErrorInfo metadata; no
+    saved card is FAILED_PRECONDITION PAYMENT_METHOD_REQUIRED.
+    """
 
 @_typing.type_check_only
 class PaymentsServiceAsyncStub(PaymentsServiceStub):
@@ -51,6 +57,12 @@ class PaymentsServiceAsyncStub(PaymentsServiceStub):
     """One payment of the caller (or any, for service/admin)."""
     ListPayments: _aio.UnaryUnaryMultiCallable[_payments_pb2.ListPaymentsRequest, _payments_pb2.ListPaymentsResponse]  # type: ignore[assignment]
     """Payment history, newest first (seed: get_payment_history)."""
+    TopUp: _aio.UnaryUnaryMultiCallable[_payments_pb2.TopUpRequest, _payments_pb2.TopUpResponse]  # type: ignore[assignment]
+    """Buy credits now with the caller's saved card, charged off-session
+    (one-click top-up). A decline is FAILED_PRECONDITION PAYMENT_FAILED with
+    `decline_code` and a recovery `payment_url` in the ErrorInfo metadata; no
+    saved card is FAILED_PRECONDITION PAYMENT_METHOD_REQUIRED.
+    """
 
 class PaymentsServiceServicer(metaclass=_abc_1.ABCMeta):
     """Buying credits through Stripe Checkout, and the payment history."""
@@ -78,5 +90,17 @@ class PaymentsServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_payments_pb2.ListPaymentsResponse, _abc.Awaitable[_payments_pb2.ListPaymentsResponse]]:
         """Payment history, newest first (seed: get_payment_history)."""
+
+    @_abc_1.abstractmethod
+    def TopUp(
+        self,
+        request: _payments_pb2.TopUpRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_payments_pb2.TopUpResponse, _abc.Awaitable[_payments_pb2.TopUpResponse]]:
+        """Buy credits now with the caller's saved card, charged off-session
+        (one-click top-up). A decline is FAILED_PRECONDITION PAYMENT_FAILED with
+        `decline_code` and a recovery `payment_url` in the ErrorInfo metadata; no
+        saved card is FAILED_PRECONDITION PAYMENT_METHOD_REQUIRED.
+        """
 
 def add_PaymentsServiceServicer_to_server(servicer: PaymentsServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
