@@ -1,6 +1,6 @@
 """UsageService/SpendBatch on SQLite and PostgreSQL: each item is the same
 request as a unary Spend (same result, same error code, reason and metadata,
-same idempotency), items succeed or fail on their own, a retried batch
+same idempotency, revenue share, holds and refill trigger), items succeed or fail on their own, a retried batch
 replays what was applied and applies the rest, concurrent batches on one hot
 account never overdraft, and the batch goes through the group commit."""
 
@@ -15,6 +15,10 @@ from google.rpc import code_pb2
 
 from tests.calls import FREE, credits, reserve, spend
 from tests.harness import Running, auth, error_info, expect_error
+from tests.stripe_fake import StripeFake
+from tests.test_refill import charges, configure, in_flight_jobs, refill_grants, rserver, run_worker, save_card
+
+__all__ = ["rserver"]  # the fixture, shared with tests/test_refill.py
 
 SERVICE = auth("metering", "service")
 
@@ -160,3 +164,20 @@ async def test_concurrent_batches_on_one_hot_account_never_overdraft(server: Run
     # One durable commit covered many items (group commit, not one per item).
     assert stats.operations - ops_before >= 1_000
     assert stats.batches - batches_before <= 100
+
+
+async def test_a_batch_crossing_the_refill_threshold_enqueues_one_refill(rserver: Running, stripe_fake: StripeFake) -> None:
+    server, user = rserver, "fay"
+    await save_card(server, stripe_fake, user)
+    await configure(server, user)  # below 50 credits: refill 100
+    before = len(charges(stripe_fake))
+    # Twenty spends of 3 credits in one batch cross the threshold once, inside it.
+    results = await batch(server, [req(3_000, f"f{i}") for i in range(20)], auth(user))
+    assert all(r.HasField("response") for r in results)
+    assert len(charges(stripe_fake)) == before  # spending never waits on Stripe
+    assert await in_flight_jobs(server, user) == 1
+    await run_worker(server)
+    await run_worker(server)
+    assert len(charges(stripe_fake)) == before + 1
+    assert await refill_grants(server, user) == 1
+    assert await credits(server, user) == FREE - 60_000 + 100_000
