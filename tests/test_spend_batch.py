@@ -16,7 +16,15 @@ from google.rpc import code_pb2
 from tests.calls import FREE, credits, reserve, spend
 from tests.harness import Running, auth, error_info, expect_error
 from tests.stripe_fake import StripeFake
-from tests.test_refill import charges, configure, in_flight_jobs, refill_grants, rserver, run_worker, save_card
+from tests.test_refill import (
+    charges,
+    configure,
+    in_flight_jobs,
+    refill_grants,
+    rserver,
+    run_worker,
+    save_card,
+)
 
 __all__ = ["rserver"]  # the fixture, shared with tests/test_refill.py
 
