@@ -51,6 +51,10 @@ def children(pid: int) -> list[int]:
     return found
 
 
+def alive(pid: int) -> bool:
+    return Path(f"/proc/{pid}").exists()
+
+
 async def test_sqlite_refuses_more_than_one_worker(tmp_path: Path) -> None:
     url = f"sqlite+aiosqlite:///{tmp_path / 'one.db'}"
     proc = await asyncio.create_subprocess_exec(
@@ -127,7 +131,7 @@ async def test_two_workers_on_postgres_both_serve_spends(tmp_path: Path) -> None
             rc = proc.wait(60)
             log.close()
         assert rc == 0, (tmp_path / "server.log").read_text()
-        assert kids and not any(Path(f"/proc/{k}").exists() for k in kids)  # the parent stopped its processes
+        assert kids and not any(map(alive, kids))  # the parent stopped its processes
         verify = subprocess.run(
             [sys.executable, "-m", "server", "verify"], cwd=ROOT, env=env(url, tmp_path, 0, 0), capture_output=True, timeout=120,
         )
