@@ -49,7 +49,7 @@ async def test_spends_are_coalesced_and_each_gets_its_own_answer(server: Running
         bad = await recorder.spend(spend("u1", 0, "bad"))
         await asyncio.wait_for(asyncio.gather(*pending), 10)  # three full batches, not the timer
         assert recorder.stats.batch_sizes[:3] == [10, 10, 10]
-        await recorder.close()  # flushes the last two at once
+        await asyncio.wait_for(recorder.close(), 5)  # flushes the last two at once, not after the 10 s interval
         assert recorder.stats.batch_sizes == [10, 10, 10, 2]
     results = [p.result() for p in pending]
     assert len({r.transaction.id for r in results}) == 30
