@@ -5,8 +5,10 @@ The result is written as JSON to the file named by `out`.
 
 Modes:
 - unary: `concurrency` workers spread over `channels` connections call one
-  method (spend | check) in a closed loop; after `warmup` seconds, every
+  method (spend | check | tiers | batch, a SpendBatch of `batch` items) in a closed loop; after `warmup` seconds, every
   completed call within `duration` seconds is counted and timed.
+- recorder: `producers` tasks emit single spends through one UsageRecorder
+  (client package) for `duration` seconds after `warmup`.
 - watch: opens `streams` WatchBalance streams (users round-robin), prints
   "READY" once every stream has its snapshot, then records for each TRANSFER
   event the delay from the transfer's commit time to its delivery, until each
@@ -21,12 +23,15 @@ import random
 import sys
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import grpc
 from flownexus.billing.v1 import balance_pb2, balance_pb2_grpc, usage_pb2, usage_pb2_grpc
 
 from bench.common import channel, install_loop
+
+CLIENT_SRC = str(Path(__file__).resolve().parents[1] / "clients" / "python" / "src")
 
 
 async def unary(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -40,6 +45,8 @@ async def unary(cfg: dict[str, Any]) -> dict[str, Any]:
     warmup, duration = cfg["warmup"], cfg["duration"]
     lat: list[float] = []
     codes: Counter[str] = Counter()
+    item_errors: Counter[str] = Counter()
+    items = [0]  # spends applied (a SpendBatch call counts its items)
     loop = asyncio.get_running_loop()
     t0 = loop.time()
     start, stop = t0 + warmup, t0 + warmup + duration
@@ -54,6 +61,24 @@ async def unary(cfg: dict[str, Any]) -> dict[str, Any]:
         elif mode == "check":
             stub_b = balance_pb2_grpc.BalanceServiceStub(ch)
             call = lambda i: stub_b.CheckBalance(balance_pb2.CheckBalanceRequest(), metadata=md)  # noqa: E731
+        elif mode == "batch":  # SpendBatch of `batch` items; an item refused counts against the items
+            stub_u = usage_pb2_grpc.UsageServiceStub(ch)
+            rng_b = random.Random(w)
+            size = cfg["batch"]
+
+            async def call(i: int) -> Any:
+                req = usage_pb2.SpendBatchRequest(requests=[
+                    usage_pb2.SpendRequest(
+                        user_id=users[rng_b.randrange(len(users))], amount_millicredits=cfg.get("amount", 1),
+                        request_id=f"{tag}-{w}-{i}-{j}", category="bench",
+                    )
+                    for j in range(size)
+                ])
+                r = await stub_u.SpendBatch(req, metadata=md)
+                refused = sum(1 for x in r.results if x.HasField("error"))
+                if refused:
+                    item_errors[r.results[0].error.reason or "ERROR"] += refused
+                return len(r.results) - refused
         else:
             stub = usage_pb2_grpc.UsageServiceStub(ch)
             rng = random.Random(w)
@@ -74,8 +99,9 @@ async def unary(cfg: dict[str, Any]) -> dict[str, Any]:
                 return
             i += 1
             began = time.perf_counter()
+            done = 1
             try:
-                await call(i)
+                done = await call(i) if mode == "batch" else (await call(i), 1)[1]
                 code = "OK"
             except grpc.aio.AioRpcError as exc:
                 code = exc.code().name
@@ -83,11 +109,63 @@ async def unary(cfg: dict[str, Any]) -> dict[str, Any]:
             if start <= now and loop.time() <= stop:
                 lat.append(took)
                 codes[code] += 1
+                items[0] += done if code == "OK" else 0
 
     await asyncio.gather(*(worker(w) for w in range(cfg["concurrency"])))
     for ch in chans:
         await ch.close()
-    return {"completed": len(lat), "seconds": duration, "codes": dict(codes), "latencies": lat}
+    return {
+        "completed": len(lat), "items": items[0], "seconds": duration, "codes": dict(codes), "latencies": lat,
+        "item_errors": dict(item_errors),
+    }
+
+
+async def recorder(cfg: dict[str, Any]) -> dict[str, Any]:
+    """`producers` tasks emit single spends through one UsageRecorder (one
+    channel, as one service process would): each producer queues a spend,
+    keeps its future and goes on (the recorder's back-pressure paces it).
+    Latency: from the call of spend() to the durable result."""
+    try:
+        from flownexus_billing_client import BillingClient, UsageRecorder
+    except ModuleNotFoundError:  # from a checkout: clients/python/src is a source root (as for `server mcp`)
+        sys.path.insert(0, CLIENT_SRC)
+        from flownexus_billing_client import BillingClient, UsageRecorder
+
+    users: list[str] = cfg["users"]
+    lat: list[float] = []
+    codes: Counter[str] = Counter()
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    start, stop = t0 + cfg["warmup"], t0 + cfg["warmup"] + cfg["duration"]
+    async with BillingClient(cfg["target"], cfg["token"]) as billing:
+        rec = UsageRecorder(
+            billing, max_batch=cfg["max_batch"], flush_interval_ms=cfg["flush_ms"], max_queue=cfg["max_queue"],
+            max_in_flight=cfg["in_flight"],
+        )
+
+        def finished(began: float, fut: asyncio.Future[Any]) -> None:
+            if start <= loop.time() <= stop:
+                lat.append(time.perf_counter() - began)
+                codes["OK" if fut.exception() is None else type(fut.exception()).__name__] += 1
+
+        async def producer(p: int) -> None:
+            rng = random.Random(p)
+            i = 0
+            while loop.time() < stop:
+                i += 1
+                began = time.perf_counter()
+                fut = await rec.spend(usage_pb2.SpendRequest(
+                    user_id=users[rng.randrange(len(users))], amount_millicredits=1, request_id=f"{cfg['tag']}-{p}-{i}",
+                    category="bench"))
+                fut.add_done_callback(lambda f, b=began: finished(b, f))  # type: ignore[misc]
+                await asyncio.sleep(0)
+
+        await asyncio.gather(*(producer(p) for p in range(cfg["producers"])))
+        await rec.close()
+    return {
+        "completed": len(lat), "items": codes["OK"], "seconds": cfg["duration"], "codes": dict(codes), "latencies": lat,
+        "batches": rec.stats.batches, "retries": rec.stats.retries,
+    }
 
 
 async def watch(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -167,7 +245,8 @@ async def watch(cfg: dict[str, Any]) -> dict[str, Any]:
 def main() -> None:
     install_loop()
     cfg = json.loads(sys.argv[1])
-    result = asyncio.run(watch(cfg) if cfg["method"] == "watch" else unary(cfg))
+    run = {"watch": watch, "recorder": recorder}.get(cfg["method"], unary)
+    result = asyncio.run(run(cfg))
     # To a file: a large line on a pipe that the event loop made non-blocking gets cut.
     with open(cfg["out"], "w") as fh:
         json.dump(result, fh)

@@ -14,6 +14,13 @@ Knobs (environment):
   BENCH_HISTORY_ROWS=1000000
   BENCH_WATCHERS=10000     WatchBalance streams (BENCH_WATCH_PROCS=4 client processes)
   BENCH_SKIP=watch,history,before   skip parts
+  BENCH_BATCH_SIZES=100,1000   items per SpendBatch call (rows "SpendBatch(N)")
+  BENCH_BATCH_ITEMS_IN_FLIGHT=400   concurrent SpendBatch calls per row: this many items / N, at least 2
+  BENCH_RAW_BATCH=100      items per durable commit of the raw-driver baseline
+  BENCH_RECORDER_PRODUCERS=32, BENCH_RECORDER_BATCH=100, BENCH_RECORDER_FLUSH_MS=10,
+  BENCH_RECORDER_QUEUE=100, BENCH_RECORDER_IN_FLIGHT=2   the UsageRecorder row
+  BENCH_WORKERS=1          `serve --workers N` for the PostgreSQL servers (SQLite stays at 1)
+  BENCH_SKIP=...,batch,raw,recorder   skip those rows too
   BENCH_PROFILE=1          py-spy (raw, collapsed stacks) the server during each load row,
                            into BENCH_PROFILE_DIR (default /tmp)
 """
@@ -84,6 +91,20 @@ PROFILE_DIR = Path(os.environ.get("BENCH_PROFILE_DIR", "/tmp"))
 SKIP = set(os.environ.get("BENCH_SKIP", "").split(","))
 PY = sys.executable
 SERVICE = "bench-svc"
+BATCH_SIZES = [int(n) for n in os.environ.get("BENCH_BATCH_SIZES", "100,1000").split(",") if n]
+# Concurrent SpendBatch calls per row: about this many items in flight, at least 2 calls.
+BATCH_ITEMS_IN_FLIGHT = int(os.environ.get("BENCH_BATCH_ITEMS_IN_FLIGHT", 400))
+RAW_BATCH = int(os.environ.get("BENCH_RAW_BATCH", 100))
+RECORDER = {
+    "producers": int(os.environ.get("BENCH_RECORDER_PRODUCERS", 32)),
+    "max_batch": int(os.environ.get("BENCH_RECORDER_BATCH", 100)),
+    "flush_ms": env_float("BENCH_RECORDER_FLUSH_MS", 10),
+    # A short queue: the producers never stop, so the queue is always full and
+    # its length over the server's rate is the latency from spend() to the result.
+    "max_queue": int(os.environ.get("BENCH_RECORDER_QUEUE", 100)),
+    "in_flight": int(os.environ.get("BENCH_RECORDER_IN_FLIGHT", 2)),
+}
+WORKERS = int(os.environ.get("BENCH_WORKERS", 1))
 
 
 _OUT_DIR = Path(tempfile.mkdtemp(prefix="billing-bench-out-"))
@@ -120,7 +141,23 @@ class Server:
         return self.proc.pid
 
     def rss(self) -> float:
-        return rss_mb(self.pid)
+        return sum(rss_mb(p) for p in self.pids())
+
+    def pids(self) -> list[int]:
+        """The server's processes: with `serve --workers N`, the parent and its N children."""
+        return [self.pid, *child_pids(self.pid)]
+
+
+def child_pids(pid: int) -> list[int]:
+    found = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if int((d / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    found.append(int(d.name))
+            except (OSError, IndexError, ValueError):
+                continue
+    return found
 
 
 @contextlib.asynccontextmanager
@@ -142,7 +179,8 @@ async def billing_server(url: str, workdir: Path, **env: str) -> AsyncIterator[S
         **env,
     }
     errlog = open(workdir / f"server-{port}.log", "wb")
-    proc = subprocess.Popen([PY, "-m", "server", "serve"], cwd=ROOT, env=environ, stdout=errlog, stderr=errlog)
+    workers = ["--workers", str(WORKERS)] if WORKERS > 1 and url.startswith("postgresql") else []
+    proc = subprocess.Popen([PY, "-m", "server", "serve", *workers], cwd=ROOT, env=environ, stdout=errlog, stderr=errlog)
     target = f"127.0.0.1:{port}"
     try:
         try:
@@ -193,12 +231,12 @@ async def fresh_db(kind: str, workdir: Path) -> AsyncIterator[str]:
         await admin.close()
 
 
-async def run_client(cfg: dict[str, Any], server: Server | None = None) -> dict[str, Any]:
-    """Run CLIENT_PROCS load processes at once; merge their results."""
+async def run_client(cfg: dict[str, Any], server: Server | None = None, *, client_procs: int = CLIENT_PROCS) -> dict[str, Any]:
+    """Run `client_procs` load processes at once; merge their results."""
     procs = []
     outs = []
-    per = max(1, cfg["concurrency"] // CLIENT_PROCS)
-    for p in range(CLIENT_PROCS):
+    per = max(1, cfg["concurrency"] // client_procs)
+    for p in range(client_procs):
         c = {**cfg, "concurrency": per, "tag": f"{cfg.get('tag', 'c')}{p}", "out": out_file()}
         outs.append(c["out"])
         procs.append(await asyncio.create_subprocess_exec(PY, "-m", "bench.client", json.dumps(c), cwd=ROOT))
@@ -207,7 +245,7 @@ async def run_client(cfg: dict[str, Any], server: Server | None = None) -> dict[
     spy = None
     # CPU per call, server and client, over the measured window: where the time goes.
     await asyncio.sleep(cfg["warmup"])
-    pids = {"server": [server.pid] if server else [], "client": [p.pid for p in procs]}
+    pids = {"server": server.pids() if server else [], "client": [p.pid for p in procs]}
     cpu0 = {k: sum(cpu_seconds(p) for p in v) for k, v in pids.items()}
     cpu1 = dict(cpu0)
     if PROFILE and server is not None and not shutil.which("py-spy", path=str(Path(PY).parent)):
@@ -227,10 +265,14 @@ async def run_client(cfg: dict[str, Any], server: Server | None = None) -> dict[
         cpu1 = {k: now[k] if now[k] == now[k] else cpu1[k] for k in now}  # a finished process reads NaN
     if spy is not None:
         await spy.wait()
-    merged: dict[str, Any] = {"completed": 0, "codes": {}, "latencies": []}
+    merged: dict[str, Any] = {"completed": 0, "items": 0, "codes": {}, "latencies": []}
     for c in outs:
         out = json.loads(await asyncio.to_thread(Path(c).read_text))
         merged["completed"] += out["completed"]
+        merged["items"] += out.get("items", out["completed"])
+        for k in ("item_errors", "batches", "retries"):
+            if k in out:
+                merged[k] = out[k] if not isinstance(out[k], dict) else {**merged.get(k, {}), **out[k]}
         merged["latencies"] += out["latencies"]
         for k, v in out["codes"].items():
             merged["codes"][k] = merged["codes"].get(k, 0) + v
@@ -241,6 +283,9 @@ async def run_client(cfg: dict[str, Any], server: Server | None = None) -> dict[
     calls = max(merged["completed"], 1)
     merged["server_cpu_us_per_call"] = round((cpu1["server"] - cpu0["server"]) / calls * 1e6) if server else None
     merged["client_cpu_us_per_call"] = round((cpu1["client"] - cpu0["client"]) / calls * 1e6)
+    merged["items_per_s"] = merged["items"] / cfg["duration"]
+    if server:
+        merged["server_cpu_us_per_item"] = round((cpu1["server"] - cpu0["server"]) / max(merged["items"], 1) * 1e6, 1)
     return merged
 
 
@@ -287,6 +332,59 @@ async def spend_rows(kind: str, server: Server, users: list[str], label: str) ->
         log(f"{kind}: {label}{name}")
         r = await run_client(load_cfg(server.target, "spend", f"{label[:1] or 'a'}{len(who)}", who), server)
         rows.append({"name": f"{label}{name}", "db": kind, **r})
+    return rows
+
+
+async def batch_rows(kind: str, server: Server, users: list[str]) -> list[dict[str, Any]]:
+    """SpendBatch of N items per call, BATCH_ITEMS_IN_FLIGHT / N calls at once (at least 2)."""
+    rows = []
+    for size in BATCH_SIZES:
+        for name, who in ((f"{ACCOUNTS} accounts", users), ("1 hot account", users[:1])):
+            log(f"{kind}: SpendBatch({size}), {name}")
+            cfg = {**load_cfg(server.target, "batch", f"b{size}-{len(who)}", who), "batch": size,
+                   "concurrency": max(2, BATCH_ITEMS_IN_FLIGHT // size)}
+            r = await run_client(cfg, server)
+            rows.append({"name": f"SpendBatch({size}), {name}", "db": kind, "section": "items", **r})
+    return rows
+
+
+async def recorder_row(kind: str, server: Server, users: list[str]) -> dict[str, Any]:
+    """32 producers of single spends through one UsageRecorder, in one client process."""
+    log(f"{kind}: UsageRecorder, {RECORDER['producers']} producers")
+    cfg = {**load_cfg(server.target, "recorder", "rec", users), **RECORDER}
+    r = await run_client(cfg, server, client_procs=1)
+    return {"name": f"UsageRecorder, {RECORDER['producers']} producers", "db": kind, "section": "items", **r}
+
+
+async def raw_rows(kind: str, workdir: Path) -> list[dict[str, Any]]:
+    """The raw-driver batched durable baseline (bench/raw.py), no gRPC, one process."""
+    rows = []
+    for name, n in ((f"{ACCOUNTS} accounts", ACCOUNTS), ("1 hot account", 1)):
+        log(f"{kind}: raw driver, {RAW_BATCH} items per commit, {name}")
+        async with fresh_db(kind, workdir) as url:
+            cfg: dict[str, Any] = {"db": kind, "accounts": n, "batch": RAW_BATCH, "warmup": WARMUP, "duration": DURATION, "out": out_file(),
+                   "path": url.split(":///", 1)[1] if kind == "sqlite" else "",
+                   "dsn": url.replace("+asyncpg", "") if kind != "sqlite" else ""}
+            proc = await asyncio.create_subprocess_exec(PY, "-m", "bench.raw", json.dumps(cfg), cwd=ROOT)
+            await asyncio.sleep(cfg["warmup"])
+            cpu0 = cpu_seconds(proc.pid)
+            cpu1 = cpu0
+            waiting = asyncio.create_task(proc.wait())
+            while not waiting.done():
+                await asyncio.wait([waiting], timeout=0.5)
+                now = cpu_seconds(proc.pid)
+                cpu1 = now if now == now else cpu1
+            assert proc.returncode == 0, f"bench.raw failed ({proc.returncode})"
+            out = json.loads(await asyncio.to_thread(Path(cfg["out"]).read_text))
+        lat = out.pop("latencies")
+        items = max(out["items"], 1)
+        rows.append({
+            "name": f"Raw driver, {RAW_BATCH} per commit, {name}", "db": kind, "section": "items",
+            "completed": out["commits"], "items": out["items"], "codes": {"OK": out["commits"]},
+            "rps": out["commits"] / DURATION, "items_per_s": out["items"] / DURATION, **stats(lat),
+            "server_rss_mb": None, "server_cpu_us_per_item": round((cpu1 - cpu0) / items * 1e6, 1),
+            "server_cpu_us_per_call": None, "client_cpu_us_per_call": None,
+        })
     return rows
 
 
@@ -435,6 +533,10 @@ async def bench(workdir: Path) -> dict[str, Any]:
                 log(f"{kind}: CheckBalance")
                 r = await run_client(load_cfg(server.target, "check", "k"), server)
                 rows.append({"name": "CheckBalance", "db": kind, "baseline": kind, **r})
+                if "batch" not in SKIP:
+                    rows += [{**r, "baseline": kind} for r in await batch_rows(kind, server, users)]
+                if "recorder" not in SKIP:
+                    rows.append({**await recorder_row(kind, server, users), "baseline": kind})
                 if kind == dbs[0]:
                     # No database: what the gRPC stack, the interceptor and a servicer cost.
                     log("ListTiers (no database)")
@@ -442,6 +544,8 @@ async def bench(workdir: Path) -> dict[str, Any]:
                     rows.append({"name": "ListTiers (no database)", "db": "-", "baseline": kind, **r})
                 if "history" not in SKIP:
                     history += await history_rows(kind, server, workdir)
+        if "raw" not in SKIP:
+            rows += [{**r, "baseline": kind} for r in await raw_rows(kind, workdir)]
         if "before" not in SKIP:
             async with fresh_db(kind, workdir) as url, billing_server(url, workdir, BILLING_BATCH_MAX_OPS="1") as server:
                 await prefund(server.target, users)
@@ -457,13 +561,14 @@ async def bench(workdir: Path) -> dict[str, Any]:
 def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
     out = []
     for r in res["rows"]:
-        if not r["name"].startswith("Spend"):
+        if not r["name"].startswith("Spend") or r.get("section") == "items":
             continue
         need = 0.8 if "hot" in r["name"] else 0.85
         out.append({"target": f"{r['name']} ({r['db']}) >= {need}x echo", "value": round(r["ratio_vs_echo"], 2),
                     "ok": r["ratio_vs_echo"] >= need})
         out.append({"target": f"{r['name']} ({r['db']}) p99 <= 2x echo p99", "value": round(r["p99_vs_echo"], 2),
                     "ok": r["p99_vs_echo"] <= 2})
+    out += item_targets(res["rows"])
     for h in res["history"]:
         out.append({"target": f"{h['name']} ({h['db']}) p99 < 20 ms", "value": round(h["p99_ms"], 2),
                     "ok": h["p99_ms"] < 20})
@@ -474,6 +579,35 @@ def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
         out.append({"target": "watchers: server RSS < 512 MB", "value": w["rss_peak_mb"], "ok": w["rss_peak_mb"] < 512})
         out.append({"target": "watchers: every subscriber got its event", "value": f"{w['received_all']}/{w['subscribers']}",
                     "ok": w["received_all"] == w["subscribers"]})
+    return out
+
+
+def item_targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """SpendBatch(100) >= 0.8x the raw-driver baseline and >= 10x per-call
+    Spend (same database, same accounts); UsageRecorder >= 5x per-call Spend,
+    p99 from spend() to its durable result <= T + 50 ms."""
+    out = []
+    by = {(r["name"], r["db"]): r for r in rows}
+    for r in rows:
+        db = r["db"]
+        if r["name"].startswith("SpendBatch(100),"):
+            who = r["name"].split(", ", 1)[1]
+            raw = by.get((f"Raw driver, {RAW_BATCH} per commit, {who}", db))
+            unary = by.get((f"Spend, {who}", db))
+            if raw and raw["items_per_s"]:
+                ratio = r["items_per_s"] / raw["items_per_s"]
+                out.append({"target": f"{r['name']} ({db}) >= 0.8x raw driver", "value": round(ratio, 2), "ok": ratio >= 0.8})
+            if unary and unary["rps"]:
+                ratio = r["items_per_s"] / unary["rps"]
+                out.append({"target": f"{r['name']} ({db}) >= 10x per-call Spend", "value": round(ratio, 1), "ok": ratio >= 10})
+        if r["name"].startswith("UsageRecorder"):
+            unary = by.get((f"Spend, {ACCOUNTS} accounts", db))
+            if unary and unary["rps"]:
+                ratio = r["items_per_s"] / unary["rps"]
+                out.append({"target": f"{r['name']} ({db}) >= 5x per-call Spend", "value": round(ratio, 1), "ok": ratio >= 5})
+            limit = RECORDER["flush_ms"] + 50
+            out.append({"target": f"{r['name']} ({db}) p99 spend() to result <= {limit:g} ms",
+                        "value": round(r["p99_ms"], 1), "ok": r["p99_ms"] <= limit})
     return out
 
 
@@ -499,11 +633,24 @@ def render(res: dict[str, Any]) -> str:
         f"{'srv us':>6} {'cli us':>6}  errors",
     ]
     for r in res["rows"]:
+        if r.get("section") == "items":
+            continue
         errs = {k: v for k, v in r["codes"].items() if k != "OK"}
         lines.append(
             f"{r['name']:<44} {r['db']:<9} {r['rps']:>8.0f} {r['p50_ms']:>7.1f} {r['p99_ms']:>7.1f} "
             f"{r['ratio_vs_echo']:>7.2f} {r['p99_vs_echo']:>6.2f} {r['server_rss_mb'] or '-':>7} "
             f"{r.get('server_cpu_us_per_call') or '-':>6} {r.get('client_cpu_us_per_call') or '-':>6}  {errs or ''}")
+    items = [r for r in res["rows"] if r.get("section") == "items"]
+    if items:
+        lines.append("")
+        lines.append(f"{'measurement (items: spends applied)':<44} {'db':<9} {'items/s':>8} {'calls/s':>8} {'p50 ms':>7} "
+                     f"{'p99 ms':>7} {'srv us/item':>11}  errors")
+        for r in items:
+            errs = {k: v for k, v in {**r["codes"], **r.get("item_errors", {})}.items() if k != "OK"}
+            lines.append(
+                f"{r['name']:<44} {r['db']:<9} {r['items_per_s']:>8.0f} {r['rps']:>8.0f} {r['p50_ms']:>7.1f} "
+                f"{r['p99_ms']:>7.1f} {r.get('server_cpu_us_per_item') or '-':>11}  {errs or ''}")
+        lines.append("")
     for h in res["history"]:
         lines.append(f"{h['name']:<44} {h['db']:<9} {'':>8} {h['p50_ms']:>7.2f} {h['p99_ms']:>7.2f}  ({h['rows']:,} rows, page_size {h['page_size']})")
     w = res["watch"]
@@ -531,7 +678,9 @@ def main() -> int:
     res["machine"] = machine()
     res["config"] = {"duration_s": DURATION, "warmup_s": WARMUP, "concurrency": CONCURRENCY, "channels": CHANNELS,
                      "client_procs": CLIENT_PROCS, "accounts": ACCOUNTS, "history_rows": HISTORY_ROWS,
-                     "watchers": WATCHERS, "quick": QUICK}
+                     "watchers": WATCHERS, "quick": QUICK, "batch_sizes": BATCH_SIZES,
+                     "batch_items_in_flight": BATCH_ITEMS_IN_FLIGHT, "raw_batch": RAW_BATCH, "recorder": RECORDER,
+                     "workers": WORKERS}
     res["targets"] = targets(res)
     res["timestamp"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     res["wall_seconds"] = round(time.time() - started, 1)

@@ -6,7 +6,7 @@ directory, installs the wheel with every dependency pinned to its declared
 floor (`pkg>=X` in the wheel's Requires-Dist becomes `pkg==X`), then calls a
 real server (this checkout's, run by the interpreter running this script)
 from that environment: GetBalance, then a Spend that must be refused with
-InsufficientCredits. Fails when a floor is too low for the generated stubs
+InsufficientCredits, then two spends through a UsageRecorder (one SpendBatch). Fails when a floor is too low for the generated stubs
 (they check protobuf and grpcio at import) or when the floors conflict.
 """
 
@@ -30,7 +30,7 @@ import asyncio, sys
 from importlib.metadata import version
 import google.protobuf, grpc
 from flownexus.billing.v1 import balance_pb2, usage_pb2
-from flownexus_billing_client import BillingClient, InsufficientCredits
+from flownexus_billing_client import BillingClient, InsufficientCredits, UsageRecorder
 
 def norm(v: str) -> tuple[int, ...]:
     parts = [int(x) for x in v.split(".")]
@@ -52,6 +52,17 @@ async def main() -> None:
             pass
         else:
             raise AssertionError("Spend beyond the balance was accepted")
+        # The recorder: two single spends in one SpendBatch, each with its own answer.
+        async with UsageRecorder(billing, max_batch=2, flush_interval_ms=5) as recorder:
+            ok = await recorder.spend(usage_pb2.SpendRequest(amount_millicredits=1))
+            short = await recorder.spend(usage_pb2.SpendRequest(amount_millicredits=10**9))
+        assert (await ok).transaction.amount_millicredits == -1
+        try:
+            await short
+        except InsufficientCredits:
+            pass
+        else:
+            raise AssertionError("a recorded spend beyond the balance was accepted")
     print("client works with", ", ".join(f"{k}=={v}" for k, v in sorted(pins.items())))
 
 asyncio.run(main())

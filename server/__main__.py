@@ -48,7 +48,14 @@ def main(argv: list[str] | None = None) -> int:
         return mcp(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m server", description="Credits billing service")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("serve", help="run the gRPC server, HTTP listener and workers")
+    serve = sub.add_parser("serve", help="run the gRPC server, HTTP listener and workers")
+    serve.add_argument(
+        "--workers", type=int, default=1, metavar="N",
+        help="serving processes sharing the gRPC and HTTP ports (SO_REUSEPORT); N > 1 needs PostgreSQL",
+    )
+    # A process started by `serve --workers N`: it binds with SO_REUSEPORT and
+    # leaves the migrations to its parent.
+    serve.add_argument("--worker-process", action="store_true", help=argparse.SUPPRESS)
     sub.add_parser("migrate", help="apply database migrations")
     tok = sub.add_parser("token", help="mint a development bearer token")
     tok.add_argument("--user", required=True, help="the token's subject (user id)")
@@ -66,6 +73,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     logs.setup(settings.log_level, settings.log_json)
     if args.command == "serve":
+        if args.workers < 1:
+            print("python -m server: --workers must be at least 1", file=sys.stderr)
+            return 2
+        if args.workers > 1:
+            from server.supervisor import serve_workers
+
+            return serve_workers(settings, args.workers)
         from server.app import App
 
         try:
@@ -74,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
             uvloop.install()
         except ImportError:
             pass
-        asyncio.run(App(settings).serve_forever())
+        shared = bool(args.worker_process)
+        asyncio.run(App(settings, reuse_port=shared).serve_forever(migrate=not shared))
         return 0
     if args.command == "migrate":
         from server.db.engine import Database

@@ -89,8 +89,10 @@ class App:
     order (payments, refill, balance, usage, history, earnings, tiers). Each
     domain registers what it serves in `self.registry`."""
 
-    def __init__(self, settings: Settings, clock: Clock | None = None) -> None:
+    def __init__(self, settings: Settings, clock: Clock | None = None, *, reuse_port: bool = False) -> None:
         self.settings = settings
+        # One of the processes of `serve --workers N`: the ports are shared (SO_REUSEPORT).
+        self.reuse_port = reuse_port
         self.clock = clock or Clock()
         self.db = Database(settings.database_url)
         self.hub = WatchHub(settings.watch_queue_size)
@@ -188,7 +190,7 @@ class App:
             ("grpc.http2.min_recv_ping_interval_without_data_ms", s.min_ping_interval_ms),
             ("grpc.http2.max_ping_strikes", 2),
             ("grpc.keepalive_permit_without_calls", 1),
-            ("grpc.so_reuseport", 0),
+            ("grpc.so_reuseport", 1 if self.reuse_port else 0),
         ]
 
     async def _start_grpc(self) -> None:
@@ -240,7 +242,7 @@ class App:
         app.add_routes(self.registry.routes)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
-        site = web.TCPSite(runner, self.settings.http_host, self.settings.http_port)
+        site = web.TCPSite(runner, self.settings.http_host, self.settings.http_port, reuse_port=self.reuse_port or None)
         await site.start()
         self._http_runner = runner
         sockets = site._server.sockets if site._server else []  # type: ignore[union-attr,attr-defined]
@@ -278,8 +280,8 @@ class App:
         await self.db.dispose()
         self._stopped.set()
 
-    async def serve_forever(self) -> None:
-        await self.start()
+    async def serve_forever(self, *, migrate: bool = True) -> None:
+        await self.start(migrate=migrate)
         # Everything loaded so far lives for the whole process: keep it out of
         # the cyclic collector, and collect young objects less often (the hot
         # path allocates many short-lived dicts and no cycles).

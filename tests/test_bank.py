@@ -1,7 +1,8 @@
 """Jepsen-style bank test through the real gRPC server, on SQLite and PostgreSQL.
 
 Many concurrent clients do random Spend (with and without a publisher revenue
-share), Reserve/Capture/Release and AwardCredits. A checker runs alongside and
+share; in one run mostly as SpendBatch calls of 1 to 50 items),
+Reserve/Capture/Release and AwardCredits. A checker runs alongside and
 audits live snapshots; at the end every acknowledged operation must be in the
 ledger with its amount, every refused one must have left no trace, and the
 balances must match a model built only from the acknowledgements.
@@ -59,7 +60,49 @@ def key(method: str, rid: str) -> str:
     return keys.request_transfer(keys.idempotency("service", SERVICE, method, rid))
 
 
-async def client(server: Running, log: Log, users: list[str], n: int, seed: int, stop_at: float) -> None:
+def spend_request(rng: random.Random, users: list[str], user: str, rid: str) -> tuple[usage_pb2.SpendRequest, str]:
+    """A random Spend (30 % with a revenue share) and its publisher ("" for none)."""
+    share = rng.random() < 0.3
+    pub = rng.choice([u for u in users if u != user]) if share else ""
+    req = usage_pb2.SpendRequest(
+        user_id=user, amount_millicredits=rng.randint(1, 20_000), request_id=rid, category="bank",
+        app_id="app-bank" if share else "", publisher_user_id=pub,
+    )
+    return req, pub
+
+
+def spent(log: Log, req: usage_pb2.SpendRequest, r: usage_pb2.SpendResponse) -> None:
+    """An acknowledged Spend, in the model."""
+    amount, user, pub = req.amount_millicredits, req.user_id, req.publisher_user_id
+    log.acked[key("Spend", req.request_id)] = ("spend", r.transaction.id, amount)
+    log.balance[user] -= amount
+    log.revenue += amount
+    if pub and amount * SHARE_PERCENT // 100 > 0:
+        log.balance[pub] += amount * SHARE_PERCENT // 100
+        log.revenue -= amount * SHARE_PERCENT // 100
+    if r.credits_millicredits < 0:
+        log.anomalies.append(f"{req.request_id}: spend acknowledged a negative balance {r.credits_millicredits}")
+
+
+async def spend_batch(server: Running, log: Log, rng: random.Random, users: list[str], rid: str) -> None:
+    """1 to 50 spends in one SpendBatch; each item acknowledged or refused on its own."""
+    items = [spend_request(rng, users, rng.choice(users), f"{rid}.{j}")[0] for j in range(rng.randint(1, 50))]
+    r = await server.s.usage.SpendBatch(usage_pb2.SpendBatchRequest(requests=items), metadata=auth(SERVICE, "service"))
+    for req, result in zip(items, r.results, strict=True):
+        if result.HasField("response"):
+            spent(log, req, result.response)
+            log.counts["SpendBatch:ok"] += 1
+        else:
+            if result.error.reason != "INSUFFICIENT_CREDITS":
+                log.anomalies.append(f"{req.request_id} SpendBatch item: unexpected {result.error}")
+            log.refused.append(("Spend", req.request_id))
+            log.counts["SpendBatch:refused"] += 1
+
+
+async def client(
+    server: Running, log: Log, users: list[str], n: int, seed: int, stop_at: float, *, batches: float = 0.0
+) -> None:
+    """`batches`: the share of the Spends that are SpendBatch calls instead."""
     rng = random.Random(seed)
     md = auth(SERVICE, "service")
     holds: list[tuple[str, str, int]] = []  # this client's active holds: (hold id, user, amount)
@@ -70,24 +113,14 @@ async def client(server: Running, log: Log, users: list[str], n: int, seed: int,
         user = rng.choice(users)
         roll = rng.random()
         try:
+            if roll < 0.40 and rng.random() < batches:
+                method = "SpendBatch"
+                await spend_batch(server, log, rng, users, rid)
+                continue
             if roll < 0.40:
-                amount = rng.randint(1, 20_000)
-                share = rng.random() < 0.3
-                pub = rng.choice([u for u in users if u != user]) if share else ""
-                req = usage_pb2.SpendRequest(
-                    user_id=user, amount_millicredits=amount, request_id=rid, category="bank",
-                    app_id="app-bank" if share else "", publisher_user_id=pub,
-                )
+                req, _ = spend_request(rng, users, user, rid)
                 method = "Spend"
-                r = await server.s.usage.Spend(req, metadata=md)
-                log.acked[key(method, rid)] = ("spend", r.transaction.id, amount)
-                log.balance[user] -= amount
-                log.revenue += amount
-                if share and amount * SHARE_PERCENT // 100 > 0:
-                    log.balance[pub] += amount * SHARE_PERCENT // 100
-                    log.revenue -= amount * SHARE_PERCENT // 100
-                if r.credits_millicredits < 0:
-                    log.anomalies.append(f"{rid}: spend acknowledged a negative balance {r.credits_millicredits}")
+                spent(log, req, await server.s.usage.Spend(req, metadata=md))
             elif roll < 0.60:
                 amount = rng.randint(1, 20_000)
                 method = "Reserve"
@@ -209,7 +242,7 @@ async def final_checks(server: Running, log: Log, users: list[str]) -> None:
         assert keys.idempotency("service", SERVICE, method, rid) not in idem_keys, rid
 
 
-async def run_bank(url: str, clock, seconds: float, *, clients: int = 16, n_users: int = 6, seed: int = 1) -> Log:  # type: ignore[no-untyped-def]
+async def run_bank(url: str, clock, seconds: float, *, clients: int = 16, n_users: int = 6, seed: int = 1, batches: float = 0.0) -> Log:  # type: ignore[no-untyped-def]
     server = Running(url, clock, **NO_LIMITS)
     await server.start()
     log = Log()
@@ -220,7 +253,7 @@ async def run_bank(url: str, clock, seconds: float, *, clients: int = 16, n_user
         done = asyncio.Event()
         stop_at = time.monotonic() + seconds
         check = asyncio.create_task(checker(server, log, users, done))
-        await asyncio.gather(*(client(server, log, users, n, seed * 1000 + n, stop_at) for n in range(clients)))
+        await asyncio.gather(*(client(server, log, users, n, seed * 1000 + n, stop_at, batches=batches) for n in range(clients)))
         done.set()
         await check
         assert not log.anomalies, log.anomalies[:10]
@@ -232,13 +265,20 @@ async def run_bank(url: str, clock, seconds: float, *, clients: int = 16, n_user
         f"\nbank[{url.split(':', 1)[0]}]: {ops} operations in {seconds:.0f}s ({dict(sorted(log.counts.items()))}), "
         f"{log.checks} live audits, {len(log.anomalies)} discrepancies"
     )
-    assert log.counts["Spend:ok"] > 0 and log.counts["Spend:refused"] + log.counts["Reserve:refused"] > 0
+    spends = "SpendBatch" if batches else "Spend"
+    assert log.counts[f"{spends}:ok"] > 0 and log.counts[f"{spends}:refused"] + log.counts["Reserve:refused"] > 0
     assert log.counts["Capture:ok"] > 0 and log.counts["Release:ok"] > 0 and log.checks > 0
     return log
 
 
 async def test_bank(db_url: str, clock) -> None:  # type: ignore[no-untyped-def]
     await run_bank(db_url, clock, seconds=5)
+
+
+async def test_bank_under_spend_batch_load(db_url: str, clock) -> None:  # type: ignore[no-untyped-def]
+    """The same invariants with most Spends sent as SpendBatch calls of 1 to 50
+    items, racing the holds, captures and awards of the other clients."""
+    await run_bank(db_url, clock, seconds=5, batches=0.8, seed=3)
 
 
 @pytest.mark.slow

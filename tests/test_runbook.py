@@ -16,7 +16,7 @@ from tests.runbook_tools import Result, base_env, error_info_of, run_shell, runb
 
 BLOCKS = runbook_blocks()
 TASKS = [
-    "tokens", "check-balance", "get-balance", "watch-balance", "spend", "spend-too-much", "award-credits",
+    "tokens", "check-balance", "get-balance", "watch-balance", "spend", "spend-too-much", "spend-batch", "award-credits",
     "list-transactions", "get-payment", "pause-auto-refill", "resume-auto-refill", "set-enterprise-tier",
     "adjust-balance", "reverse-transaction", "refund-usage", "set-account-flag", "clear-account-flag", "get-account",
     "list-admin-actions",
@@ -122,6 +122,16 @@ async def test_balance_spend_award_and_history(ops) -> None:  # type: ignore[no-
     assert stats["credits_spent_millicredits"] == "1500"
     assert stats["credits_earned_millicredits"] == "5000"
     assert stats["challenges_completed"] == "1"
+
+
+async def test_spend_batch_answers_each_item(ops) -> None:  # type: ignore[no-untyped-def]
+    first = ok(await ops("spend-batch"))["results"]
+    assert first[0]["response"]["credits_millicredits"] == "98500"
+    error = first[1]["error"]
+    assert (error["code"], error["reason"]) == (9, "INSUFFICIENT_CREDITS")  # FAILED_PRECONDITION
+    assert error["metadata"]["balance_millicredits"] == "98500"
+    assert ok(await ops("spend-batch"))["results"][0] == first[0]  # resent: replayed, charged once
+    assert ok(await ops("check-balance"))["credits_millicredits"] == "98500"
 
 
 async def test_watch_balance_streams_snapshot_then_changes(ops, server) -> None:  # type: ignore[no-untyped-def]

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
+from flownexus.billing.v1 import common_pb2
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
@@ -55,6 +56,19 @@ def _status_details(code: grpc.StatusCode, exc: errors.DomainError) -> bytes:
         details[1].Pack(retry)
     status = status_pb2.Status(code=getattr(code_pb2, code.name), message=exc.message, details=details)
     return status.SerializeToString()
+
+
+def batch_item_error(exc: BaseException) -> common_pb2.BatchItemError:
+    """One item of a batch call refused: the code, message and ErrorInfo the
+    unary call would have reported in its status (the same mapping as abort)."""
+    if not isinstance(exc, errors.DomainError):
+        log.error("unexpected error in a batch item", exc_info=exc)
+        exc = errors.DomainError("internal error", reason="INTERNAL")
+    code = _GRPC_CODES[exc.code.value]
+    return common_pb2.BatchItemError(
+        code=getattr(code_pb2, code.name), message=exc.message, reason=exc.reason, domain=ERROR_DOMAIN,
+        metadata=exc.metadata,
+    )
 
 
 async def abort(context: grpc.aio.ServicerContext, exc: errors.DomainError) -> None:

@@ -111,6 +111,29 @@ def metadata(values: Any) -> dict[str, str]:
     return out
 
 
+def batch(items: Any, *, maximum: int) -> None:
+    """A batch call as a whole: 1 to `maximum` items whose non-empty
+    request_ids are distinct (two items with one id would be one request
+    answered twice). An item's own fields are checked with the item."""
+    if not items:
+        raise errors.InvalidArgument("the batch holds no request", reason="BATCH_EMPTY")
+    if len(items) > maximum:
+        raise errors.InvalidArgument(
+            f"at most {maximum} requests per batch", reason="BATCH_TOO_LARGE",
+            metadata={"max": str(maximum), "got": str(len(items))},
+        )
+    seen: set[str] = set()
+    for item in items:
+        rid = item.request_id
+        if rid in seen:
+            raise errors.InvalidArgument(
+                "two requests of the batch share a request_id", reason="DUPLICATE_REQUEST_ID",
+                metadata={"request_id": rid[:128]},
+            )
+        if rid:
+            seen.add(rid)
+
+
 def enum(value: int, enum_type: Any, *, field: str, allow_unspecified: bool = False) -> int:
     valid = set(enum_type.values())
     if value not in valid or (value == 0 and not allow_unspecified):

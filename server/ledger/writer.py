@@ -11,7 +11,7 @@ import asyncio
 import collections
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -101,6 +101,20 @@ class LedgerWriter:
         # is applied all the same, whole or not at all, and a retry with the
         # same request_id finds it. (No shield: one future per call is enough.)
         return await fut
+
+    async def submit_many(self, ops: Sequence[Op[Any]]) -> list[Any]:
+        """Queue several operations at once, in order (they join the same
+        group-commit batches, up to max_batch each) and wait for all of them.
+        Each entry of the result is the operation's outcome or, when it was
+        refused or failed, its exception: each succeeds or fails on its own."""
+        if self._closing:
+            raise errors.Unavailable("server is shutting down", reason="SHUTTING_DOWN")
+        loop = asyncio.get_running_loop()
+        items = [_Item(op, loop.create_future()) for op in ops]
+        self._queue.extend(items)
+        self._wakeup.set()
+        # As for submit: cancelling the wait leaves the queued writes to be applied.
+        return await asyncio.gather(*(item.future for item in items), return_exceptions=True)
 
     async def _run(self) -> None:
         while True:

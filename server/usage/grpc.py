@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from flownexus.billing.v1 import usage_pb2, usage_pb2_grpc
 
 from server.grpc import Ctx, convert, validation
+from server.grpc.interceptors import batch_item_error
+from server.ledger.ops import Spend, SpendResult
+from server.platform import errors
 from server.platform.auth import principal
 from server.registry import Registry
 from server.usage.service import UsageService
+
+# Items per SpendBatch call (Flexprice's limit; Lago takes 100).
+MAX_SPEND_BATCH = 1000
 
 
 class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
@@ -15,21 +23,29 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
         self.usage = usage
 
     async def Spend(self, request: usage_pb2.SpendRequest, context: Ctx) -> usage_pb2.SpendResponse:
-        result = await self.usage.spend(
-            principal(),
-            user_id=validation.user_id(request.user_id),
-            amount=validation.amount(request.amount_millicredits),
-            request_id=validation.request_id(request.request_id),
-            fingerprint=validation.fingerprint("Spend", request),
-            category=validation.category(request.category),
-            description=validation.text(request.description, field="description"),
-            metadata=validation.metadata(request.metadata),
-            app_id=validation.text(request.app_id, field="app_id", max_len=128),
-            publisher_user_id=validation.user_id(request.publisher_user_id, field="publisher_user_id"),
-        )
-        return usage_pb2.SpendResponse(
-            transaction=convert.transaction(result.transaction), credits_millicredits=result.credits
-        )
+        result = await self.usage.spend(principal(), **_spend_fields(request))
+        return _spend_response(result)
+
+    async def SpendBatch(self, request: usage_pb2.SpendBatchRequest, context: Ctx) -> usage_pb2.SpendBatchResponse:
+        items = request.requests
+        validation.batch(items, maximum=MAX_SPEND_BATCH)
+        who = principal()
+        ops: list[Spend | errors.DomainError] = []
+        for item in items:
+            # Each item is refused exactly as its unary Spend would be, on its own.
+            try:
+                ops.append(self.usage.spend_op(who, **_spend_fields(item)))
+            except errors.DomainError as exc:
+                ops.append(exc)
+        results = await self.usage.spend_batch(ops)
+        response = usage_pb2.SpendBatchResponse()
+        out = response.results
+        for result in results:
+            if isinstance(result, SpendResult):
+                out.add(response=_spend_response(result))
+            else:
+                out.add(error=batch_item_error(result))
+        return response
 
     async def Reserve(self, request: usage_pb2.ReserveRequest, context: Ctx) -> usage_pb2.ReserveResponse:
         ttl = request.ttl.seconds + request.ttl.nanos / 1e9 if request.HasField("ttl") else 0.0
@@ -86,6 +102,25 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
             credits_millicredits=result.credits,
             refunded_millicredits=result.refunded,
         )
+
+
+def _spend_fields(request: usage_pb2.SpendRequest) -> dict[str, Any]:
+    """A SpendRequest, validated: the arguments of UsageService.spend/spend_op."""
+    return {
+        "user_id": validation.user_id(request.user_id),
+        "amount": validation.amount(request.amount_millicredits),
+        "request_id": validation.request_id(request.request_id),
+        "fingerprint": validation.fingerprint("Spend", request),
+        "category": validation.category(request.category),
+        "description": validation.text(request.description, field="description"),
+        "metadata": validation.metadata(request.metadata),
+        "app_id": validation.text(request.app_id, field="app_id", max_len=128),
+        "publisher_user_id": validation.user_id(request.publisher_user_id, field="publisher_user_id"),
+    }
+
+
+def _spend_response(result: SpendResult) -> usage_pb2.SpendResponse:
+    return usage_pb2.SpendResponse(transaction=convert.transaction(result.transaction), credits_millicredits=result.credits)
 
 
 def register(reg: Registry, service: UsageService) -> None:

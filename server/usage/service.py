@@ -3,6 +3,8 @@ operation is applied by the ledger writer in a group-commit batch."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from server.ledger.ops import (
     Capture,
     HoldResult,
@@ -53,8 +55,34 @@ class UsageService:
         app_id: str,
         publisher_user_id: str,
     ) -> SpendResult:
+        op = self.spend_op(
+            principal, user_id=user_id, amount=amount, request_id=request_id, fingerprint=fingerprint,
+            category=category, description=description, metadata=metadata, app_id=app_id,
+            publisher_user_id=publisher_user_id,
+        )
+        result: SpendResult = await self.writer.submit(op)
+        return result
+
+    def spend_op(
+        self,
+        principal: Principal,
+        *,
+        user_id: str,
+        amount: int,
+        request_id: str,
+        fingerprint: str,
+        category: str,
+        description: str,
+        metadata: dict[str, str],
+        app_id: str,
+        publisher_user_id: str,
+    ) -> Spend:
+        """The Spend operation of one request, after the rules a Spend is
+        refused by before the ledger (who may spend for whom, revenue share).
+        A SpendBatch item is the same request as a unary Spend: same op, same
+        idempotency key (method "Spend")."""
         user = principal.resolve_user(user_id)
-        op = Spend(
+        return Spend(
             user_id=user,
             amount=amount,
             category=category,
@@ -64,8 +92,14 @@ class UsageService:
             idempotency=Idempotency.of_request(principal, "Spend", request_id, fingerprint),
             charged_by=principal.scope,
         )
-        result: SpendResult = await self.writer.submit(op)
-        return result
+
+    async def spend_batch(self, items: Sequence[Spend | errors.DomainError]) -> list[SpendResult | BaseException]:
+        """Apply the ops of a SpendBatch together; an entry that is already an
+        error (refused before the ledger) stays in its place. The ops join the
+        writer's group commit in order, each succeeding or failing on its own."""
+        ops = [item for item in items if isinstance(item, Spend)]
+        done = iter(await self.writer.submit_many(ops) if ops else ())
+        return [item if isinstance(item, errors.DomainError) else next(done) for item in items]
 
     async def reserve(
         self,

@@ -3,10 +3,12 @@ every response type known (tests/test_client_typing.py)."""
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 from typing import assert_type
 
 from flownexus.billing.v1 import balance_pb2, usage_pb2
-from flownexus_billing_client import BillingClient
+from flownexus_billing_client import BillingClient, SyncUsageRecorder, UsageRecorder
 
 
 async def spend_and_watch(token: str) -> int:
@@ -21,3 +23,21 @@ async def spend_and_watch(token: str) -> int:
         other = billing.with_token("t2")
         hold = await other.usage.Reserve(usage_pb2.ReserveRequest(amount_millicredits=1))
         return r.credits_millicredits + balance.credits_millicredits + hold.hold.amount_millicredits
+
+
+async def record_usage(billing: BillingClient) -> int:
+    async with UsageRecorder(billing, max_batch=100, flush_interval_ms=20) as recorder:
+        pending = await recorder.spend(usage_pb2.SpendRequest(user_id="u1", amount_millicredits=1))
+        assert_type(pending, asyncio.Future[usage_pb2.SpendResponse])
+        r = await pending
+        assert_type(r, usage_pb2.SpendResponse)
+    batch = await billing.usage.SpendBatch(usage_pb2.SpendBatchRequest(requests=[usage_pb2.SpendRequest()]))
+    assert_type(batch, usage_pb2.SpendBatchResponse)
+    return r.credits_millicredits + len(batch.results)
+
+
+def record_usage_from_threads(token: str) -> int:
+    with SyncUsageRecorder("localhost:50051", token, max_batch=100) as recorder:
+        future = recorder.spend(usage_pb2.SpendRequest(user_id="u1", amount_millicredits=1))
+        assert_type(future, concurrent.futures.Future[usage_pb2.SpendResponse])
+    return future.result().credits_millicredits

@@ -1,5 +1,6 @@
 """Client of the flownexus credits billing service: the generated stubs live in
-`flownexus.billing.v1`; this package adds a thin async helper."""
+`flownexus.billing.v1`; this package adds a thin async helper and a UsageRecorder that coalesces
+single spends into SpendBatch calls."""
 
 from importlib.metadata import PackageNotFoundError, version
 
@@ -18,8 +19,10 @@ from flownexus_billing_client.errors import (
     TierUpgradeFailed,
     Unauthenticated,
     Unavailable,
+    from_item_error,
     from_rpc_error,
 )
+from flownexus_billing_client.recorder import RecorderStats, SyncUsageRecorder, UsageRecorder
 from flownexus_billing_client.service_config import channel_options, service_config
 
 try:
@@ -38,12 +41,16 @@ __all__ = [
     "NotImplementedYet",
     "PaymentFailed",
     "PermissionDenied",
+    "RecorderStats",
     "RequestIdReused",
+    "SyncUsageRecorder",
     "TierUpgradeFailed",
     "Unauthenticated",
     "Unavailable",
+    "UsageRecorder",
     "__version__",
     "channel_options",
+    "from_item_error",
     "from_rpc_error",
     "service_config",
 ]

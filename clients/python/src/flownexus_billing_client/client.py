@@ -99,6 +99,7 @@ class BalanceService(_Service):
 
 class UsageService(_Service):
     Spend: Unary[usage_pb2.SpendRequest, usage_pb2.SpendResponse]
+    SpendBatch: Unary[usage_pb2.SpendBatchRequest, usage_pb2.SpendBatchResponse]
     Reserve: Unary[usage_pb2.ReserveRequest, usage_pb2.ReserveResponse]
     Capture: Unary[usage_pb2.CaptureRequest, usage_pb2.CaptureResponse]
     Release: Unary[usage_pb2.ReleaseRequest, usage_pb2.ReleaseResponse]

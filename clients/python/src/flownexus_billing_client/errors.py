@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import grpc
+from flownexus.billing.v1 import common_pb2
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
@@ -113,3 +114,14 @@ def from_rpc_error(exc: grpc.aio.AioRpcError) -> BillingError:
     reason = info.reason if info else ""
     cls = BY_REASON.get(reason) or BY_CODE.get(exc.code()) or BillingError
     return cls(exc.code(), exc.details() or "", reason, dict(info.metadata) if info else {})
+
+
+_CODES = {c.value[0]: c for c in grpc.StatusCode}
+
+
+def from_item_error(error: common_pb2.BatchItemError) -> BillingError:
+    """The typed exception for one refused item of a batch call (SpendBatch):
+    the same class a unary call failing with that status and ErrorInfo gives."""
+    code = _CODES.get(error.code, grpc.StatusCode.UNKNOWN)
+    cls = BY_REASON.get(error.reason) or BY_CODE.get(code) or BillingError
+    return cls(code, error.message, error.reason, dict(error.metadata))

@@ -7,7 +7,7 @@ from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Mapping as _Mapping
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
@@ -59,6 +59,26 @@ class SpendResponse(_message.Message):
     transaction: _common_pb2.Transaction
     credits_millicredits: int
     def __init__(self, transaction: _Optional[_Union[_common_pb2.Transaction, _Mapping]] = ..., credits_millicredits: _Optional[int] = ...) -> None: ...
+
+class SpendBatchRequest(_message.Message):
+    __slots__ = ("requests",)
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    requests: _containers.RepeatedCompositeFieldContainer[SpendRequest]
+    def __init__(self, requests: _Optional[_Iterable[_Union[SpendRequest, _Mapping]]] = ...) -> None: ...
+
+class SpendBatchResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[SpendBatchResult]
+    def __init__(self, results: _Optional[_Iterable[_Union[SpendBatchResult, _Mapping]]] = ...) -> None: ...
+
+class SpendBatchResult(_message.Message):
+    __slots__ = ("response", "error")
+    RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    response: SpendResponse
+    error: _common_pb2.BatchItemError
+    def __init__(self, response: _Optional[_Union[SpendResponse, _Mapping]] = ..., error: _Optional[_Union[_common_pb2.BatchItemError, _Mapping]] = ...) -> None: ...
 
 class Hold(_message.Message):
     __slots__ = ("id", "user_id", "amount_millicredits", "status", "expires_at", "captured_millicredits", "category")

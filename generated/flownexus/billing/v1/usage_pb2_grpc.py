@@ -41,6 +41,11 @@ class UsageServiceStub:
                 request_serializer=flownexus_dot_billing_dot_v1_dot_usage__pb2.SpendRequest.SerializeToString,
                 response_deserializer=flownexus_dot_billing_dot_v1_dot_usage__pb2.SpendResponse.FromString,
                 _registered_method=True)
+        self.SpendBatch = channel.unary_unary(
+                '/flownexus.billing.v1.UsageService/SpendBatch',
+                request_serializer=flownexus_dot_billing_dot_v1_dot_usage__pb2.SpendBatchRequest.SerializeToString,
+                response_deserializer=flownexus_dot_billing_dot_v1_dot_usage__pb2.SpendBatchResponse.FromString,
+                _registered_method=True)
         self.Reserve = channel.unary_unary(
                 '/flownexus.billing.v1.UsageService/Reserve',
                 request_serializer=flownexus_dot_billing_dot_v1_dot_usage__pb2.ReserveRequest.SerializeToString,
@@ -70,6 +75,17 @@ class UsageServiceServicer:
 
     def Spend(self, request, context):
         """Debit credits now.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SpendBatch(self, request, context):
+        """Debit credits for up to 1,000 spends in one call (metering callers that
+        report usage in bursts). Each item is a full SpendRequest and is the same
+        request as a unary Spend with its request_id: the same checks, per-item
+        authorization, idempotency, revenue share and refill trigger. Items
+        succeed or fail on their own (partial success): see SpendBatchRequest.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -112,6 +128,11 @@ def add_UsageServiceServicer_to_server(servicer, server):
                     servicer.Spend,
                     request_deserializer=flownexus_dot_billing_dot_v1_dot_usage__pb2.SpendRequest.FromString,
                     response_serializer=flownexus_dot_billing_dot_v1_dot_usage__pb2.SpendResponse.SerializeToString,
+            ),
+            'SpendBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.SpendBatch,
+                    request_deserializer=flownexus_dot_billing_dot_v1_dot_usage__pb2.SpendBatchRequest.FromString,
+                    response_serializer=flownexus_dot_billing_dot_v1_dot_usage__pb2.SpendBatchResponse.SerializeToString,
             ),
             'Reserve': grpc.unary_unary_rpc_method_handler(
                     servicer.Reserve,
@@ -163,6 +184,33 @@ class UsageService:
             '/flownexus.billing.v1.UsageService/Spend',
             flownexus_dot_billing_dot_v1_dot_usage__pb2.SpendRequest.SerializeToString,
             flownexus_dot_billing_dot_v1_dot_usage__pb2.SpendResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SpendBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flownexus.billing.v1.UsageService/SpendBatch',
+            flownexus_dot_billing_dot_v1_dot_usage__pb2.SpendBatchRequest.SerializeToString,
+            flownexus_dot_billing_dot_v1_dot_usage__pb2.SpendBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -37,6 +37,13 @@ class UsageServiceStub:
     def __new__(cls, channel: _aio.Channel) -> UsageServiceAsyncStub: ...
     Spend: _grpc.UnaryUnaryMultiCallable[_usage_pb2.SpendRequest, _usage_pb2.SpendResponse]
     """Debit credits now."""
+    SpendBatch: _grpc.UnaryUnaryMultiCallable[_usage_pb2.SpendBatchRequest, _usage_pb2.SpendBatchResponse]
+    """Debit credits for up to 1,000 spends in one call (metering callers that
+    report usage in bursts). Each item is a full SpendRequest and is the same
+    request as a unary Spend with its request_id: the same checks, per-item
+    authorization, idempotency, revenue share and refill trigger. Items
+    succeed or fail on their own (partial success): see SpendBatchRequest.
+    """
     Reserve: _grpc.UnaryUnaryMultiCallable[_usage_pb2.ReserveRequest, _usage_pb2.ReserveResponse]
     """Move credits to pending until Capture, Release or expiry."""
     Capture: _grpc.UnaryUnaryMultiCallable[_usage_pb2.CaptureRequest, _usage_pb2.CaptureResponse]
@@ -58,6 +65,13 @@ class UsageServiceAsyncStub(UsageServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     Spend: _aio.UnaryUnaryMultiCallable[_usage_pb2.SpendRequest, _usage_pb2.SpendResponse]  # type: ignore[assignment]
     """Debit credits now."""
+    SpendBatch: _aio.UnaryUnaryMultiCallable[_usage_pb2.SpendBatchRequest, _usage_pb2.SpendBatchResponse]  # type: ignore[assignment]
+    """Debit credits for up to 1,000 spends in one call (metering callers that
+    report usage in bursts). Each item is a full SpendRequest and is the same
+    request as a unary Spend with its request_id: the same checks, per-item
+    authorization, idempotency, revenue share and refill trigger. Items
+    succeed or fail on their own (partial success): see SpendBatchRequest.
+    """
     Reserve: _aio.UnaryUnaryMultiCallable[_usage_pb2.ReserveRequest, _usage_pb2.ReserveResponse]  # type: ignore[assignment]
     """Move credits to pending until Capture, Release or expiry."""
     Capture: _aio.UnaryUnaryMultiCallable[_usage_pb2.CaptureRequest, _usage_pb2.CaptureResponse]  # type: ignore[assignment]
@@ -82,6 +96,19 @@ class UsageServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_usage_pb2.SpendResponse, _abc.Awaitable[_usage_pb2.SpendResponse]]:
         """Debit credits now."""
+
+    @_abc_1.abstractmethod
+    def SpendBatch(
+        self,
+        request: _usage_pb2.SpendBatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_usage_pb2.SpendBatchResponse, _abc.Awaitable[_usage_pb2.SpendBatchResponse]]:
+        """Debit credits for up to 1,000 spends in one call (metering callers that
+        report usage in bursts). Each item is a full SpendRequest and is the same
+        request as a unary Spend with its request_id: the same checks, per-item
+        authorization, idempotency, revenue share and refill trigger. Items
+        succeed or fail on their own (partial success): see SpendBatchRequest.
+        """
 
     @_abc_1.abstractmethod
     def Reserve(
