@@ -20,8 +20,9 @@ the batch commit with these.
 from __future__ import annotations
 
 import json
+import operator
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from sqlalchemy import Boolean, LargeBinary, String, Table
@@ -137,9 +138,9 @@ class BatchSql:
             cols = ", ".join(f'"{c}"' for c in names)
             n = len(names)
             marks = ", ".join("?" * n)
-            cached = _SQL[key] = (f'INSERT INTO "{table.name}" ({cols}) VALUES ({marks})', names)
-        sql, names = cached
-        await self._many(sql, [tuple(r[c] for c in names) for r in rows])
+            cached = _SQL[key] = (f'INSERT INTO "{table.name}" ({cols}) VALUES ({marks})', _row_values(names))
+        sql, values = cached
+        await self._many(sql, [values(r) for r in rows])
 
     async def update(self, table: Table, key: str, columns: Sequence[str], rows: list[Row]) -> None:
         """UPDATE each row's `columns`, matched on `key` (PostgreSQL: at `send()`)."""
@@ -150,12 +151,12 @@ class BatchSql:
             self._queued.append(("update", table, names, key, [[r[c] for r in rows] for c in names]))
             return
         cache_key = ("update", self.is_sqlite, table.name, key, tuple(columns))
-        sql = _SQL.get(cache_key)
-        if sql is None:
+        cached = _SQL.get(cache_key)
+        if cached is None:
             sets = ", ".join(f'"{c}" = ?' for c in columns)
-            sql = f'UPDATE "{table.name}" SET {sets} WHERE "{key}" = ?'
-            _SQL[cache_key] = sql
-        await self._many(sql, [tuple(r[c] for c in (*columns, key)) for r in rows])
+            cached = _SQL[cache_key] = (f'UPDATE "{table.name}" SET {sets} WHERE "{key}" = ?', _row_values([*columns, key]))
+        sql, values = cached
+        await self._many(sql, [values(r) for r in rows])
 
     async def send(self) -> None:
         """PostgreSQL: every queued INSERT and UPDATE as ONE statement, one round
@@ -266,3 +267,11 @@ def _booleans(table: Table) -> list[str]:
     if names is None:
         names = _BOOLEANS[table.name] = [c.name for c in table.columns if isinstance(c.type, Boolean)]
     return names
+
+
+def _row_values(names: Sequence[str]) -> Callable[[Row], tuple[Any, ...]]:
+    """A row's values in column order, as a tuple (itemgetter gives a bare value for one column)."""
+    get = operator.itemgetter(*names)
+    if len(names) == 1:
+        return lambda row: (get(row),)
+    return get  # type: ignore[return-value]

@@ -111,6 +111,34 @@ class SpendResult:
     transaction: TransferView
     credits: int
 
+    # Stored for every Spend (its idempotent response): a flat JSON list, not
+    # the generic nested object, since it is written once per operation.
+    def to_bytes(self) -> bytes:
+        t = self.transaction
+        return _compact_json([
+            self.credits, t.id, t.kind, t.amount, t.balance_after, t.description, t.category, t.ref,
+            t.created_at_us, t.metadata,
+        ]).encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> SpendResult:
+        value = json.loads(data)
+        if isinstance(value, dict):  # the nested form earlier releases stored
+            return from_json(cls, data)
+        credits, *transfer = value
+        return cls(TransferView(*transfer), credits)
+
+
+_compact_json = json.JSONEncoder(separators=(",", ":")).encode
+
+
+class _SpendResultOp(Op[SpendResult]):
+    def encode(self, result: SpendResult) -> bytes:
+        return result.to_bytes()
+
+    def decode(self, data: bytes) -> SpendResult:
+        return SpendResult.from_bytes(data)
+
 
 @dataclass
 class HoldResult:
@@ -181,7 +209,7 @@ async def _pay_publisher(
 
 
 @dataclass
-class Spend(Op[SpendResult]):
+class Spend(_SpendResultOp):
     result_type = SpendResult
     user_id: str
     amount: int
@@ -451,7 +479,7 @@ async def _check_daily_limit(tx: LedgerTx, account: str, source: str, amount: in
 
 
 @dataclass
-class Award(Op[SpendResult]):
+class Award(_SpendResultOp):
     result_type = SpendResult
     user_id: str
     amount: int

@@ -486,21 +486,24 @@ class LedgerTx:
             self._touch_lot(lot)
             used.append([lot["kind"], lot["expires_at_us"], part])
             take -= part
-        for kind in order:
-            candidates = sorted(
-                (lot for lot in self.lots[wallet["id"]] if lot["kind"] == kind and lot["remaining"] > 0),
-                key=lambda lot: (lot["expires_at_us"] == 0, lot["expires_at_us"]),
-            )
-            for lot in candidates:
-                if take == 0:
-                    return used
-                if only_expiry is not None and lot["expires_at_us"] != only_expiry:
-                    continue
-                part = min(take, lot["remaining"])
-                self._set(lot, "remaining", lot["remaining"] - part)
-                self._touch_lot(lot)
-                used.append([lot["kind"], lot["expires_at_us"], part])
-                take -= part
+        if take == 0:
+            return used
+        rank = _lot_rank(order)
+        # By kind in `order`, then the soonest-ending first (lots that never end last).
+        candidates = sorted(
+            (lot for lot in self.lots[wallet["id"]] if lot["remaining"] > 0 and lot["kind"] in rank),
+            key=lambda lot: (rank[lot["kind"]], lot["expires_at_us"] == 0, lot["expires_at_us"]),
+        )
+        for lot in candidates:
+            if only_expiry is not None and lot["expires_at_us"] != only_expiry:
+                continue
+            part = min(take, lot["remaining"])
+            self._set(lot, "remaining", lot["remaining"] - part)
+            self._touch_lot(lot)
+            used.append([lot["kind"], lot["expires_at_us"], part])
+            take -= part
+            if take == 0:
+                return used
         if take:
             raise errors.DomainError("ledger lots out of step with balance", reason="LEDGER_INCONSISTENT")
         return used
@@ -661,3 +664,13 @@ def user_id_tier(user: Row | None) -> str:
 
 # One encoder for every transfer's ledger record: json.dumps with options builds a new one per call.
 _ledger_json = json.JSONEncoder(sort_keys=True, separators=(",", ":")).encode
+
+
+_RANKS: dict[tuple[LotKind, ...], dict[str, int]] = {}
+
+
+def _lot_rank(order: tuple[LotKind, ...]) -> dict[str, int]:
+    rank = _RANKS.get(order)
+    if rank is None:
+        rank = _RANKS[order] = {str(kind): i for i, kind in enumerate(order)}
+    return rank
