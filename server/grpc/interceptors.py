@@ -14,6 +14,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from server.platform import errors
 from server.platform.auth import TokenCache, current_principal
+from server.platform.deadline import call_deadline
 from server.platform.logs import new_request_id, request_id_var
 from server.platform.metrics import METRICS, RpcMetrics
 from server.platform.ratelimit import InFlight, RateLimiter
@@ -150,6 +151,9 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         context.set_trailing_metadata((("x-request-id", rid),))
         who = self._authenticate(value)
         call.tokens.append(current_principal.set(who))
+        left = context.time_remaining()
+        if left is not None:  # the ledger writer and Stripe calls respect it (server/platform/deadline.py)
+            call.tokens.append(call_deadline.set(time.monotonic() + left))
         self.inflight.enter()
         call.inflight = self.inflight
         if limiter is not None:
