@@ -16,18 +16,21 @@ from flownexus.billing.v1 import (
     common_pb2,
     earnings_pb2,
     payments_pb2,
+    refill_pb2,
     usage_pb2,
 )
+from google.protobuf import descriptor_pool
 from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 from sqlalchemy import func, select
 
 from server.db.schema import transfers
-from server.grpc.interceptors import _status_details
+from server.app import SERVICE_NAMES
+from server.grpc.interceptors import _status_details, is_mutating
 from server.platform import errors
 from server.platform.ratelimit import RateLimiter
-from tests.harness import Running, auth, database, error_info, expect_error
+from tests.harness import Running, auth, database, error_info, expect_error, serving
 
 
 async def transfer_count(server: Running) -> int:
@@ -265,3 +268,59 @@ async def test_keepalive_policy_drops_abusive_pingers(tmp_path, clock) -> None: 
         await polite.close()
         await server.stop()
         await cm.__aexit__(None, None, None)
+
+
+def test_every_mutating_rpc_is_rate_limited() -> None:
+    """The per-caller mutation bucket covers exactly the RPCs that take a request_id."""
+    pool = descriptor_pool.Default()
+    found = {
+        f"{pool.FindServiceByName(s).name}/{m.name}"
+        for s in SERVICE_NAMES for m in pool.FindServiceByName(s).methods
+        if is_mutating(f"/{s}/{m.name}")
+    }
+    assert found == {
+        "PaymentsService/CreatePaymentLink", "RefillService/ConfigureAutoRefill", "RefillService/CreateSetupLink",
+        "TierService/UpgradeTier", "TierService/DowngradeTier", "EarningsService/AwardCredits",
+        "UsageService/Spend", "UsageService/Reserve", "UsageService/Capture", "UsageService/Release",
+        "UsageService/RefundUsage", "AdminService/AdjustBalance", "AdminService/ReverseTransaction",
+        "AdminService/SetAccountFlag", "AdminService/ClearAccountFlag",
+    }
+
+
+async def test_reserve_release_loop_is_rate_limited_per_caller(db_url: str, clock: Any) -> None:
+    """The storage attack (Reserve 1 millicredit, Release, forever) is cut to
+    the caller's bucket: past its burst every mutating RPC of that caller, not
+    only one method, is RESOURCE_EXHAUSTED RATE_LIMITED with retry_after_ms,
+    and writes nothing. Other users, and service tokens (a bigger bucket of
+    their own), are served meanwhile."""
+    async with serving(db_url, clock, user_mutation_rate_per_second=0.5, user_mutation_burst=6,
+                       service_mutation_rate_per_second=1_000.0, service_mutation_burst=1_000) as server:
+        md = auth("looper")
+        await server.s.balance.GetBalance(balance_pb2.GetBalanceRequest(), metadata=md)
+        for i in range(3):
+            r = await server.s.usage.Reserve(
+                usage_pb2.ReserveRequest(amount_millicredits=1, request_id=f"r{i}", description="x" * 500), metadata=md
+            )
+            await server.s.usage.Release(usage_pb2.ReleaseRequest(hold_id=r.hold.id, request_id=f"x{i}"), metadata=md)
+        before = await transfer_count(server)
+        for call in (
+            server.s.usage.Reserve(usage_pb2.ReserveRequest(amount_millicredits=1, request_id="r9"), metadata=md),
+            server.s.usage.Spend(usage_pb2.SpendRequest(amount_millicredits=1, request_id="s9"), metadata=md),
+            server.s.refill.ConfigureAutoRefill(
+                refill_pb2.ConfigureAutoRefillRequest(request_id="c9"), metadata=md
+            ),
+        ):
+            info = await expect_error(call, grpc.StatusCode.RESOURCE_EXHAUSTED, "RATE_LIMITED")
+            assert 0 < int(info.metadata["retry_after_ms"]) <= 2_000
+        assert await transfer_count(server) == before
+        # A read is not a mutation; another user and a service are not this caller.
+        await server.s.balance.GetBalance(balance_pb2.GetBalanceRequest(), metadata=md)
+        await server.s.usage.Spend(usage_pb2.SpendRequest(amount_millicredits=1, request_id="s1"), metadata=auth("honest"))
+        svc = auth("sandbox-runner", "service")
+        for i in range(50):  # far past the user burst
+            await server.s.usage.Spend(
+                usage_pb2.SpendRequest(user_id=f"u{i % 5}", amount_millicredits=1, request_id=f"svc{i}"), metadata=svc
+            )
+        # The bucket refills at its rate: after the wait it names, the caller is served again.
+        await asyncio.sleep(2.1)
+        await server.s.usage.Spend(usage_pb2.SpendRequest(amount_millicredits=1, request_id="s10"), metadata=md)

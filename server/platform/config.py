@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Mapping
+from datetime import timedelta
 from functools import cached_property
 from pathlib import Path
 
@@ -95,6 +96,25 @@ class Settings(BaseSettings):
     award_burst: int = Field(default=200, ge=1)
     payment_link_rate_per_second: float = Field(default=1.0, ge=0)
     payment_link_burst: int = Field(default=10, ge=1)
+    # Each caller's share of max_concurrent_rpcs, so that one token cannot take
+    # it all: open WatchBalance streams and unary calls in progress per
+    # role/subject. The service_* values apply to service and admin tokens.
+    user_max_streams: int = Field(default=20, ge=1)
+    service_max_streams: int = Field(default=5_000, ge=1)
+    user_max_in_flight: int = Field(default=100, ge=1)
+    service_max_in_flight: int = Field(default=10_000, ge=1)
+    # Every mutating RPC (one that takes a request_id): one token bucket per
+    # caller, besides the per-method limits above; a rate of 0 turns it off.
+    user_mutation_rate_per_second: float = Field(default=20.0, ge=0)
+    user_mutation_burst: int = Field(default=200, ge=1)
+    service_mutation_rate_per_second: float = Field(default=10_000.0, ge=0)
+    service_mutation_burst: int = Field(default=20_000, ge=1)
+    # Stored responses of mutating requests older than this are pruned (a
+    # repeat of such a request_id is refused REQUEST_ID_EXPIRED, never applied).
+    idempotency_retention: timedelta = Field(default=timedelta(days=7), gt=timedelta(0))
+    # The pruning job: rows per batch, batches per worker run.
+    idempotency_prune_batch: int = Field(default=1_000, ge=1, le=10_000)
+    idempotency_prune_max_batches: int = Field(default=20, ge=1)
     watch_queue_size: int = Field(default=64, gt=1)
     worker_interval_seconds: float = 5.0
     log_level: str = "INFO"
