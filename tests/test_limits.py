@@ -30,8 +30,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 from sqlalchemy import func, select
 
-from server.db.schema import transfers
 from server.app import SERVICE_NAMES
+from server.db.schema import transfers
 from server.grpc.interceptors import _status_details, is_mutating
 from server.platform import errors
 from server.platform.ratelimit import RateLimiter

@@ -189,7 +189,7 @@ async def test_stripe_call_ends_with_the_callers_deadline(proxied: tuple[Running
     for a caller with 0.3 s left gives up after 0.3 s with DEADLINE_EXCEEDED; a
     deadline already passed never reaches Stripe; without a caller (a
     background job) the gateway waits for Stripe."""
-    server, proxy, fake = proxied
+    server, proxy, _ = proxied
     assert server.app is not None
     gateway = server.app.stripe
     assert gateway.timeout > 3

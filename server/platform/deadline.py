@@ -33,11 +33,12 @@ def remaining() -> float | None:
 
 
 @contextlib.asynccontextmanager
-async def bounded(timeout: float) -> AsyncIterator[None]:
-    """At most `timeout` seconds, or less when the caller has less left.
+async def bounded(longest: float) -> AsyncIterator[None]:
+    """At most `longest` seconds (the callee's own timeout, which it enforces),
+    or less when the caller has less left.
     A deadline already passed does not start the work at all."""
     left = remaining()
-    if left is None or left >= timeout:
+    if left is None or left >= longest:
         yield
         return
     if left <= 0:
