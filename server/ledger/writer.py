@@ -93,7 +93,9 @@ class LedgerWriter:
         if self._closing:
             raise errors.Unavailable("server is shutting down", reason="SHUTTING_DOWN")
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Item(op, fut, call_deadline.get()))
+        # Exclusive operations record what another system already did (a Stripe
+        # session, a subscription): they are applied whatever the deadline.
+        self._queue.append(_Item(op, fut, None if op.exclusive else call_deadline.get()))
         self._wakeup.set()
         # A cancelled caller cancels only its wait (the future): the queued write
         # is applied all the same, whole or not at all, and a retry with the
