@@ -176,6 +176,8 @@ async def billing_server(url: str, workdir: Path, **env: str) -> AsyncIterator[S
         # Funding the benchmark accounts is not what is measured: no award caps.
         "BILLING_AWARD_DAILY_LIMIT_REFERRAL": "0",
         "BILLING_AWARD_RATE_PER_SECOND": "0",
+        # The watch row opens all its streams with one service token (a dashboard backend).
+        "BILLING_SERVICE_MAX_STREAMS": str(max(WATCHERS, 1) * 2),
         **env,
     }
     errlog = open(workdir / f"server-{port}.log", "wb")

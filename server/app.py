@@ -49,7 +49,7 @@ from server.payments.service import PaymentsService
 from server.platform.clock import Clock
 from server.platform.config import Settings
 from server.platform.metrics import METRICS
-from server.platform.ratelimit import limiters
+from server.platform.ratelimit import caller_shares, limiters, mutation_limits
 from server.refill import grpc as refill_grpc
 from server.refill.service import RefillService, follow_account_flag
 from server.registry import Registry
@@ -59,7 +59,7 @@ from server.tiers.rules import TierRules, catalogue
 from server.tiers.service import TierService
 from server.usage import grpc as usage_grpc
 from server.usage.service import UsageService
-from server.workers import Workers, ledger_jobs
+from server.workers import Retention, Workers, ledger_jobs
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,10 @@ class App:
         )
         self.reader = LedgerReader(self.db.reader, self.db.fast)
         self.workers = Workers(settings.worker_interval_seconds)
-        ledger_jobs(self.workers, self.writer, self.reader, self.clock)
+        ledger_jobs(self.workers, self.writer, self.reader, self.clock, Retention(
+            settings.idempotency_retention.total_seconds(), settings.idempotency_prune_batch,
+            settings.idempotency_prune_max_batches,
+        ))
         reg = self.registry = Registry(self.writer, self.workers)
 
         self.stripe = StripeGateway(settings.stripe_api_key, settings.stripe_api_base)
@@ -195,8 +198,12 @@ class App:
 
     async def _start_grpc(self) -> None:
         s = self.settings
+        streams, calls = caller_shares(s)
         interceptors: list[grpc.aio.ServerInterceptor] = [
-            CallInterceptor(s.effective_jwt_secret, s.jwt_issuer, limiters(s), s.max_concurrent_rpcs),
+            CallInterceptor(
+                s.effective_jwt_secret, s.jwt_issuer, limiters(s), s.max_concurrent_rpcs,
+                mutations=mutation_limits(s), streams=streams, calls=calls,
+            ),
         ]
         if s.otel_enabled:
             from server.platform.tracing import (

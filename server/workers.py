@@ -7,8 +7,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
-from server.ledger.ops import EnsureWallet, ExpireHolds
+from server.ledger.ops import EnsureWallet, ExpireHolds, PruneResponses
 from server.ledger.repository import LedgerReader
 from server.ledger.writer import LedgerWriter
 from server.platform.clock import Clock
@@ -54,7 +55,18 @@ class Workers:
                 pass
 
 
-def ledger_jobs(workers: Workers, writer: LedgerWriter, reader: LedgerReader, clock: Clock) -> None:
+@dataclass(frozen=True)
+class Retention:
+    """How long stored responses are kept, and the pruning job's bounds."""
+
+    seconds: float
+    batch: int = 1_000
+    max_batches: int = 20
+
+
+def ledger_jobs(
+    workers: Workers, writer: LedgerWriter, reader: LedgerReader, clock: Clock, retention: Retention
+) -> None:
     async def expire_holds() -> int:
         ids = await reader.expired_holds(clock.now_us())
         return await writer.submit(ExpireHolds(ids)) if ids else 0
@@ -64,5 +76,18 @@ def ledger_jobs(workers: Workers, writer: LedgerWriter, reader: LedgerReader, cl
         await asyncio.gather(*(writer.submit(EnsureWallet(u)) for u in users))
         return len(users)
 
+    async def prune_responses() -> int:
+        """Stored responses past the retention period, in bounded batches, each
+        its own short writer turn, so that Spends queued meanwhile go first."""
+        before = clock.now_us() - int(retention.seconds * 1_000_000)
+        pruned = 0
+        for _ in range(retention.max_batches):
+            n: int = await writer.submit(PruneResponses(before, retention.batch))
+            pruned += n
+            if n < retention.batch:
+                break
+        return pruned
+
     workers.add("expire_holds", expire_holds)
     workers.add("roll_over_allowances", roll_over_allowances)
+    workers.add("prune_responses", prune_responses)

@@ -92,6 +92,13 @@ def test_settings(url: str, **overrides: Any) -> Settings:
         "jwt_secret": JWT_SECRET,
         "worker_interval_seconds": 3600.0,  # tests run jobs explicitly
         "log_json": False,
+        # Tests drive one user token far harder than a person would (hundreds
+        # of concurrent Spends); the per-caller limits have their own tests in
+        # tests/test_limits.py, which set them explicitly.
+        "user_mutation_rate_per_second": 100_000.0,
+        "user_mutation_burst": 100_000,
+        "user_max_in_flight": 100_000,
+        "user_max_streams": 100_000,
     }
     values.update(overrides)
     return Settings(**values)

@@ -20,7 +20,7 @@ from tests.harness import Running, auth
 FREE = 100_000
 
 
-def slow_commits(server: Running, seconds: float) -> None:
+def slow_commits(server: Running, seconds: float) -> Any:
     """Every batch lingers before its commit, so cancellations land mid-write."""
     assert server.app is not None
 
@@ -28,6 +28,7 @@ def slow_commits(server: Running, seconds: float) -> None:
         await asyncio.sleep(seconds)
 
     server.app.writer.before_flush.append(linger)
+    return linger
 
 
 async def ledger_rows(server: Running, user: str, rid: str) -> tuple[list[int], int]:
@@ -111,3 +112,69 @@ async def test_random_cancellations_all_or_nothing(server: Running) -> None:
         assert (len(ids), stored) == (1, 1), r.request_id
     assert await credits(server, user) == FREE - sum(r.amount_millicredits for r in reqs)
     print(f"\ncancel: {len(landed)} of {len(reqs)} cancelled spends had landed whole; the rest applied once on retry")
+
+
+async def test_spend_whose_deadline_passed_in_the_queue_is_not_applied(server: Running) -> None:
+    """Spends with deadlines of 0.5 ms to 80 ms wait behind a slow batch: each
+    client hears DEADLINE_EXCEEDED, none of them is committed afterwards, and a
+    retry with the same request_id applies each exactly once."""
+    user = "hasty"
+    await credits(server, user)
+    await credits(server, "other")
+    linger = slow_commits(server, 0.4)
+    blocker = asyncio.ensure_future(
+        server.s.usage.Spend(usage_pb2.SpendRequest(amount_millicredits=1, request_id="b"), metadata=auth("other"), timeout=10)
+    )
+    await asyncio.sleep(0.1)  # the blocker's batch is lingering before its commit
+    timeouts = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.08]
+    reqs = [usage_pb2.SpendRequest(amount_millicredits=100 + i, request_id=f"t{i}") for i in range(len(timeouts))]
+
+    async def hurried(req: usage_pb2.SpendRequest, timeout: float) -> grpc.StatusCode:
+        try:
+            await server.s.usage.Spend(req, metadata=auth(user), timeout=timeout)
+            return grpc.StatusCode.OK
+        except grpc.aio.AioRpcError as exc:
+            return exc.code()
+
+    codes = await asyncio.gather(*(hurried(r, t) for r, t in zip(reqs, timeouts, strict=True)))
+    assert set(codes) == {grpc.StatusCode.DEADLINE_EXCEEDED}, codes
+    await blocker
+    await asyncio.sleep(1.0)  # long enough for any batch that took them to commit
+    for r in reqs:
+        assert await ledger_rows(server, user, r.request_id) == ([], 0), f"{r.request_id} was applied after its deadline"
+    assert await credits(server, user) == FREE
+    assert server.app is not None and server.app.writer.stats.expired >= 1
+    server.app.writer.before_flush.remove(linger)
+    first = [await server.s.usage.Spend(r, metadata=auth(user), timeout=10) for r in reqs]
+    again = [await server.s.usage.Spend(r, metadata=auth(user), timeout=10) for r in reqs]
+    assert [a.transaction.id for a in again] == [f.transaction.id for f in first]
+    for r in reqs:
+        ids, stored = await ledger_rows(server, user, r.request_id)
+        assert (len(ids), stored) == (1, 1), r.request_id
+    assert await credits(server, user) == FREE - sum(r.amount_millicredits for r in reqs)
+
+
+async def test_tiny_deadlines_then_retry_apply_once(server: Running) -> None:
+    """The reviewer's probe: Spends with 0.5-2 ms deadlines on an idle server.
+    Whatever each client heard, one retry with the same request_id leaves every
+    request applied exactly once."""
+    user = "tiny"
+    await credits(server, user)
+    reqs = [usage_pb2.SpendRequest(amount_millicredits=10 + i, request_id=f"d{i}") for i in range(16)]
+
+    async def fire(i: int, req: usage_pb2.SpendRequest) -> None:
+        try:
+            await server.s.usage.Spend(req, metadata=auth(user), timeout=0.0005 + 0.0001 * i)
+        except grpc.aio.AioRpcError as exc:
+            assert exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED, exc
+
+    await asyncio.gather(*(fire(i, r) for i, r in enumerate(reqs)))
+    await asyncio.sleep(0.3)
+    for r in reqs:
+        ids, stored = await ledger_rows(server, user, r.request_id)
+        assert (len(ids), stored) in ((0, 0), (1, 1)), f"{r.request_id}: half applied"
+        await server.s.usage.Spend(r, metadata=auth(user), timeout=10)
+    for r in reqs:
+        ids, stored = await ledger_rows(server, user, r.request_id)
+        assert (len(ids), stored) == (1, 1), r.request_id
+    assert await credits(server, user) == FREE - sum(r.amount_millicredits for r in reqs)

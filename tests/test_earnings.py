@@ -148,6 +148,47 @@ async def test_capture_pays_the_publisher_once(server) -> None:
     assert (await balance(server, "author")).credits_millicredits == FREE + 9_999 * 70 // 100
 
 
+async def test_user_token_cannot_pay_a_revenue_share(server) -> None:
+    """Throwaway accounts must not turn their expiring free credits into a
+    collector's lasting earned credits: only a service or admin vouches for an app."""
+    spender = auth("throwaway")
+    for rpc, req in (
+        (server.s.usage.Spend, usage_pb2.SpendRequest(amount_millicredits=50_000, request_id="farm",
+                                                      app_id="app-x", publisher_user_id="collector")),
+        (server.s.usage.Spend, usage_pb2.SpendRequest(user_id="throwaway", amount_millicredits=50_000,
+                                                      request_id="farm2", app_id="app-x",
+                                                      publisher_user_id="collector")),
+    ):
+        info = await expect_error(rpc(req, metadata=spender), grpc.StatusCode.PERMISSION_DENIED, "REVENUE_SHARE_NOT_ALLOWED")
+        assert info.metadata["role"] == "user"
+    hold = await server.s.usage.Reserve(
+        usage_pb2.ReserveRequest(amount_millicredits=10_000, request_id="h1"), metadata=spender
+    )
+    await expect_error(
+        server.s.usage.Capture(
+            usage_pb2.CaptureRequest(hold_id=hold.hold.id, amount_millicredits=10_000, request_id="c1",
+                                     app_id="app-x", publisher_user_id="collector"),
+            metadata=spender,
+        ),
+        grpc.StatusCode.PERMISSION_DENIED, "REVENUE_SHARE_NOT_ALLOWED",
+    )
+    # Nothing moved: the spender keeps its credits (bar the hold), the collector earned nothing.
+    assert (await balance(server, "throwaway")).credits_millicredits == FREE - 10_000
+    collector = await balance(server, "collector")
+    assert collector.credits_millicredits == FREE
+    assert [lot.kind for lot in collector.lots] == [common_pb2.LOT_KIND_ALLOWANCE]
+    # The same spend without a publisher is the user's own business.
+    ok = await server.s.usage.Spend(usage_pb2.SpendRequest(amount_millicredits=1, request_id="plain"), metadata=spender)
+    assert ok.credits_millicredits == FREE - 10_001
+    # An admin may vouch for the app.
+    await server.s.usage.Spend(
+        usage_pb2.SpendRequest(user_id="throwaway", amount_millicredits=1_000, request_id="adm", app_id="app-x",
+                               publisher_user_id="collector"),
+        metadata=auth("ops", "admin"),
+    )
+    assert (await balance(server, "collector")).credits_millicredits == FREE + 700
+
+
 async def test_spending_order_allowance_then_earned_then_purchased(server) -> None:
     svc = auth("svc", "service")
     await server.s.earnings.AwardCredits(award("dora", 20_000, "ch-x", "w1"), metadata=svc)

@@ -6,6 +6,11 @@ callers go on being served."""
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import sys
+import time
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -16,18 +21,21 @@ from flownexus.billing.v1 import (
     common_pb2,
     earnings_pb2,
     payments_pb2,
+    refill_pb2,
     usage_pb2,
 )
+from google.protobuf import descriptor_pool
 from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 from sqlalchemy import func, select
 
+from server.app import SERVICE_NAMES
 from server.db.schema import transfers
-from server.grpc.interceptors import _status_details
+from server.grpc.interceptors import _status_details, is_mutating
 from server.platform import errors
 from server.platform.ratelimit import RateLimiter
-from tests.harness import Running, auth, database, error_info, expect_error
+from tests.harness import Running, auth, database, error_info, expect_error, serving, token
 
 
 async def transfer_count(server: Running) -> int:
@@ -265,3 +273,136 @@ async def test_keepalive_policy_drops_abusive_pingers(tmp_path, clock) -> None: 
         await polite.close()
         await server.stop()
         await cm.__aexit__(None, None, None)
+
+
+def test_every_mutating_rpc_is_rate_limited() -> None:
+    """The per-caller mutation bucket covers exactly the RPCs that take a request_id."""
+    pool = descriptor_pool.Default()
+    found = {
+        f"{pool.FindServiceByName(s).name}/{m.name}"
+        for s in SERVICE_NAMES for m in pool.FindServiceByName(s).methods
+        if is_mutating(f"/{s}/{m.name}")
+    }
+    assert found == {
+        "PaymentsService/CreatePaymentLink", "RefillService/ConfigureAutoRefill", "RefillService/CreateSetupLink",
+        "TierService/UpgradeTier", "TierService/DowngradeTier", "EarningsService/AwardCredits",
+        "UsageService/Spend", "UsageService/Reserve", "UsageService/Capture", "UsageService/Release",
+        "UsageService/RefundUsage", "AdminService/AdjustBalance", "AdminService/ReverseTransaction",
+        "AdminService/SetAccountFlag", "AdminService/ClearAccountFlag",
+    }
+
+
+async def test_reserve_release_loop_is_rate_limited_per_caller(db_url: str, clock: Any) -> None:
+    """The storage attack (Reserve 1 millicredit, Release, forever) is cut to
+    the caller's bucket: past its burst every mutating RPC of that caller, not
+    only one method, is RESOURCE_EXHAUSTED RATE_LIMITED with retry_after_ms,
+    and writes nothing. Other users, and service tokens (a bigger bucket of
+    their own), are served meanwhile."""
+    async with serving(db_url, clock, user_mutation_rate_per_second=0.5, user_mutation_burst=6,
+                       service_mutation_rate_per_second=1_000.0, service_mutation_burst=1_000) as server:
+        md = auth("looper")
+        await server.s.balance.GetBalance(balance_pb2.GetBalanceRequest(), metadata=md)
+        for i in range(3):
+            r = await server.s.usage.Reserve(
+                usage_pb2.ReserveRequest(amount_millicredits=1, request_id=f"r{i}", description="x" * 500), metadata=md
+            )
+            await server.s.usage.Release(usage_pb2.ReleaseRequest(hold_id=r.hold.id, request_id=f"x{i}"), metadata=md)
+        before = await transfer_count(server)
+        for call in (
+            server.s.usage.Reserve(usage_pb2.ReserveRequest(amount_millicredits=1, request_id="r9"), metadata=md),
+            server.s.usage.Spend(usage_pb2.SpendRequest(amount_millicredits=1, request_id="s9"), metadata=md),
+            server.s.refill.ConfigureAutoRefill(
+                refill_pb2.ConfigureAutoRefillRequest(request_id="c9"), metadata=md
+            ),
+        ):
+            info = await expect_error(call, grpc.StatusCode.RESOURCE_EXHAUSTED, "RATE_LIMITED")
+            assert 0 < int(info.metadata["retry_after_ms"]) <= 2_000
+        assert await transfer_count(server) == before
+        # A read is not a mutation; another user and a service are not this caller.
+        await server.s.balance.GetBalance(balance_pb2.GetBalanceRequest(), metadata=md)
+        await server.s.usage.Spend(usage_pb2.SpendRequest(amount_millicredits=1, request_id="s1"), metadata=auth("honest"))
+        svc = auth("sandbox-runner", "service")
+        for i in range(50):  # far past the user burst
+            await server.s.usage.Spend(
+                usage_pb2.SpendRequest(user_id=f"u{i % 5}", amount_millicredits=1, request_id=f"svc{i}"), metadata=svc
+            )
+        # The bucket refills at its rate: after the wait it names, the caller is served again.
+        await asyncio.sleep(2.1)
+        await server.s.usage.Spend(usage_pb2.SpendRequest(amount_millicredits=1, request_id="s10"), metadata=md)
+
+
+async def _victim_spends(server: Running, user: str, n: int, tag: str) -> tuple[list[float], list[str]]:
+    """n sequential Spends of another user: their latencies (s) and any failures."""
+    latencies, failures = [], []
+    md = auth(user)
+    for i in range(n):
+        started = time.perf_counter()
+        try:
+            await server.s.usage.Spend(
+                usage_pb2.SpendRequest(amount_millicredits=1, request_id=f"{tag}{i}"), metadata=md, timeout=10
+            )
+        except grpc.aio.AioRpcError as exc:
+            failures.append(f"{exc.code().name}: {exc.details()}")
+        latencies.append(time.perf_counter() - started)
+    return latencies, failures
+
+
+def _p(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+# The bound that holds for another caller's Spend while one user sits at both
+# its caps (docs/reliability.md): no failure, and p99 within this factor of
+# the baseline p99 plus this slack. Calls are served in arrival order, so the
+# slowdown grows with the hostile's in-flight cap (each of its calls still
+# costs the server CPU); the bound is loose for a loaded 2-core machine.
+VICTIM_P99_FACTOR = 25.0
+VICTIM_P99_SLACK_S = 1.5
+
+
+async def test_one_caller_at_its_caps_cannot_hurt_another(db_url: str, clock: Any) -> None:
+    """One user token opens 8x its stream cap in idle WatchBalance streams
+    (more than the whole global limit) and keeps 3x its in-flight cap of
+    calls outstanding, from a process of its own. It gets its share and
+    TOO_MANY_STREAMS / TOO_MANY_CALLS_IN_FLIGHT for the rest; another user's
+    Spends all succeed, with p99 within the stated bound of the baseline."""
+    caps = {"user_max_streams": 20, "user_max_in_flight": 10}
+    async with serving(db_url, clock, max_concurrent_rpcs=150, **caps) as server:
+        assert server.app is not None
+        target = f"127.0.0.1:{server.app.grpc_port}"
+        await server.s.usage.Spend(usage_pb2.SpendRequest(amount_millicredits=1, request_id="warm"), metadata=auth("victim"))
+        base, base_failures = await _victim_spends(server, "victim", 100, "b")
+        assert base_failures == []
+        hostile = await asyncio.create_subprocess_exec(
+            sys.executable, str(Path(__file__).with_name("hostile_caller.py")), target, token("mallory"), "160", "30",
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env={**os.environ, "PYTHONPATH": _pythonpath()},
+        )
+        assert hostile.stdin is not None and hostile.stdout is not None
+        try:
+            assert (await asyncio.wait_for(hostile.stdout.readline(), 60)).strip() == b"ready"
+            await asyncio.sleep(0.5)  # the flood is running
+            attack, failures = await _victim_spends(server, "victim", 100, "a")
+            hostile.stdin.close()
+            codes = json.loads(await asyncio.wait_for(hostile.stdout.readline(), 60))
+        finally:
+            if hostile.returncode is None:
+                hostile.kill()
+            await hostile.wait()
+        print(f"\nvictim Spend p50/p99 ms: baseline {_p(base, .5) * 1e3:.1f}/{_p(base, .99) * 1e3:.1f}, "
+              f"one caller at its caps {_p(attack, .5) * 1e3:.1f}/{_p(attack, .99) * 1e3:.1f}; hostile got {codes}")
+        assert failures == [], failures[:5]
+        # Exactly its share of streams; the rest refused (a few may time out on the client's side first).
+        assert codes["stream:OK"] == 20 and codes["stream:RESOURCE_EXHAUSTED:TOO_MANY_STREAMS"] >= 100, codes
+        assert codes.get("unary:RESOURCE_EXHAUSTED:TOO_MANY_CALLS_IN_FLIGHT", 0) > 0, codes
+        assert not any("TOO_MANY_CONCURRENT_RPCS" in c for c in codes), codes
+        assert _p(attack, .99) <= VICTIM_P99_FACTOR * _p(base, .99) + VICTIM_P99_SLACK_S
+        # The hostile's share is given back: it may open streams again.
+        call = server.s.balance.WatchBalance(balance_pb2.WatchBalanceRequest(), metadata=auth("mallory"))
+        await asyncio.wait_for(call.read(), 5)
+        call.cancel()
+
+
+def _pythonpath() -> str:
+    root = Path(__file__).resolve().parent.parent
+    return os.pathsep.join([str(root / "generated"), str(root), os.environ.get("PYTHONPATH", "")])

@@ -248,6 +248,9 @@ class LedgerMachine(RuleBasedStateMachine):
             user_id=user if by_service else "",
         )
         resp, err = self.call(self.svc.usage.Spend, req, SVC if by_service else auth(user))
+        if share and not by_service:  # only a service or admin vouches for an app's revenue share
+            assert err.startswith("PERMISSION_DENIED"), f"a user token paid a revenue share: {err or resp}"
+            return
         w = self.touch(user)
         if w.balance < amount:
             assert err.startswith("FAILED_PRECONDITION"), f"spend {amount} of {w.balance} should be refused: {err}"
@@ -305,10 +308,14 @@ class LedgerMachine(RuleBasedStateMachine):
             hold_id=hold_id, amount_millicredits=cap, request_id=self.rid(),
             app_id="app-m" if share else "", publisher_user_id=other if share else "",
         )
-        resp, err = self.call(self.svc.usage.Capture, req, auth(user))
+        if share:  # a user token cannot name a publisher: the hold stays as it was
+            _, err = self.call(self.svc.usage.Capture, req, auth(user))
+            assert err.startswith("PERMISSION_DENIED"), f"a user token paid a revenue share: {err}"
+        # The service that runs the app vouches for the revenue share.
+        resp, err = self.call(self.svc.usage.Capture, req, SVC if share else auth(user))
         assert resp is not None, err
         _, drawn, w = self._settle(hold_id, cap)
-        charge = Charge(user, "capture", cap, self.now(), drawn=drawn)
+        charge = Charge(user, "capture", cap, self.now(), drawn=drawn, by_service=share)
         if share and cap * SHARE // 100 > 0:
             part = cap * SHARE // 100
             charge.share = (other, part, self.touch(other).give(part, "earned"))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -24,6 +25,7 @@ from aiohttp import web
 from flownexus.billing.v1 import payments_pb2
 
 from server.ledger.verify import verify
+from server.platform import deadline, errors
 from tests.calls import credits, deliver
 from tests.harness import Running, auth, expect_error, free_port
 from tests.stripe_fake import API_KEY, WEBHOOK_SECRET, StripeFake, event
@@ -39,6 +41,7 @@ class FaultProxy:
     def __init__(self, upstream: str) -> None:
         self.upstream = upstream
         self.faults: list[str] = []
+        self.slow_seconds = 3.0
         # Faults hit only these paths (localstripe ignores idempotency keys,
         # so customers are left alone; the Checkout fake honours them).
         self.only = "/v1/checkout/sessions"
@@ -72,6 +75,8 @@ class FaultProxy:
             assert request.transport is not None
             request.transport.close()
             return web.Response()
+        if fault == "slow":  # Stripe answers, but only after `slow_seconds`
+            await asyncio.sleep(self.slow_seconds)
         if fault == "500":
             return web.json_response({"error": {"type": "api_error", "message": "injected"}}, status=500)
         assert self._client is not None
@@ -177,3 +182,48 @@ async def test_webhook_storm_racing_reconciliation_grants_once(proxied: tuple[Ru
     assert all(p.status == payments_pb2.PAYMENT_STATUS_PAID for p in await payments_of(server, "wes"))
     report = await verify(server.app.db.reader)
     assert report.ok and report.checked["payments"] >= 3, report.render()
+
+
+async def test_stripe_call_ends_with_the_callers_deadline(proxied: tuple[Running, FaultProxy, StripeFake]) -> None:
+    """Stripe is slow (3 s) and the gateway's own timeout is 20 s: a call made
+    for a caller with 0.3 s left gives up after 0.3 s with DEADLINE_EXCEEDED; a
+    deadline already passed never reaches Stripe; without a caller (a
+    background job) the gateway waits for Stripe."""
+    server, proxy, _ = proxied
+    assert server.app is not None
+    gateway = server.app.stripe
+    assert gateway.timeout > 3
+
+    customer = (await gateway.create_customer("slowpoke"))["id"]
+
+    async def session(rid: str) -> dict[str, Any]:
+        return await gateway.create_checkout_session(
+            customer_id=customer, user_id="slowpoke", payment_id=f"pay_{rid}", amount_cents=1_000,
+            credits_millicredits=100_000, product_name="credits", success_url="http://x/s",
+            cancel_url="http://x/c", idempotency_key=f"slow-{rid}",
+        )
+
+    proxy.faults = ["slow"]
+    token = deadline.call_deadline.set(time.monotonic() + 0.3)
+    try:
+        started = time.monotonic()
+        try:
+            await session("a")
+            raise AssertionError("the call outlived its caller's deadline")
+        except errors.DeadlineExceeded:
+            pass
+        assert time.monotonic() - started < 1.5, "the gateway waited past the caller's deadline"
+        deadline.call_deadline.set(time.monotonic() - 0.01)
+        seen = len(proxy.seen)
+        try:
+            await session("b")
+            raise AssertionError("a call whose deadline had passed was sent")
+        except errors.DeadlineExceeded:
+            pass
+        assert len(proxy.seen) == seen, "a call whose deadline had passed reached Stripe"
+    finally:
+        deadline.call_deadline.reset(token)
+    proxy.faults, proxy.slow_seconds = ["slow"], 0.5
+    started = time.monotonic()
+    made = await session("c")
+    assert made["id"] and time.monotonic() - started >= 0.5

@@ -120,13 +120,21 @@ holds = Table(
 )
 
 # Stored responses of mutating requests, keyed by caller and request_id.
+LIVE_RESPONSE = "length(response) > 0"
 idempotency = Table(
     "idempotency",
     metadata,
     Column("key", String(320), primary_key=True),
     Column("fingerprint", String(64), nullable=False),
+    # Empty once pruned (older than BILLING_IDEMPOTENCY_RETENTION): the key stays
+    # as a tombstone, so a repeat is refused REQUEST_ID_EXPIRED, never applied again.
     Column("response", LargeBinary, nullable=False),
     Column("created_at_us", BigInteger, nullable=False),
+    # The responses still stored, oldest first: the pruning job's scan never walks tombstones.
+    Index(
+        "ix_idempotency_live_created", "created_at_us",
+        sqlite_where=text(LIVE_RESPONSE), postgresql_where=text(LIVE_RESPONSE),
+    ),
 )
 
 users = Table(

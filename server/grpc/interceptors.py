@@ -10,14 +10,15 @@ from typing import Any
 
 import grpc
 from flownexus.billing.v1 import common_pb2
-from google.protobuf import any_pb2, duration_pb2
+from google.protobuf import any_pb2, descriptor_pool, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from server.platform import errors
 from server.platform.auth import TokenCache, current_principal
+from server.platform.deadline import call_deadline
 from server.platform.logs import new_request_id, request_id_var
 from server.platform.metrics import METRICS, RpcMetrics
-from server.platform.ratelimit import InFlight, RateLimiter
+from server.platform.ratelimit import ByRole, InFlight, PerCaller, RateLimiter
 
 log = logging.getLogger("server.grpc")
 # One line per billing RPC: INFO for every status but OK, DEBUG for OK (the hot path).
@@ -80,6 +81,17 @@ async def abort(context: grpc.aio.ServicerContext, exc: errors.DomainError) -> N
     await context.abort(code, exc.message, trailing_metadata=trailer)
 
 
+def is_mutating(method: str) -> bool:
+    """A mutating RPC is one whose request takes a request_id (every one does,
+    and no read does; tests/test_limits.py checks the list)."""
+    name = method.lstrip("/").replace("/", ".")
+    try:
+        found = descriptor_pool.Default().FindMethodByName(name)
+    except KeyError:
+        return False
+    return "request_id" in found.input_type.fields_by_name
+
+
 class CallInterceptor(grpc.aio.ServerInterceptor):
     """Everything a billing RPC goes through, in one interceptor: request id,
     bearer-token authentication, the concurrency and per-caller rate limits,
@@ -91,10 +103,24 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
     call's own context.
     """
 
-    def __init__(self, secret: str, issuer: str, limits: dict[str, RateLimiter], max_in_flight: int) -> None:
+    def __init__(
+        self,
+        secret: str,
+        issuer: str,
+        limits: dict[str, RateLimiter],
+        max_in_flight: int,
+        *,
+        mutations: ByRole | None = None,
+        streams: PerCaller | None = None,
+        calls: PerCaller | None = None,
+    ) -> None:
         self.tokens = TokenCache(secret, issuer)
         self.limits = limits
         self.inflight = InFlight(max_in_flight)
+        # Each caller's share: its streams, its unary calls in progress, its mutations per second.
+        self.mutations = mutations
+        self.streams = streams
+        self.calls = calls
         self._handlers: dict[str, grpc.RpcMethodHandler] = {}
 
     async def intercept_service(self, continuation: Any, details: grpc.HandlerCallDetails) -> Any:
@@ -110,6 +136,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
 
     def _wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         limiter = self.limits.get(method)
+        mutations = self.mutations if is_mutating(method) else None
         what = method.rsplit("/", 1)[-1]
         enter, leave = self._enter, self._leave
         if handler.unary_unary:
@@ -119,7 +146,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
             async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
                 call = _Call(unary_metrics)
                 try:
-                    enter(call, context, limiter, what)
+                    enter(call, context, limiter, mutations, self.calls, what)
                     response = await inner(request, context)
                 except BaseException as exc:
                     await leave(call, method, context, exc)
@@ -137,7 +164,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
             async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
                 call = _Call(stream_metrics)
                 try:
-                    enter(call, context, limiter, what)
+                    enter(call, context, limiter, mutations, self.streams, what)
                     async for item in inner_stream(request, context):
                         yield item
                 except BaseException as exc:
@@ -150,7 +177,15 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
             )
         return handler  # client streaming is not used by this API
 
-    def _enter(self, call: _Call, context: grpc.aio.ServicerContext, limiter: RateLimiter | None, what: str) -> None:
+    def _enter(
+        self,
+        call: _Call,
+        context: grpc.aio.ServicerContext,
+        limiter: RateLimiter | None,
+        mutations: ByRole | None,
+        share: PerCaller | None,
+        what: str,
+    ) -> None:
         rid = value = ""
         for key, val in context.invocation_metadata() or ():
             if key == "authorization":
@@ -164,8 +199,16 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         context.set_trailing_metadata((("x-request-id", rid),))
         who = self._authenticate(value)
         call.tokens.append(current_principal.set(who))
+        left = context.time_remaining()
+        if left is not None:  # the ledger writer and Stripe calls respect it (server/platform/deadline.py)
+            call.tokens.append(call_deadline.set(time.monotonic() + left))
         self.inflight.enter()
         call.inflight = self.inflight
+        # Before the servicer runs: a refused call allocates nothing (no watch queue, no ledger op).
+        if share is not None:
+            call.share, call.share_key = share, share.enter(who)
+        if mutations is not None:
+            mutations.check(who, what)
         if limiter is not None:
             limiter.check(who.scope, what)
 
@@ -202,12 +245,14 @@ class _Call:
     """What one call has taken and must give back: context variables set, and
     its place among the calls in flight."""
 
-    __slots__ = ("inflight", "logged", "metrics", "reason", "request_id", "started", "tokens")
+    __slots__ = ("inflight", "logged", "metrics", "reason", "request_id", "share", "share_key", "started", "tokens")
 
     def __init__(self, metrics: RpcMetrics) -> None:
         self.started = time.perf_counter()
         self.tokens: list[Any] = []
         self.inflight: InFlight | None = None
+        self.share: PerCaller | None = None
+        self.share_key = ""
         self.metrics = metrics
         self.reason = ""
         self.request_id = ""
@@ -236,6 +281,10 @@ class _Call:
         self.access(code)
         if self.inflight is not None:
             self.inflight.exit()
+            self.inflight = None
+        if self.share is not None:
+            self.share.exit(self.share_key)
+            self.share = None
         for token in reversed(self.tokens):
             try:
                 token.var.reset(token)

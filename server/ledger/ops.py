@@ -71,6 +71,12 @@ class Idempotency:
             raise errors.RequestIdReused(
                 "request_id was already used with different parameters", metadata={"request_id": self.request_id}
             )
+        if not response:  # pruned after the retention period: applied once, never again
+            raise errors.RequestIdExpired(
+                "request_id was applied longer ago than the retention period and its response is no longer "
+                "stored; it is not applied again (use a new request_id for a new operation)",
+                metadata={"request_id": self.request_id},
+            )
         return response
 
     @property
@@ -558,6 +564,26 @@ class Call(Op[Any]):
 
     async def apply(self, tx: LedgerTx) -> Any:
         return await self.fn(tx)
+
+
+@dataclass
+class PruneResponses(Op[int]):
+    """Empty stored responses older than the retention period, one bounded batch
+    (the retention job); their keys stay so that repeats are refused."""
+
+    result_type = int
+    exclusive = True
+    created_before_us: int
+    limit: int
+
+    async def apply(self, tx: LedgerTx) -> int:
+        return await tx.prune_responses(self.created_before_us, self.limit)
+
+    def encode(self, result: int) -> bytes:
+        return str(result).encode()
+
+    def decode(self, data: bytes) -> int:
+        return int(data)
 
 
 @dataclass

@@ -12,12 +12,12 @@ import json
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from sqlalchemy import Table
+from sqlalchemy import Table, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql import Executable
 
 from server.db.batchsql import BatchSql, Row
-from server.db.schema import accounts, holds, idempotency, lots, transfers, users
+from server.db.schema import LIVE_RESPONSE, accounts, holds, idempotency, lots, transfers, users
 from server.ledger import keys
 from server.ledger.model import (
     EARNED_KINDS,
@@ -568,6 +568,23 @@ class LedgerTx:
         if staged is None:
             staged = self._staged[table.name] = StagedRows(self, table)
         return staged
+
+    async def prune_responses(self, created_before_us: int, limit: int) -> int:
+        """Empty up to `limit` stored responses created before the instant,
+        oldest first. The key stays (a tombstone): a repeat of the request is
+        refused, never applied again. Replicas skip each other's rows."""
+        oldest = (
+            select(idempotency.c.key)
+            .where(idempotency.c.created_at_us < created_before_us, text(LIVE_RESPONSE))
+            .order_by(idempotency.c.created_at_us)
+            .limit(limit)
+        )
+        if not self.is_sqlite:
+            oldest = oldest.with_for_update(skip_locked=True)
+        result = await self._conn.execute(
+            update(idempotency).where(idempotency.c.key.in_(oldest.scalar_subquery())).values(response=b"")
+        )
+        return int(result.rowcount or 0)
 
     async def fetch(self, query: Executable) -> list[Row]:
         """Rows of a read under the batch's transaction (and its locks)."""

@@ -23,6 +23,7 @@ from server.ledger.ops import Op
 from server.ledger.tx import LedgerTx, TierPolicy
 from server.platform import errors
 from server.platform.clock import Clock
+from server.platform.deadline import call_deadline, expired_error
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,7 @@ class _Refused(Exception):
 class _Item:
     op: Op[Any]
     future: asyncio.Future[Any]
+    deadline: float | None = None  # time.monotonic() when the caller stops waiting
     outcome: Any = None
     error: BaseException | None = None
     replayed: bool = False
@@ -49,6 +51,7 @@ class WriterStats:
     operations: int = 0
     retries: int = 0  # batches run again after a lock conflict or a lost connection
     rereads: int = 0  # batches read again after another replica took a unique key
+    expired: int = 0  # operations dropped unapplied: their caller's deadline passed in the queue
     batch_sizes: collections.Counter[int] = field(default_factory=collections.Counter)
 
 
@@ -95,11 +98,14 @@ class LedgerWriter:
         if self._closing:
             raise errors.Unavailable("server is shutting down", reason="SHUTTING_DOWN")
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Item(op, fut))
+        # Exclusive operations record what another system already did (a Stripe
+        # session, a subscription): they are applied whatever the deadline.
+        self._queue.append(_Item(op, fut, None if op.exclusive else call_deadline.get()))
         self._wakeup.set()
         # A cancelled caller cancels only its wait (the future): the queued write
         # is applied all the same, whole or not at all, and a retry with the
         # same request_id finds it. (No shield: one future per call is enough.)
+        # Only a deadline that passes before the batch starts drops the write.
         return await fut
 
     async def submit_many(self, ops: Sequence[Op[Any]]) -> list[Any]:
@@ -129,6 +135,8 @@ class LedgerWriter:
             # Spend ~25% faster under load; at low load it costs microseconds).
             await asyncio.sleep(0)
             batch = self._take_batch()
+            if not batch:
+                continue
             try:
                 await self._run_batch(batch)
             except Exception:  # never let the writer die; fail the batch instead
@@ -138,12 +146,25 @@ class LedgerWriter:
                         item.future.set_exception(errors.Unavailable("ledger unavailable, retry with the same request_id"))
 
     def _take_batch(self) -> list[_Item]:
-        first = self._queue.popleft()
-        if first.op.exclusive:
-            return [first]
-        batch = [first]
-        while self._queue and len(batch) < self.max_batch and not self._queue[0].op.exclusive:
-            batch.append(self._queue.popleft())
+        """The next batch: one exclusive operation, or up to max_batch others.
+        An operation whose caller's deadline has passed is answered
+        DEADLINE_EXCEEDED here and never applied: its caller has already given
+        up, and a retry with the same request_id applies it once."""
+        queue, now = self._queue, time.monotonic()
+        batch: list[_Item] = []
+        while queue and len(batch) < self.max_batch:
+            item = queue[0]
+            if item.deadline is not None and item.deadline <= now:
+                queue.popleft()
+                self.stats.expired += 1
+                if not item.future.done():
+                    item.future.set_exception(expired_error())
+                continue
+            if item.op.exclusive:
+                if not batch:
+                    batch.append(queue.popleft())
+                break
+            batch.append(queue.popleft())
         return batch
 
     async def _run_batch(self, batch: list[_Item]) -> None:

@@ -16,7 +16,7 @@ import stripe
 from pydantic import SecretStr
 
 from server.ledger import keys
-from server.platform import errors
+from server.platform import deadline, errors
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,7 @@ class StripeGateway:
         api_key = api_key.get_secret_value() if isinstance(api_key, SecretStr) else api_key
         self.api_key = api_key
         self.api_base = api_base.rstrip("/")
+        self.timeout = timeout
         self._http: stripe.HTTPXClient | None = None
         self._client: stripe.StripeClient | None = None
         if api_key:
@@ -84,7 +85,10 @@ class StripeGateway:
 
     async def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
         try:
-            return _plain(await fn(*args, **kwargs))
+            # Never longer than the caller waits: its retry (same request_id, so
+            # the same Stripe idempotency key) finds whatever Stripe did.
+            async with deadline.bounded(self.timeout):
+                return _plain(await fn(*args, **kwargs))
         except stripe.CardError as exc:
             raise errors.DomainError(
                 "the card was declined",
@@ -218,7 +222,8 @@ class StripeGateway:
         """A monthly USD plan for Pro, created once under a deterministic id."""
         plan_id = f"flownexus-pro-{amount_cents}-usd-month"
         try:
-            await self.client.v1.plans.retrieve_async(plan_id)
+            async with deadline.bounded(self.timeout):
+                await self.client.v1.plans.retrieve_async(plan_id)
         except stripe.InvalidRequestError:
             await self._call(
                 "plans.create", self.client.v1.plans.create_async,
@@ -331,9 +336,10 @@ class StripeGateway:
             "metadata": metadata,
         }
         try:
-            pi = _plain(
-                await self.client.v1.payment_intents.create_async(params, self._options(idempotency_key))  # type: ignore[arg-type]
-            )
+            async with deadline.bounded(self.timeout):
+                pi = _plain(
+                    await self.client.v1.payment_intents.create_async(params, self._options(idempotency_key))  # type: ignore[arg-type]
+                )
         except stripe.CardError as exc:
             err = exc.error
             pi_obj = getattr(err, "payment_intent", None) if err is not None else None

@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Mapping
+from datetime import timedelta
 from functools import cached_property
 from pathlib import Path
 
-from pydantic import Field, SecretStr, ValidationError
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEV_SECRET_FILE = "dev-jwt-secret"
@@ -100,6 +101,25 @@ class Settings(BaseSettings):
     shutdown_grace_seconds: float = Field(default=5.0, ge=0, le=3600)
     # The drain: running calls get this long to finish, new ones are refused.
     shutdown_drain_seconds: float = Field(default=5.0, ge=0, le=3600)
+    # Each caller's share of max_concurrent_rpcs, so that one token cannot take
+    # it all: open WatchBalance streams and unary calls in progress per
+    # role/subject. The service_* values apply to service and admin tokens.
+    user_max_streams: int = Field(default=20, ge=1)
+    service_max_streams: int = Field(default=10_000, ge=1)
+    user_max_in_flight: int = Field(default=100, ge=1)
+    service_max_in_flight: int = Field(default=10_000, ge=1)
+    # Every mutating RPC (one that takes a request_id): one token bucket per
+    # caller, besides the per-method limits above; a rate of 0 turns it off.
+    user_mutation_rate_per_second: float = Field(default=10.0, ge=0)
+    user_mutation_burst: int = Field(default=100, ge=1)
+    service_mutation_rate_per_second: float = Field(default=10_000.0, ge=0)
+    service_mutation_burst: int = Field(default=20_000, ge=1)
+    # Stored responses of mutating requests older than this are pruned (a
+    # repeat of such a request_id is refused REQUEST_ID_EXPIRED, never applied).
+    idempotency_retention: timedelta = Field(default=timedelta(days=7), gt=timedelta(0))
+    # The pruning job: rows per batch, batches per worker run.
+    idempotency_prune_batch: int = Field(default=1_000, ge=1, le=10_000)
+    idempotency_prune_max_batches: int = Field(default=20, ge=1)
     watch_queue_size: int = Field(default=64, gt=1)
     worker_interval_seconds: float = 5.0
     log_level: str = "INFO"
@@ -110,6 +130,17 @@ class Settings(BaseSettings):
     tls_client_ca: str = ""
     # OpenTelemetry tracing of RPCs; needs the `[otel]` extra.
     otel_enabled: bool = False
+
+    @field_validator("idempotency_retention", mode="before")
+    @classmethod
+    def _seconds(cls, value: object) -> object:
+        """A plain number is seconds (`604800`); otherwise ISO 8601 (`P7D`)."""
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                return value
+        return value
 
     @property
     def is_sqlite(self) -> bool:

@@ -17,6 +17,7 @@ class Code(Enum):
     UNIMPLEMENTED = "UNIMPLEMENTED"
     UNAVAILABLE = "UNAVAILABLE"
     ABORTED = "ABORTED"
+    DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
     INTERNAL = "INTERNAL"
 
 
@@ -83,6 +84,16 @@ class ResourceExhausted(DomainError):
     code = Code.RESOURCE_EXHAUSTED
     reason = "RESOURCE_EXHAUSTED"
 
+
+
+class DeadlineExceeded(DomainError):
+    code = Code.DEADLINE_EXCEEDED
+    reason = "DEADLINE_EXCEEDED"
+
+
+class RequestIdExpired(DomainError):
+    code = Code.FAILED_PRECONDITION
+    reason = "REQUEST_ID_EXPIRED"
 
 
 class Unavailable(DomainError):

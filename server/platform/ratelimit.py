@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from server.platform import errors
+from server.platform.auth import Principal
 
 
 @dataclass
@@ -87,6 +88,76 @@ class InFlight:
 
     def exit(self) -> None:
         self.current -= 1
+
+
+class PerCaller:
+    """Calls in progress per caller (role/subject), each refused at its cap
+    before anything is allocated for it, so that one token holding its cap
+    leaves the rest of the global limit to everyone else. Callers with
+    nothing in progress take no memory."""
+
+    def __init__(self, user_limit: int, privileged_limit: int, *, reason: str, what: str) -> None:
+        self.user_limit = user_limit
+        self.privileged_limit = privileged_limit
+        self.reason = reason
+        self.what = what
+        self.counts: dict[str, int] = {}
+
+    def enter(self, who: Principal) -> str:
+        key = who.scope
+        limit = self.privileged_limit if who.privileged else self.user_limit
+        n = self.counts.get(key, 0)
+        if n >= limit:
+            raise errors.ResourceExhausted(
+                f"too many {self.what} for this caller; close some or retry later",
+                reason=self.reason,
+                metadata={"limit": limit, "retry_after_ms": 100},
+            )
+        self.counts[key] = n + 1
+        return key
+
+    def exit(self, key: str) -> None:
+        n = self.counts.get(key, 0) - 1
+        if n > 0:
+            self.counts[key] = n
+        else:
+            self.counts.pop(key, None)
+
+
+class ByRole:
+    """One token bucket per caller, with a bigger one for service and admin
+    tokens (platform services act for many users)."""
+
+    def __init__(self, user: RateLimiter | None, privileged: RateLimiter | None) -> None:
+        self.user = user
+        self.privileged = privileged
+
+    def check(self, who: Principal, what: str) -> None:
+        limiter = self.privileged if who.privileged else self.user
+        if limiter is not None:
+            limiter.check(who.scope, what)
+
+
+def _bucket(rate: float, burst: int) -> RateLimiter | None:
+    return RateLimiter(rate, burst) if rate > 0 else None
+
+
+def mutation_limits(settings: Any) -> ByRole:
+    """The bucket every mutating RPC (one that takes a request_id) draws from."""
+    return ByRole(
+        _bucket(settings.user_mutation_rate_per_second, settings.user_mutation_burst),
+        _bucket(settings.service_mutation_rate_per_second, settings.service_mutation_burst),
+    )
+
+
+def caller_shares(settings: Any) -> tuple[PerCaller, PerCaller]:
+    """(open streams, unary calls in progress) per caller."""
+    return (
+        PerCaller(settings.user_max_streams, settings.service_max_streams,
+                  reason="TOO_MANY_STREAMS", what="open streams"),
+        PerCaller(settings.user_max_in_flight, settings.service_max_in_flight,
+                  reason="TOO_MANY_CALLS_IN_FLIGHT", what="calls in progress"),
+    )
 
 
 AWARD_METHOD = "/flownexus.billing.v1.EarningsService/AwardCredits"

@@ -30,7 +30,7 @@ class UsageService:
         self.reader = reader
         self.settings = settings
 
-    def _share(self, user_id: str, app_id: str, publisher: str) -> RevenueShare | None:
+    def _share(self, principal: Principal, user_id: str, app_id: str, publisher: str) -> RevenueShare | None:
         if not app_id and not publisher:
             return None
         if not app_id or not publisher:
@@ -39,6 +39,15 @@ class UsageService:
             )
         if publisher == user_id:
             raise errors.InvalidArgument("a publisher cannot earn from their own spend", reason="SELF_REVENUE_SHARE")
+        # A revenue share turns the spender's credits into the publisher's lasting
+        # earned credits: only a caller that runs the app (a platform service) or
+        # an operator vouches that the spend happened on that app.
+        if not principal.privileged:
+            raise errors.PermissionDenied(
+                "a revenue share needs a service or admin token: a user token cannot name a publisher",
+                reason="REVENUE_SHARE_NOT_ALLOWED",
+                metadata={"role": principal.role.value},
+            )
         return RevenueShare(app_id, publisher, self.settings.revenue_share_percent)
 
     async def spend(
@@ -88,7 +97,7 @@ class UsageService:
             category=category,
             description=description,
             metadata=metadata,
-            share=self._share(user, app_id, publisher_user_id),
+            share=self._share(principal, user, app_id, publisher_user_id),
             idempotency=Idempotency.of_request(principal, "Spend", request_id, fingerprint),
             charged_by=principal.scope,
         )
@@ -150,7 +159,7 @@ class UsageService:
             hold_id=hold_id,
             amount=amount,
             description=description,
-            share=self._share(hold["user_id"], app_id, publisher_user_id),
+            share=self._share(principal, hold["user_id"], app_id, publisher_user_id),
             owner=owner,
             idempotency=Idempotency.of_request(principal, "Capture", request_id, fingerprint),
             charged_by=principal.scope,
