@@ -129,7 +129,8 @@ class App:
         self.balance = BalanceService(self.writer, self.reader, self.clock, self.refill.lookup)
         balance_grpc.register(reg, self.balance, self.hub, self.clock)
 
-        self.usage = UsageService(self.writer, self.reader, settings)
+        self.mutations = mutation_limits(settings)
+        self.usage = UsageService(self.writer, self.reader, settings, self.mutations)
         usage_grpc.register(reg, self.usage)
 
         self.history = HistoryService(self.balance, HistoryRepository(self.db.reader, self.db.fast), self.clock)
@@ -202,7 +203,7 @@ class App:
         interceptors: list[grpc.aio.ServerInterceptor] = [
             CallInterceptor(
                 s.effective_jwt_secret, s.jwt_issuer, limiters(s), s.max_concurrent_rpcs,
-                mutations=mutation_limits(s), streams=streams, calls=calls,
+                mutations=self.mutations, streams=streams, calls=calls,
             ),
         ]
         if s.otel_enabled:

@@ -9,6 +9,7 @@ import random
 from typing import Any
 
 import grpc
+import pytest
 from flownexus.billing.v1 import usage_pb2
 from sqlalchemy import select
 
@@ -178,3 +179,32 @@ async def test_tiny_deadlines_then_retry_apply_once(server: Running) -> None:
         ids, stored = await ledger_rows(server, user, r.request_id)
         assert (len(ids), stored) == (1, 1), r.request_id
     assert await credits(server, user) == FREE - sum(r.amount_millicredits for r in reqs)
+
+
+async def test_spend_batch_whose_deadline_passed_in_the_queue_is_not_applied(server: Running) -> None:
+    """The items of a SpendBatch carry its deadline: queued behind a slow batch
+    past it, none is applied; a retry of the same batch applies each once."""
+    user = "hasty-batch"
+    await credits(server, user)
+    await credits(server, "other")
+    linger = slow_commits(server, 0.4)
+    blocker = asyncio.ensure_future(
+        server.s.usage.Spend(usage_pb2.SpendRequest(amount_millicredits=1, request_id="b"), metadata=auth("other"), timeout=10)
+    )
+    await asyncio.sleep(0.1)
+    batch = usage_pb2.SpendBatchRequest(requests=[
+        usage_pb2.SpendRequest(amount_millicredits=100 + i, request_id=f"bt{i}") for i in range(5)
+    ])
+    with pytest.raises(grpc.aio.AioRpcError) as late:
+        await server.s.usage.SpendBatch(batch, metadata=auth(user), timeout=0.02)
+    assert late.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    await blocker
+    await asyncio.sleep(1.0)
+    for r in batch.requests:
+        assert await ledger_rows(server, user, r.request_id) == ([], 0), f"{r.request_id} was applied after its deadline"
+    assert await credits(server, user) == FREE
+    assert server.app is not None
+    server.app.writer.before_flush.remove(linger)
+    done = await server.s.usage.SpendBatch(batch, metadata=auth(user), timeout=10)
+    assert all(r.HasField("response") for r in done.results)
+    assert await credits(server, user) == FREE - sum(r.amount_millicredits for r in batch.requests)

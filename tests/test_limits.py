@@ -276,7 +276,9 @@ async def test_keepalive_policy_drops_abusive_pingers(tmp_path, clock) -> None: 
 
 
 def test_every_mutating_rpc_is_rate_limited() -> None:
-    """The per-caller mutation bucket covers exactly the RPCs that take a request_id."""
+    """The per-caller mutation bucket covers exactly the RPCs that take a
+    request_id (SpendBatch, whose request_ids are its items', draws one token
+    per item in its servicer: test_spend_batch_draws_one_token_per_item)."""
     pool = descriptor_pool.Default()
     found = {
         f"{pool.FindServiceByName(s).name}/{m.name}"
@@ -284,7 +286,7 @@ def test_every_mutating_rpc_is_rate_limited() -> None:
         if is_mutating(f"/{s}/{m.name}")
     }
     assert found == {
-        "PaymentsService/CreatePaymentLink", "RefillService/ConfigureAutoRefill", "RefillService/CreateSetupLink",
+        "PaymentsService/CreatePaymentLink", "PaymentsService/TopUp", "RefillService/ConfigureAutoRefill", "RefillService/CreateSetupLink",
         "TierService/UpgradeTier", "TierService/DowngradeTier", "EarningsService/AwardCredits",
         "UsageService/Spend", "UsageService/Reserve", "UsageService/Capture", "UsageService/Release",
         "UsageService/RefundUsage", "AdminService/AdjustBalance", "AdminService/ReverseTransaction",
@@ -329,6 +331,33 @@ async def test_reserve_release_loop_is_rate_limited_per_caller(db_url: str, cloc
         # The bucket refills at its rate: after the wait it names, the caller is served again.
         await asyncio.sleep(2.1)
         await server.s.usage.Spend(usage_pb2.SpendRequest(amount_millicredits=1, request_id="s10"), metadata=md)
+
+
+async def test_spend_batch_draws_one_token_per_item(db_url: str, clock: Any) -> None:
+    """A SpendBatch costs its caller one mutation token per item (a batch larger
+    than the burst costs the whole burst), so batching is no way around the
+    caller's rate; refused whole, it writes nothing."""
+    async with serving(db_url, clock, user_mutation_rate_per_second=2.0, user_mutation_burst=6) as server:
+        md = auth("batcher")
+
+        def batch(tag: str, n: int) -> Any:
+            return server.s.usage.SpendBatch(usage_pb2.SpendBatchRequest(requests=[
+                usage_pb2.SpendRequest(amount_millicredits=1, request_id=f"{tag}{i}") for i in range(n)
+            ]), metadata=md)
+
+        assert len((await batch("a", 5)).results) == 5  # 5 of the 6 tokens
+        before = await transfer_count(server)
+        info = await expect_error(batch("b", 2), grpc.StatusCode.RESOURCE_EXHAUSTED, "RATE_LIMITED")
+        assert int(info.metadata["retry_after_ms"]) > 0
+        assert await transfer_count(server) == before
+        await server.s.usage.Spend(usage_pb2.SpendRequest(amount_millicredits=1, request_id="s1"), metadata=md)
+        await expect_error(
+            server.s.usage.Spend(usage_pb2.SpendRequest(amount_millicredits=1, request_id="s2"), metadata=md),
+            grpc.StatusCode.RESOURCE_EXHAUSTED, "RATE_LIMITED",
+        )
+        await asyncio.sleep(6 / 2.0 + 0.2)  # the bucket is full again
+        assert len((await batch("c", 40)).results) == 40  # larger than the burst: the whole burst
+        await expect_error(batch("d", 1), grpc.StatusCode.RESOURCE_EXHAUSTED, "RATE_LIMITED")
 
 
 async def _victim_spends(server: Running, user: str, n: int, tag: str) -> tuple[list[float], list[str]]:

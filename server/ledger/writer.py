@@ -116,7 +116,8 @@ class LedgerWriter:
         if self._closing:
             raise errors.Unavailable("server is shutting down", reason="SHUTTING_DOWN")
         loop = asyncio.get_running_loop()
-        items = [_Item(op, loop.create_future()) for op in ops]
+        deadline = call_deadline.get()
+        items = [_Item(op, loop.create_future(), None if op.exclusive else deadline) for op in ops]
         self._queue.extend(items)
         self._wakeup.set()
         # As for submit: cancelling the wait leaves the queued writes to be applied.

@@ -40,8 +40,11 @@ class RateLimiter:
         self.now = now
         self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
 
-    def acquire(self, key: str) -> float:
-        """Take one token; returns 0, or the seconds to wait when there is none."""
+    def acquire(self, key: str, n: int = 1) -> float:
+        """Take `n` tokens (at most the whole burst: a batch as large as the
+        bucket still goes through when the bucket is full); returns 0, or the
+        seconds to wait until there are enough."""
+        need = float(min(n, self.burst))
         now = self.now()
         b = self._buckets.get(key)
         if b is None:
@@ -53,13 +56,13 @@ class RateLimiter:
             self._buckets.move_to_end(key)
             b.tokens = min(float(self.burst), b.tokens + (now - b.updated) * self.rate)
             b.updated = now
-        if b.tokens >= 1.0:
-            b.tokens -= 1.0
+        if b.tokens >= need:
+            b.tokens -= need
             return 0.0
-        return (1.0 - b.tokens) / self.rate
+        return (need - b.tokens) / self.rate
 
-    def check(self, key: str, what: str) -> None:
-        wait = self.acquire(key)
+    def check(self, key: str, what: str, n: int = 1) -> None:
+        wait = self.acquire(key, n)
         if wait > 0:
             raise errors.ResourceExhausted(
                 f"too many {what} calls; retry later",
@@ -132,10 +135,10 @@ class ByRole:
         self.user = user
         self.privileged = privileged
 
-    def check(self, who: Principal, what: str) -> None:
+    def check(self, who: Principal, what: str, n: int = 1) -> None:
         limiter = self.privileged if who.privileged else self.user
         if limiter is not None:
-            limiter.check(who.scope, what)
+            limiter.check(who.scope, what, n)
 
 
 def _bucket(rate: float, burst: int) -> RateLimiter | None:

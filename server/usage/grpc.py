@@ -30,6 +30,7 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
         items = request.requests
         validation.batch(items, maximum=MAX_SPEND_BATCH)
         who = principal()
+        self.usage.admit_batch(who, len(items))
         ops: list[Spend | errors.DomainError] = []
         for item in items:
             # Each item is refused exactly as its unary Spend would be, on its own.

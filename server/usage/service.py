@@ -22,13 +22,24 @@ from server.ledger.writer import LedgerWriter
 from server.platform import errors
 from server.platform.auth import Principal, Role
 from server.platform.config import Settings
+from server.platform.ratelimit import ByRole
 
 
 class UsageService:
-    def __init__(self, writer: LedgerWriter, reader: LedgerReader, settings: Settings) -> None:
+    def __init__(
+        self, writer: LedgerWriter, reader: LedgerReader, settings: Settings, mutations: ByRole | None = None
+    ) -> None:
         self.writer = writer
         self.reader = reader
         self.settings = settings
+        # The per-caller bucket every mutating RPC draws from: the interceptor
+        # takes one token per call that has a request_id; a SpendBatch (whose
+        # request_ids are its items') takes one per item.
+        self.mutations = mutations
+
+    def admit_batch(self, principal: Principal, items: int) -> None:
+        if self.mutations is not None:
+            self.mutations.check(principal, "SpendBatch", items)
 
     def _share(self, principal: Principal, user_id: str, app_id: str, publisher: str) -> RevenueShare | None:
         if not app_id and not publisher:
