@@ -60,7 +60,7 @@ async def test_mixed_batch_answers_each_item_as_its_unary_spend(server: Running)
     await reserve(server, "ann", 50_000, "hold-1")  # held credits cannot be spent
     items = [
         req(1_000, "good-1"),
-        req(2_000, "shared", app_id="app-x", publisher_user_id="pub"),  # 70 % to the publisher
+        req(2_000, "shared", app_id="app-x", publisher_user_id="pub"),  # a user token may not pay a share
         req(7, "done-before"),  # a retry: replayed, not applied again
         req(6, "used-before"),  # same id, other parameters
         req(0, "zero"),  # bad amount
@@ -73,29 +73,33 @@ async def test_mixed_batch_answers_each_item_as_its_unary_spend(server: Running)
     ]
     results = await batch(server, items, user)
     kinds = [r.WhichOneof("result") for r in results]
-    assert kinds == ["response", "response", "response", "error", "error", "error", "error", "error", "error", "response", "error"]
+    assert kinds == ["response", "error", "response", "error", "error", "error", "error", "error", "error", "response", "error"]
     reasons = [r.error.reason for r in results if r.HasField("error")]
     assert reasons == [
-        "REQUEST_ID_REUSED", "INVALID_AMOUNT", "INVALID_CATEGORY", "MISSING_REQUEST_ID",
+        "REVENUE_SHARE_NOT_ALLOWED", "REQUEST_ID_REUSED", "INVALID_AMOUNT", "INVALID_CATEGORY", "MISSING_REQUEST_ID",
         "NOT_YOUR_ACCOUNT", "SELF_REVENUE_SHARE", "INSUFFICIENT_CREDITS",
     ]
     assert [r.error.code for r in results if r.HasField("error")] == [
-        code_pb2.FAILED_PRECONDITION, *[code_pb2.INVALID_ARGUMENT] * 3, code_pb2.PERMISSION_DENIED,
-        code_pb2.INVALID_ARGUMENT, code_pb2.FAILED_PRECONDITION,
+        code_pb2.PERMISSION_DENIED, code_pb2.FAILED_PRECONDITION, *[code_pb2.INVALID_ARGUMENT] * 3,
+        code_pb2.PERMISSION_DENIED, code_pb2.INVALID_ARGUMENT, code_pb2.FAILED_PRECONDITION,
     ]
     assert results[2].response == first
-    left = FREE - 12 - 50_000 - 1_000 - 2_000 - 3_000
+    left = FREE - 12 - 50_000 - 1_000 - 3_000
     assert results[9].response.credits_millicredits == left
     assert results[9].response.transaction.metadata["job"] == "j1"
     short = results[10].error.metadata
     assert (short["balance_millicredits"], short["shortfall_millicredits"]) == (str(left), str(FREE - left))
     assert await credits(server, "ann") == left
-    assert await credits(server, "pub") == FREE + 2_000 * 70 // 100
+    assert await credits(server, "pub") == FREE
     # Every item, sent again as a unary Spend: the same answer (replays for the
     # applied ones, the same error for the refused ones, nothing applied twice).
     for item, result in zip(items, results, strict=True):
         assert await unary_outcome(server, item, user) == result, item.request_id
     assert await credits(server, "ann") == left
+    # The platform service that runs the app pays the share, as with a unary Spend.
+    (shared,) = await batch(server, [req(2_000, "shared", user_id="ann", app_id="app-x", publisher_user_id="pub")])
+    assert shared.response.credits_millicredits == left - 2_000
+    assert await credits(server, "pub") == FREE + 2_000 * 70 // 100
 
 
 async def test_short_item_reports_what_unary_reports(server: Running) -> None:
