@@ -45,7 +45,15 @@ class Database:
             # No pre-ping: it is a round trip per batch. A connection found dead
             # is invalidated by SQLAlchemy and the writer retries the batch on a
             # fresh one (is_retryable), which request ids make safe.
-            self.writer = create_async_engine(url, pool_size=4, max_overflow=4)
+            # Custom plans for the writer's statements: a batch's reads are
+            # `= ANY($1)` over arrays of up to max_batch keys, and the generic
+            # plan PostgreSQL switches to after five runs guesses ten elements
+            # and scans whole tables (measured: SpendBatch 860 -> 3,310 items/s,
+            # Spend on one hot account 0.29 -> 0.40x echo).
+            self.writer = create_async_engine(
+                url, pool_size=4, max_overflow=4,
+                connect_args={"server_settings": {"plan_cache_mode": "force_custom_plan"}},
+            )
             # Read-only snapshots: a balance and its lots always come from one moment.
             self.reader = create_async_engine(
                 url, pool_size=8, max_overflow=8, pool_pre_ping=True, isolation_level="REPEATABLE READ"
