@@ -152,9 +152,6 @@ async def test_the_writer_plans_each_batch_read_for_its_own_arrays(tmp_path, clo
     """PostgreSQL's generic plan for `= ANY($1)` guesses ten keys and scans whole
     tables once a statement ran five times; the writer's connections plan each
     batch's reads for the keys they carry (SQLite has no plan cache)."""
-    from tests.conftest import _require_postgres
-    from tests.harness import database, serving
-
     await _require_postgres()
     async with database("postgres", tmp_path) as url, serving(url, clock) as server:
         async with server.app.db.writer.connect() as conn:

@@ -169,8 +169,12 @@ def _plain(obj: Any) -> Any:
     return obj
 
 
+# One encoder, built once: json.dumps with options builds a new one per call.
+compact_json = json.JSONEncoder(separators=(",", ":")).encode
+
+
 def to_json(obj: Any) -> bytes:
-    return json.dumps(_plain(obj), separators=(",", ":")).encode()
+    return compact_json(_plain(obj)).encode()
 
 
 def from_json(cls: type[T], data: bytes) -> T:

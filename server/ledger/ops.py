@@ -22,6 +22,7 @@ from server.ledger.model import (
     Kind,
     LotKind,
     TransferView,
+    compact_json,
     from_json,
     to_json,
     wallet_id,
@@ -121,7 +122,7 @@ class SpendResult:
     # the generic nested object, since it is written once per operation.
     def to_bytes(self) -> bytes:
         t = self.transaction
-        return _compact_json([
+        return compact_json([
             self.credits, t.id, t.kind, t.amount, t.balance_after, t.description, t.category, t.ref,
             t.created_at_us, t.metadata,
         ]).encode()
@@ -133,9 +134,6 @@ class SpendResult:
             return from_json(cls, data)
         credits, *transfer = value
         return cls(TransferView(*transfer), credits)
-
-
-_compact_json = json.JSONEncoder(separators=(",", ":")).encode
 
 
 class _SpendResultOp(Op[SpendResult]):

@@ -482,9 +482,7 @@ class LedgerTx:
             part = min(part, take, lot["remaining"] if lot else 0)
             if lot is None or part <= 0:
                 continue
-            self._set(lot, "remaining", lot["remaining"] - part)
-            self._touch_lot(lot)
-            used.append([lot["kind"], lot["expires_at_us"], part])
+            self._draw(lot, part, used)
             take -= part
         if take == 0:
             return used
@@ -498,15 +496,19 @@ class LedgerTx:
             if only_expiry is not None and lot["expires_at_us"] != only_expiry:
                 continue
             part = min(take, lot["remaining"])
-            self._set(lot, "remaining", lot["remaining"] - part)
-            self._touch_lot(lot)
-            used.append([lot["kind"], lot["expires_at_us"], part])
+            self._draw(lot, part, used)
             take -= part
             if take == 0:
                 return used
         if take:
             raise errors.DomainError("ledger lots out of step with balance", reason="LEDGER_INCONSISTENT")
         return used
+
+    def _draw(self, lot: Row, part: int, used: list[list[Any]]) -> None:
+        """Take `part` from one lot and record it as [kind, expiry, part]."""
+        self._set(lot, "remaining", lot["remaining"] - part)
+        self._touch_lot(lot)
+        used.append([lot["kind"], lot["expires_at_us"], part])
 
     def _fill_lots(
         self, wallet: Row, amount: int, kind: LotKind, expiry: int, restore: list[list[Any]] | None

@@ -23,7 +23,7 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
         self.usage = usage
 
     async def Spend(self, request: usage_pb2.SpendRequest, context: Ctx) -> usage_pb2.SpendResponse:
-        result = await self.usage.spend(principal(), **_spend_fields(request))
+        result = await self.usage.spend(self.usage.spend_op(principal(), **_spend_fields(request)))
         return _spend_response(result)
 
     async def SpendBatch(self, request: usage_pb2.SpendBatchRequest, context: Ctx) -> usage_pb2.SpendBatchResponse:

@@ -61,25 +61,8 @@ class UsageService:
             )
         return RevenueShare(app_id, publisher, self.settings.revenue_share_percent)
 
-    async def spend(
-        self,
-        principal: Principal,
-        *,
-        user_id: str,
-        amount: int,
-        request_id: str,
-        fingerprint: str,
-        category: str,
-        description: str,
-        metadata: dict[str, str],
-        app_id: str,
-        publisher_user_id: str,
-    ) -> SpendResult:
-        op = self.spend_op(
-            principal, user_id=user_id, amount=amount, request_id=request_id, fingerprint=fingerprint,
-            category=category, description=description, metadata=metadata, app_id=app_id,
-            publisher_user_id=publisher_user_id,
-        )
+    async def spend(self, op: Spend) -> SpendResult:
+        """Apply one Spend (built by `spend_op`) in the writer's group commit."""
         result: SpendResult = await self.writer.submit(op)
         return result
 
