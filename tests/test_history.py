@@ -85,3 +85,63 @@ async def test_spending_report_groups_by_category(server) -> None:
     assert report.credits_millicredits == 91_000
     assert report.burn_rate_millicredits_per_day == 300  # 9,000 over the default 30 days
     assert report.days_left == round(91_000 / 300, 1)
+
+
+async def test_a_deep_page_is_one_index_range_scan_under_a_generic_plan(server, db_url: str) -> None:
+    """PostgreSQL caches a generic plan for a statement after five runs. For
+    the credit side of a wallet's page, where nearly every row credits one
+    system account, that plan walked the primary key backwards from the
+    cursor past every other account's transfers (75 ms at 1,000,000 rows).
+    Every page must be a range scan of the account's own index, whatever
+    the plan."""
+    import json
+    import sqlite3
+
+    import asyncpg
+
+    from server.history.repository import page_query
+
+    sql, args = page_query("wallet:deep", limit=51, before_id=1_020_052, kinds=[], start_us=None, end_us=None)
+    if db_url.startswith("sqlite"):
+        conn = sqlite3.connect(db_url.split(":///", 1)[1])
+        try:
+            plan = " | ".join(str(r[-1]) for r in conn.execute(f"EXPLAIN QUERY PLAN {sql}", args))
+        finally:
+            conn.close()
+        assert "INDEX ix_transfers_debit_" in plan and "INDEX ix_transfers_credit_" in plan, plan
+        assert "SCAN transfers" not in plan and "PRIMARY KEY" not in plan, plan
+        return
+
+    pg = sql
+    for n in range(1, len(args) + 1):
+        pg = pg.replace("?", f"${n}", 1)
+    literals = ", ".join(str(a) if isinstance(a, int) else "'" + a.replace("'", "''") + "'" for a in args)
+    conn = await asyncpg.connect(db_url.replace("postgresql+asyncpg://", "postgresql://", 1))
+    try:
+        tx = conn.transaction()
+        await tx.start()
+        try:
+            # The bench's shape: other accounts' spends below the cursor, then
+            # the deep wallet's; statistics of it; nothing of it is kept.
+            cols = "id, key, debit_account, credit_account, amount, kind, description, category, ref, metadata, " \
+                   "debit_balance_after, credit_balance_after, created_at_us"
+            await conn.execute(f"""
+                INSERT INTO transfers ({cols})
+                SELECT 1000000 + g, 'plan:' || g, CASE WHEN g > 20000 THEN 'wallet:deep' ELSE 'wallet:o' || (g % 50) END,
+                       'system:platform_revenue', 1, 'spend', '', '', '', '{{}}', 0, 0, g
+                FROM generate_series(1, 40000) AS g""")
+            await conn.execute("ANALYZE transfers")
+            await conn.execute(f"PREPARE history_page AS {pg}")
+            await conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+            raw = await conn.fetchval(f"EXPLAIN (FORMAT JSON) EXECUTE history_page({literals})")
+        finally:
+            await tx.rollback()
+    finally:
+        await conn.close()
+
+    def nodes(node: dict) -> list[dict]:  # type: ignore[type-arg]
+        return [node, *(n for child in node.get("Plans", []) for n in nodes(child))]
+
+    scans = [n for n in nodes(json.loads(raw)[0]["Plan"]) if n.get("Relation Name") == "transfers"]
+    assert sorted(n.get("Index Name", n["Node Type"]) for n in scans) == [
+        "ix_transfers_credit_newest", "ix_transfers_debit_newest"], scans

@@ -76,9 +76,6 @@ transfers = Table(
     Column("corrects", BigInteger, nullable=True),
     CheckConstraint("amount > 0", name="amount_positive"),
     CheckConstraint("debit_account <> credit_account", name="distinct_accounts"),
-    # History reads one side at a time, newest first (keyset on id).
-    Index("ix_transfers_debit_id", "debit_account", "id"),
-    Index("ix_transfers_credit_id", "credit_account", "id"),
     Index("ix_transfers_corrects", "corrects"),
 )
 
@@ -232,6 +229,12 @@ tier_subscriptions = Table(
     Column("updated_at_us", BigInteger, nullable=False),
     Index("ix_tier_subscriptions_customer", "stripe_customer_id"),
 )
+
+# History reads one side at a time, newest first (keyset on id). The index
+# is on -id so that no plan can walk the primary key backwards instead: a
+# cached generic plan on PostgreSQL did, past every other account's rows.
+Index("ix_transfers_debit_newest", transfers.c.debit_account, -transfers.c.id)
+Index("ix_transfers_credit_newest", transfers.c.credit_account, -transfers.c.id)
 
 # Daily award limits sum a user's awards of one source since midnight (UTC).
 Index("ix_transfers_credit_kind_created", transfers.c.credit_account, transfers.c.kind, transfers.c.created_at_us)

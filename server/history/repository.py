@@ -18,6 +18,36 @@ HISTORY_FIELDS = (
 HISTORY_COLUMNS = ", ".join(HISTORY_FIELDS)
 
 
+def page_query(
+    account: str, *, limit: int, before_id: int | None, kinds: list[str], start_us: int | None, end_us: int | None
+) -> tuple[str, list[Any]]:
+    """One page of an account's transfers, newest first, with `?` placeholders."""
+    # Each side walks its own (account, -id) index newest first; raw SQL on
+    # the driver keeps a page at any depth to one index range scan. The
+    # keyset is written on -id, the index's expression, which the primary
+    # key cannot serve.
+    params: list[Any] = []
+    extra = ""
+    if before_id is not None:
+        extra += " AND -id > ?"
+        params.append(-before_id)
+    if kinds:
+        extra += f" AND kind IN ({','.join('?' * len(kinds))})"
+        params.extend(kinds)
+    if start_us is not None:
+        extra += " AND created_at_us >= ?"
+        params.append(start_us)
+    if end_us is not None:
+        extra += " AND created_at_us < ?"
+        params.append(end_us)
+
+    def side(column: str) -> str:
+        return f"SELECT * FROM (SELECT {HISTORY_COLUMNS} FROM transfers WHERE {column} = ?{extra} ORDER BY -id LIMIT ?) AS {column[0]}"
+
+    sql = f"{side('debit_account')} UNION ALL {side('credit_account')} ORDER BY id DESC LIMIT ?"
+    return sql, [account, *params, limit, account, *params, limit, limit]
+
+
 class HistoryRepository:
     def __init__(self, engine: AsyncEngine, fast: FastReader) -> None:
         self.engine = engine
@@ -34,28 +64,7 @@ class HistoryRepository:
         end_us: int | None,
     ) -> list[TransferView]:
         account = wallet_id(user_id)
-        # Each side walks its own (account, id) index newest first; raw SQL on
-        # the driver keeps a page at any depth to one index range scan.
-        params: list[Any] = []
-        extra = ""
-        if before_id is not None:
-            extra += " AND id < ?"
-            params.append(before_id)
-        if kinds:
-            extra += f" AND kind IN ({','.join('?' * len(kinds))})"
-            params.extend(kinds)
-        if start_us is not None:
-            extra += " AND created_at_us >= ?"
-            params.append(start_us)
-        if end_us is not None:
-            extra += " AND created_at_us < ?"
-            params.append(end_us)
-
-        def side(column: str) -> str:
-            return f"SELECT * FROM (SELECT {HISTORY_COLUMNS} FROM transfers WHERE {column} = ?{extra} ORDER BY id DESC LIMIT ?) AS {column[0]}"
-
-        sql = f"{side('debit_account')} UNION ALL {side('credit_account')} ORDER BY id DESC LIMIT ?"
-        args = [account, *params, limit, account, *params, limit, limit]
+        sql, args = page_query(account, limit=limit, before_id=before_id, kinds=kinds, start_us=start_us, end_us=end_us)
         rows = await self.fast.fetchall(sql, *args)
         return [TransferView.of(dict(zip(HISTORY_FIELDS, r, strict=True)), account) for r in rows]
 
