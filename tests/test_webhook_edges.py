@@ -26,7 +26,7 @@ from server.db.schema import transfers
 from tests.calls import FREE, credits, deliver, post_webhook
 from tests.harness import Running, auth
 from tests.stripe_fake import WEBHOOK_SECRET, StripeFake, event, sign
-from tests.test_payments import create_link, payment, session_of
+from tests.test_payments import buy, create_link, payment, session_of
 
 CREDITS_10 = 100_000
 
@@ -87,6 +87,9 @@ def _malformed(session: dict[str, Any]) -> list[tuple[str, Any]]:
         ("payment_status an object", obj_with(payment_status={"paid": True})),
         ("payment_intent a number", obj_with(payment_intent=7)),
         ("id of the object a list", obj_with(id=["cs_x"])),
+        ("id of the object not a Stripe id", obj_with(id="cs x:1")),
+        ("payment_intent not a Stripe id", obj_with(payment_intent="pi-1")),
+        ("expanded payment_intent without a Stripe id", obj_with(payment_intent={"id": "pi\u00001"})),
     ]
 
 
@@ -112,6 +115,24 @@ async def test_signed_but_malformed_bodies_are_400_and_store_nothing(
     # The well-formed event still credits once.
     assert await deliver(server, event("checkout.session.completed", copy.deepcopy(session))) == 200
     assert await credits(server, user) == FREE + CREDITS_10
+
+
+async def test_a_dispute_whose_id_is_not_a_stripe_id_is_400_and_changes_nothing(
+    stripe_server: Running, stripe_fake: StripeFake
+) -> None:
+    """The dispute's id becomes part of its clawback's ledger key: an id that
+    no Stripe object has is refused at the door (it used to fail inside the
+    ledger: 500, retried by Stripe for days, with a traceback in the log)."""
+    server, user = stripe_server, "odd"
+    pid, _, pi = await buy(server, stripe_fake, user, 2_000)
+    charge = await stripe_fake.charge_of(pi)
+    before = await _counts(server)
+    for odd in ("dp-1", "dp 1", "dp_1:2", "dp_\u00e91"):
+        dispute = {"id": odd, "object": "dispute", "charge": charge["id"], "payment_intent": pi["id"],
+                   "amount": 2_000, "currency": "usd", "status": "needs_response"}
+        assert await deliver(server, event("charge.dispute.created", dispute)) == 400, odd
+    assert await _counts(server) == before
+    assert (await payment(server, user, pid)).status == payments_pb2.PAYMENT_STATUS_PAID
 
 
 class Errors(logging.Handler):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from typing import Any, cast
 
 from server.ledger import keys
@@ -65,6 +66,9 @@ _OBJ_STRINGS = (
 _OBJ_INTS = ("amount", "amount_total", "amount_refunded", "amount_paid", "created", "expires_at")
 _OBJ_REFS = ("payment_intent", "latest_charge", "charge", "customer", "subscription", "setup_intent", "payment_method")
 _OBJ_OBJECTS = ("metadata", "last_payment_error")
+# Stripe's ids are a prefix, `_` and letters and digits; the object's own id
+# and its references become parts of ledger keys (server/ledger/keys.py).
+_STRIPE_ID = re.compile(r"[A-Za-z0-9_]{1,255}")
 
 
 class MalformedEvent(ValueError):
@@ -102,6 +106,12 @@ def check_event(event: Any) -> StripeObject:
     for name in _OBJ_OBJECTS:
         if obj.get(name) is not None and not isinstance(obj[name], dict):
             raise MalformedEvent(f"data.object.{name} must be an object")
+    for name in ("id", *_OBJ_REFS):
+        ref = obj.get(name)
+        if isinstance(ref, dict):
+            ref = ref.get("id")
+        if ref is not None and not (isinstance(ref, str) and _STRIPE_ID.fullmatch(ref)):
+            raise MalformedEvent(f"data.object.{name} must be a Stripe id")
     return event
 
 
