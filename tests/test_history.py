@@ -99,6 +99,7 @@ async def test_a_deep_page_is_one_index_range_scan_under_a_generic_plan(server, 
 
     import asyncpg
 
+    from server.db.fastread import pg_params
     from server.history.repository import page_query
 
     sql, args = page_query("wallet:deep", limit=51, before_id=1_020_052, kinds=[], start_us=None, end_us=None)
@@ -112,9 +113,7 @@ async def test_a_deep_page_is_one_index_range_scan_under_a_generic_plan(server, 
         assert "SCAN transfers" not in plan and "PRIMARY KEY" not in plan, plan
         return
 
-    pg = sql
-    for n in range(1, len(args) + 1):
-        pg = pg.replace("?", f"${n}", 1)
+    pg = pg_params(sql)
     literals = ", ".join(str(a) if isinstance(a, int) else "'" + a.replace("'", "''") + "'" for a in args)
     conn = await asyncpg.connect(db_url.replace("postgresql+asyncpg://", "postgresql://", 1))
     try:

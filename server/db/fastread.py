@@ -10,7 +10,8 @@ import sqlite3
 from typing import Any
 
 
-def _pg_params(sql: str) -> str:
+def pg_params(sql: str) -> str:
+    """`?` placeholders as PostgreSQL's `$1`, `$2`, ..."""
     counter = iter(range(1, 1000))
     return re.sub(r"\?", lambda _m: f"${next(counter)}", sql)
 
@@ -33,7 +34,7 @@ class FastReader:
             row: tuple[Any, ...] | None = conn.execute(sql, args).fetchone()
             return row
         pool = self._pool or await self._open_pool()
-        pg = self._pg_sql.get(sql) or self._pg_sql.setdefault(sql, _pg_params(sql))
+        pg = self._pg_sql.get(sql) or self._pg_sql.setdefault(sql, pg_params(sql))
         record = await pool.fetchrow(pg, *args)
         return tuple(record) if record is not None else None
 
@@ -42,7 +43,7 @@ class FastReader:
             conn = self._sqlite or self._open_sqlite()
             return conn.execute(sql, args).fetchall()
         pool = self._pool or await self._open_pool()
-        pg = self._pg_sql.get(sql) or self._pg_sql.setdefault(sql, _pg_params(sql))
+        pg = self._pg_sql.get(sql) or self._pg_sql.setdefault(sql, pg_params(sql))
         return [tuple(r) for r in await pool.fetch(pg, *args)]
 
     def _open_sqlite(self) -> sqlite3.Connection:

@@ -12,6 +12,7 @@ subject or a request_id. Keys written before this encoding all start with
 from __future__ import annotations
 
 import hashlib
+import re
 import uuid
 
 # The column is String(320); longer keys are shortened to a hash of the whole.
@@ -156,8 +157,16 @@ def invoice_payment(invoice_id: str) -> str:
 
 
 
+# Ids made by this service or by Stripe: ASCII letters, digits and `_`.
+_SERVER_ID = re.compile(r"[A-Za-z0-9_]+")
+
+
+def is_server_id(value: object) -> bool:
+    return isinstance(value, str) and _SERVER_ID.fullmatch(value) is not None
+
+
 def _server_id(value: str) -> str:
-    if not value or not value.replace("_", "").isalnum():
+    if not is_server_id(value):
         raise ValueError(f"not an id made by this service or Stripe: {value!r}")
     return value
 

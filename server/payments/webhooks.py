@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from typing import Any, cast
 
 from server.ledger import keys
@@ -66,9 +65,6 @@ _OBJ_STRINGS = (
 _OBJ_INTS = ("amount", "amount_total", "amount_refunded", "amount_paid", "created", "expires_at")
 _OBJ_REFS = ("payment_intent", "latest_charge", "charge", "customer", "subscription", "setup_intent", "payment_method")
 _OBJ_OBJECTS = ("metadata", "last_payment_error")
-# Stripe's ids are a prefix, `_` and letters and digits; the object's own id
-# and its references become parts of ledger keys (server/ledger/keys.py).
-_STRIPE_ID = re.compile(r"[A-Za-z0-9_]{1,255}")
 
 
 class MalformedEvent(ValueError):
@@ -110,7 +106,8 @@ def check_event(event: Any) -> StripeObject:
         ref = obj.get(name)
         if isinstance(ref, dict):
             ref = ref.get("id")
-        if ref is not None and not (isinstance(ref, str) and _STRIPE_ID.fullmatch(ref)):
+        # The object's own id and its references become parts of ledger keys.
+        if ref is not None and not (keys.is_server_id(ref) and len(ref) <= 255):
             raise MalformedEvent(f"data.object.{name} must be a Stripe id")
     return event
 
