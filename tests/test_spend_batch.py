@@ -10,7 +10,7 @@ import asyncio
 from typing import Any
 
 import grpc
-from flownexus.billing.v1 import common_pb2, usage_pb2
+from flownexus.billing.v1 import admin_pb2, common_pb2, usage_pb2
 from google.rpc import code_pb2
 
 from tests.calls import FREE, credits, reserve, spend
@@ -193,3 +193,33 @@ async def test_a_batch_crossing_the_refill_threshold_enqueues_one_refill(rserver
     assert len(charges(stripe_fake)) == before + 1
     assert await refill_grants(server, user) == 1
     assert await credits(server, user) == FREE - 60_000 + 100_000
+
+
+async def test_a_callers_backlog_does_not_hold_up_other_callers(server: Running) -> None:
+    """Callers take turns in the writer: while one service has 3,000 spends
+    queued, a user's Spend and an admin's AdjustBalance (an operation that
+    needs a batch of its own) are applied within a batch or two, not after
+    the backlog. Counted in transfer ids, not in time."""
+    assert server.app is not None
+    stats = server.app.writer.stats
+    before = stats.operations
+    bulk = auth("bulk-meter", "service")
+    calls = [[req(1, f"b{c}-{i}", user_id=f"m{i}") for i in range(1_000)] for c in range(3)]
+    flood = [asyncio.ensure_future(batch(server, items, bulk)) for items in calls]
+    while stats.operations - before < 256:  # noqa: ASYNC110 - the backlog is being applied
+        await asyncio.sleep(0.001)
+    user_spend = spend(server, "ann", 7, "ann-1")
+    adjust = server.s.admin.AdjustBalance(
+        admin_pb2.AdjustBalanceRequest(
+            user_id="ann", amount_millicredits=1_000, reason="goodwill", lot=common_pb2.LOT_KIND_EARNED, request_id="adj-1"
+        ),
+        metadata=auth("ops", "admin"),
+    )
+    mine, adjusted = await asyncio.gather(user_spend, adjust)
+    out = await asyncio.gather(*flood)
+    bulk_ids = [r.response.transaction.id for rs in out for r in rs]
+    assert len(bulk_ids) == 3_000
+    for tid in (mine.transaction.id, adjusted.transaction.id):
+        # First come, first served would put both after all 3,000.
+        assert sum(1 for b in bulk_ids if b > tid) >= 1_500
+    assert await credits(server, "ann") == FREE - 7 + 1_000

@@ -3,6 +3,12 @@
 Concurrent requests share one transaction and one durable commit; each
 operation succeeds or fails on its own, and no caller hears back before the
 commit that holds its effect is durable.
+
+Callers take turns: each caller (role/subject; the service's own jobs are one
+more) has its own queue, in order, and a batch takes one operation from each
+caller in turn. A caller with thousands of spends queued (a SpendBatch of
+1,000, a recorder's backlog) fills what the others leave free, and another
+caller's Spend waits for about one batch, not for that backlog.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from server.ledger.model import BalanceEvent
 from server.ledger.ops import Op
 from server.ledger.tx import LedgerTx, TierPolicy
 from server.platform import errors
+from server.platform.auth import current_principal
 from server.platform.clock import Clock
 from server.platform.deadline import call_deadline, expired_error
 
@@ -75,7 +82,9 @@ class LedgerWriter:
         # Domains add work to every batch (e.g. refill jobs in the same transaction).
         self.before_flush: list[BatchHook] = []
         self.stats = WriterStats()
-        self._queue: collections.deque[_Item] = collections.deque()
+        # Each caller's queued operations, in order, and the callers in turn.
+        self._lanes: dict[str, collections.deque[_Item]] = {}
+        self._turns: collections.deque[str] = collections.deque()
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
@@ -100,7 +109,7 @@ class LedgerWriter:
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         # Exclusive operations record what another system already did (a Stripe
         # session, a subscription): they are applied whatever the deadline.
-        self._queue.append(_Item(op, fut, None if op.exclusive else call_deadline.get()))
+        self._lane().append(_Item(op, fut, None if op.exclusive else call_deadline.get()))
         self._wakeup.set()
         # A cancelled caller cancels only its wait (the future): the queued write
         # is applied all the same, whole or not at all, and a retry with the
@@ -118,14 +127,24 @@ class LedgerWriter:
         loop = asyncio.get_running_loop()
         deadline = call_deadline.get()
         items = [_Item(op, loop.create_future(), None if op.exclusive else deadline) for op in ops]
-        self._queue.extend(items)
+        self._lane().extend(items)
         self._wakeup.set()
         # As for submit: cancelling the wait leaves the queued writes to be applied.
         return await asyncio.gather(*(item.future for item in items), return_exceptions=True)
 
+    def _lane(self) -> collections.deque[_Item]:
+        """The queue of the calling principal (a request's), or of the service's own jobs."""
+        who = current_principal.get(None)
+        scope = who.scope if who is not None else ""
+        lane = self._lanes.get(scope)
+        if lane is None:
+            lane = self._lanes[scope] = collections.deque()
+            self._turns.append(scope)
+        return lane
+
     async def _run(self) -> None:
         while True:
-            if not self._queue:
+            if not self._turns:
                 if self._closing:
                     return
                 self._wakeup.clear()
@@ -147,26 +166,42 @@ class LedgerWriter:
                         item.future.set_exception(errors.Unavailable("ledger unavailable, retry with the same request_id"))
 
     def _take_batch(self) -> list[_Item]:
-        """The next batch: one exclusive operation, or up to max_batch others.
-        An operation whose caller's deadline has passed is answered
-        DEADLINE_EXCEEDED here and never applied: its caller has already given
-        up, and a retry with the same request_id applies it once."""
-        queue, now = self._queue, time.monotonic()
+        """The next batch: one exclusive operation, or up to max_batch others,
+        one from each caller in turn. An operation whose caller's deadline has
+        passed is answered DEADLINE_EXCEEDED here and never applied: its caller
+        has already given up, and a retry with the same request_id applies it once."""
+        lanes, turns, now = self._lanes, self._turns, time.monotonic()
         batch: list[_Item] = []
-        while queue and len(batch) < self.max_batch:
-            item = queue[0]
-            if item.deadline is not None and item.deadline <= now:
-                queue.popleft()
+        # Callers whose next operation is exclusive: it opens the next batch.
+        waiting: list[str] = []
+        while turns and len(batch) < self.max_batch:
+            scope = turns.popleft()
+            lane = lanes[scope]
+            while lane and (deadline := lane[0].deadline) is not None and deadline <= now:
+                item = lane.popleft()
                 self.stats.expired += 1
                 if not item.future.done():
                     item.future.set_exception(expired_error())
+            if not lane:
+                del lanes[scope]
                 continue
-            if item.op.exclusive:
-                if not batch:
-                    batch.append(queue.popleft())
+            if lane[0].op.exclusive:
+                if batch:
+                    waiting.append(scope)
+                    continue
+                batch.append(lane.popleft())
+                self._requeue(scope, lane)
                 break
-            batch.append(queue.popleft())
+            batch.append(lane.popleft())
+            self._requeue(scope, lane)
+        turns.extendleft(reversed(waiting))
         return batch
+
+    def _requeue(self, scope: str, lane: collections.deque[_Item]) -> None:
+        if lane:
+            self._turns.append(scope)
+        else:
+            del self._lanes[scope]
 
     async def _run_batch(self, batch: list[_Item]) -> None:
         started = time.perf_counter()
