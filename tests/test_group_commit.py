@@ -4,7 +4,11 @@ on their own, and everything acknowledged survives a restart."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import random
+import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import asyncpg
 import grpc
@@ -13,8 +17,11 @@ from flownexus.billing.v1 import usage_pb2
 
 from server.db.batchsql import BatchSql
 from server.db.schema import idempotency
-from server.ledger.ops import Idempotency, Spend
+from server.ledger.ops import Call, Idempotency, Op, Spend
+from server.ledger.writer import LedgerWriter
 from server.platform import errors
+from server.platform.auth import Principal, Role, current_principal
+from server.platform.deadline import call_deadline
 from tests.calls import credits
 from tests.conftest import _require_postgres
 from tests.harness import ManualClock, Running, auth, database, serving
@@ -156,3 +163,64 @@ async def test_the_writer_plans_each_batch_read_for_its_own_arrays(tmp_path, clo
     async with database("postgres", tmp_path) as url, serving(url, clock) as server:
         async with server.app.db.writer.connect() as conn:
             assert (await conn.exec_driver_sql("SHOW plan_cache_mode")).scalar() == "force_custom_plan"
+
+
+async def test_callers_take_turns_and_each_keeps_its_order(server: Running) -> None:
+    """The writer's queues, on random mixes of callers, operations that need
+    a batch of their own, and deadlines already passed: every operation is
+    taken once, in its caller's order; one of its own goes alone; no batch is
+    over max_batch; an expired one is answered DEADLINE_EXCEEDED, never
+    taken; and callers that still have work after a batch got equal turns in it."""
+    assert server.app is not None
+    callers = (Principal("a", Role.SERVICE), Principal("b", Role.SERVICE), Principal("c", Role.USER), None)
+    rng = random.Random(3)
+    for _ in range(150):
+        writer = LedgerWriter(server.app.db, server.app.clock, server.app.tier_rules, max_batch=rng.choice((1, 2, 5, 16)))
+        owner: dict[int, str] = {}
+        expected: dict[str, list[Op[Any]]] = {}
+        expired: list[asyncio.Task[Any]] = []
+        waits: list[asyncio.Task[Any]] = []
+        for i in range(rng.randrange(1, 80)):
+            who = rng.choice(callers)
+            op: Op[Any] = Call(fn=None) if rng.random() < 0.1 else spend("u", 1, f"r{i}")
+            late = not op.exclusive and rng.random() < 0.1
+
+            def queue(
+                writer: LedgerWriter = writer, who: Principal | None = who, op: Op[Any] = op, late: bool = late
+            ) -> asyncio.Task[Any]:
+                call_deadline.set(time.monotonic() - 1 if late else None)
+                if who is not None:
+                    current_principal.set(who)
+                return asyncio.ensure_future(writer.submit(op))  # the task runs in this context
+
+            task = contextvars.copy_context().run(queue)
+            waits.append(task)
+            if late:
+                expired.append(task)
+            else:
+                scope = who.scope if who else ""
+                owner[id(op)] = scope
+                expected.setdefault(scope, []).append(op)
+        await asyncio.sleep(0)  # every submit has queued its operation
+        taken: dict[str, list[Op[Any]]] = {scope: [] for scope in expected}
+        while batch := writer._take_batch():
+            assert len(batch) <= writer.max_batch
+            if any(item.op.exclusive for item in batch):
+                assert len(batch) == 1
+            counts: dict[str, int] = {}
+            for item in batch:
+                scope = owner[id(item.op)]
+                taken[scope].append(item.op)
+                counts[scope] = counts.get(scope, 0) + 1
+            if not batch[0].op.exclusive:
+                # Whoever still has work that can share a batch had it then too.
+                busy = [counts.get(s, 0) for s, lane in writer._lanes.items() if not lane[0].op.exclusive]
+                assert not busy or max(busy) - min(busy) <= 1
+        assert taken == expected
+        await asyncio.sleep(0)
+        for task in expired:
+            exc = task.exception()
+            assert isinstance(exc, errors.DomainError) and exc.code is errors.Code.DEADLINE_EXCEEDED
+        for task in waits:
+            task.cancel()
+        await asyncio.gather(*waits, return_exceptions=True)
