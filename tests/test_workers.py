@@ -51,6 +51,28 @@ def children(pid: int) -> list[int]:
     return found
 
 
+def listening(pids: list[int], port: int) -> set[int]:
+    """Those of `pids` that hold a socket listening on `port` (with SO_REUSEPORT, each serving process its own)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                inodes.add(f"socket:[{fields[9]}]")
+    found = set()
+    for pid in pids:
+        try:
+            if any(os.readlink(fd) in inodes for fd in Path(f"/proc/{pid}/fd").iterdir()):
+                found.add(pid)
+        except OSError:
+            continue
+    return found
+
+
 def alive(pid: int) -> bool:
     return Path(f"/proc/{pid}").exists()
 
@@ -90,7 +112,10 @@ async def test_two_workers_on_postgres_both_serve_spends(tmp_path: Path) -> None
                 assert proc.poll() is None, (tmp_path / "server.log").read_text()
                 try:
                     r = await health_pb2_grpc.HealthStub(chans[0]).Check(health_pb2.HealthCheckRequest(), timeout=1)
-                    if r.status == health_pb2.HealthCheckResponse.SERVING and len(children(proc.pid)) == 2:
+                    # Both processes listening before any channel connects: a connection
+                    # made while only one listens stays with that one.
+                    kids = children(proc.pid)
+                    if r.status == health_pb2.HealthCheckResponse.SERVING and len(listening(kids, grpc_port)) == 2:
                         break
                 except grpc.aio.AioRpcError:
                     pass

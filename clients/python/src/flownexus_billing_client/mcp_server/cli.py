@@ -15,6 +15,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable
+from typing import Any
 from urllib.parse import urlparse
 
 from flownexus_billing_client.client import BillingClient
@@ -95,9 +96,15 @@ async def serve_http(
     async with BillingClient(target, "") as api:
         adapter = FlowNexusMcp(api, tokens=ApiTokens(secret, issuer), verifier=McpTokenVerifier(secret, issuer, resource))
         app = adapter.http_app(resource_url=resource, authorization_server=authorization_server, host=host, stateless=stateless)
-        server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
-        print(f"flow-nexus MCP on {resource} (gRPC API {target})", file=sys.stderr, flush=True)
-        await server.serve()
+        announce = f"flow-nexus MCP on {resource} (gRPC API {target})"
+
+        class Server(uvicorn.Server):
+            async def startup(self, sockets: Any = None) -> None:
+                await super().startup(sockets=sockets)
+                if self.started:  # announced once the port is bound: whoever waits for the line can connect
+                    print(announce, file=sys.stderr, flush=True)
+
+        await Server(uvicorn.Config(app, host=host, port=port, log_level="warning")).serve()
 
 
 if __name__ == "__main__":
