@@ -185,15 +185,14 @@ class LedgerWriter:
             if not lane:
                 del lanes[scope]
                 continue
-            if lane[0].op.exclusive:
-                if batch:
-                    waiting.append(scope)
-                    continue
-                batch.append(lane.popleft())
-                self._requeue(scope, lane)
-                break
+            exclusive = lane[0].op.exclusive
+            if exclusive and batch:
+                waiting.append(scope)
+                continue
             batch.append(lane.popleft())
             self._requeue(scope, lane)
+            if exclusive:
+                break
         turns.extendleft(reversed(waiting))
         return batch
 
