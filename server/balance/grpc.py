@@ -91,6 +91,8 @@ EVENT_TYPES = {
     "action_required": balance_pb2.BALANCE_EVENT_TYPE_ACTION_REQUIRED,
     "tier_changed": balance_pb2.BALANCE_EVENT_TYPE_TIER_CHANGED,
     "payment_failed": balance_pb2.BALANCE_EVENT_TYPE_PAYMENT_FAILED,
+    "balance_low": balance_pb2.BALANCE_EVENT_TYPE_BALANCE_LOW,
+    "balance_recovered": balance_pb2.BALANCE_EVENT_TYPE_BALANCE_RECOVERED,
 }
 
 

@@ -75,6 +75,11 @@ class LedgerTx:
         self.events: list[BalanceEvent] = []
         self._staged: dict[str, StagedRows] = {}
         self._sets: dict[str, set[Any]] = {}
+        self._lists: dict[str, list[Any]] = {}
+        # Each account's balance as this batch loaded it (before any operation):
+        # what an extension compares the final balance with (alert crossings).
+        self.loaded_balances: dict[str, int] = {}
+        # Run by the writer once the batch has committed (never for a failed attempt).
         self.after_commit: list[Callable[[], None]] = []
         self._new_accounts: list[str] = []
         self._new_users: list[str] = []
@@ -130,6 +135,7 @@ class LedgerTx:
             # PostgreSQL: row locks in sorted order, so concurrent replicas never deadlock on wallets.
             for r in await self.sql.select_in(accounts, "id", missing, order_by="id", lock=not self.is_sqlite):
                 self.accounts[r["id"]] = r
+                self.loaded_balances[r["id"]] = r["balance"]
         user_ids = [self.accounts[a]["user_id"] for a in missing if a in self.accounts and self.accounts[a]["user_id"]]
         found_users, found_lots, *rest = await self.sql.select_groups(
             [(users, "user_id", user_ids), (lots, "account_id", [wallet_id(u) for u in user_ids]), *also]
@@ -615,6 +621,14 @@ class LedgerTx:
 
     def batch_add(self, name: str, item: Any) -> None:
         self._add(self.batch_set(name), item)
+
+    def batch_list(self, name: str) -> list[Any]:
+        """A named list an extension keeps for this batch, in order; append with
+        batch_append so that a refused operation's items are undone."""
+        return self._lists.setdefault(name, [])
+
+    def batch_append(self, name: str, item: Any) -> None:
+        self._append(self.batch_list(name), item)
 
     def notify_replicas(self, channel: str, payload: str) -> None:
         """A PostgreSQL NOTIFY that travels with the write-back: sent only if the batch commits."""

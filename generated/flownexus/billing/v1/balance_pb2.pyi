@@ -22,6 +22,8 @@ class BalanceEventType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     BALANCE_EVENT_TYPE_ACTION_REQUIRED: _ClassVar[BalanceEventType]
     BALANCE_EVENT_TYPE_TIER_CHANGED: _ClassVar[BalanceEventType]
     BALANCE_EVENT_TYPE_PAYMENT_FAILED: _ClassVar[BalanceEventType]
+    BALANCE_EVENT_TYPE_BALANCE_LOW: _ClassVar[BalanceEventType]
+    BALANCE_EVENT_TYPE_BALANCE_RECOVERED: _ClassVar[BalanceEventType]
 BALANCE_EVENT_TYPE_UNSPECIFIED: BalanceEventType
 BALANCE_EVENT_TYPE_SNAPSHOT: BalanceEventType
 BALANCE_EVENT_TYPE_TRANSFER: BalanceEventType
@@ -31,6 +33,8 @@ BALANCE_EVENT_TYPE_AUTO_REFILL_PAUSED: BalanceEventType
 BALANCE_EVENT_TYPE_ACTION_REQUIRED: BalanceEventType
 BALANCE_EVENT_TYPE_TIER_CHANGED: BalanceEventType
 BALANCE_EVENT_TYPE_PAYMENT_FAILED: BalanceEventType
+BALANCE_EVENT_TYPE_BALANCE_LOW: BalanceEventType
+BALANCE_EVENT_TYPE_BALANCE_RECOVERED: BalanceEventType
 
 class CheckBalanceRequest(_message.Message):
     __slots__ = ()
