@@ -195,7 +195,12 @@ class DeliveryWorker:
                     inflight.add(asyncio.create_task(self._attempt(c)))
                 if not inflight:
                     return
-                _, inflight = await asyncio.wait(inflight, return_when=asyncio.FIRST_COMPLETED)
+                # Until an attempt ends or new events commit: a hanging attempt
+                # must not keep the next wallets' events waiting.
+                more = asyncio.ensure_future(self.service.committed(self.s.events_poll_seconds))
+                done, _ = await asyncio.wait({*inflight, more}, return_when=asyncio.FIRST_COMPLETED)
+                more.cancel()
+                inflight -= done
         except asyncio.CancelledError:
             for t in inflight:
                 t.cancel()

@@ -39,6 +39,7 @@ class Receiver:
     secret: str = ""
     mode: str = "ok"
     hang_seconds: float = 30.0
+    delay: float = 0.0  # "ok": answer this long after receiving
     received: list[Received] = field(default_factory=list)
     attempts: int = 0
     port: int = 0
@@ -51,7 +52,7 @@ class Receiver:
     async def start(self) -> Receiver:
         app = web.Application()
         app.router.add_post("/hook", self._hook)
-        self._runner = web.AppRunner(app, access_log=None)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
@@ -73,6 +74,8 @@ class Receiver:
         body = Webhook(self.secret).verify(raw, dict(request.headers))
         self.received.append(Received(request.headers["webhook-id"], body["type"], body["data"]["user_id"], body,
                                       time.monotonic()))
+        if self.delay:
+            await asyncio.sleep(self.delay)
         return web.Response(status=204)
 
     def ids(self) -> list[str]:
