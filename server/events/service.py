@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import re
 import secrets
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
@@ -40,7 +41,7 @@ from server.events.models import (
     RotatedSecret,
 )
 from server.ledger import keys
-from server.ledger.model import BalanceEvent, from_json, to_json
+from server.ledger.model import BalanceEvent, HoldStatus, Kind, from_json, to_json
 from server.ledger.ops import Idempotency, Join
 from server.ledger.tx import LedgerTx
 from server.ledger.writer import LedgerWriter
@@ -118,6 +119,7 @@ class EventsService:
     # ---- the outbox: a ledger extension, last of the domains' hooks --------------------------
 
     async def before_flush(self, tx: LedgerTx, ops: list[Any]) -> None:
+        from_ledger(tx)
         await self._balance_alerts(tx)
         outbox: list[PendingEvent] = tx.batch_list(OUTBOX)
         if not outbox:
@@ -483,6 +485,66 @@ class EventsService:
         view: DeliveryView = await self.writer.submit(Mutation(fn=apply, idempotency=idem, result=DeliveryView))
         self.wake()
         return view
+
+
+# ---- the other domains' outcomes, from what they tell the balance watch -----------------------
+
+# Transfers that are themselves a payment, refund or dispute outcome.
+_TRANSFER_EVENTS = {
+    Kind.PURCHASE: EventType.PAYMENT_SUCCEEDED,
+    Kind.AUTO_REFILL: EventType.PAYMENT_SUCCEEDED,
+    Kind.REFUND_CLAWBACK: EventType.PAYMENT_REFUNDED,
+    Kind.DISPUTE_CLAWBACK: EventType.DISPUTE_OPENED,
+    Kind.DISPUTE_RESTORE: EventType.DISPUTE_CLOSED,
+}
+_NOTICE_EVENTS = {
+    "refill_succeeded": EventType.REFILL_SUCCEEDED,
+    "refill_failed": EventType.REFILL_FAILED,
+    "refill_paused": EventType.REFILL_PAUSED,
+    "action_required": EventType.REFILL_ACTION_REQUIRED,
+    "tier_changed": EventType.TIER_CHANGED,
+    "payment_failed": EventType.PAYMENT_FAILED,
+}
+_CODE = re.compile(r"\(([a-z_]+)\)")
+_TIERS = re.compile(r"from (\w+) to (\w+)")
+_PAYMENT = re.compile(r"Payment (\S+) failed")
+
+
+def from_ledger(tx: LedgerTx) -> None:
+    """Events for what the batch's operations told the balance watch (the
+    notices of refill, payments and tiers, and the transfers of purchases,
+    refunds, disputes and hold expiries): the same batch, so the same commit,
+    and no domain has to call twice."""
+    for n in tx.events:
+        t = n.transfer
+        if t is not None:
+            if n.kind != "transfer":
+                continue
+            etype = _TRANSFER_EVENTS.get(Kind(t.kind))
+            if etype is not None:
+                emit(tx, etype, n.user_id, {
+                    "payment_id": t.ref,
+                    "amount_millicredits": abs(t.amount), "transaction_id": str(t.id), "description": t.description,
+                    **({"status": "won"} if etype == EventType.DISPUTE_CLOSED else {}),
+                })
+            elif t.kind == Kind.HOLD_RELEASE and (tx.holds.get(t.ref) or {}).get("status") == HoldStatus.EXPIRED:
+                emit(tx, EventType.HOLD_EXPIRED, n.user_id, {
+                    "hold_id": t.ref, "amount_millicredits": abs(t.amount), "transaction_id": str(t.id),
+                })
+            continue
+        etype = _NOTICE_EVENTS.get(n.kind)
+        if etype is None:
+            continue
+        body: dict[str, Any] = {"message": n.message}
+        if n.payment_url:
+            body["recovery_url"] = n.payment_url
+        if etype == EventType.TIER_CHANGED and (m := _TIERS.search(n.message)):
+            body.update(from_tier=m.group(1), to_tier=m.group(2))
+        elif etype == EventType.PAYMENT_FAILED and (m := _PAYMENT.search(n.message)):
+            body["payment_id"] = m.group(1)
+        elif m := _CODE.search(n.message):
+            body["reason"] = m.group(1)
+        emit(tx, etype, n.user_id, body)
 
 
 # ---- helpers shared with the delivery worker ----------------------------------------------------
