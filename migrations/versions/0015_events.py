@@ -80,9 +80,11 @@ def upgrade() -> None:
         "ix_webhook_deliveries_endpoint_status", "webhook_deliveries", ["endpoint_id", "status", "event_id"]
     )
     op.create_index("ix_webhook_deliveries_created", "webhook_deliveries", ["created_at_us"])
+    op.create_index("ix_webhook_deliveries_wallet", "webhook_deliveries", ["endpoint_id", "user_id", "event_id"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_webhook_deliveries_wallet", table_name="webhook_deliveries")
     op.drop_index("ix_webhook_deliveries_created", table_name="webhook_deliveries")
     op.drop_index("ix_webhook_deliveries_endpoint_status", table_name="webhook_deliveries")
     op.drop_table("webhook_deliveries")

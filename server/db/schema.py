@@ -399,5 +399,7 @@ webhook_deliveries = Table(
     Column("created_at_us", BigInteger, nullable=False),
     Column("updated_at_us", BigInteger, nullable=False),
     Index("ix_webhook_deliveries_endpoint_status", "endpoint_id", "status", "event_id"),
+    # A wallet's earlier pending delivery (the claim's order per wallet).
+    Index("ix_webhook_deliveries_wallet", "endpoint_id", "user_id", "event_id"),
     Index("ix_webhook_deliveries_created", "created_at_us"),
 )

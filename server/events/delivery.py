@@ -46,8 +46,6 @@ from server.platform.metrics import METRICS
 log = logging.getLogger(__name__)
 
 US = 1_000_000
-# Pending deliveries an endpoint's claim looks at to find each wallet's oldest.
-CLAIM_WINDOW = 1000
 # New events turned into deliveries per claim.
 DISPATCH_BATCH = 500
 
@@ -188,11 +186,13 @@ class DeliveryWorker:
         try:
             while True:
                 free = self.s.webhook_endpoint_concurrency - len(inflight)
-                claimed: list[Claimed] = []
-                if free > 0:
-                    claimed = await self.writer.submit(Mutation(fn=functools.partial(self._claim, endpoint_id=endpoint_id, free=free)))
+                claimed, dispatched = await self.writer.submit(
+                    Mutation(fn=functools.partial(self._claim, endpoint_id=endpoint_id, free=free))
+                )
                 for c in claimed:
                     inflight.add(asyncio.create_task(self._attempt(c)))
+                if dispatched and len(inflight) < self.s.webhook_endpoint_concurrency:
+                    continue  # the new deliveries are claimable now that their batch committed
                 if not inflight:
                     return
                 # Until an attempt ends or new events commit: a hanging attempt
@@ -208,30 +208,22 @@ class DeliveryWorker:
         except Exception:
             log.exception("webhook delivery failed", extra={"endpoint_id": endpoint_id})
 
-    async def _claim(self, tx: LedgerTx, endpoint_id: str, free: int) -> list[Claimed]:
+    async def _claim(self, tx: LedgerTx, endpoint_id: str, free: int) -> tuple[list[Claimed], bool]:
+        """Up to `free` deliveries leased to this process, and whether new
+        events became deliveries (they can be claimed once this batch commits)."""
         ep = await repo.endpoint_for_worker(tx, endpoint_id)
         if ep is None or ep["status"] != EndpointStatus.ENABLED:
-            return []
+            return [], False
         now = tx.now_us
         # New events of the types it wants become its deliveries (due now).
-        fresh: list[Row] = []
         new_events = await repo.events_after(tx, ep["cursor"], DISPATCH_BATCH)
         wanted = set(json.loads(ep["event_types"]))
         for e in new_events:
             if not wanted or e["type"] in wanted:
-                fresh.append(repo.insert_delivery(tx, new_delivery(endpoint_id, e, now)))
+                repo.insert_delivery(tx, new_delivery(endpoint_id, e, now))
         if new_events:
             repo.update_endpoint(tx, ep, cursor=new_events[-1]["id"], updated_at_us=ep["updated_at_us"])
-        # Each wallet's oldest pending delivery is its only candidate: in order per wallet.
-        heads: dict[str, Row] = {}
-        for d in [*await repo.pending_deliveries(tx, endpoint_id, CLAIM_WINDOW), *fresh]:
-            heads.setdefault(d["user_id"], d)
-        due = sorted(
-            (d for d in heads.values() if d["next_attempt_at_us"] <= now and d["lease_until_us"] <= now),
-            key=lambda d: d["event_id"],
-        )[:free]
-        if not due:
-            return []
+        due = await repo.due_heads(tx, endpoint_id, now, free) if free > 0 else []
         events = await repo.event_rows(tx, [d["event_id"] for d in due])
         lease = now + int(self.s.webhook_lease_seconds * US)
         keys = [ep["secret"]]
@@ -245,7 +237,7 @@ class DeliveryWorker:
                 continue
             repo.update_delivery(tx, d, lease_until_us=lease)
             out.append(Claimed(d["id"], endpoint_id, ep["url"], keys, event, lease))
-        return out
+        return out, bool(new_events)
 
     async def _attempt(self, c: Claimed) -> None:
         outcome = await self.send(c)

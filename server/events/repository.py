@@ -211,12 +211,23 @@ def insert_delivery(tx: LedgerTx, row: Row) -> Row:
     return tx.rows(webhook_deliveries).insert(row)
 
 
-async def pending_deliveries(tx: LedgerTx, endpoint_id: str, limit: int) -> list[Row]:
-    """An endpoint's pending deliveries, oldest event first (read through the batch)."""
+async def due_heads(tx: LedgerTx, endpoint_id: str, now_us: int, limit: int) -> list[Row]:
+    """An endpoint's deliveries to attempt now, oldest event first: each the
+    oldest pending delivery of its wallet (in order per wallet), due, and not
+    leased by an attempt in flight (read through the batch)."""
+    d = webhook_deliveries
+    p = d.alias("earlier")
+    earlier = (
+        select(p.c.id)
+        .where(p.c.endpoint_id == d.c.endpoint_id, p.c.user_id == d.c.user_id,
+               p.c.status == DeliveryStatus.PENDING, p.c.event_id < d.c.event_id)
+        .exists()
+    )
     q = (
-        select(webhook_deliveries)
-        .where(webhook_deliveries.c.endpoint_id == endpoint_id, webhook_deliveries.c.status == DeliveryStatus.PENDING)
-        .order_by(webhook_deliveries.c.event_id)
+        select(d)
+        .where(d.c.endpoint_id == endpoint_id, d.c.status == DeliveryStatus.PENDING,
+               d.c.next_attempt_at_us <= now_us, d.c.lease_until_us <= now_us, ~earlier)
+        .order_by(d.c.event_id)
         .limit(limit)
     )
     return await tx.rows(webhook_deliveries).select(q)

@@ -520,7 +520,7 @@ def from_ledger(tx: LedgerTx) -> None:
         if t is not None:
             if n.kind != "transfer":
                 continue
-            etype = _TRANSFER_EVENTS.get(Kind(t.kind))
+            etype = _TRANSFER_EVENTS.get(t.kind)  # type: ignore[call-overload]
             if etype is not None:
                 emit(tx, etype, n.user_id, {
                     "payment_id": t.ref,

@@ -76,6 +76,7 @@ class LedgerTx:
         self._staged: dict[str, StagedRows] = {}
         self._sets: dict[str, set[Any]] = {}
         self._lists: dict[str, list[Any]] = {}
+        self._read: dict[str, dict[Any, Row | None]] = {}  # read_in's rows by table and key
         # Each account's balance as this batch loaded it (before any operation):
         # what an extension compares the final balance with (alert crossings).
         self.loaded_balances: dict[str, int] = {}
@@ -607,8 +608,21 @@ class LedgerTx:
 
     async def read_in(self, table: Table, column: str, keys: list[Any]) -> list[Row]:
         """Rows whose `column` is one of `keys`, on the driver: for extensions that
-        read in every batch (the hot path)."""
-        return await self.sql.select_in(table, column, keys)
+        read in every batch (the hot path). By primary key, the rows are
+        remembered for the batch: a second extension asking for the same rows
+        (the refill trigger's configs, the alerts' defaults) reads none again.
+        They are the committed rows; what the batch changes goes through rows()."""
+        if [c.name for c in table.primary_key.columns] != [column]:
+            return await self.sql.select_in(table, column, keys)
+        known = self._read.setdefault(table.name, {})
+        missing = [k for k in keys if k not in known]
+        if missing:
+            for k in missing:
+                known[k] = None
+            for r in await self.sql.select_in(table, column, missing):
+                known[r[column]] = r
+        found = (known[k] for k in keys)
+        return [r for r in found if r is not None]
 
     def wallet_balances(self) -> dict[str, int]:
         """user_id -> balance of every wallet this batch touched (as applied so far)."""

@@ -8,6 +8,7 @@ two minutes of downtime take a few seconds; `slow` runs it on the real clock."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import AsyncIterator
 
@@ -76,7 +77,7 @@ async def pump(server: Running, clock: ManualClock | None, seconds: float, step:
             clock.advance(step)
             assert server.app is not None
             server.app.events.wake()
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(0.15)
         else:
             await asyncio.sleep(step)
         passed += step
@@ -99,7 +100,11 @@ async def down_for_two_minutes(server: Running, receiver: Receiver, clock: Manua
             break
         await pump(server, clock, 8, 8)
     in_order_per_wallet(receiver, events)
-    done = await deliveries(server, endpoint)
+    for _ in range(50):  # the last outcomes are recorded just after the receiver answered
+        done = await deliveries(server, endpoint)
+        if {d.status for d in done} == {events_pb2.WEBHOOK_DELIVERY_STATUS_SUCCEEDED}:
+            break
+        await asyncio.sleep(0.05)
     assert {d.status for d in done} == {events_pb2.WEBHOOK_DELIVERY_STATUS_SUCCEEDED}
     assert {d.last_response_code for d in done} == {204}
 
@@ -126,23 +131,35 @@ async def test_always_down_is_retried_on_schedule_then_failed_and_disabled(
         receiver.mode = "down"
         await make_events(server, ["z"], 1)
         start = clock.now_us()
-        # The schedule: attempts at 0, 1, 3, 7, 15 and 23 s; the last, 20 s or
-        # more after the event, marks the delivery failed.
-        seen: list[tuple[int, int]] = []
-        for _ in range(50):  # the first attempt, at once
-            await asyncio.sleep(0.05)
-            if receiver.attempts:
+
+        async def current() -> events_pb2.WebhookDelivery:
+            (one,) = await deliveries(server, endpoint)
+            return one
+
+        d = await current()
+        for _ in range(100):  # the first attempt, at once
+            if d.attempts:
                 break
-        for _ in range(30):
-            (d,) = await deliveries(server, endpoint)
-            if not seen or seen[-1][0] != d.attempts:
-                seen.append((d.attempts, (d.update_time.ToMicroseconds() - start) // 1_000_000))
+            await asyncio.sleep(0.05)
+            d = await current()
+        # (attempts, seconds after the event) as each attempt is recorded
+        seen = [(d.attempts, (d.update_time.ToMicroseconds() - start) // 1_000_000)]
+        for _ in range(40):
             if d.status == events_pb2.WEBHOOK_DELIVERY_STATUS_FAILED:
                 break
             await pump(server, clock, 1, 1)
-        assert [a for a, _ in seen] == [1, 2, 3, 4, 5, 6]
-        assert [t for _, t in seen] == [0, 1, 3, 7, 15, 23]
+            d = await current()
+            if d.attempts != seen[-1][0]:
+                seen.append((d.attempts, (d.update_time.ToMicroseconds() - start) // 1_000_000))
         assert d.status == events_pb2.WEBHOOK_DELIVERY_STATUS_FAILED
+        assert [a for a, _ in seen] == list(range(1, len(seen) + 1)) and seen[0][1] == 0
+        # The schedule: 1, 2, 4, 8, 8 s after each failure (never early; the
+        # test's steps may find one a second late); the first attempt 20 s or
+        # more after the event marks the delivery failed.
+        times = [t for _, t in seen]
+        for n, (before, after) in enumerate(itertools.pairwise(times), start=1):
+            assert min(2 ** (n - 1), 8) <= after - before <= min(2 ** (n - 1), 8) + 1, times
+        assert times[-1] >= 20 > times[-2], times
 
         # Still failing 40 s after the first failure: the endpoint is disabled, and says so.
         await pump(server, clock, 20, 20)
@@ -160,14 +177,15 @@ async def test_always_down_is_retried_on_schedule_then_failed_and_disabled(
         await pump(server, clock, 30, 10)
         assert receiver.attempts == attempts  # disabled: nothing more is sent
 
-        # Enabled again and redelivered: both events arrive, with their own ids.
+        # The failed one redelivered, then the endpoint enabled again: both
+        # events arrive, in order (the redelivered one is its wallet's oldest).
         receiver.mode = "ok"
-        await server.s.events.UpdateWebhookEndpoint(
-            events_pb2.UpdateWebhookEndpointRequest(endpoint_id=endpoint, enabled=True, request_id="on"), metadata=SVC
-        )
         first = (await list_events(server, "z"))[0]
         await server.s.events.RedeliverEvent(
             events_pb2.RedeliverEventRequest(endpoint_id=endpoint, event_id=first.id, request_id="re"), metadata=SVC
+        )
+        await server.s.events.UpdateWebhookEndpoint(
+            events_pb2.UpdateWebhookEndpointRequest(endpoint_id=endpoint, enabled=True, request_id="on"), metadata=SVC
         )
         await pump(server, clock, 10, 1)
         await receiver.wait_for(2)
