@@ -40,6 +40,7 @@ from server.events.models import DeliveryStatus, EndpointStatus, EventType, even
 from server.events.service import EventsService, Mutation, emit, iso, new_delivery
 from server.ledger.tx import LedgerTx
 from server.platform import errors
+from server.platform.auth import Principal, Role, current_principal
 from server.platform.config import Settings
 from server.platform.metrics import METRICS
 
@@ -181,14 +182,21 @@ class DeliveryWorker:
             await self.service.committed(self.s.events_poll_seconds)
 
     async def _endpoint(self, endpoint_id: str) -> None:
-        """Claim and attempt this endpoint's deliveries until none is due."""
-        inflight: set[asyncio.Task[None]] = set()
+        """Claim and attempt this endpoint's deliveries until none is due. The
+        outcomes of the attempts that ended and the next claim go to the
+        writer as one small operation."""
+        # Its own turn in the ledger writer (a queue per caller): endpoints never
+        # wait behind each other's bookkeeping, nor share one queue with the service's jobs.
+        current_principal.set(Principal(f"webhook-endpoint/{endpoint_id}", Role.SERVICE))
+        inflight: set[asyncio.Task[tuple[Claimed, Outcome]]] = set()
+        ended: list[tuple[Claimed, Outcome]] = []
         try:
             while True:
                 free = self.s.webhook_endpoint_concurrency - len(inflight)
                 claimed, dispatched = await self.writer.submit(
-                    Mutation(fn=functools.partial(self._claim, endpoint_id=endpoint_id, free=free))
+                    Mutation(fn=functools.partial(self._step, endpoint_id=endpoint_id, ended=ended, free=free))
                 )
+                ended = []
                 for c in claimed:
                     inflight.add(asyncio.create_task(self._attempt(c)))
                 if dispatched and len(inflight) < self.s.webhook_endpoint_concurrency:
@@ -200,13 +208,23 @@ class DeliveryWorker:
                 more = asyncio.ensure_future(self.service.committed(self.s.events_poll_seconds))
                 done, _ = await asyncio.wait({*inflight, more}, return_when=asyncio.FIRST_COMPLETED)
                 more.cancel()
-                inflight -= done
+                for t in done:
+                    if t is not more:
+                        inflight.discard(t)  # type: ignore[arg-type]
+                        ended.append(t.result())  # type: ignore[arg-type]
         except asyncio.CancelledError:
             for t in inflight:
                 t.cancel()
             raise
         except Exception:
             log.exception("webhook delivery failed", extra={"endpoint_id": endpoint_id})
+
+    async def _step(
+        self, tx: LedgerTx, endpoint_id: str, ended: list[tuple[Claimed, Outcome]], free: int
+    ) -> tuple[list[Claimed], bool]:
+        for c, outcome in ended:
+            await self._record(tx, c, outcome)
+        return await self._claim(tx, endpoint_id, free)
 
     async def _claim(self, tx: LedgerTx, endpoint_id: str, free: int) -> tuple[list[Claimed], bool]:
         """Up to `free` deliveries leased to this process, and whether new
@@ -239,10 +257,10 @@ class DeliveryWorker:
             out.append(Claimed(d["id"], endpoint_id, ep["url"], keys, event, lease))
         return out, bool(new_events)
 
-    async def _attempt(self, c: Claimed) -> None:
+    async def _attempt(self, c: Claimed) -> tuple[Claimed, Outcome]:
         outcome = await self.send(c)
         METRICS.webhook_deliveries.labels("succeeded" if outcome.ok else "failed").inc()
-        await self.writer.submit(Mutation(fn=lambda tx: self._record(tx, c, outcome)))
+        return c, outcome
 
     async def send(self, c: Claimed) -> Outcome:
         e = c.event

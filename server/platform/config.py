@@ -140,7 +140,7 @@ class Settings(BaseSettings):
     # Delivery: per-attempt timeout, response bytes read, attempts in flight per endpoint.
     webhook_timeout_seconds: float = Field(default=10.0, gt=0)
     webhook_max_response_bytes: int = Field(default=64 * 1024, ge=0)
-    webhook_endpoint_concurrency: int = Field(default=4, ge=1, le=64)
+    webhook_endpoint_concurrency: int = Field(default=16, ge=1, le=64)
     # A claimed delivery whose process died is claimed again after this.
     webhook_lease_seconds: float = Field(default=60.0, gt=0)
     # Back-off after a failed attempt: base * 2^(n-1), capped, with +-jitter;

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,6 +41,9 @@ class Receiver:
     mode: str = "ok"
     hang_seconds: float = 30.0
     delay: float = 0.0  # "ok": answer this long after receiving
+    # "ok": take up to this long (at random) before a delivery counts as
+    # received: two deliveries in flight at once may then land in either order.
+    jitter: float = 0.0
     received: list[Received] = field(default_factory=list)
     attempts: int = 0
     port: int = 0
@@ -70,6 +74,8 @@ class Receiver:
             return web.Response(status=503)
         if self.mode == "hang":
             await asyncio.sleep(self.hang_seconds)
+        if self.jitter:
+            await asyncio.sleep(random.uniform(0, self.jitter))
         # The library's own verifier: raises on a bad signature or timestamp.
         body = Webhook(self.secret).verify(raw, dict(request.headers))
         self.received.append(Received(request.headers["webhook-id"], body["type"], body["data"]["user_id"], body,

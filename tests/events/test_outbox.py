@@ -5,11 +5,14 @@ no duplicate."""
 from __future__ import annotations
 
 import asyncio
+import re
 
+import aiohttp
 import grpc
 import pytest
 from flownexus.billing.v1 import events_pb2
 
+from server.platform.clock import ManualClock
 from tests.calls import spend
 from tests.events.receiver import list_events, payload
 from tests.harness import Running, auth, expect_error
@@ -98,3 +101,24 @@ async def test_watch_events_resumes_from_its_cursor(server: Running) -> None:
     first = (await asyncio.wait_for(live.read(), 5)).event
     live.cancel()
     assert payload(first)["threshold_millicredits"] == 55_000
+
+
+async def test_retention_and_metrics(server: Running, clock: ManualClock) -> None:
+    """/metrics counts committed events by type (balance.low: the low-balance
+    alerts) and shows the auto-refill success ratio; events older than
+    BILLING_EVENTS_RETENTION (30 days) are pruned by the job, newer ones kept."""
+    assert server.app is not None
+    await alerts_at(server, "old", [50])
+    await spend(server, "old", 60_000, "s")
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"http://127.0.0.1:{server.app.http_port}/metrics") as r:
+            text = await r.text()
+    assert re.search(r'^billing_events_total\{type="balance.low"\} [1-9]', text, re.M)
+    assert re.search(r"^billing_auto_refill_success_ratio [0-9.]+$", text, re.M)
+    clock.advance(29 * 86_400)
+    await alerts_at(server, "new", [50])
+    await spend(server, "new", 60_000, "s")
+    assert await server.app.events.prune() == 0
+    clock.advance(2 * 86_400)
+    assert await server.app.events.prune() == 1
+    assert [e.user_id for e in await list_events(server)] == ["new"]

@@ -69,6 +69,11 @@ def in_order_per_wallet(receiver: Receiver, events: list[events_pb2.Event]) -> N
         assert seq == sorted(seq), f"{user}: {seq}"
 
 
+def p99(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
+
+
 async def pump(server: Running, clock: ManualClock | None, seconds: float, step: float) -> None:
     """Let `seconds` of service time pass in steps, giving the worker a moment at each."""
     passed = 0.0
@@ -86,6 +91,7 @@ async def pump(server: Running, clock: ManualClock | None, seconds: float, step:
 async def down_for_two_minutes(server: Running, receiver: Receiver, clock: ManualClock | None) -> None:
     endpoint = await create_endpoint(server, receiver)
     receiver.mode = "down"
+    receiver.jitter = 0.05  # concurrent deliveries of one wallet would land out of order
     events = await make_events(server, ["w1", "w2", "w3"], 4)
     assert len(events) == 12
     await pump(server, clock, 120, 10)
@@ -133,8 +139,11 @@ async def test_always_down_is_retried_on_schedule_then_failed_and_disabled(
         start = clock.now_us()
 
         async def current() -> events_pb2.WebhookDelivery:
-            (one,) = await deliveries(server, endpoint)
-            return one
+            for _ in range(100):  # the delivery row comes with the first claim
+                if found := await deliveries(server, endpoint):
+                    return found[0]
+                await asyncio.sleep(0.05)
+            raise AssertionError("no delivery")
 
         d = await current()
         for _ in range(100):  # the first attempt, at once
@@ -264,8 +273,9 @@ async def test_rotated_secret_old_one_still_verifies_during_grace(
 
 async def test_a_hanging_endpoint_does_not_delay_another(db_url: str, clock: ManualClock) -> None:
     """Endpoint B's delivery latency (commit to receipt), alone and then while
-    endpoint A hangs 30 s on every request: p99 within 2x (plus one poll
-    interval of noise on this shared machine)."""
+    endpoint A hangs 30 s on every request: p99 within 2x, plus 0.1 s for the
+    noise of a shared two-core machine (a delay caused by A would be seconds:
+    its attempts hang for 30)."""
     fast = await Receiver().start()
     hang = await Receiver(mode="hang", hang_seconds=30).start()
     try:
@@ -283,12 +293,11 @@ async def test_a_hanging_endpoint_does_not_delay_another(db_url: str, clock: Man
                     out.append(fast.received[n].at - t0)
                 return out
 
-            alone = await latencies([f"a{i}" for i in range(20)])
+            alone = await latencies([f"a{i}" for i in range(30)])
             await create_endpoint(server, hang, rid="hang")
-            beside = await latencies([f"b{i}" for i in range(20)])
-            assert hang.attempts >= 4  # A's attempts are in flight, hanging
-            p99 = sorted(beside)[-1]
-            assert p99 <= 2 * sorted(alone)[-1] + 0.05, (alone, beside)
+            beside = await latencies([f"b{i}" for i in range(30)])
+            assert hang.attempts >= 16  # A's attempts are in flight, hanging
+            assert p99(beside) <= 2 * p99(alone) + 0.1, (alone, beside)
     finally:
         await fast.stop()
         await hang.stop()
