@@ -253,7 +253,7 @@ def _concatenated_json(text: str) -> list[dict[str, object]]:
 
 @pytest.mark.parametrize("billing_otel", ["false", "true"])
 async def test_readme_opentelemetry_instrument_recipe_prints_spans(tmp_path: Path, billing_otel: str) -> None:
-    """The README recipe, verbatim: `opentelemetry-instrument --traces_exporter
+    """The recipe of docs/operations.md, verbatim: `opentelemetry-instrument --traces_exporter
     console --metrics_exporter none --logs_exporter none python -m server serve`
     prints one span per RPC (opentelemetry-distro configures the SDK; the
     grpc.aio server instrumentation wraps our server), and the JSON access line

@@ -1,6 +1,7 @@
-"""README.md as a newcomer reads it: the shell blocks of "A first call" run
-as written (bash -euo pipefail) from a checkout whose `.venv` has the
-project installed, against a live server."""
+"""README.md and the pages under docs/ as a newcomer reads them: the shell
+blocks of "A first call" run as written (bash -euo pipefail) from a checkout
+whose `.venv` has the project installed, against a live server, and the
+blocks meant to be pasted into a fresh checkout name the venv's binaries."""
 
 from __future__ import annotations
 
@@ -11,6 +12,16 @@ from tests.harness import JWT_SECRET, Running
 from tests.runbook_tools import ROOT, VENV_BIN, base_env, run_shell, section_shell_blocks
 
 README = ROOT / "README.md"
+DOCS = ROOT / "docs"
+# The sections whose shell blocks a reader pastes into a checkout as they are.
+CHECKOUT_SECTIONS = [
+    (README, "### A first call"),
+    (DOCS / "payments.md", "## Buying credits"),
+    (DOCS / "payments.md", "## Try it with Stripe test mode"),
+    (DOCS / "operations.md", "## From a checkout (grpcurl)"),
+    (DOCS / "api.md", "## Client package"),
+    (DOCS / "operations.md", "## TLS"),
+]
 
 
 def _checkout_with_venv(tmp: Path) -> Path:
@@ -29,13 +40,14 @@ def _checkout_with_venv(tmp: Path) -> Path:
 
 
 def test_readme_commands_use_the_venv() -> None:
-    text = README.read_text()
-    for block in [b for h in ("### A first call", "## Buying credits", "## Operations (grpcurl)", "## Client package", "## TLS")
-                  for b in section_shell_blocks(README, h)]:
+    blocks = [(path, b) for path, h in CHECKOUT_SECTIONS for b in section_shell_blocks(path, h)]
+    assert len(blocks) >= 6, blocks
+    for path, block in blocks:
         for line in block.splitlines():
             word = line.split()[0] if line.split() else ""
-            assert word not in {"grpcurl", "pip", "python", "source"}, f"README: {line!r} (use .venv/bin/...)"
-    assert "```sh\nsource .venv/bin/activate" not in text
+            assert word not in {"grpcurl", "pip", "python", "source"}, f"{path.name}: {line!r} (use .venv/bin/...)"
+    for path in (README, *DOCS.glob("*.md")):
+        assert "```sh\nsource .venv/bin/activate" not in path.read_text(), path.name
 
 
 async def test_a_first_call_runs_as_written(sqlite_server: Running, tmp_path: Path) -> None:

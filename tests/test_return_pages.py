@@ -2,7 +2,7 @@
 in a real headless Chromium: the success page moves from waiting to credited
 by itself once the signed webhook arrives; a failure shows its reason; the
 cancel page says nothing was charged and makes a new link; a bad session id
-finds nothing. Screenshots of each state: docs/screenshots/ (README)."""
+finds nothing. Screenshots of each state: docs/screenshots/ (docs/payments.md)."""
 
 from __future__ import annotations
 

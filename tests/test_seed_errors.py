@@ -1,4 +1,4 @@
-"""Every seed error comes back from an RPC, in the situation the README's error
+"""Every seed error comes back from an RPC, in the situation docs/api.md's error
 table names, and the client package turns each reason into its typed
 exception (flownexus_billing_client): INSUFFICIENT_CREDITS, INVALID_AMOUNT,
 TIER_UPGRADE_FAILED, PAYMENT_FAILED (a declined top-up, a Pro upgrade whose
