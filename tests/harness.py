@@ -94,7 +94,7 @@ def test_settings(url: str, **overrides: Any) -> Settings:
         "log_json": False,
         # Tests drive one user token far harder than a person would (hundreds
         # of concurrent Spends); the per-caller limits have their own tests in
-        # tests/test_limits.py, which set them explicitly.
+        # tests/platform/test_limits.py, which set them explicitly.
         "user_mutation_rate_per_second": 100_000.0,
         "user_mutation_burst": 100_000,
         "user_max_in_flight": 100_000,
