@@ -1,7 +1,7 @@
 """The documentation (README.md and the pages under docs/) documents every
 BILLING_* setting the service reads, every relative link in it resolves (the
 file exists and, for a `#fragment` into a Markdown page, so does the heading),
-and docs/development.md maps every test folder."""
+and docs/development.md maps every domain to its test folder."""
 
 from __future__ import annotations
 
@@ -61,12 +61,15 @@ def test_the_link_check_sees_links_and_headings() -> None:
     assert "docs/development.md" in _LINK.findall(readme.read_text())
 
 
-def test_every_test_module_is_in_a_mapped_domain_folder() -> None:
+def test_every_test_module_is_in_a_domain_folder() -> None:
     tests = ROOT / "tests"
     assert not sorted(p.name for p in tests.glob("test_*.py")), "test modules go into tests/<domain>/"
     folders = sorted({p.parent for p in tests.glob("*/test_*.py")})
     assert len(folders) >= 10, folders
-    development = (ROOT / "docs" / "development.md").read_text()
     for folder in folders:
         assert (folder / "__init__.py").exists(), f"{folder.name} lacks __init__.py"
-        assert f"`tests/{folder.name}/`" in development, f"docs/development.md does not map tests/{folder.name}/"
+    # The map in docs/development.md names the folders of server/'s domains.
+    development = (ROOT / "docs" / "development.md").read_text()
+    domains = [d.name for d in (ROOT / "server").iterdir() if (d / "service.py").exists()]
+    assert len(domains) >= 8, domains
+    assert not [d for d in domains if f"`tests/{d}/`" not in development], "docs/development.md lacks a domain's tests"
