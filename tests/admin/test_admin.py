@@ -14,7 +14,6 @@ from sqlalchemy import select
 
 from server.db.schema import admin_actions, transfers
 from server.ledger.ops import Call
-from server.ledger.verify import verify
 from server.platform.clock import ManualClock
 from server.refill import repository as refill_repo
 from server.refill.models import ConfigState, PausedReason
@@ -39,7 +38,7 @@ def refund_req(tid: str, amount: int, rid: str) -> usage_pb2.RefundUsageRequest:
 
 async def audit_rows(server: Running) -> list[dict]:  # type: ignore[type-arg]
     assert server.app is not None
-    async with server.app.db.reader.connect() as conn:
+    async with server.read() as conn:
         return [dict(r) for r in (await conn.execute(select(admin_actions))).mappings().all()]
 
 
@@ -103,7 +102,7 @@ async def test_reverse_a_spend_with_revenue_share(server: Running) -> None:
     assert await credits(server, "pub") == FREE + 84_000
     # Reversing the share reverses the spend that paid it, and both come back once.
     assert server.app is not None
-    async with server.app.db.reader.connect() as conn:
+    async with server.read() as conn:
         share_id = (await conn.execute(select(transfers.c.id).where(transfers.c.kind == "revenue_share"))).scalar_one()
     r = await s.admin.ReverseTransaction(
         admin_pb2.ReverseTransactionRequest(transaction_id=str(share_id), reason="fraud", request_id="r1"), metadata=ADMIN)
@@ -124,7 +123,7 @@ async def test_reverse_a_spend_with_revenue_share(server: Running) -> None:
 async def test_purchases_and_allowances_are_not_reversible(server: Running) -> None:
     await spend(server, "dan", 1, "c1")
     assert server.app is not None
-    async with server.app.db.reader.connect() as conn:
+    async with server.read() as conn:
         grant = (await conn.execute(select(transfers.c.id).where(transfers.c.kind == "allowance_grant"))).scalar_one()
     await expect_error(server.s.admin.ReverseTransaction(
         admin_pb2.ReverseTransactionRequest(transaction_id=str(grant), reason="x", request_id="r"), metadata=ADMIN),
@@ -169,7 +168,7 @@ async def test_refund_takes_back_the_revenue_share_and_lowers_the_totals(server:
     fay = await s.admin.GetAccount(admin, metadata=ADMIN)
     assert fay.spent_total_millicredits == 0
     assert server.app is not None
-    assert (await verify(server.app.db.reader)).problems == []
+    assert (await server.audit()).problems == []
 
 
 async def test_refund_window(server: Running, clock: ManualClock) -> None:
@@ -197,7 +196,7 @@ async def test_clearing_the_flag_resumes_a_refill_paused_for_it(server: Running)
     s, user = server.s, "hal"
     assert server.app is not None
     await spend(server, user, 1, "c1")
-    await server.app.writer.submit(Call(fn=lambda tx: _config(tx, user), accounts=set()))
+    await server.submit(Call(fn=lambda tx: _config(tx, user), accounts=set()))
     flag = await s.admin.SetAccountFlag(
         admin_pb2.SetAccountFlagRequest(user_id=user, flag=1, reason="suspected fraud", request_id="f1"), metadata=ADMIN)
     assert "suspected fraud" in flag.flagged_reason
@@ -220,7 +219,7 @@ async def _state(server: Running, user: str) -> tuple[str, str]:
     from server.db.schema import refill_configs
 
     assert server.app is not None
-    async with server.app.db.reader.connect() as conn:
+    async with server.read() as conn:
         row = (await conn.execute(select(refill_configs.c.state, refill_configs.c.paused_reason)
                                   .where(refill_configs.c.user_id == user))).one()
     return row[0], row[1]
@@ -250,7 +249,7 @@ async def test_audit_row_and_change_commit_together(server: Running, monkeypatch
     else:
         raise AssertionError("the adjustment committed without its audit row")
     assert [a["user_id"] for a in await audit_rows(server)] == ["other"]
-    async with server.app.db.reader.connect() as conn:
+    async with server.read() as conn:
         assert (await conn.execute(select(transfers.c.id).where(transfers.c.kind == "adjustment"))).first() is None
     assert await credits(server, "ivy") == FREE
 
@@ -296,7 +295,7 @@ async def test_get_account_shows_one_screen_to_admins_only(server: Running) -> N
     hold = (await s.usage.Reserve(usage_pb2.ReserveRequest(
         user_id=user, amount_millicredits=3_000, request_id="h1", category="sandbox", ttl=Duration(seconds=600)),
         metadata=SVC)).hold
-    await server.app.writer.submit(Call(fn=lambda tx: _seed_refill_and_payments(tx, user), accounts=set()))
+    await server.submit(Call(fn=lambda tx: _seed_refill_and_payments(tx, user), accounts=set()))
     await s.admin.SetAccountFlag(
         admin_pb2.SetAccountFlagRequest(user_id=user, flag=1, reason="chargeback", request_id="f1"), metadata=ADMIN)
 
@@ -348,8 +347,8 @@ async def test_promotional_credits_expire_at_their_instant_on_reads_and_by_the_j
     assert await credits(server, "pia") == FREE  # a read, no write in between
 
     assert server.app is not None
-    await server.app.workers.run_once()
-    async with server.app.db.reader.connect() as conn:
+    await server.run_jobs()
+    async with server.read() as conn:
         kinds = (await conn.execute(
             select(transfers.c.kind, transfers.c.amount).where(transfers.c.debit_account == "wallet:quin")
         )).all()

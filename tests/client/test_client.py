@@ -71,7 +71,7 @@ async def test_installed_alone_it_imports_from_its_own_directory(client_site: Pa
 
 
 async def test_token_and_typed_errors(server: Running) -> None:
-    target = f"127.0.0.1:{server.app.grpc_port}"  # type: ignore[union-attr]
+    target = server.target
     async with BillingClient(target, token("kim")) as kim:
         bal = await kim.balance.CheckBalance(balance_pb2.CheckBalanceRequest())
         assert bal.credits_millicredits == 100_000

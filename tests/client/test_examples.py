@@ -27,7 +27,7 @@ async def run_example(sqlite_stripe_server: Running, client_site: Path):  # type
     env = {
         "PATH": os.environ["PATH"],
         "PYTHONPATH": str(client_site),  # the client package alone: no server/, no generated/
-        "BILLING_GRPC_TARGET": f"127.0.0.1:{server.app.grpc_port}",  # type: ignore[union-attr]
+        "BILLING_GRPC_TARGET": server.target,
         "BILLING_TOKEN": token(USER),
     }
 

@@ -34,7 +34,7 @@ SERVICE = "recorder"
 
 def target(server: Running) -> str:
     assert server.app is not None
-    return f"127.0.0.1:{server.app.grpc_port}"
+    return server.target
 
 
 def spend(user: str, amount: int, rid: str = "", **fields: str) -> usage_pb2.SpendRequest:

@@ -53,7 +53,7 @@ def test_readme_commands_use_the_venv() -> None:
 async def test_a_first_call_runs_as_written(sqlite_server: Running, tmp_path: Path) -> None:
     blocks = section_shell_blocks(README, "### A first call")
     assert len(blocks) == 1, blocks
-    addr = f"127.0.0.1:{sqlite_server.app.grpc_port}"  # type: ignore[union-attr]
+    addr = sqlite_server.target
     script = blocks[0].replace("localhost:50051", addr)
     assert "localhost:50051" in blocks[0] and ".venv/bin/grpcurl" in script
     work = _checkout_with_venv(tmp_path)

@@ -48,7 +48,7 @@ def runbook_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 def make_ops(running: Running, env: dict[str, str]) -> Callable[..., Awaitable[Result]]:
     """Runs runbook blocks against `running`."""
-    env = dict(env, ADDR=f"127.0.0.1:{running.app.grpc_port}")  # type: ignore[union-attr]
+    env = dict(env, ADDR=running.target)
 
     async def run(name: str, *, edit: tuple[str, str] | None = None) -> Result:
         script = BLOCKS[name]
@@ -166,7 +166,6 @@ async def test_missing_or_wrong_token_is_refused(ops) -> None:  # type: ignore[n
 
 async def test_payment_commands(stripe_server: Running, stripe_fake, runbook_env) -> None:  # type: ignore[no-untyped-def]
     ops = make_ops(stripe_server, runbook_env)
-    assert stripe_server.app.payments is not None  # type: ignore[union-attr]
     refused(await ops("get-payment"), "NotFound", "PAYMENT_NOT_FOUND")
     link = ok(await ops("create-payment-link"))
     assert link["credits_amount_millicredits"] == "500000"  # $50 at 10 credits per USD
@@ -180,8 +179,7 @@ async def test_payment_commands(stripe_server: Running, stripe_fake, runbook_env
 
 async def test_auto_refill_commands(stripe_server: Running, stripe_fake, runbook_env) -> None:  # type: ignore[no-untyped-def]
     ops = make_ops(stripe_server, runbook_env)
-    assert stripe_server.app.refill is not None  # type: ignore[union-attr]
-    stripe_fake.webhook_url = f"http://127.0.0.1:{stripe_server.app.http_port}/webhooks/stripe"  # type: ignore[union-attr]
+    stripe_fake.webhook_url = f"{stripe_server.http_base}/webhooks/stripe"
     # No saved card yet: resuming is refused, and says how to add one.
     info = refused(await ops("resume-auto-refill"), "FailedPrecondition", "PAYMENT_METHOD_REQUIRED")
     assert info["metadata"]["how"] == "CreateSetupLink or CreatePaymentLink"

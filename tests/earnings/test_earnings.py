@@ -31,7 +31,7 @@ async def buy(server, user: str, amount: int, key: str) -> None:  # type: ignore
         await tx.transfer(SYSTEM_STRIPE, wallet_id(user), amount, kind=Kind.PURCHASE, key=key,
                           lot_kind=LotKind.PURCHASED)
 
-    await server.app.writer.submit(Call(fn=fn, accounts={wallet_id(user), SYSTEM_STRIPE}))
+    await server.submit(Call(fn=fn, accounts={wallet_id(user), SYSTEM_STRIPE}))
 
 
 async def test_award_roles_dedupe_and_self_award(server) -> None:

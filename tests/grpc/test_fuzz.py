@@ -39,7 +39,6 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor, MethodDescri
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from server.ledger.verify import verify
 from server.platform.clock import ManualClock
 from tests.conftest import _require_postgres
 from tests.harness import PINNED_START, Running, auth, database
@@ -193,7 +192,7 @@ class Service:
         self.server = Running(url, ManualClock(int(PINNED_START.timestamp()) * 1_000_000), **overrides)
         self.run(self.server.start())
         assert self.server.app is not None
-        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.server.app.grpc_port}")
+        self.channel = grpc.insecure_channel(self.server.target)
         self.tokens = {role: auth(who, role) for who, role in ((USER, "user"), ("fuzz-svc", "service"), ("fuzz-ops", "admin"))}
 
     def run(self, coro: Any) -> Any:
@@ -219,7 +218,7 @@ class Service:
 
     def audit(self) -> list[str]:
         assert self.server.app is not None
-        return list(self.run(verify(self.server.app.db.reader)).problems)
+        return list(self.run(self.server.audit()).problems)
 
     def close(self) -> None:
         self.channel.close()
@@ -332,7 +331,7 @@ def test_fuzz_signed_webhooks(webhook_service: Service) -> None:
     assert svc.server.app is not None
     router = svc.server.app.registry.webhooks
     types = sorted({*HANDLED_EVENTS, *router.by_type, "customer.updated"})
-    url = f"http://127.0.0.1:{svc.server.app.http_port}/webhooks/stripe"
+    url = f"{svc.server.http_base}/webhooks/stripe"
     log = ServerLog()
     logging.getLogger().addHandler(log)
     statuses: set[int] = set()
@@ -342,7 +341,7 @@ def test_fuzz_signed_webhooks(webhook_service: Service) -> None:
             from sqlalchemy import text
 
             assert svc.server.app is not None
-            async with svc.server.app.db.reader.connect() as conn:
+            async with svc.server.read() as conn:
                 return int((await conn.execute(text("SELECT count(*) FROM webhook_events"))).scalar_one())
 
         return int(svc.run(count()))

@@ -117,7 +117,7 @@ BAD_TOKENS: list[tuple[str, tuple[tuple[str, Any], ...], str]] = [
 async def snapshot(server: Running) -> tuple[int, ...]:
     """The ledger's state: counts of transfers, stored requests, holds, and balances."""
     assert server.app is not None
-    async with server.app.db.reader.connect() as conn:
+    async with server.read() as conn:
         out = []
         for table in (transfers, idempotency, holds, accounts):
             out.append(int((await conn.execute(select(func.count()).select_from(table))).scalar_one()))
@@ -342,7 +342,7 @@ async def test_bad_fields_every_rpc(hostile: Running) -> None:
     charge = await hostile.s.usage.Spend(
         usage_pb2.SpendRequest(user_id="victim", amount_millicredits=1_000, request_id="c"), metadata=auth("svc-other", "service"))
     assert hostile.app is not None
-    async with hostile.app.db.reader.connect() as conn:
+    async with hostile.read() as conn:
         grant = (await conn.execute(select(transfers.c.id).where(transfers.c.kind == "allowance_grant").limit(1))).scalar_one()
     cases = field_cases(charge.transaction.id, str(grant))
     covered = {m for _, _, m, *_ in cases} | {"CheckBalance", "ListTiers"}  # these take no fields
@@ -363,7 +363,7 @@ async def _audit_count(server: Running) -> int:
     from server.db.schema import admin_actions
 
     assert server.app is not None
-    async with server.app.db.reader.connect() as conn:
+    async with server.read() as conn:
         return int((await conn.execute(select(func.count()).select_from(admin_actions))).scalar_one())
 
 
@@ -384,7 +384,7 @@ async def test_metadata_oddities(hostile: Running) -> None:
 async def test_message_above_size_limit(hostile: Running) -> None:
     before = await snapshot(hostile)
     assert hostile.app is not None
-    limit = hostile.app.settings.max_message_bytes
+    limit = hostile.settings.max_message_bytes
     req = usage_pb2.SpendRequest(amount_millicredits=1, request_id="big", description="d" * (limit + 1024))
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await hostile.s.usage.Spend(req, metadata=auth(USER))
@@ -412,7 +412,7 @@ async def test_webhook_fuzz(hostile: Running) -> None:
         None, "", "garbage", f"t={now},v1=deadbeef", f"t={now}", "v1=" + "0" * 64, f"t=-1,v1={'a' * 64}",
         f"t={2**70},v1=00", "t=abc,v1=xyz,v0=1", "ü" * 10,
     ]
-    url = f"http://127.0.0.1:{hostile.app.http_port}/webhooks/stripe"
+    url = f"{hostile.http_base}/webhooks/stripe"
     statuses: set[int] = set()
     async with httpx.AsyncClient(timeout=10) as http:
         for i in range(60):

@@ -61,7 +61,7 @@ def tracebacks() -> Iterator[Tracebacks]:
 
 async def stored(server: Running) -> tuple[int, int]:
     assert server.app is not None
-    async with server.app.db.reader.connect() as conn:
+    async with server.read() as conn:
         n_transfers = (await conn.execute(select(func.count()).select_from(transfers))).scalar_one()
         n_requests = (await conn.execute(select(func.count()).select_from(idempotency))).scalar_one()
     return int(n_transfers), int(n_requests)

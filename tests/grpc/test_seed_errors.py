@@ -33,7 +33,7 @@ from tests.stripe_fake import StripeFake, event
 
 def client(server: Running, user: str) -> BillingClient:
     assert server.app is not None
-    return BillingClient(f"127.0.0.1:{server.app.grpc_port}", token(user), max_attempts=1)
+    return BillingClient(server.target, token(user), max_attempts=1)
 
 
 async def save_card(server: Running, fake: StripeFake, user: str, card: str) -> None:
@@ -115,7 +115,7 @@ async def test_auto_refill_failed_when_enabled_below_the_threshold_and_the_charg
     charges = len([q for q in stripe_fake.requests if q["path"] == "/v1/payment_intents"])
     assert charges == 1
     assert server.app is not None
-    await server.app.workers.run_once()
+    await server.run_jobs()
     assert len([q for q in stripe_fake.requests if q["path"] == "/v1/payment_intents"]) == charges
     assert await credits(server, user) == FREE
 

@@ -67,7 +67,7 @@ CASES = [
 
 
 async def _transfer_count(server) -> int:  # type: ignore[no-untyped-def]
-    async with server.app.db.reader.connect() as conn:
+    async with server.read() as conn:
         return int((await conn.execute(select(func.count()).select_from(transfers))).scalar_one())
 
 

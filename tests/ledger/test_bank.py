@@ -27,7 +27,6 @@ from sqlalchemy import func, select, text
 from server.db.schema import accounts, idempotency, transfers
 from server.ledger import keys
 from server.ledger.model import SYSTEM_EARNINGS, SYSTEM_HOLDS, SYSTEM_REVENUE
-from server.ledger.verify import verify
 from tests.harness import Running, auth, error_info
 
 FREE = 100_000
@@ -187,9 +186,9 @@ async def checker(server: Running, log: Log, users: list[str], done: asyncio.Eve
     assert server.app is not None
     rng = random.Random(7)
     while not done.is_set():
-        report = await verify(server.app.db.reader)
+        report = await server.audit()
         log.anomalies.extend(f"live verify: {p}" for p in report.problems)
-        async with server.app.db.reader.connect() as conn:
+        async with server.read() as conn:
             total, lowest = (
                 await conn.execute(
                     select(func.sum(accounts.c.balance), func.min(accounts.c.balance).filter(accounts.c.kind == "wallet"))
@@ -211,13 +210,13 @@ async def checker(server: Running, log: Log, users: list[str], done: asyncio.Eve
 
 async def final_checks(server: Running, log: Log, users: list[str]) -> None:
     assert server.app is not None
-    report = await verify(server.app.db.reader)
+    report = await server.audit()
     assert report.ok, report.render()
     md = auth(SERVICE, "service")
     for user in users:
         b = await server.s.balance.GetBalance(balance_pb2.GetBalanceRequest(user_id=user), metadata=md)
         assert (b.credits_millicredits, b.pending_millicredits) == (log.balance[user], log.pending[user]), user
-    async with server.app.db.reader.connect() as conn:
+    async with server.read() as conn:
         bal = dict((await conn.execute(select(accounts.c.id, accounts.c.balance))).all())
         rows = (await conn.execute(select(transfers.c.key, transfers.c.kind, transfers.c.id, transfers.c.amount))).all()
         idem_keys = {k for (k,) in (await conn.execute(select(idempotency.c.key))).all()}

@@ -112,7 +112,7 @@ async def test_hold_expiring_at_the_month_boundary(server, offset: timedelta, pa
     server.clock.set(start)
     await reserve(server, "ttl", 30_000, "h", ttl_s=2 * DAY_S)
     server.clock.set(FEB_1 + offset)
-    done = await server.app.workers.run_once()
+    done = await server.run_jobs()
     assert done["expire_holds"] == (1 if past else 0)
     b = await balance(server, "ttl")
     if past:

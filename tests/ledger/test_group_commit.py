@@ -64,7 +64,7 @@ async def test_one_batch_refusals_do_not_fail_neighbours(server) -> None:
     # Nothing of the refused operations leaked into the ledger; the audit runs at teardown.
     await server.restart()
     assert await credits(server, "gc") == FREE - 31 * 1_000
-    again = await server.app.writer.submit(spend("gc", 1_000, "ok-7"))  # a replay after the restart
+    again = await server.submit(spend("gc", 1_000, "ok-7"))  # a replay after the restart
     assert again == results[7 * 4]
     assert await credits(server, "gc") == FREE - 31 * 1_000
 
@@ -89,7 +89,7 @@ async def test_concurrent_grpc_spends_batch_and_never_overdraft(server) -> None:
     ok = out.count("ok")
     assert ok == FREE // 3_000  # 33 fit, the rest are refused alone
     assert await credits(server, user) == FREE - ok * 3_000
-    assert max(server.app.writer.stats.batch_sizes) > 1, server.app.writer.stats
+    assert max(server.writer_stats.batch_sizes) > 1, server.writer_stats
     await server.restart()
     assert await credits(server, user) == FREE - ok * 3_000
     # A retry of an acknowledged spend after the restart is a replay, not a second debit.
@@ -130,14 +130,14 @@ async def test_postgres_writer_survives_lost_connections(pg_server: Running) -> 
         await conn.close()
     assert killed >= 1
     assert server.app is not None
-    retries = server.app.writer.stats.retries
+    retries = server.writer_stats.retries
     results = await asyncio.gather(*(
         server.s.usage.Spend(usage_pb2.SpendRequest(amount_millicredits=1_000, request_id=f"b{i}", category="t"), metadata=md)
         for i in range(5)
     ))
     assert len(results) == 5
     assert await credits(server, user) == FREE - 6 * 1_000
-    assert server.app.writer.stats.retries > retries  # the dead connection was met, and retried
+    assert server.writer_stats.retries > retries  # the dead connection was met, and retried
 
 
 async def test_postgres_write_back_refuses_over_long_values(pg_server: Running) -> None:

@@ -50,7 +50,7 @@ async def test_a_request_that_mimics_a_derived_key_commits_with_everyone_else(se
     an ordinary request, and its batch neighbours commit on the first try."""
     svc = auth("app-store", "service")
     await server.s.usage.Spend(_req(1_000, "a", user_id="buyer", app_id="app-1", publisher_user_id="pub"), metadata=svc)
-    stats = server.app.writer.stats
+    stats = server.writer_stats
     retries, rereads = stats.retries, stats.rereads
     honest = [spend(server, f"honest-{i}", 1_000, f"h{i}") for i in range(32)]
     attacks = [

@@ -56,7 +56,6 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from server.ledger.verify import verify
 from server.platform.clock import ManualClock, month_bounds
 from tests.harness import Running, auth, database
 
@@ -86,7 +85,7 @@ class Service:
         self.server = Running(url, self.clock, award_rate_per_second=0, award_daily_limit_challenge=0)
         self.run(self.server.start())
         assert self.server.app is not None
-        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.server.app.grpc_port}")
+        self.channel = grpc.insecure_channel(self.server.target)
         self.balance = balance_pb2_grpc.BalanceServiceStub(self.channel)
         self.usage = usage_pb2_grpc.UsageServiceStub(self.channel)
         self.earnings = earnings_pb2_grpc.EarningsServiceStub(self.channel)
@@ -97,11 +96,11 @@ class Service:
 
     def expire_holds(self) -> int:
         assert self.server.app is not None
-        return int(self.run(self.server.app.workers.jobs["expire_holds"]()))
+        return int(self.run(self.server.run_job("expire_holds")))
 
     def audit(self) -> list[str]:
         assert self.server.app is not None
-        return list(self.run(verify(self.server.app.db.reader)).problems)
+        return list(self.run(self.server.audit()).problems)
 
     def close(self) -> None:
         self.channel.close()
@@ -510,7 +509,7 @@ async def test_hold_returned_after_its_allowance_expired(server, how: str) -> No
     if how == "release":
         await server.s.usage.Release(usage_pb2.ReleaseRequest(hold_id=r.hold.id, request_id="rel"), metadata=auth(user))
     else:
-        assert (await server.app.workers.jobs["expire_holds"]()) == 1
+        assert (await server.run_job("expire_holds")) == 1
     # The returned allowance expired in the same operation: no stale credits.
     b = await server.s.balance.GetBalance(balance_pb2.GetBalanceRequest(), metadata=auth(user))
     assert b.credits_millicredits == FREE - 1

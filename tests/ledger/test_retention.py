@@ -23,28 +23,28 @@ DAY = 86_400
 
 async def stored(server: Running, key: str) -> bytes | None:
     assert server.app is not None
-    async with server.app.db.reader.connect() as conn:
+    async with server.read() as conn:
         row = (await conn.execute(select(idempotency.c.response).where(idempotency.c.key == key))).first()
     return None if row is None else bytes(row[0])
 
 
 async def live_responses(server: Running) -> int:
     assert server.app is not None
-    async with server.app.db.reader.connect() as conn:
+    async with server.read() as conn:
         q = select(func.count()).select_from(idempotency).where(func.length(idempotency.c.response) > 0)
         return int((await conn.execute(q)).scalar_one())
 
 
 async def request_transfers(server: Running, key: str) -> int:
     assert server.app is not None
-    async with server.app.db.reader.connect() as conn:
+    async with server.read() as conn:
         q = select(func.count()).select_from(transfers).where(transfers.c.key == keys.request_transfer(key))
         return int((await conn.execute(q)).scalar_one())
 
 
 async def prune(server: Running) -> int:
     assert server.app is not None
-    return await server.app.workers.jobs["prune_responses"]()
+    return await server.run_job("prune_responses")
 
 
 async def test_pruned_request_id_is_refused_and_never_applied_twice(db_url: str, clock: ManualClock) -> None:

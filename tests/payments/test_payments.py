@@ -210,7 +210,7 @@ async def test_unknown_events_are_stored_and_acknowledged(stripe_server: Running
     from sqlalchemy import text
 
     assert stripe_server.app is not None
-    async with stripe_server.app.db.reader.connect() as conn:
+    async with stripe_server.read() as conn:
         rows = (await conn.execute(text("SELECT type, outcome FROM webhook_events ORDER BY type"))).all()
     assert [tuple(r) for r in rows] == [("customer.updated", "ignored"), ("payment_intent.succeeded", "unmatched")]
 
@@ -258,21 +258,21 @@ async def test_lost_webhook_is_credited_by_reconciliation(stripe_server: Running
     unpaid = await create_link(server, user, 1_000)
     await stripe_fake.pay(session_of(stripe_fake, link)["id"])
     assert server.app is not None
-    await server.app.workers.run_once()  # too young: not looked at yet
+    await server.run_jobs()  # too young: not looked at yet
     assert await credits(server, user) == FREE
     server.clock.advance(server.settings.payment_reconcile_after_seconds + 1)
-    done = await server.app.workers.run_once()
+    done = await server.run_jobs()
     assert done["reconcile_payments"] == 1
     assert await credits(server, user) == FREE + 300_000
     assert (await payment(server, user, link.payment_id)).status == payments_pb2.PAYMENT_STATUS_PAID
     assert (await payment(server, user, unpaid.payment_id)).status == payments_pb2.PAYMENT_STATUS_PENDING
     # Running again, and the late webhook arriving after all, change nothing.
-    await server.app.workers.run_once()
+    await server.run_jobs()
     assert await deliver(server, event("checkout.session.completed", copy.deepcopy(session_of(stripe_fake, link)))) == 200
     assert await credits(server, user) == FREE + 300_000
     # An expired session is settled as expired.
     stripe_fake.expire(session_of(stripe_fake, unpaid)["id"])
-    await server.app.workers.run_once()
+    await server.run_jobs()
     assert (await payment(server, user, unpaid.payment_id)).status == payments_pb2.PAYMENT_STATUS_EXPIRED
 
 

@@ -27,7 +27,7 @@ PRO = 1_000_000
 async def pro_server(db_url: str, clock: ManualClock, stripe_fake: StripeFake) -> AsyncIterator[Running]:
     async with serving(db_url, clock, **stripe_settings(stripe_fake)) as running:
         assert running.app is not None
-        stripe_fake.webhook_url = f"http://127.0.0.1:{running.app.http_port}/webhooks/stripe"
+        stripe_fake.webhook_url = f"{running.http_base}/webhooks/stripe"
         yield running
         await stripe_fake.settled()
 

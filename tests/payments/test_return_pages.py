@@ -25,7 +25,7 @@ def local(server: Running, url: str) -> str:
     """A return URL made with BILLING_PUBLIC_BASE_URL, on the test server's own port."""
     assert server.app is not None
     parts = urlsplit(url)
-    return f"http://127.0.0.1:{server.app.http_port}{parts.path}?{parts.query}"
+    return f"{server.http_base}{parts.path}?{parts.query}"
 
 
 async def checkout(server: Running, fake: StripeFake, user: str, cents: int) -> tuple[str, dict[str, Any], str]:
@@ -145,7 +145,7 @@ async def test_setup_and_pro_checkouts_return_to_pages_too(stripe_server: Runnin
     """Every return URL the service gives Stripe is a page, not a 404."""
     server = stripe_server
     assert server.app is not None
-    base = f"http://127.0.0.1:{server.app.http_port}"
+    base = server.http_base
     for path, title in (("/billing/card-saved", "Card saved"), ("/billing/tier/success", "Pro upgrade received"),
                         ("/billing/tier/cancel", "Nothing was charged"), ("/billing/cancel", "Nothing was charged")):
         code, body, headers = await get(base + path)

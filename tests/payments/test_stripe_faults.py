@@ -24,7 +24,6 @@ import pytest
 from aiohttp import web
 from flownexus.billing.v1 import payments_pb2
 
-from server.ledger.verify import verify
 from server.platform import deadline, errors
 from tests.calls import credits, deliver
 from tests.harness import Running, auth, expect_error, free_port
@@ -167,20 +166,19 @@ async def test_webhook_storm_racing_reconciliation_grants_once(proxied: tuple[Ru
     sessions = [fake.sessions[lk.payment_url.rsplit("/", 1)[-1]] for lk in links]
     pis = [await fake.pay(s["id"]) for s in sessions]
     server.clock.advance(server.settings.payment_reconcile_after_seconds + 1)
-    reconcile = server.app.workers.jobs["reconcile_payments"]
     jobs: list[Any] = []
     for s, pi in zip(sessions, pis, strict=True):
         completed = event("checkout.session.completed", copy.deepcopy(s))
         jobs += [deliver(server, completed) for _ in range(12)]
         jobs += [deliver(server, event("checkout.session.completed", copy.deepcopy(s))) for _ in range(3)]
         jobs.append(deliver(server, event("payment_intent.succeeded", pi)))
-    jobs += [reconcile() for _ in range(3)]
+    jobs += [server.run_job("reconcile_payments") for _ in range(3)]
     results = await asyncio.gather(*jobs)
     statuses = [r for r in results[: len(results) - 3]]
     assert set(statuses) == {200}, statuses
     assert await credits(server, "wes") == FREE + 100_000 * (1 + 2 + 3)
     assert all(p.status == payments_pb2.PAYMENT_STATUS_PAID for p in await payments_of(server, "wes"))
-    report = await verify(server.app.db.reader)
+    report = await server.audit()
     assert report.ok and report.checked["payments"] >= 3, report.render()
 
 

@@ -33,7 +33,7 @@ CREDITS_10 = 100_000
 
 async def _counts(server: Running) -> tuple[int, int, int]:
     assert server.app is not None
-    async with server.app.db.reader.connect() as conn:
+    async with server.read() as conn:
         n_events = (await conn.execute(text("SELECT count(*) FROM webhook_events"))).scalar_one()
         n_transfers = (await conn.execute(select(func.count()).select_from(transfers))).scalar_one()
         changed = (await conn.execute(text("SELECT count(*) FROM payments WHERE status <> 'pending'"))).scalar_one()
@@ -174,7 +174,7 @@ async def test_checkout_with_another_amount_is_not_credited(
     after = await _counts(server)
     assert (after[0], after[1]) == (before[0] + 1, before[1])
     assert server.app is not None
-    async with server.app.db.reader.connect() as conn:
+    async with server.read() as conn:
         outcome = (await conn.execute(text("SELECT outcome FROM webhook_events WHERE id = :i"), {"i": ev["id"]})).scalar_one()
     assert outcome == "amount_mismatch"
     # Logged, with what an operator needs.
@@ -189,7 +189,7 @@ async def test_checkout_with_another_amount_is_not_credited(
     assert await deliver(server, event("checkout.session.completed", copy.deepcopy(session))) == 200
     assert await deliver(server, event("checkout.session.async_payment_succeeded", copy.deepcopy(session))) == 200
     server.clock.advance(3600)
-    assert await server.app.payments.reconcile() == 0
+    assert await server.run_job("reconcile_payments") == 0
     assert await credits(server, user) == FREE
     assert (await payment(server, user, link.payment_id)).status == payments_pb2.PAYMENT_STATUS_AMOUNT_MISMATCH
     # A refund of it takes back nothing (nothing was granted).
@@ -220,6 +220,6 @@ async def test_reconciliation_does_not_credit_another_amount(stripe_server: Runn
     session["amount_total"] = 1  # what Stripe now says the session charged
     server.clock.advance(3600)
     assert server.app is not None
-    assert await server.app.payments.reconcile() == 0
+    assert await server.run_job("reconcile_payments") == 0
     assert await credits(server, user) == FREE
     assert (await payment(server, user, link.payment_id)).status == payments_pb2.PAYMENT_STATUS_AMOUNT_MISMATCH

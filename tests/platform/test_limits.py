@@ -40,7 +40,7 @@ from tests.harness import Running, auth, database, error_info, expect_error, ser
 
 async def transfer_count(server: Running) -> int:
     assert server.app is not None
-    async with server.app.db.reader.connect() as conn:
+    async with server.read() as conn:
         return int((await conn.execute(select(func.count()).select_from(transfers))).scalar_one())
 
 
@@ -202,7 +202,7 @@ async def test_max_concurrent_rpcs(tmp_path, clock) -> None:  # type: ignore[no-
     once (they do not hang); when streams close, calls are served again."""
     server, cm = await started(tmp_path, clock, max_concurrent_rpcs=4)
     assert server.app is not None
-    target = f"127.0.0.1:{server.app.grpc_port}"
+    target = server.target
     # a connection of its own per channel (grpc shares them by default)
     channels = [grpc.aio.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)]) for _ in range(8)]
     calls = []
@@ -249,7 +249,7 @@ async def test_keepalive_policy_drops_abusive_pingers(tmp_path, clock) -> None: 
     GOAWAY (too_many_pings); a polite client on the same server is unaffected."""
     server, cm = await started(tmp_path, clock, min_ping_interval_ms=5_000)
     assert server.app is not None
-    target = f"127.0.0.1:{server.app.grpc_port}"
+    target = server.target
     rude = grpc.aio.insecure_channel(
         target,
         options=[
@@ -399,7 +399,7 @@ async def test_one_caller_at_its_caps_cannot_hurt_another(db_url: str, clock: An
     caps = {"user_max_streams": 20, "user_max_in_flight": 10}
     async with serving(db_url, clock, max_concurrent_rpcs=150, **caps) as server:
         assert server.app is not None
-        target = f"127.0.0.1:{server.app.grpc_port}"
+        target = server.target
         await server.s.usage.Spend(usage_pb2.SpendRequest(amount_millicredits=1, request_id="warm"), metadata=auth("victim"))
         base, base_failures = await _victim_spends(server, "victim", 100, "b")
         assert base_failures == []

@@ -50,7 +50,7 @@ Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 async def scrape(server: Running) -> tuple[dict[str, str], Samples]:
     assert server.app is not None
     async with httpx.AsyncClient() as http:
-        r = await http.get(f"http://127.0.0.1:{server.app.http_port}/metrics")
+        r = await http.get(f"{server.http_base}/metrics")
     assert r.status_code == 200
     assert r.headers["content-type"].startswith("text/plain")
     types: dict[str, str] = {}

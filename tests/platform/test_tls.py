@@ -61,7 +61,7 @@ def grpcurl(port: int, *flags: str) -> list[str]:
 
 @pytest.mark.parametrize("tls_server", ["tls"], indirect=True)
 async def test_tls(tls_server: Running, pki: Pki) -> None:
-    port = tls_server.app.grpc_port  # type: ignore[union-attr]
+    port = tls_server.grpc_port
     assert (await check_balance(port, creds(pki))).credits_millicredits == 100_000
     await refused(port, None)  # plaintext is not served
     r = await run_exec(grpcurl(port, "-cacert", str(pki.ca)))
@@ -75,7 +75,7 @@ async def test_tls(tls_server: Running, pki: Pki) -> None:
 
 @pytest.mark.parametrize("tls_server", ["mtls"], indirect=True)
 async def test_mtls(tls_server: Running, pki: Pki) -> None:
-    port = tls_server.app.grpc_port  # type: ignore[union-attr]
+    port = tls_server.grpc_port
     await refused(port, creds(pki))  # no client certificate
     await refused(port, creds(pki, pki.other_client_cert, pki.other_client_key))  # not signed by the client CA
     ok = await check_balance(port, creds(pki, pki.client_cert, pki.client_key))

@@ -58,7 +58,7 @@ async def test_health_list_with_stripe_configured_serves_everything(db_url, cloc
 
 
 async def test_grpcurl_lists_every_service(sqlite_server) -> None:
-    rc, out_text, err = await run_cmd(GRPCURL, "-plaintext", f"127.0.0.1:{sqlite_server.app.grpc_port}", "list")
+    rc, out_text, err = await run_cmd(GRPCURL, "-plaintext", sqlite_server.target, "list")
     assert rc == 0, err
     out = out_text.split()
     assert set(out) == {*SERVICE_NAMES, "grpc.health.v1.Health", *REFLECTION}
@@ -107,7 +107,7 @@ async def test_cli_token_is_accepted_by_the_server(tmp_path, sqlite_server) -> N
     assert rc == 0, err
     rc, out, err = await run_cmd(
         GRPCURL, "-plaintext", "-H", f"authorization: Bearer {tok.strip()}",
-        f"127.0.0.1:{sqlite_server.app.grpc_port}", "flownexus.billing.v1.BalanceService/CheckBalance",
+        sqlite_server.target, "flownexus.billing.v1.BalanceService/CheckBalance",
     )
     assert rc == 0, err
     assert json.loads(out)["credits_millicredits"] == "100000"

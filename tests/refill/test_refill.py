@@ -77,7 +77,7 @@ async def balance(server: Running, user: str) -> balance_pb2.CheckBalanceRespons
 
 async def run_worker(server: Running) -> None:
     assert server.app is not None
-    done = await server.app.workers.run_once()
+    done = await server.run_jobs()
     assert done.get("auto_refill", 0) >= 0, done
 
 
@@ -97,7 +97,7 @@ async def refill_grants(server: Running, user: str) -> int:
 
 async def in_flight_jobs(server: Running, user: str) -> int:
     assert server.app is not None
-    async with server.app.db.reader.connect() as conn:
+    async with server.read() as conn:
         q = "SELECT count(*) FROM refill_jobs WHERE user_id = :u AND status IN ('queued','running','retry_scheduled')"
         return int((await conn.execute(text(q), {"u": user})).scalar_one())
 
@@ -182,7 +182,7 @@ async def test_threshold_crossed_by_20_concurrent_spends_charges_once(rserver: R
 
 async def _pi_of(server: Running, payment_id: str) -> str:
     assert server.app is not None
-    async with server.app.db.reader.connect() as conn:
+    async with server.read() as conn:
         q = text("SELECT payment_intent_id FROM payments WHERE id = :p")
         return str((await conn.execute(q, {"p": payment_id})).scalar())
 
@@ -232,7 +232,7 @@ async def test_declining_card_retries_with_backoff_then_pauses(
     server, user = rserver, "dave"
     clock.set(datetime(2031, 3, 2, 9, tzinfo=UTC))  # its clock moves (~3.3 days) stay inside March: no new allowance
     assert server.app is not None
-    attempts = server.app.settings.refill_max_attempts
+    attempts = server.settings.refill_max_attempts
     await save_card(server, stripe_fake, user, "pm_card_chargeCustomerFail")
     cfg = await configure(server, user)
     assert cfg.payment_method.last4 == "0341"
@@ -253,7 +253,7 @@ async def test_declining_card_retries_with_backoff_then_pauses(
         if n < attempts:
             assert cfg.state == S.AUTO_REFILL_STATE_RETRY_SCHEDULED
             wait = cfg.next_retry_at.ToMicroseconds() - clock.now_us()
-            base = server.app.settings.refill_retry_base_seconds * 2 ** (n - 1) * 1e6
+            base = server.settings.refill_retry_base_seconds * 2 ** (n - 1) * 1e6
             assert 0.75 * base <= wait + 60e6 <= 1.25 * base, (n, wait, base)  # exponential, with jitter
             assert cfg.last_failure_reason == "card_declined"
             clock.advance(wait / 1e6 + 1)

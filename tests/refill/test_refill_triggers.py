@@ -51,7 +51,7 @@ async def tserver(db_url: str, clock: ManualClock, stripe_fake: StripeFake) -> A
     # refill_max_attempts=1: one decline pauses (the Capture test needs a paused refill)
     async with serving(db_url, clock, **stripe_settings(stripe_fake), refill_max_attempts=1) as running:
         assert running.app is not None
-        stripe_fake.webhook_url = f"http://127.0.0.1:{running.app.http_port}/webhooks/stripe"
+        stripe_fake.webhook_url = f"{running.http_base}/webhooks/stripe"
         yield running
         await stripe_fake.settled()
 
@@ -167,7 +167,7 @@ async def test_disputed_account_never_auto_refills_until_the_dispute_is_won(
     # An account flagged before this rule existed kept an active config: the worker's own gate
     # refuses to charge it and pauses it.
     assert server.app is not None
-    await server.app.writer.submit(Call(fn=lambda tx: refill_repo.set_config(
+    await server.submit(Call(fn=lambda tx: refill_repo.set_config(
         tx, user, state=ConfigState.ACTIVE, paused_reason="")))
     await spend(server, user, 10_000)
     assert await in_flight_jobs(server, user) == 1
@@ -227,7 +227,7 @@ async def test_allowance_end_at_the_month_boundary_enqueues_one_refill(
 
     # February: January's allowance expires and the renewal invoice has not come yet: balance 0 < 50.
     clock.set(datetime(2031, 2, 1, 0, 0, 30, tzinfo=UTC))
-    assert await server.app.workers.jobs["roll_over_allowances"]() >= 1
+    assert await server.run_job("roll_over_allowances") >= 1
     assert (await balance(server, user)).credits_millicredits == 0
     assert await in_flight_jobs(server, user) == 1
     assert len(charges(stripe_fake)) == before

@@ -30,7 +30,7 @@ async def pro_server(db_url: str, clock: ManualClock, stripe_fake: StripeFake) -
     async with serving(db_url, clock, **stripe_settings(stripe_fake)) as running:
         assert running.app is not None
         # The fake sends Stripe's webhooks to this server itself.
-        stripe_fake.webhook_url = f"http://127.0.0.1:{running.app.http_port}/webhooks/stripe"
+        stripe_fake.webhook_url = f"{running.http_base}/webhooks/stripe"
         yield running
         await stripe_fake.settled()
 
@@ -53,14 +53,14 @@ async def pro_grants(server: Running, user: str) -> list[int]:
 async def outcomes(server: Running, etype: str) -> list[str]:
     """How the server handled each stored event of this type."""
     assert server.app is not None
-    async with server.app.db.reader.connect() as conn:
+    async with server.read() as conn:
         q = text("SELECT outcome FROM webhook_events WHERE type = :t ORDER BY received_at_us, id")
         return [str(o) for o in (await conn.execute(q, {"t": etype})).scalars()]
 
 
 async def stored_subscription(server: Running, user: str) -> tuple[str, str, str]:
     assert server.app is not None
-    async with server.app.db.reader.connect() as conn:
+    async with server.read() as conn:
         q = text("SELECT stripe_subscription_id, stripe_customer_id, status FROM tier_subscriptions WHERE user_id = :u")
         row = (await conn.execute(q, {"u": user})).one()
     return str(row[0]), str(row[1]), str(row[2])

@@ -39,7 +39,7 @@ def at(server: Running, when: datetime) -> None:
 
 async def run_jobs(server: Running) -> dict[str, int]:
     assert server.app is not None
-    return await server.app.workers.run_once()
+    return await server.run_jobs()
 
 
 def us(ts: Any) -> int:
@@ -159,7 +159,7 @@ P_NEXT = utc(2031, 7, 10, 8)
 async def stored_subscription(server: Running, user: str) -> tuple[str, bool]:
     """(status, cancel_in_stripe) of the user's subscription row."""
     assert server.app is not None
-    async with server.app.db.reader.connect() as conn:
+    async with server.read() as conn:
         q = text("SELECT status, cancel_in_stripe FROM tier_subscriptions WHERE user_id = :u")
         row = (await conn.execute(q, {"u": user})).one()
     return str(row[0]), bool(row[1])

@@ -61,7 +61,7 @@ async def test_free_allowance_expires_and_renews_monthly(server) -> None:
     await server.s.usage.Spend(usage_pb2.SpendRequest(amount_millicredits=30_000, request_id="s"), metadata=auth("fred"))
     await get_tier(server, "gina")  # a user seen once, then only by the scheduler
     server.clock.set(datetime(2031, 2, 2, tzinfo=UTC))
-    assert (await server.app.workers.run_once())["roll_over_allowances"] >= 1
+    assert (await server.run_jobs())["roll_over_allowances"] >= 1
     b = await balance(server, "fred")
     assert lots(b) == [(common_pb2.LOT_KIND_ALLOWANCE, FREE), (common_pb2.LOT_KIND_PURCHASED, 40_000)]
     assert b.credits_millicredits == FREE + 40_000
@@ -70,7 +70,7 @@ async def test_free_allowance_expires_and_renews_monthly(server) -> None:
     )
     assert [x.amount_millicredits for x in hist.transactions] == [-70_000]
     # Reads and replays never stack a second allowance in the same month.
-    await server.app.workers.run_once()
+    await server.run_jobs()
     assert (await balance(server, "gina")).credits_millicredits == FREE
     assert (await get_tier(server, "fred")).allowance_remaining_millicredits == FREE
 
@@ -184,7 +184,7 @@ async def test_pro_invoices_grant_once_then_grace_then_free(
         await free_month_ends(0)
         assert (await get_tier(server, "pam")).tier == common_pb2.TIER_PRO
     server.clock.set(start + timedelta(seconds=30 * DAY + grace))
-    await server.app.workers.run_once()
+    await server.run_jobs()
     t = await get_tier(server, "pam")
     assert t.tier == common_pb2.TIER_FREE
     assert t.subscription_status == tier_pb2.SUBSCRIPTION_STATUS_CANCELED
@@ -231,7 +231,7 @@ async def test_pro_upgrade_through_stripe(stripe_server, stripe_fake) -> None:
         await tx.wallet("quinn")
         tx.set_user("quinn", stripe_customer_id=cus["id"])
 
-    await server.app.writer.submit(Call(fn=link, accounts={wallet_id("quinn")}))
+    await server.submit(Call(fn=link, accounts={wallet_id("quinn")}))
     await _localstripe(stripe_fake, "POST", "/v1/payment_methods/pm_card_visa/attach", {"customer": cus["id"]})
     r = await server.s.tier.UpgradeTier(tier_pb2.UpgradeTierRequest(tier=common_pb2.TIER_PRO, request_id="q1"),
                                         metadata=auth("quinn"))

@@ -35,7 +35,7 @@ def slow_commits(server: Running, seconds: float) -> Any:
 async def ledger_rows(server: Running, user: str, rid: str) -> tuple[list[int], int]:
     assert server.app is not None
     key = keys.idempotency("user", user, "Spend", rid)
-    async with server.app.db.reader.connect() as conn:
+    async with server.read() as conn:
         q = select(transfers.c.id).where(transfers.c.key == keys.request_transfer(key))
         ids = [r[0] for r in (await conn.execute(q)).all()]
         stored = len((await conn.execute(select(idempotency.c.key).where(idempotency.c.key == key))).all())
@@ -144,7 +144,7 @@ async def test_spend_whose_deadline_passed_in_the_queue_is_not_applied(server: R
     for r in reqs:
         assert await ledger_rows(server, user, r.request_id) == ([], 0), f"{r.request_id} was applied after its deadline"
     assert await credits(server, user) == FREE
-    assert server.app is not None and server.app.writer.stats.expired >= 1
+    assert server.app is not None and server.writer_stats.expired >= 1
     server.app.writer.before_flush.remove(linger)
     first = [await server.s.usage.Spend(r, metadata=auth(user), timeout=10) for r in reqs]
     again = [await server.s.usage.Spend(r, metadata=auth(user), timeout=10) for r in reqs]

@@ -155,7 +155,7 @@ async def test_a_retried_batch_replays_what_was_applied_and_applies_the_rest(ser
 
 async def test_concurrent_batches_on_one_hot_account_never_overdraft(server: Running) -> None:
     assert server.app is not None
-    stats = server.app.writer.stats
+    stats = server.writer_stats
     batches_before, ops_before = stats.batches, stats.operations
     calls = [
         [req(150, f"h{c}-{i}", user_id="hot", **({"app_id": "app", "publisher_user_id": "dev"} if i % 5 == 0 else {}))
@@ -201,7 +201,7 @@ async def test_a_callers_backlog_does_not_hold_up_other_callers(server: Running)
     needs a batch of its own) are applied within a batch or two, not after
     the backlog. Counted in transfer ids, not in time."""
     assert server.app is not None
-    stats = server.app.writer.stats
+    stats = server.writer_stats
     before = stats.operations
     bulk = auth("bulk-meter", "service")
     calls = [[req(1, f"b{c}-{i}", user_id=f"m{i}") for i in range(1_000)] for c in range(3)]

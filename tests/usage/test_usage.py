@@ -141,7 +141,7 @@ async def test_hold_expires_and_releases_itself(server) -> None:
         usage_pb2.ReserveRequest(amount_millicredits=7_000, request_id="h", ttl=Duration(seconds=60)), metadata=auth("kim")
     )
     server.clock.advance(61)
-    done = await server.app.workers.run_once()
+    done = await server.run_jobs()
     assert done["expire_holds"] == 1
     b = await balance(server, "kim")
     assert (b.credits_millicredits, b.pending_millicredits) == (FREE, 0)
