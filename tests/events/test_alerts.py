@@ -137,16 +137,14 @@ async def test_credits_expiring_once_per_lot_and_forecast_once_per_day(server: R
         ),
         metadata=auth("ops", "admin"),
     )
-    assert server.app is not None
-    events = server.app.events
-    assert await events.scan_expiring() == 1
-    assert await events.scan_expiring() == 0
+    assert await server.run_job("credits_expiring") == 1
+    assert await server.run_job("credits_expiring") == 0
     expiring = await list_events(server, "eve", ["credits.expiring"])
     assert [(payload(e)["lot_kind"], payload(e)["remaining_millicredits"]) for e in expiring] == [("earned", 5_000)]
 
     await spend(server, "eve", 100_000, "burn")  # 105 -> 5 credits in a day: ~3.3 credits a day
-    assert await events.scan_forecast() == 1
+    assert await server.run_job("forecast_runs_out") == 1
     clock.advance(3600)
-    assert await events.scan_forecast() == 0  # the same UTC day
+    assert await server.run_job("forecast_runs_out") == 0  # the same UTC day
     forecast = await list_events(server, "eve", ["forecast.runs_out"])
     assert payload(forecast[0])["balance_millicredits"] == 5_000 and payload(forecast[0])["forecast_days"] == 3

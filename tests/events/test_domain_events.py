@@ -47,8 +47,7 @@ async def test_payment_refund_flag_and_hold_events(
 
     hold = await reserve(server, "pam", 5_000, "h1", ttl_s=60)
     clock.advance(120)
-    assert server.app is not None
-    await server.app.workers.run_once()
+    await server.run_jobs()
     (expired,) = await list_events(server, "pam", ["hold.expired"])
     assert payload(expired) == {"hold_id": hold.id, "amount_millicredits": 5_000,
                                 "transaction_id": payload(expired)["transaction_id"]}

@@ -107,18 +107,17 @@ async def test_retention_and_metrics(server: Running, clock: ManualClock) -> Non
     """/metrics counts committed events by type (balance.low: the low-balance
     alerts) and shows the auto-refill success ratio; events older than
     BILLING_EVENTS_RETENTION (30 days) are pruned by the job, newer ones kept."""
-    assert server.app is not None
     await alerts_at(server, "old", [50])
     await spend(server, "old", 60_000, "s")
     async with aiohttp.ClientSession() as http:
-        async with http.get(f"http://127.0.0.1:{server.app.http_port}/metrics") as r:
+        async with http.get(f"{server.http_base}/metrics") as r:
             text = await r.text()
     assert re.search(r'^billing_events_total\{type="balance.low"\} [1-9]', text, re.M)
     assert re.search(r"^billing_auto_refill_success_ratio [0-9.]+$", text, re.M)
     clock.advance(29 * 86_400)
     await alerts_at(server, "new", [50])
     await spend(server, "new", 60_000, "s")
-    assert await server.app.events.prune() == 0
+    assert await server.run_job("prune_events") == 0
     clock.advance(2 * 86_400)
-    assert await server.app.events.prune() == 1
+    assert await server.run_job("prune_events") == 1
     assert [e.user_id for e in await list_events(server)] == ["new"]
