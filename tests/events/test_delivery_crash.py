@@ -1,6 +1,7 @@
 """kill -9 of the server while it delivers webhooks: after a restart every
 event arrives, per wallet in order, and a repeat carries the same
-webhook-id and body (the server is a subprocess, `python -m server serve`)."""
+webhook-id and body (the server is a subprocess, `python -m server serve`).
+Two servers on one database deliver each event once."""
 
 from __future__ import annotations
 
@@ -17,8 +18,9 @@ import pytest
 from flownexus.billing.v1 import events_pb2, usage_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.events.receiver import Receiver
-from tests.harness import JWT_SECRET, Stubs, auth, free_port
+from server.platform.clock import ManualClock
+from tests.events.receiver import WEBHOOK_SETTINGS, Receiver
+from tests.harness import JWT_SECRET, Running, Stubs, auth, free_port
 
 pytestmark = pytest.mark.asyncio
 
@@ -116,4 +118,34 @@ async def test_kill_9_during_deliveries_loses_nothing(db_url: str, tmp_path: Pat
             assert seq == sorted(seq), f"{u}: {seq}"
     finally:
         server.stop()
+        await receiver.stop()
+
+
+async def test_two_serving_processes_never_deliver_an_event_twice(db_url: str, clock: ManualClock) -> None:
+    """Two servers on one database (as `serve --workers 2` runs them), both
+    delivering to one endpoint: every event arrives exactly once (claims
+    lock the endpoint's row and lease each delivery)."""
+    receiver = await Receiver(delay=0.02).start()
+    first = await Running(db_url, clock, **WEBHOOK_SETTINGS).start()
+    second = await Running(db_url, clock, **WEBHOOK_SETTINGS).start()
+    try:
+        made = await first.s.events.CreateWebhookEndpoint(
+            events_pb2.CreateWebhookEndpointRequest(url=receiver.url, request_id="ep"), metadata=SVC
+        )
+        receiver.secret = made.secret
+        for i, u in enumerate(USERS):
+            server = (first, second)[i % 2]
+            await server.s.events.SetBalanceAlerts(
+                events_pb2.SetBalanceAlertsRequest(thresholds_millicredits=[t * 1000 for t in THRESHOLDS],
+                                                   request_id="t"), metadata=auth(u),
+            )
+            await server.s.usage.Spend(usage_pb2.SpendRequest(amount_millicredits=20_000, request_id="s"),
+                                       metadata=auth(u))
+        want = len(USERS) * len(THRESHOLDS)
+        await receiver.wait_for(want, timeout=30)
+        await asyncio.sleep(0.5)  # anything sent twice would have landed by now
+        assert sorted(receiver.ids()) == sorted(set(receiver.ids())) and len(receiver.ids()) == want
+    finally:
+        await second.stop()
+        await first.stop()
         await receiver.stop()
