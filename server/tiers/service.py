@@ -155,7 +155,7 @@ class TierService:
             # The rest of this month, prorated and rounded down; once per user and month.
             grant = prorate(monthly, start, end, tx.now_us)
             if grant > 0:
-                await tx.grant_allowance(uid, grant, start, end, key=f"allowance:upgrade:{uid}:{start}")
+                await tx.grant_allowance(uid, grant, start, end, key=keys.allowance_upgrade(uid, start))
             sub = await load_sub(tx, uid)
             if sub is not None:
                 live = bool(sub["stripe_subscription_id"]) and sub["status"] not in (SubscriptionStatus.CANCELED, SubscriptionStatus.NONE)
