@@ -40,7 +40,7 @@ from server.grpc.interceptors import CallInterceptor
 from server.history import grpc as history_grpc
 from server.history.repository import HistoryRepository
 from server.history.service import HistoryService
-from server.ledger.model import BalanceEvent
+from server.ledger.model import BalanceEvent, tally
 from server.ledger.repository import LedgerReader
 from server.ledger.writer import LedgerWriter
 from server.payments import grpc as payments_grpc
@@ -159,7 +159,8 @@ class App:
         self.draining = False
 
     def _publish(self, events: list[BalanceEvent]) -> None:
-        METRICS.observe_events(events)
+        t = tally(events)  # the ledger reports to the metrics, which know no ledger
+        METRICS.observe_transfers(t.counts, spent=t.spent, granted=t.granted, clawed=t.clawed)
         self.hub.deliver(events)
 
     # ---- lifecycle -------------------------------------------------------------------
