@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         from server.app import App
 
         try:
-            import uvloop  # type: ignore[import-not-found]
+            import uvloop
 
             uvloop.install()
         except ImportError:

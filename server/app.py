@@ -254,7 +254,7 @@ class App:
         site = web.TCPSite(runner, self.settings.http_host, self.settings.http_port, reuse_port=self.reuse_port or None)
         await site.start()
         self._http_runner = runner
-        sockets = site._server.sockets if site._server else []  # type: ignore[union-attr,attr-defined]
+        sockets = site._server.sockets if site._server else []  # type: ignore[attr-defined]
         self.http_port = sockets[0].getsockname()[1] if sockets else self.settings.http_port
 
     async def _healthz(self, request: web.Request) -> web.Response:
