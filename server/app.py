@@ -44,6 +44,7 @@ from server.ledger.model import BalanceEvent, tally
 from server.ledger.repository import LedgerReader
 from server.ledger.writer import LedgerWriter
 from server.payments import grpc as payments_grpc
+from server.payments.events import EventRouter
 from server.payments.gateway import StripeGateway
 from server.payments.service import PaymentsService
 from server.platform.clock import Clock
@@ -119,11 +120,13 @@ class App:
         reg = self.registry = Registry(self.writer, self.workers)
 
         self.stripe = StripeGateway(settings.stripe_api_key, settings.stripe_api_base)
-        self.payments = PaymentsService(settings, self.db, self.writer, self.clock, self.stripe, reg.webhooks)
+        # Stripe events: one table, filled by payments, refill and tiers in this order.
+        self.stripe_events = EventRouter()
+        self.payments = PaymentsService(settings, self.db, self.writer, self.clock, self.stripe, self.stripe_events)
         payments_grpc.register(reg, self.payments)
 
         self.refill = RefillService(settings, self.db, self.writer, self.clock, self.stripe, self.payments)
-        refill_grpc.register(reg, self.refill)
+        refill_grpc.register(reg, self.refill, self.stripe_events)
         self.payments.card_of = self.refill.charge_card  # TopUp charges auto-refill's card
 
         self.balance = BalanceService(self.writer, self.reader, self.clock, self.refill.lookup)
@@ -144,7 +147,9 @@ class App:
             self.stripe, self.payments.customers,
         )
         self.tier_service.card_of = self.refill.charge_card  # Pro on the card auto-refill charges
-        tiers_grpc.register(reg, self.tier_service, TierEvents(self.tier_rules, self.tiers["pro"].monthly_millicredits))
+        tiers_grpc.register(
+            reg, self.tier_service, TierEvents(self.tier_rules, self.tiers["pro"].monthly_millicredits), self.stripe_events
+        )
 
         # Last: admin flags follow refill's rule (a flag pauses, clearing resumes).
         self.admin = AdminService(self.writer, AdminRepository(self.db.reader), follow_account_flag, self.refill.view)

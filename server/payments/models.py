@@ -7,9 +7,7 @@ The enums are `StrEnum`s whose values are the strings stored in the
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import TypedDict
-
-from server import registry
+from typing import Any, TypedDict
 
 
 class PaymentStatus(StrEnum):
@@ -67,4 +65,12 @@ class PaymentRow(TypedDict):
 
 
 # A Stripe API object or event, as plain JSON (server/payments/gateway.py's `_plain`).
-StripeObject = registry.StripeObject
+StripeObject = dict[str, Any]
+
+
+def stripe_id(value: object) -> str:
+    """The id of a Stripe reference, which Stripe sends as an id or, expanded,
+    as the object itself ("" when there is none)."""
+    if isinstance(value, dict):
+        return str(value.get("id") or "")
+    return str(value or "")

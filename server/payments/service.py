@@ -25,14 +25,14 @@ from server.ledger.writer import LedgerWriter
 from server.payments import repository as repo
 from server.payments import webhooks
 from server.payments.customers import StripeCustomers
+from server.payments.events import EventRouter
 from server.payments.gateway import StripeGateway, not_configured
-from server.payments.models import CREDITED, PaymentKind, PaymentRow, PaymentStatus
+from server.payments.models import CREDITED, PaymentKind, PaymentRow, PaymentStatus, stripe_id
 from server.platform import errors
 from server.platform.auth import Principal, Role
 from server.platform.clock import Clock
 from server.platform.config import Settings
 from server.platform.metrics import METRICS
-from server.registry import EventRouter
 
 log = logging.getLogger(__name__)
 
@@ -233,7 +233,7 @@ class PaymentsService:
         pi_id = str(result.get("id") or "")
         code = str(result.get("decline_code") or result.get("code") or "")
         if status == "succeeded":
-            charge = webhooks._id(result.get("latest_charge"))
+            charge = stripe_id(result.get("latest_charge"))
 
             async def paid(tx: LedgerTx) -> TopUpResult:
                 p = await repo.get(tx, pid, lock=True)
@@ -430,7 +430,7 @@ class PaymentsService:
             result: int = await self._exclusive(abandon)
             return result
         session = await self.gateway.retrieve_checkout_session(row["checkout_session_id"])
-        pi = webhooks._id(session.get("payment_intent"))
+        pi = stripe_id(session.get("payment_intent"))
         paid = session.get("payment_status") in ("paid", "no_payment_required")
         expired = session.get("status") == "expired"
         if not paid and not expired:

@@ -22,7 +22,7 @@ from server.ledger.tx import LedgerTx
 from server.ledger.writer import LedgerWriter
 from server.payments import repository as payrepo
 from server.payments.gateway import StripeGateway, not_configured
-from server.payments.models import PaymentKind, PaymentStatus
+from server.payments.models import PaymentKind, PaymentRow, PaymentStatus, StripeObject, stripe_id
 from server.payments.service import PaymentsService
 from server.platform import errors
 from server.platform.auth import Principal, Role
@@ -73,7 +73,7 @@ SETTLED = "refill-settled"  # users whose refill was settled in this batch: no n
 # ---- Stripe events (inside the webhook's transaction; registered on the
 # webhook router by server/refill/grpc.py) ----
 
-async def on_stripe_event(tx: LedgerTx, etype: str, payment: dict[str, Any] | None, obj: dict[str, Any]) -> None:
+async def on_stripe_event(tx: LedgerTx, etype: str, payment: PaymentRow | None, obj: StripeObject) -> None:
     if payment is not None and etype.startswith("charge.dispute."):
         await _follow_account_flag(tx, payment["user_id"])
     if payment is not None and payment["kind"] == PaymentKind.AUTO_REFILL:
@@ -85,13 +85,10 @@ async def on_stripe_event(tx: LedgerTx, etype: str, payment: dict[str, Any] | No
     raw_meta = obj.get("metadata")
     meta: dict[str, Any] = raw_meta if isinstance(raw_meta, dict) else {}
     if etype == "payment_intent.succeeded" and payment is not None and obj.get("payment_method"):
-        pm = obj["payment_method"]
-        pm_id = str(pm.get("id") if isinstance(pm, dict) else pm)
-        await _saved_card(tx, payment["user_id"], payment_method_id=pm_id)
+        await _saved_card(tx, payment["user_id"], payment_method_id=stripe_id(obj["payment_method"]))
     elif etype == "checkout.session.completed" and obj.get("mode") == "setup" and meta.get("purpose") == "auto_refill_setup":
         user = str(meta.get("user_id") or obj.get("client_reference_id") or "")
-        si = obj.get("setup_intent")
-        si_id = str(si.get("id") if isinstance(si, dict) else si or "")
+        si_id = stripe_id(obj.get("setup_intent"))
         if user and si_id:
             await _saved_card(tx, user, setup_intent_id=si_id)
 
@@ -325,8 +322,7 @@ class RefillService:
         if cfg is not None and cfg["setup_intent_id"]:
             si = await self.gateway.retrieve_setup_intent(str(cfg["setup_intent_id"]))
             if si.get("status") == "succeeded" and si.get("payment_method"):
-                pm = si["payment_method"]
-                pm_id = str(pm.get("id") if isinstance(pm, dict) else pm)
+                pm_id = stripe_id(si["payment_method"])
         if pm_id is None and cfg is not None and cfg["payment_method_id"]:
             if cfg["pm_last4"]:
                 return {

@@ -16,7 +16,7 @@ from server.ledger.ops import Call
 from server.ledger.tx import LedgerTx
 from server.payments import repository as payrepo
 from server.payments import webhooks
-from server.payments.models import CREDITED, PaymentKind, PaymentRow, PaymentStatus
+from server.payments.models import CREDITED, PaymentKind, PaymentRow, PaymentStatus, stripe_id
 from server.platform import errors
 from server.platform.auth import Principal, Role
 from server.platform.clock import month_bounds
@@ -235,8 +235,7 @@ class RefillWorker:
         pi_id = str(result.get("id") or "")
         if status == "succeeded":
             METRICS.refill_attempts.labels("succeeded").inc()
-            charge = result.get("latest_charge")
-            charge_id = str((charge.get("id") if isinstance(charge, dict) else charge) or "")
+            charge_id = stripe_id(result.get("latest_charge"))
             await self._record(item, lambda tx: self._succeed(tx, item, pi_id, charge_id))
             return
         if status == "processing":
@@ -254,7 +253,7 @@ class RefillWorker:
     async def _setup_pm(self, setup_intent_id: str) -> str:
         si = await self.gateway.retrieve_setup_intent(setup_intent_id)
         pm = si.get("payment_method") if si.get("status") == "succeeded" else None
-        return str((pm.get("id") if isinstance(pm, dict) else pm) or "")
+        return stripe_id(pm)
 
     async def _recovery_link(self, item: Claimed) -> str:
         """A Checkout link for the same amount: paying it grants the credits and saves the card again."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from flownexus.billing.v1 import common_pb2, tier_pb2, tier_pb2_grpc
 
 from server.grpc import Ctx, convert, validation
+from server.payments.events import EventRouter
 from server.platform.auth import principal
 from server.registry import Registry
 from server.tiers.events import TierEvents
@@ -100,8 +101,7 @@ class TierServicer(tier_pb2_grpc.TierServiceServicer):
         )
 
 
-def register(reg: Registry, service: TierService, events: TierEvents) -> None:
+def register(reg: Registry, service: TierService, events: TierEvents, stripe_events: EventRouter) -> None:
     reg.servicer(tier_pb2_grpc.add_TierServiceServicer_to_server, TierServicer(service))
-    reg.webhooks.by_type.update(events.handlers())
-    reg.webhooks.checkout_modes["subscription"] = events.checkout_session  # the Pro upgrade's Checkout
+    events.register(stripe_events)
     reg.job("cancel_lapsed_subscriptions", service.cancel_lapsed)
