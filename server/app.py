@@ -53,6 +53,7 @@ from server.platform.metrics import METRICS
 from server.platform.ratelimit import caller_shares, limiters, mutation_limits
 from server.refill import grpc as refill_grpc
 from server.refill.service import RefillService, follow_account_flag
+from server.refill.worker import RefillWorker
 from server.registry import Registry
 from server.tiers import grpc as tiers_grpc
 from server.tiers.events import TierEvents
@@ -125,9 +126,10 @@ class App:
         self.payments = PaymentsService(settings, self.db, self.writer, self.clock, self.stripe, self.stripe_events)
         payments_grpc.register(reg, self.payments)
 
-        self.refill = RefillService(settings, self.db, self.writer, self.clock, self.stripe, self.payments)
-        refill_grpc.register(reg, self.refill, self.stripe_events)
-        self.payments.card_of = self.refill.charge_card  # TopUp charges auto-refill's card
+        # The worker first: enabling auto-refill below the threshold charges at once.
+        self.refill_worker = RefillWorker(settings, self.writer, self.payments)
+        self.refill = RefillService(settings, self.db, self.writer, self.clock, self.payments, self.refill_worker)
+        refill_grpc.register(reg, self.refill, self.refill_worker, self.stripe_events)
 
         self.balance = BalanceService(self.writer, self.reader, self.clock, self.refill.lookup)
         balance_grpc.register(reg, self.balance, self.hub, self.clock)
@@ -144,9 +146,8 @@ class App:
 
         self.tier_service = TierService(
             self.balance, self.writer, self.reader, self.db, self.clock, settings, self.tiers, self.tier_rules,
-            self.stripe, self.payments.customers,
+            self.stripe, self.payments,
         )
-        self.tier_service.card_of = self.refill.charge_card  # Pro on the card auto-refill charges
         tiers_grpc.register(
             reg, self.tier_service, TierEvents(self.tier_rules, self.tiers["pro"].monthly_millicredits), self.stripe_events
         )

@@ -27,11 +27,12 @@ class Handled:
 
     outcome: str
     payment: PaymentRow | None = None
+    card_saved_for: str = ""  # the user whose card the event saved
 
 
 Handler = Callable[[LedgerTx, StripeObject], Awaitable[Handled]]
-# After every event, with the payment it concerned (or None): fn(tx, event_type, payment, object).
-Hook = Callable[[LedgerTx, str, PaymentRow | None, StripeObject], Awaitable[None]]
+# After every event, with what its handler did: fn(tx, event_type, handled).
+Hook = Callable[[LedgerTx, str, Handled], Awaitable[None]]
 
 
 def outcome_only(fn: Callable[[LedgerTx, StripeObject], Awaitable[str]]) -> Handler:
@@ -67,5 +68,5 @@ class EventRouter:
         handler = (mode and self.table.get((event_type, mode))) or self.table.get((event_type, ""))
         handled = await handler(tx, obj) if handler is not None else Handled("ignored")
         for hook in self.hooks:
-            await hook(tx, event_type, handled.payment, obj)
+            await hook(tx, event_type, handled)
         return handled

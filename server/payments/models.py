@@ -6,6 +6,7 @@ The enums are `StrEnum`s whose values are the strings stored in the
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, TypedDict
 
@@ -74,3 +75,35 @@ def stripe_id(value: object) -> str:
     if isinstance(value, dict):
         return str(value.get("id") or "")
     return str(value or "")
+
+
+@dataclass(frozen=True)
+class SavedCard:
+    """The card off-session charges use, with what a user is shown of it."""
+
+    payment_method_id: str
+    brand: str = ""
+    last4: str = ""
+    exp_month: int = 0
+    exp_year: int = 0
+
+
+@dataclass(frozen=True)
+class ChargeOutcome:
+    """What Stripe answered to an off-session charge of the saved card.
+    `status` is the PaymentIntent's (succeeded, processing, requires_action,
+    requires_payment_method, ...); `code` and `decline_code` say why not."""
+
+    status: str
+    payment_intent_id: str = ""
+    charge_id: str = ""
+    code: str = ""
+    decline_code: str = ""
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status == "succeeded"
+
+    @property
+    def processing(self) -> bool:
+        return self.status in ("processing", "requires_capture")

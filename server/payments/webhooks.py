@@ -470,12 +470,42 @@ async def session_expired(tx: LedgerTx, p: PaymentRow, obj: StripeObject) -> Han
     return Handled("expired", p)
 
 
+async def remember_card(tx: LedgerTx, user_id: str, *, payment_method_id: str = "", setup_intent_id: str = "") -> None:
+    """A card the user just saved or paid with: the one off-session charges use from now on."""
+    current = await repo.card(tx, user_id)
+    values: dict[str, Any] = {}
+    if payment_method_id:
+        if current is None or current["payment_method_id"] != payment_method_id:
+            values.update(brand="", last4="", exp_month=0, exp_year=0)  # told again when next charged
+        values.update(payment_method_id=payment_method_id, setup_intent_id=None)
+    if setup_intent_id:
+        values.update(setup_intent_id=setup_intent_id)
+    await repo.save_card(tx, user_id, **values)
+
+
 async def intent_succeeded(tx: LedgerTx, p: PaymentRow, obj: StripeObject) -> Handled:
     pi = stripe_id(obj.get("id"))
     if mismatch := amount_mismatch(p, obj, "amount"):
-        return Handled(await hold_for_review(tx, p, mismatch, "payment_intent.succeeded", payment_intent_id=pi), p)
-    await mark_paid(tx, p, payment_intent_id=pi, charge_id=stripe_id(obj.get("latest_charge")))
-    return Handled("paid", p)
+        handled = Handled(await hold_for_review(tx, p, mismatch, "payment_intent.succeeded", payment_intent_id=pi), p)
+    else:
+        await mark_paid(tx, p, payment_intent_id=pi, charge_id=stripe_id(obj.get("latest_charge")))
+        handled = Handled("paid", p)
+    if p["kind"] != PaymentKind.AUTO_REFILL and obj.get("payment_method"):
+        # A card the user paid with is the card of later off-session charges.
+        await remember_card(tx, p["user_id"], payment_method_id=stripe_id(obj["payment_method"]))
+        handled.card_saved_for = p["user_id"]
+    return handled
+
+
+async def setup_completed(tx: LedgerTx, obj: StripeObject) -> Handled:
+    """A setup-mode Checkout (the setup link) saved a card."""
+    meta = _meta(obj)
+    user = str(meta.get("user_id") or obj.get("client_reference_id") or "")
+    si_id = stripe_id(obj.get("setup_intent"))
+    if meta.get("purpose") != "auto_refill_setup" or not user or not si_id:
+        return Handled("unmatched")
+    await remember_card(tx, user, setup_intent_id=si_id)
+    return Handled("unmatched", card_saved_for=user)  # no payment of ours
 
 
 async def intent_failed(tx: LedgerTx, p: PaymentRow, obj: StripeObject) -> Handled:
@@ -532,6 +562,7 @@ HANDLED_EVENTS = tuple(HANDLERS)
 def register(router: EventRouter) -> None:
     for event_type, handler in HANDLERS.items():
         router.on(event_type, handler)
+    router.on("checkout.session.completed", setup_completed, mode="setup")
 
 
 async def handle_event(router: EventRouter, tx: LedgerTx, event: StripeObject, raw: bytes) -> str:

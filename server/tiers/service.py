@@ -23,8 +23,8 @@ from server.ledger.ops import Call, Idempotency
 from server.ledger.repository import LedgerReader
 from server.ledger.tx import LedgerTx
 from server.ledger.writer import LedgerWriter
-from server.payments.customers import StripeCustomers
 from server.payments.gateway import StripeGateway
+from server.payments.service import PaymentsService
 from server.platform import errors
 from server.platform.auth import Principal, Role
 from server.platform.clock import Clock, month_bounds
@@ -65,7 +65,7 @@ class TierService:
         tiers: dict[str, TierSpec],
         rules: TierRules,
         gateway: StripeGateway | None,
-        customers: StripeCustomers | None,
+        payments: PaymentsService | None,
     ) -> None:
         self.balance = balance
         self.writer = writer
@@ -76,9 +76,7 @@ class TierService:
         self.tiers = tiers
         self.rules = rules
         self.gateway = gateway
-        self.customers = customers
-        # The card off-session charges use (auto-refill's, server/app.py wires it).
-        self.card_of: Any = None
+        self.payments = payments  # the Stripe customer and the saved card
 
     # ---- reads ----------------------------------------------------------------------
 
@@ -188,10 +186,11 @@ class TierService:
             raise upgrade_failed(
                 "payments are not configured: set BILLING_STRIPE_API_KEY", setting="BILLING_STRIPE_API_KEY"
             )
-        assert self.customers is not None
-        customer = await self.customers.get_or_create(uid)
+        assert self.payments is not None
+        customer = await self.payments.customer(uid)
         price = self.tiers["pro"].price_cents
-        pm = await self.card_of(uid) if self.card_of is not None else await gw.saved_payment_method(customer)
+        card = await self.payments.charge_card(uid)  # the card auto-refill and TopUp charge
+        pm = card.payment_method_id if card else None
         declined: errors.DomainError | None = None
         if pm:
             try:
