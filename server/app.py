@@ -149,7 +149,8 @@ class App:
             self.stripe, self.payments,
         )
         tiers_grpc.register(
-            reg, self.tier_service, TierEvents(self.tier_rules, self.tiers["pro"].monthly_millicredits), self.stripe_events
+            reg, self.tier_service, TierEvents(self.tier_rules, self.tiers["pro"].monthly_millicredits, self.payments),
+            self.stripe_events,
         )
 
         # Last: admin flags follow refill's rule (a flag pauses, clearing resumes).

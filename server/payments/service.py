@@ -33,6 +33,7 @@ from server.payments.models import (
     PaymentRow,
     PaymentStatus,
     SavedCard,
+    StripeObject,
     stripe_id,
 )
 from server.platform import errors
@@ -448,6 +449,12 @@ class PaymentsService:
         mine = (current["user_id"] == user_id and current["kind"] == kind
                 and current["status"] == PaymentStatus.FAILED and current["created_at_us"] > after_us)
         return await repo.declined(tx, user_id, kind, after_us, except_id=current["id"]) + int(mine)
+
+    async def record_invoice(
+        self, tx: LedgerTx, user_id: str, invoice: StripeObject, *, paid: bool, credits: int, reason: str = ""
+    ) -> PaymentRow | None:
+        """A subscription invoice as a payment of the user's history (one per invoice)."""
+        return await webhooks.record_invoice(tx, user_id, invoice, paid=paid, credits=credits, reason=reason)
 
     async def link_for(self, user_id: str, amount_cents: int, request_id: str, fingerprint: str) -> str:
         """A Checkout link the user pays with another card (a recovery after a

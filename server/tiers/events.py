@@ -12,11 +12,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from server.ledger import keys
 from server.ledger.model import BalanceEvent
 from server.ledger.tx import LedgerTx
 from server.payments.events import EventRouter, Handled, outcome_only
 from server.payments.models import StripeObject, stripe_id
-from server.payments.webhooks import record_invoice
+from server.payments.service import PaymentsService
 from server.platform import errors
 from server.platform.clock import month_bounds
 from server.tiers import repository as repo
@@ -53,9 +54,10 @@ async def _user_for(tx: LedgerTx, subscription_id: str, customer_id: str, meta: 
 
 
 class TierEvents:
-    def __init__(self, rules: TierRules, pro_monthly: int) -> None:
+    def __init__(self, rules: TierRules, pro_monthly: int, payments: PaymentsService) -> None:
         self.rules = rules
         self.pro_monthly = pro_monthly
+        self.payments = payments  # the invoice is a payment of the user's history
 
     def register(self, router: EventRouter) -> None:
         """Invoices and subscriptions, and the Checkout of the Pro upgrade (subscription mode)."""
@@ -130,9 +132,9 @@ class TierEvents:
         if uid is None:
             # Our record of the upgrade may not be committed yet: fail so Stripe retries.
             raise errors.Unavailable("subscription not known yet", reason="SUBSCRIPTION_UNKNOWN")
-        key = f"allowance:invoice:{stripe_id(invoice.get('id'))}"
+        key = keys.allowance_invoice(stripe_id(invoice.get("id")))
         # The invoice is a payment in the user's history, once per invoice.
-        await record_invoice(tx, uid, invoice, paid=True, credits=self.pro_monthly)
+        await self.payments.record_invoice(tx, uid, invoice, paid=True, credits=self.pro_monthly)
         if not await tx.key_unused(key):
             return "duplicate_invoice"
         await tx.wallet(uid)
@@ -168,7 +170,7 @@ class TierEvents:
         charge: StripeObject = raw_charge if isinstance(raw_charge, dict) else {}
         err = invoice.get("last_finalization_error") or {}
         reason = charge.get("failure_code") or err.get("decline_code") or err.get("code") or "payment_failed"
-        await record_invoice(tx, uid, invoice, paid=False, credits=self.pro_monthly, reason=str(reason))
+        await self.payments.record_invoice(tx, uid, invoice, paid=False, credits=self.pro_monthly, reason=str(reason))
         if user["tier"] != "pro" and sub and sub["stripe_subscription_id"] == sub_id and sub["status"] == SubscriptionStatus.CANCELED:
             # A retry of a renewal that failed past the grace end: the subscription
             # lapsed (the user is on free); it is not a pending first upgrade.

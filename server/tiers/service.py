@@ -12,11 +12,8 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
-
 from server.balance.service import BalanceService
 from server.db.engine import Database
-from server.db.schema import tier_subscriptions
 from server.ledger import keys
 from server.ledger.model import MAX_AMOUNT, LotKind, from_json, to_json, wallet_id
 from server.ledger.ops import Call, Idempotency
@@ -30,7 +27,7 @@ from server.platform.auth import Principal, Role
 from server.platform.clock import Clock, month_bounds
 from server.platform.config import Settings
 from server.tiers.models import SubscriptionStatus, TierChange, TierSpec, TierView, UpgradeStatus
-from server.tiers.repository import load_sub, read_sub, save_sub
+from server.tiers.repository import load_sub, read_sub, save_sub, to_cancel_in_stripe
 from server.tiers.rules import TierRules, change_tier, prorate, tier_rank
 
 log = logging.getLogger(__name__)
@@ -293,11 +290,7 @@ class TierService:
         """Cancel in Stripe the subscriptions of users who lapsed or moved to Enterprise."""
         if self.gateway is None or not self.gateway.configured:
             return 0
-        async with self.db.reader.connect() as conn:
-            q = select(tier_subscriptions.c.user_id, tier_subscriptions.c.stripe_subscription_id).where(
-                tier_subscriptions.c.cancel_in_stripe.is_(True)
-            ).limit(100)
-            rows = (await conn.execute(q)).all()
+        rows = await to_cancel_in_stripe(self.db.reader, limit=100)
         done = 0
         for uid, sub_id in rows:
             try:
