@@ -14,7 +14,7 @@ from server.ledger import keys
 from server.platform.clock import ManualClock, month_bounds, to_us
 from tests.calls import balance
 from tests.harness import Running, auth
-from tests.test_migrations import _alembic
+from tests.db.test_migrations import _alembic
 
 FREE = 100_000
 
