@@ -13,8 +13,8 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from server.ledger import keys
 from server.platform.clock import ManualClock, month_bounds, to_us
 from tests.calls import balance
-from tests.harness import Running, auth
 from tests.db.test_migrations import _alembic
+from tests.harness import Running, auth
 
 FREE = 100_000
 
