@@ -210,7 +210,7 @@ class DeliveryWorker:
                 more.cancel()
                 for t in done:
                     if t is not more:
-                        inflight.discard(t)  # type: ignore[arg-type]
+                        inflight.discard(t)
                         ended.append(t.result())  # type: ignore[arg-type]
         except asyncio.CancelledError:
             for t in inflight:

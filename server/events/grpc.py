@@ -46,7 +46,7 @@ def event_pb(e: EventView) -> events_pb2.Event:
 def endpoint_pb(v: EndpointView) -> events_pb2.WebhookEndpoint:
     return events_pb2.WebhookEndpoint(
         id=v.id, url=v.url, event_types=v.event_types, description=v.description,
-        status=_ENDPOINT_STATUS.get(v.status, events_pb2.WEBHOOK_ENDPOINT_STATUS_UNSPECIFIED),  # type: ignore[arg-type]
+        status=_ENDPOINT_STATUS.get(v.status, events_pb2.WEBHOOK_ENDPOINT_STATUS_UNSPECIFIED),
         create_time=convert.ts(v.created_at_us), update_time=convert.ts(v.updated_at_us),
         failing_since=convert.ts(v.failing_since_us) if v.failing_since_us else None,
     )
@@ -194,7 +194,7 @@ class EventsServicer(events_pb2_grpc.EventsServiceServicer):
     ) -> events_pb2.ListWebhookDeliveriesResponse:
         validation.enum(request.status, events_pb2.WebhookDeliveryStatus, field="status", allow_unspecified=True)
         endpoint = _endpoint_id(request.endpoint_id)
-        status = _DELIVERY_FILTER.get(request.status, "")  # type: ignore[call-overload]
+        status = _DELIVERY_FILTER.get(request.status, "")
         filters = validation.filters_signature(endpoint, status)
         before = validation.decode_page_token(request.page_token, filters, str)
         limit = validation.page_size(request.page_size)

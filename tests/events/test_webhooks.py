@@ -291,9 +291,9 @@ async def test_a_hanging_endpoint_does_not_delay_another(db_url: str, clock: Man
                     out.append(fast.received[n].at - t0)
                 return out
 
-            alone = await latencies([f"a{i}" for i in range(30)])
+            alone = await latencies([f"a{i}" for i in range(60)])
             await create_endpoint(server, hang, rid="hang")
-            beside = await latencies([f"b{i}" for i in range(30)])
+            beside = await latencies([f"b{i}" for i in range(60)])
             assert hang.attempts >= 16  # A's attempts are in flight, hanging
             assert p99(beside) <= 2 * p99(alone) + 0.1, (alone, beside)
     finally:
