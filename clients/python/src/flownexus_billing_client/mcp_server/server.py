@@ -5,12 +5,14 @@ One `mcp.server.lowlevel.Server` serves both transports:
 - streamable HTTP: a resource server acting for each verified bearer token's
   principal with an API token of its own (see auth.py).
 
-Every refusal is a tool result with isError and a structured body
-`{error, message, metadata, retryable[, request_id]}`: the API's ErrorInfo
-reason in lower case (insufficient_credits, payment_failed, ...) with its
-metadata in the tools' units, or the adapter's own reason (invalid_argument,
-invalid_amount, request_id_required, ...). Never a stack trace or a protocol
-error.
+Every refusal is a tool result with isError whose one text content is the
+JSON error body `{error, message, metadata, retryable[, request_id]}`: the
+API's ErrorInfo reason in lower case (insufficient_credits, payment_failed,
+...) with its metadata in the tools' units, or the adapter's own reason
+(invalid_argument, invalid_amount, request_id_required, ...). Never a stack
+trace or a protocol error. A refusal carries no structuredContent: clients
+validate structuredContent against the tool's output schema, which describes
+the success (the TypeScript SDK throws -32602 on a mismatch, error or not).
 """
 
 from __future__ import annotations
@@ -63,12 +65,18 @@ def _key(*parts: str) -> str:
     return "".join(f"{len(p)}:{p}|" for p in parts)
 
 
-def _result(body: dict[str, Any], *, error: bool = False) -> types.CallToolResult:
+def _text(body: dict[str, Any]) -> list[types.ContentBlock]:
+    return [types.TextContent(type="text", text=json.dumps(body, ensure_ascii=False, separators=(",", ":")))]
+
+
+def _result(body: dict[str, Any]) -> types.CallToolResult:
     # The JSON text too: clients that predate structuredContent read that.
-    text = json.dumps(body, ensure_ascii=False, separators=(",", ":"))
-    return types.CallToolResult(
-        content=[types.TextContent(type="text", text=text)], structured_content=body, is_error=error
-    )
+    return types.CallToolResult(content=_text(body), structured_content=body)
+
+
+def _refusal(body: dict[str, Any]) -> types.CallToolResult:
+    # The body in the text only: structuredContent must match the success schema.
+    return types.CallToolResult(content=_text(body), is_error=True)
 
 
 def refusal_body(error: str, message: str, metadata: dict[str, Any], *, retryable: bool = False) -> dict[str, Any]:
@@ -117,7 +125,7 @@ class FlowNexusMcp:
     async def _call_tool(self, ctx: Any, params: types.CallToolRequestParams) -> types.CallToolResult:
         spec = TOOLS.get(params.name)
         if spec is None:
-            return _result(refusal_body("unknown_tool", f"no tool named {params.name!r}", {"tool": params.name}), error=True)
+            return _refusal(refusal_body("unknown_tool", f"no tool named {params.name!r}", {"tool": params.name}))
         used: list[tuple[str, str]] = []
 
         def request_id() -> str:
@@ -142,7 +150,7 @@ class FlowNexusMcp:
             out = refusal_body("internal", "internal error; a retry with the same request_id is safe", {}, retryable=True)
         if used:
             out["request_id"] = used[0][0]
-        return _result(out, error=True)
+        return _refusal(out)
 
     # ---- who is calling ---------------------------------------------------------------
 
