@@ -133,7 +133,7 @@ async def test_the_seeds_quick_start(stripe_server: Running, stripe_fake: Stripe
         assert link["request_id_source"] == "derived" and link["request_id"].startswith("mcp-")
         await pay(billing, stripe_fake, link)  # the user pays: 500 credits, and the card is saved
 
-        refill = await call(c, "configure_auto_refill", {"enabled": True, "threshold": 100, "amount": 50})
+        refill = await call(c, "configure_auto_refill", {"enabled": True, "threshold": 100, "amount": 50, "confirm": True})
         assert (refill["enabled"], refill["threshold"], refill["amount"]) == (True, 100, 50)
         assert refill["next_charge"] and refill["credits_amount"] == 500 and refill["state"] == "idle"
         assert refill["payment_method"]["last4"] == "4242"
@@ -194,7 +194,7 @@ async def test_each_tool_and_its_refusals(stripe_server: Running, stripe_fake: S
             await refused(c, "create_payment_link", {"amount": 50, "amout": 50}, "invalid_argument")
 
             # configure_auto_refill: no card yet; enabling needs threshold and amount; disabling always works.
-            await refused(c, "configure_auto_refill", {"enabled": True, "threshold": 100, "amount": 50, "request_id": next(rid)},
+            await refused(c, "configure_auto_refill", {"enabled": True, "threshold": 100, "amount": 50, "confirm": True, "request_id": next(rid)},
                           "payment_method_required")
             await refused(c, "configure_auto_refill", {"enabled": True, "amount": 50}, "invalid_argument")
             off = await call(c, "configure_auto_refill", {"enabled": False, "request_id": next(rid)})
@@ -211,11 +211,11 @@ async def test_each_tool_and_its_refusals(stripe_server: Running, stripe_fake: S
             await refused(c, "get_payment_history", {"limit": 0}, "invalid_limit")
 
             # user_upgrade to Pro needs a payment: the link and the pending status, not a pretended upgrade.
-            up = await call(c, "user_upgrade", {"user_id": user, "tier": "pro", "request_id": next(rid)})
+            up = await call(c, "user_upgrade", {"user_id": user, "tier": "pro", "confirm": True, "request_id": next(rid)})
             assert (up["new_tier"], up["status"], up["completed"], up["effective_date"]) == ("pro", "payment_required", False, None)
             assert up["payment_url"] and up["monthly_credits"] == 1000
             assert (await call(c, "check_balance"))["tier"] == "free"
-            again = await refused(c, "user_upgrade", {"user_id": user, "tier": "pro", "request_id": next(rid)}, "tier_upgrade_failed")
+            again = await refused(c, "user_upgrade", {"user_id": user, "tier": "pro", "confirm": True, "request_id": next(rid)}, "tier_upgrade_failed")
             assert again["metadata"]["payment_url"] == up["payment_url"]
             await refused(c, "user_upgrade", {"user_id": user, "tier": "gold"}, "invalid_argument")
 
@@ -368,13 +368,13 @@ async def test_the_role_matrix(stripe_server: Running) -> None:
             await call(admin, "app_store_earn_ruv", {**award, "user_id": "bob", "request_id": "a4"})
             await refused(svc, "app_store_earn_ruv", {**award, "user_id": "svc", "request_id": "a5"}, "self_award")
 
-            await refused(alice, "user_upgrade", {"user_id": "bob", "tier": "pro", "request_id": "u1"}, "role_required")
-            await refused(svc, "user_upgrade", {"user_id": "bob", "tier": "pro", "request_id": "u2"}, "role_required")
+            await refused(alice, "user_upgrade", {"user_id": "bob", "tier": "pro", "confirm": True, "request_id": "u1"}, "role_required")
+            await refused(svc, "user_upgrade", {"user_id": "bob", "tier": "pro", "confirm": True, "request_id": "u2"}, "role_required")
             await refused(alice, "user_upgrade", {"user_id": "alice", "tier": "enterprise", "request_id": "u3"}, "role_required")
             await refused(svc, "user_upgrade", {"user_id": "svc", "tier": "enterprise", "request_id": "u4"}, "role_required")
-            own = await call(alice, "user_upgrade", {"user_id": "alice", "tier": "pro", "request_id": "u5"})
+            own = await call(alice, "user_upgrade", {"user_id": "alice", "tier": "pro", "confirm": True, "request_id": "u5"})
             assert own["status"] == "payment_required"
-            other = await call(admin, "user_upgrade", {"user_id": "carl", "tier": "pro", "request_id": "u6"})
+            other = await call(admin, "user_upgrade", {"user_id": "carl", "tier": "pro", "confirm": True, "request_id": "u6"})
             assert (other["user_id"], other["status"]) == ("carl", "payment_required")
             ent = await call(admin, "user_upgrade", {"user_id": "bob", "tier": "enterprise", "monthly_credits": 5000, "request_id": "u7"})
             assert (ent["new_tier"], ent["status"], ent["completed"], ent["monthly_credits"]) == ("enterprise", "completed", True, 5000)

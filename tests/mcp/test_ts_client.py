@@ -33,3 +33,10 @@ async def test_refusals_are_tool_errors_after_tools_list(sqlite_stripe_server: R
     """A refusal whose structured body broke the tool's output schema made the client throw -32602."""
     async with targets(sqlite_stripe_server, transport, user=("ts-refusals", Role.USER)) as t:
         await run_node("refusals.mjs", t)
+
+
+@TRANSPORTS
+async def test_every_tool_succeeds_and_refuses_readably(stripe_server: Running, transport: str) -> None:
+    user = f"ts-tools-{transport}"
+    async with targets(stripe_server, transport, user=(user, Role.USER), service=("ts-svc", Role.SERVICE)) as t:
+        await run_node("tools.mjs", t, env={"MCP_USER": user})

@@ -43,12 +43,15 @@ from starlette.routing import Route
 from flownexus_billing_client.client import BillingClient
 from flownexus_billing_client.errors import BillingError
 from flownexus_billing_client.mcp_server.auth import ApiTokens, Caller, McpTokenVerifier
+from flownexus_billing_client.mcp_server.confirmation import confirm
 from flownexus_billing_client.mcp_server.tools import TOOLS, Args, ToolSpec
 from flownexus_billing_client.mcp_server.units import FIELDS, Refusal, error_metadata
 
 log = logging.getLogger("flownexus_billing_client.mcp")
 
 NAME = "flow-nexus"
+# Payment links above this many cents ask the human first (BILLING_MCP_CONFIRM_ABOVE_USD).
+CONFIRM_ABOVE_CENTS = 100_00
 REQUEST_ID = re.compile(r"^[\x21-\x7e]{1,128}$")
 RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ABORTED}
 INSTRUCTIONS = (
@@ -102,8 +105,12 @@ class FlowNexusMcp:
     """The adapter. `principal` gives, per request, the API client to call with
     and the idempotency connection key (None when the transport has none)."""
 
-    def __init__(self, api: BillingClient, *, tokens: ApiTokens | None = None, verifier: McpTokenVerifier | None = None) -> None:
+    def __init__(
+        self, api: BillingClient, *, tokens: ApiTokens | None = None, verifier: McpTokenVerifier | None = None,
+        confirm_above_cents: int = CONFIRM_ABOVE_CENTS,
+    ) -> None:
         self.api = api
+        self.confirm_above_cents = confirm_above_cents
         self.tokens = tokens  # HTTP: mint per caller; None: stdio, one principal
         self.verifier = verifier
         # stdio serves one client connection per process: the process is the session.
@@ -122,7 +129,7 @@ class FlowNexusMcp:
     async def _list_tools(self, ctx: Any, params: types.PaginatedRequestParams | None) -> types.ListToolsResult:
         return types.ListToolsResult(tools=[_tool(t) for t in TOOLS.values()])
 
-    async def _call_tool(self, ctx: Any, params: types.CallToolRequestParams) -> types.CallToolResult:
+    async def _call_tool(self, ctx: Any, params: types.CallToolRequestParams) -> types.CallToolResult | types.InputRequiredResult:
         spec = TOOLS.get(params.name)
         if spec is None:
             return _refusal(refusal_body("unknown_tool", f"no tool named {params.name!r}", {"tool": params.name}))
@@ -136,6 +143,9 @@ class FlowNexusMcp:
         try:
             args = Args(dict(params.arguments or {}), spec.input_schema)
             api = self._api_for(ctx)
+            charge = await spec.charge(api, args, self.confirm_above_cents) if spec.charge else None
+            if charge is not None and (asking := await confirm(ctx, params, charge, args.values)) is not None:
+                return asking
             body = await spec.handler(api, args, request_id)
             if spec.mutating:
                 assert used, f"{spec.name} is mutating but sent no request_id"
@@ -261,11 +271,10 @@ def _tool(spec: ToolSpec) -> types.Tool:
         output_schema=spec.output_schema,
         annotations=types.ToolAnnotations(
             title=spec.title,
-            read_only_hint=not spec.mutating,
-            destructive_hint=False,
-            # Repeating a mutating call applies it once only with the same request_id.
-            idempotent_hint=not spec.mutating,
-            open_world_hint=False,
+            read_only_hint=spec.hints.read_only,
+            destructive_hint=spec.hints.destructive,
+            idempotent_hint=spec.hints.idempotent,
+            open_world_hint=spec.hints.open_world,
         ),
     )
 
