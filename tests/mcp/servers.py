@@ -49,19 +49,20 @@ class Http:
 
     @asynccontextmanager
     async def client(self, user: str, role: Role | str = Role.USER, *, mode: str = "auto",
-                     bearer: str | None = None) -> AsyncIterator[Client]:
+                     bearer: str | None = None, **options: Any) -> AsyncIterator[Client]:
         headers = {"Authorization": f"Bearer {bearer if bearer is not None else self.token(user, role)}"}
         async with httpx2.AsyncClient(headers=headers, timeout=30) as http, \
-                Client(streamable_http_client(self.url, http_client=http), mode=mode) as c:
+                Client(streamable_http_client(self.url, http_client=http), mode=mode, **options) as c:
             yield c
 
 
 @asynccontextmanager
-async def http_mcp(billing: Running, *, stateless: bool = True) -> AsyncIterator[Http]:
+async def http_mcp(billing: Running, *, stateless: bool = True, **adapter_options: Any) -> AsyncIterator[Http]:
     port = free_port()
     url = f"http://127.0.0.1:{port}/mcp"
     async with BillingClient(grpc_target(billing), "") as api:
-        adapter = FlowNexusMcp(api, tokens=ApiTokens(JWT_SECRET, ISSUER), verifier=McpTokenVerifier(JWT_SECRET, ISSUER, url))
+        adapter = FlowNexusMcp(api, tokens=ApiTokens(JWT_SECRET, ISSUER), verifier=McpTokenVerifier(JWT_SECRET, ISSUER, url),
+                               **adapter_options)
         app = adapter.http_app(resource_url=url, authorization_server=f"http://127.0.0.1:{port}", stateless=stateless)
         server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
         task = asyncio.create_task(server.serve())
@@ -89,12 +90,12 @@ def stdio_env(billing: Running, bearer: str) -> dict[str, str]:
 
 
 @asynccontextmanager
-async def stdio_mcp(billing: Running, user: str, role: Role | str = Role.USER) -> AsyncIterator[Client]:
+async def stdio_mcp(billing: Running, user: str, role: Role | str = Role.USER, **options: Any) -> AsyncIterator[Client]:
     """`python -m server mcp` as an agent runs it: a subprocess on stdio, acting for one token."""
     params = StdioServerParameters(
         command=sys.executable, args=["-m", "server", "mcp"], env=stdio_env(billing, token(user, role)), cwd=str(ROOT)
     )
-    async with Client(params) as c:
+    async with Client(params, **options) as c:
         yield c
 
 

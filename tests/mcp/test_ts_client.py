@@ -14,6 +14,7 @@ from server.platform.auth import Role
 from tests.harness import Running
 from tests.mcp.node import http_target, run_node, stdio_target
 from tests.mcp.servers import http_mcp
+from tests.mcp.test_confirmation import nothing_applied
 
 TRANSPORTS = pytest.mark.parametrize("transport", ["stdio", "http"])
 
@@ -40,3 +41,11 @@ async def test_every_tool_succeeds_and_refuses_readably(stripe_server: Running, 
     user = f"ts-tools-{transport}"
     async with targets(stripe_server, transport, user=(user, Role.USER), service=("ts-svc", Role.SERVICE)) as t:
         await run_node("tools.mjs", t, env={"MCP_USER": user})
+
+
+@TRANSPORTS
+async def test_confirmation_with_a_typescript_host(sqlite_stripe_server: Running, transport: str) -> None:
+    billing, user, decliner = sqlite_stripe_server, f"ts-asks-{transport}", f"ts-declines-{transport}"
+    async with targets(billing, transport, accepts=(user, Role.USER), declines=(decliner, Role.USER)) as t:
+        await run_node("confirm.mjs", t, env={"MCP_USER": user})
+    await nothing_applied(billing, decliner)
