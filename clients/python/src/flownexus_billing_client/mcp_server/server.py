@@ -44,6 +44,7 @@ from flownexus_billing_client.client import BillingClient
 from flownexus_billing_client.errors import BillingError
 from flownexus_billing_client.mcp_server.auth import ApiTokens, Caller, McpTokenVerifier
 from flownexus_billing_client.mcp_server.confirmation import confirm
+from flownexus_billing_client.mcp_server.resources import BalanceResource
 from flownexus_billing_client.mcp_server.tools import TOOLS, Args, ToolSpec
 from flownexus_billing_client.mcp_server.units import FIELDS, Refusal, error_metadata
 
@@ -59,7 +60,9 @@ INSTRUCTIONS = (
     "(JSON numbers, up to 3 decimals); money is USD; dates are ISO 8601 UTC. Mutating tools take an optional "
     "request_id: reuse it when you retry so the call applies once. Refusals come back as isError results "
     "whose body names the error (insufficient_credits, payment_failed, invalid_amount, auto_refill_failed, "
-    "tier_upgrade_failed, ...)."
+    "tier_upgrade_failed, ...). Enabling auto-refill, upgrading to Pro and large payment links are "
+    "confirmed by the human first. Read the resource billing://balance for your balance; subscribe to it to be "
+    "told when it changes."
 )
 
 
@@ -116,12 +119,17 @@ class FlowNexusMcp:
         # stdio serves one client connection per process: the process is the session.
         self.nonce = secrets.token_hex(16)
         self.stateful = False  # HTTP: set by http_app
+        self.balance = BalanceResource(self._api_for, self._connection)
         self.server: Server[Any] = Server(
             NAME,
             version=_version(),
             instructions=INSTRUCTIONS,
             on_list_tools=self._list_tools,
             on_call_tool=self._call_tool,
+            on_list_resources=self.balance.list,
+            on_read_resource=self.balance.read,
+            on_subscribe_resource=self.balance.subscribe,
+            on_unsubscribe_resource=self.balance.unsubscribe,
         )
 
     # ---- MCP handlers -----------------------------------------------------------------
