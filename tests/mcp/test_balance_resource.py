@@ -105,3 +105,17 @@ async def test_stateless_http_refuses_a_subscription(sqlite_server: Running) -> 
         assert json.loads((await c.read_resource(URI)).contents[0].text)["credits"] == 100  # type: ignore[union-attr]
         with pytest.raises(Exception, match="connection that lasts"):
             await c.subscribe_resource(URI)
+
+
+async def test_a_python_agent_on_the_2026_protocol_listens(sqlite_server: Running) -> None:
+    """2026-07-28 has no resources/subscribe: a subscriptions/listen stream naming the resource."""
+    billing, user = sqlite_server, "live-listen"
+    async with stdio_mcp(billing, user) as c, c.listen(resource_subscriptions=[URI]) as stream:
+        assert stream.honored.resource_subscriptions == [URI]
+        events = aiter(stream)
+        spent = await spend(billing, user, 2_500, 0)
+        event = await asyncio.wait_for(anext(events), 10)
+        late = time.monotonic() - spent
+        print(f"notified {late * 1000:.0f} ms after the Spend")
+        assert getattr(event, "uri", None) == URI and late < WITHIN, (event, late)
+        assert json.loads((await c.read_resource(URI)).contents[0].text)["credits"] == 97.5  # type: ignore[union-attr]

@@ -8,7 +8,9 @@ purchase, a refill or its failure, a tier change, a coalesced snapshot); the
 client then reads the resource again. A subscription lives on its connection:
 the stdio process, or a session of a `--stateful` HTTP server (its standalone
 stream carries the notifications). Stateless HTTP has no channel to notify on,
-so there a subscription is refused.
+so there a subscription is refused. On 2026-07-28, which has no
+resources/subscribe, a client on stdio opens a `subscriptions/listen` stream
+naming the resource instead; the same watch feeds it.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any
 import grpc
 import mcp_types as types
 from flownexus.billing.v1 import balance_pb2
+from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler, ResourceUpdated
 from mcp.shared.exceptions import MCPError
 
 from flownexus_billing_client.client import BillingClient
@@ -56,6 +59,8 @@ class BalanceResource:
         self.api_for = api_for
         self.connection = connection
         self.watches: dict[str, asyncio.Task[None]] = {}
+        self.bus = InMemorySubscriptionBus()
+        self.streams = ListenHandler(self.bus)
 
     async def list(self, ctx: Any, params: types.PaginatedRequestParams | None) -> types.ListResourcesResult:
         return types.ListResourcesResult(resources=[BALANCE])
@@ -74,14 +79,26 @@ class BalanceResource:
         key = self.connection(ctx)
         if key is None:
             raise MCPError(types.INVALID_REQUEST, "subscriptions need a connection that lasts: stdio, or a --stateful HTTP session")
-        if key not in self.watches or self.watches[key].done():
-            api = self.api_for(ctx)
-            ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            task = asyncio.create_task(self._watch(api, ctx.session.send_resource_updated, ready))
-            self.watches[key] = task
-            task.add_done_callback(lambda t: self.watches.pop(key, None) if self.watches.get(key) is t else None)
-            await ready  # the watch is open: every change from now on is told
+        await self._follow(ctx, key, ctx.session.send_resource_updated)
         return types.EmptyResult()
+
+    async def listen(self, ctx: Any, params: types.SubscriptionsListenRequestParams) -> types.SubscriptionsListenResult:
+        """2026-07-28, stdio: one principal per process, so one watch feeds every stream."""
+        if BALANCE_URI in (params.notifications.resource_subscriptions or ()):
+            await self._follow(ctx, "listen", self._publish)
+        return await self.streams(ctx, params)
+
+    async def _publish(self, uri: str) -> None:
+        await self.bus.publish(ResourceUpdated(uri=uri))
+
+    async def _follow(self, ctx: Any, key: str, updated: Callable[[str], Awaitable[None]]) -> None:
+        if key in self.watches and not self.watches[key].done():
+            return
+        ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        task = asyncio.create_task(self._watch(self.api_for(ctx), updated, ready))
+        self.watches[key] = task
+        task.add_done_callback(lambda t: self.watches.pop(key, None) if self.watches.get(key) is t else None)
+        await ready  # the watch is open: every change from now on is told
 
     async def unsubscribe(self, ctx: Any, params: types.UnsubscribeRequestParams) -> types.EmptyResult:
         _known(params.uri)

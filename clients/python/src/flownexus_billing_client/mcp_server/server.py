@@ -130,6 +130,8 @@ class FlowNexusMcp:
             on_read_resource=self.balance.read,
             on_subscribe_resource=self.balance.subscribe,
             on_unsubscribe_resource=self.balance.unsubscribe,
+            # Listen streams need a response stream; the HTTP app answers in JSON, so stdio only.
+            on_subscriptions_listen=self.balance.listen if tokens is None else None,
         )
 
     # ---- MCP handlers -----------------------------------------------------------------
