@@ -33,8 +33,7 @@ ISSUER = "flownexus-billing"
 # ---- running the MCP server ------------------------------------------------------------------
 
 def grpc_target(billing: Running) -> str:
-    assert billing.app is not None
-    return f"127.0.0.1:{billing.app.grpc_port}"
+    return billing.target
 
 
 class Http:
