@@ -31,6 +31,8 @@ async def inspector(target: dict[str, Any], tmp: Path, *args: str, exit_code: in
         env={"PATH": os.environ["PATH"], "HOME": str(tmp), "MCP_CATALOG_PATH": str(tmp / "catalog.json")},
     )
     assert rc == exit_code, f"inspector {args} exited {rc}:\n{out}\n{err}"
+    if "--strict" in args:  # no schema portability problem, not even a warning
+        assert "Warning:" not in err and "Error:" not in err, err
     return dict(json.loads(out)["result"])
 
 

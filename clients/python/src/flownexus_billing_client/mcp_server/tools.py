@@ -78,12 +78,19 @@ def _n(description: str) -> dict[str, Any]:
     return {"type": "number", "description": description}
 
 
+def _or_null(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    # anyOf, not "type": [..., "null"]: hosts that map schemas onto one type per field accept it.
+    return {"anyOf": [schema, {"type": "null"}], "description": description}
+
+
 def _s(description: str, *, nullable: bool = False) -> dict[str, Any]:
-    return {"type": ["string", "null"] if nullable else "string", "description": description}
+    return _or_null({"type": "string"}, description) if nullable else {"type": "string", "description": description}
 
 
 def _date(description: str, *, nullable: bool = False) -> dict[str, Any]:
-    return {**_s(description + " (ISO 8601, UTC)", nullable=nullable), "format": "date-time"}
+    text = description + " (ISO 8601, UTC)"
+    date = {"type": "string", "format": "date-time"}
+    return _or_null(date, text) if nullable else {**date, "description": text}
 
 
 TIER = {"type": "string", "enum": ["free", "pro", "enterprise"], "description": "The plan: free, pro or enterprise."}
@@ -544,7 +551,7 @@ TOOLS: dict[str, ToolSpec] = {
                     "state": _s("disabled, idle, in_flight, retry_scheduled, action_required or paused."),
                     "paused_reason": _s("Why it paused (for example auto_refill_failed).", nullable=True),
                     "recovery_url": _s("Fix the card here when state is action_required.", nullable=True),
-                    "payment_method": {"type": ["object", "null"], "description": "The card refills charge."},
+                    "payment_method": _or_null({"type": "object"}, "The card refills charge."),
                     "monthly_cap": _n("Most USD auto-refill may charge per calendar month (UTC)."),
                     "monthly_used": _n("USD charged by auto-refill this month."),
                     **IDEMPOTENCY_OUT,
