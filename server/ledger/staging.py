@@ -51,6 +51,20 @@ class StagedRows:
         self._cache[key] = found  # a read, not a change: nothing to undo
         return found
 
+    async def get_many(self, keys: list[Any], *, lock: bool = False) -> None:
+        """Read the rows with these primary keys into the cache at once (in key
+        order, locked on PostgreSQL when `lock`); absent ones are cached as None."""
+        wanted = sorted({k for k in keys if k not in self._cache})
+        if not wanted:
+            return
+        found = await self.tx.sql.select_in(
+            self.table, self.key, wanted, order_by=self.key, lock=lock and not self.tx.is_sqlite
+        )
+        for row in found:
+            self._cache[row[self.key]] = row
+        for k in wanted:
+            self._cache.setdefault(k, None)
+
     async def find(self, **where: Any) -> Row | None:
         """The first row whose columns equal `where`: staged and cached rows
         first, then the database (that row is then cached by its key)."""

@@ -10,16 +10,20 @@ from dataclasses import dataclass, field
 from sqlalchemy import func, inspect, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from server.db.schema import accounts, admin_actions, holds, lots, transfers
+from server.db.schema import accounts, admin_actions, holds, key_usage, lots, transfers
 from server.ledger import keys
 from server.ledger.model import (
     EARNED_KINDS,
+    KEY_USING_KINDS,
     REFUNDABLE_KINDS,
     REVERSIBLE_KINDS,
     SPENT_KINDS,
     SYSTEM_HOLDS,
     Kind,
 )
+from server.platform.clock import window_bounds
+
+BUDGET_WINDOWS = ("hour", "day", "month", "lifetime")
 
 # Debits that may leave a wallet below zero (a reversal of credits already
 # spent, an adjustment made with allow_negative).
@@ -144,7 +148,35 @@ async def _verify(conn: AsyncConnection) -> Report:
 
     await _verify_payments(conn, r)
     await _verify_corrections(conn, r)
+    await _verify_key_usage(conn, r)
     return r
+
+
+async def _verify_key_usage(conn: AsyncConnection, r: Report) -> None:
+    """Each scoped key's recorded use per window equals the sum of the transfers
+    recorded with it whose instant (the spend's, or the hold's for its
+    settlement) falls in that window: spends and holds add, the rest gives back."""
+    expected: dict[tuple[str, str, int], int] = defaultdict(int)
+    q = select(transfers.c.key_id, transfers.c.kind, transfers.c.amount, transfers.c.created_at_us, transfers.c.ledger)
+    for key_id, kind, amount, created, ledger in (await conn.execute(q.where(transfers.c.key_id.is_not(None)))).all():
+        at = int(json.loads(ledger or "{}").get("budget_at", created))
+        sign = 1 if kind in KEY_USING_KINDS else -1
+        for window in BUDGET_WINDOWS:
+            expected[(key_id, window, window_bounds(window, at)[0])] += sign * int(amount)
+    recorded = {
+        (k, w, int(start)): int(used)
+        for k, w, start, used in (await conn.execute(
+            select(key_usage.c.key_id, key_usage.c.window_kind, key_usage.c.window_start_us, key_usage.c.used)
+        )).all()
+    }
+    for where in sorted(set(expected) | set(recorded)):
+        if expected.get(where, 0) != recorded.get(where, 0):
+            key_id, window, start = where
+            r.problems.append(
+                f"key {key_id}: {window} window from {start} records {recorded.get(where, 0)} used, "
+                f"its transfers sum to {expected.get(where, 0)}"
+            )
+    r.checked["key_usage"] = len(recorded)
 
 
 async def _verify_corrections(conn: AsyncConnection, r: Report) -> None:
