@@ -1,4 +1,4 @@
-"""scoped keys with budgets: api_keys, key_usage, and the key of each transfer and hold
+"""scoped keys with budgets: api_keys (with their use per window), and the key of each transfer and hold
 
 Revision ID: 0012
 Revises: 0010
@@ -28,20 +28,13 @@ def upgrade() -> None:
         sa.Column("revoked_at_us", sa.BigInteger(), nullable=False),
         sa.Column("created_by", sa.String(160), nullable=False),
         sa.Column("created_at_us", sa.BigInteger(), nullable=False),
+        *(sa.Column(c, sa.BigInteger(), nullable=False) for c in (
+            "hour_start_us", "hour_used", "day_start_us", "day_used", "month_start_us", "month_used", "lifetime_used",
+        )),
         sa.PrimaryKeyConstraint("id", name="pk_api_keys"),
         sa.UniqueConstraint("secret_hash", name="uq_api_keys_secret_hash"),
     )
     op.create_index("ix_api_keys_user", "api_keys", ["user_id", "created_at_us"])
-    op.create_table(
-        "key_usage",
-        sa.Column("id", sa.String(128), nullable=False),
-        sa.Column("key_id", sa.String(64), nullable=False),
-        sa.Column("window_kind", sa.String(16), nullable=False),
-        sa.Column("window_start_us", sa.BigInteger(), nullable=False),
-        sa.Column("used", sa.BigInteger(), nullable=False),
-        sa.PrimaryKeyConstraint("id", name="pk_key_usage"),
-    )
-    op.create_index("ix_key_usage_key", "key_usage", ["key_id"])
     # Nullable additions: no table rebuild on SQLite.
     op.add_column("transfers", sa.Column("key_id", sa.String(64), nullable=True))
     op.create_index("ix_transfers_key_id", "transfers", ["key_id", "id"])
@@ -52,7 +45,5 @@ def downgrade() -> None:
     op.drop_column("holds", "key_id")
     op.drop_index("ix_transfers_key_id", table_name="transfers")
     op.drop_column("transfers", "key_id")
-    op.drop_index("ix_key_usage_key", table_name="key_usage")
-    op.drop_table("key_usage")
     op.drop_index("ix_api_keys_user", table_name="api_keys")
     op.drop_table("api_keys")

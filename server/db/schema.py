@@ -348,18 +348,15 @@ api_keys = Table(
     Column("revoked_at_us", BigInteger, nullable=False, default=0),  # 0: live
     Column("created_by", String(160), nullable=False, default=""),
     Column("created_at_us", BigInteger, nullable=False),
+    # What the key has used (spent plus held) in its current windows: the start
+    # of the window each counter is for (0: never used), and the lifetime total.
+    # On the key's own row: a batch reads and writes one row per key it touches.
+    Column("hour_start_us", BigInteger, nullable=False, default=0),
+    Column("hour_used", BigInteger, nullable=False, default=0),
+    Column("day_start_us", BigInteger, nullable=False, default=0),
+    Column("day_used", BigInteger, nullable=False, default=0),
+    Column("month_start_us", BigInteger, nullable=False, default=0),
+    Column("month_used", BigInteger, nullable=False, default=0),
+    Column("lifetime_used", BigInteger, nullable=False, default=0),
     Index("ix_api_keys_user", "user_id", "created_at_us"),
-)
-
-# What a key has used (spent plus held) per window: one row per key, window
-# and window start; hour, day, month and lifetime rows are kept for every key.
-key_usage = Table(
-    "key_usage",
-    metadata,
-    Column("id", String(128), primary_key=True),  # key_id|window|start
-    Column("key_id", String(64), nullable=False),
-    Column("window_kind", String(16), nullable=False),
-    Column("window_start_us", BigInteger, nullable=False),
-    Column("used", BigInteger, nullable=False, default=0),
-    Index("ix_key_usage_key", "key_id"),
 )

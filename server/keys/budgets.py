@@ -13,8 +13,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from server.db.schema import api_keys, key_usage
-from server.keys.models import WINDOWS, BudgetLimit, Window, budgets_of, usage_id, window_bounds
+from server.db.schema import api_keys
+from server.keys.models import BudgetLimit, Window, budgets_of, window_bounds
 from server.ledger.model import KEY_LIMITED_KINDS, BalanceEvent, Kind
 from server.ledger.tx import LedgerTx, SpendGuard
 from server.platform import errors
@@ -40,55 +40,90 @@ def key_refused(message: str, reason: str, key_id: str) -> errors.DomainError:
 
 class KeyBudgets(SpendGuard):
     async def load(self, tx: LedgerTx, wanted: list[tuple[str, int]]) -> None:
-        await tx.rows(api_keys).get_many([k for k, _ in wanted], lock=True)
-        ids = [usage_id(k, w, window_bounds(w, at)[0]) for k, at in wanted for w in WINDOWS]
-        await tx.rows(key_usage).get_many(ids)
+        await tx.rows(api_keys).get_many(sorted({k for k, _ in wanted}), lock=True)
 
     async def use(
         self, tx: LedgerTx, key_id: str, user_id: str, delta: int, at_us: int, *, kind: Kind, category: str
     ) -> None:
-        key = await tx.rows(api_keys).get(key_id, lock=True)
+        rows = tx.rows(api_keys)
+        key = await rows.get(key_id, lock=True)
         limited = kind in KEY_LIMITED_KINDS
         if limited:
             _check_key(key, key_id, user_id, delta, category, tx.now_us)
-        budgets = budgets_of(key) if key is not None else []
-        usage = tx.rows(key_usage)
-        rows: dict[Window, tuple[dict[str, Any] | None, int, int]] = {}
-        for w in WINDOWS:
-            start, end = window_bounds(w, at_us)
-            rid = usage_id(key_id, w, start)
-            rows[w] = (await usage.get(rid), start, end)
+        if key is None:
+            return
+        budgets = parsed_budgets(key["budgets"])
+        bounds = _bounds(at_us)
+        # The use of each window holding `at_us`: the counter when it is for that
+        # window, 0 when that window has not been used yet; None for a window
+        # that has ended since (a give-back there changes no current counter).
+        used: dict[Window, int | None] = {Window.LIFETIME: key["lifetime_used"]}
+        for w, (start_col, used_col) in COUNTERS.items():
+            start = bounds[w][0]
+            used[w] = key[used_col] if key[start_col] == start else 0 if key[start_col] < start else None
         if limited:
             for b in budgets:
-                row, _, end = rows[b.window]
-                used = row["used"] if row else 0
-                if used + delta > b.limit:
-                    tx.batch_set(REFUSED).add((user_id, key_id, str(b.window), b.limit, used, end))
+                now_used = used[b.window] or 0
+                if now_used + delta > b.limit:
+                    end = bounds[b.window][1] if b.window in bounds else 0
+                    tx.batch_set(REFUSED).add((user_id, key_id, str(b.window), b.limit, now_used, end))
                     meta: dict[str, object] = {
                         "key_id": key_id,
                         "window": str(b.window),
                         "limit_millicredits": b.limit,
-                        "used_millicredits": used,
+                        "used_millicredits": now_used,
                         "requested_millicredits": delta,
-                        "remaining_millicredits": max(b.limit - used, 0),
+                        "remaining_millicredits": max(b.limit - now_used, 0),
                     }
                     if end:
                         meta["resets_at"] = rfc3339(end)
                     raise BudgetExceeded(f"the key's {b.window} budget would be exceeded", metadata=meta)
-        by_window = {b.window: b for b in budgets}
-        for w, (row, start, _end) in rows.items():
-            before = row["used"] if row else 0
-            if row is None:
-                usage.insert({"id": usage_id(key_id, w, start), "key_id": key_id, "window_kind": str(w),
-                              "window_start_us": start, "used": delta})
-                if delta > 0 and w in by_window and w != Window.LIFETIME and key is not None \
-                        and key["created_at_us"] < start:
+        values: dict[str, int] = {"lifetime_used": key["lifetime_used"] + delta}
+        for w, (start_col, used_col) in COUNTERS.items():
+            before = used[w]
+            if before is None:
+                continue
+            start = bounds[w][0]
+            if key[start_col] != start:
+                if delta > 0 and key[start_col] and any(b.window == w for b in budgets):
                     _event(tx, user_id, key_id, "budget_reset", f"Key {key['label']!r}: a new {w} budget window began")
-            else:
-                usage.update(row, used=before + delta)
-            budget = by_window.get(w)
-            if budget is not None and delta > 0 and key is not None:
-                _crossings(tx, user_id, key, budget, before, before + delta)
+                values[start_col] = start
+            values[used_col] = before + delta
+        rows.update(key, **values)
+        if delta > 0:
+            for b in budgets:
+                before = used[b.window] or 0
+                _crossings(tx, user_id, key, b, before, before + delta)
+
+
+# The counters of the windows that reset, on the key's row.
+COUNTERS = {
+    Window.HOUR: ("hour_start_us", "hour_used"),
+    Window.DAY: ("day_start_us", "day_used"),
+    Window.MONTH: ("month_start_us", "month_used"),
+}
+_BOUNDS: dict[int, dict[Window, tuple[int, int]]] = {}
+_BUDGETS: dict[str, list[BudgetLimit]] = {}
+
+
+def _bounds(at_us: int) -> dict[Window, tuple[int, int]]:
+    """The windows holding an instant; a batch's operations share one instant."""
+    found = _BOUNDS.get(at_us)
+    if found is None:
+        if len(_BOUNDS) > 64:
+            _BOUNDS.clear()
+        found = _BOUNDS[at_us] = {w: window_bounds(w, at_us) for w in COUNTERS}
+    return found
+
+
+def parsed_budgets(text: str) -> list[BudgetLimit]:
+    """A key's budgets column, parsed once per distinct value."""
+    found = _BUDGETS.get(text)
+    if found is None:
+        if len(_BUDGETS) > 10_000:
+            _BUDGETS.clear()
+        found = _BUDGETS[text] = budgets_of({"budgets": text})
+    return found
 
 
 def _check_key(key: dict[str, Any] | None, key_id: str, user_id: str, amount: int, category: str, now_us: int) -> None:
@@ -99,17 +134,29 @@ def _check_key(key: dict[str, Any] | None, key_id: str, user_id: str, amount: in
         raise key_refused("the key was revoked", "KEY_REVOKED", key_id)
     if key["expires_at_us"] and key["expires_at_us"] <= now_us:
         raise key_refused("the key has expired", "KEY_EXPIRED", key_id)
-    categories = json.loads(key["categories"] or "[]")
+    categories = _categories(key["categories"])
     if categories and category not in categories:
         raise errors.PermissionDenied(
             f"the key may not spend on {category or 'an empty category'!r}", reason="KEY_CATEGORY_NOT_ALLOWED",
-            metadata={"key_id": key_id, "category": category, "allowed": ",".join(categories)},
+            metadata={"key_id": key_id, "category": category, "allowed": ",".join(sorted(categories))},
         )
     if key["max_spend"] and amount > key["max_spend"]:
         raise errors.FailedPrecondition(
             "the amount is above the key's largest single spend", reason="KEY_SPEND_TOO_LARGE",
             metadata={"key_id": key_id, "max_spend_millicredits": key["max_spend"], "requested_millicredits": amount},
         )
+
+
+_CATEGORIES: dict[str, frozenset[str]] = {}
+
+
+def _categories(text: str) -> frozenset[str]:
+    found = _CATEGORIES.get(text)
+    if found is None:
+        if len(_CATEGORIES) > 10_000:
+            _CATEGORIES.clear()
+        found = _CATEGORIES[text] = frozenset(json.loads(text or "[]"))
+    return found
 
 
 def _crossings(tx: LedgerTx, user_id: str, key: dict[str, Any], budget: BudgetLimit, before: int, after: int) -> None:

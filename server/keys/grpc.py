@@ -79,7 +79,10 @@ class KeysServicer(keys_pb2_grpc.KeysServiceServicer):
         return keys_pb2.CreateKeyResponse(key=key_pb(view), secret=secret)
 
     async def GetKey(self, request: keys_pb2.GetKeyRequest, context: Ctx) -> keys_pb2.GetKeyResponse:
-        return keys_pb2.GetKeyResponse(key=key_pb(await self.keys.get(principal(), check_key_id(request.key_id))))
+        who = principal()
+        # Empty, with a key's own secret: that key (an agent reading its own budget).
+        key_id = request.key_id or who.key_id
+        return keys_pb2.GetKeyResponse(key=key_pb(await self.keys.get(who, check_key_id(key_id))))
 
     async def ListKeys(self, request: keys_pb2.ListKeysRequest, context: Ctx) -> keys_pb2.ListKeysResponse:
         user = validation.user_id(request.user_id)

@@ -27,11 +27,6 @@ class Window(StrEnum):
 WINDOWS = tuple(Window)
 
 
-def usage_id(key_id: str, window: str, start_us: int) -> str:
-    """The key_usage row of one window of a key (key ids have no '|')."""
-    return f"{key_id}|{window}|{start_us}"
-
-
 def secret_hash(secret: str) -> str:
     # The secret has 256 random bits: a plain SHA-256 cannot be reversed or guessed.
     return hashlib.sha256(secret.encode()).hexdigest()

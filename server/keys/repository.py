@@ -8,7 +8,7 @@ from sqlalchemy import and_, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from server.db.fastread import FastReader
-from server.db.schema import api_keys, key_usage
+from server.db.schema import api_keys
 from server.ledger.tx import LedgerTx
 
 # One indexed read per call (the secret's hash is unique): revocation is seen
@@ -28,11 +28,6 @@ class KeysRepository:
         async with self.engine.connect() as conn:
             found = (await conn.execute(select(api_keys).where(api_keys.c.id == key_id))).mappings().first()
         return dict(found) if found is not None else None
-
-    async def usage(self, ids: list[str]) -> dict[str, int]:
-        async with self.engine.connect() as conn:
-            rows = (await conn.execute(select(key_usage.c.id, key_usage.c.used).where(key_usage.c.id.in_(ids)))).all()
-        return {r[0]: int(r[1]) for r in rows}
 
     async def page(self, user_id: str, limit: int, after: tuple[int, str] | None) -> list[dict[str, Any]]:
         """Keys of a wallet, newest first, after the (created_at_us, id) position."""

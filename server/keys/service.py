@@ -14,6 +14,7 @@ from typing import Any
 
 from server.db.schema import api_keys
 from server.keys import repository as repo
+from server.keys.budgets import COUNTERS
 from server.keys.models import (
     SECRET_PREFIX,
     BudgetLimit,
@@ -23,7 +24,6 @@ from server.keys.models import (
     budgets_json,
     budgets_of,
     secret_hash,
-    usage_id,
     window_bounds,
 )
 from server.keys.repository import KeysRepository
@@ -193,7 +193,7 @@ class KeysService:
         self, principal: Principal, user_id: str, limit: int, after: tuple[int, str] | None
     ) -> list[KeyView]:
         user = principal.resolve_user(user_id)
-        return [await self._view(k, with_use=False) for k in await self.repo.page(user, limit, after)]
+        return [await self._view(k) for k in await self.repo.page(user, limit, after)]
 
     async def update(
         self, principal: Principal, key_id: str, fields: KeyFields, *, request_id: str, fingerprint: str
@@ -238,14 +238,13 @@ class KeysService:
         await self.writer.submit(Call(fn=apply, accounts={wallet_id(key["user_id"])}, idempotency=idem))
         return await self.get(principal, key_id)
 
-    async def _view(self, key: dict[str, Any], *, with_use: bool = True) -> KeyView:
+    async def _view(self, key: dict[str, Any]) -> KeyView:
         now = self.clock.now_us()
         budgets = budgets_of(key)
-        used: dict[str, int] = {}
-        if with_use and budgets:
-            ids = {b.window: usage_id(key["id"], b.window, window_bounds(b.window, now)[0]) for b in budgets}
-            found = await self.repo.usage(list(ids.values()))
-            used = {w: found.get(i, 0) for w, i in ids.items()}
+        used: dict[Window, int] = {Window.LIFETIME: key["lifetime_used"]}
+        for w, (start_col, used_col) in COUNTERS.items():
+            # A counter of an earlier window: nothing used in the current one yet.
+            used[w] = key[used_col] if key[start_col] == window_bounds(w, now)[0] else 0
         return KeyView(
             id=key["id"], user_id=key["user_id"], label=key["label"], categories=json.loads(key["categories"]),
             max_spend=key["max_spend"], expires_at_us=key["expires_at_us"], created_at_us=key["created_at_us"],

@@ -117,12 +117,13 @@ class StagedRows:
         new = {id(r) for r in self._new}
         by_columns: dict[tuple[str, ...], list[Row]] = {}
         columns: dict[Any, list[str]] = {}
-        for key, column in sorted(self._dirty, key=lambda kc: (str(kc[0]), kc[1])):
+        for key, column in self._dirty:
             columns.setdefault(key, []).append(column)
-        for key, cols in columns.items():
+        # In key order (the order of the rows' locks); each row's columns sorted.
+        for key in sorted(columns, key=str):
             row = self._cache[key]
             if row is not None and id(row) not in new:
-                by_columns.setdefault(tuple(cols), []).append(row)
+                by_columns.setdefault(tuple(sorted(columns[key])), []).append(row)
         for names, rows in by_columns.items():
             await sql.update(self.table, self.key, names, rows)
 

@@ -97,4 +97,4 @@ async def test_a_key_budget_holds_across_two_worker_processes(tmp_path: Path) ->
             timeout=120,
         )
         assert verify.returncode == 0, verify.stdout + verify.stderr
-        assert b"key_usage" in verify.stdout
+        assert b"checked keys" in verify.stdout

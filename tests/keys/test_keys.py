@@ -19,7 +19,7 @@ from flownexus.billing.v1 import (
 from google.protobuf.field_mask_pb2 import FieldMask
 from sqlalchemy import update
 
-from server.db.schema import key_usage
+from server.db.schema import api_keys
 from server.ledger.verify import verify
 from server.platform.metrics import METRICS
 from tests.harness import Running, auth, expect_error
@@ -316,8 +316,8 @@ async def test_verify_finds_a_key_use_that_its_transfers_do_not_explain(server: 
     assert server.app is not None
     assert (await verify(server.app.db.reader)).ok
     async with server.app.db.writer.begin() as conn:
-        await conn.execute(update(key_usage).where(key_usage.c.window_kind == "day").values(used=1))
+        await conn.execute(update(api_keys).where(api_keys.c.id == made.key.id).values(day_used=1))
     report = await verify(server.app.db.reader)
-    assert not report.ok and "key " + made.key.id in report.render()
+    assert not report.ok and f"key {made.key.id}: day use 1" in report.render()
     async with server.app.db.writer.begin() as conn:
-        await conn.execute(update(key_usage).where(key_usage.c.window_kind == "day").values(used=10 * CREDIT))
+        await conn.execute(update(api_keys).where(api_keys.c.id == made.key.id).values(day_used=10 * CREDIT))
