@@ -18,8 +18,8 @@ from mcp.client.stdio import StdioServerParameters
 
 from tests.harness import Running
 from tests.keys.helpers import CREDIT, DAY, bearer, create_key, fund, spend_req
+from tests.mcp.test_mcp import call, http_mcp, refused, stdio_env
 from tests.runbook_tools import ROOT
-from tests.test_mcp import call, http_mcp, refused, stdio_env
 
 
 @asynccontextmanager

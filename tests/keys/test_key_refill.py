@@ -13,9 +13,9 @@ from flownexus.billing.v1 import usage_pb2
 from server.platform.clock import ManualClock
 from tests.harness import Running, expect_error, serving
 from tests.keys.helpers import CREDIT, DAY, bearer, create_key, spend_req
+from tests.refill.test_refill import charges, configure, in_flight_jobs, run_worker, save_card
 from tests.stripe_fake import StripeFake
 from tests.stripe_fixtures import stripe_settings
-from tests.test_refill import charges, configure, in_flight_jobs, run_worker, save_card
 
 
 @pytest.fixture

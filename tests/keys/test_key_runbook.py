@@ -3,9 +3,9 @@ create a key, spend through it, see its budget, revoke it."""
 
 from __future__ import annotations
 
+from tests.docs.test_runbook import make_ops, ok, refused, runbook_env  # noqa: F401  (a fixture)
 from tests.harness import Running
 from tests.runbook_tools import Result, run_shell, runbook_blocks
-from tests.test_runbook import make_ops, ok, refused, runbook_env  # noqa: F401  (a fixture)
 
 BLOCKS = runbook_blocks()
 

@@ -27,8 +27,8 @@ from server.balance.fanout import CHANNEL
 from tests.conftest import _require_postgres
 from tests.harness import PG_DSN, auth, database, error_info, free_port
 from tests.keys.helpers import CREDIT, DAY, bearer, spend_req
-from tests.test_crash import ROOT
-from tests.test_workers import children, env, listening
+from tests.ledger.test_crash import ROOT
+from tests.process.test_workers import children, env, listening
 
 
 async def _ready(proc: subprocess.Popen[bytes], chans: list[grpc.aio.Channel], port: int, log: str) -> None:
