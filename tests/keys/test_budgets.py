@@ -109,8 +109,7 @@ async def test_capture_settles_and_expiry_gives_back(server: Running) -> None:
         server.s.usage.Spend(spend_req(1, "t1"), metadata=md2), grpc.StatusCode.FAILED_PRECONDITION, "BUDGET_EXCEEDED"
     )
     server.clock.advance(120)
-    assert server.app is not None
-    assert (await server.app.workers.run_once())["expire_holds"] == 1
+    assert await server.run_job("expire_holds") == 1
     await server.s.usage.Spend(spend_req(500 * CREDIT, "t2"), metadata=md2)
 
 

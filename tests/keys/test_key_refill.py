@@ -21,8 +21,7 @@ from tests.stripe_fixtures import stripe_settings
 @pytest.fixture
 async def rserver(db_url: str, clock: ManualClock, stripe_fake: StripeFake) -> AsyncIterator[Running]:
     async with serving(db_url, clock, **stripe_settings(stripe_fake)) as running:
-        assert running.app is not None
-        stripe_fake.webhook_url = f"http://127.0.0.1:{running.app.http_port}/webhooks/stripe"
+        stripe_fake.webhook_url = f"{running.http_base}/webhooks/stripe"
         yield running
         await stripe_fake.settled()
 

@@ -17,8 +17,7 @@ async def test_create_see_and_revoke_a_key(server: Running, runbook_env: dict[st
     assert made["secret"].startswith("fnk_") and key["user_id"] == "alice" and key["label"] == "nightly-agent"
     assert key["budgets"] == [{"window": "BUDGET_WINDOW_DAY", "limit_millicredits": "500000",
                                "remaining_millicredits": "500000", "resets_at": key["budgets"][0]["resets_at"]}]
-    env = dict(runbook_env, ADDR=f"127.0.0.1:{server.app.grpc_port}", KEY_ID=key["id"],  # type: ignore[union-attr]
-               KEY_SECRET=made["secret"])
+    env = dict(runbook_env, ADDR=server.target, KEY_ID=key["id"], KEY_SECRET=made["secret"])
 
     async def run(name: str) -> Result:
         return await run_shell(BLOCKS[name], env)
