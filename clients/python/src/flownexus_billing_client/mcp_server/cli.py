@@ -25,7 +25,7 @@ from flownexus_billing_client.mcp_server.units import Refusal, cents_of
 
 ENV_HELP = """environment:
   BILLING_GRPC_TARGET    the billing gRPC API (default localhost:50051)
-  BILLING_TOKEN          stdio: the bearer token of the principal it acts for
+  BILLING_TOKEN          stdio: the bearer token of the principal it acts for (or a scoped key's secret, fnk_...)
   BILLING_JWT_SECRET     http: the API's HS256 secret; verifies MCP tokens and mints API tokens
   BILLING_JWT_ISSUER     the tokens' issuer (default flownexus-billing)
   BILLING_MCP_RESOURCE_URL          http: this endpoint's public URL, the tokens' audience

@@ -180,6 +180,8 @@ class FlowNexusMcp:
         who = self._caller(ctx)
         if who is None:  # the bearer middleware lets no such request through
             raise Refusal("unauthenticated", "a bearer token issued for this MCP server is required", {})
+        if who.key_secret:
+            return self.api.with_token(who.key_secret)
         return self.api.with_token(self.tokens.for_caller(who))
 
     def _caller(self, ctx: Any) -> Caller | None:

@@ -13,6 +13,7 @@ from flownexus.billing.v1 import (
     common_pb2,
     earnings_pb2,
     history_pb2,
+    keys_pb2,
     payments_pb2,
     refill_pb2,
     tier_pb2,
@@ -20,6 +21,7 @@ from flownexus.billing.v1 import (
 
 from flownexus_billing_client.client import BillingClient
 from flownexus_billing_client.mcp_server.confirmation import Charge
+from flownexus_billing_client.mcp_server.auth import KEY_SECRET_PREFIX
 from flownexus_billing_client.mcp_server.units import (
     Refusal,
     cents_of,
@@ -245,7 +247,7 @@ def _auto_refill(a: refill_pb2.AutoRefill) -> dict[str, Any]:
 
 async def check_balance(api: BillingClient, args: Args, request_id: Callable[[], str]) -> dict[str, Any]:
     r = await api.balance.CheckBalance(balance_pb2.CheckBalanceRequest())
-    return {
+    out: dict[str, Any] = {
         "credits": credits(r.credits_millicredits),
         "auto_refill": r.auto_refill,
         "threshold": credits(r.threshold_millicredits),
@@ -253,6 +255,23 @@ async def check_balance(api: BillingClient, args: Args, request_id: Callable[[],
         "pending": credits(r.pending_millicredits),
         "auto_refill_paused_reason": r.auto_refill_paused_reason.lower() or None,
     }
+    if api.token.startswith(KEY_SECRET_PREFIX):  # an agent's scoped key: what it may still spend
+        key = (await api.keys.GetKey(keys_pb2.GetKeyRequest())).key
+        out["key"] = {
+            "key_id": key.id,
+            "label": key.label,
+            "budgets": [
+                {
+                    "window": enum_word(keys_pb2.BudgetWindow.Name(b.window), "BUDGET_WINDOW_"),
+                    "limit": credits(b.limit_millicredits),
+                    "used": credits(b.used_millicredits),
+                    "remaining": credits(b.remaining_millicredits),
+                    "resets_at": iso(b.resets_at) if b.HasField("resets_at") else None,
+                }
+                for b in key.budgets
+            ],
+        }
+    return out
 
 
 async def ruv_balance(api: BillingClient, args: Args, request_id: Callable[[], str]) -> dict[str, Any]:
@@ -445,7 +464,8 @@ TOOLS: dict[str, ToolSpec] = {
             "Check balance",
             f"Your own balance at a glance: credits available now, whether auto-refill is on, its threshold "
             f"(credits), your tier (free, pro, enterprise) and credits held by open reservations. {_UNITS} "
-            "Check it before a heavy operation; buy with create_payment_link when it is low.",
+            "Check it before a heavy operation; buy with create_payment_link when it is low. Called with a "
+            "scoped key, it also shows what the key may still spend in each budget window (key).",
             _obj({}, []),
             _obj(
                 {
@@ -455,6 +475,24 @@ TOOLS: dict[str, ToolSpec] = {
                     "tier": TIER,
                     "pending": _n("Credits reserved by open holds."),
                     "auto_refill_paused_reason": _s("Why auto-refill paused itself, if it did.", nullable=True),
+                    "key": _obj(
+                        {
+                            "key_id": _s("The scoped key this server acts with."),
+                            "label": _s("The key's label."),
+                            "budgets": {
+                                "type": "array",
+                                "description": "The key's budgets: spends past one are refused (budget_exceeded).",
+                                "items": _obj(
+                                    {"window": _s("hour, day, month or lifetime (UTC windows)."),
+                                     "limit": _n("Credits per window."), "used": _n("Credits used in this window."),
+                                     "remaining": _n("Credits the key may still spend in this window."),
+                                     "resets_at": _date("When the window ends; null for lifetime", nullable=True)},
+                                    ["window", "limit", "used", "remaining", "resets_at"],
+                                ),
+                            },
+                        },
+                        ["key_id", "label", "budgets"],
+                    ),
                 },
                 ["credits", "auto_refill", "threshold", "tier"],
                 extra=True,
