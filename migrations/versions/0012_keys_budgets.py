@@ -1,14 +1,14 @@
 """scoped keys with budgets: api_keys (with their use per window), and the key of each transfer and hold
 
 Revision ID: 0012
-Revises: 0010
+Revises: 0011
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0012"
-down_revision = "0010"
+down_revision = "0011"
 branch_labels = None
 depends_on = None
 

@@ -20,8 +20,8 @@ from flownexus.billing.v1 import (
 )
 
 from flownexus_billing_client.client import BillingClient
-from flownexus_billing_client.mcp_server.confirmation import Charge
 from flownexus_billing_client.mcp_server.auth import KEY_SECRET_PREFIX
+from flownexus_billing_client.mcp_server.confirmation import Charge
 from flownexus_billing_client.mcp_server.units import (
     Refusal,
     cents_of,
@@ -211,7 +211,7 @@ class Args:
 # ---- conversions ------------------------------------------------------------------------
 
 def _tier(value: int) -> str:
-    return enum_word(common_pb2.Tier.Name(value), "TIER_")  # type: ignore[arg-type]
+    return enum_word(common_pb2.Tier.Name(value), "TIER_")
 
 
 def transaction(t: common_pb2.Transaction) -> dict[str, Any]:
