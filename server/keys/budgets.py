@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from server.db.schema import api_keys
+from server.keys import repository as repo
 from server.keys.models import BudgetLimit, Window, budgets_of, window_bounds
 from server.ledger.model import KEY_LIMITED_KINDS, BalanceEvent, Kind
 from server.ledger.tx import LedgerTx, SpendGuard
@@ -40,13 +40,12 @@ def key_refused(message: str, reason: str, key_id: str) -> errors.DomainError:
 
 class KeyBudgets(SpendGuard):
     async def load(self, tx: LedgerTx, wanted: list[tuple[str, int]]) -> None:
-        await tx.rows(api_keys).get_many(sorted({k for k, _ in wanted}), lock=True)
+        await repo.lock_keys(tx, {k for k, _ in wanted})
 
     async def use(
         self, tx: LedgerTx, key_id: str, user_id: str, delta: int, at_us: int, *, kind: Kind, category: str
     ) -> None:
-        rows = tx.rows(api_keys)
-        key = await rows.get(key_id, lock=True)
+        key = await repo.locked_key(tx, key_id)
         limited = kind in KEY_LIMITED_KINDS
         if limited:
             _check_key(key, key_id, user_id, delta, category, tx.now_us)
@@ -89,7 +88,7 @@ class KeyBudgets(SpendGuard):
                     _event(tx, user_id, key_id, "budget_reset", f"Key {key['label']!r}: a new {w} budget window began")
                 values[start_col] = start
             values[used_col] = before + delta
-        rows.update(key, **values)
+        repo.update_key(tx, key, **values)
         if delta > 0:
             for b in budgets:
                 before = used[b.window] or 0

@@ -43,3 +43,20 @@ class KeysRepository:
 async def count_keys(tx: LedgerTx, user_id: str) -> int:
     """Keys of a wallet, under the wallet's lock (the cap on keys per wallet)."""
     return int(await tx.fetch_scalar(select(func.count()).select_from(api_keys).where(api_keys.c.user_id == user_id)))
+
+
+async def lock_keys(tx: LedgerTx, key_ids: set[str]) -> None:
+    """A batch's keys, locked in id order after the wallets' locks."""
+    await tx.rows(api_keys).get_many(sorted(key_ids), lock=True)
+
+
+async def locked_key(tx: LedgerTx, key_id: str) -> dict[str, Any] | None:
+    return await tx.rows(api_keys).get(key_id, lock=True)
+
+
+def insert_key(tx: LedgerTx, row: dict[str, Any]) -> None:
+    tx.rows(api_keys).insert(row)
+
+
+def update_key(tx: LedgerTx, row: dict[str, Any], **values: Any) -> None:
+    tx.rows(api_keys).update(row, **values)

@@ -12,7 +12,6 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from server.db.schema import api_keys
 from server.keys import repository as repo
 from server.keys.budgets import COUNTERS
 from server.keys.models import (
@@ -171,7 +170,7 @@ class KeysService:
                 raise errors.ResourceExhausted(
                     f"a wallet has at most {cap} keys", reason="TOO_MANY_KEYS", metadata={"limit": cap}
                 )
-            tx.rows(api_keys).insert({
+            repo.insert_key(tx, {
                 "id": new_id, "user_id": user, "label": fields.label, "secret_hash": secret_hash(secret),
                 "secret_prefix": secret[:12], "budgets": budgets_json(fields.budgets or []),
                 "categories": json.dumps(sorted(set(fields.categories or []))), "max_spend": fields.max_spend or 0,
@@ -202,7 +201,7 @@ class KeysService:
         self._check(fields)
 
         async def apply(tx: LedgerTx) -> str:
-            row = await tx.rows(api_keys).get(key_id, lock=True)
+            row = await repo.locked_key(tx, key_id)
             assert row is not None
             if row["revoked_at_us"]:
                 raise errors.FailedPrecondition("the key was revoked", reason="KEY_REVOKED")
@@ -217,7 +216,7 @@ class KeysService:
                 values["max_spend"] = fields.max_spend
             if fields.expires_at_us is not None:
                 values["expires_at_us"] = fields.expires_at_us
-            tx.rows(api_keys).update(row, **values)
+            repo.update_key(tx, row, **values)
             return key_id
 
         idem = Idempotency.of_request(principal, "UpdateKey", request_id, fingerprint)
@@ -228,10 +227,10 @@ class KeysService:
         key = await self._key(principal, key_id, manage=True)
 
         async def apply(tx: LedgerTx) -> str:
-            row = await tx.rows(api_keys).get(key_id, lock=True)
+            row = await repo.locked_key(tx, key_id)
             assert row is not None
             if not row["revoked_at_us"]:
-                tx.rows(api_keys).update(row, revoked_at_us=tx.now_us)
+                repo.update_key(tx, row, revoked_at_us=tx.now_us)
             return key_id
 
         idem = Idempotency.of_request(principal, "RevokeKey", request_id, fingerprint)
