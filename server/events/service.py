@@ -504,6 +504,8 @@ _NOTICE_EVENTS = {
     "action_required": EventType.REFILL_ACTION_REQUIRED,
     "tier_changed": EventType.TIER_CHANGED,
     "payment_failed": EventType.PAYMENT_FAILED,
+    "budget_warning": EventType.BUDGET_WARNING,
+    "budget_exhausted": EventType.BUDGET_EXHAUSTED,
 }
 _CODE = re.compile(r"\(([a-z_]+)\)")
 _TIERS = re.compile(r"from (\w+) to (\w+)")
@@ -538,6 +540,8 @@ def from_ledger(tx: LedgerTx) -> None:
         body: dict[str, Any] = {"message": n.message}
         if n.payment_url:
             body["recovery_url"] = n.payment_url
+        if n.key_id:
+            body["key_id"] = n.key_id
         if etype == EventType.TIER_CHANGED and (m := _TIERS.search(n.message)):
             body.update(from_tier=m.group(1), to_tier=m.group(2))
         elif etype == EventType.PAYMENT_FAILED and (m := _PAYMENT.search(n.message)):
