@@ -7,7 +7,7 @@ from __future__ import annotations
 import copy
 
 import pytest
-from flownexus.billing.v1 import admin_pb2, payments_pb2
+from flownexus.billing.v1 import admin_pb2, keys_pb2, keys_pb2_grpc, payments_pb2
 
 from server.platform.clock import ManualClock
 from tests.calls import deliver, reserve
@@ -51,3 +51,16 @@ async def test_payment_refund_flag_and_hold_events(
     (expired,) = await list_events(server, "pam", ["hold.expired"])
     assert payload(expired) == {"hold_id": hold.id, "amount_millicredits": 5_000,
                                 "transaction_id": payload(expired)["transaction_id"]}
+
+
+async def test_key_events(server: Running) -> None:
+    """key.created and key.revoked, committed by the keys domain's own operations."""
+    stub = keys_pb2_grpc.KeysServiceStub(server.s.channel)
+    budget = keys_pb2.Budget(window=keys_pb2.BUDGET_WINDOW_DAY, limit_millicredits=50_000)
+    made = await stub.CreateKey(keys_pb2.CreateKeyRequest(label="agent", budgets=[budget], request_id="k"),
+                                metadata=auth("kim"))
+    await stub.RevokeKey(keys_pb2.RevokeKeyRequest(key_id=made.key.id, request_id="rv"), metadata=auth("kim"))
+    await stub.RevokeKey(keys_pb2.RevokeKeyRequest(key_id=made.key.id, request_id="rv2"), metadata=auth("kim"))
+    found = await list_events(server, "kim", ["key.created", "key.revoked"])
+    assert [(e.type, payload(e)["key_id"]) for e in found] == [
+        ("key.created", made.key.id), ("key.revoked", made.key.id)]
