@@ -16,6 +16,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from server.platform import errors
 from server.platform.auth import TokenCache, current_principal
 from server.platform.deadline import call_deadline
+from server.platform.fairshare import FairShare, Turns, call_work
 from server.platform.logs import new_request_id, request_id_var
 from server.platform.metrics import METRICS, RpcMetrics
 from server.platform.ratelimit import ByRole, InFlight, PerCaller, RateLimiter
@@ -113,6 +114,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         mutations: ByRole | None = None,
         streams: PerCaller | None = None,
         calls: PerCaller | None = None,
+        fair: FairShare | None = None,
     ) -> None:
         self.tokens = TokenCache(secret, issuer)
         self.limits = limits
@@ -121,6 +123,8 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         self.mutations = mutations
         self.streams = streams
         self.calls = calls
+        # Each caller's turns of the event loop among the unary calls (server/platform/fairshare.py).
+        self.fair = fair
         self._handlers: dict[str, grpc.RpcMethodHandler] = {}
 
     async def intercept_service(self, continuation: Any, details: grpc.HandlerCallDetails) -> Any:
@@ -138,7 +142,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         limiter = self.limits.get(method)
         mutations = self.mutations if is_mutating(method) else None
         what = method.rsplit("/", 1)[-1]
-        enter, leave = self._enter, self._leave
+        enter, leave, fair = self._enter, self._leave, self.fair
         if handler.unary_unary:
             inner = handler.unary_unary
             unary_metrics = METRICS.rpc(method, "unary")
@@ -146,7 +150,13 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
             async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
                 call = _Call(unary_metrics)
                 try:
-                    enter(call, context, limiter, mutations, self.calls, what)
+                    who = enter(call, context, limiter, mutations, self.calls, what)
+                    if fair is not None:
+                        turns, waiting = fair.take(who)
+                        if waiting is not None:
+                            await fair.wait(turns, waiting)
+                        call.turns, call.fair = turns, fair
+                        call.tokens.append(call_work.set(call.work))
                     response = await inner(request, context)
                 except BaseException as exc:
                     await leave(call, method, context, exc)
@@ -185,7 +195,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         mutations: ByRole | None,
         share: PerCaller | None,
         what: str,
-    ) -> None:
+    ) -> Any:
         rid = value = ""
         for key, val in context.invocation_metadata() or ():
             if key == "authorization":
@@ -211,6 +221,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
             mutations.check(who, what)
         if limiter is not None:
             limiter.check(who.scope, what)
+        return who
 
     def _authenticate(self, value: str) -> Any:
         if not value:
@@ -245,7 +256,10 @@ class _Call:
     """What one call has taken and must give back: context variables set, and
     its place among the calls in flight."""
 
-    __slots__ = ("inflight", "logged", "metrics", "reason", "request_id", "share", "share_key", "started", "tokens")
+    __slots__ = (
+        "fair", "inflight", "logged", "metrics", "reason", "request_id", "share", "share_key", "started", "tokens",
+        "turns", "work",
+    )
 
     def __init__(self, metrics: RpcMetrics) -> None:
         self.started = time.perf_counter()
@@ -253,6 +267,9 @@ class _Call:
         self.inflight: InFlight | None = None
         self.share: PerCaller | None = None
         self.share_key = ""
+        self.fair: FairShare | None = None
+        self.turns: Turns | None = None
+        self.work = [0]
         self.metrics = metrics
         self.reason = ""
         self.request_id = ""
@@ -285,6 +302,9 @@ class _Call:
         if self.share is not None:
             self.share.exit(self.share_key)
             self.share = None
+        if self.fair is not None and self.turns is not None:
+            self.fair.leave(self.turns, self.work[0])
+            self.fair = None
         for token in reversed(self.tokens):
             try:
                 token.var.reset(token)

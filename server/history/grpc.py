@@ -27,12 +27,14 @@ class HistoryServicer(history_pb2_grpc.HistoryServiceServicer):
         end = validation.timestamp(request.end_time, request.HasField("end_time"), field="end_time")
         sig = validation.filters_signature(user, sorted(kinds), start, end)
         before = validation.decode_page_token(request.page_token, sig, int)
-        rows = await self.history.history(
+        rows, resume = await self.history.history(
             principal(), user_id=user, limit=size + 1, before_id=before, kinds=kinds, start_us=start, end_us=end
         )
         resp = history_pb2.ListTransactionsResponse(transactions=[convert.transaction(t) for t in rows[:size]])
         if len(rows) > size:
             resp.next_page_token = validation.encode_page_token(rows[size - 1].id, sig)
+        elif resume is not None:  # a short (even empty) page: the rest lies past its bound (AIP-158)
+            resp.next_page_token = validation.encode_page_token(resume, sig)
         return resp
 
     async def GetSpendingReport(

@@ -30,7 +30,9 @@ class HistoryService:
         kinds: list[Kind],
         start_us: int | None,
         end_us: int | None,
-    ) -> list[TransferView]:
+    ) -> tuple[list[TransferView], int | None]:
+        """A page, and the position to resume from when the page stopped at
+        its bound of rows examined (server/history/repository.py)."""
         user = principal.resolve_user(user_id)
         await self.balance.wallet(user)  # a roll-over due now belongs to the page
         return await self.repo.page(
@@ -48,5 +50,6 @@ class HistoryService:
         if start >= end:
             raise errors.InvalidArgument("start_time must be before end_time", reason="INVALID_TIME_RANGE")
         state = await self.balance.wallet(user)
-        rows = await self.repo.spending_by_category(user, start, end)
+        # A window holding more than the bound is reported from a later start.
+        rows, start = await self.repo.spending_by_category(user, start, end)
         return state, rows, start, end

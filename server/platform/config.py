@@ -114,6 +114,20 @@ class Settings(BaseSettings):
     user_mutation_burst: int = Field(default=100, ge=1)
     service_mutation_rate_per_second: float = Field(default=10_000.0, ge=0)
     service_mutation_burst: int = Field(default=20_000, ge=1)
+    # Fair share (docs/fairness.md): each loop turn admits at most this many
+    # calls of one user token, and of one service or admin token, while
+    # others wait; a caller's measured work (rows, items) costs it turns.
+    user_fair_share: int = Field(default=1, ge=1)
+    service_fair_share: int = Field(default=8, ge=1)
+    # Calls waiting for their turn, in all; past it the heaviest caller's
+    # newest waiting call is refused (RESOURCE_EXHAUSTED SERVER_BUSY).
+    fair_max_waiting: int = Field(default=1_000, ge=1)
+    # Rows one filtered ListTransactions page may examine (half per side of
+    # the wallet) before it answers a short page with a next_page_token.
+    history_max_rows_examined: int = Field(default=1_000, ge=2)
+    # Spends (and as many Captures) a GetSpendingReport sums at most: past
+    # it the report covers the newest ones, from a later start_time.
+    report_max_rows_examined: int = Field(default=5_000, ge=1)
     # Stored responses of mutating requests older than this are pruned (a
     # repeat of such a request_id is refused REQUEST_ID_EXPIRED, never applied).
     idempotency_retention: timedelta = Field(default=timedelta(days=7), gt=timedelta(0))
