@@ -208,7 +208,8 @@ class App:
             CallInterceptor(
                 s.effective_jwt_secret, s.jwt_issuer, limiters(s), s.max_concurrent_rpcs,
                 mutations=self.mutations, streams=streams, calls=calls,
-                fair=FairShare(s.user_fair_share, s.service_fair_share, s.fair_max_waiting),
+                fair=FairShare(s.fair_calls_per_second, s.user_fair_weight, s.service_fair_weight, s.fair_max_waiting)
+                if s.fair_calls_per_second > 0 else None,
             ),
         ]
         if s.otel_enabled:

@@ -114,11 +114,13 @@ class Settings(BaseSettings):
     user_mutation_burst: int = Field(default=100, ge=1)
     service_mutation_rate_per_second: float = Field(default=10_000.0, ge=0)
     service_mutation_burst: int = Field(default=20_000, ge=1)
-    # Fair share (docs/fairness.md): each loop turn admits at most this many
-    # calls of one user token, and of one service or admin token, while
-    # others wait; a caller's measured work (rows, items) costs it turns.
-    user_fair_share: int = Field(default=1, ge=1)
-    service_fair_share: int = Field(default=8, ge=1)
+    # Fair share (docs/fairness.md): the calls per second the server is
+    # taken to serve; each caller active in the last second may begin calls
+    # at its weight's share of it, and waits in its own queue past it (a
+    # call examining rows or writing batch items counts as more calls). 0 turns it off.
+    fair_calls_per_second: float = Field(default=2_000.0, ge=0)
+    user_fair_weight: int = Field(default=1, ge=1)
+    service_fair_weight: int = Field(default=8, ge=1)
     # Calls waiting for their turn, in all; past it the heaviest caller's
     # newest waiting call is refused (RESOURCE_EXHAUSTED SERVER_BUSY).
     fair_max_waiting: int = Field(default=1_000, ge=1)

@@ -1,39 +1,44 @@
-"""Fair share of the event loop among callers (docs/fairness.md).
+"""Fair share of the server among its callers (docs/fairness.md).
 
-A caps-only server lets one caller inside its caps fill the event loop: a
-read answered inline costs little in the servicer but a lot in gRPC around
-it, and a hundred of them in flight put every other caller's call behind a
-hundred others. Here each caller (role/subject) has its own queue, and the
-queues are served in turn: each turn of the event loop admits at most
-`share` calls of one caller (more for service tokens, which carry every
-user's traffic), and a call's measured work (rows examined, batch items,
-reported with `charge`) costs its caller further turns. A caller with
-nothing waiting and no debt is admitted at once, without a hop. A queued
-call costs nothing while it waits, so a caller looping on calls is slowed
-to its share instead of being refused and retrying at once.
+Caps alone let one caller inside them fill the event loop: a read answered
+inline costs little in the servicer but a lot in gRPC around it, so a
+hundred of them in flight put every other caller's call behind a hundred
+others, and the attacker's own retries refused at once cost as much.
 
-When too many calls wait in all, the heaviest caller (the longest queue)
-is refused first: RESOURCE_EXHAUSTED SERVER_BUSY with a retry delay.
+So each caller (role/subject) has its own queue, and each caller's calls are
+paced to its share of a nominal capacity: `calls_per_second` times its weight
+over the weights of the callers active in the last second (service tokens
+weigh more: they carry every user's traffic). A caller alone has the whole
+capacity; with twenty others, a twenty-first of it. A call's measured work
+(rows examined, batch items, reported with `charge`) costs its caller more
+calls' worth. A caller within its share is admitted at once, without a hop;
+one past it waits in its queue, which costs nothing, so a caller looping on
+calls is slowed to its share instead of being refused and retrying at once.
+
+When too many calls wait in all, the heaviest caller (the longest queue) is
+refused first: RESOURCE_EXHAUSTED SERVER_BUSY with a retry delay.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
+import time
 from collections import deque
+from collections.abc import Callable
 
 from server.platform import errors
 from server.platform.auth import Principal
 
-# Work a call may do within one turn: rows examined, or batch items (an
-# item written counts as WORK_PER_ITEM rows read).
-WORK_PER_TURN = 100
+# Work one call's worth covers: rows examined, or batch items (an item
+# written counts as WORK_PER_ITEM rows read).
+WORK_PER_CALL = 100
 WORK_PER_ITEM = 5
-# Calls of one caller running at once, per unit of its share, while others wait.
-RUNNING_PER_SHARE = 4
+# Calls of one caller running at once, per unit of its weight.
+RUNNING_PER_WEIGHT = 4
+# A caller is active for this long after its last call began.
+ACTIVE_SECONDS = 1.0
 RETRY_AFTER_MS = 100
-# How often callers gone quiet with a debt paid off are forgotten.
-SWEEP_TURNS = 4096
 
 call_work: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar("call_work", default=None)
 
@@ -46,48 +51,56 @@ def charge(rows: int) -> None:
 
 
 class Turns:
-    """One caller's place: its queue, calls running, and the turn from which
-    it may be admitted again (its debt)."""
+    """One caller's place: its queue, its calls running, and when its next
+    call may begin (later the more it has used of its share)."""
 
-    __slots__ = ("key", "queue", "ready_at", "running", "share")
+    __slots__ = ("key", "last", "queue", "ready_at", "running", "timer", "weight")
 
-    def __init__(self, key: str, share: int) -> None:
+    def __init__(self, key: str, weight: int) -> None:
         self.key = key
-        self.share = share
+        self.weight = weight
         self.queue: deque[asyncio.Future[None]] = deque()
         self.ready_at = 0.0
+        self.last = 0.0
         self.running = 0
+        self.timer: asyncio.TimerHandle | None = None
 
 
 class FairShare:
-    def __init__(self, user_share: int, service_share: int, max_waiting: int) -> None:
-        self.user_share = user_share
-        self.service_share = service_share
+    def __init__(
+        self, calls_per_second: float, user_weight: int, service_weight: int, max_waiting: int,
+        *, now: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.calls_per_second = calls_per_second
+        self.user_weight = user_weight
+        self.service_weight = service_weight
         self.max_waiting = max_waiting
-        self.turn = 0
+        self.now = now
         self.waiting = 0
         self._callers: dict[str, Turns] = {}
-        self._queued: dict[str, Turns] = {}
-        self._scheduled = False
+        self._active_weight = 0
+        self._swept = 0.0
 
     def take(self, who: Principal) -> tuple[Turns, asyncio.Future[None] | None]:
         """The caller's place, and None when the call may run now, else the
         future its turn completes."""
+        now = self.now()
+        if now - self._swept > ACTIVE_SECONDS / 4:
+            self._sweep(now)
         key = who.scope
         t = self._callers.get(key)
         if t is None:
-            share = self.service_share if who.privileged else self.user_share
-            t = self._callers[key] = Turns(key, share)
-        if not t.queue and self._may_run(t):
-            self._admit(t)
+            t = self._callers[key] = Turns(key, self.service_weight if who.privileged else self.user_weight)
+            self._active_weight += t.weight
+        if not t.queue and self._may_run(t, now):
+            self._admit(t, now)
             return t, None
         if self.waiting >= self.max_waiting:
             self._refuse_heaviest(t)
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         t.queue.append(fut)
         self.waiting += 1
-        self._queued[key] = t
-        self._schedule()
+        self._wake_later(t)
         return t, fut
 
     async def wait(self, t: Turns, fut: asyncio.Future[None]) -> None:
@@ -97,59 +110,47 @@ class FairShare:
             if fut in t.queue:  # cancelled while waiting: it never ran
                 t.queue.remove(fut)
                 self.waiting -= 1
-                self._forget(t)
             elif not fut.cancelled():  # admitted, then cancelled before it ran
                 self.leave(t, 0)
             raise
 
     def leave(self, t: Turns, work: int) -> None:
         t.running -= 1
-        if work > WORK_PER_TURN:
-            t.ready_at += (work // WORK_PER_TURN) / t.share
+        if work >= WORK_PER_CALL:
+            t.ready_at += (work // WORK_PER_CALL) * self._interval(t)
         if t.queue:
-            self._schedule()
-        else:
-            self._forget(t)
+            self._wake_later(t)
 
-    def _may_run(self, t: Turns) -> bool:
-        return t.ready_at <= self.turn + 1 and t.running < t.share * RUNNING_PER_SHARE
+    def _interval(self, t: Turns) -> float:
+        """One call's worth of this caller's share of the capacity."""
+        return self._active_weight / (self.calls_per_second * t.weight)
 
-    def _admit(self, t: Turns) -> None:
+    def _may_run(self, t: Turns, now: float) -> bool:
+        return t.ready_at <= now and t.running < t.weight * RUNNING_PER_WEIGHT
+
+    def _admit(self, t: Turns, now: float) -> None:
         t.running += 1
-        t.ready_at = max(t.ready_at, self.turn) + 1 / t.share
-        self._schedule()  # the next turn of the loop is the next turn of everyone
+        t.last = now
+        t.ready_at = max(t.ready_at, now) + self._interval(t)
 
-    def _schedule(self) -> None:
-        if not self._scheduled:
-            self._scheduled = True
-            asyncio.get_running_loop().call_soon(self._next_turn)
+    def _wake_later(self, t: Turns) -> None:
+        if t.timer is None and t.running < t.weight * RUNNING_PER_WEIGHT:
+            t.timer = asyncio.get_running_loop().call_at(t.ready_at, self._wake, t)
 
-    def _next_turn(self) -> None:
-        self._scheduled = False
-        self.turn += 1
-        if self.turn % SWEEP_TURNS == 0:
-            for t in list(self._callers.values()):
-                self._forget(t)
-        if not self._queued:
-            return
-        in_debt = False
-        for t in sorted(self._queued.values(), key=lambda q: q.ready_at):
-            while t.queue and self._may_run(t):
-                fut = t.queue.popleft()
-                self.waiting -= 1
-                if fut.done():
-                    continue
-                self._admit(t)
+    def _wake(self, t: Turns) -> None:
+        t.timer = None
+        now = self.now()
+        while t.queue and self._may_run(t, now):
+            fut = t.queue.popleft()
+            self.waiting -= 1
+            if not fut.done():
+                self._admit(t, now)
                 fut.set_result(None)
-            if not t.queue:
-                del self._queued[t.key]
-            elif t.ready_at > self.turn + 1:
-                in_debt = True  # its turn comes with the loop's turns; the others wake on leave
-        if in_debt:
-            self._schedule()
+        if t.queue:
+            self._wake_later(t)
 
     def _refuse_heaviest(self, arriving: Turns) -> None:
-        heaviest = max(self._queued.values(), key=lambda q: (len(q.queue), q.ready_at), default=arriving)
+        heaviest = max(self._callers.values(), key=lambda q: (len(q.queue), q.ready_at))
         busy = errors.ResourceExhausted(
             "the server is busy and this caller has the most calls waiting; retry later",
             reason="SERVER_BUSY",
@@ -159,12 +160,14 @@ class FairShare:
             raise busy
         fut = heaviest.queue.pop()
         self.waiting -= 1
-        if not heaviest.queue:
-            del self._queued[heaviest.key]
-        fut.set_exception(busy)
+        if not fut.done():
+            fut.set_exception(busy)
 
-    def _forget(self, t: Turns) -> None:
-        # A caller with nothing running or waiting and no debt takes no memory.
-        if not t.queue and not t.running and t.ready_at <= self.turn + 1:
-            self._callers.pop(t.key, None)
-            self._queued.pop(t.key, None)
+    def _sweep(self, now: float) -> None:
+        """Callers idle for a while leave the active weight; with nothing
+        running or waiting, they take no memory."""
+        self._swept = now
+        for key, t in list(self._callers.items()):
+            if not t.queue and not t.running and t.last < now - ACTIVE_SECONDS and t.ready_at <= now:
+                del self._callers[key]
+                self._active_weight -= t.weight
