@@ -118,7 +118,7 @@ class Settings(BaseSettings):
     # taken to serve; each caller active in the last second may begin calls
     # at its weight's share of it, and waits in its own queue past it (a
     # call examining rows or writing batch items counts as more calls). 0 turns it off.
-    fair_calls_per_second: float = Field(default=2_000.0, ge=0)
+    fair_calls_per_second: float = Field(default=1_000.0, ge=0)
     user_fair_weight: int = Field(default=1, ge=1)
     service_fair_weight: int = Field(default=8, ge=1)
     # Calls waiting for their turn, in all; past it the heaviest caller's
