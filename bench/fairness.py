@@ -248,6 +248,8 @@ async def phases(
                 await asyncio.sleep(baseline_s)
                 samples.enter(f"{mix}#{n}")
                 out, _ = await proc.communicate(b"go\n")
+                # The next attacker's process starts in neither phase (its start costs CPU).
+                samples.enter("between")
                 attackers.append({"mix": mix, **json.loads(out or b"{}")})
         samples.enter("done")
     finally:
