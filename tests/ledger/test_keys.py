@@ -1,0 +1,99 @@
+"""Keys cannot collide: not a caller's request with another's, not a request
+with a key derived from one (revenue share, settlement), on both databases."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from sqlalchemy import update
+
+from server.db.schema import idempotency, transfers
+from server.ledger import keys
+from tests.calls import FREE, credits, spend
+from tests.harness import auth
+
+PARTS = st.lists(st.text(alphabet=":|/#0123456789abc", max_size=12), min_size=1, max_size=4)
+
+
+@given(PARTS, PARTS, st.sampled_from(["idem", "request", "share"]), st.sampled_from(["idem", "request", "share"]))
+def test_different_parts_never_make_the_same_key(a: list[str], b: list[str], tag_a: str, tag_b: str) -> None:
+    if (tag_a, a) != (tag_b, b):
+        assert keys.encode(tag_a, *a) != keys.encode(tag_b, *b)
+
+
+def test_derived_keys_never_equal_a_request_key() -> None:
+    spent = keys.request_transfer(keys.idempotency("user", "V", "Spend", "a"))
+    mimic = keys.request_transfer(keys.idempotency("user", "V", "Spend", "a:share"))
+    assert keys.revenue_share(spent) != mimic
+    assert keys.hold_settlement(spent) != keys.request_transfer(keys.idempotency("user", "V", "Spend", "a:release"))
+
+
+async def test_subjects_and_request_ids_with_colons_stay_apart(server) -> None:
+    # The same string once split as subject `V:Spend:job` + request `42`, once
+    # as subject `V` + request `job:Spend:42`: two callers, two charges.
+    first = await server.s.usage.Spend(
+        _req(10_000, "42"), metadata=auth("V:Spend:job")
+    )
+    second = await server.s.usage.Spend(_req(10_000, "job:Spend:42"), metadata=auth("V"))
+    assert first.transaction.id != second.transaction.id
+    assert await credits(server, "V:Spend:job") == FREE - 10_000
+    assert await credits(server, "V") == FREE - 10_000
+
+
+async def test_a_request_that_mimics_a_derived_key_commits_with_everyone_else(server) -> None:
+    """Spend `a` pays a revenue share; Spend `a:share` used to reuse its key, which
+    failed the whole batch at flush, three retries and then one by one. Now it is
+    an ordinary request, and its batch neighbours commit on the first try."""
+    svc = auth("app-store", "service")
+    await server.s.usage.Spend(_req(1_000, "a", user_id="buyer", app_id="app-1", publisher_user_id="pub"), metadata=svc)
+    stats = server.writer_stats
+    retries, rereads = stats.retries, stats.rereads
+    honest = [spend(server, f"honest-{i}", 1_000, f"h{i}") for i in range(32)]
+    attacks = [
+        server.s.usage.Spend(_req(1, f"a:share{'' if n == 0 else n}", user_id="buyer"), metadata=svc) for n in range(8)
+    ]
+    results = await asyncio.gather(*honest, *attacks)
+    assert all(r.credits_millicredits == FREE - 1_000 for r in results[:32])
+    assert len({r.transaction.id for r in results}) == 40
+    assert (stats.retries, stats.rereads) == (retries, rereads)  # no batch ran twice
+    assert await credits(server, "buyer") == FREE - 1_000 - 8
+
+
+def _req(amount: int, request_id: str, **fields: str):  # type: ignore[no-untyped-def]
+    from flownexus.billing.v1 import usage_pb2
+
+    return usage_pb2.SpendRequest(amount_millicredits=amount, request_id=request_id, **fields)
+
+
+async def test_a_request_recorded_under_the_old_key_encoding_replays_after_the_upgrade(server) -> None:
+    """An earlier release stored `{role}/{subject}:{Method}:{request_id}`; a retry
+    of that request after the upgrade replays it instead of charging again."""
+    first = await spend(server, "olduser", 2_500, "before-upgrade")
+    new = keys.idempotency("user", "olduser", "Spend", "before-upgrade")
+    old = keys.legacy_idempotency("user", "olduser", "Spend", "before-upgrade")
+    async with server.app.db.writer.begin() as conn:
+        await conn.execute(update(idempotency).where(idempotency.c.key == new).values(key=old))
+        await conn.execute(
+            update(transfers).where(transfers.c.key == keys.request_transfer(new)).values(key=f"req:{old}")
+        )
+    await server.restart()
+    assert server.app.writer.legacy_keys
+    again = await spend(server, "olduser", 2_500, "before-upgrade")
+    assert again.transaction.id == first.transaction.id
+    assert await credits(server, "olduser") == FREE - 2_500
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await spend(server, "olduser", 3_000, "before-upgrade")
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+async def test_without_old_keys_a_batch_looks_up_one_key_per_request(server) -> None:
+    await spend(server, "newuser", 1_000, "r1")
+    await server.restart()
+    assert not server.app.writer.legacy_keys
+    again = await spend(server, "newuser", 1_000, "r1")
+    assert await credits(server, "newuser") == FREE - 1_000
+    assert again.credits_millicredits == FREE - 1_000
