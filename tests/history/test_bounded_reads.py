@@ -11,7 +11,7 @@ from typing import Any
 from flownexus.billing.v1 import common_pb2, earnings_pb2, history_pb2, usage_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from server.history.repository import probe_query
+from server.history.repository import frontier_query, page_query, probe_query
 from tests.harness import auth, serving
 from tests.plans import pg_generic_plan_scans, sqlite_plan
 
@@ -113,3 +113,21 @@ async def test_a_probe_is_one_index_search_per_kind_on_both_databases(server: An
         return
     scans = await pg_generic_plan_scans(db_url, sql, args, "wallet:probe")
     assert scans == ["ix_transfers_credit_kind_created", "ix_transfers_debit_kind_created"], scans
+
+
+async def test_a_bounded_filtered_page_reads_only_the_accounts_newest_index(server: Any, db_url: str) -> None:
+    """The filtered page and the count of rows it may examine each walk the
+    account's (account, -id) indexes from the cursor, whatever the plan."""
+    statements = [
+        page_query("wallet:probe", limit=11, before_id=1_030_000, kinds=["spend"], start_us=5, end_us=None,
+                   scan=500, from_id=1_025_000),
+        frontier_query("wallet:probe", 1_030_000, 500),
+    ]
+    for sql, args in statements:
+        if db_url.startswith("sqlite"):
+            plan = sqlite_plan(db_url, sql, args)
+            assert "ix_transfers_debit_newest" in plan and "ix_transfers_credit_newest" in plan, plan
+            assert "SCAN transfers" not in plan, plan
+            continue
+        scans = await pg_generic_plan_scans(db_url, sql, args, "wallet:probe")
+        assert scans == ["ix_transfers_credit_newest", "ix_transfers_debit_newest"], scans
