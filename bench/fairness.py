@@ -14,8 +14,8 @@ process of its own, for one phase at a time, in turn with phases without it:
 - history_type: 100 loops of ListTransactions filtered by a type it never
   had, over its own many transfers (seeded before the phases);
 - history_future: 100 loops of ListTransactions from a start_time in 9000;
-- batch: SpendBatch(1,000) whenever its bucket allows (when a batch that
-  large is refused, the largest one its bucket takes).
+- batch: SpendBatch(1,000) whenever its bucket allows, one at a time (when
+  a batch that large is refused, the largest one its bucket takes).
 """
 
 from __future__ import annotations
@@ -134,7 +134,8 @@ async def attack(mix: str, target: str, token: str, seconds: float) -> dict[str,
                     elif exc.code() is grpc.StatusCode.RESOURCE_EXHAUSTED:
                         await asyncio.sleep(min(delay, max(0.0, stop - time.monotonic())))
 
-        await asyncio.gather(*(loop() for _ in range(ATTACK_LOOPS)))
+        # The batch attacker sends one batch whenever its bucket allows; the others keep 100 calls in flight.
+        await asyncio.gather(*(loop() for _ in range(1 if mix == "batch" else ATTACK_LOOPS)))
     return dict(counts)
 
 

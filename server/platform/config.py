@@ -42,6 +42,10 @@ class Settings(BaseSettings):
     public_base_url: str = "http://localhost:8080"
     # Pending payments older than this are settled from Stripe by the reconciliation job.
     payment_reconcile_after_seconds: float = Field(default=300.0, ge=0)
+    # Stripe reads made by reconciliation, per second, at most (Stripe allows
+    # 100 a second in live mode, 25 in test mode: polling must leave most of
+    # it to the calls customers wait for). docs/fairness.md has the schedule.
+    stripe_poll_rate_per_second: float = Field(default=5.0, gt=0)
     credits_per_usd: int = Field(default=10, gt=0)
     min_purchase_cents: int = 1000
     max_purchase_cents: int = 1_000_000
