@@ -3,13 +3,13 @@ already are, so that a filtered page learns from one probe per kind whether
 anything matches, and a spending report reads only its own rows
 
 Revision ID: 0013
-Revises: 0011
+Revises: 0012
 """
 
 from alembic import op
 
 revision = "0013"
-down_revision = "0011"
+down_revision = "0012"
 branch_labels = None
 depends_on = None
 

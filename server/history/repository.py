@@ -10,13 +10,18 @@ from server.platform.fairshare import charge
 
 HISTORY_FIELDS = (
     "id", "kind", "amount", "debit_account", "credit_account", "debit_balance_after", "credit_balance_after",
-    "description", "category", "ref", "created_at_us", "metadata",
+    "description", "category", "ref", "created_at_us", "metadata", "key_id",
 )
 HISTORY_COLUMNS = ", ".join(HISTORY_FIELDS)
 
 
-def _filters(kinds: list[str], start_us: int | None, end_us: int | None) -> tuple[str, list[Any]]:
+def _filters(
+    kinds: list[str], start_us: int | None, end_us: int | None, key_id: str = ""
+) -> tuple[str, list[Any]]:
     sql, params = "", list[Any]()
+    if key_id:
+        sql += " AND key_id = ?"
+        params.append(key_id)
     if kinds:
         sql += f" AND kind IN ({','.join('?' * len(kinds))})"
         params.extend(kinds)
@@ -39,6 +44,7 @@ def page_query(
     end_us: int | None,
     scan: int | None = None,
     from_id: int | None = None,
+    key_id: str = "",
 ) -> tuple[str, list[Any]]:
     """One page of an account's transfers, newest first, with `?` placeholders.
     `scan` bounds the rows each side examines (a filtered page); `from_id`
@@ -55,7 +61,7 @@ def page_query(
     if from_id is not None:
         keyset += " AND -id <= ?"
         params.append(-from_id)
-    filters, fparams = _filters(kinds, start_us, end_us)
+    filters, fparams = _filters(kinds, start_us, end_us, key_id)
     if scan is None:  # unfiltered: every row examined is a row of the page
         keyset, params, filters, fparams = keyset + filters, params + fparams, "", []
     inner = scan if scan is not None else limit
@@ -114,13 +120,15 @@ class HistoryRepository:
         kinds: list[str],
         start_us: int | None,
         end_us: int | None,
+        key_id: str = "",
     ) -> tuple[list[TransferView], int | None]:
         """Up to `limit` transfers, and where to resume when the filters
         matched fewer within the rows a page may examine (else None)."""
         account = wallet_id(user_id)
         frontier = None
         scan = None
-        if kinds or start_us is not None or end_us is not None:
+        if kinds or start_us is not None or end_us is not None or key_id:
+            # A key filter is applied while scanning: the probe reads kinds and times only.
             sql, args = probe_query(account, kinds, start_us, end_us)
             if await self.bulk.fetchrow(sql, *args) is None:
                 charge(1)
@@ -134,22 +142,19 @@ class HistoryRepository:
             charge(sum(int(n) for n, _ in counts))
         sql, args = page_query(
             account, limit=limit, before_id=before_id, kinds=kinds, start_us=start_us, end_us=end_us,
-            scan=scan, from_id=frontier,
+            scan=scan, from_id=frontier, key_id=key_id,
         )
         rows = await self.bulk.fetchall(sql, *args)
         charge(len(rows))
         return [TransferView.of(dict(zip(HISTORY_FIELDS, r, strict=True)), account) for r in rows], frontier
 
-    async def spending_by_category(
-        self, user_id: str, start_us: int, end_us: int
-    ) -> tuple[list[tuple[str, int, int]], int]:
-        """Spending by category since `start_us`, or since a later instant when
-        the window holds more than `report_max_rows` Spends or Captures (of
-        either kind): the newest ones are summed, and the start returned."""
+    async def window_start(self, user_id: str, start_us: int, end_us: int) -> int:
+        """The start of a spending report's window: `start_us`, or a later
+        instant when the window holds more than `report_max_rows` Spends or
+        Captures (of either kind), so that the newest ones are summed."""
         account = wallet_id(user_id)
-        kinds = [str(Kind.SPEND), str(Kind.HOLD_CAPTURE)]
         cut = None
-        for kind in kinds:
+        for kind in (str(Kind.SPEND), str(Kind.HOLD_CAPTURE)):
             row = await self.bulk.fetchrow(
                 "SELECT created_at_us FROM transfers WHERE debit_account = ? AND kind = ? AND created_at_us >= ? "
                 "AND created_at_us < ? ORDER BY created_at_us DESC LIMIT 1 OFFSET ?",
@@ -157,14 +162,29 @@ class HistoryRepository:
             )
             if row is not None:
                 cut = max(cut or row[0], row[0])
-        if cut is not None:
-            # Past the bound: the newest rows, whole microseconds only.
-            start_us = cut + 1 if cut + 1 < end_us else cut
+        if cut is None:
+            return start_us
+        return cut + 1 if cut + 1 < end_us else cut  # past the bound: whole microseconds only
+
+    async def spending_by_category(
+        self, user_id: str, start_us: int, end_us: int, key_id: str = ""
+    ) -> list[tuple[str, int, int]]:
+        return await self._spending("CASE WHEN category = '' THEN 'other' ELSE category END", user_id, start_us,
+                                    end_us, key_id)
+
+    async def spending_by_key(
+        self, user_id: str, start_us: int, end_us: int, key_id: str = ""
+    ) -> list[tuple[str, int, int]]:
+        return await self._spending("COALESCE(key_id, '')", user_id, start_us, end_us, key_id)
+
+    async def _spending(
+        self, group: str, user_id: str, start_us: int, end_us: int, key_id: str
+    ) -> list[tuple[str, int, int]]:
+        by_key, params = (" AND key_id = ?", [key_id]) if key_id else ("", [])
         rows = await self.bulk.fetchall(
-            "SELECT CASE WHEN category = '' THEN 'other' ELSE category END AS c, SUM(amount), COUNT(*) "
-            "FROM transfers WHERE debit_account = ? AND kind IN (?, ?) AND created_at_us >= ? AND created_at_us < ? "
-            "GROUP BY c ORDER BY SUM(amount) DESC",
-            account, *kinds, start_us, end_us,
+            f"SELECT {group} AS g, SUM(amount), COUNT(*) FROM transfers WHERE debit_account = ? AND kind IN (?, ?) "
+            f"AND created_at_us >= ? AND created_at_us < ?{by_key} GROUP BY g ORDER BY SUM(amount) DESC",
+            wallet_id(user_id), str(Kind.SPEND), str(Kind.HOLD_CAPTURE), start_us, end_us, *params,
         )
         charge(sum(int(r[2]) for r in rows))
-        return [(r[0], int(r[1]), int(r[2])) for r in rows], start_us
+        return [(r[0], int(r[1]), int(r[2])) for r in rows]
