@@ -627,13 +627,27 @@ async def bench(workdir: Path) -> dict[str, Any]:
                 found = await batch_rows(kind, server, users, sizes=(100,), prefix="No ledger: ")
                 rows += [{**r, "db": "-", "baseline": kind} for r in found]
     watch = await watch_phase(workdir) if "watch" not in SKIP else None
+    fair = [await fairness_row(kind) for kind in dbs] if "fairness" not in SKIP else []
     for r in rows:
         echo = echoes[r["baseline"]]
         r["ratio_vs_echo"] = r["rps"] / echo["rps"] if echo["rps"] else None
         r["p99_vs_echo"] = r["p99_ms"] / echo["p99_ms"] if echo["p99_ms"] else None
         cpu, echo_cpu = r.get("server_cpu_us_per_call"), echo.get("server_cpu_us_per_call")
         r["cpu_vs_echo"] = cpu / echo_cpu if cpu and echo_cpu else None
-    return {"rows": rows, "history": history, "watch": watch, "webhooks": webhooks, "notes": notes}
+    return {"rows": rows, "history": history, "watch": watch, "webhooks": webhooks, "fairness": fair, "notes": notes}
+
+
+async def fairness_row(kind: str) -> dict[str, Any]:
+    """Honest p99 under one caller at its caps, as a ratio to the same
+    callers' p99 without it, in one run (bench/fairness.py, docs/fairness.md)."""
+    from bench import fairness  # it imports this module
+
+    log(f"{kind}: honest p99 under one caller at its caps")
+    return await fairness.measure(kind, FAIRNESS_ROUNDS, 3.0, 4.0, 20_000)
+
+
+FAIRNESS_ROUNDS = int(os.environ.get("BENCH_FAIRNESS_ROUNDS", 2))
+FAIRNESS_BOUND = 2.0
 
 
 # Per-call Spend against the echo of its section: throughput, p99, and the
@@ -668,6 +682,13 @@ def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
     for h in res["history"]:
         out.append({"target": f"{h['name']} ({h['db']}) p99 < 20 ms", "value": round(h["p99_ms"], 2),
                     "ok": h["p99_ms"] < 20})
+    for f in res.get("fairness", []):
+        for mix, calls in f["ratios"].items():
+            for call, ratio in calls.items():
+                out.append({"target": f"honest p99 under one caller at its caps: {call}, attacker {mix} ({f['db']}) "
+                                      f"<= {FAIRNESS_BOUND:g}x", "value": round(ratio, 2), "ok": ratio <= FAIRNESS_BOUND})
+        out.append({"target": f"honest p99 under one caller at its caps ({f['db']}): no honest call failed",
+                    "value": len(f["failures"]), "ok": not f["failures"]})
     w = res["watch"]
     if w:
         out.append({"target": f"{w['subscribers']:,} watchers delivery p99 < 250 ms", "value": round(w["delay_p99_ms"], 1),
@@ -789,6 +810,10 @@ def render(res: dict[str, Any]) -> str:
     for wh in res.get("webhooks") or []:
         lines.append(f"{wh['name']:<44} {wh['db']:<9} {wh['events_per_s'] or 0:>8.0f} events/s; delivered "
                      f"{wh['delivered']:,}/{wh['events']:,} (committed in {wh['commit_seconds']} s)")
+    for f in res.get("fairness", []):
+        for mix, calls in f["ratios"].items():
+            lines.append(f"{'Honest p99 under one caller at its caps: ' + mix:<58} {f['db']:<9} "
+                         + ", ".join(f"{call} {ratio:.2f}x" for call, ratio in calls.items()))
     lines.append("")
     for t in res["targets"]:
         lines.append(f"  [{'ok' if t['ok'] else 'MISS'}] {t['target']}: {t['value']}")

@@ -57,6 +57,7 @@ from server.payments.gateway import StripeGateway
 from server.payments.service import PaymentsService
 from server.platform.clock import Clock
 from server.platform.config import Settings
+from server.platform.fairshare import FairShare
 from server.platform.metrics import METRICS
 from server.platform.ratelimit import caller_shares, limiters, mutation_limits
 from server.refill import grpc as refill_grpc
@@ -153,7 +154,10 @@ class App:
         self.usage = UsageService(self.writer, self.reader, settings, self.mutations)
         usage_grpc.register(reg, self.usage)
 
-        self.history = HistoryService(self.balance, HistoryRepository(self.db.reader, self.db.fast), self.clock)
+        self.history = HistoryService(self.balance, HistoryRepository(
+            self.db.bulk, max_rows_examined=settings.history_max_rows_examined,
+            report_max_rows=settings.report_max_rows_examined,
+        ), self.clock)
         history_grpc.register(reg, self.history)
 
         self.earnings = EarningsService(self.writer, EarningsRepository(self.db.reader), settings)
@@ -240,6 +244,8 @@ class App:
                 s.effective_jwt_secret, s.jwt_issuer, limiters(s), s.max_concurrent_rpcs,
                 mutations=self.mutations, streams=streams, calls=calls,
                 keys=self.keys.principal, key_prefix=SECRET_PREFIX,
+                fair=FairShare(s.fair_calls_per_second, s.user_fair_weight, s.service_fair_weight, s.fair_max_waiting)
+                if s.fair_calls_per_second > 0 else None,
             ),
         ]
         if s.otel_enabled:

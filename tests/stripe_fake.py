@@ -33,6 +33,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +117,9 @@ class StripeFake:
         self.webhook_url = ""
         self.webhook_secret = WEBHOOK_SECRET
         self.delivered: list[tuple[str, int]] = []  # (event type, HTTP status) of every delivery
+        # Stripe's clock for the sessions it creates (created, expires_at): a
+        # test may set it to the service's clock.
+        self.clock: Callable[[], float] = time.time
         self._deliveries: set[asyncio.Task[None]] = set()
         self._runner: web.AppRunner | None = None
         self._client: aiohttp.ClientSession | None = None
@@ -151,6 +155,7 @@ class StripeFake:
         await self.settled()
         self.webhook_url = ""
         self.delivered.clear()
+        self.clock = time.time
         assert self._client is not None
         async with self._client.delete(f"{self.upstream}/_config/data") as r:
             assert r.status == 200
@@ -206,8 +211,8 @@ class StripeFake:
             "line_items_requested": form["line_items"],
             "success_url": form.get("success_url"),
             "cancel_url": form.get("cancel_url"),
-            "expires_at": int(time.time()) + 24 * 3600,
-            "created": int(time.time()),
+            "expires_at": int(self.clock()) + 24 * 3600,
+            "created": int(self.clock()),
             "livemode": False,
         }
         self.sessions[sid] = session

@@ -27,7 +27,10 @@ class Database:
     def __init__(self, url: str) -> None:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
+        # Single-row reads (balances, stream snapshots) and reads of many rows
+        # (history, reports) on separate connections: one never waits for the other.
         self.fast = FastReader(url)
+        self.bulk = FastReader(url, threaded=True, max_size=4)
         if self.is_sqlite:
             _ensure_sqlite_dir(url)
             if ":memory:" in url:
@@ -61,6 +64,7 @@ class Database:
 
     async def dispose(self) -> None:
         await self.fast.close()
+        await self.bulk.close()
         await self.writer.dispose()
         await self.reader.dispose()
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import re
 import sqlite3
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 
@@ -17,16 +19,28 @@ def pg_params(sql: str) -> str:
 
 
 class FastReader:
-    def __init__(self, url: str) -> None:
+    """`threaded`: the bulk reader, for reads that examine many rows (history,
+    reports). On SQLite its statements run on its own threads and
+    connections rather than inline on the event loop; on PostgreSQL it has a
+    pool of its own. Either way it never holds what single-row reads use."""
+
+    def __init__(self, url: str, *, threaded: bool = False, max_size: int = 8) -> None:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
+        self.max_size = max_size
         self._sqlite: sqlite3.Connection | None = None
+        self._threads: ThreadPoolExecutor | None = ThreadPoolExecutor(max_size, "bulk-read") if threaded else None
+        self._local = threading.local()
+        self._opened: list[sqlite3.Connection] = []
         self._pool: Any = None
         self._lock = asyncio.Lock()
         self._pg_sql: dict[str, str] = {}
 
     async def fetchrow(self, sql: str, *args: Any) -> tuple[Any, ...] | None:
         """`sql` uses `?` placeholders on both databases."""
+        if self._threads is not None and self.is_sqlite:
+            rows = await self._in_thread(sql, args)
+            return rows[0] if rows else None
         if self.is_sqlite:
             conn = self._sqlite or self._open_sqlite()
             # A WAL reader never waits for the writer; a one-row read by key
@@ -39,6 +53,8 @@ class FastReader:
         return tuple(record) if record is not None else None
 
     async def fetchall(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+        if self._threads is not None and self.is_sqlite:
+            return await self._in_thread(sql, args)
         if self.is_sqlite:
             conn = self._sqlite or self._open_sqlite()
             return conn.execute(sql, args).fetchall()
@@ -46,12 +62,25 @@ class FastReader:
         pg = self._pg_sql.get(sql) or self._pg_sql.setdefault(sql, pg_params(sql))
         return [tuple(r) for r in await pool.fetch(pg, *args)]
 
-    def _open_sqlite(self) -> sqlite3.Connection:
+    def _connect_sqlite(self) -> sqlite3.Connection:
         path = self.url.split(":///", 1)[-1].split("?", 1)[0]
         conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         conn.execute("PRAGMA busy_timeout=30000")
-        self._sqlite = conn
         return conn
+
+    def _open_sqlite(self) -> sqlite3.Connection:
+        self._sqlite = self._connect_sqlite()
+        return self._sqlite
+
+    async def _in_thread(self, sql: str, args: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        def run() -> list[tuple[Any, ...]]:
+            conn = getattr(self._local, "conn", None)
+            if conn is None:
+                conn = self._local.conn = self._connect_sqlite()
+                self._opened.append(conn)
+            return conn.execute(sql, args).fetchall()
+
+        return await asyncio.get_running_loop().run_in_executor(self._threads, run)
 
     async def _open_pool(self) -> Any:
         import asyncpg
@@ -59,10 +88,15 @@ class FastReader:
         async with self._lock:
             if self._pool is None:
                 dsn = self.url.replace("postgresql+asyncpg://", "postgresql://", 1)
-                self._pool = await asyncpg.create_pool(dsn, min_size=1, max_size=8)
+                self._pool = await asyncpg.create_pool(dsn, min_size=1, max_size=self.max_size)
         return self._pool
 
     async def close(self) -> None:
+        if self._threads is not None:
+            self._threads.shutdown(wait=True)
+            for conn in self._opened:
+                conn.close()
+            self._opened.clear()
         if self._sqlite is not None:
             self._sqlite.close()
             self._sqlite = None

@@ -257,8 +257,11 @@ tier_subscriptions = Table(
 Index("ix_transfers_debit_newest", transfers.c.debit_account, -transfers.c.id)
 Index("ix_transfers_credit_newest", transfers.c.credit_account, -transfers.c.id)
 
-# Daily award limits sum a user's awards of one source since midnight (UTC).
+# Daily award limits sum a user's awards of one source since midnight (UTC);
+# a filtered history page probes both (one probe per kind) before it scans,
+# and a spending report reads its debits by kind and time.
 Index("ix_transfers_credit_kind_created", transfers.c.credit_account, transfers.c.kind, transfers.c.created_at_us)
+Index("ix_transfers_debit_kind_created", transfers.c.debit_account, transfers.c.kind, transfers.c.created_at_us)
 
 # ---- auto-refill ----------------------------------------------------------
 

@@ -16,6 +16,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from server.platform import errors
 from server.platform.auth import Principal, TokenCache, current_principal
 from server.platform.deadline import call_deadline
+from server.platform.fairshare import FairShare, Turns, call_work
 from server.platform.logs import new_request_id, request_id_var
 from server.platform.metrics import METRICS, RpcMetrics
 from server.platform.ratelimit import ByRole, InFlight, PerCaller, RateLimiter
@@ -126,6 +127,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         calls: PerCaller | None = None,
         keys: KeyLookup | None = None,
         key_prefix: str = "",
+        fair: FairShare | None = None,
     ) -> None:
         self.tokens = TokenCache(secret, issuer)
         # Scoped keys' secrets: looked up on every call (revocation is seen at once).
@@ -137,6 +139,8 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         self.mutations = mutations
         self.streams = streams
         self.calls = calls
+        # Each caller's turns of the event loop among the unary calls (server/platform/fairshare.py).
+        self.fair = fair
         self._handlers: dict[str, grpc.RpcMethodHandler] = {}
 
     async def intercept_service(self, continuation: Any, details: grpc.HandlerCallDetails) -> Any:
@@ -155,7 +159,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         mutations = self.mutations if is_mutating(method) else None
         what = method.rsplit("/", 1)[-1]
         key_allowed = method.removeprefix(BILLING_PREFIX) in KEY_METHODS
-        enter, leave = self._enter, self._leave
+        enter, leave, fair = self._enter, self._leave, self.fair
         if handler.unary_unary:
             inner = handler.unary_unary
             unary_metrics = METRICS.rpc(method, "unary")
@@ -166,6 +170,12 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
                     secret = enter(call, context, limiter, mutations, self.calls, what)
                     if secret is not None:
                         await self._enter_key(call, context, secret, limiter, mutations, self.calls, what, key_allowed)
+                    if fair is not None and not fair.exempt(current_principal.get()):
+                        turns, waiting = fair.take(current_principal.get())
+                        if waiting is not None:
+                            await fair.wait(turns, waiting)
+                        call.turns, call.fair = turns, fair
+                        call.tokens.append(call_work.set(call.work))
                     response = await inner(request, context)
                 except BaseException as exc:
                     await leave(call, method, context, exc)
@@ -308,7 +318,10 @@ class _Call:
     """What one call has taken and must give back: context variables set, and
     its place among the calls in flight."""
 
-    __slots__ = ("inflight", "logged", "metrics", "reason", "request_id", "share", "share_key", "started", "tokens")
+    __slots__ = (
+        "fair", "inflight", "logged", "metrics", "reason", "request_id", "share", "share_key", "started", "tokens",
+        "turns", "work",
+    )
 
     def __init__(self, metrics: RpcMetrics) -> None:
         self.started = time.perf_counter()
@@ -316,6 +329,9 @@ class _Call:
         self.inflight: InFlight | None = None
         self.share: PerCaller | None = None
         self.share_key = ""
+        self.fair: FairShare | None = None
+        self.turns: Turns | None = None
+        self.work = [0]
         self.metrics = metrics
         self.reason = ""
         self.request_id = ""
@@ -348,6 +364,9 @@ class _Call:
         if self.share is not None:
             self.share.exit(self.share_key)
             self.share = None
+        if self.fair is not None and self.turns is not None:
+            self.fair.leave(self.turns, self.work[0])
+            self.fair = None
         for token in reversed(self.tokens):
             try:
                 token.var.reset(token)

@@ -29,13 +29,15 @@ class HistoryServicer(history_pb2_grpc.HistoryServiceServicer):
         key_id = check_key_id(request.key_id) if request.key_id else ""
         sig = validation.filters_signature(user, sorted(kinds), start, end, *([key_id] if key_id else []))
         before = validation.decode_page_token(request.page_token, sig, int)
-        rows = await self.history.history(
+        rows, resume = await self.history.history(
             principal(), user_id=user, limit=size + 1, before_id=before, kinds=kinds, start_us=start, end_us=end,
             key_id=key_id,
         )
         resp = history_pb2.ListTransactionsResponse(transactions=[convert.transaction(t) for t in rows[:size]])
         if len(rows) > size:
             resp.next_page_token = validation.encode_page_token(rows[size - 1].id, sig)
+        elif resume is not None:  # a short (even empty) page: the rest lies past its bound (AIP-158)
+            resp.next_page_token = validation.encode_page_token(resume, sig)
         return resp
 
     async def GetSpendingReport(

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import func, literal, select
-from sqlalchemy.ext.asyncio import AsyncEngine
-
 from server.db.fastread import FastReader
-from server.db.schema import transfers
 from server.ledger.model import Kind, TransferView, wallet_id
+from server.platform.fairshare import charge
 
 HISTORY_FIELDS = (
     "id", "kind", "amount", "debit_account", "credit_account", "debit_balance_after", "credit_balance_after",
@@ -18,44 +15,101 @@ HISTORY_FIELDS = (
 HISTORY_COLUMNS = ", ".join(HISTORY_FIELDS)
 
 
+def _filters(
+    kinds: list[str], start_us: int | None, end_us: int | None, key_id: str = ""
+) -> tuple[str, list[Any]]:
+    sql, params = "", list[Any]()
+    if key_id:
+        sql += " AND key_id = ?"
+        params.append(key_id)
+    if kinds:
+        sql += f" AND kind IN ({','.join('?' * len(kinds))})"
+        params.extend(kinds)
+    if start_us is not None:
+        sql += " AND created_at_us >= ?"
+        params.append(start_us)
+    if end_us is not None:
+        sql += " AND created_at_us < ?"
+        params.append(end_us)
+    return sql, params
+
+
 def page_query(
-    account: str, *, limit: int, before_id: int | None, kinds: list[str], start_us: int | None, end_us: int | None,
+    account: str,
+    *,
+    limit: int,
+    before_id: int | None,
+    kinds: list[str],
+    start_us: int | None,
+    end_us: int | None,
+    scan: int | None = None,
+    from_id: int | None = None,
     key_id: str = "",
 ) -> tuple[str, list[Any]]:
-    """One page of an account's transfers, newest first, with `?` placeholders."""
+    """One page of an account's transfers, newest first, with `?` placeholders.
+    `scan` bounds the rows each side examines (a filtered page); `from_id`
+    is the lowest id both sides have examined (see `frontier_query`)."""
     # Each side walks its own (account, -id) index newest first; raw SQL on
     # the driver keeps a page at any depth to one index range scan. The
     # keyset is written on -id, the index's expression, which the primary
     # key cannot serve.
     params: list[Any] = []
-    extra = ""
+    keyset = ""
     if before_id is not None:
-        extra += " AND -id > ?"
+        keyset += " AND -id > ?"
         params.append(-before_id)
-    if kinds:
-        extra += f" AND kind IN ({','.join('?' * len(kinds))})"
-        params.extend(kinds)
-    if start_us is not None:
-        extra += " AND created_at_us >= ?"
-        params.append(start_us)
-    if end_us is not None:
-        extra += " AND created_at_us < ?"
-        params.append(end_us)
-    if key_id:
-        extra += " AND key_id = ?"
-        params.append(key_id)
+    if from_id is not None:
+        keyset += " AND -id <= ?"
+        params.append(-from_id)
+    filters, fparams = _filters(kinds, start_us, end_us, key_id)
+    if scan is None:  # unfiltered: every row examined is a row of the page
+        keyset, params, filters, fparams = keyset + filters, params + fparams, "", []
+    inner = scan if scan is not None else limit
 
     def side(column: str) -> str:
-        return f"SELECT * FROM (SELECT {HISTORY_COLUMNS} FROM transfers WHERE {column} = ?{extra} ORDER BY -id LIMIT ?) AS {column[0]}"
+        rows = f"SELECT {HISTORY_COLUMNS} FROM transfers WHERE {column} = ?{keyset} ORDER BY -id LIMIT ?"
+        if not filters:
+            return f"SELECT * FROM ({rows}) AS {column[0]}"
+        return f"SELECT * FROM ({rows}) AS {column[0]} WHERE 1 = 1{filters}"
 
     sql = f"{side('debit_account')} UNION ALL {side('credit_account')} ORDER BY id DESC LIMIT ?"
-    return sql, [account, *params, limit, account, *params, limit, limit]
+    return sql, [account, *params, inner, *fparams, account, *params, inner, *fparams, limit]
+
+
+def probe_query(account: str, kinds: list[str], start_us: int | None, end_us: int | None) -> tuple[str, list[Any]]:
+    """Whether any transfer of the account matches the filters: one probe of
+    each side's (account, kind, created_at_us) index per kind. A filter on
+    another column (a key, a member) gets its own (account, column,
+    created_at_us) index and is probed the same way."""
+    filters, params = _filters(kinds or [str(k) for k in Kind], start_us, end_us)
+
+    def side(column: str) -> str:
+        return f"EXISTS (SELECT 1 FROM transfers WHERE {column} = ?{filters})"
+
+    return f"SELECT 1 WHERE {side('debit_account')} OR {side('credit_account')}", [account, *params, account, *params]
+
+
+def frontier_query(account: str, before_id: int | None, scan: int) -> tuple[str, list[Any]]:
+    """For each side: how many of its next `scan` transfers (newest first)
+    exist, and the lowest id among them, read from its (account, -id) index."""
+    keyset, params = ("", []) if before_id is None else (" AND -id > ?", [-before_id])
+
+    def side(column: str) -> str:
+        return (f"SELECT COUNT(*), MIN(id) FROM (SELECT id FROM transfers WHERE {column} = ?{keyset} "
+                f"ORDER BY -id LIMIT ?) AS {column[0]}")
+
+    return f"{side('debit_account')} UNION ALL {side('credit_account')}", [account, *params, scan, account, *params, scan]
 
 
 class HistoryRepository:
-    def __init__(self, engine: AsyncEngine, fast: FastReader) -> None:
-        self.engine = engine
-        self.fast = fast
+    """History's reads run on the bulk reader: its own connections, so that
+    they never hold the ones single-row reads use (server/db/engine.py)."""
+
+    def __init__(self, bulk: FastReader, *, max_rows_examined: int, report_max_rows: int) -> None:
+        self.bulk = bulk
+        # Each side of a filtered page examines at most half the bound.
+        self.scan = max(max_rows_examined // 2, 1)
+        self.report_max_rows = report_max_rows
 
     async def page(
         self,
@@ -67,42 +121,70 @@ class HistoryRepository:
         start_us: int | None,
         end_us: int | None,
         key_id: str = "",
-    ) -> list[TransferView]:
+    ) -> tuple[list[TransferView], int | None]:
+        """Up to `limit` transfers, and where to resume when the filters
+        matched fewer within the rows a page may examine (else None)."""
         account = wallet_id(user_id)
+        frontier = None
+        scan = None
+        if kinds or start_us is not None or end_us is not None or key_id:
+            # A key filter is applied while scanning: the probe reads kinds and times only.
+            sql, args = probe_query(account, kinds, start_us, end_us)
+            if await self.bulk.fetchrow(sql, *args) is None:
+                charge(1)
+                return [], None
+            scan = self.scan
+            sql, args = frontier_query(account, before_id, scan)
+            counts = await self.bulk.fetchall(sql, *args)
+            # A side that has `scan` rows may have more below its lowest one:
+            # the page covers what both sides have examined, no further.
+            frontier = max((int(low) for n, low in counts if n >= scan), default=None)
+            charge(sum(int(n) for n, _ in counts))
         sql, args = page_query(
-            account, limit=limit, before_id=before_id, kinds=kinds, start_us=start_us, end_us=end_us, key_id=key_id
+            account, limit=limit, before_id=before_id, kinds=kinds, start_us=start_us, end_us=end_us,
+            scan=scan, from_id=frontier, key_id=key_id,
         )
-        rows = await self.fast.fetchall(sql, *args)
-        return [TransferView.of(dict(zip(HISTORY_FIELDS, r, strict=True)), account) for r in rows]
+        rows = await self.bulk.fetchall(sql, *args)
+        charge(len(rows))
+        return [TransferView.of(dict(zip(HISTORY_FIELDS, r, strict=True)), account) for r in rows], frontier
+
+    async def window_start(self, user_id: str, start_us: int, end_us: int) -> int:
+        """The start of a spending report's window: `start_us`, or a later
+        instant when the window holds more than `report_max_rows` Spends or
+        Captures (of either kind), so that the newest ones are summed."""
+        account = wallet_id(user_id)
+        cut = None
+        for kind in (str(Kind.SPEND), str(Kind.HOLD_CAPTURE)):
+            row = await self.bulk.fetchrow(
+                "SELECT created_at_us FROM transfers WHERE debit_account = ? AND kind = ? AND created_at_us >= ? "
+                "AND created_at_us < ? ORDER BY created_at_us DESC LIMIT 1 OFFSET ?",
+                account, kind, start_us, end_us, self.report_max_rows,
+            )
+            if row is not None:
+                cut = max(cut or row[0], row[0])
+        if cut is None:
+            return start_us
+        return cut + 1 if cut + 1 < end_us else cut  # past the bound: whole microseconds only
 
     async def spending_by_category(
         self, user_id: str, start_us: int, end_us: int, key_id: str = ""
     ) -> list[tuple[str, int, int]]:
-        label = func.coalesce(func.nullif(transfers.c.category, ""), literal("other")).label("category")
-        return await self._spending(label, user_id, start_us, end_us, key_id)
+        return await self._spending("CASE WHEN category = '' THEN 'other' ELSE category END", user_id, start_us,
+                                    end_us, key_id)
 
     async def spending_by_key(
         self, user_id: str, start_us: int, end_us: int, key_id: str = ""
     ) -> list[tuple[str, int, int]]:
-        return await self._spending(func.coalesce(transfers.c.key_id, literal("")).label("spender_key"), user_id, start_us,
-                                    end_us, key_id)
+        return await self._spending("COALESCE(key_id, '')", user_id, start_us, end_us, key_id)
 
     async def _spending(
-        self, group: Any, user_id: str, start_us: int, end_us: int, key_id: str
+        self, group: str, user_id: str, start_us: int, end_us: int, key_id: str
     ) -> list[tuple[str, int, int]]:
-        account = wallet_id(user_id)
-        q = (
-            select(group, func.sum(transfers.c.amount), func.count())
-            .where(
-                transfers.c.debit_account == account,
-                transfers.c.kind.in_([str(Kind.SPEND), str(Kind.HOLD_CAPTURE)]),
-                transfers.c.created_at_us >= start_us,
-                transfers.c.created_at_us < end_us,
-            )
-            .group_by(group.name)
-            .order_by(func.sum(transfers.c.amount).desc())
+        by_key, params = (" AND key_id = ?", [key_id]) if key_id else ("", [])
+        rows = await self.bulk.fetchall(
+            f"SELECT {group} AS g, SUM(amount), COUNT(*) FROM transfers WHERE debit_account = ? AND kind IN (?, ?) "
+            f"AND created_at_us >= ? AND created_at_us < ?{by_key} GROUP BY g ORDER BY SUM(amount) DESC",
+            wallet_id(user_id), str(Kind.SPEND), str(Kind.HOLD_CAPTURE), start_us, end_us, *params,
         )
-        if key_id:
-            q = q.where(transfers.c.key_id == key_id)
-        async with self.engine.connect() as conn:
-            return [(r[0], int(r[1]), int(r[2])) for r in (await conn.execute(q)).all()]
+        charge(sum(int(r[2]) for r in rows))
+        return [(r[0], int(r[1]), int(r[2])) for r in rows]

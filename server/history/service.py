@@ -31,7 +31,9 @@ class HistoryService:
         start_us: int | None,
         end_us: int | None,
         key_id: str = "",
-    ) -> list[TransferView]:
+    ) -> tuple[list[TransferView], int | None]:
+        """A page, and the position to resume from when the page stopped at
+        its bound of rows examined (server/history/repository.py)."""
         user = principal.resolve_user(user_id)
         await self.balance.wallet(user)  # a roll-over due now belongs to the page
         return await self.repo.page(
@@ -50,6 +52,8 @@ class HistoryService:
         if start >= end:
             raise errors.InvalidArgument("start_time must be before end_time", reason="INVALID_TIME_RANGE")
         state = await self.balance.wallet(user)
+        # A window holding more than the bound is reported from a later start.
+        start = await self.repo.window_start(user, start, end)
         rows = await self.repo.spending_by_category(user, start, end, key_id)
         by_key = await self.repo.spending_by_key(user, start, end, key_id)
         return state, rows, by_key, start, end

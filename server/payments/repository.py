@@ -225,16 +225,19 @@ async def balance_after_grant(engine: AsyncEngine, grant_key: str) -> int | None
 async def stale_pending(
     engine: AsyncEngine, *, older_than_us: int, limit: int, kind: PaymentKind = PaymentKind.CHECKOUT
 ) -> list[PaymentRow]:
-    """Pending payments of one kind (refills settle their own PaymentIntents)."""
-    q = (
-        select(payments)
+    """Pending payments of one kind (refills settle their own PaymentIntents),
+    in turn across users: every user's oldest, then every user's second...,
+    so that one user's many links never push another's out of the limit."""
+    turn = func.row_number().over(partition_by=payments.c.user_id, order_by=payments.c.created_at_us).label("turn")
+    pending = (
+        select(payments, turn)
         .where(
             payments.c.status == PaymentStatus.PENDING,
             payments.c.kind == kind,
             payments.c.created_at_us <= older_than_us,
         )
-        .order_by(payments.c.created_at_us)
-        .limit(limit)
+        .subquery()
     )
+    q = select(pending).order_by(pending.c.turn, pending.c.created_at_us).limit(limit)
     async with engine.connect() as conn:
         return [cast(PaymentRow, dict(r)) for r in (await conn.execute(q)).mappings()]

@@ -7,9 +7,11 @@ in an exclusive ledger operation (`ops.Call`).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import logging
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +43,7 @@ from server.platform.auth import Principal, Role
 from server.platform.clock import Clock
 from server.platform.config import Settings
 from server.platform.metrics import METRICS
+from server.platform.ratelimit import RateLimiter
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +92,11 @@ class PaymentsService:
         self.clock = clock
         self.gateway = gateway
         self.customers = StripeCustomers(gateway, db, writer)
+        # Reconciliation: polls made per pending payment (its place on the
+        # back-off schedule), and the reads it may make of Stripe per second.
+        self._polls: dict[str, int] = {}
+        rate = settings.stripe_poll_rate_per_second
+        self._stripe_reads = RateLimiter(rate, max(1, int(rate)))
         self.events = events
 
     def require_configured(self) -> None:
@@ -554,18 +562,56 @@ class PaymentsService:
 
     # ---- reconciliation ------------------------------------------------------------------
 
-    async def reconcile(self, *, limit: int = 100) -> int:
-        """Settle pending payments whose webhook is late or lost, from Stripe's own state."""
+    async def reconcile(self, *, limit: int = 1_000) -> int:
+        """Settle pending payments whose webhook is late or lost, from Stripe's
+        own state: each payment on its back-off schedule (`poll_due_at`), in
+        turn across users, at most `stripe_poll_rate_per_second` reads."""
         if not self.gateway.configured:
             return 0
-        older = self.clock.now_us() - int(self.settings.payment_reconcile_after_seconds * 1_000_000)
+        now = self.clock.now_us()
+        first = max(int(self.settings.payment_reconcile_after_seconds * 1_000_000), MIN_POLL_US)
+        rows = await repo.stale_pending(self.db.reader, older_than_us=now - first, limit=limit)
+        due: dict[str, deque[PaymentRow]] = {}
+        polls: dict[str, int] = {}
+        for row in rows:  # already in turn across users, each user's oldest first
+            pid = row["id"]
+            done = self._polls.get(pid)
+            if done is None:  # first seen (or since a restart): only the latest point passed is due
+                done = 0
+                while (at := poll_due_at(row["created_at_us"], row["expires_at_us"], done + 1, first)) is not None \
+                        and at <= now:
+                    done += 1
+            polls[pid] = done
+            at = poll_due_at(row["created_at_us"], row["expires_at_us"], done, first)
+            if at is not None and at <= now:
+                due.setdefault(row["user_id"], deque()).append(row)
+        self._polls = polls  # settled payments leave; the others keep their count
+        budget = max(1, int(self.settings.stripe_poll_rate_per_second * self.settings.worker_interval_seconds))
         settled = 0
-        for row in await repo.stale_pending(self.db.reader, older_than_us=older, limit=limit):
-            try:
-                settled += await self._reconcile_one(row)
-            except errors.DomainError as exc:
-                log.warning("reconciliation failed", extra={"payment_id": row["id"], "reason": exc.reason})
+        while due and budget > 0:
+            for user in list(due):  # one payment of each user in turn
+                row = due[user].popleft()
+                if not due[user]:
+                    del due[user]
+                if row["checkout_session_id"]:
+                    budget -= 1
+                    await self._stripe_read_turn()
+                self._polls[row["id"]] = self._polls.get(row["id"], 0) + 1
+                try:
+                    settled += await self._reconcile_one(row)
+                except errors.DomainError as exc:
+                    log.warning("reconciliation failed", extra={"payment_id": row["id"], "reason": exc.reason})
+                if budget <= 0:
+                    break
         return settled
+
+    async def _stripe_read_turn(self) -> None:
+        """Waits until reconciliation may read Stripe once more (its global rate)."""
+        for _ in range(1_000):
+            wait = self._stripe_reads.acquire("reconcile")
+            if wait <= 0:
+                return
+            await asyncio.sleep(wait)
 
     async def _reconcile_one(self, row: PaymentRow) -> int:
         pid = row["id"]
@@ -601,6 +647,32 @@ class PaymentsService:
 
         done: int = await self._exclusive(settle)
         return done
+
+
+# Reconciliation reads a pending Checkout Session from Stripe at its first
+# point (BILLING_PAYMENT_RECONCILE_AFTER_SECONDS after creation, at least
+# MIN_POLL_US), then at twice, four times... that age, and a minute after the
+# session expires. The read after expiry finds it expired (unpaid) and marks
+# it so: it is never read again. One Stripe still shows open keeps doubling.
+MIN_POLL_US = 1_000_000
+EXPIRY_GRACE_US = 60_000_000
+MAX_DOUBLINGS = 24
+
+
+def poll_due_at(created_us: int, expires_us: int | None, polls: int, first_us: int) -> int | None:
+    """When a pending payment read `polls` times so far is due again, or None."""
+    expiry = None if expires_us is None else expires_us + EXPIRY_GRACE_US
+    index = 0
+    for doublings in range(MAX_DOUBLINGS + 1):
+        point = created_us + (first_us << doublings)
+        if expiry is not None and expiry < point:
+            if index == polls:
+                return expiry
+            index, expiry = index + 1, None
+        if index == polls:
+            return point
+        index += 1
+    return None
 
 
 def _card(row: dict[str, Any]) -> SavedCard | None:

@@ -43,6 +43,10 @@ class Settings(BaseSettings):
     public_base_url: str = "http://localhost:8080"
     # Pending payments older than this are settled from Stripe by the reconciliation job.
     payment_reconcile_after_seconds: float = Field(default=300.0, ge=0)
+    # Stripe reads made by reconciliation, per second, at most (Stripe allows
+    # 100 a second in live mode, 25 in test mode: polling must leave most of
+    # it to the calls customers wait for). docs/fairness.md has the schedule.
+    stripe_poll_rate_per_second: float = Field(default=5.0, gt=0)
     credits_per_usd: int = Field(default=10, gt=0)
     min_purchase_cents: int = 1000
     max_purchase_cents: int = 1_000_000
@@ -117,6 +121,25 @@ class Settings(BaseSettings):
     user_mutation_burst: int = Field(default=100, ge=1)
     service_mutation_rate_per_second: float = Field(default=10_000.0, ge=0)
     service_mutation_burst: int = Field(default=20_000, ge=1)
+    # Fair share (docs/fairness.md): the calls per second the server is
+    # taken to serve; each caller active in the last second may begin calls
+    # at its weight's share of it, and waits in its own queue past it (a
+    # call examining rows or writing batch items counts as more calls). 0 turns it off.
+    fair_calls_per_second: float = Field(default=1_000.0, ge=0)
+    user_fair_weight: int = Field(default=1, ge=1)
+    # 0: service and admin calls are not paced (they carry every user's
+    # traffic, and a share of a nominal capacity would cap the platform's
+    # spends below what the server can do); above 0, their weight.
+    service_fair_weight: int = Field(default=0, ge=0)
+    # Calls waiting for their turn, in all; past it the heaviest caller's
+    # newest waiting call is refused (RESOURCE_EXHAUSTED SERVER_BUSY).
+    fair_max_waiting: int = Field(default=1_000, ge=1)
+    # Rows one filtered ListTransactions page may examine (half per side of
+    # the wallet) before it answers a short page with a next_page_token.
+    history_max_rows_examined: int = Field(default=1_000, ge=2)
+    # Spends (and as many Captures) a GetSpendingReport sums at most: past
+    # it the report covers the newest ones, from a later start_time.
+    report_max_rows_examined: int = Field(default=5_000, ge=1)
     # Stored responses of mutating requests older than this are pruned (a
     # repeat of such a request_id is refused REQUEST_ID_EXPIRED, never applied).
     idempotency_retention: timedelta = Field(default=timedelta(days=7), gt=timedelta(0))

@@ -41,10 +41,9 @@ class RateLimiter:
         self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
 
     def acquire(self, key: str, n: int = 1) -> float:
-        """Take `n` tokens (at most the whole burst: a batch as large as the
-        bucket still goes through when the bucket is full); returns 0, or the
-        seconds to wait until there are enough."""
-        need = float(min(n, self.burst))
+        """Take `n` tokens (at most the burst: see ByRole.check); returns 0,
+        or the seconds to wait until there are enough."""
+        need = float(n)
         now = self.now()
         b = self._buckets.get(key)
         if b is None:
@@ -137,8 +136,18 @@ class ByRole:
 
     def check(self, who: Principal, what: str, n: int = 1) -> None:
         limiter = self.privileged if who.privileged else self.user
-        if limiter is not None:
-            limiter.check(who.scope, what, n)
+        if limiter is None:
+            return
+        if n > limiter.burst:
+            # A batch is charged by its items: one larger than the whole
+            # bucket could never be admitted, so waiting cannot help.
+            raise errors.InvalidArgument(
+                f"{what} of {n} items is more than this caller's mutation burst of {limiter.burst}; "
+                "send smaller batches",
+                reason="BATCH_OVER_MUTATION_BURST",
+                metadata={"items": n, "burst": limiter.burst, "limit_per_second": limiter.rate},
+            )
+        limiter.check(who.scope, what, n)
 
 
 def _bucket(rate: float, burst: int) -> RateLimiter | None:

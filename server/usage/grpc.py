@@ -11,6 +11,7 @@ from server.grpc.interceptors import batch_item_error
 from server.ledger.ops import Spend, SpendResult
 from server.platform import errors
 from server.platform.auth import principal
+from server.platform.fairshare import WORK_PER_ITEM, charge
 from server.registry import Registry
 from server.usage.service import UsageService
 
@@ -31,6 +32,7 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
         validation.batch(items, maximum=MAX_SPEND_BATCH)
         who = principal()
         self.usage.admit_batch(who, len(items))
+        charge(len(items) * WORK_PER_ITEM)  # a batch's turns of the loop, by its items
         ops: list[Spend | errors.DomainError] = []
         for item in items:
             # Each item is refused exactly as its unary Spend would be, on its own.

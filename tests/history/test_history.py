@@ -94,53 +94,15 @@ async def test_a_deep_page_is_one_index_range_scan_under_a_generic_plan(server, 
     cursor past every other account's transfers (75 ms at 1,000,000 rows).
     Every page must be a range scan of the account's own index, whatever
     the plan."""
-    import json
-    import sqlite3
-
-    import asyncpg
-
-    from server.db.fastread import pg_params
     from server.history.repository import page_query
+    from tests.plans import pg_generic_plan_scans, sqlite_plan
 
     sql, args = page_query("wallet:deep", limit=51, before_id=1_020_052, kinds=[], start_us=None, end_us=None)
     if db_url.startswith("sqlite"):
-        conn = sqlite3.connect(db_url.split(":///", 1)[1])
-        try:
-            plan = " | ".join(str(r[-1]) for r in conn.execute(f"EXPLAIN QUERY PLAN {sql}", args))
-        finally:
-            conn.close()
+        plan = sqlite_plan(db_url, sql, args)
         assert "INDEX ix_transfers_debit_" in plan and "INDEX ix_transfers_credit_" in plan, plan
         assert "SCAN transfers" not in plan and "PRIMARY KEY" not in plan, plan
         return
-
-    pg = pg_params(sql)
-    literals = ", ".join(str(a) if isinstance(a, int) else "'" + a.replace("'", "''") + "'" for a in args)
-    conn = await asyncpg.connect(db_url.replace("postgresql+asyncpg://", "postgresql://", 1))
-    try:
-        tx = conn.transaction()
-        await tx.start()
-        try:
-            # The bench's shape: other accounts' spends below the cursor, then
-            # the deep wallet's; statistics of it; nothing of it is kept.
-            cols = "id, key, debit_account, credit_account, amount, kind, description, category, ref, metadata, " \
-                   "debit_balance_after, credit_balance_after, created_at_us"
-            await conn.execute(f"""
-                INSERT INTO transfers ({cols})
-                SELECT 1000000 + g, 'plan:' || g, CASE WHEN g > 20000 THEN 'wallet:deep' ELSE 'wallet:o' || (g % 50) END,
-                       'system:platform_revenue', 1, 'spend', '', '', '', '{{}}', 0, 0, g
-                FROM generate_series(1, 40000) AS g""")
-            await conn.execute("ANALYZE transfers")
-            await conn.execute(f"PREPARE history_page AS {pg}")
-            await conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
-            raw = await conn.fetchval(f"EXPLAIN (FORMAT JSON) EXECUTE history_page({literals})")
-        finally:
-            await tx.rollback()
-    finally:
-        await conn.close()
-
-    def nodes(node: dict) -> list[dict]:  # type: ignore[type-arg]
-        return [node, *(n for child in node.get("Plans", []) for n in nodes(child))]
-
-    scans = [n for n in nodes(json.loads(raw)[0]["Plan"]) if n.get("Relation Name") == "transfers"]
-    assert sorted(n.get("Index Name", n["Node Type"]) for n in scans) == [
-        "ix_transfers_credit_newest", "ix_transfers_debit_newest"], scans
+    # The bench's shape: other accounts' spends below the cursor, then the deep wallet's.
+    scans = await pg_generic_plan_scans(db_url, sql, args, "wallet:deep")
+    assert scans == ["ix_transfers_credit_newest", "ix_transfers_debit_newest"], scans

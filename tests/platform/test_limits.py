@@ -292,6 +292,8 @@ def test_every_mutating_rpc_is_rate_limited() -> None:
         "UsageService/RefundUsage", "AdminService/AdjustBalance", "AdminService/ReverseTransaction",
         "AdminService/SetAccountFlag", "AdminService/ClearAccountFlag",
         "KeysService/CreateKey", "KeysService/UpdateKey", "KeysService/RevokeKey",
+        "EventsService/SetBalanceAlerts", "EventsService/CreateWebhookEndpoint", "EventsService/UpdateWebhookEndpoint",
+        "EventsService/DeleteWebhookEndpoint", "EventsService/RotateWebhookSecret", "EventsService/RedeliverEvent",
     }
 
 
@@ -335,9 +337,10 @@ async def test_reserve_release_loop_is_rate_limited_per_caller(db_url: str, cloc
 
 
 async def test_spend_batch_draws_one_token_per_item(db_url: str, clock: Any) -> None:
-    """A SpendBatch costs its caller one mutation token per item (a batch larger
-    than the burst costs the whole burst), so batching is no way around the
-    caller's rate; refused whole, it writes nothing."""
+    """A SpendBatch costs its caller one mutation token per item, so batching
+    is no way around the caller's rate; a batch larger than the whole burst
+    could never be admitted and is refused as the caller's mistake; refused
+    whole, a batch writes nothing."""
     async with serving(db_url, clock, user_mutation_rate_per_second=2.0, user_mutation_burst=6) as server:
         md = auth("batcher")
 
@@ -357,7 +360,11 @@ async def test_spend_batch_draws_one_token_per_item(db_url: str, clock: Any) -> 
             grpc.StatusCode.RESOURCE_EXHAUSTED, "RATE_LIMITED",
         )
         await asyncio.sleep(6 / 2.0 + 0.2)  # the bucket is full again
-        assert len((await batch("c", 40)).results) == 40  # larger than the burst: the whole burst
+        before = await transfer_count(server)
+        info = await expect_error(batch("c", 40), grpc.StatusCode.INVALID_ARGUMENT, "BATCH_OVER_MUTATION_BURST")
+        assert (info.metadata["items"], info.metadata["burst"]) == ("40", "6")
+        assert await transfer_count(server) == before
+        assert len((await batch("c", 6)).results) == 6  # the whole burst, item by item
         await expect_error(batch("d", 1), grpc.StatusCode.RESOURCE_EXHAUSTED, "RATE_LIMITED")
 
 

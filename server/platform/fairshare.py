@@ -1,0 +1,177 @@
+"""Fair share of the server among its callers (docs/fairness.md).
+
+Caps alone let one caller inside them fill the event loop: a read answered
+inline costs little in the servicer but a lot in gRPC around it, so a
+hundred of them in flight put every other caller's call behind a hundred
+others, and the attacker's own retries refused at once cost as much.
+
+So each caller (role/subject) has its own queue, and each caller's calls are
+paced to its share of a nominal capacity: `calls_per_second` times its weight
+over the weights of the callers active in the last second (service tokens
+weigh more: they carry every user's traffic). A caller alone has the whole
+capacity; with twenty others, a twenty-first of it. A call's measured work
+(rows examined, batch items, reported with `charge`) costs its caller more
+calls' worth. A caller within its share is admitted at once, without a hop;
+one past it waits in its queue, which costs nothing, so a caller looping on
+calls is slowed to its share instead of being refused and retrying at once.
+
+When too many calls wait in all, the heaviest caller (the longest queue) is
+refused first: RESOURCE_EXHAUSTED SERVER_BUSY with a retry delay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import time
+from collections import deque
+from collections.abc import Callable
+
+from server.platform import errors
+from server.platform.auth import Principal
+
+# Work one call's worth covers: rows examined, or batch items (an item
+# written counts as WORK_PER_ITEM rows read).
+WORK_PER_CALL = 100
+WORK_PER_ITEM = 5
+# Calls of one caller running at once, per unit of its weight.
+RUNNING_PER_WEIGHT = 4
+# A caller is active for this long after its last call began.
+ACTIVE_SECONDS = 1.0
+RETRY_AFTER_MS = 100
+
+call_work: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar("call_work", default=None)
+
+
+def charge(rows: int) -> None:
+    """Adds measured work (rows examined) to the current call's cost."""
+    work = call_work.get()
+    if work is not None:
+        work[0] += rows
+
+
+class Turns:
+    """One caller's place: its queue, its calls running, and when its next
+    call may begin (later the more it has used of its share)."""
+
+    __slots__ = ("key", "last", "queue", "ready_at", "running", "timer", "weight")
+
+    def __init__(self, key: str, weight: int) -> None:
+        self.key = key
+        self.weight = weight
+        self.queue: deque[asyncio.Future[None]] = deque()
+        self.ready_at = 0.0
+        self.last = 0.0
+        self.running = 0
+        self.timer: asyncio.TimerHandle | None = None
+
+
+class FairShare:
+    def __init__(
+        self, calls_per_second: float, user_weight: int, service_weight: int, max_waiting: int,
+        *, now: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.calls_per_second = calls_per_second
+        self.user_weight = user_weight
+        self.service_weight = service_weight
+        self.max_waiting = max_waiting
+        self.now = now
+        self.waiting = 0
+        self._callers: dict[str, Turns] = {}
+        self._active_weight = 0
+        self._swept = 0.0
+
+    def exempt(self, who: Principal) -> bool:
+        """Service and admin calls are not paced when their weight is 0."""
+        return who.privileged and self.service_weight == 0
+
+    def take(self, who: Principal) -> tuple[Turns, asyncio.Future[None] | None]:
+        """The caller's place, and None when the call may run now, else the
+        future its turn completes."""
+        now = self.now()
+        if now - self._swept > ACTIVE_SECONDS / 4:
+            self._sweep(now)
+        key = who.scope
+        t = self._callers.get(key)
+        if t is None:
+            t = self._callers[key] = Turns(key, self.service_weight if who.privileged else self.user_weight)
+            self._active_weight += t.weight
+        if not t.queue and self._may_run(t, now):
+            self._admit(t, now)
+            return t, None
+        if self.waiting >= self.max_waiting:
+            self._refuse_heaviest(t)
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        t.queue.append(fut)
+        self.waiting += 1
+        self._wake_later(t)
+        return t, fut
+
+    async def wait(self, t: Turns, fut: asyncio.Future[None]) -> None:
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut in t.queue:  # cancelled while waiting: it never ran
+                t.queue.remove(fut)
+                self.waiting -= 1
+            elif not fut.cancelled():  # admitted, then cancelled before it ran
+                self.leave(t, 0)
+            raise
+
+    def leave(self, t: Turns, work: int) -> None:
+        t.running -= 1
+        if work >= WORK_PER_CALL:
+            t.ready_at += (work // WORK_PER_CALL) * self._interval(t)
+        if t.queue:
+            self._wake_later(t)
+
+    def _interval(self, t: Turns) -> float:
+        """One call's worth of this caller's share of the capacity."""
+        return self._active_weight / (self.calls_per_second * t.weight)
+
+    def _may_run(self, t: Turns, now: float) -> bool:
+        return t.ready_at <= now and t.running < t.weight * RUNNING_PER_WEIGHT
+
+    def _admit(self, t: Turns, now: float) -> None:
+        t.running += 1
+        t.last = now
+        t.ready_at = max(t.ready_at, now) + self._interval(t)
+
+    def _wake_later(self, t: Turns) -> None:
+        if t.timer is None and t.running < t.weight * RUNNING_PER_WEIGHT:
+            t.timer = asyncio.get_running_loop().call_at(t.ready_at, self._wake, t)
+
+    def _wake(self, t: Turns) -> None:
+        t.timer = None
+        now = self.now()
+        while t.queue and self._may_run(t, now):
+            fut = t.queue.popleft()
+            self.waiting -= 1
+            if not fut.done():
+                self._admit(t, now)
+                fut.set_result(None)
+        if t.queue:
+            self._wake_later(t)
+
+    def _refuse_heaviest(self, arriving: Turns) -> None:
+        heaviest = max(self._callers.values(), key=lambda q: (len(q.queue), q.ready_at))
+        busy = errors.ResourceExhausted(
+            "the server is busy and this caller has the most calls waiting; retry later",
+            reason="SERVER_BUSY",
+            metadata={"retry_after_ms": RETRY_AFTER_MS, "waiting": len(heaviest.queue)},
+        )
+        if heaviest is arriving or len(arriving.queue) >= len(heaviest.queue):
+            raise busy
+        fut = heaviest.queue.pop()
+        self.waiting -= 1
+        if not fut.done():
+            fut.set_exception(busy)
+
+    def _sweep(self, now: float) -> None:
+        """Callers idle for a while leave the active weight; with nothing
+        running or waiting, they take no memory."""
+        self._swept = now
+        for key, t in list(self._callers.items()):
+            if not t.queue and not t.running and t.last < now - ACTIVE_SECONDS and t.ready_at <= now:
+                del self._callers[key]
+                self._active_weight -= t.weight
