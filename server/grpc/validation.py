@@ -87,7 +87,9 @@ def opaque_id(value: str, *, field: str, reason: str) -> str:
 
 def transaction_id(value: str, *, field: str = "transaction_id") -> int:
     """A ledger transfer id (Transaction.id): a positive decimal int64."""
-    if not value or len(value) > 19 or not value.isascii() or not value.isdigit() or int(value) <= 0:
+    # Beyond int64 no transfer has the id, and the database driver would fail
+    # on it inside the writer's batch (answered as a retryable UNAVAILABLE).
+    if not value or len(value) > 19 or not value.isascii() or not value.isdigit() or not 0 < int(value) <= I64_MAX:
         raise errors.InvalidArgument(
             f"{field} is missing or malformed", reason="INVALID_TRANSACTION_ID", metadata={"field": field}
         )
@@ -203,10 +205,12 @@ def _bad_page_token() -> errors.InvalidArgument:
 
 def _fits(value: Any, kind: type) -> bool:
     # bool is an int to Python; a forged position beyond int64 would reach the
-    # database driver and fail there.
+    # database driver and fail there. Every position this service hands out
+    # (a transfer id, a creation time, a row id) is positive or non-empty,
+    # and a keyset query may negate it: int64's minimum has no negation.
     if kind is int:
-        return type(value) is int and I64_MIN <= value <= I64_MAX
-    return isinstance(value, str) and len(value) <= 255
+        return type(value) is int and 0 < value <= I64_MAX
+    return isinstance(value, str) and 0 < len(value) <= 255
 
 
 def decode_page_token(token: str, filters: str, *shape: type) -> Any:
