@@ -14,7 +14,7 @@ from sqlalchemy import update
 from server.db.schema import idempotency, transfers
 from server.ledger import keys
 from tests.calls import FREE, credits, spend
-from tests.harness import auth
+from tests.harness import auth, expect_error
 
 PARTS = st.lists(st.text(alphabet=":|/#0123456789abc", max_size=12), min_size=1, max_size=4)
 
@@ -34,14 +34,17 @@ def test_derived_keys_never_equal_a_request_key() -> None:
 
 async def test_subjects_and_request_ids_with_colons_stay_apart(server) -> None:
     # The same string once split as subject `V:Spend:job` + request `42`, once
-    # as subject `V` + request `job:Spend:42`: two callers, two charges.
-    first = await server.s.usage.Spend(
-        _req(10_000, "42"), metadata=auth("V:Spend:job")
+    # as subject `V` + request `job:Spend:42`: such a subject is refused at
+    # authentication (subjects follow the grammar of user ids), and the
+    # request ids stay apart from each other.
+    await expect_error(
+        server.s.usage.Spend(_req(10_000, "42"), metadata=auth("V:Spend:job")),
+        grpc.StatusCode.UNAUTHENTICATED, "INVALID_SUBJECT",
     )
-    second = await server.s.usage.Spend(_req(10_000, "job:Spend:42"), metadata=auth("V"))
+    first = await server.s.usage.Spend(_req(10_000, "job:Spend:42"), metadata=auth("V"))
+    second = await server.s.usage.Spend(_req(10_000, "job:Spend"), metadata=auth("V"))
     assert first.transaction.id != second.transaction.id
-    assert await credits(server, "V:Spend:job") == FREE - 10_000
-    assert await credits(server, "V") == FREE - 10_000
+    assert await credits(server, "V") == FREE - 20_000
 
 
 async def test_a_request_that_mimics_a_derived_key_commits_with_everyone_else(server) -> None:

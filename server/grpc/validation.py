@@ -13,11 +13,10 @@ from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from server.ledger.model import MAX_AMOUNT
-from server.platform import errors
+from server.platform import errors, ids
 from server.platform.clock import MAX_US, MIN_US
 
 REQUEST_ID = re.compile(r"^[\x21-\x7e]{1,128}$")
-USER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+\-]{0,127}$")
 CATEGORY = re.compile(r"^[a-z0-9][a-z0-9_\-]{0,63}$")
 OPAQUE_ID = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
 # Stored free text may hold tabs and newlines, never NUL or another C0/C1
@@ -45,9 +44,9 @@ def user_id(value: str, *, required: bool = False, field: str = "user_id") -> st
         if required:
             raise errors.InvalidArgument(f"{field} is required", reason="INVALID_USER_ID", metadata={"field": field})
         return ""
-    if not USER_ID.match(value):
+    if not ids.is_user_id(value):
         raise errors.InvalidArgument(
-            f"{field} must be 1 to 128 characters of letters, digits and ._@+-",
+            f"{field} must be {ids.USER_ID_RULE}",
             reason="INVALID_USER_ID",
             metadata={"field": field},
         )

@@ -19,7 +19,11 @@ from server.ledger.model import (
     SPENT_KINDS,
     SYSTEM_HOLDS,
     Kind,
+    wallet_id,
 )
+from server.platform import ids
+
+WALLET_PREFIX = wallet_id("")
 
 # Debits that may leave a wallet below zero (a reversal of credits already
 # spent, an adjustment made with allow_negative).
@@ -91,6 +95,9 @@ async def _verify(conn: AsyncConnection) -> Report:
         if a["balance"] != sums.get(aid, 0):
             r.problems.append(f"{aid}: cached balance {a['balance']} != sum of transfers {sums.get(aid, 0)}")
         if a["kind"] == "wallet":
+            if not (aid.startswith(WALLET_PREFIX) and ids.is_user_id(aid[len(WALLET_PREFIX):])):
+                # Made before subjects followed the grammar: no operator RPC can name it.
+                r.problems.append(f"{aid!r}: the user id breaks the id grammar ({ids.USER_ID_RULE})")
             if a["spent_total"] != spent.get(aid, 0):
                 r.problems.append(f"{aid}: spent_total {a['spent_total']} != {spent.get(aid, 0)}")
             if a["earned_total"] != earned.get(aid, 0):
