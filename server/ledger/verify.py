@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from server.db.schema import accounts, admin_actions, holds, lots, transfers
 from server.ledger import keys
+from server.ledger.corrections import record
 from server.ledger.model import (
     EARNED_KINDS,
     REFUNDABLE_KINDS,
@@ -158,7 +159,7 @@ async def _verify_corrections(conn: AsyncConnection, r: Report) -> None:
     """Every reversal mirrors exactly one reversible transfer (at most once);
     refunds never exceed their charge; every admin change has its audit row."""
     t = transfers
-    cols = (t.c.id, t.c.key, t.c.kind, t.c.debit_account, t.c.credit_account, t.c.amount, t.c.corrects)
+    cols = (t.c.id, t.c.key, t.c.kind, t.c.debit_account, t.c.credit_account, t.c.amount, t.c.corrects, t.c.ledger)
     kinds = (str(Kind.REVERSAL), str(Kind.USAGE_REFUND))
     fixes = (await conn.execute(select(*cols).where(t.c.kind.in_(kinds)))).mappings().all()
     targets = {x["corrects"] for x in fixes if x["corrects"] is not None}
@@ -177,7 +178,9 @@ async def _verify_corrections(conn: AsyncConnection, r: Report) -> None:
             reversed_ids.add(orig["id"])
             if orig["kind"] not in REVERSIBLE_KINDS:
                 r.problems.append(f"reversal #{x['id']} reverses a {orig['kind']} transfer #{orig['id']}")
-            if not mirrored or x["amount"] != orig["amount"] or x["key"] != keys.reversal(orig["id"]):
+            # A grant reversed after part of it expired takes back only the rest.
+            expired = sum(p for _, _, p in record(x).get("expired", []))
+            if not mirrored or x["amount"] + expired != orig["amount"] or x["key"] != keys.reversal(orig["id"]):
                 r.problems.append(f"reversal #{x['id']} does not mirror #{orig['id']} exactly")
         else:
             refunded[orig["id"]] += x["amount"]
