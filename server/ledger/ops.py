@@ -41,30 +41,21 @@ class Idempotency:
     key: str
     fingerprint: str
     request_id: str = ""
-    legacy_key: str = ""  # the same request under the key encoding of earlier releases
 
     @classmethod
     def of(cls, role: str, subject: str, method: str, request_id: str, fingerprint: str) -> Idempotency:
-        return cls(
-            keys.idempotency(role, subject, method, request_id), fingerprint, request_id,
-            keys.legacy_idempotency(role, subject, method, request_id),
-        )
+        return cls(keys.idempotency(role, subject, method, request_id), fingerprint, request_id)
 
     @classmethod
     def of_request(cls, principal: Principal, method: str, request_id: str, fingerprint: str) -> Idempotency:
         """The request_id of an RPC, in the scope of its caller."""
         return cls.of(principal.role.value, principal.subject, method, request_id, fingerprint)
 
-    def lookup_keys(self) -> tuple[str, ...]:
-        return (self.key, self.legacy_key) if self.legacy_key else (self.key,)
-
     def replay(self, found: dict[str, tuple[str, bytes]]) -> bytes | None:
         """The stored response of this request, or None when it was never applied.
         `found` maps keys to stored (fingerprint, response). The same request_id
         with other parameters is refused (REQUEST_ID_REUSED)."""
         hit = found.get(self.key)
-        if hit is None and self.legacy_key:
-            hit = found.get(self.legacy_key)
         if hit is None:
             return None
         fingerprint, response = hit

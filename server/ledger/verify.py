@@ -196,8 +196,8 @@ async def _verify_corrections(conn: AsyncConnection, r: Report) -> None:
     if not await conn.run_sync(lambda c: inspect(c).has_table("admin_actions")):
         return
     audited: set[int] = set()
-    for (ids,) in (await conn.execute(select(admin_actions.c.transfer_ids))).all():
-        audited.update(int(i) for i in json.loads(ids))
+    for (transfer_ids,) in (await conn.execute(select(admin_actions.c.transfer_ids))).all():
+        audited.update(int(i) for i in json.loads(transfer_ids))
     admin_made = (await conn.execute(
         select(t.c.id).where(t.c.kind.in_((str(Kind.ADJUSTMENT), str(Kind.REVERSAL))))
     )).scalars().all()

@@ -23,7 +23,6 @@ from typing import Any
 
 from server.db.batchsql import BatchSql
 from server.db.engine import Database, is_retryable, is_unique_violation
-from server.ledger import repository
 from server.ledger.model import BalanceEvent
 from server.ledger.ops import Op
 from server.ledger.tx import LedgerTx, TierPolicy
@@ -88,12 +87,8 @@ class LedgerWriter:
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
-        # Whether idempotency records of the key encoding of earlier releases
-        # remain; once none do, a batch looks up one key per request, not two.
-        self.legacy_keys = True
 
     async def start(self) -> None:
-        self.legacy_keys = await repository.has_legacy_idempotency_keys(self.db.writer)
         self._task = asyncio.create_task(self._run(), name="ledger-writer")
 
     async def stop(self) -> None:
@@ -279,10 +274,7 @@ class LedgerWriter:
                 holds |= op.hold_ids()
                 tkeys |= op.transfer_keys()
                 if op.idempotency:
-                    if self.legacy_keys:
-                        rkeys.extend(op.idempotency.lookup_keys())
-                    else:
-                        rkeys.append(op.idempotency.key)
+                    rkeys.append(op.idempotency.key)
             await tx.load(accounts, holds, rkeys, tkeys)
             for item in batch:
                 item.outcome, item.error, item.replayed = None, None, False

@@ -237,7 +237,7 @@ class RefillService:
         user = principal.subject
         idem = Idempotency.of(principal.role.value, user, "ConfigureAutoRefill", request_id, fingerprint)
         # A repeat is answered before the card is looked up in Stripe.
-        if idem.replay(await stored_responses(self.db.reader, idem.lookup_keys())) is not None:
+        if idem.replay(await stored_responses(self.db.reader, (idem.key,))) is not None:
             return await self.view(user)
         card: dict[str, Any] | None = None
         if enabled:

@@ -111,7 +111,7 @@ class TierService:
 
     async def _stored(self, idem: Idempotency) -> TierChange | None:
         """A repeated request is answered from its stored response before any Stripe call."""
-        response = idem.replay(await self.reader.stored_responses(idem.lookup_keys()))
+        response = idem.replay(await self.reader.stored_responses((idem.key,)))
         return from_json(TierChange, response) if response is not None else None
 
     async def _run(self, fn: Any, user_id: str, idem: Idempotency) -> TierChange:
