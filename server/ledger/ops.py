@@ -41,10 +41,11 @@ class Idempotency:
     key: str
     fingerprint: str
     request_id: str = ""
+    method: str = ""  # the RPC that asked for it (the admin audit names it)
 
     @classmethod
     def of(cls, role: str, subject: str, method: str, request_id: str, fingerprint: str) -> Idempotency:
-        return cls(keys.idempotency(role, subject, method, request_id), fingerprint, request_id)
+        return cls(keys.idempotency(role, subject, method, request_id), fingerprint, request_id, method)
 
     @classmethod
     def of_request(cls, principal: Principal, method: str, request_id: str, fingerprint: str) -> Idempotency:
@@ -80,6 +81,8 @@ class Op(Generic[R]):
     result_type: ClassVar[type]
     # Exclusive operations run in a batch of their own (they read other domains' rows).
     exclusive: ClassVar[bool] = False
+    # Operations that write their own admin audit row (AdminService's changes).
+    audits_itself: ClassVar[bool] = False
     idempotency: Idempotency | None = None
 
     def account_ids(self) -> set[str]:

@@ -25,15 +25,16 @@ from server.db.batchsql import BatchSql
 from server.db.engine import Database, is_retryable, is_unique_violation
 from server.ledger.model import BalanceEvent
 from server.ledger.ops import Op
-from server.ledger.tx import LedgerTx, TierPolicy
+from server.ledger.tx import LedgerTx, Row, TierPolicy
 from server.platform import errors
-from server.platform.auth import current_principal
+from server.platform.auth import Principal, Role, current_principal
 from server.platform.clock import Clock
 from server.platform.deadline import call_deadline, expired_error
 
 log = logging.getLogger(__name__)
 
 BatchHook = Callable[[LedgerTx, list[Op[Any]]], Awaitable[None]]
+AuditHook = Callable[[LedgerTx, Principal, Op[Any], list[Row]], None]
 
 
 class _Refused(Exception):
@@ -46,6 +47,7 @@ class _Item:
     op: Op[Any]
     future: asyncio.Future[Any]
     deadline: float | None = None  # time.monotonic() when the caller stops waiting
+    by: Principal | None = None  # the caller whose request this is
     outcome: Any = None
     error: BaseException | None = None
     replayed: bool = False
@@ -80,6 +82,8 @@ class LedgerWriter:
         self.after_batch = after_batch
         # Domains add work to every batch (e.g. refill jobs in the same transaction).
         self.before_flush: list[BatchHook] = []
+        # Stages the audit row of a change made with an admin token (the admin domain's).
+        self.admin_audit: AuditHook | None = None
         self.stats = WriterStats()
         # Each caller's queued operations, in order, and the callers in turn.
         self._lanes: dict[str, collections.deque[_Item]] = {}
@@ -104,7 +108,7 @@ class LedgerWriter:
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         # Exclusive operations record what another system already did (a Stripe
         # session, a subscription): they are applied whatever the deadline.
-        self._lane().append(_Item(op, fut, None if op.exclusive else call_deadline.get()))
+        self._lane().append(_Item(op, fut, None if op.exclusive else call_deadline.get(), current_principal.get(None)))
         self._wakeup.set()
         # A cancelled caller cancels only its wait (the future): the queued write
         # is applied all the same, whole or not at all, and a retry with the
@@ -121,7 +125,8 @@ class LedgerWriter:
             raise errors.Unavailable("server is shutting down", reason="SHUTTING_DOWN")
         loop = asyncio.get_running_loop()
         deadline = call_deadline.get()
-        items = [_Item(op, loop.create_future(), None if op.exclusive else deadline) for op in ops]
+        who = current_principal.get(None)
+        items = [_Item(op, loop.create_future(), None if op.exclusive else deadline, who) for op in ops]
         self._lane().extend(items)
         self._wakeup.set()
         # As for submit: cancelling the wait leaves the queued writes to be applied.
@@ -290,8 +295,12 @@ class LedgerWriter:
                         item.outcome, item.replayed = op.decode(response), True
                         continue
                 mark = tx.mark()
+                made = len(tx.new_transfers)
                 try:
                     item.outcome = await op.apply(tx)
+                    if self.admin_audit and item.by and item.by.role == Role.ADMIN and not op.audits_itself:
+                        # Whatever service an admin's change goes through, its audit row commits with it.
+                        self.admin_audit(tx, item.by, op, tx.new_transfers[made:])
                     if idem:
                         tx.remember(idem.key, idem.fingerprint, op.encode(item.outcome))
                 except errors.DomainError as exc:
