@@ -176,10 +176,10 @@ class AdminService:
 
         async def change(tx: LedgerTx) -> tuple[str, list[Row], str]:
             await tx.wallet(user_id)
-            flagged = f"admin {admin.subject}: {reason}"[:200]
-            tx.set_user(user_id, flagged_reason=flagged)
+            # The reason, whole: who set it is the audit row's actor.
+            tx.set_user(user_id, flagged_reason=reason)
             await self.on_flag_changed(tx, user_id)
-            return user_id, [], flagged
+            return user_id, [], reason
 
         return await self._submit(admin, Action.SET_ACCOUNT_FLAG, request_id, fingerprint, reason,
                                   {"flag": "disputed"}, change, {wallet_id(user_id)})
