@@ -41,6 +41,7 @@ from server.history import grpc as history_grpc
 from server.history.repository import HistoryRepository
 from server.history.service import HistoryService
 from server.ledger.model import BalanceEvent
+from server.ledger.quota import StoredQuota
 from server.ledger.repository import LedgerReader
 from server.ledger.writer import LedgerWriter
 from server.payments import grpc as payments_grpc
@@ -109,6 +110,7 @@ class App:
             max_batch=settings.batch_max_ops,
             publish=self._publish,
             after_batch=METRICS.observe_batch,
+            quota=StoredQuota(settings.user_max_stored_requests_per_day, settings.service_max_stored_requests_per_day),
         )
         self.reader = LedgerReader(self.db.reader, self.db.fast)
         self.workers = Workers(settings.worker_interval_seconds)

@@ -1,4 +1,4 @@
-"""The README documents every BILLING_* setting the service reads."""
+"""The README and the pages under docs/ document every BILLING_* setting the service reads."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ from pathlib import Path
 
 from server.platform.config import Settings
 
-README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+ROOT = Path(__file__).resolve().parent.parent
+README = "\n".join(p.read_text() for p in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))])
 
 
 def test_every_setting_is_documented() -> None:

@@ -25,6 +25,7 @@ from server.db.batchsql import BatchSql
 from server.db.engine import Database, is_retryable, is_unique_violation
 from server.ledger.model import BalanceEvent
 from server.ledger.ops import Op
+from server.ledger.quota import StoredQuota
 from server.ledger.tx import LedgerTx, Row, TierPolicy
 from server.platform import errors
 from server.platform.auth import Principal, Role, current_principal
@@ -48,6 +49,7 @@ class _Item:
     future: asyncio.Future[Any]
     deadline: float | None = None  # time.monotonic() when the caller stops waiting
     by: Principal | None = None  # the caller whose request this is
+    over_quota: errors.DomainError | None = None  # answered if a repeat, else refused
     outcome: Any = None
     error: BaseException | None = None
     replayed: bool = False
@@ -73,6 +75,7 @@ class LedgerWriter:
         max_batch: int = 256,
         publish: Callable[[list[BalanceEvent]], None] | None = None,
         after_batch: Callable[[int, float], None] | None = None,
+        quota: StoredQuota | None = None,
     ) -> None:
         self.db = db
         self.clock = clock
@@ -80,6 +83,7 @@ class LedgerWriter:
         self.max_batch = max_batch
         self.publish = publish or (lambda events: None)
         self.after_batch = after_batch
+        self.quota = quota or StoredQuota(0, 0)
         # Domains add work to every batch (e.g. refill jobs in the same transaction).
         self.before_flush: list[BatchHook] = []
         # Stages the audit row of a change made with an admin token (the admin domain's).
@@ -105,10 +109,12 @@ class LedgerWriter:
     async def submit(self, op: Op[Any]) -> Any:
         if self._closing:
             raise errors.Unavailable("server is shutting down", reason="SHUTTING_DOWN")
+        who = current_principal.get(None)
+        over = self.quota.check(who, 1, self.clock.now_us()) if op.idempotency is not None else None
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         # Exclusive operations record what another system already did (a Stripe
         # session, a subscription): they are applied whatever the deadline.
-        self._lane().append(_Item(op, fut, None if op.exclusive else call_deadline.get(), current_principal.get(None)))
+        self._lane().append(_Item(op, fut, None if op.exclusive else call_deadline.get(), who, over))
         self._wakeup.set()
         # A cancelled caller cancels only its wait (the future): the queued write
         # is applied all the same, whole or not at all, and a retry with the
@@ -126,7 +132,8 @@ class LedgerWriter:
         loop = asyncio.get_running_loop()
         deadline = call_deadline.get()
         who = current_principal.get(None)
-        items = [_Item(op, loop.create_future(), None if op.exclusive else deadline, who) for op in ops]
+        over = self.quota.check(who, sum(op.idempotency is not None for op in ops), self.clock.now_us())
+        items = [_Item(op, loop.create_future(), None if op.exclusive else deadline, who, over) for op in ops]
         self._lane().extend(items)
         self._wakeup.set()
         # As for submit: cancelling the wait leaves the queued writes to be applied.
@@ -294,6 +301,9 @@ class LedgerWriter:
                     if response is not None:
                         item.outcome, item.replayed = op.decode(response), True
                         continue
+                if item.over_quota is not None:
+                    item.error = item.over_quota
+                    continue
                 mark = tx.mark()
                 made = len(tx.new_transfers)
                 try:
@@ -311,4 +321,7 @@ class LedgerWriter:
             for hook in self.before_flush:
                 await hook(tx, [item.op for item in batch if item.error is None and not item.replayed])
             await tx.flush()
+        for item in batch:  # committed: what each caller stored counts against its quota
+            if item.error is None and not item.replayed and item.op.idempotency is not None:
+                self.quota.stored(item.by, now)
         return tx.events

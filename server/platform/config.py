@@ -114,6 +114,11 @@ class Settings(BaseSettings):
     user_mutation_burst: int = Field(default=100, ge=1)
     service_mutation_rate_per_second: float = Field(default=10_000.0, ge=0)
     service_mutation_burst: int = Field(default=20_000, ge=1)
+    # What one caller may store: applied mutating requests (each stores its
+    # response and the rows it made) per caller and UTC day; 0 turns it off.
+    # Service tokens carry every user's traffic: off by default.
+    user_max_stored_requests_per_day: int = Field(default=50_000, ge=0)
+    service_max_stored_requests_per_day: int = Field(default=0, ge=0)
     # Stored responses of mutating requests older than this are pruned (a
     # repeat of such a request_id is refused REQUEST_ID_EXPIRED, never applied).
     idempotency_retention: timedelta = Field(default=timedelta(days=7), gt=timedelta(0))
