@@ -44,8 +44,8 @@ test: $(STAMP)
 
 # The period-sensitive tests again under a shifted wall clock (Debian's faketime),
 # at two boundary dates: their results must not depend on the day they run.
-CALENDAR_TESTS := tests/test_calendar.py tests/test_tier_calendar.py tests/test_refill_calendar.py \
-	tests/test_tiers.py tests/test_refill.py tests/test_earnings.py tests/test_usage.py tests/test_model.py
+CALENDAR_TESTS := tests/ledger/test_calendar.py tests/tiers/test_tier_calendar.py tests/refill/test_refill_calendar.py \
+	tests/tiers/test_tiers.py tests/refill/test_refill.py tests/earnings/test_earnings.py tests/usage/test_usage.py tests/ledger/test_model.py
 CALENDAR_DATES := '2027-01-31 23:59:50' '2028-02-29 23:59:50'
 
 test-calendar: $(STAMP)

@@ -5,7 +5,7 @@ process uses about one core. On a machine with more cores, N processes share
 the gRPC and the HTTP port with SO_REUSEPORT: the kernel hands each new
 connection to one of them (balancing is per connection, so clients need
 several channels). They are replicas like those on several hosts
-(README "Running N replicas"): each has its own ledger writer, jobs are
+(docs/operations.md "Running N replicas"): each has its own ledger writer, jobs are
 claimed with SKIP LOCKED, and WatchBalance events cross between them through
 LISTEN/NOTIFY. This parent applies the migrations once, starts the
 processes, forwards SIGTERM/SIGINT to them (each drains gracefully), and

@@ -8,11 +8,11 @@ import os
 import socket
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 import grpc
@@ -28,9 +28,12 @@ from flownexus.billing.v1 import (
 )
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from server.app import App
-from server.ledger.verify import verify
+from server.ledger.ops import Op
+from server.ledger.verify import Report, verify
+from server.ledger.writer import WriterStats
 from server.platform.auth import Role, mint_token
 from server.platform.clock import ManualClock
 from server.platform.config import Settings
@@ -40,6 +43,7 @@ from server.platform.config import Settings
 PINNED_START = datetime(2031, 3, 14, 9, 26, 53, tzinfo=UTC)
 
 JWT_SECRET = "test-secret-0123456789-0123456789-abcdef"
+R = TypeVar("R")
 PG_DSN = os.environ.get("BILLING_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
@@ -94,7 +98,7 @@ def test_settings(url: str, **overrides: Any) -> Settings:
         "log_json": False,
         # Tests drive one user token far harder than a person would (hundreds
         # of concurrent Spends); the per-caller limits have their own tests in
-        # tests/test_limits.py, which set them explicitly.
+        # tests/platform/test_limits.py, which set them explicitly.
         "user_mutation_rate_per_second": 100_000.0,
         "user_mutation_burst": 100_000,
         "user_max_in_flight": 100_000,
@@ -173,8 +177,7 @@ class Running:
         await self.start()
 
     async def verify(self) -> None:
-        assert self.app is not None
-        report = await verify(self.app.db.reader)
+        report = await self.audit()
         assert report.ok, report.render()
         assert report.checked["accounts"] >= 0
 
@@ -182,6 +185,51 @@ class Running:
     def s(self) -> Stubs:
         assert self.stubs is not None
         return self.stubs
+
+    # What tests need of the running process beyond its API, in one place, so
+    # that tests do not depend on how App is put together.
+
+    @property
+    def started(self) -> App:
+        assert self.app is not None, "the server is not running"
+        return self.app
+
+    @property
+    def grpc_port(self) -> int:
+        return self.started.grpc_port
+
+    @property
+    def target(self) -> str:
+        """The gRPC address, for a channel or grpcurl of the test's own."""
+        return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def http_base(self) -> str:
+        """The HTTP listener (webhooks, /metrics, /healthz, the return pages)."""
+        return f"http://127.0.0.1:{self.started.http_port}"
+
+    def read(self) -> AbstractAsyncContextManager[AsyncConnection]:
+        """A connection of the reader engine, for what the API does not show."""
+        return self.started.db.reader.connect()
+
+    async def audit(self) -> Report:
+        """The ledger audit (`python -m server verify`) of the database now."""
+        return await verify(self.started.db.reader)
+
+    async def run_jobs(self) -> dict[str, int]:
+        """Every background job once, as the worker loop does; what each did."""
+        return await self.started.workers.run_once()
+
+    async def run_job(self, name: str) -> int:
+        return await self.started.workers.jobs[name]()
+
+    async def submit(self, op: Op[R]) -> R:
+        """A ledger operation through the server's group-commit writer."""
+        return await self.started.writer.submit(op)
+
+    @property
+    def writer_stats(self) -> WriterStats:
+        return self.started.writer.stats
 
 
 @asynccontextmanager

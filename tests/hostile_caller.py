@@ -4,7 +4,8 @@ WatchBalance streams over several connections, then keeps many more Spends
 outstanding than its in-flight cap. Prints "ready" once its streams are open, then, when
 stdin closes, one JSON line with the status codes it got.
 
-python tests/hostile_caller.py TARGET TOKEN STREAMS FLOOD
+python -m tests.hostile_caller TARGET TOKEN STREAMS FLOOD   (from the repository root;
+as a module, so that tests/grpc/ cannot shadow the grpc library)
 """
 
 from __future__ import annotations

@@ -83,7 +83,7 @@ async def abort(context: grpc.aio.ServicerContext, exc: errors.DomainError) -> N
 
 def is_mutating(method: str) -> bool:
     """A mutating RPC is one whose request takes a request_id (every one does,
-    and no read does; tests/test_limits.py checks the list)."""
+    and no read does; tests/platform/test_limits.py checks the list)."""
     name = method.lstrip("/").replace("/", ".")
     try:
         found = descriptor_pool.Default().FindMethodByName(name)

@@ -1,4 +1,4 @@
-"""Settings from BILLING_* environment variables (documented in README.md)."""
+"""Settings from BILLING_* environment variables (documented in docs/configuration.md)."""
 
 from __future__ import annotations
 
@@ -65,7 +65,7 @@ class Settings(BaseSettings):
     award_daily_limit_challenge: int = Field(default=1_000, ge=0)
     award_daily_limit_app_usage: int = Field(default=10_000, ge=0)
     award_daily_limit_referral: int = Field(default=500, ge=0)
-    # ---- auto-refill; defaults explained in README "Auto-refill" ----
+    # ---- auto-refill; defaults explained in docs/payments.md "Auto-refill" ----
     # The highest threshold a user may set, in credits.
     refill_max_threshold_credits: int = Field(default=1_000_000, gt=0)
     # Auto-refill charges per account per calendar month (UTC), US cents.

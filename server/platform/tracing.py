@@ -24,5 +24,5 @@ def server_interceptor(tracer_provider: Any = None) -> Any | None:
     if GrpcAioInstrumentorServer().is_instrumented_by_opentelemetry:  # a singleton
         return None
     # Spans go to the global tracer provider; configure its exporter with the
-    # standard OTEL_* variables under opentelemetry-instrument (README).
+    # standard OTEL_* variables under opentelemetry-instrument (docs/operations.md).
     return aio_server_interceptor(tracer_provider=tracer_provider)

@@ -12,7 +12,7 @@ from sqlalchemy import text
 from tests.calls import FREE, credits, deliver
 from tests.harness import Running
 from tests.stripe_fake import StripeFake, event
-from tests.test_payments import create_link, session_of
+from tests.payments.test_payments import create_link, session_of
 
 
 async def _events(server: Running) -> int:

@@ -80,7 +80,7 @@ class Stream(Generic[Req, Resp]):
 
 class _Service:
     """Wraps one generated stub. Each subclass declares the stub's methods with
-    their request and response types (tests/test_client_typing.py checks the
+    their request and response types (tests/client/test_client_typing.py checks the
     declarations against the generated stubs); each becomes a Unary or Stream
     over the stub's method."""
 
