@@ -79,10 +79,11 @@ SERVICE_NAMES = tuple(
 )
 
 # The services that cannot work without Stripe (BILLING_STRIPE_API_KEY).
-STRIPE_SERVICE_NAMES = frozenset(
-    m.DESCRIPTOR.services_by_name[n].full_name
-    for m, n in ((payments_pb2, "PaymentsService"), (refill_pb2, "RefillService"), (tier_pb2, "TierService"))
-)
+# The services whose every RPC needs Stripe (each answers STRIPE_NOT_CONFIGURED
+# without it): NOT_SERVING in health then. TierService (ListTiers, GetTier,
+# Enterprise) and RefillService (GetAutoRefill) still serve in part, and say
+# STRIPE_NOT_CONFIGURED on the calls that need a card.
+STRIPE_SERVICE_NAMES = frozenset({payments_pb2.DESCRIPTOR.services_by_name["PaymentsService"].full_name})
 
 
 class App:
@@ -229,7 +230,7 @@ class App:
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         for name in ("", *SERVICE_NAMES):
-            # Without a Stripe key the payment services refuse every call: say so.
+            # Without a Stripe key PaymentsService refuses every call: say so.
             serving = self.stripe.configured or name not in STRIPE_SERVICE_NAMES
             await self.health.set(name, health.SERVING if serving else health.NOT_SERVING)
         reflection.enable((*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name), server)
