@@ -28,12 +28,30 @@ class Principal:
     def privileged(self) -> bool:
         return self.role in (Role.SERVICE, Role.ADMIN)
 
+    @property
+    def own_user(self) -> str:
+        """The account a call about the caller's own account acts on: a user
+        token's. A principal is its role and its subject: a service or admin
+        token has no wallet of its own, and its subject may equal a user's id
+        (acting on that wallet "as its own" would top up or charge that user)."""
+        if self.role != Role.USER:
+            raise errors.PermissionDenied(
+                f"this call acts on the caller's own account, which a {self.role.value} token does not have",
+                reason="USER_TOKEN_REQUIRED", metadata={"role": self.role.value},
+            )
+        return self.subject
+
     def resolve_user(self, user_id: str) -> str:
-        """The account a request may touch: its own, or any for service/admin."""
+        """The account a request may touch: its own, or the named one for service/admin."""
+        if self.privileged:
+            if not user_id:
+                raise errors.InvalidArgument(
+                    f"a {self.role.value} token names the user whose account it acts on (user_id)",
+                    reason="USER_ID_REQUIRED", metadata={"field": "user_id", "role": self.role.value},
+                )
+            return user_id
         if not user_id or user_id == self.subject:
             return self.subject
-        if self.privileged:
-            return user_id
         raise errors.PermissionDenied("a user token reaches only its own account", reason="NOT_YOUR_ACCOUNT")
 
     def require(self, *roles: Role, what: str) -> None:
