@@ -10,8 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from server.admin.models import AccountView, Action, AdminActionView, AdminResult
-from server.admin.repository import AdminRepository
-from server.db.schema import admin_actions
+from server.admin.repository import AdminRepository, record_action
 from server.ledger import corrections
 from server.ledger.model import LotKind, TransferView, from_json, to_json, wallet_id
 from server.ledger.ops import Idempotency, Op
@@ -43,7 +42,7 @@ class Operator:
 class AdminChange(Op[AdminResult]):
     """One admin change, alone in its batch: `change(tx)` makes it and returns
     (user_id, transfers, flagged_reason); the audit row is staged in the same
-    transaction (tx.rows(admin_actions))."""
+    transaction (server/admin/repository.py `record_action`)."""
 
     result_type = AdminResult
     exclusive = True
@@ -67,7 +66,7 @@ class AdminChange(Op[AdminResult]):
 
     async def apply(self, tx: LedgerTx) -> AdminResult:
         user_id, rows, flagged = await self.change(tx)
-        action_id = record_action(tx, self.actor, str(self.action), user_id, self.reason, self.request_id, self.details, rows)
+        action_id = stage_audit(tx, self.actor, str(self.action), user_id, self.reason, self.request_id, self.details, rows)
         views = []
         for r in rows:
             side = r["credit_account"] if r["credit_account"].startswith("wallet:") else r["debit_account"]
@@ -76,13 +75,13 @@ class AdminChange(Op[AdminResult]):
         return AdminResult(action_id, user_id, views, credits, flagged)
 
 
-def record_action(
+def stage_audit(
     tx: LedgerTx, actor: str, action: str, user_id: str, reason: str, request_id: str, details: dict[str, Any],
     rows: list[Row],
 ) -> str:
     """Stage one audit row in the change's own transaction; its id."""
     action_id = f"adm_{uuid.uuid4().hex}"
-    tx.rows(admin_actions).insert({
+    record_action(tx, {
         "id": action_id,
         "actor": actor,
         "action": action,
@@ -104,7 +103,7 @@ def audit_admin_call(tx: LedgerTx, admin: Principal, op: Op[Any], rows: list[Row
     wallets = [a for r in rows for a in (r["credit_account"], r["debit_account"])] + sorted(op.account_ids())
     user_id = next((corrections.wallet_user(a) for a in wallets if corrections.wallet_user(a)), "") or ""
     method = idem.method if idem is not None and idem.method else type(op).__name__
-    record_action(tx, admin.subject, method, user_id, "", idem.request_id if idem else "",
+    stage_audit(tx, admin.subject, method, user_id, "", idem.request_id if idem else "",
                   {"service_call": method}, rows)
 
 

@@ -179,7 +179,7 @@ async def _verify_corrections(conn: AsyncConnection, r: Report) -> None:
             if orig["kind"] not in REVERSIBLE_KINDS:
                 r.problems.append(f"reversal #{x['id']} reverses a {orig['kind']} transfer #{orig['id']}")
             # A grant reversed after part of it expired takes back only the rest.
-            expired = sum(p for _, _, p in record(x).get("expired", []))
+            expired = sum(p for _, _, p in record(dict(x)).get("expired", []))
             if not mirrored or x["amount"] + expired != orig["amount"] or x["key"] != keys.reversal(orig["id"]):
                 r.problems.append(f"reversal #{x['id']} does not mirror #{orig['id']} exactly")
         else:

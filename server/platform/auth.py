@@ -149,7 +149,7 @@ def decode_token(
     # no operator can name (GetAccount, SetAccountFlag answer INVALID_USER_ID)
     # must never be made, and control characters or a lone surrogate would
     # break PostgreSQL text and log lines.
-    if not ids.is_user_id(sub):
+    if not isinstance(sub, str) or not ids.is_user_id(sub):
         raise errors.Unauthenticated(f"the token's subject must be {ids.USER_ID_RULE}", reason="INVALID_SUBJECT")
     if exp_out is not None:
         exp_out.append(float(claims["exp"]))

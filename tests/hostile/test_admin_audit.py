@@ -6,7 +6,14 @@ requests none, and ListAdminActions lists them all."""
 from __future__ import annotations
 
 import grpc
-from flownexus.billing.v1 import admin_pb2, balance_pb2, common_pb2, earnings_pb2, tier_pb2, usage_pb2
+from flownexus.billing.v1 import (
+    admin_pb2,
+    balance_pb2,
+    common_pb2,
+    earnings_pb2,
+    tier_pb2,
+    usage_pb2,
+)
 
 from tests.calls import FREE
 from tests.harness import Running, auth, expect_error

@@ -8,8 +8,8 @@ import grpc
 from flownexus.billing.v1 import admin_pb2, history_pb2, payments_pb2, usage_pb2
 
 from server.grpc import validation
-from tests.harness import Running, auth, expect_error
 from tests.grpc.test_hostile_values import Tracebacks, _token, stored, tracebacks  # noqa: F401
+from tests.harness import Running, auth, expect_error
 
 IA = grpc.StatusCode.INVALID_ARGUMENT
 I64_MIN = -(2**63)

@@ -14,8 +14,8 @@ from sqlalchemy import delete, insert
 
 from server.db.schema import accounts
 from server.ledger.model import wallet_id
-from tests.harness import Running, auth, expect_error, run_cmd
 from tests.grpc.test_hostile_values import _sub_token, stored
+from tests.harness import Running, auth, expect_error, run_cmd
 
 ROOT = Path(__file__).resolve().parents[2]
 UNAUTH = grpc.StatusCode.UNAUTHENTICATED

@@ -11,8 +11,8 @@ from sqlalchemy import text
 
 from tests.calls import FREE, credits, deliver
 from tests.harness import Running
-from tests.stripe_fake import StripeFake, event
 from tests.payments.test_payments import create_link, session_of
+from tests.stripe_fake import StripeFake, event
 
 
 async def _events(server: Running) -> int:
