@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 from server.db.schema import transfers
 from server.ledger import keys
 from server.ledger.model import (
-    GRANT_KINDS,
+    PROMOTIONAL_GRANT_KINDS,
     REFUNDABLE_KINDS,
     REVERSIBLE_KINDS,
     SPEND_ORDER,
@@ -145,7 +145,7 @@ async def _expired_part(tx: LedgerTx, row: Row) -> list[list[Any]]:
     if not ended:
         return []
     wallet = row["credit_account"]
-    kinds = (str(Kind.ALLOWANCE_EXPIRY), *(str(k) for k in GRANT_KINDS))
+    kinds = (str(Kind.ALLOWANCE_EXPIRY), *(str(k) for k in PROMOTIONAL_GRANT_KINDS))
     found = await tx.fetch(
         select(transfers.c.id, transfers.c.kind, transfers.c.ledger, transfers.c.credit_account).where(
             (transfers.c.debit_account == wallet) | (transfers.c.credit_account == wallet), transfers.c.kind.in_(kinds)

@@ -6,13 +6,26 @@ replayed to it, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import importlib.util
+
 import grpc
 from sqlalchemy import insert, select, text, update
 
+from server.db.engine import MIGRATIONS_DIR
 from server.db.schema import idempotency, transfers
 from server.ledger import keys
 from tests.calls import FREE, credits, spend
 from tests.harness import Running, expect_error
+
+
+def _before_0014() -> str:
+    """The revision 0014 follows (whatever the chain it was merged into)."""
+    path = MIGRATIONS_DIR / "versions" / "0014_old_request_keys.py"
+    spec = importlib.util.spec_from_file_location("migration_0014", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return str(module.down_revision)
 
 
 def old_key(role: str, subject: str, method: str, request_id: str) -> str:
@@ -21,13 +34,13 @@ def old_key(role: str, subject: str, method: str, request_id: str) -> str:
 
 async def _as_before_0007(server: Running, rows: list[tuple[str, str, str]]) -> None:
     """Store the records of (user, method, request_id) under the old form, and
-    put the database back at 0010, as an earlier release left it."""
+    put the database back at the revision before 0014, as an earlier release left it."""
     assert server.app is not None
     async with server.app.db.writer.begin() as conn:
         for user, method, rid in rows:
             await conn.execute(update(idempotency).where(idempotency.c.key == keys.idempotency("user", user, method, rid))
                                .values(key=old_key("user", user, method, rid)))
-        await conn.execute(text("UPDATE alembic_version SET version_num = '0010'"))
+        await conn.execute(text("UPDATE alembic_version SET version_num = :v"), {"v": _before_0014()})
 
 
 async def test_old_records_are_moved_and_replayed_once(server: Running) -> None:
