@@ -14,8 +14,7 @@ from __future__ import annotations
 
 from server.platform import errors
 from server.platform.auth import Principal
-
-DAY_US = 86_400_000_000
+from server.platform.clock import DAY_US
 
 
 class StoredQuota:

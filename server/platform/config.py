@@ -65,6 +65,10 @@ class Settings(BaseSettings):
     award_daily_limit_challenge: int = Field(default=1_000, ge=0)
     award_daily_limit_app_usage: int = Field(default=10_000, ge=0)
     award_daily_limit_referral: int = Field(default=500, ge=0)
+    # Card charges a user asks for (TopUp, payment links) per account, US
+    # cents, per UTC day and calendar month; 0 turns a cap off.
+    user_card_daily_cap_cents: int = Field(default=2_000_000, ge=0)
+    user_card_monthly_cap_cents: int = Field(default=5_000_000, ge=0)
     # ---- auto-refill; defaults explained in docs/payments.md "Auto-refill" ----
     # The highest threshold a user may set, in credits.
     refill_max_threshold_credits: int = Field(default=1_000_000, gt=0)

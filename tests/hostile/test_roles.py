@@ -7,10 +7,20 @@ takes a user_id needs it named."""
 from __future__ import annotations
 
 import grpc
-from flownexus.billing.v1 import balance_pb2, history_pb2, usage_pb2
+from flownexus.billing.v1 import (
+    balance_pb2,
+    common_pb2,
+    history_pb2,
+    payments_pb2,
+    refill_pb2,
+    tier_pb2,
+    usage_pb2,
+)
 
 from tests.calls import FREE, credits
 from tests.harness import Running, auth, expect_error
+from tests.payments.test_topup import buy, created_intents
+from tests.stripe_fake import StripeFake
 
 PD, IA = grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.INVALID_ARGUMENT
 
@@ -38,3 +48,31 @@ async def test_a_privileged_token_named_like_a_user_has_no_wallet_of_its_own(ser
     assert await credits(server, user) == FREE - 10
     # The user's own token still reaches its own wallet without naming it.
     await server.s.balance.CheckBalance(balance_pb2.CheckBalanceRequest(), metadata=auth(user))
+
+
+async def test_a_service_named_like_a_user_never_charges_that_users_card(
+    stripe_server: Running, stripe_fake: StripeFake
+) -> None:
+    server, user = stripe_server, "carol"
+    await buy(server, stripe_fake, user, 1_000)  # carol's card is saved
+    charged, sessions = len(created_intents(stripe_fake)), len(stripe_fake.sessions)
+    before = await credits(server, user)
+    for role in ("service", "admin"):
+        twin = auth(user, role)
+        for call in (
+            server.s.payments.TopUp(payments_pb2.TopUpRequest(amount_cents=1_000, request_id=f"t-{role}"), metadata=twin),
+            server.s.payments.CreatePaymentLink(
+                payments_pb2.CreatePaymentLinkRequest(amount_cents=1_000, request_id=f"l-{role}"), metadata=twin),
+            server.s.refill.CreateSetupLink(refill_pb2.CreateSetupLinkRequest(request_id=f"s-{role}"), metadata=twin),
+            server.s.refill.ConfigureAutoRefill(refill_pb2.ConfigureAutoRefillRequest(
+                enabled=True, threshold_millicredits=10_000, amount_cents=1_000, request_id=f"c-{role}"), metadata=twin),
+        ):
+            await expect_error(call, PD, "USER_TOKEN_REQUIRED")
+    await expect_error(server.s.tier.UpgradeTier(tier_pb2.UpgradeTierRequest(
+        tier=common_pb2.TIER_PRO, request_id="u"), metadata=auth(user, "service")), PD, "ROLE_REQUIRED")
+    await expect_error(server.s.tier.UpgradeTier(tier_pb2.UpgradeTierRequest(
+        tier=common_pb2.TIER_ENTERPRISE, request_id="e"), metadata=auth(user, "admin")), IA, "USER_ID_REQUIRED")
+    assert (len(created_intents(stripe_fake)), len(stripe_fake.sessions)) == (charged, sessions)
+    assert await credits(server, user) == before
+    r = await server.s.refill.GetAutoRefill(refill_pb2.GetAutoRefillRequest(), metadata=auth(user))
+    assert not r.auto_refill.enabled
