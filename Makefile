@@ -39,7 +39,16 @@ grpcurl: $(RUN_STAMP)
 # and sockets, so two share the machine's cores well (measured: 14 -> 8 min).
 TEST_WORKERS ?= 2
 
-test: $(STAMP)
+# The MCP host tests' node packages (the official TypeScript SDK client, the MCP
+# Inspector CLI), exactly as locked, from the npm registry.
+JS_TESTS := tests/mcp/js
+JS_STAMP := $(JS_TESTS)/node_modules/.installed
+
+$(JS_STAMP): $(JS_TESTS)/package.json $(JS_TESTS)/package-lock.json
+	cd $(JS_TESTS) && npm ci --no-audit --no-fund --loglevel=error
+	@touch $(JS_STAMP)
+
+test: $(STAMP) $(JS_STAMP)
 	$(PY) -m pytest -q -n $(TEST_WORKERS)
 
 # The period-sensitive tests again under a shifted wall clock (Debian's faketime),
@@ -101,4 +110,4 @@ soak: $(STAMP)
 	BILLING_SOAK=1 $(PY) -m pytest -q -rP -m slow tests
 
 clean:
-	rm -rf $(VENV) var .pytest_cache
+	rm -rf $(VENV) var .pytest_cache $(JS_TESTS)/node_modules

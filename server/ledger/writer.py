@@ -26,7 +26,7 @@ from server.db.engine import Database, is_retryable, is_unique_violation
 from server.ledger.model import BalanceEvent
 from server.ledger.ops import Op
 from server.ledger.quota import StoredQuota
-from server.ledger.tx import LedgerTx, Row, TierPolicy
+from server.ledger.tx import LedgerTx, Row, SpendGuard, TierPolicy
 from server.platform import errors
 from server.platform.auth import Principal, Role, current_principal
 from server.platform.clock import Clock
@@ -88,6 +88,8 @@ class LedgerWriter:
         self.before_flush: list[BatchHook] = []
         # Stages the audit row of a change made with an admin token (the admin domain's).
         self.admin_audit: AuditHook | None = None
+        # Scoped keys' budgets, used inside the batch (Registry.spend_guard).
+        self.guard = SpendGuard()
         self.stats = WriterStats()
         # Each caller's queued operations, in order, and the callers in turn.
         self._lanes: dict[str, collections.deque[_Item]] = {}
@@ -275,7 +277,7 @@ class LedgerWriter:
         now = self.clock.now_us()
         async with self.db.writer.connect() as conn, conn.begin():
             sql = await BatchSql.open(conn, is_sqlite=self.db.is_sqlite)
-            tx = LedgerTx(conn, sql, now_us=now, is_sqlite=self.db.is_sqlite, tiers=self.tiers)
+            tx = LedgerTx(conn, sql, now_us=now, is_sqlite=self.db.is_sqlite, tiers=self.tiers, guard=self.guard)
             accounts: set[str] = set()
             holds: set[str] = set()
             tkeys: set[str] = set()
@@ -288,6 +290,11 @@ class LedgerWriter:
                 if op.idempotency:
                     rkeys.append(op.idempotency.key)
             await tx.load(accounts, holds, rkeys, tkeys)
+            # After the accounts' locks (and the holds, which name their keys):
+            # the keys' rows, locked in sorted order, and their usage rows.
+            budgets = [kw for item in batch for kw in item.op.budget_keys(tx)]
+            if budgets:
+                await self.guard.load(tx, budgets)
             for item in batch:
                 item.outcome, item.error, item.replayed = None, None, False
                 op = item.op
