@@ -17,7 +17,7 @@ reading a caller can still send again:
 A record whose new key is already stored is deleted (the new one wins).
 
 Revision ID: 0014
-Revises: 0011
+Revises: 0012
 """
 
 import re
@@ -29,7 +29,7 @@ from server.ledger import keys
 from server.platform.ids import is_user_id
 
 revision = "0014"
-down_revision = "0011"
+down_revision = "0012"
 branch_labels = None
 depends_on = None
 
