@@ -49,6 +49,7 @@ from server.keys.models import SECRET_PREFIX
 from server.keys.repository import KeysRepository
 from server.keys.service import KeysService
 from server.ledger.model import BalanceEvent, tally
+from server.ledger.quota import StoredQuota
 from server.ledger.repository import LedgerReader
 from server.ledger.writer import LedgerWriter
 from server.payments import grpc as payments_grpc
@@ -92,10 +93,11 @@ SERVICE_NAMES = tuple(
 )
 
 # The services that cannot work without Stripe (BILLING_STRIPE_API_KEY).
-STRIPE_SERVICE_NAMES = frozenset(
-    m.DESCRIPTOR.services_by_name[n].full_name
-    for m, n in ((payments_pb2, "PaymentsService"), (refill_pb2, "RefillService"), (tier_pb2, "TierService"))
-)
+# The services whose every RPC needs Stripe (each answers STRIPE_NOT_CONFIGURED
+# without it): NOT_SERVING in health then. TierService (ListTiers, GetTier,
+# Enterprise) and RefillService (GetAutoRefill) still serve in part, and say
+# STRIPE_NOT_CONFIGURED on the calls that need a card.
+STRIPE_SERVICE_NAMES = frozenset({payments_pb2.DESCRIPTOR.services_by_name["PaymentsService"].full_name})
 
 
 class App:
@@ -123,6 +125,7 @@ class App:
             max_batch=settings.batch_max_ops,
             publish=self._publish,
             after_batch=METRICS.observe_batch,
+            quota=StoredQuota(settings.user_max_stored_requests_per_day, settings.service_max_stored_requests_per_day),
         )
         self.reader = LedgerReader(self.db.reader, self.db.fast)
         self.workers = Workers(settings.worker_interval_seconds)
@@ -269,7 +272,7 @@ class App:
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         for name in ("", *SERVICE_NAMES):
-            # Without a Stripe key the payment services refuse every call: say so.
+            # Without a Stripe key PaymentsService refuses every call: say so.
             serving = self.stripe.configured or name not in STRIPE_SERVICE_NAMES
             await self.health.set(name, health.SERVING if serving else health.NOT_SERVING)
         reflection.enable((*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name), server)

@@ -104,6 +104,7 @@ def test_settings(url: str, **overrides: Any) -> Settings:
         "user_mutation_burst": 100_000,
         "user_max_in_flight": 100_000,
         "user_max_streams": 100_000,
+        "user_max_stored_requests_per_day": 0,
     }
     values.update(overrides)
     return Settings(**values)

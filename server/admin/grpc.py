@@ -37,11 +37,14 @@ def _account_payment(row: dict[str, Any]) -> admin_pb2.AccountPayment:
     )
 
 
-def _reason(value: str) -> str:
-    reason = validation.text(value, field="reason")
+def _reason(value: str, max_len: int = 500) -> str:
+    reason = validation.text(value, field="reason", max_len=max_len)
     if not reason.strip():
         raise errors.InvalidArgument("reason is required", reason="REASON_REQUIRED", metadata={"field": "reason"})
     return reason
+
+
+FLAG_REASON_MAX = 200
 
 
 def _flag(value: int) -> None:
@@ -98,7 +101,8 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         result = await self.admin.set_flag(
             p,
             user_id=validation.user_id(request.user_id, required=True),
-            reason=_reason(request.reason),
+            # It becomes the account's flagged_reason, whole (at most 200 characters).
+            reason=_reason(request.reason, max_len=FLAG_REASON_MAX),
             request_id=validation.request_id(request.request_id),
             fingerprint=validation.fingerprint("SetAccountFlag", request),
         )

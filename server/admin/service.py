@@ -48,6 +48,7 @@ class AdminChange(Op[AdminResult]):
 
     result_type = AdminResult
     exclusive = True
+    audits_itself = True
     actor: str
     action: Action
     reason: str
@@ -67,24 +68,45 @@ class AdminChange(Op[AdminResult]):
 
     async def apply(self, tx: LedgerTx) -> AdminResult:
         user_id, rows, flagged = await self.change(tx)
-        action_id = f"adm_{uuid.uuid4().hex}"
-        record_action(tx, {
-            "id": action_id,
-            "actor": self.actor,
-            "action": str(self.action),
-            "user_id": user_id,
-            "reason": self.reason,
-            "request_id": self.request_id,
-            "details": json.dumps(self.details, sort_keys=True),
-            "transfer_ids": json.dumps([r["id"] for r in rows]),
-            "created_at_us": tx.now_us,
-        })
+        action_id = stage_audit(tx, self.actor, str(self.action), user_id, self.reason, self.request_id, self.details, rows)
         views = []
         for r in rows:
             side = r["credit_account"] if r["credit_account"].startswith("wallet:") else r["debit_account"]
             views.append(TransferView.of(r, side))
         credits = tx.accounts[wallet_id(user_id)]["balance"] if wallet_id(user_id) in tx.accounts else 0
         return AdminResult(action_id, user_id, views, credits, flagged)
+
+
+def stage_audit(
+    tx: LedgerTx, actor: str, action: str, user_id: str, reason: str, request_id: str, details: dict[str, Any],
+    rows: list[Row],
+) -> str:
+    """Stage one audit row in the change's own transaction; its id."""
+    action_id = f"adm_{uuid.uuid4().hex}"
+    record_action(tx, {
+        "id": action_id,
+        "actor": actor,
+        "action": action,
+        "user_id": user_id,
+        "reason": reason,
+        "request_id": request_id,
+        "details": json.dumps(details, sort_keys=True),
+        "transfer_ids": json.dumps([r["id"] for r in rows]),
+        "created_at_us": tx.now_us,
+    })
+    return action_id
+
+
+def audit_admin_call(tx: LedgerTx, admin: Principal, op: Op[Any], rows: list[Row]) -> None:
+    """The audit row of a change made with an admin token through another
+    service (Spend, RefundUsage, AwardCredits, UpgradeTier...): the RPC, the
+    user whose wallet it touched, the transfers it made."""
+    idem = op.idempotency
+    wallets = [a for r in rows for a in (r["credit_account"], r["debit_account"])] + sorted(op.account_ids())
+    user_id = next((corrections.wallet_user(a) for a in wallets if corrections.wallet_user(a)), "") or ""
+    method = idem.method if idem is not None and idem.method else type(op).__name__
+    stage_audit(tx, admin.subject, method, user_id, "", idem.request_id if idem else "",
+                  {"service_call": method}, rows)
 
 
 class AdminService:
@@ -94,6 +116,7 @@ class AdminService:
         self.repo = repo
         self.on_flag_changed = on_flag_changed
         self.refill_view = refill_view
+        writer.admin_audit = audit_admin_call
 
     def operator(self, p: Principal, method: str) -> Operator:
         p.require(Role.ADMIN, what=method)
@@ -154,11 +177,11 @@ class AdminService:
 
         async def change(tx: LedgerTx) -> tuple[str, list[Row], str]:
             await tx.wallet(user_id)
-            flagged = f"admin {admin.subject}: {reason}"[:200]
-            tx.set_user(user_id, flagged_reason=flagged)
-            emit(tx, EventType.ACCOUNT_FLAGGED, user_id, {"flagged": True, "reason": flagged})
+            # The reason, whole: who set it is the audit row's actor.
+            tx.set_user(user_id, flagged_reason=reason)
+            emit(tx, EventType.ACCOUNT_FLAGGED, user_id, {"flagged": True, "reason": reason})
             await self.on_flag_changed(tx, user_id)
-            return user_id, [], flagged
+            return user_id, [], reason
 
         return await self._submit(admin, Action.SET_ACCOUNT_FLAG, request_id, fingerprint, reason,
                                   {"flag": "disputed"}, change, {wallet_id(user_id)})

@@ -35,8 +35,8 @@ class BalanceService:
         return state
 
     async def check_balance(self, principal: Principal) -> tuple[WalletState, RefillStatus]:
-        state = await self.wallet(principal.subject)
-        return state, await self.refill_status(principal.subject)
+        user = principal.own_user
+        return await self.wallet(user), await self.refill_status(user)
 
     async def get_balance(self, principal: Principal, user_id: str) -> WalletState:
         return await self.wallet(principal.resolve_user(user_id), with_lots=True)

@@ -13,11 +13,10 @@ from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from server.ledger.model import MAX_AMOUNT
-from server.platform import errors
+from server.platform import errors, ids
 from server.platform.clock import MAX_US, MIN_US
 
 REQUEST_ID = re.compile(r"^[\x21-\x7e]{1,128}$")
-USER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+\-]{0,127}$")
 CATEGORY = re.compile(r"^[a-z0-9][a-z0-9_\-]{0,63}$")
 OPAQUE_ID = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
 # Stored free text may hold tabs and newlines, never NUL or another C0/C1
@@ -45,9 +44,9 @@ def user_id(value: str, *, required: bool = False, field: str = "user_id") -> st
         if required:
             raise errors.InvalidArgument(f"{field} is required", reason="INVALID_USER_ID", metadata={"field": field})
         return ""
-    if not USER_ID.match(value):
+    if not ids.is_user_id(value):
         raise errors.InvalidArgument(
-            f"{field} must be 1 to 128 characters of letters, digits and ._@+-",
+            f"{field} must be {ids.USER_ID_RULE}",
             reason="INVALID_USER_ID",
             metadata={"field": field},
         )
@@ -87,7 +86,9 @@ def opaque_id(value: str, *, field: str, reason: str) -> str:
 
 def transaction_id(value: str, *, field: str = "transaction_id") -> int:
     """A ledger transfer id (Transaction.id): a positive decimal int64."""
-    if not value or len(value) > 19 or not value.isascii() or not value.isdigit() or int(value) <= 0:
+    # Beyond int64 no transfer has the id, and the database driver would fail
+    # on it inside the writer's batch (answered as a retryable UNAVAILABLE).
+    if not value or len(value) > 19 or not value.isascii() or not value.isdigit() or not 0 < int(value) <= I64_MAX:
         raise errors.InvalidArgument(
             f"{field} is missing or malformed", reason="INVALID_TRANSACTION_ID", metadata={"field": field}
         )
@@ -203,10 +204,12 @@ def _bad_page_token() -> errors.InvalidArgument:
 
 def _fits(value: Any, kind: type) -> bool:
     # bool is an int to Python; a forged position beyond int64 would reach the
-    # database driver and fail there.
+    # database driver and fail there. Every position this service hands out
+    # (a transfer id, a creation time, a row id) is positive or non-empty,
+    # and a keyset query may negate it: int64's minimum has no negation.
     if kind is int:
-        return type(value) is int and I64_MIN <= value <= I64_MAX
-    return isinstance(value, str) and len(value) <= 255
+        return type(value) is int and 0 < value <= I64_MAX
+    return isinstance(value, str) and 0 < len(value) <= 255
 
 
 def decode_page_token(token: str, filters: str, *shape: type) -> Any:

@@ -15,6 +15,7 @@ from sqlalchemy import func, select
 from server.db.schema import transfers
 from server.ledger import keys
 from server.ledger.model import (
+    PROMOTIONAL_GRANT_KINDS,
     REFUNDABLE_KINDS,
     REVERSIBLE_KINDS,
     SPEND_ORDER,
@@ -141,13 +142,48 @@ async def reverse(tx: LedgerTx, transfer_id: int, reason: str) -> list[Row]:
     return out
 
 
+async def _expired_part(tx: LedgerTx, row: Row) -> list[list[Any]]:
+    """The [kind, expiry, part] lots of a grant that expired before its
+    reversal: they already went back to the system account, and a reversal
+    takes back only what is left of the grant. Within one lot credits are
+    spent oldest grant first, so what the lot expired is the newest grants'."""
+    ended = {(k, e): p for k, e, p in record(row).get("filled", []) if 0 < e <= tx.now_us}
+    if not ended:
+        return []
+    wallet = row["credit_account"]
+    kinds = (str(Kind.ALLOWANCE_EXPIRY), *(str(k) for k in PROMOTIONAL_GRANT_KINDS))
+    found = await tx.fetch(
+        select(transfers.c.id, transfers.c.kind, transfers.c.ledger, transfers.c.credit_account).where(
+            (transfers.c.debit_account == wallet) | (transfers.c.credit_account == wallet), transfers.c.kind.in_(kinds)
+        )
+    )
+    found += [t for t in tx.new_transfers if wallet in (t["debit_account"], t["credit_account"]) and t["kind"] in kinds]
+    expired: Counter[tuple[str, int]] = Counter()  # what each ended lot expired, not yet laid on a newer grant
+    for t in found:
+        if t["kind"] == Kind.ALLOWANCE_EXPIRY:
+            for k, e, p in record(t).get("drawn", []):
+                expired[(k, e)] += p
+    for t in found:
+        if t["kind"] != Kind.ALLOWANCE_EXPIRY and t["credit_account"] == wallet and t["id"] > row["id"]:
+            for k, e, p in record(t).get("filled", []):
+                expired[(k, e)] -= p
+    return [[k, e, min(p, expired[(k, e)])] for (k, e), p in ended.items() if expired[(k, e)] > 0]
+
+
 async def _mirror(tx: LedgerTx, row: Row, reason: str) -> Row:
     rec = record(row)
     back = wallet_user(row["debit_account"])
+    expired = await _expired_part(tx, row) if wallet_user(row["credit_account"]) else []
+    amount = row["amount"] - sum(p for _, _, p in expired)
+    if amount <= 0:
+        raise errors.FailedPrecondition(
+            "the whole grant has expired: nothing is left to reverse", reason="GRANT_EXPIRED",
+            metadata={"transaction_id": str(row["id"]), "expired_millicredits": str(row["amount"])},
+        )
     made = await tx.transfer(
         row["credit_account"],
         row["debit_account"],
-        row["amount"],
+        amount,
         kind=Kind.REVERSAL,
         key=keys.reversal(row["id"]),
         description=f"Reversal of #{row['id']}: {reason}"[:500],
@@ -155,12 +191,13 @@ async def _mirror(tx: LedgerTx, row: Row, reason: str) -> Row:
         ref=row["ref"],
         # The credits leave the lots this transfer filled first, and may leave a debt.
         allow_negative=True,
-        from_lots=rec.get("filled"),
+        from_lots=_less(rec.get("filled") or [], expired),
         # ... and return to the lots it drew (transfers made before the record: purchased).
         restore_lots=rec.get("drawn"),
         lot_kind=LotKind.PURCHASED,
         corrects=row["id"],
         undoes=row["kind"],
+        ledger={"expired": expired} if expired else None,
         # A key's spend comes back into its budget, in the window it was spent in.
         spender_key=row.get("key_id"),
         budget_at_us=budget_instant(row),
@@ -168,6 +205,15 @@ async def _mirror(tx: LedgerTx, row: Row, reason: str) -> Row:
     if back:
         await tx.roll_over(back)  # a lot that has ended expires what it got back, at once
     return made
+
+
+def _less(lots: list[list[Any]], taken: list[list[Any]]) -> list[list[Any]]:
+    left: Counter[tuple[str, int]] = Counter()
+    for k, e, p in lots:
+        left[(k, e)] += p
+    for k, e, p in taken:
+        left[(k, e)] -= p
+    return [[k, e, p] for (k, e), p in left.items() if p > 0]
 
 
 # ---- usage refunds -------------------------------------------------------------------------

@@ -5,8 +5,9 @@ A key is a tag followed by its parts, each length-prefixed (`tag|3:abc|1:7`),
 so no two different tuples give the same key and keys of different tags never
 meet: a key derived from a request (its revenue share, its settlement) can
 never equal another request's key, whatever characters the caller put in a
-subject or a request_id. Keys written before this encoding all start with
-`word:`; these all start with `word|`, so the two never collide either.
+subject or a request_id. Transfer keys written before this encoding all
+start with `word:`; these all start with `word|`, so the two never collide
+either. Request records of the older encoding were moved by migration 0014.
 """
 
 from __future__ import annotations
@@ -38,13 +39,6 @@ def encode(tag: str, *parts: object, limit: int = MAX_KEY) -> str:
 def idempotency(role: str, subject: str, method: str, request_id: str) -> str:
     """A request_id is scoped to its caller (role and subject) and its method."""
     return encode("idem", role, subject, method, request_id)
-
-
-def legacy_idempotency(role: str, subject: str, method: str, request_id: str) -> str:
-    """The key of a request stored before this encoding. Looked up as well, so
-    that a retry across the upgrade (a rolling restart is when clients retry)
-    replays instead of applying twice. Such rows age out with the others."""
-    return f"{role}/{subject}:{method}:{request_id}"
 
 
 def request_transfer(idempotency_key: str) -> str:

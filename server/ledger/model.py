@@ -61,6 +61,8 @@ class Kind(StrEnum):
 # What ReverseTransaction may reverse; anything else is refused (purchases are
 # refunded through Stripe; clawbacks and allowances follow their own events).
 REVERSIBLE_KINDS = frozenset({Kind.SPEND, Kind.HOLD_CAPTURE, Kind.AWARD, Kind.ADJUSTMENT, Kind.REVENUE_SHARE})
+# Reversible grants into a wallet's lots (a promotional lot may end).
+PROMOTIONAL_GRANT_KINDS = frozenset({Kind.AWARD, Kind.ADJUSTMENT})
 # What RefundUsage may refund.
 REFUNDABLE_KINDS = frozenset({Kind.SPEND, Kind.HOLD_CAPTURE})
 

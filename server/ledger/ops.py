@@ -41,14 +41,11 @@ class Idempotency:
     key: str
     fingerprint: str
     request_id: str = ""
-    legacy_key: str = ""  # the same request under the key encoding of earlier releases
+    method: str = ""  # the RPC that asked for it (the admin audit names it)
 
     @classmethod
     def of(cls, role: str, subject: str, method: str, request_id: str, fingerprint: str) -> Idempotency:
-        return cls(
-            keys.idempotency(role, subject, method, request_id), fingerprint, request_id,
-            keys.legacy_idempotency(role, subject, method, request_id),
-        )
+        return cls(keys.idempotency(role, subject, method, request_id), fingerprint, request_id, method)
 
     @classmethod
     def of_request(cls, principal: Principal, method: str, request_id: str, fingerprint: str) -> Idempotency:
@@ -57,16 +54,11 @@ class Idempotency:
             return cls.of("key", principal.key_id, method, request_id, fingerprint)
         return cls.of(principal.role.value, principal.subject, method, request_id, fingerprint)
 
-    def lookup_keys(self) -> tuple[str, ...]:
-        return (self.key, self.legacy_key) if self.legacy_key else (self.key,)
-
     def replay(self, found: dict[str, tuple[str, bytes]]) -> bytes | None:
         """The stored response of this request, or None when it was never applied.
         `found` maps keys to stored (fingerprint, response). The same request_id
         with other parameters is refused (REQUEST_ID_REUSED)."""
         hit = found.get(self.key)
-        if hit is None and self.legacy_key:
-            hit = found.get(self.legacy_key)
         if hit is None:
             return None
         fingerprint, response = hit
@@ -91,6 +83,8 @@ class Op(Generic[R]):
     result_type: ClassVar[type]
     # Exclusive operations run in a batch of their own (they read other domains' rows).
     exclusive: ClassVar[bool] = False
+    # Operations that write their own admin audit row (AdminService's changes).
+    audits_itself: ClassVar[bool] = False
     idempotency: Idempotency | None = None
 
     def account_ids(self) -> set[str]:

@@ -12,7 +12,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from server.db.fastread import FastReader
 from server.db.schema import accounts, holds, idempotency, lots, users
 from server.ledger.model import EXPIRING_KINDS, LotKind, wallet_id
-from server.platform.auth import Role
 
 LOT_ORDER = {LotKind.ALLOWANCE: 0, LotKind.EARNED: 1, LotKind.PURCHASED: 2}
 
@@ -53,17 +52,6 @@ async def stored_responses(engine: AsyncEngine, lookup_keys: tuple[str, ...]) ->
     )
     async with engine.connect() as conn:
         return {r.key: (r.fingerprint, bytes(r.response)) for r in (await conn.execute(q)).all()}
-
-
-async def has_legacy_idempotency_keys(engine: AsyncEngine) -> bool:
-    """Whether any idempotency record still has the key encoding of earlier
-    releases, `{role}/...` (a range on the key's index: no scan at startup)."""
-    async with engine.connect() as conn:
-        for role in Role:
-            q = select(idempotency.c.key).where(idempotency.c.key >= f"{role}/", idempotency.c.key < f"{role}0").limit(1)
-            if (await conn.execute(q)).first() is not None:
-                return True
-    return False
 
 
 class LedgerReader:

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from server.db.schema import accounts, admin_actions, api_keys, holds, lots, transfers
 from server.ledger import keys
+from server.ledger.corrections import record
 from server.ledger.model import (
     EARNED_KINDS,
     KEY_USING_KINDS,
@@ -20,9 +21,12 @@ from server.ledger.model import (
     SPENT_KINDS,
     SYSTEM_HOLDS,
     Kind,
+    wallet_id,
 )
+from server.platform import ids
 from server.platform.clock import window_bounds
 
+WALLET_PREFIX = wallet_id("")
 # Scoped keys' counters that start again with each window (api_keys.<window>_start_us, _used).
 RESET_WINDOWS = ("hour", "day", "month")
 
@@ -96,6 +100,9 @@ async def _verify(conn: AsyncConnection) -> Report:
         if a["balance"] != sums.get(aid, 0):
             r.problems.append(f"{aid}: cached balance {a['balance']} != sum of transfers {sums.get(aid, 0)}")
         if a["kind"] == "wallet":
+            if not (aid.startswith(WALLET_PREFIX) and ids.is_user_id(aid[len(WALLET_PREFIX):])):
+                # Made before subjects followed the grammar: no operator RPC can name it.
+                r.problems.append(f"{aid!r}: the user id breaks the id grammar ({ids.USER_ID_RULE})")
             if a["spent_total"] != spent.get(aid, 0):
                 r.problems.append(f"{aid}: spent_total {a['spent_total']} != {spent.get(aid, 0)}")
             if a["earned_total"] != earned.get(aid, 0):
@@ -189,7 +196,7 @@ async def _verify_corrections(conn: AsyncConnection, r: Report) -> None:
     """Every reversal mirrors exactly one reversible transfer (at most once);
     refunds never exceed their charge; every admin change has its audit row."""
     t = transfers
-    cols = (t.c.id, t.c.key, t.c.kind, t.c.debit_account, t.c.credit_account, t.c.amount, t.c.corrects)
+    cols = (t.c.id, t.c.key, t.c.kind, t.c.debit_account, t.c.credit_account, t.c.amount, t.c.corrects, t.c.ledger)
     kinds = (str(Kind.REVERSAL), str(Kind.USAGE_REFUND))
     fixes = (await conn.execute(select(*cols).where(t.c.kind.in_(kinds)))).mappings().all()
     targets = {x["corrects"] for x in fixes if x["corrects"] is not None}
@@ -208,7 +215,9 @@ async def _verify_corrections(conn: AsyncConnection, r: Report) -> None:
             reversed_ids.add(orig["id"])
             if orig["kind"] not in REVERSIBLE_KINDS:
                 r.problems.append(f"reversal #{x['id']} reverses a {orig['kind']} transfer #{orig['id']}")
-            if not mirrored or x["amount"] != orig["amount"] or x["key"] != keys.reversal(orig["id"]):
+            # A grant reversed after part of it expired takes back only the rest.
+            expired = sum(p for _, _, p in record(dict(x)).get("expired", []))
+            if not mirrored or x["amount"] + expired != orig["amount"] or x["key"] != keys.reversal(orig["id"]):
                 r.problems.append(f"reversal #{x['id']} does not mirror #{orig['id']} exactly")
         else:
             refunded[orig["id"]] += x["amount"]
@@ -224,8 +233,8 @@ async def _verify_corrections(conn: AsyncConnection, r: Report) -> None:
     if not await conn.run_sync(lambda c: inspect(c).has_table("admin_actions")):
         return
     audited: set[int] = set()
-    for (ids,) in (await conn.execute(select(admin_actions.c.transfer_ids))).all():
-        audited.update(int(i) for i in json.loads(ids))
+    for (transfer_ids,) in (await conn.execute(select(admin_actions.c.transfer_ids))).all():
+        audited.update(int(i) for i in json.loads(transfer_ids))
     admin_made = (await conn.execute(
         select(t.c.id).where(t.c.kind.in_((str(Kind.ADJUSTMENT), str(Kind.REVERSAL))))
     )).scalars().all()

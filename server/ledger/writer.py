@@ -23,18 +23,19 @@ from typing import Any
 
 from server.db.batchsql import BatchSql
 from server.db.engine import Database, is_retryable, is_unique_violation
-from server.ledger import repository
 from server.ledger.model import BalanceEvent
 from server.ledger.ops import Op
-from server.ledger.tx import LedgerTx, SpendGuard, TierPolicy
+from server.ledger.quota import StoredQuota
+from server.ledger.tx import LedgerTx, Row, SpendGuard, TierPolicy
 from server.platform import errors
-from server.platform.auth import current_principal
+from server.platform.auth import Principal, Role, current_principal
 from server.platform.clock import Clock
 from server.platform.deadline import call_deadline, expired_error
 
 log = logging.getLogger(__name__)
 
 BatchHook = Callable[[LedgerTx, list[Op[Any]]], Awaitable[None]]
+AuditHook = Callable[[LedgerTx, Principal, Op[Any], list[Row]], None]
 
 
 class _Refused(Exception):
@@ -47,6 +48,8 @@ class _Item:
     op: Op[Any]
     future: asyncio.Future[Any]
     deadline: float | None = None  # time.monotonic() when the caller stops waiting
+    by: Principal | None = None  # the caller whose request this is
+    over_quota: errors.DomainError | None = None  # answered if a repeat, else refused
     outcome: Any = None
     error: BaseException | None = None
     replayed: bool = False
@@ -72,6 +75,7 @@ class LedgerWriter:
         max_batch: int = 256,
         publish: Callable[[list[BalanceEvent]], None] | None = None,
         after_batch: Callable[[int, float], None] | None = None,
+        quota: StoredQuota | None = None,
     ) -> None:
         self.db = db
         self.clock = clock
@@ -79,8 +83,11 @@ class LedgerWriter:
         self.max_batch = max_batch
         self.publish = publish or (lambda events: None)
         self.after_batch = after_batch
+        self.quota = quota or StoredQuota(0, 0)
         # Domains add work to every batch (e.g. refill jobs in the same transaction).
         self.before_flush: list[BatchHook] = []
+        # Stages the audit row of a change made with an admin token (the admin domain's).
+        self.admin_audit: AuditHook | None = None
         # Scoped keys' budgets, used inside the batch (Registry.spend_guard).
         self.guard = SpendGuard()
         self.stats = WriterStats()
@@ -90,12 +97,8 @@ class LedgerWriter:
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
-        # Whether idempotency records of the key encoding of earlier releases
-        # remain; once none do, a batch looks up one key per request, not two.
-        self.legacy_keys = True
 
     async def start(self) -> None:
-        self.legacy_keys = await repository.has_legacy_idempotency_keys(self.db.writer)
         self._task = asyncio.create_task(self._run(), name="ledger-writer")
 
     async def stop(self) -> None:
@@ -108,10 +111,12 @@ class LedgerWriter:
     async def submit(self, op: Op[Any]) -> Any:
         if self._closing:
             raise errors.Unavailable("server is shutting down", reason="SHUTTING_DOWN")
+        who = current_principal.get(None)
+        over = self.quota.check(who, 1, self.clock.now_us()) if op.idempotency is not None else None
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         # Exclusive operations record what another system already did (a Stripe
         # session, a subscription): they are applied whatever the deadline.
-        self._lane().append(_Item(op, fut, None if op.exclusive else call_deadline.get()))
+        self._lane().append(_Item(op, fut, None if op.exclusive else call_deadline.get(), who, over))
         self._wakeup.set()
         # A cancelled caller cancels only its wait (the future): the queued write
         # is applied all the same, whole or not at all, and a retry with the
@@ -128,7 +133,9 @@ class LedgerWriter:
             raise errors.Unavailable("server is shutting down", reason="SHUTTING_DOWN")
         loop = asyncio.get_running_loop()
         deadline = call_deadline.get()
-        items = [_Item(op, loop.create_future(), None if op.exclusive else deadline) for op in ops]
+        who = current_principal.get(None)
+        over = self.quota.check(who, sum(op.idempotency is not None for op in ops), self.clock.now_us())
+        items = [_Item(op, loop.create_future(), None if op.exclusive else deadline, who, over) for op in ops]
         self._lane().extend(items)
         self._wakeup.set()
         # As for submit: cancelling the wait leaves the queued writes to be applied.
@@ -284,10 +291,7 @@ class LedgerWriter:
                 holds |= op.hold_ids()
                 tkeys |= op.transfer_keys()
                 if op.idempotency:
-                    if self.legacy_keys:
-                        rkeys.extend(op.idempotency.lookup_keys())
-                    else:
-                        rkeys.append(op.idempotency.key)
+                    rkeys.append(op.idempotency.key)
             await tx.load(accounts, holds, rkeys, tkeys)
             # After the accounts' locks (and the holds, which name their keys):
             # the keys' rows, locked in sorted order, and their usage rows.
@@ -307,9 +311,16 @@ class LedgerWriter:
                     if response is not None:
                         item.outcome, item.replayed = op.decode(response), True
                         continue
+                if item.over_quota is not None:
+                    item.error = item.over_quota
+                    continue
                 mark = tx.mark()
+                made = len(tx.new_transfers)
                 try:
                     item.outcome = await op.apply(tx)
+                    if self.admin_audit and item.by and item.by.role == Role.ADMIN and not op.audits_itself:
+                        # Whatever service an admin's change goes through, its audit row commits with it.
+                        self.admin_audit(tx, item.by, op, tx.new_transfers[made:])
                     if idem:
                         tx.remember(idem.key, idem.fingerprint, op.encode(item.outcome))
                 except errors.DomainError as exc:
@@ -320,4 +331,7 @@ class LedgerWriter:
             for hook in self.before_flush:
                 await hook(tx, [item.op for item in batch if item.error is None and not item.replayed])
             await tx.flush()
+        for item in batch:  # committed: what each caller stored counts against its quota
+            if item.error is None and not item.replayed and item.op.idempotency is not None:
+                self.quota.stored(item.by, now)
         return tx.events, tx.after_commit

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from typing import Any
 
 import stripe
@@ -202,6 +203,11 @@ class StripeGateway:
         # here, parse after.
         text = payload.decode("utf-8")
         stripe.WebhookSignature.verify_header(text, signature or "", secret, tolerance)
+        # The SDK refuses a timestamp older than the tolerance only: one signed
+        # for the future would stay replayable until then and beyond.
+        signed_at = max(int(v) for k, _, v in (p.partition("=") for p in (signature or "").split(",")) if k == "t")
+        if signed_at > time.time() + tolerance:
+            raise stripe.SignatureVerificationError("timestamp is in the future, beyond the tolerance", signature)
         return json.loads(text)
 
     # ---- subscriptions (tiers) ---------------------------------------------------

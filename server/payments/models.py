@@ -107,3 +107,7 @@ class ChargeOutcome:
     @property
     def processing(self) -> bool:
         return self.status in ("processing", "requires_capture")
+
+
+def dollars(cents: int) -> str:
+    return f"${cents // 100:,}.{cents % 100:02d}"

@@ -50,6 +50,18 @@ async def by_request_key(tx: LedgerTx, request_key: str) -> PaymentRow | None:
     return cast("PaymentRow | None", await tx.rows(payments).find(request_key=request_key))
 
 
+async def card_charges_since(tx: LedgerTx, user_id: str, since_us: int) -> int:
+    """Cents of the card charges the user asked for (TopUp, payment links)
+    since `since_us`, but for those that took no money (declined, expired)."""
+    q = select(func.coalesce(func.sum(payments.c.amount_cents), 0)).where(
+        payments.c.user_id == user_id,
+        payments.c.created_at_us >= since_us,
+        payments.c.kind.in_((str(PaymentKind.CHECKOUT), str(PaymentKind.TOP_UP))),
+        payments.c.status.not_in((str(PaymentStatus.FAILED), str(PaymentStatus.EXPIRED))),
+    )
+    return int(await tx.fetch_scalar(q))
+
+
 def new_payment(
     payment_id: str, user_id: str, kind: str, amount_cents: int, credits: int, now_us: int, **values: Any
 ) -> PaymentRow:

@@ -36,11 +36,12 @@ from server.payments.models import (
     PaymentStatus,
     SavedCard,
     StripeObject,
+    dollars,
     stripe_id,
 )
 from server.platform import errors
 from server.platform.auth import Principal, Role
-from server.platform.clock import Clock
+from server.platform.clock import DAY_US, Clock, month_bounds
 from server.platform.config import Settings
 from server.platform.metrics import METRICS
 from server.platform.ratelimit import RateLimiter
@@ -116,12 +117,39 @@ class PaymentsService:
                 metadata={"field": "amount_cents", "min_cents": lo, "max_cents": hi, "got": amount_cents},
             )
 
+    async def _may_charge(self, tx: LedgerTx, user: str, amount_cents: int) -> None:
+        """A card charge a user asks for (TopUp, a payment link): never on a
+        flagged account, and within the account's daily and monthly caps, as
+        auto-refill has its own. Checked in the payment's own transaction,
+        before Stripe is called."""
+        if tx.user(user)["flagged_reason"]:
+            raise errors.FailedPrecondition(
+                "card charges are refused while this account is flagged (a payment dispute is open)",
+                reason="ACCOUNT_FLAGGED",
+            )
+        now = tx.now_us
+        for period, since, until, cap in (
+            ("day", now - now % DAY_US, now - now % DAY_US + DAY_US, self.settings.user_card_daily_cap_cents),
+            ("month", *month_bounds(now), self.settings.user_card_monthly_cap_cents),
+        ):
+            if not cap:
+                continue
+            used = await repo.card_charges_since(tx, user, since)
+            if used + amount_cents > cap:
+                raise errors.ResourceExhausted(
+                    f"this charge would take the account's card charges this {period} (UTC) past"
+                    f" {dollars(cap)}: {dollars(used)} so far",
+                    reason="CARD_CHARGE_CAP_REACHED",
+                    metadata={"period": period, "cap_cents": str(cap), "used_cents": str(used),
+                              "retry_after_ms": str((until - now) // 1000)},
+                )
+
     async def create_link(
         self, principal: Principal, *, amount_cents: int, request_id: str, fingerprint: str
     ) -> PaymentLink:
         self.require_configured()
         self._check_amount(amount_cents)
-        user = principal.subject
+        user = principal.own_user  # a user's own card: a service or admin token has none
         request_key = keys.idempotency(principal.role.value, user, "CreatePaymentLink", request_id)
         # Deterministic: concurrent duplicates of one request name the same payment.
         payment_id = "pay_" + hashlib.sha256(request_key.encode()).hexdigest()[:24]
@@ -136,6 +164,7 @@ class PaymentsService:
                     )
                 return row
             await tx.wallet(user)  # the user row holds the Stripe customer id
+            await self._may_charge(tx, user, amount_cents)
             new = repo.new_payment(
                 payment_id, user, PaymentKind.CHECKOUT, amount_cents, credits, tx.now_us,
                 request_key=request_key, fingerprint=fingerprint,
@@ -194,7 +223,7 @@ class PaymentsService:
         come once through the grant key, from this call or the webhook."""
         self.require_configured()
         self._check_amount(amount_cents)
-        user = principal.subject
+        user = principal.own_user  # a user's own card: a service or admin token has none
         request_key = keys.idempotency(principal.role.value, user, "TopUp", request_id)
         payment_id = "top_" + hashlib.sha256(request_key.encode()).hexdigest()[:24]
         row = await repo.read(self.db.reader, payment_id)
@@ -219,6 +248,7 @@ class PaymentsService:
             if found is not None:
                 return found
             await tx.wallet(user)
+            await self._may_charge(tx, user, amount_cents)
             new = repo.new_payment(payment_id, user, PaymentKind.TOP_UP, amount_cents, credits, tx.now_us,
                                    request_key=request_key, fingerprint=fingerprint)
             return await repo.insert_payment(tx, new)

@@ -45,6 +45,9 @@ def from_us(us: int) -> datetime:
     return _EPOCH + timedelta(microseconds=us)
 
 
+DAY_US = 86_400_000_000  # one UTC day, in microseconds
+
+
 def month_bounds(now_us: int) -> tuple[int, int]:
     """[start, end) of the calendar month (UTC) that holds now_us."""
     d = from_us(now_us)

@@ -72,6 +72,10 @@ class Settings(BaseSettings):
     award_daily_limit_challenge: int = Field(default=1_000, ge=0)
     award_daily_limit_app_usage: int = Field(default=10_000, ge=0)
     award_daily_limit_referral: int = Field(default=500, ge=0)
+    # Card charges a user asks for (TopUp, payment links) per account, US
+    # cents, per UTC day and calendar month; 0 turns a cap off.
+    user_card_daily_cap_cents: int = Field(default=2_000_000, ge=0)
+    user_card_monthly_cap_cents: int = Field(default=5_000_000, ge=0)
     # ---- auto-refill; defaults explained in docs/payments.md "Auto-refill" ----
     # The highest threshold a user may set, in credits.
     refill_max_threshold_credits: int = Field(default=1_000_000, gt=0)
@@ -140,6 +144,11 @@ class Settings(BaseSettings):
     # Spends (and as many Captures) a GetSpendingReport sums at most: past
     # it the report covers the newest ones, from a later start_time.
     report_max_rows_examined: int = Field(default=5_000, ge=1)
+    # What one caller may store: applied mutating requests (each stores its
+    # response and the rows it made) per caller and UTC day; 0 turns it off.
+    # Service tokens carry every user's traffic: off by default.
+    user_max_stored_requests_per_day: int = Field(default=50_000, ge=0)
+    service_max_stored_requests_per_day: int = Field(default=0, ge=0)
     # Stored responses of mutating requests older than this are pruned (a
     # repeat of such a request_id is refused REQUEST_ID_EXPIRED, never applied).
     idempotency_retention: timedelta = Field(default=timedelta(days=7), gt=timedelta(0))

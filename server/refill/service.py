@@ -18,7 +18,7 @@ from server.ledger.repository import stored_responses
 from server.ledger.tx import LedgerTx
 from server.ledger.writer import LedgerWriter
 from server.payments.events import Handled
-from server.payments.models import PaymentKind, PaymentStatus, SavedCard
+from server.payments.models import PaymentKind, PaymentStatus, SavedCard, dollars
 from server.payments.service import PaymentsService
 from server.platform import errors
 from server.platform.auth import Principal
@@ -58,10 +58,6 @@ class AutoRefillView:
     recovery_url: str
     next_retry_at_us: int
     last_failure_reason: str
-
-
-def dollars(cents: int) -> str:
-    return f"${cents // 100:,}.{cents % 100:02d}"
 
 
 SETTLED = "refill-settled"  # users whose refill was settled in this batch: no new job for them here
@@ -223,10 +219,10 @@ class RefillService:
     async def configure(
         self, principal: Principal, *, enabled: bool, threshold: int, amount_cents: int, request_id: str, fingerprint: str
     ) -> AutoRefillView:
-        user = principal.subject
+        user = principal.own_user
         idem = Idempotency.of(principal.role.value, user, "ConfigureAutoRefill", request_id, fingerprint)
         # A repeat is answered before the card is looked up in Stripe.
-        if idem.replay(await stored_responses(self.db.reader, idem.lookup_keys())) is not None:
+        if idem.replay(await stored_responses(self.db.reader, (idem.key,))) is not None:
             return await self.view(user)
         card: SavedCard | None = None
         if enabled:
@@ -392,5 +388,5 @@ class RefillService:
     # ---- CreateSetupLink ------------------------------------------------------------------------
 
     async def setup_link(self, principal: Principal, request_id: str) -> tuple[str, int]:
-        user = principal.subject
+        user = principal.own_user
         return await self.payments.card_setup_link(user, keys.stripe("setup", principal.role.value, user, request_id))

@@ -14,7 +14,14 @@ from server.ledger.model import BalanceEvent, wallet_id
 from server.ledger.ops import Call
 from server.ledger.tx import LedgerTx
 from server.ledger.writer import LedgerWriter
-from server.payments.models import CREDITED, ChargeOutcome, PaymentKind, PaymentRow, PaymentStatus
+from server.payments.models import (
+    CREDITED,
+    ChargeOutcome,
+    PaymentKind,
+    PaymentRow,
+    PaymentStatus,
+    dollars,
+)
 from server.payments.service import PaymentsService
 from server.platform import errors
 from server.platform.clock import month_bounds
@@ -31,7 +38,7 @@ from server.refill.models import (
     RefillConfigRow,
     RefillJobRow,
 )
-from server.refill.service import SETTLED, dollars, finish_success
+from server.refill.service import SETTLED, finish_success
 
 log = logging.getLogger(__name__)
 

@@ -106,7 +106,7 @@ class TierService:
 
     async def _stored(self, idem: Idempotency) -> TierChange | None:
         """A repeated request is answered from its stored response before any Stripe call."""
-        response = idem.replay(await self.reader.stored_responses(idem.lookup_keys()))
+        response = idem.replay(await self.reader.stored_responses((idem.key,)))
         return from_json(TierChange, response) if response is not None else None
 
     async def _run(self, fn: Any, user_id: str, idem: Idempotency) -> TierChange:
@@ -118,9 +118,11 @@ class TierService:
     # ---- upgrade --------------------------------------------------------------------------
 
     def _target_user(self, principal: Principal, user_id: str) -> str:
-        if user_id and user_id != principal.subject:
+        # A service or admin token has no tier of its own: only an admin
+        # changes a tier other than the caller's, and names the user.
+        if principal.role != Role.USER or (user_id and user_id != principal.subject):
             principal.require(Role.ADMIN, what="changing another user's tier")
-        return user_id or principal.subject
+        return principal.resolve_user(user_id)
 
     async def upgrade(
         self, principal: Principal, *, user_id: str, tier: str, request_id: str, fingerprint: str, monthly: int

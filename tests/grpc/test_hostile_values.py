@@ -174,7 +174,7 @@ async def test_subject_with_control_characters_is_refused(server: Running, trace
                     server.s.balance.GetBalance(balance_pb2.GetBalanceRequest(), metadata=md),
                     server.s.history.ListTransactions(history_pb2.ListTransactionsRequest(), metadata=md),
                 ):
-                    await expect_error(call, grpc.StatusCode.UNAUTHENTICATED, "INVALID_TOKEN")
+                    await expect_error(call, grpc.StatusCode.UNAUTHENTICATED, "INVALID_SUBJECT")
                     refused += 1
         return refused
 
@@ -182,9 +182,9 @@ async def test_subject_with_control_characters_is_refused(server: Running, trace
     assert ok == 40 and refused == len(BAD_SUBJECTS) * 6
     t, r = await stored(server)
     assert (t, r) == (before[0] + 40, before[1] + 40)  # the honest Spends only
-    # A plain Unicode subject (no control character) is still a valid token.
-    r2 = await server.s.balance.GetBalance(balance_pb2.GetBalanceRequest(), metadata=_sub_token("zoë"))
-    assert r2.user_id == "zoë"
+    # Subjects follow the grammar of user ids (tests/hostile/test_subjects.py).
+    r2 = await server.s.balance.GetBalance(balance_pb2.GetBalanceRequest(), metadata=_sub_token("zoe"))
+    assert r2.user_id == "zoe"
     assert tracebacks.records == []
 
 

@@ -39,7 +39,7 @@ async def _health_list(running) -> dict[str, int]:
 
 
 async def test_health_list_says_the_payment_services_need_stripe(sqlite_server) -> None:
-    # No BILLING_STRIPE_API_KEY: payments, refill and tiers refuse every call.
+    # No BILLING_STRIPE_API_KEY: PaymentsService refuses every call (tests/hostile/test_health_without_stripe.py).
     statuses = await _health_list(sqlite_server)
     assert set(statuses) == {"", *SERVICE_NAMES}
     assert {n for n, st in statuses.items() if st != health_pb2.HealthCheckResponse.SERVING} == STRIPE_SERVICE_NAMES
@@ -53,8 +53,7 @@ async def test_health_list_with_stripe_configured_serves_everything(db_url, cloc
     async with serving(db_url, clock, stripe_api_key="sk_test_health") as running:
         statuses = await _health_list(running)
     assert statuses == {name: health_pb2.HealthCheckResponse.SERVING for name in ("", *SERVICE_NAMES)}
-    assert {"flownexus.billing.v1.PaymentsService", "flownexus.billing.v1.RefillService",
-            "flownexus.billing.v1.TierService"} == STRIPE_SERVICE_NAMES
+    assert {"flownexus.billing.v1.PaymentsService"} == STRIPE_SERVICE_NAMES
 
 
 async def test_grpcurl_lists_every_service(sqlite_server) -> None:
