@@ -169,6 +169,8 @@ class Demo:
                                   f"({ev.transaction.description}) -> balance {cr(ev.credits_millicredits)}")
                         continue
                     print(f"   watch: {balance_pb2.BalanceEventType.Name(ev.type)}: {ev.message}")
+                    if ev.type == balance_pb2.BALANCE_EVENT_TYPE_BALANCE_LOW:
+                        continue  # the low-balance alert comes first; the refill's outcome follows
                     fired = ev
                     break
         except TimeoutError:
