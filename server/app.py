@@ -18,6 +18,7 @@ from flownexus.billing.v1 import (
     earnings_pb2,
     history_pb2,
     payments_pb2,
+    portal_pb2,
     refill_pb2,
     tier_pb2,
     usage_pb2,
@@ -50,6 +51,9 @@ from server.platform.clock import Clock
 from server.platform.config import Settings
 from server.platform.metrics import METRICS
 from server.platform.ratelimit import caller_shares, limiters, mutation_limits
+from server.portal import grpc as portal_grpc
+from server.portal.pages import Domains
+from server.portal.service import PortalService
 from server.refill import grpc as refill_grpc
 from server.refill.service import RefillService, follow_account_flag
 from server.registry import Registry
@@ -74,6 +78,7 @@ SERVICE_NAMES = tuple(
         (earnings_pb2, "EarningsService"),
         (usage_pb2, "UsageService"),
         (admin_pb2, "AdminService"),
+        (portal_pb2, "PortalService"),
     )
 )
 
@@ -149,6 +154,12 @@ class App:
         # Last: admin flags follow refill's rule (a flag pauses, clearing resumes).
         self.admin = AdminService(self.writer, AdminRepository(self.db.reader), follow_account_flag, self.refill.view)
         admin_grpc.register(reg, self.admin)
+
+        # The portal's pages call the services above, as the session's user.
+        self.portal = PortalService(settings, self.db, self.writer, self.clock)
+        portal_grpc.register(reg, self.portal, Domains(
+            self.balance, self.history, self.payments, self.refill, self.tier_service,
+        ))
 
         self.grpc_server: grpc.aio.Server | None = None
         self.grpc_port = 0
@@ -248,6 +259,8 @@ class App:
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/metrics", self._metrics)
         app.add_routes(self.registry.routes)
+        for setup in self.registry.http_setup:
+            setup(app)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, self.settings.http_host, self.settings.http_port, reuse_port=self.reuse_port or None)

@@ -48,6 +48,8 @@ class Registry:
     webhooks: EventRouter = field(default_factory=EventRouter)
     on_start: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    # Run on the HTTP application before it starts (template environments).
+    http_setup: list[Callable[[web.Application], None]] = field(default_factory=list)
 
     def servicer(self, add: AddServicer, servicer: Any) -> None:
         self.servicers.append((add, servicer))

@@ -22,6 +22,7 @@ from flownexus.billing.v1 import (
     earnings_pb2_grpc,
     history_pb2_grpc,
     payments_pb2_grpc,
+    portal_pb2_grpc,
     refill_pb2_grpc,
     tier_pb2_grpc,
     usage_pb2_grpc,
@@ -127,6 +128,7 @@ class Stubs:
     payments: payments_pb2_grpc.PaymentsServiceStub
     refill: refill_pb2_grpc.RefillServiceStub
     admin: admin_pb2_grpc.AdminServiceStub
+    portal: portal_pb2_grpc.PortalServiceStub
 
     @classmethod
     def connect(cls, target: str) -> Stubs:
@@ -141,6 +143,7 @@ class Stubs:
             payments_pb2_grpc.PaymentsServiceStub(ch),
             refill_pb2_grpc.RefillServiceStub(ch),
             admin_pb2_grpc.AdminServiceStub(ch),
+            portal_pb2_grpc.PortalServiceStub(ch),
         )
 
 

@@ -11,6 +11,8 @@ from server.db.fastread import FastReader
 from server.db.schema import transfers
 from server.ledger.model import Kind, TransferView, wallet_id
 
+DAY_US = 86_400_000_000
+
 HISTORY_FIELDS = (
     "id", "kind", "amount", "debit_account", "credit_account", "debit_balance_after", "credit_balance_after",
     "description", "category", "ref", "created_at_us", "metadata",
@@ -19,7 +21,8 @@ HISTORY_COLUMNS = ", ".join(HISTORY_FIELDS)
 
 
 def page_query(
-    account: str, *, limit: int, before_id: int | None, kinds: list[str], start_us: int | None, end_us: int | None
+    account: str, *, limit: int, before_id: int | None, kinds: list[str], start_us: int | None, end_us: int | None,
+    category: str | None = None,
 ) -> tuple[str, list[Any]]:
     """One page of an account's transfers, newest first, with `?` placeholders."""
     # Each side walks its own (account, -id) index newest first; raw SQL on
@@ -40,6 +43,9 @@ def page_query(
     if end_us is not None:
         extra += " AND created_at_us < ?"
         params.append(end_us)
+    if category is not None:
+        extra += " AND category = ?"
+        params.append(category)
 
     def side(column: str) -> str:
         return f"SELECT * FROM (SELECT {HISTORY_COLUMNS} FROM transfers WHERE {column} = ?{extra} ORDER BY -id LIMIT ?) AS {column[0]}"
@@ -62,11 +68,32 @@ class HistoryRepository:
         kinds: list[str],
         start_us: int | None,
         end_us: int | None,
+        category: str | None = None,
     ) -> list[TransferView]:
         account = wallet_id(user_id)
-        sql, args = page_query(account, limit=limit, before_id=before_id, kinds=kinds, start_us=start_us, end_us=end_us)
+        sql, args = page_query(
+            account, limit=limit, before_id=before_id, kinds=kinds, start_us=start_us, end_us=end_us, category=category
+        )
         rows = await self.fast.fetchall(sql, *args)
         return [TransferView.of(dict(zip(HISTORY_FIELDS, r, strict=True)), account) for r in rows]
+
+    async def daily_spending(self, user_id: str, start_us: int, end_us: int) -> list[tuple[int, str, int, int]]:
+        """(UTC day number, category, amount, operations) of the window's spending."""
+        day = (transfers.c.created_at_us // DAY_US).label("day")
+        category = func.coalesce(func.nullif(transfers.c.category, ""), literal("other")).label("category")
+        q = (
+            select(day, category, func.sum(transfers.c.amount), func.count())
+            .where(
+                transfers.c.debit_account == wallet_id(user_id),
+                transfers.c.kind.in_([str(Kind.SPEND), str(Kind.HOLD_CAPTURE)]),
+                transfers.c.created_at_us >= start_us,
+                transfers.c.created_at_us < end_us,
+            )
+            .group_by(day, category)
+            .order_by(day, category)
+        )
+        async with self.engine.connect() as conn:
+            return [(int(r[0]), r[1], int(r[2]), int(r[3])) for r in (await conn.execute(q)).all()]
 
     async def spending_by_category(self, user_id: str, start_us: int, end_us: int) -> list[tuple[str, int, int]]:
         account = wallet_id(user_id)

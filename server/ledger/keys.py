@@ -193,3 +193,17 @@ def stripe_refill_charge(payment_id: str) -> str:
 def refill_attempt(job_id: str, attempt: int) -> str:
     """The payment id of one auto-refill attempt (`rfa_` + job + attempt number)."""
     return f"rfa_{job_id}_{attempt}"
+
+
+# ---- billing portal ---------------------------------------------------------------------
+
+
+def portal_link(idempotency_key: str) -> str:
+    """What a portal link's token is derived from (an HMAC under the server's
+    secret): a repeat of CreatePortalSession returns the same link."""
+    return encode("portal-link", idempotency_key)
+
+
+def portal_csrf(cookie_hash: str) -> str:
+    """What a portal session's form token is derived from."""
+    return encode("portal-csrf", cookie_hash)

@@ -1,0 +1,205 @@
+"""The portal's rules over plain HTTP (aiohttp client) on the real server, on
+SQLite and PostgreSQL: who may create a session for which wallet; a link
+opens once and expires; the cookie is HttpOnly and SameSite; a forged or
+ended session reaches nothing; forms need the session's CSRF token and our
+own origin; every value is escaped; a session has a rate limit; the CSV
+export equals ListTransactions, filters included, across many pages."""
+
+from __future__ import annotations
+
+import csv
+import io
+import secrets
+import uuid
+from datetime import datetime, timedelta
+
+import grpc
+from flownexus.billing.v1 import common_pb2, history_pb2, portal_pb2
+
+from server.platform.clock import ManualClock
+from tests.calls import FREE, spend, transactions
+from tests.harness import Running, auth, expect_error, serving
+from tests.portal.portal import browser_client, fetch, form_tokens, local, opened, portal_link, post
+
+
+async def test_a_service_creates_a_link_that_opens_once(server: Running) -> None:
+    link = await portal_link(server, "alice", return_url="https://app.example.com/settings")
+    assert link.user_id == "alice" and "alice" not in link.url
+    assert link.url.startswith("http://localhost:8080/portal/open/")
+    async with browser_client() as s:
+        status, _, headers = await fetch(s, local(server, link.url))
+        assert status == 303 and headers["Location"] == "/portal/"
+        cookie = headers["Set-Cookie"]
+        assert "HttpOnly" in cookie and "SameSite=Lax" in cookie and "Max-Age=3600" in cookie
+        assert "Path=/" in cookie and "Secure" not in cookie  # plain http here; Secure over https
+        status, body, headers = await fetch(s, f"{server.http_base}/portal/")
+        assert status == 200
+        assert f"{FREE // 1000} <span" in body and "https://app.example.com/settings" in body
+        csp = headers["Content-Security-Policy"]
+        assert "frame-ancestors 'none'" in csp and "'nonce-" in csp and "unsafe-inline" not in csp
+        assert headers["Cache-Control"] == "no-store"
+    async with browser_client() as s:  # the same link again, from anywhere: refused
+        status, body, headers = await fetch(s, local(server, link.url))
+        assert status == 410 and "Set-Cookie" not in headers
+        assert (await fetch(s, f"{server.http_base}/portal/"))[0] == 401
+
+
+async def test_a_link_expires_and_a_session_ends(server: Running, clock: ManualClock) -> None:
+    link = await portal_link(server, "bob")
+    clock.advance(301)  # BILLING_PORTAL_LINK_TTL_SECONDS is 300
+    async with browser_client() as s:
+        assert (await fetch(s, local(server, link.url)))[0] == 410
+    async with browser_client() as s:
+        await opened(server, s, "bob")
+        assert (await fetch(s, f"{server.http_base}/portal/history"))[0] == 200
+        clock.advance(3601)
+        status, body, _ = await fetch(s, f"{server.http_base}/portal/history")
+        assert status == 401 and "Session ended" in body
+
+
+async def test_who_may_create_a_session(server: Running) -> None:
+    mine = await portal_link(server, "carol", as_service=False)
+    assert mine.user_id == "carol"
+    req = portal_pb2.CreatePortalSessionRequest(user_id="dave", request_id=uuid.uuid4().hex)
+    await expect_error(server.s.portal.CreatePortalSession(req, metadata=auth("carol")),
+                       grpc.StatusCode.PERMISSION_DENIED, "NOT_YOUR_ACCOUNT")
+    req = portal_pb2.CreatePortalSessionRequest(user_id="dave", org_id="org_1", request_id=uuid.uuid4().hex)
+    await expect_error(server.s.portal.CreatePortalSession(req, metadata=auth("svc", "service")),
+                       grpc.StatusCode.INVALID_ARGUMENT, "ORG_PORTAL_UNSUPPORTED")
+    for bad in ("http://app.example.com/", "http://127.0.0.1:3000/", "javascript:alert(1)", "https://u:p@x.com/",
+                "https:///nohost", "ftp://x.com/", "https://x.com/\nSet-Cookie: a=b"):
+        req = portal_pb2.CreatePortalSessionRequest(user_id="dave", return_url=bad, request_id=uuid.uuid4().hex)
+        await expect_error(server.s.portal.CreatePortalSession(req, metadata=auth("svc", "service")),
+                           grpc.StatusCode.INVALID_ARGUMENT, "INVALID_RETURN_URL")
+    req = portal_pb2.CreatePortalSessionRequest(user_id="dave", request_id="")
+    await expect_error(server.s.portal.CreatePortalSession(req, metadata=auth("svc", "service")),
+                       grpc.StatusCode.INVALID_ARGUMENT, "MISSING_REQUEST_ID")
+    # The same request again: the same link; other parameters: refused.
+    rid = uuid.uuid4().hex
+    first = await portal_link(server, "dave", request_id=rid)
+    assert (await portal_link(server, "dave", request_id=rid)).url == first.url
+    req = portal_pb2.CreatePortalSessionRequest(user_id="erin", request_id=rid)
+    await expect_error(server.s.portal.CreatePortalSession(req, metadata=auth("platform", "service")),
+                       grpc.StatusCode.FAILED_PRECONDITION, "REQUEST_ID_REUSED")
+
+
+async def test_http_return_url_on_loopback_only_when_allowed(db_url: str, clock: ManualClock) -> None:
+    async with serving(db_url, clock, portal_allow_http_loopback=True) as server:
+        link = await portal_link(server, "frank", return_url="http://127.0.0.1:3000/back")
+        assert link.url
+        req = portal_pb2.CreatePortalSessionRequest(user_id="frank", return_url="http://example.com/",
+                                                    request_id=uuid.uuid4().hex)
+        await expect_error(server.s.portal.CreatePortalSession(req, metadata=auth("svc", "service")),
+                           grpc.StatusCode.INVALID_ARGUMENT, "INVALID_RETURN_URL")
+
+
+async def test_a_forged_cookie_reaches_nothing(server: Running) -> None:
+    await spend(server, "gina", 5_000, uuid.uuid4().hex, category="secret-project")
+    async with browser_client() as real:
+        await opened(server, real, "gina")
+        assert "secret-project" in (await fetch(real, f"{server.http_base}/portal/history"))[1]
+    pages = ("/portal/", "/portal/usage", "/portal/history", "/portal/history.csv", "/portal/payments",
+             "/portal/buy", "/portal/auto-refill", "/portal/plan")
+    for forged in (secrets.token_urlsafe(32), "x", "gina", "wallet:gina", ""):
+        async with browser_client() as s:
+            for path in pages:
+                status, body, _ = await fetch(s, f"{server.http_base}{path}", cookies={"portal_session": forged})
+                assert status == 401 and "secret-project" not in body and "gina" not in body, (forged, path)
+            status, _, _ = await post(s, f"{server.http_base}/portal/auto-refill",
+                                      {"enabled": "on", "threshold": "10", "amount": "10", "csrf": "x", "request_id": "r"},
+                                      cookies={"portal_session": forged})
+            assert status == 401
+
+
+async def test_forms_need_the_token_and_our_origin(server: Running) -> None:
+    async with browser_client() as s:
+        await opened(server, s, "hank")
+        url = f"{server.http_base}/portal/auto-refill"
+        fields = {**await form_tokens(s, url), "threshold": "20", "amount": "15"}  # enabled off: always allowed
+        for bad in ({**fields, "csrf": ""}, {**fields, "csrf": fields["csrf"][:-2] + "AA"},
+                    {k: v for k, v in fields.items() if k != "csrf"}):
+            assert (await post(s, url, bad))[0] == 403
+        assert (await post(s, url, fields, headers={"Origin": "https://evil.example"}))[0] == 403
+        assert (await post(s, url, fields, headers={"Sec-Fetch-Site": "cross-site"}))[0] == 403
+        status, _, headers = await post(s, url, fields, headers={"Origin": server.http_base,
+                                                                 "Sec-Fetch-Site": "same-origin"})
+        assert status == 303 and headers["Location"] == "/portal/auto-refill?done=refill-saved"
+        # Another session's token is not this session's.
+        async with browser_client() as other:
+            await opened(server, other, "ivan")
+            theirs = await form_tokens(other, url)
+        assert (await post(s, url, {**fields, "csrf": theirs["csrf"]}))[0] == 403
+
+
+async def test_values_are_escaped(server: Running) -> None:
+    evil = '<script>alert("x")</script>'
+    user = "judy"
+    await spend(server, user, 1_000, uuid.uuid4().hex, category="sandbox", description=evil)
+    async with browser_client() as s:
+        await opened(server, s, user)
+        status, body, _ = await fetch(s, f"{server.http_base}/portal/history")
+        assert status == 200 and "<script>" not in body and "&lt;script&gt;alert(&#34;x&#34;)" in body
+        _, body, _ = await fetch(s, f"{server.http_base}/portal/history?category=%3Cb%3E")
+        assert "<b>" not in body and 'value="&lt;b&gt;"' in body
+
+
+async def test_a_session_has_a_rate_limit(db_url: str, clock: ManualClock) -> None:
+    async with serving(db_url, clock, portal_rate_per_second=0.01, portal_rate_burst=3) as server:
+        async with browser_client() as s, browser_client() as other:
+            await opened(server, s, "kim")
+            await opened(server, other, "lee")
+            codes = [(await fetch(s, f"{server.http_base}/portal/plan"))[0] for _ in range(5)]
+            assert codes == [200, 200, 200, 429, 429]
+            assert (await fetch(other, f"{server.http_base}/portal/plan"))[0] == 200  # per session
+
+
+def csv_rows(body: str) -> list[list[str]]:
+    rows = list(csv.reader(io.StringIO(body)))
+    assert rows[0] == ["id", "date", "type", "amount_millicredits", "balance_after_millicredits", "category",
+                       "description"]
+    return rows[1:]
+
+
+def as_csv(t: common_pb2.Transaction) -> list[str]:
+    """A transaction as the CSV must show it: every field ListTransactions gives."""
+    return [t.id, t.date.ToDatetime().strftime("%Y-%m-%dT%H:%M:%S.%fZ"), common_pb2.TransactionType.Name(t.type),
+            str(t.amount_millicredits), str(t.balance_after_millicredits), t.category, t.description]
+
+
+async def test_csv_export_equals_list_transactions(server: Running, clock: ManualClock) -> None:
+    from server.portal import pages
+
+    user = "mia"
+    for i in range(23):
+        await spend(server, user, 100 + i, uuid.uuid4().hex, category="train" if i % 3 else "sandbox",
+                    description=f"job {i}")
+        clock.advance(3600)
+    pages.CSV_PAGE, before = 5, pages.CSV_PAGE  # many pages of the export
+    try:
+        async with browser_client() as s:
+            await opened(server, s, user)
+            status, body, headers = await fetch(s, f"{server.http_base}/portal/history.csv")
+            assert status == 200 and headers["Content-Type"].startswith("text/csv")
+            assert "attachment" in headers["Content-Disposition"]
+            every = await transactions(server, user)  # oldest first
+            assert csv_rows(body) == [as_csv(t) for t in reversed(every)]
+            assert len(every) == 24  # the free allowance and 23 spends
+
+            _, body, _ = await fetch(s, f"{server.http_base}/portal/history.csv?category=sandbox&type=spend")
+            want = [as_csv(t) for t in reversed(every) if t.category == "sandbox"]
+            assert csv_rows(body) == want and len(want) == 8
+
+            spends = await transactions(server, user, common_pb2.TRANSACTION_TYPE_SPEND)
+            _, body, _ = await fetch(s, f"{server.http_base}/portal/history.csv?type=spend")
+            assert csv_rows(body) == [as_csv(t) for t in reversed(spends)]
+
+            # A date window, as ListTransactions' start_time/end_time give it.
+            day = every[5].date.ToDatetime().date()
+            req = history_pb2.ListTransactionsRequest(user_id=user, page_size=100)
+            req.start_time.FromDatetime(datetime(day.year, day.month, day.day))
+            req.end_time.FromDatetime(datetime(day.year, day.month, day.day) + timedelta(days=1))
+            listed = (await server.s.history.ListTransactions(req, metadata=auth(user))).transactions
+            _, body, _ = await fetch(s, f"{server.http_base}/portal/history.csv?from={day}&to={day}")
+            assert csv_rows(body) == [as_csv(t) for t in listed] and listed
+    finally:
+        pages.CSV_PAGE = before
