@@ -209,7 +209,8 @@ class Guard:
             f"base-uri 'none'; frame-ancestors {self.frame_ancestors}"
         )
         resp.headers["Cache-Control"] = "no-store"
-        resp.headers["Referrer-Policy"] = "no-referrer"
+        # Our own forms keep their Origin; other sites (Stripe, the return URL) get no referrer.
+        resp.headers["Referrer-Policy"] = "same-origin"
         resp.headers["X-Content-Type-Options"] = "nosniff"
         return resp
 
@@ -234,11 +235,12 @@ class Guard:
 
     def same_site(self, request: web.Request) -> bool:
         """A form post from our own pages: a browser says where it came from."""
-        if request.headers.get("Sec-Fetch-Site", "same-origin") not in ("same-origin", "none"):
+        fetch_site = request.headers.get("Sec-Fetch-Site")
+        if fetch_site is not None and fetch_site != "same-origin":
             return False
         origin = request.headers.get("Origin")
-        if origin is None:
-            return True  # no Origin (old browsers); the CSRF token still decides
+        if origin is None or (origin == "null" and fetch_site == "same-origin"):
+            return True  # an old browser, or a privacy setting; the CSRF token still decides
         own = {f"{request.scheme}://{request.host}"}
         base = urlsplit(self.service.settings.public_base_url)
         own.add(f"{base.scheme}://{base.netloc}")
