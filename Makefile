@@ -39,7 +39,13 @@ grpcurl: $(RUN_STAMP)
 # and sockets, so two share the machine's cores well (measured: 14 -> 8 min).
 TEST_WORKERS ?= 2
 
-test: $(STAMP)
+# axe-core for the portal's accessibility check (tests/portal), from its lock file.
+AXE := tests/portal/js/node_modules/axe-core/axe.min.js
+$(AXE): tests/portal/js/package.json tests/portal/js/package-lock.json
+	cd tests/portal/js && npm ci --no-audit --no-fund --silent
+	@touch $(AXE)
+
+test: $(STAMP) $(AXE)
 	$(PY) -m pytest -q -n $(TEST_WORKERS)
 
 # The period-sensitive tests again under a shifted wall clock (Debian's faketime),

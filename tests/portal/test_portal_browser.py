@@ -56,6 +56,7 @@ async def history_of_spending(server: Running, clock: ManualClock, user: str) ->
 
 async def axe(page: Page) -> list[dict[str, Any]]:
     """axe-core's serious and critical violations on the page now open."""
+    assert AXE.exists(), f"{AXE} is missing: run `make test`, or `npm ci` in tests/portal/js"
     await page.run(page.driver.execute_script, AXE.read_text())
     found = await page.run(page.driver.execute_async_script, """
         const done = arguments[arguments.length - 1];
