@@ -176,6 +176,13 @@ async def test_the_portal_story(stripe_server: Running, stripe_fake: StripeFake,
     assert got.auto_refill.amount_cents == 1_500
     assert "on" in (await page.text("#refill-status")).lower() or got.auto_refill.enabled
 
+    # The pages that changed, photographed again with the purchases on them.
+    for name, path in PAGES:
+        if name in ("overview", "payments", "auto-refill"):
+            await page.open(f"{server.http_base}{path}")
+            assert not await axe(page), (name, await axe(page))
+            await photograph(page, name)
+
     # 5. Filter the history, then download what the filter shows.
     await page.open(f"{server.http_base}/portal/history")
     from selenium.webdriver.support.ui import Select
