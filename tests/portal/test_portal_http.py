@@ -14,12 +14,14 @@ import uuid
 from datetime import datetime, timedelta
 
 import grpc
-from flownexus.billing.v1 import common_pb2, history_pb2, portal_pb2
+from flownexus.billing.v1 import admin_pb2, common_pb2, history_pb2, portal_pb2
 
 from server.platform.clock import ManualClock
 from tests.calls import FREE, spend, transactions
 from tests.harness import Running, auth, expect_error, serving
+from tests.payments.test_topup import save_card
 from tests.portal.portal import browser_client, fetch, form_tokens, local, opened, portal_link, post
+from tests.stripe_fake import StripeFake
 
 
 async def test_a_service_creates_a_link_that_opens_once(server: Running) -> None:
@@ -203,3 +205,50 @@ async def test_csv_export_equals_list_transactions(server: Running, clock: Manua
             assert csv_rows(body) == [as_csv(t) for t in listed] and listed
     finally:
         pages.CSV_PAGE = before
+
+
+async def test_https_cookie_and_frame_ancestors_follow_the_settings(db_url: str, clock: ManualClock) -> None:
+    async with serving(db_url, clock, public_base_url="https://billing.example.com",
+                       portal_frame_ancestors="https://app.example.com") as server:
+        link = await portal_link(server, "nina")
+        assert link.url.startswith("https://billing.example.com/portal/open/")
+        async with browser_client() as s:
+            status, _, headers = await fetch(s, local(server, link.url))
+            assert status == 303
+            cookie = headers["Set-Cookie"]
+            assert cookie.startswith("__Host-portal_session=") and "Secure" in cookie and "HttpOnly" in cookie
+            status, _, headers = await fetch(s, f"{server.http_base}/portal/open/{'A' * 43}")
+            assert status == 410 and "frame-ancestors https://app.example.com" in headers["Content-Security-Policy"]
+
+
+async def test_actions_follow_the_services_rules(stripe_server: Running, stripe_fake: StripeFake) -> None:
+    """The portal's forms answer what the RPCs answer: the same amount limits,
+    the same saved-card rule, the same pause on a flagged account."""
+    server, user = stripe_server, "olga"
+    async with browser_client() as s:
+        await opened(server, s, user)
+        buy = f"{server.http_base}/portal/buy"
+        fields = await form_tokens(s, buy)
+        status, body, _ = await post(s, buy, {**fields, "amount": "5"})  # below the $10 minimum
+        assert status == 400 and "INVALID_AMOUNT" in body
+        status, body, _ = await post(s, buy, {**fields, "amount": "ten"})
+        assert status == 400 and "INVALID_AMOUNT" in body
+        status, body, _ = await post(s, f"{server.http_base}/portal/top-up", {**fields, "amount": "10"})
+        assert status == 409 and "PAYMENT_METHOD_REQUIRED" in body  # no card saved yet
+        refill = f"{server.http_base}/portal/auto-refill"
+        status, body, _ = await post(s, refill, {**fields, "enabled": "on", "threshold": "20", "amount": "10"})
+        assert status == 409 and "PAYMENT_METHOD_REQUIRED" in body
+
+        await save_card(server, stripe_fake, user, "pm_card_visa")
+        fields = await form_tokens(s, refill)
+        status, _, _ = await post(s, refill, {**fields, "enabled": "on", "threshold": "20", "amount": "10"})
+        assert status == 303
+        _, body, _ = await fetch(s, f"{server.http_base}/portal/")
+        assert 'id="refill-state">On<' in body
+        # An admin flags the account: refill pauses, and the overview says why and where to fix it.
+        req = admin_pb2.SetAccountFlagRequest(user_id=user, flag=admin_pb2.ACCOUNT_FLAG_DISPUTED,
+                                              reason="chargeback review", request_id=uuid.uuid4().hex)
+        await server.s.admin.SetAccountFlag(req, metadata=auth("ops", "admin"))
+        _, body, _ = await fetch(s, f"{server.http_base}/portal/")
+        assert 'id="refill-state">Paused<' in body and "account flagged" in body
+        assert 'href="/portal/auto-refill">Fix it' in body
