@@ -31,6 +31,7 @@ from flownexus.billing.v1 import common_pb2, payments_pb2, refill_pb2, tier_pb2
 from server.balance.service import BalanceService
 from server.grpc import convert, validation
 from server.history.service import HistoryService, forecast
+from server.ledger import keys
 from server.ledger.model import Kind, LotKind, TransferView
 from server.payments.service import PaymentsService
 from server.platform import errors
@@ -370,7 +371,7 @@ def page_routes(service: PortalService, d: Domains) -> list[web.RouteDef]:
     async def payments(ctx: Ctx) -> web.StreamResponse:
         before_q = ctx.request.query.get("before", "")
         at, _, pid = before_q.partition(".")
-        before = (int(at), pid) if at.isdigit() and len(at) < 19 and pid.isalnum() else None
+        before = (int(at), pid) if at.isdigit() and len(at) < 19 and keys.is_server_id(pid) else None
         rows = await d.payments.list(ctx.principal, "", limit=PAGE_SIZE + 1, before=before)
         older = ""
         if len(rows) > PAGE_SIZE:

@@ -8,13 +8,15 @@ export equals ListTransactions, filters included, across many pages."""
 from __future__ import annotations
 
 import csv
+import html
 import io
+import re
 import secrets
 import uuid
 from datetime import datetime, timedelta
 
 import grpc
-from flownexus.billing.v1 import admin_pb2, common_pb2, history_pb2, portal_pb2
+from flownexus.billing.v1 import admin_pb2, common_pb2, history_pb2, payments_pb2, portal_pb2
 
 from server.platform.clock import ManualClock
 from tests.calls import FREE, spend, transactions
@@ -252,3 +254,40 @@ async def test_actions_follow_the_services_rules(stripe_server: Running, stripe_
         _, body, _ = await fetch(s, f"{server.http_base}/portal/")
         assert 'id="refill-state">Paused<' in body and "account flagged" in body
         assert 'href="/portal/auto-refill">Fix it' in body
+
+
+async def test_history_and_payments_pages_follow_their_older_links(
+    stripe_server: Running, stripe_fake: StripeFake, clock: ManualClock
+) -> None:
+    from server.portal import pages
+
+    server, user = stripe_server, "pia"
+    await save_card(server, stripe_fake, user, "pm_card_visa")
+    for i in range(7):
+        await spend(server, user, 100 + i, uuid.uuid4().hex, category="sandbox")
+        req = payments_pb2.TopUpRequest(amount_cents=1_000 + i * 100, request_id=uuid.uuid4().hex)
+        await server.s.payments.TopUp(req, metadata=auth(user))
+        clock.advance(60)
+    pages.PAGE_SIZE, before = 3, pages.PAGE_SIZE
+    try:
+        async with browser_client() as s:
+            await opened(server, s, user)
+            for path, row, want in (
+                ("/portal/history", re.compile(r'<tr data-id="(\d+)">'),
+                 [t.id for t in reversed(await transactions(server, user))]),
+                ("/portal/payments", re.compile(r'<td class="num">\$(\d+\.\d\d)</td>'),
+                 [f"{10 + i}.00" for i in range(6, -1, -1)]),
+            ):
+                seen: list[str] = []
+                url = f"{server.http_base}{path}"
+                while url:
+                    status, body, _ = await fetch(s, url)
+                    assert status == 200, body
+                    page_rows = row.findall(body)
+                    assert len(page_rows) <= 3
+                    seen += page_rows
+                    older = re.search(r'href="(/portal/(?:history|payments)\?[^"]*before=[^"]+)">Older', body)
+                    url = f"{server.http_base}{html.unescape(older.group(1))}" if older else ""
+                assert seen == want, path
+    finally:
+        pages.PAGE_SIZE = before
