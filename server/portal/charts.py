@@ -10,7 +10,7 @@ DAY_US = 86_400_000_000
 # Okabe-Ito: told apart by people with the common colour-vision deficiencies.
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#8C6D1F", "#3D3D3D")
 WIDTH, HEIGHT = 720, 280
-LEFT, RIGHT, TOP, BOTTOM = 64, 12, 14, 34
+LEFT, RIGHT, TOP, BOTTOM = 56, 48, 14, 34  # y labels on both sides (a phone scrolls to the right end)
 
 
 @dataclass
