@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         from server.app import App
 
         try:
-            import uvloop  # type: ignore[import-not-found]
+            import uvloop
 
             uvloop.install()
         except ImportError:
@@ -103,17 +103,13 @@ def main(argv: list[str] | None = None) -> int:
         print("migrations applied")
         return 0
     if args.command == "verify":
-        from sqlalchemy import inspect
-
         from server.db.engine import Database
         from server.ledger.verify import verify
 
         async def audit() -> bool:
             db = Database(settings.database_url)
             try:
-                async with db.reader.connect() as conn:
-                    migrated = await conn.run_sync(lambda c: inspect(c).has_table("transfers"))
-                if not migrated:
+                if not await db.migrated():
                     print(f"no ledger at {settings.database_url}: run `python -m server migrate` first", file=sys.stderr)
                     return False
                 report = await verify(db.reader)

@@ -41,10 +41,11 @@ from server.grpc.interceptors import CallInterceptor
 from server.history import grpc as history_grpc
 from server.history.repository import HistoryRepository
 from server.history.service import HistoryService
-from server.ledger.model import BalanceEvent
+from server.ledger.model import BalanceEvent, tally
 from server.ledger.repository import LedgerReader
 from server.ledger.writer import LedgerWriter
 from server.payments import grpc as payments_grpc
+from server.payments.events import EventRouter
 from server.payments.gateway import StripeGateway
 from server.payments.service import PaymentsService
 from server.platform.clock import Clock
@@ -56,6 +57,7 @@ from server.portal.pages import Domains
 from server.portal.service import PortalService
 from server.refill import grpc as refill_grpc
 from server.refill.service import RefillService, follow_account_flag
+from server.refill.worker import RefillWorker
 from server.registry import Registry
 from server.tiers import grpc as tiers_grpc
 from server.tiers.events import TierEvents
@@ -124,12 +126,15 @@ class App:
         reg = self.registry = Registry(self.writer, self.workers)
 
         self.stripe = StripeGateway(settings.stripe_api_key, settings.stripe_api_base)
-        self.payments = PaymentsService(settings, self.db, self.writer, self.clock, self.stripe, reg.webhooks)
+        # Stripe events: one table, filled by payments, refill and tiers in this order.
+        self.stripe_events = EventRouter()
+        self.payments = PaymentsService(settings, self.db, self.writer, self.clock, self.stripe, self.stripe_events)
         payments_grpc.register(reg, self.payments)
 
-        self.refill = RefillService(settings, self.db, self.writer, self.clock, self.stripe, self.payments)
-        refill_grpc.register(reg, self.refill)
-        self.payments.card_of = self.refill.charge_card  # TopUp charges auto-refill's card
+        # The worker first: enabling auto-refill below the threshold charges at once.
+        self.refill_worker = RefillWorker(settings, self.writer, self.payments)
+        self.refill = RefillService(settings, self.db, self.writer, self.clock, self.payments, self.refill_worker)
+        refill_grpc.register(reg, self.refill, self.refill_worker, self.stripe_events)
 
         self.balance = BalanceService(self.writer, self.reader, self.clock, self.refill.lookup)
         balance_grpc.register(reg, self.balance, self.hub, self.clock)
@@ -146,10 +151,12 @@ class App:
 
         self.tier_service = TierService(
             self.balance, self.writer, self.reader, self.db, self.clock, settings, self.tiers, self.tier_rules,
-            self.stripe, self.payments.customers,
+            self.stripe, self.payments,
         )
-        self.tier_service.card_of = self.refill.charge_card  # Pro on the card auto-refill charges
-        tiers_grpc.register(reg, self.tier_service, TierEvents(self.tier_rules, self.tiers["pro"].monthly_millicredits))
+        tiers_grpc.register(
+            reg, self.tier_service, TierEvents(self.tier_rules, self.tiers["pro"].monthly_millicredits, self.payments),
+            self.stripe_events,
+        )
 
         # Last: admin flags follow refill's rule (a flag pauses, clearing resumes).
         self.admin = AdminService(self.writer, AdminRepository(self.db.reader), follow_account_flag, self.refill.view)
@@ -170,7 +177,8 @@ class App:
         self.draining = False
 
     def _publish(self, events: list[BalanceEvent]) -> None:
-        METRICS.observe_events(events)
+        t = tally(events)  # the ledger reports to the metrics, which know no ledger
+        METRICS.observe_transfers(t.counts, spent=t.spent, granted=t.granted, clawed=t.clawed)
         self.hub.deliver(events)
 
     # ---- lifecycle -------------------------------------------------------------------
@@ -266,7 +274,7 @@ class App:
         site = web.TCPSite(runner, self.settings.http_host, self.settings.http_port, reuse_port=self.reuse_port or None)
         await site.start()
         self._http_runner = runner
-        sockets = site._server.sockets if site._server else []  # type: ignore[union-attr,attr-defined]
+        sockets = site._server.sockets if site._server else []  # type: ignore[attr-defined]
         self.http_port = sockets[0].getsockname()[1] if sockets else self.settings.http_port
 
     async def _healthz(self, request: web.Request) -> web.Response:

@@ -247,7 +247,7 @@ async def serving(url: str, clock: ManualClock, **overrides: Any) -> AsyncIterat
 
 
 def error_info(exc: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo:
-    status = rpc_status.from_call(exc)  # type: ignore[arg-type]
+    status = rpc_status.from_call(exc)
     assert status is not None, f"no rich status on {exc.code()}: {exc.details()}"
     for detail in status.details:
         if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):

@@ -162,7 +162,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
                 expires_at_us=h["expires_at_us"], captured=h["captured"], category=h["category"],
             )) for h in view.holds],
             flagged_reason=w["flagged_reason"] or "",
-            tier=convert.tier_pb(w["tier"]),  # type: ignore[arg-type]
+            tier=convert.tier_pb(w["tier"]),
             period_start=convert.ts(w["period_start_us"]),
             period_end=convert.ts(w["period_end_us"]),
             subscription_status=SUBSCRIPTION_STATUS.get(sub.get("status") or "none", tier_pb2.SUBSCRIPTION_STATUS_NONE),

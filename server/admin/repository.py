@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from sqlalchemy import select, text, tuple_
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -20,11 +21,17 @@ from server.db.schema import (
 )
 from server.ledger.model import LotKind, wallet_id
 from server.ledger.repository import LOT_ORDER
+from server.ledger.tx import LedgerTx
 
 # GetAccount shows this many of the newest of each.
 ACCOUNT_HOLDS = 100
 ACCOUNT_REFILL_JOBS = 5
 ACCOUNT_PAYMENTS = 10
+
+
+def record_action(tx: LedgerTx, row: dict[str, Any]) -> None:
+    """The audit row of an admin change, staged in the change's own batch."""
+    tx.rows(admin_actions).insert(row)
 
 
 class AdminRepository:

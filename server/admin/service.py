@@ -10,8 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from server.admin.models import AccountView, Action, AdminActionView, AdminResult
-from server.admin.repository import AdminRepository
-from server.db.schema import admin_actions
+from server.admin.repository import AdminRepository, record_action
 from server.ledger import corrections
 from server.ledger.model import LotKind, TransferView, from_json, to_json, wallet_id
 from server.ledger.ops import Idempotency, Op
@@ -43,7 +42,7 @@ class Operator:
 class AdminChange(Op[AdminResult]):
     """One admin change, alone in its batch: `change(tx)` makes it and returns
     (user_id, transfers, flagged_reason); the audit row is staged in the same
-    transaction (tx.rows(admin_actions))."""
+    transaction (server/admin/repository.py `record_action`)."""
 
     result_type = AdminResult
     exclusive = True
@@ -67,7 +66,7 @@ class AdminChange(Op[AdminResult]):
     async def apply(self, tx: LedgerTx) -> AdminResult:
         user_id, rows, flagged = await self.change(tx)
         action_id = f"adm_{uuid.uuid4().hex}"
-        tx.rows(admin_actions).insert({
+        record_action(tx, {
             "id": action_id,
             "actor": self.actor,
             "action": str(self.action),

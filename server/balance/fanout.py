@@ -26,6 +26,7 @@ from typing import Any
 import asyncpg
 
 from server.balance.watch import RESYNC, WatchHub
+from server.db.engine import ping
 from server.ledger.model import BalanceEvent, TransferView
 from server.ledger.ops import Op
 from server.ledger.tx import LedgerTx
@@ -138,7 +139,7 @@ class PgFanout:
                         await asyncio.wait_for(lost.wait(), 15)
                     if not lost.is_set():
                         try:
-                            await asyncio.wait_for(conn.execute("SELECT 1"), 10)
+                            await asyncio.wait_for(ping(conn), 10)
                         except Exception:
                             break
             except asyncio.CancelledError:

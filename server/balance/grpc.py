@@ -27,7 +27,7 @@ class BalanceServicer(balance_pb2_grpc.BalanceServiceServicer):
             credits_millicredits=state.credits,
             auto_refill=refill.enabled,
             threshold_millicredits=refill.threshold,
-            tier=convert.tier_pb(state.tier),  # type: ignore[arg-type]
+            tier=convert.tier_pb(state.tier),
             pending_millicredits=state.pending,
             auto_refill_paused_reason=refill.paused_reason,
         )
@@ -63,7 +63,7 @@ class BalanceServicer(balance_pb2_grpc.BalanceServiceServicer):
             pending_millicredits=state.pending,
             time=convert.ts(self.clock.now_us()),
             coalesced=coalesced,
-            tier=convert.tier_pb(state.tier),  # type: ignore[arg-type]
+            tier=convert.tier_pb(state.tier),
         )
 
     def _event(self, event: BalanceEvent) -> balance_pb2.WatchBalanceResponse:

@@ -274,4 +274,4 @@ def _row_values(names: Sequence[str]) -> Callable[[Row], tuple[Any, ...]]:
     get = operator.itemgetter(*names)
     if len(names) == 1:
         return lambda row: (get(row),)
-    return get  # type: ignore[return-value]
+    return get

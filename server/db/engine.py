@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import event, inspect
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -67,6 +67,17 @@ class Database:
     async def migrate(self) -> None:
         async with self.writer.begin() as conn:
             await conn.run_sync(_alembic_upgrade)
+
+
+    async def migrated(self) -> bool:
+        """The ledger's tables exist (the migrations ran)."""
+        async with self.reader.connect() as conn:
+            return bool(await conn.run_sync(lambda c: inspect(c).has_table("transfers")))
+
+
+async def ping(conn: Any) -> None:
+    """A liveness check on a raw driver connection (asyncpg)."""
+    await conn.execute("SELECT 1")
 
 
 def _sqlite_path(url: str) -> str:

@@ -187,6 +187,22 @@ payments = Table(
     Index("ix_payments_charge", "charge_id"),
 )
 
+# The card off-session charges use (auto-refill, TopUp, the Pro upgrade), one
+# per user, owned by payments. A card saved through a setup link is first
+# known by its SetupIntent, resolved into payment_method_id when charged.
+saved_cards = Table(
+    "saved_cards",
+    metadata,
+    Column("user_id", String(128), primary_key=True),
+    Column("payment_method_id", String(255), nullable=True),
+    Column("brand", String(32), nullable=False, default=""),
+    Column("last4", String(8), nullable=False, default=""),
+    Column("exp_month", Integer, nullable=False, default=0),
+    Column("exp_year", Integer, nullable=False, default=0),
+    Column("setup_intent_id", String(255), nullable=True),
+    Column("updated_at_us", BigInteger, nullable=False),
+)
+
 # Every verified Stripe event, stored once by id (duplicate deliveries are no-ops).
 webhook_events = Table(
     "webhook_events",
@@ -250,13 +266,6 @@ refill_configs = Table(
     Column("enabled", Boolean, nullable=False, default=False),
     Column("threshold", BigInteger, nullable=False, default=0),  # millicredits
     Column("amount_cents", BigInteger, nullable=False, default=0),
-    Column("payment_method_id", String(255), nullable=True),
-    Column("pm_brand", String(32), nullable=False, default=""),
-    Column("pm_last4", String(8), nullable=False, default=""),
-    Column("pm_exp_month", Integer, nullable=False, default=0),
-    Column("pm_exp_year", Integer, nullable=False, default=0),
-    # A card saved through a setup link, not yet resolved into payment_method_id.
-    Column("setup_intent_id", String(255), nullable=True),
     Column("state", String(16), nullable=False, default="active"),
     Column("paused_reason", String(64), nullable=False, default=""),
     Column("recovery_url", Text, nullable=False, default=""),

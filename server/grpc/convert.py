@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 from flownexus.billing.v1 import balance_pb2, common_pb2, usage_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -17,16 +19,17 @@ def ts(us: int | None) -> Timestamp | None:
     return t
 
 
-def tier_pb(name: str) -> int:
-    return common_pb2.Tier.Value(f"TIER_{name.upper()}")
+# The generated enum wrappers' Value() is typed int; message fields take the enum type.
+def tier_pb(name: str) -> common_pb2.Tier:
+    return cast(common_pb2.Tier, common_pb2.Tier.Value(f"TIER_{name.upper()}"))
 
 
 def tier_name(value: int) -> str:
     return common_pb2.Tier.Name(value).removeprefix("TIER_").lower()
 
 
-def kind_pb(kind: str) -> int:
-    return common_pb2.TransactionType.Value(f"TRANSACTION_TYPE_{kind.upper()}")
+def kind_pb(kind: str) -> common_pb2.TransactionType:
+    return cast(common_pb2.TransactionType, common_pb2.TransactionType.Value(f"TRANSACTION_TYPE_{kind.upper()}"))
 
 
 def kind_of(value: int) -> Kind:
@@ -42,7 +45,7 @@ def transaction(t: TransferView) -> common_pb2.Transaction:
         id=str(t.id),
         date=ts(t.created_at_us),
         amount_millicredits=t.amount,
-        type=kind_pb(t.kind),  # type: ignore[arg-type]
+        type=kind_pb(t.kind),
         description=t.description,
         balance_after_millicredits=t.balance_after,
         category=t.category,
@@ -50,10 +53,10 @@ def transaction(t: TransferView) -> common_pb2.Transaction:
     )
 
 
-def lot(row: dict) -> common_pb2.CreditLot:  # type: ignore[type-arg]
+def lot(row: dict[str, Any]) -> common_pb2.CreditLot:
     return common_pb2.CreditLot(
         id=str(row["id"]),
-        kind=common_pb2.LotKind.Value(f"LOT_KIND_{LotKind(row['kind']).value.upper()}"),  # type: ignore[arg-type]
+        kind=cast(common_pb2.LotKind, common_pb2.LotKind.Value(f"LOT_KIND_{LotKind(row['kind']).value.upper()}")),
         remaining_millicredits=row["remaining"],
         expires_at=ts(row["expires_at_us"]),
     )
@@ -64,7 +67,7 @@ def hold(h: HoldView) -> usage_pb2.Hold:
         id=h.id,
         user_id=h.user_id,
         amount_millicredits=h.amount,
-        status=usage_pb2.HoldStatus.Value(f"HOLD_STATUS_{h.status.upper()}"),  # type: ignore[arg-type]
+        status=cast(usage_pb2.HoldStatus, usage_pb2.HoldStatus.Value(f"HOLD_STATUS_{h.status.upper()}")),
         expires_at=ts(h.expires_at_us),
         captured_millicredits=h.captured,
         category=h.category,
@@ -78,7 +81,7 @@ def balance(state: WalletState) -> balance_pb2.GetBalanceResponse:
         pending_millicredits=state.pending,
         earned_total_millicredits=state.earned_total,
         spent_total_millicredits=state.spent_total,
-        tier=tier_pb(state.tier),  # type: ignore[arg-type]
+        tier=tier_pb(state.tier),
         lots=[lot(r) for r in state.lots],
         unlimited_overdraft=state.unlimited_overdraft,
     )

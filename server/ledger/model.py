@@ -147,6 +147,43 @@ class BalanceEvent:
     payment_url: str = ""
 
 
+# What the credits counters of /metrics add up (server/platform/metrics.py).
+GRANT_KINDS = frozenset({Kind.PURCHASE, Kind.AUTO_REFILL, Kind.ALLOWANCE_GRANT, *EARNED_KINDS, Kind.DISPUTE_RESTORE})
+CLAWBACK_KINDS = frozenset({Kind.REFUND_CLAWBACK, Kind.DISPUTE_CLAWBACK})
+
+
+@dataclass
+class TransferTally:
+    """A batch's transfers by kind, and the credits spent, granted and clawed back."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+    spent: int = 0
+    granted: int = 0
+    clawed: int = 0
+
+
+def tally(events: list[BalanceEvent]) -> TransferTally:
+    """Each transfer is seen from at most two wallets: counted once, by its id."""
+    seen: set[int] = set()
+    out = TransferTally()
+    counts = out.counts
+    for e in events:
+        t = e.transfer
+        if t is None or t.id in seen:
+            continue
+        seen.add(t.id)
+        kind = t.kind
+        counts[kind] = counts.get(kind, 0) + 1
+        amount = abs(t.amount)
+        if kind in SPENT_KINDS:
+            out.spent += amount
+        elif kind in GRANT_KINDS:
+            out.granted += amount
+        elif kind in CLAWBACK_KINDS:
+            out.clawed += amount
+    return out
+
+
 T = TypeVar("T")
 
 

@@ -110,7 +110,7 @@ class Op(Generic[R]):
         return to_json(result)
 
     def decode(self, data: bytes) -> R:
-        return from_json(self.result_type, data)  # type: ignore[no-any-return]
+        return from_json(self.result_type, data)
 
 
 @dataclass

@@ -14,20 +14,33 @@ the batch's write-back, before its single commit.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from sqlalchemy import Table, select
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.sql import Executable
 
-from server.db.batchsql import Row
+from server.db.batchsql import BatchSql, Row
 
-if TYPE_CHECKING:
-    from server.ledger.tx import LedgerTx
 
+class Batch(Protocol):
+    """What staged rows need of the batch they belong to (server/ledger/tx.py's
+    LedgerTx): its reads, its undo log and its write-back."""
+
+    is_sqlite: bool
+    sql: BatchSql
+
+    async def fetch(self, query: Executable) -> list[Row]: ...
+    async def fetch_one(self, query: Executable) -> Row | None: ...
+    async def execute_staged(self, statement: Executable, params: list[Row]) -> None: ...
+    def _set(self, row: Row, field: str, value: Any) -> None: ...
+    def _append(self, target: list[Any], item: Any) -> None: ...
+    def _add(self, target: set[Any], item: Any) -> None: ...
+    def _put(self, target: dict[Any, Any], key: Any, value: Any) -> None: ...
 
 
 class StagedRows:
-    def __init__(self, tx: LedgerTx, table: Table) -> None:
+    def __init__(self, tx: Batch, table: Table) -> None:
         (key,) = table.primary_key.columns  # one-column keys only
         self.tx = tx
         self.table = table

@@ -16,6 +16,7 @@ import stripe
 from pydantic import SecretStr
 
 from server.ledger import keys
+from server.payments.models import stripe_id
 from server.platform import deadline, errors
 
 log = logging.getLogger(__name__)
@@ -269,7 +270,7 @@ class StripeGateway:
         return sub
 
     async def _invoice_decline(self, invoice: Any) -> str:
-        invoice_id = invoice.get("id") if isinstance(invoice, dict) else invoice
+        invoice_id = stripe_id(invoice)
         if not invoice_id:
             return "card_declined"
         try:

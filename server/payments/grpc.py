@@ -10,6 +10,7 @@ from aiohttp import web
 from flownexus.billing.v1 import payments_pb2, payments_pb2_grpc
 
 from server.grpc import convert, validation
+from server.payments import webhooks
 from server.payments.models import PaymentKind, PaymentRow, PaymentStatus
 from server.payments.pages import page_routes
 from server.payments.service import PaymentsService, WebhookRejected
@@ -122,6 +123,7 @@ def webhook_routes(service: PaymentsService) -> list[web.RouteDef]:
 
 def register(reg: Registry, service: PaymentsService) -> None:
     reg.servicer(payments_pb2_grpc.add_PaymentsServiceServicer_to_server, PaymentsServicer(service))
+    webhooks.register(service.events)  # purchases, refunds, disputes: payments' own Stripe events
     reg.routes.extend(webhook_routes(service))
     reg.routes.extend(page_routes(service))
     reg.job("reconcile_payments", service.reconcile)

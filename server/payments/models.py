@@ -6,10 +6,9 @@ The enums are `StrEnum`s whose values are the strings stored in the
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import StrEnum
-from typing import TypedDict
-
-from server import registry
+from typing import Any, TypedDict
 
 
 class PaymentStatus(StrEnum):
@@ -67,4 +66,44 @@ class PaymentRow(TypedDict):
 
 
 # A Stripe API object or event, as plain JSON (server/payments/gateway.py's `_plain`).
-StripeObject = registry.StripeObject
+StripeObject = dict[str, Any]
+
+
+def stripe_id(value: object) -> str:
+    """The id of a Stripe reference, which Stripe sends as an id or, expanded,
+    as the object itself ("" when there is none)."""
+    if isinstance(value, dict):
+        return str(value.get("id") or "")
+    return str(value or "")
+
+
+@dataclass(frozen=True)
+class SavedCard:
+    """The card off-session charges use, with what a user is shown of it."""
+
+    payment_method_id: str
+    brand: str = ""
+    last4: str = ""
+    exp_month: int = 0
+    exp_year: int = 0
+
+
+@dataclass(frozen=True)
+class ChargeOutcome:
+    """What Stripe answered to an off-session charge of the saved card.
+    `status` is the PaymentIntent's (succeeded, processing, requires_action,
+    requires_payment_method, ...); `code` and `decline_code` say why not."""
+
+    status: str
+    payment_intent_id: str = ""
+    charge_id: str = ""
+    code: str = ""
+    decline_code: str = ""
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status == "succeeded"
+
+    @property
+    def processing(self) -> bool:
+        return self.status in ("processing", "requires_capture")

@@ -8,12 +8,15 @@ from __future__ import annotations
 import json
 from typing import Any, cast
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from server.db.schema import accounts, payments, transfers, users, webhook_events
+from server.db.schema import accounts, payments, saved_cards, transfers, users, webhook_events
 from server.ledger.tx import LedgerTx
-from server.payments.models import PaymentKind, PaymentRow, PaymentStatus
+from server.payments.models import CREDITED, PaymentKind, PaymentRow, PaymentStatus
+
+# Payments that took money (or hold it): what a monthly cap counts.
+CHARGED = (PaymentStatus.PENDING, *CREDITED)
 
 # ---- inside a ledger batch --------------------------------------------------------------
 
@@ -117,7 +120,60 @@ async def early_receipt(tx: LedgerTx, payment_intent_id: str) -> tuple[str, str]
     return None
 
 
+async def card(tx: LedgerTx, user_id: str) -> dict[str, Any] | None:
+    """The user's saved card row, locked for this batch (on PostgreSQL) and cached."""
+    return await tx.rows(saved_cards).get(user_id, lock=True)
+
+
+async def save_card(tx: LedgerTx, user_id: str, **values: Any) -> None:
+    rows = tx.rows(saved_cards)
+    row = await rows.get(user_id, lock=True)
+    if row is None:
+        rows.insert({"user_id": user_id, **values, "updated_at_us": tx.now_us})
+    else:
+        rows.update(row, **values, updated_at_us=tx.now_us)
+
+
+def _charged(user_id: str, kind: PaymentKind, month: tuple[int, int]) -> Any:
+    start_us, end_us = month
+    return select(func.coalesce(func.sum(payments.c.amount_cents), 0)).where(
+        payments.c.user_id == user_id,
+        payments.c.kind == kind,
+        payments.c.status.in_(CHARGED),
+        payments.c.created_at_us >= start_us,
+        payments.c.created_at_us < end_us,
+    )
+
+
+async def charged_cents(tx: LedgerTx, user_id: str, kind: PaymentKind, month: tuple[int, int]) -> int:
+    return int(await tx.fetch_scalar(_charged(user_id, kind, month)))
+
+
+async def declined(tx: LedgerTx, user_id: str, kind: PaymentKind, after_us: int, *, except_id: str = "") -> int:
+    """Payments of one kind that failed, made after `after_us`."""
+    q = select(func.count()).where(
+        payments.c.user_id == user_id,
+        payments.c.kind == kind,
+        payments.c.status == PaymentStatus.FAILED,
+        payments.c.created_at_us > after_us,
+    )
+    if except_id:
+        q = q.where(payments.c.id != except_id)
+    return int(await tx.fetch_scalar(q))
+
+
 # ---- outside a batch: the reader engine ---------------------------------------------------
+
+
+async def read_card(engine: AsyncEngine, user_id: str) -> dict[str, Any] | None:
+    async with engine.connect() as conn:
+        r = (await conn.execute(select(saved_cards).where(saved_cards.c.user_id == user_id))).mappings().first()
+    return dict(r) if r else None
+
+
+async def read_charged_cents(engine: AsyncEngine, user_id: str, kind: PaymentKind, month: tuple[int, int]) -> int:
+    async with engine.connect() as conn:
+        return int((await conn.execute(_charged(user_id, kind, month))).scalar_one())
 
 
 async def customer_id(conn: AsyncConnection, user_id: str) -> str | None:

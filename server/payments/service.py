@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,14 +24,23 @@ from server.ledger.writer import LedgerWriter
 from server.payments import repository as repo
 from server.payments import webhooks
 from server.payments.customers import StripeCustomers
+from server.payments.events import EventRouter
 from server.payments.gateway import StripeGateway, not_configured
-from server.payments.models import CREDITED, PaymentKind, PaymentRow, PaymentStatus
+from server.payments.models import (
+    CREDITED,
+    ChargeOutcome,
+    PaymentKind,
+    PaymentRow,
+    PaymentStatus,
+    SavedCard,
+    StripeObject,
+    stripe_id,
+)
 from server.platform import errors
 from server.platform.auth import Principal, Role
 from server.platform.clock import Clock
 from server.platform.config import Settings
 from server.platform.metrics import METRICS
-from server.registry import EventRouter
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +58,6 @@ class TopUpResult:
     payment: PaymentRow
     payment_url: str = ""  # the bank asks for confirmation: a Checkout link that completes this payment
     balance: int = 0  # millicredits, once credited
-
-
-# The user's card that off-session charges use (server/refill: the card auto-refill charges).
-CardLookup = Callable[[str], Awaitable["str | None"]]
 
 
 @dataclass
@@ -86,9 +90,8 @@ class PaymentsService:
         self.gateway = gateway
         self.customers = StripeCustomers(gateway, db, writer)
         self.events = events
-        self.card_of: CardLookup | None = None  # wired by server/app.py (auto-refill's card)
 
-    def _require_configured(self) -> None:
+    def require_configured(self) -> None:
         if not self.gateway.configured:
             raise not_configured()
 
@@ -108,7 +111,7 @@ class PaymentsService:
     async def create_link(
         self, principal: Principal, *, amount_cents: int, request_id: str, fingerprint: str
     ) -> PaymentLink:
-        self._require_configured()
+        self.require_configured()
         self._check_amount(amount_cents)
         user = principal.subject
         request_key = keys.idempotency(principal.role.value, user, "CreatePaymentLink", request_id)
@@ -181,7 +184,7 @@ class PaymentsService:
         called and names the charge's idempotency key, so a retry (a timeout, a
         lost response, a restart) reaches the same PaymentIntent; the credits
         come once through the grant key, from this call or the webhook."""
-        self._require_configured()
+        self.require_configured()
         self._check_amount(amount_cents)
         user = principal.subject
         request_key = keys.idempotency(principal.role.value, user, "TopUp", request_id)
@@ -194,7 +197,8 @@ class PaymentsService:
         if (row is not None and row["status"] != PaymentStatus.PENDING) or (row is not None and row["payment_url"]):
             return await self._top_up_answer(row)
         customer = await self.customers.known(user)
-        card = await self.card_of(user) if customer and self.card_of is not None else None
+        saved = await self.charge_card(user) if customer else None
+        card = saved.payment_method_id if saved else ""
         if not customer or not card:
             raise errors.FailedPrecondition(
                 "no saved card: buy once with CreatePaymentLink or save one with RefillService.CreateSetupLink",
@@ -233,7 +237,7 @@ class PaymentsService:
         pi_id = str(result.get("id") or "")
         code = str(result.get("decline_code") or result.get("code") or "")
         if status == "succeeded":
-            charge = webhooks._id(result.get("latest_charge"))
+            charge = stripe_id(result.get("latest_charge"))
 
             async def paid(tx: LedgerTx) -> TopUpResult:
                 p = await repo.get(tx, pid, lock=True)
@@ -313,6 +317,153 @@ class PaymentsService:
             metadata={"decline_code": code, "payment_id": row["id"], "payment_url": recovery},
         )
 
+    # ---- the Stripe seam: what auto-refill and tiers ask of payments ----------------------
+    # Payments owns the Stripe customer, the saved card and the payment rows; the
+    # other domains charge and read them only through these methods.
+
+    @property
+    def configured(self) -> bool:
+        return self.gateway.configured
+
+    async def customer(self, user_id: str) -> str:
+        """The user's Stripe customer, created on first use."""
+        return await self.customers.get_or_create(user_id)
+
+    async def saved_card(self, user_id: str) -> SavedCard | None:
+        """The card recorded for the user (no Stripe call): what a user is shown."""
+        row = await repo.read_card(self.db.reader, user_id)
+        return _card(row) if row is not None else None
+
+    async def has_card(self, tx: LedgerTx, user_id: str) -> bool:
+        """A card, or a setup link's card not yet resolved, is recorded (inside a batch)."""
+        row = await repo.card(tx, user_id)
+        return row is not None and bool(row["payment_method_id"] or row["setup_intent_id"])
+
+    async def charge_card(self, user_id: str) -> SavedCard | None:
+        """The card an off-session charge of the user uses, asking Stripe where
+        needed: a card from a setup link, else the one recorded from a
+        purchase, else the customer's saved card. Nothing is recorded (keep_card)."""
+        self.require_configured()
+        row = await repo.read_card(self.db.reader, user_id)
+        pm_id = ""
+        if row is not None and row["setup_intent_id"]:
+            si = await self.gateway.retrieve_setup_intent(str(row["setup_intent_id"]))
+            if si.get("status") == "succeeded" and si.get("payment_method"):
+                pm_id = stripe_id(si["payment_method"])
+        if not pm_id and row is not None and row["payment_method_id"]:
+            if row["last4"]:
+                return _card(row)
+            pm_id = str(row["payment_method_id"])
+        if not pm_id:
+            customer = await self.customers.known(user_id)
+            pm_id = (await self.gateway.saved_payment_method(customer) or "") if customer else ""
+        if not pm_id:
+            return None
+        pm = await self.gateway.retrieve_payment_method(pm_id)
+        card = pm.get("card") or {}
+        return SavedCard(
+            payment_method_id=pm_id, brand=str(card.get("brand") or "")[:32], last4=str(card.get("last4") or "")[:8],
+            exp_month=int(card.get("exp_month") or 0), exp_year=int(card.get("exp_year") or 0),
+        )
+
+    async def keep_card(self, tx: LedgerTx, user_id: str, card: SavedCard) -> None:
+        """Record the card charge_card found, inside the caller's batch."""
+        await repo.save_card(
+            tx, user_id, payment_method_id=card.payment_method_id, brand=card.brand, last4=card.last4,
+            exp_month=card.exp_month, exp_year=card.exp_year, setup_intent_id=None,
+        )
+
+    async def card_setup_link(self, user_id: str, idempotency_key: str) -> tuple[str, int]:
+        """A setup-mode Checkout link that saves a card (its URL, and when it expires)."""
+        self.require_configured()
+        base = self.settings.public_base_url.rstrip("/")
+        session = await self.gateway.create_setup_session(
+            customer_id=await self.customer(user_id), user_id=user_id,
+            success_url=f"{base}/billing/card-saved", cancel_url=f"{base}/billing/cancel",
+            idempotency_key=idempotency_key,
+        )
+        return str(session.get("url") or ""), int(session.get("expires_at") or 0) * 1_000_000
+
+    async def open_payment(
+        self, tx: LedgerTx, payment_id: str, user_id: str, kind: PaymentKind, amount_cents: int, credits: int
+    ) -> PaymentRow:
+        """A pending payment, inserted in the caller's batch."""
+        return await repo.insert_payment(tx, repo.new_payment(payment_id, user_id, kind, amount_cents, credits, tx.now_us))
+
+    async def payment_in(self, tx: LedgerTx, payment_id: str) -> PaymentRow | None:
+        """The payment as the caller's batch sees it (locked on PostgreSQL)."""
+        return await repo.get(tx, payment_id, lock=True)
+
+    async def read_payment(self, payment_id: str) -> PaymentRow | None:
+        return await repo.read(self.db.reader, payment_id)
+
+    async def charge_off_session(self, payment: PaymentRow, card: SavedCard) -> ChargeOutcome:
+        """Charge the saved card for this pending payment, without the user. The
+        payment's id is the charge's idempotency key, so a retry (and a payment
+        whose PaymentIntent is known already) reaches the same PaymentIntent.
+        Network errors raise STRIPE_UNAVAILABLE."""
+        if payment["payment_intent_id"]:
+            result = await self.gateway.retrieve_payment_intent(payment["payment_intent_id"])
+        else:
+            customer = await self.customers.known(payment["user_id"])
+            if not customer:
+                return ChargeOutcome("failed", code="payment_method_missing")
+            key = (keys.stripe_refill_charge(payment["id"]) if payment["kind"] == PaymentKind.AUTO_REFILL
+                   else keys.stripe("top-up", payment["id"]))
+            result = await self.gateway.charge_off_session(
+                customer_id=customer, payment_method=card.payment_method_id, amount_cents=payment["amount_cents"],
+                metadata={"payment_id": payment["id"], "user_id": payment["user_id"], "kind": payment["kind"]},
+                idempotency_key=key,
+            )
+        return ChargeOutcome(
+            status=str(result.get("status") or ""), payment_intent_id=str(result.get("id") or ""),
+            charge_id=stripe_id(result.get("latest_charge")), code=str(result.get("code") or ""),
+            decline_code=str(result.get("decline_code") or ""),
+        )
+
+    async def record_outcome(
+        self, tx: LedgerTx, payment: PaymentRow, outcome: ChargeOutcome, *, failure_reason: str = ""
+    ) -> None:
+        """A charge's outcome on its payment (read through this batch): paid
+        grants the credits once; anything else fails it with `failure_reason`."""
+        if outcome.succeeded:
+            await webhooks.mark_paid(tx, payment, payment_intent_id=outcome.payment_intent_id, charge_id=outcome.charge_id)
+            return
+        reason = failure_reason or outcome.decline_code or outcome.code or "card_declined"
+        await webhooks.mark_failed(tx, payment, reason, payment_intent_id=outcome.payment_intent_id)
+
+    async def charged_cents(self, tx: LedgerTx, user_id: str, kind: PaymentKind, month: tuple[int, int]) -> int:
+        """Cents charged (or held) in payments of one kind made in `month` = [start, end)."""
+        return await repo.charged_cents(tx, user_id, kind, month)
+
+    async def read_charged_cents(self, user_id: str, kind: PaymentKind, month: tuple[int, int]) -> int:
+        return await repo.read_charged_cents(self.db.reader, user_id, kind, month)
+
+    async def declined(
+        self, tx: LedgerTx, user_id: str, kind: PaymentKind, after_us: int, current: PaymentRow | None = None
+    ) -> int:
+        """Failed payments of one kind made after `after_us`; `current`, a payment
+        this batch changes, counts by its staged status, not the stored one."""
+        if current is None:
+            return await repo.declined(tx, user_id, kind, after_us)
+        mine = (current["user_id"] == user_id and current["kind"] == kind
+                and current["status"] == PaymentStatus.FAILED and current["created_at_us"] > after_us)
+        return await repo.declined(tx, user_id, kind, after_us, except_id=current["id"]) + int(mine)
+
+    async def record_invoice(
+        self, tx: LedgerTx, user_id: str, invoice: StripeObject, *, paid: bool, credits: int, reason: str = ""
+    ) -> PaymentRow | None:
+        """A subscription invoice as a payment of the user's history (one per invoice)."""
+        return await webhooks.record_invoice(tx, user_id, invoice, paid=paid, credits=credits, reason=reason)
+
+    async def link_for(self, user_id: str, amount_cents: int, request_id: str, fingerprint: str) -> str:
+        """A Checkout link the user pays with another card (a recovery after a
+        decline); keyed by `request_id`, so asking twice gives one link."""
+        link = await self.create_link(
+            Principal(user_id, Role.USER), amount_cents=amount_cents, request_id=request_id, fingerprint=fingerprint
+        )
+        return link.payment_url
+
     # ---- return pages (server/payments/pages.py) ---------------------------------------
 
     def return_ref(self, payment_id: str) -> str:
@@ -351,7 +502,7 @@ class PaymentsService:
     # ---- history ------------------------------------------------------------------------
 
     async def get(self, principal: Principal, payment_id: str) -> PaymentRow:
-        self._require_configured()
+        self.require_configured()
         row = await repo.read(self.db.reader, payment_id)
         if row is None or (not principal.privileged and row["user_id"] != principal.subject):
             # Someone else's payment looks exactly like a missing one.
@@ -361,7 +512,7 @@ class PaymentsService:
     async def list(
         self, principal: Principal, user_id: str, *, limit: int, before: tuple[int, str] | None
     ) -> list[PaymentRow]:
-        self._require_configured()
+        self.require_configured()
         user = principal.resolve_user(user_id)
         return await repo.list_for_user(self.db.reader, user, limit=limit, before=before)
 
@@ -430,7 +581,7 @@ class PaymentsService:
             result: int = await self._exclusive(abandon)
             return result
         session = await self.gateway.retrieve_checkout_session(row["checkout_session_id"])
-        pi = webhooks._id(session.get("payment_intent"))
+        pi = stripe_id(session.get("payment_intent"))
         paid = session.get("payment_status") in ("paid", "no_payment_required")
         expired = session.get("status") == "expired"
         if not paid and not expired:
@@ -450,6 +601,12 @@ class PaymentsService:
 
         done: int = await self._exclusive(settle)
         return done
+
+
+def _card(row: dict[str, Any]) -> SavedCard | None:
+    if not row["payment_method_id"]:
+        return None
+    return SavedCard(str(row["payment_method_id"]), row["brand"], row["last4"], int(row["exp_month"]), int(row["exp_year"]))
 
 
 def _link(row: PaymentRow) -> PaymentLink:

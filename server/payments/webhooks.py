@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any, cast
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from server.ledger import keys
 from server.ledger.model import (
@@ -25,9 +26,16 @@ from server.ledger.model import (
 )
 from server.ledger.tx import LedgerTx
 from server.payments import repository as repo
-from server.payments.models import CREDITED, PaymentKind, PaymentRow, PaymentStatus, StripeObject
+from server.payments.events import EventRouter, Handled, Handler
+from server.payments.models import (
+    CREDITED,
+    PaymentKind,
+    PaymentRow,
+    PaymentStatus,
+    StripeObject,
+    stripe_id,
+)
 from server.platform import errors
-from server.registry import EventRouter
 
 log = logging.getLogger(__name__)
 
@@ -35,20 +43,6 @@ log = logging.getLogger(__name__)
 PENDING, PAID, FAILED, EXPIRED = PaymentStatus.PENDING, PaymentStatus.PAID, PaymentStatus.FAILED, PaymentStatus.EXPIRED
 REFUNDED, PARTIALLY_REFUNDED = PaymentStatus.REFUNDED, PaymentStatus.PARTIALLY_REFUNDED
 DISPUTED = PaymentStatus.DISPUTED
-
-HANDLED_EVENTS = (
-    "checkout.session.completed",
-    "checkout.session.async_payment_succeeded",
-    "checkout.session.async_payment_failed",
-    "checkout.session.expired",
-    "payment_intent.succeeded",
-    "payment_intent.payment_failed",
-    "charge.succeeded",
-    "charge.refunded",
-    "charge.dispute.created",
-    "charge.dispute.closed",
-)
-
 
 # ---- the shape of an authentic event ----------------------------------------------
 # A signed body is Stripe's, but its shape is still checked before anything is
@@ -145,13 +139,6 @@ def grant_key(payment_id: str) -> str:
     return keys.purchase_grant(payment_id)
 
 
-def _id(value: Any) -> str:
-    """A Stripe reference that may be an id or an expanded object."""
-    if isinstance(value, dict):
-        return str(value.get("id") or "")
-    return str(value or "")
-
-
 def _meta(obj: StripeObject) -> dict[str, Any]:
     meta = obj.get("metadata")
     return meta if isinstance(meta, dict) else {}
@@ -239,12 +226,12 @@ async def mark_expired(tx: LedgerTx, p: PaymentRow) -> None:
 def _invoice_refs(invoice: StripeObject) -> dict[str, str]:
     """The PaymentIntent and charge of an invoice: top-level before API
     2025-03-31.basil (and in localstripe), under `payments` since."""
-    pi, charge = _id(invoice.get("payment_intent")), _id(invoice.get("charge"))
+    pi, charge = stripe_id(invoice.get("payment_intent")), stripe_id(invoice.get("charge"))
     listed = (invoice.get("payments") or {}).get("data") or [] if isinstance(invoice.get("payments"), dict) else []
     for item in listed:
         pay = item.get("payment") or {} if isinstance(item, dict) else {}
-        pi = pi or _id(pay.get("payment_intent"))
-        charge = charge or _id(pay.get("charge"))
+        pi = pi or stripe_id(pay.get("payment_intent"))
+        charge = charge or stripe_id(pay.get("charge"))
     url = str(invoice.get("hosted_invoice_url") or invoice.get("invoice_pdf") or "")
     return {"payment_intent_id": pi, "charge_id": charge, "receipt_url": url}
 
@@ -255,7 +242,7 @@ async def record_invoice(
     """The invoice's payment row (kind SUBSCRIPTION), one per invoice whatever
     the number and order of its events: paid wins over a stale failure, as for
     purchases. Its credits are the allowance the caller grants with a paid invoice."""
-    invoice_id = _id(invoice.get("id"))
+    invoice_id = stripe_id(invoice.get("id"))
     if not invoice_id:
         return None
     pid = keys.invoice_payment(invoice_id)
@@ -395,89 +382,187 @@ async def dispute_closed(tx: LedgerTx, p: PaymentRow, dispute: StripeObject, **r
     _set(tx, p, status=after_clawback_status(p))
 
 
-# ---- event dispatch ------------------------------------------------------------------
+# ---- the handlers of payments' own events, one per type ----------------------------
 
 
-async def _payment_for(tx: LedgerTx, etype: str, obj: StripeObject) -> PaymentRow | None:
-    """The event's payment, locked (on PostgreSQL) for the rest of the batch."""
-    meta_pid = str(_meta(obj).get("payment_id") or "")
-    if etype.startswith("checkout.session."):
-        if meta_pid:
-            return await repo.get(tx, meta_pid, lock=True)
-        return await repo.find(tx, session_id=_id(obj.get("id")))
-    if etype.startswith("payment_intent."):
-        if meta_pid:
-            return await repo.get(tx, meta_pid, lock=True)
-        return await repo.find(tx, payment_intent_id=_id(obj.get("id")))
-    if etype.startswith("charge.dispute."):
-        return await repo.find(tx, payment_intent_id=_id(obj.get("payment_intent")), charge_id=_id(obj.get("charge")))
-    if etype.startswith("charge."):
-        found = await repo.find(tx, payment_intent_id=_id(obj.get("payment_intent")), charge_id=_id(obj.get("id")))
-        if found is None and meta_pid:
-            found = await repo.get(tx, meta_pid, lock=True)
-        return found
-    return None
+# Each finds the event's payment, locked (on PostgreSQL) for the rest of the batch.
 
 
-async def _dispatch(
-    router: EventRouter, tx: LedgerTx, etype: str, obj: StripeObject
-) -> tuple[PaymentRow | None, str]:
-    extra = router.by_type.get(etype)
-    if extra is not None:
-        return None, await extra(tx, obj)
-    by_mode = router.checkout_modes.get(str(obj.get("mode") or "")) if etype.startswith("checkout.session.") else None
-    if by_mode is not None:
-        return None, await by_mode(tx, etype, obj)
-    if etype not in HANDLED_EVENTS:
-        return None, "ignored"
-    p = await _payment_for(tx, etype, obj)
-    if p is None:
-        return None, "unmatched"
-    if etype in ("checkout.session.completed", "checkout.session.async_payment_succeeded"):
-        pi = _id(obj.get("payment_intent"))
-        if mismatch := amount_mismatch(p, obj, "amount_total"):
-            return p, await hold_for_review(tx, p, mismatch, etype, payment_intent_id=pi)
-    if etype == "checkout.session.completed":
-        if obj.get("payment_status") in ("paid", "no_payment_required"):
-            await mark_paid(tx, p, payment_intent_id=pi)
-            return p, "paid"
-        _set(tx, p, **_refs(p, payment_intent_id=pi))
-        return p, "awaiting_payment"
-    if etype == "checkout.session.async_payment_succeeded":
-        await mark_paid(tx, p, payment_intent_id=pi)
-        return p, "paid"
-    if etype == "checkout.session.async_payment_failed":
-        await mark_failed(tx, p, "async_payment_failed", payment_intent_id=_id(obj.get("payment_intent")))
-        return p, "failed"
-    if etype == "checkout.session.expired":
-        await mark_expired(tx, p)
-        return p, "expired"
-    if etype == "payment_intent.succeeded":
-        if mismatch := amount_mismatch(p, obj, "amount"):
-            return p, await hold_for_review(tx, p, mismatch, etype, payment_intent_id=_id(obj.get("id")))
-        await mark_paid(tx, p, payment_intent_id=_id(obj.get("id")), charge_id=_id(obj.get("latest_charge")))
-        return p, "paid"
-    if etype == "payment_intent.payment_failed":
-        err = obj.get("last_payment_error") or {}
-        reason = str(err.get("decline_code") or err.get("code") or "payment_failed")
-        await mark_failed(tx, p, reason, payment_intent_id=_id(obj.get("id")))
-        return p, "failed"
-    refs = {
-        "payment_intent_id": _id(obj.get("payment_intent")),
-        "charge_id": _id(obj.get("id")) if etype.startswith("charge.") and not etype.startswith("charge.dispute.") else _id(obj.get("charge")),
-    }
-    if etype == "charge.succeeded":
-        _set(tx, p, **_refs(p, receipt_url=str(obj.get("receipt_url") or ""), **refs))
-        return p, "recorded"
-    if etype == "charge.refunded":
-        receipt = str(obj.get("receipt_url") or "")
-        await apply_refund(tx, p, int(obj.get("amount_refunded") or 0), receipt_url=receipt, **refs)
-        return p, str(p["status"])
-    if etype == "charge.dispute.created":
-        await dispute_created(tx, p, obj, **refs)
-        return p, "disputed"
-    await dispute_closed(tx, p, obj, **refs)
-    return p, f"dispute_{obj.get('status') or 'closed'}"
+def _payment_id_of(obj: StripeObject) -> str:
+    return str(_meta(obj).get("payment_id") or "")
+
+
+async def _by_metadata(tx: LedgerTx, obj: StripeObject) -> PaymentRow | None:
+    meta_pid = _payment_id_of(obj)
+    return await repo.get(tx, meta_pid, lock=True) if meta_pid else None
+
+
+async def _session_payment(tx: LedgerTx, session: StripeObject) -> PaymentRow | None:
+    if _payment_id_of(session):
+        return await _by_metadata(tx, session)
+    return await repo.find(tx, session_id=stripe_id(session.get("id")))
+
+
+async def _intent_payment(tx: LedgerTx, intent: StripeObject) -> PaymentRow | None:
+    if _payment_id_of(intent):
+        return await _by_metadata(tx, intent)
+    return await repo.find(tx, payment_intent_id=stripe_id(intent.get("id")))
+
+
+async def _charge_payment(tx: LedgerTx, charge: StripeObject) -> PaymentRow | None:
+    found = await repo.find(
+        tx, payment_intent_id=stripe_id(charge.get("payment_intent")), charge_id=stripe_id(charge.get("id"))
+    )
+    return found or await _by_metadata(tx, charge)
+
+
+async def _dispute_payment(tx: LedgerTx, dispute: StripeObject) -> PaymentRow | None:
+    return await repo.find(
+        tx, payment_intent_id=stripe_id(dispute.get("payment_intent")), charge_id=stripe_id(dispute.get("charge"))
+    )
+
+
+PaymentHandler = Callable[[LedgerTx, PaymentRow, StripeObject], Awaitable[Handled]]
+Finder = Callable[[LedgerTx, StripeObject], Awaitable["PaymentRow | None"]]
+
+
+def _of_payment(find: Finder, fn: PaymentHandler) -> Handler:
+    """The handler of an event about one of our payments: found by `find`, else unmatched."""
+
+    async def handler(tx: LedgerTx, obj: StripeObject) -> Handled:
+        p = await find(tx, obj)
+        return Handled("unmatched") if p is None else await fn(tx, p, obj)
+
+    return handler
+
+
+async def _session_paid(tx: LedgerTx, p: PaymentRow, obj: StripeObject, etype: str) -> Handled | None:
+    """A paid Checkout Session credits its payment, unless Stripe reports another amount."""
+    pi = stripe_id(obj.get("payment_intent"))
+    if mismatch := amount_mismatch(p, obj, "amount_total"):
+        return Handled(await hold_for_review(tx, p, mismatch, etype, payment_intent_id=pi), p)
+    if etype == "checkout.session.completed" and obj.get("payment_status") not in ("paid", "no_payment_required"):
+        return None
+    await mark_paid(tx, p, payment_intent_id=pi)
+    return Handled("paid", p)
+
+
+async def session_completed(tx: LedgerTx, p: PaymentRow, obj: StripeObject) -> Handled:
+    if (paid := await _session_paid(tx, p, obj, "checkout.session.completed")) is not None:
+        return paid
+    _set(tx, p, **_refs(p, payment_intent_id=stripe_id(obj.get("payment_intent"))))
+    return Handled("awaiting_payment", p)
+
+
+async def session_async_payment_succeeded(tx: LedgerTx, p: PaymentRow, obj: StripeObject) -> Handled:
+    paid = await _session_paid(tx, p, obj, "checkout.session.async_payment_succeeded")
+    assert paid is not None
+    return paid
+
+
+async def session_async_payment_failed(tx: LedgerTx, p: PaymentRow, obj: StripeObject) -> Handled:
+    await mark_failed(tx, p, "async_payment_failed", payment_intent_id=stripe_id(obj.get("payment_intent")))
+    return Handled("failed", p)
+
+
+async def session_expired(tx: LedgerTx, p: PaymentRow, obj: StripeObject) -> Handled:
+    await mark_expired(tx, p)
+    return Handled("expired", p)
+
+
+async def remember_card(tx: LedgerTx, user_id: str, *, payment_method_id: str = "", setup_intent_id: str = "") -> None:
+    """A card the user just saved or paid with: the one off-session charges use from now on."""
+    current = await repo.card(tx, user_id)
+    values: dict[str, Any] = {}
+    if payment_method_id:
+        if current is None or current["payment_method_id"] != payment_method_id:
+            values.update(brand="", last4="", exp_month=0, exp_year=0)  # told again when next charged
+        values.update(payment_method_id=payment_method_id, setup_intent_id=None)
+    if setup_intent_id:
+        values.update(setup_intent_id=setup_intent_id)
+    await repo.save_card(tx, user_id, **values)
+
+
+async def intent_succeeded(tx: LedgerTx, p: PaymentRow, obj: StripeObject) -> Handled:
+    pi = stripe_id(obj.get("id"))
+    if mismatch := amount_mismatch(p, obj, "amount"):
+        handled = Handled(await hold_for_review(tx, p, mismatch, "payment_intent.succeeded", payment_intent_id=pi), p)
+    else:
+        await mark_paid(tx, p, payment_intent_id=pi, charge_id=stripe_id(obj.get("latest_charge")))
+        handled = Handled("paid", p)
+    if p["kind"] != PaymentKind.AUTO_REFILL and obj.get("payment_method"):
+        # A card the user paid with is the card of later off-session charges.
+        await remember_card(tx, p["user_id"], payment_method_id=stripe_id(obj["payment_method"]))
+        handled.card_saved_for = p["user_id"]
+    return handled
+
+
+async def setup_completed(tx: LedgerTx, obj: StripeObject) -> Handled:
+    """A setup-mode Checkout (the setup link) saved a card."""
+    meta = _meta(obj)
+    user = str(meta.get("user_id") or obj.get("client_reference_id") or "")
+    si_id = stripe_id(obj.get("setup_intent"))
+    if meta.get("purpose") != "auto_refill_setup" or not user or not si_id:
+        return Handled("unmatched")
+    await remember_card(tx, user, setup_intent_id=si_id)
+    return Handled("unmatched", card_saved_for=user)  # no payment of ours
+
+
+async def intent_failed(tx: LedgerTx, p: PaymentRow, obj: StripeObject) -> Handled:
+    err = obj.get("last_payment_error") or {}
+    reason = str(err.get("decline_code") or err.get("code") or "payment_failed")
+    await mark_failed(tx, p, reason, payment_intent_id=stripe_id(obj.get("id")))
+    return Handled("failed", p)
+
+
+def _charge_refs(charge: StripeObject) -> dict[str, str]:
+    return {"payment_intent_id": stripe_id(charge.get("payment_intent")), "charge_id": stripe_id(charge.get("id"))}
+
+
+async def charge_succeeded(tx: LedgerTx, p: PaymentRow, obj: StripeObject) -> Handled:
+    _set(tx, p, **_refs(p, receipt_url=str(obj.get("receipt_url") or ""), **_charge_refs(obj)))
+    return Handled("recorded", p)
+
+
+async def charge_refunded(tx: LedgerTx, p: PaymentRow, obj: StripeObject) -> Handled:
+    receipt = str(obj.get("receipt_url") or "")
+    await apply_refund(tx, p, int(obj.get("amount_refunded") or 0), receipt_url=receipt, **_charge_refs(obj))
+    return Handled(str(p["status"]), p)
+
+
+def _dispute_refs(dispute: StripeObject) -> dict[str, str]:
+    return {"payment_intent_id": stripe_id(dispute.get("payment_intent")), "charge_id": stripe_id(dispute.get("charge"))}
+
+
+async def on_dispute_created(tx: LedgerTx, p: PaymentRow, obj: StripeObject) -> Handled:
+    await dispute_created(tx, p, obj, **_dispute_refs(obj))
+    return Handled("disputed", p)
+
+
+async def on_dispute_closed(tx: LedgerTx, p: PaymentRow, obj: StripeObject) -> Handled:
+    await dispute_closed(tx, p, obj, **_dispute_refs(obj))
+    return Handled(f"dispute_{obj.get('status') or 'closed'}", p)
+
+
+HANDLERS: dict[str, Handler] = {
+    "checkout.session.completed": _of_payment(_session_payment, session_completed),
+    "checkout.session.async_payment_succeeded": _of_payment(_session_payment, session_async_payment_succeeded),
+    "checkout.session.async_payment_failed": _of_payment(_session_payment, session_async_payment_failed),
+    "checkout.session.expired": _of_payment(_session_payment, session_expired),
+    "payment_intent.succeeded": _of_payment(_intent_payment, intent_succeeded),
+    "payment_intent.payment_failed": _of_payment(_intent_payment, intent_failed),
+    "charge.succeeded": _of_payment(_charge_payment, charge_succeeded),
+    "charge.refunded": _of_payment(_charge_payment, charge_refunded),
+    "charge.dispute.created": _of_payment(_dispute_payment, on_dispute_created),
+    "charge.dispute.closed": _of_payment(_dispute_payment, on_dispute_closed),
+}
+HANDLED_EVENTS = tuple(HANDLERS)
+
+
+def register(router: EventRouter) -> None:
+    for event_type, handler in HANDLERS.items():
+        router.on(event_type, handler)
+    router.on("checkout.session.completed", setup_completed, mode="setup")
 
 
 async def handle_event(router: EventRouter, tx: LedgerTx, event: StripeObject, raw: bytes) -> str:
@@ -488,10 +573,9 @@ async def handle_event(router: EventRouter, tx: LedgerTx, event: StripeObject, r
     etype = str(event.get("type") or "")
     raw_obj = (event.get("data") or {}).get("object") or {}
     obj: StripeObject = raw_obj if isinstance(raw_obj, dict) else {}
-    payment, outcome = await _dispatch(router, tx, etype, obj)
-    for hook in router.hooks:
-        await hook(tx, etype, cast("dict[str, Any] | None", payment), obj)
-    charge_pi = _id(obj.get("payment_intent"))[:255] if etype.startswith("charge.") else ""
+    handled = await router.dispatch(tx, etype, obj)
+    payment, outcome = handled.payment, handled.outcome
+    charge_pi = stripe_id(obj.get("payment_intent"))[:255] if etype.startswith("charge.") else ""
     await repo.store_event(
         tx,
         {

@@ -22,12 +22,6 @@ from prometheus_client import (
     generate_latest,
 )
 
-from server.ledger.model import EARNED_KINDS, BalanceEvent, Kind
-
-GRANT_KINDS = {Kind.PURCHASE, Kind.AUTO_REFILL, Kind.ALLOWANCE_GRANT, *EARNED_KINDS, Kind.DISPUTE_RESTORE}
-CLAWBACK_KINDS = {Kind.REFUND_CLAWBACK, Kind.DISPUTE_CLAWBACK}
-_SPENT = {Kind.SPEND, Kind.HOLD_CAPTURE}
-
 # grpc_code values as go-grpc-prometheus writes them (Go's codes.Code.String()).
 GO_CODE_NAMES = {
     "OK": "OK", "CANCELLED": "Canceled", "UNKNOWN": "Unknown", "INVALID_ARGUMENT": "InvalidArgument",
@@ -114,30 +108,13 @@ class Metrics:
         self.batch_size.observe(size)
         self.batch_seconds.observe(seconds)
 
-    def observe_events(self, events: list[BalanceEvent]) -> None:
-        # Each transfer is seen from at most two wallets; count it once, by its id.
-        # Summed per batch first: one counter update per kind, not per transfer.
-        seen: set[int] = set()
-        counts: dict[str, int] = {}
-        spent = granted = clawed = 0
-        for e in events:
-            t = e.transfer
-            if t is None or t.id in seen:
-                continue
-            seen.add(t.id)
-            kind = t.kind
-            counts[kind] = counts.get(kind, 0) + 1
-            amount = abs(t.amount)
-            if kind in _SPENT:
-                spent += amount
-            elif kind in GRANT_KINDS:
-                granted += amount
-            elif kind in CLAWBACK_KINDS:
-                clawed += amount
+    def observe_transfers(self, counts: dict[str, int], *, spent: int, granted: int, clawed: int) -> None:
+        """One committed batch's transfers, tallied by the ledger
+        (server/ledger/model.py `tally`): one counter update per kind."""
         for kind, n in counts.items():
             child = self._kind_children.get(kind)
             if child is None:
-                child = self._kind_children[kind] = self.transfers_total.labels(Kind(kind).value)
+                child = self._kind_children[kind] = self.transfers_total.labels(kind)
             child.inc(n)
         if spent:
             self.credits_spent.inc(spent)

@@ -7,6 +7,7 @@ from typing import Any
 from flownexus.billing.v1 import refill_pb2, refill_pb2_grpc
 
 from server.grpc import convert, validation
+from server.payments.events import EventRouter
 from server.platform.auth import principal
 from server.refill.models import ViewState
 from server.refill.service import AutoRefillView, RefillService, on_stripe_event
@@ -81,12 +82,10 @@ class RefillServicer(refill_pb2_grpc.RefillServiceServicer):
         return refill_pb2.CreateSetupLinkResponse(setup_url=url, expires_at=convert.ts(expires_us))
 
 
-def register(reg: Registry, service: RefillService) -> None:
+def register(reg: Registry, service: RefillService, worker: RefillWorker, stripe_events: EventRouter) -> None:
     reg.servicer(refill_pb2_grpc.add_RefillServiceServicer_to_server, RefillServicer(service))
     # The trigger runs in every ledger batch: a spend that crosses the
     # threshold queues its refill in the same transaction.
     reg.ledger_extension(service.trigger)
-    reg.webhooks.hooks.append(on_stripe_event)
-    worker = RefillWorker(service)
-    service.first_refill = worker  # enabling below the threshold charges at once
+    stripe_events.after_every_event(on_stripe_event)
     reg.job("auto_refill", worker.run)

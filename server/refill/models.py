@@ -82,12 +82,6 @@ class RefillConfigRow(TypedDict):
     enabled: bool
     threshold: int  # millicredits
     amount_cents: int
-    payment_method_id: str | None
-    pm_brand: str
-    pm_last4: str
-    pm_exp_month: int
-    pm_exp_year: int
-    setup_intent_id: str | None
     state: str  # ConfigState
     paused_reason: str  # PausedReason or ""
     recovery_url: str
@@ -110,3 +104,12 @@ class RefillJobRow(TypedDict):
     last_error: str
     created_at_us: int
     updated_at_us: int
+
+
+@dataclass
+class Claimed:
+    """A job the worker claimed, and the payment (the attempt) it charges."""
+
+    job: RefillJobRow
+    payment_id: str
+    payment_intent_id: str

@@ -4,16 +4,13 @@ single commit); outside, reads use the reader engine."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any, cast
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
-from sqlalchemy.sql import Select
 
-from server.db.schema import payments, refill_configs, refill_jobs
+from server.db.schema import refill_configs, refill_jobs, users
 from server.ledger.tx import LedgerTx
-from server.payments.models import CREDITED, PaymentKind, PaymentStatus
 from server.refill.models import (
     DUE,
     IN_FLIGHT,
@@ -23,8 +20,6 @@ from server.refill.models import (
     RefillJobRow,
 )
 
-# Attempts that took money (or hold it): they count against the monthly cap.
-CHARGED = (PaymentStatus.PENDING, *CREDITED)
 DAY_US = 86400 * 1_000_000
 # The rolling decline window is (now - 30 days, now]: a decline counts for
 # exactly 30 days after its attempt was made and no longer at that instant,
@@ -44,12 +39,6 @@ def new_config(user_id: str, now_us: int) -> RefillConfigRow:
         "enabled": False,
         "threshold": 0,
         "amount_cents": 0,
-        "payment_method_id": None,
-        "pm_brand": "",
-        "pm_last4": "",
-        "pm_exp_month": 0,
-        "pm_exp_year": 0,
-        "setup_intent_id": None,
         "state": ConfigState.ACTIVE,
         "paused_reason": "",
         "recovery_url": "",
@@ -144,51 +133,9 @@ def update_job(tx: LedgerTx, job: RefillJobRow, **values: Any) -> RefillJobRow:
     return cast(RefillJobRow, tx.rows(refill_jobs).update(cast(dict[str, Any], job), **values))
 
 
-async def month_used_cents(tx: LedgerTx, user_id: str, month: tuple[int, int]) -> int:
-    """Auto-refill charges of one calendar month, `month` = [start, end) from
-    server.platform.clock.month_bounds: a charge made at or after `end` (by a replica
-    whose clock is ahead) belongs to the next month, not this one."""
-    return int(await tx.fetch_scalar(_month_used(user_id, month)))
-
-
-async def declines_in_window(
-    tx: LedgerTx, user_id: str, now_us: int, current: Mapping[str, Any] | None = None
-) -> int:
-    """Declined auto-refill attempts in (now - 30 days, now] (DECLINE_WINDOW_US):
-    one made exactly 30 days ago no longer counts. No upper bound: a decline
-    another replica (clock ahead) just recorded counts too. `current`: the
-    payment this batch changes (its staged status counts, not the stored one)."""
-    q = select(func.count()).where(*_declined(user_id, now_us))
-    if current is None:
-        return int(await tx.fetch_scalar(q))
-    n = int(await tx.fetch_scalar(q.where(payments.c.id != current["id"])))
-    mine = (
-        current["user_id"] == user_id
-        and current["kind"] == PaymentKind.AUTO_REFILL
-        and current["status"] == PaymentStatus.FAILED
-        and current["created_at_us"] > now_us - DECLINE_WINDOW_US
-    )
-    return n + int(mine)
-
-
-def _month_used(user_id: str, month: tuple[int, int]) -> Select[Any]:
-    start_us, end_us = month
-    return select(func.coalesce(func.sum(payments.c.amount_cents), 0)).where(
-        payments.c.user_id == user_id,
-        payments.c.kind == PaymentKind.AUTO_REFILL,
-        payments.c.status.in_(CHARGED),
-        payments.c.created_at_us >= start_us,
-        payments.c.created_at_us < end_us,
-    )
-
-
-def _declined(user_id: str, now_us: int) -> tuple[Any, ...]:
-    return (
-        payments.c.user_id == user_id,
-        payments.c.kind == PaymentKind.AUTO_REFILL,
-        payments.c.status == PaymentStatus.FAILED,
-        payments.c.created_at_us > now_us - DECLINE_WINDOW_US,
-    )
+async def flagged(tx: LedgerTx, user_id: str) -> bool:
+    """The account's flag, read without loading the wallet."""
+    return bool(await tx.fetch_scalar(select(users.c.flagged_reason).where(users.c.user_id == user_id)))
 
 
 # ---- outside batches (the reader engine) -------------------------------------------------
@@ -203,13 +150,10 @@ async def read_config(engine: AsyncEngine, user_id: str) -> RefillConfigRow | No
         return await _config_on(conn, user_id)
 
 
-async def read_overview(
-    engine: AsyncEngine, user_id: str, month: tuple[int, int]
-) -> tuple[RefillConfigRow | None, RefillJobRow | None, int]:
-    """The config, the job in flight and the month's charges, on one connection."""
+async def read_overview(engine: AsyncEngine, user_id: str) -> tuple[RefillConfigRow | None, RefillJobRow | None]:
+    """The config and the job in flight, on one connection."""
     async with engine.connect() as conn:
         cfg = await _config_on(conn, user_id)
         q = select(refill_jobs).where(refill_jobs.c.user_id == user_id, refill_jobs.c.status.in_(IN_FLIGHT))
         found = (await conn.execute(q)).mappings().first()
-        used = int((await conn.execute(_month_used(user_id, month))).scalar_one())
-    return cfg, cast(RefillJobRow, dict(found)) if found else None, used
+    return cfg, cast(RefillJobRow, dict(found)) if found else None

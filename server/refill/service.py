@@ -8,29 +8,26 @@ import logging
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
-
-from sqlalchemy import select
+from typing import Any, Protocol
 
 from server.db.engine import Database
-from server.db.schema import users
 from server.ledger import keys
 from server.ledger.model import BalanceEvent, wallet_id
 from server.ledger.ops import Call, Idempotency
 from server.ledger.repository import stored_responses
 from server.ledger.tx import LedgerTx
 from server.ledger.writer import LedgerWriter
-from server.payments import repository as payrepo
-from server.payments.gateway import StripeGateway, not_configured
-from server.payments.models import PaymentKind, PaymentStatus
+from server.payments.events import Handled
+from server.payments.models import PaymentKind, PaymentStatus, SavedCard
 from server.payments.service import PaymentsService
 from server.platform import errors
-from server.platform.auth import Principal, Role
+from server.platform.auth import Principal
 from server.platform.clock import Clock, from_us, month_bounds
 from server.platform.config import Settings
 from server.refill import repository as repo
 from server.refill.models import (
     IN_FLIGHT,
+    Claimed,
     ConfigState,
     JobStatus,
     PausedReason,
@@ -73,7 +70,8 @@ SETTLED = "refill-settled"  # users whose refill was settled in this batch: no n
 # ---- Stripe events (inside the webhook's transaction; registered on the
 # webhook router by server/refill/grpc.py) ----
 
-async def on_stripe_event(tx: LedgerTx, etype: str, payment: dict[str, Any] | None, obj: dict[str, Any]) -> None:
+async def on_stripe_event(tx: LedgerTx, etype: str, handled: Handled) -> None:
+    payment = handled.payment
     if payment is not None and etype.startswith("charge.dispute."):
         await _follow_account_flag(tx, payment["user_id"])
     if payment is not None and payment["kind"] == PaymentKind.AUTO_REFILL:
@@ -82,18 +80,8 @@ async def on_stripe_event(tx: LedgerTx, etype: str, payment: dict[str, Any] | No
             if job is not None:
                 await finish_success(tx, job, payment)
         return
-    raw_meta = obj.get("metadata")
-    meta: dict[str, Any] = raw_meta if isinstance(raw_meta, dict) else {}
-    if etype == "payment_intent.succeeded" and payment is not None and obj.get("payment_method"):
-        pm = obj["payment_method"]
-        pm_id = str(pm.get("id") if isinstance(pm, dict) else pm)
-        await _saved_card(tx, payment["user_id"], payment_method_id=pm_id)
-    elif etype == "checkout.session.completed" and obj.get("mode") == "setup" and meta.get("purpose") == "auto_refill_setup":
-        user = str(meta.get("user_id") or obj.get("client_reference_id") or "")
-        si = obj.get("setup_intent")
-        si_id = str(si.get("id") if isinstance(si, dict) else si or "")
-        if user and si_id:
-            await _saved_card(tx, user, setup_intent_id=si_id)
+    if handled.card_saved_for:
+        await _card_saved(tx, handled.card_saved_for)
 
 async def _flagged(tx: LedgerTx, user: str) -> bool:
     # Read without loading the wallet: a loaded wallet would run the refill
@@ -101,7 +89,7 @@ async def _flagged(tx: LedgerTx, user: str) -> bool:
     try:
         return bool(tx.user(user)["flagged_reason"])  # loaded by this batch: as changed here
     except KeyError:
-        return bool(await tx.fetch_scalar(select(users.c.flagged_reason).where(users.c.user_id == user)))
+        return await repo.flagged(tx, user)
 
 
 async def _follow_account_flag(tx: LedgerTx, user: str) -> None:
@@ -128,25 +116,20 @@ async def follow_account_flag(tx: LedgerTx, user: str) -> None:
     await _follow_account_flag(tx, user)
 
 
-async def _saved_card(tx: LedgerTx, user: str, *, payment_method_id: str = "", setup_intent_id: str = "") -> None:
-    """A card the user just saved or paid with: remember it, and resume a
+async def _card_saved(tx: LedgerTx, user: str) -> None:
+    """The user saved a card or paid with one (payments recorded it): resume a
     refill paused for card trouble (the user fixed the method), unless a
     dispute flags the account."""
     cfg = await repo.config(tx, user)
-    values: dict[str, Any] = {}
-    if payment_method_id:
-        if cfg is not None and cfg["payment_method_id"] != payment_method_id:
-            values.update(pm_brand="", pm_last4="", pm_exp_month=0, pm_exp_year=0)
-        values.update(payment_method_id=payment_method_id, setup_intent_id=None)
-    if setup_intent_id:
-        values.update(setup_intent_id=setup_intent_id)
+    if cfg is None:
+        return
     if await _flagged(tx, user):
         # A new card does not lift a dispute's pause; the won dispute does.
         repo.save_config(tx, cfg, user, state=ConfigState.PAUSED, paused_reason=PausedReason.ACCOUNT_FLAGGED,
-                         recovery_url="", **values)
+                         recovery_url="")
         return
-    resumed = cfg is not None and cfg["state"] != ConfigState.ACTIVE
-    row = repo.save_config(tx, cfg, user, state=ConfigState.ACTIVE, paused_reason="", recovery_url="", **values)
+    resumed = cfg["state"] != ConfigState.ACTIVE
+    row = repo.save_config(tx, cfg, user, state=ConfigState.ACTIVE, paused_reason="", recovery_url="")
     if resumed and row["enabled"]:
         log.info("auto-refill resumed after a new card", extra={"user_id": user})
 
@@ -170,18 +153,24 @@ async def finish_success(tx: LedgerTx, job: RefillJobRow, payment: Mapping[str, 
     return True
 
 
+class FirstRefill(Protocol):
+    """The worker's charge of one user's due refill, now (server/refill/worker.py)."""
+
+    async def run_for(self, user: str) -> Claimed | None: ...
+    async def pause_first(self, item: Claimed, detail: str) -> None: ...
+
+
 class RefillService:
     def __init__(
-        self, settings: Settings, db: Database, writer: LedgerWriter, clock: Clock, gateway: StripeGateway,
-        payments: PaymentsService,
+        self, settings: Settings, db: Database, writer: LedgerWriter, clock: Clock, payments: PaymentsService,
+        first_refill: FirstRefill,
     ) -> None:
         self.settings = settings
         self.db = db
         self.writer = writer
         self.clock = clock
-        self.gateway = gateway
-        self.payments = payments  # customers and recovery links
-        self.first_refill: Any = None  # the RefillWorker (server/refill/grpc.py wires it)
+        self.payments = payments  # the Stripe seam: customer, saved card, payments
+        self.first_refill = first_refill  # enabling below the threshold charges at once
 
     # ---- the trigger: runs inside every ledger batch (hot path: one SELECT) ---------------
 
@@ -239,10 +228,11 @@ class RefillService:
         # A repeat is answered before the card is looked up in Stripe.
         if idem.replay(await stored_responses(self.db.reader, idem.lookup_keys())) is not None:
             return await self.view(user)
-        card: dict[str, Any] | None = None
+        card: SavedCard | None = None
         if enabled:
             self._validate(threshold, amount_cents)
-            card = await self._resolve_card(user)
+            self.payments.require_configured()
+            card = await self.payments.charge_card(user)
             if card is None:
                 raise errors.FailedPrecondition(
                     "auto-refill needs a saved card: open the link from RefillService.CreateSetupLink, "
@@ -266,8 +256,9 @@ class RefillService:
                 # computed for the old amount: the worker checks the cap again.
                 values.update(
                     threshold=threshold, amount_cents=amount_cents, state=ConfigState.ACTIVE, paused_reason="",
-                    recovery_url="", cap_blocked_until_us=0, **card,
+                    recovery_url="", cap_blocked_until_us=0,
                 )
+                await self.payments.keep_card(tx, user, card)
             else:
                 # Disabling always works; valid new values are kept for the next enable.
                 if threshold > 0:
@@ -277,7 +268,7 @@ class RefillService:
             repo.save_config(tx, cfg, user, **values)
 
         await self.writer.submit(Call(fn=apply, accounts={wallet_id(user)}, idempotency=idem))
-        if enabled and self.first_refill is not None:
+        if enabled:
             await self._charge_first(user)
         return await self.view(user)
 
@@ -291,7 +282,7 @@ class RefillService:
         item = await self.first_refill.run_for(user)
         if item is None:
             return
-        p = await payrepo.read(self.db.reader, item.payment_id)
+        p = await self.payments.read_payment(item.payment_id)
         if p is None or p["status"] != PaymentStatus.FAILED:
             return  # paid (or still processing: it settles like any refill)
         code = p["failure_reason"] or "card_declined"
@@ -300,11 +291,9 @@ class RefillService:
         if code != "authentication_required":
             await self.first_refill.pause_first(item, f"the first charge was declined ({code})")
             try:
-                link = await self.payments.create_link(
-                    Principal(user, Role.USER), amount_cents=p["amount_cents"],
-                    request_id=f"refill-first-{p['id']}", fingerprint=f"refill-first:{p['id']}",
+                url = await self.payments.link_for(
+                    user, p["amount_cents"], f"refill-first-{p['id']}", f"refill-first:{p['id']}"
                 )
-                url = link.payment_url
             except errors.DomainError as exc:
                 log.warning("recovery link failed", extra={"payment_id": p["id"], "reason": exc.reason})
         raise errors.FailedPrecondition(
@@ -314,52 +303,6 @@ class RefillService:
             metadata={"decline_code": code, "payment_id": p["id"], "payment_url": url,
                       "state": "action_required" if code == "authentication_required" else "paused"},
         )
-
-    async def _resolve_card(self, user: str) -> dict[str, Any] | None:
-        """The card refills will charge, with brand/last4: a card from a setup
-        link, else the one recorded from a purchase, else the customer's saved card."""
-        if not self.gateway.configured:
-            raise not_configured()
-        cfg = await repo.read_config(self.db.reader, user)
-        pm_id: str | None = None
-        if cfg is not None and cfg["setup_intent_id"]:
-            si = await self.gateway.retrieve_setup_intent(str(cfg["setup_intent_id"]))
-            if si.get("status") == "succeeded" and si.get("payment_method"):
-                pm = si["payment_method"]
-                pm_id = str(pm.get("id") if isinstance(pm, dict) else pm)
-        if pm_id is None and cfg is not None and cfg["payment_method_id"]:
-            if cfg["pm_last4"]:
-                return {
-                    "payment_method_id": cfg["payment_method_id"], "pm_brand": cfg["pm_brand"],
-                    "pm_last4": cfg["pm_last4"], "pm_exp_month": cfg["pm_exp_month"],
-                    "pm_exp_year": cfg["pm_exp_year"], "setup_intent_id": None,
-                }
-            pm_id = str(cfg["payment_method_id"])
-        if pm_id is None:
-            customer = await self.payments.customers.known(user)
-            if customer:
-                pm_id = await self.gateway.saved_payment_method(customer)
-        if not pm_id:
-            return None
-        return await self.card_details(pm_id)
-
-    async def charge_card(self, user: str) -> str | None:
-        """The card an off-session charge of the user uses (TopUp): the one
-        auto-refill charges."""
-        card = await self._resolve_card(user)
-        return str(card["payment_method_id"]) if card else None
-
-    async def card_details(self, pm_id: str) -> dict[str, Any]:
-        pm = await self.gateway.retrieve_payment_method(pm_id)
-        card = pm.get("card") or {}
-        return {
-            "payment_method_id": pm_id,
-            "pm_brand": str(card.get("brand") or "")[:32],
-            "pm_last4": str(card.get("last4") or "")[:8],
-            "pm_exp_month": int(card.get("exp_month") or 0),
-            "pm_exp_year": int(card.get("exp_year") or 0),
-            "setup_intent_id": None,
-        }
 
     # ---- GetAutoRefill / CheckBalance ---------------------------------------------------------
 
@@ -377,7 +320,9 @@ class RefillService:
     async def view(self, user: str) -> AutoRefillView:
         now = self.clock.now_us()
         month = month_bounds(now)  # [start, end) in UTC
-        found, job, used = await repo.read_overview(self.db.reader, user, month)
+        found, job = await repo.read_overview(self.db.reader, user)
+        used = await self.payments.read_charged_cents(user, PaymentKind.AUTO_REFILL, month)
+        card = await self.payments.saved_card(user) or SavedCard("")
         cfg = found or repo.new_config(user, now)
         cap = self.settings.refill_monthly_cap_cents
         enabled = bool(cfg["enabled"])
@@ -400,11 +345,11 @@ class RefillService:
             threshold=int(cfg["threshold"]),
             amount_cents=int(cfg["amount_cents"]),
             credits=credits,
-            next_charge=self._next_charge(cfg, state, credits, used, next_retry, month[1]),
-            pm_brand=cfg["pm_brand"],
-            pm_last4=cfg["pm_last4"],
-            pm_exp_month=int(cfg["pm_exp_month"]),
-            pm_exp_year=int(cfg["pm_exp_year"]),
+            next_charge=self._next_charge(cfg, card, state, credits, used, next_retry, month[1]),
+            pm_brand=card.brand,
+            pm_last4=card.last4,
+            pm_exp_month=card.exp_month,
+            pm_exp_year=card.exp_year,
             monthly_cap_cents=cap,
             monthly_used_cents=used,
             state=state,
@@ -415,7 +360,8 @@ class RefillService:
         )
 
     def _next_charge(
-        self, cfg: RefillConfigRow, state: ViewState, credits: int, used: int, next_retry: int, month_end: int
+        self, cfg: RefillConfigRow, card: SavedCard, state: ViewState, credits: int, used: int, next_retry: int,
+        month_end: int,
     ) -> str:
         if state == ViewState.DISABLED:
             return "Auto-refill is off."
@@ -425,15 +371,15 @@ class RefillService:
             return f"Paused ({cfg['paused_reason']}): update the card or re-enable auto-refill to resume."
         if state == ViewState.ACTION_REQUIRED:
             return "Your bank needs you to confirm the card: open recovery_url."
-        card = f"{cfg['pm_brand'] or 'card'} ending {cfg['pm_last4'] or '????'}"
+        shown = f"{card.brand or 'card'} ending {card.last4 or '????'}"
         amount = dollars(int(cfg["amount_cents"]))
         if state == ViewState.RETRY_SCHEDULED:
-            return f"A declined charge of {amount} to {card} is retried at {from_us(next_retry).isoformat()}."
+            return f"A declined charge of {amount} to {shown} is retried at {from_us(next_retry).isoformat()}."
         if state == ViewState.IN_FLIGHT:
-            return f"Charging {amount} to {card} now."
+            return f"Charging {amount} to {shown} now."
         text = (
             f"When the balance falls below {cfg['threshold'] / 1000:,.3f}".rstrip("0").rstrip(".")
-            + f" credits, {amount} is charged to {card} for {credits // 1000:,} credits."
+            + f" credits, {amount} is charged to {shown} for {credits // 1000:,} credits."
         )
         if used + int(cfg["amount_cents"]) > self.settings.refill_monthly_cap_cents:
             # Blocked until the first instant of the next UTC month, when it is allowed again.
@@ -446,16 +392,5 @@ class RefillService:
     # ---- CreateSetupLink ------------------------------------------------------------------------
 
     async def setup_link(self, principal: Principal, request_id: str) -> tuple[str, int]:
-        if not self.gateway.configured:
-            raise not_configured()
         user = principal.subject
-        customer = await self.payments.customers.get_or_create(user)
-        base = self.settings.public_base_url.rstrip("/")
-        session = await self.gateway.create_setup_session(
-            customer_id=customer,
-            user_id=user,
-            success_url=f"{base}/billing/card-saved",
-            cancel_url=f"{base}/billing/cancel",
-            idempotency_key=keys.stripe("setup", principal.role.value, user, request_id),
-        )
-        return str(session.get("url") or ""), int(session.get("expires_at") or 0) * 1_000_000
+        return await self.payments.card_setup_link(user, keys.stripe("setup", principal.role.value, user, request_id))

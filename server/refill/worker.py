@@ -7,23 +7,23 @@ from __future__ import annotations
 
 import logging
 import random
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Awaitable, Callable
 
 from server.ledger import keys
 from server.ledger.model import BalanceEvent, wallet_id
 from server.ledger.ops import Call
 from server.ledger.tx import LedgerTx
-from server.payments import repository as payrepo
-from server.payments import webhooks
-from server.payments.models import CREDITED, PaymentKind, PaymentRow, PaymentStatus
+from server.ledger.writer import LedgerWriter
+from server.payments.models import CREDITED, ChargeOutcome, PaymentKind, PaymentRow, PaymentStatus
+from server.payments.service import PaymentsService
 from server.platform import errors
-from server.platform.auth import Principal, Role
 from server.platform.clock import month_bounds
+from server.platform.config import Settings
 from server.platform.metrics import METRICS
 from server.refill import repository as repo
 from server.refill.models import (
     IN_FLIGHT,
+    Claimed,
     ConfigState,
     Decline,
     JobStatus,
@@ -31,7 +31,7 @@ from server.refill.models import (
     RefillConfigRow,
     RefillJobRow,
 )
-from server.refill.service import SETTLED, RefillService, dollars, finish_success
+from server.refill.service import SETTLED, dollars, finish_success
 
 log = logging.getLogger(__name__)
 
@@ -61,26 +61,15 @@ def classify_decline(status: str, code: str = "", decline_code: str = "") -> tup
     return Decline.SOFT, reason
 
 
-@dataclass
-class Claimed:
-    job: RefillJobRow
-    payment_id: str
-    customer_id: str
-    payment_method_id: str
-    setup_intent_id: str
-    payment_intent_id: str
-
-
 class RefillWorker:
-    def __init__(self, service: RefillService, *, batch: int = 20) -> None:
-        self.service = service
-        self.s = service.settings
-        self.writer = service.writer
-        self.gateway = service.gateway
+    def __init__(self, settings: Settings, writer: LedgerWriter, payments: PaymentsService, *, batch: int = 20) -> None:
+        self.s = settings
+        self.writer = writer
+        self.payments = payments  # the Stripe seam: the saved card, the charge, its payment
         self.batch = batch
 
     async def run(self) -> int:
-        if not self.gateway.configured:
+        if not self.payments.configured:
             return 0
         claimed: list[Claimed] = await self.writer.submit(Call(fn=self._claim))
         for item in claimed:
@@ -94,7 +83,7 @@ class RefillWorker:
     async def run_for(self, user: str) -> Claimed | None:
         """The user's due refill, now (ConfigureAutoRefill below the threshold):
         the same claim, charge and outcomes as the background run."""
-        if not self.gateway.configured:
+        if not self.payments.configured:
             return None
         claimed: list[Claimed] = await self.writer.submit(
             Call(fn=lambda tx: self._claim(tx, user), accounts={wallet_id(user)})
@@ -133,7 +122,7 @@ class RefillWorker:
         wallet = await tx.wallet(user)  # the wallet's lock first, like every other refill operation
         cfg = await repo.config(tx, user)
         if job["payment_id"]:
-            p = await payrepo.get(tx, job["payment_id"], lock=True)
+            p = await self.payments.payment_in(tx, job["payment_id"])
             if p is not None and p["status"] in CREDITED:
                 await finish_success(tx, job, p)  # the webhook settled it while we were away
                 return None
@@ -149,12 +138,12 @@ class RefillWorker:
         if tx.user(user)["flagged_reason"]:  # e.g. a config an older release left active on a flagged account
             self._pause(tx, job, cfg, PausedReason.ACCOUNT_FLAGGED, "a payment on this account is disputed")
             return None
-        if not cfg["payment_method_id"] and not cfg["setup_intent_id"]:
+        if not await self.payments.has_card(tx, user):
             self._pause(tx, job, cfg, PausedReason.PAYMENT_METHOD_REQUIRED, "no saved card")
             return None
         # The month is [start, end): blocked until `end`, the first instant of the next UTC month.
         start, end = month_bounds(tx.now_us)
-        used = await repo.month_used_cents(tx, user, (start, end))
+        used = await self.payments.charged_cents(tx, user, PaymentKind.AUTO_REFILL, (start, end))
         if used + job["amount_cents"] > self.s.refill_monthly_cap_cents:
             METRICS.refill_attempts.labels("cap_reached").inc()
             self._end(tx, job, JobStatus.SKIPPED, "monthly cap reached")
@@ -169,28 +158,26 @@ class RefillWorker:
             )
             return None
         # Declines in (now - 30 days, now]: one exactly 30 days old no longer counts.
-        if await repo.declines_in_window(tx, user, tx.now_us) >= self.s.refill_max_declines_30d:
+        if await self._declines(tx, user) >= self.s.refill_max_declines_30d:
             self._pause(tx, job, cfg, PausedReason.AUTO_REFILL_FAILED, "too many declined charges in 30 days")
             return None
         attempt = job["attempts"] + 1
         pid = keys.refill_attempt(job["id"][4:], attempt)
-        p = await payrepo.insert_payment(
-            tx, payrepo.new_payment(pid, user, PaymentKind.AUTO_REFILL, job["amount_cents"], job["credits"], tx.now_us)
-        )
+        p = await self.payments.open_payment(tx, pid, user, PaymentKind.AUTO_REFILL, job["amount_cents"], job["credits"])
         repo.update_job(tx, job, payment_id=pid, attempts=attempt)
         return self._lease(tx, job, cfg, p)
 
     def _lease(self, tx: LedgerTx, job: RefillJobRow, cfg: RefillConfigRow | None, p: PaymentRow) -> Claimed:
         lease = tx.now_us + int(self.s.refill_lease_seconds * 1_000_000)
         repo.update_job(tx, job, status=JobStatus.RUNNING, lease_until_us=lease)
-        return Claimed(
-            job=job,
-            payment_id=p["id"],
-            customer_id=str(tx.user(job["user_id"])["stripe_customer_id"] or ""),
-            payment_method_id=str(cfg["payment_method_id"] or "") if cfg else "",
-            setup_intent_id=str(cfg["setup_intent_id"] or "") if cfg else "",
-            payment_intent_id=str(p.get("payment_intent_id") or ""),
-        )
+        return Claimed(job=job, payment_id=p["id"], payment_intent_id=str(p.get("payment_intent_id") or ""))
+
+    async def _declines(self, tx: LedgerTx, user: str, current: PaymentRow | None = None) -> int:
+        """Declined refills in (now - 30 days, now] (DECLINE_WINDOW_US): one made
+        exactly 30 days ago no longer counts. No upper bound: a decline another
+        replica (clock ahead) just recorded counts too."""
+        after = tx.now_us - repo.DECLINE_WINDOW_US
+        return await self.payments.declined(tx, user, PaymentKind.AUTO_REFILL, after, current)
 
     def _pause(
         self, tx: LedgerTx, job: RefillJobRow, cfg: RefillConfigRow | None, reason: PausedReason, detail: str
@@ -205,90 +192,76 @@ class RefillWorker:
     # ---- charge (Stripe, outside any transaction) ------------------------------------------
 
     async def _charge(self, item: Claimed) -> None:
-        pm = item.payment_method_id
-        if item.setup_intent_id:
-            try:
-                card = await self.service.card_details(await self._setup_pm(item.setup_intent_id) or pm)
-                pm = card["payment_method_id"]
-                await self._record(item, lambda tx: repo.set_config(tx, item.job["user_id"], **card))
-            except errors.DomainError:
-                pass  # fall back to the card we had
-        if not pm or not item.customer_id:
+        user = item.job["user_id"]
+        try:
+            # A card saved through a setup link is resolved (and kept) when first charged.
+            card = await self.payments.charge_card(user)
+            if card is not None and card != await self.payments.saved_card(user):
+                found = card
+
+                async def keep(tx: LedgerTx) -> None:
+                    await self.payments.keep_card(tx, user, found)
+
+                await self._record(item, keep)
+        except errors.DomainError:
+            card = await self.payments.saved_card(user)  # fall back to the card we had
+        if card is None:
             await self._record(item, lambda tx: self._fail(tx, item, "payment_method_missing", Decline.CARD_GONE))
             return
+        payment = await self.payments.read_payment(item.payment_id)
+        if payment is None:
+            return
         try:
-            if item.payment_intent_id:
-                result = await self.gateway.retrieve_payment_intent(item.payment_intent_id)
-            else:
-                result = await self.gateway.charge_off_session(
-                    customer_id=item.customer_id,
-                    payment_method=pm,
-                    amount_cents=item.job["amount_cents"],
-                    metadata={"payment_id": item.payment_id, "user_id": item.job["user_id"], "kind": PaymentKind.AUTO_REFILL},
-                    idempotency_key=keys.stripe_refill_charge(item.payment_id),  # a retried call never charges twice
-                )
+            outcome = await self.payments.charge_off_session(payment, card)  # a retried call never charges twice
         except errors.Unavailable:
             METRICS.refill_attempts.labels("network_error").inc()
             await self._record(item, lambda tx: self._retry_same_attempt(tx, item))
             return
-        status = str(result.get("status") or "")
-        pi_id = str(result.get("id") or "")
-        if status == "succeeded":
+        if outcome.succeeded:
             METRICS.refill_attempts.labels("succeeded").inc()
-            charge = result.get("latest_charge")
-            charge_id = str((charge.get("id") if isinstance(charge, dict) else charge) or "")
-            await self._record(item, lambda tx: self._succeed(tx, item, pi_id, charge_id))
+            await self._record(item, lambda tx: self._succeed(tx, item, outcome))
             return
-        if status == "processing":
+        if outcome.status == "processing":
             await self._record(item, lambda tx: self._retry_same_attempt(tx, item))  # settle later from Stripe's state
             return
-        kind, code = classify_decline(status, str(result.get("code") or ""), str(result.get("decline_code") or ""))
+        kind, code = classify_decline(outcome.status, outcome.code, outcome.decline_code)
         if kind == Decline.AUTHENTICATION:
             METRICS.refill_attempts.labels("action_required").inc()
             url = await self._recovery_link(item)
-            await self._record(item, lambda tx: self._action_required(tx, item, pi_id, url))
+            await self._record(item, lambda tx: self._action_required(tx, item, outcome, url))
             return
         METRICS.refill_attempts.labels("paused" if kind == Decline.CARD_GONE else "declined").inc()
-        await self._record(item, lambda tx: self._fail(tx, item, code, kind, pi_id=pi_id))
-
-    async def _setup_pm(self, setup_intent_id: str) -> str:
-        si = await self.gateway.retrieve_setup_intent(setup_intent_id)
-        pm = si.get("payment_method") if si.get("status") == "succeeded" else None
-        return str((pm.get("id") if isinstance(pm, dict) else pm) or "")
+        await self._record(item, lambda tx: self._fail(tx, item, code, kind, outcome))
 
     async def _recovery_link(self, item: Claimed) -> str:
         """A Checkout link for the same amount: paying it grants the credits and saves the card again."""
-        user = item.job["user_id"]
         try:
-            link = await self.service.payments.create_link(
-                Principal(user, Role.USER),
-                amount_cents=item.job["amount_cents"],
-                request_id=f"refill-recovery-{item.payment_id}",
-                fingerprint=f"refill-recovery:{item.payment_id}",
+            return await self.payments.link_for(
+                item.job["user_id"], item.job["amount_cents"],
+                f"refill-recovery-{item.payment_id}", f"refill-recovery:{item.payment_id}",
             )
-            return str(link.payment_url)
         except errors.DomainError as exc:
             log.warning("recovery link failed", extra={"payment_id": item.payment_id, "reason": exc.reason})
             return ""
 
-    async def _record(self, item: Claimed, fn: Any) -> None:
+    async def _record(self, item: Claimed, fn: Callable[[LedgerTx], Awaitable[None]]) -> None:
         await self.writer.submit(Call(fn=fn, accounts={wallet_id(item.job["user_id"])}))
 
     async def _current(self, tx: LedgerTx, item: Claimed) -> tuple[RefillJobRow, PaymentRow] | None:
         """The job and its payment as this batch sees them (locked): the rows to change."""
         job = await repo.job(tx, item.job["id"], lock=True)
-        p = await payrepo.get(tx, item.payment_id, lock=True)
+        p = await self.payments.payment_in(tx, item.payment_id)
         if job is None or p is None or job["payment_id"] != item.payment_id:
             return None
         return job, p
 
-    async def _succeed(self, tx: LedgerTx, item: Claimed, pi_id: str, charge_id: str) -> None:
+    async def _succeed(self, tx: LedgerTx, item: Claimed, outcome: ChargeOutcome) -> None:
         cur = await self._current(tx, item)
         if cur is None:
             return
         job, p = cur
         # Grants once (transfer key grant:{payment_id}); the webhook may have done it already.
-        await webhooks.mark_paid(tx, p, payment_intent_id=pi_id, charge_id=charge_id)
+        await self.payments.record_outcome(tx, p, outcome)
         await finish_success(tx, job, p)
 
     async def _retry_same_attempt(self, tx: LedgerTx, item: Claimed) -> None:
@@ -302,13 +275,13 @@ class RefillWorker:
             last_error="stripe_unavailable",
         )
 
-    async def _action_required(self, tx: LedgerTx, item: Claimed, pi_id: str, url: str) -> None:
+    async def _action_required(self, tx: LedgerTx, item: Claimed, outcome: ChargeOutcome, url: str) -> None:
         cur = await self._current(tx, item)
         if cur is None:
             return
         job, p = cur
         tx.batch_add(SETTLED, job["user_id"])
-        await webhooks.mark_failed(tx, p, "authentication_required", payment_intent_id=pi_id)
+        await self.payments.record_outcome(tx, p, outcome, failure_reason="authentication_required")
         if job["status"] not in IN_FLIGHT:
             return
         self._end(tx, job, JobStatus.ACTION_REQUIRED, "authentication_required")
@@ -325,13 +298,15 @@ class RefillWorker:
             )
         )
 
-    async def _fail(self, tx: LedgerTx, item: Claimed, code: str, kind: Decline, *, pi_id: str = "") -> None:
+    async def _fail(
+        self, tx: LedgerTx, item: Claimed, code: str, kind: Decline, outcome: ChargeOutcome | None = None
+    ) -> None:
         cur = await self._current(tx, item)
         if cur is None:
             return
         job, p = cur
         tx.batch_add(SETTLED, job["user_id"])
-        await webhooks.mark_failed(tx, p, code, payment_intent_id=pi_id)
+        await self.payments.record_outcome(tx, p, outcome or ChargeOutcome("failed", code=code), failure_reason=code)
         if job["status"] not in IN_FLIGHT:
             return
         user = job["user_id"]
@@ -340,7 +315,7 @@ class RefillWorker:
             reason = PausedReason.PAYMENT_METHOD_EXPIRED if code == "expired_card" else PausedReason.PAYMENT_METHOD_REQUIRED
             self._pause(tx, job, cfg, reason, f"the saved card cannot be charged ({code})")
             return
-        declines = await repo.declines_in_window(tx, user, tx.now_us, current=p)  # this decline included
+        declines = await self._declines(tx, user, current=p)  # this decline included
         exhausted = (
             kind == Decline.HARD
             or job["attempts"] >= self.s.refill_max_attempts

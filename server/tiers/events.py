@@ -12,10 +12,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from server.ledger import keys
 from server.ledger.model import BalanceEvent
 from server.ledger.tx import LedgerTx
-from server.payments.models import StripeObject
-from server.payments.webhooks import record_invoice
+from server.payments.events import EventRouter, Handled, outcome_only
+from server.payments.models import StripeObject, stripe_id
+from server.payments.service import PaymentsService
 from server.platform import errors
 from server.platform.clock import month_bounds
 from server.tiers import repository as repo
@@ -25,17 +27,11 @@ from server.tiers.rules import TierRules, add_month, change_tier
 
 log = logging.getLogger(__name__)
 
-def _id(value: Any) -> str:
-    if isinstance(value, dict):
-        return str(value.get("id") or "")
-    return str(value or "")
-
-
 def _subscription_of(invoice: StripeObject) -> str:
     # API 2025-03-31.basil moved it under parent.subscription_details.
     parent = invoice.get("parent") or {}
     details = parent.get("subscription_details") or {} if isinstance(parent, dict) else {}
-    return _id(invoice.get("subscription")) or _id(details.get("subscription"))
+    return stripe_id(invoice.get("subscription")) or stripe_id(details.get("subscription"))
 
 
 def _period_of(invoice: StripeObject) -> tuple[int, int]:
@@ -58,25 +54,36 @@ async def _user_for(tx: LedgerTx, subscription_id: str, customer_id: str, meta: 
 
 
 class TierEvents:
-    def __init__(self, rules: TierRules, pro_monthly: int) -> None:
+    def __init__(self, rules: TierRules, pro_monthly: int, payments: PaymentsService) -> None:
         self.rules = rules
         self.pro_monthly = pro_monthly
+        self.payments = payments  # the invoice is a payment of the user's history
 
-    def handlers(self) -> dict[str, Any]:
-        return {
-            "invoice.paid": self.invoice_paid,
-            "invoice.payment_succeeded": self.invoice_paid,
-            "invoice.payment_failed": self.invoice_failed,
-            "customer.subscription.updated": self.subscription_updated,
-            "customer.subscription.deleted": self.subscription_deleted,
-        }
+    def register(self, router: EventRouter) -> None:
+        """Invoices and subscriptions, and the Checkout of the Pro upgrade (subscription mode)."""
+        for event_type, handler in (
+            ("invoice.paid", self.invoice_paid),
+            ("invoice.payment_succeeded", self.invoice_paid),
+            ("invoice.payment_failed", self.invoice_failed),
+            ("customer.subscription.updated", self.subscription_updated),
+            ("customer.subscription.deleted", self.subscription_deleted),
+        ):
+            router.on(event_type, outcome_only(handler))
+        router.on("checkout.session.completed", self.checkout_completed, mode="subscription")
+        router.on("checkout.session.expired", self.checkout_expired, mode="subscription")
+
+    async def checkout_completed(self, tx: LedgerTx, session: StripeObject) -> Handled:
+        return Handled(await self.checkout_session(tx, "checkout.session.completed", session))
+
+    async def checkout_expired(self, tx: LedgerTx, session: StripeObject) -> Handled:
+        return Handled(await self.checkout_session(tx, "checkout.session.expired", session))
 
     async def _user(self, tx: LedgerTx, sub_id: str, obj: StripeObject) -> str | None:
         meta = obj.get("metadata") or {} if obj.get("object") == "subscription" else {}
         parent = obj.get("parent") or {}
         if isinstance(parent, dict):
             meta = meta or (parent.get("subscription_details") or {}).get("metadata") or {}
-        return await _user_for(tx, sub_id, _id(obj.get("customer")), meta)
+        return await _user_for(tx, sub_id, stripe_id(obj.get("customer")), meta)
 
     async def checkout_session(self, tx: LedgerTx, etype: str, session: StripeObject) -> str:
         """The Pro upgrade's subscription-mode Checkout. Completed: the new
@@ -86,8 +93,8 @@ class TierEvents:
         Expired: the upgrade is abandoned, so that UpgradeTier can make a new link."""
         raw = session.get("metadata")
         meta: StripeObject = raw if isinstance(raw, dict) else {}
-        sub_id = _id(session.get("subscription"))
-        customer = _id(session.get("customer"))
+        sub_id = stripe_id(session.get("subscription"))
+        customer = stripe_id(session.get("customer"))
         uid = str(meta.get("user_id") or session.get("client_reference_id") or "") or await _user_for(
             tx, sub_id, customer, {}
         )
@@ -96,7 +103,7 @@ class TierEvents:
         await tx.wallet(uid)
         user = tx.user(uid)
         row = await load_sub(tx, uid)
-        session_id = _id(session.get("id"))
+        session_id = stripe_id(session.get("id"))
         if etype == "checkout.session.completed":
             if not sub_id:
                 return "awaiting_payment"
@@ -125,9 +132,9 @@ class TierEvents:
         if uid is None:
             # Our record of the upgrade may not be committed yet: fail so Stripe retries.
             raise errors.Unavailable("subscription not known yet", reason="SUBSCRIPTION_UNKNOWN")
-        key = f"allowance:invoice:{_id(invoice.get('id'))}"
+        key = keys.allowance_invoice(stripe_id(invoice.get("id")))
         # The invoice is a payment in the user's history, once per invoice.
-        await record_invoice(tx, uid, invoice, paid=True, credits=self.pro_monthly)
+        await self.payments.record_invoice(tx, uid, invoice, paid=True, credits=self.pro_monthly)
         if not await tx.key_unused(key):
             return "duplicate_invoice"
         await tx.wallet(uid)
@@ -143,7 +150,7 @@ class TierEvents:
         change_tier(tx, user, "pro", why="subscription invoice paid")
         tx.set_user(uid, period_start_us=start, period_end_us=end)
         await save_sub(tx, uid, status=SubscriptionStatus.ACTIVE, stripe_subscription_id=sub_id,
-                       stripe_customer_id=_id(invoice.get("customer")) or None,
+                       stripe_customer_id=stripe_id(invoice.get("customer")) or None,
                        payment_url="", grace_until_us=None, **resume)
         await tx.grant_allowance(uid, self.pro_monthly, start, end, key=key)
         return "allowance_granted"
@@ -163,7 +170,7 @@ class TierEvents:
         charge: StripeObject = raw_charge if isinstance(raw_charge, dict) else {}
         err = invoice.get("last_finalization_error") or {}
         reason = charge.get("failure_code") or err.get("decline_code") or err.get("code") or "payment_failed"
-        await record_invoice(tx, uid, invoice, paid=False, credits=self.pro_monthly, reason=str(reason))
+        await self.payments.record_invoice(tx, uid, invoice, paid=False, credits=self.pro_monthly, reason=str(reason))
         if user["tier"] != "pro" and sub and sub["stripe_subscription_id"] == sub_id and sub["status"] == SubscriptionStatus.CANCELED:
             # A retry of a renewal that failed past the grace end: the subscription
             # lapsed (the user is on free); it is not a pending first upgrade.
@@ -182,7 +189,7 @@ class TierEvents:
         return "payment_failed"
 
     async def subscription_updated(self, tx: LedgerTx, sub: StripeObject) -> str:
-        sub_id = _id(sub.get("id"))
+        sub_id = stripe_id(sub.get("id"))
         uid = await self._user(tx, sub_id, sub)
         if uid is None:
             return "unmatched"
@@ -206,7 +213,7 @@ class TierEvents:
         return "subscription_updated"
 
     async def subscription_deleted(self, tx: LedgerTx, sub: StripeObject) -> str:
-        sub_id = _id(sub.get("id"))
+        sub_id = stripe_id(sub.get("id"))
         uid = await self._user(tx, sub_id, sub)
         if uid is None:
             return "unmatched"

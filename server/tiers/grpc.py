@@ -5,10 +5,11 @@ from __future__ import annotations
 from flownexus.billing.v1 import common_pb2, tier_pb2, tier_pb2_grpc
 
 from server.grpc import Ctx, convert, validation
+from server.payments.events import EventRouter
 from server.platform.auth import principal
 from server.registry import Registry
 from server.tiers.events import TierEvents
-from server.tiers.models import TierChange, TierSpec
+from server.tiers.models import TierSpec
 from server.tiers.service import TierService
 
 SUBSCRIPTION_STATUS = {
@@ -27,7 +28,7 @@ UPGRADE_STATUS = {
 
 def tier_info(t: TierSpec) -> tier_pb2.TierInfo:
     return tier_pb2.TierInfo(
-        tier=convert.tier_pb(t.name),  # type: ignore[arg-type]
+        tier=convert.tier_pb(t.name),
         display_name=t.display_name,
         monthly_credits_millicredits=t.monthly_millicredits,
         price_cents=t.price_cents,
@@ -48,7 +49,7 @@ class TierServicer(tier_pb2_grpc.TierServiceServicer):
     async def GetTier(self, request: tier_pb2.GetTierRequest, context: Ctx) -> tier_pb2.GetTierResponse:
         v = await self.service.get(principal(), validation.user_id(request.user_id))
         resp = tier_pb2.GetTierResponse(
-            tier=convert.tier_pb(v.tier),  # type: ignore[arg-type]
+            tier=convert.tier_pb(v.tier),
             period_start=convert.ts(v.period_start_us),
             period_end=convert.ts(v.period_end_us),
             monthly_credits_millicredits=v.monthly,
@@ -57,19 +58,12 @@ class TierServicer(tier_pb2_grpc.TierServiceServicer):
             payment_url=v.payment_url,
         )
         if v.pending_tier:
-            resp.pending_tier = convert.tier_pb(v.pending_tier)  # type: ignore[assignment]
+            resp.pending_tier = convert.tier_pb(v.pending_tier)
             at = convert.ts(v.pending_change_at_us)
             if at is not None:
                 resp.pending_change_at.CopyFrom(at)
         return resp
 
-    @staticmethod
-    def _change(c: TierChange) -> dict[str, object]:
-        return {
-            "new_tier": convert.tier_pb(c.new_tier),
-            "monthly_credits_millicredits": c.monthly,
-            "effective_date": convert.ts(c.effective_us),
-        }
 
     async def UpgradeTier(self, request: tier_pb2.UpgradeTierRequest, context: Ctx) -> tier_pb2.UpgradeTierResponse:
         tier = validation.enum(request.tier, common_pb2.Tier, field="tier")
@@ -82,7 +76,9 @@ class TierServicer(tier_pb2_grpc.TierServiceServicer):
             monthly=request.monthly_credits_millicredits,
         )
         return tier_pb2.UpgradeTierResponse(
-            **self._change(c),  # type: ignore[arg-type]
+            new_tier=convert.tier_pb(c.new_tier),
+            monthly_credits_millicredits=c.monthly,
+            effective_date=convert.ts(c.effective_us),
             status=UPGRADE_STATUS[c.status],
             payment_url=c.payment_url,
         )
@@ -98,11 +94,14 @@ class TierServicer(tier_pb2_grpc.TierServiceServicer):
             request_id=validation.request_id(request.request_id),
             fingerprint=validation.fingerprint("DowngradeTier", request),
         )
-        return tier_pb2.DowngradeTierResponse(**self._change(c))  # type: ignore[arg-type]
+        return tier_pb2.DowngradeTierResponse(
+            new_tier=convert.tier_pb(c.new_tier),
+            monthly_credits_millicredits=c.monthly,
+            effective_date=convert.ts(c.effective_us),
+        )
 
 
-def register(reg: Registry, service: TierService, events: TierEvents) -> None:
+def register(reg: Registry, service: TierService, events: TierEvents, stripe_events: EventRouter) -> None:
     reg.servicer(tier_pb2_grpc.add_TierServiceServicer_to_server, TierServicer(service))
-    reg.webhooks.by_type.update(events.handlers())
-    reg.webhooks.checkout_modes["subscription"] = events.checkout_session  # the Pro upgrade's Checkout
+    events.register(stripe_events)
     reg.job("cancel_lapsed_subscriptions", service.cancel_lapsed)

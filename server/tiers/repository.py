@@ -51,3 +51,12 @@ async def read_sub(engine: AsyncEngine, user_id: str) -> SubscriptionRow | None:
     async with engine.connect() as conn:
         row = (await conn.execute(select(tier_subscriptions).where(tier_subscriptions.c.user_id == user_id))).mappings().first()
     return dict(row) if row else None  # type: ignore[return-value]
+
+
+async def to_cancel_in_stripe(engine: AsyncEngine, *, limit: int) -> list[tuple[str, str]]:
+    """(user, subscription) pairs to cancel in Stripe: lapsed, or moved to Enterprise."""
+    q = select(tier_subscriptions.c.user_id, tier_subscriptions.c.stripe_subscription_id).where(
+        tier_subscriptions.c.cancel_in_stripe.is_(True)
+    ).limit(limit)
+    async with engine.connect() as conn:
+        return [(str(u), str(s)) for u, s in (await conn.execute(q)).all()]

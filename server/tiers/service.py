@@ -12,25 +12,22 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
-
 from server.balance.service import BalanceService
 from server.db.engine import Database
-from server.db.schema import tier_subscriptions
 from server.ledger import keys
 from server.ledger.model import MAX_AMOUNT, LotKind, from_json, to_json, wallet_id
 from server.ledger.ops import Call, Idempotency
 from server.ledger.repository import LedgerReader
 from server.ledger.tx import LedgerTx
 from server.ledger.writer import LedgerWriter
-from server.payments.customers import StripeCustomers
 from server.payments.gateway import StripeGateway
+from server.payments.service import PaymentsService
 from server.platform import errors
 from server.platform.auth import Principal, Role
 from server.platform.clock import Clock, month_bounds
 from server.platform.config import Settings
 from server.tiers.models import SubscriptionStatus, TierChange, TierSpec, TierView, UpgradeStatus
-from server.tiers.repository import load_sub, read_sub, save_sub
+from server.tiers.repository import load_sub, read_sub, save_sub, to_cancel_in_stripe
 from server.tiers.rules import TierRules, change_tier, prorate, tier_rank
 
 log = logging.getLogger(__name__)
@@ -65,7 +62,7 @@ class TierService:
         tiers: dict[str, TierSpec],
         rules: TierRules,
         gateway: StripeGateway | None,
-        customers: StripeCustomers | None,
+        payments: PaymentsService | None,
     ) -> None:
         self.balance = balance
         self.writer = writer
@@ -76,9 +73,7 @@ class TierService:
         self.tiers = tiers
         self.rules = rules
         self.gateway = gateway
-        self.customers = customers
-        # The card off-session charges use (auto-refill's, server/app.py wires it).
-        self.card_of: Any = None
+        self.payments = payments  # the Stripe customer and the saved card
 
     # ---- reads ----------------------------------------------------------------------
 
@@ -155,7 +150,7 @@ class TierService:
             # The rest of this month, prorated and rounded down; once per user and month.
             grant = prorate(monthly, start, end, tx.now_us)
             if grant > 0:
-                await tx.grant_allowance(uid, grant, start, end, key=f"allowance:upgrade:{uid}:{start}")
+                await tx.grant_allowance(uid, grant, start, end, key=keys.allowance_upgrade(uid, start))
             sub = await load_sub(tx, uid)
             if sub is not None:
                 live = bool(sub["stripe_subscription_id"]) and sub["status"] not in (SubscriptionStatus.CANCELED, SubscriptionStatus.NONE)
@@ -188,10 +183,11 @@ class TierService:
             raise upgrade_failed(
                 "payments are not configured: set BILLING_STRIPE_API_KEY", setting="BILLING_STRIPE_API_KEY"
             )
-        assert self.customers is not None
-        customer = await self.customers.get_or_create(uid)
+        assert self.payments is not None
+        customer = await self.payments.customer(uid)
         price = self.tiers["pro"].price_cents
-        pm = await self.card_of(uid) if self.card_of is not None else await gw.saved_payment_method(customer)
+        card = await self.payments.charge_card(uid)  # the card auto-refill and TopUp charge
+        pm = card.payment_method_id if card else None
         declined: errors.DomainError | None = None
         if pm:
             try:
@@ -294,11 +290,7 @@ class TierService:
         """Cancel in Stripe the subscriptions of users who lapsed or moved to Enterprise."""
         if self.gateway is None or not self.gateway.configured:
             return 0
-        async with self.db.reader.connect() as conn:
-            q = select(tier_subscriptions.c.user_id, tier_subscriptions.c.stripe_subscription_id).where(
-                tier_subscriptions.c.cancel_in_stripe.is_(True)
-            ).limit(100)
-            rows = (await conn.execute(q)).all()
+        rows = await to_cancel_in_stripe(self.db.reader, limit=100)
         done = 0
         for uid, sub_id in rows:
             try:

@@ -56,8 +56,7 @@ async def test_migrations_match_the_declared_schema(db_url: str) -> None:
         assert shape(stored.get(name) or "") == shape(declared), (name, stored.get(name), declared)
 
 
-def _alembic(sync_conn, target: str) -> None:  # type: ignore[no-untyped-def]
-    from alembic import command
+def _alembic_config(sync_conn):  # type: ignore[no-untyped-def]
     from alembic.config import Config
 
     from server.db.engine import MIGRATIONS_DIR
@@ -65,7 +64,13 @@ def _alembic(sync_conn, target: str) -> None:  # type: ignore[no-untyped-def]
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     cfg.attributes["connection"] = sync_conn
-    command.upgrade(cfg, target)
+    return cfg
+
+
+def _alembic(sync_conn, target: str) -> None:  # type: ignore[no-untyped-def]
+    from alembic import command
+
+    command.upgrade(_alembic_config(sync_conn), target)
 
 
 async def test_user_keyed_transfers_are_re_keyed_exactly(db_url: str) -> None:
@@ -114,3 +119,48 @@ async def test_user_keyed_transfers_are_re_keyed_exactly(db_url: str) -> None:
             assert found[n] == "allowance:upgrade:x:1700:legacy-clash"  # not what its row would make: kept
         else:
             assert found[n] == expected, (n, found[n])
+
+
+def _alembic_down(sync_conn, target: str) -> None:  # type: ignore[no-untyped-def]
+    from alembic import command
+
+    command.downgrade(_alembic_config(sync_conn), target)
+
+
+async def test_saved_cards_move_from_refill_configs_to_payments_and_back(db_url: str) -> None:
+    """Migration 0011: every card refill_configs held (a resolved card with its
+    details, a setup link's card not yet resolved) moves to saved_cards, and
+    the downgrade puts it back on the config."""
+    base = {"enabled": True, "threshold": 1, "amount_cents": 500, "state": "active", "paused_reason": "",
+            "recovery_url": "", "last_failure_reason": "", "cap_blocked_until_us": 0, "created_at_us": 1,
+            "updated_at_us": 7}
+    none = {"payment_method_id": None, "pm_brand": "", "pm_last4": "", "pm_exp_month": 0, "pm_exp_year": 0,
+            "setup_intent_id": None}
+    configs = {
+        "carded": {**none, "payment_method_id": "pm_1", "pm_brand": "visa", "pm_last4": "4242", "pm_exp_month": 12,
+                   "pm_exp_year": 2040},
+        "setup": {**none, "setup_intent_id": "seti_1"},
+        "bare": none,
+    }
+    engine = create_async_engine(db_url)
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(_alembic, "0010")
+            for user, card in configs.items():
+                columns = {"user_id": user, **base, **card}
+                await conn.execute(text(f"INSERT INTO refill_configs ({', '.join(columns)}) "
+                                        f"VALUES ({', '.join(':' + c for c in columns)})"), columns)
+            await conn.run_sync(_alembic, "0011")
+            moved = {r.user_id: tuple(r)[1:] for r in (await conn.execute(text(
+                "SELECT user_id, payment_method_id, brand, last4, exp_month, exp_year, setup_intent_id, updated_at_us "
+                "FROM saved_cards ORDER BY user_id"))).all()}
+            assert moved == {"carded": ("pm_1", "visa", "4242", 12, 2040, None, 7),
+                             "setup": (None, "", "", 0, 0, "seti_1", 7)}
+            await conn.run_sync(_alembic_down, "0010")
+            back = {r.user_id: dict(r._mapping) for r in (await conn.execute(text(
+                "SELECT user_id, payment_method_id, pm_brand, pm_last4, pm_exp_month, pm_exp_year, setup_intent_id "
+                "FROM refill_configs"))).all()}
+    finally:
+        await engine.dispose()
+    for user, card in configs.items():
+        assert back[user] == {"user_id": user, **card}, user

@@ -4,7 +4,6 @@ classification of charges that did not succeed."""
 from __future__ import annotations
 
 import random
-from types import SimpleNamespace
 
 import pytest
 
@@ -19,8 +18,7 @@ BASE, CAP, JITTER = 3600.0, 24 * 3600.0, 0.2
 def make_worker(**overrides: float) -> RefillWorker:
     values = {"refill_retry_base_seconds": BASE, "refill_retry_max_seconds": CAP, "refill_retry_jitter": JITTER}
     values.update(overrides)
-    service = SimpleNamespace(settings=Settings(**values), writer=None, gateway=None)
-    return RefillWorker(service)  # type: ignore[arg-type]
+    return RefillWorker(Settings(**values), None, None)  # type: ignore[arg-type]
 
 
 @pytest.fixture

@@ -96,7 +96,7 @@ BY_CODE: dict[grpc.StatusCode, type[BillingError]] = {
 
 def error_info(exc: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo | None:
     try:
-        status = rpc_status.from_call(exc)  # type: ignore[arg-type]
+        status = rpc_status.from_call(exc)
     except ValueError:  # a status that disagrees with its details
         return None
     for detail in status.details if status else ():

@@ -167,7 +167,7 @@ class Args:
 # ---- conversions ------------------------------------------------------------------------
 
 def _tier(value: int) -> str:
-    return enum_word(common_pb2.Tier.Name(value), "TIER_")  # type: ignore[arg-type]
+    return enum_word(common_pb2.Tier.Name(value), "TIER_")
 
 
 def transaction(t: common_pb2.Transaction) -> dict[str, Any]:
