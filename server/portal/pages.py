@@ -178,11 +178,11 @@ def csv_row(t: TransferView) -> list[str]:
     """One transaction as ListTransactions gives it; text cells that a
     spreadsheet would run as a formula are prefixed with a quote."""
 
-    def text(s: str) -> str:
+    def cell(s: str) -> str:
         return "'" + s if s[:1] in ("=", "+", "-", "@", "\t", "\r") else s
 
     return [str(t.id), iso(t.created_at_us), common_pb2.TransactionType.Name(convert.kind_pb(t.kind)),
-            str(t.amount), str(t.balance_after), text(t.category), text(t.description)]
+            str(t.amount), str(t.balance_after), cell(t.category), cell(t.description)]
 
 
 # ---- responses ---------------------------------------------------------------------------
