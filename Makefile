@@ -39,13 +39,24 @@ grpcurl: $(RUN_STAMP)
 # and sockets, so two share the machine's cores well (measured: 14 -> 8 min).
 TEST_WORKERS ?= 2
 
-# axe-core for the portal's accessibility check (tests/portal), from its lock file.
-AXE := tests/portal/js/node_modules/axe-core/axe.min.js
-$(AXE): tests/portal/js/package.json tests/portal/js/package-lock.json
-	cd tests/portal/js && npm ci --no-audit --no-fund --silent
-	@touch $(AXE)
+# The MCP host tests' node packages (the official TypeScript SDK client, the MCP
+# Inspector CLI), exactly as locked, from the npm registry.
+JS_TESTS := tests/mcp/js
+JS_STAMP := $(JS_TESTS)/node_modules/.installed
 
-test: $(STAMP) $(AXE)
+$(JS_STAMP): $(JS_TESTS)/package.json $(JS_TESTS)/package-lock.json
+	cd $(JS_TESTS) && npm ci --no-audit --no-fund --loglevel=error
+	@touch $(JS_STAMP)
+
+# axe-core for the portal's accessibility check (tests/portal), the same way.
+AXE_TESTS := tests/portal/js
+AXE_STAMP := $(AXE_TESTS)/node_modules/.installed
+
+$(AXE_STAMP): $(AXE_TESTS)/package.json $(AXE_TESTS)/package-lock.json
+	cd $(AXE_TESTS) && npm ci --no-audit --no-fund --loglevel=error
+	@touch $(AXE_STAMP)
+
+test: $(STAMP) $(JS_STAMP) $(AXE_STAMP)
 	$(PY) -m pytest -q -n $(TEST_WORKERS)
 
 # The period-sensitive tests again under a shifted wall clock (Debian's faketime),
@@ -107,4 +118,4 @@ soak: $(STAMP)
 	BILLING_SOAK=1 $(PY) -m pytest -q -rP -m slow tests
 
 clean:
-	rm -rf $(VENV) var .pytest_cache
+	rm -rf $(VENV) var .pytest_cache $(JS_TESTS)/node_modules

@@ -40,6 +40,8 @@ async def unary(cfg: dict[str, Any]) -> dict[str, Any]:
         await ch.channel_ready()
     md = (("authorization", f"Bearer {cfg['token']}"),)
     users: list[str] = cfg.get("users") or [""]
+    # Spends through scoped keys: each user's key (a service names it on each spend).
+    keys: dict[str, str] = cfg.get("keys") or {}
     mode = cfg["method"]
     tag = cfg.get("tag", "c")
     warmup, duration = cfg["warmup"], cfg["duration"]
@@ -67,12 +69,13 @@ async def unary(cfg: dict[str, Any]) -> dict[str, Any]:
             size = cfg["batch"]
 
             async def call(i: int) -> Any:
+                picked = [users[rng_b.randrange(len(users))] for _ in range(size)]
                 req = usage_pb2.SpendBatchRequest(requests=[
                     usage_pb2.SpendRequest(
-                        user_id=users[rng_b.randrange(len(users))], amount_millicredits=cfg.get("amount", 1),
-                        request_id=f"{tag}-{w}-{i}-{j}", category="bench",
+                        user_id=u, amount_millicredits=cfg.get("amount", 1),
+                        request_id=f"{tag}-{w}-{i}-{j}", category="bench", key_id=keys.get(u, ""),
                     )
-                    for j in range(size)
+                    for j, u in enumerate(picked)
                 ])
                 r = await stub_u.SpendBatch(req, metadata=md)
                 refused = sum(1 for x in r.results if x.HasField("error"))
@@ -84,11 +87,13 @@ async def unary(cfg: dict[str, Any]) -> dict[str, Any]:
             rng = random.Random(w)
 
             def call(i: int) -> Any:
+                user = users[rng.randrange(len(users))]
                 req = usage_pb2.SpendRequest(
-                    user_id=users[rng.randrange(len(users))],
+                    user_id=user,
                     amount_millicredits=cfg.get("amount", 1),
                     request_id=f"{tag}-{w}-{i}",
                     category="bench",
+                    key_id=keys.get(user, ""),
                 )
                 return stub.Spend(req, metadata=md)
 

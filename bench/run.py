@@ -20,7 +20,7 @@ Knobs (environment):
   BENCH_RECORDER_PRODUCERS=32, BENCH_RECORDER_BATCH=100, BENCH_RECORDER_FLUSH_MS=10,
   BENCH_RECORDER_QUEUE=100, BENCH_RECORDER_IN_FLIGHT=2   the UsageRecorder row
   BENCH_WORKERS=1          `serve --workers N` for the PostgreSQL servers (SQLite stays at 1)
-  BENCH_SKIP=...,batch,raw,recorder,noledger   skip those rows too
+  BENCH_SKIP=...,batch,raw,recorder,noledger,keys   skip those rows too
   BENCH_PROFILE=1          py-spy (raw, collapsed stacks) the server during each load row,
                            into BENCH_PROFILE_DIR (default /tmp)
 """
@@ -52,6 +52,8 @@ from flownexus.billing.v1 import (
     earnings_pb2_grpc,
     history_pb2,
     history_pb2_grpc,
+    keys_pb2,
+    keys_pb2_grpc,
     usage_pb2,
     usage_pb2_grpc,
 )
@@ -179,6 +181,8 @@ async def billing_server(url: str, workdir: Path, *, module: str = "server", **e
         # Nor is the per-caller cap on mutations (10,000 items/s by default):
         # the batched rows would meet it on a faster machine than this one.
         "BILLING_SERVICE_MUTATION_RATE_PER_SECOND": "0",
+        # An agent's key is a user-level caller: its cap is not measured either.
+        "BILLING_USER_MUTATION_RATE_PER_SECOND": "0",
         # The watch row opens all its streams with one service token (a dashboard backend).
         "BILLING_SERVICE_MAX_STREAMS": str(max(WATCHERS, 1) * 2),
         **env,
@@ -353,6 +357,48 @@ async def batch_rows(
                    "concurrency": max(2, BATCH_ITEMS_IN_FLIGHT // size)}
             r = await run_client(cfg, server)
             rows.append({"name": f"{prefix}SpendBatch({size}), {name}", "db": kind, "section": "items", **r})
+    return rows
+
+
+async def make_keys(target: str, users: list[str]) -> dict[str, tuple[str, str]]:
+    """One key per account (created by an admin), with budgets far above what a run spends: user -> (id, secret)."""
+    md = (("authorization", f"Bearer {mint_token(SECRET, 'bench-admin', Role.ADMIN, ttl_seconds=7200)}"),)
+    budgets = [keys_pb2.Budget(window=w, limit_millicredits=10**14) for w in
+               (keys_pb2.BUDGET_WINDOW_HOUR, keys_pb2.BUDGET_WINDOW_DAY, keys_pb2.BUDGET_WINDOW_MONTH)]
+    out: dict[str, tuple[str, str]] = {}
+    async with channel(target) as ch:
+        stub = keys_pb2_grpc.KeysServiceStub(ch)
+        sem = asyncio.Semaphore(32)
+
+        async def one(u: str) -> None:
+            async with sem:
+                r = await stub.CreateKey(keys_pb2.CreateKeyRequest(
+                    user_id=u, label=f"bench-agent-{u}", budgets=budgets, request_id=f"key-{u}"), metadata=md)
+                out[u] = (r.key.id, r.secret)
+
+        await asyncio.gather(*(one(u) for u in users))
+    return out
+
+
+async def key_rows(kind: str, server: Server, users: list[str]) -> list[dict[str, Any]]:
+    """The plain rows again through scoped keys with budgets: a service naming
+    each account's key, and an agent calling with its key's secret (looked up
+    on every call)."""
+    log(f"{kind}: creating {len(users)} keys")
+    made = await make_keys(server.target, users)
+    keys = {u: made[u][0] for u in users}
+    rows = []
+    log(f"{kind}: Spend through a key with budgets, {ACCOUNTS} accounts")
+    r = await run_client({**load_cfg(server.target, "spend", "ka", users), "keys": keys}, server)
+    rows.append({"name": f"Spend through a key with budgets, {ACCOUNTS} accounts", "db": kind, **r})
+    log(f"{kind}: Spend with a key's secret, 1 hot account")
+    r = await run_client({**load_cfg(server.target, "spend", "ks"), "token": made[users[0]][1]}, server)
+    rows.append({"name": "Spend with a key's secret, 1 hot account", "db": kind, **r})
+    log(f"{kind}: SpendBatch(100) through keys, {ACCOUNTS} accounts")
+    cfg = {**load_cfg(server.target, "batch", "kb", users), "keys": keys, "batch": 100,
+           "concurrency": max(2, BATCH_ITEMS_IN_FLIGHT // 100)}
+    r = await run_client(cfg, server)
+    rows.append({"name": f"SpendBatch(100) through keys, {ACCOUNTS} accounts", "db": kind, "section": "items", **r})
     return rows
 
 
@@ -545,6 +591,8 @@ async def bench(workdir: Path) -> dict[str, Any]:
                     rows += [{**r, "baseline": kind} for r in await batch_rows(kind, server, users)]
                 if "recorder" not in SKIP:
                     rows.append({**await recorder_row(kind, server, users), "baseline": kind})
+                if "keys" not in SKIP:
+                    rows += [{**r, "baseline": kind} for r in await key_rows(kind, server, users)]
                 if kind == dbs[0]:
                     # No database: what the gRPC stack, the interceptor and a servicer cost.
                     log("ListTiers (no database)")
@@ -593,6 +641,7 @@ def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
             out.append({"target": f"{name} server CPU per call <= {SPEND_CPU_VS_ECHO:g}x echo's", "value": round(ratio, 2),
                         "ok": ratio <= SPEND_CPU_VS_ECHO})
     out += item_targets(res["rows"])
+    out += key_targets(res["rows"])
     for h in res["history"]:
         out.append({"target": f"{h['name']} ({h['db']}) p99 < 20 ms", "value": round(h["p99_ms"], 2),
                     "ok": h["p99_ms"] < 20})
@@ -603,6 +652,37 @@ def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
         out.append({"target": "watchers: server RSS < 512 MB", "value": w["rss_peak_mb"], "ok": w["rss_peak_mb"] < 512})
         out.append({"target": "watchers: every subscriber got its event", "value": f"{w['received_all']}/{w['subscribers']}",
                     "ok": w["received_all"] == w["subscribers"]})
+    return out
+
+
+# Through a scoped key with budgets against the same row without one, in the same run.
+KEY_RATE_VS_PLAIN, KEY_CPU_VS_PLAIN = 0.9, 1.1
+KEY_ROWS = {
+    f"Spend through a key with budgets, {ACCOUNTS} accounts": (f"Spend, {ACCOUNTS} accounts", "rps", "server_cpu_us_per_call"),
+    "Spend with a key's secret, 1 hot account": ("Spend, 1 hot account", "rps", "server_cpu_us_per_call"),
+    f"SpendBatch(100) through keys, {ACCOUNTS} accounts": (
+        f"SpendBatch(100), {ACCOUNTS} accounts", "items_per_s", "server_cpu_us_per_item"),
+}
+
+
+def key_targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each key row within 10 % of its plain row: throughput and server CPU per call (per item for batches)."""
+    out = []
+    by = {(r["name"], r["db"]): r for r in rows}
+    for r in rows:
+        if r["name"] not in KEY_ROWS:
+            continue
+        plain_name, rate, cpu = KEY_ROWS[r["name"]]
+        plain = by.get((plain_name, r["db"]))
+        if not plain or not plain[rate]:
+            continue
+        ratio = r[rate] / plain[rate]
+        out.append({"target": f"{r['name']} ({r['db']}) >= {KEY_RATE_VS_PLAIN}x {plain_name}", "value": round(ratio, 2),
+                    "ok": ratio >= KEY_RATE_VS_PLAIN})
+        if r.get(cpu) and plain.get(cpu):
+            ratio = r[cpu] / plain[cpu]
+            out.append({"target": f"{r['name']} ({r['db']}) server CPU <= {KEY_CPU_VS_PLAIN}x {plain_name}'s",
+                        "value": round(ratio, 2), "ok": ratio <= KEY_CPU_VS_PLAIN})
     return out
 
 

@@ -17,6 +17,7 @@ from flownexus.billing.v1 import (
     balance_pb2,
     earnings_pb2,
     history_pb2,
+    keys_pb2,
     payments_pb2,
     portal_pb2,
     refill_pb2,
@@ -41,6 +42,10 @@ from server.grpc.interceptors import CallInterceptor
 from server.history import grpc as history_grpc
 from server.history.repository import HistoryRepository
 from server.history.service import HistoryService
+from server.keys import grpc as keys_grpc
+from server.keys.models import SECRET_PREFIX
+from server.keys.repository import KeysRepository
+from server.keys.service import KeysService
 from server.ledger.model import BalanceEvent, tally
 from server.ledger.repository import LedgerReader
 from server.ledger.writer import LedgerWriter
@@ -80,6 +85,7 @@ SERVICE_NAMES = tuple(
         (earnings_pb2, "EarningsService"),
         (usage_pb2, "UsageService"),
         (admin_pb2, "AdminService"),
+        (keys_pb2, "KeysService"),
         (portal_pb2, "PortalService"),
     )
 )
@@ -138,6 +144,10 @@ class App:
 
         self.balance = BalanceService(self.writer, self.reader, self.clock, self.refill.lookup)
         balance_grpc.register(reg, self.balance, self.hub, self.clock)
+
+        # Keys before usage: every Spend through a key is held to its budgets.
+        self.keys = KeysService(self.writer, KeysRepository(self.db.reader, self.db.fast), self.clock, settings)
+        keys_grpc.register(reg, self.keys)
 
         self.mutations = mutation_limits(settings)
         self.usage = UsageService(self.writer, self.reader, settings, self.mutations)
@@ -223,6 +233,7 @@ class App:
             CallInterceptor(
                 s.effective_jwt_secret, s.jwt_issuer, limiters(s), s.max_concurrent_rpcs,
                 mutations=self.mutations, streams=streams, calls=calls,
+                keys=self.keys.principal, key_prefix=SECRET_PREFIX,
             ),
         ]
         if s.otel_enabled:

@@ -13,6 +13,7 @@ from typing import Any
 import grpc
 from aiohttp import web
 
+from server.ledger.tx import SpendGuard
 from server.ledger.writer import BatchHook, LedgerWriter
 from server.workers import Job, Workers
 
@@ -35,6 +36,10 @@ class Registry:
 
     def job(self, name: str, job: Job) -> None:
         self.workers.add(name, job)
+
+    def spend_guard(self, guard: SpendGuard) -> None:
+        """The scoped keys' budgets, used inside every batch under its locks."""
+        self.writer.guard = guard
 
     def ledger_extension(self, hook: BatchHook) -> None:
         """Runs inside every batch, before its write-back, under the batch's locks."""

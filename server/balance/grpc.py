@@ -73,6 +73,7 @@ class BalanceServicer(balance_pb2_grpc.BalanceServiceServicer):
             message=event.message,
             payment_url=event.payment_url,
             time=convert.ts(event.transfer.created_at_us if event.transfer else self.clock.now_us()),
+            key_id=event.key_id,
         )
         if event.credits is not None:
             msg.credits_millicredits = event.credits
@@ -91,6 +92,9 @@ EVENT_TYPES = {
     "action_required": balance_pb2.BALANCE_EVENT_TYPE_ACTION_REQUIRED,
     "tier_changed": balance_pb2.BALANCE_EVENT_TYPE_TIER_CHANGED,
     "payment_failed": balance_pb2.BALANCE_EVENT_TYPE_PAYMENT_FAILED,
+    "budget_warning": balance_pb2.BALANCE_EVENT_TYPE_BUDGET_WARNING,
+    "budget_exhausted": balance_pb2.BALANCE_EVENT_TYPE_BUDGET_EXHAUSTED,
+    "budget_reset": balance_pb2.BALANCE_EVENT_TYPE_BUDGET_RESET,
 }
 
 

@@ -74,9 +74,12 @@ transfers = Table(
     Column("ledger", Text, nullable=False, server_default="{}"),
     # A reversal or a usage refund: the id of the transfer it corrects.
     Column("corrects", BigInteger, nullable=True),
+    # The scoped key (api_keys) the transfer was made through or for: budgets and history by key.
+    Column("key_id", String(64), nullable=True),
     CheckConstraint("amount > 0", name="amount_positive"),
     CheckConstraint("debit_account <> credit_account", name="distinct_accounts"),
     Index("ix_transfers_corrects", "corrects"),
+    Index("ix_transfers_key_id", "key_id", "id"),
 )
 
 # Balance buckets of a wallet, spent in order: allowance, earned, purchased.
@@ -112,6 +115,8 @@ holds = Table(
     Column("expires_at_us", BigInteger, nullable=False),
     Column("created_at_us", BigInteger, nullable=False),
     Column("resolved_at_us", BigInteger, nullable=True),
+    # The key the hold counts against (its budgets, in the window of created_at_us).
+    Column("key_id", String(64), nullable=True),
     Index("ix_holds_status_expiry", "status", "expires_at_us"),
     Index("ix_holds_user", "user_id"),
 )
@@ -347,4 +352,38 @@ portal_sessions = Table(
     Column("cookie_hash", String(64), nullable=True, unique=True),  # sha256 hex of the session cookie
     Column("session_expires_at_us", BigInteger, nullable=False, default=0),
     Index("ix_portal_sessions_created", "created_at_us"),
+)
+
+# ---- scoped keys -------------------------------------------------------------
+
+# A bearer secret for an agent or a job, spending from its owner's wallet
+# under budgets. Only the secret's SHA-256 is stored.
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("user_id", String(128), nullable=False),
+    Column("label", String(100), nullable=False),
+    Column("secret_hash", String(64), nullable=False, unique=True),
+    Column("secret_prefix", String(16), nullable=False),
+    # [[window, limit_millicredits], ...]
+    Column("budgets", Text, nullable=False, default="[]"),
+    # ["sandbox", ...]; empty: any category
+    Column("categories", Text, nullable=False, default="[]"),
+    Column("max_spend", BigInteger, nullable=False, default=0),  # 0: no limit
+    Column("expires_at_us", BigInteger, nullable=False, default=0),  # 0: never
+    Column("revoked_at_us", BigInteger, nullable=False, default=0),  # 0: live
+    Column("created_by", String(160), nullable=False, default=""),
+    Column("created_at_us", BigInteger, nullable=False),
+    # What the key has used (spent plus held) in its current windows: the start
+    # of the window each counter is for (0: never used), and the lifetime total.
+    # On the key's own row: a batch reads and writes one row per key it touches.
+    Column("hour_start_us", BigInteger, nullable=False, default=0),
+    Column("hour_used", BigInteger, nullable=False, default=0),
+    Column("day_start_us", BigInteger, nullable=False, default=0),
+    Column("day_used", BigInteger, nullable=False, default=0),
+    Column("month_start_us", BigInteger, nullable=False, default=0),
+    Column("month_used", BigInteger, nullable=False, default=0),
+    Column("lifetime_used", BigInteger, nullable=False, default=0),
+    Index("ix_api_keys_user", "user_id", "created_at_us"),
 )

@@ -50,6 +50,7 @@ def transaction(t: TransferView) -> common_pb2.Transaction:
         balance_after_millicredits=t.balance_after,
         category=t.category,
         metadata=t.metadata,
+        key_id=t.key_id,
     )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -14,7 +14,7 @@ from google.protobuf import any_pb2, descriptor_pool, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from server.platform import errors
-from server.platform.auth import TokenCache, current_principal
+from server.platform.auth import Principal, TokenCache, current_principal
 from server.platform.deadline import call_deadline
 from server.platform.logs import new_request_id, request_id_var
 from server.platform.metrics import METRICS, RpcMetrics
@@ -28,6 +28,16 @@ ERROR_DOMAIN = "billing.flownexus.dev"
 BILLING_PREFIX = "/flownexus.billing.v1."
 
 _GRPC_CODES = {c.name: c for c in grpc.StatusCode}
+
+# What a scoped key's secret may call: spend from its wallet, read its own
+# key, and read the wallet's balance and history. Anything else is refused here.
+KEY_METHODS = frozenset({
+    "UsageService/Spend", "UsageService/SpendBatch", "UsageService/Reserve", "UsageService/Capture",
+    "UsageService/Release", "BalanceService/CheckBalance", "BalanceService/GetBalance",
+    "BalanceService/WatchBalance", "HistoryService/ListTransactions", "HistoryService/GetSpendingReport",
+    "KeysService/GetKey",
+})
+KeyLookup = Callable[[str], Awaitable[Principal]]
 
 
 # google.rpc.RetryInfo on UNAVAILABLE when the error names no delay of its own.
@@ -66,6 +76,7 @@ def batch_item_error(exc: BaseException) -> common_pb2.BatchItemError:
         log.error("unexpected error in a batch item", exc_info=exc)
         exc = errors.DomainError("internal error", reason="INTERNAL")
     code = _GRPC_CODES[exc.code.value]
+    METRICS.refused(exc.reason)
     return common_pb2.BatchItemError(
         code=getattr(code_pb2, code.name), message=exc.message, reason=exc.reason, domain=ERROR_DOMAIN,
         metadata=exc.metadata,
@@ -113,8 +124,13 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         mutations: ByRole | None = None,
         streams: PerCaller | None = None,
         calls: PerCaller | None = None,
+        keys: KeyLookup | None = None,
+        key_prefix: str = "",
     ) -> None:
         self.tokens = TokenCache(secret, issuer)
+        # Scoped keys' secrets: looked up on every call (revocation is seen at once).
+        self.keys = keys
+        self.key_prefix = key_prefix
         self.limits = limits
         self.inflight = InFlight(max_in_flight)
         # Each caller's share: its streams, its unary calls in progress, its mutations per second.
@@ -138,6 +154,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         limiter = self.limits.get(method)
         mutations = self.mutations if is_mutating(method) else None
         what = method.rsplit("/", 1)[-1]
+        key_allowed = method.removeprefix(BILLING_PREFIX) in KEY_METHODS
         enter, leave = self._enter, self._leave
         if handler.unary_unary:
             inner = handler.unary_unary
@@ -146,7 +163,9 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
             async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
                 call = _Call(unary_metrics)
                 try:
-                    enter(call, context, limiter, mutations, self.calls, what)
+                    secret = enter(call, context, limiter, mutations, self.calls, what)
+                    if secret is not None:
+                        await self._enter_key(call, context, secret, limiter, mutations, self.calls, what, key_allowed)
                     response = await inner(request, context)
                 except BaseException as exc:
                     await leave(call, method, context, exc)
@@ -164,7 +183,9 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
             async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
                 call = _Call(stream_metrics)
                 try:
-                    enter(call, context, limiter, mutations, self.streams, what)
+                    secret = enter(call, context, limiter, mutations, self.streams, what)
+                    if secret is not None:
+                        await self._enter_key(call, context, secret, limiter, mutations, self.streams, what, key_allowed)
                     async for item in inner_stream(request, context):
                         yield item
                 except BaseException as exc:
@@ -185,7 +206,9 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         mutations: ByRole | None,
         share: PerCaller | None,
         what: str,
-    ) -> None:
+    ) -> str | None:
+        """Authenticate and admit the call; a key's secret is returned instead,
+        for `_enter_key` to look up (a read) and admit."""
         rid = value = ""
         for key, val in context.invocation_metadata() or ():
             if key == "authorization":
@@ -197,7 +220,42 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         rid = call.request_id = rid or new_request_id()
         call.tokens.append(request_id_var.set(rid))
         context.set_trailing_metadata((("x-request-id", rid),))
-        who = self._authenticate(value)
+        found = self._authenticate(value)
+        if isinstance(found, str):
+            return found
+        self._admit(call, context, found, limiter, mutations, share, what)
+        return None
+
+    async def _enter_key(
+        self,
+        call: _Call,
+        context: grpc.aio.ServicerContext,
+        secret: str,
+        limiter: RateLimiter | None,
+        mutations: ByRole | None,
+        share: PerCaller | None,
+        what: str,
+        allowed: bool,
+    ) -> None:
+        assert self.keys is not None
+        who = await self.keys(secret)
+        if not allowed:
+            raise errors.PermissionDenied(
+                f"a key may spend, read its own key and read its wallet's balance and history; not {what}",
+                reason="KEY_NOT_ALLOWED", metadata={"method": what, "key_id": who.key_id},
+            )
+        self._admit(call, context, who, limiter, mutations, share, what)
+
+    def _admit(
+        self,
+        call: _Call,
+        context: grpc.aio.ServicerContext,
+        who: Principal,
+        limiter: RateLimiter | None,
+        mutations: ByRole | None,
+        share: PerCaller | None,
+        what: str,
+    ) -> None:
         call.tokens.append(current_principal.set(who))
         left = context.time_remaining()
         if left is not None:  # the ledger writer and Stripe calls respect it (server/platform/deadline.py)
@@ -212,13 +270,17 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         if limiter is not None:
             limiter.check(who.scope, what)
 
-    def _authenticate(self, value: str) -> Any:
+    def _authenticate(self, value: str) -> Principal | str:
+        """The JWT's principal, or a key's secret (looked up by `_enter_key`)."""
         if not value:
             raise errors.Unauthenticated("missing bearer token in 'authorization' metadata", reason="MISSING_TOKEN")
         scheme, _, token = value.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise errors.Unauthenticated("authorization must be 'Bearer <token>'", reason="INVALID_TOKEN")
-        return self.tokens.principal(token.strip())
+        token = token.strip()
+        if self.keys is not None and token.startswith(self.key_prefix):
+            return token
+        return self.tokens.principal(token)
 
     async def _leave(self, call: _Call, method: str, context: grpc.aio.ServicerContext, exc: BaseException) -> None:
         code = "INTERNAL"
@@ -226,6 +288,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
             if isinstance(exc, errors.DomainError):
                 code = exc.code.value
                 call.reason = exc.reason
+                METRICS.refused(exc.reason)
                 call.access(code)  # before the status leaves: the line is there when the caller has it
                 await abort(context, exc)
             elif isinstance(exc, grpc.aio.AbortError | GeneratorExit):

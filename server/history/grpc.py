@@ -6,6 +6,7 @@ from flownexus.billing.v1 import common_pb2, history_pb2, history_pb2_grpc
 
 from server.grpc import Ctx, convert, validation
 from server.history.service import HistoryService, forecast
+from server.keys.service import check_key_id
 from server.platform.auth import principal
 from server.registry import Registry
 
@@ -25,10 +26,12 @@ class HistoryServicer(history_pb2_grpc.HistoryServiceServicer):
         ]
         start = validation.timestamp(request.start_time, request.HasField("start_time"), field="start_time")
         end = validation.timestamp(request.end_time, request.HasField("end_time"), field="end_time")
-        sig = validation.filters_signature(user, sorted(kinds), start, end)
+        key_id = check_key_id(request.key_id) if request.key_id else ""
+        sig = validation.filters_signature(user, sorted(kinds), start, end, *([key_id] if key_id else []))
         before = validation.decode_page_token(request.page_token, sig, int)
         rows = await self.history.history(
-            principal(), user_id=user, limit=size + 1, before_id=before, kinds=kinds, start_us=start, end_us=end
+            principal(), user_id=user, limit=size + 1, before_id=before, kinds=kinds, start_us=start, end_us=end,
+            key_id=key_id,
         )
         resp = history_pb2.ListTransactionsResponse(transactions=[convert.transaction(t) for t in rows[:size]])
         if len(rows) > size:
@@ -38,11 +41,12 @@ class HistoryServicer(history_pb2_grpc.HistoryServiceServicer):
     async def GetSpendingReport(
         self, request: history_pb2.GetSpendingReportRequest, context: Ctx
     ) -> history_pb2.GetSpendingReportResponse:
-        state, rows, start, end = await self.history.spending_report(
+        state, rows, by_key, start, end = await self.history.spending_report(
             principal(),
             validation.user_id(request.user_id),
             validation.timestamp(request.start_time, request.HasField("start_time"), field="start_time"),
             validation.timestamp(request.end_time, request.HasField("end_time"), field="end_time"),
+            check_key_id(request.key_id) if request.key_id else "",
         )
         total = sum(r[1] for r in rows)
         burn, days_left = forecast(total, start, end, self.history.clock.now_us(), state.credits)
@@ -54,6 +58,7 @@ class HistoryServicer(history_pb2_grpc.HistoryServiceServicer):
             days_left=days_left,
             start_time=convert.ts(start),
             end_time=convert.ts(end),
+            keys=[history_pb2.KeySpend(key_id=k, spent_millicredits=s, operations=n) for k, s, n in by_key],
         )
 
 

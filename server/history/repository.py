@@ -15,7 +15,7 @@ DAY_US = 86_400_000_000
 
 HISTORY_FIELDS = (
     "id", "kind", "amount", "debit_account", "credit_account", "debit_balance_after", "credit_balance_after",
-    "description", "category", "ref", "created_at_us", "metadata",
+    "description", "category", "ref", "created_at_us", "metadata", "key_id",
 )
 HISTORY_COLUMNS = ", ".join(HISTORY_FIELDS)
 
@@ -23,6 +23,7 @@ HISTORY_COLUMNS = ", ".join(HISTORY_FIELDS)
 def page_query(
     account: str, *, limit: int, before_id: int | None, kinds: list[str], start_us: int | None, end_us: int | None,
     category: str | None = None,
+    key_id: str = "",
 ) -> tuple[str, list[Any]]:
     """One page of an account's transfers, newest first, with `?` placeholders."""
     # Each side walks its own (account, -id) index newest first; raw SQL on
@@ -46,6 +47,9 @@ def page_query(
     if category is not None:
         extra += " AND category = ?"
         params.append(category)
+    if key_id:
+        extra += " AND key_id = ?"
+        params.append(key_id)
 
     def side(column: str) -> str:
         return f"SELECT * FROM (SELECT {HISTORY_COLUMNS} FROM transfers WHERE {column} = ?{extra} ORDER BY -id LIMIT ?) AS {column[0]}"
@@ -69,10 +73,12 @@ class HistoryRepository:
         start_us: int | None,
         end_us: int | None,
         category: str | None = None,
+        key_id: str = "",
     ) -> list[TransferView]:
         account = wallet_id(user_id)
         sql, args = page_query(
-            account, limit=limit, before_id=before_id, kinds=kinds, start_us=start_us, end_us=end_us, category=category
+            account, limit=limit, before_id=before_id, kinds=kinds, start_us=start_us, end_us=end_us,
+            category=category, key_id=key_id,
         )
         rows = await self.fast.fetchall(sql, *args)
         return [TransferView.of(dict(zip(HISTORY_FIELDS, r, strict=True)), account) for r in rows]
@@ -95,22 +101,34 @@ class HistoryRepository:
         async with self.engine.connect() as conn:
             return [(int(r[0]), r[1], int(r[2]), int(r[3])) for r in (await conn.execute(q)).all()]
 
-    async def spending_by_category(self, user_id: str, start_us: int, end_us: int) -> list[tuple[str, int, int]]:
+    async def spending_by_category(
+        self, user_id: str, start_us: int, end_us: int, key_id: str = ""
+    ) -> list[tuple[str, int, int]]:
+        label = func.coalesce(func.nullif(transfers.c.category, ""), literal("other")).label("category")
+        return await self._spending(label, user_id, start_us, end_us, key_id)
+
+    async def spending_by_key(
+        self, user_id: str, start_us: int, end_us: int, key_id: str = ""
+    ) -> list[tuple[str, int, int]]:
+        return await self._spending(func.coalesce(transfers.c.key_id, literal("")).label("spender_key"), user_id, start_us,
+                                    end_us, key_id)
+
+    async def _spending(
+        self, group: Any, user_id: str, start_us: int, end_us: int, key_id: str
+    ) -> list[tuple[str, int, int]]:
         account = wallet_id(user_id)
         q = (
-            select(
-                func.coalesce(func.nullif(transfers.c.category, ""), literal("other")).label("category"),
-                func.sum(transfers.c.amount),
-                func.count(),
-            )
+            select(group, func.sum(transfers.c.amount), func.count())
             .where(
                 transfers.c.debit_account == account,
                 transfers.c.kind.in_([str(Kind.SPEND), str(Kind.HOLD_CAPTURE)]),
                 transfers.c.created_at_us >= start_us,
                 transfers.c.created_at_us < end_us,
             )
-            .group_by("category")
+            .group_by(group.name)
             .order_by(func.sum(transfers.c.amount).desc())
         )
+        if key_id:
+            q = q.where(transfers.c.key_id == key_id)
         async with self.engine.connect() as conn:
             return [(r[0], int(r[1]), int(r[2])) for r in (await conn.execute(q)).all()]

@@ -40,12 +40,14 @@ class HistoryService:
         start_us: int | None,
         end_us: int | None,
         category: str | None = None,
+        key_id: str = "",
     ) -> list[TransferView]:
         user = principal.resolve_user(user_id)
         await self.balance.wallet(user)  # a roll-over due now belongs to the page
         return await self.repo.page(
             user, limit=limit, before_id=before_id, kinds=[str(k) for k in kinds], start_us=start_us, end_us=end_us,
             category=category,
+            key_id=key_id,
         )
 
     async def daily_spending(
@@ -61,8 +63,8 @@ class HistoryService:
         return start, [((day * DAY_US - start) // DAY_US, c, a, n) for day, c, a, n in rows]
 
     async def spending_report(
-        self, principal: Principal, user_id: str, start_us: int | None, end_us: int | None
-    ) -> tuple[WalletState, list[tuple[str, int, int]], int, int]:
+        self, principal: Principal, user_id: str, start_us: int | None, end_us: int | None, key_id: str = ""
+    ) -> tuple[WalletState, list[tuple[str, int, int]], list[tuple[str, int, int]], int, int]:
         user = principal.resolve_user(user_id)
         now = self.clock.now_us()
         end = end_us or now + 1  # the window includes this instant
@@ -71,5 +73,6 @@ class HistoryService:
         if start >= end:
             raise errors.InvalidArgument("start_time must be before end_time", reason="INVALID_TIME_RANGE")
         state = await self.balance.wallet(user)
-        rows = await self.repo.spending_by_category(user, start, end)
-        return state, rows, start, end
+        rows = await self.repo.spending_by_category(user, start, end, key_id)
+        by_key = await self.repo.spending_by_key(user, start, end, key_id)
+        return state, rows, by_key, start, end

@@ -33,6 +33,12 @@ def record(row: Row) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+def budget_instant(row: Row) -> int:
+    """The instant whose budget windows a key's transfer counted in."""
+    at = record(row).get("budget_at")
+    return int(at if at is not None else row["created_at_us"])
+
+
 def wallet_user(account_id: str) -> str | None:
     return account_id[len("wallet:"):] if account_id.startswith("wallet:") else None
 
@@ -155,6 +161,9 @@ async def _mirror(tx: LedgerTx, row: Row, reason: str) -> Row:
         lot_kind=LotKind.PURCHASED,
         corrects=row["id"],
         undoes=row["kind"],
+        # A key's spend comes back into its budget, in the window it was spent in.
+        spender_key=row.get("key_id"),
+        budget_at_us=budget_instant(row),
     )
     if back:
         await tx.roll_over(back)  # a lot that has ended expires what it got back, at once
@@ -229,6 +238,8 @@ async def refund(
         lot_kind=LotKind.PURCHASED,
         corrects=row["id"],
         undoes=row["kind"],
+        spender_key=row.get("key_id"),
+        budget_at_us=budget_instant(row),
     )
     if user:
         await tx.roll_over(user)

@@ -67,6 +67,10 @@ REFUNDABLE_KINDS = frozenset({Kind.SPEND, Kind.HOLD_CAPTURE})
 
 # Cached wallet totals are derived from these kinds (and `verify` recomputes them).
 SPENT_KINDS = frozenset({Kind.SPEND, Kind.HOLD_CAPTURE})
+# Transfers that use a key's budget; every other transfer recorded with a key gives budget back.
+KEY_USING_KINDS = frozenset({Kind.SPEND, Kind.HOLD, Kind.HOLD_CAPTURE})
+# New spending through a key: held to its budgets, categories and largest spend.
+KEY_LIMITED_KINDS = frozenset({Kind.SPEND, Kind.HOLD})
 EARNED_KINDS = frozenset({Kind.AWARD, Kind.REVENUE_SHARE})
 
 
@@ -104,6 +108,7 @@ class TransferView:
     ref: str
     created_at_us: int
     metadata: dict[str, str] = field(default_factory=dict)
+    key_id: str = ""  # the scoped key it was made through or for
 
     @classmethod
     def of(cls, row: dict[str, Any], account_id: str) -> TransferView:
@@ -120,6 +125,7 @@ class TransferView:
             ref=row["ref"],
             created_at_us=row["created_at_us"],
             metadata=json.loads(meta) if isinstance(meta, str) else dict(meta or {}),
+            key_id=row.get("key_id") or "",
         )
 
 
@@ -145,6 +151,7 @@ class BalanceEvent:
     transfer: TransferView | None = None
     message: str = ""
     payment_url: str = ""
+    key_id: str = ""  # budget_* events: the key
 
 
 # What the credits counters of /metrics add up (server/platform/metrics.py).

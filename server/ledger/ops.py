@@ -52,7 +52,9 @@ class Idempotency:
 
     @classmethod
     def of_request(cls, principal: Principal, method: str, request_id: str, fingerprint: str) -> Idempotency:
-        """The request_id of an RPC, in the scope of its caller."""
+        """The request_id of an RPC, in the scope of its caller (a key's own, apart from its owner's)."""
+        if principal.key_id:
+            return cls.of("key", principal.key_id, method, request_id, fingerprint)
         return cls.of(principal.role.value, principal.subject, method, request_id, fingerprint)
 
     def lookup_keys(self) -> tuple[str, ...]:
@@ -103,6 +105,12 @@ class Op(Generic[R]):
         and no other key can equal them (server/ledger/keys.py)."""
         return set()
 
+    def budget_keys(self, tx: LedgerTx) -> list[tuple[str, int]]:
+        """(key id, instant) of the scoped keys whose budgets this operation
+        uses or gives back, in the window of that instant; loaded with the batch
+        (after its accounts and holds) by the SpendGuard."""
+        return []
+
     async def apply(self, tx: LedgerTx) -> R:
         raise NotImplementedError
 
@@ -122,10 +130,13 @@ class SpendResult:
     # the generic nested object, since it is written once per operation.
     def to_bytes(self) -> bytes:
         t = self.transaction
-        return compact_json([
+        flat = [
             self.credits, t.id, t.kind, t.amount, t.balance_after, t.description, t.category, t.ref,
             t.created_at_us, t.metadata,
-        ]).encode()
+        ]
+        if t.key_id:  # responses without a key keep the form earlier releases stored
+            flat.append(t.key_id)
+        return compact_json(flat).encode()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> SpendResult:
@@ -224,6 +235,11 @@ class Spend(_SpendResultOp):
     idempotency: Idempotency | None = None
     # The principal's scope (role/subject): who may refund this charge (RefundUsage).
     charged_by: str = ""
+    # The scoped key the spend is made through or for: held to its budgets.
+    key_id: str = ""
+
+    def budget_keys(self, tx: LedgerTx) -> list[tuple[str, int]]:
+        return [(self.key_id, tx.now_us)] if self.key_id else []
 
     def account_ids(self) -> set[str]:
         ids = {wallet_id(self.user_id), SYSTEM_REVENUE}
@@ -248,6 +264,7 @@ class Spend(_SpendResultOp):
             ref=self.share.app_id if self.share else "",
             metadata=meta,
             ledger={"by": self.charged_by} if self.charged_by else None,
+            spender_key=self.key_id or None,
         )
         await _pay_publisher(tx, self.share, self.amount, key, self.category, row["id"])
         return SpendResult(TransferView.of(row, wallet["id"]), wallet["balance"])
@@ -262,6 +279,10 @@ class Reserve(Op[HoldResult]):
     category: str = ""
     description: str = ""
     idempotency: Idempotency | None = None
+    key_id: str = ""
+
+    def budget_keys(self, tx: LedgerTx) -> list[tuple[str, int]]:
+        return [(self.key_id, tx.now_us)] if self.key_id else []
 
     def account_ids(self) -> set[str]:
         return {wallet_id(self.user_id), SYSTEM_HOLDS}
@@ -281,6 +302,7 @@ class Reserve(Op[HoldResult]):
             description=self.description or f"Reserved: {self.category or 'other'}",
             category=self.category,
             ref=hold_id,
+            spender_key=self.key_id or None,
         )
         taken = [
             [lot["kind"], lot["expires_at_us"], before.get((lot["kind"], lot["expires_at_us"]), 0) - lot["remaining"]]
@@ -300,6 +322,7 @@ class Reserve(Op[HoldResult]):
             "expires_at_us": tx.now_us + self.ttl_us,
             "created_at_us": tx.now_us,
             "resolved_at_us": None,
+            "key_id": self.key_id or None,
         }
         tx.new_hold(hold)
         return HoldResult(hold_view(hold), wallet["balance"], TransferView.of(row, wallet["id"]))
@@ -323,12 +346,25 @@ async def _release(
         category=hold["category"],
         ref=hold["id"],
         restore_lots=json.loads(hold["lots"]),
+        # The key gets the budget back in the window the hold was made in.
+        spender_key=hold.get("key_id"),
+        budget_at_us=hold["created_at_us"],
     )
     # Allowance that went back into a lot whose period has ended expires now,
     # not at the user's next write: balances never show stale allowance.
     if roll_over:
         await tx.roll_over(hold["user_id"])
     return row
+
+
+def _hold_keys(tx: LedgerTx, hold_ids: set[str]) -> list[tuple[str, int]]:
+    """The keys of the holds an operation resolves, at each hold's instant."""
+    out = []
+    for hid in hold_ids:
+        hold = tx.holds.get(hid)
+        if hold is not None and hold.get("key_id"):
+            out.append((hold["key_id"], hold["created_at_us"]))
+    return out
 
 
 def _active_hold(tx: LedgerTx, hold_id: str, caller_may_use: str | None) -> Row:
@@ -356,6 +392,9 @@ class Capture(Op[HoldResult]):
 
     def hold_ids(self) -> set[str]:
         return {self.hold_id}
+
+    def budget_keys(self, tx: LedgerTx) -> list[tuple[str, int]]:
+        return _hold_keys(tx, self.hold_ids())
 
     def account_ids(self) -> set[str]:
         ids = {SYSTEM_HOLDS, SYSTEM_REVENUE}
@@ -398,6 +437,8 @@ class Capture(Op[HoldResult]):
                 allow_negative=True,
                 from_lots=held_lots,
                 ledger={"by": self.charged_by} if self.charged_by else None,
+                spender_key=hold.get("key_id"),
+                budget_at_us=hold["created_at_us"],
             )
             await _pay_publisher(tx, self.share, self.amount, key, hold["category"], row["id"])
         await tx.roll_over(hold["user_id"])
@@ -413,6 +454,9 @@ class Release(Op[HoldResult]):
 
     def hold_ids(self) -> set[str]:
         return {self.hold_id}
+
+    def budget_keys(self, tx: LedgerTx) -> list[tuple[str, int]]:
+        return _hold_keys(tx, self.hold_ids())
 
     def account_ids(self) -> set[str]:
         return {SYSTEM_HOLDS}
@@ -434,6 +478,9 @@ class ExpireHolds(Op[int]):
 
     def hold_ids(self) -> set[str]:
         return set(self.hold_id_list)
+
+    def budget_keys(self, tx: LedgerTx) -> list[tuple[str, int]]:
+        return _hold_keys(tx, self.hold_ids())
 
     def account_ids(self) -> set[str]:
         return {SYSTEM_HOLDS}

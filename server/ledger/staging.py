@@ -64,6 +64,20 @@ class StagedRows:
         self._cache[key] = found  # a read, not a change: nothing to undo
         return found
 
+    async def get_many(self, keys: list[Any], *, lock: bool = False) -> None:
+        """Read the rows with these primary keys into the cache at once (in key
+        order, locked on PostgreSQL when `lock`); absent ones are cached as None."""
+        wanted = sorted({k for k in keys if k not in self._cache})
+        if not wanted:
+            return
+        found = await self.tx.sql.select_in(
+            self.table, self.key, wanted, order_by=self.key, lock=lock and not self.tx.is_sqlite
+        )
+        for row in found:
+            self._cache[row[self.key]] = row
+        for k in wanted:
+            self._cache.setdefault(k, None)
+
     async def find(self, **where: Any) -> Row | None:
         """The first row whose columns equal `where`: staged and cached rows
         first, then the database (that row is then cached by its key)."""
@@ -116,12 +130,13 @@ class StagedRows:
         new = {id(r) for r in self._new}
         by_columns: dict[tuple[str, ...], list[Row]] = {}
         columns: dict[Any, list[str]] = {}
-        for key, column in sorted(self._dirty, key=lambda kc: (str(kc[0]), kc[1])):
+        for key, column in self._dirty:
             columns.setdefault(key, []).append(column)
-        for key, cols in columns.items():
+        # In key order (the order of the rows' locks); each row's columns sorted.
+        for key in sorted(columns, key=str):
             row = self._cache[key]
             if row is not None and id(row) not in new:
-                by_columns.setdefault(tuple(cols), []).append(row)
+                by_columns.setdefault(tuple(sorted(columns[key])), []).append(row)
         for names, rows in by_columns.items():
             await sql.update(self.table, self.key, names, rows)
 

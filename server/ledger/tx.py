@@ -22,6 +22,7 @@ from server.ledger import keys
 from server.ledger.model import (
     EARNED_KINDS,
     INT64_MAX,
+    KEY_USING_KINDS,
     SPEND_ORDER,
     SPENT_KINDS,
     SYSTEM_ACCOUNTS,
@@ -55,15 +56,34 @@ class TierPolicy:
         return True
 
 
+class SpendGuard:
+    """What the ledger needs from scoped keys: their budgets, used and given
+    back inside the batch's transaction, under its locks (the keys domain
+    supplies the real one, server/keys/budgets.py). Without it, a transfer
+    recorded with a key is refused."""
+
+    async def load(self, tx: LedgerTx, wanted: list[tuple[str, int]]) -> None:
+        """Read (and lock) the keys and usage rows of a batch's operations at once."""
+
+    async def use(
+        self, tx: LedgerTx, key_id: str, user_id: str, delta: int, at_us: int, *, kind: Kind, category: str
+    ) -> None:
+        """Add `delta` (negative: give back) to the key's use in the windows of
+        `at_us`; refuse new spending past a budget (BUDGET_EXCEEDED)."""
+        raise errors.NotFound("key not found", reason="KEY_NOT_FOUND")
+
+
 class LedgerTx:
     def __init__(
-        self, conn: AsyncConnection, sql: BatchSql, *, now_us: int, is_sqlite: bool, tiers: TierPolicy
+        self, conn: AsyncConnection, sql: BatchSql, *, now_us: int, is_sqlite: bool, tiers: TierPolicy,
+        guard: SpendGuard | None = None,
     ) -> None:
         self._conn = conn  # the ledger's own: other domains read with fetch() and write through rows()
         self.sql = sql
         self.now_us = now_us
         self.is_sqlite = is_sqlite
         self.tiers = tiers
+        self.guard = guard or SpendGuard()
         self.accounts: dict[str, Row] = {}
         self.users: dict[str, Row] = {}
         self.lots: dict[str, list[Row]] = {}
@@ -366,6 +386,8 @@ class LedgerTx:
         ledger: dict[str, Any] | None = None,
         corrects: int | None = None,
         undoes: str | None = None,
+        spender_key: str | None = None,
+        budget_at_us: int | None = None,
     ) -> Row:
         if amount <= 0:
             raise errors.InvalidAmount("amount must be positive")
@@ -376,6 +398,19 @@ class LedgerTx:
             )
         debit = await self.account(debit_id)
         credit = await self.account(credit_id)
+        record: dict[str, Any] = dict(ledger) if ledger else {}
+        if spender_key:
+            # The key's budget before the wallet's balance: a key at its budget
+            # never reaches the balance check, so it cannot drive a refill.
+            spends = kind in KEY_USING_KINDS
+            wallet = debit if spends else credit
+            at = self.now_us if budget_at_us is None else budget_at_us
+            await self.guard.use(
+                self, spender_key, wallet["user_id"] or "", amount if spends else -amount, at, kind=kind,
+                category=category,
+            )
+            if at != self.now_us:
+                record["budget_at"] = at  # the window the key's use fell in
         if debit["kind"] == "wallet":
             available = debit["balance"]
             if not allow_negative and not debit["unlimited_overdraft"] and available < amount:
@@ -391,7 +426,6 @@ class LedgerTx:
             raise errors.InvalidAmount("amount would overflow the balance")
         # The ledger's record: which lots this transfer drew and filled, so that
         # a reversal or a refund puts credits back exactly where they came from.
-        record: dict[str, Any] = dict(ledger) if ledger else {}
         if debit["kind"] == "wallet":
             record["drawn"] = self._consume_lots(debit, amount, lot_order, lot_expiry, from_lots)
         if credit["kind"] == "wallet":
@@ -427,6 +461,7 @@ class LedgerTx:
             "created_at_us": self.now_us,
             "ledger": _ledger_json(record),
             "corrects": corrects,
+            "key_id": spender_key or None,
         }
         self._append(self.new_transfers, row)
         self._add(self._batch_keys, key)

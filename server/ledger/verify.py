@@ -10,16 +10,21 @@ from dataclasses import dataclass, field
 from sqlalchemy import func, inspect, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from server.db.schema import accounts, admin_actions, holds, lots, transfers
+from server.db.schema import accounts, admin_actions, api_keys, holds, lots, transfers
 from server.ledger import keys
 from server.ledger.model import (
     EARNED_KINDS,
+    KEY_USING_KINDS,
     REFUNDABLE_KINDS,
     REVERSIBLE_KINDS,
     SPENT_KINDS,
     SYSTEM_HOLDS,
     Kind,
 )
+from server.platform.clock import window_bounds
+
+# Scoped keys' counters that start again with each window (api_keys.<window>_start_us, _used).
+RESET_WINDOWS = ("hour", "day", "month")
 
 # Debits that may leave a wallet below zero (a reversal of credits already
 # spent, an adjustment made with allow_negative).
@@ -144,7 +149,40 @@ async def _verify(conn: AsyncConnection) -> Report:
 
     await _verify_payments(conn, r)
     await _verify_corrections(conn, r)
+    await _verify_key_usage(conn, r)
     return r
+
+
+async def _verify_key_usage(conn: AsyncConnection, r: Report) -> None:
+    """Each scoped key's recorded use equals the sum of the transfers recorded
+    with it: for each window counter, those whose instant (the spend's, or the
+    hold's for its settlement) falls in the window the counter is for; for the
+    lifetime, all of them. Spends and holds add, the rest gives back."""
+    keys_q = select(api_keys.c.id, *(api_keys.c[f"{w}_start_us"] for w in RESET_WINDOWS),
+                    *(api_keys.c[f"{w}_used"] for w in RESET_WINDOWS), api_keys.c.lifetime_used)
+    recorded = {row[0]: row[1:] for row in (await conn.execute(keys_q)).all()}
+    expected: dict[str, list[int]] = defaultdict(lambda: [0] * (len(RESET_WINDOWS) + 1))
+    q = select(transfers.c.key_id, transfers.c.kind, transfers.c.amount, transfers.c.created_at_us, transfers.c.ledger)
+    for key_id, kind, amount, created, ledger in (await conn.execute(q.where(transfers.c.key_id.is_not(None)))).all():
+        rec = recorded.get(key_id)
+        if rec is None:
+            r.problems.append(f"transfers name key {key_id}, which does not exist")
+            continue
+        at = int(json.loads(ledger or "{}").get("budget_at", created))
+        signed = int(amount) if kind in KEY_USING_KINDS else -int(amount)
+        sums = expected[key_id]
+        for i, w in enumerate(RESET_WINDOWS):
+            if window_bounds(w, at)[0] == rec[i]:
+                sums[i] += signed
+        sums[-1] += signed
+    n = len(RESET_WINDOWS)
+    for key_id, rec in sorted(recorded.items()):
+        got = [*rec[n:2 * n], rec[-1]]
+        want = expected.get(key_id, [0] * (n + 1))
+        for name, used, total in zip((*RESET_WINDOWS, "lifetime"), got, want, strict=True):
+            if used != total:
+                r.problems.append(f"key {key_id}: {name} use {used} != its transfers' sum {total}")
+    r.checked["keys"] = len(recorded)
 
 
 async def _verify_corrections(conn: AsyncConnection, r: Report) -> None:

@@ -26,7 +26,7 @@ from server.db.engine import Database, is_retryable, is_unique_violation
 from server.ledger import repository
 from server.ledger.model import BalanceEvent
 from server.ledger.ops import Op
-from server.ledger.tx import LedgerTx, TierPolicy
+from server.ledger.tx import LedgerTx, SpendGuard, TierPolicy
 from server.platform import errors
 from server.platform.auth import current_principal
 from server.platform.clock import Clock
@@ -81,6 +81,8 @@ class LedgerWriter:
         self.after_batch = after_batch
         # Domains add work to every batch (e.g. refill jobs in the same transaction).
         self.before_flush: list[BatchHook] = []
+        # Scoped keys' budgets, used inside the batch (Registry.spend_guard).
+        self.guard = SpendGuard()
         self.stats = WriterStats()
         # Each caller's queued operations, in order, and the callers in turn.
         self._lanes: dict[str, collections.deque[_Item]] = {}
@@ -268,7 +270,7 @@ class LedgerWriter:
         now = self.clock.now_us()
         async with self.db.writer.connect() as conn, conn.begin():
             sql = await BatchSql.open(conn, is_sqlite=self.db.is_sqlite)
-            tx = LedgerTx(conn, sql, now_us=now, is_sqlite=self.db.is_sqlite, tiers=self.tiers)
+            tx = LedgerTx(conn, sql, now_us=now, is_sqlite=self.db.is_sqlite, tiers=self.tiers, guard=self.guard)
             accounts: set[str] = set()
             holds: set[str] = set()
             tkeys: set[str] = set()
@@ -284,6 +286,11 @@ class LedgerWriter:
                     else:
                         rkeys.append(op.idempotency.key)
             await tx.load(accounts, holds, rkeys, tkeys)
+            # After the accounts' locks (and the holds, which name their keys):
+            # the keys' rows, locked in sorted order, and their usage rows.
+            budgets = [kw for item in batch for kw in item.op.budget_keys(tx)]
+            if budgets:
+                await self.guard.load(tx, budgets)
             for item in batch:
                 item.outcome, item.error, item.replayed = None, None, False
                 op = item.op

@@ -24,6 +24,9 @@ class Role(StrEnum):
 class Principal:
     subject: str
     role: Role
+    # A scoped key's secret: the wallet owner (role user), restricted to
+    # spending and reading, under the key's budgets.
+    key_id: str = ""
 
     @property
     def privileged(self) -> bool:
@@ -48,6 +51,8 @@ class Principal:
     @property
     def scope(self) -> str:
         """Idempotency scope: request_ids of different callers never collide."""
+        if self.key_id:
+            return f"key/{self.key_id}"
         return f"{self.role.value}/{self.subject}"
 
 

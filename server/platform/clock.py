@@ -51,3 +51,21 @@ def month_bounds(now_us: int) -> tuple[int, int]:
     start = datetime(d.year, d.month, 1, tzinfo=UTC)
     end = datetime(d.year + (d.month == 12), d.month % 12 + 1, 1, tzinfo=UTC)
     return to_us(start), to_us(end)
+
+
+HOUR_US = 3_600_000_000
+DAY_US = 86_400_000_000
+
+
+def window_bounds(window: str, at_us: int) -> tuple[int, int]:
+    """[start, end) of the UTC budget window ("hour", "day", "month" or
+    "lifetime") holding the instant; end 0: never (lifetime)."""
+    if window == "hour":
+        start = at_us - at_us % HOUR_US
+        return start, start + HOUR_US
+    if window == "day":
+        start = at_us - at_us % DAY_US
+        return start, start + DAY_US
+    if window == "month":
+        return month_bounds(at_us)
+    return 0, 0

@@ -20,6 +20,7 @@ PREFIX = "BILLING_"
 OTHER_VARIABLES = frozenset({
     "BILLING_VAR_DIR",
     "BILLING_GRPC_TARGET", "BILLING_TOKEN", "BILLING_MCP_RESOURCE_URL", "BILLING_MCP_AUTHORIZATION_SERVER",
+    "BILLING_MCP_CONFIRM_ABOVE_USD",
     "BILLING_TEST_PG_DSN", "BILLING_SOAK", "BILLING_CRASH_KILLS", "BILLING_BANK_SECONDS",
     "BILLING_MODEL_EXAMPLES", "BILLING_FUZZ_EXAMPLES",
 })
@@ -61,6 +62,8 @@ class Settings(BaseSettings):
     max_hold_ttl_seconds: int = Field(default=7 * 24 * 3600, gt=0)
     # RefundUsage is accepted this many days after the charge.
     refund_window_days: int = Field(default=30, ge=0)
+    # Scoped keys (KeysService) a wallet may have, revoked ones included.
+    max_keys_per_wallet: int = Field(default=100, gt=0)
     free_monthly_credits: int = 100
     pro_monthly_credits: int = 1000
     pro_price_cents: int = 2900

@@ -87,6 +87,10 @@ class Metrics:
         )
         self.refill_attempts = Counter("billing_refill_attempts_total", "Auto-refill attempts by outcome", ["outcome"], registry=r)
         self.webhook_events = Counter("billing_webhook_events_total", "Stripe webhook events", ["type", "result"], registry=r)
+        # Calls and batch items refused, by ErrorInfo reason (BUDGET_EXCEEDED,
+        # INSUFFICIENT_CREDITS, KEY_REVOKED, ...).
+        self.refusals = Counter("billing_refusals_total", "Refused calls and batch items, by reason", ["reason"], registry=r)
+        self._refusal_children: dict[str, Any] = {}
         self.watch_streams = Gauge("billing_watch_streams", "Active WatchBalance streams", registry=r)
         self.batch_size = Histogram(
             "billing_group_commit_batch_size",
@@ -98,6 +102,12 @@ class Metrics:
             "billing_group_commit_seconds", "Group-commit transaction time", registry=r,
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
         )
+
+    def refused(self, reason: str) -> None:
+        child = self._refusal_children.get(reason)
+        if child is None:
+            child = self._refusal_children[reason] = self.refusals.labels(reason)
+        child.inc()
 
     def rpc(self, method: str, grpc_type: str) -> RpcMetrics:
         """The series of one method (`/pkg.Service/Method`); `grpc_type` is

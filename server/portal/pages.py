@@ -317,7 +317,7 @@ def page_routes(service: PortalService, d: Domains) -> list[web.RouteDef]:
         state = await d.balance.get_balance(p, "")
         refill = await d.refill.get(p, "")
         tier = await d.tiers.get(p, "")
-        _, rows, start, end = await d.history.spending_report(p, "", None, None)
+        _, rows, _, start, end = await d.history.spending_report(p, "", None, None)
         burn, days_left = forecast(sum(r[1] for r in rows), start, end, d.history.clock.now_us(), state.credits)
         split = {k: 0 for k in LotKind}
         for lot in state.lots:
@@ -331,9 +331,10 @@ def page_routes(service: PortalService, d: Domains) -> list[web.RouteDef]:
     async def usage(ctx: Ctx) -> web.StreamResponse:
         days = 90 if ctx.request.query.get("days") == "90" else 30
         start, rows = await d.history.daily_spending(ctx.principal, "", days)
-        _, cats, _, _ = await d.history.spending_report(ctx.principal, "", start, None)
+        _, cats, by_key, _, _ = await d.history.spending_report(ctx.principal, "", start, None)
         per_op = [(c, s, n, s // n if n else 0) for c, s, n in cats]
-        return render(ctx, "usage.html", "usage", chart=daily_chart(start, days, rows), days=days, per_op=per_op)
+        return render(ctx, "usage.html", "usage", chart=daily_chart(start, days, rows), days=days, per_op=per_op,
+                      by_key=[(k, s, n) for k, s, n in by_key if k])
 
     async def history(ctx: Ctx) -> web.StreamResponse:
         f = Filters.of(ctx.request.query)

@@ -59,6 +59,7 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
             fingerprint=validation.fingerprint("Reserve", request),
             category=validation.category(request.category),
             description=validation.text(request.description, field="description"),
+            key_id=request.key_id,
         )
         return usage_pb2.ReserveResponse(hold=convert.hold(result.hold), credits_millicredits=result.credits)
 
@@ -117,6 +118,7 @@ def _spend_fields(request: usage_pb2.SpendRequest) -> dict[str, Any]:
         "metadata": validation.metadata(request.metadata),
         "app_id": validation.text(request.app_id, field="app_id", max_len=128),
         "publisher_user_id": validation.user_id(request.publisher_user_id, field="publisher_user_id"),
+        "key_id": request.key_id,
     }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from server.keys.service import KeysService
 from server.ledger.ops import (
     Capture,
     HoldResult,
@@ -79,6 +80,7 @@ class UsageService:
         metadata: dict[str, str],
         app_id: str,
         publisher_user_id: str,
+        key_id: str = "",
     ) -> Spend:
         """The Spend operation of one request, after the rules a Spend is
         refused by before the ledger (who may spend for whom, revenue share).
@@ -94,6 +96,7 @@ class UsageService:
             share=self._share(principal, user, app_id, publisher_user_id),
             idempotency=Idempotency.of_request(principal, "Spend", request_id, fingerprint),
             charged_by=principal.scope,
+            key_id=KeysService.spending_key(principal, key_id),
         )
 
     async def spend_batch(self, items: Sequence[Spend | errors.DomainError]) -> list[SpendResult | BaseException]:
@@ -115,6 +118,7 @@ class UsageService:
         fingerprint: str,
         category: str,
         description: str,
+        key_id: str = "",
     ) -> HoldResult:
         user = principal.resolve_user(user_id)
         if ttl_seconds < 0 or ttl_seconds > self.settings.max_hold_ttl_seconds:
@@ -129,6 +133,7 @@ class UsageService:
             category=category,
             description=description,
             idempotency=Idempotency.of_request(principal, "Reserve", request_id, fingerprint),
+            key_id=KeysService.spending_key(principal, key_id),
         )
         result: HoldResult = await self.writer.submit(op)
         return result

@@ -14,13 +14,9 @@ the protected-resource metadata; the seed's Quick Start sequence.
 from __future__ import annotations
 
 import asyncio
-import copy
 import json
-import os
 import sys
 import zipfile
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +24,6 @@ import grpc
 import httpx2
 import jwt
 import pytest
-import uvicorn
 from flownexus.billing.v1 import balance_pb2, history_pb2, usage_pb2
 from flownexus_billing_client import BillingClient, InsufficientCredits, PaymentFailed
 from flownexus_billing_client.mcp_server import TOOLS, ApiTokens, FlowNexusMcp, McpTokenVerifier
@@ -45,15 +40,24 @@ from mcp.client.stdio import StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 
 from server.__main__ import main as server_main
-from server.platform.auth import Role, mint_token
-from tests.calls import deliver
+from server.platform.auth import Role
 from tests.client_fixtures import client_site, client_wheel  # noqa: F401
 from tests.harness import JWT_SECRET, Running, auth, expect_error, free_port, run_cmd, token
+from tests.mcp.servers import (
+    ISSUER,
+    call,
+    connect,
+    grpc_target,
+    http_mcp,
+    pay,
+    refused,
+    stdio_env,
+    stdio_mcp,
+)
 from tests.runbook_tools import ROOT
-from tests.stripe_fake import StripeFake, event
+from tests.stripe_fake import StripeFake
 
 FREE = 100  # the free tier's monthly credits
-ISSUER = "flownexus-billing"
 
 SEED_ARGS = {
     "check_balance": set(),
@@ -77,119 +81,6 @@ SEED_RETURNS = {
     "app_store_earn_ruv": {"transaction", "credits"},
     "user_stats": {"credits_earned", "credits_spent", "apps_published", "challenges_completed"},
 }
-
-
-# ---- running the MCP server ------------------------------------------------------------------
-
-def grpc_target(billing: Running) -> str:
-    assert billing.app is not None
-    return billing.target
-
-
-class Http:
-    """The MCP server over streamable HTTP in this event loop (uvicorn)."""
-
-    def __init__(self, url: str, adapter: FlowNexusMcp) -> None:
-        self.url = url
-        self.adapter = adapter
-
-    def token(self, user: str, role: Role | str = Role.USER, *, audience: str | None = None) -> str:
-        return mint_token(JWT_SECRET, user, Role(role), ttl_seconds=600, audience=audience or self.url)
-
-    @asynccontextmanager
-    async def client(self, user: str, role: Role | str = Role.USER, *, mode: str = "auto",
-                     bearer: str | None = None) -> AsyncIterator[Client]:
-        headers = {"Authorization": f"Bearer {bearer if bearer is not None else self.token(user, role)}"}
-        async with httpx2.AsyncClient(headers=headers, timeout=30) as http, \
-                Client(streamable_http_client(self.url, http_client=http), mode=mode) as c:
-            yield c
-
-
-@asynccontextmanager
-async def http_mcp(billing: Running, *, stateless: bool = True) -> AsyncIterator[Http]:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}/mcp"
-    async with BillingClient(grpc_target(billing), "") as api:
-        adapter = FlowNexusMcp(api, tokens=ApiTokens(JWT_SECRET, ISSUER), verifier=McpTokenVerifier(JWT_SECRET, ISSUER, url))
-        app = adapter.http_app(resource_url=url, authorization_server=f"http://127.0.0.1:{port}", stateless=stateless)
-        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
-        task = asyncio.create_task(server.serve())
-        try:
-            while not server.started:
-                assert not task.done(), "the MCP HTTP server did not start"
-                await asyncio.sleep(0.02)
-            yield Http(url, adapter)
-        finally:
-            server.should_exit = True
-            await task
-
-
-def stdio_env(billing: Running, bearer: str) -> dict[str, str]:
-    return {
-        "PATH": os.environ["PATH"],
-        # The checkout's packages (pytest's pythonpath), ahead of anything installed.
-        "PYTHONPATH": os.pathsep.join(str(ROOT / p) for p in (".", "generated", "clients/python/src")),
-        "BILLING_GRPC_TARGET": grpc_target(billing),
-        "BILLING_TOKEN": bearer,
-        # The same clock as the test process, also under a shifted one (faketime):
-        # the adapter mints API tokens that this process's server checks.
-        **{k: v for k, v in os.environ.items() if k == "LD_PRELOAD" or k.startswith("FAKETIME")},
-    }
-
-
-@asynccontextmanager
-async def stdio_mcp(billing: Running, user: str, role: Role | str = Role.USER) -> AsyncIterator[Client]:
-    """`python -m server mcp` as an agent runs it: a subprocess on stdio, acting for one token."""
-    params = StdioServerParameters(
-        command=sys.executable, args=["-m", "server", "mcp"], env=stdio_env(billing, token(user, role)), cwd=str(ROOT)
-    )
-    async with Client(params) as c:
-        yield c
-
-
-@asynccontextmanager
-async def connect(transport: str, billing: Running, http: Http | None, user: str,
-                  role: Role | str = Role.USER) -> AsyncIterator[Client]:
-    if transport == "stdio":
-        async with stdio_mcp(billing, user, role) as c:
-            yield c
-    else:
-        assert http is not None
-        async with http.client(user, role) as c:
-            yield c
-
-
-# ---- calling tools ----------------------------------------------------------------------------
-
-async def call(c: Client, tool: str, args: dict[str, Any] | None = None) -> dict[str, Any]:
-    """A successful call: the SDK client has already checked it against the tool's outputSchema."""
-    r = await c.call_tool(tool, args or {})
-    assert not r.is_error, f"{tool}({args}) failed: {r.structured_content or r.content}"
-    body = r.structured_content
-    assert isinstance(body, dict)
-    assert json.loads(r.content[0].text) == body  # type: ignore[union-attr]
-    return body
-
-
-async def refused(c: Client, tool: str, args: dict[str, Any] | None, error: str) -> dict[str, Any]:
-    """A refusal: a tool result with isError and the structured body, never a protocol error."""
-    r = await c.call_tool(tool, args or {})
-    assert r.is_error, f"{tool}({args}) was expected to fail with {error}: {r.structured_content}"
-    body = r.structured_content
-    assert isinstance(body, dict), r.content
-    assert body["error"] == error, body
-    assert isinstance(body["message"], str) and body["message"]
-    assert isinstance(body["metadata"], dict) and isinstance(body["retryable"], bool)
-    text = r.content[0].text  # type: ignore[union-attr]
-    assert json.loads(text) == body and "Traceback" not in text
-    return body
-
-
-async def pay(billing: Running, fake: StripeFake, link: dict[str, Any]) -> None:
-    """The customer pays a payment link; Stripe's signed webhook arrives."""
-    session = fake.sessions[link["payment_url"].rsplit("/", 1)[-1]]
-    await fake.pay(session["id"])
-    assert await deliver(billing, event("checkout.session.completed", copy.deepcopy(session))) == 200
 
 
 # stdio on one database: the ledger is the same whatever the transport, and HTTP runs on both.
@@ -242,7 +133,7 @@ async def test_the_seeds_quick_start(stripe_server: Running, stripe_fake: Stripe
         assert link["request_id_source"] == "derived" and link["request_id"].startswith("mcp-")
         await pay(billing, stripe_fake, link)  # the user pays: 500 credits, and the card is saved
 
-        refill = await call(c, "configure_auto_refill", {"enabled": True, "threshold": 100, "amount": 50})
+        refill = await call(c, "configure_auto_refill", {"enabled": True, "threshold": 100, "amount": 50, "confirm": True})
         assert (refill["enabled"], refill["threshold"], refill["amount"]) == (True, 100, 50)
         assert refill["next_charge"] and refill["credits_amount"] == 500 and refill["state"] == "idle"
         assert refill["payment_method"]["last4"] == "4242"
@@ -303,7 +194,7 @@ async def test_each_tool_and_its_refusals(stripe_server: Running, stripe_fake: S
             await refused(c, "create_payment_link", {"amount": 50, "amout": 50}, "invalid_argument")
 
             # configure_auto_refill: no card yet; enabling needs threshold and amount; disabling always works.
-            await refused(c, "configure_auto_refill", {"enabled": True, "threshold": 100, "amount": 50, "request_id": next(rid)},
+            await refused(c, "configure_auto_refill", {"enabled": True, "threshold": 100, "amount": 50, "confirm": True, "request_id": next(rid)},
                           "payment_method_required")
             await refused(c, "configure_auto_refill", {"enabled": True, "amount": 50}, "invalid_argument")
             off = await call(c, "configure_auto_refill", {"enabled": False, "request_id": next(rid)})
@@ -320,11 +211,11 @@ async def test_each_tool_and_its_refusals(stripe_server: Running, stripe_fake: S
             await refused(c, "get_payment_history", {"limit": 0}, "invalid_limit")
 
             # user_upgrade to Pro needs a payment: the link and the pending status, not a pretended upgrade.
-            up = await call(c, "user_upgrade", {"user_id": user, "tier": "pro", "request_id": next(rid)})
+            up = await call(c, "user_upgrade", {"user_id": user, "tier": "pro", "confirm": True, "request_id": next(rid)})
             assert (up["new_tier"], up["status"], up["completed"], up["effective_date"]) == ("pro", "payment_required", False, None)
             assert up["payment_url"] and up["monthly_credits"] == 1000
             assert (await call(c, "check_balance"))["tier"] == "free"
-            again = await refused(c, "user_upgrade", {"user_id": user, "tier": "pro", "request_id": next(rid)}, "tier_upgrade_failed")
+            again = await refused(c, "user_upgrade", {"user_id": user, "tier": "pro", "confirm": True, "request_id": next(rid)}, "tier_upgrade_failed")
             assert again["metadata"]["payment_url"] == up["payment_url"]
             await refused(c, "user_upgrade", {"user_id": user, "tier": "gold"}, "invalid_argument")
 
@@ -477,13 +368,13 @@ async def test_the_role_matrix(stripe_server: Running) -> None:
             await call(admin, "app_store_earn_ruv", {**award, "user_id": "bob", "request_id": "a4"})
             await refused(svc, "app_store_earn_ruv", {**award, "user_id": "svc", "request_id": "a5"}, "self_award")
 
-            await refused(alice, "user_upgrade", {"user_id": "bob", "tier": "pro", "request_id": "u1"}, "role_required")
-            await refused(svc, "user_upgrade", {"user_id": "bob", "tier": "pro", "request_id": "u2"}, "role_required")
+            await refused(alice, "user_upgrade", {"user_id": "bob", "tier": "pro", "confirm": True, "request_id": "u1"}, "role_required")
+            await refused(svc, "user_upgrade", {"user_id": "bob", "tier": "pro", "confirm": True, "request_id": "u2"}, "role_required")
             await refused(alice, "user_upgrade", {"user_id": "alice", "tier": "enterprise", "request_id": "u3"}, "role_required")
             await refused(svc, "user_upgrade", {"user_id": "svc", "tier": "enterprise", "request_id": "u4"}, "role_required")
-            own = await call(alice, "user_upgrade", {"user_id": "alice", "tier": "pro", "request_id": "u5"})
+            own = await call(alice, "user_upgrade", {"user_id": "alice", "tier": "pro", "confirm": True, "request_id": "u5"})
             assert own["status"] == "payment_required"
-            other = await call(admin, "user_upgrade", {"user_id": "carl", "tier": "pro", "request_id": "u6"})
+            other = await call(admin, "user_upgrade", {"user_id": "carl", "tier": "pro", "confirm": True, "request_id": "u6"})
             assert (other["user_id"], other["status"]) == ("carl", "payment_required")
             ent = await call(admin, "user_upgrade", {"user_id": "bob", "tier": "enterprise", "monthly_credits": 5000, "request_id": "u7"})
             assert (ent["new_tier"], ent["status"], ent["completed"], ent["monthly_credits"]) == ("enterprise", "completed", True, 5000)

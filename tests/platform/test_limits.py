@@ -291,6 +291,7 @@ def test_every_mutating_rpc_is_rate_limited() -> None:
         "UsageService/Spend", "UsageService/Reserve", "UsageService/Capture", "UsageService/Release",
         "UsageService/RefundUsage", "AdminService/AdjustBalance", "AdminService/ReverseTransaction",
         "AdminService/SetAccountFlag", "AdminService/ClearAccountFlag",
+        "KeysService/CreateKey", "KeysService/UpdateKey", "KeysService/RevokeKey",
     }
 
 

@@ -8,6 +8,7 @@ from flownexus_billing_client.client import BillingClient
 from flownexus_billing_client.errors import (
     AutoRefillFailed,
     BillingError,
+    BudgetExceeded,
     InsufficientCredits,
     InvalidAmount,
     InvalidArgument,
@@ -34,6 +35,7 @@ __all__ = [
     "AutoRefillFailed",
     "BillingClient",
     "BillingError",
+    "BudgetExceeded",
     "InsufficientCredits",
     "InvalidAmount",
     "InvalidArgument",

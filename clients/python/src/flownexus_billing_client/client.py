@@ -28,6 +28,8 @@ from flownexus.billing.v1 import (
     earnings_pb2_grpc,
     history_pb2,
     history_pb2_grpc,
+    keys_pb2,
+    keys_pb2_grpc,
     payments_pb2,
     payments_pb2_grpc,
     refill_pb2,
@@ -145,6 +147,14 @@ class AdminService(_Service):
     GetAccount: Unary[admin_pb2.GetAccountRequest, admin_pb2.GetAccountResponse]
 
 
+class KeysService(_Service):
+    CreateKey: Unary[keys_pb2.CreateKeyRequest, keys_pb2.CreateKeyResponse]
+    GetKey: Unary[keys_pb2.GetKeyRequest, keys_pb2.GetKeyResponse]
+    ListKeys: Unary[keys_pb2.ListKeysRequest, keys_pb2.ListKeysResponse]
+    UpdateKey: Unary[keys_pb2.UpdateKeyRequest, keys_pb2.UpdateKeyResponse]
+    RevokeKey: Unary[keys_pb2.RevokeKeyRequest, keys_pb2.RevokeKeyResponse]
+
+
 class BillingClient:
     def __init__(
         self,
@@ -183,6 +193,7 @@ class BillingClient:
         self.payments = PaymentsService(self, payments_pb2_grpc.PaymentsServiceStub(ch))
         self.refill = RefillService(self, refill_pb2_grpc.RefillServiceStub(ch))
         self.admin = AdminService(self, admin_pb2_grpc.AdminServiceStub(ch))
+        self.keys = KeysService(self, keys_pb2_grpc.KeysServiceStub(ch))
 
     def with_token(self, token: str) -> BillingClient:
         """The same channel, calling with another bearer token (a service that

@@ -30,6 +30,19 @@ class InsufficientCredits(BillingError):
         return int(self.metadata.get("shortfall_millicredits", 0))
 
 
+class BudgetExceeded(BillingError):
+    """A scoped key's budget refused the spend (not the wallet's balance): the
+    ErrorInfo names the window, the limit, the amount used and `resets_at`."""
+
+    @property
+    def window(self) -> str:
+        return self.metadata.get("window", "")
+
+    @property
+    def resets_at(self) -> str:
+        return self.metadata.get("resets_at", "")
+
+
 class InvalidArgument(BillingError):
     pass
 
@@ -76,6 +89,7 @@ class NotImplementedYet(BillingError):
 
 BY_REASON: dict[str, type[BillingError]] = {
     "INSUFFICIENT_CREDITS": InsufficientCredits,
+    "BUDGET_EXCEEDED": BudgetExceeded,
     "INVALID_AMOUNT": InvalidAmount,
     "PAYMENT_FAILED": PaymentFailed,
     "AUTO_REFILL_FAILED": AutoRefillFailed,

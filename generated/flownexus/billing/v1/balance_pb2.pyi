@@ -22,6 +22,9 @@ class BalanceEventType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     BALANCE_EVENT_TYPE_ACTION_REQUIRED: _ClassVar[BalanceEventType]
     BALANCE_EVENT_TYPE_TIER_CHANGED: _ClassVar[BalanceEventType]
     BALANCE_EVENT_TYPE_PAYMENT_FAILED: _ClassVar[BalanceEventType]
+    BALANCE_EVENT_TYPE_BUDGET_WARNING: _ClassVar[BalanceEventType]
+    BALANCE_EVENT_TYPE_BUDGET_EXHAUSTED: _ClassVar[BalanceEventType]
+    BALANCE_EVENT_TYPE_BUDGET_RESET: _ClassVar[BalanceEventType]
 BALANCE_EVENT_TYPE_UNSPECIFIED: BalanceEventType
 BALANCE_EVENT_TYPE_SNAPSHOT: BalanceEventType
 BALANCE_EVENT_TYPE_TRANSFER: BalanceEventType
@@ -31,6 +34,9 @@ BALANCE_EVENT_TYPE_AUTO_REFILL_PAUSED: BalanceEventType
 BALANCE_EVENT_TYPE_ACTION_REQUIRED: BalanceEventType
 BALANCE_EVENT_TYPE_TIER_CHANGED: BalanceEventType
 BALANCE_EVENT_TYPE_PAYMENT_FAILED: BalanceEventType
+BALANCE_EVENT_TYPE_BUDGET_WARNING: BalanceEventType
+BALANCE_EVENT_TYPE_BUDGET_EXHAUSTED: BalanceEventType
+BALANCE_EVENT_TYPE_BUDGET_RESET: BalanceEventType
 
 class CheckBalanceRequest(_message.Message):
     __slots__ = ()
@@ -85,7 +91,7 @@ class WatchBalanceRequest(_message.Message):
     def __init__(self, user_id: _Optional[str] = ...) -> None: ...
 
 class WatchBalanceResponse(_message.Message):
-    __slots__ = ("type", "user_id", "credits_millicredits", "pending_millicredits", "transaction", "message", "payment_url", "time", "coalesced", "tier")
+    __slots__ = ("type", "user_id", "credits_millicredits", "pending_millicredits", "transaction", "message", "payment_url", "time", "coalesced", "tier", "key_id")
     TYPE_FIELD_NUMBER: _ClassVar[int]
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     CREDITS_MILLICREDITS_FIELD_NUMBER: _ClassVar[int]
@@ -96,6 +102,7 @@ class WatchBalanceResponse(_message.Message):
     TIME_FIELD_NUMBER: _ClassVar[int]
     COALESCED_FIELD_NUMBER: _ClassVar[int]
     TIER_FIELD_NUMBER: _ClassVar[int]
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
     type: BalanceEventType
     user_id: str
     credits_millicredits: int
@@ -106,4 +113,5 @@ class WatchBalanceResponse(_message.Message):
     time: _timestamp_pb2.Timestamp
     coalesced: bool
     tier: _common_pb2.Tier
-    def __init__(self, type: _Optional[_Union[BalanceEventType, str]] = ..., user_id: _Optional[str] = ..., credits_millicredits: _Optional[int] = ..., pending_millicredits: _Optional[int] = ..., transaction: _Optional[_Union[_common_pb2.Transaction, _Mapping]] = ..., message: _Optional[str] = ..., payment_url: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., coalesced: _Optional[bool] = ..., tier: _Optional[_Union[_common_pb2.Tier, str]] = ...) -> None: ...
+    key_id: str
+    def __init__(self, type: _Optional[_Union[BalanceEventType, str]] = ..., user_id: _Optional[str] = ..., credits_millicredits: _Optional[int] = ..., pending_millicredits: _Optional[int] = ..., transaction: _Optional[_Union[_common_pb2.Transaction, _Mapping]] = ..., message: _Optional[str] = ..., payment_url: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., coalesced: _Optional[bool] = ..., tier: _Optional[_Union[_common_pb2.Tier, str]] = ..., key_id: _Optional[str] = ...) -> None: ...

@@ -26,7 +26,7 @@ HOLD_STATUS_RELEASED: HoldStatus
 HOLD_STATUS_EXPIRED: HoldStatus
 
 class SpendRequest(_message.Message):
-    __slots__ = ("user_id", "amount_millicredits", "request_id", "category", "description", "app_id", "publisher_user_id", "metadata")
+    __slots__ = ("user_id", "amount_millicredits", "request_id", "category", "description", "app_id", "publisher_user_id", "metadata", "key_id")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -42,6 +42,7 @@ class SpendRequest(_message.Message):
     APP_ID_FIELD_NUMBER: _ClassVar[int]
     PUBLISHER_USER_ID_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     amount_millicredits: int
     request_id: str
@@ -50,7 +51,8 @@ class SpendRequest(_message.Message):
     app_id: str
     publisher_user_id: str
     metadata: _containers.ScalarMap[str, str]
-    def __init__(self, user_id: _Optional[str] = ..., amount_millicredits: _Optional[int] = ..., request_id: _Optional[str] = ..., category: _Optional[str] = ..., description: _Optional[str] = ..., app_id: _Optional[str] = ..., publisher_user_id: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    key_id: str
+    def __init__(self, user_id: _Optional[str] = ..., amount_millicredits: _Optional[int] = ..., request_id: _Optional[str] = ..., category: _Optional[str] = ..., description: _Optional[str] = ..., app_id: _Optional[str] = ..., publisher_user_id: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., key_id: _Optional[str] = ...) -> None: ...
 
 class SpendResponse(_message.Message):
     __slots__ = ("transaction", "credits_millicredits")
@@ -99,20 +101,22 @@ class Hold(_message.Message):
     def __init__(self, id: _Optional[str] = ..., user_id: _Optional[str] = ..., amount_millicredits: _Optional[int] = ..., status: _Optional[_Union[HoldStatus, str]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., captured_millicredits: _Optional[int] = ..., category: _Optional[str] = ...) -> None: ...
 
 class ReserveRequest(_message.Message):
-    __slots__ = ("user_id", "amount_millicredits", "request_id", "category", "description", "ttl")
+    __slots__ = ("user_id", "amount_millicredits", "request_id", "category", "description", "ttl", "key_id")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     AMOUNT_MILLICREDITS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     CATEGORY_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     TTL_FIELD_NUMBER: _ClassVar[int]
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     amount_millicredits: int
     request_id: str
     category: str
     description: str
     ttl: _duration_pb2.Duration
-    def __init__(self, user_id: _Optional[str] = ..., amount_millicredits: _Optional[int] = ..., request_id: _Optional[str] = ..., category: _Optional[str] = ..., description: _Optional[str] = ..., ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+    key_id: str
+    def __init__(self, user_id: _Optional[str] = ..., amount_millicredits: _Optional[int] = ..., request_id: _Optional[str] = ..., category: _Optional[str] = ..., description: _Optional[str] = ..., ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., key_id: _Optional[str] = ...) -> None: ...
 
 class ReserveResponse(_message.Message):
     __slots__ = ("hold", "credits_millicredits")

@@ -10,6 +10,10 @@
   and marked with the actor claim (RFC 8693 `act`) naming this server. The API
   therefore applies its own role rules and its own idempotency scope
   (role/subject) to exactly the principal the MCP caller is.
+- A scoped key's secret (`fnk_...`, KeysService) is a credential of the API
+  itself, for one agent: it is accepted as it is and passed on to the API,
+  which looks it up on every call (a revoked key is refused at once) and holds
+  it to the key's rights and budgets.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ from mcp.server.auth.provider import AccessToken
 ROLES = ("user", "service", "admin")
 SUBJECT = re.compile(r"^.{1,128}$", re.S)
 ACTOR = "flow-nexus-mcp"
+# The prefix of a scoped key's secret (KeysService.CreateKey).
+KEY_SECRET_PREFIX = "fnk_"
 
 
 @dataclass(frozen=True)
@@ -31,6 +37,7 @@ class Caller:
     subject: str
     role: str
     expires_at: int
+    key_secret: str = ""  # a scoped key: the API is called with it
 
 
 class McpTokenVerifier:
@@ -42,6 +49,8 @@ class McpTokenVerifier:
         self.audience = audience
 
     def caller(self, token: str) -> Caller | None:
+        if token.startswith(KEY_SECRET_PREFIX) and len(token) > len(KEY_SECRET_PREFIX):
+            return Caller("key", "key", 0, key_secret=token)  # checked by the API on every call
         try:
             claims = jwt.decode(
                 token,
@@ -67,7 +76,7 @@ class McpTokenVerifier:
             token=token,
             client_id=who.subject,
             scopes=[],
-            expires_at=who.expires_at,
+            expires_at=who.expires_at or None,
             resource=self.audience,
             subject=who.subject,
             claims={"iss": self.issuer, "role": who.role},

@@ -21,14 +21,16 @@ from urllib.parse import urlparse
 from flownexus_billing_client.client import BillingClient
 from flownexus_billing_client.mcp_server.auth import ApiTokens, McpTokenVerifier
 from flownexus_billing_client.mcp_server.server import FlowNexusMcp
+from flownexus_billing_client.mcp_server.units import Refusal, cents_of
 
 ENV_HELP = """environment:
   BILLING_GRPC_TARGET    the billing gRPC API (default localhost:50051)
-  BILLING_TOKEN          stdio: the bearer token of the principal it acts for
+  BILLING_TOKEN          stdio: the bearer token of the principal it acts for (or a scoped key's secret, fnk_...)
   BILLING_JWT_SECRET     http: the API's HS256 secret; verifies MCP tokens and mints API tokens
   BILLING_JWT_ISSUER     the tokens' issuer (default flownexus-billing)
   BILLING_MCP_RESOURCE_URL          http: this endpoint's public URL, the tokens' audience
   BILLING_MCP_AUTHORIZATION_SERVER  http: listed in the protected-resource metadata
+  BILLING_MCP_CONFIRM_ABOVE_USD     payment links above this many USD ask the human first (default 100)
 """
 
 
@@ -47,6 +49,8 @@ def parser() -> argparse.ArgumentParser:
                    help="http: the authorization server named in the protected-resource metadata (default: the resource's origin)")
     p.add_argument("--stateful", action="store_true",
                    help="http: keep MCP sessions in this process (one replica only); default stateless")
+    p.add_argument("--confirm-above", default=os.environ.get("BILLING_MCP_CONFIRM_ABOVE_USD", "100"),
+                   help="USD: a payment link above this asks the human to confirm first (default 100)")
     p.add_argument("--log-level", default=os.environ.get("BILLING_LOG_LEVEL", "WARNING"))
     return p
 
@@ -56,13 +60,18 @@ def main(argv: list[str] | None = None, *, default_jwt_secret: Callable[[], str]
     # stdout is the protocol on stdio: logs go to stderr only.
     logging.basicConfig(stream=sys.stderr, level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     issuer = os.environ.get("BILLING_JWT_ISSUER", "flownexus-billing")
+    try:
+        confirm_above = cents_of(args.confirm_above, "confirm_above")
+    except Refusal as r:
+        print(f"--confirm-above (BILLING_MCP_CONFIRM_ABOVE_USD): {r.message}", file=sys.stderr)
+        return 2
     if args.transport == "stdio":
         token = os.environ.get("BILLING_TOKEN", "")
         if not token:
             print("BILLING_TOKEN is required: the bearer token of the principal this server acts for\n"
                   "  (development: export BILLING_TOKEN=$(python -m server token --user alice))", file=sys.stderr)
             return 2
-        asyncio.run(serve_stdio(args.target, token))
+        asyncio.run(serve_stdio(args.target, token, confirm_above))
         return 0
     secret = os.environ.get("BILLING_JWT_SECRET", "") or (default_jwt_secret() if default_jwt_secret else "")
     if not secret:
@@ -74,27 +83,30 @@ def main(argv: list[str] | None = None, *, default_jwt_secret: Callable[[], str]
         return 2
     url = urlparse(resource)
     authz = args.authorization_server or f"{url.scheme}://{url.netloc}"
-    asyncio.run(serve_http(args.target, secret, issuer, resource, authz, args.host, args.port, stateless=not args.stateful))
+    asyncio.run(serve_http(args.target, secret, issuer, resource, authz, args.host, args.port,
+                           stateless=not args.stateful, confirm_above=confirm_above))
     return 0
 
 
-async def serve_stdio(target: str, token: str) -> None:
+async def serve_stdio(target: str, token: str, confirm_above: int) -> None:
     from mcp.server.stdio import stdio_server
 
     async with BillingClient(target, token) as api:
-        adapter = FlowNexusMcp(api)
+        adapter = FlowNexusMcp(api, confirm_above_cents=confirm_above)
         async with stdio_server() as (read, write):
             await adapter.server.run(read, write, adapter.server.create_initialization_options())
 
 
 async def serve_http(
-    target: str, secret: str, issuer: str, resource: str, authorization_server: str, host: str, port: int, *, stateless: bool
+    target: str, secret: str, issuer: str, resource: str, authorization_server: str, host: str, port: int, *, stateless: bool,
+    confirm_above: int,
 ) -> None:
     import uvicorn
 
     # The API client carries no token of its own: each call gets one minted for its caller.
     async with BillingClient(target, "") as api:
-        adapter = FlowNexusMcp(api, tokens=ApiTokens(secret, issuer), verifier=McpTokenVerifier(secret, issuer, resource))
+        adapter = FlowNexusMcp(api, tokens=ApiTokens(secret, issuer), verifier=McpTokenVerifier(secret, issuer, resource),
+                               confirm_above_cents=confirm_above)
         app = adapter.http_app(resource_url=resource, authorization_server=authorization_server, host=host, stateless=stateless)
         announce = f"flow-nexus MCP on {resource} (gRPC API {target})"
 

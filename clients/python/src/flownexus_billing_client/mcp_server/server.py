@@ -5,12 +5,14 @@ One `mcp.server.lowlevel.Server` serves both transports:
 - streamable HTTP: a resource server acting for each verified bearer token's
   principal with an API token of its own (see auth.py).
 
-Every refusal is a tool result with isError and a structured body
-`{error, message, metadata, retryable[, request_id]}`: the API's ErrorInfo
-reason in lower case (insufficient_credits, payment_failed, ...) with its
-metadata in the tools' units, or the adapter's own reason (invalid_argument,
-invalid_amount, request_id_required, ...). Never a stack trace or a protocol
-error.
+Every refusal is a tool result with isError whose one text content is the
+JSON error body `{error, message, metadata, retryable[, request_id]}`: the
+API's ErrorInfo reason in lower case (insufficient_credits, payment_failed,
+...) with its metadata in the tools' units, or the adapter's own reason
+(invalid_argument, invalid_amount, request_id_required, ...). Never a stack
+trace or a protocol error. A refusal carries no structuredContent: clients
+validate structuredContent against the tool's output schema, which describes
+the success (the TypeScript SDK throws -32602 on a mismatch, error or not).
 """
 
 from __future__ import annotations
@@ -41,12 +43,16 @@ from starlette.routing import Route
 from flownexus_billing_client.client import BillingClient
 from flownexus_billing_client.errors import BillingError
 from flownexus_billing_client.mcp_server.auth import ApiTokens, Caller, McpTokenVerifier
+from flownexus_billing_client.mcp_server.confirmation import confirm
+from flownexus_billing_client.mcp_server.resources import BalanceResource
 from flownexus_billing_client.mcp_server.tools import TOOLS, Args, ToolSpec
 from flownexus_billing_client.mcp_server.units import FIELDS, Refusal, error_metadata
 
 log = logging.getLogger("flownexus_billing_client.mcp")
 
 NAME = "flow-nexus"
+# Payment links above this many cents ask the human first (BILLING_MCP_CONFIRM_ABOVE_USD).
+CONFIRM_ABOVE_CENTS = 100_00
 REQUEST_ID = re.compile(r"^[\x21-\x7e]{1,128}$")
 RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ABORTED}
 INSTRUCTIONS = (
@@ -54,7 +60,9 @@ INSTRUCTIONS = (
     "(JSON numbers, up to 3 decimals); money is USD; dates are ISO 8601 UTC. Mutating tools take an optional "
     "request_id: reuse it when you retry so the call applies once. Refusals come back as isError results "
     "whose body names the error (insufficient_credits, payment_failed, invalid_amount, auto_refill_failed, "
-    "tier_upgrade_failed, ...)."
+    "tier_upgrade_failed, ...). Enabling auto-refill, upgrading to Pro and large payment links are "
+    "confirmed by the human first. Read the resource billing://balance for your balance; subscribe to it to be "
+    "told when it changes."
 )
 
 
@@ -63,12 +71,18 @@ def _key(*parts: str) -> str:
     return "".join(f"{len(p)}:{p}|" for p in parts)
 
 
-def _result(body: dict[str, Any], *, error: bool = False) -> types.CallToolResult:
+def _text(body: dict[str, Any]) -> list[types.ContentBlock]:
+    return [types.TextContent(type="text", text=json.dumps(body, ensure_ascii=False, separators=(",", ":")))]
+
+
+def _result(body: dict[str, Any]) -> types.CallToolResult:
     # The JSON text too: clients that predate structuredContent read that.
-    text = json.dumps(body, ensure_ascii=False, separators=(",", ":"))
-    return types.CallToolResult(
-        content=[types.TextContent(type="text", text=text)], structured_content=body, is_error=error
-    )
+    return types.CallToolResult(content=_text(body), structured_content=body)
+
+
+def _refusal(body: dict[str, Any]) -> types.CallToolResult:
+    # The body in the text only: structuredContent must match the success schema.
+    return types.CallToolResult(content=_text(body), is_error=True)
 
 
 def refusal_body(error: str, message: str, metadata: dict[str, Any], *, retryable: bool = False) -> dict[str, Any]:
@@ -94,19 +108,30 @@ class FlowNexusMcp:
     """The adapter. `principal` gives, per request, the API client to call with
     and the idempotency connection key (None when the transport has none)."""
 
-    def __init__(self, api: BillingClient, *, tokens: ApiTokens | None = None, verifier: McpTokenVerifier | None = None) -> None:
+    def __init__(
+        self, api: BillingClient, *, tokens: ApiTokens | None = None, verifier: McpTokenVerifier | None = None,
+        confirm_above_cents: int = CONFIRM_ABOVE_CENTS,
+    ) -> None:
         self.api = api
+        self.confirm_above_cents = confirm_above_cents
         self.tokens = tokens  # HTTP: mint per caller; None: stdio, one principal
         self.verifier = verifier
         # stdio serves one client connection per process: the process is the session.
         self.nonce = secrets.token_hex(16)
         self.stateful = False  # HTTP: set by http_app
+        self.balance = BalanceResource(self._api_for, self._connection)
         self.server: Server[Any] = Server(
             NAME,
             version=_version(),
             instructions=INSTRUCTIONS,
             on_list_tools=self._list_tools,
             on_call_tool=self._call_tool,
+            on_list_resources=self.balance.list,
+            on_read_resource=self.balance.read,
+            on_subscribe_resource=self.balance.subscribe,
+            on_unsubscribe_resource=self.balance.unsubscribe,
+            # Listen streams need a response stream; the HTTP app answers in JSON, so stdio only.
+            on_subscriptions_listen=self.balance.listen if tokens is None else None,
         )
 
     # ---- MCP handlers -----------------------------------------------------------------
@@ -114,10 +139,10 @@ class FlowNexusMcp:
     async def _list_tools(self, ctx: Any, params: types.PaginatedRequestParams | None) -> types.ListToolsResult:
         return types.ListToolsResult(tools=[_tool(t) for t in TOOLS.values()])
 
-    async def _call_tool(self, ctx: Any, params: types.CallToolRequestParams) -> types.CallToolResult:
+    async def _call_tool(self, ctx: Any, params: types.CallToolRequestParams) -> types.CallToolResult | types.InputRequiredResult:
         spec = TOOLS.get(params.name)
         if spec is None:
-            return _result(refusal_body("unknown_tool", f"no tool named {params.name!r}", {"tool": params.name}), error=True)
+            return _refusal(refusal_body("unknown_tool", f"no tool named {params.name!r}", {"tool": params.name}))
         used: list[tuple[str, str]] = []
 
         def request_id() -> str:
@@ -128,6 +153,9 @@ class FlowNexusMcp:
         try:
             args = Args(dict(params.arguments or {}), spec.input_schema)
             api = self._api_for(ctx)
+            charge = await spec.charge(api, args, self.confirm_above_cents) if spec.charge else None
+            if charge is not None and (asking := await confirm(ctx, params, charge, args.values)) is not None:
+                return asking
             body = await spec.handler(api, args, request_id)
             if spec.mutating:
                 assert used, f"{spec.name} is mutating but sent no request_id"
@@ -142,7 +170,7 @@ class FlowNexusMcp:
             out = refusal_body("internal", "internal error; a retry with the same request_id is safe", {}, retryable=True)
         if used:
             out["request_id"] = used[0][0]
-        return _result(out, error=True)
+        return _refusal(out)
 
     # ---- who is calling ---------------------------------------------------------------
 
@@ -152,6 +180,8 @@ class FlowNexusMcp:
         who = self._caller(ctx)
         if who is None:  # the bearer middleware lets no such request through
             raise Refusal("unauthenticated", "a bearer token issued for this MCP server is required", {})
+        if who.key_secret:
+            return self.api.with_token(who.key_secret)
         return self.api.with_token(self.tokens.for_caller(who))
 
     def _caller(self, ctx: Any) -> Caller | None:
@@ -253,11 +283,10 @@ def _tool(spec: ToolSpec) -> types.Tool:
         output_schema=spec.output_schema,
         annotations=types.ToolAnnotations(
             title=spec.title,
-            read_only_hint=not spec.mutating,
-            destructive_hint=False,
-            # Repeating a mutating call applies it once only with the same request_id.
-            idempotent_hint=not spec.mutating,
-            open_world_hint=False,
+            read_only_hint=spec.hints.read_only,
+            destructive_hint=spec.hints.destructive,
+            idempotent_hint=spec.hints.idempotent,
+            open_world_hint=spec.hints.open_world,
         ),
     )
 

@@ -13,12 +13,15 @@ from flownexus.billing.v1 import (
     common_pb2,
     earnings_pb2,
     history_pb2,
+    keys_pb2,
     payments_pb2,
     refill_pb2,
     tier_pb2,
 )
 
 from flownexus_billing_client.client import BillingClient
+from flownexus_billing_client.mcp_server.auth import KEY_SECRET_PREFIX
+from flownexus_billing_client.mcp_server.confirmation import Charge
 from flownexus_billing_client.mcp_server.units import (
     Refusal,
     cents_of,
@@ -35,6 +38,23 @@ UPGRADE_TIERS = ("pro", "enterprise")
 
 # The request_id is asked for (given or derived) only once the arguments are valid.
 Handler = Callable[[BillingClient, "Args", Callable[[], str]], Awaitable[dict[str, Any]]]
+# The charge a call would start that the human must confirm first, or None; given the
+# amount in cents above which a payment link needs confirmation.
+ChargeCheck = Callable[[BillingClient, "Args", int], Awaitable[Charge | None]]
+
+
+@dataclass(frozen=True)
+class Hints:
+    """The MCP tool annotations a host decides on (docs/agents.md explains each choice)."""
+
+    read_only: bool
+    destructive: bool
+    idempotent: bool
+    open_world: bool
+
+
+# Reads: the ledger only, nothing changes, any repeat is harmless.
+READ = Hints(read_only=True, destructive=False, idempotent=True, open_world=False)
 
 
 @dataclass(frozen=True)
@@ -46,6 +66,8 @@ class ToolSpec:
     output_schema: dict[str, Any]
     handler: Handler
     mutating: bool = False
+    hints: Hints = READ
+    charge: ChargeCheck | None = None
 
 
 # ---- schema pieces ----------------------------------------------------------------------
@@ -58,12 +80,19 @@ def _n(description: str) -> dict[str, Any]:
     return {"type": "number", "description": description}
 
 
+def _or_null(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    # anyOf, not "type": [..., "null"]: hosts that map schemas onto one type per field accept it.
+    return {"anyOf": [schema, {"type": "null"}], "description": description}
+
+
 def _s(description: str, *, nullable: bool = False) -> dict[str, Any]:
-    return {"type": ["string", "null"] if nullable else "string", "description": description}
+    return _or_null({"type": "string"}, description) if nullable else {"type": "string", "description": description}
 
 
 def _date(description: str, *, nullable: bool = False) -> dict[str, Any]:
-    return {**_s(description + " (ISO 8601, UTC)", nullable=nullable), "format": "date-time"}
+    text = description + " (ISO 8601, UTC)"
+    date = {"type": "string", "format": "date-time"}
+    return _or_null(date, text) if nullable else {**date, "description": text}
 
 
 TIER = {"type": "string", "enum": ["free", "pro", "enterprise"], "description": "The plan: free, pro or enterprise."}
@@ -107,8 +136,23 @@ TRANSACTION = _obj(
 )
 
 
+CONFIRM = {
+    "type": "boolean",
+    "description": (
+        "Only for hosts that cannot ask the human (no MCP elicitation): a charge that needs "
+        "confirmation is refused with confirmation_required and its exact amounts; show them to the "
+        "human and, once they agree, call again with confirm: true. Hosts with elicitation ask the "
+        "human directly and this argument is ignored."
+    ),
+}
+
+
 def _with_request_id(properties: dict[str, Any]) -> dict[str, Any]:
     return {**properties, "request_id": REQUEST_ID}
+
+
+def _charging(properties: dict[str, Any]) -> dict[str, Any]:
+    return {**_with_request_id(properties), "confirm": CONFIRM}
 
 
 # ---- arguments --------------------------------------------------------------------------
@@ -203,7 +247,7 @@ def _auto_refill(a: refill_pb2.AutoRefill) -> dict[str, Any]:
 
 async def check_balance(api: BillingClient, args: Args, request_id: Callable[[], str]) -> dict[str, Any]:
     r = await api.balance.CheckBalance(balance_pb2.CheckBalanceRequest())
-    return {
+    out: dict[str, Any] = {
         "credits": credits(r.credits_millicredits),
         "auto_refill": r.auto_refill,
         "threshold": credits(r.threshold_millicredits),
@@ -211,6 +255,23 @@ async def check_balance(api: BillingClient, args: Args, request_id: Callable[[],
         "pending": credits(r.pending_millicredits),
         "auto_refill_paused_reason": r.auto_refill_paused_reason.lower() or None,
     }
+    if api.token.startswith(KEY_SECRET_PREFIX):  # an agent's scoped key: what it may still spend
+        key = (await api.keys.GetKey(keys_pb2.GetKeyRequest())).key
+        out["key"] = {
+            "key_id": key.id,
+            "label": key.label,
+            "budgets": [
+                {
+                    "window": enum_word(keys_pb2.BudgetWindow.Name(b.window), "BUDGET_WINDOW_"),
+                    "limit": credits(b.limit_millicredits),
+                    "used": credits(b.used_millicredits),
+                    "remaining": credits(b.remaining_millicredits),
+                    "resets_at": iso(b.resets_at) if b.HasField("resets_at") else None,
+                }
+                for b in key.budgets
+            ],
+        }
+    return out
 
 
 async def ruv_balance(api: BillingClient, args: Args, request_id: Callable[[], str]) -> dict[str, Any]:
@@ -350,6 +411,48 @@ async def user_stats(api: BillingClient, args: Args, request_id: Callable[[], st
     }
 
 
+# ---- charges that need the human's confirmation -----------------------------------------
+
+def _dollars(cents: int) -> str:
+    return f"${cents // 100:,}.{cents % 100:02d}"
+
+
+async def payment_link_charge(api: BillingClient, args: Args, above_cents: int) -> Charge | None:
+    cents = cents_of(args.required("amount"))
+    if cents <= above_cents:
+        return None
+    return Charge(
+        f"Create a payment link for {_dollars(cents)} (USD) to buy credits? Payment links above "
+        f"{_dollars(above_cents)} need your confirmation.",
+        {"amount": usd(cents), "confirm_above": usd(above_cents)},
+    )
+
+
+async def auto_refill_charge(api: BillingClient, args: Args, above_cents: int) -> Charge | None:
+    if not args.boolean("enabled") or not (args.has("threshold") and args.has("amount")):
+        return None  # disabling charges nothing; an incomplete enable is refused by the tool
+    threshold = millicredits_of(args.values["threshold"], "threshold")
+    cents = cents_of(args.values["amount"])
+    return Charge(
+        f"Enable auto-refill? Your saved card will be charged {_dollars(cents)} (USD) every time your "
+        f"balance falls below {credits(threshold):,} credits, until you disable it.",
+        {"amount": usd(cents), "threshold": credits(threshold), "recurring": "per refill"},
+    )
+
+
+async def upgrade_charge(api: BillingClient, args: Args, above_cents: int) -> Charge | None:
+    user, tier = args.text("user_id"), args.choice("tier", UPGRADE_TIERS)
+    if tier != "pro":
+        return None  # Enterprise is set by an admin, at a negotiated price: nothing is charged here
+    catalogue = await api.tier.ListTiers(tier_pb2.ListTiersRequest())
+    pro = next(t for t in catalogue.tiers if t.tier == common_pb2.Tier.TIER_PRO)
+    return Charge(
+        f"Upgrade {user} to Pro for {_dollars(pro.price_cents)} (USD) per month, charged every month "
+        f"until cancelled, with {credits(pro.monthly_credits_millicredits):,} credits each month?",
+        {"price": usd(pro.price_cents), "monthly_credits": credits(pro.monthly_credits_millicredits), "recurring": "monthly"},
+    )
+
+
 _UNITS = "Credits are whole credits as JSON numbers with up to 3 decimals (12.345)."
 _ROLES_OTHER = "A user token may name only itself; a service or admin token may name any user."
 
@@ -361,7 +464,8 @@ TOOLS: dict[str, ToolSpec] = {
             "Check balance",
             f"Your own balance at a glance: credits available now, whether auto-refill is on, its threshold "
             f"(credits), your tier (free, pro, enterprise) and credits held by open reservations. {_UNITS} "
-            "Check it before a heavy operation; buy with create_payment_link when it is low.",
+            "Check it before a heavy operation; buy with create_payment_link when it is low. Called with a "
+            "scoped key, it also shows what the key may still spend in each budget window (key).",
             _obj({}, []),
             _obj(
                 {
@@ -371,6 +475,24 @@ TOOLS: dict[str, ToolSpec] = {
                     "tier": TIER,
                     "pending": _n("Credits reserved by open holds."),
                     "auto_refill_paused_reason": _s("Why auto-refill paused itself, if it did.", nullable=True),
+                    "key": _obj(
+                        {
+                            "key_id": _s("The scoped key this server acts with."),
+                            "label": _s("The key's label."),
+                            "budgets": {
+                                "type": "array",
+                                "description": "The key's budgets: spends past one are refused (budget_exceeded).",
+                                "items": _obj(
+                                    {"window": _s("hour, day, month or lifetime (UTC windows)."),
+                                     "limit": _n("Credits per window."), "used": _n("Credits used in this window."),
+                                     "remaining": _n("Credits the key may still spend in this window."),
+                                     "resets_at": _date("When the window ends; null for lifetime", nullable=True)},
+                                    ["window", "limit", "used", "remaining", "resets_at"],
+                                ),
+                            },
+                        },
+                        ["key_id", "label", "budgets"],
+                    ),
                 },
                 ["credits", "auto_refill", "threshold", "tier"],
                 extra=True,
@@ -413,10 +535,11 @@ TOOLS: dict[str, ToolSpec] = {
             "A Stripe Checkout link to buy credits for your own account. amount is in USD: at least $10, at most "
             "$10,000, whole cents (50 or 12.34; a fraction of a cent is refused, never rounded). Credits are "
             "granted once the payment succeeds, not when the link is made; credits_amount says how many "
-            f"(10 credits per USD by default). The link expires at expires_at. {_UNITS}",
+            f"(10 credits per USD by default). The link expires at expires_at. A link above the server's "
+            f"confirmation amount is first confirmed by the human (see confirm). {_UNITS}",
             _obj(
-                _with_request_id({"amount": {"type": "number", "minimum": 10, "maximum": 10000,
-                                             "description": "USD to spend: 10 to 10,000, whole cents."}}),
+                _charging({"amount": {"type": "number", "minimum": 10, "maximum": 10000,
+                                      "description": "USD to spend: 10 to 10,000, whole cents."}}),
                 ["amount"],
             ),
             _obj(
@@ -433,6 +556,9 @@ TOOLS: dict[str, ToolSpec] = {
             ),
             create_payment_link,
             mutating=True,
+            # A new link per call unless request_id repeats; Stripe is outside the ledger.
+            hints=Hints(read_only=False, destructive=False, idempotent=False, open_world=True),
+            charge=payment_link_charge,
         ),
         ToolSpec(
             "configure_auto_refill",
@@ -441,9 +567,10 @@ TOOLS: dict[str, ToolSpec] = {
             "threshold (credits), your saved card is charged amount (USD, $10 to $10,000, whole cents). "
             "Enabling needs threshold and amount, and a card saved by an earlier purchase "
             "(else payment_method_required); disabling needs only enabled: false. Refills are capped per "
-            f"month (monthly_cap, USD) and pause after repeated declines (paused_reason). {_UNITS}",
+            f"month (monthly_cap, USD) and pause after repeated declines (paused_reason). Enabling is a "
+            f"recurring charge: the human confirms it first (see confirm). {_UNITS}",
             _obj(
-                _with_request_id({
+                _charging({
                     "enabled": {"type": "boolean", "description": "true to enable or change, false to disable."},
                     "threshold": {"type": "number", "exclusiveMinimum": 0,
                                   "description": "Credits: refill when the balance falls below this. Required to enable."},
@@ -462,7 +589,7 @@ TOOLS: dict[str, ToolSpec] = {
                     "state": _s("disabled, idle, in_flight, retry_scheduled, action_required or paused."),
                     "paused_reason": _s("Why it paused (for example auto_refill_failed).", nullable=True),
                     "recovery_url": _s("Fix the card here when state is action_required.", nullable=True),
-                    "payment_method": {"type": ["object", "null"], "description": "The card refills charge."},
+                    "payment_method": _or_null({"type": "object"}, "The card refills charge."),
                     "monthly_cap": _n("Most USD auto-refill may charge per calendar month (UTC)."),
                     "monthly_used": _n("USD charged by auto-refill this month."),
                     **IDEMPOTENCY_OUT,
@@ -472,6 +599,9 @@ TOOLS: dict[str, ToolSpec] = {
             ),
             configure_auto_refill,
             mutating=True,
+            # It replaces the previous settings; the same settings twice change nothing more.
+            hints=Hints(read_only=False, destructive=True, idempotent=True, open_world=True),
+            charge=auto_refill_charge,
         ),
         ToolSpec(
             "ruv_history",
@@ -531,9 +661,9 @@ TOOLS: dict[str, ToolSpec] = {
             "monthly_credits sets its allowance). Pro is paid through Stripe: unless a saved card pays at once, "
             "the result has status payment_required with a payment_url to pay, completed false and no "
             "effective_date; the tier changes only when the payment succeeds. Changing another user's tier "
-            f"needs an admin token. {_UNITS}",
+            f"needs an admin token. Pro is a monthly charge: the human confirms it first (see confirm). {_UNITS}",
             _obj(
-                _with_request_id({
+                _charging({
                     "user_id": USER_ID,
                     "tier": {"type": "string", "enum": list(UPGRADE_TIERS), "description": "pro or enterprise."},
                     "monthly_credits": {"type": "number", "exclusiveMinimum": 0,
@@ -557,6 +687,9 @@ TOOLS: dict[str, ToolSpec] = {
             ),
             user_upgrade,
             mutating=True,
+            # It replaces the plan (and starts a subscription); upgrading twice changes nothing more.
+            hints=Hints(read_only=False, destructive=True, idempotent=True, open_world=True),
+            charge=upgrade_charge,
         ),
         ToolSpec(
             "app_store_earn_ruv",
@@ -588,6 +721,8 @@ TOOLS: dict[str, ToolSpec] = {
             ),
             app_store_earn_ruv,
             mutating=True,
+            # Adds credits, replaces nothing; a new award per call unless request_id repeats.
+            hints=Hints(read_only=False, destructive=False, idempotent=False, open_world=False),
         ),
         ToolSpec(
             "user_stats",

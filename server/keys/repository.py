@@ -1,0 +1,62 @@
+"""Keys' SQL: the per-call lookup of a secret, key reads and usage reads."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import and_, func, or_, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from server.db.fastread import FastReader
+from server.db.schema import api_keys
+from server.ledger.tx import LedgerTx
+
+# One indexed read per call (the secret's hash is unique): revocation is seen
+# by the very next call, in every process, with no cache to invalidate.
+BY_SECRET = "SELECT id, user_id, revoked_at_us, expires_at_us FROM api_keys WHERE secret_hash = ?"
+
+
+class KeysRepository:
+    def __init__(self, engine: AsyncEngine, fast: FastReader) -> None:
+        self.engine = engine
+        self.fast = fast
+
+    async def by_secret(self, secret_hash: str) -> tuple[Any, ...] | None:
+        return await self.fast.fetchrow(BY_SECRET, secret_hash)
+
+    async def key(self, key_id: str) -> dict[str, Any] | None:
+        async with self.engine.connect() as conn:
+            found = (await conn.execute(select(api_keys).where(api_keys.c.id == key_id))).mappings().first()
+        return dict(found) if found is not None else None
+
+    async def page(self, user_id: str, limit: int, after: tuple[int, str] | None) -> list[dict[str, Any]]:
+        """Keys of a wallet, newest first, after the (created_at_us, id) position."""
+        q = select(api_keys).where(api_keys.c.user_id == user_id)
+        if after is not None:
+            at, kid = after
+            q = q.where(or_(api_keys.c.created_at_us < at, and_(api_keys.c.created_at_us == at, api_keys.c.id < kid)))
+        q = q.order_by(api_keys.c.created_at_us.desc(), api_keys.c.id.desc()).limit(limit)
+        async with self.engine.connect() as conn:
+            return [dict(r) for r in (await conn.execute(q)).mappings().all()]
+
+
+async def count_keys(tx: LedgerTx, user_id: str) -> int:
+    """Keys of a wallet, under the wallet's lock (the cap on keys per wallet)."""
+    return int(await tx.fetch_scalar(select(func.count()).select_from(api_keys).where(api_keys.c.user_id == user_id)))
+
+
+async def lock_keys(tx: LedgerTx, key_ids: set[str]) -> None:
+    """A batch's keys, locked in id order after the wallets' locks."""
+    await tx.rows(api_keys).get_many(sorted(key_ids), lock=True)
+
+
+async def locked_key(tx: LedgerTx, key_id: str) -> dict[str, Any] | None:
+    return await tx.rows(api_keys).get(key_id, lock=True)
+
+
+def insert_key(tx: LedgerTx, row: dict[str, Any]) -> None:
+    tx.rows(api_keys).insert(row)
+
+
+def update_key(tx: LedgerTx, row: dict[str, Any], **values: Any) -> None:
+    tx.rows(api_keys).update(row, **values)

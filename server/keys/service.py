@@ -1,0 +1,254 @@
+"""Key rules: who may create, read, change and revoke a key; the principal
+of a key's secret; the key a spend is attributed to. Keys are written by the
+ledger writer (exclusive operations under the wallet's lock), so a change or
+a revocation is committed before the next spend through the key is applied."""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from server.keys import repository as repo
+from server.keys.budgets import COUNTERS
+from server.keys.models import (
+    SECRET_PREFIX,
+    BudgetLimit,
+    BudgetUse,
+    KeyView,
+    Window,
+    budgets_json,
+    budgets_of,
+    secret_hash,
+    window_bounds,
+)
+from server.keys.repository import KeysRepository
+from server.ledger.model import wallet_id
+from server.ledger.ops import Call, Idempotency
+from server.ledger.tx import LedgerTx
+from server.ledger.writer import LedgerWriter
+from server.platform import errors
+from server.platform.auth import Principal, Role
+from server.platform.clock import Clock
+from server.platform.config import Settings
+
+MAX_AMOUNT = 10**15
+MAX_LABEL = 100
+# No control character at all in a label (it is shown in events and logs).
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+KEY_ID = re.compile(r"^key_[0-9a-f]{32}$")
+
+
+@dataclass
+class KeyFields:
+    """What CreateKey and UpdateKey set (None: unchanged, on update)."""
+
+    label: str | None = None
+    budgets: list[BudgetLimit] | None = None
+    categories: list[str] | None = None
+    max_spend: int | None = None
+    expires_at_us: int | None = None
+
+
+def check_label(label: str) -> str:
+    if not label or len(label) > MAX_LABEL:
+        raise errors.InvalidArgument(f"label must be 1 to {MAX_LABEL} characters", reason="INVALID_LABEL")
+    if _CONTROL.search(label):
+        raise errors.InvalidArgument("label contains control characters", reason="INVALID_LABEL")
+    return label
+
+
+def check_budgets(budgets: list[BudgetLimit]) -> list[BudgetLimit]:
+    if not budgets:
+        raise errors.InvalidArgument("a key needs at least one budget", reason="INVALID_BUDGET")
+    seen: set[Window] = set()
+    for b in budgets:
+        if b.window in seen:
+            raise errors.InvalidArgument(
+                f"two budgets for the {b.window} window", reason="INVALID_BUDGET", metadata={"window": str(b.window)}
+            )
+        seen.add(b.window)
+        if not 0 < b.limit <= MAX_AMOUNT:
+            raise errors.InvalidArgument(
+                f"a budget's limit must be between 1 and {MAX_AMOUNT} millicredits", reason="INVALID_BUDGET",
+                metadata={"window": str(b.window), "got": b.limit},
+            )
+    return budgets
+
+
+def check_key_id(value: str, *, field: str = "key_id") -> str:
+    if not KEY_ID.match(value or ""):
+        raise errors.InvalidArgument(f"{field} is missing or malformed", reason="INVALID_KEY_ID", metadata={"field": field})
+    return value
+
+
+class KeysService:
+    def __init__(self, writer: LedgerWriter, repo: KeysRepository, clock: Clock, settings: Settings) -> None:
+        self.writer = writer
+        self.repo = repo
+        self.clock = clock
+        self.settings = settings
+
+    # ---- the secret as a bearer token (every call: no cache) ------------------------------
+
+    async def principal(self, secret: str) -> Principal:
+        found = await self.repo.by_secret(secret_hash(secret))
+        if found is None:
+            raise errors.Unauthenticated("unknown key", reason="INVALID_KEY")
+        key_id, user_id, revoked_at, expires_at = found
+        if revoked_at:
+            raise errors.Unauthenticated("the key was revoked", reason="KEY_REVOKED", metadata={"key_id": key_id})
+        if expires_at and expires_at <= self.clock.now_us():
+            raise errors.Unauthenticated("the key has expired", reason="KEY_EXPIRED", metadata={"key_id": key_id})
+        return Principal(str(user_id), Role.USER, key_id=str(key_id))
+
+    @staticmethod
+    def spending_key(principal: Principal, key_id: str) -> str:
+        """The key a Spend or Reserve is attributed to: the caller's own key, or
+        the one a service (or the owner) names. The ledger checks that it is
+        live and on the spending wallet, under the wallet's lock."""
+        if key_id:
+            check_key_id(key_id)
+        if principal.key_id:
+            if key_id and key_id != principal.key_id:
+                raise errors.PermissionDenied(
+                    "a key spends only as itself", reason="KEY_MISMATCH", metadata={"key_id": principal.key_id}
+                )
+            return principal.key_id
+        return key_id
+
+    # ---- rules -------------------------------------------------------------------------------
+
+    def _may_manage(self, principal: Principal, owner: str) -> None:
+        if principal.role == Role.ADMIN:
+            return
+        if principal.role != Role.USER or principal.subject != owner:
+            raise errors.PermissionDenied(
+                "only the wallet's owner or an admin manages its keys", reason="NOT_YOUR_KEY"
+            )
+
+    async def _key(self, principal: Principal, key_id: str, *, manage: bool) -> dict[str, Any]:
+        key = await self.repo.key(key_id)
+        if key is None:
+            raise errors.NotFound("key not found", reason="KEY_NOT_FOUND")
+        if principal.key_id:
+            if principal.key_id != key_id:
+                raise errors.PermissionDenied("a key reads only itself", reason="KEY_NOT_ALLOWED")
+        elif principal.role == Role.USER and principal.subject != key["user_id"]:
+            raise errors.NotFound("key not found", reason="KEY_NOT_FOUND")  # another wallet's: not shown
+        if manage:
+            self._may_manage(principal, key["user_id"])
+        return key
+
+    def _check(self, fields: KeyFields) -> None:
+        if fields.label is not None:
+            check_label(fields.label)
+        if fields.budgets is not None:
+            check_budgets(fields.budgets)
+        if fields.max_spend is not None and not 0 <= fields.max_spend <= MAX_AMOUNT:
+            raise errors.InvalidAmount("max_spend_millicredits must be between 0 and 10^15")
+        if fields.expires_at_us and fields.expires_at_us <= self.clock.now_us():
+            raise errors.InvalidArgument("expires_at must be in the future", reason="INVALID_EXPIRY")
+
+    async def create(
+        self, principal: Principal, *, user_id: str, fields: KeyFields, request_id: str, fingerprint: str
+    ) -> tuple[KeyView, str]:
+        user = principal.resolve_user(user_id) if principal.role == Role.USER else (user_id or principal.subject)
+        self._may_manage(principal, user)
+        assert fields.label is not None and fields.budgets is not None
+        self._check(fields)
+        secret = SECRET_PREFIX + secrets.token_urlsafe(32)
+        new_id = f"key_{uuid.uuid4().hex}"
+        cap = self.settings.max_keys_per_wallet
+
+        async def apply(tx: LedgerTx) -> str:
+            await tx.wallet(user)  # locks the wallet: the count below cannot race
+            if await repo.count_keys(tx, user) >= cap:
+                raise errors.ResourceExhausted(
+                    f"a wallet has at most {cap} keys", reason="TOO_MANY_KEYS", metadata={"limit": cap}
+                )
+            repo.insert_key(tx, {
+                "id": new_id, "user_id": user, "label": fields.label, "secret_hash": secret_hash(secret),
+                "secret_prefix": secret[:12], "budgets": budgets_json(fields.budgets or []),
+                "categories": json.dumps(sorted(set(fields.categories or []))), "max_spend": fields.max_spend or 0,
+                "expires_at_us": fields.expires_at_us or 0, "revoked_at_us": 0, "created_by": principal.scope,
+                "created_at_us": tx.now_us,
+            })
+            return new_id
+
+        idem = Idempotency.of_request(principal, "CreateKey", request_id, fingerprint)
+        made = await self.writer.submit(Call(fn=apply, accounts={wallet_id(user)}, idempotency=idem))
+        view = await self.get(principal, str(made))
+        # A repeat of the request replays the key, never the secret (only its hash is kept).
+        return view, secret if made == new_id else ""
+
+    async def get(self, principal: Principal, key_id: str) -> KeyView:
+        return await self._view(await self._key(principal, key_id, manage=False))
+
+    async def list(
+        self, principal: Principal, user_id: str, limit: int, after: tuple[int, str] | None
+    ) -> list[KeyView]:
+        user = principal.resolve_user(user_id)
+        return [await self._view(k) for k in await self.repo.page(user, limit, after)]
+
+    async def update(
+        self, principal: Principal, key_id: str, fields: KeyFields, *, request_id: str, fingerprint: str
+    ) -> KeyView:
+        key = await self._key(principal, key_id, manage=True)
+        self._check(fields)
+
+        async def apply(tx: LedgerTx) -> str:
+            row = await repo.locked_key(tx, key_id)
+            assert row is not None
+            if row["revoked_at_us"]:
+                raise errors.FailedPrecondition("the key was revoked", reason="KEY_REVOKED")
+            values: dict[str, Any] = {}
+            if fields.label is not None:
+                values["label"] = fields.label
+            if fields.budgets is not None:
+                values["budgets"] = budgets_json(fields.budgets)
+            if fields.categories is not None:
+                values["categories"] = json.dumps(sorted(set(fields.categories)))
+            if fields.max_spend is not None:
+                values["max_spend"] = fields.max_spend
+            if fields.expires_at_us is not None:
+                values["expires_at_us"] = fields.expires_at_us
+            repo.update_key(tx, row, **values)
+            return key_id
+
+        idem = Idempotency.of_request(principal, "UpdateKey", request_id, fingerprint)
+        await self.writer.submit(Call(fn=apply, accounts={wallet_id(key["user_id"])}, idempotency=idem))
+        return await self.get(principal, key_id)
+
+    async def revoke(self, principal: Principal, key_id: str, *, request_id: str, fingerprint: str) -> KeyView:
+        key = await self._key(principal, key_id, manage=True)
+
+        async def apply(tx: LedgerTx) -> str:
+            row = await repo.locked_key(tx, key_id)
+            assert row is not None
+            if not row["revoked_at_us"]:
+                repo.update_key(tx, row, revoked_at_us=tx.now_us)
+            return key_id
+
+        idem = Idempotency.of_request(principal, "RevokeKey", request_id, fingerprint)
+        await self.writer.submit(Call(fn=apply, accounts={wallet_id(key["user_id"])}, idempotency=idem))
+        return await self.get(principal, key_id)
+
+    async def _view(self, key: dict[str, Any]) -> KeyView:
+        now = self.clock.now_us()
+        budgets = budgets_of(key)
+        used: dict[Window, int] = {Window.LIFETIME: key["lifetime_used"]}
+        for w, (start_col, used_col) in COUNTERS.items():
+            # A counter of an earlier window: nothing used in the current one yet.
+            used[w] = key[used_col] if key[start_col] == window_bounds(w, now)[0] else 0
+        return KeyView(
+            id=key["id"], user_id=key["user_id"], label=key["label"], categories=json.loads(key["categories"]),
+            max_spend=key["max_spend"], expires_at_us=key["expires_at_us"], created_at_us=key["created_at_us"],
+            revoked_at_us=key["revoked_at_us"], secret_prefix=key["secret_prefix"],
+            budgets=[
+                BudgetUse(b.window, b.limit, used.get(b.window, 0), window_bounds(b.window, now)[1]) for b in budgets
+            ],
+        )
