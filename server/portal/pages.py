@@ -26,11 +26,13 @@ from urllib.parse import urlencode, urlsplit
 import aiohttp_jinja2
 import jinja2
 from aiohttp import web
-from flownexus.billing.v1 import common_pb2, payments_pb2, refill_pb2, tier_pb2
+from flownexus.billing.v1 import common_pb2, keys_pb2, payments_pb2, refill_pb2, tier_pb2
 
 from server.balance.service import BalanceService
 from server.grpc import convert, validation
 from server.history.service import HistoryService, forecast
+from server.keys.models import BudgetLimit, Window
+from server.keys.service import KeyFields, KeysService, check_key_id
 from server.ledger import keys
 from server.ledger.model import Kind, LotKind, TransferView
 from server.payments.service import PaymentsService
@@ -63,7 +65,7 @@ NAV = (
     ("overview", "/portal/", "Overview"), ("usage", "/portal/usage", "Usage"),
     ("history", "/portal/history", "History"), ("payments", "/portal/payments", "Payments"),
     ("buy", "/portal/buy", "Buy credits"), ("refill", "/portal/auto-refill", "Auto-refill"),
-    ("plan", "/portal/plan", "Plan"),
+    ("plan", "/portal/plan", "Plan"), ("keys", "/portal/keys", "Keys"),
 )
 
 
@@ -76,6 +78,7 @@ class Domains:
     payments: PaymentsService
     refill: RefillService
     tiers: TierService
+    keys: KeysService
 
 
 @dataclass
@@ -434,6 +437,39 @@ def page_routes(service: PortalService, d: Domains) -> list[web.RouteDef]:
         )
         return see_other(change.payment_url or "/portal/plan?done=upgraded")
 
+    async def keys_page(ctx: Ctx, *, new_secret: str = "", new_label: str = "") -> web.StreamResponse:
+        found = await d.keys.list(ctx.principal, "", 100, None)
+        return render(ctx, "keys.html", "keys", keys=found, new_secret=new_secret, new_label=new_label)
+
+    async def keys_list(ctx: Ctx) -> web.StreamResponse:
+        return await keys_page(ctx)
+
+    async def key_create(ctx: Ctx) -> web.StreamResponse:
+        label = ctx.form.get("label", "").strip()
+        budgets: list[BudgetLimit] = []
+        pb: list[keys_pb2.Budget] = []
+        for window, pb_window in ((Window.DAY, keys_pb2.BUDGET_WINDOW_DAY), (Window.MONTH, keys_pb2.BUDGET_WINDOW_MONTH)):
+            text = ctx.form.get(f"budget_{window}", "").strip()
+            if text:
+                limit = whole_credits(text, f"{window} budget")
+                budgets.append(BudgetLimit(window, limit))
+                pb.append(keys_pb2.Budget(window=pb_window, limit_millicredits=limit))
+        req = keys_pb2.CreateKeyRequest(label=label, budgets=pb)
+        view, secret = await d.keys.create(
+            ctx.principal, user_id="", fields=KeyFields(label=label, budgets=budgets, categories=[], max_spend=0,
+                                                        expires_at_us=None),
+            request_id=validation.request_id(ctx.form.get("request_id", "")),
+            fingerprint=validation.fingerprint("CreateKey", req),
+        )
+        # The secret is shown once, in this response; never in a URL.
+        return await keys_page(ctx, new_secret=secret, new_label=view.label)
+
+    async def key_revoke(ctx: Ctx) -> web.StreamResponse:
+        key_id = check_key_id(ctx.form.get("key_id", ""))
+        await d.keys.revoke(ctx.principal, key_id, request_id=validation.request_id(ctx.form.get("request_id", "")),
+                            fingerprint=validation.fingerprint("RevokeKey", keys_pb2.RevokeKeyRequest(key_id=key_id)))
+        return see_other("/portal/keys")
+
     def see_other(location: str) -> web.StreamResponse:
         raise guard.secure(web.HTTPSeeOther(location))  # type: ignore[misc]
 
@@ -453,4 +489,7 @@ def page_routes(service: PortalService, d: Domains) -> list[web.RouteDef]:
         web.post("/portal/auto-refill/card", g(card, post=True)),
         web.get("/portal/plan", g(plan)),
         web.post("/portal/plan/upgrade", g(upgrade, post=True)),
+        web.get("/portal/keys", g(keys_list)),
+        web.post("/portal/keys", g(key_create, post=True)),
+        web.post("/portal/keys/revoke", g(key_revoke, post=True)),
     ]

@@ -21,12 +21,13 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-from flownexus.billing.v1 import common_pb2, earnings_pb2, refill_pb2
+from flownexus.billing.v1 import common_pb2, earnings_pb2, keys_pb2, refill_pb2, usage_pb2
 
 from server.platform.clock import ManualClock
 from tests.browser import Page
 from tests.calls import credits, deliver, spend, transactions
 from tests.harness import Running, auth, free_port
+from tests.keys.helpers import keys_stub
 from tests.portal.portal import local, portal_link
 from tests.portal.test_portal_http import as_csv, csv_rows
 from tests.stripe_fake import StripeFake, event
@@ -34,24 +35,34 @@ from tests.stripe_fake import StripeFake, event
 AXE = Path(__file__).resolve().parent / "js" / "node_modules" / "axe-core" / "axe.min.js"
 PAGES = (("overview", "/portal/"), ("usage", "/portal/usage"), ("usage-90", "/portal/usage?days=90"),
          ("history", "/portal/history"), ("payments", "/portal/payments"), ("buy", "/portal/buy"),
-         ("auto-refill", "/portal/auto-refill"), ("plan", "/portal/plan"))
+         ("auto-refill", "/portal/auto-refill"), ("plan", "/portal/plan"), ("keys", "/portal/keys"))
 DESKTOP, PHONE = (1280, 900), (375, 812)
 CATEGORIES = ("sandbox", "training", "storage")
 
 
-async def history_of_spending(server: Running, clock: ManualClock, user: str) -> None:
+async def history_of_spending(server: Running, clock: ManualClock, user: str) -> str:
     """40 days of spending in three categories, as a chart should show it."""
     req = earnings_pb2.AwardCreditsRequest(
         user_id=user, amount_millicredits=900_000, reason="challenge prize",
         source=common_pb2.EARNING_SOURCE_CHALLENGE, source_ref="prize-1", request_id=uuid.uuid4().hex,
     )
     await server.s.earnings.AwardCredits(req, metadata=auth("platform", "service"))
+    made = await keys_stub(server).CreateKey(keys_pb2.CreateKeyRequest(
+        label="nightly trainer", request_id=uuid.uuid4().hex,
+        budgets=[keys_pb2.Budget(window=keys_pb2.BUDGET_WINDOW_MONTH, limit_millicredits=200_000)]), metadata=auth(user))
+    agent = (("authorization", f"Bearer {made.secret}"),)
     for day in range(40):
         for i, cat in enumerate(CATEGORIES):
             if (day + i) % 4 != 3:
                 amount = 200 + ((day * 7 + i * 13) % 9) * 300 * (3 - i)
-                await spend(server, user, amount, uuid.uuid4().hex, category=cat, description=f"{cat} job {day}")
+                if day >= 36 and cat == "training":  # the agent's key spends the last nights' training
+                    await server.s.usage.Spend(usage_pb2.SpendRequest(
+                        amount_millicredits=amount, request_id=uuid.uuid4().hex, category=cat,
+                        description=f"{cat} job {day}"), metadata=agent)
+                else:
+                    await spend(server, user, amount, uuid.uuid4().hex, category=cat, description=f"{cat} job {day}")
         clock.advance(86_400)
+    return made.key.id
 
 
 async def axe(page: Page) -> list[dict[str, Any]]:
@@ -118,7 +129,7 @@ async def wait_text(page: Page, css: str, want: str, within: float = 20.0) -> st
 
 async def test_the_portal_story(stripe_server: Running, stripe_fake: StripeFake, clock: ManualClock, page: Page) -> None:
     server, user = stripe_server, "pat"
-    await history_of_spending(server, clock, user)
+    key_id = await history_of_spending(server, clock, user)
     link = await portal_link(server, user, return_url="https://app.example.com/settings/billing")
 
     # 1. The link opens the portal; the balance and its split are on the overview.
@@ -135,6 +146,7 @@ async def test_the_portal_story(stripe_server: Running, stripe_fake: StripeFake,
     assert bars > 50
     per_op = await page.text("#per-op")
     assert all(c in per_op for c in CATEGORIES)
+    assert key_id in await page.text("#by-key")
 
     # Every page: accessible, and photographed before anything else changes.
     for name, path in PAGES:

@@ -16,11 +16,20 @@ import uuid
 from datetime import datetime, timedelta
 
 import grpc
-from flownexus.billing.v1 import admin_pb2, common_pb2, history_pb2, payments_pb2, portal_pb2
+from flownexus.billing.v1 import (
+    admin_pb2,
+    common_pb2,
+    history_pb2,
+    keys_pb2,
+    payments_pb2,
+    portal_pb2,
+    usage_pb2,
+)
 
 from server.platform.clock import ManualClock
 from tests.calls import FREE, spend, transactions
 from tests.harness import Running, auth, expect_error, serving
+from tests.keys.helpers import keys_stub
 from tests.payments.test_topup import save_card
 from tests.portal.portal import browser_client, fetch, form_tokens, local, opened, portal_link, post
 from tests.stripe_fake import StripeFake
@@ -291,3 +300,40 @@ async def test_history_and_payments_pages_follow_their_older_links(
                 assert seen == want, path
     finally:
         pages.PAGE_SIZE = before
+
+
+async def test_keys_page_creates_and_revokes_through_the_keys_service(server: Running) -> None:
+    user = "quinn"
+    async with browser_client() as s:
+        await opened(server, s, user)
+        url = f"{server.http_base}/portal/keys"
+        fields = await form_tokens(s, url)
+        status, body, _ = await post(s, url, {**fields, "label": "nightly <job>", "budget_day": "25"})
+        assert status == 200 and "shown only this once" in body and "nightly &lt;job&gt;" in body
+        secret = re.search(r'<code id="new-secret">([^<]+)</code>', body)
+        assert secret
+        listed = (await keys_stub(server).ListKeys(keys_pb2.ListKeysRequest(), metadata=auth(user))).keys
+        assert [(k.label, [(b.window, b.limit_millicredits) for b in k.budgets]) for k in listed] == [
+            ("nightly <job>", [(keys_pb2.BUDGET_WINDOW_DAY, 25_000)])]
+        # The secret spends from this wallet: it is a real key.
+        spent = await server.s.usage.Spend(
+            usage_pb2.SpendRequest(amount_millicredits=1_000, request_id=uuid.uuid4().hex),
+            metadata=(("authorization", f"Bearer {html.unescape(secret.group(1))}"),))
+        assert spent.credits_millicredits == FREE - 1_000
+        _, body, _ = await fetch(s, url)
+        assert "new-secret" not in body and html.unescape(secret.group(1)) not in body  # shown once only
+        assert "day: 1 of 25" in body
+        fields = await form_tokens(s, url)
+        status, _, _ = await post(s, f"{url}/revoke", {**fields, "key_id": listed[0].id})
+        assert status == 303
+        got = await keys_stub(server).GetKey(keys_pb2.GetKeyRequest(key_id=listed[0].id), metadata=auth(user))
+        assert got.key.HasField("revoke_time")
+        # Another wallet's key cannot be revoked from this session.
+        other = await keys_stub(server).CreateKey(
+            keys_pb2.CreateKeyRequest(label="theirs", request_id=uuid.uuid4().hex,
+                                      budgets=[keys_pb2.Budget(window=keys_pb2.BUDGET_WINDOW_DAY, limit_millicredits=1)]), metadata=auth("rita"))
+        fields = await form_tokens(s, url)
+        status, _, _ = await post(s, f"{url}/revoke", {**fields, "key_id": other.key.id})
+        assert status in (403, 404)
+        got = await keys_stub(server).GetKey(keys_pb2.GetKeyRequest(key_id=other.key.id), metadata=auth("rita"))
+        assert not got.key.HasField("revoke_time")
