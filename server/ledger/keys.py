@@ -195,6 +195,14 @@ def refill_attempt(job_id: str, attempt: int) -> str:
     return f"rfa_{job_id}_{attempt}"
 
 
+# ---- events ---------------------------------------------------------------------------
+
+
+def event_once(kind: str, *parts: object) -> str:
+    """An event a worker emits once per subject: a lot's expiry, a day's forecast."""
+    return encode("event", kind, *parts)
+
+
 # ---- billing portal ---------------------------------------------------------------------
 
 
