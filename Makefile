@@ -48,7 +48,15 @@ $(JS_STAMP): $(JS_TESTS)/package.json $(JS_TESTS)/package-lock.json
 	cd $(JS_TESTS) && npm ci --no-audit --no-fund --loglevel=error
 	@touch $(JS_STAMP)
 
-test: $(STAMP) $(JS_STAMP)
+# axe-core for the portal's accessibility check (tests/portal), the same way.
+AXE_TESTS := tests/portal/js
+AXE_STAMP := $(AXE_TESTS)/node_modules/.installed
+
+$(AXE_STAMP): $(AXE_TESTS)/package.json $(AXE_TESTS)/package-lock.json
+	cd $(AXE_TESTS) && npm ci --no-audit --no-fund --loglevel=error
+	@touch $(AXE_STAMP)
+
+test: $(STAMP) $(JS_STAMP) $(AXE_STAMP)
 	$(PY) -m pytest -q -n $(TEST_WORKERS)
 
 # The period-sensitive tests again under a shifted wall clock (Debian's faketime),

@@ -15,24 +15,29 @@ the script exits 1.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import socket
 import sys
 import tempfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parents[1]
 for p in (ROOT / "clients/python/src", ROOT / "generated", ROOT):
     sys.path.insert(0, str(p))
 
 import aiohttp  # noqa: E402
+import grpc  # noqa: E402
 from flownexus.billing.v1 import (  # noqa: E402
     balance_pb2,
     common_pb2,
     earnings_pb2,
     history_pb2,
     payments_pb2,
+    portal_pb2,
+    portal_pb2_grpc,
     refill_pb2,
     tier_pb2,
     usage_pb2,
@@ -77,6 +82,7 @@ class Demo:
         self.user = BillingClient(target, mint_token(secret, USER, Role.USER))
         self.service = BillingClient(target, mint_token(secret, "challenge-engine", Role.SERVICE))
         self.teammate = BillingClient(target, mint_token(secret, TEAMMATE, Role.USER))
+        self.service_token = mint_token(secret, "challenge-engine", Role.SERVICE)
         self.step_no = 0
         self.failed: list[str] = []
 
@@ -263,6 +269,16 @@ class Demo:
                 print(f"     {line}")
 
 
+    async def portal_link(self) -> str:
+        """A billing portal link for the demo user, as a platform service asks for one."""
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{self.app.grpc_port}") as ch:
+            r = await portal_pb2_grpc.PortalServiceStub(ch).CreatePortalSession(
+                portal_pb2.CreatePortalSessionRequest(user_id=USER, request_id="demo-portal"),
+                metadata=(("authorization", f"Bearer {self.service_token}"),),
+            )
+        return f"http://127.0.0.1:{self.app.http_port}{urlsplit(r.url).path}"
+
+
 async def main() -> int:
     with tempfile.TemporaryDirectory(prefix="billing-demo-") as tmp:
         ls_port, fake_port = free_port(), free_port()
@@ -296,6 +312,12 @@ async def main() -> int:
                 print(f"\nFailed steps: {', '.join(demo.failed)}")
                 return 1
             print("\nDone.")
+            link = await demo.portal_link()
+            print(f"Billing portal for {USER} (opens once, within 5 minutes): {link}")
+            if sys.stdin.isatty():
+                print("The service keeps running for the portal; press Ctrl-C to stop.")
+                with contextlib.suppress(KeyboardInterrupt, asyncio.CancelledError):
+                    await asyncio.Event().wait()
             return 0
         finally:
             if demo:

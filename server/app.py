@@ -20,6 +20,7 @@ from flownexus.billing.v1 import (
     history_pb2,
     keys_pb2,
     payments_pb2,
+    portal_pb2,
     refill_pb2,
     tier_pb2,
     usage_pb2,
@@ -61,6 +62,9 @@ from server.platform.config import Settings
 from server.platform.fairshare import FairShare
 from server.platform.metrics import METRICS
 from server.platform.ratelimit import caller_shares, limiters, mutation_limits
+from server.portal import grpc as portal_grpc
+from server.portal.pages import Domains
+from server.portal.service import PortalService
 from server.refill import grpc as refill_grpc
 from server.refill import repository as refill_repository
 from server.refill.service import RefillService, follow_account_flag
@@ -89,6 +93,7 @@ SERVICE_NAMES = tuple(
         (admin_pb2, "AdminService"),
         (keys_pb2, "KeysService"),
         (events_pb2, "EventsService"),
+        (portal_pb2, "PortalService"),
     )
 )
 
@@ -184,6 +189,12 @@ class App:
             settings, self.db, self.writer, self.clock, refill_repository.alert_thresholds, self._monthly_allowance,
         )
         self.deliveries = events_grpc.register(reg, self.events)
+
+        # The portal's pages call the services above, as the session's user.
+        self.portal = PortalService(settings, self.db, self.writer, self.clock)
+        portal_grpc.register(reg, self.portal, Domains(
+            self.balance, self.history, self.payments, self.refill, self.tier_service, self.keys,
+        ))
 
         self.grpc_server: grpc.aio.Server | None = None
         self.grpc_port = 0
@@ -293,6 +304,8 @@ class App:
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/metrics", self._metrics)
         app.add_routes(self.registry.routes)
+        for setup in self.registry.http_setup:
+            setup(app)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, self.settings.http_host, self.settings.http_port, reuse_port=self.reuse_port or None)

@@ -28,6 +28,8 @@ class Registry:
     routes: list[web.RouteDef] = field(default_factory=list)
     on_start: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    # Run on the HTTP application before it starts (template environments).
+    http_setup: list[Callable[[web.Application], None]] = field(default_factory=list)
 
     def servicer(self, add: AddServicer, servicer: Any) -> None:
         self.servicers.append((add, servicer))

@@ -23,6 +23,7 @@ from flownexus.billing.v1 import (
     events_pb2_grpc,
     history_pb2_grpc,
     payments_pb2_grpc,
+    portal_pb2_grpc,
     refill_pb2_grpc,
     tier_pb2_grpc,
     usage_pb2_grpc,
@@ -130,6 +131,7 @@ class Stubs:
     refill: refill_pb2_grpc.RefillServiceStub
     admin: admin_pb2_grpc.AdminServiceStub
     events: events_pb2_grpc.EventsServiceStub
+    portal: portal_pb2_grpc.PortalServiceStub
 
     @classmethod
     def connect(cls, target: str) -> Stubs:
@@ -145,6 +147,7 @@ class Stubs:
             refill_pb2_grpc.RefillServiceStub(ch),
             admin_pb2_grpc.AdminServiceStub(ch),
             events_pb2_grpc.EventsServiceStub(ch),
+            portal_pb2_grpc.PortalServiceStub(ch),
         )
 
 

@@ -338,6 +338,24 @@ admin_actions = Table(
     Index("ix_admin_actions_user", "user_id", "created_at_us"),
 )
 
+# ---- billing portal ------------------------------------------------
+
+# One row per portal link (CreatePortalSession). The link's token and the
+# browser session's cookie are kept as SHA-256 hashes only: the link opens
+# once (opened_at_us set), then the cookie names the session until it ends.
+portal_sessions = Table(
+    "portal_sessions",
+    metadata,
+    Column("id", String(64), primary_key=True),  # sha256 hex of the link token
+    Column("user_id", String(128), nullable=False),
+    Column("return_url", Text, nullable=False, default=""),
+    Column("created_at_us", BigInteger, nullable=False),
+    Column("link_expires_at_us", BigInteger, nullable=False),
+    Column("opened_at_us", BigInteger, nullable=False, default=0),
+    Column("cookie_hash", String(64), nullable=True, unique=True),  # sha256 hex of the session cookie
+    Column("session_expires_at_us", BigInteger, nullable=False, default=0),
+    Index("ix_portal_sessions_created", "created_at_us"),
+)
 
 # ---- scoped keys -------------------------------------------------------------
 

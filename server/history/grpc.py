@@ -5,7 +5,7 @@ from __future__ import annotations
 from flownexus.billing.v1 import common_pb2, history_pb2, history_pb2_grpc
 
 from server.grpc import Ctx, convert, validation
-from server.history.service import HistoryService
+from server.history.service import HistoryService, forecast
 from server.keys.service import check_key_id
 from server.platform.auth import principal
 from server.registry import Registry
@@ -51,16 +51,13 @@ class HistoryServicer(history_pb2_grpc.HistoryServiceServicer):
             check_key_id(request.key_id) if request.key_id else "",
         )
         total = sum(r[1] for r in rows)
-        # The burn rate is per elapsed day: a window reaching into the future
-        # must not dilute it (and a wholly future window has none).
-        elapsed = min(end, self.history.clock.now_us()) - start
-        burn = int(total / max(elapsed / 86_400_000_000, 1 / 24)) if elapsed > 0 else 0
+        burn, days_left = forecast(total, start, end, self.history.clock.now_us(), state.credits)
         return history_pb2.GetSpendingReportResponse(
             categories=[history_pb2.CategorySpend(category=c, spent_millicredits=s, operations=n) for c, s, n in rows],
             total_spent_millicredits=total,
             burn_rate_millicredits_per_day=burn,
             credits_millicredits=state.credits,
-            days_left=round(max(state.credits, 0) / burn, 1) if burn > 0 else -1.0,
+            days_left=days_left,
             start_time=convert.ts(start),
             end_time=convert.ts(end),
             keys=[history_pb2.KeySpend(key_id=k, spent_millicredits=s, operations=n) for k, s, n in by_key],

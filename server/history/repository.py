@@ -8,6 +8,8 @@ from server.db.fastread import FastReader
 from server.ledger.model import Kind, TransferView, wallet_id
 from server.platform.fairshare import charge
 
+DAY_US = 86_400_000_000
+
 HISTORY_FIELDS = (
     "id", "kind", "amount", "debit_account", "credit_account", "debit_balance_after", "credit_balance_after",
     "description", "category", "ref", "created_at_us", "metadata", "key_id",
@@ -16,9 +18,12 @@ HISTORY_COLUMNS = ", ".join(HISTORY_FIELDS)
 
 
 def _filters(
-    kinds: list[str], start_us: int | None, end_us: int | None, key_id: str = ""
+    kinds: list[str], start_us: int | None, end_us: int | None, key_id: str = "", category: str | None = None
 ) -> tuple[str, list[Any]]:
     sql, params = "", list[Any]()
+    if category is not None:
+        sql += " AND category = ?"
+        params.append(category)
     if key_id:
         sql += " AND key_id = ?"
         params.append(key_id)
@@ -44,6 +49,7 @@ def page_query(
     end_us: int | None,
     scan: int | None = None,
     from_id: int | None = None,
+    category: str | None = None,
     key_id: str = "",
 ) -> tuple[str, list[Any]]:
     """One page of an account's transfers, newest first, with `?` placeholders.
@@ -61,7 +67,7 @@ def page_query(
     if from_id is not None:
         keyset += " AND -id <= ?"
         params.append(-from_id)
-    filters, fparams = _filters(kinds, start_us, end_us, key_id)
+    filters, fparams = _filters(kinds, start_us, end_us, key_id, category)
     if scan is None:  # unfiltered: every row examined is a row of the page
         keyset, params, filters, fparams = keyset + filters, params + fparams, "", []
     inner = scan if scan is not None else limit
@@ -120,6 +126,7 @@ class HistoryRepository:
         kinds: list[str],
         start_us: int | None,
         end_us: int | None,
+        category: str | None = None,
         key_id: str = "",
     ) -> tuple[list[TransferView], int | None]:
         """Up to `limit` transfers, and where to resume when the filters
@@ -127,8 +134,8 @@ class HistoryRepository:
         account = wallet_id(user_id)
         frontier = None
         scan = None
-        if kinds or start_us is not None or end_us is not None or key_id:
-            # A key filter is applied while scanning: the probe reads kinds and times only.
+        if kinds or start_us is not None or end_us is not None or key_id or category is not None:
+            # Key and category filters are applied while scanning: the probe reads kinds and times only.
             sql, args = probe_query(account, kinds, start_us, end_us)
             if await self.bulk.fetchrow(sql, *args) is None:
                 charge(1)
@@ -142,7 +149,7 @@ class HistoryRepository:
             charge(sum(int(n) for n, _ in counts))
         sql, args = page_query(
             account, limit=limit, before_id=before_id, kinds=kinds, start_us=start_us, end_us=end_us,
-            scan=scan, from_id=frontier, key_id=key_id,
+            scan=scan, from_id=frontier, category=category, key_id=key_id,
         )
         rows = await self.bulk.fetchall(sql, *args)
         charge(len(rows))
@@ -165,6 +172,16 @@ class HistoryRepository:
         if cut is None:
             return start_us
         return cut + 1 if cut + 1 < end_us else cut  # past the bound: whole microseconds only
+
+    async def daily_spending(self, user_id: str, start_us: int, end_us: int) -> list[tuple[int, str, int, int]]:
+        """(UTC day number, category, amount, operations) of the window's spending."""
+        rows = await self.bulk.fetchall(
+            f"SELECT created_at_us / {DAY_US} AS day, COALESCE(NULLIF(category, ''), 'other') AS cat, SUM(amount), COUNT(*) "
+            "FROM transfers WHERE debit_account = ? AND kind IN (?, ?) AND created_at_us >= ? AND created_at_us < ? "
+            "GROUP BY day, cat ORDER BY day, cat",
+            wallet_id(user_id), str(Kind.SPEND), str(Kind.HOLD_CAPTURE), start_us, end_us,
+        )
+        return [(int(r[0]), str(r[1]), int(r[2]), int(r[3])) for r in rows]
 
     async def spending_by_category(
         self, user_id: str, start_us: int, end_us: int, key_id: str = ""

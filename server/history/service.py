@@ -14,6 +14,15 @@ from server.platform.clock import MIN_US, Clock
 DAY_US = 86_400_000_000
 
 
+def forecast(total: int, start_us: int, end_us: int, now_us: int, credits: int) -> tuple[int, float]:
+    """(burn rate in millicredits per day, days left at that rate; -1 when
+    nothing is spent). The rate is per elapsed day: a window reaching into the
+    future must not dilute it (and a wholly future window has none)."""
+    elapsed = min(end_us, now_us) - start_us
+    burn = int(total / max(elapsed / DAY_US, 1 / 24)) if elapsed > 0 else 0
+    return burn, (round(max(credits, 0) / burn, 1) if burn > 0 else -1.0)
+
+
 class HistoryService:
     def __init__(self, balance: BalanceService, repo: HistoryRepository, clock: Clock) -> None:
         self.balance = balance
@@ -30,6 +39,7 @@ class HistoryService:
         kinds: list[Kind],
         start_us: int | None,
         end_us: int | None,
+        category: str | None = None,
         key_id: str = "",
     ) -> tuple[list[TransferView], int | None]:
         """A page, and the position to resume from when the page stopped at
@@ -38,8 +48,21 @@ class HistoryService:
         await self.balance.wallet(user)  # a roll-over due now belongs to the page
         return await self.repo.page(
             user, limit=limit, before_id=before_id, kinds=[str(k) for k in kinds], start_us=start_us, end_us=end_us,
+            category=category,
             key_id=key_id,
         )
+
+    async def daily_spending(
+        self, principal: Principal, user_id: str, days: int
+    ) -> tuple[int, list[tuple[int, str, int, int]]]:
+        """Spending of the last `days` UTC days (today included) by day and
+        category: (first day's start, rows of (day index, category, amount, operations))."""
+        user = principal.resolve_user(user_id)
+        if not 1 <= days <= 366:
+            raise errors.InvalidArgument("days must be between 1 and 366", reason="INVALID_TIME_RANGE")
+        start = (self.clock.now_us() // DAY_US - days + 1) * DAY_US
+        rows = await self.repo.daily_spending(user, start, start + days * DAY_US)
+        return start, [((day * DAY_US - start) // DAY_US, c, a, n) for day, c, a, n in rows]
 
     async def spending_report(
         self, principal: Principal, user_id: str, start_us: int | None, end_us: int | None, key_id: str = ""

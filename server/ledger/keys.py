@@ -195,3 +195,17 @@ def refill_attempt(job_id: str, attempt: int) -> str:
 def event_once(kind: str, *parts: object) -> str:
     """An event a worker emits once per subject: a lot's expiry, a day's forecast."""
     return encode("event", kind, *parts)
+
+
+# ---- billing portal ---------------------------------------------------------------------
+
+
+def portal_link(idempotency_key: str) -> str:
+    """What a portal link's token is derived from (an HMAC under the server's
+    secret): a repeat of CreatePortalSession returns the same link."""
+    return encode("portal-link", idempotency_key)
+
+
+def portal_csrf(cookie_hash: str) -> str:
+    """What a portal session's form token is derived from."""
+    return encode("portal-csrf", cookie_hash)

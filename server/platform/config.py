@@ -41,6 +41,18 @@ class Settings(BaseSettings):
     stripe_webhook_secret: SecretStr = SecretStr("")
     stripe_api_base: str = ""
     public_base_url: str = "http://localhost:8080"
+    # ---- billing portal ----
+    # A portal link opens once, within this many seconds of CreatePortalSession.
+    portal_link_ttl_seconds: int = Field(default=300, gt=0, le=3600)
+    # The browser session a link opens lasts this long.
+    portal_session_ttl_seconds: int = Field(default=3600, gt=0, le=86_400)
+    # Who may frame the portal (CSP frame-ancestors), e.g. "https://app.example.com"; 'none' by default.
+    portal_frame_ancestors: str = "'none'"
+    # return_url may be http:// on a loopback host (development); otherwise https only.
+    portal_allow_http_loopback: bool = False
+    # Requests per second one portal session may make, and its burst.
+    portal_rate_per_second: float = Field(default=5.0, gt=0)
+    portal_rate_burst: int = Field(default=40, ge=1)
     # Pending payments older than this are settled from Stripe by the reconciliation job.
     payment_reconcile_after_seconds: float = Field(default=300.0, ge=0)
     # Stripe reads made by reconciliation, per second, at most (Stripe allows

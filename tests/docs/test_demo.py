@@ -29,7 +29,11 @@ async def test_demo_tells_the_whole_story() -> None:
     r = await run_exec([sys.executable, str(ROOT / "scripts" / "demo.py")], env=base_env(), timeout=120)
     assert r.rc == 0, r.out + r.err
     assert "Traceback" not in r.out + r.err and "FAILED" not in r.out
-    assert r.out.rstrip().endswith("Done.")
+    # It ends with a billing portal link for the demo user (a single-use link on the demo's HTTP port).
+    done, portal = r.out.rstrip().splitlines()[-2:]
+    assert done == "Done."
+    assert re.fullmatch(r"Billing portal for dana \(opens once, within 5 minutes\): "
+                        r"http://127\.0\.0\.1:\d+/portal/open/[A-Za-z0-9_-]{43}", portal), portal
     s = steps(r.out)
 
     has(s[1], "dana signs up: 100 credits, tier TIER_FREE")
