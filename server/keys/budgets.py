@@ -84,8 +84,7 @@ class KeyBudgets(SpendGuard):
                 continue
             start = bounds[w][0]
             if key[start_col] != start:
-                if delta > 0 and key[start_col] and any(b.window == w for b in budgets):
-                    _event(tx, user_id, key_id, "budget_reset", f"Key {key['label']!r}: a new {w} budget window began")
+                _window_began(tx, key, w, budgets)
                 values[start_col] = start
             values[used_col] = before + delta
         repo.update_key(tx, key, **values)
@@ -93,6 +92,38 @@ class KeyBudgets(SpendGuard):
             for b in budgets:
                 before = used[b.window] or 0
                 _crossings(tx, user_id, key, b, before, before + delta)
+
+
+def _window_began(tx: LedgerTx, key: dict[str, Any], window: Window, budgets: list[BudgetLimit]) -> None:
+    """The reset event, once per key and window: when the counter of a window
+    that had use moves to the next window, by the boundary job or by the key's
+    first use after the boundary, whichever comes first (both under the key's lock)."""
+    if key[COUNTERS[window][1]] > 0 and any(b.window == window for b in budgets):
+        _event(tx, key["user_id"], key["id"], "budget_reset",
+               f"Key {key['label']!r}: a new {window} budget window began")
+
+
+async def roll_windows(tx: LedgerTx, key_ids: list[str]) -> int:
+    """The boundary job's turn: move the counters of ended windows to the
+    current ones (0 used) and announce each reset; keys already moved (by a
+    spend, or an earlier run) change nothing, so a repeat sends no event."""
+    bounds = _bounds(tx.now_us)
+    moved = 0
+    for key_id in sorted(key_ids):
+        key = await repo.locked_key(tx, key_id)
+        if key is None:
+            continue
+        budgets = parsed_budgets(key["budgets"])
+        values: dict[str, int] = {}
+        for w, (start_col, used_col) in COUNTERS.items():
+            start = bounds[w][0]
+            if key[start_col] < start:
+                _window_began(tx, key, w, budgets)
+                values[start_col], values[used_col] = start, 0
+        if values:
+            repo.update_key(tx, key, **values)
+            moved += 1
+    return moved
 
 
 # The counters of the windows that reset, on the key's row.
