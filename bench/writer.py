@@ -78,7 +78,7 @@ async def _make_keys(writer: LedgerWriter, accounts: int) -> None:
     for i in range(accounts):
         user = f"u{i}"
 
-        async def apply(tx: Any, user: str = user) -> None:
+        async def apply(tx: Any, user: str = user, i: int = i) -> None:
             await tx.wallet(user)
             keys_repo.insert_key(tx, {
                 "id": f"key_{i:032x}", "user_id": user, "label": "bench", "secret_hash": f"{i:064x}",
