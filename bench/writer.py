@@ -4,11 +4,15 @@ Applies SpendBatch-shaped work straight to a LedgerWriter on a fresh SQLite
 file, no gRPC: 4 submit_many calls of 100 Spends at a time, each Spend of 1
 millicredit by a random one of BENCH_WRITER_ACCOUNTS wallets (default 1,000;
 1 for the hot account). Prints spends/s and the process's CPU per spend;
+with BENCH_WRITER_KEYS=1 it runs each case twice in the same process, plain
+and with every Spend through a key with budgets (one key per wallet: the hot
+account's one key, or 1,000 keys), so the CPU a key adds is read from one run;
 with BENCH_WRITER_SQL=1 also the time of each batch statement per row, which
 is how "Where a batched item's time goes" in bench/README.md splits the
 database's share.
 
   BENCH_WRITER_ACCOUNTS=1000  BENCH_WRITER_ROUNDS=100  BENCH_WRITER_SQL=0
+  BENCH_WRITER_KEYS=0  BENCH_WRITER_PROFILE=0 (1: cProfile of the keyed runs)
 """
 
 from __future__ import annotations
@@ -25,7 +29,11 @@ from typing import Any
 
 from server.db import batchsql
 from server.db.engine import Database
-from server.ledger.ops import Idempotency, Spend
+from server.keys import repository as keys_repo
+from server.keys.budgets import KeyBudgets, refused_events
+from server.keys.models import BudgetLimit, Window, budgets_json
+from server.ledger.model import wallet_id
+from server.ledger.ops import Call, Idempotency, Spend
 from server.ledger.tx import TierPolicy
 from server.ledger.writer import LedgerWriter
 from server.platform.clock import Clock
@@ -61,12 +69,37 @@ def _time_statements() -> None:
     batchsql.BatchSql._many = timed_many  # type: ignore[method-assign]
 
 
-async def run(accounts: int, rounds: int) -> None:
+# Budgets no bench spend reaches: every window checked and counted, none refuses.
+BENCH_BUDGETS = budgets_json([BudgetLimit(w, 10**15) for w in Window])
+
+
+async def _make_keys(writer: LedgerWriter, accounts: int) -> None:
+    """One key per wallet, written as CreateKey writes it."""
+    for i in range(accounts):
+        user = f"u{i}"
+
+        async def apply(tx: Any, user: str = user, i: int = i) -> None:
+            await tx.wallet(user)
+            keys_repo.insert_key(tx, {
+                "id": f"key_{i:032x}", "user_id": user, "label": "bench", "secret_hash": f"{i:064x}",
+                "secret_prefix": "fnk_bench", "budgets": BENCH_BUDGETS, "categories": "[]", "max_spend": 0,
+                "expires_at_us": 0, "revoked_at_us": 0, "created_by": "bench", "created_at_us": tx.now_us,
+            })
+
+        await writer.submit(Call(fn=apply, accounts={wallet_id(user)}))
+
+
+async def run(accounts: int, rounds: int, *, keyed: bool = False, profile: Any = None) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         db = Database(f"sqlite+aiosqlite:///{Path(tmp) / 'writer.db'}")
         await db.migrate()
         writer = LedgerWriter(db, Clock(), TierPolicy({"free": 10**12}), max_batch=256)
+        if keyed:
+            writer.guard = KeyBudgets()
+            writer.before_flush.append(refused_events)
         await writer.start()
+        if keyed:
+            await _make_keys(writer, accounts)
         rng = random.Random(1)
         n = 0
 
@@ -77,10 +110,11 @@ async def run(accounts: int, rounds: int) -> None:
                 ops = []
                 for _ in range(ITEMS_PER_CALL):
                     n += 1
+                    who = rng.randrange(accounts)
                     ops.append(Spend(
-                        user_id=f"u{rng.randrange(accounts)}", amount=1, category="bench",
+                        user_id=f"u{who}", amount=1, category="bench",
                         idempotency=Idempotency.of("service", "bench", "Spend", f"r{n}", "f" * 64),
-                        charged_by="service/bench",
+                        charged_by="service/bench", key_id=f"key_{who:032x}" if keyed else "",
                     ))
                 calls.append(writer.submit_many(ops))
             await asyncio.gather(*calls)
@@ -88,23 +122,54 @@ async def run(accounts: int, rounds: int) -> None:
         for _ in range(WARMUP_ROUNDS):  # wallets created, tables grown
             await one_round()
         _SQL_TIME.clear()
+        if profile is not None:
+            profile.enable()
         wall, cpu = time.perf_counter(), time.process_time()
         for _ in range(rounds):
             await one_round()
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        if profile is not None:
+            profile.disable()
         await writer.stop()
         await db.writer.dispose()
         await db.reader.dispose()
     spends = rounds * CALLS_IN_FLIGHT * ITEMS_PER_CALL
-    print(f"{accounts} accounts: {spends / wall:,.0f} spends/s, {1e6 * cpu / spends:.1f} us of CPU per spend")
+    how = f"{accounts} keys" if keyed else "no key"
+    print(f"{accounts} accounts, {how}: {spends / wall:,.0f} spends/s, {1e6 * cpu / spends:.1f} us of CPU per spend")
     for sql, (seconds, rows) in sorted(_SQL_TIME.items(), key=lambda kv: -kv[1][0]):
         print(f"  {1e6 * seconds / spends:6.2f} us per spend  {1e6 * seconds / max(rows, 1):6.2f} us per row  {sql}")
+    _SQL_TIME.clear()
+    return cpu / spends
+
+
+async def compare(rounds: int, profile: Any) -> None:
+    """Plain and keyed, alternating in one process (the host is shared: CPU
+    time of one run is the comparable measure)."""
+    for accounts in (1, 1000):
+        plain = await run(accounts, rounds)
+        keyed = await run(accounts, rounds, keyed=True, profile=profile)
+        again = await run(accounts, rounds)
+        base = (plain + again) / 2
+        print(f"  -> {accounts} accounts: {1e6 * base:.1f} us plain, {1e6 * keyed:.1f} us through keys: "
+              f"{keyed / base:.2f}x CPU per spend")
 
 
 def main() -> None:
     if os.environ.get("BENCH_WRITER_SQL", "") not in ("", "0"):
         _time_statements()
-    asyncio.run(run(int(os.environ.get("BENCH_WRITER_ACCOUNTS", 1000)), int(os.environ.get("BENCH_WRITER_ROUNDS", 100))))
+    rounds = int(os.environ.get("BENCH_WRITER_ROUNDS", 100))
+    if os.environ.get("BENCH_WRITER_KEYS", "") not in ("", "0"):
+        profile = None
+        if os.environ.get("BENCH_WRITER_PROFILE", "") not in ("", "0"):
+            import cProfile
+            import pstats
+
+            profile = cProfile.Profile()
+        asyncio.run(compare(rounds, profile))
+        if profile is not None:
+            pstats.Stats(profile).sort_stats("tottime").print_stats(30)
+        return
+    asyncio.run(run(int(os.environ.get("BENCH_WRITER_ACCOUNTS", 1000)), rounds))
 
 
 if __name__ == "__main__":

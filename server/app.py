@@ -157,6 +157,7 @@ class App:
         # Keys before usage: every Spend through a key is held to its budgets.
         self.keys = KeysService(self.writer, KeysRepository(self.db.reader, self.db.fast), self.clock, settings)
         keys_grpc.register(reg, self.keys)
+        self.workers.add("reset_key_budgets", self.keys.reset_windows)
 
         self.mutations = mutation_limits(settings)
         self.usage = UsageService(self.writer, self.reader, settings, self.mutations)

@@ -51,8 +51,26 @@ class KeyBudgets(SpendGuard):
             _check_key(key, key_id, user_id, delta, category, tx.now_us)
         if key is None:
             return
-        budgets = parsed_budgets(key["budgets"])
         bounds = _bounds(at_us)
+        if (key["hour_start_us"], key["day_start_us"], key["month_start_us"]) == _starts(at_us):
+            # The common case (every use after the key's first in these windows):
+            # each counter is for the windows of `at_us`, so no window to move.
+            plan = _plan(key["budgets"])
+            if limited:
+                for b, used_col, _warn in plan:
+                    if key[used_col] + delta > b.limit:
+                        _refuse(tx, user_id, key_id, b, key[used_col], delta, bounds)
+            was_used = [key[used_col] for _b, used_col, _warn in plan]
+            repo.update_key(
+                tx, key, lifetime_used=key["lifetime_used"] + delta, hour_used=key["hour_used"] + delta,
+                day_used=key["day_used"] + delta, month_used=key["month_used"] + delta,
+            )
+            if delta > 0:
+                for (b, _used_col, warn), was in zip(plan, was_used, strict=True):
+                    if was < warn <= was + delta or was < b.limit <= was + delta:
+                        _crossings(tx, user_id, key, b, was, was + delta)
+            return
+        budgets = parsed_budgets(key["budgets"])
         # The use of each window holding `at_us`: the counter when it is for that
         # window, 0 when that window has not been used yet; None for a window
         # that has ended since (a give-back there changes no current counter).
@@ -64,19 +82,7 @@ class KeyBudgets(SpendGuard):
             for b in budgets:
                 now_used = used[b.window] or 0
                 if now_used + delta > b.limit:
-                    end = bounds[b.window][1] if b.window in bounds else 0
-                    tx.batch_set(REFUSED).add((user_id, key_id, str(b.window), b.limit, now_used, end))
-                    meta: dict[str, object] = {
-                        "key_id": key_id,
-                        "window": str(b.window),
-                        "limit_millicredits": b.limit,
-                        "used_millicredits": now_used,
-                        "requested_millicredits": delta,
-                        "remaining_millicredits": max(b.limit - now_used, 0),
-                    }
-                    if end:
-                        meta["resets_at"] = rfc3339(end)
-                    raise BudgetExceeded(f"the key's {b.window} budget would be exceeded", metadata=meta)
+                    _refuse(tx, user_id, key_id, b, now_used, delta, bounds)
         values: dict[str, int] = {"lifetime_used": key["lifetime_used"] + delta}
         for w, (start_col, used_col) in COUNTERS.items():
             before = used[w]
@@ -84,8 +90,7 @@ class KeyBudgets(SpendGuard):
                 continue
             start = bounds[w][0]
             if key[start_col] != start:
-                if delta > 0 and key[start_col] and any(b.window == w for b in budgets):
-                    _event(tx, user_id, key_id, "budget_reset", f"Key {key['label']!r}: a new {w} budget window began")
+                _window_began(tx, key, w, budgets)
                 values[start_col] = start
             values[used_col] = before + delta
         repo.update_key(tx, key, **values)
@@ -93,6 +98,57 @@ class KeyBudgets(SpendGuard):
             for b in budgets:
                 before = used[b.window] or 0
                 _crossings(tx, user_id, key, b, before, before + delta)
+
+
+def _window_began(tx: LedgerTx, key: dict[str, Any], window: Window, budgets: list[BudgetLimit]) -> None:
+    """The reset event, once per key and window: when the counter of a window
+    that had use moves to the next window, by the boundary job or by the key's
+    first use after the boundary, whichever comes first (both under the key's lock)."""
+    if key[COUNTERS[window][1]] > 0 and any(b.window == window for b in budgets):
+        _event(tx, key["user_id"], key["id"], "budget_reset",
+               f"Key {key['label']!r}: a new {window} budget window began")
+
+
+async def roll_windows(tx: LedgerTx, key_ids: list[str]) -> int:
+    """The boundary job's turn: move the counters of ended windows to the
+    current ones (0 used) and announce each reset; keys already moved (by a
+    spend, or an earlier run) change nothing, so a repeat sends no event."""
+    bounds = _bounds(tx.now_us)
+    moved = 0
+    for key_id in sorted(key_ids):
+        key = await repo.locked_key(tx, key_id)
+        if key is None:
+            continue
+        budgets = parsed_budgets(key["budgets"])
+        values: dict[str, int] = {}
+        for w, (start_col, used_col) in COUNTERS.items():
+            start = bounds[w][0]
+            if key[start_col] < start:
+                _window_began(tx, key, w, budgets)
+                values[start_col], values[used_col] = start, 0
+        if values:
+            repo.update_key(tx, key, **values)
+            moved += 1
+    return moved
+
+
+def _refuse(
+    tx: LedgerTx, user_id: str, key_id: str, b: BudgetLimit, now_used: int, delta: int,
+    bounds: dict[Window, tuple[int, int]],
+) -> None:
+    end = bounds[b.window][1] if b.window in bounds else 0
+    tx.batch_set(REFUSED).add((user_id, key_id, str(b.window), b.limit, now_used, end))
+    meta: dict[str, object] = {
+        "key_id": key_id,
+        "window": str(b.window),
+        "limit_millicredits": b.limit,
+        "used_millicredits": now_used,
+        "requested_millicredits": delta,
+        "remaining_millicredits": max(b.limit - now_used, 0),
+    }
+    if end:
+        meta["resets_at"] = rfc3339(end)
+    raise BudgetExceeded(f"the key's {b.window} budget would be exceeded", metadata=meta)
 
 
 # The counters of the windows that reset, on the key's row.
@@ -112,6 +168,35 @@ def _bounds(at_us: int) -> dict[Window, tuple[int, int]]:
         if len(_BOUNDS) > 64:
             _BOUNDS.clear()
         found = _BOUNDS[at_us] = {w: window_bounds(w, at_us) for w in COUNTERS}
+    return found
+
+
+_STARTS: dict[int, tuple[int, int, int]] = {}
+_PLANS: dict[str, list[tuple[BudgetLimit, str, int]]] = {}
+
+
+def _starts(at_us: int) -> tuple[int, int, int]:
+    """The starts of the hour, day and month holding an instant (the key row's order)."""
+    found = _STARTS.get(at_us)
+    if found is None:
+        if len(_STARTS) > 64:
+            _STARTS.clear()
+        b = _bounds(at_us)
+        found = _STARTS[at_us] = (b[Window.HOUR][0], b[Window.DAY][0], b[Window.MONTH][0])
+    return found
+
+
+def _plan(text: str) -> list[tuple[BudgetLimit, str, int]]:
+    """Each budget of a budgets column with its counter column and its warning
+    threshold, worked out once per distinct value."""
+    found = _PLANS.get(text)
+    if found is None:
+        if len(_PLANS) > 10_000:
+            _PLANS.clear()
+        found = _PLANS[text] = [
+            (b, COUNTERS[b.window][1] if b.window in COUNTERS else "lifetime_used", b.limit * WARN_PERCENT // 100)
+            for b in parsed_budgets(text)
+        ]
     return found
 
 

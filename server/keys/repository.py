@@ -29,6 +29,15 @@ class KeysRepository:
             found = (await conn.execute(select(api_keys).where(api_keys.c.id == key_id))).mappings().first()
         return dict(found) if found is not None else None
 
+    async def windows_ended(self, current: list[tuple[str, str, int]], limit: int) -> list[tuple[str, str]]:
+        """(key id, wallet owner) of keys with use recorded in a window that has
+        ended; `current` gives each counter's (start column, use column, start
+        of the current window)."""
+        ended = [and_(api_keys.c[start_col] < start, api_keys.c[used_col] > 0) for start_col, used_col, start in current]
+        q = select(api_keys.c.id, api_keys.c.user_id).where(or_(*ended)).order_by(api_keys.c.id).limit(limit)
+        async with self.engine.connect() as conn:
+            return [(str(k), str(u)) for k, u in (await conn.execute(q)).all()]
+
     async def page(self, user_id: str, limit: int, after: tuple[int, str] | None) -> list[dict[str, Any]]:
         """Keys of a wallet, newest first, after the (created_at_us, id) position."""
         q = select(api_keys).where(api_keys.c.user_id == user_id)

@@ -15,7 +15,7 @@ from typing import Any
 from server.events.models import EventType
 from server.events.service import emit
 from server.keys import repository as repo
-from server.keys.budgets import COUNTERS
+from server.keys.budgets import COUNTERS, roll_windows
 from server.keys.models import (
     SECRET_PREFIX,
     BudgetLimit,
@@ -121,6 +121,29 @@ class KeysService:
                 )
             return principal.key_id
         return key_id
+
+    # ---- the budget windows' boundary (a job on the service clock) ------------------------
+
+    async def reset_windows(self, batch: int = 500, max_batches: int = 20) -> int:
+        """Keys whose window with use has ended get their counter moved and the
+        reset event at the boundary (within the job's interval), not at their next use."""
+        moved = 0
+        for _ in range(max_batches):
+            now = self.clock.now_us()
+            current = [(s, u, window_bounds(w, now)[0]) for w, (s, u) in COUNTERS.items()]
+            found = await self.repo.windows_ended(current, batch)
+            if not found:
+                break
+            ids = [k for k, _ in found]
+
+            async def apply(tx: LedgerTx, ids: list[str] = ids) -> int:
+                return await roll_windows(tx, ids)
+
+            n: int = await self.writer.submit(Call(fn=apply, accounts={wallet_id(u) for _, u in found}))
+            moved += n
+            if len(found) < batch or not n:
+                break
+        return moved
 
     # ---- rules -------------------------------------------------------------------------------
 

@@ -361,10 +361,17 @@ def _hold_keys(tx: LedgerTx, hold_ids: set[str]) -> list[tuple[str, int]]:
     return out
 
 
-def _active_hold(tx: LedgerTx, hold_id: str, caller_may_use: str | None) -> Row:
+def _active_hold(tx: LedgerTx, hold_id: str, caller_may_use: str | None, through_key: str | None = None) -> Row:
     hold = tx.holds.get(hold_id)
     if hold is None or (caller_may_use is not None and hold["user_id"] != caller_may_use):
         raise errors.NotFound("hold not found", reason="HOLD_NOT_FOUND")
+    # A key reaches only what it made: its secret settles the holds reserved
+    # through it, never the wallet's other holds (the owner's or another key's).
+    if through_key and hold.get("key_id") != through_key:
+        raise errors.PermissionDenied(
+            "the hold was not reserved through this key", reason="HOLD_NOT_YOURS",
+            metadata={"key_id": through_key, "hold_id": hold_id},
+        )
     if hold["status"] != HoldStatus.ACTIVE:
         raise errors.FailedPrecondition(
             f"hold is {hold['status']}", reason="HOLD_NOT_ACTIVE", metadata={"status": hold["status"]}
@@ -383,6 +390,8 @@ class Capture(Op[HoldResult]):
     owner: str | None = None
     idempotency: Idempotency | None = None
     charged_by: str = ""
+    # A key's secret may only capture the holds reserved through that key.
+    through_key: str | None = None
 
     def hold_ids(self) -> set[str]:
         return {self.hold_id}
@@ -397,7 +406,7 @@ class Capture(Op[HoldResult]):
         return ids
 
     async def apply(self, tx: LedgerTx) -> HoldResult:
-        hold = _active_hold(tx, self.hold_id, self.owner)
+        hold = _active_hold(tx, self.hold_id, self.owner, self.through_key)
         if self.amount > hold["amount"]:
             raise errors.InvalidAmount(
                 "capture exceeds the held amount",
@@ -445,6 +454,8 @@ class Release(Op[HoldResult]):
     hold_id: str
     owner: str | None = None
     idempotency: Idempotency | None = None
+    # A key's secret may only release the holds reserved through that key.
+    through_key: str | None = None
 
     def hold_ids(self) -> set[str]:
         return {self.hold_id}
@@ -456,7 +467,7 @@ class Release(Op[HoldResult]):
         return {SYSTEM_HOLDS}
 
     async def apply(self, tx: LedgerTx) -> HoldResult:
-        hold = _active_hold(tx, self.hold_id, self.owner)
+        hold = _active_hold(tx, self.hold_id, self.owner, self.through_key)
         key = _transfer_key(self.idempotency, keys.hold_release(hold["id"]))
         row = await _release(tx, hold, hold["amount"], key, HoldStatus.RELEASED, "Hold released")
         wallet = tx.accounts[hold["account_id"]]

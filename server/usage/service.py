@@ -162,13 +162,17 @@ class UsageService:
             owner=owner,
             idempotency=Idempotency.of_request(principal, "Capture", request_id, fingerprint),
             charged_by=principal.scope,
+            through_key=principal.key_id or None,
         )
         result: HoldResult = await self.writer.submit(op)
         return result
 
     async def release(self, principal: Principal, *, hold_id: str, request_id: str, fingerprint: str) -> HoldResult:
         owner = None if principal.privileged else principal.subject
-        op = Release(hold_id=hold_id, owner=owner, idempotency=Idempotency.of_request(principal, "Release", request_id, fingerprint))
+        op = Release(
+            hold_id=hold_id, owner=owner, through_key=principal.key_id or None,
+            idempotency=Idempotency.of_request(principal, "Release", request_id, fingerprint),
+        )
         result: HoldResult = await self.writer.submit(op)
         return result
 

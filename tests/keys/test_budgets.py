@@ -130,3 +130,30 @@ async def test_a_service_spends_for_a_key_and_is_held_to_its_budget(server: Runn
         server.s.usage.Spend(spend_req(1 * CREDIT, "x3", user_id="gil", key_id=made.key.id), metadata=SERVICE),
         grpc.StatusCode.NOT_FOUND, "KEY_NOT_FOUND",
     )
+
+
+async def test_a_key_settles_only_the_holds_it_reserved(server: Running) -> None:
+    await fund(server, "fay", 10_000 * CREDIT)
+    mine = await create_key(server, "fay", [(DAY, 500 * CREDIT)], label="mine")
+    other = await create_key(server, "fay", [(DAY, 500 * CREDIT)], label="other")
+
+    async def reserve(md: object, rid: str) -> str:
+        req = usage_pb2.ReserveRequest(amount_millicredits=10 * CREDIT, request_id=rid, ttl=Duration(seconds=600))
+        return (await server.s.usage.Reserve(req, metadata=md)).hold.id  # type: ignore[arg-type]
+
+    owners = await reserve(auth("fay"), "owner-hold")
+    others = await reserve(bearer(other.secret), "other-hold")
+    md = bearer(mine.secret)
+    for hold_id in (owners, others):
+        for n, call in enumerate((
+            server.s.usage.Capture(usage_pb2.CaptureRequest(hold_id=hold_id, amount_millicredits=1, request_id=f"c-{hold_id}"), metadata=md),
+            server.s.usage.Release(usage_pb2.ReleaseRequest(hold_id=hold_id, request_id=f"r-{hold_id}"), metadata=md),
+        )):
+            info = await expect_error(call, grpc.StatusCode.PERMISSION_DENIED, "HOLD_NOT_YOURS")
+            assert info.metadata["key_id"] == mine.key.id, n
+    # The holds are untouched; their makers still settle them, and the key settles its own.
+    await server.s.usage.Capture(usage_pb2.CaptureRequest(
+        hold_id=others, amount_millicredits=CREDIT, request_id="c1"), metadata=bearer(other.secret))
+    await server.s.usage.Release(usage_pb2.ReleaseRequest(hold_id=owners, request_id="r1"), metadata=auth("fay"))
+    own = await reserve(md, "own-hold")
+    await server.s.usage.Release(usage_pb2.ReleaseRequest(hold_id=own, request_id="r2"), metadata=md)

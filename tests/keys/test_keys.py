@@ -270,10 +270,10 @@ async def test_history_filters_and_groups_by_key(server: Running) -> None:
     assert only_b.total_spent_millicredits == 5 * CREDIT
 
 
-async def test_the_watch_carries_budget_events(server: Running) -> None:
-    await fund(server, "kim", 10_000 * CREDIT)
-    made = await create_key(server, "kim", [(DAY, 100 * CREDIT)])
-    md = bearer(made.secret)
+async def _watch(
+    server: Running, md: tuple[tuple[str, str], ...]
+) -> tuple[list[balance_pb2.WatchBalanceResponse], asyncio.Future[None]]:
+    """The wallet's watch, read into a list from its snapshot on."""
     stream = server.s.balance.WatchBalance(balance_pb2.WatchBalanceRequest(), metadata=md)
     got: list[balance_pb2.WatchBalanceResponse] = []
     snapshot = asyncio.Event()
@@ -285,6 +285,14 @@ async def test_the_watch_carries_budget_events(server: Running) -> None:
 
     reader = asyncio.ensure_future(read())
     await asyncio.wait_for(snapshot.wait(), 30)
+    return got, reader
+
+
+async def test_the_watch_carries_budget_events(server: Running) -> None:
+    await fund(server, "kim", 10_000 * CREDIT)
+    made = await create_key(server, "kim", [(DAY, 100 * CREDIT)])
+    md = bearer(made.secret)
+    got, reader = await _watch(server, md)
     await server.s.usage.Spend(spend_req(85 * CREDIT, "s1"), metadata=md)  # 85 %: warning
     await expect_error(server.s.usage.Spend(spend_req(20 * CREDIT, "s2"), metadata=md),
                        grpc.StatusCode.FAILED_PRECONDITION, "BUDGET_EXCEEDED")  # refused: exhausted
@@ -300,6 +308,43 @@ async def test_the_watch_carries_budget_events(server: Running) -> None:
     events = [m for m in got if m.type in types]
     assert [m.type for m in events] == types
     assert all(m.key_id == made.key.id for m in events)
+
+
+async def test_the_reset_event_comes_at_the_window_boundary_once(server: Running) -> None:
+    await fund(server, "lee", 10_000 * CREDIT)
+    made = await create_key(server, "lee", [(HOUR, 100 * CREDIT)])
+    idle = await create_key(server, "lee", [(HOUR, 100 * CREDIT)], label="idle")
+    md = bearer(made.secret)
+    got, reader = await _watch(server, auth("lee"))
+
+    def resets() -> list[str]:
+        return [m.key_id for m in got if m.type == balance_pb2.BALANCE_EVENT_TYPE_BUDGET_RESET]
+
+    await server.s.usage.Spend(spend_req(90 * CREDIT, "s1"), metadata=md)
+    # The hour's end, from the key itself (no expectation from the date).
+    boundary_us = made.key.budgets[0].resets_at.ToMicroseconds()
+    server.clock.advance((boundary_us - server.clock.now_us()) / 1e6 - 1)
+    assert await server.run_job("reset_key_budgets") == 0  # a second before: nothing to reset
+    # Past the boundary, before any use: the job announces it, once, for the key that had use.
+    server.clock.advance(2)
+    assert await server.run_job("reset_key_budgets") == 1
+    assert await server.run_job("reset_key_budgets") == 0
+    for _ in range(200):
+        if resets():
+            break
+        await asyncio.sleep(0.02)
+    got_key = await keys_stub(server).GetKey(keys_pb2.GetKeyRequest(key_id=made.key.id), metadata=md)
+    assert got_key.key.budgets[0].used_millicredits == 0
+    # The next use in the new window sends no second reset; the full budget is there.
+    await server.s.usage.Spend(spend_req(100 * CREDIT, "s2"), metadata=md)
+    await server.s.usage.Spend(spend_req(1 * CREDIT, "s3"), metadata=auth("lee"))  # a marker after it
+    for _ in range(200):
+        if sum(m.type == balance_pb2.BALANCE_EVENT_TYPE_TRANSFER for m in got) >= 3:
+            break
+        await asyncio.sleep(0.02)
+    reader.cancel()
+    assert resets() == [made.key.id]
+    assert idle.key.id not in resets()
 
 
 async def test_refusals_are_counted_by_reason(server: Running) -> None:
