@@ -107,3 +107,11 @@ class ChargeOutcome:
     @property
     def processing(self) -> bool:
         return self.status in ("processing", "requires_capture")
+
+
+@dataclass(frozen=True)
+class SubscriptionCheckout:
+    """A subscription-mode Checkout session: its id, and the link the user pays through."""
+
+    session_id: str
+    url: str
