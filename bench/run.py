@@ -20,7 +20,8 @@ Knobs (environment):
   BENCH_RECORDER_PRODUCERS=32, BENCH_RECORDER_BATCH=100, BENCH_RECORDER_FLUSH_MS=10,
   BENCH_RECORDER_QUEUE=100, BENCH_RECORDER_IN_FLIGHT=2   the UsageRecorder row
   BENCH_WORKERS=1          `serve --workers N` for the PostgreSQL servers (SQLite stays at 1)
-  BENCH_SKIP=...,batch,raw,recorder,noledger,keys   skip those rows too
+  BENCH_SKIP=...,batch,raw,recorder,noledger,keys,events   skip those rows too (events: Spend without
+                           the outbox, webhooks delivered to a local receiver; BENCH_WEBHOOK_USERS=500)
   BENCH_PROFILE=1          py-spy (raw, collapsed stacks) the server during each load row,
                            into BENCH_PROFILE_DIR (default /tmp)
 """
@@ -69,6 +70,7 @@ from bench.common import (
     rss_mb,
     wait_serving,
 )
+from bench.webhooks import webhook_row
 from server.grpc import validation
 from server.platform.auth import Role, mint_token
 
@@ -560,6 +562,7 @@ async def pg_available() -> str | None:
 async def bench(workdir: Path) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     history: list[dict[str, Any]] = []
+    webhooks: list[dict[str, Any]] = []
     notes: list[str] = []
     users = [f"u{i:04d}" for i in range(ACCOUNTS)]
     dbs = list(DBS)
@@ -602,6 +605,17 @@ async def bench(workdir: Path) -> dict[str, Any]:
                     history += await history_rows(kind, server, workdir)
         if "raw" not in SKIP:
             rows += [{**r, "baseline": kind} for r in await raw_rows(kind, workdir)]
+        if "events" not in SKIP:
+            # The outbox's cost: the same Spend rows with the events extension
+            # taken out (bench/noevents.py), measured against the same echo.
+            async with fresh_db(kind, workdir) as url, billing_server(url, workdir, module="bench.noevents") as server:
+                await prefund(server.target, users)
+                rows += [{**r, "baseline": kind} for r in await spend_rows(kind, server, users, "No outbox: ")]
+            async with fresh_db(kind, workdir) as url, billing_server(
+                url, workdir, BILLING_EVENTS_ALLOW_HTTP="true", BILLING_EVENTS_ALLOW_PRIVATE_URLS="true",
+            ) as server:
+                log(f"{kind}: webhooks delivered to a local receiver")
+                webhooks.append({**await webhook_row(server.target, SECRET), "db": kind})
         if "before" not in SKIP:
             async with fresh_db(kind, workdir) as url, billing_server(url, workdir, BILLING_BATCH_MAX_OPS="1") as server:
                 await prefund(server.target, users)
@@ -619,12 +633,14 @@ async def bench(workdir: Path) -> dict[str, Any]:
         r["p99_vs_echo"] = r["p99_ms"] / echo["p99_ms"] if echo["p99_ms"] else None
         cpu, echo_cpu = r.get("server_cpu_us_per_call"), echo.get("server_cpu_us_per_call")
         r["cpu_vs_echo"] = cpu / echo_cpu if cpu and echo_cpu else None
-    return {"rows": rows, "history": history, "watch": watch, "notes": notes}
+    return {"rows": rows, "history": history, "watch": watch, "webhooks": webhooks, "notes": notes}
 
 
 # Per-call Spend against the echo of its section: throughput, p99, and the
 # server's CPU per call.
 SPEND_VS_ECHO, SPEND_P99_VS_ECHO, SPEND_CPU_VS_ECHO = 0.6, 2.0, 2.0
+# Spend with the events outbox against the same Spend without it.
+SPEND_VS_NO_OUTBOX = 0.9
 
 
 def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
@@ -642,6 +658,13 @@ def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
                         "ok": ratio <= SPEND_CPU_VS_ECHO})
     out += item_targets(res["rows"])
     out += key_targets(res["rows"])
+    by = {(r["name"], r["db"]): r for r in res["rows"]}
+    for r in res["rows"]:
+        bare = by.get((f"No outbox: {r['name']}", r["db"]))
+        if r["name"].startswith("Spend") and bare and bare["rps"]:
+            ratio = r["rps"] / bare["rps"]
+            out.append({"target": f"{r['name']} ({r['db']}) >= {SPEND_VS_NO_OUTBOX}x without the events outbox",
+                        "value": round(ratio, 2), "ok": ratio >= SPEND_VS_NO_OUTBOX})
     for h in res["history"]:
         out.append({"target": f"{h['name']} ({h['db']}) p99 < 20 ms", "value": round(h["p99_ms"], 2),
                     "ok": h["p99_ms"] < 20})
@@ -763,6 +786,9 @@ def render(res: dict[str, Any]) -> str:
             f"WatchBalance, {w['subscribers']:,} subscribers         sqlite    delivery p50 {w['delay_p50_ms']:.1f} ms, "
             f"p99 {w['delay_p99_ms']:.1f} ms, max {w['delay_max_ms']:.0f} ms; RSS idle {w['rss_idle_mb']:.0f} MB, "
             f"peak {w['rss_peak_mb']:.0f} MB; got event {w['received_all']:,}/{w['subscribers']:,}, silent {w['silent']}")
+    for wh in res.get("webhooks") or []:
+        lines.append(f"{wh['name']:<44} {wh['db']:<9} {wh['events_per_s'] or 0:>8.0f} events/s; delivered "
+                     f"{wh['delivered']:,}/{wh['events']:,} (committed in {wh['commit_seconds']} s)")
     lines.append("")
     for t in res["targets"]:
         lines.append(f"  [{'ok' if t['ok'] else 'MISS'}] {t['target']}: {t['value']}")

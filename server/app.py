@@ -16,6 +16,7 @@ from flownexus.billing.v1 import (
     admin_pb2,
     balance_pb2,
     earnings_pb2,
+    events_pb2,
     history_pb2,
     keys_pb2,
     payments_pb2,
@@ -36,6 +37,8 @@ from server.db.engine import Database
 from server.earnings import grpc as earnings_grpc
 from server.earnings.repository import EarningsRepository
 from server.earnings.service import EarningsService
+from server.events import grpc as events_grpc
+from server.events.service import EventsService
 from server.grpc import health, reflection
 from server.grpc.interceptors import CallInterceptor
 from server.history import grpc as history_grpc
@@ -57,6 +60,7 @@ from server.platform.config import Settings
 from server.platform.metrics import METRICS
 from server.platform.ratelimit import caller_shares, limiters, mutation_limits
 from server.refill import grpc as refill_grpc
+from server.refill import repository as refill_repository
 from server.refill.service import RefillService, follow_account_flag
 from server.refill.worker import RefillWorker
 from server.registry import Registry
@@ -82,6 +86,7 @@ SERVICE_NAMES = tuple(
         (usage_pb2, "UsageService"),
         (admin_pb2, "AdminService"),
         (keys_pb2, "KeysService"),
+        (events_pb2, "EventsService"),
     )
 )
 
@@ -167,6 +172,12 @@ class App:
         self.admin = AdminService(self.writer, AdminRepository(self.db.reader), follow_account_flag, self.refill.view)
         admin_grpc.register(reg, self.admin)
 
+        # Last of the ledger extensions: the outbox writes what the others emitted.
+        self.events = EventsService(
+            settings, self.db, self.writer, self.clock, refill_repository.alert_thresholds, self._monthly_allowance,
+        )
+        self.deliveries = events_grpc.register(reg, self.events)
+
         self.grpc_server: grpc.aio.Server | None = None
         self.grpc_port = 0
         self.http_port = 0
@@ -174,6 +185,12 @@ class App:
         self._stopped = asyncio.Event()
         # Set when a shutdown begins: /healthz answers 503 from then on.
         self.draining = False
+
+    def _monthly_allowance(self, user: dict[str, Any]) -> int | None:
+        """A user's monthly allowance (Pro's comes with its invoices, not the calendar)."""
+        if user["tier"] in self.tiers and user["tier"] != "enterprise":
+            return self.tiers[user["tier"]].monthly_millicredits
+        return self.tier_rules.calendar_allowance(user)
 
     def _publish(self, events: list[BalanceEvent]) -> None:
         t = tally(events)  # the ledger reports to the metrics, which know no ledger

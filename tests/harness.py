@@ -20,6 +20,7 @@ from flownexus.billing.v1 import (
     admin_pb2_grpc,
     balance_pb2_grpc,
     earnings_pb2_grpc,
+    events_pb2_grpc,
     history_pb2_grpc,
     payments_pb2_grpc,
     refill_pb2_grpc,
@@ -127,6 +128,7 @@ class Stubs:
     payments: payments_pb2_grpc.PaymentsServiceStub
     refill: refill_pb2_grpc.RefillServiceStub
     admin: admin_pb2_grpc.AdminServiceStub
+    events: events_pb2_grpc.EventsServiceStub
 
     @classmethod
     def connect(cls, target: str) -> Stubs:
@@ -141,6 +143,7 @@ class Stubs:
             payments_pb2_grpc.PaymentsServiceStub(ch),
             refill_pb2_grpc.RefillServiceStub(ch),
             admin_pb2_grpc.AdminServiceStub(ch),
+            events_pb2_grpc.EventsServiceStub(ch),
         )
 
 

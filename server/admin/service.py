@@ -11,6 +11,8 @@ from typing import Any
 
 from server.admin.models import AccountView, Action, AdminActionView, AdminResult
 from server.admin.repository import AdminRepository, record_action
+from server.events.models import EventType
+from server.events.service import emit
 from server.ledger import corrections
 from server.ledger.model import LotKind, TransferView, from_json, to_json, wallet_id
 from server.ledger.ops import Idempotency, Op
@@ -154,6 +156,7 @@ class AdminService:
             await tx.wallet(user_id)
             flagged = f"admin {admin.subject}: {reason}"[:200]
             tx.set_user(user_id, flagged_reason=flagged)
+            emit(tx, EventType.ACCOUNT_FLAGGED, user_id, {"flagged": True, "reason": flagged})
             await self.on_flag_changed(tx, user_id)
             return user_id, [], flagged
 
@@ -167,6 +170,7 @@ class AdminService:
             if not tx.user(user_id)["flagged_reason"]:
                 raise errors.FailedPrecondition("the account is not flagged", reason="ACCOUNT_NOT_FLAGGED")
             tx.set_user(user_id, flagged_reason=None)
+            emit(tx, EventType.ACCOUNT_FLAGGED, user_id, {"flagged": False, "reason": reason})
             # Exactly as a won dispute: a refill paused for the flag resumes.
             await self.on_flag_changed(tx, user_id)
             return user_id, [], ""

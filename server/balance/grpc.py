@@ -95,6 +95,8 @@ EVENT_TYPES = {
     "budget_warning": balance_pb2.BALANCE_EVENT_TYPE_BUDGET_WARNING,
     "budget_exhausted": balance_pb2.BALANCE_EVENT_TYPE_BUDGET_EXHAUSTED,
     "budget_reset": balance_pb2.BALANCE_EVENT_TYPE_BUDGET_RESET,
+    "balance_low": balance_pb2.BALANCE_EVENT_TYPE_BALANCE_LOW,
+    "balance_recovered": balance_pb2.BALANCE_EVENT_TYPE_BALANCE_RECOVERED,
 }
 
 

@@ -369,3 +369,86 @@ api_keys = Table(
     Column("lifetime_used", BigInteger, nullable=False, default=0),
     Index("ix_api_keys_user", "user_id", "created_at_us"),
 )
+
+
+# ---- events -----------------------------------------------------------------
+
+# The outbox: one row per event, inserted in the same ledger transaction as the
+# change it reports. Ids come from event_counter under its row lock, taken just
+# before the batch's commit: ids are in commit order, so a cursor never skips
+# an event that commits later with a smaller id.
+events = Table(
+    "events",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=False),
+    Column("type", String(40), nullable=False),
+    Column("user_id", String(128), nullable=False, default=""),  # empty: the service's own events
+    Column("payload", Text, nullable=False, default="{}"),
+    Column("created_at_us", BigInteger, nullable=False),
+    # Events a worker emits once per subject (a lot's expiry, a forecast's period).
+    Column("dedup_key", String(320), nullable=True, unique=True),
+    Index("ix_events_user_id", "user_id", "id"),
+    Index("ix_events_created", "created_at_us"),
+)
+
+# One row: the last event id given out.
+event_counter = Table(
+    "event_counter",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("last_id", BigInteger, nullable=False, default=0),
+)
+
+# A wallet's own alert settings; a wallet without a row has the defaults.
+balance_alerts = Table(
+    "balance_alerts",
+    metadata,
+    Column("user_id", String(128), primary_key=True),
+    Column("thresholds", Text, nullable=False, default="[]"),  # JSON list of millicredits
+    Column("expiry_lead_seconds", BigInteger, nullable=False, default=0),
+    Column("forecast_days", Integer, nullable=False, default=0),
+    Column("updated_at_us", BigInteger, nullable=False),
+)
+
+webhook_endpoints = Table(
+    "webhook_endpoints",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("url", Text, nullable=False),
+    Column("event_types", Text, nullable=False, default="[]"),  # JSON list; empty: all
+    Column("description", String(500), nullable=False, default=""),
+    Column("secret", String(200), nullable=False),
+    Column("previous_secret", String(200), nullable=False, default=""),
+    Column("previous_secret_until_us", BigInteger, nullable=False, default=0),
+    Column("status", String(16), nullable=False, default="enabled"),
+    # Every attempt since this instant failed (0: the last one succeeded).
+    Column("failing_since_us", BigInteger, nullable=False, default=0),
+    # The last event id turned into deliveries of this endpoint.
+    Column("cursor", BigInteger, nullable=False, default=0),
+    Column("created_at_us", BigInteger, nullable=False),
+    Column("updated_at_us", BigInteger, nullable=False),
+)
+
+# One event's delivery to one endpoint. Per endpoint and wallet, only the
+# oldest pending delivery is attempted (in order per wallet); a claim sets
+# lease_until_us, so a second process skips it and a dead one's claim lapses.
+webhook_deliveries = Table(
+    "webhook_deliveries",
+    metadata,
+    Column("id", String(100), primary_key=True),  # endpoint id / event id
+    Column("endpoint_id", String(64), nullable=False),
+    Column("event_id", BigInteger, nullable=False),
+    Column("user_id", String(128), nullable=False, default=""),
+    Column("status", String(16), nullable=False, default="pending"),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("next_attempt_at_us", BigInteger, nullable=False, default=0),
+    Column("lease_until_us", BigInteger, nullable=False, default=0),
+    Column("last_response_code", Integer, nullable=False, default=0),
+    Column("last_error", String(200), nullable=False, default=""),
+    Column("created_at_us", BigInteger, nullable=False),
+    Column("updated_at_us", BigInteger, nullable=False),
+    Index("ix_webhook_deliveries_endpoint_status", "endpoint_id", "status", "event_id"),
+    # A wallet's earlier pending delivery (the claim's order per wallet).
+    Index("ix_webhook_deliveries_wallet", "endpoint_id", "user_id", "event_id"),
+    Index("ix_webhook_deliveries_created", "created_at_us"),
+)

@@ -12,6 +12,8 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from server.events.models import EventType
+from server.events.service import emit
 from server.keys import repository as repo
 from server.keys.budgets import COUNTERS
 from server.keys.models import (
@@ -177,6 +179,7 @@ class KeysService:
                 "expires_at_us": fields.expires_at_us or 0, "revoked_at_us": 0, "created_by": principal.scope,
                 "created_at_us": tx.now_us,
             })
+            emit(tx, EventType.KEY_CREATED, user, {"key_id": new_id, "label": fields.label})
             return new_id
 
         idem = Idempotency.of_request(principal, "CreateKey", request_id, fingerprint)
@@ -231,6 +234,7 @@ class KeysService:
             assert row is not None
             if not row["revoked_at_us"]:
                 repo.update_key(tx, row, revoked_at_us=tx.now_us)
+                emit(tx, EventType.KEY_REVOKED, row["user_id"], {"key_id": key_id})
             return key_id
 
         idem = Idempotency.of_request(principal, "RevokeKey", request_id, fingerprint)

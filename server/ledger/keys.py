@@ -193,3 +193,11 @@ def stripe_refill_charge(payment_id: str) -> str:
 def refill_attempt(job_id: str, attempt: int) -> str:
     """The payment id of one auto-refill attempt (`rfa_` + job + attempt number)."""
     return f"rfa_{job_id}_{attempt}"
+
+
+# ---- events ---------------------------------------------------------------------------
+
+
+def event_once(kind: str, *parts: object) -> str:
+    """An event a worker emits once per subject: a lot's expiry, a day's forecast."""
+    return encode("event", kind, *parts)

@@ -612,6 +612,16 @@ class Call(Op[Any]):
 
 
 @dataclass
+class Join(Call):
+    """A small operation of another domain on its own rows (no transfers, no
+    wallet) that shares a batch with the others instead of running alone:
+    bookkeeping that must not cost the ledger a commit of its own (webhook
+    deliveries). A refused one is rolled back alone, like a Spend."""
+
+    exclusive = False
+
+
+@dataclass
 class PruneResponses(Op[int]):
     """Empty stored responses older than the retention period, one bounded batch
     (the retention job); their keys stay so that repeats are refused."""

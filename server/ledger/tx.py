@@ -95,6 +95,12 @@ class LedgerTx:
         self.events: list[BalanceEvent] = []
         self._staged: dict[str, StagedRows] = {}
         self._sets: dict[str, set[Any]] = {}
+        self._lists: dict[str, list[Any]] = {}
+        self._read: dict[str, dict[Any, Row | None]] = {}  # read_in's rows by table and key
+        # Each account's balance as this batch loaded it (before any operation):
+        # what an extension compares the final balance with (alert crossings).
+        self.loaded_balances: dict[str, int] = {}
+        # Run by the writer once the batch has committed (never for a failed attempt).
         self.after_commit: list[Callable[[], None]] = []
         self._new_accounts: list[str] = []
         self._new_users: list[str] = []
@@ -150,6 +156,7 @@ class LedgerTx:
             # PostgreSQL: row locks in sorted order, so concurrent replicas never deadlock on wallets.
             for r in await self.sql.select_in(accounts, "id", missing, order_by="id", lock=not self.is_sqlite):
                 self.accounts[r["id"]] = r
+                self.loaded_balances[r["id"]] = r["balance"]
         user_ids = [self.accounts[a]["user_id"] for a in missing if a in self.accounts and self.accounts[a]["user_id"]]
         found_users, found_lots, *rest = await self.sql.select_groups(
             [(users, "user_id", user_ids), (lots, "account_id", [wallet_id(u) for u in user_ids]), *also]
@@ -636,8 +643,21 @@ class LedgerTx:
 
     async def read_in(self, table: Table, column: str, keys: list[Any]) -> list[Row]:
         """Rows whose `column` is one of `keys`, on the driver: for extensions that
-        read in every batch (the hot path)."""
-        return await self.sql.select_in(table, column, keys)
+        read in every batch (the hot path). By primary key, the rows are
+        remembered for the batch: a second extension asking for the same rows
+        (the refill trigger's configs, the alerts' defaults) reads none again.
+        They are the committed rows; what the batch changes goes through rows()."""
+        if [c.name for c in table.primary_key.columns] != [column]:
+            return await self.sql.select_in(table, column, keys)
+        known = self._read.setdefault(table.name, {})
+        missing = [k for k in keys if k not in known]
+        if missing:
+            for k in missing:
+                known[k] = None
+            for r in await self.sql.select_in(table, column, missing):
+                known[r[column]] = r
+        found = (known[k] for k in keys)
+        return [r for r in found if r is not None]
 
     def wallet_balances(self) -> dict[str, int]:
         """user_id -> balance of every wallet this batch touched (as applied so far)."""
@@ -650,6 +670,14 @@ class LedgerTx:
 
     def batch_add(self, name: str, item: Any) -> None:
         self._add(self.batch_set(name), item)
+
+    def batch_list(self, name: str) -> list[Any]:
+        """A named list an extension keeps for this batch, in order; append with
+        batch_append so that a refused operation's items are undone."""
+        return self._lists.setdefault(name, [])
+
+    def batch_append(self, name: str, item: Any) -> None:
+        self._append(self.batch_list(name), item)
 
     def notify_replicas(self, channel: str, payload: str) -> None:
         """A PostgreSQL NOTIFY that travels with the write-back: sent only if the batch commits."""

@@ -207,10 +207,11 @@ class LedgerWriter:
     async def _run_batch(self, batch: list[_Item]) -> None:
         started = time.perf_counter()
         events: list[BalanceEvent] = []
+        after_commit: list[Callable[[], None]] = []
         reread = False
         for attempt in range(4):
             try:
-                events = await self._apply(batch)
+                events, after_commit = await self._apply(batch)
                 break
             except Exception as exc:
                 if attempt < 3 and is_retryable(exc):
@@ -254,19 +255,21 @@ class LedgerWriter:
                 item.future.set_result(item.outcome)
         if events:
             self.publish(events)
+        for callback in after_commit:
+            callback()
         if self.after_batch:
             self.after_batch(len(batch), time.perf_counter() - started)
 
-    async def _apply(self, batch: list[_Item]) -> list[BalanceEvent]:
+    async def _apply(self, batch: list[_Item]) -> tuple[list[BalanceEvent], list[Callable[[], None]]]:
         try:
             return await self._apply_once(batch)
         except _Refused as refused:
             # An exclusive operation may have written rows directly: the whole
             # transaction was rolled back, and the caller hears why.
             batch[0].outcome, batch[0].error = None, refused.error
-            return []
+            return [], []
 
-    async def _apply_once(self, batch: list[_Item]) -> list[BalanceEvent]:
+    async def _apply_once(self, batch: list[_Item]) -> tuple[list[BalanceEvent], list[Callable[[], None]]]:
         now = self.clock.now_us()
         async with self.db.writer.connect() as conn, conn.begin():
             sql = await BatchSql.open(conn, is_sqlite=self.db.is_sqlite)
@@ -317,4 +320,4 @@ class LedgerWriter:
             for hook in self.before_flush:
                 await hook(tx, [item.op for item in batch if item.error is None and not item.replayed])
             await tx.flush()
-        return tx.events
+        return tx.events, tx.after_commit

@@ -124,6 +124,38 @@ class Settings(BaseSettings):
     idempotency_prune_batch: int = Field(default=1_000, ge=1, le=10_000)
     idempotency_prune_max_batches: int = Field(default=20, ge=1)
     watch_queue_size: int = Field(default=64, gt=1)
+    # ---- events, alerts and webhooks (docs/events.md) ----
+    # Events (and finished webhook deliveries) older than this are pruned.
+    events_retention: timedelta = Field(default=timedelta(days=30), gt=timedelta(0))
+    # WatchEvents and the delivery worker look for events committed by other
+    # processes this often (this process's own wake them at once).
+    events_poll_seconds: float = Field(default=1.0, gt=0)
+    # The default balance.low threshold when auto-refill is off: this percent
+    # of the monthly allowance (with auto-refill on: its threshold).
+    events_default_low_percent: int = Field(default=10, ge=0, le=100)
+    # Default lead times of credits.expiring and forecast.runs_out.
+    events_expiry_lead_seconds: int = Field(default=3 * 86400, ge=0)
+    events_forecast_days: int = Field(default=3, ge=0)
+    # Development only: http:// endpoint URLs, and private, loopback or
+    # link-local addresses (refused by default: SSRF).
+    events_allow_http: bool = False
+    events_allow_private_urls: bool = False
+    # Delivery: per-attempt timeout, response bytes read, attempts in flight per endpoint.
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0)
+    webhook_max_response_bytes: int = Field(default=64 * 1024, ge=0)
+    webhook_endpoint_concurrency: int = Field(default=16, ge=1, le=64)
+    # A claimed delivery whose process died is claimed again after this.
+    webhook_lease_seconds: float = Field(default=60.0, gt=0)
+    # Back-off after a failed attempt: base * 2^(n-1), capped, with +-jitter;
+    # a delivery still failing this long after its event is marked failed.
+    webhook_retry_base_seconds: float = Field(default=10.0, gt=0)
+    webhook_retry_max_seconds: float = Field(default=2 * 3600.0, gt=0)
+    webhook_retry_jitter: float = Field(default=0.2, ge=0, le=0.5)
+    webhook_retry_period_seconds: float = Field(default=27 * 3600.0, gt=0)
+    # An endpoint whose every attempt failed for this long is disabled.
+    webhook_disable_after_seconds: float = Field(default=5 * 86400.0, gt=0)
+    # After RotateWebhookSecret the old secret signs too, this long.
+    webhook_secret_grace_seconds: float = Field(default=86400.0, ge=0)
     worker_interval_seconds: float = 5.0
     log_level: str = "INFO"
     log_json: bool = True
@@ -134,7 +166,7 @@ class Settings(BaseSettings):
     # OpenTelemetry tracing of RPCs; needs the `[otel]` extra.
     otel_enabled: bool = False
 
-    @field_validator("idempotency_retention", mode="before")
+    @field_validator("idempotency_retention", "events_retention", mode="before")
     @classmethod
     def _seconds(cls, value: object) -> object:
         """A plain number is seconds (`604800`); otherwise ISO 8601 (`P7D`)."""

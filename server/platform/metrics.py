@@ -102,12 +102,36 @@ class Metrics:
             "billing_group_commit_seconds", "Group-commit transaction time", registry=r,
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
         )
+        self.events_total = Counter(
+            "billing_events_total", "Billing events committed, by type (balance.low: low-balance alerts)", ["type"],
+            registry=r,
+        )
+        self.webhook_deliveries = Counter(
+            "billing_webhook_deliveries_total", "Webhook delivery attempts to the platform's endpoints, by outcome",
+            ["outcome"], registry=r,
+        )
+        self._refills = {"refill.succeeded": 0, "refill.failed": 0}
+        Gauge(
+            "billing_auto_refill_success_ratio",
+            "Auto-refill charges that succeeded over those that succeeded or failed (this process, since its start; 1 before any)",
+            registry=r,
+        ).set_function(self._refill_ratio)
 
     def refused(self, reason: str) -> None:
         child = self._refusal_children.get(reason)
         if child is None:
             child = self._refusal_children[reason] = self.refusals.labels(reason)
         child.inc()
+
+    def observe_billing_events(self, types: dict[str, int]) -> None:
+        for t, n in types.items():
+            self.events_total.labels(t).inc(n)
+            if t in self._refills:
+                self._refills[t] += n
+
+    def _refill_ratio(self) -> float:
+        ok, failed = self._refills["refill.succeeded"], self._refills["refill.failed"]
+        return ok / (ok + failed) if ok + failed else 1.0
 
     def rpc(self, method: str, grpc_type: str) -> RpcMetrics:
         """The series of one method (`/pkg.Service/Method`); `grpc_type` is

@@ -91,6 +91,19 @@ async def due_configs(tx: LedgerTx, user_ids: list[str], now_us: int) -> list[Re
     return out
 
 
+async def alert_thresholds(tx: LedgerTx, user_ids: list[str]) -> dict[str, int]:
+    """The thresholds of these users' enabled auto-refills (the events domain's
+    default balance.low alert), as this batch sees them."""
+    touched = tx.batch_set(CONFIGS)
+    found: dict[str, Any] = {
+        r["user_id"]: r for r in await tx.read_in(refill_configs, "user_id", [u for u in user_ids if u not in touched])
+    }
+    for user in user_ids:
+        if user in touched:
+            found[user] = await tx.rows(refill_configs).get(user)
+    return {u: r["threshold"] for u, r in found.items() if r is not None and r["enabled"]}
+
+
 def add_job_unless_in_flight(tx: LedgerTx, job: RefillJobRow) -> None:
     """A new job, unless the user already has one in flight (the partial unique
     index decides, so concurrent batches and replicas cannot add a second)."""

@@ -25,6 +25,8 @@ class BalanceEventType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     BALANCE_EVENT_TYPE_BUDGET_WARNING: _ClassVar[BalanceEventType]
     BALANCE_EVENT_TYPE_BUDGET_EXHAUSTED: _ClassVar[BalanceEventType]
     BALANCE_EVENT_TYPE_BUDGET_RESET: _ClassVar[BalanceEventType]
+    BALANCE_EVENT_TYPE_BALANCE_LOW: _ClassVar[BalanceEventType]
+    BALANCE_EVENT_TYPE_BALANCE_RECOVERED: _ClassVar[BalanceEventType]
 BALANCE_EVENT_TYPE_UNSPECIFIED: BalanceEventType
 BALANCE_EVENT_TYPE_SNAPSHOT: BalanceEventType
 BALANCE_EVENT_TYPE_TRANSFER: BalanceEventType
@@ -37,6 +39,8 @@ BALANCE_EVENT_TYPE_PAYMENT_FAILED: BalanceEventType
 BALANCE_EVENT_TYPE_BUDGET_WARNING: BalanceEventType
 BALANCE_EVENT_TYPE_BUDGET_EXHAUSTED: BalanceEventType
 BALANCE_EVENT_TYPE_BUDGET_RESET: BalanceEventType
+BALANCE_EVENT_TYPE_BALANCE_LOW: BalanceEventType
+BALANCE_EVENT_TYPE_BALANCE_RECOVERED: BalanceEventType
 
 class CheckBalanceRequest(_message.Message):
     __slots__ = ()

@@ -1,0 +1,1 @@
+"""Billing events: the outbox, alerts, webhooks."""

@@ -1,0 +1,66 @@
+"""Events of the other domains, committed with their change: a purchase
+(payment.succeeded), its refund (payment.refunded), an admin's account flag
+(account.flagged) and a hold that expired (hold.expired)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+from flownexus.billing.v1 import admin_pb2, keys_pb2, keys_pb2_grpc, payments_pb2
+
+from server.platform.clock import ManualClock
+from tests.calls import deliver, reserve
+from tests.events.receiver import list_events, payload
+from tests.harness import Running, auth
+from tests.stripe_fake import StripeFake, event
+
+pytestmark = pytest.mark.asyncio
+
+
+async def test_payment_refund_flag_and_hold_events(
+    stripe_server: Running, stripe_fake: StripeFake, clock: ManualClock
+) -> None:
+    server = stripe_server
+    link = await server.s.payments.CreatePaymentLink(
+        payments_pb2.CreatePaymentLinkRequest(amount_cents=3_000, request_id="buy"), metadata=auth("pam")
+    )
+    session = stripe_fake.sessions[link.payment_url.rsplit("/", 1)[-1]]
+    pi = await stripe_fake.pay(session["id"])
+    assert await deliver(server, event("checkout.session.completed", copy.deepcopy(session))) == 200
+    assert await deliver(server, event("checkout.session.completed", copy.deepcopy(session))) == 200  # again
+    charge = await stripe_fake.refund(pi, 1_000)
+    assert await deliver(server, event("charge.refunded", charge)) == 200
+
+    paid, refunded = (await list_events(server, "pam", ["payment.succeeded", "payment.refunded"]))
+    assert (paid.type, payload(paid)["payment_id"], payload(paid)["amount_millicredits"]) == (
+        "payment.succeeded", link.payment_id, 300_000)
+    assert refunded.type == "payment.refunded" and payload(refunded)["amount_millicredits"] == 100_000
+
+    await server.s.admin.SetAccountFlag(
+        admin_pb2.SetAccountFlagRequest(user_id="pam", flag=admin_pb2.ACCOUNT_FLAG_DISPUTED, reason="fraud check",
+                                        request_id="f1"),
+        metadata=auth("ops", "admin"),
+    )
+    (flagged,) = await list_events(server, "pam", ["account.flagged"])
+    assert payload(flagged)["flagged"] is True
+
+    hold = await reserve(server, "pam", 5_000, "h1", ttl_s=60)
+    clock.advance(120)
+    await server.run_jobs()
+    (expired,) = await list_events(server, "pam", ["hold.expired"])
+    assert payload(expired) == {"hold_id": hold.id, "amount_millicredits": 5_000,
+                                "transaction_id": payload(expired)["transaction_id"]}
+
+
+async def test_key_events(server: Running) -> None:
+    """key.created and key.revoked, committed by the keys domain's own operations."""
+    stub = keys_pb2_grpc.KeysServiceStub(server.s.channel)
+    budget = keys_pb2.Budget(window=keys_pb2.BUDGET_WINDOW_DAY, limit_millicredits=50_000)
+    made = await stub.CreateKey(keys_pb2.CreateKeyRequest(label="agent", budgets=[budget], request_id="k"),
+                                metadata=auth("kim"))
+    await stub.RevokeKey(keys_pb2.RevokeKeyRequest(key_id=made.key.id, request_id="rv"), metadata=auth("kim"))
+    await stub.RevokeKey(keys_pb2.RevokeKeyRequest(key_id=made.key.id, request_id="rv2"), metadata=auth("kim"))
+    found = await list_events(server, "kim", ["key.created", "key.revoked"])
+    assert [(e.type, payload(e)["key_id"]) for e in found] == [
+        ("key.created", made.key.id), ("key.revoked", made.key.id)]
