@@ -292,6 +292,9 @@ def test_every_mutating_rpc_is_rate_limited() -> None:
         "UsageService/RefundUsage", "AdminService/AdjustBalance", "AdminService/ReverseTransaction",
         "AdminService/SetAccountFlag", "AdminService/ClearAccountFlag",
         "KeysService/CreateKey", "KeysService/UpdateKey", "KeysService/RevokeKey",
+        "EventsService/CreateWebhookEndpoint", "EventsService/UpdateWebhookEndpoint",
+        "EventsService/DeleteWebhookEndpoint", "EventsService/RotateWebhookSecret",
+        "EventsService/RedeliverEvent", "EventsService/SetBalanceAlerts",
     }
 
 
