@@ -174,7 +174,7 @@ class App:
 
         self.tier_service = TierService(
             self.balance, self.writer, self.reader, self.db, self.clock, settings, self.tiers, self.tier_rules,
-            self.stripe, self.payments,
+            self.payments,
         )
         tiers_grpc.register(
             reg, self.tier_service, TierEvents(self.tier_rules, self.tiers["pro"].monthly_millicredits, self.payments),

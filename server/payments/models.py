@@ -111,3 +111,11 @@ class ChargeOutcome:
 
 def dollars(cents: int) -> str:
     return f"${cents // 100:,}.{cents % 100:02d}"
+
+
+@dataclass(frozen=True)
+class SubscriptionCheckout:
+    """A subscription-mode Checkout session: its id, and the link the user pays through."""
+
+    session_id: str
+    url: str

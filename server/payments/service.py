@@ -36,6 +36,7 @@ from server.payments.models import (
     PaymentStatus,
     SavedCard,
     StripeObject,
+    SubscriptionCheckout,
     dollars,
     stripe_id,
 )
@@ -493,6 +494,44 @@ class PaymentsService:
     ) -> PaymentRow | None:
         """A subscription invoice as a payment of the user's history (one per invoice)."""
         return await webhooks.record_invoice(tx, user_id, invoice, paid=paid, credits=credits, reason=reason)
+
+    # Pro's subscription (server/tiers/service.py): payments holds the Stripe
+    # calls, tiers the subscription's state.
+
+    async def subscribe_pro(
+        self, user_id: str, *, customer: str, payment_method: str, amount_cents: int, idempotency_key: str
+    ) -> str:
+        """A Pro subscription charged to the saved card now; its Stripe id. A
+        decline raises PAYMENT_FAILED, and nothing is left open in Stripe."""
+        self.require_configured()
+        created = await self.gateway.create_pro_subscription(
+            customer_id=customer, user_id=user_id, payment_method=payment_method,
+            price_id=self.settings.stripe_pro_price_id, amount_cents=amount_cents, idempotency_key=idempotency_key,
+        )
+        return stripe_id(created)
+
+    async def pro_checkout(
+        self, user_id: str, *, customer: str, amount_cents: int, success_url: str, cancel_url: str,
+        idempotency_key: str,
+    ) -> SubscriptionCheckout:
+        """A subscription-mode Checkout link for Pro, paid with any card."""
+        self.require_configured()
+        session = await self.gateway.create_subscription_checkout(
+            customer_id=customer, user_id=user_id, price_id=self.settings.stripe_pro_price_id,
+            amount_cents=amount_cents, success_url=success_url, cancel_url=cancel_url,
+            idempotency_key=idempotency_key,
+        )
+        return SubscriptionCheckout(session_id=stripe_id(session), url=str(session.get("url") or ""))
+
+    async def cancel_at_period_end(self, subscription_id: str, *, idempotency_key: str) -> None:
+        """Stripe stops renewing the subscription; it runs to its period's end."""
+        self.require_configured()
+        await self.gateway.cancel_subscription_at_period_end(subscription_id, idempotency_key=idempotency_key)
+
+    async def cancel_subscription(self, subscription_id: str) -> None:
+        """The subscription ends in Stripe now."""
+        self.require_configured()
+        await self.gateway.cancel_subscription(subscription_id)
 
     async def link_for(self, user_id: str, amount_cents: int, request_id: str, fingerprint: str) -> str:
         """A Checkout link the user pays with another card (a recovery after a

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -18,7 +17,7 @@ from server.ledger.repository import stored_responses
 from server.ledger.tx import LedgerTx
 from server.ledger.writer import LedgerWriter
 from server.payments.events import Handled
-from server.payments.models import PaymentKind, PaymentStatus, SavedCard, dollars
+from server.payments.models import PaymentKind, PaymentRow, PaymentStatus, SavedCard, dollars
 from server.payments.service import PaymentsService
 from server.platform import errors
 from server.platform.auth import Principal
@@ -131,7 +130,7 @@ async def _card_saved(tx: LedgerTx, user: str) -> None:
 
 # ---- outcomes shared with the worker ---------------------------------------------------
 
-async def finish_success(tx: LedgerTx, job: RefillJobRow, payment: Mapping[str, Any]) -> bool:
+async def finish_success(tx: LedgerTx, job: RefillJobRow, payment: PaymentRow) -> bool:
     """Close the job once, whichever of the worker and the webhook gets here first.
     `job` was read through this batch (it is changed in place)."""
     tx.batch_add(SETTLED, job["user_id"])

@@ -20,7 +20,6 @@ from server.ledger.ops import Call, Idempotency
 from server.ledger.repository import LedgerReader
 from server.ledger.tx import LedgerTx
 from server.ledger.writer import LedgerWriter
-from server.payments.gateway import StripeGateway
 from server.payments.service import PaymentsService
 from server.platform import errors
 from server.platform.auth import Principal, Role
@@ -61,8 +60,7 @@ class TierService:
         settings: Settings,
         tiers: dict[str, TierSpec],
         rules: TierRules,
-        gateway: StripeGateway | None,
-        payments: PaymentsService | None,
+        payments: PaymentsService,
     ) -> None:
         self.balance = balance
         self.writer = writer
@@ -72,8 +70,7 @@ class TierService:
         self.settings = settings
         self.tiers = tiers
         self.rules = rules
-        self.gateway = gateway
-        self.payments = payments  # the Stripe customer and the saved card
+        self.payments = payments  # the Stripe customer, the saved card and the subscription's Stripe calls
 
     # ---- reads ----------------------------------------------------------------------
 
@@ -180,12 +177,10 @@ class TierService:
                 payment_url=sub.get("payment_url") or "",
                 subscription_status=SubscriptionStatus.INCOMPLETE,
             )
-        gw = self.gateway
-        if gw is None or not gw.configured:
+        if not self.payments.configured:
             raise upgrade_failed(
                 "payments are not configured: set BILLING_STRIPE_API_KEY", setting="BILLING_STRIPE_API_KEY"
             )
-        assert self.payments is not None
         customer = await self.payments.customer(uid)
         price = self.tiers["pro"].price_cents
         card = await self.payments.charge_card(uid)  # the card auto-refill and TopUp charge
@@ -193,9 +188,8 @@ class TierService:
         declined: errors.DomainError | None = None
         if pm:
             try:
-                created = await gw.create_pro_subscription(
-                    customer_id=customer, user_id=uid, payment_method=pm,
-                    price_id=self.settings.stripe_pro_price_id, amount_cents=price,
+                subscription_id = await self.payments.subscribe_pro(
+                    uid, customer=customer, payment_method=pm, amount_cents=price,
                     idempotency_key=keys.stripe("subscription", idem.key),
                 )
             except errors.DomainError as exc:
@@ -203,15 +197,15 @@ class TierService:
                     raise
                 declined = exc
             else:
-                return await self._record(uid, idem, customer=customer, subscription_id=str(created["id"]))
-        session = await gw.create_subscription_checkout(
-            customer_id=customer, user_id=uid, price_id=self.settings.stripe_pro_price_id, amount_cents=price,
+                return await self._record(uid, idem, customer=customer, subscription_id=subscription_id)
+        checkout = await self.payments.pro_checkout(
+            uid, customer=customer, amount_cents=price,
             success_url=f"{self.settings.public_base_url}/billing/tier/success",
             cancel_url=f"{self.settings.public_base_url}/billing/tier/cancel",
             idempotency_key=keys.stripe("pro-checkout", idem.key),
         )
-        change = await self._record(uid, idem, customer=customer, session_id=str(session["id"]),
-                                    payment_url=str(session.get("url") or ""))
+        change = await self._record(uid, idem, customer=customer, session_id=checkout.session_id,
+                                    payment_url=checkout.url)
         if declined is not None:
             # The saved card declined: say so (PAYMENT_FAILED), with the Checkout
             # link to pay with another card (GetTier shows it too). A retry of
@@ -270,9 +264,8 @@ class TierService:
         sub = await self._sub(uid) or {}
         sub_id = str(sub.get("stripe_subscription_id") or "")
         if state.tier == "pro" and sub_id and sub.get("status") != SubscriptionStatus.CANCELED:
-            assert self.gateway is not None
             # Stripe stops renewing; the tier changes at period end (not now).
-            await self.gateway.cancel_subscription_at_period_end(sub_id, idempotency_key=keys.stripe("cancel", idem.key))
+            await self.payments.cancel_at_period_end(sub_id, idempotency_key=keys.stripe("cancel", idem.key))
         monthly = self.tiers[target].monthly_millicredits
 
         async def apply(tx: LedgerTx) -> TierChange:
@@ -290,13 +283,13 @@ class TierService:
 
     async def cancel_lapsed(self) -> int:
         """Cancel in Stripe the subscriptions of users who lapsed or moved to Enterprise."""
-        if self.gateway is None or not self.gateway.configured:
+        if not self.payments.configured:
             return 0
         rows = await to_cancel_in_stripe(self.db.reader, limit=100)
         done = 0
         for uid, sub_id in rows:
             try:
-                await self.gateway.cancel_subscription(sub_id)
+                await self.payments.cancel_subscription(sub_id)
             except errors.DomainError:
                 log.warning("could not cancel a lapsed subscription", extra={"user_id": uid})
                 continue
