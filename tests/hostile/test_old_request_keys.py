@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib.util
 
 import grpc
-from sqlalchemy import insert, select, text, update
+from sqlalchemy import insert, select, update
 
 from server.db.engine import MIGRATIONS_DIR
 from server.db.schema import idempotency, transfers
@@ -28,6 +28,14 @@ def _before_0014() -> str:
     return str(module.down_revision)
 
 
+def _downgrade(sync_conn, target: str) -> None:  # type: ignore[no-untyped-def]
+    from alembic import command
+
+    from tests.db.test_migrations import _alembic_config
+
+    command.downgrade(_alembic_config(sync_conn), target)
+
+
 def old_key(role: str, subject: str, method: str, request_id: str) -> str:
     return f"{role}/{subject}:{method}:{request_id}"
 
@@ -40,7 +48,9 @@ async def _as_before_0007(server: Running, rows: list[tuple[str, str, str]]) -> 
         for user, method, rid in rows:
             await conn.execute(update(idempotency).where(idempotency.c.key == keys.idempotency("user", user, method, rid))
                                .values(key=old_key("user", user, method, rid)))
-        await conn.execute(text("UPDATE alembic_version SET version_num = :v"), {"v": _before_0014()})
+        # Back to the revision before 0014 the way a release would be: later
+        # migrations are undone too, so that the restart runs them again.
+        await conn.run_sync(_downgrade, _before_0014())
 
 
 async def test_old_records_are_moved_and_replayed_once(server: Running) -> None:
