@@ -194,7 +194,7 @@ class App:
         # The portal's pages call the services above, as the session's user.
         self.portal = PortalService(settings, self.db, self.writer, self.clock)
         portal_grpc.register(reg, self.portal, Domains(
-            self.balance, self.history, self.payments, self.refill, self.tier_service, self.keys,
+            self.balance, self.history, self.payments, self.refill, self.tier_service, self.keys, self.events,
         ))
 
         self.grpc_server: grpc.aio.Server | None = None

@@ -87,9 +87,11 @@ def _event(r: Any) -> EventView:
 
 
 async def list_events(
-    engine: AsyncEngine, *, user_id: str | None, types: list[str], after_id: int, limit: int
+    engine: AsyncEngine, *, user_id: str | None, types: list[str], after_id: int, limit: int, newest: bool = False
 ) -> list[EventView]:
-    q = select(events).where(events.c.id > after_id).order_by(events.c.id).limit(limit)
+    """Events after `after_id`, oldest first; or with `newest`, the last `limit` of them, newest first."""
+    order = events.c.id.desc() if newest else events.c.id
+    q = select(events).where(events.c.id > after_id).order_by(order).limit(limit)
     if user_id is not None:
         q = q.where(events.c.user_id == user_id)
     if types:

@@ -350,6 +350,10 @@ class EventsService:
     async def list_events(self, scope: str | None, types: list[str], after_id: int, limit: int) -> list[EventView]:
         return await repo.list_events(self.db.reader, user_id=scope, types=types, after_id=after_id, limit=limit)
 
+    async def recent_events(self, scope: str | None, limit: int) -> list[EventView]:
+        """The last `limit` events in the scope, newest first (what ListEvents' last page holds)."""
+        return await repo.list_events(self.db.reader, user_id=scope, types=[], after_id=0, limit=limit, newest=True)
+
     async def last_event_id(self) -> int:
         return await repo.last_event_id(self.db.reader)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
@@ -26,9 +27,18 @@ from urllib.parse import urlencode, urlsplit
 import aiohttp_jinja2
 import jinja2
 from aiohttp import web
-from flownexus.billing.v1 import common_pb2, keys_pb2, payments_pb2, refill_pb2, tier_pb2
+from flownexus.billing.v1 import (
+    common_pb2,
+    events_pb2,
+    keys_pb2,
+    payments_pb2,
+    refill_pb2,
+    tier_pb2,
+)
 
 from server.balance.service import BalanceService
+from server.events.models import event_name
+from server.events.service import EventsService
 from server.grpc import convert, validation
 from server.history.service import HistoryService, forecast
 from server.keys.models import BudgetLimit, Window
@@ -53,6 +63,7 @@ DAY_US = 86_400_000_000
 CSV_FIELDS = ("id", "date", "type", "amount_millicredits", "balance_after_millicredits", "category", "description")
 # What a redirect back to a page may say (never text taken from the request).
 DONE = {
+    "alerts-saved": "Alert settings saved.",
     "refill-saved": "Auto-refill settings saved.",
     "topped-up": "Top-up paid: the credits are on your balance.",
     "upgraded": "Your plan was changed.",
@@ -65,8 +76,10 @@ NAV = (
     ("overview", "/portal/", "Overview"), ("usage", "/portal/usage", "Usage"),
     ("history", "/portal/history", "History"), ("payments", "/portal/payments", "Payments"),
     ("buy", "/portal/buy", "Buy credits"), ("refill", "/portal/auto-refill", "Auto-refill"),
-    ("plan", "/portal/plan", "Plan"), ("keys", "/portal/keys", "Keys"),
+    ("plan", "/portal/plan", "Plan"), ("keys", "/portal/keys", "Keys"), ("alerts", "/portal/alerts", "Alerts"),
 )
+# The alerts page lists this many of the wallet's latest events.
+RECENT_EVENTS = 50
 
 
 @dataclass
@@ -79,6 +92,7 @@ class Domains:
     refill: RefillService
     tiers: TierService
     keys: KeysService
+    events: EventsService
 
 
 @dataclass
@@ -135,6 +149,13 @@ def whole_credits(text: str, what: str) -> int:
     if not text.isdigit() or len(text) > 12:
         raise errors.InvalidAmount(f"enter the {what} as a whole number of credits")
     return int(text) * 1000
+
+
+def whole_number(text: str, what: str) -> int:
+    text = text.strip()
+    if not text.isdigit() or len(text) > 9:
+        raise errors.InvalidArgument(f"enter the {what} as a whole number", reason="INVALID_ALERTS")
+    return int(text)
 
 
 def day_start(text: str, field: str) -> int | None:
@@ -477,6 +498,31 @@ def page_routes(service: PortalService, d: Domains) -> list[web.RouteDef]:
                             fingerprint=validation.fingerprint("RevokeKey", keys_pb2.RevokeKeyRequest(key_id=key_id)))
         return see_other("/portal/keys")
 
+    async def alerts(ctx: Ctx) -> web.StreamResponse:
+        view = await d.events.get_alerts(ctx.principal, "")
+        scope = d.events.reader_scope(ctx.principal, "")
+        recent = [(event_name(e.id), e, json.loads(e.payload)) for e in await d.events.recent_events(scope, RECENT_EVENTS)]
+        return render(ctx, "alerts.html", "alerts", alerts=view, events=recent)
+
+    async def alerts_post(ctx: Ctx) -> web.StreamResponse:
+        reset = ctx.form.get("reset") == "on"
+        if reset:
+            thresholds, lead, days = [], 0, 0
+        else:
+            # Credits, comma separated, as the servicer checks each amount; an empty list turns balance alerts off.
+            thresholds = [validation.amount(whole_credits(t, "thresholds"), field="thresholds_millicredits")
+                          for t in ctx.form.get("thresholds", "").split(",") if t.strip()]
+            lead = whole_number(ctx.form.get("expiry_lead_hours", ""), "expiry warning lead time in hours") * 3600
+            days = whole_number(ctx.form.get("forecast_days", ""), "forecast days")
+        req = events_pb2.SetBalanceAlertsRequest(thresholds_millicredits=thresholds, expiry_lead_seconds=lead,
+                                                 forecast_days=days, reset_to_defaults=reset)
+        await d.events.set_alerts(
+            ctx.principal, "", thresholds=thresholds, expiry_lead_seconds=lead, forecast_days=days, reset=reset,
+            request_id=validation.request_id(ctx.form.get("request_id", "")),
+            fingerprint=validation.fingerprint("SetBalanceAlerts", req),
+        )
+        return see_other("/portal/alerts?done=alerts-saved")
+
     def see_other(location: str) -> web.StreamResponse:
         raise guard.secure(web.HTTPSeeOther(location))  # type: ignore[misc]
 
@@ -499,4 +545,6 @@ def page_routes(service: PortalService, d: Domains) -> list[web.RouteDef]:
         web.get("/portal/keys", g(keys_list)),
         web.post("/portal/keys", g(key_create, post=True)),
         web.post("/portal/keys/revoke", g(key_revoke, post=True)),
+        web.get("/portal/alerts", g(alerts)),
+        web.post("/portal/alerts", g(alerts_post, post=True)),
     ]

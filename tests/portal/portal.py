@@ -64,3 +64,10 @@ async def form_tokens(s: aiohttp.ClientSession, url: str) -> dict[str, str]:
     csrf, rid = CSRF.search(body), RID.search(body)
     assert csrf and rid
     return {"csrf": csrf.group(1), "request_id": rid.group(1)}
+
+
+async def opened_form(server: Running, s: aiohttp.ClientSession, user: str, path: str) -> tuple[str, dict[str, str]]:
+    """A session for `user`, and the page at `path`: its URL and its forms' hidden fields."""
+    await opened(server, s, user)
+    url = f"{server.http_base}{path}"
+    return url, await form_tokens(s, url)

@@ -35,7 +35,8 @@ from tests.stripe_fake import StripeFake, event
 AXE = Path(__file__).resolve().parent / "js" / "node_modules" / "axe-core" / "axe.min.js"
 PAGES = (("overview", "/portal/"), ("usage", "/portal/usage"), ("usage-90", "/portal/usage?days=90"),
          ("history", "/portal/history"), ("payments", "/portal/payments"), ("buy", "/portal/buy"),
-         ("auto-refill", "/portal/auto-refill"), ("plan", "/portal/plan"), ("keys", "/portal/keys"))
+         ("auto-refill", "/portal/auto-refill"), ("plan", "/portal/plan"), ("keys", "/portal/keys"),
+         ("alerts", "/portal/alerts"))
 DESKTOP, PHONE = (1280, 900), (375, 812)
 CATEGORIES = ("sandbox", "training", "storage")
 
@@ -187,10 +188,13 @@ async def test_the_portal_story(stripe_server: Running, stripe_fake: StripeFake,
     assert got.auto_refill.enabled and got.auto_refill.threshold_millicredits == 20_000
     assert got.auto_refill.amount_cents == 1_500
     assert "on" in (await page.text("#refill-status")).lower() or got.auto_refill.enabled
+    # The default low-balance alert follows the auto-refill threshold.
+    await page.open(f"{server.http_base}/portal/alerts")
+    assert await page.text("#alerts-thresholds") == "20 credits" and "defaults" in await page.text("#alerts-source")
 
     # The pages that changed, photographed again with the purchases on them.
     for name, path in PAGES:
-        if name in ("overview", "payments", "auto-refill"):
+        if name in ("overview", "payments", "auto-refill", "alerts"):
             await page.open(f"{server.http_base}{path}")
             assert not await axe(page), (name, await axe(page))
             await photograph(page, name)

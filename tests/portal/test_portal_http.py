@@ -3,7 +3,8 @@ SQLite and PostgreSQL: who may create a session for which wallet; a link
 opens once and expires; the cookie is HttpOnly and SameSite; a forged or
 ended session reaches nothing; forms need the session's CSRF token and our
 own origin; every value is escaped; a session has a rate limit; the CSV
-export equals ListTransactions, filters included, across many pages."""
+export equals ListTransactions, filters included, across many pages; the
+alerts page reads and sets what GetBalanceAlerts and SetBalanceAlerts do."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import grpc
 from flownexus.billing.v1 import (
     admin_pb2,
     common_pb2,
+    events_pb2,
     history_pb2,
     keys_pb2,
     payments_pb2,
@@ -28,10 +30,19 @@ from flownexus.billing.v1 import (
 
 from server.platform.clock import ManualClock
 from tests.calls import FREE, spend, transactions
-from tests.harness import Running, auth, expect_error, serving
+from tests.harness import Running, auth, error_info, expect_error, serving
 from tests.keys.helpers import keys_stub
 from tests.payments.test_topup import save_card
-from tests.portal.portal import browser_client, fetch, form_tokens, local, opened, portal_link, post
+from tests.portal.portal import (
+    browser_client,
+    fetch,
+    form_tokens,
+    local,
+    opened,
+    opened_form,
+    portal_link,
+    post,
+)
 from tests.stripe_fake import StripeFake
 
 
@@ -112,7 +123,7 @@ async def test_a_forged_cookie_reaches_nothing(server: Running) -> None:
         await opened(server, real, "gina")
         assert "secret-project" in (await fetch(real, f"{server.http_base}/portal/history"))[1]
     pages = ("/portal/", "/portal/usage", "/portal/history", "/portal/history.csv", "/portal/payments",
-             "/portal/buy", "/portal/auto-refill", "/portal/plan")
+             "/portal/buy", "/portal/auto-refill", "/portal/plan", "/portal/keys", "/portal/alerts")
     for forged in (secrets.token_urlsafe(32), "x", "gina", "wallet:gina", ""):
         async with browser_client() as s:
             for path in pages:
@@ -126,9 +137,8 @@ async def test_a_forged_cookie_reaches_nothing(server: Running) -> None:
 
 async def test_forms_need_the_token_and_our_origin(server: Running) -> None:
     async with browser_client() as s:
-        await opened(server, s, "hank")
-        url = f"{server.http_base}/portal/auto-refill"
-        fields = {**await form_tokens(s, url), "threshold": "20", "amount": "15"}  # enabled off: always allowed
+        url, fields = await opened_form(server, s, "hank", "/portal/auto-refill")
+        fields = {**fields, "threshold": "20", "amount": "15"}  # enabled off: always allowed
         for bad in ({**fields, "csrf": ""}, {**fields, "csrf": fields["csrf"][:-2] + "AA"},
                     {k: v for k, v in fields.items() if k != "csrf"}):
             assert (await post(s, url, bad))[0] == 403
@@ -305,9 +315,7 @@ async def test_history_and_payments_pages_follow_their_older_links(
 async def test_keys_page_creates_and_revokes_through_the_keys_service(server: Running) -> None:
     user = "quinn"
     async with browser_client() as s:
-        await opened(server, s, user)
-        url = f"{server.http_base}/portal/keys"
-        fields = await form_tokens(s, url)
+        url, fields = await opened_form(server, s, user, "/portal/keys")
         status, body, _ = await post(s, url, {**fields, "label": "nightly <job>", "budget_day": "25"})
         assert status == 200 and "shown only this once" in body and "nightly &lt;job&gt;" in body
         secret = re.search(r'<code id="new-secret">([^<]+)</code>', body)
@@ -337,3 +345,104 @@ async def test_keys_page_creates_and_revokes_through_the_keys_service(server: Ru
         assert status in (403, 404)
         got = await keys_stub(server).GetKey(keys_pb2.GetKeyRequest(key_id=other.key.id), metadata=auth("rita"))
         assert not got.key.HasField("revoke_time")
+
+
+async def get_alerts(server: Running, user: str) -> events_pb2.BalanceAlerts:
+    return (await server.s.events.GetBalanceAlerts(events_pb2.GetBalanceAlertsRequest(), metadata=auth(user))).alerts
+
+
+def shown_alerts(body: str) -> tuple[str, str, str]:
+    found = [re.search(rf'<dd id="alerts-{k}">([^<]*)</dd>', body) for k in ("thresholds", "expiry", "forecast")]
+    assert all(found), body
+    return tuple(m.group(1) for m in found if m)  # type: ignore[return-value]
+
+
+async def test_alerts_page_shows_the_defaults_and_the_wallets_events(server: Running) -> None:
+    user = "sam"
+    want = await get_alerts(server, user)
+    assert want.defaults and len(want.thresholds_millicredits) == 1
+    # Below the default threshold: a balance.low event, as ListEvents gives it.
+    await spend(server, user, FREE - want.thresholds_millicredits[0] + 1_000, uuid.uuid4().hex)
+    listed = (await server.s.events.ListEvents(events_pb2.ListEventsRequest(), metadata=auth(user))).events
+    assert [e.type for e in listed] == ["balance.low"]
+    async with browser_client() as s:
+        await opened(server, s, user)
+        status, body, headers = await fetch(s, f"{server.http_base}/portal/alerts")
+        assert status == 200 and "'nonce-" in headers["Content-Security-Policy"]
+        assert 'href="/portal/alerts" aria-current="page"' in body
+        assert "These are the <strong>defaults</strong>" in body
+        assert shown_alerts(body) == (
+            f"{want.thresholds_millicredits[0] // 1000} credits",
+            f"{want.expiry_lead_seconds // 3600} hours before credits expire",
+            f"when fewer than {want.forecast_days} days of credits are left",
+        )
+        assert re.findall(r'<tr data-id="(evt_\d+)">', body) == [e.id for e in listed]
+        assert "<code>balance.low</code>" in body
+
+
+async def test_alerts_form_sets_what_get_balance_alerts_returns(server: Running) -> None:
+    user = "tara"
+    async with browser_client() as s:
+        url, fields = await opened_form(server, s, user, "/portal/alerts")
+        form = {**fields, "thresholds": "20, 500,100", "expiry_lead_hours": "48", "forecast_days": "7"}
+        status, _, headers = await post(s, url, form)
+        assert status == 303 and headers["Location"] == "/portal/alerts?done=alerts-saved"
+        got = await get_alerts(server, user)
+        assert (list(got.thresholds_millicredits), got.expiry_lead_seconds, got.forecast_days, got.defaults) == (
+            [500_000, 100_000, 20_000], 48 * 3600, 7, False)
+        assert (await post(s, url, form))[0] == 303  # the same request again: one action
+        _, body, _ = await fetch(s, f"{server.http_base}{headers['Location']}")
+        assert "Alert settings saved." in body and "your own settings" in body
+        assert shown_alerts(body) == ("500 credits, 100 credits, 20 credits", "48 hours before credits expire",
+                                      "when fewer than 7 days of credits are left")
+        # Back to the defaults, through the same form's reset.
+        fields = await form_tokens(s, url)
+        assert (await post(s, url, {**fields, "reset": "on"}))[0] == 303
+        assert (await get_alerts(server, user)).defaults
+        # An empty list turns balance alerts off, as an empty thresholds_millicredits does.
+        fields = await form_tokens(s, url)
+        assert (await post(s, url, {**fields, "thresholds": "", "expiry_lead_hours": "0", "forecast_days": "0"}))[0] == 303
+        got = await get_alerts(server, user)
+        assert (list(got.thresholds_millicredits), got.expiry_lead_seconds, got.forecast_days, got.defaults) == (
+            [], 0, 0, False)
+
+
+async def test_an_invalid_threshold_gives_the_rpcs_error_and_changes_nothing(server: Running) -> None:
+    user = "uma"
+    before = await get_alerts(server, user)
+    async with browser_client() as s:
+        await opened(server, s, user)
+        url = f"{server.http_base}/portal/alerts"
+        for credits in ([100, 100], [0], list(range(1, 12))):
+            try:
+                await server.s.events.SetBalanceAlerts(events_pb2.SetBalanceAlertsRequest(
+                    thresholds_millicredits=[c * 1000 for c in credits], forecast_days=3, request_id=uuid.uuid4().hex,
+                ), metadata=auth(user))
+                raise AssertionError(f"SetBalanceAlerts took {credits}")
+            except grpc.aio.AioRpcError as exc:
+                assert exc.code() == grpc.StatusCode.INVALID_ARGUMENT
+                rpc_message, rpc_reason = exc.details() or "", error_info(exc).reason
+            fields = await form_tokens(s, url)
+            status, body, _ = await post(s, url, {**fields, "thresholds": ", ".join(map(str, credits)),
+                                                  "expiry_lead_hours": "72", "forecast_days": "3"})
+            assert status == 400 and rpc_message and html.escape(rpc_message, quote=False) in body, (credits, body)
+            assert f"Reason code: {rpc_reason}" in body
+        status, body, _ = await post(s, url, {**fields, "thresholds": "ten", "expiry_lead_hours": "72",
+                                              "forecast_days": "3"})
+        assert status == 400 and "INVALID_AMOUNT" in body
+    assert await get_alerts(server, user) == before
+
+
+async def test_a_cross_site_alerts_post_is_refused(server: Running) -> None:
+    user = "vera"
+    before = await get_alerts(server, user)
+    async with browser_client() as s:
+        url, fields = await opened_form(server, s, user, "/portal/alerts")
+        fields = {**fields, "thresholds": "40", "expiry_lead_hours": "1", "forecast_days": "1"}
+        assert (await post(s, url, fields, headers={"Origin": "https://evil.example"}))[0] == 403
+        assert (await post(s, url, fields, headers={"Sec-Fetch-Site": "cross-site"}))[0] == 403
+        assert (await post(s, url, {**fields, "csrf": ""}))[0] == 403
+        assert await get_alerts(server, user) == before
+        # The same form from our own origin goes through.
+        status, _, _ = await post(s, url, fields, headers={"Origin": server.http_base, "Sec-Fetch-Site": "same-origin"})
+        assert status == 303 and list((await get_alerts(server, user)).thresholds_millicredits) == [40_000]
