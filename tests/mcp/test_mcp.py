@@ -381,11 +381,12 @@ async def test_the_role_matrix(stripe_server: Running) -> None:
             assert ent["effective_date"].endswith("Z")
             assert (await call(svc, "ruv_balance", {"user_id": "bob"}))["tier"] == "enterprise"
 
-            # The caller-only tools act on the caller's own account, whatever the role.
-            await call(svc, "create_payment_link", {"amount": 10, "request_id": "l1"})
-            assert (await call(alice, "get_payment_history", {"limit": 10}))["payments"] == []
-            assert len((await call(svc, "get_payment_history", {"limit": 10}))["payments"]) == 1
-            assert (await call(admin, "check_balance"))["credits"] == FREE
+            # The caller-only tools act on the caller's own account; a service or
+            # admin token has none (its subject is never a user's wallet).
+            await call(alice, "create_payment_link", {"amount": 10, "request_id": "l1"})
+            await refused(svc, "create_payment_link", {"amount": 10, "request_id": "l2"}, "user_token_required")
+            assert len((await call(alice, "get_payment_history", {"limit": 10}))["payments"]) == 1
+            await refused(admin, "check_balance", {}, "user_token_required")
 
 
 # ---- auth: audiences, the resource metadata, the HTTP CLI --------------------------------------

@@ -294,6 +294,7 @@ def test_every_mutating_rpc_is_rate_limited() -> None:
         "KeysService/CreateKey", "KeysService/UpdateKey", "KeysService/RevokeKey",
         "EventsService/SetBalanceAlerts", "EventsService/CreateWebhookEndpoint", "EventsService/UpdateWebhookEndpoint",
         "EventsService/DeleteWebhookEndpoint", "EventsService/RotateWebhookSecret", "EventsService/RedeliverEvent",
+        "PortalService/CreatePortalSession",
     }
 
 
