@@ -45,6 +45,7 @@ from server.ledger.model import BalanceEvent, HoldStatus, Kind, from_json, to_js
 from server.ledger.ops import Idempotency, Join
 from server.ledger.tx import LedgerTx
 from server.ledger.writer import LedgerWriter
+from server.payments.pages import credits_text
 from server.platform import errors
 from server.platform.auth import Principal, Role
 from server.platform.clock import Clock, from_us
@@ -95,10 +96,6 @@ class Mutation(Join):
 
 def iso(us: int) -> str:
     return from_us(us).isoformat().replace("+00:00", "Z")
-
-
-def _credits(millicredits: int) -> str:
-    return f"{millicredits / 1000:,.3f}".rstrip("0").rstrip(".")
 
 
 class EventsService:
@@ -199,7 +196,7 @@ class EventsService:
         low = type == EventType.BALANCE_LOW
         tx.notify(BalanceEvent(
             user_id=user, kind="balance_low" if low else "balance_recovered", credits=after,
-            message=f"Balance {'below' if low else 'back to'} the alert threshold of {_credits(threshold)} credits",
+            message=f"Balance {'below' if low else 'back to'} the alert threshold of {credits_text(threshold)} credits",
         ))
 
     def _default_thresholds(self, user: Row | None, refill_threshold: int) -> list[int]:
