@@ -7,12 +7,16 @@ millicredit by a random one of BENCH_WRITER_ACCOUNTS wallets (default 1,000;
 with BENCH_WRITER_KEYS=1 it runs each case twice in the same process, plain
 and with every Spend through a key with budgets (one key per wallet: the hot
 account's one key, or 1,000 keys), so the CPU a key adds is read from one run;
-with BENCH_WRITER_SQL=1 also the time of each batch statement per row, which
+with BENCH_WRITER_EVENTS=1 it compares, the same way, the writer with the
+events domain's ledger extension (the outbox and its balance alerts) and
+without it, both with refill's per-batch read of the wallets' configs (which
+the alerts' defaults share in the server); with BENCH_WRITER_SQL=1 also the time of each batch statement per row, which
 is how "Where a batched item's time goes" in bench/README.md splits the
 database's share.
 
-  BENCH_WRITER_ACCOUNTS=1000  BENCH_WRITER_ROUNDS=100  BENCH_WRITER_SQL=0
-  BENCH_WRITER_KEYS=0  BENCH_WRITER_PROFILE=0 (1: cProfile of the keyed runs)
+  BENCH_WRITER_ACCOUNTS=1000  BENCH_WRITER_ROUNDS=100  BENCH_WRITER_ITEMS=100  BENCH_WRITER_SQL=0
+  BENCH_WRITER_KEYS=0  BENCH_WRITER_EVENTS=0  BENCH_WRITER_PROFILE=0 (1: cProfile of the keyed
+  or the outbox runs)
 """
 
 from __future__ import annotations
@@ -29,16 +33,19 @@ from typing import Any
 
 from server.db import batchsql
 from server.db.engine import Database
+from server.events.service import EventsService
 from server.keys import repository as keys_repo
 from server.keys.budgets import KeyBudgets, refused_events
 from server.keys.models import BudgetLimit, Window, budgets_json
 from server.ledger.model import wallet_id
 from server.ledger.ops import Call, Idempotency, Spend
-from server.ledger.tx import TierPolicy
+from server.ledger.tx import LedgerTx, TierPolicy
 from server.ledger.writer import LedgerWriter
 from server.platform.clock import Clock
+from server.platform.config import Settings
+from server.refill import repository as refill_repo
 
-ITEMS_PER_CALL = 100
+ITEMS_PER_CALL = int(os.environ.get("BENCH_WRITER_ITEMS", 100))  # 8: batches of 32, as per-call Spend makes
 CALLS_IN_FLIGHT = 4
 WARMUP_ROUNDS = 30
 
@@ -89,7 +96,20 @@ async def _make_keys(writer: LedgerWriter, accounts: int) -> None:
         await writer.submit(Call(fn=apply, accounts={wallet_id(user)}))
 
 
-async def run(accounts: int, rounds: int, *, keyed: bool = False, profile: Any = None) -> float:
+async def _refill_read(tx: LedgerTx, ops: list[Any]) -> None:
+    """What refill's trigger reads in every batch (the server runs it before the events' hook)."""
+    await refill_repo.due_configs(tx, sorted(tx.wallet_balances()), tx.now_us)
+
+
+def _with_events(db: Database, writer: LedgerWriter) -> None:
+    events = EventsService(Settings(), db, writer, writer.clock, refill_repo.alert_thresholds,
+                           lambda user: 100_000)  # the free tier's allowance: a default alert at 10 credits
+    writer.before_flush += [_refill_read, events.before_flush]
+
+
+async def run(
+    accounts: int, rounds: int, *, keyed: bool = False, events: bool | None = None, profile: Any = None
+) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         db = Database(f"sqlite+aiosqlite:///{Path(tmp) / 'writer.db'}")
         await db.migrate()
@@ -97,6 +117,11 @@ async def run(accounts: int, rounds: int, *, keyed: bool = False, profile: Any =
         if keyed:
             writer.guard = KeyBudgets()
             writer.before_flush.append(refused_events)
+        if events is not None:
+            if events:
+                _with_events(db, writer)
+            else:
+                writer.before_flush.append(_refill_read)
         await writer.start()
         if keyed:
             await _make_keys(writer, accounts)
@@ -134,7 +159,7 @@ async def run(accounts: int, rounds: int, *, keyed: bool = False, profile: Any =
         await db.writer.dispose()
         await db.reader.dispose()
     spends = rounds * CALLS_IN_FLIGHT * ITEMS_PER_CALL
-    how = f"{accounts} keys" if keyed else "no key"
+    how = f"{accounts} keys" if keyed else "no key" if events is None else "outbox" if events else "no outbox"
     print(f"{accounts} accounts, {how}: {spends / wall:,.0f} spends/s, {1e6 * cpu / spends:.1f} us of CPU per spend")
     for sql, (seconds, rows) in sorted(_SQL_TIME.items(), key=lambda kv: -kv[1][0]):
         print(f"  {1e6 * seconds / spends:6.2f} us per spend  {1e6 * seconds / max(rows, 1):6.2f} us per row  {sql}")
@@ -154,10 +179,32 @@ async def compare(rounds: int, profile: Any) -> None:
               f"{keyed / base:.2f}x CPU per spend")
 
 
+async def compare_events(rounds: int, profile: Any) -> None:
+    """Without and with the events' ledger extension, alternating in one process."""
+    for accounts in (1, 1000):
+        plain = await run(accounts, rounds, events=False)
+        outbox = await run(accounts, rounds, events=True, profile=profile)
+        again = await run(accounts, rounds, events=False)
+        base = (plain + again) / 2
+        print(f"  -> {accounts} accounts: {1e6 * base:.1f} us without the outbox, {1e6 * outbox:.1f} us with it: "
+              f"{outbox / base:.2f}x CPU per spend")
+
+
 def main() -> None:
     if os.environ.get("BENCH_WRITER_SQL", "") not in ("", "0"):
         _time_statements()
     rounds = int(os.environ.get("BENCH_WRITER_ROUNDS", 100))
+    if os.environ.get("BENCH_WRITER_EVENTS", "") not in ("", "0"):
+        profile = None
+        if os.environ.get("BENCH_WRITER_PROFILE", "") not in ("", "0"):
+            import cProfile
+            import pstats
+
+            profile = cProfile.Profile()
+        asyncio.run(compare_events(rounds, profile))
+        if profile is not None:
+            pstats.Stats(profile).sort_stats("tottime").print_stats(30)
+        return
     if os.environ.get("BENCH_WRITER_KEYS", "") not in ("", "0"):
         profile = None
         if os.environ.get("BENCH_WRITER_PROFILE", "") not in ("", "0"):
