@@ -45,12 +45,12 @@ from server.ledger.model import BalanceEvent, HoldStatus, Kind, from_json, to_js
 from server.ledger.ops import Idempotency, Join
 from server.ledger.tx import LedgerTx
 from server.ledger.writer import LedgerWriter
-from server.payments.pages import credits_text
 from server.platform import errors
 from server.platform.auth import Principal, Role
 from server.platform.clock import Clock, from_us
 from server.platform.config import Settings
 from server.platform.metrics import METRICS
+from server.platform.units import credits_text
 
 # Refill's thresholds of these users' enabled auto-refills (the default alert).
 RefillThresholds = Callable[[LedgerTx, list[str]], Awaitable[dict[str, int]]]
@@ -490,13 +490,12 @@ class EventsService:
 
 # ---- the other domains' outcomes, from what they tell the balance watch -----------------------
 
-# Transfers that are themselves a payment, refund or dispute outcome.
+# Transfers that are themselves a payment or refund outcome (disputes are
+# told by payments' handlers: a dispute may move no credits).
 _TRANSFER_EVENTS = {
     Kind.PURCHASE: EventType.PAYMENT_SUCCEEDED,
     Kind.AUTO_REFILL: EventType.PAYMENT_SUCCEEDED,
     Kind.REFUND_CLAWBACK: EventType.PAYMENT_REFUNDED,
-    Kind.DISPUTE_CLAWBACK: EventType.DISPUTE_OPENED,
-    Kind.DISPUTE_RESTORE: EventType.DISPUTE_CLOSED,
 }
 _NOTICE_EVENTS = {
     "refill_succeeded": EventType.REFILL_SUCCEEDED,
@@ -528,7 +527,6 @@ def from_ledger(tx: LedgerTx) -> None:
                 emit(tx, etype, n.user_id, {
                     "payment_id": t.ref,
                     "amount_millicredits": abs(t.amount), "transaction_id": str(t.id), "description": t.description,
-                    **({"status": "won"} if etype == EventType.DISPUTE_CLOSED else {}),
                 })
             elif t.kind == Kind.HOLD_RELEASE and (tx.holds.get(t.ref) or {}).get("status") == HoldStatus.EXPIRED:
                 emit(tx, EventType.HOLD_EXPIRED, n.user_id, {

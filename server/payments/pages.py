@@ -32,6 +32,7 @@ from aiohttp import web
 from server.payments.models import PaymentRow, PaymentStatus
 from server.payments.service import PaymentsService, ReturnState
 from server.platform import errors
+from server.platform.units import credits_text
 
 log = logging.getLogger(__name__)
 
@@ -54,12 +55,6 @@ _REASONS = {
 
 def money(cents: int) -> str:
     return f"${cents // 100:,}.{cents % 100:02d}"
-
-
-def credits_text(millicredits: int) -> str:
-    whole, frac = divmod(abs(millicredits), 1000)
-    sign = "-" if millicredits < 0 else ""
-    return f"{sign}{whole:,}" + (f".{frac:03d}".rstrip("0") if frac else "")
 
 
 def reason_text(code: str) -> str:

@@ -46,6 +46,7 @@ from server.platform.clock import DAY_US, Clock, month_bounds
 from server.platform.config import Settings
 from server.platform.metrics import METRICS
 from server.platform.ratelimit import RateLimiter
+from server.platform.units import credits_text
 
 log = logging.getLogger(__name__)
 
@@ -187,7 +188,7 @@ class PaymentsService:
             payment_id=payment_id,
             amount_cents=amount_cents,
             credits_millicredits=credits,
-            product_name=f"{credits // 1000:,} FlowNexus credits",
+            product_name=f"{credits_text(credits)} FlowNexus credits",
             # Stripe puts the session id in place of the placeholder: the return
             # page finds the payment by it, never by a guessable id.
             success_url=f"{base}/billing/success?session_id={{CHECKOUT_SESSION_ID}}",
@@ -312,7 +313,7 @@ class PaymentsService:
         session = await self.gateway.create_checkout_session(
             customer_id=await self.customers.get_or_create(row["user_id"]), user_id=row["user_id"],
             payment_id=row["id"], amount_cents=row["amount_cents"], credits_millicredits=row["credits"],
-            product_name=f"{row['credits'] // 1000:,} FlowNexus credits",
+            product_name=f"{credits_text(row['credits'])} FlowNexus credits",
             success_url=f"{base}/billing/success?session_id={{CHECKOUT_SESSION_ID}}",
             cancel_url=f"{base}/billing/cancel?ref={self.return_ref(row['id'])}",
             idempotency_key=keys.stripe("top-up-confirm", row["id"]),

@@ -14,6 +14,8 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from server.events.models import EventType
+from server.events.service import already_emitted, emit
 from server.ledger import keys
 from server.ledger.model import (
     CLAWBACK_ORDER,
@@ -36,6 +38,7 @@ from server.payments.models import (
     stripe_id,
 )
 from server.platform import errors
+from server.platform.units import credits_text
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +197,7 @@ async def mark_paid(tx: LedgerTx, p: PaymentRow, **refs: str) -> bool:
             p["credits"],
             kind=Kind.AUTO_REFILL if refill else Kind.PURCHASE,
             key=key,
-            description=f"{what} {p['credits'] // 1000:,} credits ({dollars})",
+            description=f"{what} {credits_text(p['credits'])} credits ({dollars})",
             category="purchase",
             ref=p["id"],
             metadata={"payment_id": p["id"]},
@@ -303,10 +306,10 @@ async def apply_refund(tx: LedgerTx, p: PaymentRow, refunded_cents: int, **refs:
 
 async def _claw_back(
     tx: LedgerTx, p: PaymentRow, amount: int, kind: Kind, key: str, description: str, category: str, **meta: str
-) -> None:
+) -> dict[str, Any]:
     """Take a payment's credits back; the balance may go below zero (the
     purchased lot first, then earned, then allowance)."""
-    await tx.transfer(
+    return await tx.transfer(
         wallet_id(p["user_id"]),
         SYSTEM_REFUNDS,
         amount,
@@ -321,19 +324,36 @@ async def _claw_back(
     )
 
 
+def _dispute_event(
+    tx: LedgerTx, etype: EventType, p: PaymentRow, dispute_id: str, amount: int, transfer: dict[str, Any] | None,
+    description: str, **more: str,
+) -> None:
+    """dispute.opened / dispute.closed, emitted by the handler itself (not from
+    its transfers): a dispute that moves no credits is told too, and a close
+    that arrives before its creation still comes after the opening."""
+    emit(tx, etype, p["user_id"], {
+        "payment_id": p["id"], "dispute_id": dispute_id, "amount_millicredits": amount,
+        "transaction_id": str(transfer["id"]) if transfer else "", "description": description, **more,
+    }, dedup_key=keys.event_once(str(etype), dispute_id))
+
+
 async def _dispute_clawback(tx: LedgerTx, p: PaymentRow, dispute: StripeObject) -> None:
     dispute_id = dispute["id"]
     disputed_cents = min(int(dispute.get("amount") or p["amount_cents"]), p["amount_cents"])
     amount = min(p["credits"] * disputed_cents // p["amount_cents"], still_credited(p))
     _set(tx, p, dispute_id=dispute_id)
+    description = f"Disputed payment {p['id']}"
+    transfer = None
     if amount > 0:
-        await _claw_back(
-            tx, p, amount, Kind.DISPUTE_CLAWBACK, keys.dispute_clawback(dispute_id),
-            f"Disputed payment {p['id']}", "dispute", dispute_id=dispute_id,
+        transfer = await _claw_back(
+            tx, p, amount, Kind.DISPUTE_CLAWBACK, keys.dispute_clawback(dispute_id), description, "dispute",
+            dispute_id=dispute_id,
         )
         _set(tx, p, dispute_clawed=p["dispute_clawed"] + amount)
     tx.set_user(p["user_id"], flagged_reason=f"dispute {dispute_id} on payment {p['id']}"[:200])
     _set(tx, p, status=PaymentStatus.DISPUTED)
+    if not await already_emitted(tx, keys.event_once(str(EventType.DISPUTE_OPENED), dispute_id)):
+        _dispute_event(tx, EventType.DISPUTE_OPENED, p, dispute_id, amount, transfer, description)
 
 
 async def dispute_created(tx: LedgerTx, p: PaymentRow, dispute: StripeObject, **refs: str) -> None:
@@ -346,24 +366,33 @@ async def dispute_created(tx: LedgerTx, p: PaymentRow, dispute: StripeObject, **
 
 
 async def dispute_closed(tx: LedgerTx, p: PaymentRow, dispute: StripeObject, **refs: str) -> None:
+    """Settle a closed dispute, and tell it once (dispute.closed, whatever its
+    outcome: won and warning_closed give the credits back, lost keeps them)."""
     await mark_paid(tx, p, **refs)
     if p["status"] not in CREDITED:
         return
     dispute_id = dispute["id"]
-    won = dispute.get("status") in ("won", "warning_closed")
+    status = str(dispute.get("status") or "closed")
+    won = status in ("won", "warning_closed")
+    closed_key = keys.event_once(str(EventType.DISPUTE_CLOSED), dispute_id)
+    untold = not await already_emitted(tx, closed_key)
+    outcome = {"status": status, "outcome": "won" if won else "lost"}
     if p["dispute_id"] != dispute_id:
         # The close arrived before the creation: settle as if both came in order.
         if not won:
             await _dispute_clawback(tx, p, dispute)
         else:
             _set(tx, p, dispute_id=dispute_id)
+        if untold:
+            _dispute_event(tx, EventType.DISPUTE_CLOSED, p, dispute_id, 0, None,
+                           f"Dispute {outcome['outcome']} on payment {p['id']}", **outcome)
         return
-    if not won or p["dispute_clawed"] <= 0:
-        return
+    restored, transfer = 0, None
     key = keys.dispute_restore(dispute_id)
-    if await tx.key_unused(key):
+    if won and p["dispute_clawed"] > 0 and await tx.key_unused(key):
+        restored = p["dispute_clawed"]
         await tx.wallet(p["user_id"])
-        await tx.transfer(
+        transfer = await tx.transfer(
             SYSTEM_REFUNDS,
             wallet_id(p["user_id"]),
             p["dispute_clawed"],
@@ -375,6 +404,11 @@ async def dispute_closed(tx: LedgerTx, p: PaymentRow, dispute: StripeObject, **r
             metadata={"payment_id": p["id"], "dispute_id": dispute_id},
             lot_kind=LotKind.PURCHASED,
         )
+    if untold:
+        _dispute_event(tx, EventType.DISPUTE_CLOSED, p, dispute_id, restored, transfer,
+                       f"Dispute {outcome['outcome']} on payment {p['id']}", **outcome)
+    if not won or p["dispute_clawed"] <= 0:
+        return
     _set(tx, p, dispute_clawed=0)
     user = tx.user(p["user_id"])
     if user["flagged_reason"] and dispute_id in user["flagged_reason"]:

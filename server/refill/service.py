@@ -23,6 +23,7 @@ from server.platform import errors
 from server.platform.auth import Principal
 from server.platform.clock import Clock, from_us, month_bounds
 from server.platform.config import Settings
+from server.platform.units import credits_text
 from server.refill import repository as repo
 from server.refill.models import (
     IN_FLIGHT,
@@ -142,7 +143,7 @@ async def finish_success(tx: LedgerTx, job: RefillJobRow, payment: PaymentRow) -
         BalanceEvent(
             user_id=job["user_id"],
             kind="refill_succeeded",
-            message=f"Auto-refill charged {dollars(payment['amount_cents'])} for {payment['credits'] // 1000:,} credits",
+            message=f"Auto-refill charged {dollars(payment['amount_cents'])} for {credits_text(payment['credits'])} credits",
         )
     )
     return True
@@ -373,8 +374,8 @@ class RefillService:
         if state == ViewState.IN_FLIGHT:
             return f"Charging {amount} to {shown} now."
         text = (
-            f"When the balance falls below {cfg['threshold'] / 1000:,.3f}".rstrip("0").rstrip(".")
-            + f" credits, {amount} is charged to {shown} for {credits // 1000:,} credits."
+            f"When the balance falls below {credits_text(cfg['threshold'])} credits, {amount} is charged to {shown} "
+            f"for {credits_text(credits)} credits."
         )
         if used + int(cfg["amount_cents"]) > self.settings.refill_monthly_cap_cents:
             # Blocked until the first instant of the next UTC month, when it is allowed again.

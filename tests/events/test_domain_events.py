@@ -1,10 +1,12 @@
 """Events of the other domains, committed with their change: a purchase
 (payment.succeeded), its refund (payment.refunded), an admin's account flag
-(account.flagged) and a hold that expired (hold.expired)."""
+(account.flagged), a hold that expired (hold.expired), disputes and their
+outcomes (dispute.opened, dispute.closed), keys (key.created, key.revoked)."""
 
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import pytest
 from flownexus.billing.v1 import admin_pb2, keys_pb2, keys_pb2_grpc, payments_pb2
@@ -64,3 +66,52 @@ async def test_key_events(server: Running) -> None:
     found = await list_events(server, "kim", ["key.created", "key.revoked"])
     assert [(e.type, payload(e)["key_id"]) for e in found] == [
         ("key.created", made.key.id), ("key.revoked", made.key.id)]
+
+
+async def _bought(server: Running, fake: StripeFake, user: str, cents: int) -> tuple[str, dict[str, Any]]:
+    link = await server.s.payments.CreatePaymentLink(
+        payments_pb2.CreatePaymentLinkRequest(amount_cents=cents, request_id=f"buy-{user}"), metadata=auth(user)
+    )
+    session = fake.sessions[link.payment_url.rsplit("/", 1)[-1]]
+    pi = await fake.pay(session["id"])
+    assert await deliver(server, event("checkout.session.completed", copy.deepcopy(session))) == 200
+    charge = await fake.charge_of(pi)
+    return link.payment_id, {"object": "dispute", "charge": charge["id"], "payment_intent": pi["id"],
+                             "amount": cents, "currency": "usd"}
+
+
+async def _dispute_events(server: Running, user: str) -> list[tuple[str, dict[str, Any]]]:
+    found = await list_events(server, user, ["dispute.opened", "dispute.closed"])
+    return [(e.type, payload(e)) for e in found]
+
+
+async def test_dispute_closed_for_every_outcome(stripe_server: Running, stripe_fake: StripeFake) -> None:
+    """dispute.closed once per dispute, whatever its outcome (won and
+    warning_closed restore the credits, lost keeps them), with the outcome in
+    its payload; a close that arrives before the creation still comes after
+    the opening."""
+    server = stripe_server
+    for user, status, restored in (("dw", "won", 200_000), ("dl", "lost", 0), ("dc", "warning_closed", 200_000)):
+        pid, base = await _bought(server, stripe_fake, user, 2_000)
+        dispute = {**base, "id": f"dp_{user}"}
+        assert await deliver(server, event("charge.dispute.created", {**dispute, "status": "needs_response"})) == 200
+        for _ in range(2):  # Stripe may send the close twice (two event ids)
+            assert await deliver(server, event("charge.dispute.closed", {**dispute, "status": status})) == 200
+        (opened_type, opened), (closed_type, closed) = await _dispute_events(server, user)
+        assert (opened_type, opened["payment_id"], opened["dispute_id"], opened["amount_millicredits"]) == (
+            "dispute.opened", pid, dispute["id"], 200_000)
+        assert closed_type == "dispute.closed"
+        assert {k: closed[k] for k in ("payment_id", "dispute_id", "status", "outcome", "amount_millicredits")} == {
+            "payment_id": pid, "dispute_id": dispute["id"], "status": status,
+            "outcome": "lost" if status == "lost" else "won", "amount_millicredits": restored}
+        assert bool(closed["transaction_id"]) == (restored > 0)
+
+    # Lost, the close delivered before the creation: opened, then closed, once each.
+    pid, base = await _bought(server, stripe_fake, "dx", 1_000)
+    dispute = {**base, "id": "dp_dx", "status": "lost"}
+    assert await deliver(server, event("charge.dispute.closed", dispute)) == 200
+    assert await deliver(server, event("charge.dispute.created", {**dispute, "status": "needs_response"})) == 200
+    assert await deliver(server, event("charge.dispute.closed", dispute)) == 200
+    found = await _dispute_events(server, "dx")
+    assert [(t, p["outcome"] if t == "dispute.closed" else p["amount_millicredits"]) for t, p in found] == [
+        ("dispute.opened", 100_000), ("dispute.closed", "lost")]
