@@ -16,6 +16,7 @@ class EventType(StrEnum):
     FORECAST_RUNS_OUT = "forecast.runs_out"
     BUDGET_WARNING = "budget.warning"
     BUDGET_EXHAUSTED = "budget.exhausted"
+    BUDGET_RESET = "budget.reset"
     REFILL_SUCCEEDED = "refill.succeeded"
     REFILL_FAILED = "refill.failed"
     REFILL_PAUSED = "refill.paused"

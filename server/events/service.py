@@ -506,10 +506,12 @@ _NOTICE_EVENTS = {
     "payment_failed": EventType.PAYMENT_FAILED,
     "budget_warning": EventType.BUDGET_WARNING,
     "budget_exhausted": EventType.BUDGET_EXHAUSTED,
+    "budget_reset": EventType.BUDGET_RESET,
 }
 _CODE = re.compile(r"\(([a-z_]+)\)")
 _TIERS = re.compile(r"from (\w+) to (\w+)")
 _PAYMENT = re.compile(r"Payment (\S+) failed")
+_WINDOW = re.compile(r"a new (hour|day|month) budget window began$")
 
 
 def from_ledger(tx: LedgerTx) -> None:
@@ -545,6 +547,9 @@ def from_ledger(tx: LedgerTx) -> None:
             body.update(from_tier=m.group(1), to_tier=m.group(2))
         elif etype == EventType.PAYMENT_FAILED and (m := _PAYMENT.search(n.message)):
             body["payment_id"] = m.group(1)
+        elif etype == EventType.BUDGET_RESET:
+            if m := _WINDOW.search(n.message):
+                body["window"] = m.group(1)
         elif m := _CODE.search(n.message):
             body["reason"] = m.group(1)
         emit(tx, etype, n.user_id, body)

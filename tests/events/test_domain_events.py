@@ -1,7 +1,8 @@
 """Events of the other domains, committed with their change: a purchase
 (payment.succeeded), its refund (payment.refunded), an admin's account flag
 (account.flagged), a hold that expired (hold.expired), disputes and their
-outcomes (dispute.opened, dispute.closed), keys (key.created, key.revoked)."""
+outcomes (dispute.opened, dispute.closed), keys (key.created, key.revoked)
+and their budget windows' resets (budget.reset)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from flownexus.billing.v1 import admin_pb2, keys_pb2, keys_pb2_grpc, payments_pb
 from server.platform.clock import ManualClock
 from tests.calls import deliver, reserve
 from tests.events.receiver import list_events, payload
+from tests.keys.helpers import CREDIT, HOUR, bearer, create_key, keys_stub, spend_req
 from tests.harness import Running, auth
 from tests.stripe_fake import StripeFake, event
 
@@ -115,3 +117,23 @@ async def test_dispute_closed_for_every_outcome(stripe_server: Running, stripe_f
     found = await _dispute_events(server, "dx")
     assert [(t, p["outcome"] if t == "dispute.closed" else p["amount_millicredits"]) for t, p in found] == [
         ("dispute.opened", 100_000), ("dispute.closed", "lost")]
+
+
+async def test_budget_reset_event_at_the_window_boundary(server: Running) -> None:
+    """budget.reset, committed by the keys domain's boundary job with the
+    counter it moves: once per key and window that had use, none for an idle key."""
+    made = await create_key(server, "rae", [(HOUR, 50 * CREDIT)])
+    idle = await create_key(server, "rae", [(HOUR, 50 * CREDIT)], label="idle")
+    await server.s.usage.Spend(spend_req(5 * CREDIT, "s1"), metadata=bearer(made.secret))
+    assert await list_events(server, "rae", ["budget.reset"]) == []
+    boundary_us = made.key.budgets[0].resets_at.ToMicroseconds()
+    server.clock.advance((boundary_us - server.clock.now_us()) / 1e6 + 1)
+    assert await server.run_job("reset_key_budgets") == 1
+    assert await server.run_job("reset_key_budgets") == 0
+    await server.s.usage.Spend(spend_req(5 * CREDIT, "s2"), metadata=bearer(made.secret))  # the new window: no second
+    (reset,) = await list_events(server, "rae", ["budget.reset"])
+    body = payload(reset)
+    assert (body["key_id"], body["window"]) == (made.key.id, "hour") and idle.key.id != body["key_id"]
+    assert "a new hour budget window began" in body["message"]
+    got = await keys_stub(server).GetKey(keys_pb2.GetKeyRequest(key_id=made.key.id), metadata=auth("rae"))
+    assert got.key.budgets[0].used_millicredits == 5 * CREDIT
