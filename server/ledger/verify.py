@@ -6,11 +6,23 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import Any
 
-from sqlalchemy import func, inspect, select, text
+from sqlalchemy import String, cast, func, inspect, literal, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from server.db.schema import accounts, admin_actions, api_keys, holds, lots, transfers
+from server.db.schema import (
+    accounts,
+    admin_actions,
+    api_keys,
+    event_counter,
+    events,
+    holds,
+    lots,
+    transfers,
+    webhook_deliveries,
+    webhook_endpoints,
+)
 from server.ledger import keys
 from server.ledger.corrections import record
 from server.ledger.model import (
@@ -157,7 +169,66 @@ async def _verify(conn: AsyncConnection) -> Report:
     await _verify_payments(conn, r)
     await _verify_corrections(conn, r)
     await _verify_key_usage(conn, r)
+    await _verify_events(conn, r)
     return r
+
+
+# Webhook delivery statuses (server/events/models.py DeliveryStatus), and endpoint statuses.
+DELIVERY_STATUSES = ("pending", "succeeded", "failed")
+ENDPOINT_STATUSES = ("enabled", "disabled")
+SHOWN = 20  # problems of one kind listed, at most
+
+
+async def _verify_events(conn: AsyncConnection, r: Report) -> None:
+    """The outbox and its deliveries, by queries that return only what is
+    wrong: ids given out by the counter (none above it, so a cursor never
+    passes an id that commits later); each wallet event's wallet exists;
+    each delivery belongs to an existing endpoint, is named after its
+    endpoint and event, has a known status, and matches its event's wallet;
+    a pending delivery's event still exists (retention keeps it); a succeeded
+    one was attempted. Ids are unique by the primary key, and so strictly
+    increasing per wallet. A finished delivery may outlive its event
+    (retention prunes by the event's age), and an endpoint may have
+    deliveries of events before its creation (RedeliverEvent): neither is checked."""
+    has_table = await conn.run_sync(lambda c: inspect(c).has_table("events"))
+    if not has_table:
+        return
+    e, d, w, c = events, webhook_deliveries, webhook_endpoints, event_counter
+    top, count = (await conn.execute(select(func.max(e.c.id), func.count()).select_from(e))).one()
+    given = (await conn.execute(select(c.c.last_id).where(c.c.id == 1))).scalar()
+    if top is not None and (given is None or top > given):
+        r.problems.append(f"events: ids up to #{top}, but the event counter gave out {given}")
+    if given is not None and given < 0:
+        r.problems.append(f"events: the event counter is negative ({given})")
+    wallet = literal(WALLET_PREFIX) + e.c.user_id
+    q = (select(e.c.id, e.c.user_id).outerjoin(accounts, accounts.c.id == wallet)
+         .where(e.c.user_id != "", accounts.c.id.is_(None)).order_by(e.c.id).limit(SHOWN))
+    for eid, user in (await conn.execute(q)).all():
+        r.problems.append(f"event #{eid}: its wallet {WALLET_PREFIX}{user} does not exist")
+    r.checked["events"] = int(count)
+
+    q = (select(w.c.id, w.c.status, w.c.cursor)
+         .where(w.c.status.not_in(ENDPOINT_STATUSES) | (w.c.cursor < 0) | (w.c.cursor > (given or 0)))
+         .order_by(w.c.id).limit(SHOWN))
+    for ep in (await conn.execute(q)).mappings().all():
+        r.problems.append(f"webhook endpoint {ep['id']}: status {ep['status']!r}, cursor {ep['cursor']} "
+                          f"(events given out: {given})")
+
+    bad: list[tuple[str, Any]] = [
+        ("its endpoint does not exist", select(d.c.id).outerjoin(w, w.c.id == d.c.endpoint_id).where(w.c.id.is_(None))),
+        ("its id is not <endpoint>/<event>",
+         select(d.c.id).where(d.c.id != d.c.endpoint_id + "/" + cast(d.c.event_id, String))),
+        (f"its status is not one of {', '.join(DELIVERY_STATUSES)}",
+         select(d.c.id).where(d.c.status.not_in(DELIVERY_STATUSES))),
+        ("succeeded without an attempt", select(d.c.id).where(d.c.status == "succeeded", d.c.attempts < 1)),
+        ("pending, but its event does not exist",
+         select(d.c.id).outerjoin(e, e.c.id == d.c.event_id).where(d.c.status == "pending", e.c.id.is_(None))),
+        ("its wallet is not its event's", select(d.c.id).join(e, e.c.id == d.c.event_id).where(d.c.user_id != e.c.user_id)),
+    ]
+    for what, query in bad:
+        for (did,) in (await conn.execute(query.order_by(d.c.id).limit(SHOWN))).all():
+            r.problems.append(f"webhook delivery {did}: {what}")
+    r.checked["webhook_deliveries"] = int((await conn.execute(select(func.count()).select_from(d))).scalar() or 0)
 
 
 async def _verify_key_usage(conn: AsyncConnection, r: Report) -> None:

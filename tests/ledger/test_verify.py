@@ -14,7 +14,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from flownexus.billing.v1 import common_pb2, earnings_pb2, usage_pb2
+from flownexus.billing.v1 import common_pb2, earnings_pb2, events_pb2, usage_pb2
 
 from server.db.engine import Database
 from server.ledger.verify import verify
@@ -40,8 +40,11 @@ async def audit(url: str) -> list[str]:
 
 
 async def populate(server) -> str:
-    """Some history: spends, an award, a settled hold and an active one. Returns an active hold id."""
+    """Some history: a balance alert and the event of its crossing, spends, an
+    award, a settled hold and an active one. Returns an active hold id."""
     svc = auth("engine", "service")
+    await server.s.events.SetBalanceAlerts(
+        events_pb2.SetBalanceAlertsRequest(thresholds_millicredits=[95_000], request_id="al"), metadata=auth("alice"))
     await server.s.usage.Spend(usage_pb2.SpendRequest(amount_millicredits=7_000, request_id="s1"), metadata=auth("alice"))
     await server.s.earnings.AwardCredits(
         earnings_pb2.AwardCreditsRequest(
@@ -105,6 +108,34 @@ def negative_lot(con: sqlite3.Connection) -> None:
     con.execute("UPDATE lots SET remaining=-1 WHERE account_id='wallet:alice' AND kind='earned'")
 
 
+def _the_event(con: sqlite3.Connection) -> int:
+    return int(con.execute("SELECT id FROM events WHERE user_id='alice' AND type='balance.low'").fetchone()[0])
+
+
+def _endpoint(con: sqlite3.Connection, endpoint_id: str) -> None:
+    _fill_row(con, "webhook_endpoints", {"id": endpoint_id, "url": "https://hooks.example/x", "secret": "whsec_x",
+                                         "status": "enabled", "cursor": 0})
+
+
+def _delivery(con: sqlite3.Connection, endpoint_id: str, event_id: int, user: str = "alice") -> None:
+    _fill_row(con, "webhook_deliveries", {"id": f"{endpoint_id}/{event_id}", "endpoint_id": endpoint_id,
+                                          "event_id": event_id, "user_id": user, "status": "pending"})
+
+
+def delivery_without_endpoint(con: sqlite3.Connection) -> None:
+    _delivery(con, "we_gone", _the_event(con))
+
+
+def pending_delivery_without_event(con: sqlite3.Connection) -> None:
+    _endpoint(con, "we_ok")
+    _delivery(con, "we_ok", 10_000)
+
+
+def delivery_of_another_wallet(con: sqlite3.Connection) -> None:
+    _endpoint(con, "we_ok")
+    _delivery(con, "we_ok", _the_event(con), user="bob")
+
+
 CORRUPTIONS: dict[str, tuple[Callable[[sqlite3.Connection], None], str]] = {
     "cached_balance": (lambda c: c.execute("UPDATE accounts SET balance=balance+1 WHERE id='wallet:alice'"), "cached balance"),
     "sum_not_zero": (lambda c: c.execute("UPDATE accounts SET balance=balance+1 WHERE id='system:earnings'"), "accounts sum to 1"),
@@ -124,6 +155,11 @@ CORRUPTIONS: dict[str, tuple[Callable[[sqlite3.Connection], None], str]] = {
     ),
     "transfer_without_hold": (lambda c: c.execute("DELETE FROM holds WHERE status='captured'"), "has no hold record"),
     "paid_without_grant": (paid_without_grant, "payment pay_corrupt (paid) has 0 grant transfers"),
+    "event_without_wallet": (lambda c: c.execute("UPDATE events SET user_id='ghost'"), "its wallet wallet:ghost does not exist"),
+    "event_past_counter": (lambda c: c.execute("UPDATE event_counter SET last_id=0"), "the event counter gave out 0"),
+    "delivery_without_endpoint": (delivery_without_endpoint, "its endpoint does not exist"),
+    "pending_delivery_without_event": (pending_delivery_without_event, "we_ok/10000: pending, but its event does not exist"),
+    "delivery_of_another_wallet": (delivery_of_another_wallet, "its wallet is not its event's"),
 }
 
 
@@ -152,6 +188,7 @@ async def test_clean_database_passes(golden: Path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     assert "ledger OK" in done.stdout
     assert "checked transfers:" in done.stdout and "checked holds: 2" in done.stdout
+    assert "checked events: 2" in done.stdout  # balance.low, then balance.recovered (the award)
 
 
 @pytest.mark.parametrize("name", list(CORRUPTIONS))
@@ -166,7 +203,7 @@ async def test_each_check_can_fail(golden: Path, tmp_path: Path, name: str) -> N
     url = f"sqlite+aiosqlite:///{path}"
     problems = await audit(url)
     assert any(expected in p for p in problems), f"{name}: expected {expected!r} in {problems}"
-    if name in ("cached_balance", "hold_without_transfer", "paid_without_grant"):
+    if name in ("cached_balance", "hold_without_transfer", "paid_without_grant", "event_without_wallet"):
         done = run_cli(url)
         assert done.returncode == 1, done.stdout + done.stderr
         assert expected in done.stdout and "PROBLEM:" in done.stdout
