@@ -15,8 +15,8 @@ from flownexus.billing.v1 import admin_pb2, keys_pb2, keys_pb2_grpc, payments_pb
 from server.platform.clock import ManualClock
 from tests.calls import deliver, reserve
 from tests.events.receiver import list_events, payload
-from tests.keys.helpers import CREDIT, HOUR, bearer, create_key, keys_stub, spend_req
 from tests.harness import Running, auth
+from tests.keys.helpers import CREDIT, HOUR, bearer, create_key, keys_stub, spend_req
 from tests.stripe_fake import StripeFake, event
 
 pytestmark = pytest.mark.asyncio
