@@ -33,6 +33,7 @@ from typing import Any
 
 from server.db import batchsql
 from server.db.engine import Database
+from server.events.repository import ALERT_TABLES
 from server.events.service import EventsService
 from server.keys import repository as keys_repo
 from server.keys.budgets import KeyBudgets, refused_events
@@ -105,6 +106,7 @@ def _with_events(db: Database, writer: LedgerWriter) -> None:
     events = EventsService(Settings(), db, writer, writer.clock, refill_repo.alert_thresholds,
                            lambda user: 100_000)  # the free tier's allowance: a default alert at 10 credits
     writer.before_flush += [_refill_read, events.before_flush]
+    writer.wallet_tables += ALERT_TABLES  # as the server registers the extension
 
 
 async def run(

@@ -6,7 +6,7 @@ payments (server/payments/events.py)."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +41,10 @@ class Registry:
         """The scoped keys' budgets, used inside every batch under its locks."""
         self.writer.guard = guard
 
-    def ledger_extension(self, hook: BatchHook) -> None:
-        """Runs inside every batch, before its write-back, under the batch's locks."""
+    def ledger_extension(self, hook: BatchHook, *, wallet_tables: Sequence[Any] = ()) -> None:
+        """Runs inside every batch, before its write-back, under the batch's locks.
+        `wallet_tables`: tables keyed by user_id that the hook reads with
+        `tx.read_in` for the batch's wallets; they are loaded with the wallets
+        (one round trip on PostgreSQL) instead of by a statement of the hook's."""
         self.writer.before_flush.append(hook)
+        self.writer.wallet_tables += [t for t in wallet_tables if t not in self.writer.wallet_tables]

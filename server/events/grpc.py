@@ -16,6 +16,7 @@ from server.events.models import (
     EventView,
     event_name,
 )
+from server.events.repository import ALERT_TABLES
 from server.events.service import EventsService, known_types
 from server.grpc import Ctx, convert, validation
 from server.platform import errors
@@ -227,7 +228,7 @@ def _alerts_pb(view: AlertsView) -> events_pb2.BalanceAlerts:
 def register(reg: Registry, service: EventsService) -> DeliveryWorker:
     reg.servicer(events_pb2_grpc.add_EventsServiceServicer_to_server, EventsServicer(service))
     # Last of the domains' hooks: it writes what the others emitted in the batch.
-    reg.ledger_extension(service.before_flush)
+    reg.ledger_extension(service.before_flush, wallet_tables=ALERT_TABLES)
     worker = DeliveryWorker(service)
     reg.on_start.append(worker.start)
     reg.on_stop.append(worker.stop)

@@ -53,8 +53,13 @@ async def dedup_key_used(tx: LedgerTx, key: str) -> bool:
     return await tx.fetch_scalar(select(events.c.id).where(events.c.dedup_key == key)) is not None
 
 
+# Read in every batch for its wallets: loaded with them (Registry.ledger_extension).
+ALERT_TABLES = (balance_alerts,)
+
+
 async def alert_rows(tx: LedgerTx, user_ids: list[str]) -> dict[str, Row]:
-    """The alert settings of these wallets (on the driver: this runs in every batch)."""
+    """The alert settings of these wallets (on the driver: this runs in every
+    batch; loaded with the wallets, see ALERT_TABLES)."""
     return {r["user_id"]: r for r in await tx.read_in(balance_alerts, "user_id", user_ids)}
 
 

@@ -9,7 +9,7 @@ handful of set-based statements before a single commit.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from sqlalchemy import Table, select, text, update
@@ -76,9 +76,12 @@ class SpendGuard:
 class LedgerTx:
     def __init__(
         self, conn: AsyncConnection, sql: BatchSql, *, now_us: int, is_sqlite: bool, tiers: TierPolicy,
-        guard: SpendGuard | None = None,
+        guard: SpendGuard | None = None, wallet_tables: Sequence[Table] = (),
     ) -> None:
         self._conn = conn  # the ledger's own: other domains read with fetch() and write through rows()
+        # Extensions' tables keyed by user_id that they read_in every batch:
+        # loaded with the wallets' users, in their round trip on PostgreSQL.
+        self.wallet_tables = wallet_tables
         self.sql = sql
         self.now_us = now_us
         self.is_sqlite = is_sqlite
@@ -158,9 +161,18 @@ class LedgerTx:
                 self.accounts[r["id"]] = r
                 self.loaded_balances[r["id"]] = r["balance"]
         user_ids = [self.accounts[a]["user_id"] for a in missing if a in self.accounts and self.accounts[a]["user_id"]]
-        found_users, found_lots, *rest = await self.sql.select_groups(
-            [(users, "user_id", user_ids), (lots, "account_id", [wallet_id(u) for u in user_ids]), *also]
-        )
+        companions = [t for t in self.wallet_tables if user_ids]
+        found_users, found_lots, *rest = await self.sql.select_groups([
+            (users, "user_id", user_ids), (lots, "account_id", [wallet_id(u) for u in user_ids]),
+            *((t, "user_id", user_ids) for t in companions), *also,
+        ])
+        for table, found in zip(companions, rest, strict=False):
+            known = self._read.setdefault(table.name, {})
+            for u in user_ids:
+                known.setdefault(u, None)
+            for r in found:
+                known[r["user_id"]] = r
+        rest = rest[len(companions):]
         for r in found_users:
             self.users[r["user_id"]] = r
         for r in found_lots:

@@ -21,6 +21,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from sqlalchemy import Table
+
 from server.db.batchsql import BatchSql
 from server.db.engine import Database, is_retryable, is_unique_violation
 from server.ledger.model import BalanceEvent
@@ -86,6 +88,8 @@ class LedgerWriter:
         self.quota = quota or StoredQuota(0, 0)
         # Domains add work to every batch (e.g. refill jobs in the same transaction).
         self.before_flush: list[BatchHook] = []
+        # Tables keyed by user_id that the hooks read in every batch (LedgerTx.wallet_tables).
+        self.wallet_tables: list[Table] = []
         # Stages the audit row of a change made with an admin token (the admin domain's).
         self.admin_audit: AuditHook | None = None
         # Scoped keys' budgets, used inside the batch (Registry.spend_guard).
@@ -280,7 +284,8 @@ class LedgerWriter:
         now = self.clock.now_us()
         async with self.db.writer.connect() as conn, conn.begin():
             sql = await BatchSql.open(conn, is_sqlite=self.db.is_sqlite)
-            tx = LedgerTx(conn, sql, now_us=now, is_sqlite=self.db.is_sqlite, tiers=self.tiers, guard=self.guard)
+            tx = LedgerTx(conn, sql, now_us=now, is_sqlite=self.db.is_sqlite, tiers=self.tiers, guard=self.guard,
+                          wallet_tables=self.wallet_tables)
             accounts: set[str] = set()
             holds: set[str] = set()
             tkeys: set[str] = set()
