@@ -19,6 +19,7 @@ from flownexus.billing.v1 import (
     events_pb2,
     history_pb2,
     keys_pb2,
+    orgs_pb2,
     payments_pb2,
     portal_pb2,
     refill_pb2,
@@ -53,6 +54,9 @@ from server.ledger.model import BalanceEvent, tally
 from server.ledger.quota import StoredQuota
 from server.ledger.repository import LedgerReader
 from server.ledger.writer import LedgerWriter
+from server.orgs import grpc as orgs_grpc
+from server.orgs.repository import OrgsRepository
+from server.orgs.service import OrgsService
 from server.payments import grpc as payments_grpc
 from server.payments.events import EventRouter
 from server.payments.gateway import StripeGateway
@@ -92,6 +96,7 @@ SERVICE_NAMES = tuple(
         (usage_pb2, "UsageService"),
         (admin_pb2, "AdminService"),
         (keys_pb2, "KeysService"),
+        (orgs_pb2, "OrgsService"),
         (events_pb2, "EventsService"),
         (portal_pb2, "PortalService"),
     )
@@ -143,6 +148,10 @@ class App:
         self.stripe = StripeGateway(settings.stripe_api_key, settings.stripe_api_base)
         # Stripe events: one table, filled by payments, refill and tiers in this order.
         self.stripe_events = EventRouter()
+        # Orgs first: every domain that acts on a wallet asks it about org wallets.
+        self.orgs = OrgsService(self.writer, OrgsRepository(self.db.reader, self.db.fast), self.clock, settings)
+        orgs_grpc.register(reg, self.orgs)
+
         self.payments = PaymentsService(settings, self.db, self.writer, self.clock, self.stripe, self.stripe_events)
         payments_grpc.register(reg, self.payments)
 

@@ -392,6 +392,37 @@ api_keys = Table(
 )
 
 
+# ---- organisations ------------------------------------------------------------
+
+# A team's pooled wallet: the org's id is also its wallet's owner id
+# (`wallet:org_...`), so the org has its own lots, history, payments and tier.
+orgs = Table(
+    "orgs",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("name", String(100), nullable=False),
+    Column("created_by", String(128), nullable=False),
+    Column("created_at_us", BigInteger, nullable=False),
+)
+
+# One row per (org, user) ever added; a removed member keeps the row
+# (removed_at_us > 0), so that past spends stay attributed to them. Written
+# only by the ledger writer under the org wallet's lock: the owner count and
+# a spend's membership check never race a change.
+org_members = Table(
+    "org_members",
+    metadata,
+    Column("id", String(320), primary_key=True),  # keys.org_member(org_id, user_id)
+    Column("org_id", String(64), nullable=False),
+    Column("user_id", String(128), nullable=False),
+    Column("role", String(16), nullable=False),
+    Column("added_at_us", BigInteger, nullable=False),
+    Column("removed_at_us", BigInteger, nullable=False, default=0),  # 0: a member
+    Index("ix_org_members_org", "org_id", "added_at_us"),
+    Index("ix_org_members_user", "user_id", "added_at_us"),
+)
+
+
 # ---- events -----------------------------------------------------------------
 
 # The outbox: one row per event, inserted in the same ledger transaction as the

@@ -53,6 +53,17 @@ def user_id(value: str, *, required: bool = False, field: str = "user_id") -> st
     return value
 
 
+def org_id(value: str, *, required: bool = False, field: str = "org_id") -> str:
+    """An org's id ("org_" and 32 hex digits); empty: none (the caller's own wallet)."""
+    if not value and not required:
+        return ""
+    if not ids.is_org_id(value):
+        raise errors.InvalidArgument(
+            f"{field} must be \"org_\" and 32 lowercase hex digits", reason="INVALID_ORG_ID", metadata={"field": field}
+        )
+    return value
+
+
 def amount(value: int, *, field: str = "amount_millicredits", maximum: int = MAX_AMOUNT) -> int:
     if value <= 0 or value > maximum:
         raise errors.InvalidAmount(

@@ -37,6 +37,7 @@ from server.ledger.model import (
 from server.ledger.staging import StagedRows
 from server.platform import errors
 from server.platform.clock import month_bounds
+from server.platform.ids import is_org_id
 
 
 class TierPolicy:
@@ -49,6 +50,8 @@ class TierPolicy:
     def calendar_allowance(self, user: Row) -> int | None:
         if user["tier"] == "enterprise" and user["monthly_credits"] is not None:
             return int(user["monthly_credits"])
+        if user["tier"] == "free" and is_org_id(user["user_id"]):
+            return 0  # the free credits are a person's: an org per month would mint more
         return self.monthly.get(user["tier"])
 
     async def period_ended(self, tx: LedgerTx, user: Row) -> bool:

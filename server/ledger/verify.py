@@ -100,7 +100,8 @@ async def _verify(conn: AsyncConnection) -> Report:
         if a["balance"] != sums.get(aid, 0):
             r.problems.append(f"{aid}: cached balance {a['balance']} != sum of transfers {sums.get(aid, 0)}")
         if a["kind"] == "wallet":
-            if not (aid.startswith(WALLET_PREFIX) and ids.is_user_id(aid[len(WALLET_PREFIX):])):
+            owner = aid[len(WALLET_PREFIX):]
+            if not (aid.startswith(WALLET_PREFIX) and (ids.is_user_id(owner) or ids.is_org_id(owner))):
                 # Made before subjects followed the grammar: no operator RPC can name it.
                 r.problems.append(f"{aid!r}: the user id breaks the id grammar ({ids.USER_ID_RULE})")
             if a["spent_total"] != spent.get(aid, 0):

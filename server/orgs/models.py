@@ -1,0 +1,54 @@
+"""Organisations: roles, rights and the views of an org and a member."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class OrgRole(StrEnum):
+    OWNER = "owner"
+    ADMIN = "admin"
+    MEMBER = "member"
+
+
+class Right(StrEnum):
+    """What a principal asks to do with an org's wallet."""
+
+    READ = "read"  # balance, history, reports, payments
+    SPEND = "spend"  # Spend, SpendBatch, Reserve, Capture, Release
+    MANAGE = "manage"  # buy, auto-refill, tier, members, org keys
+
+
+# The roles that hold each right.
+ROLES_WITH = {
+    Right.READ: frozenset(OrgRole),
+    Right.SPEND: frozenset(OrgRole),
+    Right.MANAGE: frozenset({OrgRole.OWNER, OrgRole.ADMIN}),
+}
+
+
+@dataclass
+class OrgView:
+    id: str
+    name: str
+    created_by: str
+    created_at_us: int
+    role: str  # the caller's role; "" for an operator who is not a member
+
+
+@dataclass
+class MemberView:
+    org_id: str
+    user_id: str
+    role: str
+    added_at_us: int
+
+
+@dataclass(frozen=True)
+class Access:
+    """A principal's access to an org's wallet: the wallet's owner id (the
+    org's id) and the member acting ("" for an operator)."""
+
+    wallet_owner: str
+    member: str
