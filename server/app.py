@@ -160,7 +160,7 @@ class App:
         self.refill = RefillService(settings, self.db, self.writer, self.clock, self.payments, self.refill_worker)
         refill_grpc.register(reg, self.refill, self.refill_worker, self.stripe_events)
 
-        self.balance = BalanceService(self.writer, self.reader, self.clock, self.refill.lookup)
+        self.balance = BalanceService(self.writer, self.reader, self.clock, self.refill.lookup, self.orgs.wallet_of)
         balance_grpc.register(reg, self.balance, self.hub, self.clock)
 
         # Keys before usage: every Spend through a key is held to its budgets.
@@ -169,7 +169,7 @@ class App:
         self.workers.add("reset_key_budgets", self.keys.reset_windows)
 
         self.mutations = mutation_limits(settings)
-        self.usage = UsageService(self.writer, self.reader, settings, self.mutations)
+        self.usage = UsageService(self.writer, self.reader, settings, self.orgs.wallet_of, self.mutations)
         usage_grpc.register(reg, self.usage)
 
         self.history = HistoryService(self.balance, HistoryRepository(

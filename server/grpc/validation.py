@@ -53,6 +53,13 @@ def user_id(value: str, *, required: bool = False, field: str = "user_id") -> st
     return value
 
 
+def wallet_owner(value: str, *, required: bool = False, field: str = "user_id") -> str:
+    """Where an operator names a wallet: a user's id or an org's."""
+    if value and ids.is_org_id(value):
+        return value
+    return user_id(value, required=required, field=field)
+
+
 def org_id(value: str, *, required: bool = False, field: str = "org_id") -> str:
     """An org's id ("org_" and 32 hex digits); empty: none (the caller's own wallet)."""
     if not value and not required:

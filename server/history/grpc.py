@@ -27,11 +27,13 @@ class HistoryServicer(history_pb2_grpc.HistoryServiceServicer):
         start = validation.timestamp(request.start_time, request.HasField("start_time"), field="start_time")
         end = validation.timestamp(request.end_time, request.HasField("end_time"), field="end_time")
         key_id = check_key_id(request.key_id) if request.key_id else ""
-        sig = validation.filters_signature(user, sorted(kinds), start, end, *([key_id] if key_id else []))
+        org_id = validation.org_id(request.org_id)
+        sig = validation.filters_signature(
+            user, sorted(kinds), start, end, *([key_id] if key_id else []), *([org_id] if org_id else []))
         before = validation.decode_page_token(request.page_token, sig, int)
         rows, resume = await self.history.history(
             principal(), user_id=user, limit=size + 1, before_id=before, kinds=kinds, start_us=start, end_us=end,
-            key_id=key_id,
+            key_id=key_id, org_id=org_id,
         )
         resp = history_pb2.ListTransactionsResponse(transactions=[convert.transaction(t) for t in rows[:size]])
         if len(rows) > size:
@@ -49,6 +51,7 @@ class HistoryServicer(history_pb2_grpc.HistoryServiceServicer):
             validation.timestamp(request.start_time, request.HasField("start_time"), field="start_time"),
             validation.timestamp(request.end_time, request.HasField("end_time"), field="end_time"),
             check_key_id(request.key_id) if request.key_id else "",
+            validation.org_id(request.org_id),
         )
         total = sum(r[1] for r in rows)
         burn, days_left = forecast(total, start, end, self.history.clock.now_us(), state.credits)

@@ -7,6 +7,7 @@ from server.balance.service import BalanceService
 from server.history.repository import HistoryRepository
 from server.ledger.model import Kind, TransferView
 from server.ledger.repository import WalletState
+from server.orgs.models import Right
 from server.platform import errors
 from server.platform.auth import Principal
 from server.platform.clock import MIN_US, Clock
@@ -41,10 +42,11 @@ class HistoryService:
         end_us: int | None,
         category: str | None = None,
         key_id: str = "",
+        org_id: str = "",
     ) -> tuple[list[TransferView], int | None]:
         """A page, and the position to resume from when the page stopped at
         its bound of rows examined (server/history/repository.py)."""
-        user = principal.resolve_user(user_id)
+        user = await self.balance.wallet_of(principal, user_id, org_id, Right.READ)
         await self.balance.wallet(user)  # a roll-over due now belongs to the page
         return await self.repo.page(
             user, limit=limit, before_id=before_id, kinds=[str(k) for k in kinds], start_us=start_us, end_us=end_us,
@@ -65,9 +67,10 @@ class HistoryService:
         return start, [((day * DAY_US - start) // DAY_US, c, a, n) for day, c, a, n in rows]
 
     async def spending_report(
-        self, principal: Principal, user_id: str, start_us: int | None, end_us: int | None, key_id: str = ""
+        self, principal: Principal, user_id: str, start_us: int | None, end_us: int | None, key_id: str = "",
+        org_id: str = "",
     ) -> tuple[WalletState, list[tuple[str, int, int]], list[tuple[str, int, int]], int, int]:
-        user = principal.resolve_user(user_id)
+        user = await self.balance.wallet_of(principal, user_id, org_id, Right.READ)
         now = self.clock.now_us()
         end = end_us or now + 1  # the window includes this instant
         # A window ending in the first days of year 1 starts at the first instant.

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
+
+from server.platform.auth import Principal
 
 
 class OrgRole(StrEnum):
@@ -52,3 +55,9 @@ class Access:
 
     wallet_owner: str
     member: str
+
+
+# OrgsService.wallet_of, as the domains that act on a wallet are handed it:
+# (principal, user_id, org_id, right) -> the owner id of the wallet to act on.
+WalletOf = Callable[[Principal, str, str, Right], Awaitable[str]]
+

@@ -83,6 +83,11 @@ class OrgsService:
         if principal.role == Role.SERVICE:
             if right == Right.MANAGE:
                 principal.require(Role.USER, Role.ADMIN, what="managing an org's wallet")
+            if right == Right.READ and not user_id:
+                # A service reads any wallet, as it reads any user's.
+                if await self.repo.org(org_id) is None:
+                    raise org_not_found(org_id)
+                return Access(org_id, "")
             if not user_id:
                 raise errors.InvalidArgument(
                     "a service token names the member it acts for (user_id) with org_id",
@@ -102,8 +107,11 @@ class OrgsService:
             raise role_required(org_id, ROLES_WITH[right], role)
         return Access(org_id, member)
 
-    async def wallet_owner(self, principal: Principal, org_id: str, right: Right, *, user_id: str = "") -> str:
-        """The owner id of the wallet a request acts on: the org's after `access`."""
+    async def wallet_of(self, principal: Principal, user_id: str, org_id: str, right: Right) -> str:
+        """The owner id of the wallet a request acts on: without an org, the
+        user's own (as before, no read); with one, the org's after `access`."""
+        if not org_id:
+            return principal.resolve_user(user_id)
         return (await self.access(principal, org_id, right, user_id=user_id)).wallet_owner
 
     # ---- orgs ------------------------------------------------------------------------------
