@@ -169,7 +169,7 @@ class App:
         self.workers.add("reset_key_budgets", self.keys.reset_windows)
 
         self.mutations = mutation_limits(settings)
-        self.usage = UsageService(self.writer, self.reader, settings, self.orgs.wallet_of, self.mutations)
+        self.usage = UsageService(self.writer, self.reader, settings, self.orgs.access, self.mutations)
         usage_grpc.register(reg, self.usage)
 
         self.history = HistoryService(self.balance, HistoryRepository(

@@ -43,6 +43,7 @@ class HistoryService:
         category: str | None = None,
         key_id: str = "",
         org_id: str = "",
+        member_id: str = "",
     ) -> tuple[list[TransferView], int | None]:
         """A page, and the position to resume from when the page stopped at
         its bound of rows examined (server/history/repository.py)."""
@@ -51,7 +52,7 @@ class HistoryService:
         return await self.repo.page(
             user, limit=limit, before_id=before_id, kinds=[str(k) for k in kinds], start_us=start_us, end_us=end_us,
             category=category,
-            key_id=key_id,
+            key_id=key_id, member_id=member_id,
         )
 
     async def daily_spending(
@@ -68,7 +69,7 @@ class HistoryService:
 
     async def spending_report(
         self, principal: Principal, user_id: str, start_us: int | None, end_us: int | None, key_id: str = "",
-        org_id: str = "",
+        org_id: str = "", member_id: str = "",
     ) -> tuple[WalletState, list[tuple[str, int, int]], list[tuple[str, int, int]], int, int]:
         user = await self.balance.wallet_of(principal, user_id, org_id, Right.READ)
         now = self.clock.now_us()
@@ -80,6 +81,13 @@ class HistoryService:
         state = await self.balance.wallet(user)
         # A window holding more than the bound is reported from a later start.
         start = await self.repo.window_start(user, start, end)
-        rows = await self.repo.spending_by_category(user, start, end, key_id)
-        by_key = await self.repo.spending_by_key(user, start, end, key_id)
+        rows = await self.repo.spending_by_category(user, start, end, key_id, member_id)
+        by_key = await self.repo.spending_by_key(user, start, end, key_id, member_id)
         return state, rows, by_key, start, end
+
+    async def spending_by_member(
+        self, principal: Principal, org_id: str, start_us: int, end_us: int, key_id: str = "", member_id: str = ""
+    ) -> list[tuple[str, int, int]]:
+        """An org wallet's spend in a report's window (as `spending_report` answered it), by member."""
+        user = await self.balance.wallet_of(principal, "", org_id, Right.READ)
+        return await self.repo.spending_by_member(user, start_us, end_us, key_id, member_id)

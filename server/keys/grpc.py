@@ -6,7 +6,7 @@ from flownexus.billing.v1 import keys_pb2, keys_pb2_grpc
 
 from server.grpc import Ctx, convert, validation
 from server.keys.budgets import KeyBudgets, refused_events
-from server.keys.models import BudgetLimit, KeyView, Window
+from server.keys.models import BudgetLimit, BudgetUse, KeyView, Window
 from server.keys.service import KeyFields, KeysService, check_key_id
 from server.platform import errors
 from server.platform.auth import principal
@@ -49,14 +49,24 @@ def key_pb(view: KeyView) -> keys_pb2.Key:
         max_spend_millicredits=view.max_spend, expires_at=convert.ts(view.expires_at_us),
         create_time=convert.ts(view.created_at_us), revoke_time=convert.ts(view.revoked_at_us),
         secret_prefix=view.secret_prefix,
-        budgets=[
-            keys_pb2.Budget(
-                window=PB_WINDOW[b.window], limit_millicredits=b.limit, used_millicredits=b.used,
-                remaining_millicredits=b.remaining, resets_at=convert.ts(b.resets_at_us),
-            )
-            for b in view.budgets
-        ],
+        budgets=budget_pbs(view.budgets),
     )
+
+
+def budget_pbs(uses: list[BudgetUse]) -> list[keys_pb2.Budget]:
+    """Budgets with their use, as a key's or an org member's."""
+    return [
+        keys_pb2.Budget(
+            window=PB_WINDOW[b.window], limit_millicredits=b.limit, used_millicredits=b.used,
+            remaining_millicredits=b.remaining, resets_at=convert.ts(b.resets_at_us),
+        )
+        for b in uses
+    ]
+
+
+def budget_limits(items: list[keys_pb2.Budget]) -> list[BudgetLimit]:
+    """The budgets of a request (a key's or an org member's), windows checked."""
+    return _budgets(items)
 
 
 class KeysServicer(keys_pb2_grpc.KeysServiceServicer):

@@ -111,6 +111,7 @@ class TransferView:
     created_at_us: int
     metadata: dict[str, str] = field(default_factory=dict)
     key_id: str = ""  # the scoped key it was made through or for
+    member_id: str = ""  # on an org's wallet: the member it was spent by
 
     @classmethod
     def of(cls, row: dict[str, Any], account_id: str) -> TransferView:
@@ -128,6 +129,7 @@ class TransferView:
             created_at_us=row["created_at_us"],
             metadata=json.loads(meta) if isinstance(meta, str) else dict(meta or {}),
             key_id=row.get("key_id") or "",
+            member_id=row.get("member_id") or "",
         )
 
 

@@ -76,10 +76,24 @@ class SpendGuard:
         raise errors.NotFound("key not found", reason="KEY_NOT_FOUND")
 
 
+class MemberGuard:
+    """What the ledger needs from organisations: the budgets of the member a
+    transfer on an org's wallet is spent by, used and given back inside the
+    batch's transaction (the orgs domain supplies the real one,
+    server/orgs/budgets.py). Without it, a transfer recorded with a member is refused."""
+
+    async def use(
+        self, tx: LedgerTx, member: str, wallet_owner: str, delta: int, at_us: int, *, kind: Kind
+    ) -> None:
+        """Add `delta` (negative: give back) to the member's use in the windows
+        of `at_us`; refuse new spending by a non-member or past a budget."""
+        raise errors.NotFound("member not found", reason="MEMBER_NOT_FOUND")
+
+
 class LedgerTx:
     def __init__(
         self, conn: AsyncConnection, sql: BatchSql, *, now_us: int, is_sqlite: bool, tiers: TierPolicy,
-        guard: SpendGuard | None = None,
+        guard: SpendGuard | None = None, member_guard: MemberGuard | None = None,
     ) -> None:
         self._conn = conn  # the ledger's own: other domains read with fetch() and write through rows()
         self.sql = sql
@@ -87,6 +101,7 @@ class LedgerTx:
         self.is_sqlite = is_sqlite
         self.tiers = tiers
         self.guard = guard or SpendGuard()
+        self.member_guard = member_guard or MemberGuard()
         self.accounts: dict[str, Row] = {}
         self.users: dict[str, Row] = {}
         self.lots: dict[str, list[Row]] = {}
@@ -398,6 +413,7 @@ class LedgerTx:
         undoes: str | None = None,
         spender_key: str | None = None,
         budget_at_us: int | None = None,
+        spender_member: str | None = None,
     ) -> Row:
         if amount <= 0:
             raise errors.InvalidAmount("amount must be positive")
@@ -421,6 +437,16 @@ class LedgerTx:
             )
             if at != self.now_us:
                 record["budget_at"] = at  # the window the key's use fell in
+        if spender_member:
+            # The member's budget too (an org's wallet), before the balance.
+            spends = kind in KEY_USING_KINDS
+            wallet = debit if spends else credit
+            at = self.now_us if budget_at_us is None else budget_at_us
+            await self.member_guard.use(
+                self, spender_member, wallet["user_id"] or "", amount if spends else -amount, at, kind=kind
+            )
+            if at != self.now_us:
+                record["budget_at"] = at
         if debit["kind"] == "wallet":
             available = debit["balance"]
             if not allow_negative and not debit["unlimited_overdraft"] and available < amount:
@@ -472,6 +498,7 @@ class LedgerTx:
             "ledger": _ledger_json(record),
             "corrects": corrects,
             "key_id": spender_key or None,
+            "member_id": spender_member or None,
         }
         self._append(self.new_transfers, row)
         self._add(self._batch_keys, key)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from flownexus.billing.v1 import orgs_pb2, orgs_pb2_grpc
 
 from server.grpc import Ctx, convert, validation
+from server.keys.grpc import budget_limits, budget_pbs
+from server.orgs.budgets import MemberBudgets
 from server.orgs.models import MemberView, OrgRole, OrgView
 from server.orgs.service import OrgsService
 from server.platform import errors
@@ -17,7 +19,7 @@ ROLE_OF = {
     orgs_pb2.ORG_ROLE_MEMBER: OrgRole.MEMBER,
 }
 PB_ROLE = {r: pb for pb, r in ROLE_OF.items()}
-UPDATABLE = ("role",)
+UPDATABLE = ("role", "budgets")
 
 
 def _role(value: int) -> OrgRole:
@@ -40,7 +42,7 @@ def org_pb(view: OrgView) -> orgs_pb2.Org:
 def member_pb(view: MemberView) -> orgs_pb2.Member:
     return orgs_pb2.Member(
         org_id=view.org_id, user_id=view.user_id, role=PB_ROLE[OrgRole(view.role)],
-        add_time=convert.ts(view.added_at_us),
+        add_time=convert.ts(view.added_at_us), budgets=budget_pbs(view.budgets),
     )
 
 
@@ -77,6 +79,7 @@ class OrgsServicer(orgs_pb2_grpc.OrgsServiceServicer):
         view = await self.orgs.add_member(
             principal(), org_id=validation.org_id(request.org_id, required=True),
             user_id=validation.user_id(request.user_id, required=True), role=_role(request.role),
+            budgets=budget_limits(list(request.budgets)),
             request_id=validation.request_id(request.request_id),
             fingerprint=validation.fingerprint("AddMember", request),
         )
@@ -94,7 +97,9 @@ class OrgsServicer(orgs_pb2_grpc.OrgsServiceServicer):
             )
         view = await self.orgs.update_member(
             principal(), org_id=validation.org_id(request.org_id, required=True),
-            user_id=validation.user_id(request.user_id, required=True), role=_role(request.role),
+            user_id=validation.user_id(request.user_id, required=True),
+            role=_role(request.role) if "role" in paths else None,
+            budgets=budget_limits(list(request.budgets)) if "budgets" in paths else None,
             request_id=validation.request_id(request.request_id),
             fingerprint=validation.fingerprint("UpdateMember", request),
         )
@@ -126,3 +131,4 @@ class OrgsServicer(orgs_pb2_grpc.OrgsServiceServicer):
 
 def register(reg: Registry, service: OrgsService) -> None:
     reg.servicer(orgs_pb2_grpc.add_OrgsServiceServicer_to_server, OrgsServicer(service))
+    reg.member_guard(MemberBudgets())

@@ -6,6 +6,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
+from server.keys.models import BudgetUse
 from server.platform.auth import Principal
 
 
@@ -46,6 +47,7 @@ class MemberView:
     user_id: str
     role: str
     added_at_us: int
+    budgets: list[BudgetUse]
 
 
 @dataclass(frozen=True)
@@ -61,3 +63,7 @@ class Access:
 # (principal, user_id, org_id, right) -> the owner id of the wallet to act on.
 WalletOf = Callable[[Principal, str, str, Right], Awaitable[str]]
 
+
+# OrgsService.access, as the domains that spend are handed it:
+# (principal, org_id, right, user_id) -> the wallet and the member acting.
+AccessOf = Callable[[Principal, str, Right, str], Awaitable[Access]]

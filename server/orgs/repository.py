@@ -97,10 +97,10 @@ def insert_org(tx: LedgerTx, row: dict[str, Any]) -> None:
     tx.rows(orgs).insert(row)
 
 
-def insert_member(tx: LedgerTx, org_id: str, user_id: str, role: str) -> dict[str, Any]:
+def insert_member(tx: LedgerTx, org_id: str, user_id: str, role: str, budgets: str = "[]") -> dict[str, Any]:
     return tx.rows(org_members).insert({
         "id": keys.org_member(org_id, user_id), "org_id": org_id, "user_id": user_id, "role": role,
-        "added_at_us": tx.now_us, "removed_at_us": 0,
+        "added_at_us": tx.now_us, "removed_at_us": 0, "budgets": budgets,
     })
 
 

@@ -9,6 +9,16 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from server.keys.budgets import COUNTERS
+from server.keys.models import (
+    BudgetLimit,
+    BudgetUse,
+    Window,
+    budgets_json,
+    budgets_of,
+    window_bounds,
+)
+from server.keys.service import check_budgets
 from server.ledger import keys
 from server.ledger.model import wallet_id
 from server.ledger.ops import Call, Idempotency
@@ -52,8 +62,18 @@ def role_required(org_id: str, needed: frozenset[OrgRole], role: str) -> errors.
     )
 
 
-def member_view(row: dict[str, Any]) -> MemberView:
-    return MemberView(org_id=row["org_id"], user_id=row["user_id"], role=row["role"], added_at_us=row["added_at_us"])
+def member_view(row: dict[str, Any], now_us: int) -> MemberView:
+    used: dict[Window, int] = {Window.LIFETIME: row["lifetime_used"]}
+    for w, (start_col, used_col) in COUNTERS.items():
+        # A counter of an earlier window: nothing used in the current one yet.
+        used[w] = row[used_col] if row[start_col] == window_bounds(w, now_us)[0] else 0
+    return MemberView(
+        org_id=row["org_id"], user_id=row["user_id"], role=row["role"], added_at_us=row["added_at_us"],
+        budgets=[
+            BudgetUse(b.window, b.limit, used.get(b.window, 0), window_bounds(b.window, now_us)[1])
+            for b in budgets_of(row)
+        ],
+    )
 
 
 class OrgsService:
@@ -65,7 +85,7 @@ class OrgsService:
 
     # ---- the public question of other domains ----------------------------------------------
 
-    async def access(self, principal: Principal, org_id: str, right: Right, *, user_id: str = "") -> Access:
+    async def access(self, principal: Principal, org_id: str, right: Right, user_id: str = "") -> Access:
         """May `principal` act on the org's wallet with `right`? A user token acts
         as itself; a service token for the member it names (`user_id`, spending
         and reading only); an admin token on any org. One indexed read."""
@@ -180,7 +200,8 @@ class OrgsService:
         self, principal: Principal, org_id: str, limit: int, after: tuple[int, str] | None
     ) -> list[MemberView]:
         await self.get(principal, org_id)  # its members and admins only
-        return [member_view(r) for r in await self.repo.members(org_id, limit, after)]
+        now = self.clock.now_us()
+        return [member_view(r, now) for r in await self.repo.members(org_id, limit, after)]
 
     async def _caller_role(self, tx: LedgerTx, principal: Principal, org_id: str) -> str:
         """The caller's role under the org wallet's lock ("owner" for an admin token)."""
@@ -199,44 +220,61 @@ class OrgsService:
     ) -> MemberView:
         principal.require(Role.USER, Role.ADMIN, what=method)
 
-        async def apply(tx: LedgerTx) -> dict[str, Any]:
+        async def apply(tx: LedgerTx) -> str:
             caller = await self._caller_role(tx, principal, org_id)
             row = await fn(tx, caller)
-            return {k: row[k] for k in ("org_id", "user_id", "role", "added_at_us")}
+            return str(row["user_id"])
 
         idem = Idempotency.of_request(principal, method, request_id, fingerprint)
-        done: dict[str, Any] = await self.writer.submit(
-            Call(fn=apply, accounts={wallet_id(org_id)}, idempotency=idem)
-        )
-        return MemberView(**done)
+        user = await self.writer.submit(Call(fn=apply, accounts={wallet_id(org_id)}, idempotency=idem))
+        row = await self.repo.member(org_id, str(user))
+        assert row is not None
+        return member_view(row, self.clock.now_us())
 
     async def add_member(
-        self, principal: Principal, *, org_id: str, user_id: str, role: OrgRole, request_id: str, fingerprint: str
+        self, principal: Principal, *, org_id: str, user_id: str, role: OrgRole, budgets: list[BudgetLimit],
+        request_id: str, fingerprint: str,
     ) -> MemberView:
+        if budgets:
+            check_budgets(budgets)
+
         async def add(tx: LedgerTx, caller: str) -> dict[str, Any]:
             _may_manage(org_id, caller, role)
             row = await repo.locked_member(tx, org_id, user_id)
             if row is None:
-                return repo.insert_member(tx, org_id, user_id, role)
+                return repo.insert_member(tx, org_id, user_id, role, budgets_json(budgets))
             if not row["removed_at_us"]:
                 raise errors.DomainError(
                     "the user is already a member of this org", reason="MEMBER_EXISTS",
                     code=errors.Code.ALREADY_EXISTS, metadata={"org_id": org_id, "user_id": user_id, "role": row["role"]},
                 )
-            repo.update_member(tx, row, role=str(role), added_at_us=tx.now_us, removed_at_us=0)
+            repo.update_member(
+                tx, row, role=str(role), added_at_us=tx.now_us, removed_at_us=0, budgets=budgets_json(budgets)
+            )
             return row
 
         return await self._change(principal, "AddMember", org_id, request_id, fingerprint, add)
 
     async def update_member(
-        self, principal: Principal, *, org_id: str, user_id: str, role: OrgRole, request_id: str, fingerprint: str
+        self, principal: Principal, *, org_id: str, user_id: str, role: OrgRole | None,
+        budgets: list[BudgetLimit] | None, request_id: str, fingerprint: str,
     ) -> MemberView:
+        """Change a member's role and/or budgets (None: unchanged); new
+        budgets hold from the next spend, counting the use already made."""
+        if budgets:
+            check_budgets(budgets)
+
         async def update(tx: LedgerTx, caller: str) -> dict[str, Any]:
             row = await _live_member(tx, org_id, user_id)
-            _may_manage(org_id, caller, role, row["role"])
-            if row["role"] == OrgRole.OWNER and role != OrgRole.OWNER:
-                await _not_last_owner(tx, org_id, user_id)
-            repo.update_member(tx, row, role=str(role))
+            _may_manage(org_id, caller, role or row["role"], row["role"])
+            values: dict[str, Any] = {}
+            if role is not None:
+                if row["role"] == OrgRole.OWNER and role != OrgRole.OWNER:
+                    await _not_last_owner(tx, org_id, user_id)
+                values["role"] = str(role)
+            if budgets is not None:
+                values["budgets"] = budgets_json(budgets)
+            repo.update_member(tx, row, **values)
             return row
 
         return await self._change(principal, "UpdateMember", org_id, request_id, fingerprint, update)
@@ -252,9 +290,8 @@ class OrgsService:
                 _may_manage(org_id, caller, row["role"])
             if row["role"] == OrgRole.OWNER:
                 await _not_last_owner(tx, org_id, user_id)
-            view = dict(row)
             repo.update_member(tx, row, removed_at_us=tx.now_us)
-            return view
+            return row
 
         return await self._change(principal, "RemoveMember", org_id, request_id, fingerprint, remove)
 

@@ -9,6 +9,7 @@ from flownexus.billing.v1 import usage_pb2, usage_pb2_grpc
 from server.grpc import Ctx, convert, validation
 from server.grpc.interceptors import batch_item_error
 from server.ledger.ops import Spend, SpendResult
+from server.orgs.models import Access
 from server.platform import errors
 from server.platform.auth import principal
 from server.platform.fairshare import WORK_PER_ITEM, charge
@@ -27,7 +28,7 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
         who = principal()
         fields = _spend_fields(request)
         if request.org_id:
-            fields["wallet"] = await self.usage.org_wallet(
+            fields["org"] = await self.usage.org_spender(
                 who, fields["user_id"], validation.org_id(request.org_id, required=True))
         result = await self.usage.spend(self.usage.spend_op(who, **fields))
         return _spend_response(result)
@@ -40,7 +41,7 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
         charge(len(items) * WORK_PER_ITEM)  # a batch's turns of the loop, by its items
         ops: list[Spend | errors.DomainError] = []
         # An org's answer, asked once per (org, member) of the batch.
-        wallets: dict[tuple[str, str], str | errors.DomainError] = {}
+        wallets: dict[tuple[str, str], Access | errors.DomainError] = {}
         for item in items:
             # Each item is refused exactly as its unary Spend would be, on its own.
             try:
@@ -50,13 +51,13 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
                     found = wallets.get((org, fields["user_id"]))
                     if found is None:
                         try:
-                            found = await self.usage.org_wallet(who, fields["user_id"], org)
+                            found = await self.usage.org_spender(who, fields["user_id"], org)
                         except errors.DomainError as exc:
                             found = exc
                         wallets[(org, fields["user_id"])] = found
                     if isinstance(found, errors.DomainError):
                         raise found
-                    fields["wallet"] = found
+                    fields["org"] = found
                 ops.append(self.usage.spend_op(who, **fields))
             except errors.DomainError as exc:
                 ops.append(exc)

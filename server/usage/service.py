@@ -20,7 +20,7 @@ from server.ledger.ops import (
 )
 from server.ledger.repository import LedgerReader
 from server.ledger.writer import LedgerWriter
-from server.orgs.models import Right, WalletOf
+from server.orgs.models import Access, AccessOf, Right
 from server.platform import errors
 from server.platform.auth import Principal, Role
 from server.platform.config import Settings
@@ -29,11 +29,11 @@ from server.platform.ratelimit import ByRole
 
 class UsageService:
     def __init__(
-        self, writer: LedgerWriter, reader: LedgerReader, settings: Settings, wallet_of: WalletOf,
+        self, writer: LedgerWriter, reader: LedgerReader, settings: Settings, org_access: AccessOf,
         mutations: ByRole | None = None,
     ) -> None:
         self.writer = writer
-        self.wallet_of = wallet_of
+        self.org_access = org_access
         self.reader = reader
         self.settings = settings
         # The per-caller bucket every mutating RPC draws from: the interceptor
@@ -65,10 +65,11 @@ class UsageService:
             )
         return RevenueShare(app_id, publisher, self.settings.revenue_share_percent)
 
-    async def org_wallet(self, principal: Principal, user_id: str, org_id: str) -> str:
-        """The org wallet a Spend names, after the org's say (a member, or a
-        service naming one); asked only when a request names an org."""
-        return await self.wallet_of(principal, user_id, org_id, Right.SPEND)
+    async def org_spender(self, principal: Principal, user_id: str, org_id: str) -> Access:
+        """The org wallet a Spend names and the member spending, after the
+        org's say (a member, or a service naming one); asked only when a
+        request names an org."""
+        return await self.org_access(principal, org_id, Right.SPEND, user_id)
 
     async def spend(self, op: Spend) -> SpendResult:
         """Apply one Spend (built by `spend_op`) in the writer's group commit."""
@@ -89,13 +90,13 @@ class UsageService:
         app_id: str,
         publisher_user_id: str,
         key_id: str = "",
-        wallet: str = "",
+        org: Access | None = None,
     ) -> Spend:
         """The Spend operation of one request, after the rules a Spend is
         refused by before the ledger (who may spend for whom, revenue share).
         A SpendBatch item is the same request as a unary Spend: same op, same
-        idempotency key (method "Spend"). `wallet`: an org's, from `org_wallet`."""
-        user = wallet or principal.resolve_user(user_id)
+        idempotency key (method "Spend"). `org`: an org's wallet, from `org_spender`."""
+        user = org.wallet_owner if org else principal.resolve_user(user_id)
         return Spend(
             user_id=user,
             amount=amount,
@@ -106,6 +107,7 @@ class UsageService:
             idempotency=Idempotency.of_request(principal, "Spend", request_id, fingerprint),
             charged_by=principal.scope,
             key_id=KeysService.spending_key(principal, key_id),
+            member=org.member if org else "",
         )
 
     async def spend_batch(self, items: Sequence[Spend | errors.DomainError]) -> list[SpendResult | BaseException]:
@@ -130,7 +132,8 @@ class UsageService:
         key_id: str = "",
         org_id: str = "",
     ) -> HoldResult:
-        user = await self.wallet_of(principal, user_id, org_id, Right.SPEND) if org_id else principal.resolve_user(user_id)
+        org = await self.org_spender(principal, user_id, org_id) if org_id else None
+        user = org.wallet_owner if org else principal.resolve_user(user_id)
         if ttl_seconds < 0 or ttl_seconds > self.settings.max_hold_ttl_seconds:
             raise errors.InvalidArgument(
                 f"ttl must be between 1s and {self.settings.max_hold_ttl_seconds}s", reason="INVALID_TTL"
@@ -144,6 +147,7 @@ class UsageService:
             description=description,
             idempotency=Idempotency.of_request(principal, "Reserve", request_id, fingerprint),
             key_id=KeysService.spending_key(principal, key_id),
+            member=org.member if org else "",
         )
         result: HoldResult = await self.writer.submit(op)
         return result
@@ -184,7 +188,7 @@ class UsageService:
         if principal.privileged:
             return None
         if org_id:
-            return await self.wallet_of(principal, "", org_id, Right.SPEND)
+            return (await self.org_access(principal, org_id, Right.SPEND, "")).wallet_owner
         return principal.subject
 
     async def release(

@@ -180,11 +180,14 @@ async def test_orgs_tables_come_and_go_with_their_migration(db_url: str) -> None
             await conn.run_sync(_alembic, "0017")
             assert {"orgs", "org_members"} <= await conn.run_sync(tables)
             await conn.execute(text(
-                "INSERT INTO org_members (id, org_id, user_id, role, added_at_us, removed_at_us) "
-                "VALUES ('m', 'org_1', 'u', 'owner', 1, 0)"))
+                "INSERT INTO org_members (id, org_id, user_id, role, added_at_us, removed_at_us, budgets, hour_start_us, "
+                "hour_used, day_start_us, day_used, month_start_us, month_used, lifetime_used) "
+                "VALUES ('m', 'org_1', 'u', 'owner', 1, 0, '[]', 0, 0, 0, 0, 0, 0, 0)"))
             await conn.run_sync(_alembic_down, "0016")
             left = await conn.run_sync(tables)
             assert not {"orgs", "org_members"} & left and "api_keys" in left
+            columns = await conn.run_sync(lambda sync: {c["name"] for c in inspect(sync).get_columns("transfers")})
+            assert "member_id" not in columns and "key_id" in columns
             await conn.run_sync(_alembic, "0017")
             assert {"orgs", "org_members"} <= await conn.run_sync(tables)
     finally:

@@ -24,49 +24,50 @@ _sym_db = _symbol_database.Default()
 
 from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from flownexus.billing.v1 import keys_pb2 as flownexus_dot_billing_dot_v1_dot_keys__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x66lownexus/billing/v1/orgs.proto\x12\x14\x66lownexus.billing.v1\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x91\x01\n\x03Org\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12+\n\x04role\x18\x03 \x01(\x0e\x32\x1d.flownexus.billing.v1.OrgRole\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ncreated_by\x18\x05 \x01(\t\"\x84\x01\n\x06Member\x12\x0e\n\x06org_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12+\n\x04role\x18\x03 \x01(\x0e\x32\x1d.flownexus.billing.v1.OrgRole\x12,\n\x08\x61\x64\x64_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"K\n\x10\x43reateOrgRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x15\n\rowner_user_id\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\";\n\x11\x43reateOrgResponse\x12&\n\x03org\x18\x01 \x01(\x0b\x32\x19.flownexus.billing.v1.Org\"\x1f\n\rGetOrgRequest\x12\x0e\n\x06org_id\x18\x01 \x01(\t\"8\n\x0eGetOrgResponse\x12&\n\x03org\x18\x01 \x01(\x0b\x32\x19.flownexus.billing.v1.Org\"I\n\x0fListOrgsRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"T\n\x10ListOrgsResponse\x12\'\n\x04orgs\x18\x01 \x03(\x0b\x32\x19.flownexus.billing.v1.Org\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"t\n\x10\x41\x64\x64MemberRequest\x12\x0e\n\x06org_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12+\n\x04role\x18\x03 \x01(\x0e\x32\x1d.flownexus.billing.v1.OrgRole\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"A\n\x11\x41\x64\x64MemberResponse\x12,\n\x06member\x18\x01 \x01(\x0b\x32\x1c.flownexus.billing.v1.Member\"\xa8\x01\n\x13UpdateMemberRequest\x12\x0e\n\x06org_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12+\n\x04role\x18\x03 \x01(\x0e\x32\x1d.flownexus.billing.v1.OrgRole\x12/\n\x0bupdate_mask\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\x12\x12\n\nrequest_id\x18\x05 \x01(\t\"D\n\x14UpdateMemberResponse\x12,\n\x06member\x18\x01 \x01(\x0b\x32\x1c.flownexus.billing.v1.Member\"J\n\x13RemoveMemberRequest\x12\x0e\n\x06org_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"D\n\x14RemoveMemberResponse\x12,\n\x06member\x18\x01 \x01(\x0b\x32\x1c.flownexus.billing.v1.Member\"K\n\x12ListMembersRequest\x12\x0e\n\x06org_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"]\n\x13ListMembersResponse\x12-\n\x07members\x18\x01 \x03(\x0b\x32\x1c.flownexus.billing.v1.Member\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*`\n\x07OrgRole\x12\x18\n\x14ORG_ROLE_UNSPECIFIED\x10\x00\x12\x12\n\x0eORG_ROLE_OWNER\x10\x01\x12\x12\n\x0eORG_ROLE_ADMIN\x10\x02\x12\x13\n\x0fORG_ROLE_MEMBER\x10\x03\x32\xab\x05\n\x0bOrgsService\x12\\\n\tCreateOrg\x12&.flownexus.billing.v1.CreateOrgRequest\x1a\'.flownexus.billing.v1.CreateOrgResponse\x12S\n\x06GetOrg\x12#.flownexus.billing.v1.GetOrgRequest\x1a$.flownexus.billing.v1.GetOrgResponse\x12Y\n\x08ListOrgs\x12%.flownexus.billing.v1.ListOrgsRequest\x1a&.flownexus.billing.v1.ListOrgsResponse\x12\\\n\tAddMember\x12&.flownexus.billing.v1.AddMemberRequest\x1a\'.flownexus.billing.v1.AddMemberResponse\x12\x65\n\x0cUpdateMember\x12).flownexus.billing.v1.UpdateMemberRequest\x1a*.flownexus.billing.v1.UpdateMemberResponse\x12\x65\n\x0cRemoveMember\x12).flownexus.billing.v1.RemoveMemberRequest\x1a*.flownexus.billing.v1.RemoveMemberResponse\x12\x62\n\x0bListMembers\x12(.flownexus.billing.v1.ListMembersRequest\x1a).flownexus.billing.v1.ListMembersResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x66lownexus/billing/v1/orgs.proto\x12\x14\x66lownexus.billing.v1\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1f\x66lownexus/billing/v1/keys.proto\"\x91\x01\n\x03Org\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12+\n\x04role\x18\x03 \x01(\x0e\x32\x1d.flownexus.billing.v1.OrgRole\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ncreated_by\x18\x05 \x01(\t\"\xb3\x01\n\x06Member\x12\x0e\n\x06org_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12+\n\x04role\x18\x03 \x01(\x0e\x32\x1d.flownexus.billing.v1.OrgRole\x12,\n\x08\x61\x64\x64_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\x07\x62udgets\x18\x05 \x03(\x0b\x32\x1c.flownexus.billing.v1.Budget\"K\n\x10\x43reateOrgRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x15\n\rowner_user_id\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\";\n\x11\x43reateOrgResponse\x12&\n\x03org\x18\x01 \x01(\x0b\x32\x19.flownexus.billing.v1.Org\"\x1f\n\rGetOrgRequest\x12\x0e\n\x06org_id\x18\x01 \x01(\t\"8\n\x0eGetOrgResponse\x12&\n\x03org\x18\x01 \x01(\x0b\x32\x19.flownexus.billing.v1.Org\"I\n\x0fListOrgsRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"T\n\x10ListOrgsResponse\x12\'\n\x04orgs\x18\x01 \x03(\x0b\x32\x19.flownexus.billing.v1.Org\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xa3\x01\n\x10\x41\x64\x64MemberRequest\x12\x0e\n\x06org_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12+\n\x04role\x18\x03 \x01(\x0e\x32\x1d.flownexus.billing.v1.OrgRole\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12-\n\x07\x62udgets\x18\x05 \x03(\x0b\x32\x1c.flownexus.billing.v1.Budget\"A\n\x11\x41\x64\x64MemberResponse\x12,\n\x06member\x18\x01 \x01(\x0b\x32\x1c.flownexus.billing.v1.Member\"\xd7\x01\n\x13UpdateMemberRequest\x12\x0e\n\x06org_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12+\n\x04role\x18\x03 \x01(\x0e\x32\x1d.flownexus.billing.v1.OrgRole\x12/\n\x0bupdate_mask\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12-\n\x07\x62udgets\x18\x06 \x03(\x0b\x32\x1c.flownexus.billing.v1.Budget\"D\n\x14UpdateMemberResponse\x12,\n\x06member\x18\x01 \x01(\x0b\x32\x1c.flownexus.billing.v1.Member\"J\n\x13RemoveMemberRequest\x12\x0e\n\x06org_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"D\n\x14RemoveMemberResponse\x12,\n\x06member\x18\x01 \x01(\x0b\x32\x1c.flownexus.billing.v1.Member\"K\n\x12ListMembersRequest\x12\x0e\n\x06org_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"]\n\x13ListMembersResponse\x12-\n\x07members\x18\x01 \x03(\x0b\x32\x1c.flownexus.billing.v1.Member\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*`\n\x07OrgRole\x12\x18\n\x14ORG_ROLE_UNSPECIFIED\x10\x00\x12\x12\n\x0eORG_ROLE_OWNER\x10\x01\x12\x12\n\x0eORG_ROLE_ADMIN\x10\x02\x12\x13\n\x0fORG_ROLE_MEMBER\x10\x03\x32\xab\x05\n\x0bOrgsService\x12\\\n\tCreateOrg\x12&.flownexus.billing.v1.CreateOrgRequest\x1a\'.flownexus.billing.v1.CreateOrgResponse\x12S\n\x06GetOrg\x12#.flownexus.billing.v1.GetOrgRequest\x1a$.flownexus.billing.v1.GetOrgResponse\x12Y\n\x08ListOrgs\x12%.flownexus.billing.v1.ListOrgsRequest\x1a&.flownexus.billing.v1.ListOrgsResponse\x12\\\n\tAddMember\x12&.flownexus.billing.v1.AddMemberRequest\x1a\'.flownexus.billing.v1.AddMemberResponse\x12\x65\n\x0cUpdateMember\x12).flownexus.billing.v1.UpdateMemberRequest\x1a*.flownexus.billing.v1.UpdateMemberResponse\x12\x65\n\x0cRemoveMember\x12).flownexus.billing.v1.RemoveMemberRequest\x1a*.flownexus.billing.v1.RemoveMemberResponse\x12\x62\n\x0bListMembers\x12(.flownexus.billing.v1.ListMembersRequest\x1a).flownexus.billing.v1.ListMembersResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'flownexus.billing.v1.orgs_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ORGROLE']._serialized_start=1541
-  _globals['_ORGROLE']._serialized_end=1637
-  _globals['_ORG']._serialized_start=125
-  _globals['_ORG']._serialized_end=270
-  _globals['_MEMBER']._serialized_start=273
-  _globals['_MEMBER']._serialized_end=405
-  _globals['_CREATEORGREQUEST']._serialized_start=407
-  _globals['_CREATEORGREQUEST']._serialized_end=482
-  _globals['_CREATEORGRESPONSE']._serialized_start=484
-  _globals['_CREATEORGRESPONSE']._serialized_end=543
-  _globals['_GETORGREQUEST']._serialized_start=545
-  _globals['_GETORGREQUEST']._serialized_end=576
-  _globals['_GETORGRESPONSE']._serialized_start=578
-  _globals['_GETORGRESPONSE']._serialized_end=634
-  _globals['_LISTORGSREQUEST']._serialized_start=636
-  _globals['_LISTORGSREQUEST']._serialized_end=709
-  _globals['_LISTORGSRESPONSE']._serialized_start=711
-  _globals['_LISTORGSRESPONSE']._serialized_end=795
-  _globals['_ADDMEMBERREQUEST']._serialized_start=797
-  _globals['_ADDMEMBERREQUEST']._serialized_end=913
-  _globals['_ADDMEMBERRESPONSE']._serialized_start=915
-  _globals['_ADDMEMBERRESPONSE']._serialized_end=980
-  _globals['_UPDATEMEMBERREQUEST']._serialized_start=983
-  _globals['_UPDATEMEMBERREQUEST']._serialized_end=1151
-  _globals['_UPDATEMEMBERRESPONSE']._serialized_start=1153
-  _globals['_UPDATEMEMBERRESPONSE']._serialized_end=1221
-  _globals['_REMOVEMEMBERREQUEST']._serialized_start=1223
-  _globals['_REMOVEMEMBERREQUEST']._serialized_end=1297
-  _globals['_REMOVEMEMBERRESPONSE']._serialized_start=1299
-  _globals['_REMOVEMEMBERRESPONSE']._serialized_end=1367
-  _globals['_LISTMEMBERSREQUEST']._serialized_start=1369
-  _globals['_LISTMEMBERSREQUEST']._serialized_end=1444
-  _globals['_LISTMEMBERSRESPONSE']._serialized_start=1446
-  _globals['_LISTMEMBERSRESPONSE']._serialized_end=1539
-  _globals['_ORGSSERVICE']._serialized_start=1640
-  _globals['_ORGSSERVICE']._serialized_end=2323
+  _globals['_ORGROLE']._serialized_start=1716
+  _globals['_ORGROLE']._serialized_end=1812
+  _globals['_ORG']._serialized_start=158
+  _globals['_ORG']._serialized_end=303
+  _globals['_MEMBER']._serialized_start=306
+  _globals['_MEMBER']._serialized_end=485
+  _globals['_CREATEORGREQUEST']._serialized_start=487
+  _globals['_CREATEORGREQUEST']._serialized_end=562
+  _globals['_CREATEORGRESPONSE']._serialized_start=564
+  _globals['_CREATEORGRESPONSE']._serialized_end=623
+  _globals['_GETORGREQUEST']._serialized_start=625
+  _globals['_GETORGREQUEST']._serialized_end=656
+  _globals['_GETORGRESPONSE']._serialized_start=658
+  _globals['_GETORGRESPONSE']._serialized_end=714
+  _globals['_LISTORGSREQUEST']._serialized_start=716
+  _globals['_LISTORGSREQUEST']._serialized_end=789
+  _globals['_LISTORGSRESPONSE']._serialized_start=791
+  _globals['_LISTORGSRESPONSE']._serialized_end=875
+  _globals['_ADDMEMBERREQUEST']._serialized_start=878
+  _globals['_ADDMEMBERREQUEST']._serialized_end=1041
+  _globals['_ADDMEMBERRESPONSE']._serialized_start=1043
+  _globals['_ADDMEMBERRESPONSE']._serialized_end=1108
+  _globals['_UPDATEMEMBERREQUEST']._serialized_start=1111
+  _globals['_UPDATEMEMBERREQUEST']._serialized_end=1326
+  _globals['_UPDATEMEMBERRESPONSE']._serialized_start=1328
+  _globals['_UPDATEMEMBERRESPONSE']._serialized_end=1396
+  _globals['_REMOVEMEMBERREQUEST']._serialized_start=1398
+  _globals['_REMOVEMEMBERREQUEST']._serialized_end=1472
+  _globals['_REMOVEMEMBERRESPONSE']._serialized_start=1474
+  _globals['_REMOVEMEMBERRESPONSE']._serialized_end=1542
+  _globals['_LISTMEMBERSREQUEST']._serialized_start=1544
+  _globals['_LISTMEMBERSREQUEST']._serialized_end=1619
+  _globals['_LISTMEMBERSRESPONSE']._serialized_start=1621
+  _globals['_LISTMEMBERSRESPONSE']._serialized_end=1714
+  _globals['_ORGSSERVICE']._serialized_start=1815
+  _globals['_ORGSSERVICE']._serialized_end=2498
 # @@protoc_insertion_point(module_scope)

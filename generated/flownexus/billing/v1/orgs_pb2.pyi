@@ -2,6 +2,7 @@ import datetime
 
 from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from flownexus.billing.v1 import keys_pb2 as _keys_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -37,16 +38,18 @@ class Org(_message.Message):
     def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., role: _Optional[_Union[OrgRole, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., created_by: _Optional[str] = ...) -> None: ...
 
 class Member(_message.Message):
-    __slots__ = ("org_id", "user_id", "role", "add_time")
+    __slots__ = ("org_id", "user_id", "role", "add_time", "budgets")
     ORG_ID_FIELD_NUMBER: _ClassVar[int]
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
     ADD_TIME_FIELD_NUMBER: _ClassVar[int]
+    BUDGETS_FIELD_NUMBER: _ClassVar[int]
     org_id: str
     user_id: str
     role: OrgRole
     add_time: _timestamp_pb2.Timestamp
-    def __init__(self, org_id: _Optional[str] = ..., user_id: _Optional[str] = ..., role: _Optional[_Union[OrgRole, str]] = ..., add_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    budgets: _containers.RepeatedCompositeFieldContainer[_keys_pb2.Budget]
+    def __init__(self, org_id: _Optional[str] = ..., user_id: _Optional[str] = ..., role: _Optional[_Union[OrgRole, str]] = ..., add_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., budgets: _Optional[_Iterable[_Union[_keys_pb2.Budget, _Mapping]]] = ...) -> None: ...
 
 class CreateOrgRequest(_message.Message):
     __slots__ = ("name", "owner_user_id", "request_id")
@@ -95,16 +98,18 @@ class ListOrgsResponse(_message.Message):
     def __init__(self, orgs: _Optional[_Iterable[_Union[Org, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class AddMemberRequest(_message.Message):
-    __slots__ = ("org_id", "user_id", "role", "request_id")
+    __slots__ = ("org_id", "user_id", "role", "request_id", "budgets")
     ORG_ID_FIELD_NUMBER: _ClassVar[int]
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    BUDGETS_FIELD_NUMBER: _ClassVar[int]
     org_id: str
     user_id: str
     role: OrgRole
     request_id: str
-    def __init__(self, org_id: _Optional[str] = ..., user_id: _Optional[str] = ..., role: _Optional[_Union[OrgRole, str]] = ..., request_id: _Optional[str] = ...) -> None: ...
+    budgets: _containers.RepeatedCompositeFieldContainer[_keys_pb2.Budget]
+    def __init__(self, org_id: _Optional[str] = ..., user_id: _Optional[str] = ..., role: _Optional[_Union[OrgRole, str]] = ..., request_id: _Optional[str] = ..., budgets: _Optional[_Iterable[_Union[_keys_pb2.Budget, _Mapping]]] = ...) -> None: ...
 
 class AddMemberResponse(_message.Message):
     __slots__ = ("member",)
@@ -113,18 +118,20 @@ class AddMemberResponse(_message.Message):
     def __init__(self, member: _Optional[_Union[Member, _Mapping]] = ...) -> None: ...
 
 class UpdateMemberRequest(_message.Message):
-    __slots__ = ("org_id", "user_id", "role", "update_mask", "request_id")
+    __slots__ = ("org_id", "user_id", "role", "update_mask", "request_id", "budgets")
     ORG_ID_FIELD_NUMBER: _ClassVar[int]
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
     UPDATE_MASK_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    BUDGETS_FIELD_NUMBER: _ClassVar[int]
     org_id: str
     user_id: str
     role: OrgRole
     update_mask: _field_mask_pb2.FieldMask
     request_id: str
-    def __init__(self, org_id: _Optional[str] = ..., user_id: _Optional[str] = ..., role: _Optional[_Union[OrgRole, str]] = ..., update_mask: _Optional[_Union[_field_mask_pb2.FieldMask, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
+    budgets: _containers.RepeatedCompositeFieldContainer[_keys_pb2.Budget]
+    def __init__(self, org_id: _Optional[str] = ..., user_id: _Optional[str] = ..., role: _Optional[_Union[OrgRole, str]] = ..., update_mask: _Optional[_Union[_field_mask_pb2.FieldMask, _Mapping]] = ..., request_id: _Optional[str] = ..., budgets: _Optional[_Iterable[_Union[_keys_pb2.Budget, _Mapping]]] = ...) -> None: ...
 
 class UpdateMemberResponse(_message.Message):
     __slots__ = ("member",)
