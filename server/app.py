@@ -164,7 +164,9 @@ class App:
         balance_grpc.register(reg, self.balance, self.hub, self.clock)
 
         # Keys before usage: every Spend through a key is held to its budgets.
-        self.keys = KeysService(self.writer, KeysRepository(self.db.reader, self.db.fast), self.clock, settings)
+        self.keys = KeysService(
+            self.writer, KeysRepository(self.db.reader, self.db.fast), self.clock, settings, self.orgs.access
+        )
         keys_grpc.register(reg, self.keys)
         self.workers.add("reset_key_budgets", self.keys.reset_windows)
 

@@ -85,6 +85,7 @@ class KeysServicer(keys_pb2_grpc.KeysServiceServicer):
             principal(), user_id=validation.user_id(request.user_id), fields=fields,
             request_id=validation.request_id(request.request_id),
             fingerprint=validation.fingerprint("CreateKey", request),
+            org_id=validation.org_id(request.org_id),
         )
         return keys_pb2.CreateKeyResponse(key=key_pb(view), secret=secret)
 
@@ -97,9 +98,10 @@ class KeysServicer(keys_pb2_grpc.KeysServiceServicer):
     async def ListKeys(self, request: keys_pb2.ListKeysRequest, context: Ctx) -> keys_pb2.ListKeysResponse:
         user = validation.user_id(request.user_id)
         size = validation.page_size(request.page_size)
-        sig = validation.filters_signature("keys", user)
+        org_id = validation.org_id(request.org_id)
+        sig = validation.filters_signature("keys", user, *([org_id] if org_id else []))
         after = validation.decode_page_token(request.page_token, sig, int, str)
-        views = await self.keys.list(principal(), user, size + 1, tuple(after) if after else None)
+        views = await self.keys.list(principal(), user, size + 1, tuple(after) if after else None, org_id)
         resp = keys_pb2.ListKeysResponse(keys=[key_pb(v) for v in views[:size]])
         if len(views) > size:
             last = views[size - 1]

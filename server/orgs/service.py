@@ -92,7 +92,7 @@ class OrgsService:
         if principal.key_id:
             # A key's principal is its wallet's owner: a key made on the org's wallet.
             if principal.subject == org_id and right != Right.MANAGE:
-                return Access(org_id, "")
+                return Access(org_id, principal.member)
             raise errors.PermissionDenied(
                 "a key acts only on the wallet it was made on", reason="KEY_NOT_ALLOWED", metadata={"org_id": org_id}
             )

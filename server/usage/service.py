@@ -107,7 +107,7 @@ class UsageService:
             idempotency=Idempotency.of_request(principal, "Spend", request_id, fingerprint),
             charged_by=principal.scope,
             key_id=KeysService.spending_key(principal, key_id),
-            member=org.member if org else "",
+            member=org.member if org else principal.member,
         )
 
     async def spend_batch(self, items: Sequence[Spend | errors.DomainError]) -> list[SpendResult | BaseException]:
@@ -147,7 +147,7 @@ class UsageService:
             description=description,
             idempotency=Idempotency.of_request(principal, "Reserve", request_id, fingerprint),
             key_id=KeysService.spending_key(principal, key_id),
-            member=org.member if org else "",
+            member=org.member if org else principal.member,
         )
         result: HoldResult = await self.writer.submit(op)
         return result
