@@ -152,12 +152,16 @@ class App:
         self.orgs = OrgsService(self.writer, OrgsRepository(self.db.reader, self.db.fast), self.clock, settings)
         orgs_grpc.register(reg, self.orgs)
 
-        self.payments = PaymentsService(settings, self.db, self.writer, self.clock, self.stripe, self.stripe_events)
+        self.payments = PaymentsService(
+            settings, self.db, self.writer, self.clock, self.stripe, self.stripe_events, self.orgs.access
+        )
         payments_grpc.register(reg, self.payments)
 
         # The worker first: enabling auto-refill below the threshold charges at once.
         self.refill_worker = RefillWorker(settings, self.writer, self.payments)
-        self.refill = RefillService(settings, self.db, self.writer, self.clock, self.payments, self.refill_worker)
+        self.refill = RefillService(
+            settings, self.db, self.writer, self.clock, self.payments, self.refill_worker, self.orgs.access
+        )
         refill_grpc.register(reg, self.refill, self.refill_worker, self.stripe_events)
 
         self.balance = BalanceService(self.writer, self.reader, self.clock, self.refill.lookup, self.orgs.wallet_of)
