@@ -184,7 +184,9 @@ class App:
         ), self.clock)
         history_grpc.register(reg, self.history)
 
-        self.earnings = EarningsService(self.writer, EarningsRepository(self.db.reader), settings)
+        self.earnings = EarningsService(
+            self.writer, EarningsRepository(self.db.reader), settings, self.orgs.wallet_of
+        )
         earnings_grpc.register(reg, self.earnings)
 
         self.tier_service = TierService(

@@ -6,7 +6,7 @@ wallet are settled by its members."""
 from __future__ import annotations
 
 import grpc
-from flownexus.billing.v1 import admin_pb2, balance_pb2, common_pb2, history_pb2, usage_pb2
+from flownexus.billing.v1 import admin_pb2, balance_pb2, common_pb2, earnings_pb2, history_pb2, usage_pb2
 
 from tests.harness import Running, auth, expect_error
 from tests.orgs.helpers import ADMIN_ROLE, add_member, create_org, remove_member
@@ -52,6 +52,11 @@ async def test_members_spend_from_and_read_the_org_wallet_and_strangers_cannot(s
         report = await server.s.history.GetSpendingReport(
             history_pb2.GetSpendingReportRequest(org_id=org), metadata=auth(who))
         assert report.total_spent_millicredits == 5 * CREDIT and report.credits_millicredits == 45 * CREDIT
+    # The org's stats, for its members; an operator finds its account by its id.
+    stats = await server.s.earnings.GetUserStats(earnings_pb2.GetUserStatsRequest(org_id=org), metadata=auth("mia"))
+    assert (stats.user_id, stats.credits_spent_millicredits) == (org, 5 * CREDIT)
+    account = await server.s.admin.GetAccount(admin_pb2.GetAccountRequest(user_id=org), metadata=ADMIN)
+    assert account.user_id == org and account.credits_millicredits == 45 * CREDIT
     # The member's own history holds nothing of the org's.
     mine = await server.s.history.ListTransactions(history_pb2.ListTransactionsRequest(), metadata=auth("mia"))
     assert all(t.amount_millicredits != -5 * CREDIT for t in mine.transactions)
@@ -68,6 +73,8 @@ async def test_members_spend_from_and_read_the_org_wallet_and_strangers_cannot(s
     await expect_error(
         server.s.history.GetSpendingReport(history_pb2.GetSpendingReportRequest(org_id=org), metadata=eve),
         PD, "NOT_ORG_MEMBER")
+    await expect_error(server.s.earnings.GetUserStats(earnings_pb2.GetUserStatsRequest(org_id=org), metadata=eve),
+                       PD, "NOT_ORG_MEMBER")
     await expect_error(server.s.usage.Reserve(usage_pb2.ReserveRequest(
         amount_millicredits=CREDIT, request_id="e2", org_id=org), metadata=eve), PD, "NOT_ORG_MEMBER")
     await expect_error(server.s.usage.Spend(spend_req(CREDIT, "u1", UNKNOWN), metadata=auth("mia")),
