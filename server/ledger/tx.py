@@ -76,6 +76,10 @@ class SpendGuard:
         raise errors.NotFound("key not found", reason="KEY_NOT_FOUND")
 
 
+# The transfers' column a batch without org members leaves out of its insert.
+NO_MEMBER = ("member_id",)
+
+
 class MemberGuard:
     """What the ledger needs from organisations: the budgets of the member a
     transfer on an org's wallet is spent by, used and given back inside the
@@ -102,6 +106,7 @@ class LedgerTx:
         self.tiers = tiers
         self.guard = guard or SpendGuard()
         self.member_guard = member_guard or MemberGuard()
+        self.with_members = False  # a transfer of this batch records an org member
         self.accounts: dict[str, Row] = {}
         self.users: dict[str, Row] = {}
         self.lots: dict[str, list[Row]] = {}
@@ -498,8 +503,12 @@ class LedgerTx:
             "ledger": _ledger_json(record),
             "corrects": corrects,
             "key_id": spender_key or None,
-            "member_id": spender_member or None,
         }
+        if spender_member:
+            # Only a batch with a member's transfer writes the column (a plain
+            # spend's insert binds no more than before).
+            row["member_id"] = spender_member
+            self.with_members = True
         self._append(self.new_transfers, row)
         self._add(self._batch_keys, key)
         for acct in (debit, credit):
@@ -732,7 +741,12 @@ class LedgerTx:
             ("tier", "monthly_credits", "period_start_us", "period_end_us", "flagged_reason", "stripe_customer_id"),
             [self.users[u] for u in sorted(self._dirty_users) if u not in new_users],
         )
-        await sql.insert(transfers, self.new_transfers)
+        if self.with_members:
+            for row in self.new_transfers:
+                row.setdefault("member_id", None)
+            await sql.insert(transfers, self.new_transfers)
+        else:
+            await sql.insert(transfers, self.new_transfers, skip=NO_MEMBER)
         new_accounts = set(self._new_accounts)
         await sql.update(
             accounts, "id",
