@@ -7,6 +7,7 @@ import base64
 import hashlib
 import json
 import re
+from collections.abc import Sequence
 from typing import Any
 
 from google.protobuf.message import Message
@@ -58,6 +59,17 @@ def wallet_owner(value: str, *, required: bool = False, field: str = "user_id") 
     if value and ids.is_org_id(value):
         return value
     return user_id(value, required=required, field=field)
+
+
+def update_mask(paths: list[str], allowed: Sequence[str]) -> list[str]:
+    """An update_mask's paths: at least one, each a field the RPC may change."""
+    unknown = [p for p in paths if p not in allowed]
+    if not paths or unknown:
+        raise errors.InvalidArgument(
+            "update_mask must name fields to change", reason="INVALID_UPDATE_MASK",
+            metadata={"allowed": ",".join(allowed), "unknown": ",".join(unknown)},
+        )
+    return paths
 
 
 def org_id(value: str, *, required: bool = False, field: str = "org_id") -> str:

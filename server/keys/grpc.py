@@ -109,13 +109,7 @@ class KeysServicer(keys_pb2_grpc.KeysServiceServicer):
         return resp
 
     async def UpdateKey(self, request: keys_pb2.UpdateKeyRequest, context: Ctx) -> keys_pb2.UpdateKeyResponse:
-        paths = list(request.update_mask.paths)
-        unknown = [p for p in paths if p not in UPDATABLE]
-        if not paths or unknown:
-            raise errors.InvalidArgument(
-                "update_mask must name fields to change", reason="INVALID_UPDATE_MASK",
-                metadata={"allowed": ",".join(UPDATABLE), "unknown": ",".join(unknown)},
-            )
+        paths = validation.update_mask(list(request.update_mask.paths), UPDATABLE)
         fields = KeyFields()
         if "label" in paths:
             fields.label = request.label

@@ -88,13 +88,7 @@ class OrgsServicer(orgs_pb2_grpc.OrgsServiceServicer):
     async def UpdateMember(
         self, request: orgs_pb2.UpdateMemberRequest, context: Ctx
     ) -> orgs_pb2.UpdateMemberResponse:
-        paths = list(request.update_mask.paths)
-        unknown = [p for p in paths if p not in UPDATABLE]
-        if not paths or unknown:
-            raise errors.InvalidArgument(
-                "update_mask must name fields to change", reason="INVALID_UPDATE_MASK",
-                metadata={"allowed": ",".join(UPDATABLE), "unknown": ",".join(unknown)},
-            )
+        paths = validation.update_mask(list(request.update_mask.paths), UPDATABLE)
         view = await self.orgs.update_member(
             principal(), org_id=validation.org_id(request.org_id, required=True),
             user_id=validation.user_id(request.user_id, required=True),
