@@ -6,7 +6,14 @@ wallet are settled by its members."""
 from __future__ import annotations
 
 import grpc
-from flownexus.billing.v1 import admin_pb2, balance_pb2, common_pb2, earnings_pb2, history_pb2, usage_pb2
+from flownexus.billing.v1 import (
+    admin_pb2,
+    balance_pb2,
+    common_pb2,
+    earnings_pb2,
+    history_pb2,
+    usage_pb2,
+)
 
 from tests.harness import Running, auth, expect_error
 from tests.orgs.helpers import ADMIN_ROLE, add_member, create_org, remove_member
