@@ -4,7 +4,7 @@ an owner, and bad input, each refusal with its ErrorInfo reason."""
 from __future__ import annotations
 
 import grpc
-from flownexus.billing.v1 import orgs_pb2
+from flownexus.billing.v1 import balance_pb2, orgs_pb2, usage_pb2
 from google.protobuf.field_mask_pb2 import FieldMask
 from sqlalchemy import select
 
@@ -179,3 +179,14 @@ async def test_lists_page_through_orgs_and_members(sqlite_server: Running) -> No
         if not token:
             break
     assert users == ["pat", "u0", "u1", "u2", "u3"]
+
+
+async def test_an_org_id_is_never_a_token_subject_or_a_user_id(sqlite_server: Running) -> None:
+    """Else a token minted for "org_..." (or a service naming it as user_id)
+    would reach the org's wallet without being a member."""
+    org = await create_org(sqlite_server, "olga")
+    await expect_error(sqlite_server.s.balance.CheckBalance(balance_pb2.CheckBalanceRequest(), metadata=auth(org)),
+                       grpc.StatusCode.UNAUTHENTICATED, "INVALID_SUBJECT")
+    await expect_error(sqlite_server.s.usage.Spend(usage_pb2.SpendRequest(
+        user_id=org, amount_millicredits=1, request_id="s"), metadata=SERVICE),
+        grpc.StatusCode.INVALID_ARGUMENT, "INVALID_USER_ID")
