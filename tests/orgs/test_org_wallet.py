@@ -150,3 +150,20 @@ async def test_holds_on_the_org_wallet_are_settled_by_its_members(server: Runnin
     released = await server.s.usage.Release(usage_pb2.ReleaseRequest(
         hold_id=other.id, request_id="x2", org_id=org), metadata=auth("adam"))
     assert released.credits_millicredits == 7 * CREDIT
+
+
+async def test_a_member_watches_the_org_wallet_and_a_stranger_cannot(server: Running) -> None:
+    org = await create_org(server, "olga")
+    await add_member(server, org, "mia", by="olga")
+    await fund_org(server, org, 10 * CREDIT)
+    call = server.s.balance.WatchBalance(balance_pb2.WatchBalanceRequest(org_id=org), metadata=auth("mia"), timeout=10)
+    snapshot = await call.read()
+    assert (snapshot.user_id, snapshot.credits_millicredits) == (org, 10 * CREDIT)
+    await server.s.usage.Spend(spend_req(3 * CREDIT, "w1", org), metadata=auth("olga"))
+    change = await call.read()
+    assert (change.user_id, change.credits_millicredits) == (org, 7 * CREDIT)
+    assert change.transaction.member_id == "olga"
+    call.cancel()
+    stranger = server.s.balance.WatchBalance(balance_pb2.WatchBalanceRequest(org_id=org), metadata=auth("eve"),
+                                             timeout=10)
+    await expect_error(stranger.read(), PD, "NOT_ORG_MEMBER")
