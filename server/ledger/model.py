@@ -239,5 +239,6 @@ def _build(cls: Any, value: Any) -> Any:
         return _build(inner, value)
     if isinstance(cls, type) and dataclasses.is_dataclass(cls):
         hints = typing.get_type_hints(cls)
-        return cls(**{f.name: _build(hints[f.name], value[f.name]) for f in dataclasses.fields(cls)})
+        # A field added since the response was stored (a transfer's member_id) takes its default.
+        return cls(**{f.name: _build(hints[f.name], value[f.name]) for f in dataclasses.fields(cls) if f.name in value})
     return value

@@ -5,6 +5,8 @@ wallet are settled by its members."""
 
 from __future__ import annotations
 
+import json
+
 import grpc
 from flownexus.billing.v1 import (
     admin_pb2,
@@ -14,7 +16,9 @@ from flownexus.billing.v1 import (
     history_pb2,
     usage_pb2,
 )
+from sqlalchemy import select, update
 
+from server.db.schema import idempotency
 from tests.harness import Running, auth, expect_error
 from tests.orgs.helpers import ADMIN_ROLE, add_member, create_org, remove_member
 
@@ -167,3 +171,20 @@ async def test_a_member_watches_the_org_wallet_and_a_stranger_cannot(server: Run
     stranger = server.s.balance.WatchBalance(balance_pb2.WatchBalanceRequest(org_id=org), metadata=auth("eve"),
                                              timeout=10)
     await expect_error(stranger.read(), PD, "NOT_ORG_MEMBER")
+
+
+async def test_a_hold_stored_before_members_existed_replays(server: Running) -> None:
+    """A Reserve whose stored response predates the transfers' member_id (an
+    earlier release) is answered from it, the member empty, never INTERNAL."""
+    req = usage_pb2.ReserveRequest(amount_millicredits=CREDIT, request_id="old-hold", category="sandbox")
+    first = await server.s.usage.Reserve(req, metadata=auth("ned"))
+    async with server.read() as conn:
+        (key, response), = (await conn.execute(select(idempotency.c.key, idempotency.c.response).where(
+            idempotency.c.key.like("%old-hold%")))).all()
+    stored = json.loads(response)
+    del stored["transaction"]["member_id"]
+    async with server.started.db.writer.begin() as conn:
+        await conn.execute(update(idempotency).where(idempotency.c.key == key).values(
+            response=json.dumps(stored).encode()))
+    again = await server.s.usage.Reserve(req, metadata=auth("ned"))
+    assert again.hold.id == first.hold.id and again.credits_millicredits == first.credits_millicredits
