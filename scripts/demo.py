@@ -35,6 +35,8 @@ from flownexus.billing.v1 import (  # noqa: E402
     common_pb2,
     earnings_pb2,
     history_pb2,
+    keys_pb2,
+    orgs_pb2,
     payments_pb2,
     portal_pb2,
     portal_pb2_grpc,
@@ -269,6 +271,40 @@ class Demo:
                 print(f"     {line}")
 
 
+    async def team(self) -> None:
+        org = (await self.user.orgs.CreateOrg(orgs_pb2.CreateOrgRequest(name="Dana's team", request_id="demo-org"))).org
+        print(f"   {USER} creates the org {org.name!r} ({org.id}), its owner")
+        daily = keys_pb2.Budget(window=keys_pb2.BUDGET_WINDOW_DAY, limit_millicredits=50_000)
+        await self.user.orgs.AddMember(orgs_pb2.AddMemberRequest(
+            org_id=org.id, user_id=TEAMMATE, role=orgs_pb2.ORG_ROLE_MEMBER, budgets=[daily], request_id="demo-member"))
+        print(f"   {TEAMMATE} joins as a member with a budget of {cr(daily.limit_millicredits)} credits a day")
+        link = await self.user.payments.CreatePaymentLink(
+            payments_pb2.CreatePaymentLinkRequest(amount_cents=1000, request_id="demo-org-buy", org_id=org.id))
+        mark = len(self.fake.delivered)
+        await self.fake.complete(link.payment_url.rsplit("/", 1)[-1])
+        self.print_events(mark)
+        left = await self.user.balance.CheckBalance(balance_pb2.CheckBalanceRequest(org_id=org.id))
+        print(f"   {USER} buys $10.00 for the team: the team wallet holds {cr(left.credits_millicredits)} credits")
+        for amount, rid in ((30_000, "demo-team-1"), (30_000, "demo-team-2")):
+            try:
+                r = await self.teammate.usage.Spend(usage_pb2.SpendRequest(
+                    amount_millicredits=amount, request_id=rid, category="sandbox", org_id=org.id))
+                print(f"   {TEAMMATE} spends {cr(amount)} from the team wallet -> {cr(r.credits_millicredits)} left")
+            except BillingError as exc:
+                print(f"   {TEAMMATE} spends {cr(amount)} more: refused {exc.reason} "
+                      f"({exc.metadata.get('window')} budget, {cr(int(exc.metadata.get('remaining_millicredits', 0)))} left)")
+        report = await self.user.history.GetSpendingReport(history_pb2.GetSpendingReportRequest(org_id=org.id))
+        for m in report.members:
+            print(f"   by member: {m.member_id} spent {cr(m.spent_millicredits)} credits in {m.operations} operations")
+        await self.user.orgs.RemoveMember(orgs_pb2.RemoveMemberRequest(
+            org_id=org.id, user_id=TEAMMATE, request_id="demo-remove"))
+        try:
+            await self.teammate.usage.Spend(usage_pb2.SpendRequest(
+                amount_millicredits=1_000, request_id="demo-team-3", category="sandbox", org_id=org.id))
+            raise StepFailed("a removed member could still spend")
+        except BillingError as exc:
+            print(f"   {USER} removes {TEAMMATE}; their next spend is refused: {exc.reason}")
+
     async def portal_link(self) -> str:
         """A billing portal link for the demo user, as a platform service asks for one."""
         async with grpc.aio.insecure_channel(f"127.0.0.1:{self.app.grpc_port}") as ch:
@@ -308,6 +344,7 @@ async def main() -> int:
             await demo.step("They upgrade to Pro", demo.upgrade)
             await demo.step("They earn credits from a challenge", demo.earn)
             await demo.step("History and stats", demo.report)
+            await demo.step("A team shares a wallet", demo.team)
             if demo.failed:
                 print(f"\nFailed steps: {', '.join(demo.failed)}")
                 return 1

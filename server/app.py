@@ -19,6 +19,7 @@ from flownexus.billing.v1 import (
     events_pb2,
     history_pb2,
     keys_pb2,
+    orgs_pb2,
     payments_pb2,
     portal_pb2,
     refill_pb2,
@@ -53,6 +54,9 @@ from server.ledger.model import BalanceEvent, tally
 from server.ledger.quota import StoredQuota
 from server.ledger.repository import LedgerReader
 from server.ledger.writer import LedgerWriter
+from server.orgs import grpc as orgs_grpc
+from server.orgs.repository import OrgsRepository
+from server.orgs.service import OrgsService
 from server.payments import grpc as payments_grpc
 from server.payments.events import EventRouter
 from server.payments.gateway import StripeGateway
@@ -92,6 +96,7 @@ SERVICE_NAMES = tuple(
         (usage_pb2, "UsageService"),
         (admin_pb2, "AdminService"),
         (keys_pb2, "KeysService"),
+        (orgs_pb2, "OrgsService"),
         (events_pb2, "EventsService"),
         (portal_pb2, "PortalService"),
     )
@@ -143,24 +148,34 @@ class App:
         self.stripe = StripeGateway(settings.stripe_api_key, settings.stripe_api_base)
         # Stripe events: one table, filled by payments, refill and tiers in this order.
         self.stripe_events = EventRouter()
-        self.payments = PaymentsService(settings, self.db, self.writer, self.clock, self.stripe, self.stripe_events)
+        # Orgs first: every domain that acts on a wallet asks it about org wallets.
+        self.orgs = OrgsService(self.writer, OrgsRepository(self.db.reader, self.db.fast), self.clock, settings)
+        orgs_grpc.register(reg, self.orgs)
+
+        self.payments = PaymentsService(
+            settings, self.db, self.writer, self.clock, self.stripe, self.stripe_events, self.orgs.access
+        )
         payments_grpc.register(reg, self.payments)
 
         # The worker first: enabling auto-refill below the threshold charges at once.
         self.refill_worker = RefillWorker(settings, self.writer, self.payments)
-        self.refill = RefillService(settings, self.db, self.writer, self.clock, self.payments, self.refill_worker)
+        self.refill = RefillService(
+            settings, self.db, self.writer, self.clock, self.payments, self.refill_worker, self.orgs.access
+        )
         refill_grpc.register(reg, self.refill, self.refill_worker, self.stripe_events)
 
-        self.balance = BalanceService(self.writer, self.reader, self.clock, self.refill.lookup)
+        self.balance = BalanceService(self.writer, self.reader, self.clock, self.refill.lookup, self.orgs.wallet_of)
         balance_grpc.register(reg, self.balance, self.hub, self.clock)
 
         # Keys before usage: every Spend through a key is held to its budgets.
-        self.keys = KeysService(self.writer, KeysRepository(self.db.reader, self.db.fast), self.clock, settings)
+        self.keys = KeysService(
+            self.writer, KeysRepository(self.db.reader, self.db.fast), self.clock, settings, self.orgs.access
+        )
         keys_grpc.register(reg, self.keys)
         self.workers.add("reset_key_budgets", self.keys.reset_windows)
 
         self.mutations = mutation_limits(settings)
-        self.usage = UsageService(self.writer, self.reader, settings, self.mutations)
+        self.usage = UsageService(self.writer, self.reader, settings, self.orgs.access, self.mutations)
         usage_grpc.register(reg, self.usage)
 
         self.history = HistoryService(self.balance, HistoryRepository(
@@ -169,7 +184,9 @@ class App:
         ), self.clock)
         history_grpc.register(reg, self.history)
 
-        self.earnings = EarningsService(self.writer, EarningsRepository(self.db.reader), settings)
+        self.earnings = EarningsService(
+            self.writer, EarningsRepository(self.db.reader), settings, self.orgs.wallet_of
+        )
         earnings_grpc.register(reg, self.earnings)
 
         self.tier_service = TierService(

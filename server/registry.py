@@ -13,7 +13,7 @@ from typing import Any
 import grpc
 from aiohttp import web
 
-from server.ledger.tx import SpendGuard
+from server.ledger.tx import MemberGuard, SpendGuard
 from server.ledger.writer import BatchHook, LedgerWriter
 from server.workers import Job, Workers
 
@@ -40,6 +40,10 @@ class Registry:
     def spend_guard(self, guard: SpendGuard) -> None:
         """The scoped keys' budgets, used inside every batch under its locks."""
         self.writer.guard = guard
+
+    def member_guard(self, guard: MemberGuard) -> None:
+        """Org members' budgets, used inside every batch under its locks."""
+        self.writer.member_guard = guard
 
     def ledger_extension(self, hook: BatchHook, *, wallet_tables: Sequence[Any] = ()) -> None:
         """Runs inside every batch, before its write-back, under the batch's locks.

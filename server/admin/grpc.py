@@ -66,7 +66,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         expires = validation.timestamp(request.expires_at, request.HasField("expires_at"), field="expires_at") or 0
         result = await self.admin.adjust(
             p,
-            user_id=validation.user_id(request.user_id, required=True),
+            user_id=validation.wallet_owner(request.user_id, required=True),
             amount=amount,
             reason=_reason(request.reason),
             lot=lot,
@@ -100,7 +100,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         _flag(request.flag)
         result = await self.admin.set_flag(
             p,
-            user_id=validation.user_id(request.user_id, required=True),
+            user_id=validation.wallet_owner(request.user_id, required=True),
             # It becomes the account's flagged_reason, whole (at most 200 characters).
             reason=_reason(request.reason, max_len=FLAG_REASON_MAX),
             request_id=validation.request_id(request.request_id),
@@ -117,7 +117,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         _flag(request.flag)
         result = await self.admin.clear_flag(
             p,
-            user_id=validation.user_id(request.user_id, required=True),
+            user_id=validation.wallet_owner(request.user_id, required=True),
             reason=_reason(request.reason),
             request_id=validation.request_id(request.request_id),
             fingerprint=validation.fingerprint("ClearAccountFlag", request),
@@ -129,7 +129,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     ) -> admin_pb2.ListAdminActionsResponse:
         p = self.admin.operator(principal(), "ListAdminActions")
         size = validation.page_size(request.page_size)
-        user_id = validation.user_id(request.user_id)
+        user_id = validation.wallet_owner(request.user_id)
         action = validation.text(request.action, field="action", max_len=64)
         actor = validation.text(request.actor, field="actor", max_len=128)
         sig = validation.filters_signature(user_id, action, actor)
@@ -151,7 +151,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
 
     async def GetAccount(self, request: admin_pb2.GetAccountRequest, context: Ctx) -> admin_pb2.GetAccountResponse:
         p = self.admin.operator(principal(), "GetAccount")
-        view, refill = await self.admin.account(p, validation.user_id(request.user_id, required=True))
+        view, refill = await self.admin.account(p, validation.wallet_owner(request.user_id, required=True))
         w, sub = view.wallet, view.subscription or {}
         return admin_pb2.GetAccountResponse(
             user_id=view.user_id,

@@ -22,7 +22,7 @@ class BalanceServicer(balance_pb2_grpc.BalanceServiceServicer):
         self.clock = clock
 
     async def CheckBalance(self, request: balance_pb2.CheckBalanceRequest, context: Ctx) -> balance_pb2.CheckBalanceResponse:
-        state, refill = await self.balance.check_balance(principal())
+        state, refill = await self.balance.check_balance(principal(), validation.org_id(request.org_id))
         return balance_pb2.CheckBalanceResponse(
             credits_millicredits=state.credits,
             auto_refill=refill.enabled,
@@ -34,12 +34,13 @@ class BalanceServicer(balance_pb2_grpc.BalanceServiceServicer):
 
     async def GetBalance(self, request: balance_pb2.GetBalanceRequest, context: Ctx) -> balance_pb2.GetBalanceResponse:
         user = validation.user_id(request.user_id)
-        return convert.balance(await self.balance.get_balance(principal(), user))
+        return convert.balance(await self.balance.get_balance(principal(), user, validation.org_id(request.org_id)))
 
     async def WatchBalance(
         self, request: balance_pb2.WatchBalanceRequest, context: Ctx
     ) -> AsyncIterator[balance_pb2.WatchBalanceResponse]:
-        user = principal().resolve_user(validation.user_id(request.user_id))
+        user = await self.balance.watched(
+            principal(), validation.user_id(request.user_id), validation.org_id(request.org_id))
         await self.balance.wallet(user)  # a new wallet's first grant belongs to the snapshot
         # Subscribe before the snapshot so that no change falls in between.
         sub = self.hub.subscribe(user)

@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 from server.ledger.ops import EnsureWallet
 from server.ledger.repository import LedgerReader, WalletState
 from server.ledger.writer import LedgerWriter
+from server.orgs.models import Right, WalletOf
 from server.platform.auth import Principal
 from server.platform.clock import Clock
 from server.refill.models import RefillStatus
@@ -16,8 +17,11 @@ RefillLookup = Callable[[str], Awaitable[RefillStatus]]
 
 
 class BalanceService:
-    def __init__(self, writer: LedgerWriter, reader: LedgerReader, clock: Clock, refill_status: RefillLookup) -> None:
+    def __init__(
+        self, writer: LedgerWriter, reader: LedgerReader, clock: Clock, refill_status: RefillLookup, wallet_of: WalletOf
+    ) -> None:
         self.writer = writer
+        self.wallet_of = wallet_of
         self.reader = reader
         self.clock = clock
         self.refill_status = refill_status
@@ -34,9 +38,13 @@ class BalanceService:
         assert state is not None
         return state
 
-    async def check_balance(self, principal: Principal) -> tuple[WalletState, RefillStatus]:
-        user = principal.own_user
+    async def check_balance(self, principal: Principal, org_id: str = "") -> tuple[WalletState, RefillStatus]:
+        user = await self.wallet_of(principal, "", org_id, Right.READ) if org_id else principal.own_user
         return await self.wallet(user), await self.refill_status(user)
 
-    async def get_balance(self, principal: Principal, user_id: str) -> WalletState:
-        return await self.wallet(principal.resolve_user(user_id), with_lots=True)
+    async def get_balance(self, principal: Principal, user_id: str, org_id: str = "") -> WalletState:
+        return await self.wallet(await self.wallet_of(principal, user_id, org_id, Right.READ), with_lots=True)
+
+    async def watched(self, principal: Principal, user_id: str, org_id: str = "") -> str:
+        """The wallet a WatchBalance stream follows."""
+        return await self.wallet_of(principal, user_id, org_id, Right.READ)

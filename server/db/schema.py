@@ -76,10 +76,13 @@ transfers = Table(
     Column("corrects", BigInteger, nullable=True),
     # The scoped key (api_keys) the transfer was made through or for: budgets and history by key.
     Column("key_id", String(64), nullable=True),
+    # On an org's wallet: the member (user id) it was spent by or given back to.
+    Column("member_id", String(128), nullable=True),
     CheckConstraint("amount > 0", name="amount_positive"),
     CheckConstraint("debit_account <> credit_account", name="distinct_accounts"),
     Index("ix_transfers_corrects", "corrects"),
     Index("ix_transfers_key_id", "key_id", "id"),
+    Index("ix_transfers_member_id", "member_id", "id"),
 )
 
 # Balance buckets of a wallet, spent in order: allowance, earned, purchased.
@@ -117,6 +120,7 @@ holds = Table(
     Column("resolved_at_us", BigInteger, nullable=True),
     # The key the hold counts against (its budgets, in the window of created_at_us).
     Column("key_id", String(64), nullable=True),
+    Column("member_id", String(128), nullable=True),
     Index("ix_holds_status_expiry", "status", "expires_at_us"),
     Index("ix_holds_user", "user_id"),
 )
@@ -389,6 +393,48 @@ api_keys = Table(
     Column("month_used", BigInteger, nullable=False, default=0),
     Column("lifetime_used", BigInteger, nullable=False, default=0),
     Index("ix_api_keys_user", "user_id", "created_at_us"),
+)
+
+
+# ---- organisations ------------------------------------------------------------
+
+# A team's pooled wallet: the org's id is also its wallet's owner id
+# (`wallet:org_...`), so the org has its own lots, history, payments and tier.
+orgs = Table(
+    "orgs",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("name", String(100), nullable=False),
+    Column("created_by", String(128), nullable=False),
+    Column("created_at_us", BigInteger, nullable=False),
+)
+
+# One row per (org, user) ever added; a removed member keeps the row
+# (removed_at_us > 0), so that past spends stay attributed to them. Written
+# only by the ledger writer under the org wallet's lock: the owner count and
+# a spend's membership check never race a change.
+org_members = Table(
+    "org_members",
+    metadata,
+    Column("id", String(320), primary_key=True),  # keys.org_member(org_id, user_id)
+    Column("org_id", String(64), nullable=False),
+    Column("user_id", String(128), nullable=False),
+    Column("role", String(16), nullable=False),
+    Column("added_at_us", BigInteger, nullable=False),
+    Column("removed_at_us", BigInteger, nullable=False, default=0),  # 0: a member
+    # The member's budgets on the org's wallet and their use, as a key's
+    # (api_keys): [[window, limit_millicredits], ...], and per window counter
+    # the start of the window it is for (0: never used).
+    Column("budgets", Text, nullable=False, default="[]"),
+    Column("hour_start_us", BigInteger, nullable=False, default=0),
+    Column("hour_used", BigInteger, nullable=False, default=0),
+    Column("day_start_us", BigInteger, nullable=False, default=0),
+    Column("day_used", BigInteger, nullable=False, default=0),
+    Column("month_start_us", BigInteger, nullable=False, default=0),
+    Column("month_used", BigInteger, nullable=False, default=0),
+    Column("lifetime_used", BigInteger, nullable=False, default=0),
+    Index("ix_org_members_org", "org_id", "added_at_us"),
+    Index("ix_org_members_user", "user_id", "added_at_us"),
 )
 
 

@@ -35,8 +35,8 @@ class EarningsServicer(earnings_pb2_grpc.EarningsServiceServicer):
         self, request: earnings_pb2.GetUserStatsRequest, context: Ctx
     ) -> earnings_pb2.GetUserStatsResponse:
         p = principal()
-        user = p.resolve_user(validation.user_id(request.user_id))
-        s = await self.earnings.stats(p, user)
+        user = await self.earnings.wallet(p, validation.user_id(request.user_id), validation.org_id(request.org_id))
+        s = await self.earnings.wallet_stats(user)
         return earnings_pb2.GetUserStatsResponse(
             user_id=user,
             credits_earned_millicredits=s.credits_earned,

@@ -7,13 +7,15 @@ from server.earnings.models import UserStats
 from server.earnings.repository import EarningsRepository
 from server.ledger.ops import Award, Idempotency, SpendResult
 from server.ledger.writer import LedgerWriter
+from server.orgs.models import Right, WalletOf
 from server.platform import errors
 from server.platform.auth import Principal, Role
 from server.platform.config import Settings
 
 
 class EarningsService:
-    def __init__(self, writer: LedgerWriter, repo: EarningsRepository, settings: Settings) -> None:
+    def __init__(self, writer: LedgerWriter, repo: EarningsRepository, settings: Settings, wallet_of: WalletOf) -> None:
+        self.wallet_of = wallet_of
         self.writer = writer
         self.repo = repo
         self.settings = settings
@@ -46,5 +48,10 @@ class EarningsService:
         result: SpendResult = await self.writer.submit(op)
         return result
 
-    async def stats(self, principal: Principal, user_id: str) -> UserStats:
-        return await self.repo.stats(principal.resolve_user(user_id))
+    async def wallet(self, principal: Principal, user_id: str, org_id: str) -> str:
+        """Whose stats a request reads: the user's (as always), or an org's for its members."""
+        return await self.wallet_of(principal, user_id, org_id, Right.READ)
+
+    async def wallet_stats(self, wallet_owner: str) -> UserStats:
+        """The stats of a wallet `wallet` has allowed."""
+        return await self.repo.stats(wallet_owner)

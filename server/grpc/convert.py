@@ -51,6 +51,7 @@ def transaction(t: TransferView) -> common_pb2.Transaction:
         category=t.category,
         metadata=t.metadata,
         key_id=t.key_id,
+        member_id=t.member_id,
     )
 
 

@@ -7,6 +7,7 @@ import base64
 import hashlib
 import json
 import re
+from collections.abc import Sequence
 from typing import Any
 
 from google.protobuf.message import Message
@@ -49,6 +50,35 @@ def user_id(value: str, *, required: bool = False, field: str = "user_id") -> st
             f"{field} must be {ids.USER_ID_RULE}",
             reason="INVALID_USER_ID",
             metadata={"field": field},
+        )
+    return value
+
+
+def wallet_owner(value: str, *, required: bool = False, field: str = "user_id") -> str:
+    """Where an operator names a wallet: a user's id or an org's."""
+    if value and ids.is_org_id(value):
+        return value
+    return user_id(value, required=required, field=field)
+
+
+def update_mask(paths: list[str], allowed: Sequence[str]) -> list[str]:
+    """An update_mask's paths: at least one, each a field the RPC may change."""
+    unknown = [p for p in paths if p not in allowed]
+    if not paths or unknown:
+        raise errors.InvalidArgument(
+            "update_mask must name fields to change", reason="INVALID_UPDATE_MASK",
+            metadata={"allowed": ",".join(allowed), "unknown": ",".join(unknown)},
+        )
+    return paths
+
+
+def org_id(value: str, *, required: bool = False, field: str = "org_id") -> str:
+    """An org's id ("org_" and 32 hex digits); empty: none (the caller's own wallet)."""
+    if not value and not required:
+        return ""
+    if not ids.is_org_id(value):
+        raise errors.InvalidArgument(
+            f"{field} must be \"org_\" and 32 lowercase hex digits", reason="INVALID_ORG_ID", metadata={"field": field}
         )
     return value
 

@@ -13,14 +13,19 @@ DAY_US = 86_400_000_000
 HISTORY_FIELDS = (
     "id", "kind", "amount", "debit_account", "credit_account", "debit_balance_after", "credit_balance_after",
     "description", "category", "ref", "created_at_us", "metadata", "key_id",
+    "member_id",
 )
 HISTORY_COLUMNS = ", ".join(HISTORY_FIELDS)
 
 
 def _filters(
-    kinds: list[str], start_us: int | None, end_us: int | None, key_id: str = "", category: str | None = None
+    kinds: list[str], start_us: int | None, end_us: int | None, key_id: str = "", category: str | None = None,
+    member_id: str = "",
 ) -> tuple[str, list[Any]]:
     sql, params = "", list[Any]()
+    if member_id:
+        sql += " AND member_id = ?"
+        params.append(member_id)
     if category is not None:
         sql += " AND category = ?"
         params.append(category)
@@ -51,6 +56,7 @@ def page_query(
     from_id: int | None = None,
     category: str | None = None,
     key_id: str = "",
+    member_id: str = "",
 ) -> tuple[str, list[Any]]:
     """One page of an account's transfers, newest first, with `?` placeholders.
     `scan` bounds the rows each side examines (a filtered page); `from_id`
@@ -67,7 +73,7 @@ def page_query(
     if from_id is not None:
         keyset += " AND -id <= ?"
         params.append(-from_id)
-    filters, fparams = _filters(kinds, start_us, end_us, key_id, category)
+    filters, fparams = _filters(kinds, start_us, end_us, key_id, category, member_id)
     if scan is None:  # unfiltered: every row examined is a row of the page
         keyset, params, filters, fparams = keyset + filters, params + fparams, "", []
     inner = scan if scan is not None else limit
@@ -128,13 +134,14 @@ class HistoryRepository:
         end_us: int | None,
         category: str | None = None,
         key_id: str = "",
+        member_id: str = "",
     ) -> tuple[list[TransferView], int | None]:
         """Up to `limit` transfers, and where to resume when the filters
         matched fewer within the rows a page may examine (else None)."""
         account = wallet_id(user_id)
         frontier = None
         scan = None
-        if kinds or start_us is not None or end_us is not None or key_id or category is not None:
+        if kinds or start_us is not None or end_us is not None or key_id or member_id or category is not None:
             # Key and category filters are applied while scanning: the probe reads kinds and times only.
             sql, args = probe_query(account, kinds, start_us, end_us)
             if await self.bulk.fetchrow(sql, *args) is None:
@@ -149,7 +156,7 @@ class HistoryRepository:
             charge(sum(int(n) for n, _ in counts))
         sql, args = page_query(
             account, limit=limit, before_id=before_id, kinds=kinds, start_us=start_us, end_us=end_us,
-            scan=scan, from_id=frontier, category=category, key_id=key_id,
+            scan=scan, from_id=frontier, category=category, key_id=key_id, member_id=member_id,
         )
         rows = await self.bulk.fetchall(sql, *args)
         charge(len(rows))
@@ -184,20 +191,27 @@ class HistoryRepository:
         return [(int(r[0]), str(r[1]), int(r[2]), int(r[3])) for r in rows]
 
     async def spending_by_category(
-        self, user_id: str, start_us: int, end_us: int, key_id: str = ""
+        self, user_id: str, start_us: int, end_us: int, key_id: str = "", member_id: str = ""
     ) -> list[tuple[str, int, int]]:
         return await self._spending("CASE WHEN category = '' THEN 'other' ELSE category END", user_id, start_us,
-                                    end_us, key_id)
+                                    end_us, key_id, member_id)
 
     async def spending_by_key(
-        self, user_id: str, start_us: int, end_us: int, key_id: str = ""
+        self, user_id: str, start_us: int, end_us: int, key_id: str = "", member_id: str = ""
     ) -> list[tuple[str, int, int]]:
-        return await self._spending("COALESCE(key_id, '')", user_id, start_us, end_us, key_id)
+        return await self._spending("COALESCE(key_id, '')", user_id, start_us, end_us, key_id, member_id)
+
+    async def spending_by_member(
+        self, user_id: str, start_us: int, end_us: int, key_id: str = "", member_id: str = ""
+    ) -> list[tuple[str, int, int]]:
+        return await self._spending("COALESCE(member_id, '')", user_id, start_us, end_us, key_id, member_id)
 
     async def _spending(
-        self, group: str, user_id: str, start_us: int, end_us: int, key_id: str
+        self, group: str, user_id: str, start_us: int, end_us: int, key_id: str, member_id: str = ""
     ) -> list[tuple[str, int, int]]:
         by_key, params = (" AND key_id = ?", [key_id]) if key_id else ("", [])
+        if member_id:
+            by_key, params = by_key + " AND member_id = ?", [*params, member_id]
         rows = await self.bulk.fetchall(
             f"SELECT {group} AS g, SUM(amount), COUNT(*) FROM transfers WHERE debit_account = ? AND kind IN (?, ?) "
             f"AND created_at_us >= ? AND created_at_us < ?{by_key} GROUP BY g ORDER BY SUM(amount) DESC",

@@ -7,6 +7,7 @@ from server.balance.service import BalanceService
 from server.history.repository import HistoryRepository
 from server.ledger.model import Kind, TransferView
 from server.ledger.repository import WalletState
+from server.orgs.models import Right
 from server.platform import errors
 from server.platform.auth import Principal
 from server.platform.clock import MIN_US, Clock
@@ -41,15 +42,17 @@ class HistoryService:
         end_us: int | None,
         category: str | None = None,
         key_id: str = "",
+        org_id: str = "",
+        member_id: str = "",
     ) -> tuple[list[TransferView], int | None]:
         """A page, and the position to resume from when the page stopped at
         its bound of rows examined (server/history/repository.py)."""
-        user = principal.resolve_user(user_id)
+        user = await self.balance.wallet_of(principal, user_id, org_id, Right.READ)
         await self.balance.wallet(user)  # a roll-over due now belongs to the page
         return await self.repo.page(
             user, limit=limit, before_id=before_id, kinds=[str(k) for k in kinds], start_us=start_us, end_us=end_us,
             category=category,
-            key_id=key_id,
+            key_id=key_id, member_id=member_id,
         )
 
     async def daily_spending(
@@ -65,9 +68,10 @@ class HistoryService:
         return start, [((day * DAY_US - start) // DAY_US, c, a, n) for day, c, a, n in rows]
 
     async def spending_report(
-        self, principal: Principal, user_id: str, start_us: int | None, end_us: int | None, key_id: str = ""
+        self, principal: Principal, user_id: str, start_us: int | None, end_us: int | None, key_id: str = "",
+        org_id: str = "", member_id: str = "",
     ) -> tuple[WalletState, list[tuple[str, int, int]], list[tuple[str, int, int]], int, int]:
-        user = principal.resolve_user(user_id)
+        user = await self.balance.wallet_of(principal, user_id, org_id, Right.READ)
         now = self.clock.now_us()
         end = end_us or now + 1  # the window includes this instant
         # A window ending in the first days of year 1 starts at the first instant.
@@ -77,6 +81,13 @@ class HistoryService:
         state = await self.balance.wallet(user)
         # A window holding more than the bound is reported from a later start.
         start = await self.repo.window_start(user, start, end)
-        rows = await self.repo.spending_by_category(user, start, end, key_id)
-        by_key = await self.repo.spending_by_key(user, start, end, key_id)
+        rows = await self.repo.spending_by_category(user, start, end, key_id, member_id)
+        by_key = await self.repo.spending_by_key(user, start, end, key_id, member_id)
         return state, rows, by_key, start, end
+
+    async def spending_by_member(
+        self, principal: Principal, org_id: str, start_us: int, end_us: int, key_id: str = "", member_id: str = ""
+    ) -> list[tuple[str, int, int]]:
+        """An org wallet's spend in a report's window (as `spending_report` answered it), by member."""
+        user = await self.balance.wallet_of(principal, "", org_id, Right.READ)
+        return await self.repo.spending_by_member(user, start_us, end_us, key_id, member_id)

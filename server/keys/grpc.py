@@ -6,7 +6,7 @@ from flownexus.billing.v1 import keys_pb2, keys_pb2_grpc
 
 from server.grpc import Ctx, convert, validation
 from server.keys.budgets import KeyBudgets, refused_events
-from server.keys.models import BudgetLimit, KeyView, Window
+from server.keys.models import BudgetLimit, BudgetUse, KeyView, Window
 from server.keys.service import KeyFields, KeysService, check_key_id
 from server.platform import errors
 from server.platform.auth import principal
@@ -49,14 +49,24 @@ def key_pb(view: KeyView) -> keys_pb2.Key:
         max_spend_millicredits=view.max_spend, expires_at=convert.ts(view.expires_at_us),
         create_time=convert.ts(view.created_at_us), revoke_time=convert.ts(view.revoked_at_us),
         secret_prefix=view.secret_prefix,
-        budgets=[
-            keys_pb2.Budget(
-                window=PB_WINDOW[b.window], limit_millicredits=b.limit, used_millicredits=b.used,
-                remaining_millicredits=b.remaining, resets_at=convert.ts(b.resets_at_us),
-            )
-            for b in view.budgets
-        ],
+        budgets=budget_pbs(view.budgets),
     )
+
+
+def budget_pbs(uses: list[BudgetUse]) -> list[keys_pb2.Budget]:
+    """Budgets with their use, as a key's or an org member's."""
+    return [
+        keys_pb2.Budget(
+            window=PB_WINDOW[b.window], limit_millicredits=b.limit, used_millicredits=b.used,
+            remaining_millicredits=b.remaining, resets_at=convert.ts(b.resets_at_us),
+        )
+        for b in uses
+    ]
+
+
+def budget_limits(items: list[keys_pb2.Budget]) -> list[BudgetLimit]:
+    """The budgets of a request (a key's or an org member's), windows checked."""
+    return _budgets(items)
 
 
 class KeysServicer(keys_pb2_grpc.KeysServiceServicer):
@@ -75,6 +85,7 @@ class KeysServicer(keys_pb2_grpc.KeysServiceServicer):
             principal(), user_id=validation.user_id(request.user_id), fields=fields,
             request_id=validation.request_id(request.request_id),
             fingerprint=validation.fingerprint("CreateKey", request),
+            org_id=validation.org_id(request.org_id),
         )
         return keys_pb2.CreateKeyResponse(key=key_pb(view), secret=secret)
 
@@ -87,9 +98,10 @@ class KeysServicer(keys_pb2_grpc.KeysServiceServicer):
     async def ListKeys(self, request: keys_pb2.ListKeysRequest, context: Ctx) -> keys_pb2.ListKeysResponse:
         user = validation.user_id(request.user_id)
         size = validation.page_size(request.page_size)
-        sig = validation.filters_signature("keys", user)
+        org_id = validation.org_id(request.org_id)
+        sig = validation.filters_signature("keys", user, *([org_id] if org_id else []))
         after = validation.decode_page_token(request.page_token, sig, int, str)
-        views = await self.keys.list(principal(), user, size + 1, tuple(after) if after else None)
+        views = await self.keys.list(principal(), user, size + 1, tuple(after) if after else None, org_id)
         resp = keys_pb2.ListKeysResponse(keys=[key_pb(v) for v in views[:size]])
         if len(views) > size:
             last = views[size - 1]
@@ -97,13 +109,7 @@ class KeysServicer(keys_pb2_grpc.KeysServiceServicer):
         return resp
 
     async def UpdateKey(self, request: keys_pb2.UpdateKeyRequest, context: Ctx) -> keys_pb2.UpdateKeyResponse:
-        paths = list(request.update_mask.paths)
-        unknown = [p for p in paths if p not in UPDATABLE]
-        if not paths or unknown:
-            raise errors.InvalidArgument(
-                "update_mask must name fields to change", reason="INVALID_UPDATE_MASK",
-                metadata={"allowed": ",".join(UPDATABLE), "unknown": ",".join(unknown)},
-            )
+        paths = validation.update_mask(list(request.update_mask.paths), UPDATABLE)
         fields = KeyFields()
         if "label" in paths:
             fields.label = request.label

@@ -13,7 +13,7 @@ from server.ledger.tx import LedgerTx
 
 # One indexed read per call (the secret's hash is unique): revocation is seen
 # by the very next call, in every process, with no cache to invalidate.
-BY_SECRET = "SELECT id, user_id, revoked_at_us, expires_at_us FROM api_keys WHERE secret_hash = ?"
+BY_SECRET = "SELECT id, user_id, revoked_at_us, expires_at_us, created_by FROM api_keys WHERE secret_hash = ?"
 
 
 class KeysRepository:

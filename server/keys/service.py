@@ -32,16 +32,20 @@ from server.ledger.model import wallet_id
 from server.ledger.ops import Call, Idempotency
 from server.ledger.tx import LedgerTx
 from server.ledger.writer import LedgerWriter
+from server.orgs.models import AccessOf, Right
 from server.platform import errors
 from server.platform.auth import Principal, Role
 from server.platform.clock import Clock
 from server.platform.config import Settings
+from server.platform.ids import is_org_id
 
 MAX_AMOUNT = 10**15
 MAX_LABEL = 100
 # No control character at all in a label (it is shown in events and logs).
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 KEY_ID = re.compile(r"^key_[0-9a-f]{32}$")
+# A key's created_by when a user token made it (Principal.scope).
+USER_SCOPE = f"{Role.USER.value}/"
 
 
 @dataclass
@@ -88,8 +92,11 @@ def check_key_id(value: str, *, field: str = "key_id") -> str:
 
 
 class KeysService:
-    def __init__(self, writer: LedgerWriter, repo: KeysRepository, clock: Clock, settings: Settings) -> None:
+    def __init__(
+        self, writer: LedgerWriter, repo: KeysRepository, clock: Clock, settings: Settings, org_access: AccessOf
+    ) -> None:
         self.writer = writer
+        self.org_access = org_access
         self.repo = repo
         self.clock = clock
         self.settings = settings
@@ -100,12 +107,15 @@ class KeysService:
         found = await self.repo.by_secret(secret_hash(secret))
         if found is None:
             raise errors.Unauthenticated("unknown key", reason="INVALID_KEY")
-        key_id, user_id, revoked_at, expires_at = found
+        key_id, user_id, revoked_at, expires_at, created_by = found
         if revoked_at:
             raise errors.Unauthenticated("the key was revoked", reason="KEY_REVOKED", metadata={"key_id": key_id})
         if expires_at and expires_at <= self.clock.now_us():
             raise errors.Unauthenticated("the key has expired", reason="KEY_EXPIRED", metadata={"key_id": key_id})
-        return Principal(str(user_id), Role.USER, key_id=str(key_id))
+        member = ""
+        if is_org_id(user_id) and str(created_by).startswith(USER_SCOPE):
+            member = str(created_by)[len(USER_SCOPE):]
+        return Principal(str(user_id), Role.USER, key_id=str(key_id), member=member)
 
     @staticmethod
     def spending_key(principal: Principal, key_id: str) -> str:
@@ -147,8 +157,11 @@ class KeysService:
 
     # ---- rules -------------------------------------------------------------------------------
 
-    def _may_manage(self, principal: Principal, owner: str) -> None:
+    async def _may_manage(self, principal: Principal, owner: str) -> None:
         if principal.role == Role.ADMIN:
+            return
+        if is_org_id(owner) and not principal.key_id:
+            await self.org_access(principal, owner, Right.MANAGE, "")  # an org's owners and admins
             return
         if principal.role != Role.USER or principal.subject != owner:
             raise errors.PermissionDenied(
@@ -163,9 +176,11 @@ class KeysService:
             if principal.key_id != key_id:
                 raise errors.PermissionDenied("a key reads only itself", reason="KEY_NOT_ALLOWED")
         elif principal.role == Role.USER and principal.subject != key["user_id"]:
-            raise errors.NotFound("key not found", reason="KEY_NOT_FOUND")  # another wallet's: not shown
+            if not is_org_id(key["user_id"]):
+                raise errors.NotFound("key not found", reason="KEY_NOT_FOUND")  # another wallet's: not shown
+            await self.org_access(principal, key["user_id"], Right.READ, "")  # an org's: its members
         if manage:
-            self._may_manage(principal, key["user_id"])
+            await self._may_manage(principal, key["user_id"])
         return key
 
     def _check(self, fields: KeyFields) -> None:
@@ -179,10 +194,14 @@ class KeysService:
             raise errors.InvalidArgument("expires_at must be in the future", reason="INVALID_EXPIRY")
 
     async def create(
-        self, principal: Principal, *, user_id: str, fields: KeyFields, request_id: str, fingerprint: str
+        self, principal: Principal, *, user_id: str, fields: KeyFields, request_id: str, fingerprint: str,
+        org_id: str = "",
     ) -> tuple[KeyView, str]:
-        user = principal.resolve_user(user_id) if principal.role == Role.USER else (user_id or principal.subject)
-        self._may_manage(principal, user)
+        if org_id:
+            user = org_id
+        else:
+            user = principal.resolve_user(user_id) if principal.role == Role.USER else (user_id or principal.subject)
+        await self._may_manage(principal, user)
         assert fields.label is not None and fields.budgets is not None
         self._check(fields)
         secret = SECRET_PREFIX + secrets.token_urlsafe(32)
@@ -215,9 +234,10 @@ class KeysService:
         return await self._view(await self._key(principal, key_id, manage=False))
 
     async def list(
-        self, principal: Principal, user_id: str, limit: int, after: tuple[int, str] | None
+        self, principal: Principal, user_id: str, limit: int, after: tuple[int, str] | None, org_id: str = ""
     ) -> list[KeyView]:
-        user = principal.resolve_user(user_id)
+        user = (await self.org_access(principal, org_id, Right.READ, user_id)).wallet_owner if org_id \
+            else principal.resolve_user(user_id)
         return [await self._view(k) for k in await self.repo.page(user, limit, after)]
 
     async def update(

@@ -201,6 +201,7 @@ async def _mirror(tx: LedgerTx, row: Row, reason: str) -> Row:
         # A key's spend comes back into its budget, in the window it was spent in.
         spender_key=row.get("key_id"),
         budget_at_us=budget_instant(row),
+        spender_member=row.get("member_id"),
     )
     if back:
         await tx.roll_over(back)  # a lot that has ended expires what it got back, at once
@@ -286,6 +287,7 @@ async def refund(
         undoes=row["kind"],
         spender_key=row.get("key_id"),
         budget_at_us=budget_instant(row),
+        spender_member=row.get("member_id"),
     )
     if user:
         await tx.roll_over(user)

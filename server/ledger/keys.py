@@ -209,3 +209,16 @@ def portal_link(idempotency_key: str) -> str:
 def portal_csrf(cookie_hash: str) -> str:
     """What a portal session's form token is derived from."""
     return encode("portal-csrf", cookie_hash)
+
+
+# ---- organisations ------------------------------------------------------------------------
+
+
+def new_org_id() -> str:
+    """An org's id, which is also its wallet's owner id (`org_` + 32 hex digits)."""
+    return f"org_{uuid.uuid4().hex}"
+
+
+def org_member(org_id: str, user_id: str) -> str:
+    """The primary key of one user's membership of one org."""
+    return encode("member", org_id, user_id)

@@ -111,6 +111,7 @@ class TransferView:
     created_at_us: int
     metadata: dict[str, str] = field(default_factory=dict)
     key_id: str = ""  # the scoped key it was made through or for
+    member_id: str = ""  # on an org's wallet: the member it was spent by
 
     @classmethod
     def of(cls, row: dict[str, Any], account_id: str) -> TransferView:
@@ -128,6 +129,7 @@ class TransferView:
             created_at_us=row["created_at_us"],
             metadata=json.loads(meta) if isinstance(meta, str) else dict(meta or {}),
             key_id=row.get("key_id") or "",
+            member_id=row.get("member_id") or "",
         )
 
 
@@ -237,5 +239,6 @@ def _build(cls: Any, value: Any) -> Any:
         return _build(inner, value)
     if isinstance(cls, type) and dataclasses.is_dataclass(cls):
         hints = typing.get_type_hints(cls)
-        return cls(**{f.name: _build(hints[f.name], value[f.name]) for f in dataclasses.fields(cls)})
+        # A field added since the response was stored (a transfer's member_id) takes its default.
+        return cls(**{f.name: _build(hints[f.name], value[f.name]) for f in dataclasses.fields(cls) if f.name in value})
     return value

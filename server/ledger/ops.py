@@ -128,8 +128,10 @@ class SpendResult:
             self.credits, t.id, t.kind, t.amount, t.balance_after, t.description, t.category, t.ref,
             t.created_at_us, t.metadata,
         ]
-        if t.key_id:  # responses without a key keep the form earlier releases stored
+        if t.key_id or t.member_id:  # responses without either keep the form earlier releases stored
             flat.append(t.key_id)
+            if t.member_id:
+                flat.append(t.member_id)
         return compact_json(flat).encode()
 
     @classmethod
@@ -231,6 +233,8 @@ class Spend(_SpendResultOp):
     charged_by: str = ""
     # The scoped key the spend is made through or for: held to its budgets.
     key_id: str = ""
+    # On an org's wallet: the member spending, held to their budgets.
+    member: str = ""
 
     def budget_keys(self, tx: LedgerTx) -> list[tuple[str, int]]:
         return [(self.key_id, tx.now_us)] if self.key_id else []
@@ -259,6 +263,7 @@ class Spend(_SpendResultOp):
             metadata=meta,
             ledger={"by": self.charged_by} if self.charged_by else None,
             spender_key=self.key_id or None,
+            spender_member=self.member or None,
         )
         await _pay_publisher(tx, self.share, self.amount, key, self.category, row["id"])
         return SpendResult(TransferView.of(row, wallet["id"]), wallet["balance"])
@@ -274,6 +279,7 @@ class Reserve(Op[HoldResult]):
     description: str = ""
     idempotency: Idempotency | None = None
     key_id: str = ""
+    member: str = ""
 
     def budget_keys(self, tx: LedgerTx) -> list[tuple[str, int]]:
         return [(self.key_id, tx.now_us)] if self.key_id else []
@@ -297,6 +303,7 @@ class Reserve(Op[HoldResult]):
             category=self.category,
             ref=hold_id,
             spender_key=self.key_id or None,
+            spender_member=self.member or None,
         )
         taken = [
             [lot["kind"], lot["expires_at_us"], before.get((lot["kind"], lot["expires_at_us"]), 0) - lot["remaining"]]
@@ -317,6 +324,7 @@ class Reserve(Op[HoldResult]):
             "created_at_us": tx.now_us,
             "resolved_at_us": None,
             "key_id": self.key_id or None,
+            "member_id": self.member or None,
         }
         tx.new_hold(hold)
         return HoldResult(hold_view(hold), wallet["balance"], TransferView.of(row, wallet["id"]))
@@ -343,6 +351,7 @@ async def _release(
         # The key gets the budget back in the window the hold was made in.
         spender_key=hold.get("key_id"),
         budget_at_us=hold["created_at_us"],
+        spender_member=hold.get("member_id"),
     )
     # Allowance that went back into a lot whose period has ended expires now,
     # not at the user's next write: balances never show stale allowance.
@@ -442,6 +451,7 @@ class Capture(Op[HoldResult]):
                 ledger={"by": self.charged_by} if self.charged_by else None,
                 spender_key=hold.get("key_id"),
                 budget_at_us=hold["created_at_us"],
+                spender_member=hold.get("member_id"),
             )
             await _pay_publisher(tx, self.share, self.amount, key, hold["category"], row["id"])
         await tx.roll_over(hold["user_id"])

@@ -37,6 +37,7 @@ from server.ledger.model import (
 from server.ledger.staging import StagedRows
 from server.platform import errors
 from server.platform.clock import month_bounds
+from server.platform.ids import is_org_id
 
 
 class TierPolicy:
@@ -49,6 +50,8 @@ class TierPolicy:
     def calendar_allowance(self, user: Row) -> int | None:
         if user["tier"] == "enterprise" and user["monthly_credits"] is not None:
             return int(user["monthly_credits"])
+        if user["tier"] == "free" and is_org_id(user["user_id"]):
+            return 0  # the free credits are a person's: an org per month would mint more
         return self.monthly.get(user["tier"])
 
     async def period_ended(self, tx: LedgerTx, user: Row) -> bool:
@@ -73,10 +76,29 @@ class SpendGuard:
         raise errors.NotFound("key not found", reason="KEY_NOT_FOUND")
 
 
+# The transfers' column a batch without org members leaves out of its insert.
+NO_MEMBER = ("member_id",)
+
+
+class MemberGuard:
+    """What the ledger needs from organisations: the budgets of the member a
+    transfer on an org's wallet is spent by, used and given back inside the
+    batch's transaction (the orgs domain supplies the real one,
+    server/orgs/budgets.py). Without it, a transfer recorded with a member is refused."""
+
+    async def use(
+        self, tx: LedgerTx, member: str, wallet_owner: str, delta: int, at_us: int, *, kind: Kind
+    ) -> None:
+        """Add `delta` (negative: give back) to the member's use in the windows
+        of `at_us`; refuse new spending by a non-member or past a budget."""
+        raise errors.NotFound("member not found", reason="MEMBER_NOT_FOUND")
+
+
 class LedgerTx:
     def __init__(
         self, conn: AsyncConnection, sql: BatchSql, *, now_us: int, is_sqlite: bool, tiers: TierPolicy,
-        guard: SpendGuard | None = None, wallet_tables: Sequence[Table] = (),
+        guard: SpendGuard | None = None, member_guard: MemberGuard | None = None,
+        wallet_tables: Sequence[Table] = (),
     ) -> None:
         self._conn = conn  # the ledger's own: other domains read with fetch() and write through rows()
         # Extensions' tables keyed by user_id that they read_in every batch:
@@ -87,6 +109,8 @@ class LedgerTx:
         self.is_sqlite = is_sqlite
         self.tiers = tiers
         self.guard = guard or SpendGuard()
+        self.member_guard = member_guard or MemberGuard()
+        self.with_members = False  # a transfer of this batch records an org member
         self.accounts: dict[str, Row] = {}
         self.users: dict[str, Row] = {}
         self.lots: dict[str, list[Row]] = {}
@@ -407,6 +431,7 @@ class LedgerTx:
         undoes: str | None = None,
         spender_key: str | None = None,
         budget_at_us: int | None = None,
+        spender_member: str | None = None,
     ) -> Row:
         if amount <= 0:
             raise errors.InvalidAmount("amount must be positive")
@@ -430,6 +455,16 @@ class LedgerTx:
             )
             if at != self.now_us:
                 record["budget_at"] = at  # the window the key's use fell in
+        if spender_member:
+            # The member's budget too (an org's wallet), before the balance.
+            spends = kind in KEY_USING_KINDS
+            wallet = debit if spends else credit
+            at = self.now_us if budget_at_us is None else budget_at_us
+            await self.member_guard.use(
+                self, spender_member, wallet["user_id"] or "", amount if spends else -amount, at, kind=kind
+            )
+            if at != self.now_us:
+                record["budget_at"] = at
         if debit["kind"] == "wallet":
             available = debit["balance"]
             if not allow_negative and not debit["unlimited_overdraft"] and available < amount:
@@ -482,6 +517,11 @@ class LedgerTx:
             "corrects": corrects,
             "key_id": spender_key or None,
         }
+        if spender_member:
+            # Only a batch with a member's transfer writes the column (a plain
+            # spend's insert binds no more than before).
+            row["member_id"] = spender_member
+            self.with_members = True
         self._append(self.new_transfers, row)
         self._add(self._batch_keys, key)
         for acct in (debit, credit):
@@ -714,7 +754,12 @@ class LedgerTx:
             ("tier", "monthly_credits", "period_start_us", "period_end_us", "flagged_reason", "stripe_customer_id"),
             [self.users[u] for u in sorted(self._dirty_users) if u not in new_users],
         )
-        await sql.insert(transfers, self.new_transfers)
+        if self.with_members:
+            for row in self.new_transfers:
+                row.setdefault("member_id", None)
+            await sql.insert(transfers, self.new_transfers)
+        else:
+            await sql.insert(transfers, self.new_transfers, skip=NO_MEMBER)
         new_accounts = set(self._new_accounts)
         await sql.update(
             accounts, "id",

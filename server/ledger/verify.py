@@ -19,6 +19,7 @@ from server.db.schema import (
     events,
     holds,
     lots,
+    org_members,
     transfers,
     webhook_deliveries,
     webhook_endpoints,
@@ -112,7 +113,8 @@ async def _verify(conn: AsyncConnection) -> Report:
         if a["balance"] != sums.get(aid, 0):
             r.problems.append(f"{aid}: cached balance {a['balance']} != sum of transfers {sums.get(aid, 0)}")
         if a["kind"] == "wallet":
-            if not (aid.startswith(WALLET_PREFIX) and ids.is_user_id(aid[len(WALLET_PREFIX):])):
+            owner = aid[len(WALLET_PREFIX):]
+            if not (aid.startswith(WALLET_PREFIX) and (ids.is_user_id(owner) or ids.is_org_id(owner))):
                 # Made before subjects followed the grammar: no operator RPC can name it.
                 r.problems.append(f"{aid!r}: the user id breaks the id grammar ({ids.USER_ID_RULE})")
             if a["spent_total"] != spent.get(aid, 0):
@@ -170,7 +172,47 @@ async def _verify(conn: AsyncConnection) -> Report:
     await _verify_corrections(conn, r)
     await _verify_key_usage(conn, r)
     await _verify_events(conn, r)
+    await _verify_member_usage(conn, r)
     return r
+
+
+async def _verify_member_usage(conn: AsyncConnection, r: Report) -> None:
+    """Each org member's recorded use equals the sum of the transfers on the
+    org's wallet recorded with them, window by window as for keys; and every
+    such transfer names a member of that org (present or past)."""
+    m = org_members.c
+    rows = (await conn.execute(select(
+        m.org_id, m.user_id, *(m[f"{w}_start_us"] for w in RESET_WINDOWS), *(m[f"{w}_used"] for w in RESET_WINDOWS),
+        m.lifetime_used))).all()
+    recorded = {(row[0], row[1]): row[2:] for row in rows}
+    expected: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0] * (len(RESET_WINDOWS) + 1))
+    t = transfers.c
+    q = select(t.member_id, t.kind, t.amount, t.created_at_us, t.ledger, t.debit_account, t.credit_account)
+    for member, kind, amount, created, ledger, debit, credit in (
+        await conn.execute(q.where(t.member_id.is_not(None)))
+    ).all():
+        uses = kind in KEY_USING_KINDS
+        wallet = debit if uses else credit
+        org = wallet.removeprefix(WALLET_PREFIX)
+        rec = recorded.get((org, member))
+        if rec is None or not ids.is_org_id(org):
+            r.problems.append(f"transfers on {wallet} name member {member}, who was never a member of it")
+            continue
+        at = int(json.loads(ledger or "{}").get("budget_at", created))
+        signed = int(amount) if uses else -int(amount)
+        sums = expected[(org, member)]
+        for i, w in enumerate(RESET_WINDOWS):
+            if window_bounds(w, at)[0] == rec[i]:
+                sums[i] += signed
+        sums[-1] += signed
+    n = len(RESET_WINDOWS)
+    for (org, member), rec in sorted(recorded.items()):
+        got = [*rec[n:2 * n], rec[-1]]
+        want = expected.get((org, member), [0] * (n + 1))
+        for name, used, total in zip((*RESET_WINDOWS, "lifetime"), got, want, strict=True):
+            if used != total:
+                r.problems.append(f"member {member} of {org}: {name} use {used} != its transfers' sum {total}")
+    r.checked["org_members"] = len(recorded)
 
 
 # Webhook delivery statuses (server/events/models.py DeliveryStatus), and endpoint statuses.

@@ -28,7 +28,7 @@ from server.db.engine import Database, is_retryable, is_unique_violation
 from server.ledger.model import BalanceEvent
 from server.ledger.ops import Op
 from server.ledger.quota import StoredQuota
-from server.ledger.tx import LedgerTx, Row, SpendGuard, TierPolicy
+from server.ledger.tx import LedgerTx, MemberGuard, Row, SpendGuard, TierPolicy
 from server.platform import errors
 from server.platform.auth import Principal, Role, current_principal
 from server.platform.clock import Clock
@@ -94,6 +94,8 @@ class LedgerWriter:
         self.admin_audit: AuditHook | None = None
         # Scoped keys' budgets, used inside the batch (Registry.spend_guard).
         self.guard = SpendGuard()
+        # Org members' budgets, used inside the batch (Registry.member_guard).
+        self.member_guard = MemberGuard()
         self.stats = WriterStats()
         # Each caller's queued operations, in order, and the callers in turn.
         self._lanes: dict[str, collections.deque[_Item]] = {}
@@ -285,7 +287,7 @@ class LedgerWriter:
         async with self.db.writer.connect() as conn, conn.begin():
             sql = await BatchSql.open(conn, is_sqlite=self.db.is_sqlite)
             tx = LedgerTx(conn, sql, now_us=now, is_sqlite=self.db.is_sqlite, tiers=self.tiers, guard=self.guard,
-                          wallet_tables=self.wallet_tables)
+                          member_guard=self.member_guard, wallet_tables=self.wallet_tables)
             accounts: set[str] = set()
             holds: set[str] = set()
             tkeys: set[str] = set()

@@ -66,6 +66,7 @@ class PaymentsServicer(payments_pb2_grpc.PaymentsServiceServicer):
             amount_cents=request.amount_cents,
             request_id=validation.request_id(request.request_id),
             fingerprint=validation.fingerprint("CreatePaymentLink", request),
+            org_id=validation.org_id(request.org_id),
         )
         return payments_pb2.CreatePaymentLinkResponse(
             payment_url=link.payment_url,
@@ -80,6 +81,7 @@ class PaymentsServicer(payments_pb2_grpc.PaymentsServiceServicer):
             amount_cents=request.amount_cents,
             request_id=validation.request_id(request.request_id),
             fingerprint=validation.fingerprint("TopUp", request),
+            org_id=validation.org_id(request.org_id),
         )
         return payments_pb2.TopUpResponse(
             payment=payment_pb(done.payment), payment_url=done.payment_url, balance_millicredits=done.balance
@@ -95,9 +97,10 @@ class PaymentsServicer(payments_pb2_grpc.PaymentsServiceServicer):
         p = principal()
         size = validation.page_size(request.page_size)
         user = validation.user_id(request.user_id)
-        sig = validation.filters_signature("payments", p.resolve_user(user))
+        org_id = validation.org_id(request.org_id)
+        sig = validation.filters_signature("payments", org_id or p.resolve_user(user))
         before = validation.decode_page_token(request.page_token, sig, int, str)
-        rows = await self.service.list(p, user, limit=size + 1, before=before)
+        rows = await self.service.list(p, user, limit=size + 1, before=before, org_id=org_id)
         resp = payments_pb2.ListPaymentsResponse(payments=[payment_pb(r) for r in rows[:size]])
         if len(rows) > size:
             last = rows[size - 1]

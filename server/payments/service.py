@@ -23,6 +23,7 @@ from server.ledger.model import SYSTEM_REFUNDS, SYSTEM_STRIPE, wallet_id
 from server.ledger.ops import Call
 from server.ledger.tx import LedgerTx
 from server.ledger.writer import LedgerWriter
+from server.orgs.models import AccessOf, Right
 from server.payments import repository as repo
 from server.payments import webhooks
 from server.payments.customers import StripeCustomers
@@ -44,6 +45,7 @@ from server.platform import errors
 from server.platform.auth import Principal, Role
 from server.platform.clock import DAY_US, Clock, month_bounds
 from server.platform.config import Settings
+from server.platform.ids import is_org_id
 from server.platform.metrics import METRICS
 from server.platform.ratelimit import RateLimiter
 from server.platform.units import credits_text
@@ -88,8 +90,10 @@ class PaymentsService:
         clock: Clock,
         gateway: StripeGateway,
         events: EventRouter,
+        org_access: AccessOf,
     ) -> None:
         self.settings = settings
+        self.org_access = org_access
         self.db = db
         self.writer = writer
         self.clock = clock
@@ -146,12 +150,20 @@ class PaymentsService:
                               "retry_after_ms": str((until - now) // 1000)},
                 )
 
+    async def payer(self, principal: Principal, org_id: str) -> str:
+        """Whose wallet a purchase is for: the caller's own (a service or admin
+        token has none), or an org's, which only its owners and admins buy for.
+        The org's Stripe customer and saved card are the org's own."""
+        if not org_id:
+            return principal.own_user
+        return (await self.org_access(principal, org_id, Right.MANAGE, "")).wallet_owner
+
     async def create_link(
-        self, principal: Principal, *, amount_cents: int, request_id: str, fingerprint: str
+        self, principal: Principal, *, amount_cents: int, request_id: str, fingerprint: str, org_id: str = ""
     ) -> PaymentLink:
         self.require_configured()
         self._check_amount(amount_cents)
-        user = principal.own_user  # a user's own card: a service or admin token has none
+        user = await self.payer(principal, org_id)
         request_key = keys.idempotency(principal.role.value, user, "CreatePaymentLink", request_id)
         # Deterministic: concurrent duplicates of one request name the same payment.
         payment_id = "pay_" + hashlib.sha256(request_key.encode()).hexdigest()[:24]
@@ -217,7 +229,7 @@ class PaymentsService:
     # ---- TopUp: the saved card, off-session --------------------------------------------
 
     async def top_up(
-        self, principal: Principal, *, amount_cents: int, request_id: str, fingerprint: str
+        self, principal: Principal, *, amount_cents: int, request_id: str, fingerprint: str, org_id: str = ""
     ) -> TopUpResult:
         """Charge the saved card now. The payment row is recorded before Stripe is
         called and names the charge's idempotency key, so a retry (a timeout, a
@@ -225,7 +237,7 @@ class PaymentsService:
         come once through the grant key, from this call or the webhook."""
         self.require_configured()
         self._check_amount(amount_cents)
-        user = principal.own_user  # a user's own card: a service or admin token has none
+        user = await self.payer(principal, org_id)
         request_key = keys.idempotency(principal.role.value, user, "TopUp", request_id)
         payment_id = "top_" + hashlib.sha256(request_key.encode()).hexdigest()[:24]
         row = await repo.read(self.db.reader, payment_id)
@@ -582,16 +594,19 @@ class PaymentsService:
     async def get(self, principal: Principal, payment_id: str) -> PaymentRow:
         self.require_configured()
         row = await repo.read(self.db.reader, payment_id)
-        if row is None or (not principal.privileged and row["user_id"] != principal.subject):
+        if row is not None and not principal.privileged and is_org_id(row["user_id"]):
+            await self.org_access(principal, row["user_id"], Right.MANAGE, "")  # an org's: its owners and admins
+        elif row is None or (not principal.privileged and row["user_id"] != principal.subject):
             # Someone else's payment looks exactly like a missing one.
             raise errors.NotFound("payment not found", reason="PAYMENT_NOT_FOUND", metadata={"payment_id": payment_id})
         return row
 
     async def list(
-        self, principal: Principal, user_id: str, *, limit: int, before: tuple[int, str] | None
+        self, principal: Principal, user_id: str, *, limit: int, before: tuple[int, str] | None, org_id: str = ""
     ) -> list[PaymentRow]:
         self.require_configured()
-        user = principal.resolve_user(user_id)
+        user = (await self.org_access(principal, org_id, Right.MANAGE, "")).wallet_owner if org_id \
+            else principal.resolve_user(user_id)
         return await repo.list_for_user(self.db.reader, user, limit=limit, before=before)
 
     # ---- webhooks -----------------------------------------------------------------------

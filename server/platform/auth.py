@@ -26,6 +26,8 @@ class Principal:
     # A scoped key's secret: the wallet owner (role user), restricted to
     # spending and reading, under the key's budgets.
     key_id: str = ""
+    # A key made on an org's wallet: the member who made it (held to their budgets too).
+    member: str = ""
 
     @property
     def privileged(self) -> bool:

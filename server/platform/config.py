@@ -68,6 +68,7 @@ class Settings(BaseSettings):
     refund_window_days: int = Field(default=30, ge=0)
     # Scoped keys (KeysService) a wallet may have, revoked ones included.
     max_keys_per_wallet: int = Field(default=100, gt=0)
+    max_orgs_per_user: int = Field(default=20, gt=0)
     free_monthly_credits: int = 100
     pro_monthly_credits: int = 1000
     pro_price_cents: int = 2900

@@ -64,6 +64,7 @@ class RefillServicer(refill_pb2_grpc.RefillServiceServicer):
             amount_cents=request.amount_cents,
             request_id=request_id,
             fingerprint=validation.fingerprint("ConfigureAutoRefill", request),
+            org_id=validation.org_id(request.org_id),
         )
         return refill_pb2.ConfigureAutoRefillResponse(auto_refill=auto_refill_pb(view))
 
@@ -71,14 +72,15 @@ class RefillServicer(refill_pb2_grpc.RefillServiceServicer):
         self, request: refill_pb2.GetAutoRefillRequest, context: Any
     ) -> refill_pb2.GetAutoRefillResponse:
         p = principal()
-        view = await self.service.get(p, validation.user_id(request.user_id))
+        view = await self.service.get(p, validation.user_id(request.user_id), validation.org_id(request.org_id))
         return refill_pb2.GetAutoRefillResponse(auto_refill=auto_refill_pb(view))
 
     async def CreateSetupLink(
         self, request: refill_pb2.CreateSetupLinkRequest, context: Any
     ) -> refill_pb2.CreateSetupLinkResponse:
         p = principal()
-        url, expires_us = await self.service.setup_link(p, validation.request_id(request.request_id))
+        url, expires_us = await self.service.setup_link(
+            p, validation.request_id(request.request_id), validation.org_id(request.org_id))
         return refill_pb2.CreateSetupLinkResponse(setup_url=url, expires_at=convert.ts(expires_us))
 
 

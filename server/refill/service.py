@@ -16,6 +16,7 @@ from server.ledger.ops import Call, Idempotency
 from server.ledger.repository import stored_responses
 from server.ledger.tx import LedgerTx
 from server.ledger.writer import LedgerWriter
+from server.orgs.models import AccessOf, Right
 from server.payments.events import Handled
 from server.payments.models import PaymentKind, PaymentRow, PaymentStatus, SavedCard, dollars
 from server.payments.service import PaymentsService
@@ -159,9 +160,10 @@ class FirstRefill(Protocol):
 class RefillService:
     def __init__(
         self, settings: Settings, db: Database, writer: LedgerWriter, clock: Clock, payments: PaymentsService,
-        first_refill: FirstRefill,
+        first_refill: FirstRefill, org_access: AccessOf,
     ) -> None:
         self.settings = settings
+        self.org_access = org_access
         self.db = db
         self.writer = writer
         self.clock = clock
@@ -216,10 +218,17 @@ class RefillService:
                 metadata={"field": "threshold_millicredits", "max": ceiling, "got": threshold},
             )
 
+    async def _manager_of(self, principal: Principal, org_id: str) -> str:
+        """The wallet whose refill the caller changes: its own, or an org's (owners and admins)."""
+        if not org_id:
+            return principal.own_user
+        return (await self.org_access(principal, org_id, Right.MANAGE, "")).wallet_owner
+
     async def configure(
-        self, principal: Principal, *, enabled: bool, threshold: int, amount_cents: int, request_id: str, fingerprint: str
+        self, principal: Principal, *, enabled: bool, threshold: int, amount_cents: int, request_id: str, fingerprint: str,
+        org_id: str = "",
     ) -> AutoRefillView:
-        user = principal.own_user
+        user = await self._manager_of(principal, org_id)
         idem = Idempotency.of(principal.role.value, user, "ConfigureAutoRefill", request_id, fingerprint)
         # A repeat is answered before the card is looked up in Stripe.
         if idem.replay(await stored_responses(self.db.reader, (idem.key,))) is not None:
@@ -310,7 +319,9 @@ class RefillService:
         enabled, threshold, paused_reason = bool(row[0]), int(row[1]), row[2]
         return RefillStatus(enabled=enabled, threshold=threshold, paused_reason=paused_reason if enabled else "")
 
-    async def get(self, principal: Principal, user_id: str) -> AutoRefillView:
+    async def get(self, principal: Principal, user_id: str, org_id: str = "") -> AutoRefillView:
+        if org_id:
+            return await self.view((await self.org_access(principal, org_id, Right.MANAGE, "")).wallet_owner)
         return await self.view(principal.resolve_user(user_id))
 
     async def view(self, user: str) -> AutoRefillView:
@@ -387,6 +398,6 @@ class RefillService:
 
     # ---- CreateSetupLink ------------------------------------------------------------------------
 
-    async def setup_link(self, principal: Principal, request_id: str) -> tuple[str, int]:
-        user = principal.own_user
+    async def setup_link(self, principal: Principal, request_id: str, org_id: str = "") -> tuple[str, int]:
+        user = await self._manager_of(principal, org_id)
         return await self.payments.card_setup_link(user, keys.stripe("setup", principal.role.value, user, request_id))

@@ -9,6 +9,7 @@ from flownexus.billing.v1 import usage_pb2, usage_pb2_grpc
 from server.grpc import Ctx, convert, validation
 from server.grpc.interceptors import batch_item_error
 from server.ledger.ops import Spend, SpendResult
+from server.orgs.models import Access
 from server.platform import errors
 from server.platform.auth import principal
 from server.platform.fairshare import WORK_PER_ITEM, charge
@@ -24,7 +25,12 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
         self.usage = usage
 
     async def Spend(self, request: usage_pb2.SpendRequest, context: Ctx) -> usage_pb2.SpendResponse:
-        result = await self.usage.spend(self.usage.spend_op(principal(), **_spend_fields(request)))
+        who = principal()
+        fields = _spend_fields(request)
+        if request.org_id:
+            fields["org"] = await self.usage.org_spender(
+                who, fields["user_id"], validation.org_id(request.org_id, required=True))
+        result = await self.usage.spend(self.usage.spend_op(who, **fields))
         return _spend_response(result)
 
     async def SpendBatch(self, request: usage_pb2.SpendBatchRequest, context: Ctx) -> usage_pb2.SpendBatchResponse:
@@ -34,10 +40,25 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
         self.usage.admit_batch(who, len(items))
         charge(len(items) * WORK_PER_ITEM)  # a batch's turns of the loop, by its items
         ops: list[Spend | errors.DomainError] = []
+        # An org's answer, asked once per (org, member) of the batch.
+        wallets: dict[tuple[str, str], Access | errors.DomainError] = {}
         for item in items:
             # Each item is refused exactly as its unary Spend would be, on its own.
             try:
-                ops.append(self.usage.spend_op(who, **_spend_fields(item)))
+                fields = _spend_fields(item)
+                if item.org_id:
+                    org = validation.org_id(item.org_id, required=True)
+                    found = wallets.get((org, fields["user_id"]))
+                    if found is None:
+                        try:
+                            found = await self.usage.org_spender(who, fields["user_id"], org)
+                        except errors.DomainError as exc:
+                            found = exc
+                        wallets[(org, fields["user_id"])] = found
+                    if isinstance(found, errors.DomainError):
+                        raise found
+                    fields["org"] = found
+                ops.append(self.usage.spend_op(who, **fields))
             except errors.DomainError as exc:
                 ops.append(exc)
         results = await self.usage.spend_batch(ops)
@@ -62,6 +83,7 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
             category=validation.category(request.category),
             description=validation.text(request.description, field="description"),
             key_id=request.key_id,
+            org_id=validation.org_id(request.org_id),
         )
         return usage_pb2.ReserveResponse(hold=convert.hold(result.hold), credits_millicredits=result.credits)
 
@@ -77,6 +99,7 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
             description=validation.text(request.description, field="description"),
             app_id=validation.text(request.app_id, field="app_id", max_len=128),
             publisher_user_id=validation.user_id(request.publisher_user_id, field="publisher_user_id"),
+            org_id=validation.org_id(request.org_id),
         )
         resp = usage_pb2.CaptureResponse(hold=convert.hold(result.hold), credits_millicredits=result.credits)
         if result.transaction:
@@ -89,6 +112,7 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
             hold_id=validation.opaque_id(request.hold_id, field="hold_id", reason="INVALID_HOLD_ID"),
             request_id=validation.request_id(request.request_id),
             fingerprint=validation.fingerprint("Release", request),
+            org_id=validation.org_id(request.org_id),
         )
         return usage_pb2.ReleaseResponse(hold=convert.hold(result.hold), credits_millicredits=result.credits)
 

@@ -20,6 +20,7 @@ from server.ledger.ops import (
 )
 from server.ledger.repository import LedgerReader
 from server.ledger.writer import LedgerWriter
+from server.orgs.models import Access, AccessOf, Right
 from server.platform import errors
 from server.platform.auth import Principal, Role
 from server.platform.config import Settings
@@ -28,9 +29,11 @@ from server.platform.ratelimit import ByRole
 
 class UsageService:
     def __init__(
-        self, writer: LedgerWriter, reader: LedgerReader, settings: Settings, mutations: ByRole | None = None
+        self, writer: LedgerWriter, reader: LedgerReader, settings: Settings, org_access: AccessOf,
+        mutations: ByRole | None = None,
     ) -> None:
         self.writer = writer
+        self.org_access = org_access
         self.reader = reader
         self.settings = settings
         # The per-caller bucket every mutating RPC draws from: the interceptor
@@ -62,6 +65,12 @@ class UsageService:
             )
         return RevenueShare(app_id, publisher, self.settings.revenue_share_percent)
 
+    async def org_spender(self, principal: Principal, user_id: str, org_id: str) -> Access:
+        """The org wallet a Spend names and the member spending, after the
+        org's say (a member, or a service naming one); asked only when a
+        request names an org."""
+        return await self.org_access(principal, org_id, Right.SPEND, user_id)
+
     async def spend(self, op: Spend) -> SpendResult:
         """Apply one Spend (built by `spend_op`) in the writer's group commit."""
         result: SpendResult = await self.writer.submit(op)
@@ -81,12 +90,13 @@ class UsageService:
         app_id: str,
         publisher_user_id: str,
         key_id: str = "",
+        org: Access | None = None,
     ) -> Spend:
         """The Spend operation of one request, after the rules a Spend is
         refused by before the ledger (who may spend for whom, revenue share).
         A SpendBatch item is the same request as a unary Spend: same op, same
-        idempotency key (method "Spend")."""
-        user = principal.resolve_user(user_id)
+        idempotency key (method "Spend"). `org`: an org's wallet, from `org_spender`."""
+        user = org.wallet_owner if org else principal.resolve_user(user_id)
         return Spend(
             user_id=user,
             amount=amount,
@@ -97,6 +107,7 @@ class UsageService:
             idempotency=Idempotency.of_request(principal, "Spend", request_id, fingerprint),
             charged_by=principal.scope,
             key_id=KeysService.spending_key(principal, key_id),
+            member=org.member if org else principal.member,
         )
 
     async def spend_batch(self, items: Sequence[Spend | errors.DomainError]) -> list[SpendResult | BaseException]:
@@ -119,8 +130,10 @@ class UsageService:
         category: str,
         description: str,
         key_id: str = "",
+        org_id: str = "",
     ) -> HoldResult:
-        user = principal.resolve_user(user_id)
+        org = await self.org_spender(principal, user_id, org_id) if org_id else None
+        user = org.wallet_owner if org else principal.resolve_user(user_id)
         if ttl_seconds < 0 or ttl_seconds > self.settings.max_hold_ttl_seconds:
             raise errors.InvalidArgument(
                 f"ttl must be between 1s and {self.settings.max_hold_ttl_seconds}s", reason="INVALID_TTL"
@@ -134,6 +147,7 @@ class UsageService:
             description=description,
             idempotency=Idempotency.of_request(principal, "Reserve", request_id, fingerprint),
             key_id=KeysService.spending_key(principal, key_id),
+            member=org.member if org else principal.member,
         )
         result: HoldResult = await self.writer.submit(op)
         return result
@@ -149,8 +163,9 @@ class UsageService:
         description: str,
         app_id: str,
         publisher_user_id: str,
+        org_id: str = "",
     ) -> HoldResult:
-        owner = None if principal.privileged else principal.subject
+        owner = await self._hold_owner(principal, org_id)
         hold = await self.reader.hold(hold_id)
         if hold is None or (owner and hold["user_id"] != owner):
             raise errors.NotFound("hold not found", reason="HOLD_NOT_FOUND")
@@ -167,8 +182,19 @@ class UsageService:
         result: HoldResult = await self.writer.submit(op)
         return result
 
-    async def release(self, principal: Principal, *, hold_id: str, request_id: str, fingerprint: str) -> HoldResult:
-        owner = None if principal.privileged else principal.subject
+    async def _hold_owner(self, principal: Principal, org_id: str) -> str | None:
+        """Whose holds the caller may settle: any (a service or admin), its own,
+        or an org's that it may spend from."""
+        if principal.privileged:
+            return None
+        if org_id:
+            return (await self.org_access(principal, org_id, Right.SPEND, "")).wallet_owner
+        return principal.subject
+
+    async def release(
+        self, principal: Principal, *, hold_id: str, request_id: str, fingerprint: str, org_id: str = ""
+    ) -> HoldResult:
+        owner = await self._hold_owner(principal, org_id)
         op = Release(
             hold_id=hold_id, owner=owner, through_key=principal.key_id or None,
             idempotency=Idempotency.of_request(principal, "Release", request_id, fingerprint),

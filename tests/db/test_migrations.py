@@ -164,3 +164,31 @@ async def test_saved_cards_move_from_refill_configs_to_payments_and_back(db_url:
         await engine.dispose()
     for user, card in configs.items():
         assert back[user] == {"user_id": user, **card}, user
+
+
+async def test_orgs_tables_come_and_go_with_their_migration(db_url: str) -> None:
+    """Migration 0017: orgs and org_members with their indexes; the downgrade
+    drops them and leaves the rest, and the upgrade builds them again."""
+    from sqlalchemy import inspect
+
+    def tables(sync):  # type: ignore[no-untyped-def]
+        return set(inspect(sync).get_table_names())
+
+    engine = create_async_engine(db_url)
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(_alembic, "0017")
+            assert {"orgs", "org_members"} <= await conn.run_sync(tables)
+            await conn.execute(text(
+                "INSERT INTO org_members (id, org_id, user_id, role, added_at_us, removed_at_us, budgets, hour_start_us, "
+                "hour_used, day_start_us, day_used, month_start_us, month_used, lifetime_used) "
+                "VALUES ('m', 'org_1', 'u', 'owner', 1, 0, '[]', 0, 0, 0, 0, 0, 0, 0)"))
+            await conn.run_sync(_alembic_down, "0016")
+            left = await conn.run_sync(tables)
+            assert not {"orgs", "org_members"} & left and "api_keys" in left
+            columns = await conn.run_sync(lambda sync: {c["name"] for c in inspect(sync).get_columns("transfers")})
+            assert "member_id" not in columns and "key_id" in columns
+            await conn.run_sync(_alembic, "0017")
+            assert {"orgs", "org_members"} <= await conn.run_sync(tables)
+    finally:
+        await engine.dispose()

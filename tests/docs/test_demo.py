@@ -9,7 +9,8 @@ import sys
 from tests.runbook_tools import ROOT, base_env, run_exec
 
 TITLES = ("A new user gets free credits", "They spend them", "They buy credits through a payment link",
-          "Auto-refill fires", "They upgrade to Pro", "They earn credits from a challenge", "History and stats")
+          "Auto-refill fires", "They upgrade to Pro", "They earn credits from a challenge", "History and stats",
+          "A team shares a wallet")
 
 
 def steps(out: str) -> dict[int, str]:
@@ -66,3 +67,8 @@ async def test_demo_tells_the_whole_story() -> None:
     assert re.search(r"payment rfa_\w+: \$10\.00 PAYMENT_STATUS_PAID", s[7]), s[7]
     # The Pro invoice is in the payment history too, once.
     assert len(re.findall(r"payment pro_in_\w+: \$29\.00 PAYMENT_STATUS_PAID \(PAYMENT_KIND_SUBSCRIPTION\)", s[7])) == 1, s[7]
+    # A team: dana buys for the org, sam spends under a member budget, the report by member, removal.
+    has(s[8], 'dana creates the org "Dana\'s team" (org_', "sam joins as a member with a budget of 50 credits a day",
+        "the team wallet holds 100 credits", "sam spends 30 from the team wallet -> 70 left",
+        "sam spends 30 more: refused BUDGET_EXCEEDED (day budget, 20 left)",
+        "by member: sam spent 30 credits in 1 operations", "their next spend is refused: NOT_ORG_MEMBER")

@@ -292,6 +292,7 @@ def test_every_mutating_rpc_is_rate_limited() -> None:
         "UsageService/RefundUsage", "AdminService/AdjustBalance", "AdminService/ReverseTransaction",
         "AdminService/SetAccountFlag", "AdminService/ClearAccountFlag",
         "KeysService/CreateKey", "KeysService/UpdateKey", "KeysService/RevokeKey",
+        "OrgsService/CreateOrg", "OrgsService/AddMember", "OrgsService/UpdateMember", "OrgsService/RemoveMember",
         "EventsService/SetBalanceAlerts", "EventsService/CreateWebhookEndpoint", "EventsService/UpdateWebhookEndpoint",
         "EventsService/DeleteWebhookEndpoint", "EventsService/RotateWebhookSecret", "EventsService/RedeliverEvent",
         "PortalService/CreatePortalSession",

@@ -30,6 +30,8 @@ from flownexus.billing.v1 import (
     history_pb2_grpc,
     keys_pb2,
     keys_pb2_grpc,
+    orgs_pb2,
+    orgs_pb2_grpc,
     payments_pb2,
     payments_pb2_grpc,
     refill_pb2,
@@ -155,6 +157,16 @@ class KeysService(_Service):
     RevokeKey: Unary[keys_pb2.RevokeKeyRequest, keys_pb2.RevokeKeyResponse]
 
 
+class OrgsService(_Service):
+    CreateOrg: Unary[orgs_pb2.CreateOrgRequest, orgs_pb2.CreateOrgResponse]
+    GetOrg: Unary[orgs_pb2.GetOrgRequest, orgs_pb2.GetOrgResponse]
+    ListOrgs: Unary[orgs_pb2.ListOrgsRequest, orgs_pb2.ListOrgsResponse]
+    AddMember: Unary[orgs_pb2.AddMemberRequest, orgs_pb2.AddMemberResponse]
+    UpdateMember: Unary[orgs_pb2.UpdateMemberRequest, orgs_pb2.UpdateMemberResponse]
+    RemoveMember: Unary[orgs_pb2.RemoveMemberRequest, orgs_pb2.RemoveMemberResponse]
+    ListMembers: Unary[orgs_pb2.ListMembersRequest, orgs_pb2.ListMembersResponse]
+
+
 class BillingClient:
     def __init__(
         self,
@@ -194,6 +206,7 @@ class BillingClient:
         self.refill = RefillService(self, refill_pb2_grpc.RefillServiceStub(ch))
         self.admin = AdminService(self, admin_pb2_grpc.AdminServiceStub(ch))
         self.keys = KeysService(self, keys_pb2_grpc.KeysServiceStub(ch))
+        self.orgs = OrgsService(self, orgs_pb2_grpc.OrgsServiceStub(ch))
 
     def with_token(self, token: str) -> BillingClient:
         """The same channel, calling with another bearer token (a service that

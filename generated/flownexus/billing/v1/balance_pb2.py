@@ -26,27 +26,27 @@ from flownexus.billing.v1 import common_pb2 as flownexus_dot_billing_dot_v1_dot_
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"flownexus/billing/v1/balance.proto\x12\x14\x66lownexus.billing.v1\x1a!flownexus/billing/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x15\n\x13\x43heckBalanceRequest\"\xd4\x01\n\x14\x43heckBalanceResponse\x12\x1c\n\x14\x63redits_millicredits\x18\x01 \x01(\x03\x12\x13\n\x0b\x61uto_refill\x18\x02 \x01(\x08\x12\x1e\n\x16threshold_millicredits\x18\x03 \x01(\x03\x12(\n\x04tier\x18\x04 \x01(\x0e\x32\x1a.flownexus.billing.v1.Tier\x12\x1c\n\x14pending_millicredits\x18\x05 \x01(\x03\x12!\n\x19\x61uto_refill_paused_reason\x18\x06 \x01(\t\"$\n\x11GetBalanceRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"\x9c\x02\n\x12GetBalanceResponse\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x1c\n\x14\x63redits_millicredits\x18\x02 \x01(\x03\x12\x1c\n\x14pending_millicredits\x18\x03 \x01(\x03\x12!\n\x19\x65\x61rned_total_millicredits\x18\x04 \x01(\x03\x12 \n\x18spent_total_millicredits\x18\x05 \x01(\x03\x12(\n\x04tier\x18\x06 \x01(\x0e\x32\x1a.flownexus.billing.v1.Tier\x12-\n\x04lots\x18\x07 \x03(\x0b\x32\x1f.flownexus.billing.v1.CreditLot\x12\x1b\n\x13unlimited_overdraft\x18\x08 \x01(\x08\"&\n\x13WatchBalanceRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"\xee\x02\n\x14WatchBalanceResponse\x12\x34\n\x04type\x18\x01 \x01(\x0e\x32&.flownexus.billing.v1.BalanceEventType\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x1c\n\x14\x63redits_millicredits\x18\x03 \x01(\x03\x12\x1c\n\x14pending_millicredits\x18\x04 \x01(\x03\x12\x36\n\x0btransaction\x18\x05 \x01(\x0b\x32!.flownexus.billing.v1.Transaction\x12\x0f\n\x07message\x18\x06 \x01(\t\x12\x13\n\x0bpayment_url\x18\x07 \x01(\t\x12(\n\x04time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tcoalesced\x18\t \x01(\x08\x12(\n\x04tier\x18\n \x01(\x0e\x32\x1a.flownexus.billing.v1.Tier\x12\x0e\n\x06key_id\x18\x0b \x01(\t*\xb3\x04\n\x10\x42\x61lanceEventType\x12\"\n\x1e\x42\x41LANCE_EVENT_TYPE_UNSPECIFIED\x10\x00\x12\x1f\n\x1b\x42\x41LANCE_EVENT_TYPE_SNAPSHOT\x10\x01\x12\x1f\n\x1b\x42\x41LANCE_EVENT_TYPE_TRANSFER\x10\x02\x12,\n(BALANCE_EVENT_TYPE_AUTO_REFILL_SUCCEEDED\x10\x03\x12)\n%BALANCE_EVENT_TYPE_AUTO_REFILL_FAILED\x10\x04\x12)\n%BALANCE_EVENT_TYPE_AUTO_REFILL_PAUSED\x10\x05\x12&\n\"BALANCE_EVENT_TYPE_ACTION_REQUIRED\x10\x06\x12#\n\x1f\x42\x41LANCE_EVENT_TYPE_TIER_CHANGED\x10\x07\x12%\n!BALANCE_EVENT_TYPE_PAYMENT_FAILED\x10\x08\x12%\n!BALANCE_EVENT_TYPE_BUDGET_WARNING\x10\t\x12\'\n#BALANCE_EVENT_TYPE_BUDGET_EXHAUSTED\x10\n\x12#\n\x1f\x42\x41LANCE_EVENT_TYPE_BUDGET_RESET\x10\x0b\x12\"\n\x1e\x42\x41LANCE_EVENT_TYPE_BALANCE_LOW\x10\x0c\x12(\n$BALANCE_EVENT_TYPE_BALANCE_RECOVERED\x10\r2\xc1\x02\n\x0e\x42\x61lanceService\x12\x65\n\x0c\x43heckBalance\x12).flownexus.billing.v1.CheckBalanceRequest\x1a*.flownexus.billing.v1.CheckBalanceResponse\x12_\n\nGetBalance\x12\'.flownexus.billing.v1.GetBalanceRequest\x1a(.flownexus.billing.v1.GetBalanceResponse\x12g\n\x0cWatchBalance\x12).flownexus.billing.v1.WatchBalanceRequest\x1a*.flownexus.billing.v1.WatchBalanceResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"flownexus/billing/v1/balance.proto\x12\x14\x66lownexus.billing.v1\x1a!flownexus/billing/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"%\n\x13\x43heckBalanceRequest\x12\x0e\n\x06org_id\x18\x01 \x01(\t\"\xd4\x01\n\x14\x43heckBalanceResponse\x12\x1c\n\x14\x63redits_millicredits\x18\x01 \x01(\x03\x12\x13\n\x0b\x61uto_refill\x18\x02 \x01(\x08\x12\x1e\n\x16threshold_millicredits\x18\x03 \x01(\x03\x12(\n\x04tier\x18\x04 \x01(\x0e\x32\x1a.flownexus.billing.v1.Tier\x12\x1c\n\x14pending_millicredits\x18\x05 \x01(\x03\x12!\n\x19\x61uto_refill_paused_reason\x18\x06 \x01(\t\"4\n\x11GetBalanceRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0e\n\x06org_id\x18\x02 \x01(\t\"\x9c\x02\n\x12GetBalanceResponse\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x1c\n\x14\x63redits_millicredits\x18\x02 \x01(\x03\x12\x1c\n\x14pending_millicredits\x18\x03 \x01(\x03\x12!\n\x19\x65\x61rned_total_millicredits\x18\x04 \x01(\x03\x12 \n\x18spent_total_millicredits\x18\x05 \x01(\x03\x12(\n\x04tier\x18\x06 \x01(\x0e\x32\x1a.flownexus.billing.v1.Tier\x12-\n\x04lots\x18\x07 \x03(\x0b\x32\x1f.flownexus.billing.v1.CreditLot\x12\x1b\n\x13unlimited_overdraft\x18\x08 \x01(\x08\"6\n\x13WatchBalanceRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0e\n\x06org_id\x18\x02 \x01(\t\"\xee\x02\n\x14WatchBalanceResponse\x12\x34\n\x04type\x18\x01 \x01(\x0e\x32&.flownexus.billing.v1.BalanceEventType\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x1c\n\x14\x63redits_millicredits\x18\x03 \x01(\x03\x12\x1c\n\x14pending_millicredits\x18\x04 \x01(\x03\x12\x36\n\x0btransaction\x18\x05 \x01(\x0b\x32!.flownexus.billing.v1.Transaction\x12\x0f\n\x07message\x18\x06 \x01(\t\x12\x13\n\x0bpayment_url\x18\x07 \x01(\t\x12(\n\x04time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tcoalesced\x18\t \x01(\x08\x12(\n\x04tier\x18\n \x01(\x0e\x32\x1a.flownexus.billing.v1.Tier\x12\x0e\n\x06key_id\x18\x0b \x01(\t*\xb3\x04\n\x10\x42\x61lanceEventType\x12\"\n\x1e\x42\x41LANCE_EVENT_TYPE_UNSPECIFIED\x10\x00\x12\x1f\n\x1b\x42\x41LANCE_EVENT_TYPE_SNAPSHOT\x10\x01\x12\x1f\n\x1b\x42\x41LANCE_EVENT_TYPE_TRANSFER\x10\x02\x12,\n(BALANCE_EVENT_TYPE_AUTO_REFILL_SUCCEEDED\x10\x03\x12)\n%BALANCE_EVENT_TYPE_AUTO_REFILL_FAILED\x10\x04\x12)\n%BALANCE_EVENT_TYPE_AUTO_REFILL_PAUSED\x10\x05\x12&\n\"BALANCE_EVENT_TYPE_ACTION_REQUIRED\x10\x06\x12#\n\x1f\x42\x41LANCE_EVENT_TYPE_TIER_CHANGED\x10\x07\x12%\n!BALANCE_EVENT_TYPE_PAYMENT_FAILED\x10\x08\x12%\n!BALANCE_EVENT_TYPE_BUDGET_WARNING\x10\t\x12\'\n#BALANCE_EVENT_TYPE_BUDGET_EXHAUSTED\x10\n\x12#\n\x1f\x42\x41LANCE_EVENT_TYPE_BUDGET_RESET\x10\x0b\x12\"\n\x1e\x42\x41LANCE_EVENT_TYPE_BALANCE_LOW\x10\x0c\x12(\n$BALANCE_EVENT_TYPE_BALANCE_RECOVERED\x10\r2\xc1\x02\n\x0e\x42\x61lanceService\x12\x65\n\x0c\x43heckBalance\x12).flownexus.billing.v1.CheckBalanceRequest\x1a*.flownexus.billing.v1.CheckBalanceResponse\x12_\n\nGetBalance\x12\'.flownexus.billing.v1.GetBalanceRequest\x1a(.flownexus.billing.v1.GetBalanceResponse\x12g\n\x0cWatchBalance\x12).flownexus.billing.v1.WatchBalanceRequest\x1a*.flownexus.billing.v1.WatchBalanceResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'flownexus.billing.v1.balance_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_BALANCEEVENTTYPE']._serialized_start=1101
-  _globals['_BALANCEEVENTTYPE']._serialized_end=1664
+  _globals['_BALANCEEVENTTYPE']._serialized_start=1149
+  _globals['_BALANCEEVENTTYPE']._serialized_end=1712
   _globals['_CHECKBALANCEREQUEST']._serialized_start=128
-  _globals['_CHECKBALANCEREQUEST']._serialized_end=149
-  _globals['_CHECKBALANCERESPONSE']._serialized_start=152
-  _globals['_CHECKBALANCERESPONSE']._serialized_end=364
-  _globals['_GETBALANCEREQUEST']._serialized_start=366
-  _globals['_GETBALANCEREQUEST']._serialized_end=402
-  _globals['_GETBALANCERESPONSE']._serialized_start=405
-  _globals['_GETBALANCERESPONSE']._serialized_end=689
-  _globals['_WATCHBALANCEREQUEST']._serialized_start=691
-  _globals['_WATCHBALANCEREQUEST']._serialized_end=729
-  _globals['_WATCHBALANCERESPONSE']._serialized_start=732
-  _globals['_WATCHBALANCERESPONSE']._serialized_end=1098
-  _globals['_BALANCESERVICE']._serialized_start=1667
-  _globals['_BALANCESERVICE']._serialized_end=1988
+  _globals['_CHECKBALANCEREQUEST']._serialized_end=165
+  _globals['_CHECKBALANCERESPONSE']._serialized_start=168
+  _globals['_CHECKBALANCERESPONSE']._serialized_end=380
+  _globals['_GETBALANCEREQUEST']._serialized_start=382
+  _globals['_GETBALANCEREQUEST']._serialized_end=434
+  _globals['_GETBALANCERESPONSE']._serialized_start=437
+  _globals['_GETBALANCERESPONSE']._serialized_end=721
+  _globals['_WATCHBALANCEREQUEST']._serialized_start=723
+  _globals['_WATCHBALANCEREQUEST']._serialized_end=777
+  _globals['_WATCHBALANCERESPONSE']._serialized_start=780
+  _globals['_WATCHBALANCERESPONSE']._serialized_end=1146
+  _globals['_BALANCESERVICE']._serialized_start=1715
+  _globals['_BALANCESERVICE']._serialized_end=2036
 # @@protoc_insertion_point(module_scope)

@@ -43,8 +43,10 @@ BALANCE_EVENT_TYPE_BALANCE_LOW: BalanceEventType
 BALANCE_EVENT_TYPE_BALANCE_RECOVERED: BalanceEventType
 
 class CheckBalanceRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("org_id",)
+    ORG_ID_FIELD_NUMBER: _ClassVar[int]
+    org_id: str
+    def __init__(self, org_id: _Optional[str] = ...) -> None: ...
 
 class CheckBalanceResponse(_message.Message):
     __slots__ = ("credits_millicredits", "auto_refill", "threshold_millicredits", "tier", "pending_millicredits", "auto_refill_paused_reason")
@@ -63,10 +65,12 @@ class CheckBalanceResponse(_message.Message):
     def __init__(self, credits_millicredits: _Optional[int] = ..., auto_refill: _Optional[bool] = ..., threshold_millicredits: _Optional[int] = ..., tier: _Optional[_Union[_common_pb2.Tier, str]] = ..., pending_millicredits: _Optional[int] = ..., auto_refill_paused_reason: _Optional[str] = ...) -> None: ...
 
 class GetBalanceRequest(_message.Message):
-    __slots__ = ("user_id",)
+    __slots__ = ("user_id", "org_id")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
+    ORG_ID_FIELD_NUMBER: _ClassVar[int]
     user_id: str
-    def __init__(self, user_id: _Optional[str] = ...) -> None: ...
+    org_id: str
+    def __init__(self, user_id: _Optional[str] = ..., org_id: _Optional[str] = ...) -> None: ...
 
 class GetBalanceResponse(_message.Message):
     __slots__ = ("user_id", "credits_millicredits", "pending_millicredits", "earned_total_millicredits", "spent_total_millicredits", "tier", "lots", "unlimited_overdraft")
@@ -89,10 +93,12 @@ class GetBalanceResponse(_message.Message):
     def __init__(self, user_id: _Optional[str] = ..., credits_millicredits: _Optional[int] = ..., pending_millicredits: _Optional[int] = ..., earned_total_millicredits: _Optional[int] = ..., spent_total_millicredits: _Optional[int] = ..., tier: _Optional[_Union[_common_pb2.Tier, str]] = ..., lots: _Optional[_Iterable[_Union[_common_pb2.CreditLot, _Mapping]]] = ..., unlimited_overdraft: _Optional[bool] = ...) -> None: ...
 
 class WatchBalanceRequest(_message.Message):
-    __slots__ = ("user_id",)
+    __slots__ = ("user_id", "org_id")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
+    ORG_ID_FIELD_NUMBER: _ClassVar[int]
     user_id: str
-    def __init__(self, user_id: _Optional[str] = ...) -> None: ...
+    org_id: str
+    def __init__(self, user_id: _Optional[str] = ..., org_id: _Optional[str] = ...) -> None: ...
 
 class WatchBalanceResponse(_message.Message):
     __slots__ = ("type", "user_id", "credits_millicredits", "pending_millicredits", "transaction", "message", "payment_url", "time", "coalesced", "tier", "key_id")

@@ -81,7 +81,7 @@ LOT_KIND_EARNED: LotKind
 LOT_KIND_PURCHASED: LotKind
 
 class Transaction(_message.Message):
-    __slots__ = ("id", "date", "amount_millicredits", "type", "description", "balance_after_millicredits", "category", "metadata", "key_id")
+    __slots__ = ("id", "date", "amount_millicredits", "type", "description", "balance_after_millicredits", "category", "metadata", "key_id", "member_id")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -98,6 +98,7 @@ class Transaction(_message.Message):
     CATEGORY_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
     KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    MEMBER_ID_FIELD_NUMBER: _ClassVar[int]
     id: str
     date: _timestamp_pb2.Timestamp
     amount_millicredits: int
@@ -107,7 +108,8 @@ class Transaction(_message.Message):
     category: str
     metadata: _containers.ScalarMap[str, str]
     key_id: str
-    def __init__(self, id: _Optional[str] = ..., date: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., amount_millicredits: _Optional[int] = ..., type: _Optional[_Union[TransactionType, str]] = ..., description: _Optional[str] = ..., balance_after_millicredits: _Optional[int] = ..., category: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., key_id: _Optional[str] = ...) -> None: ...
+    member_id: str
+    def __init__(self, id: _Optional[str] = ..., date: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., amount_millicredits: _Optional[int] = ..., type: _Optional[_Union[TransactionType, str]] = ..., description: _Optional[str] = ..., balance_after_millicredits: _Optional[int] = ..., category: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., key_id: _Optional[str] = ..., member_id: _Optional[str] = ...) -> None: ...
 
 class CreditLot(_message.Message):
     __slots__ = ("id", "kind", "remaining_millicredits", "expires_at")

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from flownexus.billing.v1 import common_pb2 as flownexus_dot_billing_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#flownexus/billing/v1/earnings.proto\x12\x14\x66lownexus.billing.v1\x1a!flownexus/billing/v1/common.proto\"\xb0\x01\n\x13\x41wardCreditsRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x1b\n\x13\x61mount_millicredits\x18\x02 \x01(\x03\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x33\n\x06source\x18\x04 \x01(\x0e\x32#.flownexus.billing.v1.EarningSource\x12\x12\n\nsource_ref\x18\x05 \x01(\t\x12\x12\n\nrequest_id\x18\x06 \x01(\t\"l\n\x14\x41wardCreditsResponse\x12\x36\n\x0btransaction\x18\x01 \x01(\x0b\x32!.flownexus.billing.v1.Transaction\x12\x1c\n\x14\x63redits_millicredits\x18\x02 \x01(\x03\"&\n\x13GetUserStatsRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"\xc8\x01\n\x14GetUserStatsResponse\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12#\n\x1b\x63redits_earned_millicredits\x18\x02 \x01(\x03\x12\"\n\x1a\x63redits_spent_millicredits\x18\x03 \x01(\x03\x12\x16\n\x0e\x61pps_published\x18\x04 \x01(\x03\x12\x1c\n\x14\x63hallenges_completed\x18\x05 \x01(\x03\x12 \n\x18\x61pp_revenue_millicredits\x18\x06 \x01(\x03\x32\xdf\x01\n\x0f\x45\x61rningsService\x12\x65\n\x0c\x41wardCredits\x12).flownexus.billing.v1.AwardCreditsRequest\x1a*.flownexus.billing.v1.AwardCreditsResponse\x12\x65\n\x0cGetUserStats\x12).flownexus.billing.v1.GetUserStatsRequest\x1a*.flownexus.billing.v1.GetUserStatsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#flownexus/billing/v1/earnings.proto\x12\x14\x66lownexus.billing.v1\x1a!flownexus/billing/v1/common.proto\"\xb0\x01\n\x13\x41wardCreditsRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x1b\n\x13\x61mount_millicredits\x18\x02 \x01(\x03\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x33\n\x06source\x18\x04 \x01(\x0e\x32#.flownexus.billing.v1.EarningSource\x12\x12\n\nsource_ref\x18\x05 \x01(\t\x12\x12\n\nrequest_id\x18\x06 \x01(\t\"l\n\x14\x41wardCreditsResponse\x12\x36\n\x0btransaction\x18\x01 \x01(\x0b\x32!.flownexus.billing.v1.Transaction\x12\x1c\n\x14\x63redits_millicredits\x18\x02 \x01(\x03\"6\n\x13GetUserStatsRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0e\n\x06org_id\x18\x02 \x01(\t\"\xc8\x01\n\x14GetUserStatsResponse\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12#\n\x1b\x63redits_earned_millicredits\x18\x02 \x01(\x03\x12\"\n\x1a\x63redits_spent_millicredits\x18\x03 \x01(\x03\x12\x16\n\x0e\x61pps_published\x18\x04 \x01(\x03\x12\x1c\n\x14\x63hallenges_completed\x18\x05 \x01(\x03\x12 \n\x18\x61pp_revenue_millicredits\x18\x06 \x01(\x03\x32\xdf\x01\n\x0f\x45\x61rningsService\x12\x65\n\x0c\x41wardCredits\x12).flownexus.billing.v1.AwardCreditsRequest\x1a*.flownexus.billing.v1.AwardCreditsResponse\x12\x65\n\x0cGetUserStats\x12).flownexus.billing.v1.GetUserStatsRequest\x1a*.flownexus.billing.v1.GetUserStatsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,9 +37,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_AWARDCREDITSRESPONSE']._serialized_start=275
   _globals['_AWARDCREDITSRESPONSE']._serialized_end=383
   _globals['_GETUSERSTATSREQUEST']._serialized_start=385
-  _globals['_GETUSERSTATSREQUEST']._serialized_end=423
-  _globals['_GETUSERSTATSRESPONSE']._serialized_start=426
-  _globals['_GETUSERSTATSRESPONSE']._serialized_end=626
-  _globals['_EARNINGSSERVICE']._serialized_start=629
-  _globals['_EARNINGSSERVICE']._serialized_end=852
+  _globals['_GETUSERSTATSREQUEST']._serialized_end=439
+  _globals['_GETUSERSTATSRESPONSE']._serialized_start=442
+  _globals['_GETUSERSTATSRESPONSE']._serialized_end=642
+  _globals['_EARNINGSSERVICE']._serialized_start=645
+  _globals['_EARNINGSSERVICE']._serialized_end=868
 # @@protoc_insertion_point(module_scope)

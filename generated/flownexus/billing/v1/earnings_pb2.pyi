@@ -31,10 +31,12 @@ class AwardCreditsResponse(_message.Message):
     def __init__(self, transaction: _Optional[_Union[_common_pb2.Transaction, _Mapping]] = ..., credits_millicredits: _Optional[int] = ...) -> None: ...
 
 class GetUserStatsRequest(_message.Message):
-    __slots__ = ("user_id",)
+    __slots__ = ("user_id", "org_id")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
+    ORG_ID_FIELD_NUMBER: _ClassVar[int]
     user_id: str
-    def __init__(self, user_id: _Optional[str] = ...) -> None: ...
+    org_id: str
+    def __init__(self, user_id: _Optional[str] = ..., org_id: _Optional[str] = ...) -> None: ...
 
 class GetUserStatsResponse(_message.Message):
     __slots__ = ("user_id", "credits_earned_millicredits", "credits_spent_millicredits", "apps_published", "challenges_completed", "app_revenue_millicredits")

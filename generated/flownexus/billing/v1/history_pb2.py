@@ -26,7 +26,7 @@ from flownexus.billing.v1 import common_pb2 as flownexus_dot_billing_dot_v1_dot_
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"flownexus/billing/v1/history.proto\x12\x14\x66lownexus.billing.v1\x1a!flownexus/billing/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf5\x01\n\x17ListTransactionsRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x34\n\x05types\x18\x04 \x03(\x0e\x32%.flownexus.billing.v1.TransactionType\x12.\n\nstart_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06key_id\x18\x07 \x01(\t\"l\n\x18ListTransactionsResponse\x12\x37\n\x0ctransactions\x18\x01 \x03(\x0b\x32!.flownexus.billing.v1.Transaction\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x99\x01\n\x18GetSpendingReportRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12.\n\nstart_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06key_id\x18\x04 \x01(\t\"J\n\x08KeySpend\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x1a\n\x12spent_millicredits\x18\x02 \x01(\x03\x12\x12\n\noperations\x18\x03 \x01(\x03\"Q\n\rCategorySpend\x12\x10\n\x08\x63\x61tegory\x18\x01 \x01(\t\x12\x1a\n\x12spent_millicredits\x18\x02 \x01(\x03\x12\x12\n\noperations\x18\x03 \x01(\x03\"\xdb\x02\n\x19GetSpendingReportResponse\x12\x37\n\ncategories\x18\x01 \x03(\x0b\x32#.flownexus.billing.v1.CategorySpend\x12 \n\x18total_spent_millicredits\x18\x02 \x01(\x03\x12&\n\x1e\x62urn_rate_millicredits_per_day\x18\x03 \x01(\x03\x12\x1c\n\x14\x63redits_millicredits\x18\x04 \x01(\x03\x12\x11\n\tdays_left\x18\x05 \x01(\x01\x12.\n\nstart_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x04keys\x18\x08 \x03(\x0b\x32\x1e.flownexus.billing.v1.KeySpend2\xf9\x01\n\x0eHistoryService\x12q\n\x10ListTransactions\x12-.flownexus.billing.v1.ListTransactionsRequest\x1a..flownexus.billing.v1.ListTransactionsResponse\x12t\n\x11GetSpendingReport\x12..flownexus.billing.v1.GetSpendingReportRequest\x1a/.flownexus.billing.v1.GetSpendingReportResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"flownexus/billing/v1/history.proto\x12\x14\x66lownexus.billing.v1\x1a!flownexus/billing/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x98\x02\n\x17ListTransactionsRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x34\n\x05types\x18\x04 \x03(\x0e\x32%.flownexus.billing.v1.TransactionType\x12.\n\nstart_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06key_id\x18\x07 \x01(\t\x12\x0e\n\x06org_id\x18\x08 \x01(\t\x12\x11\n\tmember_id\x18\t \x01(\t\"l\n\x18ListTransactionsResponse\x12\x37\n\x0ctransactions\x18\x01 \x03(\x0b\x32!.flownexus.billing.v1.Transaction\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xbc\x01\n\x18GetSpendingReportRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12.\n\nstart_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06key_id\x18\x04 \x01(\t\x12\x0e\n\x06org_id\x18\x05 \x01(\t\x12\x11\n\tmember_id\x18\x06 \x01(\t\"J\n\x08KeySpend\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x1a\n\x12spent_millicredits\x18\x02 \x01(\x03\x12\x12\n\noperations\x18\x03 \x01(\x03\"Q\n\rCategorySpend\x12\x10\n\x08\x63\x61tegory\x18\x01 \x01(\t\x12\x1a\n\x12spent_millicredits\x18\x02 \x01(\x03\x12\x12\n\noperations\x18\x03 \x01(\x03\"\x8f\x03\n\x19GetSpendingReportResponse\x12\x37\n\ncategories\x18\x01 \x03(\x0b\x32#.flownexus.billing.v1.CategorySpend\x12 \n\x18total_spent_millicredits\x18\x02 \x01(\x03\x12&\n\x1e\x62urn_rate_millicredits_per_day\x18\x03 \x01(\x03\x12\x1c\n\x14\x63redits_millicredits\x18\x04 \x01(\x03\x12\x11\n\tdays_left\x18\x05 \x01(\x01\x12.\n\nstart_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x04keys\x18\x08 \x03(\x0b\x32\x1e.flownexus.billing.v1.KeySpend\x12\x32\n\x07members\x18\t \x03(\x0b\x32!.flownexus.billing.v1.MemberSpend\"P\n\x0bMemberSpend\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\x1a\n\x12spent_millicredits\x18\x02 \x01(\x03\x12\x12\n\noperations\x18\x03 \x01(\x03\x32\xf9\x01\n\x0eHistoryService\x12q\n\x10ListTransactions\x12-.flownexus.billing.v1.ListTransactionsRequest\x1a..flownexus.billing.v1.ListTransactionsResponse\x12t\n\x11GetSpendingReport\x12..flownexus.billing.v1.GetSpendingReportRequest\x1a/.flownexus.billing.v1.GetSpendingReportResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,17 +34,19 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'flownexus.billing.v1.histor
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_LISTTRANSACTIONSREQUEST']._serialized_start=129
-  _globals['_LISTTRANSACTIONSREQUEST']._serialized_end=374
-  _globals['_LISTTRANSACTIONSRESPONSE']._serialized_start=376
-  _globals['_LISTTRANSACTIONSRESPONSE']._serialized_end=484
-  _globals['_GETSPENDINGREPORTREQUEST']._serialized_start=487
-  _globals['_GETSPENDINGREPORTREQUEST']._serialized_end=640
-  _globals['_KEYSPEND']._serialized_start=642
-  _globals['_KEYSPEND']._serialized_end=716
-  _globals['_CATEGORYSPEND']._serialized_start=718
-  _globals['_CATEGORYSPEND']._serialized_end=799
-  _globals['_GETSPENDINGREPORTRESPONSE']._serialized_start=802
-  _globals['_GETSPENDINGREPORTRESPONSE']._serialized_end=1149
-  _globals['_HISTORYSERVICE']._serialized_start=1152
-  _globals['_HISTORYSERVICE']._serialized_end=1401
+  _globals['_LISTTRANSACTIONSREQUEST']._serialized_end=409
+  _globals['_LISTTRANSACTIONSRESPONSE']._serialized_start=411
+  _globals['_LISTTRANSACTIONSRESPONSE']._serialized_end=519
+  _globals['_GETSPENDINGREPORTREQUEST']._serialized_start=522
+  _globals['_GETSPENDINGREPORTREQUEST']._serialized_end=710
+  _globals['_KEYSPEND']._serialized_start=712
+  _globals['_KEYSPEND']._serialized_end=786
+  _globals['_CATEGORYSPEND']._serialized_start=788
+  _globals['_CATEGORYSPEND']._serialized_end=869
+  _globals['_GETSPENDINGREPORTRESPONSE']._serialized_start=872
+  _globals['_GETSPENDINGREPORTRESPONSE']._serialized_end=1271
+  _globals['_MEMBERSPEND']._serialized_start=1273
+  _globals['_MEMBERSPEND']._serialized_end=1353
+  _globals['_HISTORYSERVICE']._serialized_start=1356
+  _globals['_HISTORYSERVICE']._serialized_end=1605
 # @@protoc_insertion_point(module_scope)

@@ -11,7 +11,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ListTransactionsRequest(_message.Message):
-    __slots__ = ("user_id", "page_size", "page_token", "types", "start_time", "end_time", "key_id")
+    __slots__ = ("user_id", "page_size", "page_token", "types", "start_time", "end_time", "key_id", "org_id", "member_id")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
@@ -19,6 +19,8 @@ class ListTransactionsRequest(_message.Message):
     START_TIME_FIELD_NUMBER: _ClassVar[int]
     END_TIME_FIELD_NUMBER: _ClassVar[int]
     KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    ORG_ID_FIELD_NUMBER: _ClassVar[int]
+    MEMBER_ID_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     page_size: int
     page_token: str
@@ -26,7 +28,9 @@ class ListTransactionsRequest(_message.Message):
     start_time: _timestamp_pb2.Timestamp
     end_time: _timestamp_pb2.Timestamp
     key_id: str
-    def __init__(self, user_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., types: _Optional[_Iterable[_Union[_common_pb2.TransactionType, str]]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., key_id: _Optional[str] = ...) -> None: ...
+    org_id: str
+    member_id: str
+    def __init__(self, user_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., types: _Optional[_Iterable[_Union[_common_pb2.TransactionType, str]]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., key_id: _Optional[str] = ..., org_id: _Optional[str] = ..., member_id: _Optional[str] = ...) -> None: ...
 
 class ListTransactionsResponse(_message.Message):
     __slots__ = ("transactions", "next_page_token")
@@ -37,16 +41,20 @@ class ListTransactionsResponse(_message.Message):
     def __init__(self, transactions: _Optional[_Iterable[_Union[_common_pb2.Transaction, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class GetSpendingReportRequest(_message.Message):
-    __slots__ = ("user_id", "start_time", "end_time", "key_id")
+    __slots__ = ("user_id", "start_time", "end_time", "key_id", "org_id", "member_id")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     START_TIME_FIELD_NUMBER: _ClassVar[int]
     END_TIME_FIELD_NUMBER: _ClassVar[int]
     KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    ORG_ID_FIELD_NUMBER: _ClassVar[int]
+    MEMBER_ID_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     start_time: _timestamp_pb2.Timestamp
     end_time: _timestamp_pb2.Timestamp
     key_id: str
-    def __init__(self, user_id: _Optional[str] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., key_id: _Optional[str] = ...) -> None: ...
+    org_id: str
+    member_id: str
+    def __init__(self, user_id: _Optional[str] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., key_id: _Optional[str] = ..., org_id: _Optional[str] = ..., member_id: _Optional[str] = ...) -> None: ...
 
 class KeySpend(_message.Message):
     __slots__ = ("key_id", "spent_millicredits", "operations")
@@ -69,7 +77,7 @@ class CategorySpend(_message.Message):
     def __init__(self, category: _Optional[str] = ..., spent_millicredits: _Optional[int] = ..., operations: _Optional[int] = ...) -> None: ...
 
 class GetSpendingReportResponse(_message.Message):
-    __slots__ = ("categories", "total_spent_millicredits", "burn_rate_millicredits_per_day", "credits_millicredits", "days_left", "start_time", "end_time", "keys")
+    __slots__ = ("categories", "total_spent_millicredits", "burn_rate_millicredits_per_day", "credits_millicredits", "days_left", "start_time", "end_time", "keys", "members")
     CATEGORIES_FIELD_NUMBER: _ClassVar[int]
     TOTAL_SPENT_MILLICREDITS_FIELD_NUMBER: _ClassVar[int]
     BURN_RATE_MILLICREDITS_PER_DAY_FIELD_NUMBER: _ClassVar[int]
@@ -78,6 +86,7 @@ class GetSpendingReportResponse(_message.Message):
     START_TIME_FIELD_NUMBER: _ClassVar[int]
     END_TIME_FIELD_NUMBER: _ClassVar[int]
     KEYS_FIELD_NUMBER: _ClassVar[int]
+    MEMBERS_FIELD_NUMBER: _ClassVar[int]
     categories: _containers.RepeatedCompositeFieldContainer[CategorySpend]
     total_spent_millicredits: int
     burn_rate_millicredits_per_day: int
@@ -86,4 +95,15 @@ class GetSpendingReportResponse(_message.Message):
     start_time: _timestamp_pb2.Timestamp
     end_time: _timestamp_pb2.Timestamp
     keys: _containers.RepeatedCompositeFieldContainer[KeySpend]
-    def __init__(self, categories: _Optional[_Iterable[_Union[CategorySpend, _Mapping]]] = ..., total_spent_millicredits: _Optional[int] = ..., burn_rate_millicredits_per_day: _Optional[int] = ..., credits_millicredits: _Optional[int] = ..., days_left: _Optional[float] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., keys: _Optional[_Iterable[_Union[KeySpend, _Mapping]]] = ...) -> None: ...
+    members: _containers.RepeatedCompositeFieldContainer[MemberSpend]
+    def __init__(self, categories: _Optional[_Iterable[_Union[CategorySpend, _Mapping]]] = ..., total_spent_millicredits: _Optional[int] = ..., burn_rate_millicredits_per_day: _Optional[int] = ..., credits_millicredits: _Optional[int] = ..., days_left: _Optional[float] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., keys: _Optional[_Iterable[_Union[KeySpend, _Mapping]]] = ..., members: _Optional[_Iterable[_Union[MemberSpend, _Mapping]]] = ...) -> None: ...
+
+class MemberSpend(_message.Message):
+    __slots__ = ("member_id", "spent_millicredits", "operations")
+    MEMBER_ID_FIELD_NUMBER: _ClassVar[int]
+    SPENT_MILLICREDITS_FIELD_NUMBER: _ClassVar[int]
+    OPERATIONS_FIELD_NUMBER: _ClassVar[int]
+    member_id: str
+    spent_millicredits: int
+    operations: int
+    def __init__(self, member_id: _Optional[str] = ..., spent_millicredits: _Optional[int] = ..., operations: _Optional[int] = ...) -> None: ...

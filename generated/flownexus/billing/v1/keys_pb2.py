@@ -26,39 +26,39 @@ from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mas
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x66lownexus/billing/v1/keys.proto\x12\x14\x66lownexus.billing.v1\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc2\x01\n\x06\x42udget\x12\x32\n\x06window\x18\x01 \x01(\x0e\x32\".flownexus.billing.v1.BudgetWindow\x12\x1a\n\x12limit_millicredits\x18\x02 \x01(\x03\x12\x19\n\x11used_millicredits\x18\x03 \x01(\x03\x12\x1e\n\x16remaining_millicredits\x18\x04 \x01(\x03\x12-\n\tresets_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xbd\x02\n\x03Key\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\r\n\x05label\x18\x03 \x01(\t\x12\x12\n\ncategories\x18\x04 \x03(\t\x12\x1e\n\x16max_spend_millicredits\x18\x05 \x01(\x03\x12.\n\nexpires_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\x07\x62udgets\x18\x07 \x03(\x0b\x32\x1c.flownexus.billing.v1.Budget\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0brevoke_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rsecret_prefix\x18\n \x01(\t\"\xd9\x01\n\x10\x43reateKeyRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\r\n\x05label\x18\x02 \x01(\t\x12-\n\x07\x62udgets\x18\x03 \x03(\x0b\x32\x1c.flownexus.billing.v1.Budget\x12\x12\n\ncategories\x18\x04 \x03(\t\x12\x1e\n\x16max_spend_millicredits\x18\x05 \x01(\x03\x12.\n\nexpires_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nrequest_id\x18\x07 \x01(\t\"K\n\x11\x43reateKeyResponse\x12&\n\x03key\x18\x01 \x01(\x0b\x32\x19.flownexus.billing.v1.Key\x12\x0e\n\x06secret\x18\x02 \x01(\t\"\x1f\n\rGetKeyRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\"8\n\x0eGetKeyResponse\x12&\n\x03key\x18\x01 \x01(\x0b\x32\x19.flownexus.billing.v1.Key\"I\n\x0fListKeysRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"T\n\x10ListKeysResponse\x12\'\n\x04keys\x18\x01 \x03(\x0b\x32\x19.flownexus.billing.v1.Key\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x89\x02\n\x10UpdateKeyRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\x12\r\n\x05label\x18\x03 \x01(\t\x12-\n\x07\x62udgets\x18\x04 \x03(\x0b\x32\x1c.flownexus.billing.v1.Budget\x12\x12\n\ncategories\x18\x05 \x03(\t\x12\x1e\n\x16max_spend_millicredits\x18\x06 \x01(\x03\x12.\n\nexpires_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nrequest_id\x18\x08 \x01(\t\";\n\x11UpdateKeyResponse\x12&\n\x03key\x18\x01 \x01(\x0b\x32\x19.flownexus.billing.v1.Key\"6\n\x10RevokeKeyRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\";\n\x11RevokeKeyResponse\x12&\n\x03key\x18\x01 \x01(\x0b\x32\x19.flownexus.billing.v1.Key*\x91\x01\n\x0c\x42udgetWindow\x12\x1d\n\x19\x42UDGET_WINDOW_UNSPECIFIED\x10\x00\x12\x16\n\x12\x42UDGET_WINDOW_HOUR\x10\x01\x12\x15\n\x11\x42UDGET_WINDOW_DAY\x10\x02\x12\x17\n\x13\x42UDGET_WINDOW_MONTH\x10\x03\x12\x1a\n\x16\x42UDGET_WINDOW_LIFETIME\x10\x04\x32\xd7\x03\n\x0bKeysService\x12\\\n\tCreateKey\x12&.flownexus.billing.v1.CreateKeyRequest\x1a\'.flownexus.billing.v1.CreateKeyResponse\x12S\n\x06GetKey\x12#.flownexus.billing.v1.GetKeyRequest\x1a$.flownexus.billing.v1.GetKeyResponse\x12Y\n\x08ListKeys\x12%.flownexus.billing.v1.ListKeysRequest\x1a&.flownexus.billing.v1.ListKeysResponse\x12\\\n\tUpdateKey\x12&.flownexus.billing.v1.UpdateKeyRequest\x1a\'.flownexus.billing.v1.UpdateKeyResponse\x12\\\n\tRevokeKey\x12&.flownexus.billing.v1.RevokeKeyRequest\x1a\'.flownexus.billing.v1.RevokeKeyResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x66lownexus/billing/v1/keys.proto\x12\x14\x66lownexus.billing.v1\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc2\x01\n\x06\x42udget\x12\x32\n\x06window\x18\x01 \x01(\x0e\x32\".flownexus.billing.v1.BudgetWindow\x12\x1a\n\x12limit_millicredits\x18\x02 \x01(\x03\x12\x19\n\x11used_millicredits\x18\x03 \x01(\x03\x12\x1e\n\x16remaining_millicredits\x18\x04 \x01(\x03\x12-\n\tresets_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xbd\x02\n\x03Key\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\r\n\x05label\x18\x03 \x01(\t\x12\x12\n\ncategories\x18\x04 \x03(\t\x12\x1e\n\x16max_spend_millicredits\x18\x05 \x01(\x03\x12.\n\nexpires_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\x07\x62udgets\x18\x07 \x03(\x0b\x32\x1c.flownexus.billing.v1.Budget\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0brevoke_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rsecret_prefix\x18\n \x01(\t\"\xe9\x01\n\x10\x43reateKeyRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\r\n\x05label\x18\x02 \x01(\t\x12-\n\x07\x62udgets\x18\x03 \x03(\x0b\x32\x1c.flownexus.billing.v1.Budget\x12\x12\n\ncategories\x18\x04 \x03(\t\x12\x1e\n\x16max_spend_millicredits\x18\x05 \x01(\x03\x12.\n\nexpires_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nrequest_id\x18\x07 \x01(\t\x12\x0e\n\x06org_id\x18\x08 \x01(\t\"K\n\x11\x43reateKeyResponse\x12&\n\x03key\x18\x01 \x01(\x0b\x32\x19.flownexus.billing.v1.Key\x12\x0e\n\x06secret\x18\x02 \x01(\t\"\x1f\n\rGetKeyRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\"8\n\x0eGetKeyResponse\x12&\n\x03key\x18\x01 \x01(\x0b\x32\x19.flownexus.billing.v1.Key\"Y\n\x0fListKeysRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x0e\n\x06org_id\x18\x04 \x01(\t\"T\n\x10ListKeysResponse\x12\'\n\x04keys\x18\x01 \x03(\x0b\x32\x19.flownexus.billing.v1.Key\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x89\x02\n\x10UpdateKeyRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\x12\r\n\x05label\x18\x03 \x01(\t\x12-\n\x07\x62udgets\x18\x04 \x03(\x0b\x32\x1c.flownexus.billing.v1.Budget\x12\x12\n\ncategories\x18\x05 \x03(\t\x12\x1e\n\x16max_spend_millicredits\x18\x06 \x01(\x03\x12.\n\nexpires_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nrequest_id\x18\x08 \x01(\t\";\n\x11UpdateKeyResponse\x12&\n\x03key\x18\x01 \x01(\x0b\x32\x19.flownexus.billing.v1.Key\"6\n\x10RevokeKeyRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\";\n\x11RevokeKeyResponse\x12&\n\x03key\x18\x01 \x01(\x0b\x32\x19.flownexus.billing.v1.Key*\x91\x01\n\x0c\x42udgetWindow\x12\x1d\n\x19\x42UDGET_WINDOW_UNSPECIFIED\x10\x00\x12\x16\n\x12\x42UDGET_WINDOW_HOUR\x10\x01\x12\x15\n\x11\x42UDGET_WINDOW_DAY\x10\x02\x12\x17\n\x13\x42UDGET_WINDOW_MONTH\x10\x03\x12\x1a\n\x16\x42UDGET_WINDOW_LIFETIME\x10\x04\x32\xd7\x03\n\x0bKeysService\x12\\\n\tCreateKey\x12&.flownexus.billing.v1.CreateKeyRequest\x1a\'.flownexus.billing.v1.CreateKeyResponse\x12S\n\x06GetKey\x12#.flownexus.billing.v1.GetKeyRequest\x1a$.flownexus.billing.v1.GetKeyResponse\x12Y\n\x08ListKeys\x12%.flownexus.billing.v1.ListKeysRequest\x1a&.flownexus.billing.v1.ListKeysResponse\x12\\\n\tUpdateKey\x12&.flownexus.billing.v1.UpdateKeyRequest\x1a\'.flownexus.billing.v1.UpdateKeyResponse\x12\\\n\tRevokeKey\x12&.flownexus.billing.v1.RevokeKeyRequest\x1a\'.flownexus.billing.v1.RevokeKeyResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'flownexus.billing.v1.keys_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_BUDGETWINDOW']._serialized_start=1637
-  _globals['_BUDGETWINDOW']._serialized_end=1782
+  _globals['_BUDGETWINDOW']._serialized_start=1669
+  _globals['_BUDGETWINDOW']._serialized_end=1814
   _globals['_BUDGET']._serialized_start=125
   _globals['_BUDGET']._serialized_end=319
   _globals['_KEY']._serialized_start=322
   _globals['_KEY']._serialized_end=639
   _globals['_CREATEKEYREQUEST']._serialized_start=642
-  _globals['_CREATEKEYREQUEST']._serialized_end=859
-  _globals['_CREATEKEYRESPONSE']._serialized_start=861
-  _globals['_CREATEKEYRESPONSE']._serialized_end=936
-  _globals['_GETKEYREQUEST']._serialized_start=938
-  _globals['_GETKEYREQUEST']._serialized_end=969
-  _globals['_GETKEYRESPONSE']._serialized_start=971
-  _globals['_GETKEYRESPONSE']._serialized_end=1027
-  _globals['_LISTKEYSREQUEST']._serialized_start=1029
-  _globals['_LISTKEYSREQUEST']._serialized_end=1102
-  _globals['_LISTKEYSRESPONSE']._serialized_start=1104
-  _globals['_LISTKEYSRESPONSE']._serialized_end=1188
-  _globals['_UPDATEKEYREQUEST']._serialized_start=1191
-  _globals['_UPDATEKEYREQUEST']._serialized_end=1456
-  _globals['_UPDATEKEYRESPONSE']._serialized_start=1458
-  _globals['_UPDATEKEYRESPONSE']._serialized_end=1517
-  _globals['_REVOKEKEYREQUEST']._serialized_start=1519
-  _globals['_REVOKEKEYREQUEST']._serialized_end=1573
-  _globals['_REVOKEKEYRESPONSE']._serialized_start=1575
-  _globals['_REVOKEKEYRESPONSE']._serialized_end=1634
-  _globals['_KEYSSERVICE']._serialized_start=1785
-  _globals['_KEYSSERVICE']._serialized_end=2256
+  _globals['_CREATEKEYREQUEST']._serialized_end=875
+  _globals['_CREATEKEYRESPONSE']._serialized_start=877
+  _globals['_CREATEKEYRESPONSE']._serialized_end=952
+  _globals['_GETKEYREQUEST']._serialized_start=954
+  _globals['_GETKEYREQUEST']._serialized_end=985
+  _globals['_GETKEYRESPONSE']._serialized_start=987
+  _globals['_GETKEYRESPONSE']._serialized_end=1043
+  _globals['_LISTKEYSREQUEST']._serialized_start=1045
+  _globals['_LISTKEYSREQUEST']._serialized_end=1134
+  _globals['_LISTKEYSRESPONSE']._serialized_start=1136
+  _globals['_LISTKEYSRESPONSE']._serialized_end=1220
+  _globals['_UPDATEKEYREQUEST']._serialized_start=1223
+  _globals['_UPDATEKEYREQUEST']._serialized_end=1488
+  _globals['_UPDATEKEYRESPONSE']._serialized_start=1490
+  _globals['_UPDATEKEYRESPONSE']._serialized_end=1549
+  _globals['_REVOKEKEYREQUEST']._serialized_start=1551
+  _globals['_REVOKEKEYREQUEST']._serialized_end=1605
+  _globals['_REVOKEKEYRESPONSE']._serialized_start=1607
+  _globals['_REVOKEKEYRESPONSE']._serialized_end=1666
+  _globals['_KEYSSERVICE']._serialized_start=1817
+  _globals['_KEYSSERVICE']._serialized_end=2288
 # @@protoc_insertion_point(module_scope)

@@ -63,7 +63,7 @@ class Key(_message.Message):
     def __init__(self, id: _Optional[str] = ..., user_id: _Optional[str] = ..., label: _Optional[str] = ..., categories: _Optional[_Iterable[str]] = ..., max_spend_millicredits: _Optional[int] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., budgets: _Optional[_Iterable[_Union[Budget, _Mapping]]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., revoke_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., secret_prefix: _Optional[str] = ...) -> None: ...
 
 class CreateKeyRequest(_message.Message):
-    __slots__ = ("user_id", "label", "budgets", "categories", "max_spend_millicredits", "expires_at", "request_id")
+    __slots__ = ("user_id", "label", "budgets", "categories", "max_spend_millicredits", "expires_at", "request_id", "org_id")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     LABEL_FIELD_NUMBER: _ClassVar[int]
     BUDGETS_FIELD_NUMBER: _ClassVar[int]
@@ -71,6 +71,7 @@ class CreateKeyRequest(_message.Message):
     MAX_SPEND_MILLICREDITS_FIELD_NUMBER: _ClassVar[int]
     EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    ORG_ID_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     label: str
     budgets: _containers.RepeatedCompositeFieldContainer[Budget]
@@ -78,7 +79,8 @@ class CreateKeyRequest(_message.Message):
     max_spend_millicredits: int
     expires_at: _timestamp_pb2.Timestamp
     request_id: str
-    def __init__(self, user_id: _Optional[str] = ..., label: _Optional[str] = ..., budgets: _Optional[_Iterable[_Union[Budget, _Mapping]]] = ..., categories: _Optional[_Iterable[str]] = ..., max_spend_millicredits: _Optional[int] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
+    org_id: str
+    def __init__(self, user_id: _Optional[str] = ..., label: _Optional[str] = ..., budgets: _Optional[_Iterable[_Union[Budget, _Mapping]]] = ..., categories: _Optional[_Iterable[str]] = ..., max_spend_millicredits: _Optional[int] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., request_id: _Optional[str] = ..., org_id: _Optional[str] = ...) -> None: ...
 
 class CreateKeyResponse(_message.Message):
     __slots__ = ("key", "secret")
@@ -101,14 +103,16 @@ class GetKeyResponse(_message.Message):
     def __init__(self, key: _Optional[_Union[Key, _Mapping]] = ...) -> None: ...
 
 class ListKeysRequest(_message.Message):
-    __slots__ = ("user_id", "page_size", "page_token")
+    __slots__ = ("user_id", "page_size", "page_token", "org_id")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    ORG_ID_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     page_size: int
     page_token: str
-    def __init__(self, user_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+    org_id: str
+    def __init__(self, user_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., org_id: _Optional[str] = ...) -> None: ...
 
 class ListKeysResponse(_message.Message):
     __slots__ = ("keys", "next_page_token")

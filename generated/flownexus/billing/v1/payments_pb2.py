@@ -25,35 +25,35 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#flownexus/billing/v1/payments.proto\x12\x14\x66lownexus.billing.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd6\x02\n\x07Payment\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12(\n\x04\x64\x61te\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0c\x61mount_cents\x18\x04 \x01(\x03\x12\x10\n\x08\x63urrency\x18\x05 \x01(\t\x12\x33\n\x06status\x18\x06 \x01(\x0e\x32#.flownexus.billing.v1.PaymentStatus\x12\x1c\n\x14\x63redits_millicredits\x18\x07 \x01(\x03\x12\x13\n\x0binvoice_url\x18\x08 \x01(\t\x12/\n\x04kind\x18\t \x01(\x0e\x32!.flownexus.billing.v1.PaymentKind\x12\x16\n\x0e\x66\x61ilure_reason\x18\n \x01(\t\x12\x16\n\x0erefunded_cents\x18\x0b \x01(\x03\x12\x13\n\x0bpayment_url\x18\x0c \x01(\t\"D\n\x18\x43reatePaymentLinkRequest\x12\x14\n\x0c\x61mount_cents\x18\x01 \x01(\x03\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"\x99\x01\n\x19\x43reatePaymentLinkResponse\x12\x13\n\x0bpayment_url\x18\x01 \x01(\t\x12.\n\nexpires_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12#\n\x1b\x63redits_amount_millicredits\x18\x03 \x01(\x03\x12\x12\n\npayment_id\x18\x04 \x01(\t\"\'\n\x11GetPaymentRequest\x12\x12\n\npayment_id\x18\x01 \x01(\t\"D\n\x12GetPaymentResponse\x12.\n\x07payment\x18\x01 \x01(\x0b\x32\x1d.flownexus.billing.v1.Payment\"M\n\x13ListPaymentsRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"`\n\x14ListPaymentsResponse\x12/\n\x08payments\x18\x01 \x03(\x0b\x32\x1d.flownexus.billing.v1.Payment\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"8\n\x0cTopUpRequest\x12\x14\n\x0c\x61mount_cents\x18\x01 \x01(\x03\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"r\n\rTopUpResponse\x12.\n\x07payment\x18\x01 \x01(\x0b\x32\x1d.flownexus.billing.v1.Payment\x12\x13\n\x0bpayment_url\x18\x02 \x01(\t\x12\x1c\n\x14\x62\x61lance_millicredits\x18\x03 \x01(\x03*\xa0\x02\n\rPaymentStatus\x12\x1e\n\x1aPAYMENT_STATUS_UNSPECIFIED\x10\x00\x12\x1a\n\x16PAYMENT_STATUS_PENDING\x10\x01\x12\x17\n\x13PAYMENT_STATUS_PAID\x10\x02\x12\x19\n\x15PAYMENT_STATUS_FAILED\x10\x03\x12\x1a\n\x16PAYMENT_STATUS_EXPIRED\x10\x04\x12\x1b\n\x17PAYMENT_STATUS_REFUNDED\x10\x05\x12%\n!PAYMENT_STATUS_PARTIALLY_REFUNDED\x10\x06\x12\x1b\n\x17PAYMENT_STATUS_DISPUTED\x10\x07\x12\"\n\x1ePAYMENT_STATUS_AMOUNT_MISMATCH\x10\x08*\x9c\x01\n\x0bPaymentKind\x12\x1c\n\x18PAYMENT_KIND_UNSPECIFIED\x10\x00\x12\x19\n\x15PAYMENT_KIND_CHECKOUT\x10\x01\x12\x1c\n\x18PAYMENT_KIND_AUTO_REFILL\x10\x02\x12\x1d\n\x19PAYMENT_KIND_SUBSCRIPTION\x10\x03\x12\x17\n\x13PAYMENT_KIND_TOP_UP\x10\x04\x32\xa1\x03\n\x0fPaymentsService\x12t\n\x11\x43reatePaymentLink\x12..flownexus.billing.v1.CreatePaymentLinkRequest\x1a/.flownexus.billing.v1.CreatePaymentLinkResponse\x12_\n\nGetPayment\x12\'.flownexus.billing.v1.GetPaymentRequest\x1a(.flownexus.billing.v1.GetPaymentResponse\x12\x65\n\x0cListPayments\x12).flownexus.billing.v1.ListPaymentsRequest\x1a*.flownexus.billing.v1.ListPaymentsResponse\x12P\n\x05TopUp\x12\".flownexus.billing.v1.TopUpRequest\x1a#.flownexus.billing.v1.TopUpResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#flownexus/billing/v1/payments.proto\x12\x14\x66lownexus.billing.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd6\x02\n\x07Payment\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12(\n\x04\x64\x61te\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0c\x61mount_cents\x18\x04 \x01(\x03\x12\x10\n\x08\x63urrency\x18\x05 \x01(\t\x12\x33\n\x06status\x18\x06 \x01(\x0e\x32#.flownexus.billing.v1.PaymentStatus\x12\x1c\n\x14\x63redits_millicredits\x18\x07 \x01(\x03\x12\x13\n\x0binvoice_url\x18\x08 \x01(\t\x12/\n\x04kind\x18\t \x01(\x0e\x32!.flownexus.billing.v1.PaymentKind\x12\x16\n\x0e\x66\x61ilure_reason\x18\n \x01(\t\x12\x16\n\x0erefunded_cents\x18\x0b \x01(\x03\x12\x13\n\x0bpayment_url\x18\x0c \x01(\t\"T\n\x18\x43reatePaymentLinkRequest\x12\x14\n\x0c\x61mount_cents\x18\x01 \x01(\x03\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x0e\n\x06org_id\x18\x03 \x01(\t\"\x99\x01\n\x19\x43reatePaymentLinkResponse\x12\x13\n\x0bpayment_url\x18\x01 \x01(\t\x12.\n\nexpires_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12#\n\x1b\x63redits_amount_millicredits\x18\x03 \x01(\x03\x12\x12\n\npayment_id\x18\x04 \x01(\t\"\'\n\x11GetPaymentRequest\x12\x12\n\npayment_id\x18\x01 \x01(\t\"D\n\x12GetPaymentResponse\x12.\n\x07payment\x18\x01 \x01(\x0b\x32\x1d.flownexus.billing.v1.Payment\"]\n\x13ListPaymentsRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x0e\n\x06org_id\x18\x04 \x01(\t\"`\n\x14ListPaymentsResponse\x12/\n\x08payments\x18\x01 \x03(\x0b\x32\x1d.flownexus.billing.v1.Payment\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"H\n\x0cTopUpRequest\x12\x14\n\x0c\x61mount_cents\x18\x01 \x01(\x03\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x0e\n\x06org_id\x18\x03 \x01(\t\"r\n\rTopUpResponse\x12.\n\x07payment\x18\x01 \x01(\x0b\x32\x1d.flownexus.billing.v1.Payment\x12\x13\n\x0bpayment_url\x18\x02 \x01(\t\x12\x1c\n\x14\x62\x61lance_millicredits\x18\x03 \x01(\x03*\xa0\x02\n\rPaymentStatus\x12\x1e\n\x1aPAYMENT_STATUS_UNSPECIFIED\x10\x00\x12\x1a\n\x16PAYMENT_STATUS_PENDING\x10\x01\x12\x17\n\x13PAYMENT_STATUS_PAID\x10\x02\x12\x19\n\x15PAYMENT_STATUS_FAILED\x10\x03\x12\x1a\n\x16PAYMENT_STATUS_EXPIRED\x10\x04\x12\x1b\n\x17PAYMENT_STATUS_REFUNDED\x10\x05\x12%\n!PAYMENT_STATUS_PARTIALLY_REFUNDED\x10\x06\x12\x1b\n\x17PAYMENT_STATUS_DISPUTED\x10\x07\x12\"\n\x1ePAYMENT_STATUS_AMOUNT_MISMATCH\x10\x08*\x9c\x01\n\x0bPaymentKind\x12\x1c\n\x18PAYMENT_KIND_UNSPECIFIED\x10\x00\x12\x19\n\x15PAYMENT_KIND_CHECKOUT\x10\x01\x12\x1c\n\x18PAYMENT_KIND_AUTO_REFILL\x10\x02\x12\x1d\n\x19PAYMENT_KIND_SUBSCRIPTION\x10\x03\x12\x17\n\x13PAYMENT_KIND_TOP_UP\x10\x04\x32\xa1\x03\n\x0fPaymentsService\x12t\n\x11\x43reatePaymentLink\x12..flownexus.billing.v1.CreatePaymentLinkRequest\x1a/.flownexus.billing.v1.CreatePaymentLinkResponse\x12_\n\nGetPayment\x12\'.flownexus.billing.v1.GetPaymentRequest\x1a(.flownexus.billing.v1.GetPaymentResponse\x12\x65\n\x0cListPayments\x12).flownexus.billing.v1.ListPaymentsRequest\x1a*.flownexus.billing.v1.ListPaymentsResponse\x12P\n\x05TopUp\x12\".flownexus.billing.v1.TopUpRequest\x1a#.flownexus.billing.v1.TopUpResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'flownexus.billing.v1.payments_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PAYMENTSTATUS']._serialized_start=1128
-  _globals['_PAYMENTSTATUS']._serialized_end=1416
-  _globals['_PAYMENTKIND']._serialized_start=1419
-  _globals['_PAYMENTKIND']._serialized_end=1575
+  _globals['_PAYMENTSTATUS']._serialized_start=1176
+  _globals['_PAYMENTSTATUS']._serialized_end=1464
+  _globals['_PAYMENTKIND']._serialized_start=1467
+  _globals['_PAYMENTKIND']._serialized_end=1623
   _globals['_PAYMENT']._serialized_start=95
   _globals['_PAYMENT']._serialized_end=437
   _globals['_CREATEPAYMENTLINKREQUEST']._serialized_start=439
-  _globals['_CREATEPAYMENTLINKREQUEST']._serialized_end=507
-  _globals['_CREATEPAYMENTLINKRESPONSE']._serialized_start=510
-  _globals['_CREATEPAYMENTLINKRESPONSE']._serialized_end=663
-  _globals['_GETPAYMENTREQUEST']._serialized_start=665
-  _globals['_GETPAYMENTREQUEST']._serialized_end=704
-  _globals['_GETPAYMENTRESPONSE']._serialized_start=706
-  _globals['_GETPAYMENTRESPONSE']._serialized_end=774
-  _globals['_LISTPAYMENTSREQUEST']._serialized_start=776
-  _globals['_LISTPAYMENTSREQUEST']._serialized_end=853
-  _globals['_LISTPAYMENTSRESPONSE']._serialized_start=855
-  _globals['_LISTPAYMENTSRESPONSE']._serialized_end=951
-  _globals['_TOPUPREQUEST']._serialized_start=953
-  _globals['_TOPUPREQUEST']._serialized_end=1009
-  _globals['_TOPUPRESPONSE']._serialized_start=1011
-  _globals['_TOPUPRESPONSE']._serialized_end=1125
-  _globals['_PAYMENTSSERVICE']._serialized_start=1578
-  _globals['_PAYMENTSSERVICE']._serialized_end=1995
+  _globals['_CREATEPAYMENTLINKREQUEST']._serialized_end=523
+  _globals['_CREATEPAYMENTLINKRESPONSE']._serialized_start=526
+  _globals['_CREATEPAYMENTLINKRESPONSE']._serialized_end=679
+  _globals['_GETPAYMENTREQUEST']._serialized_start=681
+  _globals['_GETPAYMENTREQUEST']._serialized_end=720
+  _globals['_GETPAYMENTRESPONSE']._serialized_start=722
+  _globals['_GETPAYMENTRESPONSE']._serialized_end=790
+  _globals['_LISTPAYMENTSREQUEST']._serialized_start=792
+  _globals['_LISTPAYMENTSREQUEST']._serialized_end=885
+  _globals['_LISTPAYMENTSRESPONSE']._serialized_start=887
+  _globals['_LISTPAYMENTSRESPONSE']._serialized_end=983
+  _globals['_TOPUPREQUEST']._serialized_start=985
+  _globals['_TOPUPREQUEST']._serialized_end=1057
+  _globals['_TOPUPRESPONSE']._serialized_start=1059
+  _globals['_TOPUPRESPONSE']._serialized_end=1173
+  _globals['_PAYMENTSSERVICE']._serialized_start=1626
+  _globals['_PAYMENTSSERVICE']._serialized_end=2043
 # @@protoc_insertion_point(module_scope)

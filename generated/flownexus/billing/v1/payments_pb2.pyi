@@ -73,12 +73,14 @@ class Payment(_message.Message):
     def __init__(self, id: _Optional[str] = ..., user_id: _Optional[str] = ..., date: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., amount_cents: _Optional[int] = ..., currency: _Optional[str] = ..., status: _Optional[_Union[PaymentStatus, str]] = ..., credits_millicredits: _Optional[int] = ..., invoice_url: _Optional[str] = ..., kind: _Optional[_Union[PaymentKind, str]] = ..., failure_reason: _Optional[str] = ..., refunded_cents: _Optional[int] = ..., payment_url: _Optional[str] = ...) -> None: ...
 
 class CreatePaymentLinkRequest(_message.Message):
-    __slots__ = ("amount_cents", "request_id")
+    __slots__ = ("amount_cents", "request_id", "org_id")
     AMOUNT_CENTS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    ORG_ID_FIELD_NUMBER: _ClassVar[int]
     amount_cents: int
     request_id: str
-    def __init__(self, amount_cents: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
+    org_id: str
+    def __init__(self, amount_cents: _Optional[int] = ..., request_id: _Optional[str] = ..., org_id: _Optional[str] = ...) -> None: ...
 
 class CreatePaymentLinkResponse(_message.Message):
     __slots__ = ("payment_url", "expires_at", "credits_amount_millicredits", "payment_id")
@@ -105,14 +107,16 @@ class GetPaymentResponse(_message.Message):
     def __init__(self, payment: _Optional[_Union[Payment, _Mapping]] = ...) -> None: ...
 
 class ListPaymentsRequest(_message.Message):
-    __slots__ = ("user_id", "page_size", "page_token")
+    __slots__ = ("user_id", "page_size", "page_token", "org_id")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    ORG_ID_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     page_size: int
     page_token: str
-    def __init__(self, user_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+    org_id: str
+    def __init__(self, user_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., org_id: _Optional[str] = ...) -> None: ...
 
 class ListPaymentsResponse(_message.Message):
     __slots__ = ("payments", "next_page_token")
@@ -123,12 +127,14 @@ class ListPaymentsResponse(_message.Message):
     def __init__(self, payments: _Optional[_Iterable[_Union[Payment, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class TopUpRequest(_message.Message):
-    __slots__ = ("amount_cents", "request_id")
+    __slots__ = ("amount_cents", "request_id", "org_id")
     AMOUNT_CENTS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    ORG_ID_FIELD_NUMBER: _ClassVar[int]
     amount_cents: int
     request_id: str
-    def __init__(self, amount_cents: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
+    org_id: str
+    def __init__(self, amount_cents: _Optional[int] = ..., request_id: _Optional[str] = ..., org_id: _Optional[str] = ...) -> None: ...
 
 class TopUpResponse(_message.Message):
     __slots__ = ("payment", "payment_url", "balance_millicredits")

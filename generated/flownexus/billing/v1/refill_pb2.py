@@ -25,31 +25,31 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!flownexus/billing/v1/refill.proto\x12\x14\x66lownexus.billing.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"R\n\rPaymentMethod\x12\r\n\x05\x62rand\x18\x01 \x01(\t\x12\r\n\x05last4\x18\x02 \x01(\t\x12\x11\n\texp_month\x18\x03 \x01(\x05\x12\x10\n\x08\x65xp_year\x18\x04 \x01(\x05\"\xb4\x03\n\nAutoRefill\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\x12\x1e\n\x16threshold_millicredits\x18\x02 \x01(\x03\x12\x14\n\x0c\x61mount_cents\x18\x03 \x01(\x03\x12#\n\x1b\x63redits_amount_millicredits\x18\x04 \x01(\x03\x12\x13\n\x0bnext_charge\x18\x05 \x01(\t\x12;\n\x0epayment_method\x18\x06 \x01(\x0b\x32#.flownexus.billing.v1.PaymentMethod\x12\x19\n\x11monthly_cap_cents\x18\x07 \x01(\x03\x12\x1a\n\x12monthly_used_cents\x18\x08 \x01(\x03\x12\x34\n\x05state\x18\t \x01(\x0e\x32%.flownexus.billing.v1.AutoRefillState\x12\x15\n\rpaused_reason\x18\n \x01(\t\x12\x14\n\x0crecovery_url\x18\x0b \x01(\t\x12\x31\n\rnext_retry_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1b\n\x13last_failure_reason\x18\r \x01(\t\"w\n\x1a\x43onfigureAutoRefillRequest\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\x12\x1e\n\x16threshold_millicredits\x18\x02 \x01(\x03\x12\x14\n\x0c\x61mount_cents\x18\x03 \x01(\x03\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"T\n\x1b\x43onfigureAutoRefillResponse\x12\x35\n\x0b\x61uto_refill\x18\x01 \x01(\x0b\x32 .flownexus.billing.v1.AutoRefill\"\'\n\x14GetAutoRefillRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"N\n\x15GetAutoRefillResponse\x12\x35\n\x0b\x61uto_refill\x18\x01 \x01(\x0b\x32 .flownexus.billing.v1.AutoRefill\",\n\x16\x43reateSetupLinkRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"\\\n\x17\x43reateSetupLinkResponse\x12\x11\n\tsetup_url\x18\x01 \x01(\t\x12.\n\nexpires_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\xfd\x01\n\x0f\x41utoRefillState\x12!\n\x1d\x41UTO_REFILL_STATE_UNSPECIFIED\x10\x00\x12\x1e\n\x1a\x41UTO_REFILL_STATE_DISABLED\x10\x01\x12\x1a\n\x16\x41UTO_REFILL_STATE_IDLE\x10\x02\x12\x1f\n\x1b\x41UTO_REFILL_STATE_IN_FLIGHT\x10\x03\x12%\n!AUTO_REFILL_STATE_RETRY_SCHEDULED\x10\x04\x12%\n!AUTO_REFILL_STATE_ACTION_REQUIRED\x10\x05\x12\x1c\n\x18\x41UTO_REFILL_STATE_PAUSED\x10\x06\x32\xe5\x02\n\rRefillService\x12z\n\x13\x43onfigureAutoRefill\x12\x30.flownexus.billing.v1.ConfigureAutoRefillRequest\x1a\x31.flownexus.billing.v1.ConfigureAutoRefillResponse\x12h\n\rGetAutoRefill\x12*.flownexus.billing.v1.GetAutoRefillRequest\x1a+.flownexus.billing.v1.GetAutoRefillResponse\x12n\n\x0f\x43reateSetupLink\x12,.flownexus.billing.v1.CreateSetupLinkRequest\x1a-.flownexus.billing.v1.CreateSetupLinkResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!flownexus/billing/v1/refill.proto\x12\x14\x66lownexus.billing.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"R\n\rPaymentMethod\x12\r\n\x05\x62rand\x18\x01 \x01(\t\x12\r\n\x05last4\x18\x02 \x01(\t\x12\x11\n\texp_month\x18\x03 \x01(\x05\x12\x10\n\x08\x65xp_year\x18\x04 \x01(\x05\"\xb4\x03\n\nAutoRefill\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\x12\x1e\n\x16threshold_millicredits\x18\x02 \x01(\x03\x12\x14\n\x0c\x61mount_cents\x18\x03 \x01(\x03\x12#\n\x1b\x63redits_amount_millicredits\x18\x04 \x01(\x03\x12\x13\n\x0bnext_charge\x18\x05 \x01(\t\x12;\n\x0epayment_method\x18\x06 \x01(\x0b\x32#.flownexus.billing.v1.PaymentMethod\x12\x19\n\x11monthly_cap_cents\x18\x07 \x01(\x03\x12\x1a\n\x12monthly_used_cents\x18\x08 \x01(\x03\x12\x34\n\x05state\x18\t \x01(\x0e\x32%.flownexus.billing.v1.AutoRefillState\x12\x15\n\rpaused_reason\x18\n \x01(\t\x12\x14\n\x0crecovery_url\x18\x0b \x01(\t\x12\x31\n\rnext_retry_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1b\n\x13last_failure_reason\x18\r \x01(\t\"\x87\x01\n\x1a\x43onfigureAutoRefillRequest\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\x12\x1e\n\x16threshold_millicredits\x18\x02 \x01(\x03\x12\x14\n\x0c\x61mount_cents\x18\x03 \x01(\x03\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12\x0e\n\x06org_id\x18\x05 \x01(\t\"T\n\x1b\x43onfigureAutoRefillResponse\x12\x35\n\x0b\x61uto_refill\x18\x01 \x01(\x0b\x32 .flownexus.billing.v1.AutoRefill\"7\n\x14GetAutoRefillRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0e\n\x06org_id\x18\x02 \x01(\t\"N\n\x15GetAutoRefillResponse\x12\x35\n\x0b\x61uto_refill\x18\x01 \x01(\x0b\x32 .flownexus.billing.v1.AutoRefill\"<\n\x16\x43reateSetupLinkRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06org_id\x18\x02 \x01(\t\"\\\n\x17\x43reateSetupLinkResponse\x12\x11\n\tsetup_url\x18\x01 \x01(\t\x12.\n\nexpires_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\xfd\x01\n\x0f\x41utoRefillState\x12!\n\x1d\x41UTO_REFILL_STATE_UNSPECIFIED\x10\x00\x12\x1e\n\x1a\x41UTO_REFILL_STATE_DISABLED\x10\x01\x12\x1a\n\x16\x41UTO_REFILL_STATE_IDLE\x10\x02\x12\x1f\n\x1b\x41UTO_REFILL_STATE_IN_FLIGHT\x10\x03\x12%\n!AUTO_REFILL_STATE_RETRY_SCHEDULED\x10\x04\x12%\n!AUTO_REFILL_STATE_ACTION_REQUIRED\x10\x05\x12\x1c\n\x18\x41UTO_REFILL_STATE_PAUSED\x10\x06\x32\xe5\x02\n\rRefillService\x12z\n\x13\x43onfigureAutoRefill\x12\x30.flownexus.billing.v1.ConfigureAutoRefillRequest\x1a\x31.flownexus.billing.v1.ConfigureAutoRefillResponse\x12h\n\rGetAutoRefill\x12*.flownexus.billing.v1.GetAutoRefillRequest\x1a+.flownexus.billing.v1.GetAutoRefillResponse\x12n\n\x0f\x43reateSetupLink\x12,.flownexus.billing.v1.CreateSetupLinkRequest\x1a-.flownexus.billing.v1.CreateSetupLinkResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'flownexus.billing.v1.refill_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_AUTOREFILLSTATE']._serialized_start=1084
-  _globals['_AUTOREFILLSTATE']._serialized_end=1337
+  _globals['_AUTOREFILLSTATE']._serialized_start=1133
+  _globals['_AUTOREFILLSTATE']._serialized_end=1386
   _globals['_PAYMENTMETHOD']._serialized_start=92
   _globals['_PAYMENTMETHOD']._serialized_end=174
   _globals['_AUTOREFILL']._serialized_start=177
   _globals['_AUTOREFILL']._serialized_end=613
-  _globals['_CONFIGUREAUTOREFILLREQUEST']._serialized_start=615
-  _globals['_CONFIGUREAUTOREFILLREQUEST']._serialized_end=734
-  _globals['_CONFIGUREAUTOREFILLRESPONSE']._serialized_start=736
-  _globals['_CONFIGUREAUTOREFILLRESPONSE']._serialized_end=820
-  _globals['_GETAUTOREFILLREQUEST']._serialized_start=822
-  _globals['_GETAUTOREFILLREQUEST']._serialized_end=861
-  _globals['_GETAUTOREFILLRESPONSE']._serialized_start=863
-  _globals['_GETAUTOREFILLRESPONSE']._serialized_end=941
-  _globals['_CREATESETUPLINKREQUEST']._serialized_start=943
-  _globals['_CREATESETUPLINKREQUEST']._serialized_end=987
-  _globals['_CREATESETUPLINKRESPONSE']._serialized_start=989
-  _globals['_CREATESETUPLINKRESPONSE']._serialized_end=1081
-  _globals['_REFILLSERVICE']._serialized_start=1340
-  _globals['_REFILLSERVICE']._serialized_end=1697
+  _globals['_CONFIGUREAUTOREFILLREQUEST']._serialized_start=616
+  _globals['_CONFIGUREAUTOREFILLREQUEST']._serialized_end=751
+  _globals['_CONFIGUREAUTOREFILLRESPONSE']._serialized_start=753
+  _globals['_CONFIGUREAUTOREFILLRESPONSE']._serialized_end=837
+  _globals['_GETAUTOREFILLREQUEST']._serialized_start=839
+  _globals['_GETAUTOREFILLREQUEST']._serialized_end=894
+  _globals['_GETAUTOREFILLRESPONSE']._serialized_start=896
+  _globals['_GETAUTOREFILLRESPONSE']._serialized_end=974
+  _globals['_CREATESETUPLINKREQUEST']._serialized_start=976
+  _globals['_CREATESETUPLINKREQUEST']._serialized_end=1036
+  _globals['_CREATESETUPLINKRESPONSE']._serialized_start=1038
+  _globals['_CREATESETUPLINKRESPONSE']._serialized_end=1130
+  _globals['_REFILLSERVICE']._serialized_start=1389
+  _globals['_REFILLSERVICE']._serialized_end=1746
 # @@protoc_insertion_point(module_scope)

@@ -69,16 +69,18 @@ class AutoRefill(_message.Message):
     def __init__(self, enabled: _Optional[bool] = ..., threshold_millicredits: _Optional[int] = ..., amount_cents: _Optional[int] = ..., credits_amount_millicredits: _Optional[int] = ..., next_charge: _Optional[str] = ..., payment_method: _Optional[_Union[PaymentMethod, _Mapping]] = ..., monthly_cap_cents: _Optional[int] = ..., monthly_used_cents: _Optional[int] = ..., state: _Optional[_Union[AutoRefillState, str]] = ..., paused_reason: _Optional[str] = ..., recovery_url: _Optional[str] = ..., next_retry_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_failure_reason: _Optional[str] = ...) -> None: ...
 
 class ConfigureAutoRefillRequest(_message.Message):
-    __slots__ = ("enabled", "threshold_millicredits", "amount_cents", "request_id")
+    __slots__ = ("enabled", "threshold_millicredits", "amount_cents", "request_id", "org_id")
     ENABLED_FIELD_NUMBER: _ClassVar[int]
     THRESHOLD_MILLICREDITS_FIELD_NUMBER: _ClassVar[int]
     AMOUNT_CENTS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    ORG_ID_FIELD_NUMBER: _ClassVar[int]
     enabled: bool
     threshold_millicredits: int
     amount_cents: int
     request_id: str
-    def __init__(self, enabled: _Optional[bool] = ..., threshold_millicredits: _Optional[int] = ..., amount_cents: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
+    org_id: str
+    def __init__(self, enabled: _Optional[bool] = ..., threshold_millicredits: _Optional[int] = ..., amount_cents: _Optional[int] = ..., request_id: _Optional[str] = ..., org_id: _Optional[str] = ...) -> None: ...
 
 class ConfigureAutoRefillResponse(_message.Message):
     __slots__ = ("auto_refill",)
@@ -87,10 +89,12 @@ class ConfigureAutoRefillResponse(_message.Message):
     def __init__(self, auto_refill: _Optional[_Union[AutoRefill, _Mapping]] = ...) -> None: ...
 
 class GetAutoRefillRequest(_message.Message):
-    __slots__ = ("user_id",)
+    __slots__ = ("user_id", "org_id")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
+    ORG_ID_FIELD_NUMBER: _ClassVar[int]
     user_id: str
-    def __init__(self, user_id: _Optional[str] = ...) -> None: ...
+    org_id: str
+    def __init__(self, user_id: _Optional[str] = ..., org_id: _Optional[str] = ...) -> None: ...
 
 class GetAutoRefillResponse(_message.Message):
     __slots__ = ("auto_refill",)
@@ -99,10 +103,12 @@ class GetAutoRefillResponse(_message.Message):
     def __init__(self, auto_refill: _Optional[_Union[AutoRefill, _Mapping]] = ...) -> None: ...
 
 class CreateSetupLinkRequest(_message.Message):
-    __slots__ = ("request_id",)
+    __slots__ = ("request_id", "org_id")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    ORG_ID_FIELD_NUMBER: _ClassVar[int]
     request_id: str
-    def __init__(self, request_id: _Optional[str] = ...) -> None: ...
+    org_id: str
+    def __init__(self, request_id: _Optional[str] = ..., org_id: _Optional[str] = ...) -> None: ...
 
 class CreateSetupLinkResponse(_message.Message):
     __slots__ = ("setup_url", "expires_at")

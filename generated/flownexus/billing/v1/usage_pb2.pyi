@@ -26,7 +26,7 @@ HOLD_STATUS_RELEASED: HoldStatus
 HOLD_STATUS_EXPIRED: HoldStatus
 
 class SpendRequest(_message.Message):
-    __slots__ = ("user_id", "amount_millicredits", "request_id", "category", "description", "app_id", "publisher_user_id", "metadata", "key_id")
+    __slots__ = ("user_id", "amount_millicredits", "request_id", "category", "description", "app_id", "publisher_user_id", "metadata", "key_id", "org_id")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -43,6 +43,7 @@ class SpendRequest(_message.Message):
     PUBLISHER_USER_ID_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
     KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    ORG_ID_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     amount_millicredits: int
     request_id: str
@@ -52,7 +53,8 @@ class SpendRequest(_message.Message):
     publisher_user_id: str
     metadata: _containers.ScalarMap[str, str]
     key_id: str
-    def __init__(self, user_id: _Optional[str] = ..., amount_millicredits: _Optional[int] = ..., request_id: _Optional[str] = ..., category: _Optional[str] = ..., description: _Optional[str] = ..., app_id: _Optional[str] = ..., publisher_user_id: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., key_id: _Optional[str] = ...) -> None: ...
+    org_id: str
+    def __init__(self, user_id: _Optional[str] = ..., amount_millicredits: _Optional[int] = ..., request_id: _Optional[str] = ..., category: _Optional[str] = ..., description: _Optional[str] = ..., app_id: _Optional[str] = ..., publisher_user_id: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., key_id: _Optional[str] = ..., org_id: _Optional[str] = ...) -> None: ...
 
 class SpendResponse(_message.Message):
     __slots__ = ("transaction", "credits_millicredits")
@@ -101,7 +103,7 @@ class Hold(_message.Message):
     def __init__(self, id: _Optional[str] = ..., user_id: _Optional[str] = ..., amount_millicredits: _Optional[int] = ..., status: _Optional[_Union[HoldStatus, str]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., captured_millicredits: _Optional[int] = ..., category: _Optional[str] = ...) -> None: ...
 
 class ReserveRequest(_message.Message):
-    __slots__ = ("user_id", "amount_millicredits", "request_id", "category", "description", "ttl", "key_id")
+    __slots__ = ("user_id", "amount_millicredits", "request_id", "category", "description", "ttl", "key_id", "org_id")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     AMOUNT_MILLICREDITS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
@@ -109,6 +111,7 @@ class ReserveRequest(_message.Message):
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     TTL_FIELD_NUMBER: _ClassVar[int]
     KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    ORG_ID_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     amount_millicredits: int
     request_id: str
@@ -116,7 +119,8 @@ class ReserveRequest(_message.Message):
     description: str
     ttl: _duration_pb2.Duration
     key_id: str
-    def __init__(self, user_id: _Optional[str] = ..., amount_millicredits: _Optional[int] = ..., request_id: _Optional[str] = ..., category: _Optional[str] = ..., description: _Optional[str] = ..., ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., key_id: _Optional[str] = ...) -> None: ...
+    org_id: str
+    def __init__(self, user_id: _Optional[str] = ..., amount_millicredits: _Optional[int] = ..., request_id: _Optional[str] = ..., category: _Optional[str] = ..., description: _Optional[str] = ..., ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., key_id: _Optional[str] = ..., org_id: _Optional[str] = ...) -> None: ...
 
 class ReserveResponse(_message.Message):
     __slots__ = ("hold", "credits_millicredits")
@@ -127,20 +131,22 @@ class ReserveResponse(_message.Message):
     def __init__(self, hold: _Optional[_Union[Hold, _Mapping]] = ..., credits_millicredits: _Optional[int] = ...) -> None: ...
 
 class CaptureRequest(_message.Message):
-    __slots__ = ("hold_id", "amount_millicredits", "request_id", "description", "app_id", "publisher_user_id")
+    __slots__ = ("hold_id", "amount_millicredits", "request_id", "description", "app_id", "publisher_user_id", "org_id")
     HOLD_ID_FIELD_NUMBER: _ClassVar[int]
     AMOUNT_MILLICREDITS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     APP_ID_FIELD_NUMBER: _ClassVar[int]
     PUBLISHER_USER_ID_FIELD_NUMBER: _ClassVar[int]
+    ORG_ID_FIELD_NUMBER: _ClassVar[int]
     hold_id: str
     amount_millicredits: int
     request_id: str
     description: str
     app_id: str
     publisher_user_id: str
-    def __init__(self, hold_id: _Optional[str] = ..., amount_millicredits: _Optional[int] = ..., request_id: _Optional[str] = ..., description: _Optional[str] = ..., app_id: _Optional[str] = ..., publisher_user_id: _Optional[str] = ...) -> None: ...
+    org_id: str
+    def __init__(self, hold_id: _Optional[str] = ..., amount_millicredits: _Optional[int] = ..., request_id: _Optional[str] = ..., description: _Optional[str] = ..., app_id: _Optional[str] = ..., publisher_user_id: _Optional[str] = ..., org_id: _Optional[str] = ...) -> None: ...
 
 class CaptureResponse(_message.Message):
     __slots__ = ("hold", "transaction", "credits_millicredits")
@@ -153,12 +159,14 @@ class CaptureResponse(_message.Message):
     def __init__(self, hold: _Optional[_Union[Hold, _Mapping]] = ..., transaction: _Optional[_Union[_common_pb2.Transaction, _Mapping]] = ..., credits_millicredits: _Optional[int] = ...) -> None: ...
 
 class ReleaseRequest(_message.Message):
-    __slots__ = ("hold_id", "request_id")
+    __slots__ = ("hold_id", "request_id", "org_id")
     HOLD_ID_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    ORG_ID_FIELD_NUMBER: _ClassVar[int]
     hold_id: str
     request_id: str
-    def __init__(self, hold_id: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+    org_id: str
+    def __init__(self, hold_id: _Optional[str] = ..., request_id: _Optional[str] = ..., org_id: _Optional[str] = ...) -> None: ...
 
 class ReleaseResponse(_message.Message):
     __slots__ = ("hold", "credits_millicredits")
