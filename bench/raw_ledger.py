@@ -38,7 +38,7 @@ def _cols(table: Any) -> list[str]:
 
 
 def _seed_rows(n: int, now: int) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]], list[tuple[Any, ...]]]:
-    accts = [(f"wallet:u{i}", "wallet", f"u{i}", FUNDS, 0, 0, 0, False, 0, now) for i in range(n)]
+    accts: list[tuple[Any, ...]] = [(f"wallet:u{i}", "wallet", f"u{i}", FUNDS, 0, 0, 0, False, 0, now) for i in range(n)]
     accts.append((REVENUE, "system", None, 0, 0, 0, 0, False, 0, now))
     usrs = [(f"u{i}", "free", None, 0, 2**62, None, None, now) for i in range(n)]
     lts = [(i + 1, f"wallet:u{i}", "purchased", 0, FUNDS, FUNDS, now) for i in range(n)]

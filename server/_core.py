@@ -59,7 +59,7 @@ class _CoreFinder:
         else:
             loaders = [(importlib.machinery.SourceFileLoader, importlib.machinery.SOURCE_SUFFIXES)]
         for entry in path:
-            spec = importlib.machinery.FileFinder(entry, *loaders).find_spec(name.rpartition(".")[2])
+            spec = importlib.machinery.FileFinder(entry, *loaders).find_spec(name)
             if spec is not None:
                 return spec
         if self.want_compiled:

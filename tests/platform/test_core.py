@@ -20,7 +20,9 @@ ROOT = Path(__file__).resolve().parents[2]
 PROBE = """
 import importlib, json
 from server import _core
-print(json.dumps({m: _core.is_compiled(importlib.import_module(m)) for m in _core.COMPILED}))
+loaded = {m: importlib.import_module(m) for m in _core.COMPILED}
+assert all(mod.__name__ == m and mod.__spec__.name == m for m, mod in loaded.items())
+print(json.dumps({m: _core.is_compiled(mod) for m, mod in loaded.items()}))
 """
 
 
