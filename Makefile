@@ -35,7 +35,7 @@ $(STAMP): pyproject.toml
 # spend, bench/README.md); BILLING_LEDGER_CORE=interpreted ignores them at run time.
 CORE ?= 1
 CORE_STAMP := $(VENV)/.core-built
-CORE_SOURCES := $(shell sed -n 's/^    "\(server\.[a-z_.]*\)",$$/\1/p' server/_core.py | tr . / | sed 's/$$/.py/')
+CORE_SOURCES := $(shell sed -n 's/^    "\(server\.[a-z_.]*\)",$$/\1/p' server/_core.py 2>/dev/null | tr . / | sed 's/$$/.py/')
 ifeq ($(CORE),0)
 CORE_TARGET := core-clean
 CORE_MODE := interpreted
