@@ -12,7 +12,8 @@ by a random one of `accounts` wallets:
   (SQLite: executemany per statement; PostgreSQL: one statement of
   data-modifying CTEs over unnest()ed arrays, as server/db/batchsql.py sends);
 - one durable commit.
-Writes {"items", "commits", "latencies"} as JSON to `out`, like bench/raw.py.
+Writes {"items", "commits", "latencies", "cpu_seconds"} as JSON to `out`,
+like bench/raw.py (plus its own CPU within the measured window).
 """
 
 from __future__ import annotations
@@ -72,7 +73,8 @@ class _Batch:
 
 
 def run_sqlite(cfg: dict[str, Any]) -> dict[str, Any]:
-    asyncio.run(_migrate(f"sqlite+aiosqlite:///{cfg['path']}"))
+    if not cfg.get("migrated"):
+        asyncio.run(migrate(f"sqlite+aiosqlite:///{cfg['path']}"))
     con = sqlite3.connect(cfg["path"], isolation_level=None)
     con.execute("PRAGMA journal_mode=WAL")
     con.execute("PRAGMA synchronous=FULL")
@@ -91,6 +93,7 @@ def run_sqlite(cfg: dict[str, Any]) -> dict[str, Any]:
     rng = random.Random(1)
     items = commits = n = 0
     lat: list[float] = []
+    cpu0 = 0.0  # the process's CPU when the measured window began (imports and seeding excluded)
     t0 = time.monotonic()
     start, stop = t0 + cfg["warmup"], t0 + cfg["warmup"] + cfg["duration"]
     while (now_m := time.monotonic()) < stop:
@@ -113,14 +116,15 @@ def run_sqlite(cfg: dict[str, Any]) -> dict[str, Any]:
         con.executemany(idem_ins, rows["idempotency"])
         con.execute("COMMIT")
         if now_m >= start:
+            cpu0 = cpu0 or time.process_time() - (time.perf_counter() - began)
             items += cfg["batch"]
             commits += 1
             lat.append(time.perf_counter() - began)
     con.close()
-    return {"items": items, "commits": commits, "latencies": lat}
+    return {"items": items, "commits": commits, "latencies": lat, "cpu_seconds": time.process_time() - cpu0}
 
 
-async def _migrate(url: str) -> None:
+async def migrate(url: str) -> None:
     db = Database(url)
     await db.migrate()
     await db.writer.dispose()
@@ -130,7 +134,8 @@ async def _migrate(url: str) -> None:
 async def run_postgres(cfg: dict[str, Any]) -> dict[str, Any]:
     import asyncpg
 
-    await _migrate(cfg["url"])
+    if not cfg.get("migrated"):
+        await migrate(cfg["url"])
     con = await asyncpg.connect(cfg["dsn"])
     await con.execute("SET synchronous_commit = on")
     now = time.time_ns() // 1000
@@ -168,6 +173,7 @@ async def run_postgres(cfg: dict[str, Any]) -> dict[str, Any]:
     pool: list[int] = []
     items = commits = n = 0
     lat: list[float] = []
+    cpu0 = 0.0  # the process's CPU when the measured window began (imports and seeding excluded)
     t0 = time.monotonic()
     start, stop = t0 + cfg["warmup"], t0 + cfg["warmup"] + cfg["duration"]
     while (now_m := time.monotonic()) < stop:
@@ -187,11 +193,12 @@ async def run_postgres(cfg: dict[str, Any]) -> dict[str, Any]:
             arrays += [list(c) for c in zip(*rows["lots"], strict=True)]
             await write.fetch(*arrays)
         if now_m >= start:
+            cpu0 = cpu0 or time.process_time() - (time.perf_counter() - began)
             items += cfg["batch"]
             commits += 1
             lat.append(time.perf_counter() - began)
     await con.close()
-    return {"items": items, "commits": commits, "latencies": lat}
+    return {"items": items, "commits": commits, "latencies": lat, "cpu_seconds": time.process_time() - cpu0}
 
 
 def main() -> None:
