@@ -1,7 +1,8 @@
 # Two commands set up everything: `make run` and `make test`. Each creates the
 # virtual environment and installs what it needs when that is missing: `make
 # run` only what serving needs (`pip install -e .`), `make test` and the
-# tooling targets the dev extra too. grpcurl alone: `make grpcurl`.
+# tooling targets the dev extra too. grpcurl alone: `make grpcurl`. Both build
+# the compiled ledger core (mypyc); CORE=0 runs without it (see `core` below).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -9,7 +10,7 @@ RUN_STAMP := $(VENV)/.installed-run
 STAMP := $(VENV)/.installed-dev
 PROTO_FILES := $(wildcard protos/flownexus/billing/v1/*.proto)
 
-.PHONY: run grpcurl test test-calendar test-sqlite test-postgres generate check-generated lint proto-breaking proto-image client client-min-versions bench soak demo clean
+.PHONY: run core core-clean test-interpreted grpcurl test test-calendar test-sqlite test-postgres generate check-generated lint proto-breaking proto-image client client-min-versions bench soak demo clean
 
 # The last released proto contract; `buf breaking` compares the protos against it.
 PROTO_IMAGE := images/v0.1.0.binpb
@@ -17,7 +18,7 @@ PROTO_IMAGE := images/v0.1.0.binpb
 $(RUN_STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e .
+	$(PY) -m pip install --quiet -e '.[build]'
 	@touch $(RUN_STAMP)
 
 # The dev extra includes everything serving needs: it satisfies `make run` too.
@@ -27,7 +28,33 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP) $(RUN_STAMP)
 
-run: $(RUN_STAMP)
+# The compiled ledger core (docs/development.md#the-compiled-ledger-core): mypyc
+# compiles the modules server/_core.py lists into extensions next to them, which
+# Python imports before the .py. CORE=0 (`make run CORE=0`, `make test CORE=0`)
+# removes them instead and everything runs interpreted (more server CPU per
+# spend, bench/README.md); BILLING_LEDGER_CORE=interpreted ignores them at run time.
+CORE ?= 1
+CORE_STAMP := $(VENV)/.core-built
+CORE_SOURCES := $(shell sed -n 's/^    "\(server\.[a-z_.]*\)",$$/\1/p' server/_core.py 2>/dev/null | tr . / | sed 's/$$/.py/')
+ifeq ($(CORE),0)
+CORE_TARGET := core-clean
+CORE_MODE := interpreted
+else
+CORE_TARGET := $(CORE_STAMP)
+CORE_MODE := compiled
+endif
+
+$(CORE_STAMP): $(RUN_STAMP) scripts/build_core.py server/_core.py $(CORE_SOURCES)
+	$(PY) scripts/build_core.py
+	@touch $(CORE_STAMP)
+
+core: $(CORE_STAMP)
+
+core-clean:
+	@rm -f $(CORE_STAMP)
+	@test ! -x $(PY) || $(PY) scripts/build_core.py --clean
+
+run: $(RUN_STAMP) $(CORE_TARGET)
 	@echo "Mint a token in another shell:  $(PY) -m server token --user alice --role user"
 	$(PY) -m server serve
 
@@ -56,8 +83,14 @@ $(AXE_STAMP): $(AXE_TESTS)/package.json $(AXE_TESTS)/package-lock.json
 	cd $(AXE_TESTS) && npm ci --no-audit --no-fund --loglevel=error
 	@touch $(AXE_STAMP)
 
-test: $(STAMP) $(JS_STAMP) $(AXE_STAMP)
-	$(PY) -m pytest -q -n $(TEST_WORKERS)
+# Compiled, the suite runs with BILLING_LEDGER_CORE=compiled: a module whose
+# extension did not build fails at import instead of running interpreted.
+test: $(STAMP) $(CORE_TARGET) $(JS_STAMP) $(AXE_STAMP)
+	BILLING_LEDGER_CORE=$(CORE_MODE) $(PY) -m pytest -q -n $(TEST_WORKERS)
+
+# The same suite on the interpreted modules, the extensions left in place (CI runs both).
+test-interpreted: $(STAMP) $(JS_STAMP) $(AXE_STAMP)
+	BILLING_LEDGER_CORE=interpreted $(PY) -m pytest -q -n $(TEST_WORKERS)
 
 # The period-sensitive tests again under a shifted wall clock (Debian's faketime),
 # at two boundary dates: their results must not depend on the day they run.
@@ -111,11 +144,11 @@ client-min-versions: $(STAMP)
 demo: $(STAMP)
 	$(PY) scripts/demo.py
 
-bench: $(STAMP)
+bench: $(STAMP) $(CORE_TARGET)
 	$(PY) -m bench
 
 soak: $(STAMP)
 	BILLING_SOAK=1 $(PY) -m pytest -q -rP -m slow tests
 
-clean:
-	rm -rf $(VENV) var .pytest_cache $(JS_TESTS)/node_modules
+clean: core-clean
+	rm -rf $(VENV) var .pytest_cache build $(JS_TESTS)/node_modules

@@ -55,6 +55,24 @@ def transaction(t: TransferView) -> common_pb2.Transaction:
     )
 
 
+def spend_result_into(out: usage_pb2.SpendResponse, t: TransferView, credits: int) -> None:
+    """A SpendResponse written in place (a SpendBatch item): no message built
+    and then copied into the batch's response, as `add(response=...)` does."""
+    out.credits_millicredits = credits
+    tr = out.transaction
+    tr.id = str(t.id)
+    if t.created_at_us:
+        tr.date.FromMicroseconds(t.created_at_us)
+    tr.amount_millicredits = t.amount
+    tr.type = kind_pb(t.kind)
+    tr.description = t.description
+    tr.balance_after_millicredits = t.balance_after
+    tr.category = t.category
+    if t.metadata:
+        tr.metadata.update(t.metadata)
+    tr.key_id = t.key_id
+
+
 def lot(row: dict[str, Any]) -> common_pb2.CreditLot:
     return common_pb2.CreditLot(
         id=str(row["id"]),

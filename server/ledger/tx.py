@@ -12,6 +12,7 @@ import json
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from mypy_extensions import mypyc_attr
 from sqlalchemy import Table, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql import Executable
@@ -40,6 +41,7 @@ from server.platform.clock import month_bounds
 from server.platform.ids import is_org_id
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # the tier domain's TierRules
 class TierPolicy:
     """What the ledger needs to know about tiers: the monthly allowance a new
     period grants. The tier domain supplies the real catalogue."""
@@ -59,6 +61,7 @@ class TierPolicy:
         return True
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # the keys domain's KeyBudgets
 class SpendGuard:
     """What the ledger needs from scoped keys: their budgets, used and given
     back inside the batch's transaction, under its locks (the keys domain

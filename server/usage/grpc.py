@@ -66,7 +66,7 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
         out = response.results
         for result in results:
             if isinstance(result, SpendResult):
-                out.add(response=_spend_response(result))
+                convert.spend_result_into(out.add().response, result.transaction, result.credits)
             else:
                 out.add(error=batch_item_error(result))
         return response
