@@ -259,7 +259,8 @@ class App:
                 s.effective_jwt_secret, s.jwt_issuer, limiters(s), s.max_concurrent_rpcs,
                 mutations=self.mutations, streams=streams, calls=calls,
                 keys=self.keys.principal, key_prefix=SECRET_PREFIX,
-                fair=FairShare(s.fair_calls_per_second, s.user_fair_weight, s.service_fair_weight, s.fair_max_waiting)
+                fair=FairShare(s.fair_calls_per_second, s.user_fair_weight, s.service_fair_weight, s.fair_max_waiting,
+                               lag_target=s.fair_loop_lag_ms / 1000)
                 if s.fair_calls_per_second > 0 else None,
             ),
         ]

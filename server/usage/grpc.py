@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from flownexus.billing.v1 import usage_pb2, usage_pb2_grpc
@@ -17,6 +18,10 @@ from server.usage.service import UsageService
 
 # Items per SpendBatch call (Flexprice's limit; Lago takes 100).
 MAX_SPEND_BATCH = 1000
+# Items checked, or answered, between two turns of the event loop: a batch
+# of 1,000 is 10-15 ms of Python on each side of the ledger, which every
+# other caller would otherwise wait for in one piece.
+ITEMS_PER_TURN = 100
 
 
 class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
@@ -34,20 +39,24 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
         self.usage.admit_batch(who, len(items))
         charge(len(items) * WORK_PER_ITEM)  # a batch's turns of the loop, by its items
         ops: list[Spend | errors.DomainError] = []
-        for item in items:
+        for n, item in enumerate(items, 1):
             # Each item is refused exactly as its unary Spend would be, on its own.
             try:
                 ops.append(self.usage.spend_op(who, **_spend_fields(item)))
             except errors.DomainError as exc:
                 ops.append(exc)
+            if n % ITEMS_PER_TURN == 0 and n < len(items):
+                await asyncio.sleep(0)  # nothing is queued yet: a cancel here writes nothing
         results = await self.usage.spend_batch(ops)
         response = usage_pb2.SpendBatchResponse()
         out = response.results
-        for result in results:
+        for n, result in enumerate(results, 1):
             if isinstance(result, SpendResult):
                 out.add(response=_spend_response(result))
             else:
                 out.add(error=batch_item_error(result))
+            if n % ITEMS_PER_TURN == 0 and n < len(results):
+                await asyncio.sleep(0)  # committed already: a retry with the same request_ids replays
         return response
 
     async def Reserve(self, request: usage_pb2.ReserveRequest, context: Ctx) -> usage_pb2.ReserveResponse:
