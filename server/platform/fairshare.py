@@ -43,7 +43,7 @@ from server.platform.auth import Principal
 # written counts as WORK_PER_ITEM rows read: measured, a SpendBatch item
 # costs the server 100-170 us, a quarter to a third of a CheckBalance call).
 WORK_PER_CALL = 100
-WORK_PER_ITEM = 25
+WORK_PER_ITEM = 100
 # Calls of one caller running at once, per unit of its weight.
 RUNNING_PER_WEIGHT = 4
 # A caller is active for this long after its last call began.
@@ -58,6 +58,8 @@ LAG_WINDOW = 0.1
 MIN_CALLS_PER_CALLER = 20.0
 
 call_work: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar("call_work", default=None)
+# The running call's place in the shares (set by the interceptor): see `pace`.
+call_turns: contextvars.ContextVar[tuple[FairShare, Turns] | None] = contextvars.ContextVar("call_turns", default=None)
 
 
 def charge(rows: int) -> None:
@@ -65,6 +67,17 @@ def charge(rows: int) -> None:
     work = call_work.get()
     if work is not None:
         work[0] += rows
+
+
+async def pace(work: int) -> None:
+    """For a call whose work is known before it is done, in parts (a
+    SpendBatch's items): charges the next part to the caller's share now and
+    waits until the share has covered what the caller used before it, so a
+    large call's work goes out at the caller's pace instead of all at once.
+    Always yields one turn of the event loop. Unpaced callers only yield."""
+    place = call_turns.get()
+    delay = place[0].charge_ahead(place[1], work) if place is not None else 0.0
+    await asyncio.sleep(delay)
 
 
 class Turns:
@@ -150,6 +163,14 @@ class FairShare:
             t.ready_at += (work // WORK_PER_CALL) * self._interval(t)
         if t.queue:
             self._wake_later(t)
+
+    def charge_ahead(self, t: Turns, work: int) -> float:
+        """Charges `work` to a running call of `t` now; returns how long to
+        wait before doing it (0 when the caller's share covers it already)."""
+        now = self.now()
+        start = max(t.ready_at, now)
+        t.ready_at = start + work / WORK_PER_CALL * self._interval(t)
+        return start - now
 
     def _interval(self, t: Turns) -> float:
         """One call's worth of this caller's share of the capacity."""

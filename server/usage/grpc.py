@@ -12,16 +12,16 @@ from server.grpc.interceptors import batch_item_error
 from server.ledger.ops import Spend, SpendResult
 from server.platform import errors
 from server.platform.auth import principal
-from server.platform.fairshare import WORK_PER_ITEM, charge
+from server.platform.fairshare import WORK_PER_ITEM, pace
 from server.registry import Registry
 from server.usage.service import UsageService
 
 # Items per SpendBatch call (Flexprice's limit; Lago takes 100).
 MAX_SPEND_BATCH = 1000
-# Items checked, or answered, between two turns of the event loop: a batch
-# of 1,000 is 10-15 ms of Python on each side of the ledger, which every
-# other caller would otherwise wait for in one piece.
-ITEMS_PER_TURN = 100
+# Items checked, queued or answered between two turns of the event loop: a
+# batch of 1,000 is 10-15 ms of Python on each side of the ledger, which
+# every other caller would otherwise wait for in one piece.
+ITEMS_PER_PART = 100
 
 
 class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
@@ -37,26 +37,32 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
         validation.batch(items, maximum=MAX_SPEND_BATCH)
         who = principal()
         self.usage.admit_batch(who, len(items))
-        charge(len(items) * WORK_PER_ITEM)  # a batch's turns of the loop, by its items
-        ops: list[Spend | errors.DomainError] = []
-        for n, item in enumerate(items, 1):
-            # Each item is refused exactly as its unary Spend would be, on its own.
-            try:
-                ops.append(self.usage.spend_op(who, **_spend_fields(item)))
-            except errors.DomainError as exc:
-                ops.append(exc)
-            if n % ITEMS_PER_TURN == 0 and n < len(items):
-                await asyncio.sleep(0)  # nothing is queued yet: a cancel here writes nothing
-        results = await self.usage.spend_batch(ops)
+        # In parts: each is checked, charged to the caller's fair share (a
+        # turn of the loop, and a wait when the caller is past its share) and
+        # queued; the writer applies them in order, each item on its own.
+        parts: list[asyncio.Future[list[SpendResult | BaseException]]] = []
+        for start in range(0, len(items), ITEMS_PER_PART):
+            part = items[start:start + ITEMS_PER_PART]
+            await pace(len(part) * WORK_PER_ITEM)
+            ops: list[Spend | errors.DomainError] = []
+            for item in part:
+                # Each item is refused exactly as its unary Spend would be, on its own.
+                try:
+                    ops.append(self.usage.spend_op(who, **_spend_fields(item)))
+                except errors.DomainError as exc:
+                    ops.append(exc)
+            # Queued at once; a cancelled call leaves the parts queued so far to be
+            # applied (a retry with the same request_ids replays them).
+            parts.append(asyncio.ensure_future(self.usage.spend_batch(ops)))
         response = usage_pb2.SpendBatchResponse()
         out = response.results
-        for n, result in enumerate(results, 1):
-            if isinstance(result, SpendResult):
-                out.add(response=_spend_response(result))
-            else:
-                out.add(error=batch_item_error(result))
-            if n % ITEMS_PER_TURN == 0 and n < len(results):
-                await asyncio.sleep(0)  # committed already: a retry with the same request_ids replays
+        for done in parts:
+            for result in await done:
+                if isinstance(result, SpendResult):
+                    out.add(response=_spend_response(result))
+                else:
+                    out.add(error=batch_item_error(result))
+            await asyncio.sleep(0)  # a turn of the loop between parts of the answer
         return response
 
     async def Reserve(self, request: usage_pb2.ReserveRequest, context: Ctx) -> usage_pb2.ReserveResponse:
