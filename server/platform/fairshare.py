@@ -17,8 +17,10 @@ calls is slowed to its share instead of being refused and retrying at once.
 
 The nominal capacity is a ceiling, not what the server can do (that moves
 2-3x between machines and with their load). What other callers feel is the
-event loop's lag: while it stays past `lag_target` and more than one caller
-is active, the capacity the shares divide is halved each window, down to
+event loop's lag, and the ledger writer's queue: while the loop's lag stays
+past `lag_target`, or the writer is busy more than WRITER_BUSY of the time
+(an operation arriving then waits for the batch in progress), and more than
+one caller is active, the capacity the shares divide is halved each window, down to
 MIN_CALLS_PER_CALLER per active caller; once the lag is back under it, the
 capacity grows back by a tenth a window. A caller alone keeps the whole
 ceiling (no one to protect); a heavy caller among others is slowed until the
@@ -40,10 +42,10 @@ from server.platform import errors
 from server.platform.auth import Principal
 
 # Work one call's worth covers: rows examined, or batch items (an item
-# written counts as WORK_PER_ITEM rows read: measured, a SpendBatch item
-# costs the server 100-170 us, a quarter to a third of a CheckBalance call).
+# written counts as WORK_PER_ITEM rows read: a SpendBatch item is the same
+# ledger operation as a Spend call, and costs the ledger writer as much).
 WORK_PER_CALL = 100
-WORK_PER_ITEM = 100
+WORK_PER_ITEM = WORK_PER_CALL
 # Calls of one caller running at once, per unit of its weight.
 RUNNING_PER_WEIGHT = 4
 # A caller is active for this long after its last call began.
@@ -56,6 +58,9 @@ LAG_WINDOW = 0.1
 # The capacity never falls below this many calls a second per active caller
 # (honest callers make a few a second: they never wait for their share).
 MIN_CALLS_PER_CALLER = 20.0
+# The share of time the ledger writer may spend in batches before the
+# shares shrink (its durable commits are the one queue every write joins).
+WRITER_BUSY = 0.5
 
 call_work: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar("call_work", default=None)
 # The running call's place in the shares (set by the interceptor): see `pace`.
@@ -116,6 +121,7 @@ class FairShare:
         self._lag_timer: asyncio.TimerHandle | None = None
         self._lag_sum = 0.0
         self._lag_ticks = 0
+        self._busy = 0.0
 
     def exempt(self, who: Principal) -> bool:
         """Service and admin calls are not paced when their weight is 0."""
@@ -134,6 +140,7 @@ class FairShare:
             self._active_weight += t.weight
             if self.lag_target > 0 and self._lag_timer is None:
                 loop = asyncio.get_running_loop()
+                self._lag_sum, self._lag_ticks, self._busy = 0.0, 0, 0.0
                 self._lag_timer = loop.call_later(LAG_TICK, self._tick, loop.time() + LAG_TICK)
         if not t.queue and self._may_run(t, now):
             self._admit(t, now)
@@ -221,13 +228,18 @@ class FairShare:
         self._lag_sum += max(0.0, at - due)
         self._lag_ticks += 1
         if self._lag_ticks * LAG_TICK >= LAG_WINDOW:
-            lagging = self._lag_sum / self._lag_ticks > self.lag_target
-            self._lag_sum, self._lag_ticks = 0.0, 0
+            lagging = (self._lag_sum / self._lag_ticks > self.lag_target
+                       or self._busy > WRITER_BUSY * self._lag_ticks * LAG_TICK)
+            self._lag_sum, self._lag_ticks, self._busy = 0.0, 0, 0.0
             self._adjust(lagging)
         if not self._callers and self.capacity >= self.calls_per_second:
             self._lag_timer = None  # idle: no sampling until the next caller
             return
         self._lag_timer = loop.call_later(LAG_TICK, self._tick, at + LAG_TICK)
+
+    def writer_busy(self, size: int, seconds: float) -> None:
+        """The ledger writer reports each batch (its after_batch hook)."""
+        self._busy += seconds
 
     def _adjust(self, lagging: bool) -> None:
         """Halve the capacity while the loop lags and callers share it, else
