@@ -116,10 +116,11 @@ async def attack(mix: str, target: str, token: str, seconds: float) -> dict[str,
             else:
                 n += 1
                 tag = f"atk-{os.getpid()}-{n}"
+                # A client's deadline: the phase's end (a paced batch past it is cut short).
                 await usage.SpendBatch(usage_pb2.SpendBatchRequest(requests=[
                     usage_pb2.SpendRequest(amount_millicredits=1, request_id=f"{tag}-{i}", category="attack")
                     for i in range(batch_size)
-                ]), metadata=md)
+                ]), metadata=md, timeout=max(0.2, stop - time.monotonic()))
 
         async def loop() -> None:
             nonlocal batch_size
