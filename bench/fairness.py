@@ -152,32 +152,21 @@ class Samples:
     failures: list[str] = field(default_factory=list)
     phase: str = "warm-up"
     since: float = 0.0
-    order: list[str] = field(default_factory=list)  # the phases, in the order they ran
 
     def enter(self, phase: str) -> None:
         self.phase, self.since = phase, time.monotonic()
-        self.order.append(phase)
-
-    def baseline(self, phase: str, call: str) -> float:
-        """The p99 without the attacker around a phase: the mean of the
-        phase without it just before and the next one after (load from
-        elsewhere on the machine that rises or falls during a round weighs
-        on both sides)."""
-        at = self.order.index(phase)
-        quiet = [p for p in (self.order[at - 1], *self.order[at + 1:]) if p.startswith("before ")][:2]
-        values = [percentile(self.by_phase[(p, call)], 99) for p in quiet if self.by_phase[(p, call)]]
-        return sum(values) / len(values)
 
     def ratios(self, mixes: tuple[str, ...]) -> dict[str, dict[str, float]]:
         """Per mix and honest call: the median over rounds of p99 with the
-        attacker over p99 without it around (a burst of load from elsewhere
-        on the machine spoils one round, not the median)."""
+        attacker over p99 in the phase without it just before (a burst of
+        load from elsewhere on the machine spoils one round, not the ratio)."""
         out: dict[str, dict[str, float]] = {}
         for mix in mixes:
             out[mix] = {}
             for call in ("Spend", "CheckBalance"):
                 rounds = sorted(
-                    percentile(self.by_phase[(phase, call)], 99) / self.baseline(phase, call)
+                    percentile(self.by_phase[(phase, call)], 99)
+                    / percentile(self.by_phase[(f"before {phase}", call)], 99)
                     for phase, c in list(self.by_phase) if c == call and phase.startswith(f"{mix}#")
                 )
                 out[mix][call] = rounds[len(rounds) // 2] if rounds else float("nan")
