@@ -17,8 +17,8 @@ calls is slowed to its share instead of being refused and retrying at once.
 
 The nominal capacity is a ceiling, not what the server can do (that moves
 2-3x between machines and with their load). What other callers feel is the
-event loop's lag, and the ledger writer's queue: while the loop's lag stays
-past `lag_target`, or the writer is busy more than WRITER_BUSY of the time
+event loop's lag, and the ledger writer's queue: while more than a tenth of
+the loop's lag samples are past `lag_target`, or the writer is busy more than WRITER_BUSY of the time
 (an operation arriving then waits for the batch in progress), and more than
 one caller is active, the capacity the shares divide is halved each window, down to
 MIN_CALLS_PER_CALLER per active caller; once the lag is back under it, the
@@ -58,6 +58,9 @@ LAG_WINDOW = 0.1
 # The capacity never falls below this many calls a second per active caller
 # (honest callers make a few a second: they never wait for their share).
 MIN_CALLS_PER_CALLER = 20.0
+# The share of ticks past the lag target that makes a window lagging (the
+# loop's p90 lag, not its mean: a long tail is what other callers' p99 meets).
+LAGGING_TICKS = 0.1
 # The share of time the ledger writer may spend in batches before the
 # shares shrink (its durable commits are the one queue every write joins).
 WRITER_BUSY = 0.5
@@ -119,7 +122,7 @@ class FairShare:
         self._active_weight = 0
         self._swept = 0.0
         self._lag_timer: asyncio.TimerHandle | None = None
-        self._lag_sum = 0.0
+        self._lag_sum = 0  # samples past the target in this window
         self._lag_ticks = 0
         self._busy = 0.0
 
@@ -140,7 +143,7 @@ class FairShare:
             self._active_weight += t.weight
             if self.lag_target > 0 and self._lag_timer is None:
                 loop = asyncio.get_running_loop()
-                self._lag_sum, self._lag_ticks, self._busy = 0.0, 0, 0.0
+                self._lag_sum, self._lag_ticks, self._busy = 0, 0, 0.0
                 self._lag_timer = loop.call_later(LAG_TICK, self._tick, loop.time() + LAG_TICK)
         if not t.queue and self._may_run(t, now):
             self._admit(t, now)
@@ -225,12 +228,14 @@ class FairShare:
         """Samples the loop's lag; at the end of each window, adjusts the capacity."""
         loop = asyncio.get_running_loop()
         at = loop.time()
-        self._lag_sum += max(0.0, at - due)
+        lag = at - due
         self._lag_ticks += 1
+        if lag > self.lag_target:
+            self._lag_sum += 1  # ticks that lagged: the tail is what callers feel, not the mean
         if self._lag_ticks * LAG_TICK >= LAG_WINDOW:
-            lagging = (self._lag_sum / self._lag_ticks > self.lag_target
+            lagging = (self._lag_sum > LAGGING_TICKS * self._lag_ticks
                        or self._busy > WRITER_BUSY * self._lag_ticks * LAG_TICK)
-            self._lag_sum, self._lag_ticks, self._busy = 0.0, 0, 0.0
+            self._lag_sum, self._lag_ticks, self._busy = 0, 0, 0.0
             self._adjust(lagging)
         if not self._callers and self.capacity >= self.calls_per_second:
             self._lag_timer = None  # idle: no sampling until the next caller
