@@ -14,8 +14,9 @@ process of its own, for one phase at a time, in turn with phases without it:
 - history_type: 100 loops of ListTransactions filtered by a type it never
   had, over its own many transfers (seeded before the phases);
 - history_future: 100 loops of ListTransactions from a start_time in 9000;
-- batch: SpendBatch(1,000) whenever its bucket allows, one at a time (when
-  a batch that large is refused, the largest one its bucket takes).
+- batch: SpendBatch(1,000) one after another, one at a time: the server
+  lifts the user mutation cap, so only the fair share holds it back (when a
+  batch that large is refused, the largest one its bucket takes).
 """
 
 from __future__ import annotations
@@ -115,10 +116,11 @@ async def attack(mix: str, target: str, token: str, seconds: float) -> dict[str,
             else:
                 n += 1
                 tag = f"atk-{os.getpid()}-{n}"
+                # A client's deadline: the phase's end (a paced batch past it is cut short).
                 await usage.SpendBatch(usage_pb2.SpendBatchRequest(requests=[
                     usage_pb2.SpendRequest(amount_millicredits=1, request_id=f"{tag}-{i}", category="attack")
                     for i in range(batch_size)
-                ]), metadata=md)
+                ]), metadata=md, timeout=max(0.2, stop - time.monotonic()))
 
         async def loop() -> None:
             nonlocal batch_size
@@ -261,8 +263,11 @@ async def phases(
 
 @contextlib.asynccontextmanager
 async def fairness_server(url: str, workdir: Path) -> AsyncIterator[run.Server]:
-    # The server's default caps and shares (the bench's server lifts some caps of service tokens).
-    async with run.billing_server(url, workdir) as server:
+    # The server's default caps and shares, but for the user mutation cap: lifted
+    # (as for every bench server), so that only its fair share holds back the
+    # SpendBatch attacker (at the default 10 items a second, one batch of 100
+    # every 10 s). The bench's server also lifts caps of service tokens (the seed's).
+    async with run.billing_server(url, workdir, BILLING_USER_MUTATION_RATE_PER_SECOND="0") as server:
         yield server
 
 

@@ -128,13 +128,19 @@ class App:
         )
         self.tiers = catalogue(settings)
         self.tier_rules = TierRules(settings)
+        # Each caller's share of the server (server/platform/fairshare.py): the
+        # interceptor paces unary calls by it; the writer's batches tell it how busy the ledger is.
+        self.fair = FairShare(
+            settings.fair_calls_per_second, settings.user_fair_weight, settings.service_fair_weight,
+            settings.fair_max_waiting, lag_target=settings.fair_loop_lag_ms / 1000,
+        ) if settings.fair_calls_per_second > 0 else None
         self.writer = LedgerWriter(
             self.db,
             self.clock,
             self.tier_rules,
             max_batch=settings.batch_max_ops,
             publish=self._publish,
-            after_batch=METRICS.observe_batch,
+            after_batch=self._after_batch,
             quota=StoredQuota(settings.user_max_stored_requests_per_day, settings.service_max_stored_requests_per_day),
         )
         self.reader = LedgerReader(self.db.reader, self.db.fast)
@@ -228,6 +234,11 @@ class App:
             return self.tiers[user["tier"]].monthly_millicredits
         return self.tier_rules.calendar_allowance(user)
 
+    def _after_batch(self, size: int, seconds: float) -> None:
+        METRICS.observe_batch(size, seconds)
+        if self.fair is not None:
+            self.fair.writer_busy(size, seconds)
+
     def _publish(self, events: list[BalanceEvent]) -> None:
         t = tally(events)  # the ledger reports to the metrics, which know no ledger
         METRICS.observe_transfers(t.counts, spent=t.spent, granted=t.granted, clawed=t.clawed)
@@ -276,8 +287,7 @@ class App:
                 s.effective_jwt_secret, s.jwt_issuer, limiters(s), s.max_concurrent_rpcs,
                 mutations=self.mutations, streams=streams, calls=calls,
                 keys=self.keys.principal, key_prefix=SECRET_PREFIX,
-                fair=FairShare(s.fair_calls_per_second, s.user_fair_weight, s.service_fair_weight, s.fair_max_waiting)
-                if s.fair_calls_per_second > 0 else None,
+                fair=self.fair,
             ),
         ]
         if s.otel_enabled:

@@ -16,7 +16,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from server.platform import errors
 from server.platform.auth import Principal, TokenCache, current_principal
 from server.platform.deadline import call_deadline
-from server.platform.fairshare import FairShare, Turns, call_work
+from server.platform.fairshare import FairShare, Turns, call_turns, call_work
 from server.platform.logs import new_request_id, request_id_var
 from server.platform.metrics import METRICS, RpcMetrics
 from server.platform.ratelimit import ByRole, InFlight, PerCaller, RateLimiter
@@ -176,6 +176,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
                             await fair.wait(turns, waiting)
                         call.turns, call.fair = turns, fair
                         call.tokens.append(call_work.set(call.work))
+                        call.tokens.append(call_turns.set((fair, turns)))
                     response = await inner(request, context)
                 except BaseException as exc:
                     await leave(call, method, context, exc)

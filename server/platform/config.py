@@ -145,6 +145,10 @@ class Settings(BaseSettings):
     # Above what the server can do, not below: the shares together cap the
     # user-token traffic (at 1,000, CheckBalance from 1,000 users fell to 0.26x echo).
     fair_calls_per_second: float = Field(default=10_000.0, ge=0)
+    # The event loop lag past which a sample counts as lagging: a window with
+    # a tenth of them lagging halves the shares' capacity while several
+    # callers are active; 0 keeps it at the ceiling.
+    fair_loop_lag_ms: float = Field(default=2.0, ge=0)
     user_fair_weight: int = Field(default=1, ge=1)
     # 0: service and admin calls are not paced (they carry every user's
     # traffic, and a share of a nominal capacity would cap the platform's

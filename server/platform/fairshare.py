@@ -15,6 +15,17 @@ calls' worth. A caller within its share is admitted at once, without a hop;
 one past it waits in its queue, which costs nothing, so a caller looping on
 calls is slowed to its share instead of being refused and retrying at once.
 
+The nominal capacity is a ceiling, not what the server can do (that moves
+2-3x between machines and with their load). What other callers feel is the
+event loop's lag, and the ledger writer's queue: while more than a tenth of
+the loop's lag samples are past `lag_target`, or the writer is busy more than WRITER_BUSY of the time
+(an operation arriving then waits for the batch in progress), and more than
+one caller is active, the capacity the shares divide is halved each window, down to
+MIN_CALLS_PER_CALLER per active caller; once the lag is back under it, the
+capacity grows back by a tenth a window. A caller alone keeps the whole
+ceiling (no one to protect); a heavy caller among others is slowed until the
+loop keeps up, while callers within their share never wait.
+
 When too many calls wait in all, the heaviest caller (the longest queue) is
 refused first: RESOURCE_EXHAUSTED SERVER_BUSY with a retry delay.
 """
@@ -31,16 +42,32 @@ from server.platform import errors
 from server.platform.auth import Principal
 
 # Work one call's worth covers: rows examined, or batch items (an item
-# written counts as WORK_PER_ITEM rows read).
+# written counts as WORK_PER_ITEM rows read: a SpendBatch item is the same
+# ledger operation as a Spend call, and costs the ledger writer as much).
 WORK_PER_CALL = 100
-WORK_PER_ITEM = 5
+WORK_PER_ITEM = WORK_PER_CALL
 # Calls of one caller running at once, per unit of its weight.
 RUNNING_PER_WEIGHT = 4
 # A caller is active for this long after its last call began.
 ACTIVE_SECONDS = 1.0
 RETRY_AFTER_MS = 100
+# The loop's lag is sampled every LAG_TICK seconds and judged by its mean
+# over each LAG_WINDOW.
+LAG_TICK = 0.01
+LAG_WINDOW = 0.1
+# The capacity never falls below this many calls a second per active caller
+# (honest callers make a few a second: they never wait for their share).
+MIN_CALLS_PER_CALLER = 20.0
+# The share of ticks past the lag target that makes a window lagging (the
+# loop's p90 lag, not its mean: a long tail is what other callers' p99 meets).
+LAGGING_TICKS = 0.1
+# The share of time the ledger writer may spend in batches before the
+# shares shrink (its durable commits are the one queue every write joins).
+WRITER_BUSY = 0.5
 
 call_work: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar("call_work", default=None)
+# The running call's place in the shares (set by the interceptor): see `pace`.
+call_turns: contextvars.ContextVar[tuple[FairShare, Turns] | None] = contextvars.ContextVar("call_turns", default=None)
 
 
 def charge(rows: int) -> None:
@@ -48,6 +75,17 @@ def charge(rows: int) -> None:
     work = call_work.get()
     if work is not None:
         work[0] += rows
+
+
+async def pace(work: int) -> None:
+    """For a call whose work is known before it is done, in parts (a
+    SpendBatch's items): charges the next part to the caller's share now and
+    waits until the share has covered what the caller used before it, so a
+    large call's work goes out at the caller's pace instead of all at once.
+    Always yields one turn of the event loop. Unpaced callers only yield."""
+    place = call_turns.get()
+    delay = place[0].charge_ahead(place[1], work) if place is not None else 0.0
+    await asyncio.sleep(delay)
 
 
 class Turns:
@@ -69,9 +107,12 @@ class Turns:
 class FairShare:
     def __init__(
         self, calls_per_second: float, user_weight: int, service_weight: int, max_waiting: int,
-        *, now: Callable[[], float] = time.monotonic,
+        *, now: Callable[[], float] = time.monotonic, lag_target: float = 0.0,
     ) -> None:
         self.calls_per_second = calls_per_second
+        # What the shares divide: the ceiling, lowered while the loop lags.
+        self.capacity = calls_per_second
+        self.lag_target = lag_target
         self.user_weight = user_weight
         self.service_weight = service_weight
         self.max_waiting = max_waiting
@@ -80,6 +121,10 @@ class FairShare:
         self._callers: dict[str, Turns] = {}
         self._active_weight = 0
         self._swept = 0.0
+        self._lag_timer: asyncio.TimerHandle | None = None
+        self._lag_sum = 0  # samples past the target in this window
+        self._lag_ticks = 0
+        self._busy = 0.0
 
     def exempt(self, who: Principal) -> bool:
         """Service and admin calls are not paced when their weight is 0."""
@@ -96,6 +141,10 @@ class FairShare:
         if t is None:
             t = self._callers[key] = Turns(key, self.service_weight if who.privileged else self.user_weight)
             self._active_weight += t.weight
+            if self.lag_target > 0 and self._lag_timer is None:
+                loop = asyncio.get_running_loop()
+                self._lag_sum, self._lag_ticks, self._busy = 0, 0, 0.0
+                self._lag_timer = loop.call_later(LAG_TICK, self._tick, loop.time() + LAG_TICK)
         if not t.queue and self._may_run(t, now):
             self._admit(t, now)
             return t, None
@@ -125,9 +174,17 @@ class FairShare:
         if t.queue:
             self._wake_later(t)
 
+    def charge_ahead(self, t: Turns, work: int) -> float:
+        """Charges `work` to a running call of `t` now; returns how long to
+        wait before doing it (0 when the caller's share covers it already)."""
+        now = self.now()
+        start = max(t.ready_at, now)
+        t.ready_at = start + work / WORK_PER_CALL * self._interval(t)
+        return start - now
+
     def _interval(self, t: Turns) -> float:
         """One call's worth of this caller's share of the capacity."""
-        return self._active_weight / (self.calls_per_second * t.weight)
+        return self._active_weight / (self.capacity * t.weight)
 
     def _may_run(self, t: Turns, now: float) -> bool:
         return t.ready_at <= now and t.running < t.weight * RUNNING_PER_WEIGHT
@@ -166,6 +223,37 @@ class FairShare:
         self.waiting -= 1
         if not fut.done():
             fut.set_exception(busy)
+
+    def _tick(self, due: float) -> None:
+        """Samples the loop's lag; at the end of each window, adjusts the capacity."""
+        loop = asyncio.get_running_loop()
+        at = loop.time()
+        lag = at - due
+        self._lag_ticks += 1
+        if lag > self.lag_target:
+            self._lag_sum += 1  # ticks that lagged: the tail is what callers feel, not the mean
+        if self._lag_ticks * LAG_TICK >= LAG_WINDOW:
+            lagging = (self._lag_sum > LAGGING_TICKS * self._lag_ticks
+                       or self._busy > WRITER_BUSY * self._lag_ticks * LAG_TICK)
+            self._lag_sum, self._lag_ticks, self._busy = 0, 0, 0.0
+            self._adjust(lagging)
+        if not self._callers and self.capacity >= self.calls_per_second:
+            self._lag_timer = None  # idle: no sampling until the next caller
+            return
+        self._lag_timer = loop.call_later(LAG_TICK, self._tick, at + LAG_TICK)
+
+    def writer_busy(self, size: int, seconds: float) -> None:
+        """The ledger writer reports each batch (its after_batch hook)."""
+        self._busy += seconds
+
+    def _adjust(self, lagging: bool) -> None:
+        """Halve the capacity while the loop lags and callers share it, else
+        grow it back by a tenth, within [MIN_CALLS_PER_CALLER per caller, the ceiling]."""
+        if lagging and len(self._callers) > 1:
+            floor = MIN_CALLS_PER_CALLER * max(1, self._active_weight)
+            self.capacity = min(self.capacity, max(floor, self.capacity / 2))
+        else:
+            self.capacity = min(self.calls_per_second, self.capacity * 1.1)
 
     def _sweep(self, now: float) -> None:
         """Callers idle for a while leave the active weight; with nothing

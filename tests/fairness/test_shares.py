@@ -14,7 +14,7 @@ from google.rpc import error_details_pb2, status_pb2
 
 from server.platform.auth import Principal, Role
 from server.platform.config import Settings
-from server.platform.fairshare import WORK_PER_CALL, FairShare
+from server.platform.fairshare import MIN_CALLS_PER_CALLER, WORK_PER_CALL, FairShare
 from tests.harness import auth, error_info, serving
 
 
@@ -93,3 +93,31 @@ def test_service_calls_are_not_paced_by_default() -> None:
     assert fair.exempt(Principal("svc", Role.SERVICE)) and fair.exempt(Principal("ops", Role.ADMIN))
     assert not fair.exempt(Principal("u", Role.USER))
     assert not FairShare(10, 1, 8, 100).exempt(Principal("svc", Role.SERVICE))
+
+
+async def test_the_shares_shrink_while_the_loop_lags_and_callers_share_it() -> None:
+    """The nominal capacity is a ceiling: while the event loop lags past its
+    target with several callers active, the capacity the shares divide is
+    halved each window, never below MIN_CALLS_PER_CALLER per caller; a caller
+    alone keeps the ceiling; without lag it grows back by a tenth a window."""
+    now = [0.0]
+    fair = FairShare(10_000, 1, 0, 100, now=lambda: now[0], lag_target=0.002)
+    alone, _ = fair.take(Principal("alone", Role.USER))
+    fair._adjust(lagging=True)
+    assert fair.capacity == 10_000  # no one else to protect
+    heavy, _ = fair.take(Principal("heavy", Role.USER))
+    fair._adjust(lagging=True)
+    assert fair.capacity == 5_000
+    assert fair._interval(heavy) == 2 / 5_000  # two callers active
+    for _ in range(20):
+        fair._adjust(lagging=True)
+    assert fair.capacity == MIN_CALLS_PER_CALLER * 2
+    fair._adjust(lagging=False)
+    assert fair.capacity == MIN_CALLS_PER_CALLER * 2 * 1.1
+    for _ in range(100):
+        fair._adjust(lagging=False)
+    assert fair.capacity == 10_000
+    fair.leave(alone, 0)
+    fair.leave(heavy, 0)
+    if fair._lag_timer is not None:
+        fair._lag_timer.cancel()

@@ -44,7 +44,10 @@ async def test_one_batch_refusals_do_not_fail_neighbours(server) -> None:
         ops.append(("short", spend("gc", 500_000, f"big-{i}")))  # INSUFFICIENT_CREDITS
         ops.append(("reused", spend("gc", 7, "orig")))  # same request_id, other parameters
         ops.append(("replay", spend("gc", 1_000, "orig")))  # same request_id and parameters
-    # Queued in one loop turn, so the writer takes them as one batch.
+    # Queued in one loop turn by one caller with no one else about (the
+    # funding call above was another caller: forget it), so the writer takes
+    # them as one batch.
+    writer._seen.clear()
     results = await asyncio.gather(*(writer.submit(op) for _, op in ops), return_exceptions=True)
     assert writer.stats.batches - before == 1, "expected a single batch"
     assert max(writer.stats.batch_sizes) >= len(ops)
@@ -224,3 +227,30 @@ async def test_callers_take_turns_and_each_keeps_its_order(server: Running) -> N
         for task in waits:
             task.cancel()
         await asyncio.gather(*waits, return_exceptions=True)
+
+
+async def test_a_callers_backlog_goes_out_in_short_batches_while_others_are_about(server: Running) -> None:
+    """A batch holds the event loop while it applies, so its length is what
+    anyone else's operation waits for: alone, a caller's backlog fills whole
+    batches; once another caller has submitted (in the last second), the
+    backlog places at most shared_ops operations in each batch, and the other
+    caller's operation goes out in the first one."""
+    assert server.app is not None
+    writer = LedgerWriter(server.app.db, server.app.clock, server.app.tier_rules, max_batch=64, shared_ops=8)
+
+    def queue(who: str, user: str, n: int) -> asyncio.Task[Any]:
+        def go() -> asyncio.Task[Any]:
+            current_principal.set(Principal(who, Role.USER))
+            return asyncio.ensure_future(writer.submit_many([spend(user, 1, f"{who}-{i}") for i in range(n)]))
+        return contextvars.copy_context().run(go)
+
+    tasks = [queue("heavy", "u", 100)]
+    await asyncio.sleep(0)
+    assert [len(b) for b in iter(writer._take_batch, [])] == [64, 36]
+    tasks += [queue("light", "v", 1), queue("heavy", "u", 30)]
+    await asyncio.sleep(0)
+    batches = [[item.op.user_id for item in b] for b in iter(writer._take_batch, [])]  # type: ignore[attr-defined]
+    assert batches == [["v"] + ["u"] * 8, ["u"] * 8, ["u"] * 8, ["u"] * 6]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
