@@ -8,7 +8,7 @@ accounts, one key each) runs each pair (plain row, key row) BENCH_KEYS_ROUNDS
 times back to back, and prints the median ratio of throughput and of server
 CPU per call (per item for SpendBatch) with every round's values.
 
-  BENCH_KEYS_ROUNDS=3  BENCH_DBS=sqlite  (plus bench/run.py's BENCH_DURATION, BENCH_CONCURRENCY, ...)
+  BENCH_KEYS_ROUNDS=3  BENCH_KEYS_ONLY=secret,batch (substrings of the pairs' names)  BENCH_DBS=sqlite  (plus bench/run.py's BENCH_DURATION, BENCH_CONCURRENCY, ...)
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ from typing import Any
 from bench import run as b
 
 ROUNDS = int(os.environ.get("BENCH_KEYS_ROUNDS", 3))
+# Only the pairs whose name contains one of these (comma-separated): "secret", "batch", ...
+ONLY = [w for w in os.environ.get("BENCH_KEYS_ONLY", "").split(",") if w]
 
 
 def pairs(target: str, users: list[str], made: dict[str, tuple[str, str]]) -> list[tuple[str, Any, Any, str]]:
@@ -47,6 +49,8 @@ async def one_db(kind: str, workdir: Path) -> None:
         await b.prefund(server.target, users)
         made = await b.make_keys(server.target, users)
         for name, plain_cfg, key_cfg, unit in pairs(server.target, users, made):
+            if ONLY and not any(w in name for w in ONLY):
+                continue
             rate, cpu = ("rps", "server_cpu_us_per_call") if unit == "call" else ("items_per_s", "server_cpu_us_per_item")
             seen: list[tuple[float, float, float, float]] = []
             for _ in range(ROUNDS):
