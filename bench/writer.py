@@ -4,27 +4,36 @@ Applies SpendBatch-shaped work straight to a LedgerWriter on a fresh SQLite
 file, no gRPC: 4 submit_many calls of 100 Spends at a time, each Spend of 1
 millicredit by a random one of BENCH_WRITER_ACCOUNTS wallets (default 1,000;
 1 for the hot account). Prints spends/s and the process's CPU per spend;
-with BENCH_WRITER_KEYS=1 it runs each case twice in the same process, plain
-and with every Spend through a key with budgets (one key per wallet: the hot
-account's one key, or 1,000 keys), so the CPU a key adds is read from one run;
-with BENCH_WRITER_EVENTS=1 it compares, the same way, the writer with the
-events domain's ledger extension (the outbox and its balance alerts) and
-without it, both with refill's per-batch read of the wallets' configs (which
-the alerts' defaults share in the server); with BENCH_WRITER_SQL=1 also the time of each batch statement per row, which
+with BENCH_WRITER_SQL=1 also the time of each batch statement per row, which
 is how "Where a batched item's time goes" in bench/README.md splits the
 database's share.
 
+With BENCH_WRITER_KEYS=1 it compares plain spends with spends through a key
+with budgets (one key per wallet: the hot account's one key, or 1,000 keys),
+SpendBatch-shaped and unary-shaped (32 single spends at once, as the
+per-call Spend row's callers): two writers live side by side in one process
+and their measured windows alternate (BENCH_WRITER_WINDOWS of them, the
+rounds shared out), so the CPU a key adds is the median ratio of windows
+close in time, on a shared host.
+
+With BENCH_WRITER_EVENTS=1 it compares, the same way, the writer with the
+events domain's ledger extension (the outbox and its balance alerts) and
+without it, both with refill's per-batch read of the wallets' configs (which
+the alerts' defaults share in the server).
+
   BENCH_WRITER_ACCOUNTS=1000  BENCH_WRITER_ROUNDS=100  BENCH_WRITER_ITEMS=100  BENCH_WRITER_SQL=0
-  BENCH_WRITER_KEYS=0  BENCH_WRITER_EVENTS=0  BENCH_WRITER_PROFILE=0 (1: cProfile of the keyed
-  or the outbox runs)
+  BENCH_WRITER_KEYS=0  BENCH_WRITER_EVENTS=0  BENCH_WRITER_WINDOWS=5
+  BENCH_WRITER_PROFILE=0 (1: cProfile of the keyed or the outbox windows)
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import gc
 import os
 import random
+import statistics
 import tempfile
 import time
 from collections.abc import Sequence
@@ -48,6 +57,8 @@ from server.refill import repository as refill_repo
 
 ITEMS_PER_CALL = int(os.environ.get("BENCH_WRITER_ITEMS", 100))  # 8: batches of 32, as per-call Spend makes
 CALLS_IN_FLIGHT = 4
+# The unary shape: single spends at once, as the per-call Spend row's 32 callers.
+UNARY_IN_FLIGHT = 32
 WARMUP_ROUNDS = 30
 
 # SQL text (its start) -> [seconds, rows]
@@ -109,112 +120,145 @@ def _with_events(db: Database, writer: LedgerWriter) -> None:
     writer.wallet_tables += ALERT_TABLES  # as the server registers the extension
 
 
-async def run(
-    accounts: int, rounds: int, *, keyed: bool = False, events: bool | None = None, profile: Any = None
-) -> float:
-    with tempfile.TemporaryDirectory() as tmp:
-        db = Database(f"sqlite+aiosqlite:///{Path(tmp) / 'writer.db'}")
-        await db.migrate()
-        writer = LedgerWriter(db, Clock(), TierPolicy({"free": 10**12}), max_batch=256)
-        if keyed:
-            writer.guard = KeyBudgets()
-            writer.before_flush.append(refused_events)
-        if events is not None:
-            if events:
-                _with_events(db, writer)
-            else:
-                writer.before_flush.append(_refill_read)
-        await writer.start()
-        if keyed:
-            await _make_keys(writer, accounts)
-        rng = random.Random(1)
-        n = 0
+class Bench:
+    """One writer on a fresh SQLite file, its wallets (and keys) made and warmed up."""
 
-        async def one_round() -> None:
-            nonlocal n
-            calls = []
-            for _ in range(CALLS_IN_FLIGHT):
-                ops = []
-                for _ in range(ITEMS_PER_CALL):
-                    n += 1
-                    who = rng.randrange(accounts)
-                    ops.append(Spend(
-                        user_id=f"u{who}", amount=1, category="bench",
-                        idempotency=Idempotency.of("service", "bench", "Spend", f"r{n}", "f" * 64),
-                        charged_by="service/bench", key_id=f"key_{who:032x}" if keyed else "",
-                    ))
-                calls.append(writer.submit_many(ops))
-            await asyncio.gather(*calls)
+    def __init__(
+        self, accounts: int, *, keyed: bool = False, unary: bool = False, events: bool | None = None
+    ) -> None:
+        self.accounts, self.keyed, self.unary, self.events = accounts, keyed, unary, events
+        self.tmp = tempfile.TemporaryDirectory()
+        self.db = Database(f"sqlite+aiosqlite:///{Path(self.tmp.name) / 'writer.db'}")
+        self.writer = LedgerWriter(self.db, Clock(), TierPolicy({"free": 10**12}), max_batch=256)
+        if keyed:
+            self.writer.guard = KeyBudgets()
+            self.writer.before_flush.append(refused_events)
+        if events:
+            _with_events(self.db, self.writer)
+        elif events is not None:
+            self.writer.before_flush.append(_refill_read)
+        self.rng = random.Random(1)
+        self.n = 0
 
+    @property
+    def name(self) -> str:
+        how = f"{self.accounts} keys" if self.keyed else "no key" if self.events is None else (
+            "outbox" if self.events else "no outbox")
+        return f"{self.accounts} accounts, {'unary' if self.unary else 'batches'}, {how}"
+
+    async def start(self) -> None:
+        await self.db.migrate()
+        await self.writer.start()
+        if self.keyed:
+            await _make_keys(self.writer, self.accounts)
         for _ in range(WARMUP_ROUNDS):  # wallets created, tables grown
-            await one_round()
-        _SQL_TIME.clear()
+            await self.round()
+
+    async def stop(self) -> None:
+        await self.writer.stop()
+        await self.db.writer.dispose()
+        await self.db.reader.dispose()
+        self.tmp.cleanup()
+
+    def spend(self) -> Spend:
+        self.n += 1
+        who = self.rng.randrange(self.accounts)
+        return Spend(
+            user_id=f"u{who}", amount=1, category="bench",
+            idempotency=Idempotency.of("service", "bench", "Spend", f"r{self.n}", "f" * 64),
+            charged_by="service/bench", key_id=f"key_{who:032x}" if self.keyed else "",
+        )
+
+    async def round(self) -> int:
+        """One round of spends: SpendBatch-shaped (CALLS_IN_FLIGHT calls of
+        ITEMS_PER_CALL), or unary (UNARY_IN_FLIGHT single spends at once, as
+        many rounds of them as make the same number of spends)."""
+        if self.unary:
+            for _ in range(CALLS_IN_FLIGHT * ITEMS_PER_CALL // UNARY_IN_FLIGHT):
+                await asyncio.gather(*(self.writer.submit(self.spend()) for _ in range(UNARY_IN_FLIGHT)))
+        else:
+            await asyncio.gather(*(
+                self.writer.submit_many([self.spend() for _ in range(ITEMS_PER_CALL)]) for _ in range(CALLS_IN_FLIGHT)
+            ))
+        return CALLS_IN_FLIGHT * ITEMS_PER_CALL // UNARY_IN_FLIGHT * UNARY_IN_FLIGHT if self.unary else (
+            CALLS_IN_FLIGHT * ITEMS_PER_CALL)
+
+    async def window(self, rounds: int, profile: Any = None) -> tuple[float, float]:
+        """(spends per second, CPU seconds per spend) over `rounds` rounds."""
         if profile is not None:
             profile.enable()
         wall, cpu = time.perf_counter(), time.process_time()
+        spends = 0
         for _ in range(rounds):
-            await one_round()
+            spends += await self.round()
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
         if profile is not None:
             profile.disable()
-        await writer.stop()
-        await db.writer.dispose()
-        await db.reader.dispose()
-    spends = rounds * CALLS_IN_FLIGHT * ITEMS_PER_CALL
-    how = f"{accounts} keys" if keyed else "no key" if events is None else "outbox" if events else "no outbox"
-    print(f"{accounts} accounts, {how}: {spends / wall:,.0f} spends/s, {1e6 * cpu / spends:.1f} us of CPU per spend")
+        return spends / wall, cpu / spends
+
+
+def _print_sql(spends: int) -> None:
     for sql, (seconds, rows) in sorted(_SQL_TIME.items(), key=lambda kv: -kv[1][0]):
         print(f"  {1e6 * seconds / spends:6.2f} us per spend  {1e6 * seconds / max(rows, 1):6.2f} us per row  {sql}")
     _SQL_TIME.clear()
-    return cpu / spends
 
 
-async def compare(rounds: int, profile: Any) -> None:
-    """Plain and keyed, alternating in one process (the host is shared: CPU
-    time of one run is the comparable measure)."""
-    for accounts in (1, 1000):
-        plain = await run(accounts, rounds)
-        keyed = await run(accounts, rounds, keyed=True, profile=profile)
-        again = await run(accounts, rounds)
-        base = (plain + again) / 2
-        print(f"  -> {accounts} accounts: {1e6 * base:.1f} us plain, {1e6 * keyed:.1f} us through keys: "
-              f"{keyed / base:.2f}x CPU per spend")
+async def run(accounts: int, rounds: int) -> float:
+    bench = Bench(accounts)
+    await bench.start()
+    _SQL_TIME.clear()
+    rate, cpu = await bench.window(rounds)
+    await bench.stop()
+    print(f"{bench.name}: {rate:,.0f} spends/s, {1e6 * cpu:.1f} us of CPU per spend")
+    _print_sql(rounds * CALLS_IN_FLIGHT * ITEMS_PER_CALL)
+    return cpu
 
 
-async def compare_events(rounds: int, profile: Any) -> None:
-    """Without and with the events' ledger extension, alternating in one process."""
-    for accounts in (1, 1000):
-        plain = await run(accounts, rounds, events=False)
-        outbox = await run(accounts, rounds, events=True, profile=profile)
-        again = await run(accounts, rounds, events=False)
-        base = (plain + again) / 2
-        print(f"  -> {accounts} accounts: {1e6 * base:.1f} us without the outbox, {1e6 * outbox:.1f} us with it: "
-              f"{outbox / base:.2f}x CPU per spend")
+async def compare(rounds: int, windows: int, profile: Any, *, events: bool = False) -> None:
+    """Plain and keyed writers (or without and with the events' extension)
+    side by side in one process, their measured windows alternating (the host
+    is shared: CPU per spend, windows close in time, and the median of
+    several, is what compares)."""
+    for accounts, unary in ((1, False), (1000, False), (1, True), (1000, True)):
+        if events:
+            plain, keyed = Bench(accounts, unary=unary, events=False), Bench(accounts, unary=unary, events=True)
+        else:
+            plain, keyed = Bench(accounts, unary=unary), Bench(accounts, keyed=True, unary=unary)
+        await plain.start()
+        await keyed.start()
+        seen: list[tuple[float, float]] = []
+        for _ in range(windows):
+            _, p = await plain.window(rounds)
+            _, k = await keyed.window(rounds, profile)
+            seen.append((p, k))
+        await plain.stop()
+        await keyed.stop()
+        p = statistics.median(p for p, _ in seen)
+        k = statistics.median(k for _, k in seen)
+        ratio = statistics.median(k / p for p, k in seen)
+        print(f"{keyed.name}: {1e6 * p:.1f} us without, {1e6 * k:.1f} us with it per spend (medians of {windows}); "
+              f"{ratio:.2f}x CPU per spend ({', '.join(f'{k / p:.2f}' for p, k in seen)})", flush=True)
 
 
 def main() -> None:
+    # The server's collector settings (App.serve_forever): what is loaded is
+    # frozen, young objects are collected every 20,000 allocations.
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 50, 100)
     if os.environ.get("BENCH_WRITER_SQL", "") not in ("", "0"):
         _time_statements()
     rounds = int(os.environ.get("BENCH_WRITER_ROUNDS", 100))
-    if os.environ.get("BENCH_WRITER_EVENTS", "") not in ("", "0"):
+    events = os.environ.get("BENCH_WRITER_EVENTS", "") not in ("", "0")
+    if events or os.environ.get("BENCH_WRITER_KEYS", "") not in ("", "0"):
+        windows = int(os.environ.get("BENCH_WRITER_WINDOWS", 5))
         profile = None
         if os.environ.get("BENCH_WRITER_PROFILE", "") not in ("", "0"):
             import cProfile
             import pstats
 
             profile = cProfile.Profile()
-        asyncio.run(compare_events(rounds, profile))
-        if profile is not None:
-            pstats.Stats(profile).sort_stats("tottime").print_stats(30)
-        return
-    if os.environ.get("BENCH_WRITER_KEYS", "") not in ("", "0"):
-        profile = None
-        if os.environ.get("BENCH_WRITER_PROFILE", "") not in ("", "0"):
-            import cProfile
-            import pstats
-
-            profile = cProfile.Profile()
-        asyncio.run(compare(rounds, profile))
+        asyncio.run(compare(max(rounds // windows, 1), windows, profile, events=events))
         if profile is not None:
             pstats.Stats(profile).sort_stats("tottime").print_stats(30)
         return

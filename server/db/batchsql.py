@@ -57,13 +57,18 @@ class BatchSql:
     # ---- statements -----------------------------------------------------------------
 
     async def select_in(
-        self, table: Table, column: str, keys: Sequence[Any], *, order_by: str | None = None, lock: bool = False
+        self, table: Table, column: str, keys: Sequence[Any], *, order_by: str | None = None, lock: bool = False,
+        columns: Sequence[str] | None = None,
     ) -> list[Row]:
-        """Rows of `table` whose `column` is one of `keys`, as dicts."""
+        """Rows of `table` whose `column` is one of `keys`, as dicts (of `columns`
+        only, when given: a hot read takes no more than it needs)."""
         if not keys:
             return []
-        names = _columns(table)
-        key = ("select", self.is_sqlite, table.name, column, len(keys) if self.is_sqlite else type(keys[0]), order_by, lock)
+        names = list(columns) if columns is not None else _columns(table)
+        key = (
+            "select", self.is_sqlite, table.name, column, len(keys) if self.is_sqlite else type(keys[0]), order_by, lock,
+            tuple(names) if columns is not None else None,
+        )
         sql = _SQL.get(key)
         if sql is None:
             cols = ", ".join(f'"{c}"' for c in names)
@@ -82,6 +87,8 @@ class BatchSql:
             rows = await self._pg_fetch(sql, list(keys))
         out = [dict(zip(names, r, strict=True)) for r in rows]
         for col in _booleans(table):
+            if col not in names:
+                continue
             for r in out:  # sqlite3 returns 0/1
                 r[col] = bool(r[col])
         return out

@@ -1,12 +1,16 @@
 """Budgets inside the ledger's transaction: the SpendGuard the writer runs.
 
-A batch loads its keys (locked, in id order, after the wallets' locks) and
-their usage rows with its other reads; each Spend or Reserve through a key
-adds to the key's use in every window in memory (so several operations of
-one batch on one key add up, like balances) and is refused whole when any
-budget would be passed. Use and refusal are undone with the operation; the
-usage rows go out with the batch's write-back, in its single commit. There is
-no check before the transaction: nothing to race with."""
+A batch reads its keys once (locked, in id order, after the wallets' locks):
+what the guard checks and the use counters, in one narrow statement. Each
+Spend or Reserve through a key adds to the key's use in every window in
+memory (so several operations of one batch on one key add up, like
+balances) and is refused whole when any budget would be passed. A use is
+one entry of the batch's undo log (the key's counters, replaced whole), so
+a refused operation's use is undone with it; the counters that changed go
+out in one statement with the batch's write-back, in its single commit.
+There is no check before the transaction, and nothing is kept between
+batches: a revocation or a budget change committed before a batch is what
+it reads."""
 
 from __future__ import annotations
 
@@ -23,7 +27,16 @@ from server.platform.clock import from_us
 # Refusals of a batch, kept outside its undo log (the refused operation's own
 # changes are undone): each becomes one BUDGET_EXHAUSTED event on the watch.
 REFUSED = "keys-budget-refused"
+# The batch's keys: id -> KeyRow, or None for an id with no key (read once).
+KEYS = "keys-rows"
+# The batch's counters: id -> Counters, set through the undo log.
+USED = "keys-used"
 WARN_PERCENT = 80
+
+# A key's use counters, in the row's order: the start of the hour, day and
+# month each counter is for (0: never used) with its use, then the lifetime use.
+Counters = tuple[int, int, int, int, int, int, int]
+HOUR_START, HOUR_USED, DAY_START, DAY_USED, MONTH_START, MONTH_USED, LIFETIME_USED = range(7)
 
 
 def rfc3339(us: int) -> str:
@@ -38,75 +51,148 @@ def key_refused(message: str, reason: str, key_id: str) -> errors.DomainError:
     return errors.FailedPrecondition(message, reason=reason, metadata={"key_id": key_id})
 
 
+class KeyRow:
+    """What a batch checks of one key, as read with its counters."""
+
+    __slots__ = (
+        "budgets",
+        "categories",
+        "expires_at_us",
+        "id",
+        "label",
+        "loaded",
+        "max_spend",
+        "plan",
+        "revoked_at_us",
+        "user_id",
+    )
+
+    def __init__(self, row: dict[str, Any]) -> None:
+        self.id: str = row["id"]
+        self.user_id: str = row["user_id"]
+        self.label: str = row["label"]
+        self.revoked_at_us: int = row["revoked_at_us"]
+        self.expires_at_us: int = row["expires_at_us"]
+        self.max_spend: int = row["max_spend"]
+        self.categories = _categories(row["categories"])
+        self.budgets = parsed_budgets(row["budgets"])
+        self.plan = _plan(row["budgets"])
+        self.loaded: Counters = (
+            row["hour_start_us"], row["hour_used"], row["day_start_us"], row["day_used"],
+            row["month_start_us"], row["month_used"], row["lifetime_used"],
+        )
+
+
+async def load_keys(tx: LedgerTx, key_ids: set[str]) -> dict[str, KeyRow | None]:
+    """The batch's keys (those it has not read yet are read now, locked)."""
+    keys: dict[str, KeyRow | None] = tx.batch_dict(KEYS)
+    missing = [k for k in key_ids if k not in keys]
+    if missing:
+        used: dict[str, Counters] = tx.batch_dict(USED)
+        for row in await repo.guard_rows(tx, missing):
+            key = KeyRow(row)
+            keys[key.id] = key
+            used[key.id] = key.loaded  # a read, not a change: nothing to undo
+        for k in missing:
+            keys.setdefault(k, None)
+    return keys
+
+
 class KeyBudgets(SpendGuard):
     async def load(self, tx: LedgerTx, wanted: list[tuple[str, int]]) -> None:
-        await repo.lock_keys(tx, {k for k, _ in wanted})
+        await load_keys(tx, {k for k, _ in wanted})
+
+    async def write(self, tx: LedgerTx) -> None:
+        used: dict[str, Counters] = tx.batch_dict(USED)
+        if not used:
+            return
+        keys: dict[str, KeyRow | None] = tx.batch_dict(KEYS)
+        changed = []
+        for key_id in sorted(used):
+            counters = used[key_id]
+            key = keys[key_id]
+            if key is not None and counters != key.loaded:
+                row: dict[str, Any] = dict(zip(repo.COUNTER_COLUMNS, counters, strict=True))
+                row["id"] = key_id
+                changed.append(row)
+        if changed:
+            await repo.write_counters(tx, changed)
 
     async def use(
         self, tx: LedgerTx, key_id: str, user_id: str, delta: int, at_us: int, *, kind: Kind, category: str
     ) -> None:
-        key = await repo.locked_key(tx, key_id)
+        keys: dict[str, KeyRow | None] = tx.batch_dict(KEYS)
+        if key_id in keys:
+            key = keys[key_id]
+        else:  # an operation that did not declare its key (budget_keys)
+            key = (await load_keys(tx, {key_id}))[key_id]
         limited = kind in KEY_LIMITED_KINDS
         if limited:
             _check_key(key, key_id, user_id, delta, category, tx.now_us)
         if key is None:
             return
-        bounds = _bounds(at_us)
-        if (key["hour_start_us"], key["day_start_us"], key["month_start_us"]) == _starts(at_us):
+        used: dict[str, Counters] = tx.batch_dict(USED)
+        c = used[key_id]
+        starts = _starts(at_us)
+        if c[HOUR_START] == starts[0] and c[DAY_START] == starts[1] and c[MONTH_START] == starts[2]:
             # The common case (every use after the key's first in these windows):
             # each counter is for the windows of `at_us`, so no window to move.
-            plan = _plan(key["budgets"])
+            plan = key.plan
             if limited:
-                for b, used_col, _warn in plan:
-                    if key[used_col] + delta > b.limit:
-                        _refuse(tx, user_id, key_id, b, key[used_col], delta, bounds)
-            was_used = [key[used_col] for _b, used_col, _warn in plan]
-            repo.update_key(
-                tx, key, lifetime_used=key["lifetime_used"] + delta, hour_used=key["hour_used"] + delta,
-                day_used=key["day_used"] + delta, month_used=key["month_used"] + delta,
-            )
+                for b, i, _warn in plan:
+                    if c[i] + delta > b.limit:
+                        _refuse(tx, user_id, key_id, b, c[i], delta, _bounds(at_us))
+            tx.batch_put(USED, key_id, (
+                c[0], c[1] + delta, c[2], c[3] + delta, c[4], c[5] + delta, c[6] + delta,
+            ))
             if delta > 0:
-                for (b, _used_col, warn), was in zip(plan, was_used, strict=True):
+                for b, i, warn in plan:
+                    was = c[i]
                     if was < warn <= was + delta or was < b.limit <= was + delta:
                         _crossings(tx, user_id, key, b, was, was + delta)
             return
-        budgets = parsed_budgets(key["budgets"])
+        bounds = _bounds(at_us)
+        budgets = key.budgets
         # The use of each window holding `at_us`: the counter when it is for that
         # window, 0 when that window has not been used yet; None for a window
         # that has ended since (a give-back there changes no current counter).
-        used: dict[Window, int | None] = {Window.LIFETIME: key["lifetime_used"]}
-        for w, (start_col, used_col) in COUNTERS.items():
+        now_used: dict[Window, int | None] = {Window.LIFETIME: c[LIFETIME_USED]}
+        for w, (si, ui) in COUNTER_AT.items():
             start = bounds[w][0]
-            used[w] = key[used_col] if key[start_col] == start else 0 if key[start_col] < start else None
+            now_used[w] = c[ui] if c[si] == start else 0 if c[si] < start else None
         if limited:
             for b in budgets:
-                now_used = used[b.window] or 0
-                if now_used + delta > b.limit:
-                    _refuse(tx, user_id, key_id, b, now_used, delta, bounds)
-        values: dict[str, int] = {"lifetime_used": key["lifetime_used"] + delta}
-        for w, (start_col, used_col) in COUNTERS.items():
-            before = used[w]
-            if before is None:
+                before = now_used[b.window] or 0
+                if before + delta > b.limit:
+                    _refuse(tx, user_id, key_id, b, before, delta, bounds)
+        new = list(c)
+        new[LIFETIME_USED] = c[LIFETIME_USED] + delta
+        for w, (si, ui) in COUNTER_AT.items():
+            prior = now_used[w]
+            if prior is None:
                 continue
             start = bounds[w][0]
-            if key[start_col] != start:
-                _window_began(tx, key, w, budgets)
-                values[start_col] = start
-            values[used_col] = before + delta
-        repo.update_key(tx, key, **values)
+            if c[si] != start:
+                _window_began(tx, key, w, c[ui])
+                new[si] = start
+            new[ui] = prior + delta
+        tx.batch_put(USED, key_id, _counters(new))
         if delta > 0:
             for b in budgets:
-                before = used[b.window] or 0
+                before = now_used[b.window] or 0
                 _crossings(tx, user_id, key, b, before, before + delta)
 
 
-def _window_began(tx: LedgerTx, key: dict[str, Any], window: Window, budgets: list[BudgetLimit]) -> None:
+def _counters(values: list[int]) -> Counters:
+    return (values[0], values[1], values[2], values[3], values[4], values[5], values[6])
+
+
+def _window_began(tx: LedgerTx, key: KeyRow, window: Window, used_before: int) -> None:
     """The reset event, once per key and window: when the counter of a window
     that had use moves to the next window, by the boundary job or by the key's
     first use after the boundary, whichever comes first (both under the key's lock)."""
-    if key[COUNTERS[window][1]] > 0 and any(b.window == window for b in budgets):
-        _event(tx, key["user_id"], key["id"], "budget_reset",
-               f"Key {key['label']!r}: a new {window} budget window began")
+    if used_before > 0 and any(b.window == window for b in key.budgets):
+        _event(tx, key.user_id, key.id, "budget_reset", f"Key {key.label!r}: a new {window} budget window began")
 
 
 async def roll_windows(tx: LedgerTx, key_ids: list[str]) -> int:
@@ -114,20 +200,22 @@ async def roll_windows(tx: LedgerTx, key_ids: list[str]) -> int:
     current ones (0 used) and announce each reset; keys already moved (by a
     spend, or an earlier run) change nothing, so a repeat sends no event."""
     bounds = _bounds(tx.now_us)
+    keys = await load_keys(tx, set(key_ids))
+    used: dict[str, Counters] = tx.batch_dict(USED)
     moved = 0
     for key_id in sorted(key_ids):
-        key = await repo.locked_key(tx, key_id)
+        key = keys[key_id]
         if key is None:
             continue
-        budgets = parsed_budgets(key["budgets"])
-        values: dict[str, int] = {}
-        for w, (start_col, used_col) in COUNTERS.items():
+        c = used[key_id]
+        new = list(c)
+        for w, (si, ui) in COUNTER_AT.items():
             start = bounds[w][0]
-            if key[start_col] < start:
-                _window_began(tx, key, w, budgets)
-                values[start_col], values[used_col] = start, 0
-        if values:
-            repo.update_key(tx, key, **values)
+            if c[si] < start:
+                _window_began(tx, key, w, c[ui])
+                new[si], new[ui] = start, 0
+        if new != list(c):
+            tx.batch_put(USED, key_id, _counters(new))
             moved += 1
     return moved
 
@@ -151,11 +239,17 @@ def _refuse(
     raise BudgetExceeded(f"the key's {b.window} budget would be exceeded", metadata=meta)
 
 
-# The counters of the windows that reset, on the key's row.
+# The counters of the windows that reset, on the key's row (column names),
+# and in the batch's Counters (positions).
 COUNTERS = {
     Window.HOUR: ("hour_start_us", "hour_used"),
     Window.DAY: ("day_start_us", "day_used"),
     Window.MONTH: ("month_start_us", "month_used"),
+}
+COUNTER_AT = {
+    Window.HOUR: (HOUR_START, HOUR_USED),
+    Window.DAY: (DAY_START, DAY_USED),
+    Window.MONTH: (MONTH_START, MONTH_USED),
 }
 _BOUNDS: dict[int, dict[Window, tuple[int, int]]] = {}
 _BUDGETS: dict[str, list[BudgetLimit]] = {}
@@ -172,7 +266,7 @@ def _bounds(at_us: int) -> dict[Window, tuple[int, int]]:
 
 
 _STARTS: dict[int, tuple[int, int, int]] = {}
-_PLANS: dict[str, list[tuple[BudgetLimit, str, int]]] = {}
+_PLANS: dict[str, list[tuple[BudgetLimit, int, int]]] = {}
 
 
 def _starts(at_us: int) -> tuple[int, int, int]:
@@ -186,15 +280,15 @@ def _starts(at_us: int) -> tuple[int, int, int]:
     return found
 
 
-def _plan(text: str) -> list[tuple[BudgetLimit, str, int]]:
-    """Each budget of a budgets column with its counter column and its warning
-    threshold, worked out once per distinct value."""
+def _plan(text: str) -> list[tuple[BudgetLimit, int, int]]:
+    """Each budget of a budgets column with the position of its counter and its
+    warning threshold, worked out once per distinct value."""
     found = _PLANS.get(text)
     if found is None:
         if len(_PLANS) > 10_000:
             _PLANS.clear()
         found = _PLANS[text] = [
-            (b, COUNTERS[b.window][1] if b.window in COUNTERS else "lifetime_used", b.limit * WARN_PERCENT // 100)
+            (b, COUNTER_AT[b.window][1] if b.window in COUNTER_AT else LIFETIME_USED, b.limit * WARN_PERCENT // 100)
             for b in parsed_budgets(text)
         ]
     return found
@@ -210,24 +304,24 @@ def parsed_budgets(text: str) -> list[BudgetLimit]:
     return found
 
 
-def _check_key(key: dict[str, Any] | None, key_id: str, user_id: str, amount: int, category: str, now_us: int) -> None:
+def _check_key(key: KeyRow | None, key_id: str, user_id: str, amount: int, category: str, now_us: int) -> None:
     """New spending through a key: it must be live, on this wallet, and allow it."""
-    if key is None or key["user_id"] != user_id:
+    if key is None or key.user_id != user_id:
         raise errors.NotFound("key not found on this wallet", reason="KEY_NOT_FOUND", metadata={"key_id": key_id})
-    if key["revoked_at_us"]:
+    if key.revoked_at_us:
         raise key_refused("the key was revoked", "KEY_REVOKED", key_id)
-    if key["expires_at_us"] and key["expires_at_us"] <= now_us:
+    if key.expires_at_us and key.expires_at_us <= now_us:
         raise key_refused("the key has expired", "KEY_EXPIRED", key_id)
-    categories = _categories(key["categories"])
+    categories = key.categories
     if categories and category not in categories:
         raise errors.PermissionDenied(
             f"the key may not spend on {category or 'an empty category'!r}", reason="KEY_CATEGORY_NOT_ALLOWED",
             metadata={"key_id": key_id, "category": category, "allowed": ",".join(sorted(categories))},
         )
-    if key["max_spend"] and amount > key["max_spend"]:
+    if key.max_spend and amount > key.max_spend:
         raise errors.FailedPrecondition(
             "the amount is above the key's largest single spend", reason="KEY_SPEND_TOO_LARGE",
-            metadata={"key_id": key_id, "max_spend_millicredits": key["max_spend"], "requested_millicredits": amount},
+            metadata={"key_id": key_id, "max_spend_millicredits": key.max_spend, "requested_millicredits": amount},
         )
 
 
@@ -243,14 +337,13 @@ def _categories(text: str) -> frozenset[str]:
     return found
 
 
-def _crossings(tx: LedgerTx, user_id: str, key: dict[str, Any], budget: BudgetLimit, before: int, after: int) -> None:
+def _crossings(tx: LedgerTx, user_id: str, key: KeyRow, budget: BudgetLimit, before: int, after: int) -> None:
     warn = budget.limit * WARN_PERCENT // 100
-    label = key["label"]
     if before < warn <= after < budget.limit:
-        _event(tx, user_id, key["id"], "budget_warning",
-               f"Key {label!r}: {WARN_PERCENT} % of its {budget.window} budget is used")
+        _event(tx, user_id, key.id, "budget_warning",
+               f"Key {key.label!r}: {WARN_PERCENT} % of its {budget.window} budget is used")
     if before < budget.limit <= after:
-        _event(tx, user_id, key["id"], "budget_exhausted", f"Key {label!r}: its {budget.window} budget is used up")
+        _event(tx, user_id, key.id, "budget_exhausted", f"Key {key.label!r}: its {budget.window} budget is used up")
 
 
 def _event(tx: LedgerTx, user_id: str, key_id: str, kind: str, message: str) -> None:

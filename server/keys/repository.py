@@ -54,9 +54,28 @@ async def count_keys(tx: LedgerTx, user_id: str) -> int:
     return int(await tx.fetch_scalar(select(func.count()).select_from(api_keys).where(api_keys.c.user_id == user_id)))
 
 
-async def lock_keys(tx: LedgerTx, key_ids: set[str]) -> None:
-    """A batch's keys, locked in id order after the wallets' locks."""
-    await tx.rows(api_keys).get_many(sorted(key_ids), lock=True)
+# What the budget guard reads of a key, in one statement per batch: what it
+# checks and the counters (not the secret's hash, nor who created it when).
+GUARD_COLUMNS = (
+    "id", "user_id", "label", "revoked_at_us", "expires_at_us", "max_spend", "categories", "budgets",
+    "hour_start_us", "hour_used", "day_start_us", "day_used", "month_start_us", "month_used", "lifetime_used",
+)
+COUNTER_COLUMNS = GUARD_COLUMNS[8:]
+
+
+async def guard_rows(tx: LedgerTx, key_ids: list[str]) -> list[dict[str, Any]]:
+    """A batch's keys, locked in id order after the wallets' locks (PostgreSQL):
+    read in this transaction, so a revocation or a change committed before it
+    is what the batch sees."""
+    return await tx.sql.select_in(
+        api_keys, "id", sorted(key_ids), order_by="id", lock=not tx.is_sqlite, columns=GUARD_COLUMNS
+    )
+
+
+async def write_counters(tx: LedgerTx, rows: list[dict[str, Any]]) -> None:
+    """The counters of the keys a batch used (id plus COUNTER_COLUMNS each), in one
+    statement with the batch's write-back."""
+    await tx.sql.update(api_keys, "id", COUNTER_COLUMNS, rows)
 
 
 async def locked_key(tx: LedgerTx, key_id: str) -> dict[str, Any] | None:

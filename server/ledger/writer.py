@@ -340,7 +340,7 @@ class LedgerWriter:
                     rkeys.append(op.idempotency.key)
             await tx.load(accounts, holds, rkeys, tkeys)
             # After the accounts' locks (and the holds, which name their keys):
-            # the keys' rows, locked in sorted order, and their usage rows.
+            # the keys' rows, locked in sorted order.
             budgets = [kw for item in batch for kw in item.op.budget_keys(tx)]
             if budgets:
                 await self.guard.load(tx, budgets)
@@ -376,6 +376,7 @@ class LedgerWriter:
                     item.error = exc
             for hook in self.before_flush:
                 await hook(tx, [item.op for item in batch if item.error is None and not item.replayed])
+            await self.guard.write(tx)
             await tx.flush()
         for item in batch:  # committed: what each caller stored counts against its quota
             if item.error is None and not item.replayed and item.op.idempotency is not None:
