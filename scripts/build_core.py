@@ -47,6 +47,10 @@ def build() -> None:
     cmd.build_temp = str(ROOT / "build" / "core")
     cmd.ensure_finalized()
     cmd.run()
+    # setuptools copies an unchanged module shim with its old time; the
+    # core's freshness check (server/_core.py) compares times with the .py.
+    for built in [*(ROOT / "server").rglob("*.so"), *ROOT.glob("*__mypyc.*.so")]:
+        os.utime(built)
 
 
 if __name__ == "__main__":

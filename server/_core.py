@@ -1,13 +1,17 @@
 """The compiled ledger core: which modules are compiled, and which way they run.
 
 The modules in COMPILED are plain Python, and the only source. `make run` and
-`make test` compile them with Cython (scripts/build_core.py) into extensions
+`make test` compile them with mypyc (scripts/build_core.py) into extensions
 next to the .py files, which Python then imports first. BILLING_LEDGER_CORE
 chooses, when the process starts:
-- `auto` (default): the extension when it is built, else the .py;
+- `auto` (default): the extensions when every one is built and none is older
+  than its .py (an edited module is never shadowed by its stale build), else
+  every module from its .py (compiled and interpreted modules of the core
+  share native classes, so they are never mixed);
 - `interpreted`: always the .py (the extensions stay on disk);
-- `compiled`: the extension, and an ImportError when it is missing
-  (`make test` runs this way, so a failed build cannot pass unnoticed).
+- `compiled`: the extension, and an ImportError when it is missing or older
+  than its .py (`make test` runs this way, so a failed or stale build cannot
+  pass unnoticed).
 """
 
 from __future__ import annotations
@@ -37,6 +41,24 @@ def mode() -> str:
     if value not in MODES:
         raise ValueError(f"BILLING_LEDGER_CORE must be one of {', '.join(MODES)}, not {value!r}")
     return value
+
+
+def _package_dir() -> str:
+    return os.path.dirname(os.path.abspath(__file__))
+
+
+def stale_or_missing(root: str | None = None) -> list[str]:
+    """The COMPILED modules without an extension at least as new as their .py
+    (`root`: the folder that holds `server/`, by default this checkout's)."""
+    root = root or os.path.dirname(_package_dir())
+    out = []
+    for name in COMPILED:
+        source = os.path.join(root, *name.split(".")) + ".py"
+        built = [source[:-3] + suffix for suffix in importlib.machinery.EXTENSION_SUFFIXES]
+        times = [os.path.getmtime(b) for b in built if os.path.exists(b)]
+        if not times or max(times) < os.path.getmtime(source):
+            out.append(name)
+    return out
 
 
 def is_compiled(module: ModuleType) -> bool:
@@ -69,9 +91,37 @@ class _CoreFinder:
         return None
 
 
+class _StaleCore:
+    """BILLING_LEDGER_CORE=compiled with an extension older than its .py."""
+
+    def __init__(self, stale: list[str]) -> None:
+        self.stale = stale
+
+    def find_spec(self, name: str, path: Sequence[str] | None, target: Any = None) -> Any:
+        if name in self.stale:
+            raise ImportError(
+                f"BILLING_LEDGER_CORE=compiled but {name}'s compiled extension is older than its .py: run `make core`",
+                name=name,
+            )
+        return None
+
+
 def install() -> None:
     """Called once when `server` is imported."""
     chosen = mode()
-    if chosen == "auto" or any(isinstance(f, _CoreFinder) for f in sys.meta_path):
+    if any(isinstance(f, _CoreFinder) for f in sys.meta_path):
         return
+    stale = stale_or_missing()
+    if chosen == "auto":
+        if not stale:
+            return
+        chosen = "interpreted"
     sys.meta_path.insert(0, _CoreFinder(chosen == "compiled"))
+    built_but_old = [m for m in stale if _has_extension(m)]
+    if chosen == "compiled" and built_but_old:
+        sys.meta_path.insert(0, _StaleCore(built_but_old))
+
+
+def _has_extension(name: str) -> bool:
+    base = os.path.join(os.path.dirname(_package_dir()), *name.split("."))
+    return any(os.path.exists(base + suffix) for suffix in importlib.machinery.EXTENSION_SUFFIXES)

@@ -87,6 +87,7 @@ class SpendGuard:
 NO_MEMBER = ("member_id",)
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # the orgs domain's MemberBudgets
 class MemberGuard:
     """What the ledger needs from organisations: the budgets of the member a
     transfer on an org's wallet is spent by, used and given back inside the

@@ -5,6 +5,7 @@ sets `compiled` (every listed module from its extension, or an ImportError),
 from __future__ import annotations
 
 import importlib
+import importlib.machinery
 import json
 import os
 import subprocess
@@ -70,3 +71,23 @@ def test_an_unknown_mode_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BILLING_LEDGER_CORE", "fast")
     with pytest.raises(ValueError, match="BILLING_LEDGER_CORE"):
         _core.mode()
+
+
+def test_a_build_older_than_its_source_is_stale(tmp_path: Path) -> None:
+    """An edited module is never shadowed by its old build: `auto` then runs
+    every module interpreted, `compiled` refuses to start (`make core`)."""
+    suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
+    for module in _core.COMPILED:
+        src = tmp_path / (module.replace(".", "/") + ".py")
+        src.parent.mkdir(parents=True, exist_ok=True)
+        src.write_text("")
+        built = src.with_name(src.stem + suffix)
+        built.write_bytes(b"")
+        os.utime(src, (1_000_000, 1_000_000))
+        os.utime(built, (2_000_000, 2_000_000))
+    assert _core.stale_or_missing(str(tmp_path)) == []
+    edited = tmp_path / (_core.COMPILED[0].replace(".", "/") + ".py")
+    os.utime(edited, (3_000_000, 3_000_000))
+    assert _core.stale_or_missing(str(tmp_path)) == [_core.COMPILED[0]]
+    edited.with_name(edited.stem + suffix).unlink()
+    assert _core.stale_or_missing(str(tmp_path)) == [_core.COMPILED[0]]
