@@ -191,7 +191,7 @@ class App:
 
         self.tier_service = TierService(
             self.balance, self.writer, self.reader, self.db, self.clock, settings, self.tiers, self.tier_rules,
-            self.payments,
+            self.payments, self.orgs.access,
         )
         tiers_grpc.register(
             reg, self.tier_service, TierEvents(self.tier_rules, self.tiers["pro"].monthly_millicredits, self.payments),
