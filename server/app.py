@@ -151,6 +151,7 @@ class App:
         # Orgs first: every domain that acts on a wallet asks it about org wallets.
         self.orgs = OrgsService(self.writer, OrgsRepository(self.db.reader, self.db.fast), self.clock, settings)
         orgs_grpc.register(reg, self.orgs)
+        self.workers.add("reset_member_budgets", self.orgs.reset_windows)
 
         self.payments = PaymentsService(
             settings, self.db, self.writer, self.clock, self.stripe, self.stripe_events, self.orgs.access
