@@ -10,7 +10,14 @@ from __future__ import annotations
 import copy
 
 import grpc
-from flownexus.billing.v1 import balance_pb2, history_pb2, keys_pb2, keys_pb2_grpc, orgs_pb2, payments_pb2
+from flownexus.billing.v1 import (
+    balance_pb2,
+    history_pb2,
+    keys_pb2,
+    keys_pb2_grpc,
+    orgs_pb2,
+    payments_pb2,
+)
 
 from tests.calls import deliver
 from tests.harness import Running, auth, expect_error
