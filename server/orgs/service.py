@@ -20,7 +20,7 @@ from server.keys.models import (
 )
 from server.keys.service import check_budgets
 from server.ledger import keys
-from server.ledger.model import wallet_id
+from server.ledger.model import BalanceEvent, wallet_id
 from server.ledger.ops import Call, Idempotency
 from server.ledger.tx import LedgerTx
 from server.ledger.writer import LedgerWriter
@@ -314,6 +314,8 @@ class OrgsService:
             if row["role"] == OrgRole.OWNER:
                 await _not_last_owner(tx, org_id, user_id)
             repo.update_member(tx, row, removed_at_us=tx.now_us)
+            # Ends the member's open WatchBalance streams on the org's wallet, after the commit.
+            tx.notify(BalanceEvent(user_id=org_id, kind="member_removed", member=user_id))
             return row
 
         return await self._change(principal, "RemoveMember", org_id, request_id, fingerprint, remove)
