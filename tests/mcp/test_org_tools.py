@@ -3,7 +3,7 @@
 stdio, the adapter's org over HTTP). Members read; only owners and admins buy,
 change auto-refill or the tier, and a member's or a stranger's attempt is the
 tool's normal refusal (org_role_required, not_org_member), never a protocol
-error."""
+error. The TypeScript SDK's view too (js/org.mjs)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import pytest
 from mcp import Client
 
 from tests.harness import Running
+from tests.mcp.node import http_target, run_node, stdio_target
 from tests.mcp.servers import call, http_mcp, pay, refused, stdio_mcp
 from tests.orgs.helpers import add_member, create_org
 from tests.stripe_fake import StripeFake
@@ -86,3 +87,12 @@ async def test_a_stdio_server_started_for_an_org(sqlite_stripe_server: Running, 
     async with http_mcp(billing, org_id=org) as http, http.client("mia") as member:
         seen = await call(member, "check_balance")
         assert (seen["credits"], seen["org_id"]) == (200, org)
+
+
+async def test_a_typescript_host_on_an_orgs_wallet(sqlite_stripe_server: Running) -> None:
+    billing = sqlite_stripe_server
+    org = await create_org(billing, "olga")
+    await add_member(billing, org, "mia", by="olga")
+    async with http_mcp(billing) as http:
+        targets = {"member": stdio_target(billing, "mia", org_id=org), "owner": http_target(http, "olga")}
+        await run_node("org.mjs", targets, env={"MCP_ORG": org})
