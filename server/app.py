@@ -157,6 +157,7 @@ class App:
         # Orgs first: every domain that acts on a wallet asks it about org wallets.
         self.orgs = OrgsService(self.writer, OrgsRepository(self.db.reader, self.db.fast), self.clock, settings)
         orgs_grpc.register(reg, self.orgs)
+        self.workers.add("reset_member_budgets", self.orgs.reset_windows)
 
         self.payments = PaymentsService(
             settings, self.db, self.writer, self.clock, self.stripe, self.stripe_events, self.orgs.access
@@ -197,7 +198,7 @@ class App:
 
         self.tier_service = TierService(
             self.balance, self.writer, self.reader, self.db, self.clock, settings, self.tiers, self.tier_rules,
-            self.payments,
+            self.payments, self.orgs.access,
         )
         tiers_grpc.register(
             reg, self.tier_service, TierEvents(self.tier_rules, self.tiers["pro"].monthly_millicredits, self.payments),

@@ -44,16 +44,18 @@ def encode_event(e: BalanceEvent) -> list[Any]:
         if t is None
         else [t.id, t.kind, t.amount, t.balance_after, t.description, t.category, t.ref, t.created_at_us, t.metadata]
     )
-    return [e.user_id, e.kind, e.credits, e.pending, transfer, e.message, e.payment_url]
+    return [e.user_id, e.kind, e.credits, e.pending, transfer, e.message, e.payment_url, e.key_id, e.member]
 
 
 def decode_event(raw: list[Any]) -> BalanceEvent:
-    user_id, kind, credits, pending, t, message, payment_url = raw
+    user_id, kind, credits, pending, t, message, payment_url = raw[:7]
+    # A replica of an earlier release sends seven fields: no key or member.
+    key_id, member = (raw[7], raw[8]) if len(raw) >= 9 else ("", "")
     transfer = None
     if t is not None:
         tid, tkind, amount, after, description, category, ref, created, metadata = t
         transfer = TransferView(tid, tkind, amount, after, description, category, ref, created, metadata)
-    return BalanceEvent(user_id, kind, credits, pending, transfer, message, payment_url)
+    return BalanceEvent(user_id, kind, credits, pending, transfer, message, payment_url, key_id, member)
 
 
 def payloads(replica: str, batch: int, events: list[BalanceEvent]) -> list[str]:

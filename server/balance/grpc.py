@@ -10,7 +10,8 @@ from server.balance.service import BalanceService
 from server.balance.watch import RESYNC, WatchHub
 from server.grpc import Ctx, convert, validation
 from server.ledger.model import BalanceEvent
-from server.platform.auth import principal
+from server.platform import errors
+from server.platform.auth import Principal, Role, principal
 from server.platform.clock import Clock
 from server.registry import Registry
 
@@ -39,8 +40,9 @@ class BalanceServicer(balance_pb2_grpc.BalanceServiceServicer):
     async def WatchBalance(
         self, request: balance_pb2.WatchBalanceRequest, context: Ctx
     ) -> AsyncIterator[balance_pb2.WatchBalanceResponse]:
-        user = await self.balance.watched(
-            principal(), validation.user_id(request.user_id), validation.org_id(request.org_id))
+        p, user_id, org_id = principal(), validation.user_id(request.user_id), validation.org_id(request.org_id)
+        user = await self.balance.watched(p, user_id, org_id)
+        member = _stream_member(p, user_id, org_id)
         await self.balance.wallet(user)  # a new wallet's first grant belongs to the snapshot
         # Subscribe before the snapshot so that no change falls in between.
         sub = self.hub.subscribe(user)
@@ -49,7 +51,16 @@ class BalanceServicer(balance_pb2_grpc.BalanceServiceServicer):
             while True:
                 event = await sub.queue.get()
                 if event is RESYNC:
+                    if member:  # events were dropped, a removal perhaps: asked again (one indexed read)
+                        await self.balance.watched(p, user_id, org_id)
                     yield await self._snapshot(user, coalesced=True)
+                elif event.kind == MEMBER_REMOVED:
+                    if member and event.member == member:
+                        # The member's access ended with the removal's commit: so does the stream.
+                        raise errors.PermissionDenied(
+                            "the caller is no longer a member of this org", reason="NOT_ORG_MEMBER",
+                            metadata={"org_id": user},
+                        )
                 else:
                     yield self._event(event)
         finally:
@@ -84,6 +95,20 @@ class BalanceServicer(balance_pb2_grpc.BalanceServiceServicer):
             msg.transaction.CopyFrom(convert.transaction(event.transfer))
         return msg
 
+
+def _stream_member(p: Principal, user_id: str, org_id: str) -> str:
+    """The org member a stream reads for, whose removal ends it ("" for none)."""
+    if p.key_id:
+        return p.member  # a key made on an org's wallet: its maker
+    if not org_id:
+        return ""
+    if p.role == Role.USER:
+        return p.subject
+    return user_id if p.role == Role.SERVICE else ""
+
+
+# An org member's removal, told to the org wallet's open streams (not an API event type).
+MEMBER_REMOVED = "member_removed"
 
 EVENT_TYPES = {
     "transfer": balance_pb2.BALANCE_EVENT_TYPE_TRANSFER,

@@ -543,6 +543,8 @@ def from_ledger(tx: LedgerTx) -> None:
             body["recovery_url"] = n.payment_url
         if n.key_id:
             body["key_id"] = n.key_id
+        if n.member:
+            body["member_id"] = n.member
         if etype == EventType.TIER_CHANGED and (m := _TIERS.search(n.message)):
             body.update(from_tier=m.group(1), to_tier=m.group(2))
         elif etype == EventType.PAYMENT_FAILED and (m := _PAYMENT.search(n.message)):

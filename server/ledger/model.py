@@ -156,6 +156,7 @@ class BalanceEvent:
     message: str = ""
     payment_url: str = ""
     key_id: str = ""  # budget_* events: the key
+    member: str = ""  # budget_* events of an org member's budget: the member
 
 
 # What the credits counters of /metrics add up (server/platform/metrics.py).

@@ -6,7 +6,7 @@ from flownexus.billing.v1 import orgs_pb2, orgs_pb2_grpc
 
 from server.grpc import Ctx, convert, validation
 from server.keys.grpc import budget_limits, budget_pbs
-from server.orgs.budgets import MemberBudgets
+from server.orgs.budgets import MemberBudgets, refused_events
 from server.orgs.models import MemberView, OrgRole, OrgView
 from server.orgs.service import OrgsService
 from server.platform import errors
@@ -126,3 +126,4 @@ class OrgsServicer(orgs_pb2_grpc.OrgsServiceServicer):
 def register(reg: Registry, service: OrgsService) -> None:
     reg.servicer(orgs_pb2_grpc.add_OrgsServiceServicer_to_server, OrgsServicer(service))
     reg.member_guard(MemberBudgets())
+    reg.ledger_extension(refused_events)

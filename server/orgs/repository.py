@@ -41,6 +41,16 @@ class OrgsRepository:
             found = (await conn.execute(q)).mappings().first()
         return dict(found) if found is not None else None
 
+    async def windows_ended(self, current: list[tuple[str, str, int]], limit: int) -> list[tuple[str, str]]:
+        """(org id, user id) of members with use recorded in a window that has
+        ended; `current` gives each counter's (start column, use column, start
+        of the current window). As for keys."""
+        m = org_members.c
+        ended = [and_(m[start_col] < start, m[used_col] > 0) for start_col, used_col, start in current]
+        q = select(m.org_id, m.user_id).where(or_(*ended)).order_by(m.id).limit(limit)
+        async with self.engine.connect() as conn:
+            return [(str(o), str(u)) for o, u in (await conn.execute(q)).all()]
+
     async def orgs_of(self, user_id: str, limit: int, after: tuple[int, str] | None) -> list[dict[str, Any]]:
         """The user's live memberships with their orgs, oldest first, after (added_at_us, org_id)."""
         m = org_members.c

@@ -20,11 +20,12 @@ from server.keys.models import (
 )
 from server.keys.service import check_budgets
 from server.ledger import keys
-from server.ledger.model import wallet_id
+from server.ledger.model import BalanceEvent, wallet_id
 from server.ledger.ops import Call, Idempotency
 from server.ledger.tx import LedgerTx
 from server.ledger.writer import LedgerWriter
 from server.orgs import repository as repo
+from server.orgs.budgets import roll_windows
 from server.orgs.models import ROLES_WITH, Access, MemberView, OrgRole, OrgView, Right
 from server.orgs.repository import OrgsRepository
 from server.platform import errors
@@ -82,6 +83,28 @@ class OrgsService:
         self.repo = repo
         self.clock = clock
         self.settings = settings
+
+    # ---- the member budgets' window boundary (a job on the service clock) ---------------------
+
+    async def reset_windows(self, batch: int = 500, max_batches: int = 20) -> int:
+        """Members whose window with use has ended get their counter moved and the
+        reset event at the boundary (within the job's interval), as keys do."""
+        moved = 0
+        for _ in range(max_batches):
+            now = self.clock.now_us()
+            current = [(s, u, window_bounds(w, now)[0]) for w, (s, u) in COUNTERS.items()]
+            found = await self.repo.windows_ended(current, batch)
+            if not found:
+                break
+
+            async def apply(tx: LedgerTx, found: list[tuple[str, str]] = found) -> int:
+                return await roll_windows(tx, found)
+
+            n: int = await self.writer.submit(Call(fn=apply, accounts={wallet_id(o) for o, _ in found}))
+            moved += n
+            if len(found) < batch or not n:
+                break
+        return moved
 
     # ---- the public question of other domains ----------------------------------------------
 
@@ -291,6 +314,8 @@ class OrgsService:
             if row["role"] == OrgRole.OWNER:
                 await _not_last_owner(tx, org_id, user_id)
             repo.update_member(tx, row, removed_at_us=tx.now_us)
+            # Ends the member's open WatchBalance streams on the org's wallet, after the commit.
+            tx.notify(BalanceEvent(user_id=org_id, kind="member_removed", member=user_id))
             return row
 
         return await self._change(principal, "RemoveMember", org_id, request_id, fingerprint, remove)

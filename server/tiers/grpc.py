@@ -47,7 +47,9 @@ class TierServicer(tier_pb2_grpc.TierServiceServicer):
         return tier_pb2.ListTiersResponse(tiers=[tier_info(t) for t in self.service.tiers.values()])
 
     async def GetTier(self, request: tier_pb2.GetTierRequest, context: Ctx) -> tier_pb2.GetTierResponse:
-        v = await self.service.get(principal(), validation.user_id(request.user_id))
+        v = await self.service.get(
+            principal(), validation.user_id(request.user_id), validation.org_id(request.org_id)
+        )
         resp = tier_pb2.GetTierResponse(
             tier=convert.tier_pb(v.tier),
             period_start=convert.ts(v.period_start_us),
@@ -74,6 +76,7 @@ class TierServicer(tier_pb2_grpc.TierServiceServicer):
             request_id=validation.request_id(request.request_id),
             fingerprint=validation.fingerprint("UpgradeTier", request),
             monthly=request.monthly_credits_millicredits,
+            org_id=validation.org_id(request.org_id),
         )
         return tier_pb2.UpgradeTierResponse(
             new_tier=convert.tier_pb(c.new_tier),
@@ -93,6 +96,7 @@ class TierServicer(tier_pb2_grpc.TierServiceServicer):
             tier=convert.tier_name(tier) if tier else "",
             request_id=validation.request_id(request.request_id),
             fingerprint=validation.fingerprint("DowngradeTier", request),
+            org_id=validation.org_id(request.org_id),
         )
         return tier_pb2.DowngradeTierResponse(
             new_tier=convert.tier_pb(c.new_tier),

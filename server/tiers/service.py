@@ -20,6 +20,7 @@ from server.ledger.ops import Call, Idempotency
 from server.ledger.repository import LedgerReader
 from server.ledger.tx import LedgerTx
 from server.ledger.writer import LedgerWriter
+from server.orgs.models import AccessOf, Right
 from server.payments.service import PaymentsService
 from server.platform import errors
 from server.platform.auth import Principal, Role
@@ -61,6 +62,7 @@ class TierService:
         tiers: dict[str, TierSpec],
         rules: TierRules,
         payments: PaymentsService,
+        org_access: AccessOf,
     ) -> None:
         self.balance = balance
         self.writer = writer
@@ -71,6 +73,7 @@ class TierService:
         self.tiers = tiers
         self.rules = rules
         self.payments = payments  # the Stripe customer, the saved card and the subscription's Stripe calls
+        self.org_access = org_access
 
     # ---- reads ----------------------------------------------------------------------
 
@@ -82,8 +85,8 @@ class TierService:
             return custom
         return self.tiers[tier].monthly_millicredits
 
-    async def get(self, principal: Principal, user_id: str) -> TierView:
-        uid = principal.resolve_user(user_id)
+    async def get(self, principal: Principal, user_id: str, org_id: str = "") -> TierView:
+        uid = await self._org_wallet(principal, org_id) if org_id else principal.resolve_user(user_id)
         state = await self.balance.wallet(uid, with_lots=True)
         sub = await self._sub(uid) or {}
         status = str(sub.get("status") or SubscriptionStatus.NONE)
@@ -114,6 +117,10 @@ class TierService:
 
     # ---- upgrade --------------------------------------------------------------------------
 
+    async def _org_wallet(self, principal: Principal, org_id: str) -> str:
+        # An org's tier is its owners' and admins' to read and change, like its auto-refill.
+        return (await self.org_access(principal, org_id, Right.MANAGE, "")).wallet_owner
+
     def _target_user(self, principal: Principal, user_id: str) -> str:
         # A service or admin token has no tier of its own: only an admin
         # changes a tier other than the caller's, and names the user.
@@ -122,9 +129,10 @@ class TierService:
         return principal.resolve_user(user_id)
 
     async def upgrade(
-        self, principal: Principal, *, user_id: str, tier: str, request_id: str, fingerprint: str, monthly: int
+        self, principal: Principal, *, user_id: str, tier: str, request_id: str, fingerprint: str, monthly: int,
+        org_id: str = "",
     ) -> TierChange:
-        uid = self._target_user(principal, user_id)
+        uid = await self._org_wallet(principal, org_id) if org_id else self._target_user(principal, user_id)
         idem = Idempotency.of_request(principal, "UpgradeTier", request_id, fingerprint)
         if tier == "enterprise":
             principal.require(Role.ADMIN, what="an Enterprise upgrade")
@@ -244,9 +252,9 @@ class TierService:
     # ---- downgrade ------------------------------------------------------------------------
 
     async def downgrade(
-        self, principal: Principal, *, user_id: str, tier: str, request_id: str, fingerprint: str
+        self, principal: Principal, *, user_id: str, tier: str, request_id: str, fingerprint: str, org_id: str = ""
     ) -> TierChange:
-        uid = self._target_user(principal, user_id)
+        uid = await self._org_wallet(principal, org_id) if org_id else self._target_user(principal, user_id)
         idem = Idempotency.of_request(principal, "DowngradeTier", request_id, fingerprint)
         stored = await self._stored(idem)
         if stored is not None:

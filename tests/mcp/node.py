@@ -28,10 +28,11 @@ def require_node_modules() -> None:
         pytest.fail("tests/mcp/js is not installed: run `make test` (or `cd tests/mcp/js && npm ci`)")
 
 
-def stdio_target(billing: Running, user: str, role: Role | str = Role.USER) -> dict[str, Any]:
-    """How a host starts the server on stdio: `python -m server mcp` acting for one token."""
+def stdio_target(billing: Running, user: str, role: Role | str = Role.USER, *, org_id: str = "") -> dict[str, Any]:
+    """How a host starts the server on stdio: `python -m server mcp` acting for one token
+    (for an org's wallet when org_id is given)."""
     return {"transport": "stdio", "command": sys.executable, "args": ["-m", "server", "mcp"],
-            "env": stdio_env(billing, token(user, role)), "cwd": str(ROOT)}
+            "env": stdio_env(billing, token(user, role), org_id), "cwd": str(ROOT)}
 
 
 def http_target(http: Http, user: str, role: Role | str = Role.USER) -> dict[str, Any]:

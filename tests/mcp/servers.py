@@ -75,8 +75,9 @@ async def http_mcp(billing: Running, *, stateless: bool = True, **adapter_option
             await task
 
 
-def stdio_env(billing: Running, bearer: str) -> dict[str, str]:
+def stdio_env(billing: Running, bearer: str, org_id: str = "") -> dict[str, str]:
     return {
+        **({"BILLING_MCP_ORG_ID": org_id} if org_id else {}),
         "PATH": os.environ["PATH"],
         # The checkout's packages (pytest's pythonpath), ahead of anything installed.
         "PYTHONPATH": os.pathsep.join(str(ROOT / p) for p in (".", "generated", "clients/python/src")),
@@ -89,10 +90,13 @@ def stdio_env(billing: Running, bearer: str) -> dict[str, str]:
 
 
 @asynccontextmanager
-async def stdio_mcp(billing: Running, user: str, role: Role | str = Role.USER, **options: Any) -> AsyncIterator[Client]:
-    """`python -m server mcp` as an agent runs it: a subprocess on stdio, acting for one token."""
+async def stdio_mcp(billing: Running, user: str, role: Role | str = Role.USER, *, org_id: str = "",
+                    **options: Any) -> AsyncIterator[Client]:
+    """`python -m server mcp` as an agent runs it: a subprocess on stdio, acting for one token
+    (and started for an org, BILLING_MCP_ORG_ID, when org_id is given)."""
     params = StdioServerParameters(
-        command=sys.executable, args=["-m", "server", "mcp"], env=stdio_env(billing, token(user, role)), cwd=str(ROOT)
+        command=sys.executable, args=["-m", "server", "mcp"], env=stdio_env(billing, token(user, role), org_id),
+        cwd=str(ROOT),
     )
     async with Client(params, **options) as c:
         yield c

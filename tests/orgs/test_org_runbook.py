@@ -1,6 +1,6 @@
 """The org commands of docs/operations.md, run for real through grpcurl:
 create an org, add a member with a budget, fund it, a service spends for
-the member, the report by member, removal."""
+the member, the report by member, the org's tier and budget events, removal."""
 
 from __future__ import annotations
 
@@ -29,6 +29,8 @@ async def test_org_commands(server: Running, runbook_env: dict[str, str]) -> Non
     assert {m["user_id"] for m in listed} == {"alice", "bob"}
     report = ok(await run("org-spending-report"))
     assert report["members"] == [{"member_id": "bob", "spent_millicredits": "2500", "operations": "1"}]
+    assert ok(await run("org-tier"))["tier"] == "TIER_FREE"
+    assert ok(await run("org-budget-events")).get("events", []) == []  # bob used 5 % of his day
     ok(await run("remove-member"))
     env_spend = BLOCKS["spend-for-member"].replace("runbook-org-spend-1", "runbook-org-spend-2")
     refused(await run_shell(env_spend, env), "PermissionDenied", "NOT_ORG_MEMBER")

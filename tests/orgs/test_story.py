@@ -1,28 +1,50 @@
 """The pooled-wallet story, black box through the API: an org is created
-and funded; two members spend from it under member budgets, one through a
+and its owner buys credits for it (a Checkout paid in the Stripe fake, its
+signed webhook); two members spend from it under member budgets, one through a
 key made on the org's wallet; one hits their budget while the other goes
 on; the owner sees the spend by member and by key, removes a member, and
 that member's next spend is refused."""
 
 from __future__ import annotations
 
-import grpc
-from flownexus.billing.v1 import balance_pb2, history_pb2, keys_pb2, keys_pb2_grpc, orgs_pb2
+import copy
 
+import grpc
+from flownexus.billing.v1 import (
+    balance_pb2,
+    history_pb2,
+    keys_pb2,
+    keys_pb2_grpc,
+    orgs_pb2,
+    payments_pb2,
+)
+
+from tests.calls import deliver
 from tests.harness import Running, auth, expect_error
 from tests.orgs.helpers import ADMIN_ROLE, create_org, orgs_stub, remove_member
 from tests.orgs.test_member_budgets import DAY, add, budgets
-from tests.orgs.test_org_wallet import CREDIT, fund_org, spend_req
+from tests.orgs.test_org_wallet import CREDIT, spend_req
+from tests.stripe_fake import StripeFake, event
 
 
 def bearer(secret: str) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {secret}"),)
 
 
-async def test_the_pooled_wallet_story(server: Running) -> None:
-    # 1. An org is created and credits go into its wallet.
+async def test_the_pooled_wallet_story(stripe_server: Running, stripe_fake: StripeFake) -> None:
+    server = stripe_server
+    # 1. An org is created and its owner buys credits: $100 for the org's wallet, not her own.
     org = await create_org(server, "olga", name="Acme")
-    await fund_org(server, org, 1_000 * CREDIT)
+    link = await server.s.payments.CreatePaymentLink(payments_pb2.CreatePaymentLinkRequest(
+        amount_cents=100_00, request_id="buy-1", org_id=org), metadata=auth("olga"))
+    assert link.credits_amount_millicredits == 1_000 * CREDIT
+    session = stripe_fake.sessions[link.payment_url.rsplit("/", 1)[-1]]
+    await stripe_fake.pay(session["id"])
+    assert await deliver(server, event("checkout.session.completed", copy.deepcopy(session))) == 200
+    bought = await server.s.balance.CheckBalance(balance_pb2.CheckBalanceRequest(org_id=org), metadata=auth("olga"))
+    assert bought.credits_millicredits == 1_000 * CREDIT
+    own = await server.s.balance.CheckBalance(balance_pb2.CheckBalanceRequest(), metadata=auth("olga"))
+    assert own.credits_millicredits == 100 * CREDIT  # her Free allowance only
     # 2. Two members under budgets: ann spends herself; bob (an admin) runs an agent on a key of the org.
     await add(server, org, "ann", (DAY, 100 * CREDIT))
     await add(server, org, "bob", (DAY, 300 * CREDIT), role=ADMIN_ROLE)

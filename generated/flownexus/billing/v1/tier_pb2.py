@@ -26,17 +26,17 @@ from flownexus.billing.v1 import common_pb2 as flownexus_dot_billing_dot_v1_dot_
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x66lownexus/billing/v1/tier.proto\x12\x14\x66lownexus.billing.v1\x1a!flownexus/billing/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc0\x01\n\x08TierInfo\x12(\n\x04tier\x18\x01 \x01(\x0e\x32\x1a.flownexus.billing.v1.Tier\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12$\n\x1cmonthly_credits_millicredits\x18\x03 \x01(\x03\x12\x13\n\x0bprice_cents\x18\x04 \x01(\x03\x12\x14\n\x0c\x63ustom_price\x18\x05 \x01(\x08\x12\x11\n\tunlimited\x18\x06 \x01(\x08\x12\x10\n\x08\x66\x65\x61tures\x18\x07 \x03(\t\"\x12\n\x10ListTiersRequest\"B\n\x11ListTiersResponse\x12-\n\x05tiers\x18\x01 \x03(\x0b\x32\x1e.flownexus.billing.v1.TierInfo\"!\n\x0eGetTierRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"\xb2\x03\n\x0fGetTierResponse\x12(\n\x04tier\x18\x01 \x01(\x0e\x32\x1a.flownexus.billing.v1.Tier\x12\x30\n\x0cperiod_start\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nperiod_end\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12$\n\x1cmonthly_credits_millicredits\x18\x04 \x01(\x03\x12(\n allowance_remaining_millicredits\x18\x05 \x01(\x03\x12\x30\n\x0cpending_tier\x18\x06 \x01(\x0e\x32\x1a.flownexus.billing.v1.Tier\x12\x35\n\x11pending_change_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x45\n\x13subscription_status\x18\x08 \x01(\x0e\x32(.flownexus.billing.v1.SubscriptionStatus\x12\x13\n\x0bpayment_url\x18\t \x01(\t\"\x89\x01\n\x12UpgradeTierRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12(\n\x04tier\x18\x02 \x01(\x0e\x32\x1a.flownexus.billing.v1.Tier\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12$\n\x1cmonthly_credits_millicredits\x18\x04 \x01(\x03\"\xe7\x01\n\x13UpgradeTierResponse\x12,\n\x08new_tier\x18\x01 \x01(\x0e\x32\x1a.flownexus.billing.v1.Tier\x12$\n\x1cmonthly_credits_millicredits\x18\x02 \x01(\x03\x12\x32\n\x0e\x65\x66\x66\x65\x63tive_date\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x06status\x18\x04 \x01(\x0e\x32#.flownexus.billing.v1.UpgradeStatus\x12\x13\n\x0bpayment_url\x18\x05 \x01(\t\"e\n\x14\x44owngradeTierRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12(\n\x04tier\x18\x02 \x01(\x0e\x32\x1a.flownexus.billing.v1.Tier\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"\x9f\x01\n\x15\x44owngradeTierResponse\x12,\n\x08new_tier\x18\x01 \x01(\x0e\x32\x1a.flownexus.billing.v1.Tier\x12\x32\n\x0e\x65\x66\x66\x65\x63tive_date\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12$\n\x1cmonthly_credits_millicredits\x18\x03 \x01(\x03*\xdf\x01\n\x12SubscriptionStatus\x12#\n\x1fSUBSCRIPTION_STATUS_UNSPECIFIED\x10\x00\x12\x1c\n\x18SUBSCRIPTION_STATUS_NONE\x10\x01\x12\"\n\x1eSUBSCRIPTION_STATUS_INCOMPLETE\x10\x02\x12\x1e\n\x1aSUBSCRIPTION_STATUS_ACTIVE\x10\x03\x12 \n\x1cSUBSCRIPTION_STATUS_PAST_DUE\x10\x04\x12 \n\x1cSUBSCRIPTION_STATUS_CANCELED\x10\x05*\x8e\x01\n\rUpgradeStatus\x12\x1e\n\x1aUPGRADE_STATUS_UNSPECIFIED\x10\x00\x12\x1c\n\x18UPGRADE_STATUS_COMPLETED\x10\x01\x12#\n\x1fUPGRADE_STATUS_PAYMENT_REQUIRED\x10\x02\x12\x1a\n\x16UPGRADE_STATUS_PENDING\x10\x03\x32\x91\x03\n\x0bTierService\x12\\\n\tListTiers\x12&.flownexus.billing.v1.ListTiersRequest\x1a\'.flownexus.billing.v1.ListTiersResponse\x12V\n\x07GetTier\x12$.flownexus.billing.v1.GetTierRequest\x1a%.flownexus.billing.v1.GetTierResponse\x12\x62\n\x0bUpgradeTier\x12(.flownexus.billing.v1.UpgradeTierRequest\x1a).flownexus.billing.v1.UpgradeTierResponse\x12h\n\rDowngradeTier\x12*.flownexus.billing.v1.DowngradeTierRequest\x1a+.flownexus.billing.v1.DowngradeTierResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x66lownexus/billing/v1/tier.proto\x12\x14\x66lownexus.billing.v1\x1a!flownexus/billing/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc0\x01\n\x08TierInfo\x12(\n\x04tier\x18\x01 \x01(\x0e\x32\x1a.flownexus.billing.v1.Tier\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12$\n\x1cmonthly_credits_millicredits\x18\x03 \x01(\x03\x12\x13\n\x0bprice_cents\x18\x04 \x01(\x03\x12\x14\n\x0c\x63ustom_price\x18\x05 \x01(\x08\x12\x11\n\tunlimited\x18\x06 \x01(\x08\x12\x10\n\x08\x66\x65\x61tures\x18\x07 \x03(\t\"\x12\n\x10ListTiersRequest\"B\n\x11ListTiersResponse\x12-\n\x05tiers\x18\x01 \x03(\x0b\x32\x1e.flownexus.billing.v1.TierInfo\"1\n\x0eGetTierRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0e\n\x06org_id\x18\x02 \x01(\t\"\xb2\x03\n\x0fGetTierResponse\x12(\n\x04tier\x18\x01 \x01(\x0e\x32\x1a.flownexus.billing.v1.Tier\x12\x30\n\x0cperiod_start\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nperiod_end\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12$\n\x1cmonthly_credits_millicredits\x18\x04 \x01(\x03\x12(\n allowance_remaining_millicredits\x18\x05 \x01(\x03\x12\x30\n\x0cpending_tier\x18\x06 \x01(\x0e\x32\x1a.flownexus.billing.v1.Tier\x12\x35\n\x11pending_change_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x45\n\x13subscription_status\x18\x08 \x01(\x0e\x32(.flownexus.billing.v1.SubscriptionStatus\x12\x13\n\x0bpayment_url\x18\t \x01(\t\"\x99\x01\n\x12UpgradeTierRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12(\n\x04tier\x18\x02 \x01(\x0e\x32\x1a.flownexus.billing.v1.Tier\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12$\n\x1cmonthly_credits_millicredits\x18\x04 \x01(\x03\x12\x0e\n\x06org_id\x18\x05 \x01(\t\"\xe7\x01\n\x13UpgradeTierResponse\x12,\n\x08new_tier\x18\x01 \x01(\x0e\x32\x1a.flownexus.billing.v1.Tier\x12$\n\x1cmonthly_credits_millicredits\x18\x02 \x01(\x03\x12\x32\n\x0e\x65\x66\x66\x65\x63tive_date\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x06status\x18\x04 \x01(\x0e\x32#.flownexus.billing.v1.UpgradeStatus\x12\x13\n\x0bpayment_url\x18\x05 \x01(\t\"u\n\x14\x44owngradeTierRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12(\n\x04tier\x18\x02 \x01(\x0e\x32\x1a.flownexus.billing.v1.Tier\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x0e\n\x06org_id\x18\x04 \x01(\t\"\x9f\x01\n\x15\x44owngradeTierResponse\x12,\n\x08new_tier\x18\x01 \x01(\x0e\x32\x1a.flownexus.billing.v1.Tier\x12\x32\n\x0e\x65\x66\x66\x65\x63tive_date\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12$\n\x1cmonthly_credits_millicredits\x18\x03 \x01(\x03*\xdf\x01\n\x12SubscriptionStatus\x12#\n\x1fSUBSCRIPTION_STATUS_UNSPECIFIED\x10\x00\x12\x1c\n\x18SUBSCRIPTION_STATUS_NONE\x10\x01\x12\"\n\x1eSUBSCRIPTION_STATUS_INCOMPLETE\x10\x02\x12\x1e\n\x1aSUBSCRIPTION_STATUS_ACTIVE\x10\x03\x12 \n\x1cSUBSCRIPTION_STATUS_PAST_DUE\x10\x04\x12 \n\x1cSUBSCRIPTION_STATUS_CANCELED\x10\x05*\x8e\x01\n\rUpgradeStatus\x12\x1e\n\x1aUPGRADE_STATUS_UNSPECIFIED\x10\x00\x12\x1c\n\x18UPGRADE_STATUS_COMPLETED\x10\x01\x12#\n\x1fUPGRADE_STATUS_PAYMENT_REQUIRED\x10\x02\x12\x1a\n\x16UPGRADE_STATUS_PENDING\x10\x03\x32\x91\x03\n\x0bTierService\x12\\\n\tListTiers\x12&.flownexus.billing.v1.ListTiersRequest\x1a\'.flownexus.billing.v1.ListTiersResponse\x12V\n\x07GetTier\x12$.flownexus.billing.v1.GetTierRequest\x1a%.flownexus.billing.v1.GetTierResponse\x12\x62\n\x0bUpgradeTier\x12(.flownexus.billing.v1.UpgradeTierRequest\x1a).flownexus.billing.v1.UpgradeTierResponse\x12h\n\rDowngradeTier\x12*.flownexus.billing.v1.DowngradeTierRequest\x1a+.flownexus.billing.v1.DowngradeTierResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'flownexus.billing.v1.tier_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SUBSCRIPTIONSTATUS']._serialized_start=1520
-  _globals['_SUBSCRIPTIONSTATUS']._serialized_end=1743
-  _globals['_UPGRADESTATUS']._serialized_start=1746
-  _globals['_UPGRADESTATUS']._serialized_end=1888
+  _globals['_SUBSCRIPTIONSTATUS']._serialized_start=1568
+  _globals['_SUBSCRIPTIONSTATUS']._serialized_end=1791
+  _globals['_UPGRADESTATUS']._serialized_start=1794
+  _globals['_UPGRADESTATUS']._serialized_end=1936
   _globals['_TIERINFO']._serialized_start=126
   _globals['_TIERINFO']._serialized_end=318
   _globals['_LISTTIERSREQUEST']._serialized_start=320
@@ -44,17 +44,17 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTTIERSRESPONSE']._serialized_start=340
   _globals['_LISTTIERSRESPONSE']._serialized_end=406
   _globals['_GETTIERREQUEST']._serialized_start=408
-  _globals['_GETTIERREQUEST']._serialized_end=441
-  _globals['_GETTIERRESPONSE']._serialized_start=444
-  _globals['_GETTIERRESPONSE']._serialized_end=878
-  _globals['_UPGRADETIERREQUEST']._serialized_start=881
-  _globals['_UPGRADETIERREQUEST']._serialized_end=1018
-  _globals['_UPGRADETIERRESPONSE']._serialized_start=1021
-  _globals['_UPGRADETIERRESPONSE']._serialized_end=1252
-  _globals['_DOWNGRADETIERREQUEST']._serialized_start=1254
-  _globals['_DOWNGRADETIERREQUEST']._serialized_end=1355
-  _globals['_DOWNGRADETIERRESPONSE']._serialized_start=1358
-  _globals['_DOWNGRADETIERRESPONSE']._serialized_end=1517
-  _globals['_TIERSERVICE']._serialized_start=1891
-  _globals['_TIERSERVICE']._serialized_end=2292
+  _globals['_GETTIERREQUEST']._serialized_end=457
+  _globals['_GETTIERRESPONSE']._serialized_start=460
+  _globals['_GETTIERRESPONSE']._serialized_end=894
+  _globals['_UPGRADETIERREQUEST']._serialized_start=897
+  _globals['_UPGRADETIERREQUEST']._serialized_end=1050
+  _globals['_UPGRADETIERRESPONSE']._serialized_start=1053
+  _globals['_UPGRADETIERRESPONSE']._serialized_end=1284
+  _globals['_DOWNGRADETIERREQUEST']._serialized_start=1286
+  _globals['_DOWNGRADETIERREQUEST']._serialized_end=1403
+  _globals['_DOWNGRADETIERRESPONSE']._serialized_start=1406
+  _globals['_DOWNGRADETIERRESPONSE']._serialized_end=1565
+  _globals['_TIERSERVICE']._serialized_start=1939
+  _globals['_TIERSERVICE']._serialized_end=2340
 # @@protoc_insertion_point(module_scope)

@@ -66,10 +66,12 @@ class ListTiersResponse(_message.Message):
     def __init__(self, tiers: _Optional[_Iterable[_Union[TierInfo, _Mapping]]] = ...) -> None: ...
 
 class GetTierRequest(_message.Message):
-    __slots__ = ("user_id",)
+    __slots__ = ("user_id", "org_id")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
+    ORG_ID_FIELD_NUMBER: _ClassVar[int]
     user_id: str
-    def __init__(self, user_id: _Optional[str] = ...) -> None: ...
+    org_id: str
+    def __init__(self, user_id: _Optional[str] = ..., org_id: _Optional[str] = ...) -> None: ...
 
 class GetTierResponse(_message.Message):
     __slots__ = ("tier", "period_start", "period_end", "monthly_credits_millicredits", "allowance_remaining_millicredits", "pending_tier", "pending_change_at", "subscription_status", "payment_url")
@@ -94,16 +96,18 @@ class GetTierResponse(_message.Message):
     def __init__(self, tier: _Optional[_Union[_common_pb2.Tier, str]] = ..., period_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., period_end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., monthly_credits_millicredits: _Optional[int] = ..., allowance_remaining_millicredits: _Optional[int] = ..., pending_tier: _Optional[_Union[_common_pb2.Tier, str]] = ..., pending_change_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., subscription_status: _Optional[_Union[SubscriptionStatus, str]] = ..., payment_url: _Optional[str] = ...) -> None: ...
 
 class UpgradeTierRequest(_message.Message):
-    __slots__ = ("user_id", "tier", "request_id", "monthly_credits_millicredits")
+    __slots__ = ("user_id", "tier", "request_id", "monthly_credits_millicredits", "org_id")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     TIER_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     MONTHLY_CREDITS_MILLICREDITS_FIELD_NUMBER: _ClassVar[int]
+    ORG_ID_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     tier: _common_pb2.Tier
     request_id: str
     monthly_credits_millicredits: int
-    def __init__(self, user_id: _Optional[str] = ..., tier: _Optional[_Union[_common_pb2.Tier, str]] = ..., request_id: _Optional[str] = ..., monthly_credits_millicredits: _Optional[int] = ...) -> None: ...
+    org_id: str
+    def __init__(self, user_id: _Optional[str] = ..., tier: _Optional[_Union[_common_pb2.Tier, str]] = ..., request_id: _Optional[str] = ..., monthly_credits_millicredits: _Optional[int] = ..., org_id: _Optional[str] = ...) -> None: ...
 
 class UpgradeTierResponse(_message.Message):
     __slots__ = ("new_tier", "monthly_credits_millicredits", "effective_date", "status", "payment_url")
@@ -120,14 +124,16 @@ class UpgradeTierResponse(_message.Message):
     def __init__(self, new_tier: _Optional[_Union[_common_pb2.Tier, str]] = ..., monthly_credits_millicredits: _Optional[int] = ..., effective_date: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., status: _Optional[_Union[UpgradeStatus, str]] = ..., payment_url: _Optional[str] = ...) -> None: ...
 
 class DowngradeTierRequest(_message.Message):
-    __slots__ = ("user_id", "tier", "request_id")
+    __slots__ = ("user_id", "tier", "request_id", "org_id")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     TIER_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    ORG_ID_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     tier: _common_pb2.Tier
     request_id: str
-    def __init__(self, user_id: _Optional[str] = ..., tier: _Optional[_Union[_common_pb2.Tier, str]] = ..., request_id: _Optional[str] = ...) -> None: ...
+    org_id: str
+    def __init__(self, user_id: _Optional[str] = ..., tier: _Optional[_Union[_common_pb2.Tier, str]] = ..., request_id: _Optional[str] = ..., org_id: _Optional[str] = ...) -> None: ...
 
 class DowngradeTierResponse(_message.Message):
     __slots__ = ("new_tier", "effective_date", "monthly_credits_millicredits")

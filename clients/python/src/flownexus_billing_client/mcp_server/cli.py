@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -23,6 +24,7 @@ from flownexus_billing_client.mcp_server.auth import ApiTokens, McpTokenVerifier
 from flownexus_billing_client.mcp_server.server import FlowNexusMcp
 from flownexus_billing_client.mcp_server.units import Refusal, cents_of
 
+ORG_ID = re.compile(r"^org_[0-9a-f]{32}$")
 ENV_HELP = """environment:
   BILLING_GRPC_TARGET    the billing gRPC API (default localhost:50051)
   BILLING_TOKEN          stdio: the bearer token of the principal it acts for (or a scoped key's secret, fnk_...)
@@ -31,6 +33,7 @@ ENV_HELP = """environment:
   BILLING_MCP_RESOURCE_URL          http: this endpoint's public URL, the tokens' audience
   BILLING_MCP_AUTHORIZATION_SERVER  http: listed in the protected-resource metadata
   BILLING_MCP_CONFIRM_ABOVE_USD     payment links above this many USD ask the human first (default 100)
+  BILLING_MCP_ORG_ID                the org whose shared wallet the tools act on unless a call names another
 """
 
 
@@ -51,6 +54,8 @@ def parser() -> argparse.ArgumentParser:
                    help="http: keep MCP sessions in this process (one replica only); default stateless")
     p.add_argument("--confirm-above", default=os.environ.get("BILLING_MCP_CONFIRM_ABOVE_USD", "100"),
                    help="USD: a payment link above this asks the human to confirm first (default 100)")
+    p.add_argument("--org", default=os.environ.get("BILLING_MCP_ORG_ID", ""),
+                   help="act on this org's wallet (org_...) unless a tool call gives org_id; default: the caller's own")
     p.add_argument("--log-level", default=os.environ.get("BILLING_LOG_LEVEL", "WARNING"))
     return p
 
@@ -65,13 +70,16 @@ def main(argv: list[str] | None = None, *, default_jwt_secret: Callable[[], str]
     except Refusal as r:
         print(f"--confirm-above (BILLING_MCP_CONFIRM_ABOVE_USD): {r.message}", file=sys.stderr)
         return 2
+    if args.org and not ORG_ID.match(args.org):
+        print(f"--org (BILLING_MCP_ORG_ID) must be \"org_\" and 32 lowercase hex digits, not {args.org!r}", file=sys.stderr)
+        return 2
     if args.transport == "stdio":
         token = os.environ.get("BILLING_TOKEN", "")
         if not token:
             print("BILLING_TOKEN is required: the bearer token of the principal this server acts for\n"
                   "  (development: export BILLING_TOKEN=$(python -m server token --user alice))", file=sys.stderr)
             return 2
-        asyncio.run(serve_stdio(args.target, token, confirm_above))
+        asyncio.run(serve_stdio(args.target, token, confirm_above, args.org))
         return 0
     secret = os.environ.get("BILLING_JWT_SECRET", "") or (default_jwt_secret() if default_jwt_secret else "")
     if not secret:
@@ -84,29 +92,29 @@ def main(argv: list[str] | None = None, *, default_jwt_secret: Callable[[], str]
     url = urlparse(resource)
     authz = args.authorization_server or f"{url.scheme}://{url.netloc}"
     asyncio.run(serve_http(args.target, secret, issuer, resource, authz, args.host, args.port,
-                           stateless=not args.stateful, confirm_above=confirm_above))
+                           stateless=not args.stateful, confirm_above=confirm_above, org_id=args.org))
     return 0
 
 
-async def serve_stdio(target: str, token: str, confirm_above: int) -> None:
+async def serve_stdio(target: str, token: str, confirm_above: int, org_id: str = "") -> None:
     from mcp.server.stdio import stdio_server
 
     async with BillingClient(target, token) as api:
-        adapter = FlowNexusMcp(api, confirm_above_cents=confirm_above)
+        adapter = FlowNexusMcp(api, confirm_above_cents=confirm_above, org_id=org_id)
         async with stdio_server() as (read, write):
             await adapter.server.run(read, write, adapter.server.create_initialization_options())
 
 
 async def serve_http(
     target: str, secret: str, issuer: str, resource: str, authorization_server: str, host: str, port: int, *, stateless: bool,
-    confirm_above: int,
+    confirm_above: int, org_id: str = "",
 ) -> None:
     import uvicorn
 
     # The API client carries no token of its own: each call gets one minted for its caller.
     async with BillingClient(target, "") as api:
         adapter = FlowNexusMcp(api, tokens=ApiTokens(secret, issuer), verifier=McpTokenVerifier(secret, issuer, resource),
-                               confirm_above_cents=confirm_above)
+                               confirm_above_cents=confirm_above, org_id=org_id)
         app = adapter.http_app(resource_url=resource, authorization_server=authorization_server, host=host, stateless=stateless)
         announce = f"flow-nexus MCP on {resource} (gRPC API {target})"
 

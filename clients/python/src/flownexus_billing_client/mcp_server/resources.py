@@ -53,10 +53,14 @@ def _known(uri: str) -> None:
 
 class BalanceResource:
     """`api_for(ctx)` is the API client acting for the caller; `connection(ctx)`
-    the key of the connection a subscription lives on, None when it has none."""
+    the key of the connection a subscription lives on, None when it has none;
+    `org_id` the org whose wallet it shows ("" for the caller's own)."""
 
-    def __init__(self, api_for: Callable[[Any], BillingClient], connection: Callable[[Any], str | None]) -> None:
+    def __init__(
+        self, api_for: Callable[[Any], BillingClient], connection: Callable[[Any], str | None], org_id: str = ""
+    ) -> None:
         self.api_for = api_for
+        self.org_id = org_id
         self.connection = connection
         self.watches: dict[str, asyncio.Task[None]] = {}
         self.bus = InMemorySubscriptionBus()
@@ -68,7 +72,7 @@ class BalanceResource:
     async def read(self, ctx: Any, params: types.ReadResourceRequestParams) -> types.ReadResourceResult:
         _known(params.uri)
         check = TOOLS["check_balance"]
-        body = await check.handler(self.api_for(ctx), Args({}, check.input_schema), _no_request_id)
+        body = await check.handler(self.api_for(ctx), Args({}, check.input_schema, org_id=self.org_id), _no_request_id)
         text = json.dumps(body, ensure_ascii=False, separators=(",", ":"))
         return types.ReadResourceResult(
             contents=[types.TextResourceContents(uri=BALANCE_URI, mime_type="application/json", text=text)]
@@ -110,7 +114,7 @@ class BalanceResource:
 
     async def _watch(self, api: BillingClient, updated: Callable[[str], Awaitable[None]], ready: asyncio.Future[None]) -> None:
         try:
-            async for _event in api.balance.WatchBalance(balance_pb2.WatchBalanceRequest()):
+            async for _event in api.balance.WatchBalance(balance_pb2.WatchBalanceRequest(org_id=self.org_id)):
                 if not ready.done():
                     ready.set_result(None)  # the first message is the current state
                     continue

@@ -110,16 +110,18 @@ class FlowNexusMcp:
 
     def __init__(
         self, api: BillingClient, *, tokens: ApiTokens | None = None, verifier: McpTokenVerifier | None = None,
-        confirm_above_cents: int = CONFIRM_ABOVE_CENTS,
+        confirm_above_cents: int = CONFIRM_ABOVE_CENTS, org_id: str = "",
     ) -> None:
         self.api = api
+        # The org whose wallet the tools act on unless a call names another (org_id): BILLING_MCP_ORG_ID.
+        self.org_id = org_id
         self.confirm_above_cents = confirm_above_cents
         self.tokens = tokens  # HTTP: mint per caller; None: stdio, one principal
         self.verifier = verifier
         # stdio serves one client connection per process: the process is the session.
         self.nonce = secrets.token_hex(16)
         self.stateful = False  # HTTP: set by http_app
-        self.balance = BalanceResource(self._api_for, self._connection)
+        self.balance = BalanceResource(self._api_for, self._connection, org_id)
         self.server: Server[Any] = Server(
             NAME,
             version=_version(),
@@ -151,7 +153,7 @@ class FlowNexusMcp:
             return used[0][0]
 
         try:
-            args = Args(dict(params.arguments or {}), spec.input_schema)
+            args = Args(dict(params.arguments or {}), spec.input_schema, org_id=self.org_id)
             api = self._api_for(ctx)
             charge = await spec.charge(api, args, self.confirm_above_cents) if spec.charge else None
             if charge is not None and (asking := await confirm(ctx, params, charge, args.values)) is not None:

@@ -109,6 +109,14 @@ REQUEST_ID = {
         "(request_id_source: derived); over HTTP without a session it cannot, so there it is required."
     ),
 }
+ORG_ID = {
+    "type": "string",
+    "description": (
+        "Optional: act on this organisation's shared wallet (\"org_\" and 32 hex digits) instead of your own; "
+        "\"\" means your own. Defaults to the org the server was started for, if any. Members may read and "
+        "spend; only the org's owners and admins may buy, change auto-refill or the tier (org_role_required)."
+    ),
+}
 LIMIT = {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "description": f"Page size, 1 to {MAX_LIMIT}."}
 CURSOR = {"type": "string", "description": "Optional: next_cursor from the previous page, to read further back."}
 IDEMPOTENCY_OUT = {
@@ -155,16 +163,30 @@ def _charging(properties: dict[str, Any]) -> dict[str, Any]:
     return {**_with_request_id(properties), "confirm": CONFIRM}
 
 
+def _on_wallet(properties: dict[str, Any]) -> dict[str, Any]:
+    return {**properties, "org_id": ORG_ID}
+
+
 # ---- arguments --------------------------------------------------------------------------
 
 class Args:
     """The tool's arguments; anything off-schema is a structured refusal."""
 
-    def __init__(self, values: dict[str, Any], schema: dict[str, Any]) -> None:
+    def __init__(self, values: dict[str, Any], schema: dict[str, Any], *, org_id: str = "") -> None:
         unknown = sorted(set(values) - set(schema["properties"]))
         if unknown:
             raise Refusal("invalid_argument", f"unknown argument(s): {', '.join(unknown)}", {"fields": ",".join(unknown)})
         self.values = values
+        self.default_org = org_id  # the org the server was started for; "" for none
+
+    def org(self) -> str:
+        """The org whose wallet the tool acts on: the argument (\"\" is the caller's own), else the server's."""
+        if "org_id" not in self.values:
+            return self.default_org
+        value = self.values["org_id"]
+        if not isinstance(value, str):
+            raise Refusal("invalid_argument", "org_id must be a string", {"field": "org_id"})
+        return value
 
     def has(self, name: str) -> bool:
         return self.values.get(name) is not None
@@ -214,6 +236,10 @@ def _tier(value: int) -> str:
     return enum_word(common_pb2.Tier.Name(value), "TIER_")
 
 
+def _org_out(org: str) -> dict[str, Any]:
+    return {"org_id": org} if org else {}
+
+
 def transaction(t: common_pb2.Transaction) -> dict[str, Any]:
     return {
         "id": t.id,
@@ -246,7 +272,8 @@ def _auto_refill(a: refill_pb2.AutoRefill) -> dict[str, Any]:
 # ---- the tools --------------------------------------------------------------------------
 
 async def check_balance(api: BillingClient, args: Args, request_id: Callable[[], str]) -> dict[str, Any]:
-    r = await api.balance.CheckBalance(balance_pb2.CheckBalanceRequest())
+    org = args.org()
+    r = await api.balance.CheckBalance(balance_pb2.CheckBalanceRequest(org_id=org))
     out: dict[str, Any] = {
         "credits": credits(r.credits_millicredits),
         "auto_refill": r.auto_refill,
@@ -254,6 +281,7 @@ async def check_balance(api: BillingClient, args: Args, request_id: Callable[[],
         "tier": _tier(r.tier),
         "pending": credits(r.pending_millicredits),
         "auto_refill_paused_reason": r.auto_refill_paused_reason.lower() or None,
+        **_org_out(org),
     }
     if api.token.startswith(KEY_SECRET_PREFIX):  # an agent's scoped key: what it may still spend
         key = (await api.keys.GetKey(keys_pb2.GetKeyRequest())).key
@@ -275,8 +303,10 @@ async def check_balance(api: BillingClient, args: Args, request_id: Callable[[],
 
 
 async def ruv_balance(api: BillingClient, args: Args, request_id: Callable[[], str]) -> dict[str, Any]:
-    r = await api.balance.GetBalance(balance_pb2.GetBalanceRequest(user_id=args.text("user_id")))
+    org = args.org()
+    r = await api.balance.GetBalance(balance_pb2.GetBalanceRequest(user_id=args.text("user_id"), org_id=org))
     return {
+        **_org_out(org),
         "user_id": r.user_id,
         "credits": credits(r.credits_millicredits),
         "pending": credits(r.pending_millicredits),
@@ -297,10 +327,12 @@ async def ruv_balance(api: BillingClient, args: Args, request_id: Callable[[], s
 
 async def create_payment_link(api: BillingClient, args: Args, request_id: Callable[[], str]) -> dict[str, Any]:
     cents = cents_of(args.required("amount"))
+    org = args.org()
     r = await api.payments.CreatePaymentLink(
-        payments_pb2.CreatePaymentLinkRequest(amount_cents=cents, request_id=request_id())
+        payments_pb2.CreatePaymentLinkRequest(amount_cents=cents, request_id=request_id(), org_id=org)
     )
     return {
+        **_org_out(org),
         "payment_url": r.payment_url,
         "expires_at": iso(r.expires_at),
         "credits_amount": credits(r.credits_amount_millicredits),
@@ -318,18 +350,20 @@ async def configure_auto_refill(api: BillingClient, args: Args, request_id: Call
     cents = cents_of(args.values["amount"]) if args.has("amount") else 0
     r = await api.refill.ConfigureAutoRefill(
         refill_pb2.ConfigureAutoRefillRequest(
-            enabled=enabled, threshold_millicredits=threshold, amount_cents=cents, request_id=request_id()
+            enabled=enabled, threshold_millicredits=threshold, amount_cents=cents, request_id=request_id(),
+            org_id=args.org(),
         )
     )
-    return _auto_refill(r.auto_refill)
+    return {**_auto_refill(r.auto_refill), **_org_out(args.org())}
 
 
 async def ruv_history(api: BillingClient, args: Args, request_id: Callable[[], str]) -> dict[str, Any]:
     user, size, cursor = args.text("user_id"), args.limit(), args.text("cursor", required=False)
     r = await api.history.ListTransactions(
-        history_pb2.ListTransactionsRequest(user_id=user, page_size=size, page_token=cursor)
+        history_pb2.ListTransactionsRequest(user_id=user, page_size=size, page_token=cursor, org_id=args.org())
     )
     return {
+        **_org_out(args.org()),
         "user_id": user,
         "transactions": [transaction(t) for t in r.transactions],
         "next_cursor": r.next_page_token or None,
@@ -338,7 +372,9 @@ async def ruv_history(api: BillingClient, args: Args, request_id: Callable[[], s
 
 async def get_payment_history(api: BillingClient, args: Args, request_id: Callable[[], str]) -> dict[str, Any]:
     size, cursor = args.limit(), args.text("cursor", required=False)
-    r = await api.payments.ListPayments(payments_pb2.ListPaymentsRequest(page_size=size, page_token=cursor))
+    r = await api.payments.ListPayments(
+        payments_pb2.ListPaymentsRequest(page_size=size, page_token=cursor, org_id=args.org())
+    )
     return {
         "payments": [
             {
@@ -366,12 +402,13 @@ async def user_upgrade(api: BillingClient, args: Args, request_id: Callable[[], 
     r = await api.tier.UpgradeTier(
         tier_pb2.UpgradeTierRequest(
             user_id=user, tier=f"TIER_{tier.upper()}", request_id=request_id(),
-            monthly_credits_millicredits=monthly,
+            monthly_credits_millicredits=monthly, org_id=args.org(),
         )
     )
     status = enum_word(tier_pb2.UpgradeStatus.Name(r.status), "UPGRADE_STATUS_")
     done = status == "completed"
     return {
+        **_org_out(args.org()),
         "user_id": user,
         "new_tier": _tier(r.new_tier),
         "monthly_credits": credits(r.monthly_credits_millicredits),
@@ -400,8 +437,10 @@ async def app_store_earn_ruv(api: BillingClient, args: Args, request_id: Callabl
 
 
 async def user_stats(api: BillingClient, args: Args, request_id: Callable[[], str]) -> dict[str, Any]:
-    r = await api.earnings.GetUserStats(earnings_pb2.GetUserStatsRequest(user_id=args.text("user_id")))
+    org = args.org()
+    r = await api.earnings.GetUserStats(earnings_pb2.GetUserStatsRequest(user_id=args.text("user_id"), org_id=org))
     return {
+        **_org_out(org),
         "user_id": r.user_id,
         "credits_earned": credits(r.credits_earned_millicredits),
         "credits_spent": credits(r.credits_spent_millicredits),
@@ -447,7 +486,7 @@ async def upgrade_charge(api: BillingClient, args: Args, above_cents: int) -> Ch
     catalogue = await api.tier.ListTiers(tier_pb2.ListTiersRequest())
     pro = next(t for t in catalogue.tiers if t.tier == common_pb2.Tier.TIER_PRO)
     return Charge(
-        f"Upgrade {user} to Pro for {_dollars(pro.price_cents)} (USD) per month, charged every month "
+        f"Upgrade {('the org ' + args.org()) if args.org() else user} to Pro for {_dollars(pro.price_cents)} (USD) per month, charged every month "
         f"until cancelled, with {credits(pro.monthly_credits_millicredits):,} credits each month?",
         {"price": usd(pro.price_cents), "monthly_credits": credits(pro.monthly_credits_millicredits), "recurring": "monthly"},
     )
@@ -466,7 +505,7 @@ TOOLS: dict[str, ToolSpec] = {
             f"(credits), your tier (free, pro, enterprise) and credits held by open reservations. {_UNITS} "
             "Check it before a heavy operation; buy with create_payment_link when it is low. Called with a "
             "scoped key, it also shows what the key may still spend in each budget window (key).",
-            _obj({}, []),
+            _obj(_on_wallet({}), []),
             _obj(
                 {
                     "credits": _n("Credits available to spend now (may be negative after a refund or dispute)."),
@@ -504,7 +543,7 @@ TOOLS: dict[str, ToolSpec] = {
             "Detailed balance",
             f"A user's detailed rUv balance: credits, pending (reserved), total ever earned and spent, tier, and "
             f"the lots that make up the balance in spending order. {_UNITS} {_ROLES_OTHER}",
-            _obj({"user_id": USER_ID}, ["user_id"]),
+            _obj(_on_wallet({"user_id": USER_ID}), ["user_id"]),
             _obj(
                 {
                     "user_id": USER_ID,
@@ -538,8 +577,8 @@ TOOLS: dict[str, ToolSpec] = {
             f"(10 credits per USD by default). The link expires at expires_at. A link above the server's "
             f"confirmation amount is first confirmed by the human (see confirm). {_UNITS}",
             _obj(
-                _charging({"amount": {"type": "number", "minimum": 10, "maximum": 10000,
-                                      "description": "USD to spend: 10 to 10,000, whole cents."}}),
+                _on_wallet(_charging({"amount": {"type": "number", "minimum": 10, "maximum": 10000,
+                                                 "description": "USD to spend: 10 to 10,000, whole cents."}})),
                 ["amount"],
             ),
             _obj(
@@ -570,13 +609,13 @@ TOOLS: dict[str, ToolSpec] = {
             f"month (monthly_cap, USD) and pause after repeated declines (paused_reason). Enabling is a "
             f"recurring charge: the human confirms it first (see confirm). {_UNITS}",
             _obj(
-                _charging({
+                _on_wallet(_charging({
                     "enabled": {"type": "boolean", "description": "true to enable or change, false to disable."},
                     "threshold": {"type": "number", "exclusiveMinimum": 0,
                                   "description": "Credits: refill when the balance falls below this. Required to enable."},
                     "amount": {"type": "number", "minimum": 10, "maximum": 10000,
                                "description": "USD charged per refill, whole cents. Required to enable."},
-                }),
+                })),
                 ["enabled"],
             ),
             _obj(
@@ -609,7 +648,7 @@ TOOLS: dict[str, ToolSpec] = {
             f"A user's credit transactions, newest first: date, amount (credits, signed: + arrived, - left), "
             f"type and description. limit is 1 to {MAX_LIMIT}; when next_cursor is not null, pass it as cursor "
             f"to read the next (older) page. {_UNITS} {_ROLES_OTHER}",
-            _obj({"user_id": USER_ID, "limit": LIMIT, "cursor": CURSOR}, ["user_id", "limit"]),
+            _obj(_on_wallet({"user_id": USER_ID, "limit": LIMIT, "cursor": CURSOR}), ["user_id", "limit"]),
             _obj(
                 {
                     "user_id": USER_ID,
@@ -628,7 +667,7 @@ TOOLS: dict[str, ToolSpec] = {
             f"amount (USD), status (pending, paid, failed, expired, refunded, partially_refunded, disputed) and "
             f"invoice_url (null when Stripe has none). limit is 1 to {MAX_LIMIT}; pass next_cursor as cursor "
             "for older payments.",
-            _obj({"limit": LIMIT, "cursor": CURSOR}, ["limit"]),
+            _obj(_on_wallet({"limit": LIMIT, "cursor": CURSOR}), ["limit"]),
             _obj(
                 {
                     "payments": {
@@ -663,12 +702,12 @@ TOOLS: dict[str, ToolSpec] = {
             "effective_date; the tier changes only when the payment succeeds. Changing another user's tier "
             f"needs an admin token. Pro is a monthly charge: the human confirms it first (see confirm). {_UNITS}",
             _obj(
-                _charging({
+                _on_wallet(_charging({
                     "user_id": USER_ID,
                     "tier": {"type": "string", "enum": list(UPGRADE_TIERS), "description": "pro or enterprise."},
                     "monthly_credits": {"type": "number", "exclusiveMinimum": 0,
                                         "description": "Enterprise only, admin only: the custom monthly allowance in credits."},
-                }),
+                })),
                 ["user_id", "tier"],
             ),
             _obj(
@@ -729,7 +768,7 @@ TOOLS: dict[str, ToolSpec] = {
             "User statistics",
             f"A user's totals: credits earned and spent, apps published, challenges completed and app revenue "
             f"(credits). {_UNITS} {_ROLES_OTHER}",
-            _obj({"user_id": USER_ID}, ["user_id"]),
+            _obj(_on_wallet({"user_id": USER_ID}), ["user_id"]),
             _obj(
                 {
                     "user_id": USER_ID,
