@@ -176,6 +176,10 @@ BAD_TOKENS: list[tuple[str, tuple[tuple[str, Any], ...], str]] = [
     ("wrong issuer", bearer(jwt.encode(_claims(iss="evil"), JWT_SECRET, algorithm="HS256")), "INVALID_TOKEN"),
     ("numeric sub", bearer(jwt.encode({**_claims(), "sub": 42}, JWT_SECRET, algorithm="HS256")), "INVALID_TOKEN"),
     ("token in -bin header", (("authorization-bin", b"Bearer x"),), "MISSING_TOKEN"),
+    # A subject outside the one grammar of user ids: an org's id (its wallet), a look-alike.
+    ("sub an org id", bearer(jwt.encode(_claims(sub="org_" + "0" * 32), JWT_SECRET, algorithm="HS256")), "INVALID_SUBJECT"),
+    ("service sub an org id", bearer(jwt.encode(_claims("service", sub="org_" + "0" * 32), JWT_SECRET, algorithm="HS256")), "INVALID_SUBJECT"),
+    ("sub look-alike", bearer(jwt.encode(_claims(sub="m\u0430llory"), JWT_SECRET, algorithm="HS256")), "INVALID_SUBJECT"),
 ]
 
 
@@ -725,4 +729,18 @@ async def test_webhook_fuzz(hostile: Running) -> None:
             assert r.status_code != 200, f"unsigned webhook accepted: {body[:40]!r} {sig!r}"
             assert "Traceback" not in r.text
     assert statuses and all(400 <= s < 500 for s in statuses)
+    assert await snapshot(hostile) == before
+
+
+async def test_spend_batch_items_with_bad_ids(hostile: Running) -> None:
+    """SpendBatch answers each item on its own: an item naming a malformed user
+    or org id gets its INVALID_ARGUMENT reason, exactly as its unary Spend."""
+    before = await snapshot(hostile)
+    sp = usage_pb2.SpendRequest
+    items = [sp(user_id=bad, amount_millicredits=1, request_id=f"u{i}") for i, bad in enumerate(BAD_USER_IDS)]
+    items += [sp(user_id=USER, org_id=bad, amount_millicredits=1, request_id=f"o{i}") for i, bad in enumerate(BAD_ORG_IDS)]
+    done = await invoke(hostile, "usage", "SpendBatch", usage_pb2.SpendBatchRequest(requests=items), auth(SVC, "service"))
+    reasons = [r.error.reason for r in done.results]
+    assert reasons == ["INVALID_USER_ID"] * len(BAD_USER_IDS) + ["INVALID_ORG_ID"] * len(BAD_ORG_IDS), reasons
+    assert {r.error.code for r in done.results} == {grpc.StatusCode.INVALID_ARGUMENT.value[0]}
     assert await snapshot(hostile) == before
