@@ -46,7 +46,7 @@ from sqlalchemy import func, select
 
 from server.app import SERVICE_NAMES
 from server.db.schema import accounts, holds, idempotency, transfers
-from tests.harness import JWT_SECRET, Running, auth, database, expect_error, free_port
+from tests.harness import JWT_SECRET, Running, auth, expect_error, free_port
 
 I64_MAX = 2**63 - 1
 I64_MIN = -(2**63)
@@ -548,6 +548,9 @@ def new_service_cases(
         ("create key label huge", "keys", "CreateKey", ck(label=HUGE, budgets=ok_b, request_id="r"), u, IA, "INVALID_LABEL"),
         ("create key label control", "keys", "CreateKey", ck(label="a\x1bb", budgets=ok_b, request_id="r"), u, IA, "INVALID_LABEL"),
         ("create key category upper", "keys", "CreateKey", ck(budgets=ok_b, categories=["SANDBOX"], request_id="r"), u, IA, "INVALID_CATEGORY"),
+        ("create key 33 categories", "keys", "CreateKey", ck(budgets=ok_b, categories=[f"c{i}" for i in range(33)], request_id="r"), u, IA, "INVALID_CATEGORY"),
+        ("create key 10,000 categories", "keys", "CreateKey", ck(budgets=ok_b, categories=[f"{i:060d}" for i in range(10_000)], request_id="r"), u, IA, "INVALID_CATEGORY"),
+        ("update key 33 categories", "keys", "UpdateKey", uk(key_id=own_key, update_mask=mask(paths=["categories"]), categories=[f"c{i}" for i in range(33)], request_id="r"), u, IA, "INVALID_CATEGORY"),
         ("create key category empty", "keys", "CreateKey", ck(budgets=ok_b, categories=[""], request_id="r"), u, IA, "INVALID_CATEGORY"),
         ("create key expiry int64", "keys", "CreateKey", ck(budgets=ok_b, expires_at=ts(I64_MAX), request_id="r"), u, IA, "INVALID_TIMESTAMP"),
         ("create key no request_id", "keys", "CreateKey", ck(budgets=ok_b), u, IA, "MISSING_REQUEST_ID"),
