@@ -60,6 +60,8 @@ ODD_STRINGS = [
     "", USER, "victim", "1", "0", "-1", "9" * 25, "hold_x", "pay_x", "a\x00b", "\x00", "\t\n", "\x1b[31m", "\x7f", "\x85",
     "\u202eevil", "\ufeff", "\u2028", "ü", "用户", "💸" * 3, "\U0010fffd", "x" * 129, "y" * 600, "z" * 5000,
     "' OR 1=1 --", "../../etc/passwd", "%s%n", "null", "eyJwIjoxfQ", "AAAA", "sandbox",
+    # Ids of the other domains' shapes (and near misses), so their lookups are reached.
+    "org_" + "0" * 32, "org_" + "A" * 32, "key_" + "0" * 32, "evt_1", "evt_\u00b2", "evt_\u0661", "we_x",
 ]
 EDGE_SECONDS = [
     2**62, -(2**62), 253_402_300_800, 253_402_300_799, -62_135_596_801, -62_135_596_800, 10**12, 0, 1, -1, *I64,
