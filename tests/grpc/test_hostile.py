@@ -176,6 +176,10 @@ BAD_TOKENS: list[tuple[str, tuple[tuple[str, Any], ...], str]] = [
     ("wrong issuer", bearer(jwt.encode(_claims(iss="evil"), JWT_SECRET, algorithm="HS256")), "INVALID_TOKEN"),
     ("numeric sub", bearer(jwt.encode({**_claims(), "sub": 42}, JWT_SECRET, algorithm="HS256")), "INVALID_TOKEN"),
     ("token in -bin header", (("authorization-bin", b"Bearer x"),), "MISSING_TOKEN"),
+    # Scoped-key secrets (fnk_...): unknown, empty after the prefix, oversized.
+    ("unknown key secret", bearer("fnk_" + "x" * 43), "INVALID_KEY"),
+    ("key prefix only", bearer("fnk_"), "INVALID_KEY"),
+    ("key secret oversized", bearer("fnk_" + "a" * 6000), "INVALID_KEY"),
     # A subject outside the one grammar of user ids: an org's id (its wallet), a look-alike.
     ("sub an org id", bearer(jwt.encode(_claims(sub="org_" + "0" * 32), JWT_SECRET, algorithm="HS256")), "INVALID_SUBJECT"),
     ("service sub an org id", bearer(jwt.encode(_claims("service", sub="org_" + "0" * 32), JWT_SECRET, algorithm="HS256")), "INVALID_SUBJECT"),
