@@ -439,6 +439,13 @@ def forged_token(position: Any, *filters: Any) -> str:
     return validation.encode_page_token(position, validation.filters_signature(*filters))
 
 
+def validation_token(position: Any, filters: str) -> str:
+    """A page token with the server's own encoding and a literal filters string."""
+    from server.grpc import validation
+
+    return validation.encode_page_token(position, filters)
+
+
 def new_service_cases(
     own_org: str, their_org: str, their_key: str, own_key: str
 ) -> list[tuple[str, str, str, Any, tuple[str, str], grpc.StatusCode, str | None]]:
@@ -507,6 +514,7 @@ def new_service_cases(
             ("int64 min", forged_token([I64_MIN, "x"], *sig)), ("int64 max+1", forged_token([I64_MAX + 1, "x"], *sig)),
             ("zero", forged_token([0, "x"], *sig)), ("bool", forged_token([True, "x"], *sig)),
             ("string position", forged_token(["1", "x"], *sig)), ("empty id", forged_token([1, ""], *sig)),
+            ("NUL in the id", forged_token([1, "a\x00b"], *sig)), ("control in the id", forged_token([1, "a\x1b"], *sig)),
             ("other filters", forged_token([1, "x"], "other")),
         ]:
             c.append((f"{method} page_token {name}", stub, method, req(tok), u, IA, "INVALID_PAGE_TOKEN"))
@@ -595,6 +603,7 @@ def new_service_cases(
         ("create endpoint description NUL", "events", "CreateWebhookEndpoint", events_pb2.CreateWebhookEndpointRequest(url="https://example.com/h", description="a\x00", request_id="r"), s, IA, None),
         ("list endpoints by a user", "events", "ListWebhookEndpoints", events_pb2.ListWebhookEndpointsRequest(), u, pd, "ROLE_REQUIRED"),
         ("list endpoints page_token", "events", "ListWebhookEndpoints", events_pb2.ListWebhookEndpointsRequest(page_token=forged_token(5)), s, IA, "INVALID_PAGE_TOKEN"),
+        ("list endpoints page_token NUL", "events", "ListWebhookEndpoints", events_pb2.ListWebhookEndpointsRequest(page_token=validation_token("we\x00x", "endpoints")), s, IA, "INVALID_PAGE_TOKEN"),
         ("update endpoint id unicode", "events", "UpdateWebhookEndpoint", events_pb2.UpdateWebhookEndpointRequest(endpoint_id="wé", request_id="r"), s, IA, "INVALID_ENDPOINT_ID"),
         ("update unknown endpoint", "events", "UpdateWebhookEndpoint", events_pb2.UpdateWebhookEndpointRequest(endpoint_id="we_x", description="d", request_id="r"), s, nf, None),
         ("delete endpoint id huge", "events", "DeleteWebhookEndpoint", events_pb2.DeleteWebhookEndpointRequest(endpoint_id=HUGE, request_id="r"), s, IA, "INVALID_ENDPOINT_ID"),
