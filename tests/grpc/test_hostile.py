@@ -70,6 +70,8 @@ def registered_rpcs() -> dict[str, MethodDescriptor]:
 
 REGISTERED = registered_rpcs()
 KEY_X = "key_" + "0" * 32
+# A webhook URL that passes its checks without DNS (a public address literal).
+PUBLIC_URL = "https://93.184.216.34/hook"
 ORG_X = "org_" + "0" * 32
 
 # (service, method, request): every RPC the server registers appears here
@@ -600,18 +602,18 @@ def new_service_cases(
         ("watch events unknown type", "events", "WatchEvents", events_pb2.WatchEventsRequest(types=["x" * 500]), u, IA, "UNKNOWN_EVENT_TYPE"),
         ("create endpoint by a user", "events", "CreateWebhookEndpoint", events_pb2.CreateWebhookEndpointRequest(url="https://example.com/h", request_id="r"), u, pd, "ROLE_REQUIRED"),
         ("create endpoint no request_id", "events", "CreateWebhookEndpoint", events_pb2.CreateWebhookEndpointRequest(url="https://example.com/h"), s, IA, "MISSING_REQUEST_ID"),
-        ("create endpoint description NUL", "events", "CreateWebhookEndpoint", events_pb2.CreateWebhookEndpointRequest(url="https://example.com/h", description="a\x00", request_id="r"), s, IA, None),
+        ("create endpoint description NUL", "events", "CreateWebhookEndpoint", events_pb2.CreateWebhookEndpointRequest(url=PUBLIC_URL, description="a\x00", request_id="r"), s, IA, "INVALID_TEXT"),
         ("list endpoints by a user", "events", "ListWebhookEndpoints", events_pb2.ListWebhookEndpointsRequest(), u, pd, "ROLE_REQUIRED"),
         ("list endpoints page_token", "events", "ListWebhookEndpoints", events_pb2.ListWebhookEndpointsRequest(page_token=forged_token(5)), s, IA, "INVALID_PAGE_TOKEN"),
         ("list endpoints page_token NUL", "events", "ListWebhookEndpoints", events_pb2.ListWebhookEndpointsRequest(page_token=validation_token("we\x00x", "endpoints")), s, IA, "INVALID_PAGE_TOKEN"),
         ("update endpoint id unicode", "events", "UpdateWebhookEndpoint", events_pb2.UpdateWebhookEndpointRequest(endpoint_id="wé", request_id="r"), s, IA, "INVALID_ENDPOINT_ID"),
-        ("update unknown endpoint", "events", "UpdateWebhookEndpoint", events_pb2.UpdateWebhookEndpointRequest(endpoint_id="we_x", description="d", request_id="r"), s, nf, None),
+        ("update unknown endpoint", "events", "UpdateWebhookEndpoint", events_pb2.UpdateWebhookEndpointRequest(endpoint_id="we_x", description="d", request_id="r"), s, nf, "WEBHOOK_ENDPOINT_NOT_FOUND"),
         ("delete endpoint id huge", "events", "DeleteWebhookEndpoint", events_pb2.DeleteWebhookEndpointRequest(endpoint_id=HUGE, request_id="r"), s, IA, "INVALID_ENDPOINT_ID"),
-        ("delete unknown endpoint", "events", "DeleteWebhookEndpoint", events_pb2.DeleteWebhookEndpointRequest(endpoint_id="we_x", request_id="r"), s, nf, None),
+        ("delete unknown endpoint", "events", "DeleteWebhookEndpoint", events_pb2.DeleteWebhookEndpointRequest(endpoint_id="we_x", request_id="r"), s, nf, "WEBHOOK_ENDPOINT_NOT_FOUND"),
         ("rotate endpoint id NUL", "events", "RotateWebhookSecret", events_pb2.RotateWebhookSecretRequest(endpoint_id="a\x00", request_id="r"), s, IA, "INVALID_ENDPOINT_ID"),
         ("rotate by a user", "events", "RotateWebhookSecret", events_pb2.RotateWebhookSecretRequest(endpoint_id="we_x", request_id="r"), u, pd, "ROLE_REQUIRED"),
         ("deliveries endpoint id empty", "events", "ListWebhookDeliveries", ld(), s, IA, "INVALID_ENDPOINT_ID"),
-        ("redeliver unknown", "events", "RedeliverEvent", events_pb2.RedeliverEventRequest(endpoint_id="we_x", event_id="evt_1", request_id="r"), s, nf, None),
+        ("redeliver unknown", "events", "RedeliverEvent", events_pb2.RedeliverEventRequest(endpoint_id="we_x", event_id="evt_1", request_id="r"), s, nf, "WEBHOOK_ENDPOINT_NOT_FOUND"),
         ("alerts lead int64 max", "events", "SetBalanceAlerts", sa(expiry_lead_seconds=I64_MAX, request_id="r"), u, IA, "INVALID_ALERTS"),
         ("alerts lead negative", "events", "SetBalanceAlerts", sa(expiry_lead_seconds=-1, request_id="r"), u, IA, "INVALID_ALERTS"),
         ("alerts forecast int32 max", "events", "SetBalanceAlerts", sa(forecast_days=I32_MAX, request_id="r"), u, IA, "INVALID_ALERTS"),
@@ -620,8 +622,14 @@ def new_service_cases(
         ("alerts of another", "events", "SetBalanceAlerts", sa(user_id="victim", request_id="r"), u, pd, "NOT_YOUR_ACCOUNT"),
         ("alerts no request_id", "events", "SetBalanceAlerts", sa(), u, IA, "MISSING_REQUEST_ID"),
         ("get alerts of another", "events", "GetBalanceAlerts", events_pb2.GetBalanceAlertsRequest(user_id="victim"), u, pd, "NOT_YOUR_ACCOUNT"),
-        ("portal return_url javascript", "portal", "CreatePortalSession", portal_pb2.CreatePortalSessionRequest(return_url="javascript:alert(1)", request_id="r"), u, IA, None),
-        ("portal return_url huge", "portal", "CreatePortalSession", portal_pb2.CreatePortalSessionRequest(return_url="https://e.com/" + HUGE, request_id="r"), u, IA, None),
+        ("portal return_url javascript", "portal", "CreatePortalSession", portal_pb2.CreatePortalSessionRequest(return_url="javascript:alert(1)", request_id="r"), u, IA, "INVALID_RETURN_URL"),
+        ("portal return_url huge", "portal", "CreatePortalSession", portal_pb2.CreatePortalSessionRequest(return_url="https://e.com/" + HUGE, request_id="r"), u, IA, "INVALID_RETURN_URL"),
+        ("portal return_url NUL", "portal", "CreatePortalSession", portal_pb2.CreatePortalSessionRequest(return_url="https://example.com/\x00", request_id="r"), u, IA, "INVALID_RETURN_URL"),
+        ("portal return_url control", "portal", "CreatePortalSession", portal_pb2.CreatePortalSessionRequest(return_url="https://example.com/\x1b[31m", request_id="r"), u, IA, "INVALID_RETURN_URL"),
+        ("create endpoint url NUL", "events", "CreateWebhookEndpoint", events_pb2.CreateWebhookEndpointRequest(url="https://example.com/\x00", request_id="r"), s, IA, "WEBHOOK_URL_INVALID"),
+        ("create endpoint url huge", "events", "CreateWebhookEndpoint", events_pb2.CreateWebhookEndpointRequest(url="https://example.com/" + HUGE, request_id="r"), s, IA, "WEBHOOK_URL_INVALID"),
+        ("create endpoint type NUL", "events", "CreateWebhookEndpoint", events_pb2.CreateWebhookEndpointRequest(url=PUBLIC_URL, event_types=["balance.low\x00"], request_id="r"), s, IA, "UNKNOWN_EVENT_TYPE"),
+        ("update endpoint url NUL", "events", "UpdateWebhookEndpoint", events_pb2.UpdateWebhookEndpointRequest(endpoint_id="we_x", url="https://example.com/\x00", request_id="r"), s, IA, "WEBHOOK_URL_INVALID"),
         ("portal no request_id", "portal", "CreatePortalSession", portal_pb2.CreatePortalSessionRequest(return_url="https://example.com/"), u, IA, "MISSING_REQUEST_ID"),
         ("portal for another", "portal", "CreatePortalSession", portal_pb2.CreatePortalSessionRequest(user_id="victim", return_url="https://example.com/", request_id="r"), u, pd, "NOT_YOUR_ACCOUNT"),
         ("batch empty", "usage", "SpendBatch", usage_pb2.SpendBatchRequest(), s, IA, "BATCH_EMPTY"),
