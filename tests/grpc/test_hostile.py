@@ -496,6 +496,19 @@ def new_service_cases(
             (f"top up org {bad[:12]!r}", "payments", "TopUp", payments_pb2.TopUpRequest(org_id=bad, amount_cents=1000, request_id="r"), u, IA, "INVALID_ORG_ID"),
             (f"portal org {bad[:12]!r}", "portal", "CreatePortalSession", portal_pb2.CreatePortalSessionRequest(org_id=bad, return_url="https://example.com/", request_id="r"), u, IA, "INVALID_ORG_ID"),
         ]
+    lt, gr = history_pb2.ListTransactionsRequest, history_pb2.GetSpendingReportRequest
+    for bad in BAD_USER_IDS:
+        c.append((f"history member {bad[:12]!r}", "history", "ListTransactions", lt(org_id=own_org, member_id=bad), u, IA, "INVALID_USER_ID"))
+        c.append((f"report member {bad[:12]!r}", "history", "GetSpendingReport", gr(org_id=own_org, member_id=bad), u, IA, "INVALID_USER_ID"))
+    for bad in BAD_ORG_IDS:
+        c.append((f"history org {bad[:12]!r}", "history", "ListTransactions", lt(org_id=bad), u, IA, "INVALID_ORG_ID"))
+        c.append((f"report org {bad[:12]!r}", "history", "GetSpendingReport", gr(org_id=bad), u, IA, "INVALID_ORG_ID"))
+    for bad in BAD_KEY_IDS[1:]:  # empty: no key filter
+        c.append((f"history key {bad[:12]!r}", "history", "ListTransactions", lt(key_id=bad), u, IA, "INVALID_KEY_ID"))
+        c.append((f"report key {bad[:12]!r}", "history", "GetSpendingReport", gr(key_id=bad), u, IA, "INVALID_KEY_ID"))
+    c += [
+        ("history of another's org", "history", "ListTransactions", lt(org_id=their_org), u, grpc.StatusCode.PERMISSION_DENIED, "NOT_ORG_MEMBER"),
+    ]
     for bad in BAD_KEY_IDS:
         c += [
             (f"get key {bad[:12]!r}", "keys", "GetKey", keys_pb2.GetKeyRequest(key_id=bad), u, IA, "INVALID_KEY_ID"),
@@ -674,6 +687,9 @@ async def test_bad_fields_every_rpc(hostile: Running, caplog: pytest.LogCaptureF
         except AssertionError as exc:
             failed.append(f"{name}: {exc}")
     assert not failed, "\n".join(failed)  # every wrong answer at once
+    # Another wallet's key as a history filter: an empty page, as an unknown key (nothing about it shows).
+    page = await invoke(hostile, "history", "ListTransactions", history_pb2.ListTransactionsRequest(key_id=their_key.key.id), auth(USER))
+    assert list(page.transactions) == []
     logged = [f"{r.name}: {r.getMessage()}" for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
     assert not logged, f"a client's mistake logged an error or a traceback: {logged[:3]}"
     assert await snapshot(hostile) == before
