@@ -68,9 +68,23 @@ def event_id(value: str, *, field: str) -> int:
     if not value:
         return 0
     digits = value[len(ID_PREFIX):] if value.startswith(ID_PREFIX) else ""
-    if not digits.isdigit() or len(digits) > 18:
+    # ASCII digits only: str.isdigit() also takes "²" (int() refuses it) and
+    # other scripts' digits (int() reads them: a second spelling of one id).
+    if not (digits.isascii() and digits.isdigit()) or len(digits) > 18:
         raise errors.InvalidArgument(f"{field} is not an event id", reason="INVALID_EVENT_ID", metadata={"field": field})
     return int(digits)
+
+
+def _delivery_position(value: str | None) -> int:
+    """The event id a deliveries page token holds (as its decimal text): a
+    forged one of other text, or beyond what an event id can be, is refused."""
+    if value is None:
+        return 0
+    if not (value.isascii() and value.isdigit()) or len(value) > 18 or int(value) == 0:
+        raise errors.InvalidArgument(
+            "page_token is invalid or does not match the request's filters", reason="INVALID_PAGE_TOKEN"
+        )
+    return int(value)
 
 
 def _types(values: list[str]) -> list[str]:
@@ -197,11 +211,9 @@ class EventsServicer(events_pb2_grpc.EventsServiceServicer):
         endpoint = _endpoint_id(request.endpoint_id)
         status = _DELIVERY_FILTER.get(request.status, "")
         filters = validation.filters_signature(endpoint, status)
-        before = validation.decode_page_token(request.page_token, filters, str)
+        before = _delivery_position(validation.decode_page_token(request.page_token, filters, str))
         limit = validation.page_size(request.page_size)
-        page = await self.service.list_deliveries(
-            principal(), endpoint, status, int(before) if before else 2**62, limit
-        )
+        page = await self.service.list_deliveries(principal(), endpoint, status, before or 2**62, limit)
         token = validation.encode_page_token(page.next_token, filters) if page.next_token else ""
         return events_pb2.ListWebhookDeliveriesResponse(
             deliveries=[delivery_pb(v) for v in page.deliveries], next_page_token=token

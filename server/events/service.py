@@ -56,6 +56,9 @@ from server.platform.units import credits_text
 RefillThresholds = Callable[[LedgerTx, list[str]], Awaitable[dict[str, int]]]
 
 MAX_THRESHOLDS = 10
+# The longest lead a wallet may set for credits.expiring: a year. Beyond it the
+# scan's horizon (now + lead) would leave int64 and fail the job for everyone.
+MAX_LEAD_SECONDS = 366 * 86_400
 US = 1_000_000
 DAY_US = 86_400 * US
 SCAN_LIMIT = 1_000
@@ -213,7 +216,9 @@ class EventsService:
         left that ends within its wallet's lead time: once per lot (its end)."""
         now = self.clock.now_us()
         reader = self.db.reader
-        horizon = max(self.settings.events_expiry_lead_seconds, await repo.longest_lead_seconds(reader)) * US
+        # Bounded also for a lead stored before SetBalanceAlerts bounded it.
+        longest = min(await repo.longest_lead_seconds(reader), MAX_LEAD_SECONDS)
+        horizon = max(self.settings.events_expiry_lead_seconds, longest) * US
         found = await repo.expiring_lots(reader, now, horizon, SCAN_LIMIT)
         if not found:
             return 0
@@ -317,8 +322,11 @@ class EventsService:
                 f"thresholds must be at most {MAX_THRESHOLDS} distinct positive amounts", reason="INVALID_ALERTS",
                 metadata={"field": "thresholds_millicredits"},
             )
-        if expiry_lead_seconds < 0 or not 0 <= forecast_days <= 366:
-            raise errors.InvalidArgument("lead times must not be negative", reason="INVALID_ALERTS")
+        if not 0 <= expiry_lead_seconds <= MAX_LEAD_SECONDS or not 0 <= forecast_days <= 366:
+            raise errors.InvalidArgument(
+                f"expiry_lead_seconds must be 0 to {MAX_LEAD_SECONDS} and forecast_days 0 to 366",
+                reason="INVALID_ALERTS",
+            )
         ordered = sorted(thresholds, reverse=True)
 
         async def apply(tx: LedgerTx) -> AlertsView:

@@ -236,10 +236,11 @@ def _fits(value: Any, kind: type) -> bool:
     # bool is an int to Python; a forged position beyond int64 would reach the
     # database driver and fail there. Every position this service hands out
     # (a transfer id, a creation time, a row id) is positive or non-empty,
-    # and a keyset query may negate it: int64's minimum has no negation.
+    # and a keyset query may negate it: int64's minimum has no negation. No id
+    # handed out holds a control character, and PostgreSQL refuses a NUL in text.
     if kind is int:
         return type(value) is int and 0 < value <= I64_MAX
-    return isinstance(value, str) and 0 < len(value) <= 255
+    return isinstance(value, str) and 0 < len(value) <= 255 and CONTROL.search(value) is None
 
 
 def decode_page_token(token: str, filters: str, *shape: type) -> Any:

@@ -41,6 +41,9 @@ from server.platform.ids import is_org_id
 
 MAX_AMOUNT = 10**15
 MAX_LABEL = 100
+# Categories a key may name: its row is read on each of its spends, so a key
+# of 10,000 categories (a 600 KB request) would cost every spend that much.
+MAX_CATEGORIES = 32
 # No control character at all in a label (it is shown in events and logs).
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 KEY_ID = re.compile(r"^key_[0-9a-f]{32}$")
@@ -188,6 +191,11 @@ class KeysService:
             check_label(fields.label)
         if fields.budgets is not None:
             check_budgets(fields.budgets)
+        if fields.categories is not None and len(set(fields.categories)) > MAX_CATEGORIES:
+            raise errors.InvalidArgument(
+                f"a key names at most {MAX_CATEGORIES} categories", reason="INVALID_CATEGORY",
+                metadata={"field": "categories", "limit": MAX_CATEGORIES},
+            )
         if fields.max_spend is not None and not 0 <= fields.max_spend <= MAX_AMOUNT:
             raise errors.InvalidAmount("max_spend_millicredits must be between 0 and 10^15")
         if fields.expires_at_us and fields.expires_at_us <= self.clock.now_us():

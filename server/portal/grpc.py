@@ -22,7 +22,7 @@ class PortalServicer(portal_pb2_grpc.PortalServiceServicer):
         link = await self.service.create_session(
             principal(),
             user_id=validation.user_id(request.user_id),
-            org_id=request.org_id,
+            org_id=validation.org_id(request.org_id),
             return_url=request.return_url,
             request_id=validation.request_id(request.request_id),
             fingerprint=validation.fingerprint("CreatePortalSession", request),

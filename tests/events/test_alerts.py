@@ -148,3 +148,29 @@ async def test_credits_expiring_once_per_lot_and_forecast_once_per_day(server: R
     assert await server.run_job("forecast_runs_out") == 0  # the same UTC day
     forecast = await list_events(server, "eve", ["forecast.runs_out"])
     assert payload(forecast[0])["balance_millicredits"] == 5_000 and payload(forecast[0])["forecast_days"] == 3
+
+
+async def test_a_lead_stored_beyond_a_year_is_read_as_a_year(server: Running, clock: ManualClock) -> None:
+    """SetBalanceAlerts refuses a lead above 366 days (tests/grpc/test_hostile.py);
+    one stored before that bound (int64's maximum: now + lead left int64 and
+    the job failed for every wallet) is read as 366 days by the scan."""
+    from server.events import repository as events_repo
+    from server.events.service import Mutation
+
+    ends = clock.now_us() + 30 * 86_400 * 1_000_000  # beyond the default 3 days, within a year
+    await server.s.admin.AdjustBalance(
+        admin_pb2.AdjustBalanceRequest(
+            user_id="eve", amount_millicredits=5_000, reason="promo", request_id="p1", lot=common_pb2.LOT_KIND_EARNED,
+            expires_at={"seconds": ends // 1_000_000},
+        ),
+        metadata=auth("ops", "admin"),
+    )
+
+    async def store(tx):  # type: ignore[no-untyped-def]
+        row = await events_repo.alerts_in_batch(tx, "eve")
+        events_repo.save_alerts(tx, row, "eve", thresholds="[]", expiry_lead_seconds=2**63 - 1, forecast_days=0)
+
+    await server.submit(Mutation(fn=store, accounts={"wallet:eve"}))
+    assert await server.run_job("credits_expiring") >= 1  # the monthly allowance's lot too
+    expiring = await list_events(server, "eve", ["credits.expiring"])
+    assert "earned" in [payload(e)["lot_kind"] for e in expiring]

@@ -9,7 +9,7 @@ oversized), bytes, repeated fields, maps, nested messages, and Timestamps and
 Durations far outside their valid ranges. Unary calls are awaited; a
 server-streaming call is read for a few messages under a short deadline.
 
-Whatever the input: never INTERNAL or UNKNOWN, and the server logs no
+Whatever the input: never INTERNAL, UNKNOWN or UNAVAILABLE, and the server logs no
 traceback (nor any ERROR). The ledger audit (`verify`) passes afterwards.
 The same for correctly signed webhook bodies: 200 or 400, never 5xx, and a
 400 stores nothing.
@@ -53,12 +53,15 @@ USER = "fuzz-user"
 EXAMPLES = int(os.environ.get("BILLING_FUZZ_EXAMPLES", "25"))
 WEBHOOK_EXAMPLES = 3 * EXAMPLES
 STREAM_DEADLINE_S = 0.3
-BAD_CODES = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN}
+# UNAVAILABLE tells a client to retry: never the answer to its own mistake.
+BAD_CODES = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.UNAVAILABLE}
 
 ODD_STRINGS = [
     "", USER, "victim", "1", "0", "-1", "9" * 25, "hold_x", "pay_x", "a\x00b", "\x00", "\t\n", "\x1b[31m", "\x7f", "\x85",
     "\u202eevil", "\ufeff", "\u2028", "ü", "用户", "💸" * 3, "\U0010fffd", "x" * 129, "y" * 600, "z" * 5000,
     "' OR 1=1 --", "../../etc/passwd", "%s%n", "null", "eyJwIjoxfQ", "AAAA", "sandbox",
+    # Ids of the other domains' shapes (and near misses), so their lookups are reached.
+    "org_" + "0" * 32, "org_" + "A" * 32, "key_" + "0" * 32, "evt_1", "evt_\u00b2", "evt_\u0661", "we_x",
 ]
 EDGE_SECONDS = [
     2**62, -(2**62), 253_402_300_800, 253_402_300_799, -62_135_596_801, -62_135_596_800, 10**12, 0, 1, -1, *I64,
@@ -238,12 +241,26 @@ def service(db_kind: str, tmp_path: Path) -> Iterator[Service]:
 
 
 def test_every_rpc_is_found() -> None:
-    names = {r.method.name for r in RPCS}
-    # The API's RPCs as tests/grpc/test_hostile.py lists them, and the stream among them.
+    """The services fuzzed (every one of the generated package) are exactly
+    those the server registers, and tests/grpc/test_hostile.py lists each of
+    their RPCs: a new service or RPC is covered by both or fails here."""
+    from server.app import SERVICE_NAMES
     from tests.grpc.test_hostile import EVERY_RPC
 
-    assert {m for _, m, _ in EVERY_RPC} <= names
+    assert {r.method.containing_service.full_name for r in RPCS} == set(SERVICE_NAMES)
+    assert sorted(m for _, m, _ in EVERY_RPC) == sorted(r.method.name for r in RPCS)
     assert any(r.streaming for r in RPCS)
+
+
+def registered_services(service: Service) -> set[str]:
+    """The services the running server's registry adds (by their generated
+    `add_<Name>Servicer_to_server`), beside health and reflection."""
+    assert service.server.app is not None
+    names = set()
+    for add, _ in service.server.app.registry.servicers:
+        name = add.__name__.removeprefix("add_").removesuffix("Servicer_to_server")
+        names.add(name)
+    return names
 
 
 def fuzz(service: Service, rpc: Rpc, log: ServerLog, codes: set[str]) -> Any:
@@ -264,6 +281,7 @@ def fuzz(service: Service, rpc: Rpc, log: ServerLog, codes: set[str]) -> Any:
 
 
 def test_fuzz_every_rpc(service: Service) -> None:
+    assert registered_services(service) == {r.method.containing_service.name for r in RPCS}
     log = ServerLog()
     logging.getLogger().addHandler(log)
     seen: dict[str, set[str]] = {}

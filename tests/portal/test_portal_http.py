@@ -87,7 +87,7 @@ async def test_who_may_create_a_session(server: Running) -> None:
     req = portal_pb2.CreatePortalSessionRequest(user_id="dave", request_id=uuid.uuid4().hex)
     await expect_error(server.s.portal.CreatePortalSession(req, metadata=auth("carol")),
                        grpc.StatusCode.PERMISSION_DENIED, "NOT_YOUR_ACCOUNT")
-    req = portal_pb2.CreatePortalSessionRequest(user_id="dave", org_id="org_1", request_id=uuid.uuid4().hex)
+    req = portal_pb2.CreatePortalSessionRequest(user_id="dave", org_id="org_" + "0" * 32, request_id=uuid.uuid4().hex)
     await expect_error(server.s.portal.CreatePortalSession(req, metadata=auth("svc", "service")),
                        grpc.StatusCode.INVALID_ARGUMENT, "ORG_PORTAL_UNSUPPORTED")
     for bad in ("http://app.example.com/", "http://127.0.0.1:3000/", "javascript:alert(1)", "https://u:p@x.com/",
