@@ -480,11 +480,15 @@ def new_service_cases(
             (f"add member {bad[:12]!r}", "orgs", "AddMember", am(org_id=own_org, user_id=bad, role=3, request_id="r"), u, IA, "INVALID_USER_ID"),
             (f"update member {bad[:12]!r}", "orgs", "UpdateMember", um(org_id=own_org, user_id=bad, role=3, update_mask=mask(paths=["role"]), request_id="r"), u, IA, "INVALID_USER_ID"),
             (f"remove member {bad[:12]!r}", "orgs", "RemoveMember", rm(org_id=own_org, user_id=bad, request_id="r"), u, IA, "INVALID_USER_ID"),
-            (f"list events user {bad[:12]!r}", "events", "ListEvents", le(user_id=bad), s, IA, "INVALID_USER_ID"),
-            (f"watch events user {bad[:12]!r}", "events", "WatchEvents", events_pb2.WatchEventsRequest(user_id=bad), s, IA, "INVALID_USER_ID"),
             (f"set alerts user {bad[:12]!r}", "events", "SetBalanceAlerts", sa(user_id=bad, request_id="r"), s, IA, "INVALID_USER_ID"),
             (f"get alerts user {bad[:12]!r}", "events", "GetBalanceAlerts", events_pb2.GetBalanceAlertsRequest(user_id=bad), s, IA, "INVALID_USER_ID"),
             (f"portal user {bad[:12]!r}", "portal", "CreatePortalSession", portal_pb2.CreatePortalSessionRequest(user_id=bad, return_url="https://example.com/", request_id="r"), s, IA, "INVALID_USER_ID"),
+        ]
+    # An operator names an org's wallet in the events' user_id: an org id is not bad there.
+    for bad in [b for b in BAD_USER_IDS if b != ORG_X]:
+        c += [
+            (f"list events user {bad[:12]!r}", "events", "ListEvents", le(user_id=bad), s, IA, "INVALID_USER_ID"),
+            (f"watch events user {bad[:12]!r}", "events", "WatchEvents", events_pb2.WatchEventsRequest(user_id=bad), s, IA, "INVALID_USER_ID"),
         ]
     for bad in BAD_ORG_IDS:
         c += [

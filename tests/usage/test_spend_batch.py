@@ -217,9 +217,10 @@ async def test_a_callers_backlog_does_not_hold_up_other_callers(server: Running)
     )
     mine, adjusted = await asyncio.gather(user_spend, adjust)
     out = await asyncio.gather(*flood)
-    bulk_ids = [r.response.transaction.id for rs in out for r in rs]
+    # Transaction ids are decimal strings: compared as numbers, not as text.
+    bulk_ids = [int(r.response.transaction.id) for rs in out for r in rs]
     assert len(bulk_ids) == 3_000
-    for tid in (mine.transaction.id, adjusted.transaction.id):
+    for tid in (int(mine.transaction.id), int(adjusted.transaction.id)):
         # First come, first served would put both after all 3,000.
         assert sum(1 for b in bulk_ids if b > tid) >= 1_500
     assert await credits(server, "ann") == FREE - 7 + 1_000
