@@ -118,6 +118,8 @@ class KeysService:
         member = ""
         if is_org_id(user_id) and str(created_by).startswith(USER_SCOPE):
             member = str(created_by)[len(USER_SCOPE):]
+            # A member's key ends with their membership: removal ends their access at once.
+            await self.org_access(Principal(member, Role.USER), str(user_id), Right.READ, "")
         return Principal(str(user_id), Role.USER, key_id=str(key_id), member=member)
 
     @staticmethod

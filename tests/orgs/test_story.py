@@ -97,5 +97,10 @@ async def test_the_pooled_wallet_story(stripe_server: Running, stripe_fake: Stri
     await remove_member(server, org, "bob", by="olga")
     await expect_error(server.s.usage.Spend(spend_req(CREDIT, "bot-5", ""), metadata=agent),
                        grpc.StatusCode.PERMISSION_DENIED, "NOT_ORG_MEMBER")
+    # ...its reads too: the removed maker's key no longer sees the org's wallet.
+    await expect_error(server.s.balance.CheckBalance(balance_pb2.CheckBalanceRequest(), metadata=agent),
+                       grpc.StatusCode.PERMISSION_DENIED, "NOT_ORG_MEMBER")
+    await expect_error(server.s.history.ListTransactions(history_pb2.ListTransactionsRequest(), metadata=agent),
+                       grpc.StatusCode.PERMISSION_DENIED, "NOT_ORG_MEMBER")
     members = await orgs_stub(server).ListMembers(orgs_pb2.ListMembersRequest(org_id=org), metadata=auth("olga"))
     assert [m.user_id for m in members.members] == ["olga"]
