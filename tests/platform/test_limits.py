@@ -343,7 +343,8 @@ async def test_spend_batch_draws_one_token_per_item(db_url: str, clock: Any) -> 
     is no way around the caller's rate; a batch larger than the whole burst
     could never be admitted and is refused as the caller's mistake; refused
     whole, a batch writes nothing."""
-    async with serving(db_url, clock, user_mutation_rate_per_second=2.0, user_mutation_burst=6) as server:
+    # A token every 2 s: a loaded machine's pause between two calls does not refill the bucket.
+    async with serving(db_url, clock, user_mutation_rate_per_second=0.5, user_mutation_burst=6) as server:
         md = auth("batcher")
 
         def batch(tag: str, n: int) -> Any:
@@ -361,7 +362,7 @@ async def test_spend_batch_draws_one_token_per_item(db_url: str, clock: Any) -> 
             server.s.usage.Spend(usage_pb2.SpendRequest(amount_millicredits=1, request_id="s2"), metadata=md),
             grpc.StatusCode.RESOURCE_EXHAUSTED, "RATE_LIMITED",
         )
-        await asyncio.sleep(6 / 2.0 + 0.2)  # the bucket is full again
+        await asyncio.sleep(6 / 0.5 + 0.2)  # the bucket is full again
         before = await transfer_count(server)
         info = await expect_error(batch("c", 40), grpc.StatusCode.INVALID_ARGUMENT, "BATCH_OVER_MUTATION_BURST")
         assert (info.metadata["items"], info.metadata["burst"]) == ("40", "6")
