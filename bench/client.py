@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from flownexus.billing.v1 import balance_pb2, balance_pb2_grpc, usage_pb2, usage_pb2_grpc
+from flownexus.billing.v1 import balance_pb2, balance_pb2_grpc, common_pb2, usage_pb2, usage_pb2_grpc
 
 from bench.common import channel, install_loop
 
@@ -44,6 +44,9 @@ async def unary(cfg: dict[str, Any]) -> dict[str, Any]:
     keys: dict[str, str] = cfg.get("keys") or {}
     mode = cfg["method"]
     tag = cfg.get("tag", "c")
+    # Spends priced from usage ({"meter", "quantity", "dimensions"}) instead of an amount.
+    priced = common_pb2.Usage(**cfg["usage"]) if cfg.get("usage") else None
+    amount = 0 if priced is not None else cfg.get("amount", 1)
     warmup, duration = cfg["warmup"], cfg["duration"]
     lat: list[float] = []
     codes: Counter[str] = Counter()
@@ -72,7 +75,7 @@ async def unary(cfg: dict[str, Any]) -> dict[str, Any]:
                 picked = [users[rng_b.randrange(len(users))] for _ in range(size)]
                 req = usage_pb2.SpendBatchRequest(requests=[
                     usage_pb2.SpendRequest(
-                        user_id=u, amount_millicredits=cfg.get("amount", 1),
+                        user_id=u, amount_millicredits=amount, usage=priced,
                         request_id=f"{tag}-{w}-{i}-{j}", category="bench", key_id=keys.get(u, ""),
                     )
                     for j, u in enumerate(picked)
@@ -90,7 +93,8 @@ async def unary(cfg: dict[str, Any]) -> dict[str, Any]:
                 user = users[rng.randrange(len(users))]
                 req = usage_pb2.SpendRequest(
                     user_id=user,
-                    amount_millicredits=cfg.get("amount", 1),
+                    amount_millicredits=amount,
+                    usage=priced,
                     request_id=f"{tag}-{w}-{i}",
                     category="bench",
                     key_id=keys.get(user, ""),

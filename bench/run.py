@@ -20,7 +20,8 @@ Knobs (environment):
   BENCH_RECORDER_PRODUCERS=32, BENCH_RECORDER_BATCH=100, BENCH_RECORDER_FLUSH_MS=10,
   BENCH_RECORDER_QUEUE=100, BENCH_RECORDER_IN_FLIGHT=2   the UsageRecorder row
   BENCH_WORKERS=1          `serve --workers N` for the PostgreSQL servers (SQLite stays at 1)
-  BENCH_SKIP=...,batch,raw,recorder,noledger,keys,events   skip those rows too (events: Spend with and
+  BENCH_SKIP=...,batch,raw,recorder,noledger,keys,priced,events   skip those rows too (priced: Spend and
+                           SpendBatch(100) priced by usage against by amount, BENCH_PRICED_ROUNDS=3 window pairs) (events: Spend with and
                            without the outbox loaded at once, BENCH_OUTBOX_ROUNDS=3 windows, webhooks delivered
                            to a local receiver; BENCH_WEBHOOK_USERS=500)
   BENCH_PROFILE=1          py-spy (raw, collapsed stacks) the server during each load row,
@@ -463,6 +464,69 @@ async def key_rows(kind: str, server: Server, users: list[str]) -> list[dict[str
     return rows
 
 
+# A spend priced from usage that costs what the plain rows spend (1 millicredit):
+# 10 API calls at 100 millicredits per 1,000 (the default rate card).
+PRICED_USAGE = {"meter": "api.calls", "quantity": 10, "dimensions": {}}
+PRICED_ROUNDS = int(os.environ.get("BENCH_PRICED_ROUNDS", 3))
+
+
+async def priced_rows(kind: str, server: Server, users: list[str]) -> list[dict[str, Any]]:
+    """Spend and SpendBatch(100) priced by usage against the same calls by
+    amount, on one server, in alternating windows (plain, priced) repeated
+    PRICED_ROUNDS times: each pair of windows is minutes closer than the plain
+    rows of the run, and the targets take the median of the pairs' ratios."""
+    rows = []
+    batch = {"batch": 100, "concurrency": max(2, BATCH_ITEMS_IN_FLIGHT // 100)}
+    for name, method, extra, rate, cpu in (
+        (f"Spend priced by usage, {ACCOUNTS} accounts", "spend", {}, "rps", "server_cpu_us_per_call"),
+        (f"SpendBatch(100) priced by usage, {ACCOUNTS} accounts", "batch", batch, "items_per_s",
+         "server_cpu_us_per_item"),
+    ):
+        runs: dict[str, list[dict[str, Any]]] = {"plain": [], "priced": []}
+        for i in range(PRICED_ROUNDS):
+            log(f"{kind}: {name}, by amount then by usage ({i + 1}/{PRICED_ROUNDS})")
+            for side in ("plain", "priced"):
+                cfg = {**load_cfg(server.target, method, f"p{side[1]}{method[0]}{i}", users), **extra}
+                if side == "priced":
+                    cfg["usage"] = PRICED_USAGE
+                runs[side].append(await run_client(cfg, server))
+        pairs = [
+            {"rps": b[rate] / a[rate] if a[rate] else None, "cpu": b[cpu] / a[cpu] if a.get(cpu) and b.get(cpu) else None}
+            for a, b in zip(runs["plain"], runs["priced"], strict=True)
+        ]
+        by_rate = sorted(runs["priced"], key=lambda r: r[rate])
+        row = {"name": name, "db": kind, **by_rate[len(by_rate) // 2], "rounds": PRICED_ROUNDS, "priced_pairs": pairs,
+               "plain_windows": [round(r[rate]) for r in runs["plain"]],
+               "priced_windows": [round(r[rate]) for r in runs["priced"]]}
+        if method == "batch":
+            row["section"] = "items"
+        rows.append(row)
+    return rows
+
+
+def priced_targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Priced by usage within 10 % of the same calls by amount: the median of
+    the alternating windows' ratios, throughput and server CPU per call (item)."""
+    out = []
+    for r in rows:
+        pairs = r.get("priced_pairs")
+        if not pairs:
+            continue
+        rps = [p["rps"] for p in pairs if p["rps"] is not None]
+        cpu = [p["cpu"] for p in pairs if p["cpu"] is not None]
+        if rps:
+            ratio = median(rps)
+            out.append({"target": f"{r['name']} ({r['db']}) >= {KEY_RATE_VS_PLAIN}x the throughput by amount "
+                                  f"(median of {len(rps)} window pairs: {', '.join(f'{x:.2f}' for x in rps)})",
+                        "value": round(ratio, 2), "ok": ratio >= KEY_RATE_VS_PLAIN})
+        if cpu:
+            ratio = median(cpu)
+            out.append({"target": f"{r['name']} ({r['db']}) server CPU <= {KEY_CPU_VS_PLAIN}x by amount "
+                                  f"(median of {len(cpu)} window pairs: {', '.join(f'{x:.2f}' for x in cpu)})",
+                        "value": round(ratio, 2), "ok": ratio <= KEY_CPU_VS_PLAIN})
+    return out
+
+
 async def recorder_row(kind: str, server: Server, users: list[str]) -> dict[str, Any]:
     """32 producers of single spends through one UsageRecorder, in one client process."""
     log(f"{kind}: UsageRecorder, {RECORDER['producers']} producers")
@@ -667,6 +731,8 @@ async def bench(workdir: Path) -> dict[str, Any]:
                     rows.append({**await recorder_row(kind, server, users), "baseline": kind})
                 if "keys" not in SKIP:
                     rows += [{**r, "baseline": kind} for r in await key_rows(kind, server, users)]
+                if "priced" not in SKIP:
+                    rows += [{**r, "baseline": kind} for r in await priced_rows(kind, server, users)]
                 if kind == dbs[0]:
                     # No database: what the gRPC stack, the interceptor and a servicer cost.
                     log("ListTiers (no database)")
@@ -746,6 +812,7 @@ def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
                         "ok": ratio <= SPEND_CPU_VS_ECHO})
     out += item_targets(res["rows"])
     out += key_targets(res["rows"])
+    out += priced_targets(res["rows"])
     out += outbox_targets(res["rows"])
     for wh in res.get("webhooks") or []:
         out.append({"target": f"webhooks ({wh['db']}): every event delivered once, verified; events/s",

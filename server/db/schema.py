@@ -125,6 +125,28 @@ holds = Table(
     Index("ix_holds_user", "user_id"),
 )
 
+# What a transfer priced from usage used, and the price it was charged at: one
+# row per priced Spend, Reserve (its HOLD transfer) and Capture, written in the
+# ledger transaction of its transfer. Only priced transfers have one, so a
+# spend by amount writes nothing more.
+transfer_usage = Table(
+    "transfer_usage",
+    metadata,
+    Column("transfer_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("meter", String(64), nullable=False),
+    Column("quantity", BigInteger, nullable=False),
+    # The dimension values, a JSON object with sorted keys.
+    Column("dimensions", Text, nullable=False, default="{}"),
+    Column("version", BigInteger, nullable=False),
+    Column("unit_price", BigInteger, nullable=False),
+    Column("per_units", BigInteger, nullable=False),
+    # The instant whose rate card version priced it (a capture: its hold's).
+    Column("priced_at_us", BigInteger, nullable=False),
+    # A hold's Reserve and Capture: the hold (Capture prices at the hold's version).
+    Column("hold_id", String(64), nullable=True),
+    Index("ix_transfer_usage_hold_id", "hold_id"),
+)
+
 # Stored responses of mutating requests, keyed by caller and request_id.
 LIVE_RESPONSE = "length(response) > 0"
 idempotency = Table(

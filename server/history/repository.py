@@ -16,6 +16,8 @@ HISTORY_FIELDS = (
     "member_id",
 )
 HISTORY_COLUMNS = ", ".join(HISTORY_FIELDS)
+# A transfer_usage row: meter, quantity, dimensions JSON, version, unit price, per units, priced instant.
+UsageRow = tuple[str, int, str, int, int, int, int]
 
 
 def _filters(
@@ -219,3 +221,35 @@ class HistoryRepository:
         )
         charge(sum(int(r[2]) for r in rows))
         return [(r[0], int(r[1]), int(r[2])) for r in rows]
+
+    async def usage_of(self, transfer_ids: list[int]) -> dict[int, UsageRow]:
+        """The transfer_usage rows of these transfers (only priced ones have one), by transfer id:
+        (meter, quantity, dimensions JSON, version, unit_price, per_units, priced_at_us)."""
+        if not transfer_ids:
+            return {}
+        rows = await self.bulk.fetchall(
+            "SELECT transfer_id, meter, quantity, dimensions, version, unit_price, per_units, priced_at_us"
+            f" FROM transfer_usage WHERE transfer_id IN ({','.join('?' * len(transfer_ids))})",
+            *transfer_ids,
+        )
+        return {
+            int(r[0]): (str(r[1]), int(r[2]), str(r[3]), int(r[4]), int(r[5]), int(r[6]), int(r[7])) for r in rows
+        }
+
+    async def spending_by_usage(
+        self, user_id: str, start_us: int, end_us: int, key_id: str = "", member_id: str = ""
+    ) -> list[tuple[str, str, int, int, int]]:
+        """The window's spends and captures priced from usage, by meter and
+        dimension values: (meter, dimensions JSON, quantity, amount, operations)."""
+        by_key, params = (" AND t.key_id = ?", [key_id]) if key_id else ("", [])
+        if member_id:
+            by_key, params = by_key + " AND t.member_id = ?", [*params, member_id]
+        rows = await self.bulk.fetchall(
+            "SELECT u.meter, u.dimensions, SUM(u.quantity), SUM(t.amount), COUNT(*) FROM transfers t"
+            " JOIN transfer_usage u ON u.transfer_id = t.id WHERE t.debit_account = ? AND t.kind IN (?, ?)"
+            f" AND t.created_at_us >= ? AND t.created_at_us < ?{by_key} GROUP BY u.meter, u.dimensions"
+            " ORDER BY u.meter, u.dimensions",
+            wallet_id(user_id), str(Kind.SPEND), str(Kind.HOLD_CAPTURE), start_us, end_us, *params,
+        )
+        charge(sum(int(r[4]) for r in rows))
+        return [(str(r[0]), str(r[1]), int(r[2]), int(r[3]), int(r[4])) for r in rows]

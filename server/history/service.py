@@ -3,8 +3,11 @@ defaults to the last 30 days and ends now."""
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass, field
+
 from server.balance.service import BalanceService
-from server.history.repository import HistoryRepository
+from server.history.repository import HistoryRepository, UsageRow
 from server.ledger.model import Kind, TransferView
 from server.ledger.repository import WalletState
 from server.orgs.models import Right
@@ -13,6 +16,41 @@ from server.platform.auth import Principal
 from server.platform.clock import MIN_US, Clock
 
 DAY_US = 86_400_000_000
+
+
+@dataclass
+class UsageTotals:
+    """Priced spend of one meter, or of one value of one of its dimensions."""
+
+    quantity: int = 0
+    spent: int = 0
+    operations: int = 0
+
+    def add(self, quantity: int, spent: int, operations: int) -> None:
+        self.quantity += quantity
+        self.spent += spent
+        self.operations += operations
+
+
+@dataclass
+class MeterTotals(UsageTotals):
+    meter: str = ""
+    # (dimension, value) -> its totals, sorted when reported.
+    dimensions: dict[tuple[str, str], UsageTotals] = field(default_factory=dict)
+
+
+def by_meter(rows: list[tuple[str, str, int, int, int]]) -> list[MeterTotals]:
+    """(meter, dimensions JSON, quantity, amount, operations) rows, summed by
+    meter and, within it, by each dimension's value; meters by name."""
+    meters: dict[str, MeterTotals] = {}
+    for meter, dims, quantity, spent, ops in rows:
+        totals = meters.get(meter)
+        if totals is None:
+            totals = meters[meter] = MeterTotals(meter=meter)
+        totals.add(quantity, spent, ops)
+        for name, value in json.loads(dims).items():
+            totals.dimensions.setdefault((name, value), UsageTotals()).add(quantity, spent, ops)
+    return [meters[m] for m in sorted(meters)]
 
 
 def forecast(total: int, start_us: int, end_us: int, now_us: int, credits: int) -> tuple[int, float]:
@@ -84,6 +122,18 @@ class HistoryService:
         rows = await self.repo.spending_by_category(user, start, end, key_id, member_id)
         by_key = await self.repo.spending_by_key(user, start, end, key_id, member_id)
         return state, rows, by_key, start, end
+
+    async def usage_of(self, transfers: list[TransferView]) -> dict[int, UsageRow]:
+        """What the priced transfers of a page used, by transfer id (history/repository.py's usage_of)."""
+        return await self.repo.usage_of([t.id for t in transfers])
+
+    async def spending_by_meter(
+        self, principal: Principal, user_id: str, org_id: str, start_us: int, end_us: int, key_id: str = "",
+        member_id: str = "",
+    ) -> list[MeterTotals]:
+        """A wallet's priced spend in a report's window (as `spending_report` answered it), by meter."""
+        user = await self.balance.wallet_of(principal, user_id, org_id, Right.READ)
+        return by_meter(await self.repo.spending_by_usage(user, start_us, end_us, key_id, member_id))
 
     async def spending_by_member(
         self, principal: Principal, org_id: str, start_us: int, end_us: int, key_id: str = "", member_id: str = ""

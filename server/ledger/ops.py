@@ -6,11 +6,11 @@ from __future__ import annotations
 import json
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 from sqlalchemy import func, select
 
-from server.db.schema import transfers
+from server.db.schema import transfer_usage, transfers
 from server.ledger import corrections, keys
 from server.ledger.model import (
     SPEND_ORDER,
@@ -116,13 +116,50 @@ class Op(Generic[R]):
 
 
 @dataclass
+class UsageRecord:
+    """What a transfer priced from usage used, and the price it was charged at:
+    its transfer_usage row (the usage domain prices; the ledger records)."""
+
+    meter: str
+    quantity: int
+    dimensions: dict[str, str]
+    version: int
+    unit_price: int
+    per_units: int
+    amount: int
+    priced_at_us: int
+    hold_id: str = ""
+
+
+class Metered(Protocol):
+    """Usage priced inside the batch, at the ledger's instant (server/usage/metering.py)."""
+
+    def priced_at(self, at_us: int) -> UsageRecord: ...
+
+
+def _record_usage(tx: LedgerTx, transfer_id: int, usage: UsageRecord) -> None:
+    """The one place a transfer's usage row is written: staged with the batch,
+    so it commits (or is undone) with its transfer."""
+    tx.rows(transfer_usage).insert({
+        "transfer_id": transfer_id, "meter": usage.meter, "quantity": usage.quantity,
+        "dimensions": json.dumps(usage.dimensions, sort_keys=True, separators=(",", ":")),
+        "version": usage.version, "unit_price": usage.unit_price, "per_units": usage.per_units,
+        "priced_at_us": usage.priced_at_us, "hold_id": usage.hold_id or None,
+    })
+
+
+@dataclass
 class SpendResult:
     transaction: TransferView
     credits: int
+    # A spend priced from usage: what was priced (stored in its response too).
+    usage: UsageRecord | None = None
 
     # Stored for every Spend (its idempotent response): a flat JSON list, not
     # the generic nested object, since it is written once per operation.
     def to_bytes(self) -> bytes:
+        if self.usage is not None:  # a priced spend: the nested form, which from_bytes reads too
+            return to_json(self)
         t = self.transaction
         flat = [
             self.credits, t.id, t.kind, t.amount, t.balance_after, t.description, t.category, t.ref,
@@ -156,6 +193,8 @@ class HoldResult:
     hold: HoldView
     credits: int
     transaction: TransferView | None = None
+    # Priced from usage: the usage of `transaction` (a Reserve's hold, a Capture's charge).
+    usage: UsageRecord | None = None
 
 
 @dataclass
@@ -235,6 +274,8 @@ class Spend(_SpendResultOp):
     key_id: str = ""
     # On an org's wallet: the member spending, held to their budgets.
     member: str = ""
+    # Usage instead of an amount: priced at the batch's instant (amount unused).
+    usage: Metered | None = None
 
     def budget_keys(self, tx: LedgerTx) -> list[tuple[str, int]]:
         return [(self.key_id, tx.now_us)] if self.key_id else []
@@ -246,6 +287,8 @@ class Spend(_SpendResultOp):
         return ids
 
     async def apply(self, tx: LedgerTx) -> SpendResult:
+        priced = self.usage.priced_at(tx.now_us) if self.usage is not None else None
+        amount = priced.amount if priced is not None else self.amount
         wallet = await tx.wallet(self.user_id)
         key = _request_key(self.idempotency, "spend")
         meta = dict(self.metadata)
@@ -254,7 +297,7 @@ class Spend(_SpendResultOp):
         row = await tx.transfer(
             wallet["id"],
             SYSTEM_REVENUE,
-            self.amount,
+            amount,
             kind=Kind.SPEND,
             key=key,
             description=self.description or f"Usage: {self.category or 'other'}",
@@ -265,8 +308,10 @@ class Spend(_SpendResultOp):
             spender_key=self.key_id or None,
             spender_member=self.member or None,
         )
-        await _pay_publisher(tx, self.share, self.amount, key, self.category, row["id"])
-        return SpendResult(TransferView.of(row, wallet["id"]), wallet["balance"])
+        await _pay_publisher(tx, self.share, amount, key, self.category, row["id"])
+        if priced is not None:
+            _record_usage(tx, row["id"], priced)
+        return SpendResult(TransferView.of(row, wallet["id"]), wallet["balance"], priced)
 
 
 @dataclass
@@ -280,6 +325,8 @@ class Reserve(Op[HoldResult]):
     idempotency: Idempotency | None = None
     key_id: str = ""
     member: str = ""
+    # Usage instead of an amount: priced at the batch's instant (amount unused).
+    usage: Metered | None = None
 
     def budget_keys(self, tx: LedgerTx) -> list[tuple[str, int]]:
         return [(self.key_id, tx.now_us)] if self.key_id else []
@@ -288,15 +335,17 @@ class Reserve(Op[HoldResult]):
         return {wallet_id(self.user_id), SYSTEM_HOLDS}
 
     async def apply(self, tx: LedgerTx) -> HoldResult:
+        priced = self.usage.priced_at(tx.now_us) if self.usage is not None else None
+        amount = priced.amount if priced is not None else self.amount
         wallet = await tx.wallet(self.user_id)
         hold_id = f"hold_{uuid.uuid4().hex}"
         before = {(lot["kind"], lot["expires_at_us"]): lot["remaining"] for lot in tx.lots[wallet["id"]]}
         # Pending first, so the transfer's watch event carries it (undone if refused).
-        tx.add_pending(wallet["id"], self.amount)
+        tx.add_pending(wallet["id"], amount)
         row = await tx.transfer(
             wallet["id"],
             SYSTEM_HOLDS,
-            self.amount,
+            amount,
             kind=Kind.HOLD,
             key=_transfer_key(self.idempotency, keys.hold(hold_id)),
             description=self.description or f"Reserved: {self.category or 'other'}",
@@ -314,7 +363,7 @@ class Reserve(Op[HoldResult]):
             "id": hold_id,
             "account_id": wallet["id"],
             "user_id": self.user_id,
-            "amount": self.amount,
+            "amount": amount,
             "captured": 0,
             "status": str(HoldStatus.ACTIVE),
             "lots": json.dumps(taken),
@@ -327,7 +376,10 @@ class Reserve(Op[HoldResult]):
             "member_id": self.member or None,
         }
         tx.new_hold(hold)
-        return HoldResult(hold_view(hold), wallet["balance"], TransferView.of(row, wallet["id"]))
+        if priced is not None:
+            priced.hold_id = hold_id
+            _record_usage(tx, row["id"], priced)
+        return HoldResult(hold_view(hold), wallet["balance"], TransferView.of(row, wallet["id"]), priced)
 
 
 async def _release(
@@ -401,6 +453,8 @@ class Capture(Op[HoldResult]):
     charged_by: str = ""
     # A key's secret may only capture the holds reserved through that key.
     through_key: str | None = None
+    # A hold reserved by usage: the final quantity, priced at the hold's version (amount is its price).
+    usage: UsageRecord | None = None
 
     def hold_ids(self) -> set[str]:
         return {self.hold_id}
@@ -454,8 +508,13 @@ class Capture(Op[HoldResult]):
                 spender_member=hold.get("member_id"),
             )
             await _pay_publisher(tx, self.share, self.amount, key, hold["category"], row["id"])
+            if self.usage is not None:
+                _record_usage(tx, row["id"], self.usage)
         await tx.roll_over(hold["user_id"])
-        return HoldResult(hold_view(hold), wallet["balance"], TransferView.of(row, wallet["id"]) if row else None)
+        return HoldResult(
+            hold_view(hold), wallet["balance"], TransferView.of(row, wallet["id"]) if row else None,
+            self.usage if row else None,
+        )
 
 
 @dataclass

@@ -10,7 +10,7 @@ from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from server.db.fastread import FastReader
-from server.db.schema import accounts, holds, idempotency, lots, users
+from server.db.schema import accounts, holds, idempotency, lots, transfer_usage, users
 from server.ledger.model import EXPIRING_KINDS, LotKind, wallet_id
 
 LOT_ORDER = {LotKind.ALLOWANCE: 0, LotKind.EARNED: 1, LotKind.PURCHASED: 2}
@@ -111,6 +111,20 @@ class LedgerReader:
         async with self.engine.connect() as conn:
             row = (await conn.execute(select(holds).where(holds.c.id == hold_id))).mappings().first()
         return dict(row) if row else None
+
+    async def hold_and_usage(self, hold_id: str) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        """A hold, and the usage it was reserved for (its Reserve's
+        transfer_usage row, the first of the hold's) or None: a hold by amount."""
+        q = (
+            select(transfer_usage)
+            .where(transfer_usage.c.hold_id == hold_id)
+            .order_by(transfer_usage.c.transfer_id)
+            .limit(1)
+        )
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(holds).where(holds.c.id == hold_id))).mappings().first()
+            usage = (await conn.execute(q)).mappings().first() if row else None
+        return (dict(row) if row else None), (dict(usage) if usage else None)
 
     async def expired_holds(self, now_us: int, limit: int = 500) -> list[str]:
         q = (

@@ -66,6 +66,15 @@ def credits_label(millicredits: int) -> str:
     return f"{sign}{whole:,}" + (f".{frac:03d}".rstrip("0") if frac else "")
 
 
+def per_unit_label(millicredits: int, units: int) -> str:
+    """An average price per unit in credits, to the microcredit, rounded down
+    (integers only: a second of a small sandbox is 0.001 credits)."""
+    if units <= 0:
+        return "0"
+    whole, frac = divmod(millicredits * 1000 // units, 1_000_000)
+    return f"{whole:,}" + (f".{frac:06d}".rstrip("0") if frac else "")
+
+
 def _nice_ceiling(value: int) -> int:
     """The smallest of 1, 2, 2.5, 5 x 10^n credits (in millicredits) at or above value."""
     step = 1000

@@ -49,7 +49,7 @@ from server.payments.service import PaymentsService
 from server.platform import errors
 from server.platform.auth import Principal
 from server.platform.ratelimit import RateLimiter
-from server.portal.charts import credits_label, daily_chart
+from server.portal.charts import credits_label, daily_chart, per_unit_label
 from server.portal.models import COOKIE, SECURE_COOKIE, PortalSession
 from server.portal.service import PortalService
 from server.refill.service import RefillService
@@ -355,10 +355,18 @@ def page_routes(service: PortalService, d: Domains) -> list[web.RouteDef]:
     async def usage(ctx: Ctx) -> web.StreamResponse:
         days = 90 if ctx.request.query.get("days") == "90" else 30
         start, rows = await d.history.daily_spending(ctx.principal, "", days)
-        _, cats, by_key, _, _ = await d.history.spending_report(ctx.principal, "", start, None)
+        _, cats, by_key, start, end = await d.history.spending_report(ctx.principal, "", start, None)
         per_op = [(c, s, n, s // n if n else 0) for c, s, n in cats]
+        # Spends priced from usage, by meter and dimension value (averages rounded down).
+        meters: list[tuple[str, str, int, int, int, str]] = []
+        for m in await d.history.spending_by_meter(ctx.principal, "", "", start, end):
+            meters.append((m.meter, "all", m.quantity, m.operations, m.spent, per_unit_label(m.spent, m.quantity)))
+            meters.extend(
+                (m.meter, f"{dim}={value}", t.quantity, t.operations, t.spent, per_unit_label(t.spent, t.quantity))
+                for (dim, value), t in sorted(m.dimensions.items())
+            )
         return render(ctx, "usage.html", "usage", chart=daily_chart(start, days, rows), days=days, per_op=per_op,
-                      by_key=[(k, s, n) for k, s, n in by_key if k])
+                      by_key=[(k, s, n) for k, s, n in by_key if k], meters=meters)
 
     async def history(ctx: Ctx) -> web.StreamResponse:
         f = Filters.of(ctx.request.query)

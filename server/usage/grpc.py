@@ -14,7 +14,9 @@ from server.orgs.models import Access
 from server.platform import errors
 from server.platform.auth import principal
 from server.platform.fairshare import WORK_PER_ITEM, pace
+from server.pricing.service import Usage, usage_from_proto
 from server.registry import Registry
+from server.usage.metering import usage_into
 from server.usage.service import UsageService
 
 # Items per SpendBatch call (Flexprice's limit; Lago takes 100).
@@ -80,7 +82,10 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
         for done in parts:
             for result in await done:
                 if isinstance(result, SpendResult):
-                    convert.spend_result_into(out.add().response, result.transaction, result.credits)
+                    item = out.add().response
+                    convert.spend_result_into(item, result.transaction, result.credits)
+                    if result.usage is not None:
+                        usage_into(item.transaction.usage, result.usage)
                 else:
                     out.add(error=batch_item_error(result))
             await asyncio.sleep(0)  # a turn of the loop between parts of the answer
@@ -88,10 +93,11 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
 
     async def Reserve(self, request: usage_pb2.ReserveRequest, context: Ctx) -> usage_pb2.ReserveResponse:
         ttl = request.ttl.seconds + request.ttl.nanos / 1e9 if request.HasField("ttl") else 0.0
+        usage = _usage(request)
         result = await self.usage.reserve(
             principal(),
             user_id=validation.user_id(request.user_id),
-            amount=validation.amount(request.amount_millicredits),
+            amount=validation.amount(request.amount_millicredits) if usage is None else 0,
             ttl_seconds=ttl,
             request_id=validation.request_id(request.request_id),
             fingerprint=validation.fingerprint("Reserve", request),
@@ -99,13 +105,20 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
             description=validation.text(request.description, field="description"),
             key_id=request.key_id,
             org_id=validation.org_id(request.org_id),
+            usage=usage,
         )
-        return usage_pb2.ReserveResponse(hold=convert.hold(result.hold), credits_millicredits=result.credits)
+        resp = usage_pb2.ReserveResponse(hold=convert.hold(result.hold), credits_millicredits=result.credits)
+        if result.usage is not None:
+            usage_into(resp.hold.usage, result.usage)
+        return resp
 
     async def Capture(self, request: usage_pb2.CaptureRequest, context: Ctx) -> usage_pb2.CaptureResponse:
         if request.amount_millicredits < 0:
             validation.amount(request.amount_millicredits)
-        result = await self.usage.capture(
+        if request.quantity < 0:
+            raise errors.InvalidArgument(
+                "quantity is 0 or more", reason="INVALID_QUANTITY", metadata={"field": "quantity"})
+        result, held = await self.usage.capture(
             principal(),
             hold_id=validation.opaque_id(request.hold_id, field="hold_id", reason="INVALID_HOLD_ID"),
             amount=request.amount_millicredits,
@@ -115,10 +128,15 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
             app_id=validation.text(request.app_id, field="app_id", max_len=128),
             publisher_user_id=validation.user_id(request.publisher_user_id, field="publisher_user_id"),
             org_id=validation.org_id(request.org_id),
+            quantity=request.quantity,
         )
         resp = usage_pb2.CaptureResponse(hold=convert.hold(result.hold), credits_millicredits=result.credits)
+        if held is not None:
+            usage_into(resp.hold.usage, held)
         if result.transaction:
             resp.transaction.CopyFrom(convert.transaction(result.transaction))
+            if result.usage is not None:
+                usage_into(resp.transaction.usage, result.usage)
         return resp
 
     async def Release(self, request: usage_pb2.ReleaseRequest, context: Ctx) -> usage_pb2.ReleaseResponse:
@@ -147,11 +165,25 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
         )
 
 
+def _usage(request: usage_pb2.SpendRequest | usage_pb2.ReserveRequest) -> Usage | None:
+    """The request's usage, checked for form; None: it gives an amount."""
+    if not request.HasField("usage"):
+        return None
+    if request.amount_millicredits:
+        raise errors.InvalidArgument(
+            "give amount_millicredits or usage, not both", reason="AMOUNT_OR_USAGE",
+            metadata={"field": "usage"},
+        )
+    return usage_from_proto(request.usage)
+
+
 def _spend_fields(request: usage_pb2.SpendRequest) -> dict[str, Any]:
     """A SpendRequest, validated: the arguments of UsageService.spend/spend_op."""
+    usage = _usage(request)
     return {
+        "usage": usage,
         "user_id": validation.user_id(request.user_id),
-        "amount": validation.amount(request.amount_millicredits),
+        "amount": validation.amount(request.amount_millicredits) if usage is None else 0,
         "request_id": validation.request_id(request.request_id),
         "fingerprint": validation.fingerprint("Spend", request),
         "category": validation.category(request.category),
@@ -164,7 +196,10 @@ def _spend_fields(request: usage_pb2.SpendRequest) -> dict[str, Any]:
 
 
 def _spend_response(result: SpendResult) -> usage_pb2.SpendResponse:
-    return usage_pb2.SpendResponse(transaction=convert.transaction(result.transaction), credits_millicredits=result.credits)
+    resp = usage_pb2.SpendResponse(transaction=convert.transaction(result.transaction), credits_millicredits=result.credits)
+    if result.usage is not None:
+        usage_into(resp.transaction.usage, result.usage)
+    return resp
 
 
 def register(reg: Registry, service: UsageService) -> None:

@@ -17,22 +17,28 @@ from server.ledger.ops import (
     RevenueShare,
     Spend,
     SpendResult,
+    UsageRecord,
 )
 from server.ledger.repository import LedgerReader
 from server.ledger.writer import LedgerWriter
+from server.pricing.service import Usage
 from server.orgs.models import Access, AccessOf, Right
 from server.platform import errors
 from server.platform.auth import Principal, Role
 from server.platform.config import Settings
 from server.platform.ratelimit import ByRole
+from server.usage import metering
+from server.usage.metering import MeteredUsage, Quoter
 
 
 class UsageService:
     def __init__(
         self, writer: LedgerWriter, reader: LedgerReader, settings: Settings, org_access: AccessOf,
-        mutations: ByRole | None = None,
+        mutations: ByRole | None = None, pricing: Quoter | None = None,
     ) -> None:
         self.writer = writer
+        # The rate card a request's usage is priced from (PricingService).
+        self.pricing = pricing
         self.org_access = org_access
         self.reader = reader
         self.settings = settings
@@ -91,6 +97,7 @@ class UsageService:
         publisher_user_id: str,
         key_id: str = "",
         org: Access | None = None,
+        usage: Usage | None = None,
     ) -> Spend:
         """The Spend operation of one request, after the rules a Spend is
         refused by before the ledger (who may spend for whom, revenue share).
@@ -108,7 +115,13 @@ class UsageService:
             charged_by=principal.scope,
             key_id=KeysService.spending_key(principal, key_id),
             member=org.member if org else principal.member,
+            usage=self._metered(usage) if usage is not None else None,
         )
+
+    def _metered(self, usage: Usage) -> MeteredUsage:
+        if self.pricing is None:
+            raise errors.FailedPrecondition("this server prices no usage", reason="PRICING_UNAVAILABLE")
+        return MeteredUsage(self.pricing, usage)
 
     async def spend_batch(self, items: Sequence[Spend | errors.DomainError]) -> list[SpendResult | BaseException]:
         """Apply the ops of a SpendBatch together; an entry that is already an
@@ -131,6 +144,7 @@ class UsageService:
         description: str,
         key_id: str = "",
         org_id: str = "",
+        usage: Usage | None = None,
     ) -> HoldResult:
         org = await self.org_spender(principal, user_id, org_id) if org_id else None
         user = org.wallet_owner if org else principal.resolve_user(user_id)
@@ -148,6 +162,7 @@ class UsageService:
             idempotency=Idempotency.of_request(principal, "Reserve", request_id, fingerprint),
             key_id=KeysService.spending_key(principal, key_id),
             member=org.member if org else principal.member,
+            usage=self._metered(usage) if usage is not None else None,
         )
         result: HoldResult = await self.writer.submit(op)
         return result
@@ -164,11 +179,31 @@ class UsageService:
         app_id: str,
         publisher_user_id: str,
         org_id: str = "",
-    ) -> HoldResult:
+        quantity: int = 0,
+    ) -> tuple[HoldResult, UsageRecord | None]:
+        """The capture, and the usage the hold was reserved for (None: by amount)."""
         owner = await self._hold_owner(principal, org_id)
-        hold = await self.reader.hold(hold_id)
+        hold, found = await self.reader.hold_and_usage(hold_id)
         if hold is None or (owner and hold["user_id"] != owner):
             raise errors.NotFound("hold not found", reason="HOLD_NOT_FOUND")
+        held = metering.stored(found) if found is not None else None
+        priced = None
+        if held is not None:
+            # A hold by usage is settled by its final quantity, at the price agreed at Reserve.
+            if amount:
+                raise errors.InvalidArgument(
+                    "the hold was reserved by usage: capture it with quantity, not amount_millicredits",
+                    reason="USAGE_HOLD_NEEDS_QUANTITY", metadata={"hold_id": hold_id, "meter": held.meter},
+                )
+            if self.pricing is None:
+                raise errors.FailedPrecondition("this server prices no usage", reason="PRICING_UNAVAILABLE")
+            priced = metering.capture_price(self.pricing, held, quantity)
+            amount = priced.amount if priced is not None else 0
+        elif quantity:
+            raise errors.InvalidArgument(
+                "the hold was reserved by amount: capture it with amount_millicredits, not quantity",
+                reason="AMOUNT_HOLD_NEEDS_AMOUNT", metadata={"hold_id": hold_id},
+            )
         op = Capture(
             hold_id=hold_id,
             amount=amount,
@@ -178,9 +213,10 @@ class UsageService:
             idempotency=Idempotency.of_request(principal, "Capture", request_id, fingerprint),
             charged_by=principal.scope,
             through_key=principal.key_id or None,
+            usage=priced,
         )
         result: HoldResult = await self.writer.submit(op)
-        return result
+        return result, held
 
     async def _hold_owner(self, principal: Principal, org_id: str) -> str | None:
         """Whose holds the caller may settle: any (a service or admin), its own,

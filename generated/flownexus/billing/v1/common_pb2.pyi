@@ -81,7 +81,7 @@ LOT_KIND_EARNED: LotKind
 LOT_KIND_PURCHASED: LotKind
 
 class Transaction(_message.Message):
-    __slots__ = ("id", "date", "amount_millicredits", "type", "description", "balance_after_millicredits", "category", "metadata", "key_id", "member_id")
+    __slots__ = ("id", "date", "amount_millicredits", "type", "description", "balance_after_millicredits", "category", "metadata", "key_id", "member_id", "usage")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -99,6 +99,7 @@ class Transaction(_message.Message):
     METADATA_FIELD_NUMBER: _ClassVar[int]
     KEY_ID_FIELD_NUMBER: _ClassVar[int]
     MEMBER_ID_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
     id: str
     date: _timestamp_pb2.Timestamp
     amount_millicredits: int
@@ -109,7 +110,35 @@ class Transaction(_message.Message):
     metadata: _containers.ScalarMap[str, str]
     key_id: str
     member_id: str
-    def __init__(self, id: _Optional[str] = ..., date: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., amount_millicredits: _Optional[int] = ..., type: _Optional[_Union[TransactionType, str]] = ..., description: _Optional[str] = ..., balance_after_millicredits: _Optional[int] = ..., category: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., key_id: _Optional[str] = ..., member_id: _Optional[str] = ...) -> None: ...
+    usage: PricedUsage
+    def __init__(self, id: _Optional[str] = ..., date: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., amount_millicredits: _Optional[int] = ..., type: _Optional[_Union[TransactionType, str]] = ..., description: _Optional[str] = ..., balance_after_millicredits: _Optional[int] = ..., category: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., key_id: _Optional[str] = ..., member_id: _Optional[str] = ..., usage: _Optional[_Union[PricedUsage, _Mapping]] = ...) -> None: ...
+
+class PricedUsage(_message.Message):
+    __slots__ = ("meter", "quantity", "dimensions", "rate_card_version", "unit_price_millicredits", "per_units", "amount_millicredits", "priced_at")
+    class DimensionsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    METER_FIELD_NUMBER: _ClassVar[int]
+    QUANTITY_FIELD_NUMBER: _ClassVar[int]
+    DIMENSIONS_FIELD_NUMBER: _ClassVar[int]
+    RATE_CARD_VERSION_FIELD_NUMBER: _ClassVar[int]
+    UNIT_PRICE_MILLICREDITS_FIELD_NUMBER: _ClassVar[int]
+    PER_UNITS_FIELD_NUMBER: _ClassVar[int]
+    AMOUNT_MILLICREDITS_FIELD_NUMBER: _ClassVar[int]
+    PRICED_AT_FIELD_NUMBER: _ClassVar[int]
+    meter: str
+    quantity: int
+    dimensions: _containers.ScalarMap[str, str]
+    rate_card_version: int
+    unit_price_millicredits: int
+    per_units: int
+    amount_millicredits: int
+    priced_at: _timestamp_pb2.Timestamp
+    def __init__(self, meter: _Optional[str] = ..., quantity: _Optional[int] = ..., dimensions: _Optional[_Mapping[str, str]] = ..., rate_card_version: _Optional[int] = ..., unit_price_millicredits: _Optional[int] = ..., per_units: _Optional[int] = ..., amount_millicredits: _Optional[int] = ..., priced_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class CreditLot(_message.Message):
     __slots__ = ("id", "kind", "remaining_millicredits", "expires_at")
@@ -143,3 +172,20 @@ class BatchItemError(_message.Message):
     domain: str
     metadata: _containers.ScalarMap[str, str]
     def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ..., reason: _Optional[str] = ..., domain: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class Usage(_message.Message):
+    __slots__ = ("meter", "quantity", "dimensions")
+    class DimensionsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    METER_FIELD_NUMBER: _ClassVar[int]
+    QUANTITY_FIELD_NUMBER: _ClassVar[int]
+    DIMENSIONS_FIELD_NUMBER: _ClassVar[int]
+    meter: str
+    quantity: int
+    dimensions: _containers.ScalarMap[str, str]
+    def __init__(self, meter: _Optional[str] = ..., quantity: _Optional[int] = ..., dimensions: _Optional[_Mapping[str, str]] = ...) -> None: ...

@@ -77,7 +77,7 @@ class CategorySpend(_message.Message):
     def __init__(self, category: _Optional[str] = ..., spent_millicredits: _Optional[int] = ..., operations: _Optional[int] = ...) -> None: ...
 
 class GetSpendingReportResponse(_message.Message):
-    __slots__ = ("categories", "total_spent_millicredits", "burn_rate_millicredits_per_day", "credits_millicredits", "days_left", "start_time", "end_time", "keys", "members")
+    __slots__ = ("categories", "total_spent_millicredits", "burn_rate_millicredits_per_day", "credits_millicredits", "days_left", "start_time", "end_time", "keys", "members", "meters")
     CATEGORIES_FIELD_NUMBER: _ClassVar[int]
     TOTAL_SPENT_MILLICREDITS_FIELD_NUMBER: _ClassVar[int]
     BURN_RATE_MILLICREDITS_PER_DAY_FIELD_NUMBER: _ClassVar[int]
@@ -87,6 +87,7 @@ class GetSpendingReportResponse(_message.Message):
     END_TIME_FIELD_NUMBER: _ClassVar[int]
     KEYS_FIELD_NUMBER: _ClassVar[int]
     MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    METERS_FIELD_NUMBER: _ClassVar[int]
     categories: _containers.RepeatedCompositeFieldContainer[CategorySpend]
     total_spent_millicredits: int
     burn_rate_millicredits_per_day: int
@@ -96,7 +97,52 @@ class GetSpendingReportResponse(_message.Message):
     end_time: _timestamp_pb2.Timestamp
     keys: _containers.RepeatedCompositeFieldContainer[KeySpend]
     members: _containers.RepeatedCompositeFieldContainer[MemberSpend]
-    def __init__(self, categories: _Optional[_Iterable[_Union[CategorySpend, _Mapping]]] = ..., total_spent_millicredits: _Optional[int] = ..., burn_rate_millicredits_per_day: _Optional[int] = ..., credits_millicredits: _Optional[int] = ..., days_left: _Optional[float] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., keys: _Optional[_Iterable[_Union[KeySpend, _Mapping]]] = ..., members: _Optional[_Iterable[_Union[MemberSpend, _Mapping]]] = ...) -> None: ...
+    meters: _containers.RepeatedCompositeFieldContainer[MeterSpend]
+    def __init__(self, categories: _Optional[_Iterable[_Union[CategorySpend, _Mapping]]] = ..., total_spent_millicredits: _Optional[int] = ..., burn_rate_millicredits_per_day: _Optional[int] = ..., credits_millicredits: _Optional[int] = ..., days_left: _Optional[float] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., keys: _Optional[_Iterable[_Union[KeySpend, _Mapping]]] = ..., members: _Optional[_Iterable[_Union[MemberSpend, _Mapping]]] = ..., meters: _Optional[_Iterable[_Union[MeterSpend, _Mapping]]] = ...) -> None: ...
+
+class Ratio(_message.Message):
+    __slots__ = ("numerator", "denominator")
+    NUMERATOR_FIELD_NUMBER: _ClassVar[int]
+    DENOMINATOR_FIELD_NUMBER: _ClassVar[int]
+    numerator: int
+    denominator: int
+    def __init__(self, numerator: _Optional[int] = ..., denominator: _Optional[int] = ...) -> None: ...
+
+class MeterSpend(_message.Message):
+    __slots__ = ("meter", "quantity", "spent_millicredits", "operations", "average_millicredits_per_unit", "average_millicredits_per_operation", "dimensions")
+    METER_FIELD_NUMBER: _ClassVar[int]
+    QUANTITY_FIELD_NUMBER: _ClassVar[int]
+    SPENT_MILLICREDITS_FIELD_NUMBER: _ClassVar[int]
+    OPERATIONS_FIELD_NUMBER: _ClassVar[int]
+    AVERAGE_MILLICREDITS_PER_UNIT_FIELD_NUMBER: _ClassVar[int]
+    AVERAGE_MILLICREDITS_PER_OPERATION_FIELD_NUMBER: _ClassVar[int]
+    DIMENSIONS_FIELD_NUMBER: _ClassVar[int]
+    meter: str
+    quantity: int
+    spent_millicredits: int
+    operations: int
+    average_millicredits_per_unit: Ratio
+    average_millicredits_per_operation: Ratio
+    dimensions: _containers.RepeatedCompositeFieldContainer[DimensionSpend]
+    def __init__(self, meter: _Optional[str] = ..., quantity: _Optional[int] = ..., spent_millicredits: _Optional[int] = ..., operations: _Optional[int] = ..., average_millicredits_per_unit: _Optional[_Union[Ratio, _Mapping]] = ..., average_millicredits_per_operation: _Optional[_Union[Ratio, _Mapping]] = ..., dimensions: _Optional[_Iterable[_Union[DimensionSpend, _Mapping]]] = ...) -> None: ...
+
+class DimensionSpend(_message.Message):
+    __slots__ = ("dimension", "value", "quantity", "spent_millicredits", "operations", "average_millicredits_per_unit", "average_millicredits_per_operation")
+    DIMENSION_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    QUANTITY_FIELD_NUMBER: _ClassVar[int]
+    SPENT_MILLICREDITS_FIELD_NUMBER: _ClassVar[int]
+    OPERATIONS_FIELD_NUMBER: _ClassVar[int]
+    AVERAGE_MILLICREDITS_PER_UNIT_FIELD_NUMBER: _ClassVar[int]
+    AVERAGE_MILLICREDITS_PER_OPERATION_FIELD_NUMBER: _ClassVar[int]
+    dimension: str
+    value: str
+    quantity: int
+    spent_millicredits: int
+    operations: int
+    average_millicredits_per_unit: Ratio
+    average_millicredits_per_operation: Ratio
+    def __init__(self, dimension: _Optional[str] = ..., value: _Optional[str] = ..., quantity: _Optional[int] = ..., spent_millicredits: _Optional[int] = ..., operations: _Optional[int] = ..., average_millicredits_per_unit: _Optional[_Union[Ratio, _Mapping]] = ..., average_millicredits_per_operation: _Optional[_Union[Ratio, _Mapping]] = ...) -> None: ...
 
 class MemberSpend(_message.Message):
     __slots__ = ("member_id", "spent_millicredits", "operations")

@@ -27,7 +27,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n flownexus/billing/v1/usage.proto\x12\x14\x66lownexus.billing.v1\x1a!flownexus/billing/v1/common.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb7\x02\n\x0cSpendRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x1b\n\x13\x61mount_millicredits\x18\x02 \x01(\x03\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\x04 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x05 \x01(\t\x12\x0e\n\x06\x61pp_id\x18\x06 \x01(\t\x12\x19\n\x11publisher_user_id\x18\x07 \x01(\t\x12\x42\n\x08metadata\x18\x08 \x03(\x0b\x32\x30.flownexus.billing.v1.SpendRequest.MetadataEntry\x12\x0e\n\x06key_id\x18\t \x01(\t\x12\x0e\n\x06org_id\x18\n \x01(\t\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"e\n\rSpendResponse\x12\x36\n\x0btransaction\x18\x01 \x01(\x0b\x32!.flownexus.billing.v1.Transaction\x12\x1c\n\x14\x63redits_millicredits\x18\x02 \x01(\x03\"I\n\x11SpendBatchRequest\x12\x34\n\x08requests\x18\x01 \x03(\x0b\x32\".flownexus.billing.v1.SpendRequest\"M\n\x12SpendBatchResponse\x12\x37\n\x07results\x18\x01 \x03(\x0b\x32&.flownexus.billing.v1.SpendBatchResult\"\x8c\x01\n\x10SpendBatchResult\x12\x37\n\x08response\x18\x01 \x01(\x0b\x32#.flownexus.billing.v1.SpendResponseH\x00\x12\x35\n\x05\x65rror\x18\x02 \x01(\x0b\x32$.flownexus.billing.v1.BatchItemErrorH\x00\x42\x08\n\x06result\"\xd3\x01\n\x04Hold\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x1b\n\x13\x61mount_millicredits\x18\x03 \x01(\x03\x12\x30\n\x06status\x18\x04 \x01(\x0e\x32 .flownexus.billing.v1.HoldStatus\x12.\n\nexpires_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1d\n\x15\x63\x61ptured_millicredits\x18\x06 \x01(\x03\x12\x10\n\x08\x63\x61tegory\x18\x07 \x01(\t\"\xc1\x01\n\x0eReserveRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x1b\n\x13\x61mount_millicredits\x18\x02 \x01(\x03\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\x04 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x05 \x01(\t\x12&\n\x03ttl\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0e\n\x06key_id\x18\x07 \x01(\t\x12\x0e\n\x06org_id\x18\x08 \x01(\t\"Y\n\x0fReserveResponse\x12(\n\x04hold\x18\x01 \x01(\x0b\x32\x1a.flownexus.billing.v1.Hold\x12\x1c\n\x14\x63redits_millicredits\x18\x02 \x01(\x03\"\xa2\x01\n\x0e\x43\x61ptureRequest\x12\x0f\n\x07hold_id\x18\x01 \x01(\t\x12\x1b\n\x13\x61mount_millicredits\x18\x02 \x01(\x03\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12\x0e\n\x06\x61pp_id\x18\x05 \x01(\t\x12\x19\n\x11publisher_user_id\x18\x06 \x01(\t\x12\x0e\n\x06org_id\x18\x07 \x01(\t\"\x91\x01\n\x0f\x43\x61ptureResponse\x12(\n\x04hold\x18\x01 \x01(\x0b\x32\x1a.flownexus.billing.v1.Hold\x12\x36\n\x0btransaction\x18\x02 \x01(\x0b\x32!.flownexus.billing.v1.Transaction\x12\x1c\n\x14\x63redits_millicredits\x18\x03 \x01(\x03\"E\n\x0eReleaseRequest\x12\x0f\n\x07hold_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x0e\n\x06org_id\x18\x03 \x01(\t\"Y\n\x0fReleaseResponse\x12(\n\x04hold\x18\x01 \x01(\x0b\x32\x1a.flownexus.billing.v1.Hold\x12\x1c\n\x14\x63redits_millicredits\x18\x02 \x01(\x03\"m\n\x12RefundUsageRequest\x12\x16\n\x0etransaction_id\x18\x01 \x01(\t\x12\x1b\n\x13\x61mount_millicredits\x18\x02 \x01(\x03\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"\x8a\x01\n\x13RefundUsageResponse\x12\x36\n\x0btransaction\x18\x01 \x01(\x0b\x32!.flownexus.billing.v1.Transaction\x12\x1c\n\x14\x63redits_millicredits\x18\x02 \x01(\x03\x12\x1d\n\x15refunded_millicredits\x18\x03 \x01(\x03*\x8e\x01\n\nHoldStatus\x12\x1b\n\x17HOLD_STATUS_UNSPECIFIED\x10\x00\x12\x16\n\x12HOLD_STATUS_ACTIVE\x10\x01\x12\x18\n\x14HOLD_STATUS_CAPTURED\x10\x02\x12\x18\n\x14HOLD_STATUS_RELEASED\x10\x03\x12\x17\n\x13HOLD_STATUS_EXPIRED\x10\x04\x32\xad\x04\n\x0cUsageService\x12P\n\x05Spend\x12\".flownexus.billing.v1.SpendRequest\x1a#.flownexus.billing.v1.SpendResponse\x12_\n\nSpendBatch\x12\'.flownexus.billing.v1.SpendBatchRequest\x1a(.flownexus.billing.v1.SpendBatchResponse\x12V\n\x07Reserve\x12$.flownexus.billing.v1.ReserveRequest\x1a%.flownexus.billing.v1.ReserveResponse\x12V\n\x07\x43\x61pture\x12$.flownexus.billing.v1.CaptureRequest\x1a%.flownexus.billing.v1.CaptureResponse\x12V\n\x07Release\x12$.flownexus.billing.v1.ReleaseRequest\x1a%.flownexus.billing.v1.ReleaseResponse\x12\x62\n\x0bRefundUsage\x12(.flownexus.billing.v1.RefundUsageRequest\x1a).flownexus.billing.v1.RefundUsageResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n flownexus/billing/v1/usage.proto\x12\x14\x66lownexus.billing.v1\x1a!flownexus/billing/v1/common.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe3\x02\n\x0cSpendRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x1b\n\x13\x61mount_millicredits\x18\x02 \x01(\x03\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\x04 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x05 \x01(\t\x12\x0e\n\x06\x61pp_id\x18\x06 \x01(\t\x12\x19\n\x11publisher_user_id\x18\x07 \x01(\t\x12\x42\n\x08metadata\x18\x08 \x03(\x0b\x32\x30.flownexus.billing.v1.SpendRequest.MetadataEntry\x12\x0e\n\x06key_id\x18\t \x01(\t\x12\x0e\n\x06org_id\x18\n \x01(\t\x12*\n\x05usage\x18\x0b \x01(\x0b\x32\x1b.flownexus.billing.v1.Usage\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"e\n\rSpendResponse\x12\x36\n\x0btransaction\x18\x01 \x01(\x0b\x32!.flownexus.billing.v1.Transaction\x12\x1c\n\x14\x63redits_millicredits\x18\x02 \x01(\x03\"I\n\x11SpendBatchRequest\x12\x34\n\x08requests\x18\x01 \x03(\x0b\x32\".flownexus.billing.v1.SpendRequest\"M\n\x12SpendBatchResponse\x12\x37\n\x07results\x18\x01 \x03(\x0b\x32&.flownexus.billing.v1.SpendBatchResult\"\x8c\x01\n\x10SpendBatchResult\x12\x37\n\x08response\x18\x01 \x01(\x0b\x32#.flownexus.billing.v1.SpendResponseH\x00\x12\x35\n\x05\x65rror\x18\x02 \x01(\x0b\x32$.flownexus.billing.v1.BatchItemErrorH\x00\x42\x08\n\x06result\"\x85\x02\n\x04Hold\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x1b\n\x13\x61mount_millicredits\x18\x03 \x01(\x03\x12\x30\n\x06status\x18\x04 \x01(\x0e\x32 .flownexus.billing.v1.HoldStatus\x12.\n\nexpires_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1d\n\x15\x63\x61ptured_millicredits\x18\x06 \x01(\x03\x12\x10\n\x08\x63\x61tegory\x18\x07 \x01(\t\x12\x30\n\x05usage\x18\x08 \x01(\x0b\x32!.flownexus.billing.v1.PricedUsage\"\xed\x01\n\x0eReserveRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x1b\n\x13\x61mount_millicredits\x18\x02 \x01(\x03\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\x04 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x05 \x01(\t\x12&\n\x03ttl\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0e\n\x06key_id\x18\x07 \x01(\t\x12\x0e\n\x06org_id\x18\x08 \x01(\t\x12*\n\x05usage\x18\t \x01(\x0b\x32\x1b.flownexus.billing.v1.Usage\"Y\n\x0fReserveResponse\x12(\n\x04hold\x18\x01 \x01(\x0b\x32\x1a.flownexus.billing.v1.Hold\x12\x1c\n\x14\x63redits_millicredits\x18\x02 \x01(\x03\"\xb4\x01\n\x0e\x43\x61ptureRequest\x12\x0f\n\x07hold_id\x18\x01 \x01(\t\x12\x1b\n\x13\x61mount_millicredits\x18\x02 \x01(\x03\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12\x0e\n\x06\x61pp_id\x18\x05 \x01(\t\x12\x19\n\x11publisher_user_id\x18\x06 \x01(\t\x12\x0e\n\x06org_id\x18\x07 \x01(\t\x12\x10\n\x08quantity\x18\x08 \x01(\x03\"\x91\x01\n\x0f\x43\x61ptureResponse\x12(\n\x04hold\x18\x01 \x01(\x0b\x32\x1a.flownexus.billing.v1.Hold\x12\x36\n\x0btransaction\x18\x02 \x01(\x0b\x32!.flownexus.billing.v1.Transaction\x12\x1c\n\x14\x63redits_millicredits\x18\x03 \x01(\x03\"E\n\x0eReleaseRequest\x12\x0f\n\x07hold_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x0e\n\x06org_id\x18\x03 \x01(\t\"Y\n\x0fReleaseResponse\x12(\n\x04hold\x18\x01 \x01(\x0b\x32\x1a.flownexus.billing.v1.Hold\x12\x1c\n\x14\x63redits_millicredits\x18\x02 \x01(\x03\"m\n\x12RefundUsageRequest\x12\x16\n\x0etransaction_id\x18\x01 \x01(\t\x12\x1b\n\x13\x61mount_millicredits\x18\x02 \x01(\x03\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"\x8a\x01\n\x13RefundUsageResponse\x12\x36\n\x0btransaction\x18\x01 \x01(\x0b\x32!.flownexus.billing.v1.Transaction\x12\x1c\n\x14\x63redits_millicredits\x18\x02 \x01(\x03\x12\x1d\n\x15refunded_millicredits\x18\x03 \x01(\x03*\x8e\x01\n\nHoldStatus\x12\x1b\n\x17HOLD_STATUS_UNSPECIFIED\x10\x00\x12\x16\n\x12HOLD_STATUS_ACTIVE\x10\x01\x12\x18\n\x14HOLD_STATUS_CAPTURED\x10\x02\x12\x18\n\x14HOLD_STATUS_RELEASED\x10\x03\x12\x17\n\x13HOLD_STATUS_EXPIRED\x10\x04\x32\xad\x04\n\x0cUsageService\x12P\n\x05Spend\x12\".flownexus.billing.v1.SpendRequest\x1a#.flownexus.billing.v1.SpendResponse\x12_\n\nSpendBatch\x12\'.flownexus.billing.v1.SpendBatchRequest\x1a(.flownexus.billing.v1.SpendBatchResponse\x12V\n\x07Reserve\x12$.flownexus.billing.v1.ReserveRequest\x1a%.flownexus.billing.v1.ReserveResponse\x12V\n\x07\x43\x61pture\x12$.flownexus.billing.v1.CaptureRequest\x1a%.flownexus.billing.v1.CaptureResponse\x12V\n\x07Release\x12$.flownexus.billing.v1.ReleaseRequest\x1a%.flownexus.billing.v1.ReleaseResponse\x12\x62\n\x0bRefundUsage\x12(.flownexus.billing.v1.RefundUsageRequest\x1a).flownexus.billing.v1.RefundUsageResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,38 +36,38 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_SPENDREQUEST_METADATAENTRY']._loaded_options = None
   _globals['_SPENDREQUEST_METADATAENTRY']._serialized_options = b'8\001'
-  _globals['_HOLDSTATUS']._serialized_start=2101
-  _globals['_HOLDSTATUS']._serialized_end=2243
+  _globals['_HOLDSTATUS']._serialized_start=2257
+  _globals['_HOLDSTATUS']._serialized_end=2399
   _globals['_SPENDREQUEST']._serialized_start=159
-  _globals['_SPENDREQUEST']._serialized_end=470
-  _globals['_SPENDREQUEST_METADATAENTRY']._serialized_start=423
-  _globals['_SPENDREQUEST_METADATAENTRY']._serialized_end=470
-  _globals['_SPENDRESPONSE']._serialized_start=472
-  _globals['_SPENDRESPONSE']._serialized_end=573
-  _globals['_SPENDBATCHREQUEST']._serialized_start=575
-  _globals['_SPENDBATCHREQUEST']._serialized_end=648
-  _globals['_SPENDBATCHRESPONSE']._serialized_start=650
-  _globals['_SPENDBATCHRESPONSE']._serialized_end=727
-  _globals['_SPENDBATCHRESULT']._serialized_start=730
-  _globals['_SPENDBATCHRESULT']._serialized_end=870
-  _globals['_HOLD']._serialized_start=873
-  _globals['_HOLD']._serialized_end=1084
-  _globals['_RESERVEREQUEST']._serialized_start=1087
-  _globals['_RESERVEREQUEST']._serialized_end=1280
-  _globals['_RESERVERESPONSE']._serialized_start=1282
-  _globals['_RESERVERESPONSE']._serialized_end=1371
-  _globals['_CAPTUREREQUEST']._serialized_start=1374
-  _globals['_CAPTUREREQUEST']._serialized_end=1536
-  _globals['_CAPTURERESPONSE']._serialized_start=1539
-  _globals['_CAPTURERESPONSE']._serialized_end=1684
-  _globals['_RELEASEREQUEST']._serialized_start=1686
-  _globals['_RELEASEREQUEST']._serialized_end=1755
-  _globals['_RELEASERESPONSE']._serialized_start=1757
-  _globals['_RELEASERESPONSE']._serialized_end=1846
-  _globals['_REFUNDUSAGEREQUEST']._serialized_start=1848
-  _globals['_REFUNDUSAGEREQUEST']._serialized_end=1957
-  _globals['_REFUNDUSAGERESPONSE']._serialized_start=1960
-  _globals['_REFUNDUSAGERESPONSE']._serialized_end=2098
-  _globals['_USAGESERVICE']._serialized_start=2246
-  _globals['_USAGESERVICE']._serialized_end=2803
+  _globals['_SPENDREQUEST']._serialized_end=514
+  _globals['_SPENDREQUEST_METADATAENTRY']._serialized_start=467
+  _globals['_SPENDREQUEST_METADATAENTRY']._serialized_end=514
+  _globals['_SPENDRESPONSE']._serialized_start=516
+  _globals['_SPENDRESPONSE']._serialized_end=617
+  _globals['_SPENDBATCHREQUEST']._serialized_start=619
+  _globals['_SPENDBATCHREQUEST']._serialized_end=692
+  _globals['_SPENDBATCHRESPONSE']._serialized_start=694
+  _globals['_SPENDBATCHRESPONSE']._serialized_end=771
+  _globals['_SPENDBATCHRESULT']._serialized_start=774
+  _globals['_SPENDBATCHRESULT']._serialized_end=914
+  _globals['_HOLD']._serialized_start=917
+  _globals['_HOLD']._serialized_end=1178
+  _globals['_RESERVEREQUEST']._serialized_start=1181
+  _globals['_RESERVEREQUEST']._serialized_end=1418
+  _globals['_RESERVERESPONSE']._serialized_start=1420
+  _globals['_RESERVERESPONSE']._serialized_end=1509
+  _globals['_CAPTUREREQUEST']._serialized_start=1512
+  _globals['_CAPTUREREQUEST']._serialized_end=1692
+  _globals['_CAPTURERESPONSE']._serialized_start=1695
+  _globals['_CAPTURERESPONSE']._serialized_end=1840
+  _globals['_RELEASEREQUEST']._serialized_start=1842
+  _globals['_RELEASEREQUEST']._serialized_end=1911
+  _globals['_RELEASERESPONSE']._serialized_start=1913
+  _globals['_RELEASERESPONSE']._serialized_end=2002
+  _globals['_REFUNDUSAGEREQUEST']._serialized_start=2004
+  _globals['_REFUNDUSAGEREQUEST']._serialized_end=2113
+  _globals['_REFUNDUSAGERESPONSE']._serialized_start=2116
+  _globals['_REFUNDUSAGERESPONSE']._serialized_end=2254
+  _globals['_USAGESERVICE']._serialized_start=2402
+  _globals['_USAGESERVICE']._serialized_end=2959
 # @@protoc_insertion_point(module_scope)

@@ -26,7 +26,7 @@ HOLD_STATUS_RELEASED: HoldStatus
 HOLD_STATUS_EXPIRED: HoldStatus
 
 class SpendRequest(_message.Message):
-    __slots__ = ("user_id", "amount_millicredits", "request_id", "category", "description", "app_id", "publisher_user_id", "metadata", "key_id", "org_id")
+    __slots__ = ("user_id", "amount_millicredits", "request_id", "category", "description", "app_id", "publisher_user_id", "metadata", "key_id", "org_id", "usage")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -44,6 +44,7 @@ class SpendRequest(_message.Message):
     METADATA_FIELD_NUMBER: _ClassVar[int]
     KEY_ID_FIELD_NUMBER: _ClassVar[int]
     ORG_ID_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     amount_millicredits: int
     request_id: str
@@ -54,7 +55,8 @@ class SpendRequest(_message.Message):
     metadata: _containers.ScalarMap[str, str]
     key_id: str
     org_id: str
-    def __init__(self, user_id: _Optional[str] = ..., amount_millicredits: _Optional[int] = ..., request_id: _Optional[str] = ..., category: _Optional[str] = ..., description: _Optional[str] = ..., app_id: _Optional[str] = ..., publisher_user_id: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., key_id: _Optional[str] = ..., org_id: _Optional[str] = ...) -> None: ...
+    usage: _common_pb2.Usage
+    def __init__(self, user_id: _Optional[str] = ..., amount_millicredits: _Optional[int] = ..., request_id: _Optional[str] = ..., category: _Optional[str] = ..., description: _Optional[str] = ..., app_id: _Optional[str] = ..., publisher_user_id: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., key_id: _Optional[str] = ..., org_id: _Optional[str] = ..., usage: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ...) -> None: ...
 
 class SpendResponse(_message.Message):
     __slots__ = ("transaction", "credits_millicredits")
@@ -85,7 +87,7 @@ class SpendBatchResult(_message.Message):
     def __init__(self, response: _Optional[_Union[SpendResponse, _Mapping]] = ..., error: _Optional[_Union[_common_pb2.BatchItemError, _Mapping]] = ...) -> None: ...
 
 class Hold(_message.Message):
-    __slots__ = ("id", "user_id", "amount_millicredits", "status", "expires_at", "captured_millicredits", "category")
+    __slots__ = ("id", "user_id", "amount_millicredits", "status", "expires_at", "captured_millicredits", "category", "usage")
     ID_FIELD_NUMBER: _ClassVar[int]
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     AMOUNT_MILLICREDITS_FIELD_NUMBER: _ClassVar[int]
@@ -93,6 +95,7 @@ class Hold(_message.Message):
     EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
     CAPTURED_MILLICREDITS_FIELD_NUMBER: _ClassVar[int]
     CATEGORY_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
     id: str
     user_id: str
     amount_millicredits: int
@@ -100,10 +103,11 @@ class Hold(_message.Message):
     expires_at: _timestamp_pb2.Timestamp
     captured_millicredits: int
     category: str
-    def __init__(self, id: _Optional[str] = ..., user_id: _Optional[str] = ..., amount_millicredits: _Optional[int] = ..., status: _Optional[_Union[HoldStatus, str]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., captured_millicredits: _Optional[int] = ..., category: _Optional[str] = ...) -> None: ...
+    usage: _common_pb2.PricedUsage
+    def __init__(self, id: _Optional[str] = ..., user_id: _Optional[str] = ..., amount_millicredits: _Optional[int] = ..., status: _Optional[_Union[HoldStatus, str]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., captured_millicredits: _Optional[int] = ..., category: _Optional[str] = ..., usage: _Optional[_Union[_common_pb2.PricedUsage, _Mapping]] = ...) -> None: ...
 
 class ReserveRequest(_message.Message):
-    __slots__ = ("user_id", "amount_millicredits", "request_id", "category", "description", "ttl", "key_id", "org_id")
+    __slots__ = ("user_id", "amount_millicredits", "request_id", "category", "description", "ttl", "key_id", "org_id", "usage")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     AMOUNT_MILLICREDITS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
@@ -112,6 +116,7 @@ class ReserveRequest(_message.Message):
     TTL_FIELD_NUMBER: _ClassVar[int]
     KEY_ID_FIELD_NUMBER: _ClassVar[int]
     ORG_ID_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     amount_millicredits: int
     request_id: str
@@ -120,7 +125,8 @@ class ReserveRequest(_message.Message):
     ttl: _duration_pb2.Duration
     key_id: str
     org_id: str
-    def __init__(self, user_id: _Optional[str] = ..., amount_millicredits: _Optional[int] = ..., request_id: _Optional[str] = ..., category: _Optional[str] = ..., description: _Optional[str] = ..., ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., key_id: _Optional[str] = ..., org_id: _Optional[str] = ...) -> None: ...
+    usage: _common_pb2.Usage
+    def __init__(self, user_id: _Optional[str] = ..., amount_millicredits: _Optional[int] = ..., request_id: _Optional[str] = ..., category: _Optional[str] = ..., description: _Optional[str] = ..., ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., key_id: _Optional[str] = ..., org_id: _Optional[str] = ..., usage: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ...) -> None: ...
 
 class ReserveResponse(_message.Message):
     __slots__ = ("hold", "credits_millicredits")
@@ -131,7 +137,7 @@ class ReserveResponse(_message.Message):
     def __init__(self, hold: _Optional[_Union[Hold, _Mapping]] = ..., credits_millicredits: _Optional[int] = ...) -> None: ...
 
 class CaptureRequest(_message.Message):
-    __slots__ = ("hold_id", "amount_millicredits", "request_id", "description", "app_id", "publisher_user_id", "org_id")
+    __slots__ = ("hold_id", "amount_millicredits", "request_id", "description", "app_id", "publisher_user_id", "org_id", "quantity")
     HOLD_ID_FIELD_NUMBER: _ClassVar[int]
     AMOUNT_MILLICREDITS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
@@ -139,6 +145,7 @@ class CaptureRequest(_message.Message):
     APP_ID_FIELD_NUMBER: _ClassVar[int]
     PUBLISHER_USER_ID_FIELD_NUMBER: _ClassVar[int]
     ORG_ID_FIELD_NUMBER: _ClassVar[int]
+    QUANTITY_FIELD_NUMBER: _ClassVar[int]
     hold_id: str
     amount_millicredits: int
     request_id: str
@@ -146,7 +153,8 @@ class CaptureRequest(_message.Message):
     app_id: str
     publisher_user_id: str
     org_id: str
-    def __init__(self, hold_id: _Optional[str] = ..., amount_millicredits: _Optional[int] = ..., request_id: _Optional[str] = ..., description: _Optional[str] = ..., app_id: _Optional[str] = ..., publisher_user_id: _Optional[str] = ..., org_id: _Optional[str] = ...) -> None: ...
+    quantity: int
+    def __init__(self, hold_id: _Optional[str] = ..., amount_millicredits: _Optional[int] = ..., request_id: _Optional[str] = ..., description: _Optional[str] = ..., app_id: _Optional[str] = ..., publisher_user_id: _Optional[str] = ..., org_id: _Optional[str] = ..., quantity: _Optional[int] = ...) -> None: ...
 
 class CaptureResponse(_message.Message):
     __slots__ = ("hold", "transaction", "credits_millicredits")

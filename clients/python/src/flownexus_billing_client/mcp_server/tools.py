@@ -138,6 +138,8 @@ TRANSACTION = _obj(
         "description": _s("What it was for."),
         "balance_after": _n("The balance in credits right after it."),
         "category": _s("The usage category of a spend (sandbox, training, ...), else empty."),
+        "meter": _s("A spend priced from usage: the meter (e.g. sandbox.seconds); else null.", nullable=True),
+        "quantity": _or_null({"type": "integer"}, "A spend priced from usage: the units of the meter used; else null."),
     },
     ["date", "amount", "type", "description"],
     extra=True,
@@ -249,6 +251,8 @@ def transaction(t: common_pb2.Transaction) -> dict[str, Any]:
         "description": t.description,
         "balance_after": credits(t.balance_after_millicredits),
         "category": t.category,
+        "meter": t.usage.meter if t.HasField("usage") else None,
+        "quantity": t.usage.quantity if t.HasField("usage") else None,
     }
 
 
