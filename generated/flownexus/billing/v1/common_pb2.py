@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!flownexus/billing/v1/common.proto\x12\x14\x66lownexus.billing.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf7\x02\n\x0bTransaction\x12\n\n\x02id\x18\x01 \x01(\t\x12(\n\x04\x64\x61te\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1b\n\x13\x61mount_millicredits\x18\x03 \x01(\x03\x12\x33\n\x04type\x18\x04 \x01(\x0e\x32%.flownexus.billing.v1.TransactionType\x12\x13\n\x0b\x64\x65scription\x18\x05 \x01(\t\x12\"\n\x1a\x62\x61lance_after_millicredits\x18\x06 \x01(\x03\x12\x10\n\x08\x63\x61tegory\x18\x07 \x01(\t\x12\x41\n\x08metadata\x18\x08 \x03(\x0b\x32/.flownexus.billing.v1.Transaction.MetadataEntry\x12\x0e\n\x06key_id\x18\t \x01(\t\x12\x11\n\tmember_id\x18\n \x01(\t\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x94\x01\n\tCreditLot\x12\n\n\x02id\x18\x01 \x01(\t\x12+\n\x04kind\x18\x02 \x01(\x0e\x32\x1d.flownexus.billing.v1.LotKind\x12\x1e\n\x16remaining_millicredits\x18\x03 \x01(\x03\x12.\n\nexpires_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xc6\x01\n\x0e\x42\x61tchItemError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0e\n\x06\x64omain\x18\x04 \x01(\t\x12\x44\n\x08metadata\x18\x05 \x03(\x0b\x32\x32.flownexus.billing.v1.BatchItemError.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*N\n\x04Tier\x12\x14\n\x10TIER_UNSPECIFIED\x10\x00\x12\r\n\tTIER_FREE\x10\x01\x12\x0c\n\x08TIER_PRO\x10\x02\x12\x13\n\x0fTIER_ENTERPRISE\x10\x03*\xd4\x04\n\x0fTransactionType\x12 \n\x1cTRANSACTION_TYPE_UNSPECIFIED\x10\x00\x12\x1d\n\x19TRANSACTION_TYPE_PURCHASE\x10\x01\x12\x1a\n\x16TRANSACTION_TYPE_SPEND\x10\x02\x12\x19\n\x15TRANSACTION_TYPE_HOLD\x10\x03\x12!\n\x1dTRANSACTION_TYPE_HOLD_CAPTURE\x10\x04\x12!\n\x1dTRANSACTION_TYPE_HOLD_RELEASE\x10\x05\x12\x1a\n\x16TRANSACTION_TYPE_AWARD\x10\x06\x12$\n TRANSACTION_TYPE_ALLOWANCE_GRANT\x10\x07\x12%\n!TRANSACTION_TYPE_ALLOWANCE_EXPIRY\x10\x08\x12$\n TRANSACTION_TYPE_REFUND_CLAWBACK\x10\t\x12%\n!TRANSACTION_TYPE_DISPUTE_CLAWBACK\x10\n\x12$\n TRANSACTION_TYPE_DISPUTE_RESTORE\x10\x0b\x12 \n\x1cTRANSACTION_TYPE_AUTO_REFILL\x10\x0c\x12\"\n\x1eTRANSACTION_TYPE_REVENUE_SHARE\x10\r\x12\x1f\n\x1bTRANSACTION_TYPE_ADJUSTMENT\x10\x0e\x12\x1d\n\x19TRANSACTION_TYPE_REVERSAL\x10\x0f\x12!\n\x1dTRANSACTION_TYPE_USAGE_REFUND\x10\x10*\x88\x01\n\rEarningSource\x12\x1e\n\x1a\x45\x41RNING_SOURCE_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x45\x41RNING_SOURCE_CHALLENGE\x10\x01\x12\x1c\n\x18\x45\x41RNING_SOURCE_APP_USAGE\x10\x02\x12\x1b\n\x17\x45\x41RNING_SOURCE_REFERRAL\x10\x03*h\n\x07LotKind\x12\x18\n\x14LOT_KIND_UNSPECIFIED\x10\x00\x12\x16\n\x12LOT_KIND_ALLOWANCE\x10\x01\x12\x13\n\x0fLOT_KIND_EARNED\x10\x02\x12\x16\n\x12LOT_KIND_PURCHASED\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!flownexus/billing/v1/common.proto\x12\x14\x66lownexus.billing.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf7\x02\n\x0bTransaction\x12\n\n\x02id\x18\x01 \x01(\t\x12(\n\x04\x64\x61te\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1b\n\x13\x61mount_millicredits\x18\x03 \x01(\x03\x12\x33\n\x04type\x18\x04 \x01(\x0e\x32%.flownexus.billing.v1.TransactionType\x12\x13\n\x0b\x64\x65scription\x18\x05 \x01(\t\x12\"\n\x1a\x62\x61lance_after_millicredits\x18\x06 \x01(\x03\x12\x10\n\x08\x63\x61tegory\x18\x07 \x01(\t\x12\x41\n\x08metadata\x18\x08 \x03(\x0b\x32/.flownexus.billing.v1.Transaction.MetadataEntry\x12\x0e\n\x06key_id\x18\t \x01(\t\x12\x11\n\tmember_id\x18\n \x01(\t\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x94\x01\n\tCreditLot\x12\n\n\x02id\x18\x01 \x01(\t\x12+\n\x04kind\x18\x02 \x01(\x0e\x32\x1d.flownexus.billing.v1.LotKind\x12\x1e\n\x16remaining_millicredits\x18\x03 \x01(\x03\x12.\n\nexpires_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xc6\x01\n\x0e\x42\x61tchItemError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0e\n\x06\x64omain\x18\x04 \x01(\t\x12\x44\n\x08metadata\x18\x05 \x03(\x0b\x32\x32.flownexus.billing.v1.BatchItemError.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x9c\x01\n\x05Usage\x12\r\n\x05meter\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\x03\x12?\n\ndimensions\x18\x03 \x03(\x0b\x32+.flownexus.billing.v1.Usage.DimensionsEntry\x1a\x31\n\x0f\x44imensionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*N\n\x04Tier\x12\x14\n\x10TIER_UNSPECIFIED\x10\x00\x12\r\n\tTIER_FREE\x10\x01\x12\x0c\n\x08TIER_PRO\x10\x02\x12\x13\n\x0fTIER_ENTERPRISE\x10\x03*\xd4\x04\n\x0fTransactionType\x12 \n\x1cTRANSACTION_TYPE_UNSPECIFIED\x10\x00\x12\x1d\n\x19TRANSACTION_TYPE_PURCHASE\x10\x01\x12\x1a\n\x16TRANSACTION_TYPE_SPEND\x10\x02\x12\x19\n\x15TRANSACTION_TYPE_HOLD\x10\x03\x12!\n\x1dTRANSACTION_TYPE_HOLD_CAPTURE\x10\x04\x12!\n\x1dTRANSACTION_TYPE_HOLD_RELEASE\x10\x05\x12\x1a\n\x16TRANSACTION_TYPE_AWARD\x10\x06\x12$\n TRANSACTION_TYPE_ALLOWANCE_GRANT\x10\x07\x12%\n!TRANSACTION_TYPE_ALLOWANCE_EXPIRY\x10\x08\x12$\n TRANSACTION_TYPE_REFUND_CLAWBACK\x10\t\x12%\n!TRANSACTION_TYPE_DISPUTE_CLAWBACK\x10\n\x12$\n TRANSACTION_TYPE_DISPUTE_RESTORE\x10\x0b\x12 \n\x1cTRANSACTION_TYPE_AUTO_REFILL\x10\x0c\x12\"\n\x1eTRANSACTION_TYPE_REVENUE_SHARE\x10\r\x12\x1f\n\x1bTRANSACTION_TYPE_ADJUSTMENT\x10\x0e\x12\x1d\n\x19TRANSACTION_TYPE_REVERSAL\x10\x0f\x12!\n\x1dTRANSACTION_TYPE_USAGE_REFUND\x10\x10*\x88\x01\n\rEarningSource\x12\x1e\n\x1a\x45\x41RNING_SOURCE_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x45\x41RNING_SOURCE_CHALLENGE\x10\x01\x12\x1c\n\x18\x45\x41RNING_SOURCE_APP_USAGE\x10\x02\x12\x1b\n\x17\x45\x41RNING_SOURCE_REFERRAL\x10\x03*h\n\x07LotKind\x12\x18\n\x14LOT_KIND_UNSPECIFIED\x10\x00\x12\x16\n\x12LOT_KIND_ALLOWANCE\x10\x01\x12\x13\n\x0fLOT_KIND_EARNED\x10\x02\x12\x16\n\x12LOT_KIND_PURCHASED\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,14 +36,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TRANSACTION_METADATAENTRY']._serialized_options = b'8\001'
   _globals['_BATCHITEMERROR_METADATAENTRY']._loaded_options = None
   _globals['_BATCHITEMERROR_METADATAENTRY']._serialized_options = b'8\001'
-  _globals['_TIER']._serialized_start=822
-  _globals['_TIER']._serialized_end=900
-  _globals['_TRANSACTIONTYPE']._serialized_start=903
-  _globals['_TRANSACTIONTYPE']._serialized_end=1499
-  _globals['_EARNINGSOURCE']._serialized_start=1502
-  _globals['_EARNINGSOURCE']._serialized_end=1638
-  _globals['_LOTKIND']._serialized_start=1640
-  _globals['_LOTKIND']._serialized_end=1744
+  _globals['_USAGE_DIMENSIONSENTRY']._loaded_options = None
+  _globals['_USAGE_DIMENSIONSENTRY']._serialized_options = b'8\001'
+  _globals['_TIER']._serialized_start=981
+  _globals['_TIER']._serialized_end=1059
+  _globals['_TRANSACTIONTYPE']._serialized_start=1062
+  _globals['_TRANSACTIONTYPE']._serialized_end=1658
+  _globals['_EARNINGSOURCE']._serialized_start=1661
+  _globals['_EARNINGSOURCE']._serialized_end=1797
+  _globals['_LOTKIND']._serialized_start=1799
+  _globals['_LOTKIND']._serialized_end=1903
   _globals['_TRANSACTION']._serialized_start=93
   _globals['_TRANSACTION']._serialized_end=468
   _globals['_TRANSACTION_METADATAENTRY']._serialized_start=421
@@ -54,4 +56,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_BATCHITEMERROR']._serialized_end=820
   _globals['_BATCHITEMERROR_METADATAENTRY']._serialized_start=421
   _globals['_BATCHITEMERROR_METADATAENTRY']._serialized_end=468
+  _globals['_USAGE']._serialized_start=823
+  _globals['_USAGE']._serialized_end=979
+  _globals['_USAGE_DIMENSIONSENTRY']._serialized_start=930
+  _globals['_USAGE_DIMENSIONSENTRY']._serialized_end=979
 # @@protoc_insertion_point(module_scope)
