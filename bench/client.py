@@ -27,7 +27,13 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from flownexus.billing.v1 import balance_pb2, balance_pb2_grpc, common_pb2, usage_pb2, usage_pb2_grpc
+from flownexus.billing.v1 import (
+    balance_pb2,
+    balance_pb2_grpc,
+    common_pb2,
+    usage_pb2,
+    usage_pb2_grpc,
+)
 
 from bench.common import channel, install_loop
 

@@ -69,6 +69,7 @@ from server.platform.ratelimit import caller_shares, limiters, mutation_limits
 from server.portal import grpc as portal_grpc
 from server.portal.pages import Domains
 from server.portal.service import PortalService
+from server.pricing.service import PricingService
 from server.refill import grpc as refill_grpc
 from server.refill import repository as refill_repository
 from server.refill.service import RefillService, follow_account_flag
@@ -182,7 +183,11 @@ class App:
         self.workers.add("reset_key_budgets", self.keys.reset_windows)
 
         self.mutations = mutation_limits(settings)
-        self.usage = UsageService(self.writer, self.reader, settings, self.orgs.access, self.mutations)
+        # Usage given instead of amounts is priced from the rate card (pricing before usage).
+        self.pricing = PricingService()
+        self.usage = UsageService(
+            self.writer, self.reader, settings, self.orgs.access, self.mutations, pricing=self.pricing
+        )
         usage_grpc.register(reg, self.usage)
 
         self.history = HistoryService(self.balance, HistoryRepository(

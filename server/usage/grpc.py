@@ -82,10 +82,10 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
         for done in parts:
             for result in await done:
                 if isinstance(result, SpendResult):
-                    item = out.add().response
-                    convert.spend_result_into(item, result.transaction, result.credits)
+                    answer = out.add().response
+                    convert.spend_result_into(answer, result.transaction, result.credits)
                     if result.usage is not None:
-                        usage_into(item.transaction.usage, result.usage)
+                        usage_into(answer.transaction.usage, result.usage)
                 else:
                     out.add(error=batch_item_error(result))
             await asyncio.sleep(0)  # a turn of the loop between parts of the answer

@@ -21,12 +21,12 @@ from server.ledger.ops import (
 )
 from server.ledger.repository import LedgerReader
 from server.ledger.writer import LedgerWriter
-from server.pricing.service import Usage
 from server.orgs.models import Access, AccessOf, Right
 from server.platform import errors
 from server.platform.auth import Principal, Role
 from server.platform.config import Settings
 from server.platform.ratelimit import ByRole
+from server.pricing.service import Usage
 from server.usage import metering
 from server.usage.metering import MeteredUsage, Quoter
 
