@@ -73,6 +73,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     logs.setup(settings.log_level, settings.log_json)
     if args.command == "serve":
+        from server.pricing.service import InvalidRateCard, rate_card_file
+
+        try:
+            rate_card_file(settings.rate_card)  # each process reads it again; a bad one stops here
+        except InvalidRateCard as exc:
+            print(f"python -m server: BILLING_RATE_CARD: {exc.message}", file=sys.stderr)
+            return 2
         if args.workers < 1:
             print("python -m server: --workers must be at least 1", file=sys.stderr)
             return 2

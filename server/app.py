@@ -22,6 +22,7 @@ from flownexus.billing.v1 import (
     orgs_pb2,
     payments_pb2,
     portal_pb2,
+    pricing_pb2,
     refill_pb2,
     tier_pb2,
     usage_pb2,
@@ -69,7 +70,9 @@ from server.platform.ratelimit import caller_shares, limiters, mutation_limits
 from server.portal import grpc as portal_grpc
 from server.portal.pages import Domains
 from server.portal.service import PortalService
-from server.pricing.service import PricingService
+from server.pricing import grpc as pricing_grpc
+from server.pricing.repository import PricingRepository
+from server.pricing.service import PricingService, rate_card_file
 from server.refill import grpc as refill_grpc
 from server.refill import repository as refill_repository
 from server.refill.service import RefillService, follow_account_flag
@@ -100,6 +103,7 @@ SERVICE_NAMES = tuple(
         (orgs_pb2, "OrgsService"),
         (events_pb2, "EventsService"),
         (portal_pb2, "PortalService"),
+        (pricing_pb2, "PricingService"),
     )
 )
 
@@ -152,6 +156,14 @@ class App:
         ))
         reg = self.registry = Registry(self.writer, self.workers)
 
+        # Prices first: the domains that spend by usage price with it. The rate
+        # card file is read and validated here: a bad one stops the start.
+        self.pricing = PricingService(
+            self.writer, PricingRepository(self.db.reader), self.clock, card=rate_card_file(settings.rate_card),
+            lead_seconds=settings.rate_card_lead_seconds,
+        )
+        pricing_grpc.register(reg, self.pricing)
+
         self.stripe = StripeGateway(settings.stripe_api_key, settings.stripe_api_base)
         # Stripe events: one table, filled by payments, refill and tiers in this order.
         self.stripe_events = EventRouter()
@@ -183,8 +195,7 @@ class App:
         self.workers.add("reset_key_budgets", self.keys.reset_windows)
 
         self.mutations = mutation_limits(settings)
-        # Usage given instead of amounts is priced from the rate card (pricing before usage).
-        self.pricing = PricingService()
+        # Usage given instead of amounts is priced from the rate card (built above).
         self.usage = UsageService(
             self.writer, self.reader, settings, self.orgs.access, self.mutations, pricing=self.pricing
         )
@@ -260,6 +271,8 @@ class App:
             self.writer.before_flush.append(self.fanout.before_flush)
             await self.fanout.start()
         await self.writer.start()
+        # Before serving: every spend and estimate prices from the stored versions.
+        await self.pricing.start()
         await self._start_grpc()
         await self._start_http()
         for hook in self.registry.on_start:

@@ -541,3 +541,24 @@ webhook_deliveries = Table(
     Index("ix_webhook_deliveries_wallet", "endpoint_id", "user_id", "event_id"),
     Index("ix_webhook_deliveries_created", "created_at_us"),
 )
+
+# ---- pricing ----------------------------------------------------------------
+
+# The rate card's versions: immutable once written (never UPDATE or DELETE).
+# The card is stored in its canonical JSON (sorted keys), so equal cards have
+# equal text and hash; the version in effect at an instant is the one with the
+# latest effective_at_us at or before it (of equal ones, the highest version).
+rate_card_versions = Table(
+    "rate_card_versions",
+    metadata,
+    Column("version", BigInteger, primary_key=True, autoincrement=False),  # 1, 2, ... in publishing order
+    Column("card", Text, nullable=False),  # canonical JSON (server/pricing/card.py)
+    Column("card_sha256", String(64), nullable=False),
+    Column("effective_at_us", BigInteger, nullable=False),
+    Column("published_at_us", BigInteger, nullable=False),
+    # The admin's subject, or "config" for the rate card file applied at start.
+    Column("published_by", String(128), nullable=False),
+    # The PublishRateCard request_id (its idempotency record is the ledger's);
+    # for the file, "config:" and the card's hash.
+    Column("request_id", String(200), nullable=False, default=""),
+)

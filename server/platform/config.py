@@ -207,6 +207,13 @@ class Settings(BaseSettings):
     webhook_disable_after_seconds: float = Field(default=5 * 86400.0, gt=0)
     # After RotateWebhookSecret the old secret signs too, this long.
     webhook_secret_grace_seconds: float = Field(default=86400.0, ge=0)
+    # The rate card file (TOML, docs/pricing.md) applied at start; empty: the
+    # default card shipped with the service (server/pricing/default_rate_card.toml).
+    rate_card: str = ""
+    # A published version takes effect no sooner than this after it is
+    # published, and every process looks for new versions five times as often:
+    # every replica knows a version before it prices with it (docs/pricing.md).
+    rate_card_lead_seconds: float = Field(default=5.0, ge=0, le=3600)
     worker_interval_seconds: float = 5.0
     log_level: str = "INFO"
     log_json: bool = True

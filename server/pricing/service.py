@@ -10,11 +10,23 @@ Public API for other domains (they import only from here):
 
 from __future__ import annotations
 
+import asyncio
 import bisect
+import contextlib
+import json
+import logging
+import time
 from pathlib import Path
 from typing import Any
 
+from server.ledger.ops import Call, Idempotency
+from server.ledger.tx import LedgerTx
+from server.ledger.writer import LedgerWriter
+from server.platform import errors
+from server.platform.auth import Principal, Role
+from server.platform.clock import Clock
 from server.pricing import card as cards
+from server.pricing import repository as repo
 from server.pricing.card import (
     MAX_QUANTITY,
     METER_NAME,
@@ -23,6 +35,9 @@ from server.pricing.card import (
     PricingError,
 )
 from server.pricing.models import CONFIG_PUBLISHER, Quote, RateCard, RateCardVersion, Usage
+from server.pricing.repository import PricingRepository
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "DEFAULT_RATE_CARD", "InvalidRateCard", "PricingError", "PricingService", "Quote", "Snapshot", "Usage",
@@ -89,14 +104,168 @@ def load_file(path: Path) -> RateCard:
     return cards.parse_toml(text, str(path))
 
 
+def version_of(row: dict[str, Any]) -> RateCardVersion:
+    """A stored version (its card is read back through the same validation)."""
+    return RateCardVersion(
+        int(row["version"]), cards.parse(json.loads(row["card"])), int(row["effective_at_us"]),
+        int(row["published_at_us"]), str(row["published_by"]), str(row["request_id"]),
+    )
+
+
+def no_card(at_us: int) -> PricingError:
+    return PricingError("no rate card version is in effect at this instant", reason="NO_RATE_CARD",
+                        at_us=at_us)
+
+
+def rate_card_file(setting: str) -> RateCard:
+    """The card of BILLING_RATE_CARD (empty: the default file), validated."""
+    return load_file(Path(setting) if setting else DEFAULT_RATE_CARD)
+
+
 class PricingService:
-    def __init__(self, card: RateCard | None = None) -> None:
-        card = card or load_file(DEFAULT_RATE_CARD)
-        self._snapshot = Snapshot([RateCardVersion(1, card, 0, 0, CONFIG_PUBLISHER, "")])
+    """Every process keeps a snapshot of all versions (immutable, so a refresh
+    adds only newer ones): after its own publish at once, and every fifth of
+    the lead time otherwise. A version takes effect at least the lead time
+    after it is published, so every replica has it before it prices with it;
+    a process whose last refresh is older than the lead time refuses to quote
+    (PRICES_STALE, UNAVAILABLE) rather than price with a card it cannot vouch for."""
+
+    def __init__(
+        self, writer: LedgerWriter, repository: PricingRepository, clock: Clock, *, card: RateCard,
+        lead_seconds: float,
+    ) -> None:
+        self.writer = writer
+        self.repo = repository
+        self.clock = clock
+        self.card = card  # the rate card file's, validated when the process was built
+        self.lead_us = int(lead_seconds * 1_000_000)
+        self.lead_seconds = lead_seconds
+        self.refresh_seconds = max(0.2, lead_seconds / 5) if lead_seconds > 0 else 1.0
+        self._snapshot = Snapshot([])
+        self._confirmed = float("-inf")  # time.monotonic() at the start of the last good refresh
+        self._lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+
+    # ---- the snapshot -----------------------------------------------------------------------
 
     def quote(self, usage: Usage, at_us: int) -> Quote:
-        """The price of `usage` with the version in effect at `at_us`."""
+        """The price of `usage` with the version in effect at `at_us`: no I/O."""
+        if self.lead_us and time.monotonic() - self._confirmed > self.lead_seconds:
+            raise errors.Unavailable(
+                "prices could not be confirmed with the database recently; retry with the same request_id",
+                reason="PRICES_STALE",
+            )
         version = self._snapshot.at(at_us)
-        if version is None:  # unreachable once started: version 1 is effective from the epoch
-            raise PricingError("no rate card is in effect at this instant", reason="NO_RATE_CARD")
+        if version is None:
+            raise no_card(at_us)
         return cards.price(version.card, version.version, usage)
+
+    async def refresh(self) -> int:
+        """Read the versions this process does not have yet; how many."""
+        async with self._lock:
+            began = time.monotonic()
+            known = self._snapshot.latest.version if self._snapshot.latest else 0
+            rows = await self.repo.versions_after(known)
+            if rows:
+                self._snapshot = Snapshot(self._snapshot.versions + [version_of(r) for r in rows])
+            self._confirmed = began
+            return len(rows)
+
+    async def start(self) -> None:
+        """Apply the rate card file, load every version, then keep looking for new ones."""
+        made = await self.writer.submit(Call(fn=self._apply_file))
+        await self.refresh()
+        if made:
+            v = self._version(int(made))
+            log.info("rate card file published as a version", extra={
+                "version": v.version, "effective_at_us": v.effective_at_us, "card_sha256": v.card.sha256})
+        self._task = asyncio.create_task(self._poll(), name="pricing-refresh")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(self.refresh_seconds)
+            try:
+                await self.refresh()
+            except Exception as exc:  # the next round tries again; quotes go stale meanwhile
+                log.warning("rate card refresh failed: %s", type(exc).__name__)
+
+    async def _apply_file(self, tx: LedgerTx) -> int:
+        """The file's card: version 1 (effective from the epoch) in an empty
+        store; else a new version effective after the lead time when its
+        content was never applied from the file and is not the latest version.
+        Replicas starting together: the version number's primary key lets one
+        win, and the others, read again, find its row."""
+        card = self.card
+        last = await repo.latest(tx)
+        if last is None:
+            version, effective = 1, 0
+        elif last["card_sha256"] == card.sha256 or await repo.config_version(tx, card.sha256) is not None:
+            return 0
+        else:
+            version, effective = int(last["version"]) + 1, tx.now_us + self.lead_us
+        repo.insert(tx, RateCardVersion(
+            version, card, effective, tx.now_us, CONFIG_PUBLISHER, f"config:{card.sha256}").row())
+        return version
+
+    def _version(self, number: int) -> RateCardVersion:
+        for v in self._snapshot.versions:
+            if v.version == number:
+                return v
+        raise errors.NotFound(f"rate card version {number} does not exist", reason="RATE_CARD_VERSION_NOT_FOUND",
+                              metadata={"version": number})
+
+    # ---- reads (any authenticated caller) ----------------------------------------------------------
+
+    def card_at(self, at_us: int | None, number: int = 0) -> RateCardVersion:
+        if number:
+            return self._version(number)
+        when = self.clock.now_us() if at_us is None else at_us
+        found = self._snapshot.at(when)
+        if found is None:
+            raise no_card(when)
+        return found
+
+    def versions(self, limit: int, below: int | None) -> list[RateCardVersion]:
+        """Newest first, numbered below `below` (a page's position)."""
+        ordered = sorted(self._snapshot.versions, key=lambda v: -v.version)
+        if below is not None:
+            ordered = [v for v in ordered if v.version < below]
+        return ordered[:limit]
+
+    def estimate(self, usage: Usage, at_us: int | None) -> Quote:
+        return self.quote(usage, self.clock.now_us() if at_us is None else at_us)
+
+    # ---- publishing (admin) ------------------------------------------------------------------
+
+    async def publish(
+        self, principal: Principal, card: RateCard, effective_at_us: int | None, *, request_id: str,
+        fingerprint: str,
+    ) -> RateCardVersion:
+        principal.require(Role.ADMIN, what="PublishRateCard")
+        now = self.clock.now_us()
+        if effective_at_us is not None and effective_at_us < now:
+            raise errors.InvalidArgument(
+                "effective_time must be now or later: a published version never reprices the past",
+                reason="EFFECTIVE_TIME_IN_PAST", metadata={"field": "effective_time"},
+            )
+        lead = self.lead_us
+
+        async def apply(tx: LedgerTx) -> int:
+            last = await repo.latest(tx)
+            version = int(last["version"]) + 1 if last else 1
+            effective = max(effective_at_us if effective_at_us is not None else 0, tx.now_us + lead)
+            repo.insert(tx, RateCardVersion(
+                version, card, effective, tx.now_us, principal.subject, request_id).row())
+            return version
+
+        idem = Idempotency.of_request(principal, "PublishRateCard", request_id, fingerprint)
+        made = await self.writer.submit(Call(fn=apply, idempotency=idem))
+        await self.refresh()  # this process prices with it from its instant, whatever the poll's phase
+        return self._version(int(made))

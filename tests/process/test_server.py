@@ -61,7 +61,7 @@ async def test_grpcurl_lists_every_service(sqlite_server) -> None:
     assert rc == 0, err
     out = out_text.split()
     assert set(out) == {*SERVICE_NAMES, "grpc.health.v1.Health", *REFLECTION}
-    assert len(SERVICE_NAMES) == 12
+    assert len(SERVICE_NAMES) == 13
 
 
 async def test_reflection_v1_lists_and_describes_the_services(sqlite_server) -> None:
