@@ -20,6 +20,8 @@ from server.db.schema import (
     holds,
     lots,
     org_members,
+    rate_card_versions,
+    transfer_usage,
     transfers,
     webhook_deliveries,
     webhook_endpoints,
@@ -38,6 +40,7 @@ from server.ledger.model import (
 )
 from server.platform import ids
 from server.platform.clock import window_bounds
+from server.pricing.service import Snapshot, version_of
 
 WALLET_PREFIX = wallet_id("")
 # Scoped keys' counters that start again with each window (api_keys.<window>_start_us, _used).
@@ -173,6 +176,7 @@ async def _verify(conn: AsyncConnection) -> Report:
     await _verify_key_usage(conn, r)
     await _verify_events(conn, r)
     await _verify_member_usage(conn, r)
+    await _verify_priced(conn, r)
     return r
 
 
@@ -378,3 +382,51 @@ async def _verify_payments(conn: AsyncConnection, r: Report) -> None:
         if not credited and grants != 0:
             r.problems.append(f"payment {pid} ({status}) has {grants} grant transfers, expected 0")
     r.checked["payments"] = n
+
+
+# Transfers that may carry a usage record: a priced Spend, a Reserve's hold, a Capture.
+PRICED_KINDS = (str(Kind.SPEND), str(Kind.HOLD), str(Kind.HOLD_CAPTURE))
+
+
+async def _verify_priced(conn: AsyncConnection, r: Report) -> None:
+    """Each transfer priced from usage charged the price of its recorded
+    quantity and dimensions under its recorded rate card version, and that
+    version was the one in effect at its priced instant (a Spend's or Reserve's
+    own instant; a Capture's, its hold's). Recomputed here from the stored
+    versions' cards: ceil(quantity * unit price / per units)."""
+    stored = [version_of(dict(v)) for v in (await conn.execute(select(rate_card_versions))).mappings().all()]
+    snapshot = Snapshot(stored)
+    q = select(
+        transfer_usage, transfers.c.amount, transfers.c.kind, transfers.c.created_at_us, transfers.c.ref,
+    ).join(transfers, transfers.c.id == transfer_usage.c.transfer_id, isouter=True)
+    n = 0
+    for u in (await conn.execute(q)).mappings().all():
+        n += 1
+        tid = u["transfer_id"]
+        if u["kind"] not in PRICED_KINDS:
+            r.problems.append(f"usage of transfer #{tid}: no spend, hold or capture has that id")
+            continue
+        if u["kind"] != Kind.HOLD_CAPTURE and u["priced_at_us"] != u["created_at_us"]:
+            r.problems.append(f"priced transfer #{tid}: priced at {u['priced_at_us']}, applied at {u['created_at_us']}")
+        if u["kind"] != Kind.SPEND and u["hold_id"] != u["ref"]:
+            r.problems.append(f"priced transfer #{tid}: hold {u['hold_id']} is not its hold {u['ref']}")
+        version = snapshot.at(u["priced_at_us"])
+        if version is None or version.version != u["version"]:
+            r.problems.append(f"priced transfer #{tid}: version {u['version']} was not in effect at its priced instant "
+                              f"(version {version.version if version else None} was)")
+            continue
+        meter = version.card.meters.get(u["meter"])
+        dims = json.loads(u["dimensions"])
+        combo = tuple(dims.get(d.name) for d in meter.dimensions) if meter else ()
+        unit_price = meter.prices.get(combo) if meter and len(dims) == len(combo) else None
+        if meter is None or unit_price is None:
+            r.problems.append(f"priced transfer #{tid}: version {u['version']} does not price {u['meter']} {dims}")
+            continue
+        if (u["unit_price"], u["per_units"]) != (unit_price, meter.per_units):
+            r.problems.append(f"priced transfer #{tid}: recorded price {u['unit_price']}/{u['per_units']} != version "
+                              f"{u['version']}'s {unit_price}/{meter.per_units}")
+        expected = -(-(u["quantity"] * unit_price) // meter.per_units)
+        if u["amount"] != expected:
+            r.problems.append(f"priced transfer #{tid}: amount {u['amount']} != the price of {u['quantity']} "
+                              f"{u['meter']} {dims} under version {u['version']} ({expected})")
+    r.checked["priced transfers"] = n

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -163,14 +164,13 @@ CORRUPTIONS: dict[str, tuple[Callable[[sqlite3.Connection], None], str]] = {
 }
 
 
-@pytest.fixture
-async def golden(tmp_path: Path, clock) -> Path:  # type: ignore[no-untyped-def]
-    """A real database after some traffic (server stopped, WAL checkpointed)."""
+async def golden_copy(tmp_path: Path, clock, fill: Callable[[Running], Any]) -> Path:  # type: ignore[no-untyped-def]
+    """A real SQLite database after the traffic `fill` makes (server stopped, WAL checkpointed), copied."""
     async with database("sqlite", tmp_path) as url:
         running = Running(url, clock)
         await running.start()
         try:
-            await populate(running)
+            await fill(running)
         finally:
             await running.stop()
         path = Path(url.split("///", 1)[1])
@@ -179,6 +179,12 @@ async def golden(tmp_path: Path, clock) -> Path:  # type: ignore[no-untyped-def]
         copy = tmp_path / "golden.db"
         shutil.copy(path, copy)
         return copy
+
+
+@pytest.fixture
+async def golden(tmp_path: Path, clock) -> Path:  # type: ignore[no-untyped-def]
+    """A real database after some traffic (server stopped, WAL checkpointed)."""
+    return await golden_copy(tmp_path, clock, populate)
 
 
 async def test_clean_database_passes(golden: Path) -> None:

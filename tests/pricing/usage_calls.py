@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from flownexus.billing.v1 import common_pb2, usage_pb2
+from flownexus.billing.v1 import common_pb2, pricing_pb2, pricing_pb2_grpc, usage_pb2
 from google.protobuf.duration_pb2 import Duration
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from tests.harness import Running, auth
 
@@ -35,3 +36,32 @@ async def reserve_usage(
 async def capture_quantity(server: Running, hold_id: str, quantity: int, request_id: str) -> usage_pb2.CaptureResponse:
     req = usage_pb2.CaptureRequest(hold_id=hold_id, quantity=quantity, request_id=request_id)
     return await server.s.usage.Capture(req, metadata=SVC)
+
+
+ADMIN = auth("pricing-admin", "admin")
+
+
+def card_with(sandbox_small: int) -> list[pricing_pb2.Meter]:
+    """The default rate card's meters, with another price for a small sandbox second."""
+    return [
+        pricing_pb2.Meter(
+            name="sandbox.seconds", unit="second", description="A sandbox running, per second, by size", per_units=1,
+            dimensions=[pricing_pb2.MeterDimension(name="size", values=["small", "medium", "large"])],
+            prices=[pricing_pb2.MeterPrice(dimensions={"size": s}, unit_price_millicredits=p)
+                    for s, p in (("small", sandbox_small), ("medium", 2), ("large", 4))],
+        ),
+        pricing_pb2.Meter(name="api.calls", unit="call", description="Calls to the platform API", per_units=1000,
+                          prices=[pricing_pb2.MeterPrice(unit_price_millicredits=100)]),
+    ]
+
+
+async def publish(server: Running, sandbox_small: int, effective_us: int, request_id: str) -> int:
+    """A new rate card version (admin), effective at the instant; its number."""
+    ts = Timestamp()
+    ts.FromMicroseconds(effective_us)
+    r = await pricing_pb2_grpc.PricingServiceStub(server.s.channel).PublishRateCard(
+        pricing_pb2.PublishRateCardRequest(meters=card_with(sandbox_small), effective_time=ts, request_id=request_id),
+        metadata=ADMIN,
+    )
+    assert r.rate_card.effective_time.ToMicroseconds() == effective_us
+    return int(r.rate_card.version)
