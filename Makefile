@@ -95,7 +95,8 @@ test-interpreted: $(STAMP) $(JS_STAMP) $(AXE_STAMP)
 # The period-sensitive tests again under a shifted wall clock (Debian's faketime),
 # at two boundary dates: their results must not depend on the day they run.
 CALENDAR_TESTS := tests/ledger/test_calendar.py tests/tiers/test_tier_calendar.py tests/refill/test_refill_calendar.py \
-	tests/tiers/test_tiers.py tests/refill/test_refill.py tests/earnings/test_earnings.py tests/usage/test_usage.py tests/ledger/test_model.py
+	tests/tiers/test_tiers.py tests/refill/test_refill.py tests/earnings/test_earnings.py tests/usage/test_usage.py tests/ledger/test_model.py \
+	tests/pricing/test_usage_calendar.py
 CALENDAR_DATES := '2027-01-31 23:59:50' '2028-02-29 23:59:50'
 
 test-calendar: $(STAMP)
