@@ -123,15 +123,26 @@ class Demo:
         print(f"   {USER} signs up: {cr(b.credits_millicredits)} credits, tier {common_pb2.Tier.Name(b.tier)}")
 
     async def spend(self) -> None:
-        for amount, category, what in ((60_000, "sandbox", "sandbox run"), (40_000, "training", "model training")):
+        # The platform's services report what was used; the rate card prices it.
+        for used, category, what in (
+            (common_pb2.Usage(meter="sandbox.seconds", quantity=15_000, dimensions={"size": "large"}), "sandbox",
+             "sandbox run"),
+            (common_pb2.Usage(meter="training.steps", quantity=1_600, dimensions={"model": "base"}), "training",
+             "model training"),
+        ):
             r = await self.service.usage.Spend(
-                usage_pb2.SpendRequest(user_id=USER, amount_millicredits=amount, category=category,
+                usage_pb2.SpendRequest(user_id=USER, usage=used, category=category,
                                        description=what, request_id=f"demo-{category}")
             )
-            print(f"   {what}: -{cr(amount)} credits -> balance {cr(r.credits_millicredits)}")
+            u = r.transaction.usage
+            print(f"   {what}: {cr(r.transaction.amount_millicredits)} credits -> balance {cr(r.credits_millicredits)}"
+                  f" ({u.quantity:,} {u.meter} {dict(u.dimensions)}, rate card version {u.rate_card_version}:"
+                  f" {u.unit_price_millicredits} millicredits per {u.per_units})")
         try:
             await self.service.usage.Spend(
-                usage_pb2.SpendRequest(user_id=USER, amount_millicredits=5_000, category="sandbox", request_id="demo-more")
+                usage_pb2.SpendRequest(user_id=USER, category="sandbox", request_id="demo-more",
+                                       usage=common_pb2.Usage(meter="sandbox.seconds", quantity=5_000,
+                                                              dimensions={"size": "small"}))
             )
         except BillingError as exc:
             print(f"   one more sandbox run is refused: {exc.reason} (shortfall {cr(int(exc.metadata.get('shortfall_millicredits', 0)))} credits)")
@@ -252,6 +263,10 @@ class Demo:
         print("   spending by category (30 days):")
         for c in r.categories:
             print(f"     {c.category:<10} {cr(c.spent_millicredits):>8} credits in {c.operations} operations")
+        for m in r.meters:
+            per = m.average_millicredits_per_unit
+            print(f"     {m.meter:<16} {m.quantity:>8,} units {cr(m.spent_millicredits):>8} credits in {m.operations}"
+                  f" operations ({per.numerator}/{per.denominator} millicredits per unit)")
         left = "n/a" if r.days_left < 0 else f"{r.days_left:.1f}"
         print(f"   burn rate {cr(r.burn_rate_millicredits_per_day)} credits/day; days of credit left: {left}")
         try:

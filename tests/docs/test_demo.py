@@ -38,7 +38,9 @@ async def test_demo_tells_the_whole_story() -> None:
     s = steps(r.out)
 
     has(s[1], "dana signs up: 100 credits, tier TIER_FREE")
-    has(s[2], "sandbox run: -60 credits -> balance 40", "model training: -40 credits -> balance 0",
+    has(s[2], "sandbox run: -60 credits -> balance 40 (15,000 sandbox.seconds {'size': 'large'}, rate card version 1:"
+              " 4 millicredits per 1)",
+        "model training: -40 credits -> balance 0 (1,600 training.steps {'model': 'base'}, rate card version 1",
         "one more sandbox run is refused: INSUFFICIENT_CREDITS (shortfall 5 credits)")
     # The emulator paid the link and sent Stripe's signed events; the service credited once.
     has(s[3], "payment link for $20.00 (200 credits)", "PaymentIntent pi_", "succeeded, card pm_",
@@ -60,6 +62,8 @@ async def test_demo_tells_the_whole_story() -> None:
     assert re.search(r"the emulator pays it: subscription sub_\w+ active, invoice in_\w+ paid \(\$29\.00\)", s[5]), s[5]
     has(s[6], "+25 credits for a challenge -> balance 1,245")
     has(s[7], "earned 25, spent 180, challenges completed 1",
+        "sandbox.seconds    15,000 units       60 credits in 1 operations (4/1 millicredits per unit)",
+        "training.steps      1,600 units       40 credits in 1 operations (25/1 millicredits per unit)",
         "allowance_grant  Monthly allowance (pro)  (balance 1,220)",
         "auto_refill      Auto-refill 100 credits ($10.00)  (balance 220)",
         "purchase         Purchased 200 credits ($20.00)  (balance 200)",
