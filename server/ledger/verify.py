@@ -20,6 +20,7 @@ from server.db.schema import (
     holds,
     lots,
     org_members,
+    rate_card_versions,
     transfers,
     webhook_deliveries,
     webhook_endpoints,
@@ -173,6 +174,7 @@ async def _verify(conn: AsyncConnection) -> Report:
     await _verify_key_usage(conn, r)
     await _verify_events(conn, r)
     await _verify_member_usage(conn, r)
+    await _verify_rate_cards(conn, r)
     return r
 
 
@@ -378,3 +380,33 @@ async def _verify_payments(conn: AsyncConnection, r: Report) -> None:
         if not credited and grants != 0:
             r.problems.append(f"payment {pid} ({status}) has {grants} grant transfers, expected 0")
     r.checked["payments"] = n
+
+
+async def _verify_rate_cards(conn: AsyncConnection, r: Report) -> None:
+    """The rate card versions are numbered 1, 2, 3... with no gap; each card is
+    a valid card stored in its canonical form with its hash; each takes effect
+    no sooner than it was published (the rate card file's first version excepted,
+    effective from the epoch)."""
+    from server.pricing.card import InvalidRateCard, parse  # the card's own rules, not a copy of them
+
+    if not await conn.run_sync(lambda c: inspect(c).has_table("rate_card_versions")):
+        return
+    rows = (await conn.execute(select(rate_card_versions).order_by(rate_card_versions.c.version))).mappings().all()
+    for expected, v in enumerate(rows, start=1):
+        n = v["version"]
+        if n != expected:
+            r.problems.append(f"rate card version {n}: expected version {expected} (versions are 1, 2, 3... in order)")
+        try:
+            card = parse(json.loads(v["card"]))
+        except (InvalidRateCard, ValueError) as exc:
+            r.problems.append(f"rate card version {n}: not a valid card ({exc})")
+            continue
+        if card.canonical != v["card"] or card.sha256 != v["card_sha256"]:
+            r.problems.append(f"rate card version {n}: card or card_sha256 is not its canonical form and hash")
+        first_file = n == 1 and v["effective_at_us"] == 0 and v["published_by"] == "config"
+        if v["effective_at_us"] < v["published_at_us"] and not first_file:
+            r.problems.append(f"rate card version {n}: effective at {v['effective_at_us']}, before it was "
+                              f"published ({v['published_at_us']})")
+        if not v["published_by"]:
+            r.problems.append(f"rate card version {n}: no publisher")
+    r.checked["rate_card_versions"] = len(rows)
