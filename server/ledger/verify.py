@@ -387,7 +387,10 @@ async def _verify_rate_cards(conn: AsyncConnection, r: Report) -> None:
     a valid card stored in its canonical form with its hash; each takes effect
     no sooner than it was published (the rate card file's first version excepted,
     effective from the epoch)."""
-    from server.pricing.card import InvalidRateCard, parse  # the card's own rules, not a copy of them
+    from server.pricing.card import (  # the card's own rules, not a copy of them
+        InvalidRateCard,
+        parse,
+    )
 
     if not await conn.run_sync(lambda c: inspect(c).has_table("rate_card_versions")):
         return

@@ -14,7 +14,14 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from flownexus.billing.v1 import common_pb2, earnings_pb2, events_pb2, pricing_pb2, pricing_pb2_grpc, usage_pb2
+from flownexus.billing.v1 import (
+    common_pb2,
+    earnings_pb2,
+    events_pb2,
+    pricing_pb2,
+    pricing_pb2_grpc,
+    usage_pb2,
+)
 
 from server.db.engine import Database
 from server.ledger.verify import verify
