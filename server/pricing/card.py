@@ -66,6 +66,13 @@ class InvalidRateCard(PricingError):
         self.problem = problem
 
 
+def shown(key: str) -> str:
+    """A key of the caller's as a path component: clipped, controls masked
+    (an error's message and metadata never carry a huge or binary key back)."""
+    key = CONTROL.sub("?", key)
+    return key if len(key) <= 64 else key[:61] + "..."
+
+
 def _int(value: Any, path: str, low: int, high: int) -> int:
     # bool is an int in Python; a card's `true` is not a price.
     if isinstance(value, bool) or not isinstance(value, int):
@@ -90,11 +97,11 @@ def _name(value: str, pattern: re.Pattern[str], path: str, rule: str, max_len: i
 def _unknown(table: dict[str, Any], allowed: frozenset[str], path: str) -> None:
     for key in sorted(table):
         if key not in allowed:
-            raise InvalidRateCard(f"{path}.{key}" if path else key, f"unknown key (allowed: {', '.join(sorted(allowed))})")
+            raise InvalidRateCard(f"{path}.{shown(key)}" if path else shown(key), f"unknown key (allowed: {', '.join(sorted(allowed))})")
 
 
 def _meter(name: str, raw: Any) -> Meter:
-    path = f"meters.{name}"
+    path = f"meters.{shown(name)}"
     _name(name, METER_NAME, path, "a meter's name is 1 to 4 lowercase words (a-z, 0-9, _) joined by dots, "
           f"at most {METER_NAME_MAX} characters", METER_NAME_MAX)
     table = _table(raw, path)
@@ -113,7 +120,7 @@ def _meter(name: str, raw: Any) -> Meter:
         raise InvalidRateCard(f"{path}.dimensions", f"at most {MAX_DIMENSIONS} dimensions")
     dimensions: list[Dimension] = []
     for dname in sorted(dims_raw):
-        dpath = f"{path}.dimensions.{dname}"
+        dpath = f"{path}.dimensions.{shown(dname)}"
         _name(dname, DIMENSION_NAME, dpath, "a dimension's name is a lowercase word (a-z, 0-9, _), at most 32 characters")
         values = dims_raw[dname]
         if not isinstance(values, list) or not 1 <= len(values) <= MAX_VALUES:
@@ -164,7 +171,7 @@ def _no_extra(node: Any, dimensions: list[Dimension], path: str) -> None:
     allowed = frozenset(dimensions[0].values)
     for key in sorted(node):
         if key not in allowed:
-            raise InvalidRateCard(f"{path}.{key}", f"is not a value of dimension {dimensions[0].name}")
+            raise InvalidRateCard(f"{path}.{shown(key)}", f"is not a value of dimension {dimensions[0].name}")
         _no_extra(node[key], dimensions[1:], f"{path}.{key}")
 
 
@@ -228,8 +235,8 @@ def price(card: RateCard, version: int, usage: Usage) -> Quote:
     """The price of one usage under one card (rounded up, per spend)."""
     meter = card.meters.get(usage.meter)
     if meter is None:
-        raise PricingError(f"no meter named {usage.meter!r} in rate card version {version}",
-                           reason="UNKNOWN_METER", field="usage.meter", meter=usage.meter, version=version)
+        raise PricingError(f"no meter named {shown(usage.meter)!r} in rate card version {version}",
+                           reason="UNKNOWN_METER", field="usage.meter", meter=shown(usage.meter), version=version)
     quantity = usage.quantity
     if isinstance(quantity, bool) or not 1 <= quantity <= MAX_QUANTITY:
         raise PricingError(f"quantity must be a whole number of units from 1 to {MAX_QUANTITY}",
@@ -249,8 +256,8 @@ def price(card: RateCard, version: int, usage: Usage) -> Quote:
         combo.append(value)
     if given:
         name = min(given)
-        raise PricingError(f"meter {meter.name} has no dimension {name!r}", reason="UNKNOWN_DIMENSION",
-                           field="usage.dimensions", meter=meter.name, dimension=name[:64])
+        raise PricingError(f"meter {meter.name} has no dimension {shown(name)!r}", reason="UNKNOWN_DIMENSION",
+                           field="usage.dimensions", meter=meter.name, dimension=shown(name))
     unit_price = meter.prices[tuple(combo)]
     amount = -(-(quantity * unit_price) // meter.per_units)
     if amount > MAX_AMOUNT:

@@ -10,7 +10,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from server.grpc import Ctx, validation
 from server.platform import errors
 from server.platform.auth import Role, principal
-from server.pricing.card import MAX_METERS, InvalidRateCard, parse
+from server.pricing.card import MAX_METERS, InvalidRateCard, parse, shown
 from server.pricing.models import Meter, RateCard, RateCardVersion
 from server.pricing.service import PricingService, usage_from_proto
 from server.registry import Registry
@@ -53,7 +53,7 @@ def card_from_pb(meters: Any) -> RateCard:
         if not m.name:
             raise InvalidRateCard(f"{path}.name", "is required")
         if m.name in table:
-            raise InvalidRateCard(f"{path}.name", f"names meter {m.name[:64]!r} a second time")
+            raise InvalidRateCard(f"{path}.name", f"names meter {shown(m.name)!r} a second time")
         entry: dict[str, Any] = {"unit": m.unit, "description": m.description}
         if m.per_units:
             entry["per_units"] = m.per_units

@@ -33,6 +33,7 @@ from flownexus.billing.v1 import (
     orgs_pb2,
     payments_pb2,
     portal_pb2,
+    pricing_pb2,
     refill_pb2,
     tier_pb2,
     usage_pb2,
@@ -131,6 +132,12 @@ EVERY_RPC: list[tuple[str, str, Any]] = [
     ("events", "SetBalanceAlerts", events_pb2.SetBalanceAlertsRequest(thresholds_millicredits=[1], request_id="t")),
     ("events", "GetBalanceAlerts", events_pb2.GetBalanceAlertsRequest()),
     ("portal", "CreatePortalSession", portal_pb2.CreatePortalSessionRequest(return_url="https://example.com/", request_id="t")),
+    ("pricing", "ListMeters", pricing_pb2.ListMetersRequest()),
+    ("pricing", "GetRateCard", pricing_pb2.GetRateCardRequest()),
+    ("pricing", "ListRateCardVersions", pricing_pb2.ListRateCardVersionsRequest()),
+    ("pricing", "PublishRateCard", pricing_pb2.PublishRateCardRequest(meters=[pricing_pb2.Meter(
+        name="api.calls", unit="call", prices=[pricing_pb2.MeterPrice(unit_price_millicredits=1)])], request_id="t")),
+    ("pricing", "EstimateCost", pricing_pb2.EstimateCostRequest(usage=common_pb2.Usage(meter="api.calls", quantity=1))),
 ]
 
 
@@ -653,6 +660,28 @@ def new_service_cases(
         ("update endpoint url NUL", "events", "UpdateWebhookEndpoint", events_pb2.UpdateWebhookEndpointRequest(endpoint_id="we_x", url="https://example.com/\x00", request_id="r"), s, IA, "WEBHOOK_URL_INVALID"),
         ("portal no request_id", "portal", "CreatePortalSession", portal_pb2.CreatePortalSessionRequest(return_url="https://example.com/"), u, IA, "MISSING_REQUEST_ID"),
         ("portal for another", "portal", "CreatePortalSession", portal_pb2.CreatePortalSessionRequest(user_id="victim", return_url="https://example.com/", request_id="r"), u, pd, "NOT_YOUR_ACCOUNT"),
+        ("rate card as of year 0", "pricing", "GetRateCard", pricing_pb2.GetRateCardRequest(as_of_time=Timestamp(seconds=-62_135_596_801)), u, IA, "INVALID_TIMESTAMP"),
+        ("rate card version -1", "pricing", "GetRateCard", pricing_pb2.GetRateCardRequest(version=-1), u, IA, "INVALID_VERSION"),
+        ("rate card version int64 max", "pricing", "GetRateCard", pricing_pb2.GetRateCardRequest(version=I64_MAX), u, grpc.StatusCode.NOT_FOUND, "RATE_CARD_VERSION_NOT_FOUND"),
+        ("rate card versions page -1", "pricing", "ListRateCardVersions", pricing_pb2.ListRateCardVersionsRequest(page_size=-1), u, IA, "INVALID_PAGE_SIZE"),
+        ("rate card versions token", "pricing", "ListRateCardVersions", pricing_pb2.ListRateCardVersionsRequest(page_token=HUGE), u, IA, "INVALID_PAGE_TOKEN"),
+        ("publish as a user", "pricing", "PublishRateCard", pricing_pb2.PublishRateCardRequest(meters=[pricing_pb2.Meter(name="api.calls", unit="call", prices=[pricing_pb2.MeterPrice(unit_price_millicredits=1)])], request_id="r"), u, pd, "ROLE_REQUIRED"),
+        ("publish as a service", "pricing", "PublishRateCard", pricing_pb2.PublishRateCardRequest(request_id="r"), s, pd, "ROLE_REQUIRED"),
+        ("publish no request_id", "pricing", "PublishRateCard", pricing_pb2.PublishRateCardRequest(), a, IA, "MISSING_REQUEST_ID"),
+        ("publish empty card", "pricing", "PublishRateCard", pricing_pb2.PublishRateCardRequest(request_id="r"), a, IA, "INVALID_RATE_CARD"),
+        ("publish price int64 max", "pricing", "PublishRateCard", pricing_pb2.PublishRateCardRequest(meters=[pricing_pb2.Meter(name="api.calls", unit="call", prices=[pricing_pb2.MeterPrice(unit_price_millicredits=I64_MAX)])], request_id="r"), a, IA, "INVALID_RATE_CARD"),
+        ("publish per_units int64 min", "pricing", "PublishRateCard", pricing_pb2.PublishRateCardRequest(meters=[pricing_pb2.Meter(name="api.calls", unit="call", per_units=I64_MIN, prices=[pricing_pb2.MeterPrice(unit_price_millicredits=1)])], request_id="r"), a, IA, "INVALID_RATE_CARD"),
+        ("publish meter name NUL", "pricing", "PublishRateCard", pricing_pb2.PublishRateCardRequest(meters=[pricing_pb2.Meter(name="api\x00calls", unit="call", prices=[pricing_pb2.MeterPrice(unit_price_millicredits=1)])], request_id="r"), a, IA, "INVALID_RATE_CARD"),
+        ("publish meter name huge", "pricing", "PublishRateCard", pricing_pb2.PublishRateCardRequest(meters=[pricing_pb2.Meter(name=HUGE, unit="call", prices=[pricing_pb2.MeterPrice(unit_price_millicredits=1)])], request_id="r"), a, IA, "INVALID_RATE_CARD"),
+        ("publish in the past", "pricing", "PublishRateCard", pricing_pb2.PublishRateCardRequest(meters=[pricing_pb2.Meter(name="api.calls", unit="call", prices=[pricing_pb2.MeterPrice(unit_price_millicredits=1)])], effective_time=Timestamp(seconds=1), request_id="r"), a, IA, "EFFECTIVE_TIME_IN_PAST"),
+        ("estimate no usage", "pricing", "EstimateCost", pricing_pb2.EstimateCostRequest(), u, IA, "UNKNOWN_METER"),
+        ("estimate meter NUL", "pricing", "EstimateCost", pricing_pb2.EstimateCostRequest(usage=common_pb2.Usage(meter="api.calls\x00", quantity=1)), u, IA, "UNKNOWN_METER"),
+        ("estimate meter huge", "pricing", "EstimateCost", pricing_pb2.EstimateCostRequest(usage=common_pb2.Usage(meter=HUGE, quantity=1)), u, IA, "UNKNOWN_METER"),
+        ("estimate quantity int64 max", "pricing", "EstimateCost", pricing_pb2.EstimateCostRequest(usage=common_pb2.Usage(meter="api.calls", quantity=I64_MAX)), u, IA, "INVALID_QUANTITY"),
+        ("estimate quantity int64 min", "pricing", "EstimateCost", pricing_pb2.EstimateCostRequest(usage=common_pb2.Usage(meter="api.calls", quantity=I64_MIN)), u, IA, "INVALID_QUANTITY"),
+        ("estimate dimension huge", "pricing", "EstimateCost", pricing_pb2.EstimateCostRequest(usage=common_pb2.Usage(meter="sandbox.seconds", quantity=1, dimensions={"size": HUGE})), u, IA, "INVALID_DIMENSION_VALUE"),
+        ("estimate many dimensions", "pricing", "EstimateCost", pricing_pb2.EstimateCostRequest(usage=common_pb2.Usage(meter="sandbox.seconds", quantity=1, dimensions={f"d{i}": "v" for i in range(1000)})), u, IA, "UNKNOWN_DIMENSION"),
+        ("estimate in year 10000", "pricing", "EstimateCost", pricing_pb2.EstimateCostRequest(usage=common_pb2.Usage(meter="api.calls", quantity=1), usage_time=Timestamp(seconds=253_402_300_800)), u, IA, "INVALID_TIMESTAMP"),
         ("batch empty", "usage", "SpendBatch", usage_pb2.SpendBatchRequest(), s, IA, "BATCH_EMPTY"),
         ("batch request_id twice", "usage", "SpendBatch", usage_pb2.SpendBatchRequest(requests=[usage_pb2.SpendRequest(user_id=USER, amount_millicredits=1, request_id="r")] * 2), s, IA, "DUPLICATE_REQUEST_ID"),
         ("batch too large", "usage", "SpendBatch", usage_pb2.SpendBatchRequest(requests=[usage_pb2.SpendRequest(user_id=USER, amount_millicredits=1, request_id=f"r{i}") for i in range(5000)]), s, IA, "BATCH_TOO_LARGE"),
@@ -683,7 +712,7 @@ async def test_bad_fields_every_rpc(hostile: Running, caplog: pytest.LogCaptureF
         label="mine", budgets=[keys_pb2.Budget(window=keys_pb2.BUDGET_WINDOW_DAY, limit_millicredits=1000)],
         request_id="key-mallory"), auth(USER))
     cases = field_cases(charge.transaction.id, str(grant), own_org, their_org, their_key.key.id, own_key.key.id)
-    covered = {m for _, _, m, *_ in cases} | {"CheckBalance", "ListTiers"}  # these take no fields
+    covered = {m for _, _, m, *_ in cases} | {"CheckBalance", "ListTiers", "ListMeters"}  # these take no fields
     assert covered == {m for _, m, _ in EVERY_RPC}, "an RPC has no hostile field cases"
     before = await snapshot(hostile)
     audit_before = await _audit_count(hostile)

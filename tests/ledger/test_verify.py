@@ -15,7 +15,14 @@ from typing import Any
 
 import asyncpg
 import pytest
-from flownexus.billing.v1 import common_pb2, earnings_pb2, events_pb2, usage_pb2
+from flownexus.billing.v1 import (
+    common_pb2,
+    earnings_pb2,
+    events_pb2,
+    pricing_pb2,
+    pricing_pb2_grpc,
+    usage_pb2,
+)
 
 from server.db.engine import Database
 from server.ledger.verify import verify
@@ -61,6 +68,10 @@ async def populate(server) -> str:
     h = await server.s.usage.Reserve(usage_pb2.ReserveRequest(amount_millicredits=3_000, request_id="h1"), metadata=auth("bob"))
     await server.s.usage.Capture(usage_pb2.CaptureRequest(hold_id=h.hold.id, amount_millicredits=1_000, request_id="c1"), metadata=auth("bob"))
     active = await server.s.usage.Reserve(usage_pb2.ReserveRequest(amount_millicredits=4_000, request_id="h2"), metadata=auth("alice"))
+    # A second rate card version, scheduled.
+    await pricing_pb2_grpc.PricingServiceStub(server.s.channel).PublishRateCard(pricing_pb2.PublishRateCardRequest(
+        meters=[pricing_pb2.Meter(name="api.calls", unit="call", prices=[pricing_pb2.MeterPrice(unit_price_millicredits=1)])],
+        request_id="rc2"), metadata=auth("ops", "admin"))
     return active.hold.id
 
 
@@ -161,6 +172,18 @@ CORRUPTIONS: dict[str, tuple[Callable[[sqlite3.Connection], None], str]] = {
     "delivery_without_endpoint": (delivery_without_endpoint, "its endpoint does not exist"),
     "pending_delivery_without_event": (pending_delivery_without_event, "we_ok/10000: pending, but its event does not exist"),
     "delivery_of_another_wallet": (delivery_of_another_wallet, "its wallet is not its event's"),
+    "rate_card_invalid": (lambda c: c.execute(
+        "UPDATE rate_card_versions SET card=replace(card, '\"price\":2000', '\"price\":0')"),
+        "rate card version 1: not a valid card (rate card refused: meters.agent.deployments.price"),
+    "rate_card_hash": (lambda c: c.execute("UPDATE rate_card_versions SET card_sha256='0'"),
+                       "rate card version 1: card or card_sha256 is not its canonical form"),
+    "rate_card_not_canonical": (lambda c: c.execute("UPDATE rate_card_versions SET card=' ' || card"),
+                                "rate card version 1: card or card_sha256 is not its canonical form"),
+    "rate_card_gap": (lambda c: c.execute("UPDATE rate_card_versions SET version=3 WHERE version=2"),
+                      "rate card version 3: expected version 2"),
+    "rate_card_effective_before_published": (
+        lambda c: c.execute("UPDATE rate_card_versions SET effective_at_us=published_at_us-1 WHERE version=2"),
+        "rate card version 2: effective at"),
 }
 
 
@@ -195,6 +218,7 @@ async def test_clean_database_passes(golden: Path) -> None:
     assert "ledger OK" in done.stdout
     assert "checked transfers:" in done.stdout and "checked holds: 2" in done.stdout
     assert "checked events: 2" in done.stdout  # balance.low, then balance.recovered (the award)
+    assert "checked rate_card_versions: 2" in done.stdout
 
 
 @pytest.mark.parametrize("name", list(CORRUPTIONS))
@@ -233,10 +257,12 @@ async def test_postgres_corruption_detected(tmp_path: Path, clock) -> None:  # t
         try:
             await conn.execute("UPDATE accounts SET balance=balance+1 WHERE id='wallet:alice'")
             await conn.execute("DELETE FROM holds WHERE id=$1", hold_id)
+            await conn.execute("UPDATE rate_card_versions SET version=5 WHERE version=2")
         finally:
             await conn.close()
         problems = await audit(url)
         assert any("cached balance" in p for p in problems), problems
         assert any(f"hold transfer {hold_id} has no hold record" in p for p in problems), problems
+        assert any("rate card version 5: expected version 2" in p for p in problems), problems
         done = run_cli(url)
         assert done.returncode == 1 and "accounts sum to 1" in done.stdout, done.stdout
