@@ -137,12 +137,28 @@ class Metered(Protocol):
     def priced_at(self, at_us: int) -> UsageRecord: ...
 
 
+# A meter's few dimension combinations, as stored: encoded once each, not per spend.
+_DIMENSIONS_JSON: dict[tuple[tuple[str, str], ...], str] = {(): "{}"}
+
+
+def _dimensions_json(dimensions: dict[str, str]) -> str:
+    if not dimensions:
+        return "{}"
+    key = tuple(dimensions.items())
+    found = _DIMENSIONS_JSON.get(key)
+    if found is None:
+        found = json.dumps(dimensions, sort_keys=True, separators=(",", ":"))
+        if len(_DIMENSIONS_JSON) < 10_000:  # bounded: values are the rate card's, but never trust a count
+            _DIMENSIONS_JSON[key] = found
+    return found
+
+
 def _record_usage(tx: LedgerTx, transfer_id: int, usage: UsageRecord) -> None:
     """The one place a transfer's usage row is written: staged with the batch,
     so it commits (or is undone) with its transfer."""
     tx.rows(transfer_usage).insert({
         "transfer_id": transfer_id, "meter": usage.meter, "quantity": usage.quantity,
-        "dimensions": json.dumps(usage.dimensions, sort_keys=True, separators=(",", ":")),
+        "dimensions": _dimensions_json(usage.dimensions),
         "version": usage.version, "unit_price": usage.unit_price, "per_units": usage.per_units,
         "priced_at_us": usage.priced_at_us, "hold_id": usage.hold_id or None,
     })
@@ -158,8 +174,6 @@ class SpendResult:
     # Stored for every Spend (its idempotent response): a flat JSON list, not
     # the generic nested object, since it is written once per operation.
     def to_bytes(self) -> bytes:
-        if self.usage is not None:  # a priced spend: the nested form, which from_bytes reads too
-            return to_json(self)
         t = self.transaction
         flat = [
             self.credits, t.id, t.kind, t.amount, t.balance_after, t.description, t.category, t.ref,
@@ -169,15 +183,23 @@ class SpendResult:
             flat.append(t.key_id)
             if t.member_id:
                 flat.append(t.member_id)
+        if self.usage is not None:  # a priced spend: the flat list and its usage's fields
+            u = self.usage
+            usage = [u.meter, u.quantity, u.dimensions, u.version, u.unit_price, u.per_units, u.amount,
+                     u.priced_at_us, u.hold_id]
+            return compact_json({"t": flat, "u": usage}).encode()
         return compact_json(flat).encode()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> SpendResult:
         value = json.loads(data)
-        if isinstance(value, dict):  # the nested form earlier releases stored
-            return from_json(cls, data)
+        usage = None
+        if isinstance(value, dict):
+            if "t" not in value:  # the nested form earlier releases stored
+                return from_json(cls, data)
+            value, usage = value["t"], UsageRecord(*value["u"])
         credits, *transfer = value
-        return cls(TransferView(*transfer), credits)
+        return cls(TransferView(*transfer), credits, usage)
 
 
 class _SpendResultOp(Op[SpendResult]):
