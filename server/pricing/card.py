@@ -160,7 +160,9 @@ def _meter(name: str, raw: Any) -> Meter:
                 node = node[value]
             prices[combo] = _int(node, ppath, 1, MAX_UNIT_PRICE)
         _no_extra(tree, dimensions, f"{path}.prices")
-    return Meter(name, unit, description, per_units, tuple(dimensions), prices)
+    names = [d.name for d in dimensions]
+    by_usage = {tuple(zip(names, combo, strict=True)): p for combo, p in prices.items()}
+    return Meter(name, unit, description, per_units, tuple(dimensions), prices, by_usage)
 
 
 def _no_extra(node: Any, dimensions: list[Dimension], path: str) -> None:
@@ -233,6 +235,20 @@ def parse_toml(text: str, path: str = "card") -> RateCard:
 
 def price(card: RateCard, version: int, usage: Usage) -> Quote:
     """The price of one usage under one card (rounded up, per spend)."""
+    meter = card.meters.get(usage.meter)
+    if meter is not None:  # the spend path: one lookup, integer arithmetic
+        unit_price = meter.by_usage.get(usage.dimensions)
+        quantity = usage.quantity
+        if unit_price is not None and type(quantity) is int and 0 < quantity <= MAX_QUANTITY:
+            amount = -(-(quantity * unit_price) // meter.per_units)
+            if amount <= MAX_AMOUNT:
+                return Quote(amount, version, unit_price, meter.per_units)
+    return _refuse(card, version, usage)
+
+
+def _refuse(card: RateCard, version: int, usage: Usage) -> Quote:
+    """The slow path: the precise refusal of a usage the card cannot price
+    (or the price of one whose dimensions were not given in sorted order)."""
     meter = card.meters.get(usage.meter)
     if meter is None:
         raise PricingError(f"no meter named {shown(usage.meter)!r} in rate card version {version}",

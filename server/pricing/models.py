@@ -41,6 +41,9 @@ class Meter:
     # The unit price of each combination of dimension values, keyed by the
     # values in the order of `dimensions` (() for a meter without dimensions).
     prices: dict[tuple[str, ...], int] = field(hash=False, compare=False)
+    # The same prices keyed as a Usage names them, ((dimension, value), ...)
+    # sorted by dimension: one dict lookup prices a usage.
+    by_usage: dict[tuple[tuple[str, str], ...], int] = field(hash=False, compare=False, default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -295,7 +295,7 @@ def test_every_mutating_rpc_is_rate_limited() -> None:
         "OrgsService/CreateOrg", "OrgsService/AddMember", "OrgsService/UpdateMember", "OrgsService/RemoveMember",
         "EventsService/SetBalanceAlerts", "EventsService/CreateWebhookEndpoint", "EventsService/UpdateWebhookEndpoint",
         "EventsService/DeleteWebhookEndpoint", "EventsService/RotateWebhookSecret", "EventsService/RedeliverEvent",
-        "PortalService/CreatePortalSession",
+        "PortalService/CreatePortalSession", "PricingService/PublishRateCard",
     }
 
 

@@ -239,3 +239,34 @@ async def test_a_bad_card_is_refused_whole_naming_the_field(server: Running) -> 
         assert info.metadata["field"] == path, (what, info.metadata)
     listed = await stub(server).ListRateCardVersions(pricing_pb2.ListRateCardVersionsRequest(), metadata=USER)
     assert [v.version for v in listed.versions] == [1]
+
+
+async def test_a_process_that_cannot_read_the_versions_stops_pricing_until_it_can(db_url: str, clock) -> None:  # type: ignore[no-untyped-def]
+    """PRICES_STALE: past the lead time without a good read of the versions, a
+    process refuses to price (it could miss a version about to take effect),
+    and prices again at its next good read."""
+    import asyncio
+
+    from sqlalchemy import text
+
+    from tests.harness import serving
+
+    async with serving(db_url, clock, rate_card_lead_seconds=1.0) as server:
+        u = usage("api.calls", 1000)
+        assert (await estimate(server, u)).amount_millicredits == 100
+        async with server.started.db.writer.begin() as conn:  # the versions cannot be read
+            await conn.execute(text("ALTER TABLE rate_card_versions RENAME TO rate_card_versions_away"))
+        try:
+            await asyncio.sleep(1.5)
+            await expect_error(estimate(server, u), grpc.StatusCode.UNAVAILABLE, "PRICES_STALE")
+        finally:
+            async with server.started.db.writer.begin() as conn:
+                await conn.execute(text("ALTER TABLE rate_card_versions_away RENAME TO rate_card_versions"))
+        for _ in range(50):
+            try:
+                assert (await estimate(server, u)).amount_millicredits == 100
+                break
+            except grpc.aio.AioRpcError:
+                await asyncio.sleep(0.1)
+        else:
+            raise AssertionError("pricing did not resume after the versions could be read again")
