@@ -24,7 +24,7 @@ The pairs:
 - "SpendBatch(100) through keys, 1,000 accounts": against SpendBatch(100).
 
   BENCH_KEYS_ROUNDS=9  BENCH_KEYS_DURATION=4  BENCH_KEYS_WARMUP=1
-  BENCH_KEYS_ONLY=secret,batch (substrings of the pairs' names)  BENCH_DBS=sqlite
+  BENCH_KEYS_ONLY=secret,Batch (substrings of the pairs' names)  BENCH_DBS=sqlite
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from server.platform.auth import Role, mint_token
 ROUNDS = max(1, int(os.environ.get("BENCH_KEYS_ROUNDS", 9)))
 DURATION = b.env_float("BENCH_KEYS_DURATION", min(b.DURATION, 4))
 WARMUP = b.env_float("BENCH_KEYS_WARMUP", min(b.WARMUP, 1))
-# Only the pairs whose name contains one of these (comma-separated): "secret", "batch", ...
+# Only the pairs whose name contains one of these (comma-separated): "secret", "Batch", ...
 ONLY = [w for w in os.environ.get("BENCH_KEYS_ONLY", "").split(",") if w]
 
 
