@@ -123,7 +123,7 @@ async def measure(kind: str, server: b.Server, users: list[str], made: dict[str,
         cpu_ratios = [c for _, c in rounds if c is not None]
         section = {"section": "items"} if pair.unit == "item" else {}
         rows.append({"name": pair.plain_name + " (keys' pair)", "db": kind, **section, **_median_row(plain_runs, pair),
-                     "rounds": ROUNDS})
+                     "rounds": ROUNDS, "pairs_with": pair.name})
         rows.append({
             "name": pair.name, "db": kind, **section, **_median_row(keyed_runs, pair), "rounds": ROUNDS,
             "vs": pair.plain_name, "unit": pair.unit,
