@@ -81,7 +81,6 @@ transfers = Table(
     CheckConstraint("amount > 0", name="amount_positive"),
     CheckConstraint("debit_account <> credit_account", name="distinct_accounts"),
     Index("ix_transfers_corrects", "corrects"),
-    Index("ix_transfers_key_id", "key_id", "id"),
     Index("ix_transfers_member_id", "member_id", "id"),
 )
 
@@ -414,7 +413,11 @@ api_keys = Table(
     Column("month_start_us", BigInteger, nullable=False, default=0),
     Column("month_used", BigInteger, nullable=False, default=0),
     Column("lifetime_used", BigInteger, nullable=False, default=0),
+    # The end of the earliest window with use recorded (0: none): the budget
+    # reset job reads the keys due by this index, not every key.
+    Column("resets_at_us", BigInteger, nullable=False, default=0, server_default="0"),
     Index("ix_api_keys_user", "user_id", "created_at_us"),
+    Index("ix_api_keys_resets", "resets_at_us", "id"),
 )
 
 

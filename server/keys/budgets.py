@@ -17,6 +17,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from sqlalchemy import Table
+
 from server.keys import repository as repo
 from server.keys.models import BudgetLimit, Window, budgets_of, window_bounds
 from server.ledger.model import KEY_LIMITED_KINDS, BalanceEvent, Kind
@@ -32,6 +34,10 @@ KEYS = "keys-rows"
 # The batch's counters: id -> Counters, set through the undo log.
 USED = "keys-used"
 WARN_PERCENT = 80
+# At most this many keys a batch names are read with the wallets' users (PostgreSQL).
+PREFETCH_MAX = 64
+# The use counters' columns, on a key's row and on an org member's.
+COUNTER_COLUMNS = repo.COUNTER_COLUMNS
 
 # A key's use counters, in the row's order: the start of the hour, day and
 # month each counter is for (0: never used) with its use, then the lifetime use.
@@ -63,6 +69,7 @@ class KeyRow:
         "loaded",
         "max_spend",
         "plan",
+        "resets_at_us",
         "revoked_at_us",
         "user_id",
     )
@@ -77,10 +84,8 @@ class KeyRow:
         self.categories = _categories(row["categories"])
         self.budgets = parsed_budgets(row["budgets"])
         self.plan = _plan(row["budgets"])
-        self.loaded: Counters = (
-            row["hour_start_us"], row["hour_used"], row["day_start_us"], row["day_used"],
-            row["month_start_us"], row["month_used"], row["lifetime_used"],
-        )
+        self.loaded: Counters = counters_of(row)
+        self.resets_at_us: int = row["resets_at_us"]
 
 
 async def load_keys(tx: LedgerTx, key_ids: set[str]) -> dict[str, KeyRow | None]:
@@ -99,6 +104,29 @@ async def load_keys(tx: LedgerTx, key_ids: set[str]) -> dict[str, KeyRow | None]
 
 
 class KeyBudgets(SpendGuard):
+    def prefetch(self, tx: LedgerTx, wanted: list[tuple[str, int]]) -> list[tuple[Table, str, list[Any]]]:
+        # PostgreSQL: the keys the operations name come in the round trip of the
+        # wallets' users, after the wallets' locks and without a lock of their
+        # own: every change to a key's row (a batch's use, UpdateKey, RevokeKey,
+        # the reset job) is made under its wallet's lock, and a key of another
+        # wallet is only read, to be refused. SQLite's batch holds the write lock.
+        # A batch of many keys reads them in the narrow statement of `load` instead:
+        # the round trip saved is one per batch, the whole rows' decoding one per key.
+        ids = {k for k, _ in wanted}
+        if tx.is_sqlite or len(ids) > PREFETCH_MAX:
+            return []
+        return [repo.prefetch_group(sorted(ids))]
+
+    def prefetched(self, tx: LedgerTx, found: list[list[dict[str, Any]]]) -> None:
+        keys: dict[str, KeyRow | None] = tx.batch_dict(KEYS)
+        used: dict[str, Counters] = tx.batch_dict(USED)
+        for row in found[0]:
+            key = KeyRow(row)
+            keys[key.id] = key
+            used[key.id] = key.loaded  # a read, not a change: nothing to undo
+        # An id with no key is not marked: the load after the holds reads it again
+        # (locked), as any key it has not seen.
+
     async def load(self, tx: LedgerTx, wanted: list[tuple[str, int]]) -> None:
         await load_keys(tx, {k for k, _ in wanted})
 
@@ -107,16 +135,21 @@ class KeyBudgets(SpendGuard):
         if not used:
             return
         keys: dict[str, KeyRow | None] = tx.batch_dict(KEYS)
-        changed = []
+        changed: list[dict[str, Any]] = []
+        moved: list[dict[str, Any]] = []  # and their next reset (an indexed column: only when it moves)
         for key_id in sorted(used):
             counters = used[key_id]
             key = keys[key_id]
             if key is not None and counters != key.loaded:
-                row: dict[str, Any] = dict(zip(repo.COUNTER_COLUMNS, counters, strict=True))
+                row: dict[str, Any] = dict(zip(COUNTER_COLUMNS, counters, strict=True))
                 row["id"] = key_id
-                changed.append(row)
-        if changed:
-            await repo.write_counters(tx, changed)
+                resets = next_reset_us(counters)
+                if resets != key.resets_at_us:
+                    row["resets_at_us"] = resets
+                    moved.append(row)
+                else:
+                    changed.append(row)
+        await repo.write_counters(tx, changed, moved)
 
     async def use(
         self, tx: LedgerTx, key_id: str, user_id: str, delta: int, at_us: int, *, kind: Kind, category: str
@@ -141,7 +174,7 @@ class KeyBudgets(SpendGuard):
             if limited:
                 for b, i, _warn in plan:
                     if c[i] + delta > b.limit:
-                        _refuse(tx, user_id, key_id, b, c[i], delta, _bounds(at_us))
+                        _refuse(tx, user_id, key_id, b, c[i], delta, at_us)
             tx.batch_put(USED, key_id, (
                 c[0], c[1] + delta, c[2], c[3] + delta, c[4], c[5] + delta, c[6] + delta,
             ))
@@ -151,36 +184,135 @@ class KeyBudgets(SpendGuard):
                     if was < warn <= was + delta or was < b.limit <= was + delta:
                         _crossings(tx, user_id, key, b, was, was + delta)
             return
-        bounds = _bounds(at_us)
         budgets = key.budgets
-        # The use of each window holding `at_us`: the counter when it is for that
-        # window, 0 when that window has not been used yet; None for a window
-        # that has ended since (a give-back there changes no current counter).
-        now_used: dict[Window, int | None] = {Window.LIFETIME: c[LIFETIME_USED]}
-        for w, (si, ui) in COUNTER_AT.items():
-            start = bounds[w][0]
-            now_used[w] = c[ui] if c[si] == start else 0 if c[si] < start else None
+        now_used = window_uses(c, at_us)
         if limited:
-            for b in budgets:
-                before = now_used[b.window] or 0
-                if before + delta > b.limit:
-                    _refuse(tx, user_id, key_id, b, before, delta, bounds)
-        new = list(c)
-        new[LIFETIME_USED] = c[LIFETIME_USED] + delta
-        for w, (si, ui) in COUNTER_AT.items():
-            prior = now_used[w]
-            if prior is None:
-                continue
-            start = bounds[w][0]
-            if c[si] != start:
-                _window_began(tx, key, w, c[ui])
-                new[si] = start
-            new[ui] = prior + delta
-        tx.batch_put(USED, key_id, _counters(new))
+            hit = over_budget(budgets, now_used, delta)
+            if hit is not None:
+                _refuse(tx, user_id, key_id, hit[0], hit[1], delta, at_us)
+        new, began = used_after(c, now_used, delta, at_us)
+        for w, used_before in began:
+            _window_began(tx, key, w, used_before)
+        tx.batch_put(USED, key_id, new)
         if delta > 0:
             for b in budgets:
                 before = now_used[b.window] or 0
                 _crossings(tx, user_id, key, b, before, before + delta)
+
+
+# ---- the per-window use rule, shared with org members' budgets (server/orgs/budgets.py) ----
+
+
+def counters_of(row: dict[str, Any]) -> Counters:
+    """The use counters of a row with COUNTER_COLUMNS (a key's, a member's)."""
+    return (
+        row["hour_start_us"], row["hour_used"], row["day_start_us"], row["day_used"],
+        row["month_start_us"], row["month_used"], row["lifetime_used"],
+    )
+
+
+def window_uses(c: Counters, at_us: int) -> dict[Window, int | None]:
+    """The use of each window holding `at_us`: the counter when it is for that
+    window, 0 when that window has not been used yet; None for a window that
+    has ended since (a give-back there changes no current counter)."""
+    bounds = _bounds(at_us)
+    now_used: dict[Window, int | None] = {Window.LIFETIME: c[LIFETIME_USED]}
+    for w, (si, ui) in COUNTER_AT.items():
+        start = bounds[w][0]
+        now_used[w] = c[ui] if c[si] == start else 0 if c[si] < start else None
+    return now_used
+
+
+def over_budget(
+    budgets: list[BudgetLimit], now_used: dict[Window, int | None], delta: int
+) -> tuple[BudgetLimit, int] | None:
+    """The first budget `delta` more would pass, with its window's use."""
+    for b in budgets:
+        before = now_used[b.window] or 0
+        if before + delta > b.limit:
+            return b, before
+    return None
+
+
+def used_after(
+    c: Counters, now_used: dict[Window, int | None], delta: int, at_us: int
+) -> tuple[Counters, list[tuple[Window, int]]]:
+    """The counters after adding `delta` in the windows of `at_us`, and the
+    windows whose counter moved to a new window (with the use it had)."""
+    bounds = _bounds(at_us)
+    new = list(c)
+    new[LIFETIME_USED] = c[LIFETIME_USED] + delta
+    began: list[tuple[Window, int]] = []
+    for w, (si, ui) in COUNTER_AT.items():
+        prior = now_used[w]
+        if prior is None:
+            continue
+        start = bounds[w][0]
+        if c[si] != start:
+            began.append((w, c[ui]))
+            new[si] = start
+        new[ui] = prior + delta
+    return _counters(new), began
+
+
+def rolled(c: Counters, now_us: int) -> tuple[Counters, list[tuple[Window, int]]]:
+    """The boundary job's rule: the counters of ended windows moved to the
+    current ones (0 used), and the windows moved (with the use they had)."""
+    bounds = _bounds(now_us)
+    new = list(c)
+    began: list[tuple[Window, int]] = []
+    for w, (si, ui) in COUNTER_AT.items():
+        start = bounds[w][0]
+        if c[si] < start:
+            began.append((w, c[ui]))
+            new[si], new[ui] = start, 0
+    return _counters(new), began
+
+
+def next_reset_us(c: Counters) -> int:
+    """When the boundary job next has work for these counters (the key's
+    resets_at_us): the end of the earliest window with use recorded in it, 0: none."""
+    key = (c[HOUR_START] if c[HOUR_USED] > 0 else 0, c[DAY_START] if c[DAY_USED] > 0 else 0,
+           c[MONTH_START] if c[MONTH_USED] > 0 else 0)
+    found = _RESETS.get(key)
+    if found is None:
+        if len(_RESETS) > 64:
+            _RESETS.clear()
+        ends = [window_bounds(w, start)[1] for w, start in zip(COUNTERS, key, strict=True) if start > 0]
+        found = _RESETS[key] = min(ends) if ends else 0
+    return found
+
+
+_RESETS: dict[tuple[int, int, int], int] = {}
+
+
+def budget_exceeded(
+    who: str, b: BudgetLimit, used: int, delta: int, at_us: int, meta: dict[str, object]
+) -> BudgetExceeded:
+    """The refusal and its ErrorInfo metadata: the window, the limit, the use,
+    what was asked, what remains and when the window resets."""
+    meta = {
+        **meta,
+        "window": str(b.window),
+        "limit_millicredits": b.limit,
+        "used_millicredits": used,
+        "requested_millicredits": delta,
+        "remaining_millicredits": max(b.limit - used, 0),
+    }
+    if b.window in COUNTERS:
+        meta["resets_at"] = rfc3339(_bounds(at_us)[b.window][1])
+    return BudgetExceeded(f"the {who}'s {b.window} budget would be exceeded", metadata=meta)
+
+
+def crossed(b: BudgetLimit, before: int, after: int) -> list[str]:
+    """The budget events a use from `before` to `after` crosses: 80 % used, used up."""
+    out = []
+    warn = b.limit * WARN_PERCENT // 100
+    if before < warn <= after < b.limit:
+        out.append("budget_warning")
+    if before < b.limit <= after:
+        out.append("budget_exhausted")
+    return out
 
 
 def _counters(values: list[int]) -> Counters:
@@ -199,7 +331,6 @@ async def roll_windows(tx: LedgerTx, key_ids: list[str]) -> int:
     """The boundary job's turn: move the counters of ended windows to the
     current ones (0 used) and announce each reset; keys already moved (by a
     spend, or an earlier run) change nothing, so a repeat sends no event."""
-    bounds = _bounds(tx.now_us)
     keys = await load_keys(tx, set(key_ids))
     used: dict[str, Counters] = tx.batch_dict(USED)
     moved = 0
@@ -208,35 +339,19 @@ async def roll_windows(tx: LedgerTx, key_ids: list[str]) -> int:
         if key is None:
             continue
         c = used[key_id]
-        new = list(c)
-        for w, (si, ui) in COUNTER_AT.items():
-            start = bounds[w][0]
-            if c[si] < start:
-                _window_began(tx, key, w, c[ui])
-                new[si], new[ui] = start, 0
-        if new != list(c):
-            tx.batch_put(USED, key_id, _counters(new))
+        new, began = rolled(c, tx.now_us)
+        for w, used_before in began:
+            _window_began(tx, key, w, used_before)
+        if began:
+            tx.batch_put(USED, key_id, new)
             moved += 1
     return moved
 
 
-def _refuse(
-    tx: LedgerTx, user_id: str, key_id: str, b: BudgetLimit, now_used: int, delta: int,
-    bounds: dict[Window, tuple[int, int]],
-) -> None:
-    end = bounds[b.window][1] if b.window in bounds else 0
+def _refuse(tx: LedgerTx, user_id: str, key_id: str, b: BudgetLimit, now_used: int, delta: int, at_us: int) -> None:
+    end = _bounds(at_us)[b.window][1] if b.window in COUNTERS else 0
     tx.batch_set(REFUSED).add((user_id, key_id, str(b.window), b.limit, now_used, end))
-    meta: dict[str, object] = {
-        "key_id": key_id,
-        "window": str(b.window),
-        "limit_millicredits": b.limit,
-        "used_millicredits": now_used,
-        "requested_millicredits": delta,
-        "remaining_millicredits": max(b.limit - now_used, 0),
-    }
-    if end:
-        meta["resets_at"] = rfc3339(end)
-    raise BudgetExceeded(f"the key's {b.window} budget would be exceeded", metadata=meta)
+    raise budget_exceeded("key", b, now_used, delta, at_us, {"key_id": key_id})
 
 
 # The counters of the windows that reset, on the key's row (column names),
@@ -338,12 +453,11 @@ def _categories(text: str) -> frozenset[str]:
 
 
 def _crossings(tx: LedgerTx, user_id: str, key: KeyRow, budget: BudgetLimit, before: int, after: int) -> None:
-    warn = budget.limit * WARN_PERCENT // 100
-    if before < warn <= after < budget.limit:
-        _event(tx, user_id, key.id, "budget_warning",
-               f"Key {key.label!r}: {WARN_PERCENT} % of its {budget.window} budget is used")
-    if before < budget.limit <= after:
-        _event(tx, user_id, key.id, "budget_exhausted", f"Key {key.label!r}: its {budget.window} budget is used up")
+    for kind in crossed(budget, before, after):
+        if kind == "budget_warning":
+            _event(tx, user_id, key.id, kind, f"Key {key.label!r}: {WARN_PERCENT} % of its {budget.window} budget is used")
+        else:
+            _event(tx, user_id, key.id, kind, f"Key {key.label!r}: its {budget.window} budget is used up")
 
 
 def _event(tx: LedgerTx, user_id: str, key_id: str, kind: str, message: str) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import Select, Table, and_, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from server.db.fastread import FastReader
@@ -29,14 +29,11 @@ class KeysRepository:
             found = (await conn.execute(select(api_keys).where(api_keys.c.id == key_id))).mappings().first()
         return dict(found) if found is not None else None
 
-    async def windows_ended(self, current: list[tuple[str, str, int]], limit: int) -> list[tuple[str, str]]:
+    async def due(self, now_us: int, limit: int) -> list[tuple[str, str]]:
         """(key id, wallet owner) of keys with use recorded in a window that has
-        ended; `current` gives each counter's (start column, use column, start
-        of the current window)."""
-        ended = [and_(api_keys.c[start_col] < start, api_keys.c[used_col] > 0) for start_col, used_col, start in current]
-        q = select(api_keys.c.id, api_keys.c.user_id).where(or_(*ended)).order_by(api_keys.c.id).limit(limit)
+        ended by `now_us`: a range of the resets_at_us index, never every key."""
         async with self.engine.connect() as conn:
-            return [(str(k), str(u)) for k, u in (await conn.execute(q)).all()]
+            return [(str(k), str(u)) for k, u in (await conn.execute(due_query(now_us, limit))).all()]
 
     async def page(self, user_id: str, limit: int, after: tuple[int, str] | None) -> list[dict[str, Any]]:
         """Keys of a wallet, newest first, after the (created_at_us, id) position."""
@@ -49,6 +46,14 @@ class KeysRepository:
             return [dict(r) for r in (await conn.execute(q)).mappings().all()]
 
 
+def due_query(now_us: int, limit: int) -> Select[Any]:
+    c = api_keys.c
+    return (
+        select(c.id, c.user_id).where(c.resets_at_us > 0, c.resets_at_us <= now_us)
+        .order_by(c.resets_at_us, c.id).limit(limit)
+    )
+
+
 async def count_keys(tx: LedgerTx, user_id: str) -> int:
     """Keys of a wallet, under the wallet's lock (the cap on keys per wallet)."""
     return int(await tx.fetch_scalar(select(func.count()).select_from(api_keys).where(api_keys.c.user_id == user_id)))
@@ -59,8 +64,9 @@ async def count_keys(tx: LedgerTx, user_id: str) -> int:
 GUARD_COLUMNS = (
     "id", "user_id", "label", "revoked_at_us", "expires_at_us", "max_spend", "categories", "budgets",
     "hour_start_us", "hour_used", "day_start_us", "day_used", "month_start_us", "month_used", "lifetime_used",
+    "resets_at_us",
 )
-COUNTER_COLUMNS = GUARD_COLUMNS[8:]
+COUNTER_COLUMNS = GUARD_COLUMNS[8:15]
 
 
 async def guard_rows(tx: LedgerTx, key_ids: list[str]) -> list[dict[str, Any]]:
@@ -72,10 +78,17 @@ async def guard_rows(tx: LedgerTx, key_ids: list[str]) -> list[dict[str, Any]]:
     )
 
 
-async def write_counters(tx: LedgerTx, rows: list[dict[str, Any]]) -> None:
-    """The counters of the keys a batch used (id plus COUNTER_COLUMNS each), in one
-    statement with the batch's write-back."""
+def prefetch_group(key_ids: list[str]) -> tuple[Table, str, list[Any]]:
+    """The batch's named keys as a group of its load (LedgerTx.load's `extra`)."""
+    return api_keys, "id", key_ids
+
+
+async def write_counters(tx: LedgerTx, rows: list[dict[str, Any]], moved: list[dict[str, Any]]) -> None:
+    """The counters of the keys a batch used (id plus COUNTER_COLUMNS each; `moved`
+    also their resets_at_us), with the batch's write-back (PostgreSQL: in its
+    one statement)."""
     await tx.sql.update(api_keys, "id", COUNTER_COLUMNS, rows)
+    await tx.sql.update(api_keys, "id", (*COUNTER_COLUMNS, "resets_at_us"), moved)
 
 
 async def locked_key(tx: LedgerTx, key_id: str) -> dict[str, Any] | None:

@@ -144,9 +144,7 @@ class KeysService:
         reset event at the boundary (within the job's interval), not at their next use."""
         moved = 0
         for _ in range(max_batches):
-            now = self.clock.now_us()
-            current = [(s, u, window_bounds(w, now)[0]) for w, (s, u) in COUNTERS.items()]
-            found = await self.repo.windows_ended(current, batch)
+            found = await self.repo.due(self.clock.now_us(), batch)
             if not found:
                 break
             ids = [k for k, _ in found]

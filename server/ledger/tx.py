@@ -68,6 +68,15 @@ class SpendGuard:
     supplies the real one, server/keys/budgets.py). Without it, a transfer
     recorded with a key is refused."""
 
+    def prefetch(self, tx: LedgerTx, wanted: list[tuple[str, int]]) -> list[tuple[Table, str, list[Any]]]:
+        """Rows of the keys known before the batch's load (its operations name
+        them) to read with the wallets' users, in their round trip on
+        PostgreSQL (LedgerTx.load); `prefetched` gets them."""
+        return []
+
+    def prefetched(self, tx: LedgerTx, found: list[list[Row]]) -> None:
+        """The rows `prefetch` asked for, one list per group."""
+
     async def load(self, tx: LedgerTx, wanted: list[tuple[str, int]]) -> None:
         """Read (and lock) the keys and usage rows of a batch's operations at once."""
 
@@ -161,7 +170,11 @@ class LedgerTx:
         hold_ids: Iterable[str] = (),
         request_keys: Iterable[str] = (),
         transfer_keys: Iterable[str] = (),
-    ) -> None:
+        extra: Sequence[tuple[Table, str, list[Any]]] = (),
+    ) -> list[list[Row]]:
+        """Lock and load the accounts, then (in one round trip on PostgreSQL)
+        their users and lots, the stored responses, the known transfer keys,
+        the holds, and the `extra` groups, whose rows it returns."""
         hold_ids = sorted(set(hold_ids) - self.holds.keys())
         wanted = set(account_ids)
         found_holds: list[Row] = []
@@ -172,14 +185,15 @@ class LedgerTx:
         keys = sorted(set(request_keys) - self.stored.keys())
         tkeys = sorted(set(transfer_keys) - self.existing_keys)
         relock = hold_ids if not self.is_sqlite else []
-        stored, existing, locked_holds = await self._load_accounts(
-            wanted, [(idempotency, "key", keys), (transfers, "key", tkeys), (holds, "id", relock)]
+        stored, existing, locked_holds, *more = await self._load_accounts(
+            wanted, [(idempotency, "key", keys), (transfers, "key", tkeys), (holds, "id", relock), *extra]
         )
         for r in locked_holds if relock else found_holds:
             self.holds[r["id"]] = r
         for r in stored:
             self.stored[r["key"]] = (r["fingerprint"], bytes(r["response"]))
         self.existing_keys.update(r["key"] for r in existing)
+        return more
 
     async def _load_accounts(
         self, ids: Iterable[str], also: list[tuple[Any, str, list[Any]]] | None = None

@@ -338,7 +338,13 @@ class LedgerWriter:
                 tkeys |= op.transfer_keys()
                 if op.idempotency:
                     rkeys.append(op.idempotency.key)
-            await tx.load(accounts, holds, rkeys, tkeys)
+            # The keys the operations name (not those of holds, read below) come
+            # with the wallets' users, in their round trip on PostgreSQL.
+            named = [kw for item in batch if not item.op.hold_ids() for kw in item.op.budget_keys(tx)]
+            extra = self.guard.prefetch(tx, named) if named else []
+            found = await tx.load(accounts, holds, rkeys, tkeys, extra)
+            if extra:
+                self.guard.prefetched(tx, found)
             # After the accounts' locks (and the holds, which name their keys):
             # the keys' rows, locked in sorted order.
             budgets = [kw for item in batch for kw in item.op.budget_keys(tx)]

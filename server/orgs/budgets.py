@@ -13,8 +13,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from server.keys.budgets import COUNTERS, WARN_PERCENT, BudgetExceeded, parsed_budgets, rfc3339
-from server.keys.models import BudgetLimit, Window, window_bounds
+from server.keys.budgets import (
+    COUNTER_COLUMNS,
+    WARN_PERCENT,
+    budget_exceeded,
+    counters_of,
+    crossed,
+    over_budget,
+    parsed_budgets,
+    rolled,
+    used_after,
+    window_uses,
+)
+from server.keys.models import BudgetLimit, Window
 from server.ledger.model import KEY_LIMITED_KINDS, BalanceEvent, Kind
 from server.ledger.tx import LedgerTx, MemberGuard
 from server.orgs import repository as repo
@@ -39,39 +50,22 @@ class MemberBudgets(MemberGuard):
         if row is None:
             return
         budgets = parsed_budgets(row["budgets"])
-        # Each window's use holding `at_us` (None: a window that has ended since,
-        # where a give-back changes no current counter), as for keys.
-        used: dict[Window, int | None] = {Window.LIFETIME: row["lifetime_used"]}
-        starts: dict[Window, int] = {}
-        for w, (start_col, used_col) in COUNTERS.items():
-            start = starts[w] = window_bounds(w, at_us)[0]
-            used[w] = row[used_col] if row[start_col] == start else 0 if row[start_col] < start else None
+        c = counters_of(row)
+        # The same per-window rule and refusal as a key's (server/keys/budgets.py).
+        now_used = window_uses(c, at_us)
         if limited:
-            for b in budgets:
-                now_used = used[b.window] or 0
-                if now_used + delta > b.limit:
-                    tx.batch_set(REFUSED).add((wallet_owner, member, str(b.window), b.limit, now_used))
-                    meta: dict[str, object] = {
-                        "org_id": wallet_owner, "member": member, "window": str(b.window),
-                        "limit_millicredits": b.limit, "used_millicredits": now_used,
-                        "requested_millicredits": delta, "remaining_millicredits": max(b.limit - now_used, 0),
-                    }
-                    if b.window in COUNTERS:
-                        meta["resets_at"] = rfc3339(window_bounds(b.window, at_us)[1])
-                    raise BudgetExceeded(f"the member's {b.window} budget would be exceeded", metadata=meta)
-        values: dict[str, int] = {"lifetime_used": row["lifetime_used"] + delta}
-        for w, (start_col, used_col) in COUNTERS.items():
-            before = used[w]
-            if before is None:
-                continue
-            if row[start_col] != starts[w]:
-                _window_began(tx, row, w, budgets)
-            values[start_col] = starts[w]
-            values[used_col] = before + delta
-        repo.update_member(tx, row, **values)
+            hit = over_budget(budgets, now_used, delta)
+            if hit is not None:
+                b, before = hit
+                tx.batch_set(REFUSED).add((wallet_owner, member, str(b.window), b.limit, before))
+                raise budget_exceeded("member", b, before, delta, at_us, {"org_id": wallet_owner, "member": member})
+        new, began = used_after(c, now_used, delta, at_us)
+        for w, used_before in began:
+            _window_began(tx, row, w, used_before, budgets)
+        repo.update_member(tx, row, **dict(zip(COUNTER_COLUMNS, new, strict=True)))
         if delta > 0:
             for b in budgets:
-                before = used[b.window] or 0
+                before = now_used[b.window] or 0
                 _crossings(tx, row, b, before, before + delta)
 
 
@@ -80,19 +74,21 @@ def _event(tx: LedgerTx, row: dict[str, Any], kind: str, message: str) -> None:
 
 
 def _crossings(tx: LedgerTx, row: dict[str, Any], budget: BudgetLimit, before: int, after: int) -> None:
-    warn = budget.limit * WARN_PERCENT // 100
     who = row["user_id"]
-    if before < warn <= after < budget.limit:
-        _event(tx, row, "budget_warning", f"Member {who!r}: {WARN_PERCENT} % of their {budget.window} budget is used")
-    if before < budget.limit <= after:
-        _event(tx, row, "budget_exhausted", f"Member {who!r}: their {budget.window} budget is used up")
+    for kind in crossed(budget, before, after):
+        if kind == "budget_warning":
+            _event(tx, row, kind, f"Member {who!r}: {WARN_PERCENT} % of their {budget.window} budget is used")
+        else:
+            _event(tx, row, kind, f"Member {who!r}: their {budget.window} budget is used up")
 
 
-def _window_began(tx: LedgerTx, row: dict[str, Any], window: Window, budgets: list[BudgetLimit]) -> None:
+def _window_began(
+    tx: LedgerTx, row: dict[str, Any], window: Window, used_before: int, budgets: list[BudgetLimit]
+) -> None:
     """The reset event, once per member and window that had use: by the boundary
     job or the member's first use after the boundary, whichever comes first
     (both under the member's row lock)."""
-    if row[COUNTERS[window][1]] > 0 and any(b.window == window for b in budgets):
+    if used_before > 0 and any(b.window == window for b in budgets):
         _event(tx, row, "budget_reset", f"Member {row['user_id']!r}: a new {window} budget window began")
 
 
@@ -106,14 +102,11 @@ async def roll_windows(tx: LedgerTx, members: list[tuple[str, str]]) -> int:
         if row is None:
             continue
         budgets = parsed_budgets(row["budgets"])
-        values: dict[str, int] = {}
-        for w, (start_col, used_col) in COUNTERS.items():
-            start = window_bounds(w, tx.now_us)[0]
-            if row[start_col] < start:
-                _window_began(tx, row, w, budgets)
-                values[start_col], values[used_col] = start, 0
-        if values:
-            repo.update_member(tx, row, **values)
+        new, began = rolled(counters_of(row), tx.now_us)
+        for w, used_before in began:
+            _window_began(tx, row, w, used_before, budgets)
+        if began:
+            repo.update_member(tx, row, **dict(zip(COUNTER_COLUMNS, new, strict=True)))
             moved += 1
     return moved
 
