@@ -11,7 +11,7 @@ one), so the quiet phases and the attack phases alternate, short, many
 times; samples of a phase's first moments are left out; a ratio is the
 median of the mix's phases' p99 over the median of every quiet phase's p99
 (a burst of load from elsewhere spoils a phase, not a median); and a mix over
-the bound is measured once more before the test fails. On the code before
+the bound is measured again, up to three times, before the test fails. On the code before
 fair shares, CheckBalance under 100 loops of CheckBalance was 23x; before the
 writer's short batches and the paced SpendBatch parts, honest Spend under
 the SpendBatch(1,000) flood was 5-11x; before the filtered history probe ran
@@ -34,6 +34,8 @@ from tests.conftest import _require_postgres
 from tests.harness import database
 
 BOUND = 2.0
+# A mix over the bound is measured again, up to this many measures in all.
+MEASURES = 3
 TRANSFERS = 3_000  # the attacker's own, three times the 1,000 rows a page may examine
 
 
@@ -44,24 +46,33 @@ async def _measure(target: str, mixes: tuple[str, ...], rounds: int, seconds: fl
     return samples.ratios(mixes), (samples.p99_ms(), attackers)
 
 
-async def _fair(db_url: str, tmp_path: Path, rounds: int, seconds: float, mixes: tuple[str, ...]) -> None:
+def _rounded(ratios: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+    return {m: {c: round(v, 2) for c, v in r.items()} for m, r in ratios.items()}
+
+
+async def _fair(db_url: str, tmp_path: Path, rounds: int, seconds: float, mixes: tuple[str, ...]) -> str | None:
+    """What went over the bound, if anything."""
     began = time.monotonic()
     async with fairness.fairness_server(db_url, tmp_path) as server:
         await fairness.seed_attacker(server.target, TRANSFERS)
         seeded = time.monotonic()
         ratios, detail = await _measure(server.target, mixes, rounds, seconds)
-        over = tuple(m for m, r in ratios.items() if max(r.values()) > BOUND)
-        first = {m: {c: round(v, 2) for c, v in r.items()} for m, r in ratios.items()}
-        if over:  # a burst from elsewhere on the machine, or a real regression: once more
+        measures = [_rounded(ratios)]
+        for _ in range(MEASURES - 1):
+            # A burst of load from elsewhere on the machine, or a real
+            # regression: the mixes over the bound are measured again (a
+            # regression stays over it: without fair shares, 100 loops of
+            # CheckBalance measured 15x and 33x, SpendBatch(1,000) 3.5x and 7.4x).
+            over = tuple(m for m, r in ratios.items() if max(r.values()) > BOUND)
+            if not over:
+                break
             again, detail = await _measure(server.target, over, rounds, seconds)
             ratios.update(again)
-        rounded = {m: {c: round(v, 2) for c, v in r.items()} for m, r in ratios.items()}
-        # Shown by -rP (make soak): every ratio, the first measure's too.
-        print(f"{db_url.split(':')[0]}: honest p99 ratios {rounded}; first measure {first}; "
+            measures.append(_rounded(again))
+        # Shown by -rP (make soak): every measure's ratios.
+        print(f"{db_url.split(':')[0]}: honest p99 ratios by measure {measures}; "
               f"seed {seeded - began:.0f} s, phases {time.monotonic() - seeded:.0f} s; "
               f"attacker calls by phase: {[(a['mix'], a.get('ok', 0)) for a in detail[1]]}")
-        if any(max(r.values()) > BOUND for r in ratios.values()):
-            pytest.fail(f"honest p99 ratios over {BOUND}x: {rounded}; p99 ms by phase: {detail[0]}")
     # The attacker's rows and the honest ones went through the ledger: the books balance.
     db = Database(db_url)
     try:
@@ -69,6 +80,9 @@ async def _fair(db_url: str, tmp_path: Path, rounds: int, seconds: float, mixes:
     finally:
         await db.dispose()
     assert report.ok, report.render()
+    if any(max(r.values()) > BOUND for r in ratios.values()):
+        return f"{db_url.split(':')[0]}: honest p99 ratios over {BOUND}x: {_rounded(ratios)}; p99 ms by phase: {detail[0]}"
+    return None
 
 
 # Both databases in one test, one after the other: as two tests, the two
@@ -76,13 +90,18 @@ async def _fair(db_url: str, tmp_path: Path, rounds: int, seconds: float, mixes:
 # measure the other's attacker.
 async def test_one_caller_at_its_caps_moves_no_honest_p99_past_2x(tmp_path: Path) -> None:
     await _require_postgres()
-    for kind in ("sqlite", "postgres"):
+    over = []
+    for kind in ("sqlite", "postgres"):  # both measured, whatever the first gives
         async with database(kind, tmp_path) as url:
-            await _fair(url, tmp_path, rounds=5, seconds=1.2, mixes=fairness.MIXES)
+            over.append(await _fair(url, tmp_path, rounds=5, seconds=1.2, mixes=fairness.MIXES))
+    if any(over):
+        pytest.fail("\n".join(o for o in over if o))
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(not os.environ.get("BILLING_SOAK"), reason="make soak")
 async def test_one_caller_at_its_caps_soak(db_url: str, tmp_path: Path) -> None:
-    await _fair(db_url, tmp_path, rounds=int(os.environ.get("BILLING_FAIRNESS_ROUNDS", 6)), seconds=4.0,
-                mixes=fairness.MIXES)
+    over = await _fair(db_url, tmp_path, rounds=int(os.environ.get("BILLING_FAIRNESS_ROUNDS", 6)), seconds=4.0,
+                       mixes=fairness.MIXES)
+    if over:
+        pytest.fail(over)
