@@ -9,7 +9,9 @@ started, so that an older commit can be measured the same way
 
 The honest load: 16 users each Spend every 125 ms, 4 more CheckBalance every
 200 ms, throughout. The attacker, one user token inside its own caps, in a
-process of its own, for one phase at a time, in turn with phases without it:
+process of its own, for one phase at a time, in turn with phases without it
+(one user per mix: the share a SpendBatch used up is that user's debt, which
+would hold back the next mix's calls):
 - balance: 100 loops of CheckBalance;
 - history_type: 100 loops of ListTransactions filtered by a type it never
   had, over its own many transfers (seeded before the phases);
@@ -25,6 +27,7 @@ import asyncio
 import contextlib
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -86,47 +89,53 @@ def _retry_after(exc: grpc.aio.AioRpcError) -> tuple[float, error_details_pb2.Er
     return 0.1, None
 
 
-async def attack(mix: str, target: str, token: str, seconds: float) -> dict[str, int]:
-    """Says "ready" once connected, attacks from the next line on stdin."""
-    md = (("authorization", f"Bearer {token}"),)
-    counts: dict[str, int] = defaultdict(int)
+def attacker(mix: str) -> str:
+    """The user attacking with `mix`."""
+    return f"{ATTACKER}-{mix.replace('_', '-')}"
+
+
+async def attack(target: str, tokens: dict[str, str]) -> None:
+    """Says "ready" once connected; then, for each line "MIX SECONDS" on
+    stdin, attacks for that long with the mix's user token and prints its
+    counts (one JSON line)."""
     batch_size = 1000
+    n = 0
+    future = Timestamp()
+    future.FromMicroseconds(YEAR_9000_US)
     async with channel(target) as ch:
         balance = balance_pb2_grpc.BalanceServiceStub(ch)
         history = history_pb2_grpc.HistoryServiceStub(ch)
         usage = usage_pb2_grpc.UsageServiceStub(ch)
-        future = Timestamp()
-        future.FromMicroseconds(YEAR_9000_US)
-        await balance.CheckBalance(balance_pb2.CheckBalanceRequest(), metadata=md)
-        print("ready", flush=True)
-        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
-        stop = time.monotonic() + seconds
-        n = 0
 
-        async def one() -> None:
-            nonlocal batch_size, n
+        async def one(mix: str, md: tuple[tuple[str, str], ...], stop: float) -> None:
+            nonlocal n
+            # A client's deadline: the phase's end. Calls still waiting for
+            # their turn then are cancelled, so that the phase ends on time
+            # (a hundred calls in a queue paced at the attacker's share take
+            # seconds), and a paced batch past it is cut short.
+            deadline = max(0.05, stop - time.monotonic())
             if mix == "balance":
-                await balance.CheckBalance(balance_pb2.CheckBalanceRequest(), metadata=md)
+                await balance.CheckBalance(balance_pb2.CheckBalanceRequest(), metadata=md, timeout=deadline)
             elif mix == "history_type":
                 await history.ListTransactions(history_pb2.ListTransactionsRequest(
-                    types=[common_pb2.TRANSACTION_TYPE_REVERSAL], page_size=100), metadata=md)
+                    types=[common_pb2.TRANSACTION_TYPE_REVERSAL], page_size=100), metadata=md, timeout=deadline)
             elif mix == "history_future":
                 await history.ListTransactions(history_pb2.ListTransactionsRequest(
-                    start_time=future, page_size=100), metadata=md)
+                    start_time=future, page_size=100), metadata=md, timeout=deadline)
             else:
                 n += 1
                 tag = f"atk-{os.getpid()}-{n}"
-                # A client's deadline: the phase's end (a paced batch past it is cut short).
                 await usage.SpendBatch(usage_pb2.SpendBatchRequest(requests=[
                     usage_pb2.SpendRequest(amount_millicredits=1, request_id=f"{tag}-{i}", category="attack")
                     for i in range(batch_size)
-                ]), metadata=md, timeout=max(0.2, stop - time.monotonic()))
+                ]), metadata=md, timeout=max(0.2, deadline))
 
-        async def loop() -> None:
+        async def loop(mix: str, stop: float, counts: dict[str, int]) -> None:
             nonlocal batch_size
+            md = (("authorization", f"Bearer {tokens[mix]}"),)
             while time.monotonic() < stop:
                 try:
-                    await one()
+                    await one(mix, md, stop)
                     counts["ok"] += 1
                 except grpc.aio.AioRpcError as exc:
                     counts[exc.code().name] += 1
@@ -136,9 +145,17 @@ async def attack(mix: str, target: str, token: str, seconds: float) -> dict[str,
                     elif exc.code() is grpc.StatusCode.RESOURCE_EXHAUSTED:
                         await asyncio.sleep(min(delay, max(0.0, stop - time.monotonic())))
 
-        # The batch attacker sends one batch whenever its bucket allows; the others keep 100 calls in flight.
-        await asyncio.gather(*(loop() for _ in range(1 if mix == "batch" else ATTACK_LOOPS)))
-    return dict(counts)
+        for token in tokens.values():
+            await balance.CheckBalance(balance_pb2.CheckBalanceRequest(), metadata=(("authorization", f"Bearer {token}"),))
+        print("ready", flush=True)
+        reading = asyncio.get_running_loop()
+        while line := await reading.run_in_executor(None, sys.stdin.readline):
+            mix, seconds = line.split()
+            stop = time.monotonic() + float(seconds)
+            counts: dict[str, int] = defaultdict(int)
+            # The batch attacker sends one batch whenever its bucket allows; the others keep 100 calls in flight.
+            await asyncio.gather(*(loop(mix, stop, counts) for _ in range(1 if mix == "batch" else ATTACK_LOOPS)))
+            print(json.dumps(counts), flush=True)
 
 
 # ---- the honest load and the phases ----------------------------------------------------
@@ -157,20 +174,22 @@ class Samples:
         self.phase, self.since = phase, time.monotonic()
 
     def ratios(self, mixes: tuple[str, ...]) -> dict[str, dict[str, float]]:
-        """Per mix and honest call: the median over rounds of p99 with the
-        attacker over p99 in the phase without it just before (a burst of
-        load from elsewhere on the machine spoils one round, not the ratio)."""
+        """Per mix and honest call: the median over the mix's phases of their
+        p99, over the median of every quiet phase's p99 (all in this run).
+        Medians of phases, not one p99 of all samples: a burst of load from
+        elsewhere on the machine spoils a phase or two, not the ratio, and
+        the quiet phases, interleaved with the others, share their moments."""
         out: dict[str, dict[str, float]] = {}
         for mix in mixes:
             out[mix] = {}
             for call in ("Spend", "CheckBalance"):
-                rounds = sorted(
-                    percentile(self.by_phase[(phase, call)], 99)
-                    / percentile(self.by_phase[(f"before {phase}", call)], 99)
-                    for phase, c in list(self.by_phase) if c == call and phase.startswith(f"{mix}#")
-                )
-                out[mix][call] = rounds[len(rounds) // 2] if rounds else float("nan")
+                quiet = self._phase_p99s("before ", call)
+                loud = self._phase_p99s(f"{mix}#", call)
+                out[mix][call] = statistics.median(loud) / statistics.median(quiet) if quiet and loud else float("nan")
         return out
+
+    def _phase_p99s(self, prefix: str, call: str) -> list[float]:
+        return [percentile(v, 99) for (phase, c), v in self.by_phase.items() if c == call and phase.startswith(prefix)]
 
     def p99_ms(self) -> dict[str, float]:
         return {f"{p}/{c}": round(percentile(v, 99) * 1000, 1) for (p, c), v in sorted(self.by_phase.items())}
@@ -210,23 +229,24 @@ async def honest_load(target: str, samples: Samples, stop: asyncio.Event) -> Non
 
 
 async def seed_attacker(target: str, transfers: int) -> None:
-    """The attacker's own many transfers, written with a service token before
-    the phases (the attacker could write them itself, more slowly)."""
+    """The filtered history attacker's own many transfers, written with a
+    service token before the phases (it could write them itself, more slowly)."""
     md = metadata("fairness-seed", Role.SERVICE)
     async with channel(target) as ch:
         usage = usage_pb2_grpc.UsageServiceStub(ch)
         for start in range(0, transfers, 1000):
             await usage.SpendBatch(usage_pb2.SpendBatchRequest(requests=[
-                usage_pb2.SpendRequest(user_id=ATTACKER, amount_millicredits=1, request_id=f"seed-{i}",
+                usage_pb2.SpendRequest(user_id=attacker("history_type"), amount_millicredits=1, request_id=f"seed-{i}",
                                        category="seed")
                 for i in range(start, min(transfers, start + 1000))
             ]), metadata=md)
 
 
-async def _attacker_process(mix: str, target: str, seconds: float) -> asyncio.subprocess.Process:
+async def _attacker_process(target: str) -> asyncio.subprocess.Process:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bench.fairness", "attack", mix, target, metadata(ATTACKER)[0][1].split()[1],
-        repr(seconds), cwd=HERE, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        sys.executable, "-m", "bench.fairness", "attack", target,
+        json.dumps({mix: metadata(attacker(mix))[0][1].split()[1] for mix in MIXES}),
+        cwd=HERE, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
     )
     assert proc.stdout is not None
     assert await proc.stdout.readline() == b"ready\n"
@@ -237,26 +257,29 @@ async def phases(
     target: str, *, mixes: tuple[str, ...] = MIXES, rounds: int, baseline_s: float, attack_s: float,
 ) -> tuple[Samples, list[dict[str, Any]]]:
     """The honest load throughout; per round, for each mix, a phase without
-    the attacker, then one with it."""
+    the attacker, then one with it. One attacker process, connected before
+    the first phase, attacks in each of its phases (its start costs CPU:
+    it belongs to no phase)."""
     samples, attackers = Samples(), []
     stop = asyncio.Event()
     load = asyncio.create_task(honest_load(target, samples, stop))
+    proc = await _attacker_process(target)
+    assert proc.stdin is not None and proc.stdout is not None
     try:
         await asyncio.sleep(1.0)  # connections and first wallets
         for n in range(rounds):
             for mix in mixes:
-                # The attacker's process starts, connects, and waits for its phase.
-                proc = await _attacker_process(mix, target, attack_s)
                 samples.enter(f"before {mix}#{n}")
                 await asyncio.sleep(baseline_s)
                 samples.enter(f"{mix}#{n}")
-                out, _ = await proc.communicate(b"go\n")
-                # The next attacker's process starts in neither phase (its start costs CPU).
-                samples.enter("between")
+                proc.stdin.write(f"{mix} {attack_s}\n".encode())
+                out = await proc.stdout.readline()
                 attackers.append({"mix": mix, **json.loads(out or b"{}")})
         samples.enter("done")
     finally:
         stop.set()
+        proc.stdin.close()
+        await proc.wait()
         await load
     return samples, attackers
 
@@ -285,8 +308,7 @@ async def measure(kind: str, rounds: int, baseline_s: float, attack_s: float, tr
 
 def main() -> None:
     if sys.argv[1:2] == ["attack"]:
-        mix, target, token, seconds = sys.argv[2:6]
-        print(json.dumps(asyncio.run(attack(mix, target, token, float(seconds)))))
+        asyncio.run(attack(sys.argv[2], json.loads(sys.argv[3])))
         return
     kind = sys.argv[1] if len(sys.argv) > 1 else "sqlite"
     if len(sys.argv) > 2:

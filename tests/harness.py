@@ -33,6 +33,7 @@ from grpc_status import rpc_status
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from server.app import App
+from server.db.fastread import FastReader
 from server.ledger.ops import Op
 from server.ledger.verify import Report, verify
 from server.ledger.writer import WriterStats
@@ -217,6 +218,11 @@ class Running:
     def read(self) -> AbstractAsyncContextManager[AsyncConnection]:
         """A connection of the reader engine, for what the API does not show."""
         return self.started.db.reader.connect()
+
+    @property
+    def bulk_reader(self) -> FastReader:
+        """The reader of many rows (history, reports), to count its reads."""
+        return self.started.db.bulk
 
     async def audit(self) -> Report:
         """The ledger audit (`python -m server verify`) of the database now."""

@@ -35,6 +35,8 @@ class FastReader:
         self._pool: Any = None
         self._lock = asyncio.Lock()
         self._pg_sql: dict[str, str] = {}
+        # Its reads hop to a thread of its own (see `probe`).
+        self.hops = threaded and self.is_sqlite
 
     async def fetchrow(self, sql: str, *args: Any) -> tuple[Any, ...] | None:
         """`sql` uses `?` placeholders on both databases."""
@@ -51,6 +53,18 @@ class FastReader:
         pg = self._pg_sql.get(sql) or self._pg_sql.setdefault(sql, pg_params(sql))
         record = await pool.fetchrow(pg, *args)
         return tuple(record) if record is not None else None
+
+    async def probe(self, sql: str, *args: Any) -> tuple[Any, ...] | None:
+        """A read bounded to a few index searches (no rows scanned): on the
+        bulk reader's SQLite it runs inline on a connection of its own, as a
+        single-row read does. A hop to a bulk thread costs the event loop
+        far more than such a read (the loop and the thread trade the GIL),
+        and a hundred loops of them held every other caller's calls."""
+        if self._threads is not None and self.is_sqlite:
+            conn = self._sqlite or self._open_sqlite()
+            row: tuple[Any, ...] | None = conn.execute(sql, args).fetchone()
+            return row
+        return await self.fetchrow(sql, *args)
 
     async def fetchall(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
         if self._threads is not None and self.is_sqlite:

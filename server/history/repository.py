@@ -6,7 +6,7 @@ from typing import Any
 
 from server.db.fastread import FastReader
 from server.ledger.model import Kind, TransferView, wallet_id
-from server.platform.fairshare import charge
+from server.platform.fairshare import WORK_PER_HOP, charge
 
 DAY_US = 86_400_000_000
 
@@ -145,13 +145,14 @@ class HistoryRepository:
         scan = None
         if kinds or start_us is not None or end_us is not None or key_id or member_id or category is not None:
             # Key and category filters are applied while scanning: the probe reads kinds and times only.
+            # A few index searches and no rows: inline on SQLite, no thread hop.
             sql, args = probe_query(account, kinds, start_us, end_us)
-            if await self.bulk.fetchrow(sql, *args) is None:
+            if await self.bulk.probe(sql, *args) is None:
                 charge(1)
                 return [], None
             scan = self.scan
             sql, args = frontier_query(account, before_id, scan)
-            counts = await self.bulk.fetchall(sql, *args)
+            counts = await self._fetchall(sql, *args)
             # A side that has `scan` rows may have more below its lowest one:
             # the page covers what both sides have examined, no further.
             frontier = max((int(low) for n, low in counts if n >= scan), default=None)
@@ -160,9 +161,15 @@ class HistoryRepository:
             account, limit=limit, before_id=before_id, kinds=kinds, start_us=start_us, end_us=end_us,
             scan=scan, from_id=frontier, category=category, key_id=key_id, member_id=member_id,
         )
-        rows = await self.bulk.fetchall(sql, *args)
+        rows = await self._fetchall(sql, *args)
         charge(len(rows))
         return [TransferView.of(dict(zip(HISTORY_FIELDS, r, strict=True)), account) for r in rows], frontier
+
+    async def _fetchall(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+        """A page's read, charged for its hop to a reader thread (SQLite)."""
+        if self.bulk.hops:
+            charge(WORK_PER_HOP)
+        return await self.bulk.fetchall(sql, *args)
 
     async def window_start(self, user_id: str, start_us: int, end_us: int) -> int:
         """The start of a spending report's window: `start_us`, or a later

@@ -16,6 +16,9 @@ from server.platform.auth import Principal
 from server.platform.clock import MIN_US, Clock
 
 DAY_US = 86_400_000_000
+# How far the clock may have been set back since a transfer was stamped (a
+# replica's clock ahead of this one's, a correction of the host's clock).
+CLOCK_STEP_US = DAY_US
 
 
 @dataclass
@@ -86,6 +89,10 @@ class HistoryService:
         """A page, and the position to resume from when the page stopped at
         its bound of rows examined (server/history/repository.py)."""
         user = await self.balance.wallet_of(principal, user_id, org_id, Right.READ)
+        if start_us is not None and start_us > self.clock.now_us() + CLOCK_STEP_US:
+            # Every transfer is stamped with the ledger's clock when written:
+            # a window that begins after now holds none, and costs no read.
+            return [], None
         await self.balance.wallet(user)  # a roll-over due now belongs to the page
         return await self.repo.page(
             user, limit=limit, before_id=before_id, kinds=[str(k) for k in kinds], start_us=start_us, end_us=end_us,

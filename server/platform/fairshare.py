@@ -46,6 +46,9 @@ from server.platform.auth import Principal
 # ledger operation as a Spend call, and costs the ledger writer as much).
 WORK_PER_CALL = 100
 WORK_PER_ITEM = WORK_PER_CALL
+# A read handed to a reader thread (SQLite's bulk reads): the loop and the
+# thread trade the GIL, which costs the loop at least a call's worth.
+WORK_PER_HOP = WORK_PER_CALL
 # Calls of one caller running at once, per unit of its weight.
 RUNNING_PER_WEIGHT = 4
 # A caller is active for this long after its last call began.

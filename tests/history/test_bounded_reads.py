@@ -12,7 +12,7 @@ from flownexus.billing.v1 import common_pb2, earnings_pb2, history_pb2, usage_pb
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from server.history.repository import frontier_query, page_query, probe_query
-from tests.harness import auth, serving
+from tests.harness import Running, auth, serving
 from tests.plans import pg_generic_plan_scans, sqlite_plan
 
 YEAR_9000_US = 221_845_392_000_000_000  # 9000-01-01T00:00:00Z
@@ -79,6 +79,46 @@ async def test_a_filter_matching_nothing_is_an_empty_last_page(server: Any) -> N
             history_pb2.ListTransactionsRequest(page_size=10, **filters), metadata=auth("many")
         )
         assert (list(page.transactions), page.next_page_token) == ([], ""), filters
+
+
+def _count_reads(server: Running, monkeypatch: Any) -> list[str]:
+    """Each read of the bulk reader, by kind: "probe" (inline on SQLite),
+    "rows", and "hop" for each one handed to a reader thread."""
+    bulk, reads = server.bulk_reader, list[str]()
+
+    def counted(name: str, method: Any) -> Any:
+        async def read(*args: Any) -> Any:
+            reads.append(name)
+            return await method(*args)
+        return read
+
+    monkeypatch.setattr(bulk, "probe", counted("probe", bulk.probe))
+    monkeypatch.setattr(bulk, "fetchall", counted("rows", bulk.fetchall))
+    monkeypatch.setattr(bulk, "_in_thread", counted("hop", bulk._in_thread))
+    return reads
+
+
+async def test_a_filter_matching_nothing_is_one_probe_without_a_thread_hop(
+    server: Running, clock: Any, monkeypatch: Any,
+) -> None:
+    """A filter matching nothing is the probe alone, inline (no hop to a
+    reader thread on SQLite), and a window that begins after now is no read
+    at all: every transfer is stamped with the ledger's clock."""
+    await _spends(server, "hops", 300, "s")
+    reads = _count_reads(server, monkeypatch)
+
+    async def page(**filters: Any) -> tuple[int, list[str]]:
+        reads.clear()
+        r = await server.s.history.ListTransactions(
+            history_pb2.ListTransactionsRequest(page_size=10, **filters), metadata=auth("hops"))
+        return len(r.transactions), list(reads)
+
+    assert await page(types=[common_pb2.TRANSACTION_TYPE_REVERSAL]) == (0, ["probe"])
+    assert await page(start_time=ts(YEAR_9000_US)) == (0, [])
+    assert await page(start_time=ts(clock.now_us() + 3_600_000_000)) == (0, ["probe"])
+    # A filter that matches reads its rows (on SQLite, on a reader thread).
+    hop = ["hop"] if server.bulk_reader.hops else []
+    assert await page(start_time=ts(clock.now_us() - 3_600_000_000)) == (10, ["probe", "rows", *hop, "rows", *hop])
 
 
 async def test_a_spending_report_over_a_long_window_sums_its_newest_rows(db_url: str, clock: Any) -> None:
