@@ -8,7 +8,7 @@ inserted into it at a random place (about a tenth of the writer's CPU per
 spend with 1,000 keys)
 
 Revision ID: 0020
-Revises: 0017
+Revises: 0019
 """
 
 import sqlalchemy as sa
@@ -17,7 +17,7 @@ from alembic import op
 from server.platform.clock import window_bounds
 
 revision = "0020"
-down_revision = "0017"
+down_revision = "0019"
 branch_labels = None
 depends_on = None
 
