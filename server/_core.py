@@ -29,6 +29,8 @@ COMPILED = (
     "server.ledger.model",
     "server.ledger.staging",
     "server.ledger.tx",
+    "server.ledger.ops",
+    "server.ledger.writer",
     "server.grpc.validation",
     "server.grpc.convert",
 )

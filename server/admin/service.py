@@ -41,7 +41,7 @@ class Operator:
 
 
 @dataclass
-class AdminChange(Op[AdminResult]):
+class AdminChange(Op):
     """One admin change, alone in its batch: `change(tx)` makes it and returns
     (user_id, transfers, flagged_reason); the audit row is staged in the same
     transaction (server/admin/repository.py `record_action`)."""
@@ -97,7 +97,7 @@ def stage_audit(
     return action_id
 
 
-def audit_admin_call(tx: LedgerTx, admin: Principal, op: Op[Any], rows: list[Row]) -> None:
+def audit_admin_call(tx: LedgerTx, admin: Principal, op: Op, rows: list[Row]) -> None:
     """The audit row of a change made with an admin token through another
     service (Spend, RefundUsage, AwardCredits, UpgradeTier...): the RPC, the
     user whose wallet it touched, the transfers it made."""
