@@ -6,7 +6,7 @@ Every SpendBatch goes through the real gRPC stack, interceptor, validation,
 fingerprints, idempotency keys and Spend operations, and gets back a real
 response of one result per item; only the usage domain's hand-over to the
 ledger writer (`spend_batch`) is replaced by a canned result per item, made
-at once (the writer is a compiled class, which cannot be patched). So the
+at once (the writer may be compiled, and a compiled class cannot be patched). So the
 row is the floor under a batched item, as ListTiers is under every RPC: what the gRPC side of
 the server costs per item, and how many items per second it could carry with
 a ledger that cost nothing. Nothing is written for these items: the row's

@@ -29,8 +29,6 @@ COMPILED = (
     "server.ledger.model",
     "server.ledger.staging",
     "server.ledger.tx",
-    "server.ledger.ops",
-    "server.ledger.writer",
     "server.grpc.validation",
     "server.grpc.convert",
 )

@@ -55,7 +55,8 @@ class AdminChange(Op):
     request_id: str
     details: dict[str, Any]
     change: Callable[[LedgerTx], Awaitable[tuple[str, list[Row], str]]]
-    idempotency: Idempotency | None = None
+    # `idempotency` is Op's (set after construction): a field declared here
+    # would hide the compiled Op's slot, which the compiled writer reads.
     accounts: set[str] = field(default_factory=set)
 
     def account_ids(self) -> set[str]:
@@ -126,8 +127,9 @@ class AdminService:
                       details: dict[str, Any], change: Any, accounts: set[str] | None = None) -> AdminResult:
         op = AdminChange(
             actor=admin.subject, action=action, reason=reason, request_id=request_id, details=details, change=change,
-            idempotency=Idempotency.of_request(admin.principal, str(action), request_id, fingerprint), accounts=accounts or set(),
+            accounts=accounts or set(),
         )
+        op.idempotency = Idempotency.of_request(admin.principal, str(action), request_id, fingerprint)
         result: AdminResult = await self.writer.submit(op)
         return result
 

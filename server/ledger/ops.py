@@ -78,7 +78,7 @@ class Idempotency:
         return keys.request_transfer(self.key)
 
 
-# Compiled (server/_core.py), Op is a native class, not generic: mypyc's
+# Ready to be compiled (server/_core.py): Op is not generic, since mypyc's
 # dataclasses under a Generic base fail to load. Class attributes are set in
 # plain classes (_Exclusive, ...), never in a dataclass's body, where mypyc
 # would make them fields. Other domains subclass Op, Call and Join.
@@ -166,6 +166,16 @@ class HoldResult:
 
 class _HoldResultOp(Op):
     result_type = HoldResult
+
+    def decode(self, data: bytes) -> HoldResult:
+        # Compiled, HoldResult's `TransferView | None` annotation reaches
+        # from_json as `type` (mypyc keeps only plain class annotations).
+        value = json.loads(data)
+        transfer = value["transaction"]
+        return HoldResult(
+            from_json(HoldView, compact_json(value["hold"]).encode()), value["credits"],
+            None if transfer is None else from_json(TransferView, compact_json(transfer).encode()),
+        )
 
 
 @dataclass
