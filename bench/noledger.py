@@ -4,9 +4,10 @@ arguments and `BILLING_*` settings as `python -m server serve`).
 
 Every SpendBatch goes through the real gRPC stack, interceptor, validation,
 fingerprints, idempotency keys and Spend operations, and gets back a real
-response of one result per item; only the ledger writer's `submit_many` is
-replaced by a canned result per item, made at once. So the row is the floor
-under a batched item, as ListTiers is under every RPC: what the gRPC side of
+response of one result per item; only the usage domain's hand-over to the
+ledger writer (`spend_batch`) is replaced by a canned result per item, made
+at once (the writer may be compiled, and a compiled class cannot be patched). So the
+row is the floor under a batched item, as ListTiers is under every RPC: what the gRPC side of
 the server costs per item, and how many items per second it could carry with
 a ledger that cost nothing. Nothing is written for these items: the row's
 server serves no other load, and its database is thrown away.
@@ -23,18 +24,20 @@ from typing import Any
 
 from server.__main__ import main as server_main
 from server.ledger.model import TransferView
-from server.ledger.ops import Op, Spend, SpendResult
-from server.ledger.writer import LedgerWriter
+from server.ledger.ops import Spend, SpendResult
+from server.platform import errors
+from server.usage.service import UsageService
 
 _ids = itertools.count(1)
 
 
-async def _canned(self: LedgerWriter, ops: Sequence[Op[Any]]) -> list[Any]:
+async def _canned(self: UsageService, items: Sequence[Spend | errors.DomainError]) -> list[Any]:
     out: list[Any] = []
-    now = self.clock.now_us()
-    for op in ops:
+    now = self.writer.clock.now_us()
+    for op in items:
         if not isinstance(op, Spend):
-            raise RuntimeError("bench.noledger takes SpendBatch items only")
+            out.append(op)  # refused before the ledger, as spend_batch leaves it
+            continue
         view = TransferView(
             next(_ids), "spend", -op.amount, 0, op.description or f"Usage: {op.category or 'other'}", op.category,
             "", now, dict(op.metadata),
@@ -44,7 +47,7 @@ async def _canned(self: LedgerWriter, ops: Sequence[Op[Any]]) -> list[Any]:
 
 
 def main() -> int:
-    LedgerWriter.submit_many = _canned  # type: ignore[method-assign]
+    UsageService.spend_batch = _canned  # type: ignore[method-assign]
     sys.argv[0] = "server"
     return server_main()
 

@@ -12,7 +12,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import asyncpg
 import grpc
@@ -46,7 +46,6 @@ from server.platform.config import Settings
 PINNED_START = datetime(2031, 3, 14, 9, 26, 53, tzinfo=UTC)
 
 JWT_SECRET = "test-secret-0123456789-0123456789-abcdef"
-R = TypeVar("R")
 PG_DSN = os.environ.get("BILLING_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
@@ -235,7 +234,7 @@ class Running:
     async def run_job(self, name: str) -> int:
         return await self.started.workers.jobs[name]()
 
-    async def submit(self, op: Op[R]) -> R:
+    async def submit(self, op: Op) -> Any:
         """A ledger operation through the server's group-commit writer."""
         return await self.started.writer.submit(op)
 

@@ -41,7 +41,7 @@ class Operator:
 
 
 @dataclass
-class AdminChange(Op[AdminResult]):
+class AdminChange(Op):
     """One admin change, alone in its batch: `change(tx)` makes it and returns
     (user_id, transfers, flagged_reason); the audit row is staged in the same
     transaction (server/admin/repository.py `record_action`)."""
@@ -55,7 +55,8 @@ class AdminChange(Op[AdminResult]):
     request_id: str
     details: dict[str, Any]
     change: Callable[[LedgerTx], Awaitable[tuple[str, list[Row], str]]]
-    idempotency: Idempotency | None = None
+    # `idempotency` is Op's (set after construction): a field declared here
+    # would hide the compiled Op's slot, which the compiled writer reads.
     accounts: set[str] = field(default_factory=set)
 
     def account_ids(self) -> set[str]:
@@ -97,7 +98,7 @@ def stage_audit(
     return action_id
 
 
-def audit_admin_call(tx: LedgerTx, admin: Principal, op: Op[Any], rows: list[Row]) -> None:
+def audit_admin_call(tx: LedgerTx, admin: Principal, op: Op, rows: list[Row]) -> None:
     """The audit row of a change made with an admin token through another
     service (Spend, RefundUsage, AwardCredits, UpgradeTier...): the RPC, the
     user whose wallet it touched, the transfers it made."""
@@ -126,8 +127,9 @@ class AdminService:
                       details: dict[str, Any], change: Any, accounts: set[str] | None = None) -> AdminResult:
         op = AdminChange(
             actor=admin.subject, action=action, reason=reason, request_id=request_id, details=details, change=change,
-            idempotency=Idempotency.of_request(admin.principal, str(action), request_id, fingerprint), accounts=accounts or set(),
+            accounts=accounts or set(),
         )
+        op.idempotency = Idempotency.of_request(admin.principal, str(action), request_id, fingerprint)
         result: AdminResult = await self.writer.submit(op)
         return result
 

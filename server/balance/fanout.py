@@ -92,7 +92,7 @@ class PgFanout:
 
     # ---- sending (inside the batch transaction) ------------------------------------------
 
-    async def before_flush(self, tx: LedgerTx, ops: list[Op[Any]]) -> None:
+    async def before_flush(self, tx: LedgerTx, ops: list[Op]) -> None:
         """A LedgerWriter.before_flush hook: runs last, inside the transaction.
         The NOTIFY travels with the batch's write-back statement (one round trip)."""
         if tx.events:

@@ -6,8 +6,9 @@ from __future__ import annotations
 import json
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Generic, Protocol, TypeVar
+from typing import Any, ClassVar, Protocol
 
+from mypy_extensions import mypyc_attr
 from sqlalchemy import func, select
 
 from server.db.schema import transfer_usage, transfers
@@ -30,8 +31,6 @@ from server.ledger.model import (
 from server.ledger.tx import LedgerTx, Row
 from server.platform import errors
 from server.platform.auth import Principal
-
-R = TypeVar("R")
 
 
 @dataclass
@@ -79,7 +78,12 @@ class Idempotency:
         return keys.request_transfer(self.key)
 
 
-class Op(Generic[R]):
+# Ready to be compiled (server/_core.py): Op is not generic, since mypyc's
+# dataclasses under a Generic base fail to load. Class attributes are set in
+# plain classes (_Exclusive, ...), never in a dataclass's body, where mypyc
+# would make them fields. Other domains subclass Op, Call and Join.
+@mypyc_attr(allow_interpreted_subclasses=True)
+class Op:
     result_type: ClassVar[type]
     # Exclusive operations run in a batch of their own (they read other domains' rows).
     exclusive: ClassVar[bool] = False
@@ -105,13 +109,13 @@ class Op(Generic[R]):
         (after its accounts and holds) by the SpendGuard."""
         return []
 
-    async def apply(self, tx: LedgerTx) -> R:
+    async def apply(self, tx: LedgerTx) -> Any:
         raise NotImplementedError
 
-    def encode(self, result: R) -> bytes:
+    def encode(self, result: Any) -> bytes:
         return to_json(result)
 
-    def decode(self, data: bytes) -> R:
+    def decode(self, data: bytes) -> Any:
         return from_json(self.result_type, data)
 
 
@@ -202,7 +206,9 @@ class SpendResult:
         return cls(TransferView(*transfer), credits, usage)
 
 
-class _SpendResultOp(Op[SpendResult]):
+class _SpendResultOp(Op):
+    result_type = SpendResult
+
     def encode(self, result: SpendResult) -> bytes:
         return result.to_bytes()
 
@@ -217,6 +223,21 @@ class HoldResult:
     transaction: TransferView | None = None
     # Priced from usage: the usage of `transaction` (a Reserve's hold, a Capture's charge).
     usage: UsageRecord | None = None
+
+
+class _HoldResultOp(Op):
+    result_type = HoldResult
+
+    def decode(self, data: bytes) -> HoldResult:
+        # Compiled, HoldResult's `TransferView | None` annotation reaches
+        # from_json as `type` (mypyc keeps only plain class annotations).
+        value = json.loads(data)
+        transfer, usage = value["transaction"], value.get("usage")
+        return HoldResult(
+            from_json(HoldView, compact_json(value["hold"]).encode()), value["credits"],
+            None if transfer is None else from_json(TransferView, compact_json(transfer).encode()),
+            None if usage is None else UsageRecord(**usage),
+        )
 
 
 @dataclass
@@ -282,7 +303,6 @@ async def _pay_publisher(
 
 @dataclass
 class Spend(_SpendResultOp):
-    result_type = SpendResult
     user_id: str
     amount: int
     category: str = ""
@@ -337,8 +357,7 @@ class Spend(_SpendResultOp):
 
 
 @dataclass
-class Reserve(Op[HoldResult]):
-    result_type = HoldResult
+class Reserve(_HoldResultOp):
     user_id: str
     amount: int
     ttl_us: int
@@ -463,8 +482,7 @@ def _active_hold(tx: LedgerTx, hold_id: str, caller_may_use: str | None, through
 
 
 @dataclass
-class Capture(Op[HoldResult]):
-    result_type = HoldResult
+class Capture(_HoldResultOp):
     hold_id: str
     amount: int
     description: str = ""
@@ -540,8 +558,7 @@ class Capture(Op[HoldResult]):
 
 
 @dataclass
-class Release(Op[HoldResult]):
-    result_type = HoldResult
+class Release(_HoldResultOp):
     hold_id: str
     owner: str | None = None
     idempotency: Idempotency | None = None
@@ -566,10 +583,9 @@ class Release(Op[HoldResult]):
 
 
 @dataclass
-class ExpireHolds(Op[int]):
+class ExpireHolds(Op):
     """Release holds whose time ran out (the hold-expiry worker)."""
 
-    result_type = int
     hold_id_list: list[str]
 
     def hold_ids(self) -> set[str]:
@@ -627,7 +643,6 @@ async def _check_daily_limit(tx: LedgerTx, account: str, source: str, amount: in
 
 @dataclass
 class Award(_SpendResultOp):
-    result_type = SpendResult
     user_id: str
     amount: int
     source: str
@@ -674,27 +689,34 @@ class Award(_SpendResultOp):
 
 
 @dataclass
-class EnsureWallet(Op[WalletResult]):
+class EnsureWallet(Op):
     """Create a user's wallet (with the free allowance) or roll it into the new period."""
 
-    result_type = WalletResult
     user_id: str
 
     def account_ids(self) -> set[str]:
         return {wallet_id(self.user_id)}
+
+    def decode(self, data: bytes) -> WalletResult:
+        return from_json(WalletResult, data)
 
     async def apply(self, tx: LedgerTx) -> WalletResult:
         wallet = await tx.wallet(self.user_id)
         return WalletResult(self.user_id, wallet["balance"])
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
+class _Exclusive(Op):
+    result_type = object
+    exclusive = True
+
+
+@mypyc_attr(allow_interpreted_subclasses=True)
 @dataclass
-class Call(Op[Any]):
+class Call(_Exclusive):
     """An exclusive operation of another domain: `fn(tx)` runs in its own
     transaction with full ledger access (webhooks, tier changes, refills)."""
 
-    result_type = object
-    exclusive = True
     fn: Any = None
     accounts: set[str] = field(default_factory=set)
     # With a request's idempotency, the writer replays a repeat and stores the result.
@@ -707,7 +729,7 @@ class Call(Op[Any]):
         return await self.fn(tx)
 
 
-@dataclass
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Join(Call):
     """A small operation of another domain on its own rows (no transfers, no
     wallet) that shares a batch with the others instead of running alone:
@@ -718,12 +740,10 @@ class Join(Call):
 
 
 @dataclass
-class PruneResponses(Op[int]):
+class PruneResponses(_Exclusive):
     """Empty stored responses older than the retention period, one bounded batch
     (the retention job); their keys stay so that repeats are refused."""
 
-    result_type = int
-    exclusive = True
     created_before_us: int
     limit: int
 
@@ -745,12 +765,10 @@ class RefundResult:
 
 
 @dataclass
-class RefundUsage(Op[RefundResult]):
+class RefundUsage(_Exclusive):
     """All or part of a Spend or Capture given back (server/ledger/corrections.py).
     Alone in its batch: it reads the charge and its earlier refunds under the wallet's lock."""
 
-    result_type = RefundResult
-    exclusive = True
     transfer_id: int
     amount: int
     reason: str
@@ -758,6 +776,9 @@ class RefundUsage(Op[RefundResult]):
     # role/subject of the caller, who must have made the charge; None: an admin.
     caller: str | None
     idempotency: Idempotency | None = None
+
+    def decode(self, data: bytes) -> RefundResult:
+        return from_json(RefundResult, data)
 
     async def apply(self, tx: LedgerTx) -> RefundResult:
         row, total = await corrections.refund(

@@ -51,8 +51,8 @@ ACTIVE_SECONDS = 1.0
 # batch's length; at 32 a batch holds the loop ~3 ms on SQLite).
 SHARED_OPS = 32
 
-BatchHook = Callable[[LedgerTx, list[Op[Any]]], Awaitable[None]]
-AuditHook = Callable[[LedgerTx, Principal, Op[Any], list[Row]], None]
+BatchHook = Callable[[LedgerTx, list[Op]], Awaitable[None]]
+AuditHook = Callable[[LedgerTx, Principal, Op, list[Row]], None]
 
 
 class _Refused(Exception):
@@ -62,7 +62,7 @@ class _Refused(Exception):
 
 @dataclass
 class _Item:
-    op: Op[Any]
+    op: Op
     future: asyncio.Future[Any]
     deadline: float | None = None  # time.monotonic() when the caller stops waiting
     by: Principal | None = None  # the caller whose request this is
@@ -134,7 +134,7 @@ class LedgerWriter:
         if self._task:
             await self._task
 
-    async def submit(self, op: Op[Any]) -> Any:
+    async def submit(self, op: Op) -> Any:
         if self._closing:
             raise errors.Unavailable("server is shutting down", reason="SHUTTING_DOWN")
         who = current_principal.get(None)
@@ -150,7 +150,7 @@ class LedgerWriter:
         # Only a deadline that passes before the batch starts drops the write.
         return await fut
 
-    async def submit_many(self, ops: Sequence[Op[Any]]) -> list[Any]:
+    async def submit_many(self, ops: Sequence[Op]) -> list[Any]:
         """Queue several operations at once, in order (they join the same
         group-commit batches, up to max_batch each) and wait for all of them.
         Each entry of the result is the operation's outcome or, when it was

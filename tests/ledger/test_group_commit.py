@@ -180,16 +180,16 @@ async def test_callers_take_turns_and_each_keeps_its_order(server: Running) -> N
     for _ in range(150):
         writer = LedgerWriter(server.app.db, server.app.clock, server.app.tier_rules, max_batch=rng.choice((1, 2, 5, 16)))
         owner: dict[int, str] = {}
-        expected: dict[str, list[Op[Any]]] = {}
+        expected: dict[str, list[Op]] = {}
         expired: list[asyncio.Task[Any]] = []
         waits: list[asyncio.Task[Any]] = []
         for i in range(rng.randrange(1, 80)):
             who = rng.choice(callers)
-            op: Op[Any] = Call(fn=None) if rng.random() < 0.1 else spend("u", 1, f"r{i}")
+            op: Op = Call(fn=None) if rng.random() < 0.1 else spend("u", 1, f"r{i}")
             late = not op.exclusive and rng.random() < 0.1
 
             def queue(
-                writer: LedgerWriter = writer, who: Principal | None = who, op: Op[Any] = op, late: bool = late
+                writer: LedgerWriter = writer, who: Principal | None = who, op: Op = op, late: bool = late
             ) -> asyncio.Task[Any]:
                 call_deadline.set(time.monotonic() - 1 if late else None)
                 if who is not None:
@@ -205,7 +205,7 @@ async def test_callers_take_turns_and_each_keeps_its_order(server: Running) -> N
                 owner[id(op)] = scope
                 expected.setdefault(scope, []).append(op)
         await asyncio.sleep(0)  # every submit has queued its operation
-        taken: dict[str, list[Op[Any]]] = {scope: [] for scope in expected}
+        taken: dict[str, list[Op]] = {scope: [] for scope in expected}
         while batch := writer._take_batch():
             assert len(batch) <= writer.max_batch
             if any(item.op.exclusive for item in batch):
