@@ -18,7 +18,7 @@ PREFIX = "BILLING_"
 # BILLING_* variables read outside Settings, so not typos: the server's var
 # directory, the client/MCP side sharing the same shell, the test suite's knobs.
 OTHER_VARIABLES = frozenset({
-    "BILLING_VAR_DIR",
+    "BILLING_VAR_DIR", "BILLING_LEDGER_CORE",
     "BILLING_GRPC_TARGET", "BILLING_TOKEN", "BILLING_MCP_RESOURCE_URL", "BILLING_MCP_AUTHORIZATION_SERVER",
     "BILLING_MCP_CONFIRM_ABOVE_USD",
     "BILLING_TEST_PG_DSN", "BILLING_SOAK", "BILLING_CRASH_KILLS", "BILLING_BANK_SECONDS",

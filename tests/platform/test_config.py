@@ -44,7 +44,7 @@ async def test_an_unread_variable_is_warned_about(tmp_path: Path) -> None:
 
 
 def test_unknown_variables() -> None:
-    env = {"BILLING_GRPC_PORT": "1", "BILLING_VAR_DIR": "v", "BILLING_JWT_SECERT": "s", "HOME": "/"}
+    env = {"BILLING_GRPC_PORT": "1", "BILLING_VAR_DIR": "v", "BILLING_LEDGER_CORE": "compiled", "BILLING_JWT_SECERT": "s", "HOME": "/"}
     assert unknown_variables(env) == ["BILLING_JWT_SECERT"]
 
 
