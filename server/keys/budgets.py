@@ -17,8 +17,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from sqlalchemy import Table
-
 from server.keys import repository as repo
 from server.keys.models import BudgetLimit, Window, budgets_of, window_bounds
 from server.ledger.model import KEY_LIMITED_KINDS, BalanceEvent, Kind
@@ -104,7 +102,7 @@ async def load_keys(tx: LedgerTx, key_ids: set[str]) -> dict[str, KeyRow | None]
 
 
 class KeyBudgets(SpendGuard):
-    def prefetch(self, tx: LedgerTx, wanted: list[tuple[str, int]]) -> list[tuple[Table, str, list[Any]]]:
+    def prefetch(self, tx: LedgerTx, wanted: list[tuple[str, int]]) -> list[repo.LoadGroup]:
         # PostgreSQL: the keys the operations name come in the round trip of the
         # wallets' users, after the wallets' locks and without a lock of their
         # own: every change to a key's row (a batch's use, UpdateKey, RevokeKey,

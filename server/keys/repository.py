@@ -78,7 +78,11 @@ async def guard_rows(tx: LedgerTx, key_ids: list[str]) -> list[dict[str, Any]]:
     )
 
 
-def prefetch_group(key_ids: list[str]) -> tuple[Table, str, list[Any]]:
+# A group of rows read with the batch's load: (table, key column, keys).
+LoadGroup = tuple[Table, str, list[Any]]
+
+
+def prefetch_group(key_ids: list[str]) -> LoadGroup:
     """The batch's named keys as a group of its load (LedgerTx.load's `extra`)."""
     return api_keys, "id", key_ids
 
