@@ -40,7 +40,7 @@ from server.ledger.model import (
 )
 from server.platform import ids
 from server.platform.clock import window_bounds
-from server.pricing.service import InvalidRateCard, Snapshot, version_of
+from server.pricing.service import InvalidRateCard, Snapshot, rounded_up, version_of
 
 WALLET_PREFIX = wallet_id("")
 # Scoped keys' counters that start again with each window (api_keys.<window>_start_us, _used).
@@ -433,7 +433,7 @@ async def _verify_priced(conn: AsyncConnection, r: Report) -> None:
         if (u["unit_price"], u["per_units"]) != (unit_price, meter.per_units):
             r.problems.append(f"priced transfer #{tid}: recorded price {u['unit_price']}/{u['per_units']} != version "
                               f"{u['version']}'s {unit_price}/{meter.per_units}")
-        expected = -(-(u["quantity"] * unit_price) // meter.per_units)
+        expected = rounded_up(u["quantity"], unit_price, meter.per_units)
         if u["amount"] != expected:
             r.problems.append(f"priced transfer #{tid}: amount {u['amount']} != the price of {u['quantity']} "
                               f"{u['meter']} {dims} under version {u['version']} ({expected})")

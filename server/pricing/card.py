@@ -233,6 +233,11 @@ def parse_toml(text: str, path: str = "card") -> RateCard:
     return parse(data)
 
 
+def rounded_up(quantity: int, unit_price: int, per_units: int) -> int:
+    """The rounding rule: a spend's price rounded up to a whole millicredit, in integers."""
+    return -(-(quantity * unit_price) // per_units)
+
+
 def price(card: RateCard, version: int, usage: Usage) -> Quote:
     """The price of one usage under one card (rounded up, per spend)."""
     meter = card.meters.get(usage.meter)
@@ -240,7 +245,7 @@ def price(card: RateCard, version: int, usage: Usage) -> Quote:
         unit_price = meter.by_usage.get(usage.dimensions)
         quantity = usage.quantity
         if unit_price is not None and type(quantity) is int and 0 < quantity <= MAX_QUANTITY:
-            amount = -(-(quantity * unit_price) // meter.per_units)
+            amount = rounded_up(quantity, unit_price, meter.per_units)
             if amount <= MAX_AMOUNT:
                 return Quote(amount, version, unit_price, meter.per_units)
     return _refuse(card, version, usage)
@@ -275,7 +280,7 @@ def _refuse(card: RateCard, version: int, usage: Usage) -> Quote:
         raise PricingError(f"meter {meter.name} has no dimension {shown(name)!r}", reason="UNKNOWN_DIMENSION",
                            field="usage.dimensions", meter=meter.name, dimension=shown(name))
     unit_price = meter.prices[tuple(combo)]
-    amount = -(-(quantity * unit_price) // meter.per_units)
+    amount = rounded_up(quantity, unit_price, meter.per_units)
     if amount > MAX_AMOUNT:
         raise PricingError(f"this usage costs more than {MAX_AMOUNT} millicredits, the most one spend may cost",
                            reason="INVALID_QUANTITY", field="usage.quantity")

@@ -33,6 +33,7 @@ from server.pricing.card import (
     METER_NAME_MAX,
     InvalidRateCard,
     PricingError,
+    rounded_up,
 )
 from server.pricing.models import CONFIG_PUBLISHER, Quote, RateCard, RateCardVersion, Usage
 from server.pricing.repository import PricingRepository
@@ -41,7 +42,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "DEFAULT_RATE_CARD", "InvalidRateCard", "PricingError", "PricingService", "Quote", "Snapshot", "Usage",
-    "usage_from_proto",
+    "rounded_up", "usage_from_proto",
 ]
 
 DEFAULT_RATE_CARD = Path(__file__).with_name("default_rate_card.toml")
