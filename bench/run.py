@@ -42,7 +42,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -493,29 +493,6 @@ async def priced_rows(kind: str, server: Server, users: list[str]) -> list[dict[
     return rows
 
 
-def priced_targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Priced by usage within 10 % of the same calls by amount: the median of
-    the alternating windows' ratios, throughput and server CPU per call (item)."""
-    out = []
-    for r in rows:
-        pairs = r.get("priced_pairs")
-        if not pairs:
-            continue
-        rps = [p["rps"] for p in pairs if p["rps"] is not None]
-        cpu = [p["cpu"] for p in pairs if p["cpu"] is not None]
-        if rps:
-            ratio = median(rps)
-            out.append({"target": f"{r['name']} ({r['db']}) >= {KEY_RATE_VS_PLAIN}x the throughput by amount "
-                                  f"(median of {len(rps)} window pairs: {', '.join(f'{x:.2f}' for x in rps)})",
-                        "value": round(ratio, 2), "ok": ratio >= KEY_RATE_VS_PLAIN})
-        if cpu:
-            ratio = median(cpu)
-            out.append({"target": f"{r['name']} ({r['db']}) server CPU <= {KEY_CPU_VS_PLAIN}x by amount "
-                                  f"(median of {len(cpu)} window pairs: {', '.join(f'{x:.2f}' for x in cpu)})",
-                        "value": round(ratio, 2), "ok": ratio <= KEY_CPU_VS_PLAIN})
-    return out
-
-
 async def recorder_row(kind: str, server: Server, users: list[str]) -> dict[str, Any]:
     """32 producers of single spends through one UsageRecorder, in one client process."""
     log(f"{kind}: UsageRecorder, {RECORDER['producers']} producers")
@@ -800,9 +777,7 @@ def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
             out.append({"target": f"{name} server CPU per call <= {SPEND_CPU_VS_ECHO:g}x echo's", "value": round(ratio, 2),
                         "ok": ratio <= SPEND_CPU_VS_ECHO})
     out += item_targets(res["rows"])
-    out += key_targets(res["rows"])
-    out += priced_targets(res["rows"])
-    out += outbox_targets(res["rows"])
+    out += pair_targets(res["rows"])
     for wh in res.get("webhooks") or []:
         out.append({"target": f"webhooks ({wh['db']}): every event delivered once, verified; events/s",
                     "value": f"{wh['delivered']}/{wh['events']}, {wh['events_per_s']}/s",
@@ -831,45 +806,69 @@ def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
 KEY_RATE_VS_PLAIN, KEY_CPU_VS_PLAIN = 0.9, 1.1
 
 
-def key_targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Each key row within 10 % of its plain row: throughput and server CPU per
-    call (per item for batches), the medians of the rounds' ratios (bench/keys.py)."""
+def ratio_targets(
+    rows: list[dict[str, Any]], pairs: str, rate_min: float, cpu_max: float,
+    rate_text: Callable[[dict[str, Any], list[float]], str], cpu_text: Callable[[dict[str, Any], list[float]], str],
+) -> list[dict[str, Any]]:
+    """A row against its baseline measured in the same run: throughput at least
+    `rate_min` and server CPU at most `cpu_max` times the baseline's, each the
+    median of the row's window pairs (the field `pairs`), or of its own
+    medians (`rate_ratio`, `cpu_ratio`: bench/keys.py) when `pairs` is empty."""
     out = []
     for r in rows:
-        if "rate_ratio" not in r:
+        if pairs:
+            if not r.get(pairs):
+                continue
+            rps = [p["rps"] for p in r[pairs] if p["rps"] is not None]
+            cpu = [p["cpu"] for p in r[pairs] if p["cpu"] is not None]
+        elif "rate_ratio" in r:
+            rps = [r["rate_ratio"]] if r["rate_ratio"] is not None else []
+            cpu = [r["cpu_ratio"]] if r["cpu_ratio"] is not None else []
+        else:
             continue
-        what = f"{r['name']} ({r['db']}), median of {r['rounds']} interleaved rounds"
-        if r["rate_ratio"] is not None:
-            out.append({"target": f"{what}: >= {KEY_RATE_VS_PLAIN}x {r['vs']}", "value": round(r["rate_ratio"], 2),
-                        "ok": r["rate_ratio"] >= KEY_RATE_VS_PLAIN})
-        if r["cpu_ratio"] is not None:
-            out.append({"target": f"{what}: server CPU per {r['unit']} <= {KEY_CPU_VS_PLAIN}x {r['vs']}'s",
-                        "value": round(r["cpu_ratio"], 2), "ok": r["cpu_ratio"] <= KEY_CPU_VS_PLAIN})
-    return out
-
-
-def outbox_targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Spend with the outbox within 10 % of Spend without it: the median of
-    the windows' ratios, throughput and server CPU per call."""
-    out = []
-    for r in rows:
-        pairs = r.get("pair_ratios")
-        if not pairs:
-            continue
-        name = f"{r['name'].removeprefix('Outbox on: ')} ({r['db']})"
-        rps = [p["rps"] for p in pairs if p["rps"] is not None]
-        cpu = [p["cpu"] for p in pairs if p["cpu"] is not None]
         if rps:
             ratio = median(rps)
-            out.append({"target": f"{name} with the events outbox >= {SPEND_VS_NO_OUTBOX}x throughput without it "
-                                  f"(median of {len(rps)} shared windows: {', '.join(f'{x:.2f}' for x in rps)})",
-                        "value": round(ratio, 2), "ok": ratio >= SPEND_VS_NO_OUTBOX})
+            out.append({"target": rate_text(r, rps), "value": round(ratio, 2), "ok": ratio >= rate_min})
         if cpu:
             ratio = median(cpu)
-            out.append({"target": f"{name} with the events outbox: server CPU per call <= {SPEND_CPU_VS_NO_OUTBOX}x "
-                                  f"without it (median of {len(cpu)} windows: {', '.join(f'{x:.2f}' for x in cpu)})",
-                        "value": round(ratio, 2), "ok": ratio <= SPEND_CPU_VS_NO_OUTBOX})
+            out.append({"target": cpu_text(r, cpu), "value": round(ratio, 2), "ok": ratio <= cpu_max})
     return out
+
+
+def _windows(xs: list[float]) -> str:
+    return ", ".join(f"{x:.2f}" for x in xs)
+
+
+def _key_row(r: dict[str, Any]) -> str:
+    return f"{r['name']} ({r['db']}), median of {r['rounds']} interleaved rounds"
+
+
+def _outbox_row(r: dict[str, Any]) -> str:
+    return f"{r['name'].removeprefix('Outbox on: ')} ({r['db']}) with the events outbox"
+
+
+def pair_targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each key row within 10 % of its plain row (per call, per item for
+    batches), priced by usage within 10 % of the same calls by amount, and
+    Spend with the outbox within 10 % of Spend without it."""
+    k, kc = KEY_RATE_VS_PLAIN, KEY_CPU_VS_PLAIN
+    o, oc = SPEND_VS_NO_OUTBOX, SPEND_CPU_VS_NO_OUTBOX
+    return [
+        *ratio_targets(rows, "", k, kc, lambda r, xs: f"{_key_row(r)}: >= {k}x {r['vs']}",
+                       lambda r, xs: f"{_key_row(r)}: server CPU per {r['unit']} <= {kc}x {r['vs']}'s"),
+        *ratio_targets(
+            rows, "priced_pairs", k, kc,
+            lambda r, xs: f"{r['name']} ({r['db']}) >= {k}x the throughput by amount "
+                          f"(median of {len(xs)} window pairs: {_windows(xs)})",
+            lambda r, xs: f"{r['name']} ({r['db']}) server CPU <= {kc}x by amount "
+                          f"(median of {len(xs)} window pairs: {_windows(xs)})"),
+        *ratio_targets(
+            rows, "pair_ratios", o, oc,
+            lambda r, xs: f"{_outbox_row(r)} >= {o}x throughput without it "
+                          f"(median of {len(xs)} shared windows: {_windows(xs)})",
+            lambda r, xs: f"{_outbox_row(r)}: server CPU per call <= {oc}x "
+                          f"without it (median of {len(xs)} windows: {_windows(xs)})"),
+    ]
 
 
 # The ledger's own statements on its own tables are the physical limit of

@@ -113,9 +113,14 @@ async def _refill_read(tx: LedgerTx, ops: list[Any]) -> None:
     await refill_repo.due_configs(tx, sorted(tx.wallet_balances()), tx.now_us)
 
 
+async def _no_orgs(principal: Any, user_id: str, org_id: str, right: Any) -> str:
+    raise AssertionError("the bench reads no org's events")
+
+
 def _with_events(db: Database, writer: LedgerWriter) -> None:
     events = EventsService(Settings(), db, writer, writer.clock, refill_repo.alert_thresholds,
-                           lambda user: 100_000)  # the free tier's allowance: a default alert at 10 credits
+                           lambda user: 100_000,  # the free tier's allowance: a default alert at 10 credits
+                           _no_orgs)
     writer.before_flush += [_refill_read, events.before_flush]
     writer.wallet_tables += ALERT_TABLES  # as the server registers the extension
 

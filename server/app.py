@@ -228,6 +228,7 @@ class App:
         # Last of the ledger extensions: the outbox writes what the others emitted.
         self.events = EventsService(
             settings, self.db, self.writer, self.clock, refill_repository.alert_thresholds, self._monthly_allowance,
+            self.orgs.wallet_of,
         )
         self.deliveries = events_grpc.register(reg, self.events)
 

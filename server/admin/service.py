@@ -101,13 +101,15 @@ def stage_audit(
 def audit_admin_call(tx: LedgerTx, admin: Principal, op: Op, rows: list[Row]) -> None:
     """The audit row of a change made with an admin token through another
     service (Spend, RefundUsage, AwardCredits, UpgradeTier...): the RPC, the
-    user whose wallet it touched, the transfers it made."""
+    user whose wallet it touched (empty when it touched none), the transfers
+    it made, and in `details` what the operation names of itself
+    (`Op.audit_details`: PublishRateCard's version)."""
     idem = op.idempotency
     wallets = [a for r in rows for a in (r["credit_account"], r["debit_account"])] + sorted(op.account_ids())
     user_id = next((corrections.wallet_user(a) for a in wallets if corrections.wallet_user(a)), "") or ""
     method = idem.method if idem is not None and idem.method else type(op).__name__
     stage_audit(tx, admin.subject, method, user_id, "", idem.request_id if idem else "",
-                  {"service_call": method}, rows)
+                {**op.audit_details(), "service_call": method}, rows)
 
 
 class AdminService:

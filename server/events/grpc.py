@@ -100,7 +100,8 @@ class EventsServicer(events_pb2_grpc.EventsServiceServicer):
         self.service = service
 
     async def ListEvents(self, request: events_pb2.ListEventsRequest, context: Ctx) -> events_pb2.ListEventsResponse:
-        scope = self.service.reader_scope(principal(), validation.wallet_owner(request.user_id))
+        scope = await self.service.scope_of(
+            principal(), validation.wallet_owner(request.user_id), validation.org_id(request.org_id))
         types = _types(list(request.types))
         limit = validation.page_size(request.page_size)
         after = event_id(request.page_token, field="page_token")
@@ -111,7 +112,8 @@ class EventsServicer(events_pb2_grpc.EventsServiceServicer):
     async def WatchEvents(
         self, request: events_pb2.WatchEventsRequest, context: Ctx
     ) -> AsyncIterator[events_pb2.WatchEventsResponse]:
-        scope = self.service.reader_scope(principal(), validation.wallet_owner(request.user_id))
+        scope = await self.service.scope_of(
+            principal(), validation.wallet_owner(request.user_id), validation.org_id(request.org_id))
         types = _types(list(request.types))
         # Ids are given out in commit order, so reading on from the last id
         # sent never skips an event (no gap) nor repeats one (no duplicate).

@@ -45,6 +45,7 @@ from server.ledger.model import BalanceEvent, HoldStatus, Kind, from_json, to_js
 from server.ledger.ops import Idempotency, Join
 from server.ledger.tx import LedgerTx
 from server.ledger.writer import LedgerWriter
+from server.orgs.models import Right, WalletOf
 from server.platform import errors
 from server.platform.auth import Principal, Role
 from server.platform.clock import Clock, from_us
@@ -104,9 +105,10 @@ def iso(us: int) -> str:
 class EventsService:
     def __init__(
         self, settings: Settings, db: Database, writer: LedgerWriter, clock: Clock,
-        refill_thresholds: RefillThresholds, monthly_allowance: Callable[[Row], int | None],
+        refill_thresholds: RefillThresholds, monthly_allowance: Callable[[Row], int | None], org_wallet: WalletOf,
     ) -> None:
         self.settings = settings
+        self.org_wallet = org_wallet
         self.db = db
         self.writer = writer
         self.clock = clock
@@ -351,6 +353,15 @@ class EventsService:
         if principal.privileged:
             return user_id or None
         return principal.resolve_user(user_id)
+
+    async def scope_of(self, principal: Principal, user_id: str, org_id: str) -> str | None:
+        """`reader_scope`, or with an org the org's wallet: its events tell of
+        every member's and key's use, so a user token reads them as an owner or
+        admin of the org (Right.MANAGE), as for its keys; service and admin
+        tokens read any org's, as any user's."""
+        if not org_id:
+            return self.reader_scope(principal, user_id)
+        return await self.org_wallet(principal, user_id, org_id, Right.READ if principal.privileged else Right.MANAGE)
 
     async def list_events(self, scope: str | None, types: list[str], after_id: int, limit: int) -> list[EventView]:
         return await repo.list_events(self.db.reader, user_id=scope, types=types, after_id=after_id, limit=limit)

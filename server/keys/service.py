@@ -37,15 +37,13 @@ from server.platform import errors
 from server.platform.auth import Principal, Role
 from server.platform.clock import Clock
 from server.platform.config import Settings
-from server.platform.ids import is_org_id
+from server.platform.ids import hidden_char, is_org_id
 
 MAX_AMOUNT = 10**15
 MAX_LABEL = 100
 # Categories a key may name: its row is read on each of its spends, so a key
 # of 10,000 categories (a 600 KB request) would cost every spend that much.
 MAX_CATEGORIES = 32
-# No control character at all in a label (it is shown in events and logs).
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 KEY_ID = re.compile(r"^key_[0-9a-f]{32}$")
 # A key's created_by when a user token made it (Principal.scope).
 USER_SCOPE = f"{Role.USER.value}/"
@@ -65,8 +63,12 @@ class KeyFields:
 def check_label(label: str) -> str:
     if not label or len(label) > MAX_LABEL:
         raise errors.InvalidArgument(f"label must be 1 to {MAX_LABEL} characters", reason="INVALID_LABEL")
-    if _CONTROL.search(label):
-        raise errors.InvalidArgument("label contains control characters", reason="INVALID_LABEL")
+    hidden = hidden_char(label)
+    if hidden:
+        raise errors.InvalidArgument(
+            f"label contains {hidden}, a control, bidirectional or invisible character", reason="INVALID_LABEL",
+            metadata={"field": "label", "character": hidden},
+        )
     return label
 
 

@@ -94,6 +94,11 @@ class Op:
     def account_ids(self) -> set[str]:
         return set()
 
+    def audit_details(self) -> dict[str, Any]:
+        """What the admin audit row of this operation records besides the RPC,
+        once applied: the target of a change that touches no wallet."""
+        return {}
+
     def hold_ids(self) -> set[str]:
         return set()
 

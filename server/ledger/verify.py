@@ -40,7 +40,7 @@ from server.ledger.model import (
 )
 from server.platform import ids
 from server.platform.clock import window_bounds
-from server.pricing.service import InvalidRateCard, Snapshot, rounded_up, version_of
+from server.pricing.service import InvalidRateCard, PricingError, Snapshot, rounded_up, unit_price, version_of
 
 WALLET_PREFIX = wallet_id("")
 # Scoped keys' counters that start again with each window (api_keys.<window>_start_us, _used).
@@ -423,17 +423,16 @@ async def _verify_priced(conn: AsyncConnection, r: Report) -> None:
             r.problems.append(f"priced transfer #{tid}: version {u['version']} was not in effect at its priced instant "
                               f"(version {version.version if version else None} was)")
             continue
-        meter = version.card.meters.get(u["meter"])
         dims = json.loads(u["dimensions"])
-        combo = tuple(dims.get(d.name) for d in meter.dimensions) if meter else ()
-        unit_price = meter.prices.get(combo) if meter and len(dims) == len(combo) else None
-        if meter is None or unit_price is None:
+        try:
+            price, per_units = unit_price(version, u["meter"], dims)
+        except PricingError:
             r.problems.append(f"priced transfer #{tid}: version {u['version']} does not price {u['meter']} {dims}")
             continue
-        if (u["unit_price"], u["per_units"]) != (unit_price, meter.per_units):
+        if (u["unit_price"], u["per_units"]) != (price, per_units):
             r.problems.append(f"priced transfer #{tid}: recorded price {u['unit_price']}/{u['per_units']} != version "
-                              f"{u['version']}'s {unit_price}/{meter.per_units}")
-        expected = rounded_up(u["quantity"], unit_price, meter.per_units)
+                              f"{u['version']}'s {price}/{per_units}")
+        expected = rounded_up(u["quantity"], price, per_units)
         if u["amount"] != expected:
             r.problems.append(f"priced transfer #{tid}: amount {u['amount']} != the price of {u['quantity']} "
                               f"{u['meter']} {dims} under version {u['version']} ({expected})")

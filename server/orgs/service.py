@@ -6,7 +6,6 @@ cannot race, and a removal is committed before the member's next call."""
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from server.keys.budgets import COUNTERS
@@ -32,16 +31,21 @@ from server.platform import errors
 from server.platform.auth import Principal, Role
 from server.platform.clock import Clock
 from server.platform.config import Settings
+from server.platform.ids import hidden_char
 
 MAX_NAME = 100
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 MANAGERS = ROLES_WITH[Right.MANAGE]
 
 
 def check_name(name: str) -> str:
-    if not name or len(name) > MAX_NAME or _CONTROL.search(name):
+    if not name or len(name) > MAX_NAME:
+        raise errors.InvalidArgument(f"name must be 1 to {MAX_NAME} characters", reason="INVALID_ORG_NAME",
+                                     metadata={"field": "name"})
+    hidden = hidden_char(name)
+    if hidden:
         raise errors.InvalidArgument(
-            f"name must be 1 to {MAX_NAME} characters without control characters", reason="INVALID_ORG_NAME"
+            f"name contains {hidden}, a control, bidirectional or invisible character", reason="INVALID_ORG_NAME",
+            metadata={"field": "name", "character": hidden},
         )
     return name
 

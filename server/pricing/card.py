@@ -17,6 +17,7 @@ import itertools
 import json
 import re
 import tomllib
+from collections.abc import Mapping
 from typing import Any
 
 from server.ledger.model import MAX_AMOUNT
@@ -238,6 +239,38 @@ def rounded_up(quantity: int, unit_price: int, per_units: int) -> int:
     return -(-(quantity * unit_price) // per_units)
 
 
+def meter_of(card: RateCard, version: int, name: str) -> Meter:
+    meter = card.meters.get(name)
+    if meter is None:
+        raise PricingError(f"no meter named {shown(name)!r} in rate card version {version}",
+                           reason="UNKNOWN_METER", field="usage.meter", meter=shown(name), version=version)
+    return meter
+
+
+def combination(meter: Meter, dimensions: Mapping[str, object]) -> tuple[str, ...]:
+    """The key of `meter.prices` that these dimension values name: a value of
+    each of the meter's dimensions, and no other dimension; PricingError
+    (MISSING_DIMENSION, INVALID_DIMENSION_VALUE, UNKNOWN_DIMENSION) otherwise."""
+    given = dict(dimensions)
+    combo: list[str] = []
+    for d in meter.dimensions:
+        value = given.pop(d.name, None)
+        if value is None:
+            raise PricingError(f"meter {meter.name} is priced by dimension {d.name!r} "
+                               f"({', '.join(d.values)})", reason="MISSING_DIMENSION",
+                               field=f"usage.dimensions.{d.name}", meter=meter.name, dimension=d.name)
+        if value not in d.values:
+            raise PricingError(f"dimension {d.name} of meter {meter.name} is one of {', '.join(d.values)}",
+                               reason="INVALID_DIMENSION_VALUE", field=f"usage.dimensions.{d.name}",
+                               meter=meter.name, dimension=d.name)
+        combo.append(str(value))
+    if given:
+        name = min(given)
+        raise PricingError(f"meter {meter.name} has no dimension {shown(name)!r}", reason="UNKNOWN_DIMENSION",
+                           field="usage.dimensions", meter=meter.name, dimension=shown(name))
+    return tuple(combo)
+
+
 def price(card: RateCard, version: int, usage: Usage) -> Quote:
     """The price of one usage under one card (rounded up, per spend)."""
     meter = card.meters.get(usage.meter)
@@ -254,32 +287,12 @@ def price(card: RateCard, version: int, usage: Usage) -> Quote:
 def _refuse(card: RateCard, version: int, usage: Usage) -> Quote:
     """The slow path: the precise refusal of a usage the card cannot price
     (or the price of one whose dimensions were not given in sorted order)."""
-    meter = card.meters.get(usage.meter)
-    if meter is None:
-        raise PricingError(f"no meter named {shown(usage.meter)!r} in rate card version {version}",
-                           reason="UNKNOWN_METER", field="usage.meter", meter=shown(usage.meter), version=version)
+    meter = meter_of(card, version, usage.meter)
     quantity = usage.quantity
     if isinstance(quantity, bool) or not 1 <= quantity <= MAX_QUANTITY:
         raise PricingError(f"quantity must be a whole number of units from 1 to {MAX_QUANTITY}",
                            reason="INVALID_QUANTITY", field="usage.quantity")
-    given = dict(usage.dimensions)
-    combo: list[str] = []
-    for d in meter.dimensions:
-        value = given.pop(d.name, None)
-        if value is None:
-            raise PricingError(f"meter {meter.name} is priced by dimension {d.name!r} "
-                               f"({', '.join(d.values)})", reason="MISSING_DIMENSION",
-                               field=f"usage.dimensions.{d.name}", meter=meter.name, dimension=d.name)
-        if value not in d.values:
-            raise PricingError(f"dimension {d.name} of meter {meter.name} is one of {', '.join(d.values)}",
-                               reason="INVALID_DIMENSION_VALUE", field=f"usage.dimensions.{d.name}",
-                               meter=meter.name, dimension=d.name)
-        combo.append(value)
-    if given:
-        name = min(given)
-        raise PricingError(f"meter {meter.name} has no dimension {shown(name)!r}", reason="UNKNOWN_DIMENSION",
-                           field="usage.dimensions", meter=meter.name, dimension=shown(name))
-    unit_price = meter.prices[tuple(combo)]
+    unit_price = meter.prices[combination(meter, dict(usage.dimensions))]
     amount = rounded_up(quantity, unit_price, meter.per_units)
     if amount > MAX_AMOUNT:
         raise PricingError(f"this usage costs more than {MAX_AMOUNT} millicredits, the most one spend may cost",

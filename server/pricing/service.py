@@ -6,7 +6,10 @@ Public API for other domains (they import only from here):
 - `PricingService.quote(usage, at_us) -> Quote`: synchronous, no I/O;
 - `usage_from_proto(msg) -> Usage`: a `flownexus.billing.v1.Usage` read and
   checked for form (PricingError, INVALID_ARGUMENT); whether the meter and
-  its dimensions exist is `quote`'s answer, at the spend's instant."""
+  its dimensions exist is `quote`'s answer, at the spend's instant;
+- `unit_price(version, meter, dimensions) -> (unit price, per units)`: what
+  a stored version charges for one combination of dimension values
+  (PricingError when it does not price it), for the ledger audit."""
 
 from __future__ import annotations
 
@@ -16,6 +19,8 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +47,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "DEFAULT_RATE_CARD", "InvalidRateCard", "PricingError", "PricingService", "Quote", "Snapshot", "Usage",
-    "rounded_up", "usage_from_proto",
+    "rounded_up", "unit_price", "usage_from_proto",
 ]
 
 DEFAULT_RATE_CARD = Path(__file__).with_name("default_rate_card.toml")
@@ -111,6 +116,25 @@ def version_of(row: dict[str, Any]) -> RateCardVersion:
         int(row["version"]), cards.parse(json.loads(row["card"])), int(row["effective_at_us"]),
         int(row["published_at_us"]), str(row["published_by"]), str(row["request_id"]),
     )
+
+
+@dataclass
+class Publish(Call):
+    """PublishRateCard's operation. It changes no wallet, so its admin audit
+    row names the version it made (and from when) instead of a user."""
+
+    made: dict[str, int] = field(default_factory=dict)
+
+    def audit_details(self) -> dict[str, Any]:
+        return dict(self.made)
+
+
+def unit_price(version: RateCardVersion, meter: str, dimensions: Mapping[str, object]) -> tuple[int, int]:
+    """The unit price and per_units of one meter's combination of dimension
+    values under a version, by the card's own lookup; PricingError
+    (UNKNOWN_METER or a dimension's reason) when the version does not price it."""
+    m = cards.meter_of(version.card, version.version, meter)
+    return m.prices[cards.combination(m, dimensions)], m.per_units
 
 
 def no_card(at_us: int) -> PricingError:
@@ -257,6 +281,7 @@ class PricingService:
                 reason="EFFECTIVE_TIME_IN_PAST", metadata={"field": "effective_time"},
             )
         lead = self.lead_us
+        op = Publish()
 
         async def apply(tx: LedgerTx) -> int:
             last = await repo.latest(tx)
@@ -264,9 +289,11 @@ class PricingService:
             effective = max(effective_at_us if effective_at_us is not None else 0, tx.now_us + lead)
             repo.insert(tx, RateCardVersion(
                 version, card, effective, tx.now_us, principal.subject, request_id).row())
+            op.made = {"rate_card_version": version, "effective_at_us": effective}
             return version
 
-        idem = Idempotency.of_request(principal, "PublishRateCard", request_id, fingerprint)
-        made = await self.writer.submit(Call(fn=apply, idempotency=idem))
+        op.fn = apply
+        op.idempotency = Idempotency.of_request(principal, "PublishRateCard", request_id, fingerprint)
+        made = await self.writer.submit(op)
         await self.refresh()  # this process prices with it from its instant, whatever the poll's phase
         return self._version(int(made))

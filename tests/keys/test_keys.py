@@ -153,6 +153,8 @@ async def test_bad_input_is_refused_with_a_reason(server: Running) -> None:
         (_key_req([(DAY, 1)], label="agent\nrm -rf"), "INVALID_LABEL"),
         (_key_req([(DAY, 1)], label="a\x00b"), "INVALID_LABEL"),
         (_key_req([(DAY, 1)], label="bell\x07"), "INVALID_LABEL"),
+        (_key_req([(DAY, 1)], label="agent\u202egnp.exe"), "INVALID_LABEL"),
+        (_key_req([(DAY, 1)], label="age\u200bnt"), "INVALID_LABEL"),
         (_key_req([(DAY, 1)], label="x" * 101), "INVALID_LABEL"),
         (_key_req([(DAY, 1)], categories=["Not Valid"]), "INVALID_CATEGORY"),
         (_key_req([(DAY, 1)], max_spend_millicredits=-1), "INVALID_AMOUNT"),

@@ -7,11 +7,11 @@ whichever comes first. Each event is on the org's wallet and names the member.""
 from __future__ import annotations
 
 import grpc
-from flownexus.billing.v1 import keys_pb2, orgs_pb2
+from flownexus.billing.v1 import events_pb2, keys_pb2, orgs_pb2
 
 from tests.events.receiver import list_events, payload
 from tests.harness import Running, auth, expect_error
-from tests.orgs.helpers import create_org, orgs_stub
+from tests.orgs.helpers import ADMIN_ROLE, create_org, orgs_stub
 from tests.orgs.test_member_budgets import add
 from tests.orgs.test_org_wallet import CREDIT, fund_org, spend_req
 
@@ -42,6 +42,20 @@ async def test_member_budget_events_and_the_boundary_job(server: Running) -> Non
         ("budget.warning", "ann"), ("budget.exhausted", "ann"), ("budget.exhausted", "ann")]
     assert "80 % of their hour budget" in payload(events[0])["message"]
     assert "refused" in payload(events[2])["message"]
+    # The org's owners and admins read its events with org_id; a member does
+    # not (they tell of every member's use), nor a stranger.
+    await add(server, org, "adam", role=ADMIN_ROLE)
+    for reader in ("olga", "adam"):
+        own = await server.s.events.ListEvents(events_pb2.ListEventsRequest(org_id=org, types=KINDS),
+                                               metadata=auth(reader))
+        assert [e.id for e in own.events] == [e.id for e in events]
+    await expect_error(server.s.events.ListEvents(events_pb2.ListEventsRequest(org_id=org), metadata=auth("ann")),
+                       grpc.StatusCode.PERMISSION_DENIED, "ORG_ROLE_REQUIRED")
+    await expect_error(server.s.events.ListEvents(events_pb2.ListEventsRequest(org_id=org), metadata=auth("eve")),
+                       grpc.StatusCode.PERMISSION_DENIED, "NOT_ORG_MEMBER")
+    await expect_error(server.s.events.ListEvents(events_pb2.ListEventsRequest(org_id=org, user_id="olga"),
+                                                  metadata=auth("ann")),
+                       grpc.StatusCode.PERMISSION_DENIED, "NOT_YOUR_ACCOUNT")
     assert await server.run_job("reset_member_budgets") == 0  # the hour has not ended
 
     # Past the hour's end: the job moves ann's counter and says so, once.

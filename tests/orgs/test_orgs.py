@@ -138,6 +138,15 @@ async def test_bad_input_and_strangers_get_clear_errors(server: Running) -> None
                        grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ORG_NAME")
     await expect_error(s.CreateOrg(orgs_pb2.CreateOrgRequest(name="x\n", request_id="n2"), metadata=auth("olga")),
                        grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ORG_NAME")
+    # A name that does not read as itself: a right-to-left override, an
+    # isolate, a zero-width space or joiner, a BOM (the same rule as key labels).
+    hidden = [("Acme\u202egnp.exe", "U+202E"), ("Acme\u2067x", "U+2067"), ("Ac\u200bme", "U+200B"),
+              ("Ac\u200dme", "U+200D"), ("\ufeffAcme", "U+FEFF")]
+    for i, (name, char) in enumerate(hidden):
+        err = await expect_error(s.CreateOrg(orgs_pb2.CreateOrgRequest(name=name, request_id=f"h{i}"),
+                                             metadata=auth("olga")),
+                                 grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ORG_NAME")
+        assert err.metadata["character"] == char
     await expect_error(
         s.UpdateMember(orgs_pb2.UpdateMemberRequest(org_id=org, user_id="olga", role=MEMBER, request_id="u"),
                        metadata=auth("olga")),

@@ -4,6 +4,8 @@ idempotent, admin only, audited) and bad cards refused whole."""
 
 from __future__ import annotations
 
+import json
+
 import grpc
 from flownexus.billing.v1 import admin_pb2, admin_pb2_grpc, pricing_pb2
 
@@ -176,6 +178,10 @@ async def test_publishing_is_admin_only_idempotent_and_audited(server: Running) 
     actions = await admin_pb2_grpc.AdminServiceStub(server.s.channel).ListAdminActions(
         admin_pb2.ListAdminActionsRequest(action="PublishRateCard"), metadata=ADMIN)
     assert [(a.actor, a.request_id) for a in actions.actions] == [("ops", "change-1")]
+    # It changed no wallet: no user, and the details name the version it made and from when.
+    assert actions.actions[0].user_id == ""
+    assert json.loads(actions.actions[0].details_json) == {
+        "service_call": "PublishRateCard", "rate_card_version": 2, "effective_at_us": at}
     # The past is never repriced.
     await expect_error(publish(server, card, "late", effective_us=server.clock.now_us() - 1),
                        grpc.StatusCode.INVALID_ARGUMENT, "EFFECTIVE_TIME_IN_PAST")

@@ -153,6 +153,14 @@ CORRUPTIONS = {
                    "recorded price 3/1 != version 1's 1/1"),
     "dimension": ("UPDATE transfer_usage SET dimensions = '{\"size\":\"large\"}' WHERE quantity = 20",
                   "amount 40 != the price of 20 sandbox.seconds {'size': 'large'}"),
+    # What the version does not price, by the card's own lookup (pricing's unit_price).
+    "no such value": ("UPDATE transfer_usage SET dimensions = '{\"size\":\"huge\"}' WHERE quantity = 20",
+                      "version 1 does not price sandbox.seconds {'size': 'huge'}"),
+    "one dimension too many": (
+        "UPDATE transfer_usage SET dimensions = '{\"region\":\"eu\",\"size\":\"small\"}' WHERE quantity = 20",
+        "version 1 does not price sandbox.seconds {'region': 'eu', 'size': 'small'}"),
+    "no such meter": ("UPDATE transfer_usage SET meter = 'gpu.seconds' WHERE meter = 'api.calls'",
+                      "version 2 does not price gpu.seconds {}"),
     "orphan": ("UPDATE transfer_usage SET transfer_id = 999999 WHERE meter = 'api.calls'",
                "usage of transfer #999999: no spend, hold or capture has that id"),
 }
