@@ -40,7 +40,14 @@ from server.ledger.model import (
 )
 from server.platform import ids
 from server.platform.clock import window_bounds
-from server.pricing.service import InvalidRateCard, PricingError, Snapshot, rounded_up, unit_price, version_of
+from server.pricing.service import (
+    InvalidRateCard,
+    PricingError,
+    Snapshot,
+    rounded_up,
+    unit_price,
+    version_of,
+)
 
 WALLET_PREFIX = wallet_id("")
 # Scoped keys' counters that start again with each window (api_keys.<window>_start_us, _used).

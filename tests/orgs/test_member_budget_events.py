@@ -67,7 +67,7 @@ async def test_member_budget_events_and_the_boundary_job(server: Running) -> Non
     assert (await seen(server, org))[3:] == [("budget.reset", "ann", "hour")]
     members = await orgs_stub(server).ListMembers(orgs_pb2.ListMembersRequest(org_id=org), metadata=auth("olga"))
     used = {m.user_id: [b.used_millicredits for b in m.budgets] for m in members.members}
-    assert used == {"olga": [], "ann": [5 * CREDIT], "bob": [0]}
+    assert used == {"olga": [], "adam": [], "ann": [5 * CREDIT], "bob": [0]}
 
 
 async def test_a_members_first_spend_after_the_boundary_resets_before_the_job(server: Running) -> None:
