@@ -440,16 +440,17 @@ async def fairness_server(url: str, workdir: Path, **env: str) -> AsyncIterator[
     # (as for every bench server), so that only its fair share holds back the
     # SpendBatch attacker (at the default 10 items a second, one batch of 100
     # every 10 s). The bench's server also lifts caps of service tokens (the seed's).
-    async with run.billing_server(url, workdir, **{"BILLING_USER_MUTATION_RATE_PER_SECOND": "0", **env}) as server:
+    settings: dict[str, Any] = {"BILLING_USER_MUTATION_RATE_PER_SECOND": "0", **env}
+    async with run.billing_server(url, workdir, **settings) as server:
         yield server
 
 
 async def check(url: str, workdir: Path, *, transfers: int, rounds: int, quiet_s: float, attack_s: float,
-                measures: int, **env: str) -> tuple[Judgement, dict[str, float]]:
+                measures: int, env: dict[str, str] | None = None) -> tuple[Judgement, dict[str, float]]:
     """The judgement on a fresh server (settings `env` over the defaults),
     and how long its steps took."""
     began = time.monotonic()
-    async with fairness_server(url, workdir, **env) as server:
+    async with fairness_server(url, workdir, **(env or {})) as server:
         started = time.monotonic()
         await seed_attacker(server.target, transfers)
         seeded = time.monotonic()
@@ -499,7 +500,7 @@ async def _main(kind: str, env: dict[str, str], how: dict[str, Any]) -> dict[str
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         async with run.fresh_db(kind, work) as url:
-            j, took = await check(url, work, **how, **env)
+            j, took = await check(url, work, env=env, **how)
     return {**report(kind, j, took), "settings": env}
 
 
