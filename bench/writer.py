@@ -24,6 +24,7 @@ the alerts' defaults share in the server).
   BENCH_WRITER_ACCOUNTS=1000  BENCH_WRITER_ROUNDS=100  BENCH_WRITER_ITEMS=100  BENCH_WRITER_SQL=0
   BENCH_WRITER_KEYS=0  BENCH_WRITER_EVENTS=0  BENCH_WRITER_WINDOWS=5
   BENCH_WRITER_PROFILE=0 (1: cProfile of the keyed or the outbox windows)
+  BENCH_WRITER_DB=sqlite (postgresql: a fresh database on BENCH_PG_DSN per writer)
 """
 
 from __future__ import annotations
@@ -36,9 +37,12 @@ import random
 import statistics
 import tempfile
 import time
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import asyncpg
 
 from server.db import batchsql
 from server.db.engine import Database
@@ -60,6 +64,8 @@ CALLS_IN_FLIGHT = 4
 # The unary shape: single spends at once, as the per-call Spend row's 32 callers.
 UNARY_IN_FLIGHT = 32
 WARMUP_ROUNDS = 30
+ON_PG = os.environ.get("BENCH_WRITER_DB", "sqlite").startswith("postg")
+PG_DSN = os.environ.get("BENCH_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 # SQL text (its start) -> [seconds, rows]
 _SQL_TIME: collections.defaultdict[str, list[float]] = collections.defaultdict(lambda: [0.0, 0.0])
@@ -133,7 +139,11 @@ class Bench:
     ) -> None:
         self.accounts, self.keyed, self.unary, self.events = accounts, keyed, unary, events
         self.tmp = tempfile.TemporaryDirectory()
-        self.db = Database(f"sqlite+aiosqlite:///{Path(self.tmp.name) / 'writer.db'}")
+        self.pg_name = f"billing_writer_{uuid.uuid4().hex[:10]}" if ON_PG else ""
+        self.db = Database(
+            f"{PG_DSN.rsplit('/', 1)[0].replace('postgresql://', 'postgresql+asyncpg://')}/{self.pg_name}" if ON_PG
+            else f"sqlite+aiosqlite:///{Path(self.tmp.name) / 'writer.db'}"
+        )
         self.writer = LedgerWriter(self.db, Clock(), TierPolicy({"free": 10**12}), max_batch=256)
         if keyed:
             self.writer.guard = KeyBudgets()
@@ -152,6 +162,10 @@ class Bench:
         return f"{self.accounts} accounts, {'unary' if self.unary else 'batches'}, {how}"
 
     async def start(self) -> None:
+        if ON_PG:
+            admin = await asyncpg.connect(PG_DSN)
+            await admin.execute(f'CREATE DATABASE "{self.pg_name}"')
+            await admin.close()
         await self.db.migrate()
         await self.writer.start()
         if self.keyed:
@@ -164,6 +178,10 @@ class Bench:
         await self.db.writer.dispose()
         await self.db.reader.dispose()
         self.tmp.cleanup()
+        if ON_PG:
+            admin = await asyncpg.connect(PG_DSN)
+            await admin.execute(f'DROP DATABASE IF EXISTS "{self.pg_name}" WITH (FORCE)')
+            await admin.close()
 
     def spend(self) -> Spend:
         self.n += 1

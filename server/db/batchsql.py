@@ -62,6 +62,23 @@ class BatchSql:
     ) -> list[Row]:
         """Rows of `table` whose `column` is one of `keys`, as dicts (of `columns`
         only, when given: a hot read takes no more than it needs)."""
+        rows = await self.select_values(table, column, keys, order_by=order_by, lock=lock, columns=columns)
+        names = list(columns) if columns is not None else _columns(table)
+        out = [dict(zip(names, r, strict=True)) for r in rows]
+        for col in _booleans(table):
+            if col not in names:
+                continue
+            for r in out:  # sqlite3 returns 0/1
+                r[col] = bool(r[col])
+        return out
+
+    async def select_values(
+        self, table: Table, column: str, keys: Sequence[Any], *, order_by: str | None = None, lock: bool = False,
+        columns: Sequence[str] | None = None,
+    ) -> list[Sequence[Any]]:
+        """`select_in`'s rows as the driver gives them, each a sequence of the
+        values of `columns` (SQLite's booleans as 0/1): a hot read's rows
+        without a dict each."""
         if not keys:
             return []
         names = list(columns) if columns is not None else _columns(table)
@@ -82,16 +99,8 @@ class BatchSql:
                 sql = f'SELECT {cols} FROM "{table.name}" WHERE "{column}" = ANY($1::{kind}[]){order}{lock_sql}'
             _SQL[key] = sql
         if self.is_sqlite:
-            rows = await self._sqlite_fetch(sql, tuple(keys))
-        else:
-            rows = await self._pg_fetch(sql, list(keys))
-        out = [dict(zip(names, r, strict=True)) for r in rows]
-        for col in _booleans(table):
-            if col not in names:
-                continue
-            for r in out:  # sqlite3 returns 0/1
-                r[col] = bool(r[col])
-        return out
+            return await self._sqlite_fetch(sql, tuple(keys))
+        return await self._pg_fetch(sql, list(keys))
 
     async def select_groups(self, groups: Sequence[tuple[Table, str, Sequence[Any]]]) -> list[list[Row]]:
         """Several `select_in`s; on PostgreSQL in one round trip (rows as jsonb,

@@ -15,6 +15,7 @@ it reads."""
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from server.keys import repository as repo
@@ -69,21 +70,28 @@ class KeyRow:
         "plan",
         "resets_at_us",
         "revoked_at_us",
+        "room",
+        "room_of",
+        "unlimited",
         "user_id",
     )
 
-    def __init__(self, row: dict[str, Any]) -> None:
-        self.id: str = row["id"]
-        self.user_id: str = row["user_id"]
-        self.label: str = row["label"]
-        self.revoked_at_us: int = row["revoked_at_us"]
-        self.expires_at_us: int = row["expires_at_us"]
-        self.max_spend: int = row["max_spend"]
-        self.categories = _categories(row["categories"])
-        self.budgets = parsed_budgets(row["budgets"])
-        self.plan = _plan(row["budgets"])
-        self.loaded: Counters = counters_of(row)
-        self.resets_at_us: int = row["resets_at_us"]
+    def __init__(self, row: Sequence[Any]) -> None:
+        # The values of repo.GUARD_COLUMNS, in order: a row as the driver gives
+        # it (a dict per row cost about as much as the rest of the key's read).
+        (self.id, self.user_id, self.label, self.revoked_at_us, self.expires_at_us, self.max_spend, categories,
+         budgets, *counters, self.resets_at_us) = row
+        self.categories = _categories(categories)
+        self.budgets = parsed_budgets(budgets)
+        self.plan = _plan(budgets)
+        self.loaded: Counters = _counters(counters)
+        # Live, any category, any amount: only the wallet and the expiry to check per spend.
+        self.unlimited = not self.revoked_at_us and not self.categories and not self.max_spend
+        # How much more the counters `room_of` may take before any budget's
+        # warning or limit (the batch's counters move through the undo log: the
+        # room is only trusted for the very tuple it was worked out for).
+        self.room_of: Counters | None = None
+        self.room = 0
 
 
 async def load_keys(tx: LedgerTx, key_ids: set[str]) -> dict[str, KeyRow | None]:
@@ -119,7 +127,7 @@ class KeyBudgets(SpendGuard):
         keys: dict[str, KeyRow | None] = tx.batch_dict(KEYS)
         used: dict[str, Counters] = tx.batch_dict(USED)
         for row in found[0]:
-            key = KeyRow(row)
+            key = KeyRow([row[c] for c in repo.GUARD_COLUMNS])
             keys[key.id] = key
             used[key.id] = key.loaded  # a read, not a change: nothing to undo
         # An id with no key is not marked: the load after the holds reads it again
@@ -139,8 +147,11 @@ class KeyBudgets(SpendGuard):
             counters = used[key_id]
             key = keys[key_id]
             if key is not None and counters != key.loaded:
-                row: dict[str, Any] = dict(zip(COUNTER_COLUMNS, counters, strict=True))
-                row["id"] = key_id
+                h0, h, d0, d, m0, m, life = counters
+                row: dict[str, Any] = {  # COUNTER_COLUMNS and the id
+                    "hour_start_us": h0, "hour_used": h, "day_start_us": d0, "day_used": d, "month_start_us": m0,
+                    "month_used": m, "lifetime_used": life, "id": key_id,
+                }
                 resets = next_reset_us(counters)
                 if resets != key.resets_at_us:
                     row["resets_at_us"] = resets
@@ -158,7 +169,10 @@ class KeyBudgets(SpendGuard):
         else:  # an operation that did not declare its key (budget_keys)
             key = (await load_keys(tx, {key_id}))[key_id]
         limited = kind in KEY_LIMITED_KINDS
-        if limited:
+        if limited and not (
+            key is not None and key.unlimited and key.user_id == user_id
+            and (not key.expires_at_us or key.expires_at_us > tx.now_us)
+        ):
             _check_key(key, key_id, user_id, delta, category, tx.now_us)
         if key is None:
             return
@@ -168,14 +182,19 @@ class KeyBudgets(SpendGuard):
         if c[HOUR_START] == starts[0] and c[DAY_START] == starts[1] and c[MONTH_START] == starts[2]:
             # The common case (every use after the key's first in these windows):
             # each counter is for the windows of `at_us`, so no window to move.
+            new = (c[0], c[1] + delta, c[2], c[3] + delta, c[4], c[5] + delta, c[6] + delta)
+            room = key.room if key.room_of is c else _room(key.plan, c)
+            if 0 < delta < room:
+                # Short of every budget's warning and limit: nothing to refuse or announce.
+                tx.batch_put(USED, key_id, new)
+                key.room_of, key.room = new, room - delta
+                return
             plan = key.plan
             if limited:
                 for b, i, _warn in plan:
                     if c[i] + delta > b.limit:
                         _refuse(tx, user_id, key_id, b, c[i], delta, at_us)
-            tx.batch_put(USED, key_id, (
-                c[0], c[1] + delta, c[2], c[3] + delta, c[4], c[5] + delta, c[6] + delta,
-            ))
+            tx.batch_put(USED, key_id, new)
             if delta > 0:
                 for b, i, warn in plan:
                     was = c[i]
@@ -415,6 +434,21 @@ def parsed_budgets(text: str) -> list[BudgetLimit]:
             _BUDGETS.clear()
         found = _BUDGETS[text] = budgets_of({"budgets": text})
     return found
+
+
+def _room(plan: list[tuple[BudgetLimit, int, int]], c: Counters) -> int:
+    """The smallest use that reaches a budget's warning or limit from these
+    counters (all in the windows of the batch's instant); 0 at a limit."""
+    room = _NO_BUDGET
+    for b, i, warn in plan:
+        was = c[i]
+        left = warn - was if was < warn else b.limit - was
+        if left < room:
+            room = max(left, 0)
+    return room
+
+
+_NO_BUDGET = 1 << 62
 
 
 def _check_key(key: KeyRow | None, key_id: str, user_id: str, amount: int, category: str, now_us: int) -> None:

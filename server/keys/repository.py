@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import Select, Table, and_, func, or_, select
@@ -69,11 +70,11 @@ GUARD_COLUMNS = (
 COUNTER_COLUMNS = GUARD_COLUMNS[8:15]
 
 
-async def guard_rows(tx: LedgerTx, key_ids: list[str]) -> list[dict[str, Any]]:
+async def guard_rows(tx: LedgerTx, key_ids: list[str]) -> list[Sequence[Any]]:
     """A batch's keys, locked in id order after the wallets' locks (PostgreSQL):
     read in this transaction, so a revocation or a change committed before it
-    is what the batch sees."""
-    return await tx.sql.select_in(
+    is what the batch sees. Each row is the values of GUARD_COLUMNS in order."""
+    return await tx.sql.select_values(
         api_keys, "id", sorted(key_ids), order_by="id", lock=not tx.is_sqlite, columns=GUARD_COLUMNS
     )
 
