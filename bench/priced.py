@@ -14,7 +14,7 @@ instructions per item are the deterministic measure on a shared host:
   valgrind --tool=callgrind --collect-atstart=no --toggle-collect='bench.priced*' ...
 
   BENCH_PRICED_ACCOUNTS=1000  BENCH_PRICED_ROUNDS=60  BENCH_PRICED_WINDOWS=5
-  BENCH_PRICED_ONLY=plain|priced (one side alone, for callgrind)  BENCH_PRICED_PROFILE=0 (1: cProfile, priced)
+  BENCH_PRICED_ONLY=plain|priced (one side alone, for callgrind)  BENCH_PRICED_PROFILE=0 (1: cProfile of the priced side, or of the only one)
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ from typing import Any
 from flownexus.billing.v1 import usage_pb2
 
 from server.db.engine import Database
-from server.grpc import convert
 from server.ledger.ops import SpendResult
 from server.ledger.tx import TierPolicy
 from server.ledger.writer import LedgerWriter
@@ -42,7 +41,6 @@ from server.platform.config import Settings
 from server.pricing.repository import PricingRepository
 from server.pricing.service import PricingService, rate_card_file
 from server.usage import grpc as usage_grpc
-from server.usage.metering import usage_into
 from server.usage.service import UsageService
 
 ITEMS_PER_CALL = 100
@@ -107,13 +105,9 @@ class Side:
         for item in items:
             ops.append(self.usage.spend_op(SERVICE, **usage_grpc._spend_fields(item)))
         response = usage_pb2.SpendBatchResponse()
-        out = response.results
-        for result in await self.usage.spend_batch(ops):
-            assert isinstance(result, SpendResult), result
-            answer = out.add().response
-            convert.spend_result_into(answer, result.transaction, result.credits)
-            if result.usage is not None:
-                usage_into(answer.transaction.usage, result.usage)
+        results = await self.usage.spend_batch(ops)
+        assert all(isinstance(r, SpendResult) for r in results), results
+        usage_grpc.results_into(response, results, {})
         return response
 
     async def round(self, calls: list[list[usage_pb2.SpendRequest]]) -> int:
@@ -146,7 +140,7 @@ async def compare(accounts: int, rounds: int, windows: int, only: str, profile: 
         await s.start()
     seen: list[list[float]] = []
     for _ in range(windows):
-        seen.append([await s.window(rounds, profile if s.priced else None) for s in sides])
+        seen.append([await s.window(rounds, profile if s.priced or only else None) for s in sides])
     for s in sides:
         await s.stop()
     for i, s in enumerate(sides):
