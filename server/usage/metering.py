@@ -47,18 +47,21 @@ class MeteredUsage:
         if _records_at != at_us:
             _records.clear()
             _records_at = at_us
-        found = _records.get(self.usage)
-        if found is None or found[0] is not quote:  # the quote, not an equal one: the same snapshot's
+        # By the quote's identity: pricing keeps one quote per usage of an
+        # instant (an int's hash, not the usage's); the quote is kept with its
+        # record, so its id cannot be another's meanwhile.
+        found = _records.get(id(quote))
+        if found is None or found[0] is not quote:
             made = record(self.usage, quote, at_us)
             if len(_records) < MAX_RECORDS_KEPT:
-                _records[self.usage] = (quote, made)
+                _records[id(quote)] = (quote, made)
             return made
         return found[1]
 
 
-# The records of the last instant priced, by usage, with the quote each was made from.
+# The records of the last instant priced, by their quote's id, with the quote.
 MAX_RECORDS_KEPT = 1024
-_records: dict[Usage, tuple[Quote, UsageRecord]] = {}
+_records: dict[int, tuple[Quote, UsageRecord]] = {}
 _records_at = -1
 
 
