@@ -11,7 +11,7 @@ from typing import Any, ClassVar, Protocol
 from mypy_extensions import mypyc_attr
 from sqlalchemy import func, select
 
-from server.db.schema import transfer_usage, transfers
+from server.db.schema import transfers
 from server.ledger import corrections, keys
 from server.ledger.model import (
     SPEND_ORDER,
@@ -163,9 +163,9 @@ def _dimensions_json(dimensions: dict[str, str]) -> str:
 
 
 def _record_usage(tx: LedgerTx, transfer_id: int, usage: UsageRecord) -> None:
-    """The one place a transfer's usage row is written: staged with the batch,
-    so it commits (or is undone) with its transfer."""
-    tx.rows(transfer_usage).insert({
+    """The one place a transfer's usage row is written: with the batch's
+    transfers, so it commits (or is undone) with its transfer."""
+    tx.record_usage({
         "transfer_id": transfer_id, "meter": usage.meter, "quantity": usage.quantity,
         "dimensions": _dimensions_json(usage.dimensions),
         "version": usage.version, "unit_price": usage.unit_price, "per_units": usage.per_units,

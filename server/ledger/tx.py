@@ -18,7 +18,16 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql import Executable
 
 from server.db.batchsql import BatchSql, Row
-from server.db.schema import LIVE_RESPONSE, accounts, holds, idempotency, lots, transfers, users
+from server.db.schema import (
+    LIVE_RESPONSE,
+    accounts,
+    holds,
+    idempotency,
+    lots,
+    transfer_usage,
+    transfers,
+    users,
+)
 from server.ledger import keys
 from server.ledger.model import (
     EARNED_KINDS,
@@ -135,6 +144,9 @@ class LedgerTx:
         self.stored: dict[str, tuple[str, bytes]] = {}  # idempotency key -> (fingerprint, response)
         self.existing_keys: set[str] = set()  # transfer keys known to be committed
         self.new_transfers: list[Row] = []
+        # Priced transfers' usage rows (whole rows): a plain list written with the
+        # transfers, not a StagedRows (its cache and per-row completion per item).
+        self.new_usage: list[Row] = []
         self.new_idempotency: list[Row] = []
         self.events: list[BalanceEvent] = []
         self._staged: dict[str, StagedRows] = {}
@@ -679,6 +691,11 @@ class LedgerTx:
         self._put(self.stored, key, (fingerprint, response))
         self._append(self.new_idempotency, {"key": key, "fingerprint": fingerprint, "response": response, "created_at_us": self.now_us})
 
+    def record_usage(self, row: Row) -> None:
+        """A priced transfer's transfer_usage row (every column given), written
+        with the batch's transfers; undone if its operation is refused."""
+        self._append(self.new_usage, row)
+
     # ---- other domains' rows --------------------------------------------------------------
 
     def rows(self, table: Table) -> StagedRows:
@@ -799,6 +816,7 @@ class LedgerTx:
             await sql.insert(transfers, self.new_transfers)
         else:
             await sql.insert(transfers, self.new_transfers, skip=NO_MEMBER)
+        await sql.insert(transfer_usage, self.new_usage)
         new_accounts = set(self._new_accounts)
         await sql.update(
             accounts, "id",

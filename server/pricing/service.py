@@ -52,6 +52,8 @@ __all__ = [
 
 DEFAULT_RATE_CARD = Path(__file__).with_name("default_rate_card.toml")
 MAX_USAGE_DIMENSIONS = 8
+# Distinct usages whose quotes one instant keeps (a batch has at most a few hundred items).
+MAX_QUOTES_KEPT = 1024
 
 
 def usage_from_proto(msg: Any) -> Usage:
@@ -68,17 +70,20 @@ def usage_from_proto(msg: Any) -> Usage:
         raise PricingError(f"usage.quantity must be a whole number of units from 1 to {MAX_QUANTITY}",
                            reason="INVALID_QUANTITY", field="usage.quantity")
     dims = msg.dimensions
+    if not dims:  # most usage: no dimensions, nothing more to check
+        return Usage(meter, quantity)
     if len(dims) > MAX_USAGE_DIMENSIONS:
         raise PricingError(f"usage.dimensions has at most {MAX_USAGE_DIMENSIONS} entries",
                            reason="UNKNOWN_DIMENSION", field="usage.dimensions")
-    for name, value in dims.items():
+    given = sorted(dims.items())  # read from the message once, checked and kept in this order
+    for name, value in given:
         if len(name) > 32 or not cards.DIMENSION_NAME.match(name):
             raise PricingError("usage.dimensions names a dimension that no meter has",
                                reason="UNKNOWN_DIMENSION", field="usage.dimensions")
         if len(value) > 32 or not cards.DIMENSION_VALUE.match(value):
             raise PricingError(f"usage.dimensions.{name} is not a value of any meter",
                                reason="INVALID_DIMENSION_VALUE", field=f"usage.dimensions.{name}")
-    return Usage(meter, quantity, tuple(sorted(dims.items())))
+    return Usage(meter, quantity, tuple(given))
 
 
 class Snapshot:
@@ -167,6 +172,9 @@ class PricingService:
         self.lead_seconds = lead_seconds
         self.refresh_seconds = max(0.2, lead_seconds / 5) if lead_seconds > 0 else 1.0
         self._snapshot = Snapshot([])
+        # The quotes of the last instant priced, from that snapshot and its version in effect.
+        self._quotes: dict[Usage, Quote] = {}
+        self._quotes_key: tuple[int, Snapshot, RateCardVersion] | None = None
         self._confirmed = float("-inf")  # time.monotonic() at the start of the last good refresh
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
@@ -174,16 +182,29 @@ class PricingService:
     # ---- the snapshot -----------------------------------------------------------------------
 
     def quote(self, usage: Usage, at_us: int) -> Quote:
-        """The price of `usage` with the version in effect at `at_us`: no I/O."""
+        """The price of `usage` with the version in effect at `at_us`: no I/O.
+        The quotes of one instant (a ledger batch's) are kept until another
+        instant or a new snapshot is asked for: each distinct usage of a batch
+        is priced once, with the version in effect at the batch's instant."""
         if self.lead_us and time.monotonic() - self._confirmed > self.lead_seconds:
             raise errors.Unavailable(
                 "prices could not be confirmed with the database recently; retry with the same request_id",
                 reason="PRICES_STALE",
             )
-        version = self._snapshot.at(at_us)
-        if version is None:
-            raise no_card(at_us)
-        return cards.price(version.card, version.version, usage)
+        quotes, key = self._quotes, self._quotes_key
+        if key is None or key[0] != at_us or key[1] is not self._snapshot:
+            version = self._snapshot.at(at_us)
+            if version is None:
+                raise no_card(at_us)
+            quotes = self._quotes = {}
+            key = self._quotes_key = (at_us, self._snapshot, version)
+        found = quotes.get(usage)
+        if found is None:
+            version = key[2]
+            found = cards.price(version.card, version.version, usage)
+            if len(quotes) < MAX_QUOTES_KEPT:
+                quotes[usage] = found
+        return found
 
     async def refresh(self) -> int:
         """Read the versions this process does not have yet; how many."""

@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from flownexus.billing.v1 import usage_pb2, usage_pb2_grpc
+from flownexus.billing.v1 import common_pb2, usage_pb2, usage_pb2_grpc
 
 from server.grpc import Ctx, convert, validation
 from server.grpc.interceptors import batch_item_error
-from server.ledger.ops import Spend, SpendResult
+from server.ledger.ops import Spend, SpendResult, UsageRecord
 from server.orgs.models import Access
 from server.platform import errors
 from server.platform.auth import principal
@@ -78,16 +78,9 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
             # applied (a retry with the same request_ids replays them).
             parts.append(asyncio.ensure_future(self.usage.spend_batch(ops)))
         response = usage_pb2.SpendBatchResponse()
-        out = response.results
+        shown: dict[int, tuple[UsageRecord, common_pb2.PricedUsage]] = {}
         for done in parts:
-            for result in await done:
-                if isinstance(result, SpendResult):
-                    answer = out.add().response
-                    convert.spend_result_into(answer, result.transaction, result.credits)
-                    if result.usage is not None:
-                        usage_into(answer.transaction.usage, result.usage)
-                else:
-                    out.add(error=batch_item_error(result))
+            results_into(response, await done, shown)
             await asyncio.sleep(0)  # a turn of the loop between parts of the answer
         return response
 
@@ -163,6 +156,30 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
             credits_millicredits=result.credits,
             refunded_millicredits=result.refunded,
         )
+
+
+def results_into(
+    response: usage_pb2.SpendBatchResponse, results: list[SpendResult | BaseException],
+    shown: dict[int, tuple[UsageRecord, common_pb2.PricedUsage]],
+) -> None:
+    """A part's results, answered in order. Items priced from the same usage in
+    one ledger batch share a record: its message is written once, then copied
+    (`shown`: by the record's id, the record kept so that its id is not reused)."""
+    out = response.results
+    for result in results:
+        if isinstance(result, SpendResult):
+            answer = out.add().response
+            convert.spend_result_into(answer, result.transaction, result.credits)
+            if result.usage is not None:
+                target = answer.transaction.usage
+                first = shown.get(id(result.usage))
+                if first is None:
+                    usage_into(target, result.usage)
+                    shown[id(result.usage)] = (result.usage, target)
+                else:
+                    target.CopyFrom(first[1])
+        else:
+            out.add(error=batch_item_error(result))
 
 
 def _usage(request: usage_pb2.SpendRequest | usage_pb2.ReserveRequest) -> Usage | None:

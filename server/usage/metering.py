@@ -27,16 +27,42 @@ class Quoter(Protocol):
 
 
 class MeteredUsage:
-    """A request's usage, priced when the ledger applies it (ops.Metered)."""
+    """A request's usage, priced when the ledger applies it (ops.Metered).
+    `shared`: identical usages priced at one instant (a batch's) share one
+    record, as their quote is one (a Spend's; a Reserve writes its hold into
+    its own)."""
 
-    __slots__ = ("pricing", "usage")
+    __slots__ = ("pricing", "shared", "usage")
 
-    def __init__(self, pricing: Quoter, usage: Usage) -> None:
+    def __init__(self, pricing: Quoter, usage: Usage, *, shared: bool = True) -> None:
         self.pricing = pricing
         self.usage = usage
+        self.shared = shared
 
     def priced_at(self, at_us: int) -> UsageRecord:
-        return record(self.usage, self.pricing.quote(self.usage, at_us), at_us)
+        quote = self.pricing.quote(self.usage, at_us)
+        if not self.shared:
+            return record(self.usage, quote, at_us)
+        global _records_at
+        if _records_at != at_us:
+            _records.clear()
+            _records_at = at_us
+        # By the quote's identity: pricing keeps one quote per usage of an
+        # instant (an int's hash, not the usage's); the quote is kept with its
+        # record, so its id cannot be another's meanwhile.
+        found = _records.get(id(quote))
+        if found is None or found[0] is not quote:
+            made = record(self.usage, quote, at_us)
+            if len(_records) < MAX_RECORDS_KEPT:
+                _records[id(quote)] = (quote, made)
+            return made
+        return found[1]
+
+
+# The records of the last instant priced, by their quote's id, with the quote.
+MAX_RECORDS_KEPT = 1024
+_records: dict[int, tuple[Quote, UsageRecord]] = {}
+_records_at = -1
 
 
 def record(usage: Usage, quote: Quote, at_us: int, hold_id: str = "") -> UsageRecord:
@@ -75,7 +101,8 @@ def usage_into(msg: common_pb2.PricedUsage, usage: UsageRecord) -> None:
     """What a transfer priced from usage used, as the API shows it."""
     msg.meter = usage.meter
     msg.quantity = usage.quantity
-    msg.dimensions.update(usage.dimensions)
+    if usage.dimensions:
+        msg.dimensions.update(usage.dimensions)
     msg.rate_card_version = usage.version
     msg.unit_price_millicredits = usage.unit_price
     msg.per_units = usage.per_units

@@ -118,10 +118,12 @@ class UsageService:
             usage=self._metered(usage) if usage is not None else None,
         )
 
-    def _metered(self, usage: Usage) -> MeteredUsage:
+    def _metered(self, usage: Usage, *, shared: bool = True) -> MeteredUsage:
+        """`shared`: a Spend's record may be its batch's for the same usage (a
+        Reserve's is its own: the ledger writes the hold into it)."""
         if self.pricing is None:
             raise errors.FailedPrecondition("this server prices no usage", reason="PRICING_UNAVAILABLE")
-        return MeteredUsage(self.pricing, usage)
+        return MeteredUsage(self.pricing, usage, shared=shared)
 
     async def spend_batch(self, items: Sequence[Spend | errors.DomainError]) -> list[SpendResult | BaseException]:
         """Apply the ops of a SpendBatch together; an entry that is already an
@@ -162,7 +164,7 @@ class UsageService:
             idempotency=Idempotency.of_request(principal, "Reserve", request_id, fingerprint),
             key_id=KeysService.spending_key(principal, key_id),
             member=org.member if org else principal.member,
-            usage=self._metered(usage) if usage is not None else None,
+            usage=self._metered(usage, shared=False) if usage is not None else None,
         )
         result: HoldResult = await self.writer.submit(op)
         return result
