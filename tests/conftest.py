@@ -9,7 +9,14 @@ from collections.abc import AsyncIterator
 import pytest
 
 from server.platform.clock import ManualClock, to_us
-from tests.harness import PINNED_START, Running, database, postgres_available, serving
+from tests.harness import (
+    PINNED_START,
+    Running,
+    database,
+    drop_databases,
+    postgres_available,
+    serving,
+)
 
 pytest_plugins = ["tests.stripe_fixtures", "tests.browser"]
 
@@ -38,11 +45,27 @@ def clock() -> ManualClock:
     return ManualClock(to_us(PINNED_START))
 
 
+@pytest.fixture(scope="session", autouse=True)
+async def _test_databases() -> AsyncIterator[None]:
+    yield
+    await drop_databases()
+
+
 @pytest.fixture
 async def db_url(db_kind: str, tmp_path) -> AsyncIterator[str]:  # type: ignore[no-untyped-def]
+    """A fresh database, migrated: a copy of the one this test process migrated."""
     if db_kind == "postgres":
         await _require_postgres()
     async with database(db_kind, tmp_path) as url:
+        yield url
+
+
+@pytest.fixture
+async def empty_db_url(db_kind: str, tmp_path) -> AsyncIterator[str]:  # type: ignore[no-untyped-def]
+    """A fresh database without any table, for the migrations themselves."""
+    if db_kind == "postgres":
+        await _require_postgres()
+    async with database(db_kind, tmp_path, migrated=False) as url:
         yield url
 
 

@@ -18,13 +18,13 @@ from server.db.engine import Database
 from server.db.schema import metadata
 
 
-async def test_migrations_match_the_declared_schema(db_url: str) -> None:
-    db = Database(db_url)
+async def test_migrations_match_the_declared_schema(empty_db_url: str) -> None:
+    db = Database(empty_db_url)
     try:
         await db.migrate()
     finally:
         await db.dispose()
-    sqlite = db_url.startswith("sqlite")
+    sqlite = empty_db_url.startswith("sqlite")
     # SQLAlchemy cannot reflect SQLite's expression indexes; those are
     # compared here by their DDL instead.
     expression_indexes = {
@@ -35,7 +35,7 @@ async def test_migrations_match_the_declared_schema(db_url: str) -> None:
     def include(obj, name, type_, reflected, compare_to):  # type: ignore[no-untyped-def]
         return not (type_ == "index" and name in expression_indexes)
 
-    engine = create_async_engine(db_url)
+    engine = create_async_engine(empty_db_url)
     try:
         async with engine.connect() as conn:
             with warnings.catch_warnings():
@@ -73,7 +73,7 @@ def _alembic(sync_conn, target: str) -> None:  # type: ignore[no-untyped-def]
     command.upgrade(_alembic_config(sync_conn), target)
 
 
-async def test_user_keyed_transfers_are_re_keyed_exactly(db_url: str) -> None:
+async def test_user_keyed_transfers_are_re_keyed_exactly(empty_db_url: str) -> None:
     """Keys an earlier release built by joining a user id with `:` get the
     unambiguous encoding; the parts come from each row's own accounts and
     columns, so the user `upgrade:x` and the user `x` stay apart."""
@@ -98,7 +98,7 @@ async def test_user_keyed_transfers_are_re_keyed_exactly(db_url: str) -> None:
          "allowance:invoice:in_1"),
         ("grant:pay_1", "purchase", "system:stripe_purchases", "wallet:p", "", "", "grant:pay_1"),
     ]
-    engine = create_async_engine(db_url)
+    engine = create_async_engine(empty_db_url)
     try:
         async with engine.begin() as conn:
             await conn.run_sync(_alembic, "0006")
@@ -127,7 +127,7 @@ def _alembic_down(sync_conn, target: str) -> None:  # type: ignore[no-untyped-de
     command.downgrade(_alembic_config(sync_conn), target)
 
 
-async def test_saved_cards_move_from_refill_configs_to_payments_and_back(db_url: str) -> None:
+async def test_saved_cards_move_from_refill_configs_to_payments_and_back(empty_db_url: str) -> None:
     """Migration 0011: every card refill_configs held (a resolved card with its
     details, a setup link's card not yet resolved) moves to saved_cards, and
     the downgrade puts it back on the config."""
@@ -142,7 +142,7 @@ async def test_saved_cards_move_from_refill_configs_to_payments_and_back(db_url:
         "setup": {**none, "setup_intent_id": "seti_1"},
         "bare": none,
     }
-    engine = create_async_engine(db_url)
+    engine = create_async_engine(empty_db_url)
     try:
         async with engine.begin() as conn:
             await conn.run_sync(_alembic, "0010")
@@ -166,7 +166,7 @@ async def test_saved_cards_move_from_refill_configs_to_payments_and_back(db_url:
         assert back[user] == {"user_id": user, **card}, user
 
 
-async def test_orgs_tables_come_and_go_with_their_migration(db_url: str) -> None:
+async def test_orgs_tables_come_and_go_with_their_migration(empty_db_url: str) -> None:
     """Migration 0017: orgs and org_members with their indexes; the downgrade
     drops them and leaves the rest, and the upgrade builds them again."""
     from sqlalchemy import inspect
@@ -174,7 +174,7 @@ async def test_orgs_tables_come_and_go_with_their_migration(db_url: str) -> None
     def tables(sync):  # type: ignore[no-untyped-def]
         return set(inspect(sync).get_table_names())
 
-    engine = create_async_engine(db_url)
+    engine = create_async_engine(empty_db_url)
     try:
         async with engine.begin() as conn:
             await conn.run_sync(_alembic, "0017")

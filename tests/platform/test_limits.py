@@ -347,10 +347,10 @@ async def test_spend_batch_draws_one_token_per_item(db_url: str, clock: Any) -> 
     async with serving(db_url, clock, user_mutation_rate_per_second=0.5, user_mutation_burst=6) as server:
         md = auth("batcher")
 
-        def batch(tag: str, n: int) -> Any:
+        def batch(tag: str, n: int, caller: Any = md) -> Any:
             return server.s.usage.SpendBatch(usage_pb2.SpendBatchRequest(requests=[
                 usage_pb2.SpendRequest(amount_millicredits=1, request_id=f"{tag}{i}") for i in range(n)
-            ]), metadata=md)
+            ]), metadata=caller)
 
         assert len((await batch("a", 5)).results) == 5  # 5 of the 6 tokens
         before = await transfer_count(server)
@@ -362,13 +362,15 @@ async def test_spend_batch_draws_one_token_per_item(db_url: str, clock: Any) -> 
             server.s.usage.Spend(usage_pb2.SpendRequest(amount_millicredits=1, request_id="s2"), metadata=md),
             grpc.StatusCode.RESOURCE_EXHAUSTED, "RATE_LIMITED",
         )
-        await asyncio.sleep(6 / 0.5 + 0.2)  # the bucket is full again
+        # A full bucket: another caller's, rather than 12 s of waiting for this one's to refill
+        # (the refill at its rate: test_reserve_release_loop_is_rate_limited_per_caller).
+        full = auth("batcher-2")
         before = await transfer_count(server)
-        info = await expect_error(batch("c", 40), grpc.StatusCode.INVALID_ARGUMENT, "BATCH_OVER_MUTATION_BURST")
+        info = await expect_error(batch("c", 40, full), grpc.StatusCode.INVALID_ARGUMENT, "BATCH_OVER_MUTATION_BURST")
         assert (info.metadata["items"], info.metadata["burst"]) == ("40", "6")
         assert await transfer_count(server) == before
-        assert len((await batch("c", 6)).results) == 6  # the whole burst, item by item
-        await expect_error(batch("d", 1), grpc.StatusCode.RESOURCE_EXHAUSTED, "RATE_LIMITED")
+        assert len((await batch("c", 6, full)).results) == 6  # the whole burst, item by item
+        await expect_error(batch("d", 1, full), grpc.StatusCode.RESOURCE_EXHAUSTED, "RATE_LIMITED")
 
 
 async def _victim_spends(server: Running, user: str, n: int, tag: str) -> tuple[list[float], list[str]]:

@@ -32,7 +32,8 @@ async def test_sqlite_refuses_more_than_one_worker(tmp_path: Path) -> None:
 
 async def test_two_workers_on_postgres_both_serve_spends(tmp_path: Path) -> None:
     await _require_postgres()
-    async with database("postgres", tmp_path) as url:
+    # Empty: the supervisor migrates it before its workers start, as in production.
+    async with database("postgres", tmp_path, migrated=False) as url:
         async with serve_workers(url, tmp_path) as w:
             stubs = Stubs.connect(w.target)
             try:
