@@ -65,7 +65,7 @@ class _Batch:
             acct[REVENUE][3] += 1
             acct[REVENUE][8] += 1
             tr.append((ids[i], f"request|{self.keys[i]}", wid, REVENUE, 1, "spend", "Usage: bench", "bench", "", "{}",
-                       acct[wid][3], acct[REVENUE][3], now, '{"by":"service/bench","drawn":[["purchased",0,1]]}', None, None))
+                       acct[wid][3], acct[REVENUE][3], now, '{"by":"service/bench","drawn":[["purchased",0,1]]}', None, None, None))
             idem.append((self.keys[i], "f" * 64, b'[1,2,"spend",-1,0,"Usage: bench","bench","",0,{}]', now))
         ups = [(*acct[a][3:9], a) for a in self.wallets]
         lot_ups = [(acct[f"wallet:u{w}"][3], FUNDS, w + 1) for w in sorted(set(self.who))]
@@ -86,7 +86,7 @@ def run_sqlite(cfg: dict[str, Any]) -> dict[str, Any]:
     con.executemany(f"INSERT INTO lots VALUES ({', '.join('?' * 7)})", lts)
     con.execute("COMMIT")
     acols, ucols, lcols, icols, tcols = (", ".join(_cols(t)) for t in (accounts, users, lots, idempotency, transfers))
-    tr_ins = f"INSERT INTO transfers ({tcols}) VALUES ({', '.join('?' * 16)})"
+    tr_ins = f"INSERT INTO transfers ({tcols}) VALUES ({', '.join('?' * len(_cols(transfers)))})"
     idem_ins = f"INSERT INTO idempotency ({icols}) VALUES (?, ?, ?, ?)"
     acct_up = f"UPDATE accounts SET {', '.join(f'{c} = ?' for c in ACCOUNT_SET)} WHERE id = ?"
     lot_up = "UPDATE lots SET remaining = ?, granted = ? WHERE id = ?"
@@ -153,7 +153,7 @@ async def run_postgres(cfg: dict[str, Any]) -> dict[str, Any]:
     ids = await con.prepare("SELECT nextval('transfers_id_seq') FROM generate_series(1, 64)")
     tcols = _cols(transfers)
     ttypes = ["bigint", "text", "text", "text", "bigint", "text", "text", "text", "text", "text", "bigint", "bigint",
-              "bigint", "text", "bigint", "text"]
+              "bigint", "text", "bigint", "text", "text"]
     n_t = len(tcols)
     tparams = ", ".join(f"${i + 1}::{ttypes[i]}[]" for i in range(n_t))
     ip = ", ".join(f"${n_t + i + 1}::{t}[]" for i, t in enumerate(("text", "text", "bytea", "bigint")))
