@@ -11,6 +11,7 @@ same tree interpreted without removing anything (server/_core.py).
 
 from __future__ import annotations
 
+import ast
 import os
 import sys
 from pathlib import Path
@@ -23,6 +24,25 @@ from server._core import COMPILED  # noqa: E402
 
 def _source(module: str) -> str:
     return module.replace(".", "/") + ".py"
+
+
+def awaits_while_handling(path: Path) -> list[str]:
+    """Where a compiled coroutine would await while it handles an exception:
+    in an except or finally block, or in an `async with` (whose exit awaits
+    in one). mypyc's coroutines then lose count of the exception they saved:
+    with an outer handler of the same task that leaves by `continue` (the
+    writer's retry loop), an exception is freed while a future still holds
+    it, and the process crashes later. Take the failure out of the handler
+    first, then await (server/ledger/writer.py `_apply_once`)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.AsyncWith):
+            found.append(f"{path}:{node.lineno}: async with")
+        if isinstance(node, ast.Try | ast.TryStar):
+            for block in [*node.handlers, *node.finalbody]:
+                found += [f"{path}:{n.lineno}: await in an except or finally block"
+                          for n in ast.walk(block) if isinstance(n, ast.Await)]
+    return found
 
 
 def clean() -> None:
@@ -39,6 +59,9 @@ def build() -> None:
     from setuptools.command.build_ext import build_ext
 
     os.chdir(ROOT)
+    unsafe = [line for m in COMPILED for line in awaits_while_handling(ROOT / _source(m))]
+    if unsafe:
+        sys.exit("not compiled (see awaits_while_handling in scripts/build_core.py):\n" + "\n".join(unsafe))
     clean()
     modules = mypycify([_source(m) for m in COMPILED], opt_level="3", debug_level="0")
     dist = Distribution({"name": "billing-core", "ext_modules": modules})

@@ -27,8 +27,10 @@ from typing import Any
 COMPILED = (
     "server.ledger.keys",
     "server.ledger.model",
+    "server.ledger.ops",
     "server.ledger.staging",
     "server.ledger.tx",
+    "server.ledger.writer",
     "server.grpc.validation",
     "server.grpc.convert",
 )

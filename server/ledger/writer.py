@@ -32,7 +32,7 @@ from typing import Any
 from sqlalchemy import Table
 
 from server.db.batchsql import BatchSql
-from server.db.engine import Database, is_retryable, is_unique_violation
+from server.db.engine import AsyncConnection, Database, is_retryable, is_unique_violation
 from server.ledger.model import BalanceEvent
 from server.ledger.ops import Op
 from server.ledger.quota import StoredQuota
@@ -262,39 +262,43 @@ class LedgerWriter:
         after_commit: list[Callable[[], None]] = []
         reread = False
         for attempt in range(4):
+            # No await in an except block (compiled: see _apply_once).
+            failed: Exception | None = None
             try:
                 events, after_commit = await self._apply(batch)
-                break
             except Exception as exc:
-                if attempt < 3 and is_retryable(exc):
-                    self.stats.retries += 1
-                    log.info("batch retry after conflict: %s", type(exc).__name__)
-                    await asyncio.sleep(0.005 * (attempt + 1))
-                    continue
-                if not reread and is_unique_violation(exc):
-                    # Keys cannot collide (server/ledger/keys.py) and every derived
-                    # key is checked before use, so this is another replica that
-                    # committed the same grant first. Read again, once: the
-                    # operation that needs it is then refused on its own.
-                    reread = True
-                    self.stats.rereads += 1
-                    log.warning("batch read again after a unique key was taken concurrently")
-                    continue
-                if len(batch) == 1:
-                    raise
-                # Isolate the culprit: apply each operation in its own transaction.
-                log.warning("batch of %d failed (%s); applying one by one", len(batch), type(exc).__name__)
-                events = []
-                for item in batch:
-                    try:
-                        await self._run_batch([item])
-                    except Exception as one:
-                        log.exception("operation failed")
-                        item.error = errors.Unavailable("ledger unavailable, retry with the same request_id")
-                        if not item.future.done():
-                            item.future.set_exception(item.error)
-                        del one
-                return
+                failed = exc
+            if failed is None:
+                break
+            if attempt < 3 and is_retryable(failed):
+                self.stats.retries += 1
+                log.info("batch retry after conflict: %s", type(failed).__name__)
+                await asyncio.sleep(0.005 * (attempt + 1))
+                continue
+            if not reread and is_unique_violation(failed):
+                # Keys cannot collide (server/ledger/keys.py) and every derived
+                # key is checked before use, so this is another replica that
+                # committed the same grant first. Read again, once: the
+                # operation that needs it is then refused on its own.
+                reread = True
+                self.stats.rereads += 1
+                log.warning("batch read again after a unique key was taken concurrently")
+                continue
+            if len(batch) == 1:
+                raise failed
+            # Isolate the culprit: apply each operation in its own transaction.
+            log.warning("batch of %d failed (%s); applying one by one", len(batch), type(failed).__name__)
+            events = []
+            for item in batch:
+                try:
+                    await self._run_batch([item])
+                except Exception as one:
+                    log.exception("operation failed")
+                    item.error = errors.Unavailable("ledger unavailable, retry with the same request_id")
+                    if not item.future.done():
+                        item.future.set_exception(item.error)
+                    del one
+            return
         self.stats.batches += 1
         self.stats.operations += len(batch)
         self.stats.batch_sizes[len(batch)] += 1
@@ -323,68 +327,84 @@ class LedgerWriter:
 
     async def _apply_once(self, batch: list[_Item]) -> tuple[list[BalanceEvent], list[Callable[[], None]]]:
         now = self.clock.now_us()
-        async with self.db.writer.connect() as conn, conn.begin():
-            sql = await BatchSql.open(conn, is_sqlite=self.db.is_sqlite)
-            tx = LedgerTx(conn, sql, now_us=now, is_sqlite=self.db.is_sqlite, tiers=self.tiers, guard=self.guard,
-                          member_guard=self.member_guard, wallet_tables=self.wallet_tables)
-            accounts: set[str] = set()
-            holds: set[str] = set()
-            tkeys: set[str] = set()
-            rkeys: list[str] = []
-            for item in batch:
-                op = item.op
-                accounts |= op.account_ids()
-                holds |= op.hold_ids()
-                tkeys |= op.transfer_keys()
-                if op.idempotency:
-                    rkeys.append(op.idempotency.key)
-            # The keys the operations name (not those of holds, read below) come
-            # with the wallets' users, in their round trip on PostgreSQL.
-            named = [kw for item in batch if not item.op.hold_ids() for kw in item.op.budget_keys(tx)]
-            extra = self.guard.prefetch(tx, named) if named else []
-            found = await tx.load(accounts, holds, rkeys, tkeys, extra)
-            if extra:
-                self.guard.prefetched(tx, found)
-            # After the accounts' locks (and the holds, which name their keys):
-            # the keys' rows, locked in sorted order.
-            budgets = [kw for item in batch for kw in item.op.budget_keys(tx)]
-            if budgets:
-                await self.guard.load(tx, budgets)
-            for item in batch:
-                item.outcome, item.error, item.replayed = None, None, False
-                op = item.op
-                idem = op.idempotency
-                if idem is not None:
-                    try:
-                        response = idem.replay(tx.stored)
-                    except errors.DomainError as exc:
-                        item.error = exc
-                        continue
-                    if response is not None:
-                        item.outcome, item.replayed = op.decode(response), True
-                        continue
-                if item.over_quota is not None:
-                    item.error = item.over_quota
-                    continue
-                mark = tx.mark()
-                made = len(tx.new_transfers)
-                try:
-                    item.outcome = await op.apply(tx)
-                    if self.admin_audit and item.by and item.by.role == Role.ADMIN and not op.audits_itself:
-                        # Whatever service an admin's change goes through, its audit row commits with it.
-                        self.admin_audit(tx, item.by, op, tx.new_transfers[made:])
-                    if idem:
-                        tx.remember(idem.key, idem.fingerprint, op.encode(item.outcome))
-                except errors.DomainError as exc:
-                    if op.exclusive:
-                        raise _Refused(exc) from None
-                    tx.rollback_to(mark)
-                    item.error = exc
-            for hook in self.before_flush:
-                await hook(tx, [item.op for item in batch if item.error is None and not item.replayed])
-            await self.guard.write(tx)
-            await tx.flush()
+        # Neither `async with` nor an await in an except block: compiled, that
+        # frees an exception still in use (scripts/build_core.py refuses it).
+        conn = await self.db.writer.connect()
+        failed: BaseException | None = None
+        try:
+            trans = await conn.begin()
+            tx = await self._apply_in(conn, batch, now)
+            await trans.commit()
+        except BaseException as exc:
+            failed = exc
+        await conn.close()  # rolls back the transaction when it is still open
+        if failed is not None:
+            raise failed
         for item in batch:  # committed: what each caller stored counts against its quota
             if item.error is None and not item.replayed and item.op.idempotency is not None:
                 self.quota.stored(item.by, now)
         return tx.events, tx.after_commit
+
+    async def _apply_in(self, conn: AsyncConnection, batch: list[_Item], now: int) -> LedgerTx:
+        """Apply the batch in the open transaction `conn`; its LedgerTx, flushed."""
+        sql = await BatchSql.open(conn, is_sqlite=self.db.is_sqlite)
+        tx = LedgerTx(conn, sql, now_us=now, is_sqlite=self.db.is_sqlite, tiers=self.tiers, guard=self.guard,
+                      member_guard=self.member_guard, wallet_tables=self.wallet_tables)
+        accounts: set[str] = set()
+        holds: set[str] = set()
+        tkeys: set[str] = set()
+        rkeys: list[str] = []
+        for item in batch:
+            op = item.op
+            accounts |= op.account_ids()
+            holds |= op.hold_ids()
+            tkeys |= op.transfer_keys()
+            if op.idempotency:
+                rkeys.append(op.idempotency.key)
+        # The keys the operations name (not those of holds, read below) come
+        # with the wallets' users, in their round trip on PostgreSQL.
+        named = [kw for item in batch if not item.op.hold_ids() for kw in item.op.budget_keys(tx)]
+        extra = self.guard.prefetch(tx, named) if named else []
+        found = await tx.load(accounts, holds, rkeys, tkeys, extra)
+        if extra:
+            self.guard.prefetched(tx, found)
+        # After the accounts' locks (and the holds, which name their keys):
+        # the keys' rows, locked in sorted order.
+        budgets = [kw for item in batch for kw in item.op.budget_keys(tx)]
+        if budgets:
+            await self.guard.load(tx, budgets)
+        for item in batch:
+            item.outcome, item.error, item.replayed = None, None, False
+            op = item.op
+            idem = op.idempotency
+            if idem is not None:
+                try:
+                    response = idem.replay(tx.stored)
+                except errors.DomainError as exc:
+                    item.error = exc
+                    continue
+                if response is not None:
+                    item.outcome, item.replayed = op.decode(response), True
+                    continue
+            if item.over_quota is not None:
+                item.error = item.over_quota
+                continue
+            mark = tx.mark()
+            made = len(tx.new_transfers)
+            try:
+                item.outcome = await op.apply(tx)
+                if self.admin_audit and item.by and item.by.role == Role.ADMIN and not op.audits_itself:
+                    # Whatever service an admin's change goes through, its audit row commits with it.
+                    self.admin_audit(tx, item.by, op, tx.new_transfers[made:])
+                if idem:
+                    tx.remember(idem.key, idem.fingerprint, op.encode(item.outcome))
+            except errors.DomainError as exc:
+                if op.exclusive:
+                    raise _Refused(exc) from None
+                tx.rollback_to(mark)
+                item.error = exc
+        for hook in self.before_flush:
+            await hook(tx, [item.op for item in batch if item.error is None and not item.replayed])
+        await self.guard.write(tx)
+        await tx.flush()
+        return tx
