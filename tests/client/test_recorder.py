@@ -68,9 +68,10 @@ async def test_a_lone_spend_is_sent_after_the_interval(server: Running) -> None:
     ) as recorder:
         began = time.monotonic()
         pending = await recorder.spend(spend("", 5))  # a user token: its own wallet
+        # Sent by the interval alone (the batch is far from full): an answer
+        # at all within the wait is the proof; no wall-clock upper bound.
         r = await asyncio.wait_for(pending, 5)
-        waited = time.monotonic() - began
-        assert 0.03 <= waited < 1.0, waited
+        assert time.monotonic() - began >= 0.03
         assert r.credits_millicredits == FREE - 5 and pending is not None
         other = await recorder.spend(spend("someone-else", 5))
         with pytest.raises(PermissionDenied):
