@@ -65,6 +65,11 @@ grpcurl: $(RUN_STAMP)
 # Two test processes (pytest-xdist): most tests wait on fsyncs, subprocesses
 # and sockets, so two share the machine's cores well (measured: 14 -> 8 min).
 TEST_WORKERS ?= 2
+# The load tests that judge one caller's effect on the others (marked `alone`)
+# run after the rest, in one process: a test beside them would be load they
+# measure, and they would slow it.
+BESIDE := "not slow and not alone"
+ALONE := "alone and not slow"
 
 # The MCP host tests' node packages (the official TypeScript SDK client, the MCP
 # Inspector CLI), exactly as locked, from the npm registry.
@@ -86,11 +91,13 @@ $(AXE_STAMP): $(AXE_TESTS)/package.json $(AXE_TESTS)/package-lock.json
 # Compiled, the suite runs with BILLING_LEDGER_CORE=compiled: a module whose
 # extension did not build fails at import instead of running interpreted.
 test: $(STAMP) $(CORE_TARGET) $(JS_STAMP) $(AXE_STAMP)
-	BILLING_LEDGER_CORE=$(CORE_MODE) $(PY) -m pytest -q -n $(TEST_WORKERS)
+	BILLING_LEDGER_CORE=$(CORE_MODE) $(PY) -m pytest -q -n $(TEST_WORKERS) -m $(BESIDE)
+	BILLING_LEDGER_CORE=$(CORE_MODE) $(PY) -m pytest -q -m $(ALONE)
 
 # The same suite on the interpreted modules, the extensions left in place (CI runs both).
 test-interpreted: $(STAMP) $(JS_STAMP) $(AXE_STAMP)
-	BILLING_LEDGER_CORE=interpreted $(PY) -m pytest -q -n $(TEST_WORKERS)
+	BILLING_LEDGER_CORE=interpreted $(PY) -m pytest -q -n $(TEST_WORKERS) -m $(BESIDE)
+	BILLING_LEDGER_CORE=interpreted $(PY) -m pytest -q -m $(ALONE)
 
 # The period-sensitive tests again under a shifted wall clock (Debian's faketime),
 # at two boundary dates: their results must not depend on the day they run.

@@ -6,7 +6,9 @@ The result is written as JSON to the file named by `out`.
 Modes:
 - unary: `concurrency` workers spread over `channels` connections call one
   method (spend | check | tiers | batch, a SpendBatch of `batch` items) in a closed loop; after `warmup` seconds, every
-  completed call within `duration` seconds is counted and timed.
+  completed call within `duration` seconds is counted and timed. With `calls` instead (a fixed count, for
+  callgrind's windows: bench/callgrind.py), `warmup_calls` calls first, then it prints "READY" and waits for a
+  line on stdin, makes exactly `calls` calls (all counted), prints "DONE" and waits for a line before closing.
 - recorder: `producers` tasks emit single spends through one UsageRecorder
   (client package) for `duration` seconds after `warmup`.
 - watch: opens `streams` WatchBalance streams (users round-robin), prints
@@ -23,6 +25,7 @@ import random
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -53,16 +56,13 @@ async def unary(cfg: dict[str, Any]) -> dict[str, Any]:
     # Spends priced from usage ({"meter", "quantity", "dimensions"}) instead of an amount.
     priced = common_pb2.Usage(**cfg["usage"]) if cfg.get("usage") else None
     amount = 0 if priced is not None else cfg.get("amount", 1)
-    warmup, duration = cfg["warmup"], cfg["duration"]
     lat: list[float] = []
     codes: Counter[str] = Counter()
     item_errors: Counter[str] = Counter()
     items = [0]  # spends applied (a SpendBatch call counts its items)
     loop = asyncio.get_running_loop()
-    t0 = loop.time()
-    start, stop = t0 + warmup, t0 + warmup + duration
 
-    async def worker(w: int) -> None:
+    def caller(w: int) -> Any:
         ch = chans[w % len(chans)]
         if mode == "tiers":  # no database: the cost of the server's gRPC stack and interceptors
             from flownexus.billing.v1 import tier_pb2, tier_pb2_grpc
@@ -106,33 +106,69 @@ async def unary(cfg: dict[str, Any]) -> dict[str, Any]:
                     key_id=keys.get(user, ""),
                 )
                 return stub.Spend(req, metadata=md)
+        return call
 
-        i = 0
-        while True:
+    calls = [caller(w) for w in range(cfg["concurrency"])]
+    sent = [0] * len(calls)  # each worker's calls so far: its request_ids
+
+    async def worker(w: int, more: Callable[[], bool], counted: Callable[[float], bool]) -> None:
+        call = calls[w]
+        while more():
             now = loop.time()
-            if now >= stop:
-                return
-            i += 1
+            sent[w] += 1
             began = time.perf_counter()
             done = 1
             try:
-                done = await call(i) if mode == "batch" else (await call(i), 1)[1]
+                done = await call(sent[w]) if mode == "batch" else (await call(sent[w]), 1)[1]
                 code = "OK"
             except grpc.aio.AioRpcError as exc:
                 code = exc.code().name
             took = time.perf_counter() - began
-            if start <= now and loop.time() <= stop:
+            if counted(now):
                 lat.append(took)
                 codes[code] += 1
                 items[0] += done if code == "OK" else 0
 
-    await asyncio.gather(*(worker(w) for w in range(cfg["concurrency"])))
+    async def workers(more: Callable[[], bool], counted: Callable[[float], bool]) -> None:
+        await asyncio.gather(*(worker(w, more, counted) for w in range(len(calls))))
+
+    if "calls" in cfg:  # a fixed count of calls, between the orchestrator's signals
+        await workers(_budget(cfg["warmup_calls"]), lambda now: False)
+        await _signal("READY")
+        began = time.perf_counter()
+        await workers(_budget(cfg["calls"]), lambda now: True)
+        seconds = time.perf_counter() - began
+        await _signal("DONE")
+    else:
+        seconds = cfg["duration"]
+        start = loop.time() + cfg["warmup"]
+        stop = start + seconds
+        await workers(lambda: loop.time() < stop, lambda now: start <= now and loop.time() <= stop)
     for ch in chans:
         await ch.close()
     return {
-        "completed": len(lat), "items": items[0], "seconds": duration, "codes": dict(codes), "latencies": lat,
+        "completed": len(lat), "items": items[0], "seconds": seconds, "codes": dict(codes), "latencies": lat,
         "item_errors": dict(item_errors),
     }
+
+
+def _budget(n: int) -> Callable[[], bool]:
+    """True `n` times in all, for the workers sharing it: a fixed count of calls."""
+    left = [n]
+
+    def more() -> bool:
+        left[0] -= 1
+        return left[0] >= 0
+
+    return more
+
+
+async def _signal(word: str) -> None:
+    """Tells the orchestrator (a line on stdout) and waits for its answer (a line on stdin)."""
+    print(word, flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+
+
 
 
 async def recorder(cfg: dict[str, Any]) -> dict[str, Any]:

@@ -23,6 +23,10 @@ The pairs:
   token on the same wallet (the same pacing), not the unpaced service row.
 - "SpendBatch(100) through keys, 1,000 accounts": against SpendBatch(100).
 
+With BENCH_CALLGRIND=1 the server runs under callgrind and each window is a
+fixed count of calls measured in its instructions (bench/callgrind.py;
+3 rounds by default).
+
   BENCH_KEYS_ROUNDS=9  BENCH_KEYS_DURATION=4  BENCH_KEYS_WARMUP=1
   BENCH_KEYS_ONLY=secret,Batch (substrings of the pairs' names)  BENCH_DBS=sqlite
 """
@@ -37,10 +41,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench import callgrind
 from bench import run as b
 from server.platform.auth import Role, mint_token
 
-ROUNDS = max(1, int(os.environ.get("BENCH_KEYS_ROUNDS", 9)))
+# Under callgrind a window's count moves by well under 1 %: 3 rounds are plenty.
+ROUNDS = max(1, int(os.environ.get("BENCH_KEYS_ROUNDS", 3 if callgrind.ON else 9)))
 DURATION = b.env_float("BENCH_KEYS_DURATION", min(b.DURATION, 4))
 WARMUP = b.env_float("BENCH_KEYS_WARMUP", min(b.WARMUP, 1))
 # Only the pairs whose name contains one of these (comma-separated): "secret", "Batch", ...
@@ -61,7 +67,7 @@ class Pair:
 
     @property
     def cpu(self) -> str:
-        return "server_cpu_us_per_call" if self.unit == "call" else "server_cpu_us_per_item"
+        return b.cpu_field(self.unit)
 
 
 def pairs(target: str, users: list[str], made: dict[str, tuple[str, str]]) -> list[Pair]:
@@ -112,10 +118,10 @@ async def measure(kind: str, server: b.Server, users: list[str], made: dict[str,
         keyed_runs: list[dict[str, Any]] = []
         for i in range(ROUNDS):
             b.log(f"{kind}: {pair.name} against {pair.plain_name} ({i + 1}/{ROUNDS})")
-            plain_runs.append(await b.run_client(_window(pair.plain, i), server))
-            keyed_runs.append(await b.run_client(_window(pair.keyed, i), server))
+            plain_runs.append(await b.run_window(_window(pair.plain, i), server))
+            keyed_runs.append(await b.run_window(_window(pair.keyed, i), server))
         rounds = [
-            (k[pair.rate] / p[pair.rate] if p[pair.rate] else None,
+            (k[pair.rate] / p[pair.rate] if p[pair.rate] and not callgrind.ON else None,
              k[pair.cpu] / p[pair.cpu] if p.get(pair.cpu) and k.get(pair.cpu) else None)
             for p, k in zip(plain_runs, keyed_runs, strict=True)
         ]
@@ -123,9 +129,9 @@ async def measure(kind: str, server: b.Server, users: list[str], made: dict[str,
         cpu_ratios = [c for _, c in rounds if c is not None]
         section = {"section": "items"} if pair.unit == "item" else {}
         rows.append({"name": pair.plain_name + " (keys' pair)", "db": kind, **section, **_median_row(plain_runs, pair),
-                     "rounds": ROUNDS, "pairs_with": pair.name})
+                     "rounds": ROUNDS, "pairs_with": pair.name, **b.measure()})
         rows.append({
-            "name": pair.name, "db": kind, **section, **_median_row(keyed_runs, pair), "rounds": ROUNDS,
+            "name": pair.name, "db": kind, **section, **_median_row(keyed_runs, pair), "rounds": ROUNDS, **b.measure(),
             "vs": pair.plain_name, "unit": pair.unit,
             "rate_ratio": round(statistics.median(rate_ratios), 3) if rate_ratios else None,
             "cpu_ratio": round(statistics.median(cpu_ratios), 3) if cpu_ratios else None,
@@ -140,12 +146,14 @@ def report(rows: list[dict[str, Any]]) -> None:
         if "rate_ratio" not in r:
             continue
         p = by[(r["vs"] + " (keys' pair)", r["db"])]
-        rate, cpu = ("rps", "server_cpu_us_per_call") if r["unit"] == "call" else ("items_per_s", "server_cpu_us_per_item")
-        print(f"{r['db']}: {r['name']}: {r['rate_ratio']:.2f}x the throughput, {r['cpu_ratio']:.2f}x the server CPU "
+        rate, cpu = ("rps", b.cpu_field("call")) if r["unit"] == "call" else ("items_per_s", b.cpu_field("item"))
+        what, per = ("instructions", "instr") if r.get("measure") else ("CPU", "us")
+        rates = f"{r['rate_ratio']:.2f}x the throughput, " if r["rate_ratio"] is not None else ""
+        print(f"{r['db']}: {r['name']}: {rates}{r['cpu_ratio']:.3f}x the server {what} "
               f"per {r['unit']} of {r['vs']} (median of {r['rounds']} rounds)")
         for (pr, pc), (kr, kc), (rr, cr) in zip(p["windows"], r["windows"], r["round_ratios"], strict=True):
-            print(f"    {pr:8} -> {kr:8} per s ({rr}x)   {pc:8} -> {kc:8} us per {r['unit']} ({cr}x)")
-        print(f"    medians: {p[rate]:.0f} -> {r[rate]:.0f} per s, {p[cpu]:.1f} -> {r[cpu]:.1f} us per {r['unit']}")
+            print(f"    {pr:8} -> {kr:8} per s ({rr}x)   {pc:8} -> {kc:8} {per} per {r['unit']} ({cr}x)")
+        print(f"    medians: {p[rate]:.0f} -> {r[rate]:.0f} per s, {p[cpu]:.1f} -> {r[cpu]:.1f} {per} per {r['unit']}")
 
 
 async def one_db(kind: str, workdir: Path) -> list[dict[str, Any]]:

@@ -26,6 +26,9 @@ Knobs (environment):
                            to a local receiver; BENCH_WEBHOOK_USERS=500)
   BENCH_PROFILE=1          py-spy (raw, collapsed stacks) the server during each load row,
                            into BENCH_PROFILE_DIR (default /tmp)
+  BENCH_CALLGRIND=1        the key and priced rows alone, their servers under callgrind, each window a fixed
+                           count of calls measured in the server's instructions (bench/callgrind.py); results
+                           in bench/results/<timestamp>-callgrind.json and latest-callgrind.json
 """
 
 from __future__ import annotations
@@ -61,7 +64,7 @@ from flownexus.billing.v1 import (
     usage_pb2_grpc,
 )
 
-from bench import seed
+from bench import callgrind, seed
 from bench.common import (
     channel,
     cpu_seconds,
@@ -140,6 +143,7 @@ class Server:
     proc: subprocess.Popen[bytes]
     target: str
     url: str
+    callgrind: Path | None = None  # its dumps' name when run under callgrind (bench/callgrind.py)
     rss_samples: list[float] = field(default_factory=list)
 
     @property
@@ -198,16 +202,21 @@ async def billing_server(
     # A server compared with one of those is one process too (one_process).
     workers = (["--workers", str(WORKERS)] if WORKERS > 1 and url.startswith("postgresql") and module == "server"
                and not one_process else [])
-    proc = subprocess.Popen([PY, "-m", module, "serve", *workers], cwd=ROOT, env=environ, stdout=errlog, stderr=errlog)
+    argv = [PY, "-m", module, "serve", *workers]
+    dumps = workdir / f"callgrind-{port}.out" if callgrind.ON else None
+    if dumps is not None:  # one process: its instructions are counted by its pid
+        argv = callgrind.command([PY, "-m", module, "serve"], dumps)
+        environ = {**environ, **callgrind.SERVER_ENV, **env}
+    proc = subprocess.Popen(argv, cwd=ROOT, env=environ, stdout=errlog, stderr=errlog)
     target = f"127.0.0.1:{port}"
     try:
         try:
-            await wait_serving(target)
+            await wait_serving(target, callgrind.START_SECONDS if dumps else 60.0)
         except RuntimeError:
             errlog.flush()
             log((workdir / f"server-{port}.log").read_text()[-3000:])
             raise
-        yield Server(proc, target, url)
+        yield Server(proc, target, url, dumps)
     finally:
         proc.terminate()
         try:
@@ -283,9 +292,23 @@ async def run_client(cfg: dict[str, Any], server: Server | None = None, *, clien
         cpu1 = {k: now[k] if now[k] == now[k] else cpu1[k] for k in now}  # a finished process reads NaN
     if spy is not None:
         await spy.wait()
-    merged: dict[str, Any] = {"completed": 0, "items": 0, "codes": {}, "latencies": []}
+    merged = await merge_outs(outs, cfg["duration"])
+    merged["server_rss_mb"] = round(peak, 1) if server else None
+    calls = max(merged["completed"], 1)
+    merged["server_cpu_us_per_call"] = round((cpu1["server"] - cpu0["server"]) / calls * 1e6) if server else None
+    merged["client_cpu_us_per_call"] = round((cpu1["client"] - cpu0["client"]) / calls * 1e6)
+    if server:
+        merged["server_cpu_us_per_item"] = round((cpu1["server"] - cpu0["server"]) / max(merged["items"], 1) * 1e6, 1)
+    return merged
+
+
+async def merge_outs(outs: list[str], seconds: float | None = None) -> dict[str, Any]:
+    """The client processes' results (their out files) as one, over `seconds`
+    (None: the longest a client measured)."""
+    merged: dict[str, Any] = {"completed": 0, "items": 0, "codes": {}, "latencies": [], "seconds": 0.0}
     for c in outs:
         out = json.loads(await asyncio.to_thread(Path(c).read_text))
+        merged["seconds"] = max(merged["seconds"], out["seconds"])
         merged["completed"] += out["completed"]
         merged["items"] += out.get("items", out["completed"])
         for k in ("item_errors", "batches", "retries"):
@@ -295,16 +318,63 @@ async def run_client(cfg: dict[str, Any], server: Server | None = None, *, clien
         for k, v in out["codes"].items():
             merged["codes"][k] = merged["codes"].get(k, 0) + v
     lat = merged.pop("latencies")
-    merged["rps"] = merged["completed"] / cfg["duration"]
+    if seconds is not None:
+        merged["seconds"] = seconds
+    merged["rps"] = merged["completed"] / merged["seconds"]
+    merged["items_per_s"] = merged["items"] / merged["seconds"]
     merged.update(stats(lat))
-    merged["server_rss_mb"] = round(peak, 1) if server else None
-    calls = max(merged["completed"], 1)
-    merged["server_cpu_us_per_call"] = round((cpu1["server"] - cpu0["server"]) / calls * 1e6) if server else None
-    merged["client_cpu_us_per_call"] = round((cpu1["client"] - cpu0["client"]) / calls * 1e6)
-    merged["items_per_s"] = merged["items"] / cfg["duration"]
-    if server:
-        merged["server_cpu_us_per_item"] = round((cpu1["server"] - cpu0["server"]) / max(merged["items"], 1) * 1e6, 1)
     return merged
+
+
+async def run_counted(cfg: dict[str, Any], server: Server) -> dict[str, Any]:
+    """One window of a fixed count of calls on a server under callgrind: the
+    instructions it executed per call and per item (bench/callgrind.py). One
+    client process; its warm-up calls are not counted, nor its connecting."""
+    batch = cfg["method"] == "batch"
+    per_window = callgrind.BATCH_CALLS if batch else callgrind.CALLS
+    c = {**cfg, "calls": per_window, "warmup_calls": round(per_window * callgrind.WARMUP), "out": out_file(),
+         **({} if batch else {"concurrency": callgrind.CONCURRENCY, "channels": min(cfg["channels"], callgrind.CONCURRENCY)})}
+    proc = await asyncio.create_subprocess_exec(
+        PY, "-m", "bench.client", json.dumps(c), cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert proc.stdin and proc.stdout and server.callgrind
+
+    async def told(word: bytes) -> None:
+        line = await proc.stdout.readline()  # type: ignore[union-attr]
+        if line.strip() != word:
+            raise RuntimeError(f"bench.client said {line!r}, not {word!r} (exit {await proc.wait()})")
+
+    async def calls() -> None:
+        proc.stdin.write(b"go\n")  # type: ignore[union-attr]
+        await told(b"DONE")
+
+    await told(b"READY")
+    instructions = await callgrind.count(server.pid, server.callgrind, calls(), cfg.get("tag", ""))
+    proc.stdin.write(b"close\n")
+    await proc.stdin.drain()
+    if await proc.wait() != 0:
+        raise RuntimeError(f"bench.client exited {proc.returncode}")
+    out = await merge_outs([c["out"]])
+    out["server_instructions"] = instructions
+    out["server_instr_per_call"] = round(instructions / max(out["completed"], 1))
+    out["server_instr_per_item"] = round(instructions / max(out["items"], 1))
+    return out
+
+
+async def run_window(cfg: dict[str, Any], server: Server) -> dict[str, Any]:
+    """A window of a row measured against its baseline in the same run (the
+    key and priced rows): a fixed count of calls under callgrind
+    (BENCH_CALLGRIND=1), else a timed window."""
+    return await (run_counted(cfg, server) if callgrind.ON else run_client(cfg, server))
+
+
+def cpu_field(unit: str) -> str:
+    """A window's field of the server's work per call or item: instructions under callgrind, else CPU time."""
+    return f"server_instr_per_{unit}" if callgrind.ON else f"server_cpu_us_per_{unit}"
+
+
+def measure() -> dict[str, str]:
+    """A row's mark when its server work (`cpu_ratio`, pairs' `cpu`) is instructions, not CPU time."""
+    return {"measure": callgrind.MEASURE} if callgrind.ON else {}
 
 
 def load_cfg(target: str, method: str, tag: str, users: list[str] | None = None) -> dict[str, Any]:
@@ -467,9 +537,8 @@ async def priced_rows(kind: str, server: Server, users: list[str]) -> list[dict[
     rows = []
     batch = {"batch": 100, "concurrency": max(2, BATCH_ITEMS_IN_FLIGHT // 100)}
     for name, method, extra, rate, cpu in (
-        (f"Spend priced by usage, {ACCOUNTS} accounts", "spend", {}, "rps", "server_cpu_us_per_call"),
-        (f"SpendBatch(100) priced by usage, {ACCOUNTS} accounts", "batch", batch, "items_per_s",
-         "server_cpu_us_per_item"),
+        (f"Spend priced by usage, {ACCOUNTS} accounts", "spend", {}, "rps", cpu_field("call")),
+        (f"SpendBatch(100) priced by usage, {ACCOUNTS} accounts", "batch", batch, "items_per_s", cpu_field("item")),
     ):
         runs: dict[str, list[dict[str, Any]]] = {"plain": [], "priced": []}
         for i in range(PRICED_ROUNDS):
@@ -478,15 +547,18 @@ async def priced_rows(kind: str, server: Server, users: list[str]) -> list[dict[
                 cfg = {**load_cfg(server.target, method, f"p{side[1]}{method[0]}{i}", users), **extra}
                 if side == "priced":
                     cfg["usage"] = PRICED_USAGE
-                runs[side].append(await run_client(cfg, server))
+                runs[side].append(await run_window(cfg, server))
         pairs = [
-            {"rps": b[rate] / a[rate] if a[rate] else None, "cpu": b[cpu] / a[cpu] if a.get(cpu) and b.get(cpu) else None}
+            {"rps": b[rate] / a[rate] if a[rate] and not callgrind.ON else None,
+             "cpu": b[cpu] / a[cpu] if a.get(cpu) and b.get(cpu) else None}
             for a, b in zip(runs["plain"], runs["priced"], strict=True)
         ]
         by_rate = sorted(runs["priced"], key=lambda r: r[rate])
         row = {"name": name, "db": kind, **by_rate[len(by_rate) // 2], "rounds": PRICED_ROUNDS, "priced_pairs": pairs,
                "plain_windows": [round(r[rate]) for r in runs["plain"]],
-               "priced_windows": [round(r[rate]) for r in runs["priced"]]}
+               "priced_windows": [round(r[rate]) for r in runs["priced"]],
+               "plain_cpu_windows": [r.get(cpu) for r in runs["plain"]],
+               "priced_cpu_windows": [r.get(cpu) for r in runs["priced"]], **measure()}
         if method == "batch":
             row["section"] = "items"
         rows.append(row)
@@ -670,6 +742,9 @@ async def bench(workdir: Path) -> dict[str, Any]:
     if "postgres" in dbs and (why := await pg_available()):
         notes.append(f"PostgreSQL skipped: {why}")
         dbs.remove("postgres")
+    if callgrind.ON:
+        rows = await counted_rows(dbs, workdir, users)
+        return {"rows": rows, "history": history, "watch": None, "webhooks": webhooks, "fairness": [], "notes": notes}
     # One echo baseline per database section, measured right before its rows:
     # the shared machine drifts by 30 % and more over a run (seen here), and a
     # ratio should compare measurements minutes apart, not a quarter hour.
@@ -736,6 +811,21 @@ async def bench(workdir: Path) -> dict[str, Any]:
     return {"rows": rows, "history": history, "watch": watch, "webhooks": webhooks, "fairness": fair, "notes": notes}
 
 
+async def counted_rows(dbs: list[str], workdir: Path, users: list[str]) -> list[dict[str, Any]]:
+    """BENCH_CALLGRIND=1: the key rows and the priced rows alone, each
+    database's on one server under callgrind (bench/callgrind.py)."""
+    rows: list[dict[str, Any]] = []
+    for kind in dbs:
+        async with fresh_db(kind, workdir) as url, billing_server(url, workdir) as server:
+            log(f"{kind}: prefunding {ACCOUNTS} accounts (the server under callgrind)")
+            await prefund(server.target, users)
+            if "keys" not in SKIP:
+                rows += await key_rows(kind, server, users)
+            if "priced" not in SKIP:
+                rows += await priced_rows(kind, server, users)
+    return rows
+
+
 async def fairness_row(kind: str) -> dict[str, Any]:
     """Honest p99 under one caller at its caps, as a ratio to the same
     callers' p99 without it, in one run (bench/fairness.py, docs/fairness.md).
@@ -766,8 +856,8 @@ OUTBOX_ROUNDS = int(os.environ.get("BENCH_OUTBOX_ROUNDS", 3))
 def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
     out = []
     for r in res["rows"]:
-        if not r["name"].startswith("Spend") or r.get("section") == "items" or r.get("pairs_with"):
-            continue  # a key row's plain pair (bench/keys.py) is checked through its key row
+        if not r["name"].startswith("Spend") or r.get("section") == "items" or r.get("pairs_with") or r.get("measure"):
+            continue  # a key row's plain pair (bench/keys.py) is checked through its key row; no echo under callgrind
         name = f"{r['name']} ({r['db']})"
         out.append({"target": f"{name} >= {SPEND_VS_ECHO}x echo", "value": round(r["ratio_vs_echo"], 2),
                     "ok": r["ratio_vs_echo"] >= SPEND_VS_ECHO})
@@ -839,6 +929,10 @@ def _windows(xs: list[float]) -> str:
     return ", ".join(f"{x:.2f}" for x in xs)
 
 
+def _work(r: dict[str, Any]) -> str:
+    return "instructions" if r.get("measure") else "CPU"
+
+
 def _key_row(r: dict[str, Any]) -> str:
     return f"{r['name']} ({r['db']}), median of {r['rounds']} interleaved rounds"
 
@@ -855,12 +949,12 @@ def pair_targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     o, oc = SPEND_VS_NO_OUTBOX, SPEND_CPU_VS_NO_OUTBOX
     return [
         *ratio_targets(rows, "", k, kc, lambda r, xs: f"{_key_row(r)}: >= {k}x {r['vs']}",
-                       lambda r, xs: f"{_key_row(r)}: server CPU per {r['unit']} <= {kc}x {r['vs']}'s"),
+                       lambda r, xs: f"{_key_row(r)}: server {_work(r)} per {r['unit']} <= {kc}x {r['vs']}'s"),
         *ratio_targets(
             rows, "priced_pairs", k, kc,
             lambda r, xs: f"{r['name']} ({r['db']}) >= {k}x the throughput by amount "
                           f"(median of {len(xs)} window pairs: {_windows(xs)})",
-            lambda r, xs: f"{r['name']} ({r['db']}) server CPU <= {kc}x by amount "
+            lambda r, xs: f"{r['name']} ({r['db']}) server {_work(r)} <= {kc}x by amount "
                           f"(median of {len(xs)} window pairs: {_windows(xs)})"),
         *ratio_targets(
             rows, "pair_ratios", o, oc,
@@ -882,10 +976,15 @@ def item_targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     p99 from spend() to its durable result <= T + 50 ms."""
     out = []
     by = {(r["name"], r["db"]): r for r in rows}
+    # The plain rows only: the keys' pairs measure their own "SpendBatch(100),
+    # ..." and "Spend, ..." rows (named "... (keys' pair)"), against the key rows.
+    batch_of = {f"SpendBatch(100), {who}": who for who in (f"{ACCOUNTS} accounts", "1 hot account")}
     for r in rows:
         db = r["db"]
-        if r["name"].startswith("SpendBatch(100),"):
-            who = r["name"].split(", ", 1)[1]
+        if r.get("measure"):
+            continue  # counted under callgrind: no throughput
+        who = batch_of.get(r["name"])
+        if who is not None:
             raw = by.get((f"Same-schema raw driver, {RAW_BATCH} per commit, {who}", db))
             unary = by.get((f"Spend, {who}", db))
             if raw and raw["items_per_s"]:
@@ -923,19 +1022,19 @@ def machine() -> dict[str, Any]:
 
 
 def render(res: dict[str, Any]) -> str:
-    lines = [
+    lines = [] if callgrind.ON else [
         f"{'measurement':<44} {'db':<9} {'calls/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'x echo':>7} {'p99 x':>6} {'RSS MB':>7} "
         f"{'srv us':>6} {'cli us':>6}  errors",
     ]
     for r in res["rows"]:
-        if r.get("section") == "items":
+        if r.get("section") == "items" or r.get("measure"):
             continue
         errs = {k: v for k, v in r["codes"].items() if k != "OK"}
         lines.append(
             f"{r['name']:<44} {r['db']:<9} {r['rps']:>8.0f} {r['p50_ms']:>7.1f} {r['p99_ms']:>7.1f} "
             f"{r['ratio_vs_echo']:>7.2f} {r['p99_vs_echo']:>6.2f} {r['server_rss_mb'] or '-':>7} "
             f"{r.get('server_cpu_us_per_call') or '-':>6} {r.get('client_cpu_us_per_call') or '-':>6}  {errs or ''}")
-    items = [r for r in res["rows"] if r.get("section") == "items"]
+    items = [r for r in res["rows"] if r.get("section") == "items" and not r.get("measure")]
     if items:
         lines.append("")
         lines.append(f"{'measurement (items: spends applied)':<44} {'db':<9} {'items/s':>8} {'calls/s':>8} {'p50 ms':>7} "
@@ -946,6 +1045,7 @@ def render(res: dict[str, Any]) -> str:
                 f"{r['name']:<44} {r['db']:<9} {r['items_per_s']:>8.0f} {r['rps']:>8.0f} {r['p50_ms']:>7.1f} "
                 f"{r['p99_ms']:>7.1f} {r.get('server_cpu_us_per_item') or '-':>11}  {errs or ''}")
         lines.append("")
+    lines += render_counted([r for r in res["rows"] if r.get("measure")])
     for h in res["history"]:
         lines.append(f"{h['name']:<44} {h['db']:<9} {'':>8} {h['p50_ms']:>7.2f} {h['p99_ms']:>7.2f}  ({h['rows']:,} rows, page_size {h['page_size']})")
     w = res["watch"]
@@ -969,6 +1069,24 @@ def render(res: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def render_counted(rows: list[dict[str, Any]]) -> list[str]:
+    """The rows counted under callgrind: each side's instructions per call or item, median and windows."""
+    if not rows:
+        return []
+    lines = [f"{'measurement (server instructions, callgrind)':<58} {'db':<9} {'per':<5} {'median':>10}  windows"]
+    for r in rows:
+        if "priced_pairs" in r:
+            sides = [(r["name"].replace("priced by usage", "by amount"), r["plain_cpu_windows"]),
+                     (r["name"], r["priced_cpu_windows"])]
+        else:
+            sides = [(r["name"], [c for _, c in r["windows"]])]
+        per = "item" if r.get("section") == "items" else "call"
+        for name, ws in sides:
+            lines.append(f"{name:<58} {r['db']:<9} {per:<5} {median(ws):>10,.0f}  {', '.join(f'{w:,}' for w in ws)}")
+    lines.append("")
+    return lines
+
+
 def main() -> int:
     started = time.time()
     workdir = Path(tempfile.mkdtemp(prefix="billing-bench-"))
@@ -982,7 +1100,10 @@ def main() -> int:
                      "client_procs": CLIENT_PROCS, "accounts": ACCOUNTS, "history_rows": HISTORY_ROWS,
                      "watchers": WATCHERS, "quick": QUICK, "batch_sizes": BATCH_SIZES,
                      "batch_items_in_flight": BATCH_ITEMS_IN_FLIGHT, "raw_batch": RAW_BATCH, "recorder": RECORDER,
-                     "workers": WORKERS}
+                     "workers": WORKERS,
+                     "callgrind": {"calls": callgrind.CALLS, "batch_calls": callgrind.BATCH_CALLS,
+                                   "warmup": callgrind.WARMUP, "concurrency": callgrind.CONCURRENCY}
+                     if callgrind.ON else None}
     res["targets"] = targets(res)
     res["timestamp"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     res["wall_seconds"] = round(time.time() - started, 1)
@@ -990,7 +1111,9 @@ def main() -> int:
     print(text)
     RESULTS.mkdir(parents=True, exist_ok=True)
     blob = json.dumps(res, indent=2, default=str)
-    (RESULTS / f"{time.strftime('%Y%m%d-%H%M%S')}.json").write_text(blob)
-    (RESULTS / "latest.json").write_text(blob)
-    print(f"\nwrote {RESULTS / 'latest.json'} ({res['wall_seconds']}s)")
+    # A run under callgrind has the key and priced rows alone: latest.json stays the last whole run's.
+    kind = "-callgrind" if callgrind.ON else ""
+    (RESULTS / f"{time.strftime('%Y%m%d-%H%M%S')}{kind}.json").write_text(blob)
+    (RESULTS / f"latest{kind}.json").write_text(blob)
+    print(f"\nwrote {RESULTS / f'latest{kind}.json'} ({res['wall_seconds']}s)")
     return 0

@@ -25,20 +25,32 @@ the alerts' defaults share in the server).
   BENCH_WRITER_KEYS=0  BENCH_WRITER_EVENTS=0  BENCH_WRITER_WINDOWS=5
   BENCH_WRITER_PROFILE=0 (1: cProfile of the keyed or the outbox windows)
   BENCH_WRITER_DB=sqlite (postgresql: a fresh database on BENCH_PG_DSN per writer)
+  BENCH_WRITER_SHAPES=1-batch,1000-batch,1-unary,1000-unary (the compared shapes: accounts-how)
+  BENCH_WRITER_ONLY=plain|keyed (one side alone, for callgrind; keyed: with keys, or with the outbox)
+  BENCH_WRITER_CALLGRIND=0 (1: callgrind's instrumentation on the measured windows only)
+
+Under callgrind, instructions per spend are the deterministic measure on a
+shared host (the interpreter itself must run under valgrind):
+
+  BENCH_WRITER_KEYS=1 BENCH_WRITER_CALLGRIND=1 BENCH_WRITER_ONLY=keyed BENCH_WRITER_SHAPES=1000-batch \
+    BENCH_WRITER_WINDOWS=1 BENCH_WRITER_ROUNDS=3 \
+    valgrind --tool=callgrind --instr-atstart=no .venv/bin/python -m bench.writer
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import gc
 import os
 import random
 import statistics
+import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +78,9 @@ UNARY_IN_FLIGHT = 32
 WARMUP_ROUNDS = 30
 ON_PG = os.environ.get("BENCH_WRITER_DB", "sqlite").startswith("postg")
 PG_DSN = os.environ.get("BENCH_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+CALLGRIND = os.environ.get("BENCH_WRITER_CALLGRIND", "") not in ("", "0")
+ONLY = os.environ.get("BENCH_WRITER_ONLY", "")
+SHAPES = os.environ.get("BENCH_WRITER_SHAPES", "1-batch,1000-batch,1-unary,1000-unary").split(",")
 
 # SQL text (its start) -> [seconds, rows]
 _SQL_TIME: collections.defaultdict[str, list[float]] = collections.defaultdict(lambda: [0.0, 0.0])
@@ -131,13 +146,12 @@ def _with_events(db: Database, writer: LedgerWriter) -> None:
     writer.wallet_tables += ALERT_TABLES  # as the server registers the extension
 
 
-class Bench:
-    """One writer on a fresh SQLite file, its wallets (and keys) made and warmed up."""
+class FreshWriter:
+    """A LedgerWriter on a fresh database of its own: a SQLite file, or with
+    BENCH_WRITER_DB=postgresql a new database on BENCH_PG_DSN, dropped at
+    close (this bench's and bench/priced.py's)."""
 
-    def __init__(
-        self, accounts: int, *, keyed: bool = False, unary: bool = False, events: bool | None = None
-    ) -> None:
-        self.accounts, self.keyed, self.unary, self.events = accounts, keyed, unary, events
+    def __init__(self) -> None:
         self.tmp = tempfile.TemporaryDirectory()
         self.pg_name = f"billing_writer_{uuid.uuid4().hex[:10]}" if ON_PG else ""
         self.db = Database(
@@ -145,35 +159,19 @@ class Bench:
             else f"sqlite+aiosqlite:///{Path(self.tmp.name) / 'writer.db'}"
         )
         self.writer = LedgerWriter(self.db, Clock(), TierPolicy({"free": 10**12}), max_batch=256)
-        if keyed:
-            self.writer.guard = KeyBudgets()
-            self.writer.before_flush.append(refused_events)
-        if events:
-            _with_events(self.db, self.writer)
-        elif events is not None:
-            self.writer.before_flush.append(_refill_read)
         self.rng = random.Random(1)
         self.n = 0
 
-    @property
-    def name(self) -> str:
-        how = f"{self.accounts} keys" if self.keyed else "no key" if self.events is None else (
-            "outbox" if self.events else "no outbox")
-        return f"{self.accounts} accounts, {'unary' if self.unary else 'batches'}, {how}"
-
-    async def start(self) -> None:
+    async def open(self) -> None:
+        """The database made and migrated, the writer started."""
         if ON_PG:
             admin = await asyncpg.connect(PG_DSN)
             await admin.execute(f'CREATE DATABASE "{self.pg_name}"')
             await admin.close()
         await self.db.migrate()
         await self.writer.start()
-        if self.keyed:
-            await _make_keys(self.writer, self.accounts)
-        for _ in range(WARMUP_ROUNDS):  # wallets created, tables grown
-            await self.round()
 
-    async def stop(self) -> None:
+    async def close(self) -> None:
         await self.writer.stop()
         await self.db.writer.dispose()
         await self.db.reader.dispose()
@@ -182,6 +180,48 @@ class Bench:
             admin = await asyncpg.connect(PG_DSN)
             await admin.execute(f'DROP DATABASE IF EXISTS "{self.pg_name}" WITH (FORCE)')
             await admin.close()
+
+
+async def alternate_windows(
+    sides: Sequence[Any], windows: int, measure: Callable[[Any], Awaitable[Any]]
+) -> list[list[Any]]:
+    """`measure(side)` for each side in turn, `windows` times: the sides'
+    windows alternate, so that each pair is close in time on a shared host.
+    A list per window of the sides' results, in order."""
+    seen = []
+    for _ in range(windows):
+        seen.append([await measure(s) for s in sides])
+    return seen
+
+
+class Bench(FreshWriter):
+    """One writer on a fresh database, its wallets (and keys) made and warmed up."""
+
+    def __init__(
+        self, accounts: int, *, keyed: bool = False, unary: bool = False, events: bool | None = None
+    ) -> None:
+        super().__init__()
+        self.accounts, self.keyed, self.unary, self.events = accounts, keyed, unary, events
+        if keyed:
+            self.writer.guard = KeyBudgets()
+            self.writer.before_flush.append(refused_events)
+        if events:
+            _with_events(self.db, self.writer)
+        elif events is not None:
+            self.writer.before_flush.append(_refill_read)
+
+    @property
+    def name(self) -> str:
+        how = f"{self.accounts} keys" if self.keyed else "no key" if self.events is None else (
+            "outbox" if self.events else "no outbox")
+        return f"{self.accounts} accounts, {'unary' if self.unary else 'batches'}, {how}"
+
+    async def start(self) -> None:
+        await self.open()
+        if self.keyed:
+            await _make_keys(self.writer, self.accounts)
+        for _ in range(WARMUP_ROUNDS):  # wallets created, tables grown
+            await self.round()
 
     def spend(self) -> Spend:
         self.n += 1
@@ -208,16 +248,42 @@ class Bench:
 
     async def window(self, rounds: int, profile: Any = None) -> tuple[float, float]:
         """(spends per second, CPU seconds per spend) over `rounds` rounds."""
-        if profile is not None:
-            profile.enable()
-        wall, cpu = time.perf_counter(), time.process_time()
-        spends = 0
-        for _ in range(rounds):
-            spends += await self.round()
-        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        with measured(profile, CALLGRIND):
+            wall, cpu = time.perf_counter(), time.process_time()
+            spends = 0
+            for _ in range(rounds):
+                spends += await self.round()
+            wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        return spends / wall, cpu / spends
+
+
+@contextlib.contextmanager
+def measured(profile: Any, under_callgrind: bool) -> Iterator[None]:
+    """A measured window (this bench's and bench/priced.py's): the profile, if
+    any, and callgrind's instrumentation of this process, when asked
+    (BENCH_WRITER_CALLGRIND=1, BENCH_PRICED_CALLGRIND=1), on around it only."""
+    if profile is not None:
+        profile.enable()
+    _callgrind("on", under_callgrind)
+    try:
+        yield
+    finally:
+        _callgrind("off", under_callgrind)
         if profile is not None:
             profile.disable()
-        return spends / wall, cpu / spends
+
+
+def _callgrind(state: str, on: bool) -> None:
+    if on:
+        subprocess.run(["callgrind_control", "-i", state, str(os.getpid())], check=True, capture_output=True)
+
+
+def server_collector() -> None:
+    """The server's collector settings (App.serve_forever): what is loaded is
+    frozen, young objects are collected every 20,000 allocations."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 50, 100)
 
 
 def _print_sql(spends: int) -> None:
@@ -231,7 +297,7 @@ async def run(accounts: int, rounds: int) -> float:
     await bench.start()
     _SQL_TIME.clear()
     rate, cpu = await bench.window(rounds)
-    await bench.stop()
+    await bench.close()
     print(f"{bench.name}: {rate:,.0f} spends/s, {1e6 * cpu:.1f} us of CPU per spend")
     _print_sql(rounds * CALLS_IN_FLIGHT * ITEMS_PER_CALL)
     return cpu
@@ -242,33 +308,33 @@ async def compare(rounds: int, windows: int, profile: Any, *, events: bool = Fal
     side by side in one process, their measured windows alternating (the host
     is shared: CPU per spend, windows close in time, and the median of
     several, is what compares)."""
-    for accounts, unary in ((1, False), (1000, False), (1, True), (1000, True)):
+    for shape in SHAPES:
+        accounts, unary = int(shape.split("-")[0]), shape.endswith("unary")
         if events:
             plain, keyed = Bench(accounts, unary=unary, events=False), Bench(accounts, unary=unary, events=True)
         else:
             plain, keyed = Bench(accounts, unary=unary), Bench(accounts, keyed=True, unary=unary)
-        await plain.start()
-        await keyed.start()
-        seen: list[tuple[float, float]] = []
-        for _ in range(windows):
-            _, p = await plain.window(rounds)
-            _, k = await keyed.window(rounds, profile)
-            seen.append((p, k))
-        await plain.stop()
-        await keyed.stop()
-        p = statistics.median(p for p, _ in seen)
-        k = statistics.median(k for _, k in seen)
-        ratio = statistics.median(k / p for p, k in seen)
+        sides = [b for b, name in ((plain, "plain"), (keyed, "keyed")) if ONLY in ("", name)]
+        for b in sides:
+            await b.start()
+        seen = await alternate_windows(
+            sides, windows, lambda b: b.window(rounds, profile if b.keyed or b.events else None))
+        for b in sides:
+            await b.close()
+        if len(sides) == 1:
+            cpu = statistics.median(w[0][1] for w in seen)
+            print(f"{sides[0].name}: {1e6 * cpu:.1f} us of CPU per spend (median of {windows})", flush=True)
+            continue
+        pairs = [(p[1], k[1]) for p, k in seen]
+        p = statistics.median(p for p, _ in pairs)
+        k = statistics.median(k for _, k in pairs)
+        ratio = statistics.median(k / p for p, k in pairs)
         print(f"{keyed.name}: {1e6 * p:.1f} us without, {1e6 * k:.1f} us with it per spend (medians of {windows}); "
-              f"{ratio:.2f}x CPU per spend ({', '.join(f'{k / p:.2f}' for p, k in seen)})", flush=True)
+              f"{ratio:.2f}x CPU per spend ({', '.join(f'{k / p:.2f}' for p, k in pairs)})", flush=True)
 
 
 def main() -> None:
-    # The server's collector settings (App.serve_forever): what is loaded is
-    # frozen, young objects are collected every 20,000 allocations.
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(20_000, 50, 100)
+    server_collector()
     if os.environ.get("BENCH_WRITER_SQL", "") not in ("", "0"):
         _time_statements()
     rounds = int(os.environ.get("BENCH_WRITER_ROUNDS", 100))

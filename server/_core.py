@@ -23,7 +23,8 @@ from collections.abc import Sequence
 from types import ModuleType
 from typing import Any
 
-# The per-operation work of the ledger writer and of a batched item's gRPC side.
+# The per-operation work of the ledger writer, of a batched item's gRPC side
+# and of the keys' budget guard.
 COMPILED = (
     "server.ledger.keys",
     "server.ledger.model",
@@ -33,6 +34,7 @@ COMPILED = (
     "server.ledger.writer",
     "server.grpc.validation",
     "server.grpc.convert",
+    "server.keys.guard",
 )
 
 MODES = ("auto", "interpreted", "compiled")

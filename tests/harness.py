@@ -12,7 +12,7 @@ import sqlite3
 import tempfile
 import threading
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, closing
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -53,6 +53,13 @@ PINNED_START = datetime(2031, 3, 14, 9, 26, 53, tzinfo=UTC)
 
 JWT_SECRET = "test-secret-0123456789-0123456789-abcdef"
 PG_DSN = os.environ.get("BILLING_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+# The upper bound of a wait for something that will happen (a stream's next
+# message, a webhook, a server's start): it only matters when the thing hangs,
+# so it is long enough for a 2-core host at load 20. A healthy wait returns as
+# soon as the thing happens; a property about time is asserted by its own
+# measure, never by this.
+WAIT = 60.0
 
 
 def free_port() -> int:
@@ -430,3 +437,14 @@ async def run_cmd(*cmd: str, env: dict[str, str] | None = None, cwd: str | Path 
     )
     out, err = await asyncio.wait_for(proc.communicate(), timeout)
     return proc.returncode or 0, out.decode(), err.decode()
+
+
+async def until(probe: Callable[[], Awaitable[bool]], what: str, *, within: float = WAIT, every: float = 0.05) -> None:
+    """Poll `probe` until it returns True: a wait for something that will happen,
+    bounded by `within` only against a hang (the failure names `what`)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while not await probe():
+        if loop.time() > deadline:
+            raise AssertionError(f"{what} (waited {within:.0f} s)")
+        await asyncio.sleep(every)

@@ -30,7 +30,7 @@ async def main(target: str, token: str, streams: int, flood: int) -> None:
     async def open_stream(i: int) -> None:
         call = stubs[i % len(stubs)].WatchBalance(balance_pb2.WatchBalanceRequest(), metadata=md)
         try:
-            await asyncio.wait_for(call.read(), 30)  # the snapshot: the stream is open
+            await asyncio.wait_for(call.read(), 60)  # the snapshot: the stream is open
             opened.append(call)
             codes["stream:OK"] += 1
         except grpc.aio.AioRpcError as exc:

@@ -22,7 +22,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from server.balance.fanout import CHANNEL
-from tests.harness import JWT_SECRET, PG_DSN, free_port
+from tests.harness import JWT_SECRET, PG_DSN, WAIT, free_port, until
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -98,6 +98,14 @@ class Workers:
     log_path: Path
     kids: list[int] = field(default_factory=list)  # the serving processes, as they were at the stop
 
+    async def both_committed(self) -> None:
+        """Until the NOTIFYs of both processes' batches have reached the listener."""
+
+        async def two() -> bool:
+            return len(self.replicas) == 2
+
+        await until(two, f"the NOTIFYs came from {sorted(self.replicas)}, not from both processes")
+
 
 @contextlib.asynccontextmanager
 async def serve_workers(url: str, workdir: Path, n: int = 2, channels: int = 16) -> AsyncIterator[Workers]:
@@ -149,6 +157,6 @@ async def _ready(proc: subprocess.Popen[bytes], chans: list[grpc.aio.Channel], p
         assert time.monotonic() < deadline, _text(log)
         await asyncio.sleep(0.2)
     for ch in chans:  # every channel connected (to one process or another) and serving
-        await asyncio.wait_for(ch.channel_ready(), 30)
+        await asyncio.wait_for(ch.channel_ready(), WAIT)
     # Let every process come up fully before the load (the last may bind a moment later).
     await asyncio.sleep(1.0)

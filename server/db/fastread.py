@@ -11,6 +11,8 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from server.platform.fairshare import WORK_PER_ROUND_TRIP, charge
+
 
 def pg_params(sql: str) -> str:
     """`?` placeholders as PostgreSQL's `$1`, `$2`, ..."""
@@ -21,8 +23,8 @@ def pg_params(sql: str) -> str:
 class FastReader:
     """`threaded`: the bulk reader, for reads that examine many rows (history,
     reports). On SQLite its statements run on its own threads and
-    connections rather than inline on the event loop; on PostgreSQL it has a
-    pool of its own. Either way it never holds what single-row reads use."""
+    connections rather than inline on the event loop; on PostgreSQL it has
+    connections of its own. Either way it never holds what single-row reads use."""
 
     def __init__(self, url: str, *, threaded: bool = False, max_size: int = 8) -> None:
         self.url = url
@@ -32,8 +34,10 @@ class FastReader:
         self._threads: ThreadPoolExecutor | None = ThreadPoolExecutor(max_size, "bulk-read") if threaded else None
         self._local = threading.local()
         self._opened: list[sqlite3.Connection] = []
-        self._pool: Any = None
-        self._lock = asyncio.Lock()
+        # PostgreSQL: the reader's own connections, the idle ones, and how many reads at once (`_pg`).
+        self._idle: list[Any] = []
+        self._slots: asyncio.Semaphore | None = None
+        self._closed = False
         self._pg_sql: dict[str, str] = {}
         # Its reads hop to a thread of its own (see `probe`).
         self.hops = threaded and self.is_sqlite
@@ -49,10 +53,45 @@ class FastReader:
             # takes microseconds, so it runs inline on the event loop.
             row: tuple[Any, ...] | None = conn.execute(sql, args).fetchone()
             return row
-        pool = self._pool or await self._open_pool()
         pg = self._pg_sql.get(sql) or self._pg_sql.setdefault(sql, pg_params(sql))
-        record = await pool.fetchrow(pg, *args)
+        record = await self._pg("fetchrow", pg, args)
         return tuple(record) if record is not None else None
+
+    async def _pg(self, fetch: str, pg: str, args: tuple[Any, ...]) -> Any:
+        """`fetch` ("fetchrow" or "fetch") on a connection of the reader's
+        own, the idle ones kept in a list: a pool's acquire and release (a
+        proxy, a future, a shielded task and a timeout scope per read) cost
+        about as much as the read, on a key's secret looked up on every call.
+        At most `max_size` reads at once, whatever they are, the rest wait
+        their turn: each is a PostgreSQL backend on the same cores as the
+        server, so one caller's loops of reads can take no more of them.
+        Each costs the running call one more call of its fair share."""
+        charge(WORK_PER_ROUND_TRIP)
+        slots = self._slots
+        if slots is None:
+            slots = self._slots = asyncio.Semaphore(self.max_size)
+        await slots.acquire()
+        try:
+            conn = self._idle.pop() if self._idle else None
+            if conn is None or conn.is_closed():
+                if self._closed:
+                    raise RuntimeError("the reader is closed")
+                import asyncpg
+
+                conn = await asyncpg.connect(self._dsn())
+            try:
+                result = await getattr(conn, fetch)(pg, *args)
+            except BaseException:
+                # Failed or cancelled mid-read: its state is unknown, so it is not reused.
+                conn.terminate()
+                raise
+            if self._closed:
+                conn.terminate()
+            else:
+                self._idle.append(conn)
+            return result
+        finally:
+            slots.release()
 
     async def probe(self, sql: str, *args: Any) -> tuple[Any, ...] | None:
         """A read bounded to a few index searches (no rows scanned): on the
@@ -72,9 +111,8 @@ class FastReader:
         if self.is_sqlite:
             conn = self._sqlite or self._open_sqlite()
             return conn.execute(sql, args).fetchall()
-        pool = self._pool or await self._open_pool()
         pg = self._pg_sql.get(sql) or self._pg_sql.setdefault(sql, pg_params(sql))
-        return [tuple(r) for r in await pool.fetch(pg, *args)]
+        return [tuple(r) for r in await self._pg("fetch", pg, args)]
 
     def _connect_sqlite(self) -> sqlite3.Connection:
         path = self.url.split(":///", 1)[-1].split("?", 1)[0]
@@ -96,16 +134,13 @@ class FastReader:
 
         return await asyncio.get_running_loop().run_in_executor(self._threads, run)
 
-    async def _open_pool(self) -> Any:
-        import asyncpg
-
-        async with self._lock:
-            if self._pool is None:
-                dsn = self.url.replace("postgresql+asyncpg://", "postgresql://", 1)
-                self._pool = await asyncpg.create_pool(dsn, min_size=1, max_size=self.max_size)
-        return self._pool
+    def _dsn(self) -> str:
+        return self.url.replace("postgresql+asyncpg://", "postgresql://", 1)
 
     async def close(self) -> None:
+        self._closed = True
+        while self._idle:
+            await self._idle.pop().close()
         if self._threads is not None:
             self._threads.shutdown(wait=True)
             for conn in self._opened:
@@ -114,6 +149,4 @@ class FastReader:
         if self._sqlite is not None:
             self._sqlite.close()
             self._sqlite = None
-        if self._pool is not None:
-            await self._pool.close()
-            self._pool = None
+

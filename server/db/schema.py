@@ -143,7 +143,11 @@ transfer_usage = Table(
     Column("priced_at_us", BigInteger, nullable=False),
     # A hold's Reserve and Capture: the hold (Capture prices at the hold's version).
     Column("hold_id", String(64), nullable=True),
-    Index("ix_transfer_usage_hold_id", "hold_id"),
+    # Only the rows that name a hold: a Spend's (most rows) adds no entry.
+    Index(
+        "ix_transfer_usage_hold_id", "hold_id",
+        sqlite_where=text("hold_id IS NOT NULL"), postgresql_where=text("hold_id IS NOT NULL"),
+    ),
 )
 
 # Stored responses of mutating requests, keyed by caller and request_id.
@@ -403,9 +407,17 @@ api_keys = Table(
     Column("revoked_at_us", BigInteger, nullable=False, default=0),  # 0: live
     Column("created_by", String(160), nullable=False, default=""),
     Column("created_at_us", BigInteger, nullable=False),
-    # What the key has used (spent plus held) in its current windows: the start
-    # of the window each counter is for (0: never used), and the lifetime total.
-    # On the key's own row: a batch reads and writes one row per key it touches.
+    Index("ix_api_keys_user", "user_id", "created_at_us"),
+)
+
+# What a key has used (spent plus held) in its current windows: the start of
+# the window each counter is for (0: never used), and the lifetime total. A
+# narrow row of its own, one per key (made with it): a batch rewrites one such
+# row per key it spends through, not the key's wide row.
+key_usage = Table(
+    "key_usage",
+    metadata,
+    Column("id", String(64), primary_key=True),  # the key's (api_keys.id)
     Column("hour_start_us", BigInteger, nullable=False, default=0),
     Column("hour_used", BigInteger, nullable=False, default=0),
     Column("day_start_us", BigInteger, nullable=False, default=0),
@@ -416,8 +428,7 @@ api_keys = Table(
     # The end of the earliest window with use recorded (0: none): the budget
     # reset job reads the keys due by this index, not every key.
     Column("resets_at_us", BigInteger, nullable=False, default=0, server_default="0"),
-    Index("ix_api_keys_user", "user_id", "created_at_us"),
-    Index("ix_api_keys_resets", "resets_at_us", "id"),
+    Index("ix_key_usage_resets", "resets_at_us", "id"),
 )
 
 

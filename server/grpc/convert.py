@@ -55,9 +55,10 @@ def transaction(t: TransferView) -> common_pb2.Transaction:
     )
 
 
-def spend_result_into(out: usage_pb2.SpendResponse, t: TransferView, credits: int) -> None:
+def spend_result_into(out: usage_pb2.SpendResponse, t: TransferView, credits: int) -> common_pb2.Transaction:
     """A SpendResponse written in place (a SpendBatch item): no message built
-    and then copied into the batch's response, as `add(response=...)` does."""
+    and then copied into the batch's response, as `add(response=...)` does.
+    Returns its transaction (for a priced item's usage: no second lookup)."""
     out.credits_millicredits = credits
     tr = out.transaction
     tr.id = str(t.id)
@@ -71,6 +72,7 @@ def spend_result_into(out: usage_pb2.SpendResponse, t: TransferView, credits: in
     if t.metadata:
         tr.metadata.update(t.metadata)
     tr.key_id = t.key_id
+    return tr
 
 
 def lot(row: dict[str, Any]) -> common_pb2.CreditLot:

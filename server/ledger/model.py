@@ -210,7 +210,8 @@ def _plain(obj: Any) -> Any:
         names = _FIELDS[cls]
     except KeyError:
         fields = getattr(cls, "__dataclass_fields__", None)
-        names = _FIELDS[cls] = tuple(fields) if fields is not None else None
+        # A private field is a value derived and kept, never stored.
+        names = _FIELDS[cls] = tuple(f for f in fields if not f.startswith("_")) if fields is not None else None
     if names is not None:
         return {name: _plain(getattr(obj, name)) for name in names}
     if cls is list:

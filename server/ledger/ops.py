@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar
 
 from mypy_extensions import mypyc_attr
 from sqlalchemy import func, select
@@ -138,12 +139,38 @@ class UsageRecord:
     amount: int
     priced_at_us: int
     hold_id: str = ""
+    # What the ledger writes of the record, made at its first use and kept
+    # for the many spends that share it (pricing's record of a usage at a
+    # batch's instant): a stored response's usage fields, and the
+    # transfer_usage row but its transfer. Private: never stored (model._plain
+    # skips them); a record is not changed once used.
+    _fields_json: str = field(default="", repr=False, compare=False)
+    _row: dict[str, Any] | None = field(default=None, repr=False, compare=False)
+
+    def fields_json(self) -> str:
+        """The record's fields as a JSON list, as SpendResult stores them."""
+        if not self._fields_json:
+            self._fields_json = compact_json([
+                self.meter, self.quantity, self.dimensions, self.version, self.unit_price, self.per_units,
+                self.amount, self.priced_at_us, self.hold_id,
+            ])
+        return self._fields_json
+
+    def row(self) -> Row:
+        """Its transfer_usage row, every column but transfer_id."""
+        row = self._row
+        if row is None:
+            row = self._row = {
+                "meter": self.meter, "quantity": self.quantity, "dimensions": _dimensions_json(self.dimensions),
+                "version": self.version, "unit_price": self.unit_price, "per_units": self.per_units,
+                "priced_at_us": self.priced_at_us, "hold_id": self.hold_id or None,
+            }
+        return row
 
 
-class Metered(Protocol):
-    """Usage priced inside the batch, at the ledger's instant (server/usage/metering.py)."""
-
-    def priced_at(self, at_us: int) -> UsageRecord: ...
+# Usage priced inside the batch: called with the ledger's instant, the record
+# of its price (server/usage/metering.py makes it).
+Metered = Callable[[int], UsageRecord]
 
 
 # A meter's few dimension combinations, as stored: encoded once each, not per spend.
@@ -165,12 +192,7 @@ def _dimensions_json(dimensions: dict[str, str]) -> str:
 def _record_usage(tx: LedgerTx, transfer_id: int, usage: UsageRecord) -> None:
     """The one place a transfer's usage row is written: with the batch's
     transfers, so it commits (or is undone) with its transfer."""
-    tx.record_usage({
-        "transfer_id": transfer_id, "meter": usage.meter, "quantity": usage.quantity,
-        "dimensions": _dimensions_json(usage.dimensions),
-        "version": usage.version, "unit_price": usage.unit_price, "per_units": usage.per_units,
-        "priced_at_us": usage.priced_at_us, "hold_id": usage.hold_id or None,
-    })
+    tx.record_usage(transfer_id, usage.row())
 
 
 @dataclass
@@ -192,11 +214,8 @@ class SpendResult:
             flat.append(t.key_id)
             if t.member_id:
                 flat.append(t.member_id)
-        if self.usage is not None:  # a priced spend: the flat list and its usage's fields
-            u = self.usage
-            usage = [u.meter, u.quantity, u.dimensions, u.version, u.unit_price, u.per_units, u.amount,
-                     u.priced_at_us, u.hold_id]
-            return compact_json({"t": flat, "u": usage}).encode()
+        if self.usage is not None:  # a priced spend: {"t": the flat list, "u": its usage's fields}
+            return ('{"t":' + compact_json(flat) + ',"u":' + self.usage.fields_json() + "}").encode()
         return compact_json(flat).encode()
 
     @classmethod
@@ -334,7 +353,7 @@ class Spend(_SpendResultOp):
         return ids
 
     async def apply(self, tx: LedgerTx) -> SpendResult:
-        priced = self.usage.priced_at(tx.now_us) if self.usage is not None else None
+        priced = self.usage(tx.now_us) if self.usage is not None else None
         amount = priced.amount if priced is not None else self.amount
         wallet = await tx.wallet(self.user_id)
         key = _request_key(self.idempotency, "spend")
@@ -381,7 +400,7 @@ class Reserve(_HoldResultOp):
         return {wallet_id(self.user_id), SYSTEM_HOLDS}
 
     async def apply(self, tx: LedgerTx) -> HoldResult:
-        priced = self.usage.priced_at(tx.now_us) if self.usage is not None else None
+        priced = self.usage(tx.now_us) if self.usage is not None else None
         amount = priced.amount if priced is not None else self.amount
         wallet = await tx.wallet(self.user_id)
         hold_id = f"hold_{uuid.uuid4().hex}"

@@ -77,13 +77,14 @@ class SpendGuard:
     supplies the real one, server/keys/budgets.py). Without it, a transfer
     recorded with a key is refused."""
 
-    def prefetch(self, tx: LedgerTx, wanted: list[tuple[str, int]]) -> list[tuple[Table, str, list[Any]]]:
+    def prefetch(self, tx: LedgerTx, wanted: list[tuple[str, int]]) -> list[tuple[Any, str, list[Any]]]:
         """Rows of the keys known before the batch's load (its operations name
         them) to read with the wallets' users, in their round trip on
-        PostgreSQL (LedgerTx.load); `prefetched` gets them."""
+        PostgreSQL (LedgerTx.load: a table's or a batchsql.Joined group);
+        `prefetched` gets them."""
         return []
 
-    def prefetched(self, tx: LedgerTx, found: list[list[Row]]) -> None:
+    def prefetched(self, tx: LedgerTx, found: list[list[Any]]) -> None:
         """The rows `prefetch` asked for, one list per group."""
 
     async def load(self, tx: LedgerTx, wanted: list[tuple[str, int]]) -> None:
@@ -95,6 +96,13 @@ class SpendGuard:
         """Add `delta` (negative: give back) to the key's use in the windows of
         `at_us`; refuse new spending past a budget (BUDGET_EXCEEDED)."""
         raise errors.NotFound("key not found", reason="KEY_NOT_FOUND")
+
+    def use_loaded(
+        self, tx: LedgerTx, key_id: str, user_id: str, delta: int, at_us: int, kind: Kind, category: str
+    ) -> bool:
+        """`use` without a coroutine when the batch has read the key already;
+        False (nothing done): it has not, call `use`."""
+        return False
 
     async def write(self, tx: LedgerTx) -> None:
         """Write back what the batch used, with its other rows (after every
@@ -146,7 +154,7 @@ class LedgerTx:
         self.new_transfers: list[Row] = []
         # Priced transfers' usage rows (whole rows): a plain list written with the
         # transfers, not a StagedRows (its cache and per-row completion per item).
-        self.new_usage: list[Row] = []
+        self.new_usage: list[tuple[int, Row]] = []
         self.new_idempotency: list[Row] = []
         self.events: list[BalanceEvent] = []
         self._staged: dict[str, StagedRows] = {}
@@ -182,8 +190,8 @@ class LedgerTx:
         hold_ids: Iterable[str] = (),
         request_keys: Iterable[str] = (),
         transfer_keys: Iterable[str] = (),
-        extra: Sequence[tuple[Table, str, list[Any]]] = (),
-    ) -> list[list[Row]]:
+        extra: Sequence[tuple[Any, str, list[Any]]] = (),
+    ) -> list[list[Any]]:
         """Lock and load the accounts, then (in one round trip on PostgreSQL)
         their users and lots, the stored responses, the known transfer keys,
         the holds, and the `extra` groups, whose rows it returns."""
@@ -209,7 +217,7 @@ class LedgerTx:
 
     async def _load_accounts(
         self, ids: Iterable[str], also: list[tuple[Any, str, list[Any]]] | None = None
-    ) -> list[list[Row]]:
+    ) -> list[list[Any]]:
         """Lock and load accounts, then their users and lots, plus `also`
         (rows read under the locks, in the same round trip on PostgreSQL)."""
         also = also or []
@@ -484,10 +492,12 @@ class LedgerTx:
             spends = kind in KEY_USING_KINDS
             wallet = debit if spends else credit
             at = self.now_us if budget_at_us is None else budget_at_us
-            await self.guard.use(
-                self, spender_key, wallet["user_id"] or "", amount if spends else -amount, at, kind=kind,
-                category=category,
-            )
+            owner = wallet["user_id"] or ""
+            delta = amount if spends else -amount
+            # A plain call when the batch has read the key (almost always): a
+            # coroutine per spend cost about a microsecond.
+            if not self.guard.use_loaded(self, spender_key, owner, delta, at, kind, category):
+                await self.guard.use(self, spender_key, owner, delta, at, kind=kind, category=category)
             if at != self.now_us:
                 record["budget_at"] = at  # the window the key's use fell in
         if spender_member:
@@ -691,10 +701,12 @@ class LedgerTx:
         self._put(self.stored, key, (fingerprint, response))
         self._append(self.new_idempotency, {"key": key, "fingerprint": fingerprint, "response": response, "created_at_us": self.now_us})
 
-    def record_usage(self, row: Row) -> None:
-        """A priced transfer's transfer_usage row (every column given), written
-        with the batch's transfers; undone if its operation is refused."""
-        self._append(self.new_usage, row)
+    def record_usage(self, transfer_id: int, row: Row) -> None:
+        """A priced transfer's transfer_usage row: the transfer's id and every
+        other column (one dict, shared by the transfers priced from one
+        record), written with the batch's transfers; undone if its operation
+        is refused."""
+        self._append(self.new_usage, (transfer_id, row))
 
     # ---- other domains' rows --------------------------------------------------------------
 
@@ -816,7 +828,7 @@ class LedgerTx:
             await sql.insert(transfers, self.new_transfers)
         else:
             await sql.insert(transfers, self.new_transfers, skip=NO_MEMBER)
-        await sql.insert(transfer_usage, self.new_usage)
+        await sql.insert_shared(transfer_usage, "transfer_id", self.new_usage)
         new_accounts = set(self._new_accounts)
         await sql.update(
             accounts, "id",

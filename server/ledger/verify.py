@@ -18,6 +18,7 @@ from server.db.schema import (
     event_counter,
     events,
     holds,
+    key_usage,
     lots,
     org_members,
     rate_card_versions,
@@ -50,7 +51,7 @@ from server.pricing.service import (
 )
 
 WALLET_PREFIX = wallet_id("")
-# Scoped keys' counters that start again with each window (api_keys.<window>_start_us, _used).
+# Scoped keys' counters that start again with each window (key_usage.<window>_start_us, _used).
 RESET_WINDOWS = ("hour", "day", "month")
 
 # Debits that may leave a wallet below zero (a reversal of credits already
@@ -290,8 +291,10 @@ async def _verify_key_usage(conn: AsyncConnection, r: Report) -> None:
     with it: for each window counter, those whose instant (the spend's, or the
     hold's for its settlement) falls in the window the counter is for; for the
     lifetime, all of them. Spends and holds add, the rest gives back."""
-    keys_q = select(api_keys.c.id, *(api_keys.c[f"{w}_start_us"] for w in RESET_WINDOWS),
-                    *(api_keys.c[f"{w}_used"] for w in RESET_WINDOWS), api_keys.c.lifetime_used)
+    u = key_usage.c
+    keys_q = select(api_keys.c.id, *(u[f"{w}_start_us"] for w in RESET_WINDOWS),
+                    *(u[f"{w}_used"] for w in RESET_WINDOWS), u.lifetime_used).join_from(
+        api_keys, key_usage, u.id == api_keys.c.id, isouter=True)
     recorded = {row[0]: row[1:] for row in (await conn.execute(keys_q)).all()}
     expected: dict[str, list[int]] = defaultdict(lambda: [0] * (len(RESET_WINDOWS) + 1))
     q = select(transfers.c.key_id, transfers.c.kind, transfers.c.amount, transfers.c.created_at_us, transfers.c.ledger)
@@ -309,6 +312,9 @@ async def _verify_key_usage(conn: AsyncConnection, r: Report) -> None:
         sums[-1] += signed
     n = len(RESET_WINDOWS)
     for key_id, rec in sorted(recorded.items()):
+        if rec[-1] is None:
+            r.problems.append(f"key {key_id} has no usage row")
+            continue
         got = [*rec[n:2 * n], rec[-1]]
         want = expected.get(key_id, [0] * (n + 1))
         for name, used, total in zip((*RESET_WINDOWS, "lifetime"), got, want, strict=True):

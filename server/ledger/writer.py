@@ -354,23 +354,32 @@ class LedgerWriter:
         holds: set[str] = set()
         tkeys: set[str] = set()
         rkeys: list[str] = []
+        # The keys the operations name (not those of holds, read below) come
+        # with the wallets' users, in their round trip on PostgreSQL; each
+        # operation's keys are worked out once.
+        named: list[tuple[str, int]] = []
+        by_hold: list[Op] = []
         for item in batch:
             op = item.op
             accounts |= op.account_ids()
-            holds |= op.hold_ids()
+            hids = op.hold_ids()
+            if hids:
+                holds |= hids
+                by_hold.append(op)
+            else:
+                named += op.budget_keys(tx)
             tkeys |= op.transfer_keys()
             if op.idempotency:
                 rkeys.append(op.idempotency.key)
-        # The keys the operations name (not those of holds, read below) come
-        # with the wallets' users, in their round trip on PostgreSQL.
-        named = [kw for item in batch if not item.op.hold_ids() for kw in item.op.budget_keys(tx)]
         extra = self.guard.prefetch(tx, named) if named else []
         found = await tx.load(accounts, holds, rkeys, tkeys, extra)
         if extra:
             self.guard.prefetched(tx, found)
         # After the accounts' locks (and the holds, which name their keys):
         # the keys' rows, locked in sorted order.
-        budgets = [kw for item in batch for kw in item.op.budget_keys(tx)]
+        budgets = named
+        for op in by_hold:
+            budgets += op.budget_keys(tx)
         if budgets:
             await self.guard.load(tx, budgets)
         for item in batch:

@@ -12,7 +12,7 @@ from server.platform import errors
 from server.platform.auth import Role, principal
 from server.pricing.card import MAX_METERS, InvalidRateCard, parse, shown
 from server.pricing.models import Meter, RateCard, RateCardVersion
-from server.pricing.service import PricingService, usage_from_proto
+from server.pricing.service import PricingService
 from server.registry import Registry
 
 
@@ -145,7 +145,7 @@ class PricingServicer(pricing_pb2_grpc.PricingServiceServicer):
     ) -> pricing_pb2.EstimateCostResponse:
         principal()
         at = validation.timestamp(request.usage_time, request.HasField("usage_time"), field="usage_time")
-        q = self.pricing.estimate(usage_from_proto(request.usage), at)
+        q = self.pricing.estimate(self.pricing.usage_from_proto(request.usage), at)
         return pricing_pb2.EstimateCostResponse(
             amount_millicredits=q.amount, version=q.version, unit_price_millicredits=q.unit_price,
             per_units=q.per_units,

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 
-@dataclass(frozen=True, slots=True)
-class Usage:
-    """What an operation used: a quantity of one meter, with its dimensions."""
+class Usage(NamedTuple):
+    """What an operation used: a quantity of one meter, with its dimensions.
+    A tuple: one is made for every priced request and hashed to find its
+    price, both in C (a frozen dataclass's __init__ and __hash__ are Python's)."""
 
     meter: str
     quantity: int  # whole units, > 0

@@ -4,9 +4,15 @@ from, publishing a version, and reading meters and cards.
 Public API for other domains (they import only from here):
 - `Usage`, `Quote`, `PricingError`;
 - `PricingService.quote(usage, at_us) -> Quote`: synchronous, no I/O;
-- `usage_from_proto(msg) -> Usage`: a `flownexus.billing.v1.Usage` read and
-  checked for form (PricingError, INVALID_ARGUMENT); whether the meter and
-  its dimensions exist is `quote`'s answer, at the spend's instant;
+- `PricingService.priced(usage, at_us) -> UsageRecord`: the same price as
+  the ledger records it, one record per distinct usage of an instant (a
+  ledger batch's), shared by the spends that give that usage;
+- `usage_record(usage, quote, at_us, hold_id) -> UsageRecord`: a record of
+  its own (a hold's, which the ledger writes its hold into);
+- `PricingService.usage_from_proto(msg) -> Usage`: a
+  `flownexus.billing.v1.Usage` read and checked for form (PricingError,
+  INVALID_ARGUMENT); whether the meter and its dimensions exist is
+  `quote`'s answer, at the spend's instant;
 - `unit_price(version, meter, dimensions) -> (unit price, per units)`: what
   a stored version charges for one combination of dimension values
   (PricingError when it does not price it), for the ledger audit."""
@@ -24,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from server.ledger.ops import Call, Idempotency
+from server.ledger.ops import Call, Idempotency, UsageRecord
 from server.ledger.tx import LedgerTx
 from server.ledger.writer import LedgerWriter
 from server.platform import errors
@@ -47,56 +53,68 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "DEFAULT_RATE_CARD", "InvalidRateCard", "PricingError", "PricingService", "Quote", "Snapshot", "Usage",
-    "rounded_up", "unit_price", "usage_from_proto",
+    "rounded_up", "unit_price", "usage_record",
 ]
 
 DEFAULT_RATE_CARD = Path(__file__).with_name("default_rate_card.toml")
 MAX_USAGE_DIMENSIONS = 8
-# Distinct usages whose quotes one instant keeps (a batch has at most a few hundred items).
-MAX_QUOTES_KEPT = 1024
+# Distinct usages whose records one instant keeps (a batch has at most a few hundred items).
+MAX_RECORDS_KEPT = 1024
 
 
-def usage_from_proto(msg: Any) -> Usage:
-    """A Usage message as a value, checked for form: a meter name, a quantity
-    from 1 to MAX_QUANTITY, at most a few dimensions (sorted by name)."""
-    meter = msg.meter
+# Meter names and dimension (name, value) pairs that some rate card version
+# prices skip the form check's regular expressions (a set lookup); at most
+# this many of each, the newest versions' first. Any other name meets the
+# checks every time: a caller's made-up names are never kept.
+MAX_KNOWN = 1024
+# Usages without dimensions already checked, by (meter, quantity), of meters
+# a version prices (PricingService._checked).
+MAX_CHECKED_KEPT = 4096
+
+
+def _check_meter(meter: str) -> None:
     if not meter:
         raise PricingError("usage.meter is required", reason="UNKNOWN_METER", field="usage.meter")
     if len(meter) > METER_NAME_MAX or not METER_NAME.match(meter):
         raise PricingError("usage.meter is not a meter name (PricingService.ListMeters)",
                            reason="UNKNOWN_METER", field="usage.meter")
-    quantity = msg.quantity
-    if not 1 <= quantity <= MAX_QUANTITY:
-        raise PricingError(f"usage.quantity must be a whole number of units from 1 to {MAX_QUANTITY}",
-                           reason="INVALID_QUANTITY", field="usage.quantity")
-    dims = msg.dimensions
-    if not dims:  # most usage: no dimensions, nothing more to check
-        return Usage(meter, quantity)
-    if len(dims) > MAX_USAGE_DIMENSIONS:
-        raise PricingError(f"usage.dimensions has at most {MAX_USAGE_DIMENSIONS} entries",
+
+
+def _check_dimension(pair: tuple[str, str]) -> None:
+    name, value = pair
+    if len(name) > 32 or not cards.DIMENSION_NAME.match(name):
+        raise PricingError("usage.dimensions names a dimension that no meter has",
                            reason="UNKNOWN_DIMENSION", field="usage.dimensions")
-    given = sorted(dims.items())  # read from the message once, checked and kept in this order
-    for name, value in given:
-        if len(name) > 32 or not cards.DIMENSION_NAME.match(name):
-            raise PricingError("usage.dimensions names a dimension that no meter has",
-                               reason="UNKNOWN_DIMENSION", field="usage.dimensions")
-        if len(value) > 32 or not cards.DIMENSION_VALUE.match(value):
-            raise PricingError(f"usage.dimensions.{name} is not a value of any meter",
-                               reason="INVALID_DIMENSION_VALUE", field=f"usage.dimensions.{name}")
-    return Usage(meter, quantity, tuple(given))
+    if len(value) > 32 or not cards.DIMENSION_VALUE.match(value):
+        raise PricingError(f"usage.dimensions.{name} is not a value of any meter",
+                           reason="INVALID_DIMENSION_VALUE", field=f"usage.dimensions.{name}")
 
 
 class Snapshot:
     """Every version, immutable: the one in effect at an instant is the one with
-    the latest effective_at at or before it (of equal ones, the highest number)."""
+    the latest effective_at at or before it (of equal ones, the highest number).
+    `meters` and `pairs`: the meter names and dimension (name, value) pairs
+    the versions price (MAX_KNOWN of each at most, the newest versions' first)."""
 
-    __slots__ = ("_keys", "latest", "versions")
+    __slots__ = ("_keys", "latest", "meters", "pairs", "versions")
 
     def __init__(self, versions: list[RateCardVersion]) -> None:
         ordered = sorted(versions, key=lambda v: (v.effective_at_us, v.version))
         self._keys = [(v.effective_at_us, v.version) for v in ordered]
         self.versions = ordered
         self.latest = max(versions, key=lambda v: v.version) if versions else None
+        meters: set[str] = set()
+        pairs: set[tuple[str, str]] = set()
+        for v in sorted(versions, key=lambda v: -v.version):
+            for m in v.card.meters.values():
+                if len(meters) < MAX_KNOWN:
+                    meters.add(m.name)
+                for d in m.dimensions:
+                    for value in d.values:
+                        if len(pairs) < MAX_KNOWN:
+                            pairs.add((d.name, value))
+        self.meters = frozenset(meters)
+        self.pairs = frozenset(pairs)
 
     def at(self, at_us: int) -> RateCardVersion | None:
         i = bisect.bisect_right(self._keys, (at_us, 2**63))
@@ -142,6 +160,16 @@ def unit_price(version: RateCardVersion, meter: str, dimensions: Mapping[str, ob
     return m.prices[cards.combination(m, dimensions)], m.per_units
 
 
+def usage_record(usage: Usage, quote: Quote, at_us: int, hold_id: str = "") -> UsageRecord:
+    """What the ledger records of a priced usage: its transfer_usage row and
+    the response's fields (`hold_id`: a hold's Reserve or Capture)."""
+    return UsageRecord(
+        meter=usage.meter, quantity=usage.quantity, dimensions=dict(usage.dimensions), version=quote.version,
+        unit_price=quote.unit_price, per_units=quote.per_units, amount=quote.amount, priced_at_us=at_us,
+        hold_id=hold_id,
+    )
+
+
 def no_card(at_us: int) -> PricingError:
     return PricingError("no rate card version is in effect at this instant", reason="NO_RATE_CARD",
                         at_us=at_us)
@@ -172,39 +200,98 @@ class PricingService:
         self.lead_seconds = lead_seconds
         self.refresh_seconds = max(0.2, lead_seconds / 5) if lead_seconds > 0 else 1.0
         self._snapshot = Snapshot([])
-        # The quotes of the last instant priced, from that snapshot and its version in effect.
-        self._quotes: dict[Usage, Quote] = {}
-        self._quotes_key: tuple[int, Snapshot, RateCardVersion] | None = None
+        # The records of the last instant priced (`priced`), by usage, and the
+        # instant, snapshot and version in effect they were priced with.
+        self._records: dict[Usage, UsageRecord] = {}
+        self._records_at = -1
+        self._records_from: Snapshot | None = None
+        self._records_version: RateCardVersion | None = None
+        # Usages without dimensions already checked (usage_from_proto), of meters
+        # the snapshot knows: a value, the same whatever the card.
+        self._checked: dict[tuple[str, int], Usage] = {}
         self._confirmed = float("-inf")  # time.monotonic() at the start of the last good refresh
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
 
     # ---- the snapshot -----------------------------------------------------------------------
 
+    def usage_from_proto(self, msg: Any) -> Usage:
+        """A Usage message as a value, checked for form: a meter name, a quantity
+        from 1 to MAX_QUANTITY, at most a few dimensions (sorted by name). The
+        names a rate card version knows need no regular expression; only a
+        known meter's usages are kept (a caller's made-up names are not)."""
+        meter = msg.meter
+        quantity = msg.quantity
+        dims = msg.dimensions
+        if not dims:  # most usage: no dimensions, and most often one seen before
+            found = self._checked.get((meter, quantity))
+            if found is not None:
+                return found
+        known = self._snapshot
+        if meter not in known.meters:
+            _check_meter(meter)
+        if not 1 <= quantity <= MAX_QUANTITY:
+            raise PricingError(f"usage.quantity must be a whole number of units from 1 to {MAX_QUANTITY}",
+                               reason="INVALID_QUANTITY", field="usage.quantity")
+        if not dims:
+            usage = Usage(meter, quantity)
+            if meter in known.meters:
+                checked = self._checked
+                if len(checked) >= MAX_CHECKED_KEPT:
+                    checked.clear()
+                checked[(meter, quantity)] = usage
+            return usage
+        if len(dims) > MAX_USAGE_DIMENSIONS:
+            raise PricingError(f"usage.dimensions has at most {MAX_USAGE_DIMENSIONS} entries",
+                               reason="UNKNOWN_DIMENSION", field="usage.dimensions")
+        given = tuple(sorted(dims.items()))  # read from the message once, checked and kept in this order
+        pairs = known.pairs
+        for pair in given:
+            if pair not in pairs:
+                _check_dimension(pair)
+        return Usage(meter, quantity, given)
+
     def quote(self, usage: Usage, at_us: int) -> Quote:
-        """The price of `usage` with the version in effect at `at_us`: no I/O.
-        The quotes of one instant (a ledger batch's) are kept until another
+        """The price of `usage` with the version in effect at `at_us`: no I/O."""
+        version = self._in_effect(at_us)
+        return cards.price(version.card, version.version, usage)
+
+    def priced(self, usage: Usage, at_us: int) -> UsageRecord:
+        """`quote`'s price as the ledger records it, for a spend at `at_us`.
+        The records of one instant (a ledger batch's) are kept until another
         instant or a new snapshot is asked for: each distinct usage of a batch
-        is priced once, with the version in effect at the batch's instant."""
-        if self.lead_us and time.monotonic() - self._confirmed > self.lead_seconds:
+        is priced once, with the version in effect at the batch's instant, and
+        the spends that give it share its record (never changed once made)."""
+        records = self._records
+        if at_us != self._records_at or self._records_from is not self._snapshot:
+            self._records_version = self._in_effect(at_us)
+            records = self._records = {}
+            self._records_at, self._records_from = at_us, self._snapshot
+        elif self.lead_us:
+            self._check_fresh()
+        found = records.get(usage)
+        if found is None:
+            version = self._records_version
+            assert version is not None
+            found = usage_record(usage, cards.price(version.card, version.version, usage), at_us)
+            if len(records) < MAX_RECORDS_KEPT:
+                records[usage] = found
+        return found
+
+    def _in_effect(self, at_us: int) -> RateCardVersion:
+        if self.lead_us:
+            self._check_fresh()
+        version = self._snapshot.at(at_us)
+        if version is None:
+            raise no_card(at_us)
+        return version
+
+    def _check_fresh(self) -> None:
+        if time.monotonic() - self._confirmed > self.lead_seconds:
             raise errors.Unavailable(
                 "prices could not be confirmed with the database recently; retry with the same request_id",
                 reason="PRICES_STALE",
             )
-        quotes, key = self._quotes, self._quotes_key
-        if key is None or key[0] != at_us or key[1] is not self._snapshot:
-            version = self._snapshot.at(at_us)
-            if version is None:
-                raise no_card(at_us)
-            quotes = self._quotes = {}
-            key = self._quotes_key = (at_us, self._snapshot, version)
-        found = quotes.get(usage)
-        if found is None:
-            version = key[2]
-            found = cards.price(version.card, version.version, usage)
-            if len(quotes) < MAX_QUOTES_KEPT:
-                quotes[usage] = found
-        return found
 
     async def refresh(self) -> int:
         """Read the versions this process does not have yet; how many."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 from flownexus.billing.v1 import common_pb2, usage_pb2, usage_pb2_grpc
@@ -14,7 +15,7 @@ from server.orgs.models import Access
 from server.platform import errors
 from server.platform.auth import principal
 from server.platform.fairshare import WORK_PER_ITEM, pace
-from server.pricing.service import Usage, usage_from_proto
+from server.pricing.service import Usage
 from server.registry import Registry
 from server.usage.metering import usage_into
 from server.usage.service import UsageService
@@ -27,18 +28,25 @@ MAX_SPEND_BATCH = 1000
 ITEMS_PER_PART = 100
 
 
+# Usage messages the unary Spend keeps to copy: the Spends of one ledger
+# batch share a record (and its message), a new batch makes new records.
+MAX_SHOWN_KEPT = 8
+
+
 class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
     def __init__(self, usage: UsageService) -> None:
         self.usage = usage
+        self.usage_of = usage.usage_of
+        self._shown: dict[int, tuple[UsageRecord, common_pb2.PricedUsage]] = {}
 
     async def Spend(self, request: usage_pb2.SpendRequest, context: Ctx) -> usage_pb2.SpendResponse:
         who = principal()
-        fields = _spend_fields(request)
+        fields = _spend_fields(request, self.usage_of)
         if request.org_id:
             fields["org"] = await self.usage.org_spender(
                 who, fields["user_id"], validation.org_id(request.org_id, required=True))
         result = await self.usage.spend(self.usage.spend_op(who, **fields))
-        return _spend_response(result)
+        return _spend_response(result, self._shown)
 
     async def SpendBatch(self, request: usage_pb2.SpendBatchRequest, context: Ctx) -> usage_pb2.SpendBatchResponse:
         items = request.requests
@@ -51,6 +59,7 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
         parts: list[asyncio.Future[list[SpendResult | BaseException]]] = []
         # An org's answer, asked once per (org, member) of the batch.
         wallets: dict[tuple[str, str], Access | errors.DomainError] = {}
+        usage_of = self.usage_of
         for start in range(0, len(items), ITEMS_PER_PART):
             part = items[start:start + ITEMS_PER_PART]
             await pace(len(part) * WORK_PER_ITEM)
@@ -58,7 +67,7 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
             for item in part:
                 # Each item is refused exactly as its unary Spend would be, on its own.
                 try:
-                    fields = _spend_fields(item)
+                    fields = _spend_fields(item, usage_of)
                     if item.org_id:
                         org = validation.org_id(item.org_id, required=True)
                         found = wallets.get((org, fields["user_id"]))
@@ -86,7 +95,7 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
 
     async def Reserve(self, request: usage_pb2.ReserveRequest, context: Ctx) -> usage_pb2.ReserveResponse:
         ttl = request.ttl.seconds + request.ttl.nanos / 1e9 if request.HasField("ttl") else 0.0
-        usage = _usage(request)
+        usage = _usage(request, self.usage_of)
         result = await self.usage.reserve(
             principal(),
             user_id=validation.user_id(request.user_id),
@@ -169,21 +178,17 @@ def results_into(
     for result in results:
         if isinstance(result, SpendResult):
             answer = out.add().response
-            convert.spend_result_into(answer, result.transaction, result.credits)
+            tr = convert.spend_result_into(answer, result.transaction, result.credits)
             if result.usage is not None:
-                target = answer.transaction.usage
-                first = shown.get(id(result.usage))
-                if first is None:
-                    usage_into(target, result.usage)
-                    shown[id(result.usage)] = (result.usage, target)
-                else:
-                    target.CopyFrom(first[1])
+                _show_usage(tr.usage, result.usage, shown)
         else:
             out.add(error=batch_item_error(result))
 
 
-def _usage(request: usage_pb2.SpendRequest | usage_pb2.ReserveRequest) -> Usage | None:
-    """The request's usage, checked for form; None: it gives an amount."""
+def _usage(
+    request: usage_pb2.SpendRequest | usage_pb2.ReserveRequest, usage_of: Callable[[Any], Usage]
+) -> Usage | None:
+    """The request's usage, checked for form (`usage_of`: UsageService's); None: it gives an amount."""
     if not request.HasField("usage"):
         return None
     if request.amount_millicredits:
@@ -191,12 +196,12 @@ def _usage(request: usage_pb2.SpendRequest | usage_pb2.ReserveRequest) -> Usage 
             "give amount_millicredits or usage, not both", reason="AMOUNT_OR_USAGE",
             metadata={"field": "usage"},
         )
-    return usage_from_proto(request.usage)
+    return usage_of(request.usage)
 
 
-def _spend_fields(request: usage_pb2.SpendRequest) -> dict[str, Any]:
+def _spend_fields(request: usage_pb2.SpendRequest, usage_of: Callable[[Any], Usage]) -> dict[str, Any]:
     """A SpendRequest, validated: the arguments of UsageService.spend/spend_op."""
-    usage = _usage(request)
+    usage = _usage(request, usage_of)
     return {
         "usage": usage,
         "user_id": validation.user_id(request.user_id),
@@ -212,10 +217,28 @@ def _spend_fields(request: usage_pb2.SpendRequest) -> dict[str, Any]:
     }
 
 
-def _spend_response(result: SpendResult) -> usage_pb2.SpendResponse:
+def _show_usage(
+    target: common_pb2.PricedUsage, record: UsageRecord, shown: dict[int, tuple[UsageRecord, common_pb2.PricedUsage]],
+) -> None:
+    """A record's usage message, written once and then copied (a copy costs
+    a fifth of setting its fields); `shown`: by the record's id, the record
+    kept so that its id is not reused."""
+    first = shown.get(id(record))
+    if first is None:
+        usage_into(target, record)
+        shown[id(record)] = (record, target)
+    else:
+        target.CopyFrom(first[1])
+
+
+def _spend_response(
+    result: SpendResult, shown: dict[int, tuple[UsageRecord, common_pb2.PricedUsage]],
+) -> usage_pb2.SpendResponse:
     resp = usage_pb2.SpendResponse(transaction=convert.transaction(result.transaction), credits_millicredits=result.credits)
     if result.usage is not None:
-        usage_into(resp.transaction.usage, result.usage)
+        if len(shown) >= MAX_SHOWN_KEPT and id(result.usage) not in shown:
+            shown.clear()
+        _show_usage(resp.transaction.usage, result.usage, shown)
     return resp
 
 

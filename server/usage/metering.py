@@ -2,7 +2,8 @@
 
 A Spend or Reserve that gives `usage` instead of an amount is priced inside
 its ledger batch, at the batch's instant (the transfer's own date), with the
-rate card version in effect then (PricingService.quote: in memory, no I/O).
+rate card version in effect then (PricingService.priced: in memory, no I/O;
+pricing makes the records, and keeps one per usage of an instant).
 A Capture of a hold reserved by usage is priced at the hold's instant, so
 with the version the hold was made at: the price agreed when the credits were
 set aside. The transfer records meter, quantity, dimensions, version, unit
@@ -11,13 +12,15 @@ price and the priced instant (transfer_usage)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from functools import partial
 from typing import Any, Protocol
 
 from flownexus.billing.v1 import common_pb2
 
-from server.ledger.ops import UsageRecord
+from server.ledger.ops import Metered, UsageRecord
 from server.platform import errors
-from server.pricing.service import Quote, Usage
+from server.pricing.service import Quote, Usage, usage_record
 
 
 class Quoter(Protocol):
@@ -25,52 +28,30 @@ class Quoter(Protocol):
 
     def quote(self, usage: Usage, at_us: int) -> Quote: ...
 
+    def priced(self, usage: Usage, at_us: int) -> UsageRecord: ...
 
-class MeteredUsage:
+    def usage_from_proto(self, msg: Any) -> Usage: ...
+
+
+def metered(pricing: Quoter, usage: Usage, *, shared: bool = True) -> Metered:
     """A request's usage, priced when the ledger applies it (ops.Metered).
-    `shared`: identical usages priced at one instant (a batch's) share one
-    record, as their quote is one (a Spend's; a Reserve writes its hold into
-    its own)."""
-
-    __slots__ = ("pricing", "shared", "usage")
-
-    def __init__(self, pricing: Quoter, usage: Usage, *, shared: bool = True) -> None:
-        self.pricing = pricing
-        self.usage = usage
-        self.shared = shared
-
-    def priced_at(self, at_us: int) -> UsageRecord:
-        quote = self.pricing.quote(self.usage, at_us)
-        if not self.shared:
-            return record(self.usage, quote, at_us)
-        global _records_at
-        if _records_at != at_us:
-            _records.clear()
-            _records_at = at_us
-        # By the quote's identity: pricing keeps one quote per usage of an
-        # instant (an int's hash, not the usage's); the quote is kept with its
-        # record, so its id cannot be another's meanwhile.
-        found = _records.get(id(quote))
-        if found is None or found[0] is not quote:
-            made = record(self.usage, quote, at_us)
-            if len(_records) < MAX_RECORDS_KEPT:
-                _records[id(quote)] = (quote, made)
-            return made
-        return found[1]
+    `shared`: a Spend's record is pricing's for that usage at the batch's
+    instant, shared by the batch's identical usages (a Reserve's is its own:
+    the ledger writes its hold into it). A partial, not an object of ours:
+    one is made for every priced request, and called in C."""
+    if shared:
+        return partial(pricing.priced, usage)
+    return partial(_own_record, pricing, usage)
 
 
-# The records of the last instant priced, by their quote's id, with the quote.
-MAX_RECORDS_KEPT = 1024
-_records: dict[int, tuple[Quote, UsageRecord]] = {}
-_records_at = -1
+def spend_metering(pricing: Quoter) -> Callable[[Usage], Metered]:
+    """`metered(pricing, usage)` of a Spend, made in C: a partial of partial,
+    so that a priced request makes its Metered without a Python call."""
+    return partial(partial, pricing.priced)
 
 
-def record(usage: Usage, quote: Quote, at_us: int, hold_id: str = "") -> UsageRecord:
-    return UsageRecord(
-        meter=usage.meter, quantity=usage.quantity, dimensions=dict(usage.dimensions), version=quote.version,
-        unit_price=quote.unit_price, per_units=quote.per_units, amount=quote.amount, priced_at_us=at_us,
-        hold_id=hold_id,
-    )
+def _own_record(pricing: Quoter, usage: Usage, at_us: int) -> UsageRecord:
+    return usage_record(usage, pricing.quote(usage, at_us), at_us)
 
 
 def stored(row: dict[str, Any]) -> UsageRecord:
@@ -94,7 +75,7 @@ def capture_price(pricing: Quoter, held: UsageRecord, quantity: int) -> UsageRec
             "the hold's rate card version no longer prices its instant", reason="RATE_CARD_CHANGED",
             metadata={"version": str(held.version)},
         )
-    return record(usage, quote, held.priced_at_us, held.hold_id)
+    return usage_record(usage, quote, held.priced_at_us, held.hold_id)
 
 
 def usage_into(msg: common_pb2.PricedUsage, usage: UsageRecord) -> None:

@@ -3,13 +3,15 @@ operation is applied by the ledger writer in a group-commit batch."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
 
 from server.keys.service import KeysService
 from server.ledger.ops import (
     Capture,
     HoldResult,
     Idempotency,
+    Metered,
     RefundResult,
     RefundUsage,
     Release,
@@ -28,7 +30,7 @@ from server.platform.config import Settings
 from server.platform.ratelimit import ByRole
 from server.pricing.service import Usage
 from server.usage import metering
-from server.usage.metering import MeteredUsage, Quoter
+from server.usage.metering import Quoter, metered
 
 
 class UsageService:
@@ -39,6 +41,11 @@ class UsageService:
         self.writer = writer
         # The rate card a request's usage is priced from (PricingService).
         self.pricing = pricing
+        # A Spend's usage made a Metered without a Python call per request.
+        self._spend_metered = metering.spend_metering(pricing) if pricing is not None else self._metered
+        # A request's Usage message read and checked for form, by pricing (which
+        # knows the names its rate card versions price).
+        self.usage_of: Callable[[Any], Usage] = pricing.usage_from_proto if pricing is not None else _no_pricing
         self.org_access = org_access
         self.reader = reader
         self.settings = settings
@@ -115,15 +122,15 @@ class UsageService:
             charged_by=principal.scope,
             key_id=KeysService.spending_key(principal, key_id),
             member=org.member if org else principal.member,
-            usage=self._metered(usage) if usage is not None else None,
+            usage=self._spend_metered(usage) if usage is not None else None,
         )
 
-    def _metered(self, usage: Usage, *, shared: bool = True) -> MeteredUsage:
+    def _metered(self, usage: Usage, *, shared: bool = True) -> Metered:
         """`shared`: a Spend's record may be its batch's for the same usage (a
         Reserve's is its own: the ledger writes the hold into it)."""
         if self.pricing is None:
-            raise errors.FailedPrecondition("this server prices no usage", reason="PRICING_UNAVAILABLE")
-        return MeteredUsage(self.pricing, usage, shared=shared)
+            _no_pricing(usage)
+        return metered(self.pricing, usage, shared=shared)
 
     async def spend_batch(self, items: Sequence[Spend | errors.DomainError]) -> list[SpendResult | BaseException]:
         """Apply the ops of a SpendBatch together; an entry that is already an
@@ -255,3 +262,7 @@ class UsageService:
         )
         result: RefundResult = await self.writer.submit(op)
         return result
+
+
+def _no_pricing(usage: Any) -> NoReturn:
+    raise errors.FailedPrecondition("this server prices no usage", reason="PRICING_UNAVAILABLE")

@@ -17,7 +17,7 @@ from server.ledger.model import BalanceEvent, TransferView
 from server.platform.clock import ManualClock
 from tests.calls import credits
 from tests.conftest import _require_postgres
-from tests.harness import Running, auth, database
+from tests.harness import WAIT, Running, auth, database, until
 
 FREE = 100_000
 
@@ -41,16 +41,16 @@ async def test_spend_on_a_reaches_watcher_on_b(replicas) -> None:
     assert a.app.fanout and b.app.fanout and a.app.fanout.replica_id != b.app.fanout.replica_id
     call = b.s.balance.WatchBalance(balance_pb2.WatchBalanceRequest(), metadata=auth("ann"))
     it = call.__aiter__()
-    snap = await asyncio.wait_for(it.__anext__(), 10)
+    snap = await asyncio.wait_for(it.__anext__(), WAIT)
     assert snap.type == balance_pb2.BALANCE_EVENT_TYPE_SNAPSHOT and snap.credits_millicredits == FREE
     await a.s.usage.Spend(usage_pb2.SpendRequest(amount_millicredits=1_234, request_id="x1", category="c"), metadata=auth("ann"))
-    ev = await asyncio.wait_for(it.__anext__(), 10)
+    ev = await asyncio.wait_for(it.__anext__(), WAIT)
     assert ev.type == balance_pb2.BALANCE_EVENT_TYPE_TRANSFER
     assert ev.credits_millicredits == FREE - 1_234
     assert ev.transaction.amount_millicredits == -1_234 and ev.transaction.category == "c"
     # And the other way round, with B's own event delivered locally exactly once.
     await b.s.usage.Spend(usage_pb2.SpendRequest(amount_millicredits=1, request_id="x2"), metadata=auth("ann"))
-    ev2 = await asyncio.wait_for(it.__anext__(), 10)
+    ev2 = await asyncio.wait_for(it.__anext__(), WAIT)
     assert ev2.credits_millicredits == FREE - 1_235
     with pytest.raises(TimeoutError):
         await asyncio.wait_for(it.__anext__(), 0.5)
@@ -87,17 +87,23 @@ async def test_one_notify_per_committed_batch(replicas) -> None:
     listener = await asyncpg.connect(asyncpg_dsn(a.url))
     await listener.add_listener(CHANNEL, lambda *args: seen.append(json.loads(args[3])))
     try:
-        users = [f"n{i}" for i in range(40)]
-        await asyncio.gather(*(credits(a, u) for u in users))  # wallets first
-        await asyncio.sleep(0.3)
-        seen.clear()
         fan, writer = a.app.fanout, a.app.writer
+
+        async def heard(since: int) -> bool:
+            """Every notification this replica sent since `since` has reached the listener."""
+            return sum(1 for m in seen if m["r"] == fan.replica_id) >= fan.notifications_sent - since
+
+        users = [f"n{i}" for i in range(40)]
+        notes = fan.notifications_sent
+        await asyncio.gather(*(credits(a, u) for u in users))  # wallets first
+        await until(lambda: heard(notes), "the wallets' notifications did not arrive")
+        seen.clear()
         batches0, sent0, notes0 = writer.stats.batches, fan.batches_sent, fan.notifications_sent
         await asyncio.gather(*(
             a.s.usage.Spend(usage_pb2.SpendRequest(amount_millicredits=5, request_id=f"k{i}"), metadata=auth(users[i % 40]))
             for i in range(120)
         ))
-        await asyncio.sleep(0.5)
+        await until(lambda: heard(notes0), "the spends' notifications did not arrive")
         mine = [m for m in seen if m["r"] == fan.replica_id]
         batches = fan.batches_sent - sent0
         assert batches <= writer.stats.batches - batches0

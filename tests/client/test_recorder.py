@@ -26,7 +26,7 @@ from flownexus_billing_client import (
 from server.ledger import keys
 from tests.calls import FREE, credits
 from tests.conftest import _require_postgres
-from tests.harness import Running, database, token
+from tests.harness import WAIT, Running, database, token
 from tests.ledger.test_crash import Server, ledger_keys, verified
 
 SERVICE = "recorder"
@@ -43,13 +43,14 @@ def spend(user: str, amount: int, rid: str = "", **fields: str) -> usage_pb2.Spe
 
 async def test_spends_are_coalesced_and_each_gets_its_own_answer(server: Running) -> None:
     async with BillingClient(target(server), token(SERVICE, "service")) as billing:
-        recorder = UsageRecorder(billing, max_batch=10, flush_interval_ms=10_000)
+        # An interval far past any wait here: whatever is sent was sent by a full batch or by close().
+        recorder = UsageRecorder(billing, max_batch=10, flush_interval_ms=3_600_000)
         pending = [await recorder.spend(spend(f"u{i % 4}", 100 + i, f"s{i}")) for i in range(30)]
         short = await recorder.spend(spend("u0", FREE * 2, "short"))
         bad = await recorder.spend(spend("u1", 0, "bad"))
-        await asyncio.wait_for(asyncio.gather(*pending), 10)  # three full batches, not the timer
+        await asyncio.wait_for(asyncio.gather(*pending), WAIT)  # three full batches, not the timer
         assert recorder.stats.batch_sizes[:3] == [10, 10, 10]
-        await asyncio.wait_for(recorder.close(), 5)  # flushes the last two at once, not after the 10 s interval
+        await asyncio.wait_for(recorder.close(), WAIT)  # flushes the last two at once, not after the hour's interval
         assert recorder.stats.batch_sizes == [10, 10, 10, 2]
     results = [p.result() for p in pending]
     assert len({r.transaction.id for r in results}) == 30
@@ -70,12 +71,12 @@ async def test_a_lone_spend_is_sent_after_the_interval(server: Running) -> None:
         pending = await recorder.spend(spend("", 5))  # a user token: its own wallet
         # Sent by the interval alone (the batch is far from full): an answer
         # at all within the wait is the proof; no wall-clock upper bound.
-        r = await asyncio.wait_for(pending, 5)
+        r = await asyncio.wait_for(pending, WAIT)
         assert time.monotonic() - began >= 0.03
         assert r.credits_millicredits == FREE - 5 and pending is not None
         other = await recorder.spend(spend("someone-else", 5))
         with pytest.raises(PermissionDenied):
-            await asyncio.wait_for(other, 5)
+            await asyncio.wait_for(other, WAIT)
     assert recorder.stats.batch_sizes == [1, 1]
 
 
@@ -85,7 +86,7 @@ async def test_the_same_request_id_twice_goes_in_two_batches_and_applies_once(se
     ) as recorder:
         a = await recorder.spend(spend("dup", 700, "same"))
         b = await recorder.spend(spend("dup", 700, "same"))
-        ra, rb = await asyncio.wait_for(asyncio.gather(a, b), 5)
+        ra, rb = await asyncio.wait_for(asyncio.gather(a, b), WAIT)
     assert ra == rb
     assert recorder.stats.batch_sizes == [1, 1]
     assert await credits(server, "dup") == FREE - 700
@@ -112,7 +113,7 @@ async def test_back_pressure_while_the_server_is_slow(sqlite_server: Running) ->
         finally:
             lock.execute("ROLLBACK")
             lock.close()
-        last = await asyncio.wait_for(blocked, 10)
+        last = await asyncio.wait_for(blocked, WAIT)
         await recorder.close()
         assert all(f.done() and f.exception() is None for f in [*first, *queued, last])
     assert await credits(server, "slow") == FREE - 11
@@ -151,8 +152,11 @@ async def test_server_killed_mid_flight_loses_nothing_and_counts_nothing_twice(t
         server = Server(url, tmp_path)
         await server.start()
         billing = BillingClient(f"127.0.0.1:{server.grpc_port}", token(SERVICE, "service"), backoff_seconds=0.05)
+        # The recorder retries for longer than both restarts can take (each start
+        # waits up to WAIT for health): it failed at load 17 with the 60 s default.
         recorder = UsageRecorder(
-            billing, max_batch=50, flush_interval_ms=10, max_in_flight=2, max_queue=500, retry_max_backoff_seconds=0.2
+            billing, max_batch=50, flush_interval_ms=10, max_in_flight=2, max_queue=500, retry_max_backoff_seconds=0.2,
+            retry_timeout_seconds=3 * WAIT,
         )
         stop = asyncio.Event()
 
@@ -177,7 +181,7 @@ async def test_server_killed_mid_flight_loses_nothing_and_counts_nothing_twice(t
             await asyncio.sleep(0.3)
             stop.set()
             await asyncio.gather(*producers)
-            await asyncio.wait_for(recorder.close(), 60)
+            await asyncio.wait_for(recorder.close(), 4 * WAIT)
             # Nothing lost: every spend was answered, with success.
             assert all(f.done() for f in answers.values())
             failed = {rid: f.exception() for rid, f in answers.items() if f.exception() is not None}

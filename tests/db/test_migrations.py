@@ -192,3 +192,58 @@ async def test_orgs_tables_come_and_go_with_their_migration(empty_db_url: str) -
             assert {"orgs", "org_members"} <= await conn.run_sync(tables)
     finally:
         await engine.dispose()
+
+
+async def test_key_counters_move_to_their_usage_rows_and_back(empty_db_url: str) -> None:
+    """Migration 0021: each key's use counters (and its next reset) move from
+    its api_keys row to a key_usage row of its own, values kept; the
+    downgrade puts them back on the key's row."""
+    from sqlalchemy import inspect
+
+    counters = ("hour_start_us", "hour_used", "day_start_us", "day_used", "month_start_us", "month_used",
+                "lifetime_used", "resets_at_us")
+    keys = {"key_a": (3600, 5, 86400, 7, 2592000, 9, 11, 7200), "key_b": (0, 0, 0, 0, 0, 0, 0, 0)}
+    engine = create_async_engine(empty_db_url)
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(_alembic, "0020")
+            for key_id, values in keys.items():
+                row = {"id": key_id, "user_id": "u", "label": "k", "secret_hash": key_id, "secret_prefix": "fnk_",
+                       "budgets": "[]", "categories": "[]", "max_spend": 0, "expires_at_us": 0, "revoked_at_us": 0,
+                       "created_by": "", "created_at_us": 1, **dict(zip(counters, values, strict=True))}
+                await conn.execute(text(f"INSERT INTO api_keys ({', '.join(row)}) "
+                                        f"VALUES ({', '.join(':' + c for c in row)})"), row)
+            await conn.run_sync(_alembic, "0021")
+            moved = {r[0]: tuple(r[1:]) for r in (await conn.execute(text(
+                f"SELECT id, {', '.join(counters)} FROM key_usage ORDER BY id"))).all()}
+            assert moved == keys
+            columns = await conn.run_sync(lambda sync: {c["name"] for c in inspect(sync).get_columns("api_keys")})
+            assert not set(counters) & columns and "budgets" in columns
+            await conn.run_sync(_alembic_down, "0020")
+            back = {r[0]: tuple(r[1:]) for r in (await conn.execute(text(
+                f"SELECT id, {', '.join(counters)} FROM api_keys ORDER BY id"))).all()}
+            assert back == keys
+            assert "key_usage" not in await conn.run_sync(lambda sync: set(inspect(sync).get_table_names()))
+    finally:
+        await engine.dispose()
+
+
+async def test_the_usage_hold_index_leaves_out_spends(empty_db_url: str) -> None:
+    """transfer_usage's hold_id index covers only the rows that name a hold:
+    a priced Spend (most rows, hold_id NULL) adds no entry to it."""
+    db = Database(empty_db_url)
+    try:
+        await db.migrate()
+    finally:
+        await db.dispose()
+    engine = create_async_engine(empty_db_url)
+    try:
+        async with engine.connect() as conn:
+            if empty_db_url.startswith("sqlite"):
+                q = "SELECT sql FROM sqlite_master WHERE name = 'ix_transfer_usage_hold_id'"
+            else:
+                q = "SELECT indexdef FROM pg_indexes WHERE indexname = 'ix_transfer_usage_hold_id'"
+            ddl = (await conn.execute(text(q))).scalar_one()
+    finally:
+        await engine.dispose()
+    assert re.search(r"WHERE \(?hold_id IS NOT NULL\)?", ddl), ddl

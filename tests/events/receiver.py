@@ -14,7 +14,7 @@ from aiohttp import web
 from flownexus.billing.v1 import events_pb2
 from standardwebhooks.webhooks import Webhook
 
-from tests.harness import Running, auth
+from tests.harness import WAIT, Running, auth
 
 # Settings every webhook test needs: the receiver is on http://127.0.0.1.
 WEBHOOK_SETTINGS: dict[str, Any] = {
@@ -87,7 +87,7 @@ class Receiver:
     def ids(self) -> list[str]:
         return [r.id for r in self.received]
 
-    async def wait_for(self, n: int, timeout: float = 10.0) -> list[Received]:
+    async def wait_for(self, n: int, timeout: float = WAIT) -> list[Received]:
         deadline = time.monotonic() + timeout
         while len(self.received) < n:
             assert time.monotonic() < deadline, f"received {len(self.received)} of {n}: {self.ids()}"

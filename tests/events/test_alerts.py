@@ -14,7 +14,7 @@ from flownexus.billing.v1 import admin_pb2, balance_pb2, common_pb2, events_pb2
 from server.platform.clock import ManualClock
 from tests.calls import spend
 from tests.events.receiver import WEBHOOK_SETTINGS, Receiver, create_endpoint, list_events, payload
-from tests.harness import Running, auth, expect_error, serving
+from tests.harness import WAIT, Running, auth, expect_error, serving
 
 pytestmark = pytest.mark.asyncio
 
@@ -75,7 +75,7 @@ async def test_low_balance_story_end_to_end(hooked: Running) -> None:
         # The balance watch shows the alerts too.
         seen = []
         while len([m for m in seen if m.type == balance_pb2.BALANCE_EVENT_TYPE_BALANCE_LOW]) < 2:
-            seen.append(await asyncio.wait_for(watch.read(), 5))
+            seen.append(await asyncio.wait_for(watch.read(), WAIT))
         watch.cancel()
 
         await top_up(server, "alice", 40, "t1")  # 24 -> 64: back above both

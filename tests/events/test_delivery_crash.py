@@ -102,7 +102,7 @@ async def test_kill_9_during_deliveries_loses_nothing(db_url: str, tmp_path: Pat
         await stubs.channel.close()
         # Killed mid-way through the deliveries, twice.
         for _ in range(2):
-            await receiver.wait_for(len(events) // 4 * server.starts, timeout=30)
+            await receiver.wait_for(len(events) // 4 * server.starts)
             server.kill()
             await server.start()
         deadline = time.monotonic() + 60
@@ -142,7 +142,7 @@ async def test_two_serving_processes_never_deliver_an_event_twice(db_url: str, c
             await server.s.usage.Spend(usage_pb2.SpendRequest(amount_millicredits=20_000, request_id="s"),
                                        metadata=auth(u))
         want = len(USERS) * len(THRESHOLDS)
-        await receiver.wait_for(want, timeout=30)
+        await receiver.wait_for(want)
         await asyncio.sleep(0.5)  # anything sent twice would have landed by now
         assert sorted(receiver.ids()) == sorted(set(receiver.ids())) and len(receiver.ids()) == want
     finally:

@@ -15,7 +15,7 @@ from flownexus.billing.v1 import events_pb2
 from server.platform.clock import ManualClock
 from tests.calls import spend
 from tests.events.receiver import list_events, payload
-from tests.harness import Running, auth, expect_error
+from tests.harness import WAIT, Running, auth, expect_error
 
 pytestmark = pytest.mark.asyncio
 
@@ -81,15 +81,15 @@ async def test_watch_events_resumes_from_its_cursor(server: Running) -> None:
     got: list[events_pb2.Event] = []
     await spend(server, "wu", 12_000, "s1")  # 100 -> 88: two events
     for _ in range(2):
-        got.append((await asyncio.wait_for(stream.read(), 5)).event)
+        got.append((await asyncio.wait_for(stream.read(), WAIT)).event)
     stream.cancel()
     await spend(server, "wu", 10_000, "s2")  # 88 -> 78: two more while disconnected
     resumed = server.s.events.WatchEvents(events_pb2.WatchEventsRequest(cursor=got[-1].id), metadata=svc)
     for _ in range(2):
-        got.append((await asyncio.wait_for(resumed.read(), 5)).event)
+        got.append((await asyncio.wait_for(resumed.read(), WAIT)).event)
     await spend(server, "wu", 20_000, "s3")  # 78 -> 58: four more, live
     for _ in range(4):
-        got.append((await asyncio.wait_for(resumed.read(), 5)).event)
+        got.append((await asyncio.wait_for(resumed.read(), WAIT)).event)
     resumed.cancel()
     assert [payload(e)["threshold_millicredits"] // 1000 for e in got] == [95, 90, 85, 80, 75, 70, 65, 60]
     assert [e.id for e in got] == [e.id for e in await list_events(server, "wu")]
@@ -98,7 +98,7 @@ async def test_watch_events_resumes_from_its_cursor(server: Running) -> None:
     live = server.s.events.WatchEvents(events_pb2.WatchEventsRequest(user_id="wu"), metadata=svc)
     await asyncio.sleep(0.2)
     await spend(server, "wu", 5_000, "s4")  # 58 -> 53: below 55
-    first = (await asyncio.wait_for(live.read(), 5)).event
+    first = (await asyncio.wait_for(live.read(), WAIT)).event
     live.cancel()
     assert payload(first)["threshold_millicredits"] == 55_000
 

@@ -121,3 +121,20 @@ async def test_the_shares_shrink_while_the_loop_lags_and_callers_share_it() -> N
     fair.leave(heavy, 0)
     if fair._lag_timer is not None:
         fair._lag_timer.cancel()
+
+
+async def test_a_reads_round_trips_to_postgresql_cost_more_calls_of_the_share(db_url: str, clock: Any) -> None:
+    """Each read of a call that goes to PostgreSQL and back costs its caller
+    one call's worth more (a round trip costs the event loop more than the
+    call around it); on SQLite a one-row read is inline and costs nothing
+    more. A caller alone has the whole capacity: one call's worth is 1/100 s."""
+    async with serving(db_url, clock, fair_calls_per_second=100) as server:
+        await server.s.balance.CheckBalance(balance_pb2.CheckBalanceRequest(), metadata=auth("reader"))
+        assert server.app is not None and server.app.fair is not None
+        t = server.app.fair._callers[Principal("reader", Role.USER).scope]
+        # Admitted at `last` with one call's worth; what the call did is added as it leaves.
+        charged = round((t.ready_at - t.last) * 100, 6)
+        if db_url.startswith("postgresql"):
+            assert charged >= 2, charged  # the call's own worth, and one per round trip
+        else:
+            assert charged == 1, charged

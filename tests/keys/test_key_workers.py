@@ -43,8 +43,7 @@ async def test_a_key_budget_holds_across_two_worker_processes(tmp_path: Path) ->
                 refused = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
                 assert all(error_info(r).reason == "BUDGET_EXCEEDED" for r in refused), [r.details() for r in refused]
                 assert (len(results) - len(refused), len(refused)) == (6, 14), n
-            await asyncio.sleep(0.5)
-            assert len(w.replicas) == 2, w.replicas  # both processes committed batches
+            await w.both_committed()  # both processes committed batches
         done = verify(url, tmp_path)
         assert done.returncode == 0, done.stdout + done.stderr
         assert b"checked keys" in done.stdout

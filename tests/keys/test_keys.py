@@ -19,7 +19,7 @@ from flownexus.billing.v1 import (
 from google.protobuf.field_mask_pb2 import FieldMask
 from sqlalchemy import update
 
-from server.db.schema import api_keys
+from server.db.schema import key_usage
 from server.platform.metrics import METRICS
 from tests.harness import Running, auth, error_info, expect_error
 from tests.keys.helpers import (
@@ -312,6 +312,37 @@ async def test_the_watch_carries_budget_events(server: Running) -> None:
     assert all(m.key_id == made.key.id for m in events)
 
 
+async def test_a_budget_event_names_a_key_read_with_many_others(server: Running) -> None:
+    """A batch of more than a few keys reads the common key narrow, without
+    its label (SQLite); a warning through such a key still names it."""
+    users = [f"lea{i}" for i in range(6)]
+    made = {}
+    for u in users:
+        await fund(server, u, 1_000 * CREDIT)
+        made[u] = await create_key(server, u, [(DAY, 100 * CREDIT)], label=f"agent-{u}")
+
+    def batch(tag: str, first: int) -> usage_pb2.SpendBatchRequest:
+        return usage_pb2.SpendBatchRequest(requests=[
+            spend_req(first if i == 0 else 1 * CREDIT, f"{tag}-{u}", user_id=u, key_id=made[u].key.id)
+            for i, u in enumerate(users)
+        ])
+
+    # Each key's first use (its counters move to this day), then lea0's key past 80 %.
+    assert all(r.HasField("response") for r in
+               (await server.s.usage.SpendBatch(batch("a", 1 * CREDIT), metadata=SERVICE)).results)
+    got, reader = await _watch(server, auth("lea0"))
+    assert all(r.HasField("response") for r in
+               (await server.s.usage.SpendBatch(batch("b", 85 * CREDIT), metadata=SERVICE)).results)
+    for _ in range(200):
+        if any(m.type == balance_pb2.BALANCE_EVENT_TYPE_BUDGET_WARNING for m in got):
+            break
+        await asyncio.sleep(0.02)
+    reader.cancel()
+    warnings = [m for m in got if m.type == balance_pb2.BALANCE_EVENT_TYPE_BUDGET_WARNING]
+    assert [m.key_id for m in warnings] == [made["lea0"].key.id]
+    assert "'agent-lea0'" in warnings[0].message, warnings[0].message
+
+
 async def test_the_reset_event_comes_at_the_window_boundary_once(server: Running) -> None:
     await fund(server, "lee", 10_000 * CREDIT)
     made = await create_key(server, "lee", [(HOUR, 100 * CREDIT)])
@@ -367,8 +398,8 @@ async def test_verify_finds_a_key_use_that_its_transfers_do_not_explain(server: 
     assert (await server.audit()).ok
     assert server.app is not None  # the audit's own subject: a row changed behind the API
     async with server.app.db.writer.begin() as conn:
-        await conn.execute(update(api_keys).where(api_keys.c.id == made.key.id).values(day_used=1))
+        await conn.execute(update(key_usage).where(key_usage.c.id == made.key.id).values(day_used=1))
     report = await server.audit()
     assert not report.ok and f"key {made.key.id}: day use 1" in report.render()
     async with server.app.db.writer.begin() as conn:
-        await conn.execute(update(api_keys).where(api_keys.c.id == made.key.id).values(day_used=10 * CREDIT))
+        await conn.execute(update(key_usage).where(key_usage.c.id == made.key.id).values(day_used=10 * CREDIT))

@@ -1,5 +1,5 @@
 """The budget reset job reads only the keys that are due: a range of the
-(resets_at_us, id) index, in the order it returns, on both databases (a
+key_usage (resets_at_us, id) index, in the order it returns, on both databases (a
 generic plan on PostgreSQL too), never a scan of every key; and the column
 it reads follows each key's use."""
 
@@ -26,7 +26,7 @@ def _sqlite_sql(now_us: int, limit: int) -> tuple[str, list[Any]]:
 
 async def _pg_generic_plan(db_url: str, now_us: int, limit: int) -> dict[str, Any]:
     """The generic plan PostgreSQL caches for the job's read once api_keys
-    holds SEEDED keys, a few of them due; nothing seeded is kept."""
+    and key_usage hold SEEDED keys, a few of them due; nothing seeded is kept."""
     compiled = due_query(now_us, limit).compile(dialect=postgresql.asyncpg.dialect())
     sql = str(compiled)
     for i, name in enumerate(compiled.positiontup or [], 1):
@@ -39,12 +39,16 @@ async def _pg_generic_plan(db_url: str, now_us: int, limit: int) -> dict[str, An
         try:
             await conn.execute(f"""
                 INSERT INTO api_keys (id, user_id, label, secret_hash, secret_prefix, budgets, categories, max_spend,
-                    expires_at_us, revoked_at_us, created_by, created_at_us, hour_start_us, hour_used, day_start_us,
-                    day_used, month_start_us, month_used, lifetime_used, resets_at_us)
-                SELECT 'plan' || g, 'u' || (g % 500), 'k', 'h' || g, 'fnk_', '[]', '[]', 0, 0, 0, '', g,
-                       0, 0, 0, 0, 0, 0, 0, CASE WHEN g % 4000 = 0 THEN g ELSE 0 END
+                    expires_at_us, revoked_at_us, created_by, created_at_us)
+                SELECT 'plan' || g, 'u' || (g % 500), 'k', 'h' || g, 'fnk_', '[]', '[]', 0, 0, 0, '', g
+                FROM generate_series(1, {SEEDED}) AS g""")
+            await conn.execute(f"""
+                INSERT INTO key_usage (id, hour_start_us, hour_used, day_start_us, day_used, month_start_us,
+                    month_used, lifetime_used, resets_at_us)
+                SELECT 'plan' || g, 0, 0, 0, 0, 0, 0, 0, CASE WHEN g % 4000 = 0 THEN g ELSE 0 END
                 FROM generate_series(1, {SEEDED}) AS g""")
             await conn.execute("ANALYZE api_keys")
+            await conn.execute("ANALYZE key_usage")
             await conn.execute(f"PREPARE plan_under_test AS {sql}")
             await conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
             literals = ", ".join(str(a) for a in args)
@@ -64,12 +68,15 @@ async def test_the_reset_job_reads_only_due_keys_through_their_index(server: Run
     now = server.clock.now_us()
     if db_url.startswith("sqlite"):
         plan = sqlite_plan(db_url, *_sqlite_sql(now, 500))
-        assert "ix_api_keys_resets" in plan, plan
-        assert "SCAN api_keys" not in plan and "TEMP B-TREE" not in plan, plan
+        assert "ix_key_usage_resets" in plan, plan
+        assert "SCAN key_usage" not in plan and "SCAN api_keys" not in plan and "TEMP B-TREE" not in plan, plan
         return
     nodes = _nodes(await _pg_generic_plan(db_url, now, 500))
-    reads = [n for n in nodes if n.get("Relation Name") == "api_keys"]
-    assert [n.get("Index Name") for n in reads] == ["ix_api_keys_resets"], nodes
+    reads = [n for n in nodes if n.get("Relation Name") == "key_usage"]
+    assert [n.get("Index Name") for n in reads] == ["ix_key_usage_resets"], nodes
+    # Each due key's owner: a lookup of its row by id.
+    keys = [n for n in nodes if n.get("Relation Name") == "api_keys"]
+    assert [n.get("Index Name") for n in keys] == ["pk_api_keys"], nodes
     assert not any(n["Node Type"] in ("Seq Scan", "Sort", "Incremental Sort") for n in nodes), nodes
 
 

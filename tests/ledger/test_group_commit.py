@@ -15,8 +15,9 @@ import grpc
 import pytest
 from flownexus.billing.v1 import usage_pb2
 
-from server.db.batchsql import BatchSql
-from server.db.schema import idempotency
+from server.db.batchsql import BatchSql, joined_text
+from server.db.schema import idempotency, key_usage
+from server.keys.repository import COUNTER_COLUMNS, USAGE_COLUMNS
 from server.ledger.ops import Call, Idempotency, Op, Spend
 from server.ledger.writer import LedgerWriter
 from server.platform import errors
@@ -154,6 +155,40 @@ async def test_postgres_write_back_refuses_over_long_values(pg_server: Running) 
         await sql.select_in(idempotency, "key", ["probe"])  # opens the transaction
         await sql.insert(idempotency, [{"key": "k" * 400, "fingerprint": "f", "response": b"{}", "created_at_us": 1}])
         with pytest.raises(asyncpg.StringDataRightTruncationError):
+            await sql.send()
+        await tx.rollback()
+
+
+def test_texts_join_only_when_they_split_back() -> None:
+    assert joined_text(["key_a", "key_b"]) == "key_a,key_b"
+    assert joined_text(["a,b"]) is None  # a comma would split it in two
+    assert joined_text(["a", ""]) is None  # an empty text would be lost
+    assert joined_text([""]) is None  # string_to_array('', ',') is no element at all
+    assert joined_text([]) is None
+
+
+async def test_postgres_update_values_sends_texts_and_falls_back_to_arrays(pg_server: Running) -> None:
+    """update_values sends integer columns and comma-free texts as one text
+    each (split again by the server); ids that would not split back (a comma,
+    an empty one) go as an array: every row lands either way, and a missing
+    integer fails the cast rather than being lost."""
+    assert pg_server.app is not None
+    db = pg_server.app.db
+    ids = ["a,b", "", "plain"]
+    async with db.writer.connect() as conn:
+        tx = await conn.begin()
+        sql = await BatchSql.open(conn, is_sqlite=False)
+        await sql.select_in(key_usage, "id", ["probe"])  # opens the transaction
+        await sql.insert(key_usage, [{"id": i, **dict.fromkeys(USAGE_COLUMNS, 0)} for i in ids])
+        await sql.send()
+        await sql.update_values(key_usage, "id", COUNTER_COLUMNS, [(1, 2, 3, 4, 5, 6, 10 + n, i) for n, i in enumerate(ids)])
+        await sql.send()
+        await sql.update_values(key_usage, "id", USAGE_COLUMNS, [(1, 2, 3, 4, 5, 6, 99, 7, "plain")])
+        await sql.send()
+        rows = await sql.select_values(key_usage, "id", ids, columns=["id", "hour_used", "lifetime_used", "resets_at_us"])
+        assert sorted(map(tuple, rows)) == [("", 2, 11, 0), ("a,b", 2, 10, 0), ("plain", 2, 99, 7)]
+        await sql.update_values(key_usage, "id", COUNTER_COLUMNS, [(1, 2, 3, 4, 5, 6, None, "plain")])
+        with pytest.raises(asyncpg.InvalidTextRepresentationError):
             await sql.send()
         await tx.rollback()
 

@@ -20,7 +20,7 @@ from flownexus.billing.v1 import balance_pb2, common_pb2, history_pb2, payments_
 
 from tests.calls import credits, deliver
 from tests.calls import post_webhook as post
-from tests.harness import Running, auth, expect_error
+from tests.harness import WAIT, Running, auth, expect_error
 from tests.stripe_fake import WEBHOOK_SECRET, StripeFake, encode, event, sign
 
 FREE = 100_000  # the free tier's allowance, millicredits
@@ -99,7 +99,7 @@ async def test_full_purchase_path(stripe_server: Running, stripe_fake: StripeFak
     purchase = [t for t in hist.transactions if t.type == common_pb2.TRANSACTION_TYPE_PURCHASE]
     assert len(purchase) == 1 and purchase[0].amount_millicredits == 250_000
 
-    ev = await asyncio.wait_for(watch.read(), 5)
+    ev = await asyncio.wait_for(watch.read(), WAIT)
     assert ev.type == balance_pb2.BALANCE_EVENT_TYPE_TRANSFER
     assert ev.credits_millicredits == FREE + 250_000
     assert ev.transaction.type == common_pb2.TRANSACTION_TYPE_PURCHASE

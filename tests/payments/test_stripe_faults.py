@@ -13,6 +13,7 @@ test_refund_before_completion_event_grants_then_claws_back.)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import time
 from collections.abc import AsyncIterator
@@ -41,6 +42,8 @@ class FaultProxy:
         self.upstream = upstream
         self.faults: list[str] = []
         self.slow_seconds = 3.0
+        self.hurry = asyncio.Event()  # set: a "slow" request waiting now goes on at once
+        self.slow_answered = 0
         # Faults hit only these paths (localstripe ignores idempotency keys,
         # so customers are left alone; the Checkout fake honours them).
         self.only = "/v1/checkout/sessions"
@@ -74,8 +77,10 @@ class FaultProxy:
             assert request.transport is not None
             request.transport.close()
             return web.Response()
-        if fault == "slow":  # Stripe answers, but only after `slow_seconds`
-            await asyncio.sleep(self.slow_seconds)
+        if fault == "slow":  # Stripe answers, but only after `slow_seconds` (or once hurried)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.hurry.wait(), self.slow_seconds)
+            self.slow_answered += 1
         if fault == "500":
             return web.json_response({"error": {"type": "api_error", "message": "injected"}}, status=500)
         assert self._client is not None
@@ -183,8 +188,9 @@ async def test_webhook_storm_racing_reconciliation_grants_once(proxied: tuple[Ru
 
 
 async def test_stripe_call_ends_with_the_callers_deadline(proxied: tuple[Running, FaultProxy, StripeFake]) -> None:
-    """Stripe is slow (3 s) and the gateway's own timeout is 20 s: a call made
-    for a caller with 0.3 s left gives up after 0.3 s with DEADLINE_EXCEEDED; a
+    """Stripe is slow (it answers only when the test lets it) and the gateway's
+    own timeout is 20 s: a call made for a caller with 0.3 s left gives up with
+    DEADLINE_EXCEEDED before Stripe answers, and well before its own timeout; a
     deadline already passed never reaches Stripe; without a caller (a
     background job) the gateway waits for Stripe."""
     server, proxy, _ = proxied
@@ -201,7 +207,7 @@ async def test_stripe_call_ends_with_the_callers_deadline(proxied: tuple[Running
             cancel_url="http://x/c", idempotency_key=f"slow-{rid}",
         )
 
-    proxy.faults = ["slow"]
+    proxy.faults, proxy.slow_seconds = ["slow"], 3600.0
     token = deadline.call_deadline.set(time.monotonic() + 0.3)
     try:
         started = time.monotonic()
@@ -210,7 +216,10 @@ async def test_stripe_call_ends_with_the_callers_deadline(proxied: tuple[Running
             raise AssertionError("the call outlived its caller's deadline")
         except errors.DeadlineExceeded:
             pass
-        assert time.monotonic() - started < 1.5, "the gateway waited past the caller's deadline"
+        took = time.monotonic() - started
+        assert proxy.slow_answered == 0, "the gateway waited for Stripe past the caller's deadline"
+        # Half its own timeout: far above the caller's 0.3 s on any host, far below what its own would take.
+        assert took < gateway.timeout / 2, f"gave up after {took:.1f} s: by the gateway's own {gateway.timeout} s timeout, not the caller's 0.3 s"
         deadline.call_deadline.set(time.monotonic() - 0.01)
         seen = len(proxy.seen)
         try:
@@ -221,6 +230,8 @@ async def test_stripe_call_ends_with_the_callers_deadline(proxied: tuple[Running
         assert len(proxy.seen) == seen, "a call whose deadline had passed reached Stripe"
     finally:
         deadline.call_deadline.reset(token)
+        proxy.hurry.set()  # the abandoned request goes on to Stripe
+    proxy.hurry = asyncio.Event()
     proxy.faults, proxy.slow_seconds = ["slow"], 0.5
     started = time.monotonic()
     made = await session("c")

@@ -11,7 +11,7 @@ import pytest
 from flownexus.billing.v1 import balance_pb2, common_pb2, earnings_pb2, history_pb2, usage_pb2
 
 from server.platform.auth import Role, mint_token
-from tests.harness import JWT_SECRET, auth, error_info, expect_error, token
+from tests.harness import JWT_SECRET, WAIT, auth, error_info, expect_error, token
 
 
 async def test_user_cannot_read_another_users_balance(server) -> None:
@@ -100,14 +100,14 @@ async def test_a_token_signed_with_another_secret_says_so(server) -> None:
 async def test_watch_without_token_is_refused(server) -> None:
     call = server.s.balance.WatchBalance(balance_pb2.WatchBalanceRequest())
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await asyncio.wait_for(call.read(), 5)
+        await asyncio.wait_for(call.read(), WAIT)
     assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
 async def test_user_cannot_watch_another_user(server) -> None:
     call = server.s.balance.WatchBalance(balance_pb2.WatchBalanceRequest(user_id="bob"), metadata=auth("alice"))
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await asyncio.wait_for(call.read(), 5)
+        await asyncio.wait_for(call.read(), WAIT)
     assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
 

@@ -18,7 +18,7 @@ from flownexus.billing.v1 import balance_pb2, balance_pb2_grpc, earnings_pb2, us
 from prometheus_client.parser import text_string_to_metric_families
 
 from server.platform import logs
-from tests.harness import JWT_SECRET, Running, auth, free_port
+from tests.harness import JWT_SECRET, WAIT, Running, auth, free_port, until
 from tests.payments.test_payments import buy, deliver, post
 from tests.stripe_fake import StripeFake, event
 
@@ -283,16 +283,18 @@ async def test_readme_opentelemetry_instrument_recipe_prints_spans(tmp_path: Pat
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{grpc_port}") as ch:
             stub = balance_pb2_grpc.BalanceServiceStub(ch)
-            for _ in range(300):
+
+            async def answered() -> bool:
                 assert proc.returncode is None, "server exited"
                 try:
-                    await stub.CheckBalance(balance_pb2.CheckBalanceRequest(), metadata=auth("dora"), timeout=1)
-                    break
+                    # Refused at once while nothing listens; once it does, as long as it takes.
+                    await stub.CheckBalance(balance_pb2.CheckBalanceRequest(), metadata=auth("dora"), timeout=WAIT)
+                    return True
                 except grpc.aio.AioRpcError as exc:
                     assert exc.code() == grpc.StatusCode.UNAVAILABLE, exc
-                    await asyncio.sleep(0.1)
-            else:
-                raise AssertionError("server did not answer")
+                    return False
+
+            await until(answered, "server did not answer", every=0.1)
     finally:
         proc.terminate()  # a clean exit flushes the batch span processor
         out, err = await asyncio.wait_for(proc.communicate(), 30)

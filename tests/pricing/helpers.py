@@ -8,6 +8,10 @@ from typing import Any
 from flownexus.billing.v1 import common_pb2, pricing_pb2, pricing_pb2_grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from server.platform.clock import Clock
+from server.pricing import card as cards
+from server.pricing.models import RateCardVersion
+from server.pricing.service import DEFAULT_RATE_CARD, PricingService, Snapshot
 from tests.harness import Running, auth
 
 ADMIN = auth("ops", "admin")
@@ -86,3 +90,12 @@ async def estimate(server: Running, u: common_pb2.Usage, at_us: int | None = Non
     if at_us is not None:
         req.usage_time.CopyFrom(ts(at_us))
     return await stub(server).EstimateCost(req, metadata=md)
+
+
+def offline_pricing(*versions: RateCardVersion) -> PricingService:
+    """A PricingService without a database: the default card as version 1
+    (effective from the epoch), then `versions`, as a refresh would leave it."""
+    card = cards.parse_toml(DEFAULT_RATE_CARD.read_text())
+    pricing = PricingService(None, None, Clock(), card=card, lead_seconds=0)  # type: ignore[arg-type]
+    pricing._snapshot = Snapshot([RateCardVersion(1, card, 0, 0, "config", "v1"), *versions])
+    return pricing

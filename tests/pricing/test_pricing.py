@@ -255,7 +255,7 @@ async def test_a_process_that_cannot_read_the_versions_stops_pricing_until_it_ca
 
     from sqlalchemy import text
 
-    from tests.harness import serving
+    from tests.harness import serving, until
 
     async with serving(db_url, clock, rate_card_lead_seconds=1.0) as server:
         u = usage("api.calls", 1000)
@@ -268,11 +268,12 @@ async def test_a_process_that_cannot_read_the_versions_stops_pricing_until_it_ca
         finally:
             async with server.started.db.writer.begin() as conn:
                 await conn.execute(text("ALTER TABLE rate_card_versions_away RENAME TO rate_card_versions"))
-        for _ in range(50):
+
+        async def priced() -> bool:
             try:
                 assert (await estimate(server, u)).amount_millicredits == 100
-                break
+                return True
             except grpc.aio.AioRpcError:
-                await asyncio.sleep(0.1)
-        else:
-            raise AssertionError("pricing did not resume after the versions could be read again")
+                return False
+
+        await until(priced, "pricing did not resume after the versions could be read again", every=0.1)

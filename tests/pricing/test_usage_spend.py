@@ -118,6 +118,23 @@ async def test_spend_batch_mixes_amounts_and_usage(server) -> None:
     assert (await credits(server, "bat"), await credits(server, "bat2")) == (FREE - 47, FREE - 2_000)
 
 
+async def test_spend_batch_records_each_priced_item_shared_or_not(server) -> None:
+    """Items of one batch with the same usage share a record, whose rows go out
+    together (on SQLite one INSERT over their transfer ids), beside items with
+    a usage of their own: every transfer gets its own usage row."""
+    usages = [used("api.calls", 10)] * 3 + [used("sandbox.seconds", 5, size="small")] * 2 + [used("agent.deployments", 1)]
+    items = [
+        usage_pb2.SpendRequest(user_id=f"sh{i % 2}", usage=u, request_id=f"s{i}") for i, u in enumerate(usages)
+    ] + [usage_pb2.SpendRequest(user_id="sh0", amount_millicredits=3, request_id="s9")]
+    r = await server.s.usage.SpendBatch(usage_pb2.SpendBatchRequest(requests=items), metadata=SVC)
+    assert [x.response.transaction.amount_millicredits for x in r.results] == [-1, -1, -1, -5, -5, -2_000, -3]
+    shown = {x.response.transaction.id: x.response.transaction.usage for x in r.results}
+    for user in ("sh0", "sh1"):
+        for t in await transactions(server, user, common_pb2.TRANSACTION_TYPE_SPEND):
+            assert t.usage == shown[t.id]
+    assert sum(x.response.transaction.HasField("usage") for x in r.results) == 6
+
+
 async def test_reserve_by_usage_then_capture_the_final_quantity(server) -> None:
     held = await reserve_usage(server, "res", used("sandbox.seconds", 600, size="small"), "h1")
     assert held.hold.amount_millicredits == 600

@@ -18,7 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2
 
 from server.app import SERVICE_NAMES, STRIPE_SERVICE_NAMES
-from tests.harness import JWT_SECRET, Stubs, auth, free_port, run_cmd, serving
+from tests.harness import JWT_SECRET, WAIT, Stubs, auth, free_port, run_cmd, serving
 
 ROOT = Path(__file__).resolve().parents[2]
 REFLECTION = ("grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection")
@@ -119,7 +119,7 @@ async def test_sigterm_drains_in_flight_calls_and_keeps_them(tmp_path) -> None:
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     stubs = Stubs.connect(f"127.0.0.1:{grpc_port}")
     try:
-        await asyncio.wait_for(stubs.channel.channel_ready(), 20)
+        await asyncio.wait_for(stubs.channel.channel_ready(), WAIT)
         calls = [
             stubs.usage.Spend(usage_pb2.SpendRequest(amount_millicredits=10, request_id=f"r{i}"), metadata=auth("alice"))
             for i in range(200)
@@ -131,7 +131,7 @@ async def test_sigterm_drains_in_flight_calls_and_keeps_them(tmp_path) -> None:
         ok = [r for r in results if isinstance(r, usage_pb2.SpendResponse)]
         acked = {f"r{i}": r for i, r in enumerate(results) if isinstance(r, usage_pb2.SpendResponse)}
         assert ok, "no call completed"
-        assert await asyncio.to_thread(proc.wait, 30) == 0
+        assert await asyncio.to_thread(proc.wait, WAIT) == 0
     finally:
         await stubs.channel.close()
         if proc.poll() is None:
@@ -141,7 +141,7 @@ async def test_sigterm_drains_in_flight_calls_and_keeps_them(tmp_path) -> None:
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     stubs = Stubs.connect(f"127.0.0.1:{grpc_port}")
     try:
-        await asyncio.wait_for(stubs.channel.channel_ready(), 20)
+        await asyncio.wait_for(stubs.channel.channel_ready(), WAIT)
         b = await stubs.balance.CheckBalance(balance_pb2.CheckBalanceRequest(), metadata=auth("alice"))
         assert b.credits_millicredits <= 100_000 - 10 * len(ok)
         # Replaying an acknowledged one returns its original answer and changes nothing.

@@ -55,9 +55,8 @@ async def test_two_workers_on_postgres_both_serve_spends(tmp_path: Path) -> None
                 b = await stubs.balance.GetBalance(balance_pb2.GetBalanceRequest(user_id="w"),
                                                    metadata=auth("svc", "service"))
                 assert b.credits_millicredits == FREE - sum(ok) * 700
-                await asyncio.sleep(0.5)
                 # Both processes committed batches: their NOTIFYs carry two replica ids.
-                assert len(w.replicas) == 2, w.replicas
+                await w.both_committed()
             finally:
                 await stubs.channel.close()
         assert w.kids and not any(map(alive, w.kids))  # the parent stopped its processes

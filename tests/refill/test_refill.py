@@ -23,7 +23,7 @@ from sqlalchemy import text
 
 from server.ledger.model import Kind
 from server.platform.clock import ManualClock
-from tests.harness import Running, auth, expect_error, serving
+from tests.harness import WAIT, Running, auth, expect_error, serving
 from tests.payments.test_payments import deliver
 from tests.stripe_fake import StripeFake, event
 from tests.stripe_fixtures import stripe_settings
@@ -123,7 +123,7 @@ class Watch:
         self.task = asyncio.create_task(pump())
         return self
 
-    async def wait_for(self, etype: int, count: int = 1, timeout: float = 5.0) -> list[balance_pb2.WatchBalanceResponse]:
+    async def wait_for(self, etype: int, count: int = 1, timeout: float = WAIT) -> list[balance_pb2.WatchBalanceResponse]:
         deadline = asyncio.get_running_loop().time() + timeout
         while True:
             found = [e for e in self.events if e.type == etype]

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
+import uuid
 from typing import Any
 
 import grpc
@@ -16,7 +18,7 @@ from sqlalchemy import select
 from server.db.schema import idempotency, transfers
 from server.ledger import keys
 from tests.calls import credits
-from tests.harness import Running, auth
+from tests.harness import WAIT, Running, auth, until
 
 FREE = 100_000
 
@@ -32,6 +34,38 @@ def slow_commits(server: Running, seconds: float) -> Any:
     return linger
 
 
+class HeldCommits:
+    """Every batch waits before its commit until the test releases it: what the
+    test does in between happens mid-write by order, not by a guess of time."""
+
+    def __init__(self, server: Running) -> None:
+        assert server.app is not None
+        self.entered = asyncio.Event()
+        self.released = asyncio.Event()
+        server.app.writer.before_flush.append(self.hold)
+
+    async def hold(self, tx: Any, ops: Any) -> None:
+        self.entered.set()
+        await self.released.wait()
+
+
+async def committed_before(server: Running) -> None:
+    """Returns once every batch the writer has taken so far has committed: the
+    writer commits its batches one at a time, in order, and this Spend's batch
+    comes after them (or is one of them)."""
+    await credits(server, "bystander")
+    await server.s.usage.Spend(usage_pb2.SpendRequest(amount_millicredits=1, request_id=uuid.uuid4().hex),
+                               metadata=auth("bystander"), timeout=WAIT)
+
+
+async def queued_past_deadline(server: Running) -> bool:
+    """Whether every operation waiting in the writer's queue has a deadline, passed."""
+    assert server.app is not None
+    now = time.monotonic()
+    lanes = server.app.writer._lanes.values()
+    return all(item.deadline is not None and item.deadline <= now for lane in lanes for item in lane)
+
+
 async def ledger_rows(server: Running, user: str, rid: str) -> tuple[list[int], int]:
     assert server.app is not None
     key = keys.idempotency("user", user, "Spend", rid)
@@ -44,17 +78,19 @@ async def ledger_rows(server: Running, user: str, rid: str) -> tuple[list[int], 
 
 async def test_cancel_mid_spend_lands_whole_and_retry_resolves(server: Running) -> None:
     await credits(server, "canceller")
-    slow_commits(server, 0.4)
+    held = HeldCommits(server)
     req = usage_pb2.SpendRequest(amount_millicredits=1_234, request_id="mid", category="api")
     call = server.s.usage.Spend(req, metadata=auth("canceller"))
-    await asyncio.sleep(0.15)  # the op is in the writer's batch, not yet committed
+    await asyncio.wait_for(held.entered.wait(), WAIT)  # the op is in the writer's batch, not yet committed
     call.cancel()
     try:
         await call
         raise AssertionError("the call should have been cancelled")
     except asyncio.CancelledError:
         pass
-    await asyncio.sleep(0.6)  # the shielded write finishes without its caller
+    await asyncio.sleep(0.1)  # the server hears of the cancel (were it later, the write would simply finish first)
+    held.released.set()
+    await committed_before(server)  # the shielded write finishes without its caller
     ids, stored = await ledger_rows(server, "canceller", "mid")
     assert len(ids) == 1 and stored == 1, "the cancelled spend must land whole (transfer and stored response)"
     assert await credits(server, "canceller") == FREE - 1_234
@@ -98,14 +134,19 @@ async def test_random_cancellations_all_or_nothing(server: Running) -> None:
             pass
 
     await asyncio.gather(*(fire(r) for r in reqs))
-    await asyncio.sleep(0.5)
-    landed = []
-    for r in reqs:
-        ids, stored = await ledger_rows(server, user, r.request_id)
-        assert (len(ids), stored) in ((0, 0), (1, 1)), f"{r.request_id}: half applied ({ids}, {stored})"
-        if ids:
-            landed.append(r)
-    assert await credits(server, user) == FREE - sum(r.amount_millicredits for r in landed)
+    landed: list[usage_pb2.SpendRequest] = []
+
+    async def settled() -> bool:
+        """Whole or absent, each of them; and the balance is theirs, once no write is still landing."""
+        landed.clear()
+        for r in reqs:
+            ids, stored = await ledger_rows(server, user, r.request_id)
+            assert (len(ids), stored) in ((0, 0), (1, 1)), f"{r.request_id}: half applied ({ids}, {stored})"
+            if ids:
+                landed.append(r)
+        return await credits(server, user) == FREE - sum(r.amount_millicredits for r in landed)
+
+    await until(settled, "the balance never matched the spends that landed", every=0.2)
     for r in reqs:
         await server.s.usage.Spend(r, metadata=auth(user))
     for r in reqs:
@@ -116,18 +157,19 @@ async def test_random_cancellations_all_or_nothing(server: Running) -> None:
 
 
 async def test_spend_whose_deadline_passed_in_the_queue_is_not_applied(server: Running) -> None:
-    """Spends with deadlines of 0.5 ms to 80 ms wait behind a slow batch: each
+    """Spends with deadlines of 0.5 ms to 2 s wait behind a slow batch: each
     client hears DEADLINE_EXCEEDED, none of them is committed afterwards, and a
-    retry with the same request_id applies each exactly once."""
+    retry with the same request_id applies each exactly once. (The 2 s one
+    reaches the writer's queue even on a slow host, and expires there.)"""
     user = "hasty"
     await credits(server, user)
     await credits(server, "other")
-    linger = slow_commits(server, 0.4)
+    held = HeldCommits(server)
     blocker = asyncio.ensure_future(
-        server.s.usage.Spend(usage_pb2.SpendRequest(amount_millicredits=1, request_id="b"), metadata=auth("other"), timeout=10)
+        server.s.usage.Spend(usage_pb2.SpendRequest(amount_millicredits=1, request_id="b"), metadata=auth("other"), timeout=WAIT)
     )
-    await asyncio.sleep(0.1)  # the blocker's batch is lingering before its commit
-    timeouts = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.08]
+    await asyncio.wait_for(held.entered.wait(), WAIT)  # the blocker's batch is held before its commit
+    timeouts = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.08, 2.0]
     reqs = [usage_pb2.SpendRequest(amount_millicredits=100 + i, request_id=f"t{i}") for i in range(len(timeouts))]
 
     async def hurried(req: usage_pb2.SpendRequest, timeout: float) -> grpc.StatusCode:
@@ -139,13 +181,17 @@ async def test_spend_whose_deadline_passed_in_the_queue_is_not_applied(server: R
 
     codes = await asyncio.gather(*(hurried(r, t) for r, t in zip(reqs, timeouts, strict=True)))
     assert set(codes) == {grpc.StatusCode.DEADLINE_EXCEEDED}, codes
+    # The server's deadline is its receipt of the call plus the timeout, a
+    # little after the client's: the batch is released once every spend
+    # waiting in the writer's queue is past its deadline there too.
+    await until(lambda: queued_past_deadline(server), "the queued spends' deadlines pass on the server")
+    held.released.set()
     await blocker
-    await asyncio.sleep(1.0)  # long enough for any batch that took them to commit
+    await committed_before(server)  # any batch that took them has committed
     for r in reqs:
         assert await ledger_rows(server, user, r.request_id) == ([], 0), f"{r.request_id} was applied after its deadline"
     assert await credits(server, user) == FREE
     assert server.app is not None and server.writer_stats.expired >= 1
-    server.app.writer.before_flush.remove(linger)
     first = [await server.s.usage.Spend(r, metadata=auth(user), timeout=10) for r in reqs]
     again = [await server.s.usage.Spend(r, metadata=auth(user), timeout=10) for r in reqs]
     assert [a.transaction.id for a in again] == [f.transaction.id for f in first]
@@ -187,24 +233,23 @@ async def test_spend_batch_whose_deadline_passed_in_the_queue_is_not_applied(ser
     user = "hasty-batch"
     await credits(server, user)
     await credits(server, "other")
-    linger = slow_commits(server, 0.4)
+    held = HeldCommits(server)
     blocker = asyncio.ensure_future(
-        server.s.usage.Spend(usage_pb2.SpendRequest(amount_millicredits=1, request_id="b"), metadata=auth("other"), timeout=10)
+        server.s.usage.Spend(usage_pb2.SpendRequest(amount_millicredits=1, request_id="b"), metadata=auth("other"), timeout=WAIT)
     )
-    await asyncio.sleep(0.1)
+    await asyncio.wait_for(held.entered.wait(), WAIT)  # the blocker's batch is held before its commit
     batch = usage_pb2.SpendBatchRequest(requests=[
         usage_pb2.SpendRequest(amount_millicredits=100 + i, request_id=f"bt{i}") for i in range(5)
     ])
     with pytest.raises(grpc.aio.AioRpcError) as late:
         await server.s.usage.SpendBatch(batch, metadata=auth(user), timeout=0.02)
     assert late.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    held.released.set()
     await blocker
-    await asyncio.sleep(1.0)
+    await committed_before(server)  # any batch that took them has committed
     for r in batch.requests:
         assert await ledger_rows(server, user, r.request_id) == ([], 0), f"{r.request_id} was applied after its deadline"
     assert await credits(server, user) == FREE
-    assert server.app is not None
-    server.app.writer.before_flush.remove(linger)
     done = await server.s.usage.SpendBatch(batch, metadata=auth(user), timeout=10)
     assert all(r.HasField("response") for r in done.results)
     assert await credits(server, user) == FREE - sum(r.amount_millicredits for r in batch.requests)
