@@ -19,10 +19,11 @@ from pathlib import Path
 
 import asyncpg
 import grpc
+from flownexus.billing.v1 import usage_pb2, usage_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from server.balance.fanout import CHANNEL
-from tests.harness import JWT_SECRET, PG_DSN, WAIT, free_port, until
+from tests.harness import JWT_SECRET, PG_DSN, WAIT, auth, free_port, until
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -55,6 +56,15 @@ def children(pid: int) -> list[int]:
 
 def listening(pids: list[int], port: int) -> set[int]:
     """Those of `pids` that hold a socket listening on `port` (with SO_REUSEPORT, each serving process its own)."""
+    return _holding(pids, port, "0A")  # 0A: LISTEN
+
+
+def connected(pids: list[int], port: int) -> set[int]:
+    """Those of `pids` that hold an accepted connection on `port`: the processes the channels reached."""
+    return _holding(pids, port, "01")  # 01: ESTABLISHED
+
+
+def _holding(pids: list[int], port: int, state: str) -> set[int]:
     inodes = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
@@ -63,7 +73,7 @@ def listening(pids: list[int], port: int) -> set[int]:
             continue
         for row in rows:
             fields = row.split()
-            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+            if fields[3] == state and int(fields[1].rsplit(":", 1)[1], 16) == port:
                 inodes.add(f"socket:[{fields[9]}]")
     found = set()
     for pid in pids:
@@ -99,7 +109,18 @@ class Workers:
     kids: list[int] = field(default_factory=list)  # the serving processes, as they were at the stop
 
     async def both_committed(self) -> None:
-        """Until the NOTIFYs of both processes' batches have reached the listener."""
+        """Every process commits a batch, and its NOTIFY reaches the listener.
+
+        The test's own spends may all have been won by one process (the other's
+        refused for want of funds or budget), so one spend for a fresh user on
+        every channel makes each process commit; `_ready` saw to it that every
+        process holds a channel."""
+        await asyncio.gather(*(
+            usage_pb2_grpc.UsageServiceStub(ch).Spend(
+                usage_pb2.SpendRequest(user_id=f"each-process-{i}", amount_millicredits=1, request_id=f"each-{i}"),
+                metadata=auth("svc", "service"), timeout=WAIT)
+            for i, ch in enumerate(self.chans)
+        ))
 
         async def two() -> bool:
             return len(self.replicas) == 2
@@ -122,7 +143,7 @@ async def serve_workers(url: str, workdir: Path, n: int = 2, channels: int = 16)
     listener = await asyncpg.connect(PG_DSN.rsplit("/", 1)[0] + "/" + url.rsplit("/", 1)[1])
     replicas: set[str] = set()
     await listener.add_listener(CHANNEL, lambda *args: replicas.add(json.loads(args[3])["r"]))
-    chans = [grpc.aio.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)]) for _ in range(channels)]
+    chans = [_channel(target) for _ in range(channels)]
     workers = Workers(proc, target, chans, replicas, log_path)
     try:
         await _ready(proc, chans, grpc_port, n, log_path)
@@ -136,6 +157,11 @@ async def serve_workers(url: str, workdir: Path, n: int = 2, channels: int = 16)
         rc = proc.wait(60)
         log.close()
     assert rc == 0, log_path.read_text()
+
+
+def _channel(target: str) -> grpc.aio.Channel:
+    # Each channel its own connection (no shared subchannel): one process or the other.
+    return grpc.aio.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)])
 
 
 def _text(log: Path) -> str:
@@ -156,7 +182,16 @@ async def _ready(proc: subprocess.Popen[bytes], chans: list[grpc.aio.Channel], p
             pass
         assert time.monotonic() < deadline, _text(log)
         await asyncio.sleep(0.2)
-    for ch in chans:  # every channel connected (to one process or another) and serving
-        await asyncio.wait_for(ch.channel_ready(), WAIT)
+    for attempt in range(20):
+        for ch in chans:  # every channel connected (to one process or another) and serving
+            await asyncio.wait_for(ch.channel_ready(), WAIT)
+        # The kernel spreads connections by a hash: now and then every one lands on
+        # the same process. Then connect afresh, until each process holds one.
+        if len(connected(children(proc.pid), port)) == n:
+            break
+        assert attempt < 19, f"the channels never reached all {n} processes"
+        for k, ch in enumerate(chans):
+            await ch.close()
+            chans[k] = _channel(f"127.0.0.1:{port}")
     # Let every process come up fully before the load (the last may bind a moment later).
     await asyncio.sleep(1.0)
