@@ -33,8 +33,26 @@ def hidden_char(name: str) -> str | None:
     or None: a control (C0, C1, line and paragraph separators) or a format
     character (Unicode category Cf: the bidirectional overrides, embeddings and
     isolates, zero-width spaces and joiners, the BOM). A name is shown in
-    events, logs and terminals, where such a character hides or reorders text."""
-    for ch in name:
-        if unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp"):
+    events, logs and terminals, where such a character hides or reorders text.
+    A zero-width joiner between two pictographs is an emoji sequence (a
+    technologist, a family): it shows as one picture, and is kept."""
+    for i, ch in enumerate(name):
+        if unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp") and not (ch == ZWJ and _joins_pictographs(name, i)):
             return f"U+{ord(ch):04X}"
     return None
+
+
+ZWJ = "\u200d"
+# What may sit between a pictograph and the joiner after it: the emoji
+# presentation selector and the five skin tones.
+_EMOJI_MODIFIERS = frozenset("\ufe0f\U0001f3fb\U0001f3fc\U0001f3fd\U0001f3fe\U0001f3ff")
+
+
+def _joins_pictographs(name: str, i: int) -> bool:
+    before = i - 1
+    while before >= 0 and name[before] in _EMOJI_MODIFIERS:
+        before -= 1
+    return (
+        before >= 0 and i + 1 < len(name)
+        and unicodedata.category(name[before]) == "So" and unicodedata.category(name[i + 1]) == "So"
+    )

@@ -155,6 +155,8 @@ async def test_bad_input_is_refused_with_a_reason(server: Running) -> None:
         (_key_req([(DAY, 1)], label="bell\x07"), "INVALID_LABEL"),
         (_key_req([(DAY, 1)], label="agent\u202egnp.exe"), "INVALID_LABEL"),
         (_key_req([(DAY, 1)], label="age\u200bnt"), "INVALID_LABEL"),
+        (_key_req([(DAY, 1)], label="age\u200dnt"), "INVALID_LABEL"),
+        (_key_req([(DAY, 1)], label="agent \U0001f4bb\u200d"), "INVALID_LABEL"),
         (_key_req([(DAY, 1)], label="x" * 101), "INVALID_LABEL"),
         (_key_req([(DAY, 1)], categories=["Not Valid"]), "INVALID_CATEGORY"),
         (_key_req([(DAY, 1)], max_spend_millicredits=-1), "INVALID_AMOUNT"),
@@ -223,9 +225,9 @@ async def test_update_takes_effect_for_the_next_spend(server: Running) -> None:
     await expect_error(server.s.usage.Spend(spend_req(3 * CREDIT, "s2"), metadata=md),
                        grpc.StatusCode.FAILED_PRECONDITION, "BUDGET_EXCEEDED")
     updated = await keys_stub(server).UpdateKey(keys_pb2.UpdateKeyRequest(
-        key_id=made.key.id, request_id="u1", update_mask=FieldMask(paths=["budgets", "label"]), label="bigger",
+        key_id=made.key.id, request_id="u1", update_mask=FieldMask(paths=["budgets", "label"]), label="bigger \U0001f9d1\U0001f3fd\u200d\U0001f4bb",
         budgets=[keys_pb2.Budget(window=DAY, limit_millicredits=20 * CREDIT)]), metadata=auth("hal"))
-    assert updated.key.label == "bigger"
+    assert updated.key.label == "bigger \U0001f9d1\U0001f3fd\u200d\U0001f4bb"  # an emoji sequence's joiner is kept
     assert (updated.key.budgets[0].used_millicredits, updated.key.budgets[0].remaining_millicredits) == \
         (8 * CREDIT, 12 * CREDIT)
     await server.s.usage.Spend(spend_req(3 * CREDIT, "s3"), metadata=md)

@@ -147,6 +147,16 @@ async def test_bad_input_and_strangers_get_clear_errors(server: Running) -> None
                                              metadata=auth("olga")),
                                  grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ORG_NAME")
         assert err.metadata["character"] == char
+    # A joiner between two pictographs is an emoji sequence, shown as one picture.
+    for i, name in enumerate(["\U0001f469\u200d\U0001f4bb Acme", "\U0001f3f3\ufe0f\u200d\U0001f308",
+                              "\U0001f9d1\U0001f3fd\u200d\U0001f527 fixers"]):
+        made = await s.CreateOrg(orgs_pb2.CreateOrgRequest(name=name, request_id=f"e{i}"), metadata=auth("olga"))
+        assert made.org.name == name
+    for i, name in enumerate(["Acme\U0001f4bb\u200d", "\U0001f4bb\u200d\u200d\U0001f4bb", "\U0001f4bb\u200dAcme"]):
+        err = await expect_error(s.CreateOrg(orgs_pb2.CreateOrgRequest(name=name, request_id=f"z{i}"),
+                                             metadata=auth("olga")),
+                                 grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ORG_NAME")
+        assert err.metadata["character"] == "U+200D"
     await expect_error(
         s.UpdateMember(orgs_pb2.UpdateMemberRequest(org_id=org, user_id="olga", role=MEMBER, request_id="u"),
                        metadata=auth("olga")),
